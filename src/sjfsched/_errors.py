@@ -1,0 +1,56 @@
+"""The exceptions sjfsched raises.
+
+Every exception the library raises on purpose derives from
+:class:`SchedulerError`, so ``except sjfsched.SchedulerError`` catches them
+all.  Errors that come from a foreign library (httpx, llama-cpp-python,
+onnxruntime) are converted at the boundary and keep the original exception as
+``__cause__``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendError",
+    "PredictorError",
+    "QueueFull",
+    "SchedulerClosed",
+    "SchedulerError",
+]
+
+
+class SchedulerError(Exception):
+    """Base class of every exception sjfsched raises on purpose."""
+
+
+class QueueFull(SchedulerError):
+    """The scheduler already holds ``max_queue`` waiting requests.
+
+    Raised at once by ``complete()``, ``stream()`` and ``admit()``; the request
+    was not accepted, so nothing else will happen to it.
+    """
+
+
+class SchedulerClosed(SchedulerError):
+    """The scheduler is closed, or closed while this request was waiting."""
+
+
+class BackendError(SchedulerError):
+    """The backend failed to serve a request.
+
+    The backend's own exception, if any, is ``__cause__``.  ``status_code`` is
+    set when an HTTP server answered with an error status.
+    """
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class PredictorError(SchedulerError):
+    """A predictor could not be built or could not predict.
+
+    At construction (missing, corrupt or mismatched model file) it is raised to
+    the caller.  During scheduling the scheduler never lets a predictor failure
+    fail a request: it falls back to a neutral prediction and counts the error
+    in :meth:`Scheduler.statistics`.
+    """

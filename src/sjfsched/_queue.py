@@ -1,0 +1,164 @@
+"""The waiting room: a heap by ordering key plus a FIFO for overdue requests.
+
+Entries sit in a binary heap as ``(key, sequence, entry)`` tuples so entries
+themselves are never compared, and, when a ``max_wait`` is set, in a FIFO by
+arrival.  A request leaves either structure lazily: cancelling or granting it
+only flips its state, and dead entries are skipped when they reach the top (or
+swept out when they outnumber the live ones), so every operation is O(log n)
+amortised.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+from collections import deque
+from typing import TYPE_CHECKING, Any, final
+
+if TYPE_CHECKING:
+    import anyio
+
+    from ._records import Prediction, Request
+
+__all__ = ["EntryState", "WaitQueue", "_Entry"]
+
+
+class EntryState(enum.Enum):
+    WAITING = "waiting"
+    GRANTED = "granted"  # handed a slot; the waiter has not resumed yet
+    RUNNING = "running"
+    CANCELLED = "cancelled"
+    CLOSED = "closed"  # the scheduler closed while it waited
+    DONE = "done"
+
+
+@final
+class _Entry:
+    """One accepted request and what the scheduler knows of it."""
+
+    __slots__ = (
+        "estimate",
+        "event",
+        "key",
+        "prediction",
+        "promoted",
+        "request",
+        "seq",
+        "started",
+        "state",
+        "submitted",
+    )
+
+    def __init__(
+        self,
+        request: Request,
+        prediction: Prediction,
+        estimate: float,
+        key: Any,
+        submitted: float,
+        seq: int,
+    ) -> None:
+        self.request = request
+        self.prediction = prediction
+        self.estimate = estimate
+        self.key = key
+        self.submitted = submitted
+        self.seq = seq
+        self.state = EntryState.WAITING
+        self.event: anyio.Event | None = None
+        self.started = submitted
+        self.promoted = False
+
+
+@final
+class WaitQueue:
+    """Waiting entries, popped by lowest key or, when overdue, oldest first."""
+
+    __slots__ = ("_fifo", "_heap", "_live", "max_wait")
+
+    def __init__(self, max_wait: float | None) -> None:
+        self.max_wait = max_wait
+        self._heap: list[tuple[Any, int, _Entry]] = []
+        self._fifo: deque[_Entry] = deque()
+        self._live = 0
+
+    def __len__(self) -> int:
+        """The number of live (waiting) entries."""
+        return self._live
+
+    def push(self, entry: _Entry) -> None:
+        heapq.heappush(self._heap, (entry.key, entry.seq, entry))
+        if self.max_wait is not None:
+            self._fifo.append(entry)
+        self._live += 1
+
+    def discard(self, entry: _Entry) -> None:
+        """Forget a waiting entry whose state the caller has just changed."""
+        self._live -= 1
+        if self._live == 0:
+            self._heap.clear()
+            self._fifo.clear()
+            return
+        # Sweep when dead entries outnumber live ones, so memory stays O(live).
+        if len(self._heap) > 64 and len(self._heap) > 2 * self._live:
+            self._sweep()
+
+    def pop(self, now: float) -> _Entry | None:
+        """Remove and return the entry to run next, or None if none waits.
+
+        An entry that has waited ``max_wait`` seconds or more goes first,
+        oldest first, and is marked ``promoted``; otherwise the lowest key.
+        """
+        if self._live == 0:
+            if self._heap or self._fifo:  # only dead entries are left
+                self._heap.clear()
+                self._fifo.clear()
+            return None
+        fifo = self._fifo
+        if self.max_wait is not None:
+            while fifo and fifo[0].state is not EntryState.WAITING:
+                fifo.popleft()
+            if fifo and now - fifo[0].submitted >= self.max_wait:
+                entry = fifo.popleft()
+                entry.promoted = True
+                self._live -= 1
+                return entry
+        heap = self._heap
+        while heap:
+            entry = heapq.heappop(heap)[2]
+            if entry.state is EntryState.WAITING:
+                self._live -= 1
+                return entry
+        raise AssertionError("live count out of step with the heap")  # pragma: no cover
+
+    def ordered(self, now: float) -> list[_Entry]:
+        """Live entries in the order they would be dispatched if nothing changed."""
+        live = [e for _, _, e in self._heap if e.state is EntryState.WAITING]
+        if self.max_wait is None:
+            overdue: list[_Entry] = []
+        else:
+            overdue = sorted(
+                (e for e in live if now - e.submitted >= self.max_wait),
+                key=lambda e: e.seq,
+            )
+        skip = {id(e) for e in overdue}
+        rest = sorted((e for e in live if id(e) not in skip), key=lambda e: (e.key, e.seq))
+        return overdue + rest
+
+    def drain(self) -> list[_Entry]:
+        """Remove and return every live entry (used on close)."""
+        live = [e for _, _, e in self._heap if e.state is EntryState.WAITING]
+        live.sort(key=lambda e: e.seq)
+        self._heap.clear()
+        self._fifo.clear()
+        self._live = 0
+        return live
+
+    def storage_size(self) -> int:
+        """Entries held, dead ones included (for leak tests)."""
+        return len(self._heap) + len(self._fifo)
+
+    def _sweep(self) -> None:
+        self._heap = [item for item in self._heap if item[2].state is EntryState.WAITING]
+        heapq.heapify(self._heap)
+        self._fifo = deque(e for e in self._fifo if e.state is EntryState.WAITING)

@@ -1,0 +1,77 @@
+"""Online estimates of a backend's prefill and decode rates."""
+
+from __future__ import annotations
+
+import math
+from typing import final
+
+import attrs
+
+__all__ = ["DEFAULT_DECODE_RATE", "DEFAULT_PREFILL_RATE", "RateEstimator"]
+
+#: Starting prefill rate (prompt tokens per second): a small model on a laptop CPU
+#: or a mid-range GPU reads a prompt at several hundred tokens per second.
+DEFAULT_PREFILL_RATE = 400.0
+#: Starting decode rate (output tokens per second) of one request.
+DEFAULT_DECODE_RATE = 30.0
+
+# Each observation keeps this fraction of the weight of everything before it:
+# an effective memory of about 1 / (1 - 0.9) = 10 requests.
+_DECAY = 0.9
+
+
+@final
+@attrs.define
+class RateEstimator:
+    """Tokens per second for prefill and decode, learned from finished requests.
+
+    Each rate is a ratio of exponentially decayed sums (tokens over seconds),
+    started from one pseudo-observation at the starting rate, so a single odd
+    request moves it only part of the way.
+    """
+
+    prefill_rate: float = DEFAULT_PREFILL_RATE
+    decode_rate: float = DEFAULT_DECODE_RATE
+    _prefill_tokens: float = attrs.field(init=False)
+    _prefill_seconds: float = attrs.field(init=False)
+    _decode_tokens: float = attrs.field(init=False)
+    _decode_seconds: float = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("prefill_rate", "decode_rate"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number of tokens per second, got {value!r}")
+        self._prefill_tokens, self._prefill_seconds = 512.0, 512.0 / self.prefill_rate
+        self._decode_tokens, self._decode_seconds = 256.0, 256.0 / self.decode_rate
+
+    def service_time(self, prompt_tokens: float, output_tokens: float) -> float:
+        """Seconds to read ``prompt_tokens`` and write ``output_tokens``."""
+        return prompt_tokens / self.prefill_rate + output_tokens / self.decode_rate
+
+    def observe(
+        self,
+        prompt_tokens: float,
+        output_tokens: int,
+        started: float,
+        first_token: float | None,
+        finished: float,
+    ) -> None:
+        """Learn from one finished request's timings.
+
+        Prefill time is taken as start to first token, decode time as first
+        token to the end (for ``output_tokens - 1`` tokens).  Requests without
+        a first token, or whose times are zero, teach nothing.
+        """
+        if first_token is None or output_tokens < 1:
+            return
+        prefill = first_token - started
+        if prompt_tokens > 0 and prefill > 1e-6:
+            self._prefill_tokens = _DECAY * self._prefill_tokens + prompt_tokens
+            self._prefill_seconds = _DECAY * self._prefill_seconds + prefill
+            self.prefill_rate = self._prefill_tokens / self._prefill_seconds
+        decode = finished - first_token
+        if output_tokens > 1 and decode > 1e-6:
+            self._decode_tokens = _DECAY * self._decode_tokens + (output_tokens - 1)
+            self._decode_seconds = _DECAY * self._decode_seconds + decode
+            self.decode_rate = self._decode_tokens / self._decode_seconds

@@ -1,0 +1,252 @@
+"""The frozen records that flow through the scheduler.
+
+A :class:`Request` goes in, a :class:`Prediction` is made of it, a backend
+streams :class:`Chunk` objects back, and the caller gets a :class:`Completion`.
+They are frozen ``attrs`` classes: fields may be added in later versions
+without breaking code that builds or reads them by keyword.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+import attrs
+
+__all__ = ["Chunk", "Completion", "Prediction", "Request"]
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def _freeze_mapping(value: object) -> Mapping[str, Any]:
+    if value is None:
+        return _EMPTY
+    if not isinstance(value, Mapping):
+        raise TypeError(f"expected a mapping, got {type(value).__name__}")
+    return MappingProxyType(dict(value))
+
+
+def _freeze_messages(value: object) -> tuple[Mapping[str, Any], ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(
+            "Request.messages must be a list of chat messages "
+            f"(dicts with 'role' and 'content'), got {type(value).__name__}"
+        )
+    frozen: list[Mapping[str, Any]] = []
+    for i, message in enumerate(value):
+        if not isinstance(message, Mapping):
+            raise TypeError(
+                f"Request.messages[{i}] must be a dict with 'role' and 'content', "
+                f"got {type(message).__name__}"
+            )
+        role = message.get("role")
+        if not isinstance(role, str):
+            raise TypeError(f"Request.messages[{i}]['role'] must be a str, got {type(role).__name__}")
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list, tuple)):
+            raise TypeError(
+                f"Request.messages[{i}]['content'] must be a str or a list of parts, "
+                f"got {type(content).__name__}"
+            )
+        frozen.append(MappingProxyType(dict(message)))
+    if not frozen:
+        raise ValueError("Request.messages must hold at least one message")
+    return tuple(frozen)
+
+
+def _content_text(content: object) -> str:
+    """The text of one message's content: a string, or the text parts of a list."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, (list, tuple)):
+        parts: list[str] = []
+        for part in content:
+            if isinstance(part, str):
+                parts.append(part)
+            elif isinstance(part, Mapping):
+                text = part.get("text")
+                if isinstance(text, str):
+                    parts.append(text)
+        return "\n".join(parts)
+    return ""
+
+
+def _check_max_tokens(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"Request.max_tokens must be an int or None, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"Request.max_tokens must be at least 1, got {value}")
+
+
+def _check_priority(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"Request.priority must be an int, got {type(value).__name__}")
+
+
+def _check_optional_str(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"Request.{attribute.name} must be a str or None, got {type(value).__name__}")
+
+
+@attrs.frozen(eq=False)
+class Request:
+    """One unit of work for the scheduler: a prompt or a chat, and how to run it.
+
+    Give exactly one of ``prompt`` (plain completion) or ``messages`` (a chat
+    in the OpenAI/Ollama shape: a list of ``{"role": ..., "content": ...}``
+    dicts).  Everything else is optional:
+
+    - ``max_tokens``: the most output tokens the backend may generate
+      (``None``: the backend's own limit).  The scheduler also caps the
+      predicted length at it.
+    - ``priority``: lower runs earlier, as in ``asyncio.PriorityQueue`` and
+      vLLM.  A lower class always goes before a higher one; within a class the
+      shortest predicted job goes first.  Default ``0``.
+    - ``tenant``: a free label (user, API key, application) for your own
+      policies and metrics.
+    - ``options``: backend generation options (temperature, seed, stop, ...),
+      passed to the backend unchanged.
+    - ``metadata``: anything you like; passed through untouched.
+
+    Requests compare and hash by identity: two requests with the same prompt
+    are still two units of work.  Bad input raises :class:`TypeError` or
+    :class:`ValueError` naming the field.
+    """
+
+    prompt: str | None = attrs.field(default=None, validator=_check_optional_str)
+    messages: tuple[Mapping[str, Any], ...] | None = attrs.field(
+        default=None, converter=_freeze_messages, kw_only=True
+    )
+    max_tokens: int | None = attrs.field(default=None, validator=_check_max_tokens, kw_only=True)
+    priority: int = attrs.field(default=0, validator=_check_priority, kw_only=True)
+    tenant: str | None = attrs.field(default=None, validator=_check_optional_str, kw_only=True)
+    options: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_mapping, kw_only=True)
+    metadata: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_mapping, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of Request.prompt or Request.messages")
+
+    @property
+    def text(self) -> str:
+        """What predictors read: the prompt, or the last user turn of a chat.
+
+        For a chat without a user turn it is the text of every message, joined
+        by newlines.
+        """
+        if self.prompt is not None:
+            return self.prompt
+        assert self.messages is not None
+        for message in reversed(self.messages):
+            if message.get("role") == "user":
+                return _content_text(message.get("content"))
+        return "\n".join(_content_text(m.get("content")) for m in self.messages)
+
+    @property
+    def input_chars(self) -> int:
+        """Characters of the whole input (every message of a chat).
+
+        The scheduler estimates prompt tokens as ``input_chars / 4`` until the
+        backend reports the real count.
+        """
+        if self.prompt is not None:
+            return len(self.prompt)
+        assert self.messages is not None
+        return sum(len(_content_text(m.get("content"))) for m in self.messages)
+
+
+def _check_tokens(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"Prediction.tokens must be finite and >= 0, got {value!r}")
+
+
+def _check_p_long(instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and not (0.0 <= value <= 1.0):
+        raise ValueError(f"Prediction.p_long must be within [0, 1], got {value!r}")
+
+
+@attrs.frozen
+class Prediction:
+    """What a predictor expects of a request's answer.
+
+    ``tokens`` is the expected number of output tokens: the scheduler's
+    ranking key.  ``p_long`` is, when the predictor knows it, the probability
+    that the answer is long (800 tokens or more), as in Clairvoyant.
+    """
+
+    tokens: float = attrs.field(converter=float, validator=_check_tokens)
+    p_long: float | None = attrs.field(default=None, validator=_check_p_long)
+
+
+def _check_chunk_tokens(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"Chunk.{attribute.name} must be an int >= 0, got {value!r}")
+
+
+def _check_opt_count(instance: object, attribute: attrs.Attribute[Any], value: int | None) -> None:
+    if value is not None:
+        _check_chunk_tokens(instance, attribute, value)
+
+
+@attrs.frozen
+class Chunk:
+    """A piece of a streamed answer.
+
+    ``tokens`` is how many output tokens the piece stands for (usually 1).  A
+    backend that learns exact counts only at the end (Ollama's ``eval_count``)
+    sends a last chunk whose ``tokens`` makes the sum right.  A backend that
+    knows the prompt's length in tokens reports it in ``prompt_tokens`` on any
+    chunk, and the reason generation stopped in ``finish_reason`` (``"stop"``,
+    ``"length"``) on the last one.
+    """
+
+    text: str
+    tokens: int = attrs.field(default=1, validator=_check_chunk_tokens)
+    prompt_tokens: int | None = attrs.field(default=None, validator=_check_opt_count, kw_only=True)
+    finish_reason: str | None = attrs.field(default=None, kw_only=True)
+
+
+@attrs.frozen
+class Completion:
+    """A finished request: the answer, its size, and when things happened.
+
+    Times are read from the event loop's clock (``anyio.current_time()``), so
+    only their differences mean anything: see :attr:`wait`, :attr:`latency`
+    and :attr:`time_to_first_token`.
+    """
+
+    request: Request
+    text: str
+    output_tokens: int
+    prompt_tokens: int | None
+    prediction: Prediction
+    #: The estimated service time (seconds) the scheduler ranked the request by.
+    estimate: float
+    submitted: float
+    started: float
+    first_token: float | None
+    finished: float
+    finish_reason: str | None = None
+    #: True when the request ran because it had waited longer than ``max_wait``.
+    promoted: bool = False
+
+    @property
+    def wait(self) -> float:
+        """Seconds spent in the queue."""
+        return self.started - self.submitted
+
+    @property
+    def latency(self) -> float:
+        """Seconds from submission to the last token."""
+        return self.finished - self.submitted
+
+    @property
+    def time_to_first_token(self) -> float | None:
+        """Seconds from submission to the first output, if any came."""
+        return None if self.first_token is None else self.first_token - self.submitted

@@ -1,0 +1,737 @@
+"""The shortest-job-first scheduler."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, final
+
+import anyio
+import anyio.lowlevel
+import attrs
+from typing_extensions import Self
+
+from ._errors import BackendError, PredictorError, QueueFull, SchedulerClosed, SchedulerError
+from ._queue import EntryState, WaitQueue, _Entry
+from ._rates import DEFAULT_DECODE_RATE, DEFAULT_PREFILL_RATE, RateEstimator
+from ._records import Chunk, Completion, Prediction, Request
+
+if TYPE_CHECKING:
+    from .backends._base import Backend
+    from .predictors._base import Predictor
+
+__all__ = [
+    "DEFAULT_AGING",
+    "DEFAULT_MAX_WAIT",
+    "ChunkStream",
+    "Job",
+    "Scheduler",
+    "SchedulerStatistics",
+    "Ticket",
+]
+
+logger = logging.getLogger("sjfsched")
+
+#: Seconds of estimated service time forgiven per second waited.
+DEFAULT_AGING = 0.05
+#: Seconds after which a waiting request runs next, whatever its estimate.
+DEFAULT_MAX_WAIT: float | None = 900.0
+#: Output tokens assumed when the predictor fails, until real lengths are seen.
+_NEUTRAL_TOKENS = 256.0
+
+_SHIELDED_CLOSE_SECONDS = 10.0
+
+
+class _State(enum.Enum):
+    UNOPENED = "unopened"
+    OPENED = "opened"
+    CLOSED = "closed"
+
+
+@attrs.frozen
+class Job:
+    """What the scheduler knows of a request when it orders it.
+
+    Passed to :meth:`Scheduler.sort_key`; also on every :class:`Ticket`.
+    ``estimate`` is the expected service time in seconds; ``submitted`` is the
+    event loop's clock (``anyio.current_time()``) when the request arrived.
+    """
+
+    request: Request
+    prediction: Prediction
+    estimate: float
+    submitted: float
+
+
+@attrs.frozen
+class SchedulerStatistics:
+    """A snapshot of a scheduler's state and counters.
+
+    ``completed + failed + cancelled`` counts every accepted request that has
+    ended; ``rejected`` counts requests refused with :class:`QueueFull` or
+    :class:`SchedulerClosed` before they were accepted; ``closed`` counts
+    waiting requests ended by closing the scheduler.  ``promoted`` counts
+    requests that ran because they had waited ``max_wait``.
+    """
+
+    waiting: int
+    running: int
+    concurrency: int
+    completed: int
+    failed: int
+    cancelled: int
+    closed: int
+    rejected: int
+    promoted: int
+    predictor_errors: int
+    #: Predictor calls made and the seconds of CPU time they took in all.
+    predictor_calls: int
+    predictor_seconds: float
+    #: The learned rates, in tokens per second.
+    prefill_rate: float
+    decode_rate: float
+
+
+class Scheduler:
+    """Shortest-predicted-job-first admission in front of a serial backend.
+
+    Local inference servers answer one request at a time in arrival order, so
+    a two-second question waits behind a two-minute essay.  A ``Scheduler``
+    holds requests in a queue and hands its ``concurrency`` slots to the
+    request with the shortest *estimated service time* first::
+
+        estimate = prompt_tokens / prefill_rate + predicted_output_tokens / decode_rate
+
+    The prediction comes from ``predictor`` (default: the bundled learned
+    :class:`~sjfsched.predictors.LexicalPredictor` when available, else
+    :class:`~sjfsched.predictors.HeuristicPredictor`); both rates start at
+    documented values (``prefill_rate`` 400, ``decode_rate`` 30 tokens/s) and
+    are learned from finished requests.
+
+    Order: a lower ``Request.priority`` class always goes first; within a
+    class the lowest ``estimate - aging * seconds_waited`` goes first, so a
+    long request waiting long enough overtakes shorter newcomers.  ``aging``
+    (default 0.05) is the seconds of estimate forgiven per second waited.  A
+    request that has waited ``max_wait`` seconds (default 900; ``None``: no
+    bound) runs next, oldest first, regardless of class.  Subclass and override
+    :meth:`sort_key` for another policy.
+
+    Use it as ``async with Scheduler(backend) as sched:`` and call
+    :meth:`complete`, :meth:`stream` or, without a backend, :meth:`admit`.
+    Leaving the block stops taking requests, ends waiting ones with
+    :class:`SchedulerClosed`, waits for running ones to finish and closes the
+    backend.  A closed scheduler cannot be reopened.
+
+    ``max_queue`` bounds the waiting requests (default ``None``: unbounded);
+    beyond it a request fails at once with :class:`QueueFull`.
+
+    ``on_complete``, if given, is called with every :class:`Completion` (for
+    logs and metrics); its exceptions are logged and ignored.
+    """
+
+    def __init__(
+        self,
+        backend: Backend | None = None,
+        *,
+        predictor: Predictor | None = None,
+        concurrency: int | None = None,
+        aging: float = DEFAULT_AGING,
+        max_wait: float | None = DEFAULT_MAX_WAIT,
+        max_queue: int | None = None,
+        prefill_rate: float = DEFAULT_PREFILL_RATE,
+        decode_rate: float = DEFAULT_DECODE_RATE,
+        learn_rates: bool = True,
+        on_complete: Callable[[Completion], object] | None = None,
+    ) -> None:
+        if concurrency is None:
+            concurrency = getattr(backend, "slots", 1)
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
+        if not (isinstance(aging, (int, float)) and math.isfinite(aging) and aging >= 0):
+            raise ValueError(f"aging must be a finite number >= 0, got {aging!r}")
+        if max_wait is not None and not (
+            isinstance(max_wait, (int, float)) and not math.isnan(max_wait) and max_wait >= 0
+        ):
+            raise ValueError(f"max_wait must be a number of seconds >= 0 or None, got {max_wait!r}")
+        if max_queue is not None and (
+            isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 0
+        ):
+            raise ValueError(f"max_queue must be an int >= 0 or None, got {max_queue!r}")
+        if backend is not None and not callable(getattr(backend, "stream", None)):
+            raise TypeError(f"backend must have a stream(request) method, got {type(backend).__name__}")
+        if predictor is None:
+            predictor = _default_predictor()
+        if not callable(getattr(predictor, "predict", None)):
+            raise TypeError(f"predictor must have a predict(request) method, got {type(predictor).__name__}")
+
+        self._backend = backend
+        self._predictor = predictor
+        self._observe: Callable[[Request, Prediction, int], object] | None = getattr(
+            predictor, "observe", None
+        )
+        self._concurrency = concurrency
+        self._aging = float(aging)
+        self._max_wait = None if max_wait is None else float(max_wait)
+        self._max_queue = max_queue
+        self._rates = RateEstimator(prefill_rate, decode_rate)
+        self._learn_rates = learn_rates
+        self._on_complete = on_complete
+
+        self._state = _State.UNOPENED
+        self._queue = WaitQueue(self._max_wait)
+        self._by_request: dict[Request, _Entry] = {}
+        self._free = concurrency
+        self._running = 0
+        self._seq = 0
+        self._idle: anyio.Event | None = None
+        self._mean_tokens = _NEUTRAL_TOKENS
+        self._counts = dict.fromkeys(
+            (
+                "completed",
+                "failed",
+                "cancelled",
+                "closed",
+                "rejected",
+                "promoted",
+                "predictor_errors",
+                "predictor_calls",
+            ),
+            0,
+        )
+        self._predictor_seconds = 0.0
+
+    # ------------------------------------------------------------------ knobs
+
+    @property
+    def backend(self) -> Backend | None:
+        return self._backend
+
+    @property
+    def predictor(self) -> Predictor:
+        return self._predictor
+
+    @property
+    def concurrency(self) -> int:
+        return self._concurrency
+
+    @property
+    def aging(self) -> float:
+        return self._aging
+
+    @property
+    def max_wait(self) -> float | None:
+        return self._max_wait
+
+    @property
+    def max_queue(self) -> int | None:
+        return self._max_queue
+
+    @property
+    def rates(self) -> RateEstimator:
+        """The learned prefill and decode rates (tokens per second)."""
+        return self._rates
+
+    # ------------------------------------------------------------- the policy
+
+    def estimate(self, request: Request, prediction: Prediction) -> float:
+        """Expected service time of ``request`` in seconds.
+
+        Prompt tokens are taken as ``input_chars / 4``; the predicted output
+        is capped at ``request.max_tokens`` when that is set.
+        """
+        output = prediction.tokens
+        if request.max_tokens is not None and output > request.max_tokens:
+            output = float(request.max_tokens)
+        return self._rates.service_time(request.input_chars / 4.0, output)
+
+    def sort_key(self, job: Job) -> Any:
+        """The ordering key of a waiting request: the lowest runs first.
+
+        This is the hook for custom policies.  It is called once, when the
+        request arrives, and must return a value comparable with the keys of
+        every other request (tuples of numbers are best).  The default is::
+
+            (job.request.priority, job.estimate + self.aging * job.submitted)
+
+        Linear aging lowers every waiting request's effective estimate at the
+        same pace, so ``estimate - aging * (now - submitted)`` orders requests
+        exactly as ``estimate + aging * submitted`` does at any ``now``: the
+        key can be fixed at arrival and the queue stays a plain heap.
+        ``max_wait`` promotion is applied on top of whatever this returns.
+        """
+        return (job.request.priority, job.estimate + self._aging * job.submitted)
+
+    # -------------------------------------------------------------- lifecycle
+
+    async def __aenter__(self) -> Self:
+        if self._state is _State.CLOSED:
+            raise RuntimeError("a closed Scheduler cannot be reopened; make a new one")
+        self._state = _State.OPENED
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close: refuse new requests, end waiting ones, let running ones finish.
+
+        Waiting requests fail with :class:`SchedulerClosed`.  Running ones are
+        not interrupted; this waits for them, then closes the backend.  Calling
+        it again does nothing more.
+        """
+        if self._state is not _State.CLOSED:
+            self._state = _State.CLOSED
+            for entry in self._queue.drain():
+                entry.state = EntryState.CLOSED
+                self._by_request.pop(entry.request, None)
+                self._counts["closed"] += 1
+                assert entry.event is not None
+                entry.event.set()
+        if self._running:
+            if self._idle is None:
+                self._idle = anyio.Event()
+            await self._idle.wait()
+        backend, self._backend = self._backend, None
+        if backend is not None:
+            await backend.aclose()
+
+    @property
+    def closed(self) -> bool:
+        return self._state is _State.CLOSED
+
+    # ------------------------------------------------------------ public calls
+
+    async def complete(self, request: Request | str | None = None, /, **fields: Any) -> Completion:
+        """Run a request when its turn comes and return the whole answer.
+
+        Pass a :class:`Request`, or a prompt string, or ``messages=[...]``;
+        keyword ``fields`` fill in (or, with a Request, replace) the request's
+        fields.  Raises :class:`QueueFull`, :class:`SchedulerClosed` or
+        :class:`BackendError`.
+        """
+        async with self.stream(request, **fields) as chunks:
+            async for _ in chunks:
+                pass
+        return chunks.completion
+
+    @asynccontextmanager
+    async def stream(
+        self, request: Request | str | None = None, /, **fields: Any
+    ) -> AsyncIterator[ChunkStream]:
+        """Wait for a slot, then stream the answer chunk by chunk.
+
+        ::
+
+            async with sched.stream("Tell me a joke") as chunks:
+                async for chunk in chunks:
+                    print(chunk.text, end="")
+            print(chunks.completion.output_tokens)
+
+        Entering waits in the queue.  Leaving the block before the stream is
+        exhausted closes the backend's stream and frees the slot (the request
+        counts as cancelled).
+        """
+        if self._backend is None:
+            raise TypeError("this Scheduler has no backend: use admit() or pass a backend")
+        backend = self._backend
+        req = _coerce_request(request, fields)
+        entry = await self._acquire(req)
+        stream = ChunkStream(self, entry, backend)
+        try:
+            yield stream
+        except BaseException as exc:
+            await stream._close()
+            self._end(entry, _outcome_of(exc))
+            raise
+        else:
+            await stream._close()
+            if stream._completion is not None:
+                self._complete(entry, stream._completion)
+            elif stream._error is not None:  # the caller swallowed our BackendError
+                self._end(entry, "failed")
+            else:  # abandoned before the end
+                self._end(entry, "cancelled")
+
+    @asynccontextmanager
+    async def admit(self, request: Request | str | None = None, /, **fields: Any) -> AsyncIterator[Ticket]:
+        """Wait for a slot, then run your own inference call inside the block.
+
+        ::
+
+            async with sched.admit("Summarise this ...", max_tokens=200) as ticket:
+                answer = my_model(ticket.request.prompt)
+                ticket.report(output_tokens=answer.usage.completion_tokens)
+
+        No backend is needed.  Reporting the output length (and, if known,
+        the prompt length) lets the scheduler learn the rates and the
+        predictor calibrate; without it the request still counts as
+        completed.  An exception in the block counts it as failed (or
+        cancelled) and propagates unchanged.
+        """
+        req = _coerce_request(request, fields)
+        entry = await self._acquire(req)
+        ticket = Ticket(entry)
+        try:
+            yield ticket
+        except BaseException as exc:
+            self._end(entry, _outcome_of(exc))
+            raise
+        else:
+            self._complete(entry, ticket._completion(anyio.current_time()))
+
+    def statistics(self) -> SchedulerStatistics:
+        """A snapshot of the queue, the counters and the learned rates."""
+        c = self._counts
+        return SchedulerStatistics(
+            waiting=len(self._queue),
+            running=self._running,
+            concurrency=self._concurrency,
+            completed=c["completed"],
+            failed=c["failed"],
+            cancelled=c["cancelled"],
+            closed=c["closed"],
+            rejected=c["rejected"],
+            promoted=c["promoted"],
+            predictor_errors=c["predictor_errors"],
+            predictor_calls=c["predictor_calls"],
+            predictor_seconds=self._predictor_seconds,
+            prefill_rate=self._rates.prefill_rate,
+            decode_rate=self._rates.decode_rate,
+        )
+
+    def position(self, request: Request) -> int | None:
+        """Where a waiting request stands in the queue: 0 runs next.
+
+        ``None`` if the request is not waiting (never submitted, running or
+        ended).  Positions can change as requests arrive and age.  This sorts
+        the queue, O(n log n): fine for a status page, not for a hot loop.
+        """
+        entry = self._by_request.get(request)
+        if entry is None or entry.state is not EntryState.WAITING:
+            return None
+        for i, e in enumerate(self._queue.ordered(anyio.current_time())):
+            if e is entry:
+                return i
+        return None  # pragma: no cover
+
+    # ------------------------------------------------------------- internals
+
+    def _predict(self, request: Request) -> Prediction:
+        counts = self._counts
+        counts["predictor_calls"] += 1
+        t0 = time.perf_counter()
+        try:
+            prediction = self._predictor.predict(request)
+            if not isinstance(prediction, Prediction):
+                raise PredictorError(
+                    f"{type(self._predictor).__name__}.predict returned "
+                    f"{type(prediction).__name__}, not a Prediction"
+                )
+        except Exception:
+            counts["predictor_errors"] += 1
+            logger.warning(
+                "predictor %s failed; using a neutral prediction",
+                type(self._predictor).__name__,
+                exc_info=True,
+            )
+            prediction = Prediction(self._mean_tokens)
+        self._predictor_seconds += time.perf_counter() - t0
+        return prediction
+
+    async def _acquire(self, request: Request) -> _Entry:
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        if self._state is _State.CLOSED:
+            self._counts["rejected"] += 1
+            raise SchedulerClosed("the scheduler is closed")
+        prediction = self._predict(request)
+        estimate = self.estimate(request, prediction)
+        now = anyio.current_time()
+        key = self.sort_key(Job(request, prediction, estimate, now))
+        self._seq += 1
+        entry = _Entry(request, prediction, estimate, key, now, self._seq)
+
+        if self._free > 0 and not self._queue:
+            self._free -= 1
+            self._running += 1
+            entry.state = EntryState.RUNNING
+            try:
+                await anyio.lowlevel.cancel_shielded_checkpoint()
+            except BaseException:  # pragma: no cover - shielded; defensive
+                self._end(entry, "cancelled")
+                raise
+            return entry
+
+        if self._max_queue is not None and len(self._queue) >= self._max_queue:
+            self._counts["rejected"] += 1
+            raise QueueFull(f"{len(self._queue)} requests are waiting (max_queue={self._max_queue})")
+        entry.event = anyio.Event()
+        self._queue.push(entry)
+        self._by_request[request] = entry
+        try:
+            await entry.event.wait()
+        except BaseException:
+            if entry.state is EntryState.WAITING:
+                entry.state = EntryState.CANCELLED
+                self._by_request.pop(request, None)
+                self._queue.discard(entry)
+                self._counts["cancelled"] += 1
+            elif entry.state is EntryState.GRANTED:
+                # Handed a slot at the moment it was cancelled: pass it on.
+                self._end(entry, "cancelled")
+            raise
+        if entry.state is EntryState.CLOSED:
+            raise SchedulerClosed("the scheduler closed while this request was waiting")
+        entry.state = EntryState.RUNNING
+        return entry
+
+    def _dispatch(self) -> None:
+        """Hand free slots to waiting requests (work-conserving)."""
+        queue = self._queue
+        while self._free > 0 and queue:
+            now = anyio.current_time()
+            entry = queue.pop(now)
+            assert entry is not None
+            self._by_request.pop(entry.request, None)
+            if entry.promoted:
+                self._counts["promoted"] += 1
+            entry.state = EntryState.GRANTED
+            entry.started = now
+            self._free -= 1
+            self._running += 1
+            assert entry.event is not None
+            entry.event.set()
+
+    def _end(self, entry: _Entry, outcome: str) -> None:
+        """Free the slot of a running (or granted) request and count it."""
+        if entry.state is EntryState.DONE:
+            return
+        entry.state = EntryState.DONE
+        self._counts[outcome] += 1
+        self._running -= 1
+        self._free += 1
+        self._dispatch()
+        if self._running == 0 and self._idle is not None:
+            self._idle.set()
+
+    def _complete(self, entry: _Entry, completion: Completion) -> None:
+        self._end(entry, "completed")
+        prompt_tokens = (
+            completion.prompt_tokens
+            if completion.prompt_tokens is not None
+            else entry.request.input_chars / 4.0
+        )
+        if completion.output_tokens > 0:
+            self._mean_tokens = 0.95 * self._mean_tokens + 0.05 * completion.output_tokens
+            if self._learn_rates:
+                self._rates.observe(
+                    prompt_tokens,
+                    completion.output_tokens,
+                    completion.started,
+                    completion.first_token,
+                    completion.finished,
+                )
+            if self._observe is not None:
+                try:
+                    self._observe(entry.request, entry.prediction, completion.output_tokens)
+                except Exception:
+                    self._counts["predictor_errors"] += 1
+                    logger.warning("predictor observe() failed", exc_info=True)
+        if self._on_complete is not None:
+            try:
+                self._on_complete(completion)
+            except Exception:
+                logger.warning("on_complete callback failed", exc_info=True)
+
+
+@final
+class ChunkStream:
+    """The chunks of one scheduled request, as an async iterator.
+
+    Backend failures surface here as :class:`BackendError`.  After the last
+    chunk, :attr:`completion` holds the whole answer and its timings.
+    """
+
+    def __init__(self, scheduler: Scheduler, entry: _Entry, backend: Backend) -> None:
+        self._scheduler = scheduler
+        self._entry = entry
+        self._backend_name = type(backend).__name__
+        self._iterator: AsyncIterator[Chunk] | None = None
+        self._backend = backend
+        self._parts: list[str] = []
+        self._output_tokens = 0
+        self._prompt_tokens: int | None = None
+        self._finish_reason: str | None = None
+        self._first_token: float | None = None
+        self._completion: Completion | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def job(self) -> Job:
+        e = self._entry
+        return Job(e.request, e.prediction, e.estimate, e.submitted)
+
+    @property
+    def completion(self) -> Completion:
+        """The finished answer; only once the stream has been read to the end."""
+        if self._completion is None:
+            raise RuntimeError("the stream has not been read to the end")
+        return self._completion
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        if self._completion is not None or self._error is not None:
+            raise StopAsyncIteration
+        try:
+            if self._iterator is None:
+                self._iterator = self._backend.stream(self._entry.request)
+            chunk = await self._iterator.__anext__()
+            if not isinstance(chunk, Chunk):
+                raise TypeError(f"backend yielded {type(chunk).__name__}, not a Chunk")
+        except StopAsyncIteration:
+            self._finish()
+            raise
+        except SchedulerError as exc:
+            self._error = exc
+            raise
+        except Exception as exc:
+            self._error = exc
+            raise BackendError(f"{self._backend_name} failed: {exc!r}") from exc
+        if self._first_token is None and (chunk.tokens or chunk.text):
+            self._first_token = anyio.current_time()
+        self._parts.append(chunk.text)
+        self._output_tokens += chunk.tokens
+        if chunk.prompt_tokens is not None:
+            self._prompt_tokens = chunk.prompt_tokens
+        if chunk.finish_reason is not None:
+            self._finish_reason = chunk.finish_reason
+        return chunk
+
+    def _finish(self) -> None:
+        e = self._entry
+        self._completion = Completion(
+            request=e.request,
+            text="".join(self._parts),
+            output_tokens=self._output_tokens,
+            prompt_tokens=self._prompt_tokens,
+            prediction=e.prediction,
+            estimate=e.estimate,
+            submitted=e.submitted,
+            started=e.started,
+            first_token=self._first_token,
+            finished=anyio.current_time(),
+            finish_reason=self._finish_reason,
+            promoted=e.promoted,
+        )
+
+    async def _close(self) -> None:
+        iterator, self._iterator = self._iterator, None
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is None:
+            return
+        with anyio.move_on_after(_SHIELDED_CLOSE_SECONDS, shield=True):
+            try:
+                await aclose()
+            except Exception:
+                logger.warning("closing the %s stream failed", self._backend_name, exc_info=True)
+
+
+@final
+class Ticket:
+    """Your turn to run, from :meth:`Scheduler.admit`.
+
+    Call :meth:`report` with the output length once you know it, and
+    :meth:`first_token` when the first token arrives if you stream.
+    """
+
+    def __init__(self, entry: _Entry) -> None:
+        self._entry = entry
+        self._output_tokens: int | None = None
+        self._prompt_tokens: int | None = None
+        self._first_token: float | None = None
+
+    @property
+    def request(self) -> Request:
+        return self._entry.request
+
+    @property
+    def job(self) -> Job:
+        e = self._entry
+        return Job(e.request, e.prediction, e.estimate, e.submitted)
+
+    @property
+    def wait(self) -> float:
+        """Seconds this request waited for its turn."""
+        return self._entry.started - self._entry.submitted
+
+    @property
+    def promoted(self) -> bool:
+        return self._entry.promoted
+
+    def first_token(self) -> None:
+        """Note that the first output token has arrived (for rate learning)."""
+        if self._first_token is None:
+            self._first_token = anyio.current_time()
+
+    def report(self, output_tokens: int, prompt_tokens: int | None = None) -> None:
+        """Tell the scheduler how long the answer was, in tokens."""
+        for name, value in (("output_tokens", output_tokens), ("prompt_tokens", prompt_tokens)):
+            if value is None and name == "prompt_tokens":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"Ticket.report: {name} must be an int >= 0, got {value!r}")
+        self._output_tokens = output_tokens
+        self._prompt_tokens = prompt_tokens
+
+    def _completion(self, now: float) -> Completion:
+        e = self._entry
+        first = self._first_token
+        if first is None and self._output_tokens:
+            # Without a first-token time the whole call counts as decode time.
+            first = e.started
+        return Completion(
+            request=e.request,
+            text="",
+            output_tokens=self._output_tokens or 0,
+            prompt_tokens=self._prompt_tokens,
+            prediction=e.prediction,
+            estimate=e.estimate,
+            submitted=e.submitted,
+            started=e.started,
+            first_token=first,
+            finished=now,
+            promoted=e.promoted,
+        )
+
+
+def _outcome_of(exc: BaseException) -> str:
+    if isinstance(exc, (anyio.get_cancelled_exc_class(), GeneratorExit, KeyboardInterrupt)):
+        return "cancelled"
+    return "failed"
+
+
+def _coerce_request(request: Request | str | None, fields: Mapping[str, Any]) -> Request:
+    if isinstance(request, Request):
+        return attrs.evolve(request, **fields) if fields else request
+    if isinstance(request, str):
+        return Request(request, **fields)
+    if request is None:
+        return Request(**fields)
+    raise TypeError(f"expected a Request, a prompt str or messages=..., got {type(request).__name__}")
+
+
+def _default_predictor() -> Predictor:
+    from .predictors import default_predictor
+
+    return default_predictor()

@@ -1,0 +1,113 @@
+"""A backend made from any function: for tests, demos and quick glue."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from typing import Any, final
+
+import anyio
+import anyio.to_thread
+
+from .._records import Chunk, Request
+
+__all__ = ["CallableBackend"]
+
+#: What the wrapped function may return (or an awaitable of it).
+CallableResult = str | Chunk | Iterable[str | Chunk] | AsyncIterable[str | Chunk]
+
+_DONE = object()
+
+
+@final
+class CallableBackend:
+    """Makes a :class:`Backend` of a function ``fn(request)``.
+
+    The function may be sync or async and may return:
+
+    - a ``str``: the whole answer, counted as ``ceil(len / 4)`` tokens
+      (at least 1) when not empty;
+    - a :class:`~sjfsched.Chunk`, or an iterable or async iterable of chunks
+      and strings (each string piece counts as one token), streamed as they
+      come.
+
+    Sync functions (and the iteration of their sync iterators) run in a
+    worker thread when ``in_thread`` is true (the default), so a blocking call
+    does not stall the event loop; pass ``in_thread=False`` for functions that
+    return at once.  ``slots`` is how many requests the function may serve
+    at once (default 1).  Like httpx's ``MockTransport``, this is the test
+    double to build your own tests with::
+
+        backend = CallableBackend(lambda request: request.text.upper())
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[Request], CallableResult | Awaitable[CallableResult]],
+        *,
+        slots: int = 1,
+        in_thread: bool = True,
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(f"CallableBackend needs a callable, got {type(fn).__name__}")
+        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+            raise ValueError(f"slots must be an int >= 1, got {slots!r}")
+        self._fn = fn
+        self.slots = slots
+        self._is_async = inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
+        self._in_thread = in_thread and not self._is_async
+
+    def __repr__(self) -> str:
+        return f"CallableBackend({getattr(self._fn, '__name__', self._fn)!r})"
+
+    async def stream(self, request: Request, /) -> AsyncIterator[Chunk]:
+        if self._in_thread:
+            result: Any = await anyio.to_thread.run_sync(self._fn, request)
+        else:
+            result = self._fn(request)
+        if inspect.isawaitable(result):
+            result = await result
+        if isinstance(result, str):
+            if result:
+                yield Chunk(result, tokens=max(1, math.ceil(len(result) / 4)))
+            return
+        if isinstance(result, Chunk):
+            yield result
+            return
+        if isinstance(result, AsyncIterable):
+            async for piece in result:
+                yield _as_chunk(piece)
+            return
+        if isinstance(result, Iterable):
+            iterator = iter(result)
+            try:
+                if self._in_thread:
+                    while (piece := await anyio.to_thread.run_sync(_next, iterator)) is not _DONE:
+                        yield _as_chunk(piece)
+                else:
+                    for piece in iterator:
+                        yield _as_chunk(piece)
+            finally:
+                close = getattr(iterator, "close", None)
+                if close is not None:
+                    close()
+            return
+        raise TypeError(
+            f"the function returned {type(result).__name__}; expected str, Chunk or an iterable of them"
+        )
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+
+def _next(iterator: Iterator[Any]) -> Any:
+    return next(iterator, _DONE)
+
+
+def _as_chunk(piece: object) -> Chunk:
+    if isinstance(piece, Chunk):
+        return piece
+    if isinstance(piece, str):
+        return Chunk(piece)
+    raise TypeError(f"the function yielded {type(piece).__name__}; expected str or Chunk")

@@ -1,0 +1,94 @@
+"""A backend that costs time but computes nothing: for demos and benchmarks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Callable
+from typing import final
+
+import anyio
+
+from .._records import Chunk, Request
+
+__all__ = ["SimulatedBackend"]
+
+
+def _metadata_output_tokens(request: Request) -> int:
+    value = request.metadata.get("output_tokens")
+    if value is None:
+        return request.max_tokens if request.max_tokens is not None else 256
+    return max(0, round(float(value)))
+
+
+def _metadata_prompt_tokens(request: Request) -> int:
+    value = request.metadata.get("prompt_tokens")
+    if value is None:
+        return math.ceil(request.input_chars / 4)
+    return max(0, round(float(value)))
+
+
+@final
+class SimulatedBackend:
+    """A serial model server simulated with sleeps.
+
+    Each request takes ``prompt_tokens / prefill_rate`` seconds before its
+    first token and ``output_tokens / decode_rate`` seconds in all to decode;
+    the answer's text is empty, only its token counts are real.  The lengths
+    come from ``output_tokens(request)`` and ``prompt_tokens(request)``; by
+    default from ``request.metadata["output_tokens"]`` (else ``max_tokens``,
+    else 256) and ``request.metadata["prompt_tokens"]`` (else characters / 4),
+    output capped at ``max_tokens``.
+
+    Run it under a virtual clock (trio's ``MockClock`` or
+    :func:`sjfsched.run_virtual`) to replay hours of traffic in a second.
+    ``slots`` requests are served at once, each at the full rate.
+    """
+
+    def __init__(
+        self,
+        *,
+        prefill_rate: float = 2000.0,
+        decode_rate: float = 30.0,
+        slots: int = 1,
+        output_tokens: Callable[[Request], int] = _metadata_output_tokens,
+        prompt_tokens: Callable[[Request], int] = _metadata_prompt_tokens,
+    ) -> None:
+        for name, rate in (("prefill_rate", prefill_rate), ("decode_rate", decode_rate)):
+            if not (math.isfinite(rate) and rate > 0):
+                raise ValueError(f"{name} must be a positive number of tokens per second, got {rate!r}")
+        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+            raise ValueError(f"slots must be an int >= 1, got {slots!r}")
+        self.prefill_rate = float(prefill_rate)
+        self.decode_rate = float(decode_rate)
+        self.slots = slots
+        self._output_tokens = output_tokens
+        self._prompt_tokens = prompt_tokens
+
+    def service_time(self, request: Request) -> float:
+        """Seconds this backend takes to serve ``request``."""
+        n, p = self._lengths(request)
+        return p / self.prefill_rate + n / self.decode_rate
+
+    def _lengths(self, request: Request) -> tuple[int, int]:
+        n = self._output_tokens(request)
+        if request.max_tokens is not None:
+            n = min(n, request.max_tokens)
+        return n, self._prompt_tokens(request)
+
+    async def stream(self, request: Request, /) -> AsyncIterator[Chunk]:
+        n, p = self._lengths(request)
+        reason = "length" if request.max_tokens is not None and n >= request.max_tokens else "stop"
+        if n == 0:
+            await anyio.sleep(p / self.prefill_rate)
+            yield Chunk("", tokens=0, prompt_tokens=p, finish_reason=reason)
+            return
+        await anyio.sleep(p / self.prefill_rate + 1 / self.decode_rate)
+        if n == 1:
+            yield Chunk("", tokens=1, prompt_tokens=p, finish_reason=reason)
+            return
+        yield Chunk("", tokens=1, prompt_tokens=p)
+        await anyio.sleep((n - 1) / self.decode_rate)
+        yield Chunk("", tokens=n - 1, finish_reason=reason)
+
+    async def aclose(self) -> None:
+        """Nothing to release."""

@@ -1,0 +1,41 @@
+"""The predictor protocol: how the scheduler learns what a request will cost."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from .._records import Prediction, Request
+
+__all__ = ["Predictor", "SupportsObserve"]
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """Predicts the output length of requests.
+
+    ``predict`` gets one frozen :class:`~sjfsched.Request` and returns one
+    frozen :class:`~sjfsched.Prediction`; ``predict_many`` does the same for a
+    batch (implement it when batching is cheaper, else loop).  Both run on the
+    event loop, so keep them fast (microseconds) and non-blocking.
+
+    A predictor may also implement :class:`SupportsObserve` to learn from
+    completed requests.
+    """
+
+    def predict(self, request: Request, /) -> Prediction: ...
+
+    def predict_many(self, requests: Sequence[Request], /) -> list[Prediction]: ...
+
+
+@runtime_checkable
+class SupportsObserve(Protocol):
+    """The optional half of a predictor: learn from a finished request.
+
+    The scheduler calls ``observe`` after every request that completed with a
+    known output length, with the prediction it made before running it.
+    Exceptions raised here are counted as predictor errors and never fail the
+    request.
+    """
+
+    def observe(self, request: Request, prediction: Prediction, output_tokens: int, /) -> None: ...
