@@ -1,0 +1,56 @@
+"""The ``sjfsched`` command line: one sub-command per module, imported lazily.
+
+Each command module exposes ``configure(parser)`` (adds its arguments) and
+``run(args) -> int`` (does the work, returns the exit status).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from ._version import __version__
+
+__all__ = ["main"]
+
+#: command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("sjfsched._demo", "replay a bundled trace: first-come-first-served against sjfsched"),
+    "train": ("sjfsched.predictors._train", "train a length predictor on JSONL logs and export ONNX"),
+    "evaluate": ("sjfsched.predictors._evaluate", "rank-accuracy of predictors per corpus and model"),
+    "bench": ("sjfsched._bench", "scheduling benchmarks on real traces in virtual time"),
+    "serve": ("sjfsched.proxy._cli", "an Ollama/OpenAI-compatible SJF proxy in front of a server"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="sjfsched",
+        description="Shortest-job-first admission for local LLM inference.",
+    )
+    parser.add_argument("--version", action="version", version=f"sjfsched {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    wanted = next((a for a in args_list if not a.startswith("-")), None)
+    modules = {}
+    for name, (module_name, help_text) in COMMANDS.items():
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if name != wanted:
+            continue  # import only the command being run
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            parser.exit(2, f"sjfsched {name}: not available ({exc}); is its extra installed?\n")
+        module.configure(command_parser)
+        modules[name] = module
+    args = parser.parse_args(args_list)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return int(modules[args.command].run(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
