@@ -1,8 +1,8 @@
 """The waiting room: a heap by ordering key plus a FIFO for overdue requests.
 
 Entries sit in a binary heap as ``(key, sequence, entry)`` tuples so entries
-themselves are never compared, and, when a ``max_wait`` is set, in a FIFO by
-arrival.  A request leaves either structure lazily: cancelling or granting it
+themselves are never compared, and in a FIFO by arrival (for ``max_wait``,
+which may change at any time).  A request leaves either structure lazily: cancelling or granting it
 only flips its state, and dead entries are skipped when they reach the top (or
 swept out when they outnumber the live ones), so every operation is O(log n)
 amortised.
@@ -88,8 +88,7 @@ class WaitQueue:
 
     def push(self, entry: _Entry) -> None:
         heapq.heappush(self._heap, (entry.key, entry.seq, entry))
-        if self.max_wait is not None:
-            self._fifo.append(entry)
+        self._fifo.append(entry)
         self._live += 1
 
     def discard(self, entry: _Entry) -> None:

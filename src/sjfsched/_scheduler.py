@@ -225,7 +225,20 @@ class Scheduler:
 
     @property
     def max_wait(self) -> float | None:
+        """Seconds after which a waiting request runs next (``None``: never).
+
+        May be changed at any time; it applies from the next dispatch on.
+        """
         return self._max_wait
+
+    @max_wait.setter
+    def max_wait(self, value: float | None) -> None:
+        if value is not None and not (
+            isinstance(value, (int, float)) and not math.isnan(value) and value >= 0
+        ):
+            raise ValueError(f"max_wait must be a number of seconds >= 0 or None, got {value!r}")
+        self._max_wait = None if value is None else float(value)
+        self._queue.max_wait = self._max_wait
 
     @property
     def max_queue(self) -> int | None:

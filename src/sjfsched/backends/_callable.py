@@ -76,20 +76,26 @@ class CallableBackend:
             yield result
             return
         if isinstance(result, AsyncIterable):
-            async for piece in result:
-                yield _as_chunk(piece)
+            iterator = aiter(result)
+            try:
+                async for piece in iterator:
+                    yield _as_chunk(piece)
+            finally:
+                aclose = getattr(iterator, "aclose", None)
+                if aclose is not None:
+                    await aclose()
             return
         if isinstance(result, Iterable):
-            iterator = iter(result)
+            sync_iterator = iter(result)
             try:
                 if self._in_thread:
-                    while (piece := await anyio.to_thread.run_sync(_next, iterator)) is not _DONE:
+                    while (piece := await anyio.to_thread.run_sync(_next, sync_iterator)) is not _DONE:
                         yield _as_chunk(piece)
                 else:
-                    for piece in iterator:
+                    for piece in sync_iterator:
                         yield _as_chunk(piece)
             finally:
-                close = getattr(iterator, "close", None)
+                close = getattr(sync_iterator, "close", None)
                 if close is not None:
                     close()
             return

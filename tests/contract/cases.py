@@ -1,0 +1,76 @@
+"""The implementations every contract test runs against.
+
+Add a case here for each Predictor and Backend the package ships.  A backend
+case is an async context manager factory, so a case may start a server or
+write a model file first and clean up after.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+
+import anyio
+import attrs
+
+from sjfsched import Chunk, Request
+from sjfsched.backends import Backend, CallableBackend, SimulatedBackend
+from sjfsched.predictors import ConstantPredictor, HeuristicPredictor, Predictor
+
+
+@attrs.frozen
+class BackendCase:
+    id: str
+    #: make(tmp_dir) -> async context manager yielding a ready backend
+    make: Callable[[Path], AbstractAsyncContextManager[Backend]]
+    #: whether it accepts Request(messages=...)
+    chat: bool = True
+    #: whether generation honours max_tokens exactly when it runs to length
+    exact_max_tokens: bool = True
+    #: whether it needs real (wall-clock) time rather than a virtual clock
+    real_time: bool = False
+
+
+@attrs.frozen
+class PredictorCase:
+    id: str
+    make: Callable[[], Predictor]
+
+
+def _words(request: Request) -> list[str]:
+    n = request.max_tokens if request.max_tokens is not None else 8
+    return [f"w{i} " for i in range(n)]
+
+
+@asynccontextmanager
+async def _callable_sync(tmp: Path) -> AsyncIterator[Backend]:
+    yield CallableBackend(_words)
+
+
+async def _async_words(request: Request) -> AsyncIterator[Chunk]:
+    for word in _words(request):
+        await anyio.sleep(0.001)
+        yield Chunk(word)
+
+
+@asynccontextmanager
+async def _callable_async(tmp: Path) -> AsyncIterator[Backend]:
+    yield CallableBackend(_async_words)
+
+
+@asynccontextmanager
+async def _simulated(tmp: Path) -> AsyncIterator[Backend]:
+    yield SimulatedBackend(prefill_rate=1e5, decode_rate=1e4)
+
+
+BACKEND_CASES: list[BackendCase] = [
+    BackendCase("callable-sync-iter", _callable_sync),
+    BackendCase("callable-async-gen", _callable_async),
+    BackendCase("simulated", _simulated),
+]
+
+PREDICTOR_CASES: list[PredictorCase] = [
+    PredictorCase("constant", ConstantPredictor),
+    PredictorCase("heuristic", HeuristicPredictor),
+]
