@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from sjfsched import Chunk, Request, Scheduler
@@ -89,7 +90,7 @@ async def test_cancelling_the_caller_mid_stream(backend: Backend) -> None:
             async with sched.stream("Once upon a time", max_tokens=20) as chunks:
                 async for _ in chunks:
                     scope.cancel()
-                    await anyio.sleep(0)
+                    await anyio.lowlevel.checkpoint()
         assert scope.cancelled_caught
         with anyio.fail_after(60):
             completion = await sched.complete("Once upon a time", max_tokens=3)

@@ -66,7 +66,7 @@ def test_predict_many_matches_predict(predictor: Predictor) -> None:
     ]
     many = predictor.predict_many(requests)
     assert len(many) == len(requests)
-    for request, batch_prediction in zip(requests, many):
+    for request, batch_prediction in zip(requests, many, strict=True):
         single = predictor.predict(request)
         assert batch_prediction.tokens == pytest.approx(single.tokens, rel=1e-4, abs=1e-3)
     assert predictor.predict_many([]) == []
