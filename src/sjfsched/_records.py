@@ -166,6 +166,11 @@ def _check_tokens(instance: object, attribute: attrs.Attribute[Any], value: floa
         raise ValueError(f"Prediction.tokens must be finite and >= 0, got {value!r}")
 
 
+def _check_prompt_tokens(instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"Prediction.prompt_tokens must be finite and >= 0, got {value!r}")
+
+
 def _check_p_long(instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
     if value is not None and not (0.0 <= value <= 1.0):
         raise ValueError(f"Prediction.p_long must be within [0, 1], got {value!r}")
@@ -178,10 +183,13 @@ class Prediction:
     ``tokens`` is the expected number of output tokens: the scheduler's
     ranking key.  ``p_long`` is, when the predictor knows it, the probability
     that the answer is long (800 tokens or more), as in Clairvoyant.
+    ``prompt_tokens`` is the predictor's count of the input's tokens; left
+    ``None``, the scheduler takes characters / 4.
     """
 
     tokens: float = attrs.field(converter=float, validator=_check_tokens)
     p_long: float | None = attrs.field(default=None, validator=_check_p_long)
+    prompt_tokens: float | None = attrs.field(default=None, validator=_check_prompt_tokens, kw_only=True)
 
 
 def _check_chunk_tokens(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:

@@ -254,13 +254,17 @@ class Scheduler:
     def estimate(self, request: Request, prediction: Prediction) -> float:
         """Expected service time of ``request`` in seconds.
 
-        Prompt tokens are taken as ``input_chars / 4``; the predicted output
-        is capped at ``request.max_tokens`` when that is set.
+        Prompt tokens are ``prediction.prompt_tokens`` or, when the predictor
+        leaves that out, ``input_chars / 4``; the predicted output is capped at
+        ``request.max_tokens`` when that is set.
         """
         output = prediction.tokens
         if request.max_tokens is not None and output > request.max_tokens:
             output = float(request.max_tokens)
-        return self._rates.service_time(request.input_chars / 4.0, output)
+        prompt = prediction.prompt_tokens
+        if prompt is None:
+            prompt = request.input_chars / 4.0
+        return self._rates.service_time(prompt, output)
 
     def sort_key(self, job: Job) -> Any:
         """The ordering key of a waiting request: the lowest runs first.

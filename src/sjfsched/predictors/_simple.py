@@ -16,11 +16,12 @@ __all__ = ["ConstantPredictor", "HeuristicPredictor"]
 @final
 @attrs.frozen
 class ConstantPredictor:
-    """Predicts the same length for every request.
+    """Predicts the same cost for every request.
 
-    Every request of a priority class then gets the same estimate, so the
-    scheduler serves them first-come-first-served: the baseline to compare
-    against, and a handy test double.
+    The prediction is ``tokens`` output tokens and no prompt at all, so every
+    request of a priority class gets the same estimate and the scheduler
+    serves them first-come-first-served: the baseline to compare against, and
+    a handy test double.
     """
 
     tokens: float = 256.0
@@ -30,10 +31,10 @@ class ConstantPredictor:
             raise ValueError(f"ConstantPredictor.tokens must be finite and >= 0, got {self.tokens!r}")
 
     def predict(self, request: Request, /) -> Prediction:
-        return Prediction(self.tokens)
+        return Prediction(self.tokens, prompt_tokens=0.0)
 
     def predict_many(self, requests: Sequence[Request], /) -> list[Prediction]:
-        prediction = Prediction(self.tokens)
+        prediction = Prediction(self.tokens, prompt_tokens=0.0)
         return [prediction] * len(requests)
 
 
