@@ -93,14 +93,16 @@ class WaitQueue:
 
     def discard(self, entry: _Entry) -> None:
         """Forget a waiting entry whose state the caller has just changed."""
-        self._live -= 1
-        if self._live == 0:
-            self._heap.clear()
-            self._fifo.clear()
-            return
+        self._took_one()
         # Sweep when dead entries outnumber live ones, so memory stays O(live).
         if len(self._heap) > 64 and len(self._heap) > 2 * self._live:
             self._sweep()
+
+    def _took_one(self) -> None:
+        self._live -= 1
+        if self._live == 0:  # only dead entries are left
+            self._heap.clear()
+            self._fifo.clear()
 
     def pop(self, now: float) -> _Entry | None:
         """Remove and return the entry to run next, or None if none waits.
@@ -109,9 +111,6 @@ class WaitQueue:
         oldest first, and is marked ``promoted``; otherwise the lowest key.
         """
         if self._live == 0:
-            if self._heap or self._fifo:  # only dead entries are left
-                self._heap.clear()
-                self._fifo.clear()
             return None
         fifo = self._fifo
         if self.max_wait is not None:
@@ -120,13 +119,13 @@ class WaitQueue:
             if fifo and now - fifo[0].submitted >= self.max_wait:
                 entry = fifo.popleft()
                 entry.promoted = True
-                self._live -= 1
+                self._took_one()
                 return entry
         heap = self._heap
         while heap:
             entry = heapq.heappop(heap)[2]
             if entry.state is EntryState.WAITING:
-                self._live -= 1
+                self._took_one()
                 return entry
         raise AssertionError("live count out of step with the heap")  # pragma: no cover
 

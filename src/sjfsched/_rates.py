@@ -26,8 +26,10 @@ class RateEstimator:
     """Tokens per second for prefill and decode, learned from finished requests.
 
     Each rate is a ratio of exponentially decayed sums (tokens over seconds),
-    started from one pseudo-observation at the starting rate, so a single odd
-    request moves it only part of the way.
+    so long requests weigh more than short ones.  The starting rate counts as
+    one second of observed work, so real observations take over within a
+    request or two; each observation keeps 90% of the weight of the past (a
+    memory of about ten requests).
     """
 
     prefill_rate: float = DEFAULT_PREFILL_RATE
@@ -42,8 +44,9 @@ class RateEstimator:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number of tokens per second, got {value!r}")
-        self._prefill_tokens, self._prefill_seconds = 512.0, 512.0 / self.prefill_rate
-        self._decode_tokens, self._decode_seconds = 256.0, 256.0 / self.decode_rate
+        # The starting rates count as one second of observed work each.
+        self._prefill_tokens, self._prefill_seconds = self.prefill_rate, 1.0
+        self._decode_tokens, self._decode_seconds = self.decode_rate, 1.0
 
     def service_time(self, prompt_tokens: float, output_tokens: float) -> float:
         """Seconds to read ``prompt_tokens`` and write ``output_tokens``."""

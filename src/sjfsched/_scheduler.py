@@ -170,6 +170,7 @@ class Scheduler:
             raise TypeError(f"predictor must have a predict(request) method, got {type(predictor).__name__}")
 
         self._backend = backend
+        self._backend_closed = False
         self._predictor = predictor
         self._observe: Callable[[Request, Prediction, int], object] | None = getattr(
             predictor, "observe", None
@@ -318,9 +319,9 @@ class Scheduler:
             if self._idle is None:
                 self._idle = anyio.Event()
             await self._idle.wait()
-        backend, self._backend = self._backend, None
-        if backend is not None:
-            await backend.aclose()
+        if self._backend is not None and not self._backend_closed:
+            self._backend_closed = True
+            await self._backend.aclose()
 
     @property
     def closed(self) -> bool:
@@ -360,6 +361,9 @@ class Scheduler:
         """
         if self._backend is None:
             raise TypeError("this Scheduler has no backend: use admit() or pass a backend")
+        if self._state is _State.CLOSED:
+            self._counts["rejected"] += 1
+            raise SchedulerClosed("the scheduler is closed")
         backend = self._backend
         req = _coerce_request(request, fields)
         entry = await self._acquire(req)

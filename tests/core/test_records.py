@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import math
+
+import attrs
+import pytest
+
+from sjfsched import Chunk, Completion, Prediction, Request
+
+
+class TestRequest:
+    def test_prompt(self) -> None:
+        r = Request("hello", max_tokens=5, priority=-1, tenant="alice", options={"seed": 1})
+        assert (r.prompt, r.text, r.max_tokens, r.priority, r.tenant) == ("hello", "hello", 5, -1, "alice")
+        assert r.options == {"seed": 1}
+        assert r.input_chars == 5
+
+    def test_messages_text_is_last_user_turn(self) -> None:
+        r = Request(
+            messages=[
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "first question"},
+                {"role": "assistant", "content": "an answer"},
+                {"role": "user", "content": [{"type": "text", "text": "second"}, {"type": "image_url"}]},
+            ]
+        )
+        assert r.text == "second"
+        assert r.input_chars == len("Be brief.") + len("first question") + len("an answer") + len("second")
+
+    def test_messages_without_user_turn(self) -> None:
+        r = Request(messages=[{"role": "system", "content": "a"}, {"role": "assistant", "content": "b"}])
+        assert r.text == "a\nb"
+
+    def test_frozen_and_copied(self) -> None:
+        options = {"temperature": 0.5}
+        messages = [{"role": "user", "content": "hi"}]
+        r = Request(messages=messages, options=options)
+        options["temperature"] = 1.0
+        messages[0]["content"] = "changed"
+        assert r.options["temperature"] == 0.5
+        assert r.text == "hi"
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            r.priority = 3  # type: ignore[misc]
+        with pytest.raises(TypeError):
+            r.options["temperature"] = 2.0  # type: ignore[index]
+
+    def test_identity_semantics(self) -> None:
+        a, b = Request("same"), Request("same")
+        assert a != b
+        assert len({a, b}) == 2
+
+    @pytest.mark.parametrize(
+        ("kwargs", "error", "words"),
+        [
+            ({}, ValueError, "exactly one of Request.prompt or Request.messages"),
+            (
+                {"prompt": "x", "messages": [{"role": "user", "content": "y"}]},
+                ValueError,
+                "exactly one",
+            ),
+            ({"prompt": 5}, TypeError, "Request.prompt"),
+            ({"messages": "hello"}, TypeError, "Request.messages"),
+            ({"messages": []}, ValueError, "at least one message"),
+            ({"messages": [["user", "hi"]]}, TypeError, "Request.messages[0]"),
+            ({"messages": [{"content": "hi"}]}, TypeError, "['role']"),
+            ({"messages": [{"role": "user", "content": 3}]}, TypeError, "['content']"),
+            ({"prompt": "x", "max_tokens": -1}, ValueError, "Request.max_tokens"),
+            ({"prompt": "x", "max_tokens": 0}, ValueError, "Request.max_tokens"),
+            ({"prompt": "x", "max_tokens": 2.5}, TypeError, "Request.max_tokens"),
+            ({"prompt": "x", "max_tokens": True}, TypeError, "Request.max_tokens"),
+            ({"prompt": "x", "priority": "high"}, TypeError, "Request.priority"),
+            ({"prompt": "x", "tenant": 7}, TypeError, "Request.tenant"),
+            ({"prompt": "x", "options": [1, 2]}, TypeError, "mapping"),
+            ({"prompt": "x", "metadata": "m"}, TypeError, "mapping"),
+        ],
+    )
+    def test_bad_input_names_the_field(self, kwargs: dict[str, object], error: type, words: str) -> None:
+        with pytest.raises(error) as info:
+            Request(**kwargs)  # type: ignore[arg-type]
+        assert words in str(info.value)
+
+
+class TestPrediction:
+    def test_valid(self) -> None:
+        p = Prediction(12, p_long=0.25, prompt_tokens=3)
+        assert (p.tokens, p.p_long, p.prompt_tokens) == (12.0, 0.25, 3)
+        assert p == Prediction(12.0, p_long=0.25, prompt_tokens=3)
+
+    @pytest.mark.parametrize("tokens", [-1.0, math.nan, math.inf])
+    def test_bad_tokens(self, tokens: float) -> None:
+        with pytest.raises(ValueError, match=r"Prediction\.tokens"):
+            Prediction(tokens)
+
+    @pytest.mark.parametrize("p_long", [-0.1, 1.5])
+    def test_bad_p_long(self, p_long: float) -> None:
+        with pytest.raises(ValueError, match=r"Prediction\.p_long"):
+            Prediction(1.0, p_long=p_long)
+
+    def test_bad_prompt_tokens(self) -> None:
+        with pytest.raises(ValueError, match=r"Prediction\.prompt_tokens"):
+            Prediction(1.0, prompt_tokens=-2)
+
+
+class TestChunk:
+    def test_defaults(self) -> None:
+        c = Chunk("hi")
+        assert (c.text, c.tokens, c.prompt_tokens, c.finish_reason) == ("hi", 1, None, None)
+
+    @pytest.mark.parametrize("tokens", [-1, 1.5, True])
+    def test_bad_tokens(self, tokens: object) -> None:
+        with pytest.raises(ValueError, match=r"Chunk\.tokens"):
+            Chunk("x", tokens=tokens)  # type: ignore[arg-type]
+
+
+def test_completion_durations() -> None:
+    c = Completion(
+        request=Request("x"),
+        text="abc",
+        output_tokens=3,
+        prompt_tokens=1,
+        prediction=Prediction(3),
+        estimate=0.5,
+        submitted=10.0,
+        started=12.5,
+        first_token=13.0,
+        finished=20.0,
+    )
+    assert (c.wait, c.latency, c.time_to_first_token) == (2.5, 10.0, 3.0)

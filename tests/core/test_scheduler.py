@@ -1,0 +1,514 @@
+"""Scheduler behaviour, in virtual time on asyncio and trio."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from sjfsched import (
+    BackendError,
+    Chunk,
+    Completion,
+    Job,
+    Prediction,
+    QueueFull,
+    Request,
+    Scheduler,
+    SchedulerClosed,
+)
+from sjfsched.backends import CallableBackend
+from sjfsched.predictors import ConstantPredictor
+
+from ._util import TablePredictor, backend, job, scheduler
+
+pytestmark = pytest.mark.anyio
+
+
+async def run_all(sched: Scheduler, requests: Sequence[Request], gap: float = 0.0) -> list[Completion]:
+    """Submit requests in order (``gap`` seconds apart); completions in finishing order.
+
+    trio runs newly started tasks in a random order, so even "at once" means a
+    millisecond apart here.
+    """
+    done: list[Completion] = []
+
+    async def one(r: Request) -> None:
+        done.append(await sched.complete(r))
+
+    async with anyio.create_task_group() as tg:
+        for r in requests:
+            tg.start_soon(one, r)
+            await anyio.sleep(gap or 0.001)
+    return done
+
+
+def started_order(done: Sequence[Completion]) -> list[float]:
+    return [c.request.metadata["predicted"] for c in sorted(done, key=lambda c: c.started)]
+
+
+async def test_shortest_predicted_first() -> None:
+    async with scheduler() as sched:
+        done = await run_all(sched, [job(50), job(30), job(10), job(40), job(20)])
+    # The first request found the slot free; the rest ran shortest first.
+    assert started_order(done) == [50, 10, 20, 30, 40]
+    assert [c.output_tokens for c in done] == [50, 10, 20, 30, 40]
+
+
+async def test_constant_predictor_is_first_come_first_served() -> None:
+    async with scheduler(predictor=ConstantPredictor()) as sched:
+        done = await run_all(sched, [job(50), job(30), job(10), job(40), job(20)])
+    assert started_order(done) == [50, 30, 10, 40, 20]
+
+
+async def test_lower_priority_class_always_first() -> None:
+    async with scheduler() as sched:
+        done = await run_all(
+            sched, [job(5), job(1, priority=1), job(500, priority=-1), job(2), job(100, priority=-1)]
+        )
+    assert started_order(done) == [5, 100, 500, 2, 1]
+
+
+async def test_aging_lets_a_long_wait_overtake_a_newcomer() -> None:
+    # aging=1: every second waited forgives one second of estimate.
+    # t=0: a 1 s job holds the slot.  t=0: "long" (20 s) waits.  t=0.9: "short" (2 s) arrives.
+    # When the slot frees at t=1, long's effective estimate is 20 - 1 = 19 > 2 - 0.1, so short
+    # goes first.  With aging=30 long's is 20 - 30 < short's 2 - 3, so long goes first.
+    for aging, expected in [(1.0, [10, 20, 200]), (30.0, [10, 200, 20])]:
+        async with scheduler(aging=aging) as sched:
+            done: list[Completion] = []
+
+            async def one(r: Request, done: list[Completion] = done, sched: Scheduler = sched) -> None:
+                done.append(await sched.complete(r))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(one, job(10))
+                await anyio.sleep(0.001)
+                tg.start_soon(one, job(200))
+                await anyio.sleep(0.9)
+                tg.start_soon(one, job(20))
+        assert started_order(done) == expected
+
+
+async def test_max_wait_promotes_a_starving_request() -> None:
+    # A long job arrives behind a busy slot, then short jobs keep arriving faster than they are
+    # served; pure SJF (aging=0) would starve the long one until the shorts stop.
+    max_wait = 30.0
+    async with scheduler(aging=0.0, max_wait=max_wait) as sched:
+        done: list[Completion] = []
+
+        async def one(r: Request) -> None:
+            done.append(await sched.complete(r))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one, job(20))
+            await anyio.sleep(0.01)
+            tg.start_soon(one, job(100, metadata={"name": "long"}))
+            for _ in range(60):
+                await anyio.sleep(0.9)
+                tg.start_soon(one, job(10))
+        stats = sched.statistics()
+    long = next(c for c in done if c.request.metadata.get("name") == "long")
+    assert long.promoted
+    assert stats.promoted >= 1
+    one_service = 2.0  # the longest job that can hold the slot when it becomes overdue
+    assert long.wait <= max_wait + one_service
+    assert long.wait >= max_wait
+
+
+async def test_without_max_wait_pure_sjf_starves() -> None:
+    # The counterpart of the test above: no bound, no aging, and the long job waits for every short.
+    async with scheduler(aging=0.0, max_wait=None) as sched:
+        done: list[Completion] = []
+
+        async def one(r: Request) -> None:
+            done.append(await sched.complete(r))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one, job(20))
+            await anyio.sleep(0.01)
+            tg.start_soon(one, job(100, metadata={"name": "long"}))
+            for _ in range(60):
+                await anyio.sleep(0.9)
+                tg.start_soon(one, job(10))
+    long = next(c for c in done if c.request.metadata.get("name") == "long")
+    assert not long.promoted
+    assert long.wait > 50
+
+
+async def test_concurrency_slots_are_work_conserving() -> None:
+    running = 0
+    peak = 0
+
+    async def fn(request: Request) -> AsyncIterator[Chunk]:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        try:
+            await anyio.sleep(float(request.metadata["predicted"]))
+            yield Chunk("x")
+        finally:
+            running -= 1
+
+    async with scheduler(backend=CallableBackend(fn, slots=3)) as sched:
+        assert sched.concurrency == 3
+        done = await run_all(sched, [job(float(n)) for n in (5, 1, 4, 2, 3, 6, 1)])
+    assert peak == 3
+    finish_times = sorted(c.finished for c in done)
+    # Every start after the first three coincides with some finish: no slot idled.
+    for c in sorted(done, key=lambda c: c.started)[3:]:
+        assert any(abs(c.started - t) < 1e-9 for t in finish_times)
+
+
+async def test_cancelled_while_waiting_leaves_nothing_behind() -> None:
+    async with scheduler() as sched:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sched.complete, job(10))
+            await anyio.sleep(0.001)
+            scopes = []
+            for n in range(200):
+                scope = anyio.CancelScope()
+                scopes.append(scope)
+
+                async def waiter(scope: anyio.CancelScope = scope, n: int = n) -> None:
+                    with scope:
+                        await sched.complete(job(100 + n))
+
+                tg.start_soon(waiter)
+            await anyio.sleep(0.5)
+            assert sched.statistics().waiting == 200
+            assert sched.position(job(1)) is None
+            for scope in scopes:
+                scope.cancel()
+        stats = sched.statistics()
+        assert (stats.waiting, stats.running, stats.cancelled, stats.completed) == (0, 0, 200, 1)
+        assert sched._queue.storage_size() == 0
+        assert sched._by_request == {}
+
+
+async def test_cancelled_while_running_closes_the_backend_stream() -> None:
+    closed: list[str] = []
+
+    async def fn(request: Request) -> AsyncIterator[Chunk]:
+        try:
+            for i in range(1000):
+                await anyio.sleep(0.1)
+                yield Chunk(f"{i} ")
+        finally:
+            closed.append(request.text)
+
+    async with scheduler(backend=CallableBackend(fn)) as sched:
+        async with anyio.create_task_group() as tg:
+            with anyio.move_on_after(1.05):
+                await sched.complete(job(1))
+            after = await sched.complete(job(2))
+            tg.cancel_scope.cancel()
+        stats = sched.statistics()
+    assert closed[0] == "job 1"
+    assert after.output_tokens == 1000
+    assert (stats.cancelled, stats.completed, stats.running) == (1, 1, 0)
+
+
+async def test_slot_granted_to_a_cancelled_waiter_passes_on() -> None:
+    scope_b = anyio.CancelScope()
+    outcomes: dict[str, str] = {}
+
+    def cancel_b_when_a_completes(completion: Completion) -> None:
+        if completion.request.metadata.get("name") == "a":
+            # At this moment the slot has just been granted to B, which has not resumed yet.
+            assert sched.statistics().running == 1
+            scope_b.cancel()
+
+    sched = scheduler(on_complete=cancel_b_when_a_completes)
+    async with sched:
+
+        async def run(name: str, r: Request, scope: anyio.CancelScope | None = None) -> None:
+            with scope or anyio.CancelScope():
+                outcomes[name] = "started"
+                await sched.complete(r)
+                outcomes[name] = "completed"
+                return
+            outcomes[name] = "cancelled"
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run, "a", job(10, metadata={"name": "a"}))
+            await anyio.sleep(0.01)
+            tg.start_soon(run, "b", job(1), scope_b)  # shortest: gets the slot first
+            await anyio.sleep(0.01)
+            tg.start_soon(run, "c", job(50))
+        stats = sched.statistics()
+    assert outcomes == {"a": "completed", "b": "cancelled", "c": "completed"}
+    assert (stats.completed, stats.cancelled, stats.running, stats.waiting) == (2, 1, 0, 0)
+
+
+async def test_backend_failure_reaches_only_its_caller() -> None:
+    async def fn(request: Request) -> AsyncIterator[Chunk]:
+        await anyio.sleep(1)
+        if request.text == "job 2":
+            yield Chunk("partial")
+            raise ConnectionResetError("server went away")
+        yield Chunk(request.text)
+
+    async with scheduler(backend=CallableBackend(fn)) as sched:
+        results: dict[str, object] = {}
+
+        async def one(r: Request) -> None:
+            try:
+                results[r.text] = (await sched.complete(r)).text
+            except BackendError as exc:
+                results[r.text] = exc
+
+        async with anyio.create_task_group() as tg:
+            for n in (1, 2, 3):
+                tg.start_soon(one, job(n))
+                await anyio.sleep(0.001)
+        stats = sched.statistics()
+    error = results.pop("job 2")
+    assert isinstance(error, BackendError)
+    assert isinstance(error.__cause__, ConnectionResetError)
+    assert "server went away" in str(error)
+    assert results == {"job 1": "job 1", "job 3": "job 3"}
+    assert (stats.completed, stats.failed, stats.running) == (2, 1, 0)
+
+
+class GarbageBackend:
+    async def stream(self, request: Request, /) -> AsyncIterator[Any]:
+        yield {"text": "a dict, not a chunk"}
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_backend_yielding_garbage_is_a_backend_error() -> None:
+    async with Scheduler(GarbageBackend(), predictor=ConstantPredictor()) as sched:
+        stream_cm = sched.stream("x")
+        async with stream_cm as chunks:
+            with pytest.raises(BackendError, match="not a Chunk"):
+                async for _ in chunks:
+                    pass
+        assert sched.statistics().failed == 1
+
+
+class FlakyPredictor:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def predict(self, request: Request, /) -> Prediction:
+        self.calls += 1
+        if request.text == "explode":
+            raise RuntimeError("model file vanished")
+        if request.text == "wrong type":
+            return 42  # type: ignore[return-value]
+        return Prediction(10.0)
+
+    def predict_many(self, requests: Sequence[Request], /) -> list[Prediction]:
+        return [self.predict(r) for r in requests]
+
+
+async def test_predictor_failure_falls_back_and_is_counted(caplog: pytest.LogCaptureFixture) -> None:
+    async with Scheduler(backend(), predictor=FlakyPredictor()) as sched:
+        a = await sched.complete("explode", metadata={"output_tokens": 3})
+        b = await sched.complete("wrong type", metadata={"output_tokens": 3})
+        c = await sched.complete("fine", metadata={"output_tokens": 3})
+        stats = sched.statistics()
+    assert a.output_tokens == b.output_tokens == c.output_tokens == 3
+    assert a.prediction.tokens > 0
+    assert c.prediction == Prediction(10.0)
+    assert (stats.predictor_errors, stats.predictor_calls, stats.completed) == (2, 3, 3)
+    assert "FlakyPredictor failed" in caplog.text
+
+
+class RecordingPredictor(TablePredictor):
+    def __init__(self) -> None:
+        self.observed: list[tuple[str, float, int]] = []
+
+    def observe(self, request: Request, prediction: Prediction, output_tokens: int, /) -> None:
+        self.observed.append((request.text, prediction.tokens, output_tokens))
+
+
+async def test_observe_gets_the_real_output_length() -> None:
+    predictor = RecordingPredictor()
+    async with scheduler(predictor=predictor) as sched:
+        await sched.complete(job(10, actual=37))
+        await sched.complete(job(5, actual=2))
+    # The lengths come from the backend's chunks, not from the prediction.
+    assert predictor.observed == [("job 10", 10.0, 37), ("job 5", 5.0, 2)]
+
+
+async def test_queue_full_is_immediate() -> None:
+    async with scheduler(max_queue=2) as sched:
+        async with anyio.create_task_group() as tg:
+            for n in (10, 20, 30):
+                tg.start_soon(sched.complete, job(n))
+                await anyio.sleep(0.001)
+            assert sched.statistics().waiting == 2
+            before = anyio.current_time()
+            with pytest.raises(QueueFull, match="max_queue=2"):
+                await sched.complete(job(1))
+            assert anyio.current_time() == before
+        stats = sched.statistics()
+    assert (stats.rejected, stats.completed) == (1, 3)
+
+
+async def test_closing_ends_waiting_requests_and_lets_running_finish() -> None:
+    sched = scheduler()
+    outcomes: dict[float, object] = {}
+
+    async def one(r: Request) -> None:
+        try:
+            outcomes[r.metadata["predicted"]] = (await sched.complete(r)).output_tokens
+        except SchedulerClosed as exc:
+            outcomes[r.metadata["predicted"]] = exc
+
+    async with anyio.create_task_group() as tg:
+        async with sched:
+            for n in (30, 10, 20):
+                tg.start_soon(one, job(n))
+                await anyio.sleep(0.001)
+            await anyio.sleep(1)
+        # Leaving the block waited for the running request (3 s of work).
+        assert anyio.current_time() >= 3.0
+    assert outcomes[30] == 30
+    assert isinstance(outcomes[10], SchedulerClosed)
+    assert isinstance(outcomes[20], SchedulerClosed)
+    stats = sched.statistics()
+    assert (stats.completed, stats.closed, stats.waiting, stats.running) == (1, 2, 0, 0)
+    with pytest.raises(SchedulerClosed):
+        await sched.complete(job(1))
+    with pytest.raises(RuntimeError, match="cannot be reopened"):
+        await sched.__aenter__()
+    assert sched.statistics().rejected == 1
+
+
+async def test_rates_are_learned_from_completions() -> None:
+    sim = backend(decode_rate=50.0)
+    async with Scheduler(sim, predictor=TablePredictor(), decode_rate=5.0) as sched:
+        for n in (40, 80, 120, 200, 100, 60, 90, 150, 50, 70, 110, 130):
+            await sched.complete(Request("x" * 400, metadata={"predicted": n, "output_tokens": n}))
+        stats = sched.statistics()
+    assert stats.decode_rate == pytest.approx(50.0, rel=0.15)
+
+
+async def test_position_reports_the_queue_order() -> None:
+    async with scheduler() as sched:
+        requests = [job(n) for n in (50, 30, 10, 40, 20)]
+        async with anyio.create_task_group() as tg:
+            for r in requests:
+                tg.start_soon(sched.complete, r)
+                await anyio.sleep(0.001)
+            await anyio.sleep(0.01)
+            assert sched.position(requests[0]) is None  # running
+            assert [sched.position(r) for r in requests[1:]] == [2, 0, 3, 1]
+    assert all(sched.position(r) is None for r in requests)
+
+
+async def test_admit_without_backend() -> None:
+    predictor = RecordingPredictor()
+    async with Scheduler(predictor=predictor, learn_rates=True) as sched:
+        order: list[float] = []
+
+        async def call(r: Request) -> None:
+            async with sched.admit(r) as ticket:
+                order.append(ticket.request.metadata["predicted"])
+                await anyio.sleep(ticket.job.prediction.tokens / 10)
+                ticket.first_token()
+                await anyio.sleep(1)
+                ticket.report(output_tokens=11, prompt_tokens=3)
+
+        async with anyio.create_task_group() as tg:
+            for n in (30, 20, 10):
+                tg.start_soon(call, job(n))
+                await anyio.sleep(0.001)
+        with pytest.raises(ZeroDivisionError):
+            async with sched.admit(job(1)):
+                _ = 1 / 0
+        stats = sched.statistics()
+        with pytest.raises(TypeError, match="no backend"):
+            async with sched.stream("x"):
+                pass
+    assert order == [30, 10, 20]
+    assert (stats.completed, stats.failed) == (3, 1)
+    assert [o[2] for o in predictor.observed] == [11, 11, 11]
+    # Reported: 10 tokens decoded in 1 s after the first token, three times; the starting
+    # 30 tok/s counts as one second of work and decays by 0.9 per observation.
+    expected = (30 * 0.9**3 + 10 * (0.9**2 + 0.9 + 1)) / (0.9**3 + 0.9**2 + 0.9 + 1)
+    assert stats.decode_rate == pytest.approx(expected, rel=1e-6)
+
+
+async def test_ticket_report_validates() -> None:
+    async with Scheduler(predictor=ConstantPredictor()) as sched:
+        async with sched.admit("x") as ticket:
+            with pytest.raises(ValueError, match="output_tokens"):
+                ticket.report(-1)
+
+
+async def test_stream_left_early_counts_as_cancelled() -> None:
+    async with scheduler() as sched:
+        async with sched.stream(job(3)) as chunks:
+            with pytest.raises(RuntimeError, match="not been read to the end"):
+                _ = chunks.completion
+            async for _chunk in chunks:
+                break
+        stats = sched.statistics()
+    assert (stats.cancelled, stats.completed, stats.running) == (1, 0, 0)
+
+
+async def test_bad_input_is_rejected_before_queueing() -> None:
+    async with scheduler() as sched:
+        with pytest.raises(ValueError, match="max_tokens"):
+            await sched.complete("hi", max_tokens=-5)
+        with pytest.raises(TypeError, match="expected a Request"):
+            await sched.complete(123)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="exactly one"):
+            await sched.complete(Request("hi"), messages=[{"role": "user", "content": "x"}])
+        assert sched.statistics().waiting == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"concurrency": 0}, "concurrency"),
+        ({"aging": -1}, "aging"),
+        ({"aging": float("inf")}, "aging"),
+        ({"max_wait": -3}, "max_wait"),
+        ({"max_queue": -1}, "max_queue"),
+        ({"prefill_rate": 0}, "prefill_rate"),
+        ({"decode_rate": float("nan")}, "decode_rate"),
+    ],
+)
+async def test_bad_scheduler_options(kwargs: dict[str, Any], words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        Scheduler(backend(), **kwargs)
+
+
+async def test_bad_backend_or_predictor_type() -> None:
+    with pytest.raises(TypeError, match="stream"):
+        Scheduler(object())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="predict"):
+        Scheduler(backend(), predictor=object())  # type: ignore[arg-type]
+    with pytest.raises(BackendError, match="str, Chunk"):
+        async with Scheduler(CallableBackend(lambda r: 42, in_thread=False)) as sched:  # type: ignore[arg-type,return-value]
+            await sched.complete("x")
+
+
+class DeadlineScheduler(Scheduler):
+    """Least slack first: deadline minus estimate (the example policy)."""
+
+    def sort_key(self, job: Job) -> Any:
+        deadline = job.submitted + float(job.request.metadata["deadline"])
+        return (job.request.priority, deadline - job.estimate)
+
+
+async def test_subclass_policy_through_sort_key() -> None:
+    async with DeadlineScheduler(backend(), predictor=TablePredictor(), decode_rate=10.0) as sched:
+        requests = [
+            job(10, metadata={"deadline": 100}),
+            job(50, metadata={"deadline": 1000}),  # slack 995
+            job(20, metadata={"deadline": 30}),  # slack 28
+            job(5, metadata={"deadline": 600}),  # slack 599.5
+        ]
+        done = await run_all(sched, requests)
+    assert started_order(done) == [10, 20, 5, 50]
