@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, final
 import anyio.from_thread
 from typing_extensions import Self
 
+from ._errors import SchedulerClosed
 from ._records import Chunk, Completion, Request
 from ._scheduler import ChunkStream, Job, Scheduler, SchedulerStatistics, Ticket
 
@@ -54,7 +55,8 @@ class SyncScheduler:
     and is safe to call from any number of threads at once: each call waits
     its turn shortest-job-first, exactly as with the async scheduler.  The
     arguments are the :class:`Scheduler`'s; ``async_backend`` picks the event
-    loop (``"asyncio"`` or ``"trio"``).
+    loop (``"asyncio"`` or ``"trio"``) and ``scheduler_class`` a subclass with
+    your own policy.
 
     ::
 
@@ -70,12 +72,13 @@ class SyncScheduler:
         backend: Backend | None = None,
         *,
         async_backend: str = "asyncio",
+        scheduler_class: type[Scheduler] = Scheduler,
         **options: Any,
     ) -> None:
         self._exit_stack = contextlib.ExitStack()
         self._portal = self._exit_stack.enter_context(anyio.from_thread.start_blocking_portal(async_backend))
         try:
-            self._scheduler = self._portal.call(_make_scheduler, backend, options)
+            self._scheduler = self._portal.call(_make_scheduler, scheduler_class, backend, options)
             self._portal.call(self._scheduler.__aenter__)
         except BaseException:
             self._exit_stack.close()
@@ -108,14 +111,20 @@ class SyncScheduler:
         finally:
             self._exit_stack.close()
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SchedulerClosed("the scheduler is closed")
+
     def complete(self, request: Request | str | None = None, /, **fields: Any) -> Completion:
         """Blocking :meth:`Scheduler.complete`."""
+        self._check_open()
         completion: Completion = self._portal.call(_call_complete, self._scheduler, request, fields)
         return completion
 
     @contextlib.contextmanager
     def stream(self, request: Request | str | None = None, /, **fields: Any) -> Iterator[SyncStream]:
         """Blocking :meth:`Scheduler.stream`: a context manager of a chunk iterator."""
+        self._check_open()
         cm = self._scheduler.stream(request, **fields)
         with self._portal.wrap_async_context_manager(cm) as stream:
             yield SyncStream(self._portal, stream)
@@ -123,14 +132,19 @@ class SyncScheduler:
     @contextlib.contextmanager
     def admit(self, request: Request | str | None = None, /, **fields: Any) -> Iterator[Ticket]:
         """Blocking :meth:`Scheduler.admit`: run your own call inside the block."""
+        self._check_open()
         cm = self._scheduler.admit(request, **fields)
         with self._portal.wrap_async_context_manager(cm) as ticket:
             yield ticket
 
     def statistics(self) -> SchedulerStatistics:
+        if self._closed:
+            return self._scheduler.statistics()
         return self._portal.call(self._scheduler.statistics)
 
     def position(self, request: Request) -> int | None:
+        if self._closed:
+            return None
         return self._portal.call(self._scheduler.position, request)
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -138,8 +152,10 @@ class SyncScheduler:
         return self._portal.call(fn, *args)
 
 
-def _make_scheduler(backend: Backend | None, options: dict[str, Any]) -> Scheduler:
-    return Scheduler(backend, **options)
+def _make_scheduler(
+    scheduler_class: type[Scheduler], backend: Backend | None, options: dict[str, Any]
+) -> Scheduler:
+    return scheduler_class(backend, **options)
 
 
 async def _call_complete(

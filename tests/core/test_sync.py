@@ -1,0 +1,88 @@
+"""SyncScheduler: the blocking facade, called from many threads (real time)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+import anyio
+import pytest
+
+from sjfsched import Chunk, Request, SchedulerClosed, SyncScheduler
+from sjfsched.backends import CallableBackend
+
+from ._util import TablePredictor, job
+
+
+async def echo(request: Request) -> AsyncIterator[Chunk]:
+    await anyio.sleep(0.002)
+    for word in request.text.split():
+        yield Chunk(word + " ")
+
+
+@pytest.mark.parametrize("async_backend", ["asyncio", "trio"])
+def test_many_threads_each_get_their_own_answer(async_backend: str) -> None:
+    with SyncScheduler(CallableBackend(echo), async_backend=async_backend) as sched:
+        with ThreadPoolExecutor(16) as pool:
+            texts = list(pool.map(lambda i: sched.complete(f"thread {i} says hi").text, range(64)))
+        stats = sched.statistics()
+    assert texts == [f"thread {i} says hi " for i in range(64)]
+    assert (stats.completed, stats.running, stats.waiting) == (64, 0, 0)
+
+
+def test_threads_are_served_shortest_first() -> None:
+    order: list[float] = []
+
+    async def record(request: Request) -> AsyncIterator[Chunk]:
+        order.append(request.metadata["predicted"])
+        yield Chunk("ok")
+
+    with SyncScheduler(CallableBackend(record), predictor=TablePredictor()) as sched:
+        release = threading.Event()
+        entered = threading.Event()
+
+        def hold() -> None:
+            with sched.admit(job(0)):
+                entered.set()
+                release.wait(10)
+
+        with ThreadPoolExecutor(8) as pool:
+            holder = pool.submit(hold)
+            assert entered.wait(10)
+            requests = [job(n) for n in (50, 20, 40, 10, 30)]
+            futures = [pool.submit(sched.complete, r) for r in requests]
+            for _ in range(500):
+                if sched.statistics().waiting == 5:
+                    break
+                threading.Event().wait(0.01)
+            assert [sched.position(r) for r in requests] == [4, 1, 3, 0, 2]
+            release.set()
+            holder.result(10)
+            for f in futures:
+                f.result(10)
+    assert order == [10, 20, 30, 40, 50]
+
+
+def test_custom_scheduler_class() -> None:
+    from .test_scheduler import DeadlineScheduler
+
+    with SyncScheduler(
+        CallableBackend(echo), scheduler_class=DeadlineScheduler, predictor=TablePredictor()
+    ) as sched:
+        assert isinstance(sched.scheduler, DeadlineScheduler)
+        assert sched.complete(job(3, metadata={"deadline": 5})).text == "job 3 "
+
+
+def test_stream_admit_and_close() -> None:
+    sched = SyncScheduler(CallableBackend(echo))
+    with sched.stream("one two three") as chunks:
+        assert [c.text for c in chunks] == ["one ", "two ", "three "]
+    assert chunks.completion.output_tokens == 3
+    with sched.admit("my own call") as ticket:
+        ticket.report(output_tokens=5)
+    assert sched.statistics().completed == 2
+    sched.close()
+    sched.close()
+    with pytest.raises(SchedulerClosed):
+        sched.complete("too late")
