@@ -337,10 +337,15 @@ class Scheduler:
         fields.  Raises :class:`QueueFull`, :class:`SchedulerClosed` or
         :class:`BackendError`.
         """
-        async with self.stream(request, **fields) as chunks:
-            async for _ in chunks:
+        stream = await self._open_stream(request, fields)
+        try:
+            async for _ in stream:
                 pass
-        return chunks.completion
+        except BaseException as exc:
+            await self._settle(stream, exc)
+            raise
+        await self._settle(stream, None)
+        return stream.completion
 
     @asynccontextmanager
     async def stream(
@@ -359,29 +364,36 @@ class Scheduler:
         exhausted closes the backend's stream and frees the slot (the request
         counts as cancelled).
         """
-        if self._backend is None:
+        stream = await self._open_stream(request, fields)
+        try:
+            yield stream
+        except BaseException as exc:
+            await self._settle(stream, exc)
+            raise
+        await self._settle(stream, None)
+
+    async def _open_stream(self, request: Request | str | None, fields: Mapping[str, Any]) -> ChunkStream:
+        backend = self._backend
+        if backend is None:
             raise TypeError("this Scheduler has no backend: use admit() or pass a backend")
         if self._state is _State.CLOSED:
             self._counts["rejected"] += 1
             raise SchedulerClosed("the scheduler is closed")
-        backend = self._backend
-        req = _coerce_request(request, fields)
-        entry = await self._acquire(req)
-        stream = ChunkStream(self, entry, backend)
-        try:
-            yield stream
-        except BaseException as exc:
-            await stream._close()
+        entry = await self._acquire(_coerce_request(request, fields))
+        return ChunkStream(entry, backend)
+
+    async def _settle(self, stream: ChunkStream, exc: BaseException | None) -> None:
+        """Close the backend stream if still open, free the slot, count the outcome."""
+        await stream._close()
+        entry = stream._entry
+        if exc is not None:
             self._end(entry, _outcome_of(exc))
-            raise
-        else:
-            await stream._close()
-            if stream._completion is not None:
-                self._complete(entry, stream._completion)
-            elif stream._error is not None:  # the caller swallowed our BackendError
-                self._end(entry, "failed")
-            else:  # abandoned before the end
-                self._end(entry, "cancelled")
+        elif stream._completion is not None:
+            self._complete(entry, stream._completion)
+        elif stream._error is not None:  # the caller swallowed our BackendError
+            self._end(entry, "failed")
+        else:  # abandoned before the end
+            self._end(entry, "cancelled")
 
     @asynccontextmanager
     async def admit(self, request: Request | str | None = None, /, **fields: Any) -> AsyncIterator[Ticket]:
@@ -582,8 +594,7 @@ class ChunkStream:
     chunk, :attr:`completion` holds the whole answer and its timings.
     """
 
-    def __init__(self, scheduler: Scheduler, entry: _Entry, backend: Backend) -> None:
-        self._scheduler = scheduler
+    def __init__(self, entry: _Entry, backend: Backend) -> None:
         self._entry = entry
         self._backend_name = type(backend).__name__
         self._iterator: AsyncIterator[Chunk] | None = None
@@ -621,6 +632,7 @@ class ChunkStream:
             if not isinstance(chunk, Chunk):
                 raise TypeError(f"backend yielded {type(chunk).__name__}, not a Chunk")
         except StopAsyncIteration:
+            self._iterator = None  # exhausted: nothing left to close
             self._finish()
             raise
         except SchedulerError as exc:
@@ -658,6 +670,8 @@ class ChunkStream:
 
     async def _close(self) -> None:
         iterator, self._iterator = self._iterator, None
+        if iterator is None:
+            return
         aclose = getattr(iterator, "aclose", None)
         if aclose is None:
             return
