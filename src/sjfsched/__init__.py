@@ -34,6 +34,8 @@ from ._sync import SyncStream as SyncStream
 from ._version import __version__ as __version__
 from ._virtual import VirtualEventLoop as VirtualEventLoop
 from ._virtual import run_virtual as run_virtual
+from ._wrap import ScheduledLlama as ScheduledLlama
+from ._wrap import wrap as wrap
 
 __all__ = [
     "DEFAULT_AGING",
@@ -52,6 +54,7 @@ __all__ = [
     "Scheduler",
     "SchedulerClosed",
     "SchedulerError",
+    "ScheduledLlama",
     "SchedulerStatistics",
     "SyncScheduler",
     "SyncStream",
@@ -59,4 +62,5 @@ __all__ = [
     "VirtualEventLoop",
     "__version__",
     "run_virtual",
+    "wrap",
 ]

@@ -1,0 +1,195 @@
+"""``wrap(llm)``: a thread-safe, shortest-job-first drop-in for ``llama_cpp.Llama``."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, final
+
+from typing_extensions import Self
+
+from ._records import Request
+from ._sync import SyncScheduler
+from .backends._llama import TokenCounter, llama_lock
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+
+    from ._scheduler import Ticket
+
+__all__ = ["ScheduledLlama", "wrap"]
+
+
+def wrap(llm: Llama, /, **scheduler_options: Any) -> ScheduledLlama:
+    """Make ``llm`` safe to call from many threads, shortest job first.
+
+    Returns a :class:`ScheduledLlama`: an object with the same
+    ``create_completion``, ``create_chat_completion`` and ``__call__`` as
+    ``llm`` (same arguments, same return values, ``stream=True`` iterators
+    included).  An existing threaded program changes one line::
+
+        llm = sjfsched.wrap(llama_cpp.Llama("model.gguf"))
+
+    and its threads may then call ``llm`` at once: each call waits its turn,
+    the one predicted shortest first, and only one runs on the model at a
+    time.  ``scheduler_options`` are :class:`~sjfsched.Scheduler`'s
+    (``predictor``, ``aging``, ``max_wait``, ``max_queue``, ...).
+    """
+    return ScheduledLlama(llm, **scheduler_options)
+
+
+@final
+class ScheduledLlama:
+    """A ``llama_cpp.Llama`` whose completion calls are admitted shortest-first.
+
+    Made by :func:`wrap`.  ``create_completion``, ``create_chat_completion``
+    and calling the object take exactly the arguments of the ``Llama``
+    methods and return what they return.  Each call becomes a
+    :class:`~sjfsched.Request` (the prompt or the chat, ``max_tokens``) for
+    the scheduler; when its turn comes the real method runs in the calling
+    thread while every other call waits.
+
+    A streaming call (``stream=True``) takes its turn when iteration starts
+    and holds the model until the iterator is exhausted or closed: read it to
+    the end, or close it (``iterator.close()``, or leave a ``for`` loop and
+    drop it) so the next caller can go.
+
+    Every other attribute is the ``Llama``'s own (``tokenize``, ``metadata``,
+    ...), unscheduled.  :attr:`scheduler` gives the
+    :class:`~sjfsched.SyncScheduler` (for ``statistics()``); :meth:`close`
+    stops it (waiting calls fail with :class:`~sjfsched.SchedulerClosed`)
+    and leaves the ``Llama`` open.  Use the object as a context manager to
+    close it at the end.
+    """
+
+    def __init__(self, llm: Llama, /, **scheduler_options: Any) -> None:
+        if not callable(getattr(llm, "create_completion", None)) or not callable(
+            getattr(llm, "create_chat_completion", None)
+        ):
+            raise TypeError(f"wrap() needs a llama_cpp.Llama, got {type(llm).__name__}")
+        self._llm = llm
+        self._lock = llama_lock(llm)
+        self._completion_signature = inspect.signature(llm.create_completion)
+        self._chat_signature = inspect.signature(llm.create_chat_completion)
+        self._scheduler = SyncScheduler(None, **scheduler_options)
+
+    @property
+    def llm(self) -> Llama:
+        """The wrapped ``Llama``."""
+        return self._llm
+
+    @property
+    def scheduler(self) -> SyncScheduler:
+        """The scheduler every call goes through."""
+        return self._scheduler
+
+    def close(self) -> None:
+        """Stop the scheduler (the ``Llama`` stays open)."""
+        self._scheduler.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._llm, name)
+
+    def __repr__(self) -> str:
+        return f"wrap({self._llm!r})"
+
+    # ----------------------------------------------------------- the calls
+
+    def create_completion(self, *args: Any, **kwargs: Any) -> Any:
+        """``Llama.create_completion``, admitted shortest-first."""
+        bound = self._completion_signature.bind(*args, **kwargs)
+        values = _with_defaults(bound)
+        prompt = values["prompt"]
+        if not isinstance(prompt, str):  # a list of token ids
+            prompt = self._llm.detokenize(list(prompt)).decode("utf-8", errors="replace")
+        request = Request(prompt, max_tokens=_max_tokens(values.get("max_tokens")))
+        return self._run(self._llm.create_completion, bound, request, bool(values.get("stream")))
+
+    def create_chat_completion(self, *args: Any, **kwargs: Any) -> Any:
+        """``Llama.create_chat_completion``, admitted shortest-first."""
+        bound = self._chat_signature.bind(*args, **kwargs)
+        values = _with_defaults(bound)
+        messages: Sequence[Mapping[str, Any]] = values["messages"]
+        request = Request(messages=messages, max_tokens=_max_tokens(values.get("max_tokens")))
+        return self._run(self._llm.create_chat_completion, bound, request, bool(values.get("stream")))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """``Llama.__call__`` (which is ``create_completion``), admitted shortest-first."""
+        return self.create_completion(*args, **kwargs)
+
+    def _run(
+        self, method: Callable[..., Any], bound: inspect.BoundArguments, request: Request, stream: bool
+    ) -> Any:
+        if stream:
+            return self._stream(method, bound, request)
+        with self._scheduler.admit(request) as ticket, self._lock:
+            result = method(*bound.args, **bound.kwargs)
+            usage = result.get("usage") or {}
+            completion_tokens = usage.get("completion_tokens")
+            if isinstance(completion_tokens, int):
+                prompt_tokens = usage.get("prompt_tokens")
+                ticket.report(completion_tokens, prompt_tokens if isinstance(prompt_tokens, int) else None)
+            return result
+
+    def _stream(
+        self, method: Callable[..., Any], bound: inspect.BoundArguments, request: Request
+    ) -> Iterator[Any]:
+        # Count the tokens as the model samples them (the stream has no usage).
+        counter = TokenCounter()
+        from llama_cpp import LogitsProcessorList
+
+        processors = LogitsProcessorList([counter])
+        extra = bound.arguments.get("logits_processor")
+        if extra is not None:
+            processors.extend(extra)
+        bound.arguments["logits_processor"] = processors
+        with self._scheduler.admit(request) as ticket, self._lock:
+            iterator = iter(method(*bound.args, **bound.kwargs))
+            finish: str | None = None
+            first = True
+            try:
+                for chunk in iterator:
+                    if first:
+                        first = False
+                        self._scheduler.call(_first_token, ticket)
+                    choices = chunk.get("choices") or ()
+                    if choices and choices[0].get("finish_reason") is not None:
+                        finish = choices[0]["finish_reason"]
+                    yield chunk
+            finally:
+                close = getattr(iterator, "close", None)
+                if close is not None:
+                    close()
+            sampled = counter.sampled
+            output = sampled if finish == "length" else max(0, sampled - 1)
+            ticket.report(output, counter.prompt_tokens)
+
+
+def _first_token(ticket: Ticket) -> None:
+    ticket.first_token()
+
+
+def _with_defaults(bound: inspect.BoundArguments) -> dict[str, Any]:
+    values = dict(bound.signature.parameters)
+    out = {name: p.default for name, p in values.items() if p.default is not inspect.Parameter.empty}
+    out.update(bound.arguments)
+    return out
+
+
+def _max_tokens(value: object) -> int | None:
+    # llama.cpp: None, 0 or a negative number means "until the context is full".
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None

@@ -1,0 +1,192 @@
+"""What the HTTP backends share: the client, timeouts, and error conversion.
+
+httpx is imported only when an HTTP backend is used, so ``sjfsched.backends``
+imports without it (it comes with the ``ollama`` and ``openai`` extras).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from .._errors import BackendError
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = [
+    "BackendUnavailable",
+    "HttpSettings",
+    "error_message",
+    "is_unavailable",
+    "map_http_errors",
+]
+
+#: Seconds to wait for a TCP connection by default.
+DEFAULT_CONNECT_TIMEOUT = 5.0
+#: Seconds to wait for the next bytes of a response by default: long, because
+#: a server says nothing while it loads a model or evaluates a long prompt.
+DEFAULT_READ_TIMEOUT = 300.0
+
+
+class BackendUnavailable(BackendError):
+    """The backend could not serve anything: unreachable, gone, timed out or 5xx.
+
+    A subclass of :class:`~sjfsched.BackendError` raised by the HTTP
+    backends when the fault lies with the server or the network rather than
+    with the request: connection refused or lost, a timeout, a malformed
+    stream, a 5xx answer.  :class:`BackendPool` takes a backend that raises it
+    out of rotation.
+    """
+
+
+def import_httpx(backend: str, extra: str) -> Any:
+    try:
+        import httpx
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ImportError(f"{backend} needs httpx: pip install 'sjfsched[{extra}]'") from exc
+    return httpx
+
+
+def check_timeout(name: str, value: float | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0) or math.isnan(value):
+        raise ValueError(f"{name} must be a positive number of seconds or None, got {value!r}")
+    return float(value)
+
+
+class HttpSettings:
+    """Base URL, timeouts, headers; makes the ``httpx.AsyncClient`` on first use."""
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        extra: str,
+        base_url: str,
+        connect_timeout: float | None,
+        read_timeout: float | None,
+        headers: Mapping[str, str] | None,
+        client: httpx.AsyncClient | None,
+    ) -> None:
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must be an http:// or https:// URL, got {base_url!r}")
+        self.service = service
+        self.extra = extra
+        self.base_url = base_url.rstrip("/")
+        self.connect_timeout = check_timeout("connect_timeout", connect_timeout)
+        self.read_timeout = check_timeout("read_timeout", read_timeout)
+        self.headers = dict(headers or {})
+        self._client = client
+        self._owns_client = client is None
+
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            httpx = import_httpx(self.service, self.extra)
+            timeout = httpx.Timeout(
+                connect=self.connect_timeout,
+                read=self.read_timeout,
+                write=self.read_timeout,
+                pool=self.connect_timeout,
+            )
+            self._client = httpx.AsyncClient(timeout=timeout, headers=self.headers)
+        return self._client
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and self._owns_client:
+            await client.aclose()
+
+    @asynccontextmanager
+    async def stream(self, path: str, body: Mapping[str, Any]) -> AsyncIterator[httpx.Response]:
+        """POST ``body`` as JSON and yield the streaming response (status checked)."""
+        url = f"{self.base_url}{path}"
+        client = self.client()
+        headers = None if self._owns_client else self.headers
+        async with map_http_errors(self, url):
+            async with client.stream("POST", url, json=body, headers=headers) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    message = error_message(response.content) or response.reason_phrase
+                    error_class = BackendUnavailable if response.status_code >= 500 else BackendError
+                    raise error_class(
+                        f"{self.service} answered {response.status_code} for {path}: {message}",
+                        status_code=response.status_code,
+                    )
+                yield response
+
+    async def get_json(self, path: str) -> Any:
+        url = f"{self.base_url}{path}"
+        async with map_http_errors(self, url):
+            response = await self.client().get(url)
+            if response.status_code >= 400:
+                message = error_message(response.content) or response.reason_phrase
+                raise BackendError(
+                    f"{self.service} answered {response.status_code} for {path}: {message}",
+                    status_code=response.status_code,
+                )
+            try:
+                return response.json()
+            except ValueError as exc:
+                raise BackendUnavailable(f"{self.service} sent invalid JSON for {path}") from exc
+
+
+@asynccontextmanager
+async def map_http_errors(settings: HttpSettings, url: str) -> AsyncIterator[None]:
+    """Turn httpx's exceptions into :class:`BackendUnavailable` with a plain message."""
+    httpx = import_httpx(settings.service, settings.extra)
+    service = settings.service
+    try:
+        yield
+    except httpx.ConnectTimeout as exc:
+        raise BackendUnavailable(
+            f"connecting to {service} at {url} timed out after {settings.connect_timeout} s"
+        ) from exc
+    except httpx.ConnectError as exc:
+        raise BackendUnavailable(f"cannot connect to {service} at {url}: {exc}") from exc
+    except httpx.ReadTimeout as exc:
+        raise BackendUnavailable(
+            f"{service} at {url} sent nothing for {settings.read_timeout} s (read_timeout)"
+        ) from exc
+    except httpx.TimeoutException as exc:
+        raise BackendUnavailable(f"{service} at {url} timed out: {exc!r}") from exc
+    except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+        raise BackendUnavailable(f"the connection to {service} at {url} broke mid-response: {exc}") from exc
+    except httpx.HTTPError as exc:
+        raise BackendUnavailable(f"talking to {service} at {url} failed: {exc!r}") from exc
+
+
+def error_message(content: bytes) -> str:
+    """The server's error message from an error body, whatever its shape.
+
+    Ollama sends ``{"error": "..."}``, OpenAI-compatible servers
+    ``{"error": {"message": "..."}}``, FastAPI ``{"detail": ...}``.
+    """
+    text = content.decode("utf-8", errors="replace").strip()
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text[:500]
+    if isinstance(body, Mapping):
+        error = body.get("error")
+        if isinstance(error, str):
+            return error
+        if isinstance(error, Mapping) and isinstance(error.get("message"), str):
+            return str(error["message"])
+        detail = body.get("detail")
+        if detail is not None:
+            return detail if isinstance(detail, str) else json.dumps(detail)[:500]
+    return text[:500]
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether a failure says the backend (not the request) is at fault."""
+    if isinstance(exc, BackendUnavailable):
+        return True
+    if isinstance(exc, BackendError):
+        return exc.status_code is not None and exc.status_code >= 500
+    return isinstance(exc, (OSError, TimeoutError))

@@ -1,0 +1,353 @@
+"""An in-process llama.cpp model (llama-cpp-python's ``Llama``) as a backend."""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from contextlib import aclosing
+from typing import TYPE_CHECKING, Any, final
+
+import anyio
+import anyio.to_thread
+import attrs
+
+from .._errors import BackendError
+from .._records import Chunk, Request
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+    from llama_cpp import Llama
+
+__all__ = ["LlamaCppBackend"]
+
+# One lock per Llama, shared by every LlamaCppBackend and wrap() over it: a
+# Llama holds one context and one KV cache and is not thread-safe, so two
+# generations must never overlap (llama-cpp-python#1529, #471).
+_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+# What our stream() sets itself; an option of the same name is refused.
+_RESERVED = frozenset({"prompt", "messages", "stream"})
+
+_DONE = object()
+
+
+def llama_lock(llm: Llama) -> threading.Lock:
+    """The lock that serialises generations on ``llm`` (one per ``Llama``)."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(llm)
+        if lock is None:
+            lock = _LOCKS[llm] = threading.Lock()
+        return lock
+
+
+@attrs.define
+class TokenCounter:
+    """Counts the tokens llama.cpp samples, through a logits processor.
+
+    llama-cpp-python calls every logits processor once per sampled token with
+    the tokens evaluated so far: the prompt, then the prompt and each output
+    token but the newest.  So the first call tells the prompt's length in the
+    model's own tokens, and the number of calls is the number of tokens
+    sampled, an end-of-generation token included.
+    """
+
+    prompt_tokens: int | None = None
+    sampled: int = 0
+
+    def __call__(
+        self, input_ids: npt.NDArray[np.intc], scores: npt.NDArray[np.single]
+    ) -> npt.NDArray[np.single]:
+        if self.prompt_tokens is None:
+            self.prompt_tokens = len(input_ids)
+        self.sampled += 1
+        return scores
+
+    def output_ids(self, input_ids: Any) -> list[int]:
+        """The output tokens sampled before the newest one (from ``llm.input_ids``)."""
+        start = self.prompt_tokens or 0
+        return [int(t) for t in input_ids[start:]]
+
+
+async def acquire_thread_lock(lock: threading.Lock) -> None:
+    """Acquire a ``threading.Lock`` without blocking the event loop, cancellably.
+
+    The wait runs in a worker thread that may be abandoned on cancellation; if
+    it gets the lock after being abandoned, it gives it straight back.
+    """
+    if lock.acquire(blocking=False):
+        return
+    guard = threading.Lock()
+    state = {"acquired": False, "abandoned": False}
+
+    def wait() -> None:
+        lock.acquire()
+        with guard:
+            if state["abandoned"]:
+                lock.release()
+            else:
+                state["acquired"] = True
+
+    try:
+        await anyio.to_thread.run_sync(wait, abandon_on_cancel=True)
+    except BaseException:
+        with guard:
+            if state["acquired"]:
+                lock.release()
+            else:
+                state["abandoned"] = True
+        raise
+
+
+@final
+class LlamaCppBackend:
+    """Serves requests with an in-process ``llama_cpp.Llama``.
+
+    A ``Llama`` holds one context and computes one answer at a time; two
+    threads calling it at once crash or garble the output.  This backend
+    runs each generation in a worker thread (so the event loop stays free),
+    one at a time per ``Llama`` (``slots`` is 1), and streams the text as the
+    model writes it::
+
+        llm = llama_cpp.Llama("model.gguf", n_ctx=4096)
+        async with Scheduler(LlamaCppBackend(llm)) as sched:
+            answer = await sched.complete("Why is the sky blue?", max_tokens=200)
+
+    - ``Request.prompt`` goes to ``llm.create_completion``,
+      ``Request.messages`` to ``llm.create_chat_completion`` (the model's
+      chat template).
+    - ``Request.max_tokens`` becomes ``max_tokens``; without it the model may
+      write until the context is full.  ``Request.options`` are passed as
+      keyword arguments (``temperature``, ``seed``, ``stop``, ``top_p``,
+      ``logit_bias``, ``grammar``, ...); an option the method does not take
+      fails the request with :class:`~sjfsched.BackendError` naming it.
+    - Token counts are the model's own: ``Chunk.prompt_tokens`` is the
+      prompt's length after the chat template, and the chunks' ``tokens`` add
+      up to the tokens generated (an end-of-generation token is not counted;
+      the token that completed a ``stop`` string is, as in llama.cpp's
+      ``usage``).
+    - Closing the stream (the caller was cancelled or left early) stops the
+      generation after the token being computed, and the model is free for
+      the next request at once.  A prompt being evaluated is finished first:
+      llama.cpp cannot interrupt it.
+
+    The ``Llama`` is shared with any other ``LlamaCppBackend`` or
+    :func:`sjfsched.wrap` over it through one lock, so they never run at the
+    same time.  ``close_llm=True`` closes the ``Llama`` when the backend is
+    closed; :meth:`from_path` loads a model the backend owns.
+    """
+
+    slots = 1
+
+    def __init__(self, llm: Llama, *, close_llm: bool = False) -> None:
+        if not callable(getattr(llm, "create_completion", None)) or not callable(
+            getattr(llm, "create_chat_completion", None)
+        ):
+            raise TypeError(f"LlamaCppBackend needs a llama_cpp.Llama, got {type(llm).__name__}")
+        self._llm = llm
+        self._lock = llama_lock(llm)
+        self._close_llm = close_llm
+        self._closed = False
+        self._completion_params = _keyword_names(llm.create_completion)
+        self._chat_params = _keyword_names(llm.create_chat_completion)
+
+    @classmethod
+    def from_path(cls, model_path: str, /, **llama_options: Any) -> LlamaCppBackend:
+        """Load ``model_path`` into a new ``Llama`` that the backend owns and closes.
+
+        ``llama_options`` go to ``llama_cpp.Llama`` (``n_ctx``, ``n_threads``,
+        ``n_gpu_layers``, ...); ``verbose`` defaults to false.
+        """
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise ImportError(
+                "LlamaCppBackend needs llama-cpp-python: pip install 'sjfsched[llama]'"
+            ) from exc
+        llama_options.setdefault("verbose", False)
+        return cls(Llama(model_path, **llama_options), close_llm=True)
+
+    @property
+    def llm(self) -> Llama:
+        """The ``Llama`` this backend drives."""
+        return self._llm
+
+    def __repr__(self) -> str:
+        return f"LlamaCppBackend({getattr(self._llm, 'model_path', self._llm)!r})"
+
+    def _arguments(self, request: Request, counter: TokenCounter) -> dict[str, Any]:
+        params = self._chat_params if request.messages is not None else self._completion_params
+        options = dict(request.options)
+        reserved = sorted(_RESERVED.intersection(options))
+        if reserved:
+            raise BackendError(f"LlamaCppBackend sets {', '.join(reserved)} itself; remove it from options")
+        unknown = sorted(k for k in options if k not in params)
+        if unknown:
+            method = "create_chat_completion" if request.messages is not None else "create_completion"
+            raise BackendError(f"llama_cpp.Llama.{method} takes no option(s) {', '.join(map(repr, unknown))}")
+        if request.max_tokens is not None:
+            options["max_tokens"] = request.max_tokens
+        else:
+            options.setdefault("max_tokens", None)  # to the end of the context
+        from llama_cpp import LogitsProcessorList
+
+        processors = LogitsProcessorList([counter])
+        extra = options.pop("logits_processor", None)
+        if extra is not None:
+            processors.extend(extra)
+        options["logits_processor"] = processors
+        options["stream"] = True
+        return options
+
+    def _start(self, request: Request, arguments: dict[str, Any]) -> Iterator[Any]:
+        llm: Any = self._llm  # llama_cpp's TypedDicts are stricter than our Mappings
+        if request.messages is not None:
+            messages = [dict(m) for m in request.messages]
+            return iter(llm.create_chat_completion(messages, **arguments))
+        return iter(llm.create_completion(request.prompt, **arguments))
+
+    async def stream(self, request: Request, /) -> AsyncIterator[Chunk]:
+        if self._closed:
+            raise BackendError("this LlamaCppBackend is closed")
+        counter = TokenCounter()
+        arguments = self._arguments(request, counter)
+        stops = _stop_strings(arguments.pop("stop", None))
+        await acquire_thread_lock(self._lock)
+        try:
+            try:
+                iterator = await anyio.to_thread.run_sync(self._start, request, arguments)
+            except Exception as exc:
+                raise BackendError(f"llama.cpp failed: {exc}") from exc
+            try:
+                async with aclosing(self._chunks(iterator, counter, stops)) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
+            finally:
+                # Closing a suspended generator stops it at once: no token is
+                # computed after this (we are not inside next() any more).
+                close = getattr(iterator, "close", None)
+                if close is not None:
+                    close()
+        finally:
+            self._lock.release()
+
+    async def _chunks(
+        self, iterator: Iterator[Any], counter: TokenCounter, stops: tuple[str, ...]
+    ) -> AsyncGenerator[Chunk, None]:
+        # A chunk's tokens are counted one sample late: the newest sampled
+        # token may turn out to be the end-of-generation token (not part of
+        # the answer), which only the end of the stream tells.  The last
+        # chunk makes the sum exact.
+        reported = 0
+        sent_prompt = False
+        pending = ""  # text held back: it may be the start of a stop string
+        finish: str | None = None
+        while True:
+            try:
+                item: Any = await anyio.to_thread.run_sync(next, iterator, _DONE)
+            except Exception as exc:
+                raise BackendError(f"llama.cpp failed: {exc}") from exc
+            if item is _DONE:
+                break
+            text, reason = _chunk_text(item)
+            pending += text
+            if stops:
+                cut = _find_stop(pending, stops)
+                if cut is not None:
+                    # Our own stop string: every sampled token is answer text,
+                    # the one that completed the stop string included.
+                    pending, finish = pending[:cut], "stop"
+                    break
+            if reason is not None:
+                finish = reason
+                continue  # the last chunk goes out below, with the exact count
+            ready = len(pending) - _held_back(pending, stops)
+            settled = max(reported, counter.sampled - 1)
+            if not ready and settled == reported:
+                continue
+            prompt_tokens = None if sent_prompt else counter.prompt_tokens
+            sent_prompt = sent_prompt or prompt_tokens is not None
+            yield Chunk(pending[:ready], tokens=settled - reported, prompt_tokens=prompt_tokens)
+            pending = pending[ready:]
+            reported = settled
+        if finish == "stop" and item is not _DONE:
+            total = counter.sampled  # stopped by one of our stop strings
+        elif finish == "length" or counter.sampled == 0:
+            total = counter.sampled
+        else:
+            # llama.cpp stopped at an end-of-generation token: not answer text.
+            total = counter.sampled - 1
+        yield Chunk(
+            pending,
+            tokens=max(0, total - reported),
+            prompt_tokens=None if sent_prompt else counter.prompt_tokens,
+            finish_reason=finish or "stop",
+        )
+
+    async def aclose(self) -> None:
+        """Close the ``Llama`` if this backend owns it (``close_llm=True``)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._close_llm:
+            await acquire_thread_lock(self._lock)
+            try:
+                close = getattr(self._llm, "close", None)
+                if close is not None:
+                    close()
+            finally:
+                self._lock.release()
+
+
+def _stop_strings(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,) if value else ()
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return tuple(v for v in value if v)
+    raise BackendError(f"option 'stop' must be a str or a list of str, got {value!r}")
+
+
+def _find_stop(text: str, stops: tuple[str, ...]) -> int | None:
+    """Where the first stop string starts in ``text``, or None."""
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(found) if found else None
+
+
+def _held_back(text: str, stops: tuple[str, ...]) -> int:
+    """How many characters at the end of ``text`` may begin a stop string."""
+    keep = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), keep, -1):
+            if text.endswith(stop[:n]):
+                keep = n
+                break
+    return keep
+
+
+def _chunk_text(item: Mapping[str, Any]) -> tuple[str, str | None]:
+    """The text and finish reason of a llama-cpp-python stream chunk."""
+    choices = item.get("choices") or ()
+    if not choices:
+        return "", None
+    choice = choices[0]
+    reason = choice.get("finish_reason")
+    if "delta" in choice:
+        content = choice["delta"].get("content")
+        return (content if isinstance(content, str) else ""), reason
+    text = choice.get("text")
+    return (text if isinstance(text, str) else ""), reason
+
+
+def _keyword_names(method: Any) -> frozenset[str]:
+    try:
+        parameters = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        return frozenset()
+    return frozenset(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)) - {
+        "self"
+    }

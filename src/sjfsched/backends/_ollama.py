@@ -1,0 +1,221 @@
+"""An Ollama server as a backend: ``/api/generate`` and ``/api/chat``, streamed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any, final
+
+from .._errors import BackendError
+from .._records import Chunk, Request
+from ._http import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT, BackendUnavailable, HttpSettings
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = ["OllamaBackend"]
+
+#: Request options that are fields of the request body, not model ``options``.
+_TOP_LEVEL = frozenset(
+    {
+        "format",
+        "system",
+        "template",
+        "raw",
+        "keep_alive",
+        "think",
+        "suffix",
+        "images",
+        "context",
+        "tools",
+        "logprobs",
+        "top_logprobs",
+    }
+)
+_RESERVED = frozenset({"model", "prompt", "messages", "stream"})
+
+
+@final
+class OllamaBackend:
+    """Sends requests to an Ollama server and streams its answers.
+
+    ``Request.prompt`` goes to ``POST /api/generate``, ``Request.messages``
+    to ``POST /api/chat``, both streamed (Ollama's newline-delimited JSON).
+    ``Request.max_tokens`` becomes ``options.num_predict``.  The keys of
+    ``Request.options`` that are request fields in Ollama's API (``format``,
+    ``system``, ``template``, ``raw``, ``keep_alive``, ``think``,
+    ``suffix``, ``images``, ``context``, ``tools``, ``logprobs``,
+    ``top_logprobs``) go into the request body; every other key (``temperature``,
+    ``seed``, ``stop``, ``num_ctx``, ``top_k``, ...) goes into its ``options``,
+    unchanged (``max_tokens`` is accepted as ``num_predict``).
+
+    Token counts are Ollama's own: each streamed line counts as one token and
+    the final line's ``eval_count`` makes the sum exact; its
+    ``prompt_eval_count`` is the prompt's length (absent when Ollama reused a
+    cached prompt) and ``done_reason`` the finish reason.
+
+    ``slots`` is how many requests the server runs at once: 1 for a default
+    Ollama, ``N`` with ``OLLAMA_NUM_PARALLEL=N``.  A
+    :class:`~sjfsched.Scheduler` takes its concurrency from it.
+
+    Errors reach the caller as :class:`~sjfsched.BackendError` carrying
+    Ollama's own message (``{"error": "..."}``) and ``status_code``: an
+    unknown model is a 404 (``model 'x' not found``), a full Ollama queue a
+    503 (``server busy``).  Failures of the server or the network (connection
+    refused or lost, timeouts, 5xx, a malformed stream, an error line in the
+    stream) are :class:`BackendUnavailable`, the subclass a
+    :class:`BackendPool` takes out of rotation.  ``connect_timeout`` (default
+    5 s) bounds connecting; ``read_timeout`` (default 300 s, ``None`` for no
+    bound) bounds the wait for each next line, model loading and prompt
+    evaluation included.
+
+    Cancelling the caller closes the HTTP stream, which makes Ollama stop
+    generating that answer.
+
+    ``keep_alive`` (e.g. ``"10m"``, or ``-1`` for ever) is sent with every
+    request that does not set its own.  ``headers`` are added to every request
+    (a proxy's ``Authorization``, say).  Pass your own ``httpx.AsyncClient``
+    as ``client`` to share a connection pool (it is not closed by
+    :meth:`aclose`; the timeouts are then the client's).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str = "http://127.0.0.1:11434",
+        *,
+        slots: int = 1,
+        connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+        read_timeout: float | None = DEFAULT_READ_TIMEOUT,
+        keep_alive: str | float | None = None,
+        headers: Mapping[str, str] | None = None,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        if not isinstance(model, str) or not model:
+            raise ValueError(f"model must be a non-empty str (an Ollama model name), got {model!r}")
+        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+            raise ValueError(f"slots must be an int >= 1, got {slots!r}")
+        self.model = model
+        self.slots = slots
+        self.keep_alive = keep_alive
+        self._http = HttpSettings(
+            service="Ollama",
+            extra="ollama",
+            base_url=base_url,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            headers=headers,
+            client=client,
+        )
+
+    @property
+    def base_url(self) -> str:
+        return self._http.base_url
+
+    def __repr__(self) -> str:
+        return f"OllamaBackend({self.model!r}, {self.base_url!r}, slots={self.slots})"
+
+    def body(self, request: Request) -> tuple[str, dict[str, Any]]:
+        """The endpoint and JSON body Ollama gets for ``request``."""
+        body: dict[str, Any] = {"model": self.model}
+        if request.messages is not None:
+            path = "/api/chat"
+            body["messages"] = [dict(m) for m in request.messages]
+        else:
+            path = "/api/generate"
+            body["prompt"] = request.prompt
+        body["stream"] = True
+        options: dict[str, Any] = {}
+        for key, value in request.options.items():
+            if key in _RESERVED:
+                raise BackendError(f"OllamaBackend sets {key!r} itself; remove it from Request.options")
+            if key in _TOP_LEVEL:
+                body[key] = value
+            elif key == "options" and isinstance(value, Mapping):
+                options.update(value)
+            elif key == "max_tokens":
+                options["num_predict"] = value
+            else:
+                options[key] = value
+        if request.max_tokens is not None:
+            options["num_predict"] = request.max_tokens
+        if options:
+            body["options"] = options
+        if self.keep_alive is not None:
+            body.setdefault("keep_alive", self.keep_alive)
+        return path, body
+
+    async def stream(self, request: Request, /) -> AsyncIterator[Chunk]:
+        path, body = self.body(request)
+        chat = request.messages is not None
+        async with self._http.stream(path, body) as response:
+            counted = 0
+            async for raw in response.aiter_lines():
+                line = raw.strip()
+                if not line:
+                    continue
+                message = _parse_line(line)
+                text, thinking = _text_of(message, chat)
+                if message.get("done") is True:
+                    yield _final_chunk(message, text, counted)
+                    return
+                if text or thinking:
+                    counted += 1
+                    yield Chunk(text)
+        raise BackendUnavailable(
+            f"Ollama at {self.base_url} ended the stream before its final line (done: true)"
+        )
+
+    async def models(self) -> list[str]:
+        """The names of the models the server has (``GET /api/tags``)."""
+        tags = await self._http.get_json("/api/tags")
+        models = tags.get("models") if isinstance(tags, Mapping) else None
+        if not isinstance(models, list):
+            raise BackendUnavailable(f"Ollama at {self.base_url} sent an unexpected /api/tags answer")
+        return [m["name"] for m in models if isinstance(m, Mapping) and isinstance(m.get("name"), str)]
+
+    async def aclose(self) -> None:
+        """Close the HTTP client (unless it was passed in)."""
+        await self._http.aclose()
+
+
+def _parse_line(line: str) -> Mapping[str, Any]:
+    try:
+        message = json.loads(line)
+    except ValueError:
+        raise BackendUnavailable(f"Ollama sent a malformed line: {line[:200]!r}") from None
+    if not isinstance(message, Mapping):
+        raise BackendUnavailable(f"Ollama sent a malformed line: {line[:200]!r}")
+    error = message.get("error")
+    if error is not None:
+        # An error after the stream began: the status line already said 200.
+        raise BackendUnavailable(f"Ollama failed while generating: {error}")
+    return message
+
+
+def _text_of(message: Mapping[str, Any], chat: bool) -> tuple[str, bool]:
+    """The answer text of one line, and whether it carries thinking instead."""
+    if chat:
+        body = message.get("message")
+        if not isinstance(body, Mapping):
+            return "", False
+        content, thinking = body.get("content"), body.get("thinking")
+    else:
+        content, thinking = message.get("response"), message.get("thinking")
+    return (content if isinstance(content, str) else ""), bool(thinking)
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _final_chunk(message: Mapping[str, Any], text: str, counted: int) -> Chunk:
+    eval_count = _count(message.get("eval_count"))
+    tokens = (1 if text else 0) if eval_count is None else max(0, eval_count - counted)
+    reason = message.get("done_reason")
+    return Chunk(
+        text,
+        tokens=tokens,
+        prompt_tokens=_count(message.get("prompt_eval_count")),
+        finish_reason=reason if isinstance(reason, str) else "stop",
+    )

@@ -1,0 +1,232 @@
+"""An OpenAI-compatible server as a backend (llama.cpp's server, LM Studio, vLLM, ...)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any, final
+from urllib.parse import urlsplit
+
+from .._errors import BackendError
+from .._records import Chunk, Request
+from ._http import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT, BackendUnavailable, HttpSettings
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = ["OpenAIBackend"]
+
+_RESERVED = frozenset({"model", "prompt", "messages", "stream"})
+
+
+@final
+class OpenAIBackend:
+    """Sends requests to an OpenAI-compatible server and streams its answers.
+
+    For llama.cpp's ``llama-server``, ``llama_cpp.server``, LM Studio, vLLM,
+    LocalAI and the like.  ``Request.messages`` goes to
+    ``POST {base_url}/chat/completions``, ``Request.prompt`` to
+    ``POST {base_url}/completions``, both with ``"stream": true`` (server-sent
+    events).  ``base_url`` is the API root as the ``openai`` client takes it,
+    e.g. ``http://127.0.0.1:8080/v1``; a URL without a path gets ``/v1``.
+
+    ``model`` names the served model; ``None`` asks the server
+    (``GET /models``) once and takes the first.  ``api_key``, if given, is
+    sent as ``Authorization: Bearer <api_key>``.  ``Request.max_tokens``
+    becomes ``max_tokens``; ``Request.options`` (``temperature``, ``seed``,
+    ``stop``, ``top_p``, ``logit_bias``, ...) go into the body unchanged.
+
+    Token counts: the body asks for ``stream_options: {"include_usage":
+    true}``, and the usage the server sends at the end (``prompt_tokens``,
+    ``completion_tokens``) makes the chunks' sum exact.  A server that sends
+    no usage (``llama_cpp.server`` does not) is counted one token per
+    streamed chunk, and exactly ``max_tokens`` when it stopped for
+    ``"length"``.  Pass ``include_usage=False`` for a server that rejects
+    ``stream_options``.
+
+    Errors reach the caller as :class:`~sjfsched.BackendError` with the
+    server's message and ``status_code``; failures of the server or the
+    network (connection refused or lost, timeouts, 5xx, a malformed or
+    truncated stream) are :class:`BackendUnavailable`.  ``connect_timeout``
+    and ``read_timeout`` as for :class:`OllamaBackend`.  Cancelling the caller
+    closes the HTTP stream.
+
+    ``slots`` is how many requests the server runs at once (llama.cpp's
+    ``--parallel``, vLLM's batch): a :class:`~sjfsched.Scheduler` takes its
+    concurrency from it.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str | None = None,
+        api_key: str | None = None,
+        *,
+        slots: int = 1,
+        connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+        read_timeout: float | None = DEFAULT_READ_TIMEOUT,
+        include_usage: bool = True,
+        headers: Mapping[str, str] | None = None,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        if model is not None and (not isinstance(model, str) or not model):
+            raise ValueError(f"model must be a non-empty str or None, got {model!r}")
+        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+            raise ValueError(f"slots must be an int >= 1, got {slots!r}")
+        if isinstance(base_url, str) and urlsplit(base_url).path in ("", "/"):
+            base_url = base_url.rstrip("/") + "/v1"
+        all_headers = dict(headers or {})
+        if api_key is not None:
+            all_headers.setdefault("Authorization", f"Bearer {api_key}")
+        self.model = model
+        self.slots = slots
+        self.include_usage = include_usage
+        self._http = HttpSettings(
+            service="the OpenAI-compatible server",
+            extra="openai",
+            base_url=base_url,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            headers=all_headers,
+            client=client,
+        )
+
+    @property
+    def base_url(self) -> str:
+        return self._http.base_url
+
+    def __repr__(self) -> str:
+        return f"OpenAIBackend({self.base_url!r}, model={self.model!r}, slots={self.slots})"
+
+    async def models(self) -> list[str]:
+        """The ids of the served models (``GET /models``)."""
+        answer = await self._http.get_json("/models")
+        data = answer.get("data") if isinstance(answer, Mapping) else None
+        if not isinstance(data, list):
+            raise BackendUnavailable(f"{self.base_url}/models sent an unexpected answer")
+        return [m["id"] for m in data if isinstance(m, Mapping) and isinstance(m.get("id"), str)]
+
+    async def _model(self) -> str:
+        if self.model is None:
+            models = await self.models()
+            if not models:
+                raise BackendError(f"{self.base_url}/models lists no model; pass model=...")
+            self.model = models[0]
+        return self.model
+
+    def body(self, request: Request, model: str) -> tuple[str, dict[str, Any]]:
+        """The endpoint and JSON body the server gets for ``request``."""
+        body: dict[str, Any] = {"model": model}
+        if request.messages is not None:
+            path = "/chat/completions"
+            body["messages"] = [dict(m) for m in request.messages]
+        else:
+            path = "/completions"
+            body["prompt"] = request.prompt
+        body["stream"] = True
+        if self.include_usage:
+            body["stream_options"] = {"include_usage": True}
+        for key, value in request.options.items():
+            if key in _RESERVED:
+                raise BackendError(f"OpenAIBackend sets {key!r} itself; remove it from Request.options")
+            body[key] = value
+        if request.max_tokens is not None:
+            body["max_tokens"] = request.max_tokens
+        return path, body
+
+    async def stream(self, request: Request, /) -> AsyncIterator[Chunk]:
+        path, body = self.body(request, await self._model())
+        chat = request.messages is not None
+        max_tokens = body.get("max_tokens")
+        async with self._http.stream(path, body) as response:
+            counted = 0
+            finish: str | None = None
+            usage: Mapping[str, Any] = {}
+            done = False
+            async for data in _sse_data(response):
+                if data == "[DONE]":
+                    done = True
+                    break
+                event = _parse_event(data)
+                if isinstance(event.get("usage"), Mapping):
+                    usage = event["usage"]
+                choices = event.get("choices")
+                if not isinstance(choices, list):
+                    continue
+                for choice in choices:
+                    if not isinstance(choice, Mapping) or choice.get("index", 0) != 0:
+                        continue
+                    text, reasoning = _choice_text(choice, chat)
+                    reason = choice.get("finish_reason")
+                    if isinstance(reason, str):
+                        finish = reason
+                    if text or reasoning:
+                        counted += 1
+                        yield Chunk(text)
+        if not done and finish is None:
+            raise BackendUnavailable(f"{self.base_url}{path} ended the stream before the answer was complete")
+        completion_tokens = _count(usage.get("completion_tokens"))
+        if completion_tokens is not None:
+            total = completion_tokens
+        elif finish == "length" and isinstance(max_tokens, int):
+            total = max_tokens
+        else:
+            total = counted
+        yield Chunk(
+            "",
+            tokens=max(0, total - counted),
+            prompt_tokens=_count(usage.get("prompt_tokens")),
+            finish_reason=finish or "stop",
+        )
+
+    async def aclose(self) -> None:
+        """Close the HTTP client (unless it was passed in)."""
+        await self._http.aclose()
+
+
+async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
+    """The ``data`` of each server-sent event (multi-line data joined by newlines)."""
+    lines: list[str] = []
+    async for line in response.aiter_lines():
+        if not line:
+            if lines:
+                yield "\n".join(lines)
+                lines = []
+            continue
+        if line.startswith(":"):
+            continue  # a comment (keep-alive ping)
+        field, _, value = line.partition(":")
+        if field == "data":
+            lines.append(value[1:] if value.startswith(" ") else value)
+    if lines:
+        yield "\n".join(lines)
+
+
+def _parse_event(data: str) -> Mapping[str, Any]:
+    try:
+        event = json.loads(data)
+    except ValueError:
+        raise BackendUnavailable(f"the server sent a malformed event: {data[:200]!r}") from None
+    if not isinstance(event, Mapping):
+        raise BackendUnavailable(f"the server sent a malformed event: {data[:200]!r}")
+    error = event.get("error")
+    if error is not None:
+        message = error.get("message") if isinstance(error, Mapping) else error
+        raise BackendUnavailable(f"the server failed while generating: {message}")
+    return event
+
+
+def _choice_text(choice: Mapping[str, Any], chat: bool) -> tuple[str, bool]:
+    if chat:
+        delta = choice.get("delta")
+        if not isinstance(delta, Mapping):
+            return "", False
+        content = delta.get("content")
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning") or delta.get("tool_calls")
+    else:
+        content, reasoning = choice.get("text"), None
+    return (content if isinstance(content, str) else ""), bool(reasoning)
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None

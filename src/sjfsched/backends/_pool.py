@@ -1,0 +1,304 @@
+"""Several backends behind one scheduler: slots, health and fail-over."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from contextlib import aclosing
+from typing import TYPE_CHECKING, final
+
+import anyio
+import attrs
+
+from .._records import Chunk, Request
+from ._http import BackendUnavailable, is_unavailable
+
+if TYPE_CHECKING:
+    from ._base import Backend
+
+__all__ = ["BackendPool", "PoolMemberStatistics", "PoolStatistics"]
+
+
+@attrs.frozen
+class PoolMemberStatistics:
+    """One backend of a :class:`BackendPool`, as it stands."""
+
+    #: ``repr()`` of the backend.
+    name: str
+    slots: int
+    #: Requests running on it now.
+    busy: int
+    #: False while it is out of rotation after a failure.
+    healthy: bool
+    #: Failures since it last served a request.
+    failures: int
+    #: Seconds until it may be tried again (``0.0`` when it may be now).
+    retry_in: float
+    #: Requests it finished (completed or left by their caller).
+    served: int
+
+
+@attrs.frozen
+class PoolStatistics:
+    """A snapshot of a :class:`BackendPool`."""
+
+    members: tuple[PoolMemberStatistics, ...]
+    #: Total slots, healthy or not (what a Scheduler's concurrency is set to).
+    slots: int
+    #: Slots of the backends now in rotation.
+    healthy_slots: int
+    busy: int
+    #: Requests moved to another backend after a failure.
+    failovers: int
+
+
+@attrs.define(eq=False)
+class _Member:
+    index: int
+    backend: Backend
+    slots: int
+    busy: int = 0
+    failures: int = 0
+    #: When it may be tried again; None while it is in rotation.
+    down_until: float | None = None
+    probing: bool = False
+    served: int = 0
+
+
+class _NoBackend(Exception):
+    pass
+
+
+@final
+class BackendPool:
+    """Several backends behind one :class:`~sjfsched.Scheduler`.
+
+    For several Ollama hosts, or llama.cpp servers, or a mix::
+
+        pool = BackendPool([
+            (OllamaBackend("llama3.2", "http://gpu-1:11434"), 4),  # OLLAMA_NUM_PARALLEL=4
+            (OllamaBackend("llama3.2", "http://gpu-2:11434"), 1),
+        ])
+        async with Scheduler(pool) as sched:   # concurrency = pool.slots = 5
+            ...
+
+    Each backend comes with its number of slots (or, given alone, its own
+    ``slots`` attribute, else 1); :attr:`slots` is their total, which a
+    Scheduler uses as its concurrency.  The scheduler still picks which
+    request runs next (shortest first); the pool sends it to the first backend
+    in the list with a free slot.
+
+    **Health.**  A backend that fails with
+    :class:`~sjfsched.backends.BackendUnavailable` (connection refused or lost,
+    timeout, malformed stream), a ``BackendError`` with a 5xx status, or an
+    ``OSError`` is taken out of rotation for ``retry_after`` seconds (default
+    5), doubling with each further failure up to ``max_retry_after`` (default
+    60).  When that time has passed, one request at a time is sent to it as a
+    probe: if the backend answers, it is back in rotation.  Other errors (a
+    404 for an unknown model, a bad option) are the request's fault: they
+    reach the caller and leave the backend in rotation.
+
+    **Fail-over rule.**  A request whose backend failed *before it streamed
+    anything* is sent to another backend in rotation (each backend is tried at
+    most once per request; ``failover=False`` turns this off).  A request
+    that had already streamed text to its caller is never replayed: it fails
+    with the backend's error.  When no backend is left to try, the request
+    fails with the last backend's error; when every backend is out of
+    rotation, it fails at once with :class:`BackendUnavailable` saying when
+    the first will be retried.
+
+    **No oversubscription.**  While a backend is out of rotation the pool has
+    fewer usable slots than the scheduler's concurrency; a request that finds
+    every usable slot busy waits inside the pool for one, in the order the
+    scheduler sent them, and never runs on a backend beyond its slots.
+    """
+
+    def __init__(
+        self,
+        backends: Iterable[Backend | tuple[Backend, int]],
+        *,
+        retry_after: float = 5.0,
+        max_retry_after: float = 60.0,
+        failover: bool = True,
+    ) -> None:
+        members: list[_Member] = []
+        for item in backends:
+            if isinstance(item, tuple):
+                if len(item) != 2:
+                    raise TypeError(f"give (backend, slots) pairs, got a tuple of {len(item)}")
+                backend, slots = item
+            else:
+                backend, slots = item, getattr(item, "slots", 1)
+            if not callable(getattr(backend, "stream", None)):
+                raise TypeError(f"not a backend (no stream method): {backend!r}")
+            if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+                raise ValueError(f"slots of {backend!r} must be an int >= 1, got {slots!r}")
+            members.append(_Member(len(members), backend, slots))
+        if not members:
+            raise ValueError("BackendPool needs at least one backend")
+        for name, value in (("retry_after", retry_after), ("max_retry_after", max_retry_after)):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not (math.isfinite(value) and value >= 0)
+            ):
+                raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+        self._members = members
+        self.slots = sum(m.slots for m in members)
+        self.retry_after = float(retry_after)
+        self.max_retry_after = max(float(max_retry_after), self.retry_after)
+        self.failover = failover
+        self._changed: anyio.Event | None = None
+        self._failovers = 0
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"({m.backend!r}, {m.slots})" for m in self._members)
+        return f"BackendPool([{inner}])"
+
+    @property
+    def backends(self) -> list[Backend]:
+        return [m.backend for m in self._members]
+
+    def statistics(self) -> PoolStatistics:
+        """Slots, load and health of every backend.
+
+        Call it from the event loop the pool runs in (it reads the loop's clock).
+        """
+        now = anyio.current_time()
+        members = tuple(
+            PoolMemberStatistics(
+                name=repr(m.backend),
+                slots=m.slots,
+                busy=m.busy,
+                healthy=m.down_until is None,
+                failures=m.failures,
+                retry_in=0.0 if m.down_until is None else max(0.0, m.down_until - now),
+                served=m.served,
+            )
+            for m in self._members
+        )
+        return PoolStatistics(
+            members=members,
+            slots=self.slots,
+            healthy_slots=sum(m.slots for m in self._members if m.down_until is None),
+            busy=sum(m.busy for m in self._members),
+            failovers=self._failovers,
+        )
+
+    # ------------------------------------------------------------ streaming
+
+    async def stream(self, request: Request, /) -> AsyncIterator[Chunk]:
+        tried: set[int] = set()
+        last_error: BaseException | None = None
+        while True:
+            member: _Member | None = None
+            no_backend = ""
+            try:
+                member = await self._acquire(tried)
+            except _NoBackend as exc:
+                no_backend = str(exc)
+            if member is None:
+                if last_error is not None:
+                    raise last_error  # the backend's own error, its cause intact
+                raise BackendUnavailable(no_backend)
+            if last_error is not None:
+                self._failovers += 1
+            tried.add(member.index)
+            streamed = False
+            try:
+                async with aclosing(_aiter(member.backend.stream(request))) as chunks:
+                    async for chunk in chunks:
+                        if not streamed:
+                            streamed = True
+                            self._alive(member)
+                        yield chunk
+            except Exception as exc:
+                unavailable = is_unavailable(exc)
+                self._release(member, failed=unavailable, answered=not unavailable)
+                if streamed or not unavailable or not self.failover:
+                    raise
+                last_error = exc
+                continue
+            except BaseException:
+                self._release(member, failed=False, answered=streamed)
+                raise
+            self._release(member, failed=False, answered=True)
+            return
+
+    async def aclose(self) -> None:
+        """Close every backend of the pool."""
+        seen: set[int] = set()
+        for member in self._members:
+            if id(member.backend) not in seen:
+                seen.add(id(member.backend))
+                await member.backend.aclose()
+
+    # ------------------------------------------------------------ internals
+
+    async def _acquire(self, tried: set[int]) -> _Member:
+        while True:
+            now = anyio.current_time()
+            candidates = [m for m in self._members if m.index not in tried]
+            if not candidates:
+                raise _NoBackend("every backend of the pool failed for this request")
+            for m in candidates:
+                if m.busy >= m.slots:
+                    continue
+                if m.down_until is None:
+                    m.busy += 1
+                    return m
+                if now >= m.down_until and not m.probing:
+                    m.probing = True  # one request at a time finds out if it is back
+                    m.busy += 1
+                    return m
+            waits = [m.down_until - now for m in candidates if m.down_until is not None and not m.probing]
+            usable = any(m.down_until is None or m.probing for m in candidates)
+            if not usable:
+                soonest = min(waits) if waits else 0.0
+                raise _NoBackend(
+                    f"all {len(candidates)} backend(s) of the pool are out of rotation after failures; "
+                    f"the first is retried in {max(0.0, soonest):.1f} s"
+                )
+            if self._changed is None:
+                self._changed = anyio.Event()
+            changed = self._changed
+            future = [w for w in waits if w > 0]
+            with anyio.move_on_after(min(future) if future else math.inf):
+                await changed.wait()
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, None
+        if changed is not None:
+            changed.set()
+
+    def _alive(self, member: _Member) -> None:
+        """The backend answered: it is (back) in rotation."""
+        if member.down_until is not None or member.failures:
+            member.down_until = None
+            member.failures = 0
+            self._notify()
+
+    def _release(self, member: _Member, *, failed: bool, answered: bool) -> None:
+        member.busy -= 1
+        member.probing = False
+        if failed:
+            member.failures += 1
+            backoff = min(self.max_retry_after, self.retry_after * 2.0 ** (member.failures - 1))
+            member.down_until = anyio.current_time() + backoff
+        else:
+            member.served += 1
+            if answered:
+                member.down_until = None
+                member.failures = 0
+        self._notify()
+
+
+async def _aiter(iterator: AsyncIterator[Chunk]) -> AsyncGenerator[Chunk, None]:
+    """An async generator over any async iterator (so it can be closed)."""
+    try:
+        async for chunk in iterator:
+            yield chunk
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()

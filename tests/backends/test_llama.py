@@ -1,0 +1,266 @@
+"""LlamaCppBackend against real llama.cpp generation (the tiny model, stories260K)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import numpy as np
+import numpy.typing as npt
+import pytest
+from llama_cpp import Llama, LogitsProcessorList
+
+from sjfsched import BackendError, Chunk, Request, Scheduler
+from sjfsched.backends import LlamaCppBackend
+from sjfsched.backends._llama import llama_lock
+from sjfsched.predictors import ConstantPredictor
+from tests.support.models import STORIES_SKIP_REASON, stories_model
+
+pytestmark = pytest.mark.anyio
+
+
+async def collect(backend: LlamaCppBackend, request: Request) -> list[Chunk]:
+    with anyio.fail_after(60):
+        return [chunk async for chunk in backend.stream(request)]
+
+
+def reference(llm: Llama, request: Request) -> Any:
+    """What llama-cpp-python itself returns for the request, not streamed."""
+    options = dict(request.options)
+    model: Any = llm  # llama_cpp's TypedDicts are stricter than plain dicts
+    if request.messages is not None:
+        return model.create_chat_completion(
+            [dict(m) for m in request.messages], max_tokens=request.max_tokens, **options
+        )
+    return model.create_completion(request.prompt, max_tokens=request.max_tokens, **options)
+
+
+def text_of(answer: Any) -> str:
+    choice = answer["choices"][0]
+    return str(choice["message"]["content"] if "message" in choice else choice["text"])
+
+
+@pytest.fixture
+def backend(tiny_llm: Llama) -> LlamaCppBackend:
+    return LlamaCppBackend(tiny_llm)
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        Request("Once upon a time", max_tokens=40, options={"temperature": 0}),
+        Request("Once upon a time", max_tokens=40, options={"temperature": 0.9, "seed": 7}),
+        Request(messages=[{"role": "user", "content": "Say hello."}], max_tokens=25, options={"seed": 3}),
+    ],
+    ids=["greedy", "sampled", "chat"],
+)
+async def test_streams_what_llama_cpp_generates_with_its_token_counts(
+    backend: LlamaCppBackend, tiny_llm: Llama, request_: Request
+) -> None:
+    chunks = await collect(backend, request_)
+    expected = reference(tiny_llm, request_)
+    assert len(chunks) > 10  # streamed piece by piece, not in one lump
+    assert "".join(c.text for c in chunks) == text_of(expected)
+    assert sum(c.tokens for c in chunks) == expected["usage"]["completion_tokens"] == request_.max_tokens
+    prompt_counts = [c.prompt_tokens for c in chunks if c.prompt_tokens is not None]
+    assert prompt_counts == [expected["usage"]["prompt_tokens"]]
+    assert [c.finish_reason for c in chunks] == [None] * (len(chunks) - 1) + ["length"]
+
+
+async def test_prompt_tokens_are_the_models_own_count(backend: LlamaCppBackend, tiny_llm: Llama) -> None:
+    prompt = "Count me: 12345 ~ é"
+    chunks = await collect(backend, Request(prompt, max_tokens=2))
+    assert chunks[0].prompt_tokens == len(tiny_llm.tokenize(prompt.encode()))
+
+
+async def test_stop_string_counts_the_completing_token_as_llama_cpp_does(
+    backend: LlamaCppBackend, tiny_llm: Llama
+) -> None:
+    greedy = text_of(tiny_llm.create_completion("Once upon a time", max_tokens=60, temperature=0))
+    stop = greedy[20:22]  # a piece of text the model will write
+    request = Request("Once upon a time", max_tokens=60, options={"temperature": 0, "stop": [stop]})
+    chunks = await collect(backend, request)
+    expected = reference(tiny_llm, request)
+    assert expected["choices"][0]["finish_reason"] == "stop"
+    assert "".join(c.text for c in chunks) == text_of(expected) == greedy[: greedy.index(stop)]
+    assert sum(c.tokens for c in chunks) == expected["usage"]["completion_tokens"]
+    assert chunks[-1].finish_reason == "stop"
+
+
+def _eos_after(llm: Llama, n: int) -> LogitsProcessorList:
+    """A logits processor that forces end-of-sequence after n output tokens."""
+    start: list[int] = []
+
+    def force(ids: npt.NDArray[np.intc], scores: npt.NDArray[np.single]) -> npt.NDArray[np.single]:
+        if not start:
+            start.append(len(ids))
+        if len(ids) - start[0] >= n:
+            scores = np.full_like(scores, -np.inf)
+            scores[llm.token_eos()] = 0.0
+        return scores
+
+    return LogitsProcessorList([force])
+
+
+@pytest.mark.parametrize("n", [0, 1, 9])
+async def test_end_of_generation_token_is_not_counted(
+    backend: LlamaCppBackend, tiny_llm: Llama, n: int
+) -> None:
+    chunks = await collect(
+        backend,
+        Request(
+            "Once upon a time",
+            max_tokens=50,
+            options={"temperature": 0, "logits_processor": _eos_after(tiny_llm, n)},
+        ),
+    )
+    expected: Any = tiny_llm.create_completion(
+        "Once upon a time", max_tokens=50, temperature=0, logits_processor=_eos_after(tiny_llm, n)
+    )
+    assert expected["choices"][0]["finish_reason"] == "stop"
+    assert sum(c.tokens for c in chunks) == expected["usage"]["completion_tokens"] == n
+    assert "".join(c.text for c in chunks) == text_of(expected)
+    assert chunks[-1].finish_reason == "stop"
+
+
+async def test_stories_model_runs_to_length_with_exact_counts() -> None:
+    path = stories_model()
+    if path is None:
+        pytest.skip(STORIES_SKIP_REASON)
+    llm = Llama(str(path), n_ctx=256, n_threads=1, n_threads_batch=1, verbose=False)
+    try:
+        backend = LlamaCppBackend(llm)
+        request = Request("Once upon a time", max_tokens=48, options={"temperature": 0})
+        chunks = await collect(backend, request)
+        expected = reference(llm, request)
+        assert "".join(c.text for c in chunks) == text_of(expected)
+        assert "Lily" in "".join(c.text for c in chunks)  # the real model writes a real story
+        assert sum(c.tokens for c in chunks) == 48
+        assert chunks[-1].finish_reason == "length"
+    finally:
+        llm.close()
+
+
+def _counting(calls: list[int]) -> LogitsProcessorList:
+    def count(ids: npt.NDArray[np.intc], scores: npt.NDArray[np.single]) -> npt.NDArray[np.single]:
+        calls.append(len(ids))
+        return scores
+
+    return LogitsProcessorList([count])
+
+
+async def test_cancelling_mid_stream_stops_generation_and_frees_the_model(
+    backend: LlamaCppBackend, tiny_llm: Llama
+) -> None:
+    sampled: list[int] = []
+    request = Request("A long story:", max_tokens=400, options={"logits_processor": _counting(sampled)})
+    async with Scheduler(backend, predictor=ConstantPredictor()) as sched:
+        with anyio.CancelScope() as scope:
+            async with sched.stream(request) as chunks:
+                seen = 0
+                async for _ in chunks:
+                    seen += 1
+                    if seen == 5:
+                        scope.cancel()
+                        await anyio.lowlevel.checkpoint()
+        assert scope.cancelled_caught
+        at_cancel = len(sampled)
+        assert not llama_lock(tiny_llm).locked()  # the worker thread let go of the model
+        await anyio.sleep(0.2)
+        assert len(sampled) == at_cancel <= 8  # nothing ran on after the cancellation
+        # The next request runs at once and is intact.
+        after = Request("Once upon a time", max_tokens=12, options={"temperature": 0})
+        with anyio.fail_after(10):
+            completion = await sched.complete(after)
+        assert completion.text == text_of(reference(tiny_llm, after))
+        stats = sched.statistics()
+        assert (stats.cancelled, stats.completed, stats.running) == (1, 1, 0)
+
+
+async def test_closing_the_stream_early_frees_the_model(backend: LlamaCppBackend, tiny_llm: Llama) -> None:
+    stream = backend.stream(Request("Go on:", max_tokens=300))
+    first = await stream.__anext__()
+    assert isinstance(first, Chunk)
+    assert llama_lock(tiny_llm).locked()
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert not llama_lock(tiny_llm).locked()
+
+
+async def test_bad_options_fail_with_a_clear_error(backend: LlamaCppBackend) -> None:
+    with pytest.raises(BackendError, match="'num_predict'"):
+        await collect(backend, Request("x", options={"num_predict": 3}))
+    with pytest.raises(BackendError, match="sets stream itself"):
+        await collect(backend, Request("x", options={"stream": False}))
+    with pytest.raises(BackendError, match="'stop' must be"):
+        await collect(backend, Request("x", options={"stop": 3}))
+
+
+async def test_prompt_longer_than_the_context_is_a_backend_error(
+    backend: LlamaCppBackend, tiny_llm: Llama
+) -> None:
+    with pytest.raises(BackendError, match="context window") as info:
+        await collect(backend, Request("x" * 600, max_tokens=4))
+    assert isinstance(info.value.__cause__, ValueError)
+    assert not llama_lock(tiny_llm).locked()
+
+
+async def test_two_backends_on_one_llama_never_overlap(tiny_llm: Llama) -> None:
+    """Two schedulers share one Llama: the per-Llama lock keeps every answer intact."""
+    prompts = [f"Story {i}:" for i in range(6)]
+    expected = {p: text_of(tiny_llm.create_completion(p, max_tokens=30, temperature=0)) for p in prompts}
+    results: dict[str, str] = {}
+    async with (
+        Scheduler(LlamaCppBackend(tiny_llm), predictor=ConstantPredictor()) as one,
+        Scheduler(LlamaCppBackend(tiny_llm), predictor=ConstantPredictor()) as two,
+    ):
+
+        async def run(sched: Scheduler, prompt: str) -> None:
+            completion = await sched.complete(prompt, max_tokens=30, options={"temperature": 0})
+            results[prompt] = completion.text
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for i, prompt in enumerate(prompts):
+                    tg.start_soon(run, one if i % 2 else two, prompt)
+    assert results == expected
+
+
+async def test_event_loop_stays_responsive_while_generating(backend: LlamaCppBackend) -> None:
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await anyio.sleep(0.005)
+            ticks += 1
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        start = time.perf_counter()
+        await collect(backend, Request("Tick tock", max_tokens=200))
+        elapsed = time.perf_counter() - start
+        tg.cancel_scope.cancel()
+    # Generation ran in worker threads: the loop kept ticking meanwhile.
+    assert ticks >= min(5, int(elapsed / 0.005) // 4)
+
+
+async def test_from_path_owns_and_closes_its_llama(tiny_path: Any) -> None:
+    backend = LlamaCppBackend.from_path(str(tiny_path), n_ctx=128, n_threads=1, n_threads_batch=1)
+    chunks = await collect(backend, Request("abc", max_tokens=3))
+    assert sum(c.tokens for c in chunks) == 3
+    await backend.aclose()
+    with pytest.raises(BackendError, match="closed"):
+        await collect(backend, Request("abc", max_tokens=3))
+
+
+def test_not_a_llama_is_refused() -> None:
+    with pytest.raises(TypeError, match=r"llama_cpp\.Llama"):
+        LlamaCppBackend(object())  # type: ignore[arg-type]
+
+
+def test_lock_is_one_per_llama(tiny_llm: Llama) -> None:
+    assert llama_lock(tiny_llm) is llama_lock(tiny_llm)
+    assert isinstance(llama_lock(tiny_llm), type(threading.Lock()))

@@ -1,0 +1,101 @@
+"""sjfsched.testing.write_tiny_llama writes a model llama.cpp really runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gguf
+import pytest
+from llama_cpp import Llama
+
+from sjfsched.testing import TINY_CHAT_TEMPLATE, VOCAB_SIZE, write_tiny_llama
+from tests.support.models import STORIES_SKIP_REASON, stories_model
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path) -> None:
+    a = write_tiny_llama(tmp_path / "a.gguf", seed=3)
+    b = write_tiny_llama(tmp_path / "b.gguf", seed=3)
+    c = write_tiny_llama(tmp_path / "c.gguf", seed=4)
+    assert a.read_bytes() == b.read_bytes()
+    assert a.read_bytes() != c.read_bytes()
+
+
+def test_metadata_describes_the_requested_shape(tmp_path: Path) -> None:
+    path = write_tiny_llama(tmp_path / "m.gguf", n_layer=3, n_embd=96, n_head=6, n_head_kv=2, n_ff=160)
+    reader = gguf.GGUFReader(path)
+    fields = {name: field.contents() for name, field in reader.fields.items() if not name.startswith("tok")}
+    assert fields["general.architecture"] == "llama"
+    assert fields["llama.block_count"] == 3
+    assert fields["llama.embedding_length"] == 96
+    assert fields["llama.attention.head_count"] == 6
+    assert fields["llama.attention.head_count_kv"] == 2
+    assert fields["llama.feed_forward_length"] == 160
+    assert reader.fields["tokenizer.chat_template"].contents() == TINY_CHAT_TEMPLATE
+    shapes = {t.name: tuple(int(d) for d in t.shape) for t in reader.tensors}
+    assert shapes["token_embd.weight"] == (96, VOCAB_SIZE)
+    assert shapes["blk.2.attn_k.weight"] == (96, 2 * 96 // 6)
+    assert shapes["blk.0.ffn_down.weight"] == (160, 96)
+
+
+def test_llama_cpp_loads_tokenizes_and_generates_to_length(tiny_llm: Llama) -> None:
+    text = "Hello, world! 42 ~"
+    tokens = tiny_llm.tokenize(text.encode())
+    assert tokens[0] == tiny_llm.token_bos()
+    assert len(tokens) == 1 + len(text)  # one token per character
+    assert tiny_llm.detokenize(tokens[1:]).decode() == text
+    # Text outside the printable ASCII range falls back to byte tokens.
+    assert tiny_llm.detokenize(tiny_llm.tokenize("é\n".encode(), add_bos=False)).decode() == "é\n"
+    for temperature in (0.0, 0.8, 1.5):
+        out: Any = tiny_llm.create_completion("Once", max_tokens=64, temperature=temperature, seed=1)
+        assert out["choices"][0]["finish_reason"] == "length"  # EOS is never sampled
+        assert out["usage"]["completion_tokens"] == 64
+        assert out["choices"][0]["text"].isprintable()
+
+
+def test_chat_template_is_used(tiny_llm: Llama) -> None:
+    out: Any = tiny_llm.create_chat_completion([{"role": "user", "content": "hi"}], max_tokens=3)
+    # "user: hi\nassistant:" is 19 characters, plus BOS.
+    assert out["usage"]["prompt_tokens"] == 20
+    assert out["usage"]["completion_tokens"] == 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"n_layer": 0}, "n_layer"),
+        ({"n_embd": 65, "n_head": 4}, "multiple of n_head"),
+        ({"n_head": 4, "n_head_kv": 3}, "n_head_kv"),
+        ({"n_embd": 12, "n_head": 4}, "even"),
+        ({"dtype": "int4"}, "dtype"),
+        ({"dtype": "q8_0", "n_embd": 48, "n_head": 4}, "multiples of 32"),
+        ({"logit_scale": 0.0}, "logit_scale"),
+    ],
+)
+def test_bad_shapes_are_refused_by_name(tmp_path: Path, kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        write_tiny_llama(tmp_path / "x.gguf", **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("dtype", ["f16", "q8_0"])
+def test_smaller_weight_types_load_and_run(tmp_path: Path, dtype: str) -> None:
+    path = write_tiny_llama(tmp_path / f"{dtype}.gguf", n_embd=64, n_ff=128, dtype=dtype)  # type: ignore[arg-type]
+    llm = Llama(str(path), n_ctx=128, n_threads=1, n_threads_batch=1, verbose=False)
+    try:
+        out: Any = llm.create_completion("abc", max_tokens=8)
+        assert out["usage"]["completion_tokens"] == 8
+    finally:
+        llm.close()
+
+
+def test_the_shared_stories_model_loads_when_present() -> None:
+    path = stories_model()
+    if path is None:
+        pytest.skip(STORIES_SKIP_REASON)
+    llm = Llama(str(path), n_ctx=256, n_threads=1, n_threads_batch=1, verbose=False)
+    try:
+        out: Any = llm.create_completion("Once upon a time", max_tokens=16, temperature=0)
+        assert out["usage"]["completion_tokens"] == 16
+        assert "Once" not in out["choices"][0]["text"]  # it continues, it does not echo
+    finally:
+        llm.close()
