@@ -1,0 +1,108 @@
+"""Exercises the public API for the type checker only: mypy --strict checks it, nothing runs it.
+
+If a change to the public API breaks this file, it breaks users' type checks too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from typing_extensions import assert_type
+
+import sjfsched
+from sjfsched import (
+    BackendError,
+    Chunk,
+    Completion,
+    Job,
+    Prediction,
+    PredictorError,
+    QueueFull,
+    Request,
+    Scheduler,
+    SchedulerClosed,
+    SchedulerError,
+    SchedulerStatistics,
+    SyncScheduler,
+    Ticket,
+)
+from sjfsched.backends import Backend, CallableBackend, SimulatedBackend
+from sjfsched.predictors import ConstantPredictor, HeuristicPredictor, Predictor, SupportsObserve
+
+
+class MyPredictor:
+    def predict(self, request: Request, /) -> Prediction:
+        return Prediction(len(request.text) / 2, p_long=0.1)
+
+    def predict_many(self, requests: Sequence[Request], /) -> list[Prediction]:
+        return [self.predict(r) for r in requests]
+
+    def observe(self, request: Request, prediction: Prediction, output_tokens: int, /) -> None:
+        pass
+
+
+class MyBackend:
+    slots = 2
+
+    async def stream(self, request: Request, /) -> AsyncIterator[Chunk]:
+        yield Chunk(request.text, tokens=3, prompt_tokens=4, finish_reason="stop")
+
+    async def aclose(self) -> None:
+        pass
+
+
+class MyScheduler(Scheduler):
+    def sort_key(self, job: Job) -> Any:
+        return (job.request.priority, job.estimate)
+
+
+predictor: Predictor = MyPredictor()
+observer: SupportsObserve = MyPredictor()
+backend: Backend = MyBackend()
+predictors: list[Predictor] = [ConstantPredictor(), HeuristicPredictor(), MyPredictor()]
+backends: list[Backend] = [CallableBackend(lambda r: r.text), SimulatedBackend(), MyBackend()]
+
+
+async def use_async() -> None:
+    async with Scheduler(backend, predictor=predictor, aging=0.1, max_wait=None, max_queue=10) as sched:
+        assert_type(sched, Scheduler)
+        completion = await sched.complete("hello", max_tokens=5, priority=-1, tenant="t")
+        assert_type(completion, Completion)
+        assert_type(completion.wait, float)
+        assert_type(completion.time_to_first_token, float | None)
+        request = Request(messages=[{"role": "user", "content": "hi"}], options={"seed": 1})
+        await sched.complete(request)
+        async with sched.stream(request) as chunks:
+            async for chunk in chunks:
+                assert_type(chunk, Chunk)
+            assert_type(chunks.completion, Completion)
+        async with sched.admit("x") as ticket:
+            assert_type(ticket, Ticket)
+            ticket.first_token()
+            ticket.report(output_tokens=3, prompt_tokens=2)
+        stats = sched.statistics()
+        assert_type(stats, SchedulerStatistics)
+        assert_type(sched.position(request), int | None)
+        sched.max_wait = 60.0
+    async with MyScheduler() as custom:
+        await custom.complete("x")
+
+
+def use_sync() -> None:
+    with SyncScheduler(backend, scheduler_class=MyScheduler, aging=0.0) as sched:
+        assert_type(sched.complete("hi"), Completion)
+        with sched.stream("hi") as chunks:
+            for chunk in chunks:
+                assert_type(chunk, Chunk)
+        with sched.admit("x") as ticket:
+            ticket.report(1)
+
+
+def errors() -> None:
+    try:
+        sjfsched.run_virtual(use_async)
+    except (QueueFull, SchedulerClosed, BackendError, PredictorError) as exc:
+        assert_type(exc, QueueFull | SchedulerClosed | BackendError | PredictorError)
+    except SchedulerError:
+        pass
