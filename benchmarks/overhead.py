@@ -4,12 +4,17 @@ For each depth D, one request holds the only slot while D requests queue up
 (each caller a task: predict, estimate, key, heap push, wait); then the slot
 is released and all D are dispatched and served by a backend that answers at
 once (heap pop, grant, stream one chunk, completion, statistics).  The time
-of the whole cycle divided by D is the cost per request at that depth.  The
+of the whole cycle, less that of releasing the request that held the slot,
+divided by D is the cost per request at that depth (cycles are repeated until
+at least 2,000 requests were timed).  The
 same cycle without a scheduler (D tasks wait on one event, then read the
 backend directly) is the baseline of the event loop's own task costs; the
 difference is the scheduler's overhead.  The predictor is ConstantPredictor
 so only the scheduler is measured (the predictor's own cost is in
-benchmarks/predictor.py).  Memory is the peak traced allocation per waiting
+benchmarks/predictor.py).  Times are the process's CPU time
+(``time.process_time``), which other programs on a busy machine disturb far
+less than wall-clock time; the event loop never sleeps here, so the two agree
+on a quiet machine.  Memory is the peak traced allocation per waiting
 request, baseline subtracted.
 
     python benchmarks/overhead.py [--depths 1 100 10000 100000] [--repeat 3] [--memory]
@@ -41,68 +46,77 @@ class InstantBackend:
         pass
 
 
-async def baseline(depth: int, trace_memory: bool) -> tuple[float, float]:
+async def baseline(depth: int, rounds: int, trace_memory: bool) -> tuple[float, float]:
     """The same tasks and backend calls, with no scheduler in between."""
     backend = InstantBackend()
     requests = [Request(f"request {i}", max_tokens=1 + i % 500) for i in range(depth)]
-    release = anyio.Event()
     bytes_per_request = float("nan")
-    started = 0
+    busy = 0.0
+    for _ in range(rounds):
+        release = anyio.Event()
+        started = 0
 
-    async def one(r: Request) -> None:
-        nonlocal started
-        started += 1
-        await release.wait()
-        async for _ in backend.stream(r):
-            pass
+        async def one(r: Request, release: anyio.Event = release) -> None:
+            nonlocal started
+            started += 1
+            await release.wait()
+            async for _ in backend.stream(r):
+                pass
 
-    async with anyio.create_task_group() as tg:
-        if trace_memory:
-            tracemalloc.start()
-        t0 = time.perf_counter()
-        for r in requests:
-            tg.start_soon(one, r)
-        while started < depth:
-            await anyio.lowlevel.checkpoint()
-        if trace_memory:
-            _, peak = tracemalloc.get_traced_memory()
-            tracemalloc.stop()
-            bytes_per_request = peak / depth
-        release.set()
-    elapsed = time.perf_counter() - t0
-    return elapsed / depth, bytes_per_request
-
-
-async def cycle(depth: int, trace_memory: bool) -> tuple[float, float]:
-    """Seconds per request and bytes per waiting request for one fill-and-drain cycle."""
-    sched = Scheduler(InstantBackend(), predictor=ConstantPredictor())
-    requests = [Request(f"request {i}", max_tokens=1 + i % 500) for i in range(depth)]
-    release = anyio.Event()
-    bytes_per_request = float("nan")
-    async with sched:
         async with anyio.create_task_group() as tg:
-
-            async def hold() -> None:
-                async with sched.admit("blocker"):
-                    await release.wait()
-
-            tg.start_soon(hold)
-            await anyio.lowlevel.checkpoint()
             if trace_memory:
                 tracemalloc.start()
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             for r in requests:
-                tg.start_soon(sched.complete, r)
-            while sched.statistics().waiting < depth:
+                tg.start_soon(one, r)
+            while started < depth:
                 await anyio.lowlevel.checkpoint()
             if trace_memory:
                 _, peak = tracemalloc.get_traced_memory()
                 tracemalloc.stop()
                 bytes_per_request = peak / depth
             release.set()
-        elapsed = time.perf_counter() - t0
-    assert sched.statistics().completed == depth + 1
-    return elapsed / depth, bytes_per_request
+        busy += time.process_time() - t0
+    return busy / (depth * rounds), bytes_per_request
+
+
+async def cycle(depth: int, rounds: int, trace_memory: bool) -> tuple[float, float]:
+    """CPU seconds per request and bytes per waiting request, over ``rounds`` fill-and-drain cycles.
+
+    With ``depth=0`` it times only the release of the request holding the slot, which the
+    caller subtracts.
+    """
+    sched = Scheduler(InstantBackend(), predictor=ConstantPredictor())
+    requests = [Request(f"request {i}", max_tokens=1 + i % 500) for i in range(depth)]
+    bytes_per_request = float("nan")
+    busy = 0.0
+    async with sched:
+        for _ in range(rounds):
+            release = anyio.Event()
+            async with anyio.create_task_group() as tg:
+
+                async def hold(release: anyio.Event = release) -> None:
+                    async with sched.admit("blocker"):
+                        await release.wait()
+
+                tg.start_soon(hold)
+                while sched.statistics().running < 1:
+                    await anyio.lowlevel.checkpoint()
+                if trace_memory:
+                    tracemalloc.start()
+                t0 = time.process_time()
+                for r in requests:
+                    tg.start_soon(sched.complete, r)
+                while sched.statistics().waiting < depth:
+                    await anyio.lowlevel.checkpoint()
+                if trace_memory:
+                    _, peak = tracemalloc.get_traced_memory()
+                    tracemalloc.stop()
+                    bytes_per_request = peak / depth
+                release.set()
+            busy += time.process_time() - t0
+    assert sched.statistics().completed == (depth + 1) * rounds
+    return busy / (max(depth, 1) * rounds), bytes_per_request
 
 
 def main() -> None:
@@ -118,20 +132,22 @@ def main() -> None:
     )
     for backend in args.backends:
         for depth in args.depths:
-            repeat = max(args.repeat, 1000 // depth)
+            rounds = max(1, 2000 // depth)  # at least 2,000 requests per measurement
             totals, bases = [], []
-            for _ in range(repeat):
+            for _ in range(args.repeat):
                 gc.collect()
-                totals.append(anyio.run(cycle, depth, False, backend=backend)[0])
+                holder = anyio.run(cycle, 0, rounds, False, backend=backend)[0] / depth
                 gc.collect()
-                bases.append(anyio.run(baseline, depth, False, backend=backend)[0])
+                totals.append(anyio.run(cycle, depth, rounds, False, backend=backend)[0] - holder)
+                gc.collect()
+                bases.append(anyio.run(baseline, depth, rounds, False, backend=backend)[0])
             total, base = statistics.median(totals), statistics.median(bases)
             line = (
                 f"{backend:<8}{depth:>9,}{total * 1e6:>14.1f}{base * 1e6:>14.1f}{(total - base) * 1e6:>11.1f}"
             )
             if args.memory:
-                memory = anyio.run(cycle, depth, True, backend=backend)[1]
-                memory -= anyio.run(baseline, depth, True, backend=backend)[1]
+                memory = anyio.run(cycle, depth, 1, True, backend=backend)[1]
+                memory -= anyio.run(baseline, depth, 1, True, backend=backend)[1]
                 line += f"{memory / 1024:>13.2f}"
             print(line, flush=True)
 
