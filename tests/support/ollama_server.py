@@ -298,6 +298,15 @@ class _Handler(BaseHTTPRequestHandler):
     def _write_line(self, obj: Any) -> None:
         self._write_chunk(json.dumps(obj).encode() + b"\n")
 
+    def _client_gone(self) -> bool:
+        """Whether the client closed its end (without waiting)."""
+        try:
+            return self.connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
     def _end_stream(self) -> None:
         with contextlib.suppress(BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
             self.wfile.write(b"0\r\n\r\n")
@@ -618,7 +627,11 @@ class _Handler(BaseHTTPRequestHandler):
         """Misbehave as asked; True if the response is over."""
         kind, _, seconds = fault
         if kind == "stall":
-            time.sleep(seconds)
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                if self._client_gone():
+                    raise _ClientGone
+                time.sleep(0.01)
             return False
         if kind == "garbage":
             self._write_chunk(b"data: this is not json {\n\n" if openai else b"this is not json {\n")

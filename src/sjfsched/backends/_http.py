@@ -6,11 +6,14 @@ imports without it (it comes with the ``ollama`` and ``openai`` extras).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
+
+import anyio
 
 from .._errors import BackendError
 
@@ -118,6 +121,27 @@ class HttpSettings:
                         status_code=response.status_code,
                     )
                 yield response
+
+    @asynccontextmanager
+    async def stream_lines(self, path: str, body: Mapping[str, Any]) -> AsyncIterator[AsyncIterator[str]]:
+        """POST ``body`` and yield the response's lines; closes everything on exit.
+
+        Leaving early (the caller was cancelled, or stopped reading) closes
+        the response, which closes the connection, so the server sees the
+        client go.  httpx reads lines through nested async generators; they
+        are run to their end here (they end at once on a closed stream)
+        rather than left to the garbage collector, which trio warns about.
+        """
+        async with self.stream(path, body) as response:
+            lines = response.aiter_lines()
+            try:
+                yield lines
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await response.aclose()
+                    with contextlib.suppress(Exception):
+                        async for _ in lines:
+                            pass
 
     async def get_json(self, path: str) -> Any:
         url = f"{self.base_url}{path}"

@@ -8,7 +8,12 @@ from typing import TYPE_CHECKING, Any, final
 
 from .._errors import BackendError
 from .._records import Chunk, Request
-from ._http import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT, BackendUnavailable, HttpSettings
+from ._http import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_READ_TIMEOUT,
+    BackendUnavailable,
+    HttpSettings,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -148,9 +153,9 @@ class OllamaBackend:
     async def stream(self, request: Request, /) -> AsyncIterator[Chunk]:
         path, body = self.body(request)
         chat = request.messages is not None
-        async with self._http.stream(path, body) as response:
+        async with self._http.stream_lines(path, body) as lines:
             counted = 0
-            async for raw in response.aiter_lines():
+            async for raw in lines:
                 line = raw.strip()
                 if not line:
                     continue

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, final
 from urllib.parse import urlsplit
 
 from .._errors import BackendError
 from .._records import Chunk, Request
-from ._http import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT, BackendUnavailable, HttpSettings
+from ._http import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_READ_TIMEOUT,
+    BackendUnavailable,
+    HttpSettings,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -138,12 +144,12 @@ class OpenAIBackend:
         path, body = self.body(request, await self._model())
         chat = request.messages is not None
         max_tokens = body.get("max_tokens")
-        async with self._http.stream(path, body) as response:
-            counted = 0
-            finish: str | None = None
-            usage: Mapping[str, Any] = {}
-            done = False
-            async for data in _sse_data(response):
+        counted = 0
+        finish: str | None = None
+        usage: Mapping[str, Any] = {}
+        done = False
+        async with self._http.stream_lines(path, body) as lines, aclosing(_sse_data(lines)) as events:
+            async for data in events:
                 if data == "[DONE]":
                     done = True
                     break
@@ -184,10 +190,10 @@ class OpenAIBackend:
         await self._http.aclose()
 
 
-async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
+async def _sse_data(raw_lines: AsyncIterator[str]) -> AsyncGenerator[str, None]:
     """The ``data`` of each server-sent event (multi-line data joined by newlines)."""
     lines: list[str] = []
-    async for line in response.aiter_lines():
+    async for line in raw_lines:
         if not line:
             if lines:
                 yield "\n".join(lines)

@@ -1,0 +1,158 @@
+"""sjfsched.wrap(llm): the Llama API, thread-safe and shortest-first, on a real model."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from llama_cpp import Llama
+
+import sjfsched
+from sjfsched import SchedulerClosed
+from sjfsched.backends._llama import llama_lock
+from sjfsched.predictors import HeuristicPredictor
+
+GREEDY: dict[str, Any] = {"temperature": 0.0}
+
+
+@pytest.fixture
+def wrapped(tiny_llm: Llama) -> Any:
+    with sjfsched.wrap(tiny_llm, predictor=HeuristicPredictor()) as w:
+        yield w
+
+
+def shape(value: Any) -> Any:
+    """The keys of a response, recursively (values differ: ids, timestamps)."""
+    if isinstance(value, dict):
+        return {k: shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [shape(v) for v in value]
+    return type(value).__name__
+
+
+def test_create_completion_returns_what_llama_returns(wrapped: Any, tiny_llm: Llama) -> None:
+    got = wrapped.create_completion("Once upon a time", max_tokens=20, **GREEDY)
+    direct: Any = tiny_llm.create_completion("Once upon a time", max_tokens=20, **GREEDY)
+    assert shape(got) == shape(direct)
+    assert got["choices"] == direct["choices"]
+    assert got["usage"] == direct["usage"]
+    # Positional arguments bind as in Llama.create_completion(prompt, suffix, max_tokens, ...).
+    positional = wrapped("Once upon a time", None, 20, temperature=0.0)
+    assert positional["choices"] == direct["choices"]
+    stats = wrapped.scheduler.statistics()
+    assert (stats.completed, stats.running, stats.waiting) == (2, 0, 0)
+
+
+def test_chat_and_token_prompts(wrapped: Any, tiny_llm: Llama) -> None:
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
+    got = wrapped.create_chat_completion(messages=messages, max_tokens=10, **GREEDY)
+    direct: Any = tiny_llm.create_chat_completion(messages=messages, max_tokens=10, **GREEDY)  # type: ignore[arg-type]
+    assert shape(got) == shape(direct)
+    assert got["choices"] == direct["choices"]
+    tokens = tiny_llm.tokenize(b"Once upon")
+    assert wrapped.create_completion(tokens, max_tokens=5, **GREEDY)["usage"]["prompt_tokens"] == len(tokens)
+
+
+def test_streaming_iterators_match_llama(wrapped: Any, tiny_llm: Llama) -> None:
+    chunks = list(wrapped.create_completion("Once upon a time", max_tokens=15, stream=True, **GREEDY))
+    direct: Any = list(tiny_llm.create_completion("Once upon a time", max_tokens=15, stream=True, **GREEDY))
+    assert [shape(c) for c in chunks] == [shape(c) for c in direct]
+    assert [c["choices"] for c in chunks] == [c["choices"] for c in direct]
+    chat = list(
+        wrapped.create_chat_completion(
+            [{"role": "user", "content": "Hi"}], max_tokens=6, stream=True, **GREEDY
+        )
+    )
+    assert chat[-1]["choices"][0]["finish_reason"] == "length"
+    assert sum(1 for c in chat if c["choices"][0]["delta"].get("content")) == 6
+    stats = wrapped.scheduler.statistics()
+    assert (stats.completed, stats.running) == (2, 0)
+
+
+def test_sixteen_threads_get_intact_answers(wrapped: Any, tiny_llm: Llama) -> None:
+    """Every thread's answer equals the answer of a serial run with the same input."""
+
+    def job(i: int) -> Callable[[Any], str]:
+        prompt = f"Thread {i} says:"
+        if i % 4 == 0:
+            return lambda llm: "".join(
+                c["choices"][0]["text"]
+                for c in llm.create_completion(prompt, max_tokens=20 + i, stream=True, **GREEDY)
+            )
+        if i % 4 == 1:
+            return lambda llm: llm.create_chat_completion(
+                [{"role": "user", "content": prompt}], max_tokens=20 + i, **GREEDY
+            )["choices"][0]["message"]["content"]
+        return lambda llm: llm(prompt, max_tokens=20 + i, **GREEDY)["choices"][0]["text"]
+
+    jobs = [job(i) for i in range(16)]
+    serial = [j(tiny_llm) for j in jobs]
+    assert len(set(serial)) >= 12  # the answers differ, so a mix-up would show
+    start = threading.Barrier(16)
+
+    def run(i: int) -> str:
+        start.wait()
+        return jobs[i](wrapped)
+
+    with ThreadPoolExecutor(16) as pool:
+        threaded = list(pool.map(run, range(16), timeout=120))
+    assert threaded == serial
+    stats = wrapped.scheduler.statistics()
+    assert (stats.completed, stats.failed, stats.cancelled, stats.running) == (16, 0, 0, 0)
+
+
+def test_calls_are_admitted_shortest_first(wrapped: Any) -> None:
+    # Hold the model with a streaming call while the others queue up.
+    holder = wrapped.create_completion("Hold", max_tokens=200, stream=True)
+    next(holder)
+    finished: list[str] = []
+    lock = threading.Lock()
+
+    def call(kind: str, max_tokens: int) -> None:
+        wrapped.create_completion(f"A {kind} one", max_tokens=max_tokens)
+        with lock:
+            finished.append(kind)
+
+    threads = [threading.Thread(target=call, args=("long", 120)) for _ in range(3)]
+    threads += [threading.Thread(target=call, args=("short", 3)) for _ in range(3)]
+    for t in threads:  # the long ones arrive first
+        t.start()
+        time.sleep(0.01)
+    deadline = time.monotonic() + 10
+    while wrapped.scheduler.statistics().waiting < 6:
+        assert time.monotonic() < deadline, "the calls did not queue"
+        time.sleep(0.005)
+    for _ in holder:
+        pass
+    for t in threads:
+        t.join(timeout=60)
+    assert finished == ["short"] * 3 + ["long"] * 3
+
+
+def test_an_abandoned_stream_frees_the_model(wrapped: Any, tiny_llm: Llama) -> None:
+    stream = wrapped.create_completion("Never mind", max_tokens=300, stream=True)
+    next(stream)
+    assert llama_lock(tiny_llm).locked()
+    stream.close()  # what leaving a for loop and dropping the iterator does
+    assert not llama_lock(tiny_llm).locked()
+    assert wrapped("Next!", max_tokens=4)["usage"]["completion_tokens"] == 4
+    stats = wrapped.scheduler.statistics()
+    assert (stats.cancelled, stats.completed, stats.running) == (1, 1, 0)
+
+
+def test_other_attributes_are_the_llamas_and_close_stops_calls(tiny_llm: Llama) -> None:
+    wrapped = sjfsched.wrap(tiny_llm)
+    assert wrapped.tokenize(b"abc") == tiny_llm.tokenize(b"abc")
+    assert wrapped.llm is tiny_llm
+    wrapped.close()
+    with pytest.raises(SchedulerClosed):
+        wrapped("too late", max_tokens=2)
+
+
+def test_wrap_refuses_what_is_not_a_llama() -> None:
+    with pytest.raises(TypeError, match="needs a llama_cpp"):
+        sjfsched.wrap(object())  # type: ignore[arg-type]
