@@ -74,3 +74,64 @@ PREDICTOR_CASES: list[PredictorCase] = [
     PredictorCase("constant", ConstantPredictor),
     PredictorCase("heuristic", HeuristicPredictor),
 ]
+
+
+# --- Real backends (issue 4): real llama.cpp generation, real HTTP on 127.0.0.1.
+# The model file and the servers start once per test session (tests/support/shared.py).
+
+
+@asynccontextmanager
+async def _llama_cpp(tmp: Path) -> AsyncIterator[Backend]:
+    from sjfsched.backends import LlamaCppBackend
+    from tests.support import shared
+
+    yield LlamaCppBackend(shared.tiny_llama())
+
+
+@asynccontextmanager
+async def _ollama(tmp: Path) -> AsyncIterator[Backend]:
+    from sjfsched.backends import OllamaBackend
+    from tests.support import shared
+
+    backend = OllamaBackend(shared.TINY, shared.ollama_server().url)
+    try:
+        yield backend
+    finally:
+        await backend.aclose()
+
+
+@asynccontextmanager
+async def _openai(tmp: Path) -> AsyncIterator[Backend]:
+    import anyio.to_thread
+
+    from sjfsched.backends import OpenAIBackend
+    from tests.support import shared
+
+    base_url = await anyio.to_thread.run_sync(shared.openai_server)  # starts llama_cpp.server once
+    backend = OpenAIBackend(base_url, model="tiny")
+    try:
+        yield backend
+    finally:
+        await backend.aclose()
+
+
+@asynccontextmanager
+async def _pool(tmp: Path) -> AsyncIterator[Backend]:
+    from sjfsched.backends import BackendPool, LlamaCppBackend, OllamaBackend
+    from tests.support import shared
+
+    pool = BackendPool(
+        [LlamaCppBackend(shared.tiny_llama()), OllamaBackend(shared.TINY, shared.ollama_server().url)]
+    )
+    try:
+        yield pool
+    finally:
+        await pool.aclose()
+
+
+BACKEND_CASES += [
+    BackendCase("llama-cpp", _llama_cpp, real_time=True),
+    BackendCase("ollama", _ollama, real_time=True),
+    BackendCase("openai-llama-cpp-server", _openai, real_time=True),
+    BackendCase("pool-llama-cpp+ollama", _pool, real_time=True),
+]

@@ -83,6 +83,8 @@ class RequestRecord:
     #: "done", "client_gone", "error", "busy", "fault"
     outcome: str = "running"
     done_reason: str | None = None
+    #: The request's headers (lower-case names).
+    headers: dict[str, str] = attrs.field(factory=dict)
 
 
 class _ClientGone(Exception):
@@ -301,7 +303,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _client_gone(self) -> bool:
         """Whether the client closed its end (without waiting)."""
         try:
-            return self.connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+            peeked: bytes = self.connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            return peeked == b""
         except BlockingIOError:
             return False
         except OSError:
@@ -432,7 +435,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _generate(self, model: _Model, body: dict[str, Any], *, chat: bool, openai: bool) -> None:
         endpoint = ("v1/" if openai else "") + ("chat" if chat else "generate")
-        record = RequestRecord(endpoint, model.name)
+        record = RequestRecord(endpoint, model.name, headers={k.lower(): v for k, v in self.headers.items()})
         self.ollama.records.append(record)
         stream = body.get("stream", not openai) is not False
         options: Any = _openai_options(body) if openai else body.get("options") or {}

@@ -1,0 +1,203 @@
+"""OpenAIBackend against llama_cpp.server and Ollama's OpenAI-compatible endpoints."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import httpx
+import pytest
+from llama_cpp import Llama
+
+from sjfsched import BackendError, Chunk, Request, Scheduler
+from sjfsched.backends import BackendUnavailable, OpenAIBackend
+from sjfsched.predictors import ConstantPredictor
+from tests.support.models import free_port
+from tests.support.ollama_server import OllamaServer
+
+pytestmark = pytest.mark.anyio
+
+#: llama_cpp.server's defaults differ from Llama.create_completion's: pin them.
+SAME: dict[str, Any] = {"temperature": 0.0, "repeat_penalty": 1.0, "top_p": 0.95, "min_p": 0.05, "top_k": 40}
+
+
+@pytest.fixture
+async def backend(openai_url: str) -> AsyncIterator[OpenAIBackend]:
+    backend = OpenAIBackend(openai_url, model="tiny")
+    yield backend
+    await backend.aclose()
+
+
+@pytest.fixture
+async def via_ollama(ollama: OllamaServer) -> AsyncIterator[OpenAIBackend]:
+    backend = OpenAIBackend(f"{ollama.url}/v1", model="tiny", api_key="secret")
+    yield backend
+    await backend.aclose()
+
+
+async def collect(backend: OpenAIBackend, request: Request) -> list[Chunk]:
+    with anyio.fail_after(60):
+        return [chunk async for chunk in backend.stream(request)]
+
+
+async def test_completions_stream_what_the_model_writes(backend: OpenAIBackend, tiny_llm: Llama) -> None:
+    request = Request("Once upon a time", max_tokens=25, options=SAME)
+    chunks = await collect(backend, request)
+    expected: Any = tiny_llm.create_completion("Once upon a time", max_tokens=25, **SAME)
+    assert "".join(c.text for c in chunks) == expected["choices"][0]["text"]
+    assert len(chunks) == 26  # one event per token, and the final chunk
+    # llama_cpp.server sends no usage: the count is the chunks, and max_tokens
+    # exactly since it stopped for "length".
+    assert sum(c.tokens for c in chunks) == 25
+    assert chunks[-1].finish_reason == "length"
+    assert all(c.prompt_tokens is None for c in chunks)
+
+
+async def test_chat_completions(backend: OpenAIBackend, tiny_llm: Llama) -> None:
+    messages = [{"role": "user", "content": "Hello!"}]
+    chunks = await collect(backend, Request(messages=messages, max_tokens=9, options=SAME))
+    expected: Any = tiny_llm.create_chat_completion(messages, max_tokens=9, **SAME)  # type: ignore[arg-type]
+    assert "".join(c.text for c in chunks) == expected["choices"][0]["message"]["content"]
+    assert sum(c.tokens for c in chunks) == 9
+
+
+async def test_model_none_asks_the_server(openai_url: str) -> None:
+    backend = OpenAIBackend(openai_url.removesuffix("/v1"))  # no path: /v1 is added
+    assert backend.base_url == openai_url
+    chunks = await collect(backend, Request("Hi", max_tokens=2))
+    assert backend.model == "tiny"
+    assert sum(c.tokens for c in chunks) == 2
+    await backend.aclose()
+
+
+async def test_usage_from_the_server_makes_counts_exact(
+    via_ollama: OpenAIBackend, ollama: OllamaServer
+) -> None:
+    greedy = "".join(c.text for c in await collect(via_ollama, Request("Tell:", max_tokens=60, options=SAME)))
+    stop = greedy[30:32]
+    chunks = await collect(via_ollama, Request("Tell:", max_tokens=60, options={**SAME, "stop": [stop]}))
+    ollama.wait_idle()
+    record = ollama.records[-1]
+    assert record.endpoint == "v1/generate"
+    assert "".join(c.text for c in chunks) == greedy[: greedy.index(stop)]
+    # Held-back text merged some tokens into one event; the usage chunk fixed the sum.
+    assert sum(c.tokens for c in chunks) == record.generated
+    assert [c.prompt_tokens for c in chunks if c.prompt_tokens is not None] == [record.prompt_tokens]
+    assert chunks[-1].finish_reason == "stop"
+    assert record.headers["authorization"] == "Bearer secret"
+
+
+async def test_chat_via_ollamas_openai_layer(via_ollama: OpenAIBackend, ollama: OllamaServer) -> None:
+    chunks = await collect(via_ollama, Request(messages=[{"role": "user", "content": "Hi"}], max_tokens=7))
+    ollama.wait_idle()
+    assert ollama.records[-1].endpoint == "v1/chat"
+    assert sum(c.tokens for c in chunks) == ollama.records[-1].generated == 7
+
+
+def test_body() -> None:
+    backend = OpenAIBackend("http://127.0.0.1:1234/v1", model="m", include_usage=False)
+    path, body = backend.body(Request("p", max_tokens=5, options={"temperature": 0.1, "seed": 2}), "m")
+    assert path == "/completions"
+    assert body == {
+        "model": "m",
+        "prompt": "p",
+        "stream": True,
+        "temperature": 0.1,
+        "seed": 2,
+        "max_tokens": 5,
+    }
+    path, body = OpenAIBackend("http://h/v1").body(Request(messages=[{"role": "user", "content": "x"}]), "m")
+    assert path == "/chat/completions"
+    assert body["stream_options"] == {"include_usage": True}
+    with pytest.raises(BackendError, match="'stream' itself"):
+        backend.body(Request("p", options={"stream": False}), "m")
+
+
+# ------------------------------------------------------------------- errors
+
+
+async def test_server_errors_carry_the_servers_message(backend: OpenAIBackend) -> None:
+    # llama_cpp.server answers a body it cannot validate with a 500 and pydantic's message.
+    with pytest.raises(BackendError, match="temperature") as info:
+        await collect(backend, Request("Hi", max_tokens=4, options={"temperature": "hot"}))
+    assert info.value.status_code == 500
+
+
+async def test_a_stream_that_ends_without_an_answer_is_an_error(backend: OpenAIBackend) -> None:
+    # A prompt longer than the context: llama_cpp.server starts the event
+    # stream (200) and ends it at once, with neither text nor finish_reason.
+    with pytest.raises(BackendUnavailable, match="ended the stream before the answer was complete"):
+        await collect(backend, Request("x" * 700, max_tokens=4))
+
+
+async def test_unknown_model(ollama: OllamaServer) -> None:
+    backend = OpenAIBackend(f"{ollama.url}/v1", model="nope")
+    with pytest.raises(BackendError, match="model 'nope' not found") as info:
+        await collect(backend, Request("Hi"))
+    assert info.value.status_code == 404
+    await backend.aclose()
+
+
+async def test_connection_refused() -> None:
+    backend = OpenAIBackend(f"http://127.0.0.1:{free_port()}/v1", model="m")
+    with pytest.raises(BackendUnavailable, match="cannot connect") as info:
+        await collect(backend, Request("Hi"))
+    assert isinstance(info.value.__cause__, httpx.ConnectError)
+    await backend.aclose()
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        ("close:3", "broke mid-response|ended the stream before"),
+        ("garbage:3", "malformed event"),
+        ("error:3", "an error was encountered while running the model"),
+    ],
+    ids=["dies-mid-stream", "garbage-event", "error-event"],
+)
+async def test_faults_mid_stream(ollama: OllamaServer, fault: str, message: str) -> None:
+    backend = OpenAIBackend(f"{ollama.url}/v1", model="tiny", headers={"X-Test-Fault": fault})
+    received: list[Chunk] = []
+
+    async def read() -> None:
+        async for chunk in backend.stream(Request("Story:", max_tokens=50)):
+            received.append(chunk)  # noqa: PERF401 - kept when the stream fails
+
+    with pytest.raises(BackendUnavailable, match=message):
+        await read()
+    assert len(received) == 3
+    await backend.aclose()
+
+
+async def test_read_timeout(ollama: OllamaServer) -> None:
+    backend = OpenAIBackend(
+        f"{ollama.url}/v1", model="tiny", read_timeout=0.3, headers={"X-Test-Fault": "stall:2:2"}
+    )
+    with pytest.raises(BackendUnavailable, match=r"sent nothing for 0\.3 s"):
+        await collect(backend, Request("Story:", max_tokens=50))
+    await backend.aclose()
+    await anyio.to_thread.run_sync(ollama.wait_idle, 10.0)
+
+
+async def test_cancelling_closes_the_http_stream(via_ollama: OpenAIBackend, ollama: OllamaServer) -> None:
+    async with Scheduler(via_ollama, predictor=ConstantPredictor()) as sched:
+        with anyio.CancelScope() as scope:
+            async with sched.stream("A long one:", max_tokens=480) as chunks:
+                async for _ in chunks:
+                    scope.cancel()
+                    await anyio.lowlevel.checkpoint()
+        assert scope.cancelled_caught
+        await anyio.to_thread.run_sync(ollama.wait_idle, 10.0)
+        assert ollama.records[-1].outcome == "client_gone"
+        assert ollama.records[-1].generated < 480
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="model"):
+        OpenAIBackend("http://h/v1", model="")
+    with pytest.raises(ValueError, match="base_url"):
+        OpenAIBackend("h:8080")
+    with pytest.raises(ValueError, match="connect_timeout"):
+        OpenAIBackend("http://h/v1", connect_timeout=0)
