@@ -99,3 +99,18 @@ def test_the_shared_stories_model_loads_when_present() -> None:
         assert "Once" not in out["choices"][0]["text"]  # it continues, it does not echo
     finally:
         llm.close()
+
+
+def test_command_line_writes_and_measures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sjfsched.testing.__main__ import main
+
+    assert main(["write", str(tmp_path / "m.gguf"), "--preset", "tiny", "--n-layer", "1"]) == 0
+    assert "m.gguf" in capsys.readouterr().out
+    assert gguf.GGUFReader(tmp_path / "m.gguf").fields["llama.block_count"].contents() == 1
+    assert main(["speed", "--preset", "tiny", "--tokens", "8", "--repeat", "1"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["preset", "size", "MB"]
+    name, size, per_token, cpu, per_prompt_token = table[1].split()
+    assert float(size) > 0
+    assert name == "tiny"
+    assert float(per_token) > 0 and float(cpu) > 0 and float(per_prompt_token) > 0

@@ -28,11 +28,11 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["TINY_CHAT_TEMPLATE", "VOCAB_SIZE", "write_tiny_llama"]
+__all__ = ["PRESETS", "TINY_CHAT_TEMPLATE", "VOCAB_SIZE", "write_tiny_llama"]
 
 _SPECIAL = ["<unk>", "<s>", "</s>"]
 _BYTES = [f"<0x{b:02X}>" for b in range(256)]
@@ -55,6 +55,17 @@ TINY_CHAT_TEMPLATE = (
 _TOKEN_TYPES = [2, 3, 3] + [6] * 256 + [1] * len(_PRINTABLE)
 
 Dtype = Literal["f32", "f16", "q8_0"]
+
+#: Named sizes (keyword arguments of :func:`write_tiny_llama`), smallest first.
+#: ``python -m sjfsched.testing speed`` measures what a token costs with each.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The test model: a fraction of a millisecond per token.
+    "tiny": {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_ff": 128},
+    # About a millisecond per token on one core.
+    "small": {"n_layer": 4, "n_embd": 256, "n_head": 8, "n_ff": 768},
+    # About 20 ms per token on one core: a slow local model, for benchmarks.
+    "medium": {"n_layer": 12, "n_embd": 768, "n_head": 12, "n_ff": 2048, "dtype": "f16"},
+}
 
 
 def write_tiny_llama(
