@@ -264,3 +264,22 @@ def test_not_a_llama_is_refused() -> None:
 def test_lock_is_one_per_llama(tiny_llm: Llama) -> None:
     assert llama_lock(tiny_llm) is llama_lock(tiny_llm)
     assert isinstance(llama_lock(tiny_llm), type(threading.Lock()))
+
+
+async def test_cancelled_while_waiting_for_the_model_leaves_the_lock_free(
+    backend: LlamaCppBackend, tiny_llm: Llama
+) -> None:
+    lock = llama_lock(tiny_llm)
+    lock.acquire()  # someone else (another backend, a wrap() caller) is generating
+    try:
+        with anyio.move_on_after(0.1) as scope:
+            await collect(backend, Request("waiting", max_tokens=3))
+        assert scope.cancelled_caught
+    finally:
+        lock.release()
+    # The abandoned waiter thread may get the lock a moment later: it gives it back.
+    with anyio.fail_after(5):
+        while lock.locked():  # noqa: ASYNC110 - the lock is a threading.Lock
+            await anyio.sleep(0.01)
+    chunks = await collect(backend, Request("after", max_tokens=3))
+    assert sum(c.tokens for c in chunks) == 3
