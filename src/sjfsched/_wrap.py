@@ -100,6 +100,8 @@ class ScheduledLlama:
         self.close()
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # not ours, and not to be forwarded (copy, pickle)
+            raise AttributeError(name)
         return getattr(self._llm, name)
 
     def __repr__(self) -> str:

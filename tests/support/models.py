@@ -12,9 +12,17 @@ from pathlib import Path
 
 from sjfsched.testing import write_tiny_llama
 
-#: The shared real (tiny) model, when the checkout has it.
-STORIES_260K = Path(__file__).resolve().parents[3] / "shared" / "models" / "stories260K.gguf"
-STORIES_SKIP_REASON = f"{STORIES_260K} is not present (it lives outside the repository)"
+#: The shared real (tiny) model, when the checkout has it next to it (or
+#: ``SJFSCHED_STORIES_MODEL`` names it): a 260K-parameter Llama trained on TinyStories.
+STORIES_260K = Path(
+    os.environ.get(
+        "SJFSCHED_STORIES_MODEL",
+        Path(__file__).resolve().parents[3] / "shared" / "models" / "stories260K.gguf",
+    )
+)
+STORIES_SKIP_REASON = (
+    f"{STORIES_260K} is not present (it lives outside the repository; set SJFSCHED_STORIES_MODEL)"
+)
 
 #: The context size every test model is loaded with.
 N_CTX = 512
