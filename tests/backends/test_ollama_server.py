@@ -7,10 +7,11 @@ its own answers are checked here against docs/api.md's shapes.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
 
-from tests.support.ollama_server import VERSION, OllamaServer
+from tests.support.ollama_server import VERSION, OllamaServer, running_ollama_url
 
 
 def test_discovery_endpoints(ollama: OllamaServer) -> None:
@@ -74,3 +75,18 @@ def test_load_unload_and_errors(ollama: OllamaServer) -> None:
         openai_missing = client.post("/v1/chat/completions", json={"model": "x", "messages": []})
         assert openai_missing.status_code == 404
         assert openai_missing.json()["error"]["message"] == "model 'x' not found"
+
+
+def test_a_server_of_your_own(tiny_path: Path) -> None:
+    with running_ollama_url({"mini": tiny_path}, num_parallel=2) as url:
+        assert url.startswith("http://127.0.0.1:")
+        answer = httpx.post(
+            f"{url}/api/generate", json={"model": "mini:latest", "prompt": "x", "stream": False}, timeout=30
+        ).json()
+        assert answer["model"] == "mini:latest"
+    try:
+        httpx.get(f"{url}/api/version", timeout=2)
+    except httpx.ConnectError:
+        pass  # stopped
+    else:
+        raise AssertionError("the server still answers after the block")

@@ -2,7 +2,7 @@
 
 Import the ones you need into your directory's ``conftest.py``::
 
-    from tests.support.fixtures import ollama, openai_url, tiny_llm, tiny_path  # noqa: F401
+    from tests.support.fixtures import ollama, openai_url, stop_shared_servers, tiny_llm, tiny_path
 
 Each is session-scoped: the model is written and the servers started once per
 test session (and stopped when it ends).
@@ -10,6 +10,7 @@ test session (and stopped when it ends).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,14 @@ from . import shared
 from .models import tiny_model
 from .ollama_server import OllamaServer
 
-__all__ = ["ollama", "openai_url", "tiny_llm", "tiny_path"]
+__all__ = ["ollama", "openai_url", "stop_shared_servers", "tiny_llm", "tiny_path"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stop_shared_servers() -> Iterator[None]:
+    """Stop the shared servers (and kill llama_cpp.server) when the session ends."""
+    yield
+    shared.close_all()
 
 
 @pytest.fixture(scope="session")

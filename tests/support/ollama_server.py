@@ -36,7 +36,8 @@ after N tokens), ``close:N`` (the connection cut after N tokens, no final
 line), ``stall:N:S`` (S seconds of silence after N tokens).
 
 Run it in a thread with :func:`running_ollama_server` (a context manager
-yielding the base URL), or as a process::
+yielding the :class:`OllamaServer`: ``.url``, ``.records``) or
+:func:`running_ollama_url` (yielding the base URL), or as a process::
 
     python -m tests.support.ollama_server --model tiny=/path/tiny.gguf
 
@@ -66,7 +67,7 @@ import attrs
 import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-__all__ = ["OllamaServer", "RequestRecord", "running_ollama_server"]
+__all__ = ["OllamaServer", "RequestRecord", "running_ollama_server", "running_ollama_url"]
 
 VERSION = "0.12.6"
 BUSY_MESSAGE = "server busy, please try again.  maximum pending requests exceeded"
@@ -243,6 +244,13 @@ def running_ollama_server(
     server = OllamaServer(models, **options)
     with server:
         yield server
+
+
+@contextlib.contextmanager
+def running_ollama_url(models: Mapping[str, str | os.PathLike[str]], **options: Any) -> Iterator[str]:
+    """Like :func:`running_ollama_server`, yielding only the base URL (``http://127.0.0.1:PORT``)."""
+    with running_ollama_server(models, **options) as server:
+        yield server.url
 
 
 def _full_name(name: str) -> str:

@@ -19,7 +19,16 @@ from .ollama_server import OllamaServer
 from .openai_server import running_openai_server
 
 _exit_stack = contextlib.ExitStack()
-atexit.register(_exit_stack.close)
+
+
+def close_all() -> None:
+    """Stop every shared server and close the shared model (a later call starts them anew)."""
+    _exit_stack.close()
+    for started in (ollama_server, ollama_server_parallel, openai_server, tiny_llama):
+        started.cache_clear()
+
+
+atexit.register(close_all)
 
 #: The model name the shared Ollama server serves the tiny model under.
 TINY = "tiny"
