@@ -12,6 +12,7 @@ The public names are re-exported here; the code lives in private modules
 """
 
 from ._errors import BackendError as BackendError
+from ._errors import BackendUnavailable as BackendUnavailable
 from ._errors import PredictorError as PredictorError
 from ._errors import QueueFull as QueueFull
 from ._errors import SchedulerClosed as SchedulerClosed
@@ -43,6 +44,7 @@ __all__ = [
     "DEFAULT_MAX_WAIT",
     "DEFAULT_PREFILL_RATE",
     "BackendError",
+    "BackendUnavailable",
     "Chunk",
     "ChunkStream",
     "Completion",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 __all__ = [
     "BackendError",
+    "BackendUnavailable",
     "PredictorError",
     "QueueFull",
     "SchedulerClosed",
@@ -44,6 +45,16 @@ class BackendError(SchedulerError):
     def __init__(self, message: str, *, status_code: int | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
+
+
+class BackendUnavailable(BackendError):
+    """The backend could not serve anything: unreachable, gone, timed out or 5xx.
+
+    A :class:`BackendError` for faults of the server or the network rather
+    than of the request: connection refused or lost, a timeout, a malformed
+    stream, a 5xx answer.  :class:`~sjfsched.backends.BackendPool` takes a
+    backend that raises it out of rotation for a while.
+    """
 
 
 class PredictorError(SchedulerError):

@@ -16,9 +16,9 @@ The adapters import their optional dependency (llama-cpp-python, httpx) only
 when used, so this module imports without them.
 """
 
+from .._errors import BackendUnavailable as BackendUnavailable
 from ._base import Backend as Backend
 from ._callable import CallableBackend as CallableBackend
-from ._http import BackendUnavailable as BackendUnavailable
 from ._llama import LlamaCppBackend as LlamaCppBackend
 from ._ollama import OllamaBackend as OllamaBackend
 from ._openai import OpenAIBackend as OpenAIBackend

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .._errors import BackendError
+from .._errors import BackendError, BackendUnavailable
 
 if TYPE_CHECKING:
     import httpx
@@ -33,17 +33,6 @@ DEFAULT_CONNECT_TIMEOUT = 5.0
 #: Seconds to wait for the next bytes of a response by default: long, because
 #: a server says nothing while it loads a model or evaluates a long prompt.
 DEFAULT_READ_TIMEOUT = 300.0
-
-
-class BackendUnavailable(BackendError):
-    """The backend could not serve anything: unreachable, gone, timed out or 5xx.
-
-    A subclass of :class:`~sjfsched.BackendError` raised by the HTTP
-    backends when the fault lies with the server or the network rather than
-    with the request: connection refused or lost, a timeout, a malformed
-    stream, a 5xx answer.  :class:`BackendPool` takes a backend that raises it
-    out of rotation.
-    """
 
 
 def import_httpx(backend: str, extra: str) -> Any:
