@@ -27,7 +27,15 @@ from sjfsched import (
     SyncScheduler,
     Ticket,
 )
-from sjfsched.backends import Backend, CallableBackend, SimulatedBackend
+from sjfsched.backends import (
+    Backend,
+    BackendPool,
+    CallableBackend,
+    LlamaCppBackend,
+    OllamaBackend,
+    OpenAIBackend,
+    SimulatedBackend,
+)
 from sjfsched.predictors import ConstantPredictor, HeuristicPredictor, Predictor, SupportsObserve
 
 
@@ -99,9 +107,26 @@ def use_sync() -> None:
             ticket.report(1)
 
 
+def adapters(llm: Any) -> None:
+    ollama = OllamaBackend("llama3.2", "http://127.0.0.1:11434")
+    openai = OpenAIBackend("http://127.0.0.1:8000/v1", model="m", api_key="k")
+    local = LlamaCppBackend(llm)
+    pool = BackendPool([(ollama, 4), openai, local])
+    usable: list[Backend] = [ollama, openai, local, pool]
+    assert_type(pool.slots, int)
+    wrapped = sjfsched.wrap(llm, aging=0.1)
+    assert_type(wrapped, sjfsched.ScheduledLlama)
+    wrapped.create_completion("hi", max_tokens=3)
+    wrapped.create_chat_completion(messages=[{"role": "user", "content": "hi"}])
+    del usable
+
+
 def errors() -> None:
     try:
         sjfsched.run_virtual(use_async)
+    except sjfsched.BackendUnavailable as exc:
+        assert_type(exc, sjfsched.BackendUnavailable)
+        assert_type(exc.status_code, int | None)
     except (QueueFull, SchedulerClosed, BackendError, PredictorError) as exc:
         assert_type(exc, QueueFull | SchedulerClosed | BackendError | PredictorError)
     except SchedulerError:
