@@ -1,0 +1,13 @@
+"""Redraw the figures of docs/benchmarks.md from saved results: `sjfsched bench plots` as a script.
+
+python benchmarks/plots.py --results benchmarks/results/sim.json --out docs/
+"""
+
+from __future__ import annotations
+
+import sys
+
+from sjfsched._cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["bench", "plots", *sys.argv[1:]]))

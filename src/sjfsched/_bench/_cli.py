@@ -1,0 +1,282 @@
+"""``sjfsched bench``: the command line of the benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import re
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .._scheduler import DEFAULT_AGING, DEFAULT_MAX_WAIT
+from .._version import __version__
+from ._policies import STANDARD_POLICIES, clairvoyant_predictor, sweep_names
+from ._profiles import PROFILES
+from ._report import policy_table, sweep_table, target_table
+from ._run import Result, Unit, load_results, run_units, save_results
+from ._sim import Scenario
+from ._traces import TRACES, default_data_dir, load_trace
+
+__all__ = ["configure", "run"]
+
+DEFAULT_SCENARIOS = ("burst100", "poisson0.5", "poisson0.74", "poisson0.9")
+#: Where `bench all` writes its raw results.
+DEFAULT_RESULTS = Path("benchmarks") / "results" / "sim.json"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench_command", metavar="BENCH")
+
+    sim = sub.add_parser("sim", help="scheduling benchmarks on real traces in virtual time")
+    _sim_options(sim)
+
+    all_ = sub.add_parser(
+        "all",
+        help="every simulated benchmark of docs/benchmarks.md: tables, sweeps and figures",
+    )
+    _sim_options(all_, matrix=False)
+    all_.add_argument("--out", type=Path, default=Path("docs"), help="docs directory: figures go to OUT/img/")
+
+    plots = sub.add_parser("plots", help="draw the figures from saved results")
+    plots.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="JSON written by sim or all")
+    plots.add_argument(
+        "--out", type=Path, default=Path("docs"), help="docs directory: figures go to OUT/img/"
+    )
+
+    traces = sub.add_parser("traces", help="list the traces and their length classes")
+    traces.add_argument("--data", type=Path, default=None, help="the corpora directory (../shared/data)")
+
+    from ._real import configure as configure_real
+
+    configure_real(sub.add_parser("real", help="FCFS against sjfsched on a real llama.cpp model, wall clock"))
+
+
+def _sim_options(p: argparse.ArgumentParser, *, matrix: bool = True) -> None:
+    p.add_argument("--data", type=Path, default=None, help="the corpora directory (default: ../shared/data)")
+    p.add_argument(
+        "--traces", default=",".join(TRACES), help="comma-separated trace names (see `bench traces`)"
+    )
+    p.add_argument(
+        "--profiles", default=",".join(PROFILES), help="backend speed profiles: " + ", ".join(PROFILES)
+    )
+    if matrix:
+        p.add_argument(
+            "--scenarios",
+            default=",".join(DEFAULT_SCENARIOS),
+            help="burstN and/or poissonRHO, comma-separated (default: %(default)s)",
+        )
+        p.add_argument(
+            "--policies",
+            default="standard",
+            help="comma-separated policy names, 'standard' (fcfs, sjfsched, oracle, clairvoyant) "
+            "and/or 'sweep' (aging and max_wait); a name is fcfs, clairvoyant or "
+            "PREDICTOR[@aging=A,max_wait=W,cap=TOKENS] with PREDICTOR sjfsched, oracle, heuristic, lexical",
+        )
+        p.add_argument("--results", type=Path, default=None, help="also save the results as JSON here")
+    else:
+        p.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="save the results as JSON here")
+    p.add_argument("--repetitions", type=int, default=250, help="bursts per burst scenario (default 250)")
+    p.add_argument(
+        "--poisson-requests", type=int, default=2000, help="requests per Poisson run (default 2000)"
+    )
+    p.add_argument("--seeds", type=int, default=5, help="Poisson runs per scenario (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _scenario(name: str, args: argparse.Namespace) -> Scenario:
+    m = re.fullmatch(r"burst(\d+)", name)
+    if m:
+        return Scenario("burst", int(m.group(1)), args.repetitions)
+    m = re.fullmatch(r"poisson(0?\.\d+)", name)
+    if m:
+        return Scenario("poisson", args.poisson_requests, args.seeds, rho=float(m.group(1)), warmup=0.1)
+    raise SystemExit(f"sjfsched bench: bad scenario {name!r}: use burstN or poissonRHO (e.g. poisson0.74)")
+
+
+def _policies(text: str) -> list[str]:
+    names: list[str] = []
+    parts: list[str] = []
+    for piece in filter(None, (x.strip() for x in text.split(","))):
+        # "sjfsched@cap=250,aging=0.05": a key=value piece continues the name before it.
+        if parts and "=" in piece and "@" not in piece and "@" in parts[-1]:
+            parts[-1] += "," + piece
+        else:
+            parts.append(piece)
+    for name in parts:
+        if name == "standard":
+            names += STANDARD_POLICIES
+        elif name == "sweep":
+            names += sweep_names()
+        else:
+            names.append(name)
+    return list(dict.fromkeys(names))
+
+
+def _split(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    data: Path | None = args.data if args.data is not None else default_data_dir()
+    if data is None or not data.is_dir():
+        raise SystemExit(
+            "sjfsched bench: no corpora directory; pass --data (the ../shared/data of the repository)"
+        )
+    return data
+
+
+def _meta(args: argparse.Namespace, data: Path) -> dict[str, Any]:
+    _, clairvoyant_real = clairvoyant_predictor()
+    from ..predictors import default_predictor
+
+    return {
+        "command": "sjfsched bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "sjfsched bench",
+        "sjfsched": __version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "seed": args.seed,
+        "data": str(data),
+        "default_aging": DEFAULT_AGING,
+        "default_max_wait": DEFAULT_MAX_WAIT,
+        "default_predictor": type(default_predictor()).__name__,
+        "clairvoyant_predictor": "ClairvoyantPredictor" if clairvoyant_real else "PromptLengthClassPredictor",
+        "profiles": {n: [p.prefill_rate, p.decode_rate] for n, p in PROFILES.items()},
+    }
+
+
+def _print_tables(results: Sequence[Result], policies: Sequence[str], out: Any = None) -> None:
+    out = sys.stdout if out is None else out
+    cells: dict[tuple[str, str], list[str]] = {}
+    for r in results:
+        cells.setdefault((r.unit.profile, r.unit.scenario.name), [])
+        if r.unit.trace not in cells[(r.unit.profile, r.unit.scenario.name)]:
+            cells[(r.unit.profile, r.unit.scenario.name)].append(r.unit.trace)
+    swept = set(sweep_names())
+    standard = [p for p in policies if p not in swept]
+    for (profile, scenario), traces in cells.items():
+        for trace in traces:
+            print(f"\n### {trace}, {profile} backend, {scenario} (latency in seconds)\n", file=out)
+            print(policy_table(results, profile, scenario, trace, standard), file=out)
+    if any(r.unit.policy == "sjfsched" for r in results):
+        print("\n### Targets: sjfsched defaults against FCFS\n", file=out)
+        print(target_table(results), file=out)
+    sweeps = [p for p in policies if p in swept]
+    if sweeps:
+        for profile, scenario in cells:
+            print(
+                f"\n### Sweep, {profile} backend, {scenario}: short P50 and long P95 against FCFS\n", file=out
+            )
+            print(sweep_table(results, profile, scenario, ["sjfsched", *sweeps]), file=out)
+    if any(not r.faithful for r in results):
+        print("\n\\* a stand-in replaced Clairvoyant's predictor (see docs/benchmarks.md)", file=out)
+
+
+def _run_sim(args: argparse.Namespace) -> int:
+    data = _data_dir(args)
+    traces, profiles = _split(args.traces), _split(args.profiles)
+    for t in traces:
+        if t not in TRACES:
+            raise SystemExit(f"sjfsched bench: unknown trace {t!r}; choose from {', '.join(TRACES)}")
+    scenarios = [_scenario(s, args) for s in _split(args.scenarios)]
+    policies = _policies(args.policies)
+    units = [Unit(t, p, s, pol) for t in traces for p in profiles for s in scenarios for pol in policies]
+    try:
+        results = run_units(units, data, seed=args.seed, jobs=args.jobs, progress=not args.no_progress)
+    except ValueError as exc:
+        raise SystemExit(f"sjfsched bench: {exc}") from None
+    if args.results is not None:
+        save_results(results, args.results, _meta(args, data))
+    _print_tables(results, policies)
+    return 0
+
+
+def all_units(args: argparse.Namespace) -> list[Unit]:
+    """The matrix of docs/benchmarks.md.
+
+    Standard policies on every trace, profile and scenario; the aging and
+    max_wait sweeps on every trace on the GPU profile (burst and rho = 0.74),
+    and the max_wait sweep on the CPU profile too (max_wait is in seconds, so
+    the backend's speed matters to it; aging is scale-free).
+    """
+    traces, profiles = _split(args.traces), _split(args.profiles)
+    scenarios = [_scenario(s, args) for s in DEFAULT_SCENARIOS]
+    units = [
+        Unit(t, p, s, pol) for t in traces for p in profiles for s in scenarios for pol in STANDARD_POLICIES
+    ]
+    aging = [n for n in sweep_names() if "aging=" in n]
+    max_wait = [n for n in sweep_names() if "max_wait=" in n]
+    key = [_scenario("burst100", args), _scenario("poisson0.74", args)]
+    for t in traces:
+        for p in profiles:
+            names = aging + max_wait if p == "gpu" else max_wait
+            units += [Unit(t, p, s, pol) for s in key for pol in names]
+    return units
+
+
+def _run_all(args: argparse.Namespace) -> int:
+    data = _data_dir(args)
+    units = all_units(args)
+    results = run_units(units, data, seed=args.seed, jobs=args.jobs, progress=not args.no_progress)
+    save_results(results, args.results, _meta(args, data))
+    from ._plots import draw_all
+
+    for path in draw_all(results, args.out / "img"):
+        print(f"wrote {path}")
+    print(f"wrote {args.results}")
+    policies = list(dict.fromkeys(u.policy for u in units))
+    _print_tables(results, policies)
+    return 0
+
+
+def _run_plots(args: argparse.Namespace) -> int:
+    from ._plots import draw_all
+
+    results, _ = load_results(args.results)
+    for path in draw_all(results, args.out / "img"):
+        print(f"wrote {path}")
+    return 0
+
+
+def _run_traces(args: argparse.Namespace) -> int:
+    data = _data_dir(args)
+    print(
+        "| trace | prompts | short | medium | long | mean output tokens | mean prompt tokens "
+        "| gpu mean s | cpu mean s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in TRACES:
+        trace = load_trace(name, data)
+        shares = trace.class_shares()
+        out = sum(i.output_tokens for i in trace.items) / len(trace)
+        prompt = sum(i.prompt_tokens for i in trace.items) / len(trace)
+        print(
+            f"| {name} | {len(trace)} | {shares['short']:.0%} | {shares['medium']:.0%} "
+            f"| {shares['long']:.0%} "
+            f"| {out:.0f} | {prompt:.0f} | {PROFILES['gpu'].mean_service_time(trace):.2f} "
+            f"| {PROFILES['cpu'].mean_service_time(trace):.1f} |"
+        )
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    command = getattr(args, "bench_command", None)
+    if command == "sim":
+        return _run_sim(args)
+    if command == "all":
+        return _run_all(args)
+    if command == "plots":
+        return _run_plots(args)
+    if command == "traces":
+        return _run_traces(args)
+    if command == "real":
+        from ._real import run as run_real
+
+        return run_real(args)
+    print("usage: sjfsched bench {sim,all,plots,traces,real} ... (see sjfsched bench -h)", file=sys.stderr)
+    return 2

@@ -1,0 +1,318 @@
+"""``sjfsched bench real``: FCFS against sjfsched on a real llama.cpp model, in wall-clock time.
+
+A burst of requests (real prompts from a trace, answer lengths scaled from
+the trace) runs through a real ``llama_cpp.Llama`` twice, first come first
+served and with sjfsched's defaults.  Each generation runs to exactly its
+trace length: the backend sets ``max_tokens`` to it, and the model (a
+random-weight Llama from :func:`sjfsched.testing.write_tiny_llama`) never
+samples end-of-text.  The scheduler itself is not told the length (the
+request it ranks has no ``max_tokens``).  Then the same requests replay in
+virtual time through :class:`~sjfsched.backends.SimulatedBackend` at the
+prefill and decode rates measured on the real runs, and the two short-request
+gains are compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import attrs
+
+from .._records import Chunk, Completion, Request
+from .._scheduler import Scheduler
+from ..backends import Backend
+from ._metrics import gain
+from ._policies import PolicyContext, policy_named
+from ._profiles import Profile
+from ._sim import BURST_STAGGER, burst_arrivals, simulate
+from ._traces import LONG_TOKENS, SHORT_TOKENS, TRACES, TraceItem, default_data_dir, load_trace
+
+__all__ = ["TraceLengthBackend", "configure", "run"]
+
+DEFAULT_RESULTS = Path("benchmarks") / "results" / "real.json"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data", type=Path, default=None, help="the corpora directory (default: ../shared/data)"
+    )
+    parser.add_argument(
+        "--trace", default="sharegpt", choices=list(TRACES), help="trace (default: %(default)s)"
+    )
+    parser.add_argument("--requests", type=int, default=36, help="requests in the burst (default 36)")
+    parser.add_argument(
+        "--scale", type=float, default=0.5, help="answer lengths are the trace's times this (default 0.5)"
+    )
+    parser.add_argument(
+        "--prompt-chars", type=int, default=200, help="the model reads this much of each prompt"
+    )
+    parser.add_argument(
+        "--model", type=Path, default=None, help="a GGUF model (default: write the 'medium' tiny Llama)"
+    )
+    parser.add_argument(
+        "--preset", default="medium", help="write_tiny_llama preset when no --model (default medium)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="llama.cpp threads (default 1: the cores are shared)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
+    parser.add_argument(
+        "--policies", default="fcfs,sjfsched", help="policies to compare (default %(default)s)"
+    )
+    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="save the results as JSON here")
+
+
+@attrs.define
+class TraceLengthBackend:
+    """Wraps a backend so each request generates exactly its trace length.
+
+    The inner backend gets the request with ``max_tokens`` set to
+    ``metadata["output_tokens"]`` and its prompt cut to ``prompt_chars``
+    characters (prefill on a small CPU model is slow); the scheduler ranks
+    the original request, which has neither.
+    """
+
+    inner: Backend
+    prompt_chars: int = 200
+    slots: int = 1
+
+    async def stream(self, request: Request, /) -> AsyncIterator[Chunk]:
+        n = int(request.metadata["output_tokens"])
+        prompt = (request.prompt or request.text)[: self.prompt_chars]
+        sent = attrs.evolve(request, prompt=prompt, messages=None, max_tokens=max(1, n))
+        async for chunk in self.inner.stream(sent):
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def _sample(args: argparse.Namespace) -> list[TraceItem]:
+    data = args.data if args.data is not None else default_data_dir()
+    if data is None:
+        raise SystemExit("sjfsched bench real: no corpora directory; pass --data")
+    trace = load_trace(args.trace, data)
+    rng = random.Random(f"real/{args.seed}/{trace.name}")
+    items = trace.sample(args.requests, rng)
+    return [
+        attrs.evolve(item, output_tokens=max(1, round(item.output_tokens * args.scale))) for item in items
+    ]
+
+
+def _class(tokens: float, scale: float) -> str:
+    if tokens < SHORT_TOKENS * scale:
+        return "short"
+    return "long" if tokens >= LONG_TOKENS * scale else "medium"
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return math.nan
+    import numpy as np
+
+    return float(np.percentile(values, q))
+
+
+def _stats(completions: Sequence[Completion], scale: float) -> dict[str, Any]:
+    by: dict[str, list[float]] = {"short": [], "medium": [], "long": []}
+    for c in completions:
+        by[_class(c.output_tokens, scale)].append(c.latency)
+    every = [c.latency for c in completions]
+    return {
+        "short_p50": _percentile(by["short"], 50),
+        "medium_p50": _percentile(by["medium"], 50),
+        "long_p50": _percentile(by["long"], 50),
+        "long_p95": _percentile(by["long"] or by["medium"], 95),
+        "mean": sum(every) / len(every),
+        "makespan": max(c.finished for c in completions) - min(c.submitted for c in completions),
+        "n": {k: len(v) for k, v in by.items()},
+    }
+
+
+def _measured_rates(completions: Sequence[Completion]) -> tuple[float, float]:
+    """Prompt and output tokens per second over all real completions."""
+    p_tok = p_sec = d_tok = d_sec = 0.0
+    for c in completions:
+        if c.first_token is None:
+            continue
+        p_tok += c.prompt_tokens or 0
+        p_sec += c.first_token - c.started
+        d_tok += max(0, c.output_tokens - 1)
+        d_sec += c.finished - c.first_token
+    return p_tok / p_sec, d_tok / d_sec
+
+
+async def _real_burst(scheduler: Scheduler, requests: Sequence[Request]) -> list[Completion]:
+    done: list[Completion | None] = [None] * len(requests)
+    start = anyio.current_time() + 0.05
+
+    async def one(i: int) -> None:
+        await anyio.sleep_until(start + i * max(BURST_STAGGER, 1e-3))
+        done[i] = await scheduler.complete(requests[i])
+
+    async with scheduler, anyio.create_task_group() as tg:
+        for i in range(len(requests)):
+            tg.start_soon(one, i)
+    return [c for c in done if c is not None]
+
+
+def _model_path(args: argparse.Namespace, tmp: str) -> Path:
+    if args.model is not None:
+        return Path(args.model)
+    from ..testing import write_tiny_llama
+    from ..testing._tiny_llama import PRESETS
+
+    options = dict(PRESETS[args.preset])
+    options["n_ctx"] = 2048
+    return write_tiny_llama(Path(tmp) / f"bench-{args.preset}.gguf", **options)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        print("sjfsched bench real needs llama-cpp-python: pip install 'sjfsched[llama]'", file=sys.stderr)
+        return 2
+    from ..backends import LlamaCppBackend
+
+    items = _sample(args)
+    policies = [policy_named(name) for name in args.policies.split(",")]
+    load_before = os.getloadavg()
+    wall0 = time.monotonic()
+    real: dict[str, list[Completion]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _model_path(args, tmp)
+        llm = Llama(
+            str(path), n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads, seed=0, verbose=False
+        )
+        try:
+            llm.create_completion("warm up", max_tokens=8)
+            context = PolicyContext(short_latency=1.0)  # replaced below for the simulation
+            for policy in policies:
+                backend = TraceLengthBackend(LlamaCppBackend(llm), prompt_chars=args.prompt_chars)
+                requests = [item.request() for item in items]
+                t0 = time.monotonic()
+                print(
+                    f"running {len(requests)} requests under {policy.name} ...", file=sys.stderr, flush=True
+                )
+                real[policy.name] = anyio.run(_real_burst, policy.make(backend, context), requests)
+                print(f"  {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+        finally:
+            llm.close()
+    load_after = os.getloadavg()
+    every = [c for cs in real.values() for c in cs]
+    prefill, decode = _measured_rates(every)
+
+    # The same requests (real prompt lengths in the model's tokens) in virtual time.
+    first = real[policies[0].name]
+    sim_items = [
+        attrs.evolve(item, prompt_tokens=c.prompt_tokens or item.prompt_tokens)
+        for item, c in zip(items, first, strict=False)
+    ]
+    profile = Profile("measured", prefill, decode)
+    shorts = [
+        profile.service_time(i.prompt_tokens, i.output_tokens)
+        for i in sim_items
+        if _class(i.output_tokens, args.scale) == "short"
+    ]
+    context = PolicyContext(short_latency=sum(shorts) / len(shorts) if shorts else 1.0)
+    sim: dict[str, list[Completion]] = {}
+    for policy in policies:
+        sim[policy.name] = simulate(policy, profile, [(sim_items, burst_arrivals(len(sim_items)))], context)[
+            0
+        ][0]
+
+    report = _report(args, real, sim, prefill, decode, load_before, load_after, time.monotonic() - wall0)
+    print(report["table"])
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    print(f"\nwrote {args.results}")
+    return 0 if report["agree"] else 1
+
+
+def _report(
+    args: argparse.Namespace,
+    real: dict[str, list[Completion]],
+    sim: dict[str, list[Completion]],
+    prefill: float,
+    decode: float,
+    load_before: tuple[float, float, float],
+    load_after: tuple[float, float, float],
+    wall: float,
+) -> dict[str, Any]:
+    stats = {
+        kind: {name: _stats(cs, args.scale) for name, cs in runs.items()}
+        for kind, runs in (("real", real), ("sim", sim))
+    }
+    names = list(real)
+    base = names[0]
+    lines = [
+        f"{len(next(iter(real.values())))} requests from {args.trace} (lengths x {args.scale}), "
+        f"model {args.model or 'write_tiny_llama preset ' + args.preset}, {args.threads} thread(s)",
+        f"measured: prefill {prefill:.0f} tokens/s, decode {decode:.1f} tokens/s "
+        f"({1000 / decode:.1f} ms/token); load average {load_before[0]:.2f} before, "
+        f"{load_after[0]:.2f} after; "
+        f"{wall:.0f} s in all",
+        "",
+        "| policy | run | short P50 (s) | vs FCFS | medium P50 | long P50 | long P95 | vs FCFS "
+        "| mean | makespan |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    gains: dict[str, dict[str, float]] = {"real": {}, "sim": {}}
+    for name in names:
+        for kind in ("real", "sim"):
+            s = stats[kind][name]
+            b = stats[kind][base]
+            g = gain(b["short_p50"], s["short_p50"])
+            d = -gain(b["long_p95"], s["long_p95"])
+            gains[kind][name] = g
+            vs = "" if name == base else f"{-g:+.0%}"
+            dv = "" if name == base else f"{d:+.0%}"
+            lines.append(
+                f"| {name} | {kind} | {s['short_p50']:.1f} | {vs} | {s['medium_p50']:.1f} "
+                f"| {s['long_p50']:.1f} "
+                f"| {s['long_p95']:.1f} | {dv} | {s['mean']:.1f} | {s['makespan']:.0f} |"
+            )
+    agree = True
+    lines.append("")
+    for name in names[1:]:
+        diff = (gains["real"][name] - gains["sim"][name]) * 100
+        ok = abs(diff) <= 10
+        agree = agree and ok
+        lines.append(
+            f"{name}: short-request P50 gain {gains['real'][name]:.0%} real, "
+            f"{gains['sim'][name]:.0%} simulated: "
+            f"{abs(diff):.1f} points apart {'(within 10: agree)' if ok else '(more than 10: disagree)'}"
+        )
+    counts = stats["real"][base]["n"]
+    lines.append(
+        f"classes (by trace length): {counts['short']} short, {counts['medium']} medium, "
+        f"{counts['long']} long"
+    )
+    return {
+        "trace": args.trace,
+        "requests": len(next(iter(real.values()))),
+        "scale": args.scale,
+        "model": str(args.model) if args.model else f"write_tiny_llama preset {args.preset}",
+        "threads": args.threads,
+        "prefill_rate": prefill,
+        "decode_rate": decode,
+        "load_before": load_before,
+        "load_after": load_after,
+        "wall_seconds": wall,
+        "stats": stats,
+        "gains": gains,
+        "agree": agree,
+        "table": "\n".join(lines),
+    }

@@ -1,0 +1,193 @@
+"""Run many (trace, backend profile, scenario, policy) units, serially or in processes."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+
+from ._metrics import ClassStats, Summary, summarize
+from ._policies import policy_named
+from ._profiles import PROFILES
+from ._sim import Scenario, run_scenario
+from ._traces import LONG_TOKENS, SHORT_TOKENS, Trace, load_trace
+
+__all__ = ["QUANTILE_LEVELS", "Result", "Unit", "load_results", "run_units", "save_results"]
+
+#: Percentile levels kept of each latency distribution (for the CDF plots).
+QUANTILE_LEVELS: tuple[float, ...] = tuple(float(x) for x in np.linspace(0, 100, 201))
+
+
+@attrs.frozen
+class Unit:
+    """One cell of the benchmark matrix."""
+
+    trace: str
+    profile: str
+    scenario: Scenario
+    policy: str
+
+    @property
+    def requests(self) -> int:
+        return self.scenario.size * self.scenario.repetitions
+
+
+@attrs.frozen
+class Result:
+    """A unit's summary, its latency percentiles per class, and what it cost to compute."""
+
+    unit: Unit
+    summary: Summary
+    #: class -> latency (seconds) at each of QUANTILE_LEVELS; empty for an empty class.
+    quantiles: dict[str, list[float]]
+    cpu_seconds: float
+    faithful: bool = True
+
+
+@functools.lru_cache(maxsize=16)
+def _trace(data_dir: str, name: str) -> Trace:
+    return load_trace(name, data_dir)
+
+
+def run_unit(data_dir: str, unit: Unit, seed: int, progress: Callable[[int], object] | None = None) -> Result:
+    """Run one unit and summarise it."""
+    trace = _trace(data_dir, unit.trace)
+    policy = policy_named(unit.policy)
+    t0 = time.process_time()
+    outcome = run_scenario(policy, PROFILES[unit.profile], trace, unit.scenario, seed=seed, progress=progress)
+    cpu = time.process_time() - t0
+    latency = outcome.latency
+    tokens = outcome.output_tokens
+    m = outcome.measured
+    masks = {
+        "short": m & (tokens < SHORT_TOKENS),
+        "medium": m & (tokens >= SHORT_TOKENS) & (tokens < LONG_TOKENS),
+        "long": m & (tokens >= LONG_TOKENS),
+        "all": m,
+    }
+    quantiles = {
+        name: [float(x) for x in np.percentile(latency[mask], QUANTILE_LEVELS)] if mask.any() else []
+        for name, mask in masks.items()
+    }
+    return Result(unit, summarize(outcome), quantiles, cpu, policy.faithful)
+
+
+def _run_unit_job(data_dir: str, unit: Unit, seed: int) -> Result:
+    return run_unit(data_dir, unit, seed)
+
+
+def run_units(
+    units: Sequence[Unit],
+    data_dir: str | Path,
+    *,
+    seed: int = 0,
+    jobs: int = 1,
+    progress: bool = True,
+) -> list[Result]:
+    """Run every unit (in ``jobs`` processes) with a progress bar over requests."""
+    from tqdm import tqdm
+
+    data = str(data_dir)
+    for unit in units:  # fail early on bad names
+        policy_named(unit.policy)
+        if unit.profile not in PROFILES:
+            raise ValueError(f"unknown backend profile {unit.profile!r}; choose from {', '.join(PROFILES)}")
+    total = sum(u.requests for u in units)
+    results: list[Result] = []
+    with tqdm(total=total, unit="req", disable=not progress, smoothing=0.05, dynamic_ncols=True) as bar:
+        if jobs <= 1:
+            for unit in units:
+                bar.set_postfix_str(f"{unit.trace} {unit.profile} {unit.scenario.name} {unit.policy}")
+                results.append(run_unit(data, unit, seed, bar.update))
+        else:
+            with ProcessPoolExecutor(max_workers=jobs) as pool:
+                futures = {pool.submit(_run_unit_job, data, unit, seed): unit for unit in units}
+                for future in as_completed(futures):
+                    result = future.result()
+                    results.append(result)
+                    bar.update(futures[future].requests)
+    order = {unit: i for i, unit in enumerate(units)}
+    results.sort(key=lambda r: order[r.unit])
+    return results
+
+
+# ------------------------------------------------------------------ storage
+
+
+def _num(x: float) -> float | None:
+    return None if math.isinf(x) or math.isnan(x) else x
+
+
+def _result_to_json(result: Result) -> dict[str, Any]:
+    s = result.summary
+    u = result.unit
+    return {
+        "trace": u.trace,
+        "profile": u.profile,
+        "scenario": attrs.asdict(u.scenario),
+        "policy": u.policy,
+        "faithful": result.faithful,
+        "cpu_seconds": result.cpu_seconds,
+        "summary": {
+            "classes": {k: {f: _num(v) for f, v in attrs.asdict(c).items()} for k, c in s.classes.items()},
+            "mean_latency": _num(s.mean_latency),
+            "longest_wait": _num(s.longest_wait),
+            "wait_bound": _num(s.wait_bound),
+            "bound_violations": s.bound_violations,
+            "promoted": s.promoted,
+            "throughput": _num(s.throughput),
+            "token_throughput": _num(s.token_throughput),
+            "requests": s.requests,
+        },
+        "quantiles": result.quantiles,
+    }
+
+
+def _nan(x: float | None) -> float:
+    return math.nan if x is None else float(x)
+
+
+def _result_from_json(data: dict[str, Any]) -> Result:
+    s = data["summary"]
+    classes = {
+        k: ClassStats(
+            n=int(c["n"]),
+            **{f: _nan(v) for f, v in c.items() if f != "n"},
+        )
+        for k, c in s["classes"].items()
+    }
+    summary = Summary(
+        classes=classes,
+        mean_latency=_nan(s["mean_latency"]),
+        longest_wait=_nan(s["longest_wait"]),
+        wait_bound=math.inf if s["wait_bound"] is None else float(s["wait_bound"]),
+        bound_violations=int(s["bound_violations"]),
+        promoted=int(s["promoted"]),
+        throughput=_nan(s["throughput"]),
+        token_throughput=_nan(s["token_throughput"]),
+        requests=int(s["requests"]),
+    )
+    unit = Unit(data["trace"], data["profile"], Scenario(**data["scenario"]), data["policy"])
+    return Result(unit, summary, data["quantiles"], float(data["cpu_seconds"]), bool(data["faithful"]))
+
+
+def save_results(results: Iterable[Result], path: str | Path, meta: dict[str, Any]) -> None:
+    """Write results (and what produced them) as JSON."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"meta": meta, "results": [_result_to_json(r) for r in results]}
+    path.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+
+
+def load_results(path: str | Path) -> tuple[list[Result], dict[str, Any]]:
+    """Read results written by :func:`save_results`."""
+    payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    return [_result_from_json(r) for r in payload["results"]], payload.get("meta", {})

@@ -1,0 +1,233 @@
+"""Traces: real prompts with the real answer lengths of one answering model.
+
+A trace is built from one corpus file of ``../shared/data`` (the schema is in
+that directory's README): every record whose ``model`` is the chosen
+answering model (and, for CASTILLO, whose ``source`` is in the chosen
+subsets).  Each item keeps the prompt text, the answer's length in tokens and
+the prompt's length in tokens (the model's own count where the corpus has it,
+else characters / 4).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .._records import Request
+
+__all__ = [
+    "LONG_TOKENS",
+    "SHORT_TOKENS",
+    "TRACES",
+    "Trace",
+    "TraceItem",
+    "TraceSpec",
+    "default_data_dir",
+    "length_class",
+    "load_trace",
+]
+
+#: Answers shorter than this many tokens are "short" (Clairvoyant's classes).
+SHORT_TOKENS = 200
+#: Answers at least this long are "long"; in between is "medium".
+LONG_TOKENS = 800
+
+
+def length_class(output_tokens: float) -> str:
+    """``"short"`` (< 200 tokens), ``"medium"`` or ``"long"`` (>= 800)."""
+    if output_tokens < SHORT_TOKENS:
+        return "short"
+    if output_tokens >= LONG_TOKENS:
+        return "long"
+    return "medium"
+
+
+@attrs.frozen
+class TraceSpec:
+    """Which records of which corpus file make a trace."""
+
+    name: str
+    file: str
+    model: str
+    #: ``source`` values to keep; empty keeps all.
+    sources: tuple[str, ...] = ()
+    description: str = ""
+
+
+_CASTILLO = "castillo_code_and_instruct.jsonl.gz"
+_CODE = ("castillo/Apps", "castillo/BigCodeBench", "castillo/DS1000", "castillo/Mbpp")
+
+#: The traces the benchmarks run, by name.  See docs/benchmarks.md for why.
+TRACES: dict[str, TraceSpec] = {
+    spec.name: spec
+    for spec in (
+        TraceSpec(
+            "castillo-llama1b",
+            _CASTILLO,
+            "meta-llama/Llama-3.2-1B-Instruct",
+            description="CASTILLO, all six subsets (instructions and code), answered by the small "
+            "open Llama-3.2-1B-Instruct",
+        ),
+        TraceSpec(
+            "castillo-code-llama70b",
+            _CASTILLO,
+            "meta-llama/Llama-3.3-70B-Instruct",
+            sources=_CODE,
+            description="CASTILLO code subsets (Apps, BigCodeBench, DS1000, Mbpp), answered by the "
+            "large open Llama-3.3-70B-Instruct",
+        ),
+        TraceSpec(
+            "arena-llama3-8b",
+            "arena_hard_v01.jsonl.gz",
+            "llama-3-8b-instruct",
+            description="Arena-Hard v0.1 (real Chatbot Arena prompts), answered by the small open "
+            "Llama-3-8B-Instruct",
+        ),
+        TraceSpec(
+            "arena-llama3-70b",
+            "arena_hard_v01.jsonl.gz",
+            "llama-3-70b-instruct",
+            description="Arena-Hard v0.1, answered by the large open Llama-3-70B-Instruct",
+        ),
+        TraceSpec(
+            "sharegpt",
+            "sharegpt_natural.jsonl.gz",
+            "chatgpt",
+            description="ShareGPT natural user turns with ChatGPT's answers (lengths are characters / 4)",
+        ),
+    )
+}
+
+
+@attrs.frozen
+class TraceItem:
+    """One prompt and the length of the answer it got."""
+
+    prompt: str
+    output_tokens: int
+    prompt_tokens: int
+    source: str = ""
+
+    @property
+    def length_class(self) -> str:
+        return length_class(self.output_tokens)
+
+    def request(self, **fields: Any) -> Request:
+        """A :class:`Request` for this prompt.
+
+        The true lengths ride along in ``metadata`` (``output_tokens``,
+        ``prompt_tokens``), where :class:`~sjfsched.backends.SimulatedBackend`
+        and the oracle predictor read them; the scheduler's own predictors
+        never look there.
+        """
+        return Request(
+            self.prompt,
+            metadata={"output_tokens": self.output_tokens, "prompt_tokens": self.prompt_tokens},
+            **fields,
+        )
+
+
+@attrs.frozen
+class Trace:
+    """A named list of trace items."""
+
+    name: str
+    items: tuple[TraceItem, ...]
+    description: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        if not self.items:
+            raise ValueError(f"trace {self.name!r} is empty")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def class_shares(self) -> dict[str, float]:
+        """The fraction of short, medium and long answers."""
+        counts = {"short": 0, "medium": 0, "long": 0}
+        for item in self.items:
+            counts[item.length_class] += 1
+        return {k: v / len(self.items) for k, v in counts.items()}
+
+    def sample(self, n: int, rng: random.Random, *, replace: bool = False) -> list[TraceItem]:
+        """``n`` items drawn at random (without replacement unless asked)."""
+        if replace:
+            return rng.choices(self.items, k=n)
+        if n > len(self.items):
+            raise ValueError(f"trace {self.name!r} has {len(self.items)} items, cannot draw {n}")
+        return rng.sample(self.items, n)
+
+
+def default_data_dir() -> Path | None:
+    """``../shared/data`` next to the current directory or the source tree, if present."""
+    here = Path(__file__).resolve()
+    candidates = [Path.cwd() / ".." / "shared" / "data"]
+    candidates += [parent / ".." / "shared" / "data" for parent in here.parents]
+    for candidate in candidates:
+        if (candidate / "README.md").is_file() or any(candidate.glob("*.jsonl.gz")):
+            return candidate.resolve()
+    return None
+
+
+def load_trace(spec: TraceSpec | str, data_dir: Path | str) -> Trace:
+    """Read a trace's records from ``data_dir``.
+
+    Raises :class:`FileNotFoundError` naming the missing file, and
+    :class:`ValueError` if no record matches the spec.
+    """
+    if isinstance(spec, str):
+        try:
+            spec = TRACES[spec]
+        except KeyError:
+            raise ValueError(f"unknown trace {spec!r}; choose from {', '.join(TRACES)}") from None
+    path = Path(data_dir) / spec.file
+    if not path.is_file():
+        raise FileNotFoundError(f"trace {spec.name!r} needs {path}, which does not exist")
+    items = _read(path, spec.model, spec.sources)
+    if not items:
+        raise ValueError(f"no record of {path} has model {spec.model!r} and source in {spec.sources}")
+    return Trace(spec.name, tuple(items), spec.description)
+
+
+def _read(path: Path, model: str, sources: Sequence[str]) -> list[TraceItem]:
+    keep = set(sources)
+    items: list[TraceItem] = []
+    seen: set[str] = set()
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{line_no}: not JSON ({exc})") from None
+            if record.get("model") != model or (keep and record.get("source") not in keep):
+                continue
+            prompt = record.get("prompt")
+            output = record.get("output_tokens")
+            if not isinstance(prompt, str) or not prompt.strip() or not isinstance(output, (int, float)):
+                continue
+            # One item per prompt: a trace is one deployment answering each prompt once.
+            key = record.get("prompt_id") or prompt
+            if key in seen:
+                continue
+            seen.add(key)
+            prompt_tokens = record.get("input_tokens")
+            if not isinstance(prompt_tokens, (int, float)) or prompt_tokens <= 0:
+                prompt_tokens = math.ceil(len(prompt) / 4)
+            items.append(
+                TraceItem(
+                    prompt=prompt,
+                    output_tokens=max(1, round(output)),
+                    prompt_tokens=max(1, round(prompt_tokens)),
+                    source=str(record.get("source", "")),
+                )
+            )
+    return items

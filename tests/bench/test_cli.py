@@ -1,0 +1,72 @@
+"""`sjfsched bench` end to end on a tiny corpus: tables, saved results, figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sjfsched._bench._run import load_results
+from sjfsched._cli import main
+
+from ._data import sharegpt_like
+
+
+def test_sim_prints_tables_saves_results_and_plots(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = sharegpt_like(tmp_path / "data")
+    results = tmp_path / "r.json"
+    status = main(
+        [
+            "bench", "sim", "--data", str(data), "--traces", "sharegpt", "--profiles", "gpu,cpu",
+            "--scenarios", "burst20,poisson0.74", "--repetitions", "3", "--poisson-requests", "60",
+            "--seeds", "2", "--policies", "standard,sjfsched@aging=0.2,sjfsched@cap=200,aging=0.05",
+            "--results", str(results), "--no-progress",
+        ]
+    )  # fmt: skip
+    assert status == 0
+    out = capsys.readouterr().out
+    assert "### sharegpt, gpu backend, burst20" in out
+    assert "### Targets: sjfsched defaults against FCFS" in out
+    assert "| sjfsched@cap=200,aging=0.05 |" in out
+    loaded, meta = load_results(results)
+    assert meta["profiles"]["gpu"] == [2500.0, 60.0]
+    assert len(loaded) == 2 * 2 * 6
+    for r in loaded:
+        # Every request of every run completed, and throughput is the same work-conserving rate.
+        assert r.summary.requests == (60 if r.unit.scenario.name == "burst20" else 120)
+    fcfs = [r for r in loaded if r.unit.policy == "fcfs" and r.unit.profile == "gpu"]
+    sjf = [r for r in loaded if r.unit.policy == "oracle" and r.unit.profile == "gpu"]
+    for a, b in zip(fcfs, sjf, strict=True):
+        assert a.summary.throughput == pytest.approx(b.summary.throughput, rel=0.05)
+
+    assert main(["bench", "plots", "--results", str(results), "--out", str(tmp_path / "docs")]) == 0
+    pngs = sorted(p.name for p in (tmp_path / "docs" / "img").glob("bench-*.png"))
+    assert pngs == [
+        "bench-cdf-cpu-poisson0.74.png",
+        "bench-cdf-gpu-poisson0.74.png",
+        "bench-tradeoff.png",
+    ]
+
+
+def test_bad_names_fail_clearly(tmp_path: Path) -> None:
+    data = sharegpt_like(tmp_path / "data")
+    with pytest.raises(SystemExit, match="unknown trace"):
+        main(["bench", "sim", "--data", str(data), "--traces", "nope", "--no-progress"])
+    with pytest.raises(SystemExit, match="bad scenario"):
+        main(["bench", "sim", "--data", str(data), "--traces", "sharegpt", "--scenarios", "wave"])
+    with pytest.raises(SystemExit, match="unknown predictor"):
+        main(
+            [
+                "bench",
+                "sim",
+                "--data",
+                str(data),
+                "--traces",
+                "sharegpt",
+                "--policies",
+                "psychic",
+                "--no-progress",
+            ]
+        )

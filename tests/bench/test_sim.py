@@ -1,0 +1,75 @@
+"""Tiny virtual-time runs of the real Scheduler whose every time is computable by hand."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from sjfsched._bench._policies import PolicyContext, policy_named
+from sjfsched._bench._profiles import Profile
+from sjfsched._bench._sim import BURST_STAGGER, Scenario, burst_arrivals, poisson_arrivals, simulate
+from sjfsched._bench._traces import TraceItem
+
+# 10 output tokens per second, prompts free: a request of n tokens takes n / 10 seconds.
+PROFILE = Profile("test", prefill_rate=1e9, decode_rate=10.0)
+CONTEXT = PolicyContext(short_latency=1.0)
+
+
+def items(*tokens: int) -> list[TraceItem]:
+    return [TraceItem(f"request {i} of {n} tokens", n, 1) for i, n in enumerate(tokens)]
+
+
+def run(policy: str, tokens: list[int]) -> list[tuple[int, float, float]]:
+    batch = items(*tokens)
+    [(completions, _)] = simulate(
+        policy_named(policy), PROFILE, [(batch, burst_arrivals(len(batch)))], CONTEXT
+    )
+    return [(c.output_tokens, c.started - c.submitted, c.latency) for c in completions]
+
+
+def test_fcfs_serves_a_burst_in_arrival_order() -> None:
+    done = run("fcfs", [30, 20, 10, 5])
+    waits = [w for _, w, _ in done]
+    # 3 s, then 2 s, then 1 s: each waits for everyone before it.
+    expected = [0.0, 3.0, 5.0, 6.0]
+    for i, (got, want) in enumerate(zip(waits, expected, strict=True)):
+        assert got == pytest.approx(want - i * BURST_STAGGER, abs=1e-6)
+    assert [lat for *_, lat in done] == pytest.approx([3.0, 5.0, 6.0, 6.5], abs=1e-5)
+
+
+def test_sjf_with_true_lengths_serves_shortest_first() -> None:
+    done = run("oracle", [30, 20, 10, 5])
+    # The first runs at once (the server was idle); then 5, 10, 20 tokens.
+    starts = {n: w for n, w, _ in done}
+    assert starts[30] == pytest.approx(0.0, abs=1e-6)
+    assert starts[5] == pytest.approx(3.0, abs=1e-5)
+    assert starts[10] == pytest.approx(3.5, abs=1e-5)
+    assert starts[20] == pytest.approx(4.5, abs=1e-5)
+
+
+def test_batches_run_back_to_back_through_one_scheduler() -> None:
+    first, second = items(10, 20), items(5, 5)
+    runs = simulate(
+        policy_named("fcfs"),
+        PROFILE,
+        [(first, burst_arrivals(2)), (second, burst_arrivals(2))],
+        CONTEXT,
+    )
+    assert [len(c) for c, _ in runs] == [2, 2]
+    end_first = max(c.finished for c in runs[0][0])
+    assert min(c.submitted for c in runs[1][0]) == pytest.approx(end_first + 1.0)
+
+
+def test_poisson_arrivals_have_the_asked_rate_and_repeat_with_the_seed() -> None:
+    times = poisson_arrivals(20000, 2.0, random.Random(1))
+    assert times == sorted(times)
+    assert len(times) / times[-1] == pytest.approx(2.0, rel=0.03)
+    assert poisson_arrivals(5, 2.0, random.Random(1)) == times[:5]
+
+
+def test_scenario_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="rho"):
+        Scenario("poisson", 10, 1, rho=1.5)
+    with pytest.raises(ValueError, match="kind"):
+        Scenario("wave", 10, 1)
