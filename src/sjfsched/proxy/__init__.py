@@ -1,0 +1,20 @@
+"""``sjfsched serve``: an Ollama- and OpenAI-compatible proxy that schedules shortest-job-first.
+
+Clients keep their code and change only the port: the proxy exposes the API
+of the server behind it (Ollama's ``/api/*`` or an OpenAI-compatible
+``/v1/*``), holds generation requests in a :class:`~sjfsched.Scheduler` and
+sends them on shortest predicted first, streaming the answers back as they
+are produced.  Everything else passes through unchanged.  Needs the ``proxy``
+extra: ``pip install "sjfsched[proxy]"``.
+
+- :class:`ProxySettings`: what the command line and ``SJFSCHED_*`` variables set.
+- :class:`ProxyApp`: the ASGI application (for running it on your own server).
+- :class:`ProxyServer` / :func:`make_server`: uvicorn with a graceful drain.
+"""
+
+from ._app import ProxyApp as ProxyApp
+from ._server import ProxyServer as ProxyServer
+from ._server import make_server as make_server
+from ._settings import ProxySettings as ProxySettings
+
+__all__ = ["ProxyApp", "ProxyServer", "ProxySettings", "make_server"]

@@ -1,0 +1,606 @@
+"""The proxy as an ASGI application: schedule generation calls, pass everything else through.
+
+One request's life: its JSON body is read (bounded by ``max_body_bytes``)
+and turned into a :class:`~sjfsched.Request` for the predictor; it waits in
+``async with scheduler.admit(request)`` for its turn, shortest predicted
+first; then the client's own bytes go to the upstream and the upstream's
+answer comes back chunk by chunk as it is produced, read on the way for the
+token counts the scheduler learns from.  A watcher task listens for the
+client going away the whole time: gone while waiting, the request leaves the
+queue; gone while running, the upstream request is closed, which stops the
+generation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from typing import Any, final
+
+import anyio
+import anyio.abc
+
+from .._errors import QueueFull, SchedulerClosed
+from .._scheduler import Scheduler, Ticket
+from ._apis import (
+    BadRequest,
+    Endpoint,
+    Parsed,
+    Style,
+    Tally,
+    error_body,
+    error_event,
+    framing_of,
+    parse_scheduled,
+    scheduled_endpoints,
+    separator,
+    style_of,
+)
+from ._client import ConnectFailed, UpstreamClient, UpstreamError, UpstreamResponse
+from ._metrics import CONTENT_TYPE, Metrics, capped_tokens, predicted_class
+from ._predictor import TimedPredictor, make_predictor
+from ._settings import ProxySettings
+from ._upstream import Api, detect_api, make_client, request_headers, response_headers
+
+__all__ = ["ProxyApp"]
+
+logger = logging.getLogger("sjfsched.proxy")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+#: Pass-through bodies up to this size are read before forwarding; larger ones stream.
+_SMALL_BODY = 1 << 20
+_JSON = (b"content-type", b"application/json; charset=utf-8")
+
+
+class _ClientGone(Exception):
+    pass
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Failed(Exception):
+    """The upstream's answer was an error (already passed on to the client)."""
+
+
+@final
+class _Exchange:
+    """One request's connection state, shared with its disconnect watcher."""
+
+    __slots__ = ("complete", "gone")
+
+    def __init__(self) -> None:
+        self.complete = False  # the response is finished: a disconnect now cancels nothing
+        self.gone = False
+
+
+@final
+class ProxyApp:
+    """An ASGI application that puts a :class:`~sjfsched.Scheduler` in front of an upstream server.
+
+    Run it on uvicorn with lifespan events on (``sjfsched serve`` does), or
+    call :meth:`startup` and :meth:`shutdown` around serving.  Start-up asks
+    the upstream what it is unless ``settings.upstream_api`` names it, builds
+    the HTTP client and the scheduler.
+
+    ``POST /api/generate``, ``/api/chat`` (Ollama) and ``/v1/chat/completions``,
+    ``/v1/completions`` (OpenAI) are scheduled; every other path is forwarded
+    unchanged.  The proxy answers ``/healthz`` and ``/metrics`` itself.
+    """
+
+    def __init__(self, settings: ProxySettings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self._base = settings.upstream
+        self._api: Api | None = None if settings.upstream_api == "auto" else settings.upstream_api
+        self._scheduled: dict[str, Endpoint] = {}
+        self._client: UpstreamClient | None = None
+        self._scheduler: Scheduler | None = None
+        self._draining = False
+        self._inflight = 0
+        self._idle: anyio.Event | None = None
+        self._service_seconds: float | None = None
+
+    # ------------------------------------------------------------ state
+
+    @property
+    def api(self) -> Api | None:
+        """``"ollama"`` or ``"openai"`` once known (after start-up when detected)."""
+        return self._api
+
+    @property
+    def scheduler(self) -> Scheduler:
+        if self._scheduler is None:
+            raise RuntimeError("the proxy has not started")
+        return self._scheduler
+
+    @property
+    def scheduled_paths(self) -> tuple[str, ...]:
+        return tuple(self._scheduled)
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    # -------------------------------------------------------- lifecycle
+
+    async def startup(self) -> None:
+        """Make the client, learn the upstream's API if need be, open the scheduler."""
+        settings = self.settings
+        if self._client is None:
+            self._client = make_client(self._base, settings.connect_timeout, settings.read_timeout)
+        if self._api is None:
+            self._api = await detect_api(self._client)
+            logger.info("the upstream %s speaks the %s API", self._base, self._api)
+        self._scheduled = scheduled_endpoints(self._api)
+        predictor = TimedPredictor(make_predictor(settings.predictor), self.metrics.predictor)
+        scheduler = Scheduler(
+            predictor=predictor,
+            concurrency=settings.concurrency,
+            aging=settings.aging,
+            max_wait=settings.max_wait,
+            max_queue=settings.max_queue,
+        )
+        await scheduler.__aenter__()
+        self._scheduler = scheduler
+
+    async def drain(self, grace: float) -> bool:
+        """Shut down gently: new requests get 503, waiting ones get 503, running ones finish.
+
+        Returns ``True`` if every request in flight ended within ``grace``
+        seconds, ``False`` if some were still running.
+        """
+        self._draining = True
+        with anyio.move_on_after(grace):
+            if self._scheduler is not None:
+                await self._scheduler.aclose()
+            while self._inflight:
+                self._idle = anyio.Event()
+                await self._idle.wait()
+            return True
+        return False
+
+    async def shutdown(self) -> None:
+        """Close the scheduler (waiting for running requests) and the HTTP client."""
+        self._draining = True
+        if self._scheduler is not None:
+            await self._scheduler.aclose()
+        if self._client is not None:
+            await self._client.aclose()
+
+    # ------------------------------------------------------------- ASGI
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            self._inflight += 1
+            try:
+                await self._http(scope, receive, send)
+            finally:
+                self._inflight -= 1
+                if not self._inflight and self._idle is not None:
+                    self._idle.set()
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        # Nothing else (websockets) is served.
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        await receive()  # lifespan.startup
+        try:
+            await self.startup()
+        except Exception as exc:
+            logger.error("the proxy could not start: %s", exc)
+            await send({"type": "lifespan.startup.failed", "message": str(exc)})
+            return
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # lifespan.shutdown
+        await self.shutdown()
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if path == "/healthz" and method in ("GET", "HEAD"):
+            await self._health(send)
+            return
+        if path == "/metrics" and method in ("GET", "HEAD"):
+            await self._metrics(send)
+            return
+        if self._scheduler is None or self._client is None:
+            await _error(send, 503, style_of(path), "the proxy has not started yet", kind="server_error")
+            return
+        if self._draining:
+            self.metrics.rejected["shutting_down"] += 1
+            await _error(send, 503, style_of(path), "the proxy is shutting down", kind="server_error")
+            return
+        endpoint = self._scheduled.get(path) if method == "POST" else None
+        if endpoint is None:
+            await self._passthrough(scope, receive, send)
+        else:
+            await self._schedule(endpoint, scope, receive, send)
+
+    # ----------------------------------------------------- own endpoints
+
+    async def _health(self, send: Send) -> None:
+        stats = self._scheduler.statistics() if self._scheduler is not None else None
+        status = "draining" if self._draining else "ok" if stats is not None else "starting"
+        body = json.dumps(
+            {
+                "status": status,
+                "upstream": self._base,
+                "api": self._api,
+                "waiting": stats.waiting if stats else 0,
+                "running": stats.running if stats else 0,
+            }
+        ).encode()
+        await _respond(send, 200 if status == "ok" else 503, body, [_JSON])
+
+    async def _metrics(self, send: Send) -> None:
+        if self._scheduler is None:
+            await _respond(send, 503, b"the proxy has not started yet\n", [(b"content-type", CONTENT_TYPE)])
+            return
+        body = self.metrics.render(self._scheduler.statistics(), draining=self._draining)
+        await _respond(send, 200, body, [(b"content-type", CONTENT_TYPE)])
+
+    # -------------------------------------------------------- scheduled
+
+    async def _schedule(self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
+        arrival = anyio.current_time()
+        style = endpoint.style
+        headers, priority, tenant, length = request_headers(scope["headers"], scheduled=True)
+        limit = self.settings.max_body_bytes
+        try:
+            if length is not None and _int(length) > limit:
+                raise _TooLarge
+            raw = await _read_body(receive, limit)
+        except _TooLarge:
+            self.metrics.rejected["body_too_large"] += 1
+            message = f"the request body is larger than {limit} bytes (the proxy's --max-body-bytes)"
+            await _error(send, 413, style, message, close=True)
+            return
+        except _ClientGone:
+            return
+        try:
+            parsed = parse_scheduled(endpoint, raw, priority_header=priority, tenant_header=tenant)
+        except BadRequest as exc:
+            self.metrics.rejected["bad_request"] += 1
+            await _error(send, 400, style, exc.message, param=exc.param)
+            return
+
+        exchange = _Exchange()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_watch, receive, tg.cancel_scope, exchange)
+            await self._admit(style, scope, send, headers, parsed, arrival, exchange)
+            tg.cancel_scope.cancel()
+
+    async def _admit(
+        self,
+        style: Style,
+        scope: Scope,
+        send: Send,
+        headers: list[tuple[bytes, bytes]],
+        parsed: Parsed,
+        arrival: float,
+        exchange: _Exchange,
+    ) -> None:
+        scheduler = self.scheduler
+        try:
+            async with scheduler.admit(parsed.request) as ticket:
+                await self._relay(ticket, style, scope, send, headers, parsed.body, arrival, exchange)
+        except QueueFull as exc:
+            self.metrics.rejected["queue_full"] += 1
+            exchange.complete = True
+            if style == "ollama":
+                await _error(send, 503, style, f"server busy: {exc}", kind="server_error")
+            else:
+                await _error(
+                    send,
+                    429,
+                    style,
+                    f"too many requests are waiting: {exc}",
+                    kind="rate_limit_error",
+                    code="queue_full",
+                    extra=[(b"retry-after", str(self._retry_after()).encode())],
+                )
+        except SchedulerClosed:
+            exchange.complete = True
+            await _error(send, 503, style, "the proxy is shutting down", kind="server_error")
+        except _Failed:
+            pass
+
+    async def _relay(
+        self,
+        ticket: Ticket,
+        style: Style,
+        scope: Scope,
+        send: Send,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        arrival: float,
+        exchange: _Exchange,
+    ) -> None:
+        metrics = self.metrics
+        job = ticket.job
+        predicted = capped_tokens(job.request, job.prediction.tokens)
+        klass = predicted_class(predicted)
+        wait = ticket.wait
+        metrics.queue_wait[klass].observe(wait)
+        ours = [
+            (b"x-queue-wait-ms", f"{wait * 1000.0:.3f}".encode()),
+            (b"x-predicted-tokens", f"{predicted:.1f}".encode()),
+            (b"x-predicted-class", klass.encode()),
+        ]
+        client = self._client
+        assert client is not None
+        started = anyio.current_time()
+        try:
+            response = await client.request("POST", _target(scope), headers, body)
+        except UpstreamError as exc:
+            await self._unreachable(send, style, exc, ours, exchange)
+            raise _Failed from exc
+        try:
+            status = response.status
+            if status >= 500:
+                metrics.upstream_errors["status"] += 1
+            framing = framing_of((response.header(b"content-type") or b"").decode("latin-1"))
+            tally = Tally(framing)
+            out = response_headers(response.headers, keep_length=False)
+            out.extend(ours)
+            if framing == "json":
+                # One JSON object, sent by the upstream when the answer is done.
+                try:
+                    answer = await response.read()
+                except UpstreamError as exc:
+                    await self._unreachable(send, style, exc, ours, exchange)
+                    raise _Failed from exc
+                metrics.first_byte[klass].observe(anyio.current_time() - arrival)
+                tally.feed_whole(answer)
+                failed = status >= 400 or tally.error is not None
+                if not failed:
+                    self._report(ticket, tally, klass, arrival, started)
+                out.append((b"content-length", str(len(answer)).encode()))
+                exchange.complete = True
+                await send({"type": "http.response.start", "status": status, "headers": out})
+                await send({"type": "http.response.body", "body": answer})
+            else:
+                await send({"type": "http.response.start", "status": status, "headers": out})
+                first = True
+                try:
+                    while (chunk := await response.next_chunk()) is not None:
+                        if first:
+                            first = False
+                            ticket.first_token()
+                            metrics.first_byte[klass].observe(anyio.current_time() - arrival)
+                        tally.feed(chunk)
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                except UpstreamError as exc:
+                    metrics.upstream_errors["midstream"] += 1
+                    message = f"the upstream {self._base} broke off its answer: {exc}"
+                    logger.warning("%s", message)
+                    exchange.complete = True
+                    event = tally.separator() + error_event(framing, message)
+                    await send({"type": "http.response.body", "body": event})
+                    raise _Failed from exc
+                failed = status >= 400 or tally.error is not None
+                if not failed:
+                    self._report(ticket, tally, klass, arrival, started)
+                exchange.complete = True
+                await send({"type": "http.response.body", "body": b""})
+            if failed:
+                raise _Failed
+        finally:
+            response.close()
+
+    async def _unreachable(
+        self,
+        send: Send,
+        style: Style,
+        exc: UpstreamError,
+        extra: Sequence[tuple[bytes, bytes]],
+        exchange: _Exchange,
+    ) -> None:
+        """A 502 for an upstream that could not be reached or broke off before answering."""
+        if isinstance(exc, ConnectFailed):
+            self.metrics.upstream_errors["connect"] += 1
+            message = f"the upstream {self._base} could not be reached: {exc}"
+        else:
+            self.metrics.upstream_errors["midstream"] += 1
+            message = f"the upstream {self._base} broke off its answer: {exc}"
+        logger.warning("%s", message)
+        exchange.complete = True
+        await _error(send, 502, style, message, kind="upstream_error", extra=extra)
+
+    def _report(self, ticket: Ticket, tally: Tally, klass: str, arrival: float, started: float) -> None:
+        metrics = self.metrics
+        output = tally.output_tokens
+        ticket.report(output, tally.prompt_tokens)
+        metrics.output_tokens += output
+        metrics.prompt_tokens += tally.prompt_tokens or 0
+        now = anyio.current_time()
+        metrics.latency[klass].observe(now - arrival)
+        service = now - started
+        previous = self._service_seconds
+        self._service_seconds = service if previous is None else 0.9 * previous + 0.1 * service
+
+    def _retry_after(self) -> int:
+        """Seconds until the queue has probably moved on: waiting x mean service time / slots."""
+        stats = self.scheduler.statistics()
+        service = self._service_seconds if self._service_seconds is not None else 1.0
+        return max(1, min(3600, math.ceil(service * (stats.waiting + stats.running) / stats.concurrency)))
+
+    # ----------------------------------------------------- pass-through
+
+    async def _passthrough(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.metrics.passthrough += 1
+        headers, _, _, length = request_headers(scope["headers"], scheduled=False)
+        chunked = any(name == b"transfer-encoding" for name, _ in scope["headers"])
+        exchange = _Exchange()
+        async with anyio.create_task_group() as tg:
+            content: bytes | AsyncIterator[bytes] | None
+            if length is None and not chunked:
+                content = None
+                tg.start_soon(_watch, receive, tg.cancel_scope, exchange)
+            elif length is not None and _int(length) <= _SMALL_BODY:
+                try:
+                    content = await _read_body(receive, None)
+                except _ClientGone:
+                    return
+                tg.start_soon(_watch, receive, tg.cancel_scope, exchange)
+            else:
+                content = _stream_body(receive, tg, exchange)
+            await self._forward(scope, send, headers, content, length, exchange)
+            tg.cancel_scope.cancel()
+
+    async def _forward(
+        self,
+        scope: Scope,
+        send: Send,
+        headers: list[tuple[bytes, bytes]],
+        content: bytes | AsyncIterator[bytes] | None,
+        length: bytes | None,
+        exchange: _Exchange,
+    ) -> None:
+        client = self._client
+        assert client is not None
+        style = style_of(scope["path"])
+        try:
+            response = await client.request(
+                scope["method"], _target(scope), headers, content, content_length=length
+            )
+        except _ClientGone:
+            return
+        except UpstreamError as exc:
+            await self._unreachable(send, style, exc, (), exchange)
+            return
+        try:
+            await self._pass_answer(response, send, exchange)
+        finally:
+            response.close()
+
+    async def _pass_answer(self, response: UpstreamResponse, send: Send, exchange: _Exchange) -> None:
+        if response.status >= 500:
+            self.metrics.upstream_errors["status"] += 1
+        out = response_headers(response.headers, keep_length=True)
+        await send({"type": "http.response.start", "status": response.status, "headers": out})
+        tail = b"\n\n"
+        try:
+            while (chunk := await response.next_chunk()) is not None:
+                tail = (tail + chunk)[-2:]
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except UpstreamError as exc:
+            self.metrics.upstream_errors["midstream"] += 1
+            message = f"the upstream {self._base} broke off its answer: {exc}"
+            framing = framing_of((response.header(b"content-type") or b"").decode("latin-1"))
+            if framing == "json" or response.header(b"content-length") is not None:
+                # No way to say so inside this body: cut the connection, as the upstream did.
+                logger.warning("%s; closing the client's connection", message)
+                return
+            logger.warning("%s", message)
+            exchange.complete = True
+            event = separator(framing, tail) + error_event(framing, message)
+            await send({"type": "http.response.body", "body": event})
+            return
+        exchange.complete = True
+        await send({"type": "http.response.body", "body": b""})
+
+
+# ------------------------------------------------------------------ helpers
+
+
+async def _watch(receive: Receive, scope: anyio.CancelScope, exchange: _Exchange) -> None:
+    """Cancel the request's work when its client disconnects before the answer is complete."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            if not exchange.complete:
+                exchange.gone = True
+                scope.cancel()
+            return
+
+
+async def _read_body(receive: Receive, limit: int | None) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        part: bytes = message.get("body", b"")
+        if part:
+            size += len(part)
+            if limit is not None and size > limit:
+                raise _TooLarge
+            parts.append(part)
+        if not message.get("more_body", False):
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def _stream_body(
+    receive: Receive, tg: anyio.abc.TaskGroup, exchange: _Exchange
+) -> AsyncIterator[bytes]:
+    """The request body as it arrives; the disconnect watcher starts once it is all read."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            exchange.gone = True
+            raise _ClientGone
+        part: bytes = message.get("body", b"")
+        if part:
+            yield part
+        if not message.get("more_body", False):
+            break
+    tg.start_soon(_watch, receive, tg.cancel_scope, exchange)
+
+
+def _target(scope: Scope) -> str:
+    """The request target to send upstream: the client's path (as sent) and query."""
+    raw_path: bytes | None = scope.get("raw_path")
+    path = raw_path.decode("latin-1") if raw_path else scope["path"]
+    query: bytes = scope.get("query_string", b"")
+    return f"{path}?{query.decode('latin-1')}" if query else path
+
+
+def _int(value: bytes) -> int:
+    """A Content-Length; an unreadable one counts as huge (uvicorn rejects those anyway)."""
+    try:
+        return int(value)
+    except ValueError:
+        return 1 << 62
+
+
+async def _respond(send: Send, status: int, body: bytes, headers: Sequence[tuple[bytes, bytes]]) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _error(
+    send: Send,
+    status: int,
+    style: Style,
+    message: str,
+    *,
+    kind: str = "invalid_request_error",
+    code: str | None = None,
+    param: str | None = None,
+    extra: Sequence[tuple[bytes, bytes]] = (),
+    close: bool = False,
+) -> None:
+    """An error response in the API's own shape."""
+    body = error_body(style, message, kind=kind, code=code, param=param)
+    headers = [_JSON, *extra]
+    if close:
+        headers.append((b"connection", b"close"))
+    await _respond(send, status, body, headers)

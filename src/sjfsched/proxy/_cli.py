@@ -1,0 +1,111 @@
+"""``sjfsched serve``: the proxy on the command line.
+
+Every flag has an ``SJFSCHED_*`` environment variable; a flag wins over its
+variable, a variable over the default.  The settings in force, and where each
+came from, are printed at start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from .._version import __version__
+from ._app import ProxyApp
+from ._server import bind, make_server
+from ._settings import OPTIONS, ProxySettings, resolve
+from ._upstream import UpstreamUnavailable, detect_api_sync
+
+__all__ = ["configure", "run"]
+
+
+def _argument_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = parse.__name__.lstrip("_")
+    return convert
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "An Ollama- and OpenAI-compatible proxy that serves generation requests shortest-predicted "
+        "first. Point clients at it instead of the upstream server."
+    )
+    parser.epilog = "Each flag can also be set by its environment variable (shown in brackets); flags win."
+    for option in OPTIONS:
+        help_text = f"{option.help} [{option.env}; default {option.shown_default}]"
+        if option.is_flag:
+            parser.add_argument(
+                option.flag, dest=option.name, action="store_true", default=None, help=help_text
+            )
+        else:
+            parser.add_argument(
+                option.flag,
+                dest=option.name,
+                metavar=option.metavar,
+                type=_argument_type(option.parse),
+                default=None,
+                help=help_text,
+            )
+
+
+def _print_settings(settings: ProxySettings, sources: dict[str, tuple[Any, str]]) -> None:
+    print(f"sjfsched serve {__version__}", flush=True)
+    for option in OPTIONS:
+        if option.name == "listen":
+            value: Any = f"{settings.host}:{settings.port}"
+        else:
+            value = getattr(settings, option.name)
+        if value is None:
+            value = "none"
+        elif value is True or value is False:
+            value = "on" if value else "off"
+        source = sources.get(option.name, (None, "default"))[1]
+        where = {"flag": option.flag, "env": option.env}.get(source, source)
+        print(f"  {option.flag[2:]:<18} {value!s:<32} ({where})", flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    flags = {option.name: getattr(args, option.name, None) for option in OPTIONS}
+    try:
+        settings, sources = resolve(flags, os.environ)
+    except ValueError as exc:
+        print(f"sjfsched serve: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(message)s")
+    try:
+        sock = bind(settings.host, settings.port)
+    except OSError as exc:
+        print(f"sjfsched serve: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
+        return 1
+    with sock:
+        if settings.upstream_api == "auto":
+            try:
+                api = detect_api_sync(settings.upstream, settings.connect_timeout)
+            except UpstreamUnavailable as exc:
+                print(f"sjfsched serve: {exc}", file=sys.stderr)
+                return 1
+            settings = attrs.evolve(settings, upstream_api=api)
+            sources["upstream_api"] = (api, "detected")
+        host, port = sock.getsockname()[:2]
+        settings = attrs.evolve(settings, port=port)
+        _print_settings(settings, sources)
+        app = ProxyApp(settings)
+        server = make_server(app)
+        url_host = f"[{host}]" if ":" in host else host
+        # uvicorn prints nothing about the address when given a socket; say it here.
+        print(f"sjfsched serve: listening on http://{url_host}:{port}", flush=True)
+        server.run(sockets=[sock])
+        if not server.started:
+            return 1
+    return 0

@@ -1,0 +1,48 @@
+"""The proxy's predictor: the chosen one, timed for the latency histogram."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import final
+
+from .._records import Prediction, Request
+from ..predictors import ConstantPredictor, HeuristicPredictor, Predictor, default_predictor
+from ._metrics import Histogram
+
+__all__ = ["TimedPredictor", "make_predictor"]
+
+
+def make_predictor(name: str) -> Predictor:
+    """``default`` (the library's default), ``heuristic`` (prompt length) or ``fcfs`` (a constant)."""
+    if name == "heuristic":
+        return HeuristicPredictor()
+    if name == "fcfs":
+        return ConstantPredictor()
+    if name == "default":
+        return default_predictor()
+    raise ValueError(f"predictor must be default, heuristic or fcfs, got {name!r}")
+
+
+@final
+class TimedPredictor:
+    """Wraps a predictor; each ``predict`` call's duration goes into a histogram.
+
+    ``observe`` is the wrapped predictor's own (``None`` when it has none, which
+    the scheduler reads as "does not learn").
+    """
+
+    def __init__(self, inner: Predictor, histogram: Histogram) -> None:
+        self.inner = inner
+        self._histogram = histogram
+        self.observe: Callable[[Request, Prediction, int], object] | None = getattr(inner, "observe", None)
+
+    def predict(self, request: Request, /) -> Prediction:
+        t0 = time.perf_counter()
+        try:
+            return self.inner.predict(request)
+        finally:
+            self._histogram.observe(time.perf_counter() - t0)
+
+    def predict_many(self, requests: Sequence[Request], /) -> list[Prediction]:
+        return self.inner.predict_many(requests)

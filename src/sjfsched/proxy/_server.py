@@ -1,0 +1,109 @@
+"""Running the proxy on uvicorn, with a graceful shutdown on SIGTERM and SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from ._app import ProxyApp
+
+__all__ = ["ProxyServer", "bind", "make_server"]
+
+logger = logging.getLogger("sjfsched.proxy")
+
+#: After the drain, seconds uvicorn gives connections still open before cancelling them.
+_FINAL_GRACE_SECONDS = 1
+
+
+class ProxyServer(uvicorn.Server):
+    """uvicorn's server, with a drain on the first SIGTERM or SIGINT.
+
+    The first signal starts :meth:`ProxyApp.drain`: from then on new requests
+    get 503 and waiting ones end with 503, while running ones may finish for
+    up to ``shutdown_timeout`` seconds; then the server stops (cutting
+    whatever still runs).  A second signal stops it at once, as uvicorn does.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: ProxyApp, shutdown_timeout: float) -> None:
+        super().__init__(config)
+        self.app = app
+        self.shutdown_timeout = shutdown_timeout
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain: asyncio.Task[None] | None = None
+        self._drain_requested = False
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        loop = self._loop
+        if self._drain_requested or loop is None or not self.started or self.should_exit:
+            super().handle_exit(sig, frame)
+            return
+        self._drain_requested = True
+        loop.call_soon_threadsafe(self._start_drain, sig)
+
+    def _start_drain(self, sig: int) -> None:
+        assert self._loop is not None
+        self._drain = self._loop.create_task(self._drain_then_exit(sig))
+
+    async def _drain_then_exit(self, sig: int) -> None:
+        name = signal.Signals(sig).name
+        stats = self.app.scheduler.statistics()
+        logger.info(
+            "%s: shutting down; %d running request(s) may take up to %g s to finish, %d waiting get 503",
+            name,
+            stats.running,
+            self.shutdown_timeout,
+            stats.waiting,
+        )
+        finished = await self.app.drain(self.shutdown_timeout)
+        if not finished:
+            logger.warning(
+                "requests still running after --shutdown-timeout %g s are cut", self.shutdown_timeout
+            )
+        self.should_exit = True
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0: any free port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on connections from a
+    # socket that says it is TCP; without it a response's headers and body
+    # meet Nagle's algorithm and the client's delayed ACK (40 ms a request).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def make_server(app: ProxyApp, **config: Any) -> ProxyServer:
+    """A :class:`ProxyServer` for ``app``; ``config`` goes to :class:`uvicorn.Config`."""
+    settings = app.settings
+    options: dict[str, Any] = {
+        "lifespan": "on",
+        "interface": "asgi3",
+        "ws": "none",
+        "log_level": settings.log_level,
+        "access_log": settings.access_log,
+        "server_header": False,  # the upstream's own Server and Date headers pass through
+        "date_header": False,
+        "proxy_headers": False,
+        "timeout_graceful_shutdown": _FINAL_GRACE_SECONDS,
+    }
+    options.update(config)
+    return ProxyServer(uvicorn.Config(app, **options), app, settings.shutdown_timeout)
