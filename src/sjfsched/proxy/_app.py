@@ -56,6 +56,8 @@ Send = Callable[[Message], Awaitable[None]]
 #: Pass-through bodies up to this size are read before forwarding; larger ones stream.
 _SMALL_BODY = 1 << 20
 _JSON = (b"content-type", b"application/json; charset=utf-8")
+#: Seconds an upstream may take to end its response after the answer's last event.
+_AFTER_DONE_SECONDS = 5.0
 
 
 class _ClientGone(Exception):
@@ -380,6 +382,8 @@ class ProxyApp:
                             metrics.first_byte[klass].observe(anyio.current_time() - arrival)
                         tally.feed(chunk)
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                        if tally.done:
+                            break
                 except UpstreamError as exc:
                     metrics.upstream_errors["midstream"] += 1
                     message = f"the upstream {self._base} broke off its answer: {exc}"
@@ -388,6 +392,11 @@ class ProxyApp:
                     event = tally.separator() + error_event(framing, message)
                     await send({"type": "http.response.body", "body": event})
                     raise _Failed from exc
+                if tally.done:
+                    # The answer is whole (Ollama's "done": true, OpenAI's [DONE]); clients may
+                    # hang up now (openai's does), and that costs nothing.  Pass on what follows.
+                    exchange.complete = True
+                    await self._rest_after_done(response, send)
                 failed = status >= 400 or tally.error is not None
                 if not failed:
                     self._report(ticket, tally, klass, arrival, started)
@@ -397,6 +406,14 @@ class ProxyApp:
                 raise _Failed
         finally:
             response.close()
+
+    async def _rest_after_done(self, response: UpstreamResponse, send: Send) -> None:
+        with anyio.move_on_after(_AFTER_DONE_SECONDS):
+            try:
+                while (chunk := await response.next_chunk()) is not None:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except UpstreamError as exc:
+                logger.info("the upstream %s closed its answer untidily after its end: %s", self._base, exc)
 
     async def _unreachable(
         self,

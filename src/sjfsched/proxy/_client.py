@@ -17,6 +17,7 @@ connection, which is how the upstream learns that the client has gone.
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast, final
@@ -414,7 +415,8 @@ class UpstreamClient:
         except asyncio.TimeoutError:
             raise ConnectFailed(f"connecting to {where} timed out after {self.connect_timeout:g} s") from None
         except OSError as exc:
-            reason = exc.strerror or str(exc) or type(exc).__name__
+            # asyncio words a refused connection "Connect call failed"; say why, as the OS does.
+            reason = os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
             raise ConnectFailed(f"cannot connect to {where}: {reason}") from exc
         assert isinstance(protocol, _Connection)
         return protocol

@@ -178,10 +178,15 @@ def _parse_listen(text: str) -> tuple[str, int]:
 
 def _parse_bytes(text: str) -> int:
     value = text.strip().upper()
-    for suffix, factor in (("KIB", 1024), ("MIB", 1024**2), ("GIB", 1024**3), ("K", 1024), ("M", 1024**2)):
+    factor = 1
+    for suffix, size in (("KIB", 1024), ("MIB", 1024**2), ("GIB", 1024**3), ("K", 1024), ("M", 1024**2)):
         if value.endswith(suffix):
-            return _parse_int(value[: -len(suffix)]) * factor
-    return _parse_int(value)
+            value, factor = value[: -len(suffix)], size
+            break
+    try:
+        return int(value) * factor
+    except ValueError:
+        raise ValueError(f"expected a number of bytes (e.g. 10485760, 10MiB), got {text!r}") from None
 
 
 def _str(text: str) -> str:

@@ -1,0 +1,288 @@
+"""``python -m sjfsched serve`` as a real process: configuration, start-up, graceful shutdown."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from tests.support.ollama_server import OllamaServer
+
+from .harness import free_port, parse_metrics
+
+pytestmark = pytest.mark.slow
+
+MODEL = "tiny"
+
+
+class Serve:
+    """A running ``sjfsched serve`` process and everything it printed."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for_line(self, text: str, timeout: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if text in line:
+                    return line
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"no line with {text!r}; output:\n{self.output}")
+
+    @property
+    def url(self) -> str:
+        return self.wait_for_line("listening on ").rsplit(" ", 1)[1]
+
+    def metric(self, name: str) -> float:
+        return parse_metrics(httpx.get(f"{self.url}/metrics", timeout=10).text)[name]
+
+    def wait(self, timeout: float) -> int:
+        code = self.process.wait(timeout)
+        self._reader.join(5)
+        return code
+
+
+@contextlib.contextmanager
+def serve(*args: str, env: dict[str, str] | None = None) -> Iterator[Serve]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("SJFSCHED_")}
+    environment.update(env or {})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sjfsched", "serve", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=environment,
+    )
+    try:
+        yield Serve(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(30)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("SJFSCHED_")}
+    environment.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "sjfsched", "serve", *args],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=120,
+        check=False,
+    )
+
+
+def _stream_lines(
+    url: str, body: Mapping[str, object], headers: dict[str, str], first: threading.Event
+) -> list[str]:
+    lines: list[str] = []
+    with (
+        httpx.Client(timeout=60) as client,
+        client.stream("POST", url, json=body, headers=headers) as response,
+    ):
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.strip():
+                lines.append(line)
+                first.set()
+    return lines
+
+
+def test_flags_win_over_environment_and_sigterm_drains(ollama: OllamaServer) -> None:
+    env = {
+        "SJFSCHED_UPSTREAM": ollama.url,
+        "SJFSCHED_CONCURRENCY": "5",  # the flag below wins
+        "SJFSCHED_MAX_QUEUE": "7",
+        "SJFSCHED_SHUTDOWN_TIMEOUT": "20",
+        "SJFSCHED_LOG_LEVEL": "info",
+    }
+    with serve("--listen", "127.0.0.1:0", "--concurrency", "1", env=env) as proxy:
+        url = proxy.url
+        table = proxy.output
+        for expected in (
+            f"upstream           {ollama.url}",
+            "upstream-api       ollama",
+            "(detected)",
+            "concurrency        1",
+            "(--concurrency)",
+            "max-queue          7",
+            "(SJFSCHED_MAX_QUEUE)",
+            "shutdown-timeout   20.0",
+            "max-body-bytes     10485760",
+        ):
+            assert expected in table, table
+        assert "(SJFSCHED_UPSTREAM)" in proxy.wait_for_line("  upstream  ")
+
+        run = uuid.uuid4().hex
+        started = threading.Event()
+        generate = f"{url}/api/generate"
+        body = {"model": MODEL, "prompt": "Hello", "options": {"num_predict": 6}}
+        with ThreadPoolExecutor(2) as pool, httpx.Client(timeout=30) as client:
+            # Running: the upstream pauses 1.5 s after two tokens.
+            running = pool.submit(
+                _stream_lines, generate, body, {"X-Test-Fault": "stall:2:1.5", "X-Test-Run": run}, started
+            )
+            assert started.wait(30)
+            queued = pool.submit(client.post, generate, json=body)
+            deadline = time.monotonic() + 30
+            while proxy.metric("sjfsched_requests_waiting") != 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+
+            proxy.process.send_signal(signal.SIGTERM)
+            # The waiting request is refused at once; new ones are too; the running one goes on.
+            refused = queued.result(10)
+            assert refused.status_code == 503
+            assert refused.json() == {"error": "the proxy is shutting down"}
+            late = client.post(generate, json=body)
+            assert late.status_code == 503
+            health = client.get(f"{url}/healthz")
+            assert health.status_code == 503 and health.json()["status"] == "draining"
+            openai_late = client.post(f"{url}/v1/chat/completions", json={"messages": []})
+            assert openai_late.status_code == 503
+            assert openai_late.json()["error"]["type"] == "server_error"
+
+            lines = running.result(30)
+        finished = time.monotonic()
+        assert json.loads(lines[-1])["done"] is True
+        assert json.loads(lines[-1])["eval_count"] == 6
+        assert proxy.wait(15) == 0
+        assert time.monotonic() - finished < 5
+    assert "SIGTERM: shutting down; 1 running request(s) may take up to 20 s to finish" in proxy.output
+    assert [r.outcome for r in ollama.records if r.headers.get("x-test-run") == run] == ["done"]
+
+
+def test_shutdown_timeout_bounds_the_drain(ollama: OllamaServer) -> None:
+    run = uuid.uuid4().hex
+    with serve("--upstream", ollama.url, "--listen", "127.0.0.1:0", "--shutdown-timeout", "0.5") as proxy:
+        url = proxy.url
+        started = threading.Event()
+        body = {"model": MODEL, "prompt": "Hello", "options": {"num_predict": 6}}
+        headers = {"X-Test-Fault": "stall:1:30", "X-Test-Run": run}
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(_stream_lines, f"{url}/api/generate", body, headers, started)
+            assert started.wait(30)
+            t0 = time.monotonic()
+            proxy.process.send_signal(signal.SIGINT)
+            with pytest.raises(httpx.HTTPError):  # cut before its end
+                running.result(30)
+            assert proxy.wait(15) == 0
+            assert time.monotonic() - t0 < 5
+    assert "requests still running after --shutdown-timeout 0.5 s are cut" in proxy.output
+    deadline = time.monotonic() + 10
+    while [r.outcome for r in ollama.records if r.headers.get("x-test-run") == run] != ["client_gone"]:
+        assert time.monotonic() < deadline, "the upstream request was not closed"
+        time.sleep(0.02)
+
+
+def test_an_idle_proxy_stops_at_once_on_sigint(ollama: OllamaServer) -> None:
+    with serve("--upstream", ollama.url, "--listen", "127.0.0.1:0", "--upstream-api", "ollama") as proxy:
+        url = proxy.url
+        assert "upstream-api       ollama                           (--upstream-api)" in proxy.output
+        assert httpx.get(f"{url}/healthz", timeout=10).json() == {
+            "status": "ok",
+            "upstream": ollama.url,
+            "api": "ollama",
+            "waiting": 0,
+            "running": 0,
+        }
+        t0 = time.monotonic()
+        proxy.process.send_signal(signal.SIGINT)
+        assert proxy.wait(15) == 0
+        assert time.monotonic() - t0 < 3
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        ((), {}, "sjfsched serve: an upstream is required: pass --upstream URL or set SJFSCHED_UPSTREAM"),
+        (
+            ("--upstream", "http://127.0.0.1:1"),
+            {"SJFSCHED_CONCURRENCY": "zero"},
+            "sjfsched serve: SJFSCHED_CONCURRENCY: expected an integer, got 'zero'",
+        ),
+        (
+            ("--upstream", "http://127.0.0.1:1", "--concurrency", "0"),
+            {},
+            "sjfsched serve: --concurrency: concurrency must be an integer >= 1, got 0",
+        ),
+        (
+            ("--upstream", "localhost:11434"),
+            {},
+            "sjfsched serve: --upstream: upstream must be an http:// or https:// URL, got 'localhost:11434'",
+        ),
+        (
+            ("--upstream", "http://127.0.0.1:1", "--max-body-bytes", "lots"),
+            {},
+            "argument --max-body-bytes: expected a number of bytes (e.g. 10485760, 10MiB), got 'lots'",
+        ),
+        (
+            ("--upstream", "http://127.0.0.1:1", "--upstream-api", "vllm"),
+            {},
+            "sjfsched serve: --upstream-api: upstream_api must be one of auto, ollama, openai; got 'vllm'",
+        ),
+    ],
+)
+def test_bad_configuration_exits_2_naming_the_setting(
+    args: tuple[str, ...], env: dict[str, str], message: str
+) -> None:
+    result = _run(*args, env=env)
+    assert result.returncode == 2, result
+    assert message in result.stderr, result.stderr
+
+
+def test_unreachable_upstream_at_start_exits_1() -> None:
+    port = free_port()
+    result = _run("--upstream", f"http://127.0.0.1:{port}", "--listen", "127.0.0.1:0")
+    assert result.returncode == 1, result
+    assert (
+        f"sjfsched serve: http://127.0.0.1:{port} answered neither GET /api/tags (Ollama) nor GET /v1/models "
+        "(OpenAI-compatible)"
+    ) in result.stderr
+    assert "Connection refused" in result.stderr
+    assert "--upstream-api ollama|openai" in result.stderr
+
+
+def test_help_lists_every_flag_with_its_variable() -> None:
+    result = _run("--help")
+    assert result.returncode == 0
+    for flag, variable in (
+        ("--upstream", "SJFSCHED_UPSTREAM"),
+        ("--listen", "SJFSCHED_LISTEN"),
+        ("--upstream-api", "SJFSCHED_UPSTREAM_API"),
+        ("--concurrency", "SJFSCHED_CONCURRENCY"),
+        ("--max-queue", "SJFSCHED_MAX_QUEUE"),
+        ("--max-body-bytes", "SJFSCHED_MAX_BODY_BYTES"),
+        ("--shutdown-timeout", "SJFSCHED_SHUTDOWN_TIMEOUT"),
+    ):
+        assert flag in result.stdout and variable in result.stdout

@@ -1,0 +1,420 @@
+"""What goes wrong: clients that leave, upstreams that are down or die, bad requests, a full queue."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import ollama as ollama_client
+import openai
+import pytest
+
+from sjfsched import SchedulerStatistics
+from tests.support.ollama_server import OllamaServer
+
+from .conftest import ProxyFactory
+from .harness import RunningProxy, free_port
+
+pytestmark = pytest.mark.slow
+
+MODEL = "tiny"
+
+
+def _records(server: OllamaServer, run: str) -> list[str]:
+    """Outcomes of the upstream's requests tagged with this run, in arrival order."""
+    return [r.outcome for r in server.records if r.headers.get("x-test-run") == run]
+
+
+def _wait_for_records(server: OllamaServer, run: str, outcomes: list[str], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while _records(server, run) != outcomes:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"upstream records {_records(server, run)}, expected {outcomes}")
+        time.sleep(0.01)
+
+
+def _raw_request(url: str, path: str, body: bytes, headers: dict[str, str]) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    head += f"Content-Length: {len(body)}\r\n\r\n"
+    sock.sendall(head.encode() + body)
+    return sock
+
+
+# ------------------------------------------------------------------ clients that leave
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/generate", {"model": MODEL, "prompt": "Hello", "options": {"num_predict": 5}}),
+        (
+            "/v1/chat/completions",
+            {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "stream": True},
+        ),
+    ],
+)
+def test_client_gone_while_queued_leaves_the_queue(
+    ollama: OllamaServer, ollama_proxy: RunningProxy, path: str, body: dict[str, object]
+) -> None:
+    run = uuid.uuid4().hex
+    with ollama_proxy.hold_slot():
+        sock = _raw_request(ollama_proxy.url, path, json.dumps(body).encode(), {"X-Test-Run": run})
+        ollama_proxy.wait_until(lambda s: s.waiting == 1)
+        sock.close()
+        ollama_proxy.wait_until(lambda s: s.waiting == 0 and s.cancelled == 1)
+    stats = ollama_proxy.stats()
+    assert (stats.waiting, stats.running, stats.cancelled, stats.completed) == (0, 0, 1, 1)  # 1: the holder
+    assert _records(ollama, run) == []  # it never reached the upstream
+    assert ollama_proxy.metrics()['sjfsched_requests_total{outcome="cancelled"}'] == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/generate", {"model": MODEL, "prompt": "Hello", "options": {"num_predict": 50}}),
+        (
+            "/v1/chat/completions",
+            {
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "Hi"}],
+                "max_tokens": 50,
+                "stream": True,
+            },
+        ),
+    ],
+)
+def test_client_gone_mid_stream_closes_the_upstream_request(
+    ollama: OllamaServer, ollama_proxy: RunningProxy, path: str, body: dict[str, object]
+) -> None:
+    run = uuid.uuid4().hex
+    headers = {"X-Test-Run": run, "X-Test-Fault": "stall:2:30"}  # two tokens, then 30 s of silence
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream("POST", f"{ollama_proxy.url}{path}", json=body, headers=headers) as response,
+    ):
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.strip():
+                break  # got something; now leave mid-stream (closing the connection)
+    ollama_proxy.wait_until(lambda s: s.running == 0 and s.cancelled == 1)
+    # The proxy closed its upstream request: the server saw the client go, long before 30 s.
+    _wait_for_records(ollama, run, ["client_gone"])
+
+
+# ------------------------------------------------------------------ upstreams that fail
+
+
+def test_upstream_down_is_a_502_in_each_apis_shape(start_proxy: ProxyFactory) -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens here
+    proxy = start_proxy(url, upstream_api="ollama")
+    with httpx.Client(timeout=30) as client:
+        generate = client.post(f"{proxy.url}/api/generate", json={"model": MODEL, "prompt": "Hi"})
+        chat = client.post(
+            f"{proxy.url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}]}
+        )
+        tags = client.get(f"{proxy.url}/api/tags")
+    assert generate.status_code == chat.status_code == tags.status_code == 502
+    message = generate.json()["error"]
+    assert message.startswith(f"the upstream {url} could not be reached: cannot connect to")
+    assert "refused" in message.lower()
+    assert chat.json()["error"]["type"] == "upstream_error"
+    assert "could not be reached" in chat.json()["error"]["message"]
+    assert "could not be reached" in tags.json()["error"]
+
+    with ollama_client.Client(host=proxy.url) as client, pytest.raises(ollama_client.ResponseError) as caught:
+        client.generate(model=MODEL, prompt="Hi")
+    assert caught.value.status_code == 502
+    with (
+        openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="unused", max_retries=0) as oai,
+        pytest.raises(openai.InternalServerError) as error,
+    ):
+        oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}])
+    assert error.value.status_code == 502
+
+    stats = proxy.stats()
+    assert (stats.failed, stats.completed, stats.running) == (4, 0, 0)
+    assert proxy.metrics()['sjfsched_upstream_errors_total{kind="connect"}'] == 5
+
+
+def _ollama_stream(url: str, headers: dict[str, str], parts: list[ollama_client.GenerateResponse]) -> None:
+    with ollama_client.Client(host=url, headers=headers) as client:
+        parts.extend(client.generate(model=MODEL, prompt="Hello", options={"num_predict": 20}, stream=True))
+
+
+def _openai_stream(url: str, headers: dict[str, str]) -> None:
+    with openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as client:
+        stream = client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Hi"}],
+            max_tokens=20,
+            stream=True,
+            extra_headers=headers,
+        )
+        for _ in stream:
+            pass
+
+
+def test_upstream_dying_mid_stream_ends_the_stream_with_an_error(
+    ollama: OllamaServer, ollama_proxy: RunningProxy
+) -> None:
+    fault = {"X-Test-Fault": "close:3"}  # the connection is cut after three tokens
+    parts: list[ollama_client.GenerateResponse] = []
+    with pytest.raises(ollama_client.ResponseError) as caught:
+        _ollama_stream(ollama_proxy.url, fault, parts)
+    assert 1 <= len(parts) <= 3 and not any(p.done for p in parts)
+    assert "broke off its answer" in caught.value.error
+
+    # On the wire: the upstream's lines, then one error line in Ollama's shape.
+    with httpx.Client(timeout=30) as client:
+        response = client.post(
+            f"{ollama_proxy.url}/api/chat",
+            json={
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "Hi"}],
+                "options": {"num_predict": 20},
+            },
+            headers=fault,
+        )
+    lines = [json.loads(line) for line in response.text.splitlines()]
+    assert response.status_code == 200
+    assert all("message" in line and not line["done"] for line in lines[:-1])
+    assert set(lines[-1]) == {"error"} and "closed the connection" in lines[-1]["error"]
+
+    # OpenAI's API: an error event, which the openai client raises.
+    with pytest.raises(openai.APIError) as error:
+        _openai_stream(ollama_proxy.url, fault)
+    assert "broke off its answer" in error.value.message
+
+    # Not streamed: nothing was sent before the upstream died, so a plain 502.
+    with httpx.Client(timeout=30) as client:
+        whole = client.post(
+            f"{ollama_proxy.url}/api/generate",
+            json={"model": MODEL, "prompt": "Hello", "stream": False, "options": {"num_predict": 20}},
+            headers=fault,
+        )
+    assert whole.status_code == 502
+    assert "broke off its answer" in whole.json()["error"]
+
+    stats = ollama_proxy.stats()
+    assert (stats.failed, stats.completed, stats.running) == (4, 0, 0)
+    assert ollama_proxy.metrics()['sjfsched_upstream_errors_total{kind="midstream"}'] == 4
+
+
+def test_upstream_error_line_passes_through_and_counts_as_failed(ollama_proxy: RunningProxy) -> None:
+    with httpx.Client(timeout=30) as client:
+        response = client.post(
+            f"{ollama_proxy.url}/api/generate",
+            json={"model": MODEL, "prompt": "Hello", "options": {"num_predict": 20}},
+            headers={"X-Test-Fault": "error:2"},
+        )
+        missing = client.post(f"{ollama_proxy.url}/api/generate", json={"model": "nope", "prompt": "Hello"})
+    assert response.status_code == 200
+    last = json.loads(response.text.splitlines()[-1])
+    assert last == {"error": "an error was encountered while running the model"}  # the upstream's own
+    assert missing.status_code == 404 and missing.json() == {"error": "model 'nope' not found"}
+    stats = ollama_proxy.stats()
+    assert (stats.failed, stats.completed) == (2, 0)
+
+
+# ------------------------------------------------------------------ bad requests
+
+OLLAMA_BAD = [
+    ("/api/generate", b"{not json", "the request body is not valid JSON"),
+    ("/api/generate", b"", "the request body is empty; expected a JSON object"),
+    ("/api/generate", b"\xff\xfe", "the request body is not valid JSON"),
+    ("/api/generate", b"[1, 2]", "the request body must be a JSON object, got a JSON array"),
+    ("/api/generate", b'{"prompt": "hi"}', "model is required"),
+    ("/api/generate", b'{"model": "tiny", "prompt": 5}', "prompt must be a string, got a JSON number"),
+    ("/api/generate", b'{"model": "tiny", "prompt": "x", "options": []}', "options must be a JSON object"),
+    (
+        "/api/generate",
+        b'{"model": "tiny", "prompt": "x", "options": {"num_predict": "many"}}',
+        'options.num_predict must be an integer, got "many"',
+    ),
+    ("/api/generate", b'{"model": "tiny", "prompt": "x", "priority": "high"}', "priority must be an integer"),
+    ("/api/generate", b'{"model": "tiny", "prompt": "x", "tenant": 7}', "tenant must be a string, got 7"),
+    ("/api/chat", b'{"model": "tiny", "messages": "hello"}', "messages must be an array, got a JSON string"),
+    ("/api/chat", b'{"model": "tiny", "messages": [{"content": "x"}]}', "messages[0].role must be a string"),
+    (
+        "/api/chat",
+        b'{"model": "tiny", "messages": [{"role": "user", "content": ["x"]}]}',
+        "messages[0].content must be a string, got a JSON array",
+    ),
+]
+OPENAI_BAD = [
+    ("/v1/chat/completions", b"{not json", "the request body is not valid JSON", None),
+    ("/v1/chat/completions", b'{"model": "tiny"}', "messages is required", "messages"),
+    (
+        "/v1/chat/completions",
+        b'{"messages": [{"role": "user", "content": 3}]}',
+        "messages[0].content must be a string or an array of parts, got a JSON number",
+        "messages",
+    ),
+    (
+        "/v1/chat/completions",
+        b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": -1}',
+        "max_tokens must be an integer >= 0, got -1",
+        "max_tokens",
+    ),
+    ("/v1/completions", b'{"model": "tiny"}', "prompt is required", "prompt"),
+    ("/v1/completions", b'{"prompt": {"a": 1}}', "prompt must be a string", "prompt"),
+]
+
+
+def test_bad_requests_are_400_in_each_apis_shape(ollama: OllamaServer, ollama_proxy: RunningProxy) -> None:
+    before = len(ollama.records)
+    with httpx.Client(timeout=30) as client:
+        for path, content, message in OLLAMA_BAD:
+            response = client.post(f"{ollama_proxy.url}{path}", content=content)
+            assert response.status_code == 400, (content, response.text)
+            assert list(response.json()) == ["error"]
+            assert response.json()["error"].startswith(message), (content, response.text)
+        for path, content, message, param in OPENAI_BAD:
+            response = client.post(f"{ollama_proxy.url}{path}", content=content)
+            assert response.status_code == 400, (content, response.text)
+            error = response.json()["error"]
+            assert error["message"].startswith(message), (content, response.text)
+            assert (error["type"], error["param"]) == ("invalid_request_error", param)
+        header = client.post(
+            f"{ollama_proxy.url}/api/generate",
+            json={"model": MODEL, "prompt": "x"},
+            headers={"X-Priority": "urgent"},
+        )
+        assert header.status_code == 400
+        assert (
+            header.json()["error"]
+            == "the X-Priority header must be an integer (lower runs earlier), got 'urgent'"
+        )
+    with (
+        openai.OpenAI(base_url=f"{ollama_proxy.url}/v1", api_key="unused", max_retries=0) as oai,
+        pytest.raises(openai.BadRequestError),
+    ):
+        oai.chat.completions.create(model=MODEL, messages=[])
+    assert len(ollama.records) == before  # none reached the upstream
+    stats = ollama_proxy.stats()
+    assert stats.completed + stats.failed + stats.cancelled == 0
+    count = len(OLLAMA_BAD) + len(OPENAI_BAD) + 2
+    assert ollama_proxy.metrics()['sjfsched_rejected_total{reason="bad_request"}'] == count
+
+
+def _chunks(data: bytes, size: int) -> Iterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+def test_oversized_bodies_are_413(ollama: OllamaServer, start_proxy: ProxyFactory) -> None:
+    proxy = start_proxy(ollama.url, max_body_bytes=1000)
+    big = json.dumps({"model": MODEL, "prompt": "x" * 2000}).encode()
+    with httpx.Client(timeout=30) as client:
+        declared = client.post(f"{proxy.url}/api/generate", content=big)
+        chunked = client.post(f"{proxy.url}/api/generate", content=_chunks(big, 100))  # no Content-Length
+        openai_style = client.post(f"{proxy.url}/v1/completions", content=big)
+        fine = client.post(
+            f"{proxy.url}/api/generate",
+            json={"model": MODEL, "prompt": "Hi", "stream": False, "options": {"num_predict": 2}},
+        )
+        # Passed-through calls are not bounded (model uploads go through /api/blobs).
+        show = json.dumps({"model": MODEL, "padding": "y" * 5000}).encode()
+        direct = client.post(f"{ollama.url}/api/show", content=show)
+        passed = client.post(f"{proxy.url}/api/show", content=show)
+    for response in (declared, chunked):
+        assert response.status_code == 413
+        assert response.json() == {
+            "error": "the request body is larger than 1000 bytes (the proxy's --max-body-bytes)"
+        }
+    assert openai_style.status_code == 413
+    assert "larger than 1000 bytes" in openai_style.json()["error"]["message"]
+    assert fine.status_code == 200 and fine.json()["eval_count"] == 2
+    assert passed.status_code == direct.status_code == 200 and passed.content == direct.content
+    assert proxy.metrics()['sjfsched_rejected_total{reason="body_too_large"}'] == 3
+
+
+# ------------------------------------------------------------------ a full queue
+
+
+def test_full_queue_is_503_for_ollama_and_429_for_openai(
+    ollama: OllamaServer, start_proxy: ProxyFactory
+) -> None:
+    proxy = start_proxy(ollama.url, max_queue=1)
+    body = {"model": MODEL, "prompt": "Hello", "stream": False, "options": {"num_predict": 2}}
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    with httpx.Client(timeout=30) as client, ThreadPoolExecutor(1) as pool:
+        with proxy.hold_slot():
+            waiting = pool.submit(client.post, f"{proxy.url}/api/generate", json=body)
+            proxy.wait_until(lambda s: s.waiting == 1)
+            busy = client.post(f"{proxy.url}/api/generate", json=body)
+            limited = client.post(f"{proxy.url}/v1/chat/completions", json=chat)
+            with (
+                ollama_client.Client(host=proxy.url) as olc,
+                pytest.raises(ollama_client.ResponseError) as caught,
+            ):
+                olc.generate(model=MODEL, prompt="Hello")
+            with (
+                openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="unused", max_retries=0) as oai,
+                pytest.raises(openai.RateLimitError),
+            ):
+                oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}])
+        assert waiting.result(30).status_code == 200  # the one that waited ran
+    assert busy.status_code == 503
+    assert busy.json() == {"error": "server busy: 1 requests are waiting (max_queue=1)"}
+    assert caught.value.status_code == 503
+    assert limited.status_code == 429
+    assert int(limited.headers["retry-after"]) >= 1
+    assert limited.json()["error"] == {
+        "message": "too many requests are waiting: 1 requests are waiting (max_queue=1)",
+        "type": "rate_limit_error",
+        "param": None,
+        "code": "queue_full",
+    }
+    assert proxy.metrics()['sjfsched_rejected_total{reason="queue_full"}'] == 4
+
+
+# ------------------------------------------------------------------ priority and tenant
+
+
+def _waiting(n: int) -> Callable[[SchedulerStatistics], bool]:
+    return lambda stats: stats.waiting == n
+
+
+def test_priority_from_header_or_body_field_and_body_fields_are_stripped(
+    ollama: OllamaServer, start_proxy: ProxyFactory
+) -> None:
+    proxy = start_proxy(ollama.url, aging=0.0)
+    run = uuid.uuid4().hex
+    base = {"model": MODEL, "prompt": "The same prompt", "stream": False, "options": {"num_predict": 2}}
+    requests = [  # (name, body, headers); same prompt and limit, so only priority orders them
+        ("header 5", base, {"X-Priority": "5"}),
+        ("none", base, {}),
+        ("body -1", {**base, "priority": -1, "tenant": "alice"}, {}),
+        ("header wins", {**base, "priority": -5}, {"X-Priority": "1", "X-Tenant": "bob"}),
+    ]
+    with httpx.Client(timeout=30) as client, ThreadPoolExecutor(len(requests)) as pool:
+        with proxy.hold_slot():
+            futures = []
+            for i, (name, body, headers) in enumerate(requests):
+                futures.append(
+                    pool.submit(
+                        client.post,
+                        f"{proxy.url}/api/generate",
+                        json=body,
+                        headers={**headers, "X-Test-Run": run, "X-Test-Name": name},
+                    )
+                )
+                proxy.wait_until(_waiting(i + 1))
+        assert all(f.result(30).status_code == 200 for f in futures)
+    seen = [r for r in ollama.records if r.headers.get("x-test-run") == run]
+    assert [r.headers["x-test-name"] for r in seen] == ["body -1", "none", "header wins", "header 5"]
+    # The proxy's own body fields do not reach the upstream; other bodies pass byte for byte.
+    compact = len(json.dumps(base, ensure_ascii=False, separators=(",", ":")).encode())  # as httpx sends it
+    by_name = {r.headers["x-test-name"]: r for r in seen}
+    assert int(by_name["none"].headers["content-length"]) == compact
+    assert int(by_name["body -1"].headers["content-length"]) == compact  # priority and tenant taken out
+    assert by_name["header wins"].headers["x-tenant"] == "bob"  # headers pass through

@@ -1,0 +1,134 @@
+"""The proxy in front of an OpenAI-compatible server: llama_cpp.server and the official ``openai`` client."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+
+from .conftest import ProxyFactory
+from .harness import RunningProxy
+
+pytestmark = pytest.mark.slow
+
+MODEL = "tiny"
+
+
+def _client(proxy: RunningProxy) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="unused", max_retries=0)
+
+
+def test_detects_an_openai_compatible_server(openai_proxy: RunningProxy) -> None:
+    assert openai_proxy.app.api == "openai"
+    assert set(openai_proxy.app.scheduled_paths) == {"/v1/chat/completions", "/v1/completions"}
+
+
+def test_openai_client_chat_and_completions(openai_proxy: RunningProxy) -> None:
+    with _client(openai_proxy) as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=[{"role": "user", "content": "Hello"}], max_tokens=6
+        )
+        chat = raw.parse()
+        assert chat.usage is not None and 1 <= chat.usage.completion_tokens <= 6
+        assert raw.headers["x-predicted-tokens"] == "6.0"
+        assert float(raw.headers["x-queue-wait-ms"]) >= 0
+        completion = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=5)
+        assert completion.usage is not None and completion.usage.completion_tokens <= 5
+        stream = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=8, stream=True
+        )
+        chunks = list(stream)
+        assert chunks[-1].choices[0].finish_reason in ("length", "stop")
+        text_stream = client.completions.create(model=MODEL, prompt="Hi", max_tokens=4, stream=True)
+        assert list(text_stream)[-1].choices[0].finish_reason in ("length", "stop")
+    # The openai client hangs up at "data: [DONE]", maybe before the upstream ended its response.
+    openai_proxy.wait_until(lambda s: s.running == 0)
+    stats = openai_proxy.stats()
+    assert (stats.completed, stats.failed, stats.cancelled) == (4, 0, 0)
+    metrics = openai_proxy.metrics()
+    assert (
+        metrics["sjfsched_output_tokens_total"]
+        >= chat.usage.completion_tokens + completion.usage.completion_tokens
+    )
+
+
+def test_models_and_other_v1_calls_pass_through_unchanged(
+    openai_url: str, openai_proxy: RunningProxy
+) -> None:
+    with httpx.Client(timeout=30) as client:
+        for method, path, body in (
+            ("GET", "/v1/models", None),
+            ("POST", "/v1/embeddings", {"input": "not an embedding model"}),
+            ("GET", "/v1/no-such-path", None),
+        ):
+            direct = client.request(method, f"{openai_url.removesuffix('/v1')}{path}", json=body)
+            proxied = client.request(method, f"{openai_proxy.url}{path}", json=body)
+            assert (proxied.status_code, proxied.content) == (direct.status_code, direct.content), path
+            assert proxied.headers["content-type"] == direct.headers["content-type"]
+    with _client(openai_proxy) as oai:
+        assert [m.id for m in oai.models.list()] == ["tiny"]
+    assert openai_proxy.stats().completed == 0
+
+
+def test_streams_arrive_token_by_token(openai_proxy: RunningProxy) -> None:
+    with _client(openai_proxy) as client:
+        t0 = time.monotonic()
+        stream = client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Tell me a long story"}],
+            max_tokens=200,
+            stream=True,
+            extra_body={"min_tokens": 200},  # llama_cpp.server: no early stop
+        )
+        arrivals = [
+            time.monotonic() - t0 for chunk in stream if chunk.choices and chunk.choices[0].delta.content
+        ]
+    assert len(arrivals) >= 50
+    # Pieces arrive spread over the generation, not all at its end.
+    assert arrivals[0] < 0.5 * arrivals[-1], arrivals[:3] + arrivals[-3:]
+    assert len({round(t, 3) for t in arrivals}) > len(arrivals) // 4
+
+
+def test_concurrent_streams_run_one_at_a_time_shortest_first(
+    openai_url: str, start_proxy: ProxyFactory
+) -> None:
+    """llama_cpp.server cuts a stream short when another request arrives; behind the proxy none is cut."""
+    proxy = start_proxy(openai_url, aging=0.0)
+    rng = random.Random(11)
+    limits = [rng.randint(1, 12) for _ in range(24)]
+    finished: list[tuple[float, int, float, str | None]] = []
+    lock = threading.Lock()
+
+    def one(i: int, client: openai.OpenAI) -> None:
+        raw = client.chat.completions.with_raw_response.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Write something."}],
+            max_tokens=limits[i],
+            stream=True,
+        )
+        predicted = float(raw.headers["x-predicted-tokens"])
+        reason = None
+        for chunk in raw.parse():
+            if chunk.choices and chunk.choices[0].finish_reason:
+                reason = chunk.choices[0].finish_reason
+        with lock:
+            finished.append((time.monotonic(), i, predicted, reason))
+
+    with _client(proxy) as client, ThreadPoolExecutor(len(limits)) as pool:
+        with proxy.hold_slot():
+            futures = [pool.submit(one, i, client) for i in range(len(limits))]
+            proxy.wait_until(lambda s: s.waiting == len(limits))
+        for future in futures:
+            future.result(60)
+    assert all(reason in ("length", "stop") for *_, reason in finished)  # every stream ran to its end
+    finished.sort()
+    order = [predicted for _, _, predicted, _ in finished]
+    assert order == sorted(order), "not served shortest-predicted first"
+    proxy.wait_until(lambda s: s.running == 0)
+    stats = proxy.stats()
+    assert (stats.completed, stats.failed, stats.cancelled) == (len(limits) + 1, 0, 0)

@@ -1,0 +1,134 @@
+"""The proxy's pieces without a network: reading bodies and answers, settings."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sjfsched.proxy import ProxySettings
+from sjfsched.proxy._apis import BadRequest, Parsed, Tally, parse_scheduled, scheduled_endpoints
+from sjfsched.proxy._settings import resolve
+
+OLLAMA = scheduled_endpoints("ollama")
+
+NDJSON = (
+    b'{"model":"m","response":"Hel","done":false}\n'
+    b'{"model":"m","response":"","done":false}\n'
+    b'{"model":"m","response":"lo","done":false}\n'
+    b'{"model":"m","response":"","done":true,"eval_count":3,"prompt_eval_count":12}\n'
+)
+SSE = (
+    b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
+    b'data: {"choices":[{"index":0,"delta":{"content":"Hel"}}]}\n\n'
+    b'data: {"choices":[{"index":0,"delta":{"content":"lo"}}]}\n\n'
+    b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+    b"data: [DONE]\n\n"
+)
+
+
+def _split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+
+
+@given(st.lists(st.integers(min_value=0), max_size=30))
+def test_tally_reads_ndjson_however_it_is_cut(cuts: list[int]) -> None:
+    tally = Tally("ndjson")
+    for piece in _split(NDJSON, cuts):
+        tally.feed(piece)
+    assert (tally.pieces, tally.exact, tally.output_tokens, tally.prompt_tokens) == (2, 3, 3, 12)
+    assert tally.done and tally.error is None and tally.separator() == b""
+
+
+@given(st.lists(st.integers(min_value=0), max_size=30))
+def test_tally_reads_server_sent_events_however_they_are_cut(cuts: list[int]) -> None:
+    tally = Tally("sse")
+    for piece in _split(SSE, cuts):
+        tally.feed(piece)
+    assert (tally.pieces, tally.exact, tally.output_tokens) == (2, None, 2)
+    assert tally.done and tally.separator() == b""
+
+
+def test_tally_errors_usage_and_separators() -> None:
+    tally = Tally("sse")
+    tally.feed(b'data: {"choices":[],"usage":{"completion_tokens":7,"prompt_tokens":4}}\n\ndata: {"err')
+    assert (tally.output_tokens, tally.prompt_tokens) == (7, 4)
+    assert tally.separator() == b"\n\n"  # an error event must not glue onto the half event
+    tally.feed(b'or": {"message": "boom"}}\n')
+    assert tally.error == "boom" and tally.separator() == b"\n"
+    lines = Tally("ndjson")
+    lines.feed(b'{"error": "model crashed"}\n{"resp')
+    assert lines.error == "model crashed" and lines.separator() == b"\n"
+    whole = Tally("json")
+    whole.feed_whole(b'{"choices":[{"message":{"content":"hi"}}],"usage":{"completion_tokens":1}}')
+    assert whole.output_tokens == 1
+    whole.feed_whole(b"not json")  # ignored
+
+
+def _parse(path: str, body: object, priority: bytes | None = None, tenant: bytes | None = None) -> Parsed:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return parse_scheduled(OLLAMA[path], raw, priority_header=priority, tenant_header=tenant)
+
+
+def test_what_the_scheduler_is_told() -> None:
+    parsed = _parse("/api/generate", {"model": "m", "prompt": "Hi", "options": {"num_predict": -1}})
+    request = parsed.request
+    assert (request.prompt, request.max_tokens, request.priority, request.metadata["model"]) == (
+        "Hi",
+        None,
+        0,
+        "m",
+    )
+    load = _parse("/api/chat", {"model": "m"}).request
+    assert (load.prompt, load.max_tokens) == ("", 1)  # loading a model: no output
+    chat = _parse(
+        "/v1/chat/completions",
+        {
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "Look"}]}],
+            "max_completion_tokens": 9,
+        },
+        priority=b" 3 ",
+        tenant=b"team-a",
+    ).request
+    assert (chat.text, chat.max_tokens, chat.priority, chat.tenant) == ("Look", 9, 3, "team-a")
+    tokens = _parse("/v1/completions", {"prompt": [1, 2, 3, 4], "max_tokens": 0}).request
+    assert (len(tokens.text), tokens.max_tokens) == (16, 1)
+
+
+def test_proxy_fields_are_removed_and_other_bodies_pass_byte_for_byte() -> None:
+    raw = b'{"model": "m",  "prompt": "Hi\\u00e9", "priority": 2, "tenant": "x", "keep": [1]}'
+    parsed = _parse("/api/generate", raw)
+    assert json.loads(parsed.body) == {"model": "m", "prompt": "Hié", "keep": [1]}
+    assert parsed.request.priority == 2 and parsed.request.tenant == "x"
+    untouched = b'{"model": "m",  "prompt": "Hi\\u00e9"}'
+    assert _parse("/api/generate", untouched).body == untouched
+    header_wins = _parse("/api/generate", {"model": "m", "prompt": "x", "priority": 5}, priority=b"-1")
+    assert header_wins.request.priority == -1
+    with pytest.raises(BadRequest, match="the X-Priority header must be an integer"):
+        _parse("/api/generate", {"model": "m", "prompt": "x"}, priority=b"soon")
+
+
+def test_settings_come_from_flags_then_environment_then_defaults() -> None:
+    settings, sources = resolve(
+        {"upstream": "http://127.0.0.1:8000/v1/", "concurrency": 2},
+        {"SJFSCHED_CONCURRENCY": "9", "SJFSCHED_MAX_QUEUE": "none", "SJFSCHED_LISTEN": "[::1]:9000"},
+    )
+    assert settings.upstream == "http://127.0.0.1:8000"  # a pasted /v1 is dropped
+    assert (settings.concurrency, settings.max_queue, settings.host, settings.port) == (2, None, "::1", 9000)
+    assert sources["concurrency"][1] == "flag" and sources["max_queue"][1] == "env"
+    assert sources["aging"][1] == "default"
+    with pytest.raises(ValueError, match="SJFSCHED_MAX_WAIT: expected a number, got 'soon'"):
+        resolve({"upstream": "http://h:1"}, {"SJFSCHED_MAX_WAIT": "soon"})
+    with pytest.raises(
+        ValueError, match=re.escape("SJFSCHED_AGING: aging must be a finite number >= 0, got -1.0")
+    ):
+        resolve({"upstream": "http://h:1"}, {"SJFSCHED_AGING": "-1"})
+    with pytest.raises(ValueError, match="upstream must name a host"):
+        ProxySettings(upstream="http://")
+    assert (
+        ProxySettings(upstream="https://ollama.example/prefix/").upstream == "https://ollama.example/prefix"
+    )
