@@ -17,6 +17,7 @@ from ._errors import PredictorError as PredictorError
 from ._errors import QueueFull as QueueFull
 from ._errors import SchedulerClosed as SchedulerClosed
 from ._errors import SchedulerError as SchedulerError
+from ._log import RequestLog as RequestLog
 from ._rates import DEFAULT_DECODE_RATE as DEFAULT_DECODE_RATE
 from ._rates import DEFAULT_PREFILL_RATE as DEFAULT_PREFILL_RATE
 from ._records import Chunk as Chunk
@@ -53,6 +54,7 @@ __all__ = [
     "PredictorError",
     "QueueFull",
     "Request",
+    "RequestLog",
     "Scheduler",
     "SchedulerClosed",
     "SchedulerError",

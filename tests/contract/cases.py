@@ -135,3 +135,35 @@ BACKEND_CASES += [
     BackendCase("openai-llama-cpp-server", _openai, real_time=True),
     BackendCase("pool-llama-cpp+ollama", _pool, real_time=True),
 ]
+
+
+# ----------------------------------------------------------------- predictors
+#: The Clairvoyant baseline model the repository keeps (trained by
+#: `sjfsched train --features clairvoyant`, see docs/predictor.md).
+CLAIRVOYANT_MODEL = Path(__file__).resolve().parents[2] / "benchmarks" / "models" / "clairvoyant.onnx"
+
+
+def _lexical_uncalibrated() -> Predictor:
+    from sjfsched.predictors import LexicalPredictor
+
+    return LexicalPredictor(calibrate=False)
+
+
+def _lexical() -> Predictor:
+    from sjfsched.predictors import LexicalPredictor
+
+    return LexicalPredictor()
+
+
+def _clairvoyant() -> Predictor:
+    from sjfsched.predictors import ClairvoyantPredictor
+
+    return ClairvoyantPredictor(CLAIRVOYANT_MODEL)
+
+
+PREDICTOR_CASES += [
+    PredictorCase("lexical", _lexical),
+    PredictorCase("lexical-uncalibrated", _lexical_uncalibrated),
+]
+if CLAIRVOYANT_MODEL.exists():
+    PREDICTOR_CASES.append(PredictorCase("clairvoyant", _clairvoyant))

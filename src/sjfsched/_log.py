@@ -1,0 +1,126 @@
+"""A request log in the training schema, so users can retrain on their own traffic."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import threading
+from pathlib import Path
+from typing import IO, Any, final
+
+from ._records import Completion
+from .predictors._corpus import prompt_id_of
+
+__all__ = ["RequestLog"]
+
+
+@final
+class RequestLog:
+    """Appends every completed request to a JSON-lines file that ``sjfsched train`` reads.
+
+    Use it as a scheduler's ``on_complete`` callback::
+
+        log = RequestLog("requests.jsonl", model="llama3.2:3b")
+        async with Scheduler(backend, on_complete=log) as sched:
+            ...
+        log.close()
+
+    and later retrain the predictor on your own traffic (the paper's
+    "Model D")::
+
+        sjfsched train requests.jsonl --out my-model.onnx --fit-all
+
+    Each line is one completed request::
+
+        {"source": "requestlog", "prompt_id": "<sha1 of the prompt, 16 hex>",
+         "prompt": "<Request.text>", "model": "llama3.2:3b",
+         "output_tokens": 412, "token_count": "backend",
+         "input_tokens": 35, "finish_reason": "stop", "predicted_tokens": 380.5}
+
+    ``model`` names the answering model (default: ``request.options["model"]``
+    if set, else ``"unknown"``); ``source`` labels the file's records (use one
+    per application to evaluate them separately).  A path ending in ``.gz``
+    is written gzip-compressed.  Requests with no output are skipped.
+    Answers cut off by ``max_tokens`` (``finish_reason == "length"``) are
+    logged with their finish reason, their length being only a lower bound;
+    ``skip_truncated=True`` leaves them out.  Safe to call from several threads; the file is flushed
+    after every line.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        model: str | None = None,
+        source: str = "requestlog",
+        skip_truncated: bool = False,
+    ) -> None:
+        if not isinstance(source, str) or not source:
+            raise ValueError("RequestLog.source must be a non-empty string")
+        self.path = Path(path)
+        self.model = model
+        self.source = source
+        self.skip_truncated = skip_truncated
+        self._lock = threading.Lock()
+        self._file: IO[str] | None = None
+        self.written = 0
+
+    def _open(self) -> IO[str]:
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.suffix == ".gz":
+                self._file = gzip.open(self.path, "at", encoding="utf-8")  # noqa: SIM115
+            else:
+                self._file = self.path.open("a", encoding="utf-8")
+        return self._file
+
+    def record(self, completion: Completion) -> dict[str, Any] | None:
+        """The line a completion becomes (``None`` if it is skipped)."""
+        if completion.output_tokens <= 0:
+            return None
+        if self.skip_truncated and completion.finish_reason == "length":
+            return None
+        request = completion.request
+        text = request.text
+        model = self.model
+        if model is None:
+            option = request.options.get("model")
+            model = option if isinstance(option, str) else "unknown"
+        line: dict[str, Any] = {
+            "source": self.source,
+            "prompt_id": prompt_id_of(text),
+            "prompt": text,
+            "model": model,
+            "output_tokens": completion.output_tokens,
+            "token_count": "backend",
+        }
+        if completion.prompt_tokens is not None:
+            line["input_tokens"] = completion.prompt_tokens
+        if completion.finish_reason is not None:
+            line["finish_reason"] = completion.finish_reason
+        line["predicted_tokens"] = round(completion.prediction.tokens, 1)
+        return line
+
+    def __call__(self, completion: Completion) -> None:
+        line = self.record(completion)
+        if line is None:
+            return
+        data = json.dumps(line, ensure_ascii=False) + "\n"
+        with self._lock:
+            f = self._open()
+            f.write(data)
+            f.flush()
+            self.written += 1
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def __enter__(self) -> RequestLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,147 @@
+"""Online calibration: learn how long a deployment's model really answers.
+
+The lexical model ranks prompts well, but its scale is that of the training
+corpora: a terse 1B model answers shorter, a chatty 70B model longer.  A
+:class:`LengthCalibration` fits ``log(1 + actual) ~ offset + slope * raw``
+over the deployment's completed requests (``raw`` is the model's log-length
+score), with exponential forgetting so it follows a model that changes, and
+a prior (the identity map, worth ``prior_weight`` observations) so a handful
+of observations cannot throw it far.  It also tracks the spread of the
+residuals, which gives ``p_long``.
+
+The slope is kept within ``[0.1, 3]``: positive, so calibration never changes
+the ranking of two prompts, only the lengths put on them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["LengthCalibration"]
+
+_STATE_KEYS = ("s0", "sx", "sy", "sxx", "sxy", "sr", "n")
+_MIN_SLOPE = 0.1
+_MAX_SLOPE = 3.0
+
+
+class LengthCalibration:
+    """A running, forgetting fit of actual log-length against the model's score.
+
+    ``center`` and ``spread`` describe the model's scores on its training
+    data (mean and variance), ``sigma`` the spread of the training residuals;
+    they shape the prior.  ``decay`` is the weight an observation keeps after
+    each new one (0.998: a half-life of about 350 requests).
+    """
+
+    def __init__(
+        self,
+        *,
+        center: float,
+        spread: float,
+        sigma: float,
+        prior_weight: float = 30.0,
+        decay: float = 0.998,
+    ) -> None:
+        if not (0.0 < decay <= 1.0):
+            raise ValueError(f"decay must be within (0, 1], got {decay!r}")
+        if not (prior_weight > 0 and math.isfinite(prior_weight)):
+            raise ValueError(f"prior_weight must be > 0, got {prior_weight!r}")
+        self.center = float(center)
+        self.spread = max(float(spread), 1e-6)
+        self.sigma0 = max(float(sigma), 1e-3)
+        self.prior_weight = float(prior_weight)
+        self.decay = float(decay)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every observation: back to the identity map."""
+        self.s0 = self.sx = self.sy = self.sxx = self.sxy = self.sr = 0.0
+        self.n = 0
+        self._refit()
+
+    @property
+    def observations(self) -> int:
+        """How many completed requests were observed (before forgetting)."""
+        return self.n
+
+    def observe(self, raw: float, output_tokens: float) -> None:
+        """Add one completed request: the model's raw score and the real length."""
+        if not (math.isfinite(raw) and math.isfinite(output_tokens)) or output_tokens < 0:
+            return
+        y = math.log1p(output_tokens)
+        residual = y - (self.offset + self.slope * raw)
+        d = self.decay
+        self.s0 = self.s0 * d + 1.0
+        self.sx = self.sx * d + raw
+        self.sy = self.sy * d + y
+        self.sxx = self.sxx * d + raw * raw
+        self.sxy = self.sxy * d + raw * y
+        self.sr = self.sr * d + min(residual * residual, 25.0)
+        self.n += 1
+        self._refit()
+
+    def _refit(self) -> None:
+        k = self.prior_weight
+        c = self.center
+        second = self.spread + c * c
+        s0 = self.s0 + k
+        mx = (self.sx + k * c) / s0
+        my = (self.sy + k * c) / s0
+        vxx = (self.sxx + k * second) / s0 - mx * mx
+        vxy = (self.sxy + k * second) / s0 - mx * my
+        slope = vxy / vxx if vxx > 1e-9 else 1.0
+        self.slope = min(max(slope, _MIN_SLOPE), _MAX_SLOPE)
+        self.offset = my - self.slope * mx
+        self.sigma = math.sqrt((self.sr + k * self.sigma0**2) / (self.s0 + k))
+
+    def log_length(self, raw: float) -> float:
+        """The calibrated typical (median) ``log(1 + tokens)`` for a raw score."""
+        return self.offset + self.slope * raw
+
+    # ---------------------------------------------------------------- state
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "center": self.center,
+            "spread": self.spread,
+            "sigma": self.sigma0,
+            "prior_weight": self.prior_weight,
+            "decay": self.decay,
+            "state": {key: getattr(self, key) for key in _STATE_KEYS},
+        }
+
+    def load_dict(self, data: Any, *, where: str = "calibration") -> None:
+        """Take the observations of a saved calibration (its prior stays this one's)."""
+        try:
+            if data.get("version") != 1:
+                raise ValueError(f"unknown version {data.get('version')!r}")
+            state = data["state"]
+            values = {key: float(state[key]) for key in _STATE_KEYS}
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: not a sjfsched calibration ({exc})") from exc
+        if not all(math.isfinite(v) for v in values.values()) or values["s0"] < 0:
+            raise ValueError(f"{where}: calibration state holds invalid numbers")
+        for key in _STATE_KEYS:
+            setattr(self, key, values[key])
+        self.n = int(values["n"])
+        self._refit()
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the state as JSON (atomically: a temporary file, then a rename)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+
+    def load(self, path: str | os.PathLike[str]) -> None:
+        """Read a state written by :meth:`save`; raises ValueError if it is not one."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not JSON ({exc.msg})") from exc
+        self.load_dict(data, where=str(path))

@@ -1,0 +1,394 @@
+"""``sjfsched evaluate``: how well predictors rank short answers before long ones.
+
+Two measures, per corpus and per answering model:
+
+- **ranking accuracy** (Clairvoyant's): of every pair of a short answer
+  (< 200 tokens) and a long one (>= 800), the fraction where the long one's
+  prompt is ranked above the short one's; ties count half, so a constant
+  scores 0.5.
+- **Kendall's tau** (tau-b) between the prediction and the real length, over
+  all answers.
+
+``sjfsched evaluate DATA --model M.onnx`` scores one model on the held-out
+part of the grouped split (``--split all`` for every record).
+``sjfsched evaluate DATA --compare [--loco]`` trains and compares, on the same
+splits, prompt length alone, Clairvoyant's 19 features with its XGBoost, a
+plain ridge regression on hashed word and character n-grams, and the lexical
+model: in-distribution (grouped by ``prompt_id``) and, with ``--loco``,
+leave-one-corpus-out (train on the other corpora, test on the one left out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import numpy.typing as npt
+
+from ._corpus import LengthRecord, load_records
+
+__all__ = [
+    "ReportRow",
+    "configure",
+    "format_report",
+    "kendall_tau",
+    "ranking_accuracy",
+    "report_rows",
+    "run",
+]
+
+SHORT = 200
+LONG = 800
+
+
+def ranking_accuracy(
+    scores: npt.ArrayLike, tokens: npt.ArrayLike, short: float = SHORT, long: float = LONG
+) -> float:
+    """Fraction of (short, long) pairs ranked long-above-short; ties count half.
+
+    ``nan`` when there is no short or no long answer.
+    """
+    s = np.asarray(scores, np.float64)
+    t = np.asarray(tokens, np.float64)
+    shorts = np.sort(s[t < short])
+    longs = s[t >= long]
+    if len(shorts) == 0 or len(longs) == 0:
+        return float("nan")
+    below = np.searchsorted(shorts, longs, side="left")
+    tied = np.searchsorted(shorts, longs, side="right") - below
+    return float((below.sum() + 0.5 * tied.sum()) / (len(shorts) * len(longs)))
+
+
+def kendall_tau(scores: npt.ArrayLike, tokens: npt.ArrayLike) -> float:
+    """Kendall's tau-b between scores and lengths (``nan`` if undefined)."""
+    from scipy.stats import kendalltau  # type: ignore[import-untyped]
+
+    s = np.asarray(scores, np.float64)
+    t = np.asarray(tokens, np.float64)
+    if len(s) < 2:
+        return float("nan")
+    return float(kendalltau(s, t).statistic)
+
+
+@attrs.frozen
+class ReportRow:
+    corpus: str
+    model: str  # "" for the whole corpus
+    answers: int
+    short: int
+    long: int
+    accuracy: float
+    tau: float
+
+
+def report_rows(
+    records: Sequence[LengthRecord], scores: npt.ArrayLike, *, per_model: bool = True
+) -> list[ReportRow]:
+    """Ranking accuracy and tau per corpus, then per answering model within it."""
+    s = np.asarray(scores, np.float64)
+    tokens = np.array([r.output_tokens for r in records])
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        groups[(r.corpus, "")].append(i)
+        if per_model:
+            groups[(r.corpus, r.model)].append(i)
+    rows = []
+    for (corpus, model), idx in sorted(groups.items()):
+        if model and len(groups[(corpus, "")]) == len(idx):
+            continue  # a corpus with one answering model: its row says it all
+        ix = np.array(idx)
+        t = tokens[ix]
+        rows.append(
+            ReportRow(
+                corpus,
+                model,
+                len(ix),
+                int((t < SHORT).sum()),
+                int((t >= LONG).sum()),
+                ranking_accuracy(s[ix], t),
+                kendall_tau(s[ix], t),
+            )
+        )
+    return rows
+
+
+def _num(x: float) -> str:
+    return "  -  " if np.isnan(x) else f"{x:.3f}"
+
+
+def format_report(rows: Sequence[ReportRow]) -> str:
+    width = max([len(r.corpus) + (len(r.model) + 3 if r.model else 0) for r in rows] + [6])
+    out = [f"{'corpus / answering model':<{width}}  answers  short   long  rank-acc  tau"]
+    for r in rows:
+        name = r.corpus if not r.model else f"  {r.model}"
+        counts = f"{r.answers:7d}  {r.short:5d}  {r.long:5d}"
+        out.append(f"{name:<{width}}  {counts}  {_num(r.accuracy):>8}  {_num(r.tau):>5}")
+    return "\n".join(out) + "\n"
+
+
+# ------------------------------------------------------------------ comparison
+
+#: name -> fit(train records) -> score(texts)
+Method = Callable[[Sequence[LengthRecord]], Callable[[Sequence[str]], npt.NDArray[np.float64]]]
+
+
+def _length(train: Sequence[LengthRecord]) -> Callable[[Sequence[str]], npt.NDArray[np.float64]]:
+    return lambda texts: np.array([float(len(t)) for t in texts])
+
+
+def _clairvoyant(train: Sequence[LengthRecord]) -> Callable[[Sequence[str]], npt.NDArray[np.float64]]:
+    from ._clairvoyant import clairvoyant_features
+    from ._train import fit_clairvoyant
+
+    model, _ = fit_clairvoyant(train)
+
+    def score(texts: Sequence[str]) -> npt.NDArray[np.float64]:
+        x = np.array([clairvoyant_features(t) for t in texts], np.float32)
+        return np.asarray(model.predict_proba(x)[:, 2], np.float64)
+
+    return score
+
+
+def _ridge(train: Sequence[LengthRecord]) -> Callable[[Sequence[str]], npt.NDArray[np.float64]]:
+    """The plain baseline: ridge on hashed word 1-2-grams and char_wb 3-5-grams, one row per answer."""
+    import scipy.sparse as sp  # type: ignore[import-untyped]
+    from sklearn.feature_extraction.text import HashingVectorizer
+    from sklearn.linear_model import Ridge
+
+    words = HashingVectorizer(analyzer="word", ngram_range=(1, 2), n_features=1 << 20, alternate_sign=False)
+    chars = HashingVectorizer(
+        analyzer="char_wb", ngram_range=(3, 5), n_features=1 << 20, alternate_sign=False
+    )
+
+    def matrix(texts: Sequence[str]) -> Any:
+        return sp.hstack([words.transform(texts), chars.transform(texts)]).tocsr()
+
+    unique: dict[str, int] = {}
+    rows = [unique.setdefault(r.prompt, len(unique)) for r in train]
+    x = matrix(list(unique))[rows]
+    y = np.log1p([r.output_tokens for r in train])
+    model = Ridge(alpha=1.0).fit(x, y)
+    return lambda texts: np.asarray(model.predict(matrix(texts)), np.float64)
+
+
+def _lexical(train: Sequence[LengthRecord]) -> Callable[[Sequence[str]], npt.NDArray[np.float64]]:
+    from ._train import fit_lexical
+
+    fit = fit_lexical(train)
+    return fit.scores
+
+
+METHODS: dict[str, Method] = {
+    "length": _length,
+    "clairvoyant-xgb": _clairvoyant,
+    "ridge-ngrams": _ridge,
+    "lexical": _lexical,
+}
+
+
+def _score_unique(
+    score: Callable[[Sequence[str]], npt.NDArray[np.float64]], records: Sequence[LengthRecord]
+) -> Any:
+    unique: dict[str, int] = {}
+    idx = [unique.setdefault(r.prompt, len(unique)) for r in records]
+    return score(list(unique))[idx]
+
+
+def _table(
+    title: str, results: dict[str, dict[str, tuple[float, float, float]]], methods: Sequence[str]
+) -> str:
+    out = [
+        f"## {title}",
+        "",
+        "| corpus | " + " | ".join(methods) + " |",
+        "| --- |" + " ---: |" * len(methods),
+    ]
+    for corpus, by_method in results.items():
+        cells = []
+        for m in methods:
+            acc, per_model, tau = by_method[m]
+            cell = f"{_num(acc)} (τ {_num(tau)})"
+            if not np.isnan(per_model):
+                cell += f" [{_num(per_model)}]"
+            cells.append(cell)
+        out.append(f"| {corpus} | " + " | ".join(cells) + " |")
+    out.append("")
+    return "\n".join(out)
+
+
+def _measure(records: Sequence[LengthRecord], scores: npt.NDArray[np.float64]) -> tuple[float, float, float]:
+    tokens = np.array([r.output_tokens for r in records])
+    by_model: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        by_model[r.model].append(i)
+    per = []
+    if len(by_model) > 1:
+        for idx in by_model.values():
+            t = tokens[idx]
+            if (t < SHORT).sum() >= 5 and (t >= LONG).sum() >= 5:
+                per.append(ranking_accuracy(scores[idx], t))
+    per_model = float(np.mean(per)) if per else float("nan")
+    return ranking_accuracy(scores, tokens), per_model, kendall_tau(scores, tokens)
+
+
+def compare(
+    records: Sequence[LengthRecord],
+    *,
+    methods: Sequence[str],
+    test_fraction: float,
+    seed: int,
+    loco: bool,
+    train_permissive_only: bool = False,
+    min_long: int = 20,
+    log: Callable[[str], None] = lambda s: None,
+) -> str:
+    from ._train import select_records, split_records
+
+    def training(rs: Sequence[LengthRecord]) -> list[LengthRecord]:
+        return select_records(rs, permissive_only=train_permissive_only)
+
+    out = []
+    train, test = split_records(records, test_fraction, seed)
+    train = training(train)
+    corpora = sorted({r.corpus for r in records})
+    results: dict[str, dict[str, tuple[float, float, float]]] = {c: {} for c in corpora}
+    for m in methods:
+        t0 = time.perf_counter()
+        score = METHODS[m](train)
+        s = _score_unique(score, test)
+        for c in corpora:
+            idx = [i for i, r in enumerate(test) if r.corpus == c]
+            results[c][m] = _measure([test[i] for i in idx], s[idx])
+        log(f"in-distribution {m}: {time.perf_counter() - t0:.0f} s")
+    out.append(
+        _table(
+            f"In-distribution: held-out {test_fraction:.0%} of prompts (grouped by prompt_id, seed {seed})",
+            results,
+            methods,
+        )
+    )
+    if loco:
+        results = {}
+        for c in corpora:
+            held = [r for r in records if r.corpus == c]
+            if sum(r.output_tokens >= LONG for r in held) < min_long:
+                continue
+            rest = training([r for r in records if r.corpus != c])
+            results[c] = {}
+            for m in methods:
+                t0 = time.perf_counter()
+                s = _score_unique(METHODS[m](rest), held)
+                results[c][m] = _measure(held, s)
+                log(f"leave out {c}, {m}: {time.perf_counter() - t0:.0f} s")
+        out.append(
+            _table(
+                "Leave-one-corpus-out: trained on the other corpora "
+                f"(corpora with >= {min_long} long answers)",
+                results,
+                methods,
+            )
+        )
+    if train_permissive_only:
+        out.append("Trained on permissively licensed sources only.\n")
+    legend = (
+        "Cells: ranking accuracy over all answers of the corpus (τ: Kendall's tau-b) "
+        "[mean ranking accuracy over answering models with >= 5 short and >= 5 long answers].\n"
+    )
+    return "\n".join(out) + legend
+
+
+# ------------------------------------------------------------------ the command
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", nargs="+", type=Path, help="JSONL files (.jsonl or .jsonl.gz) or directories")
+    parser.add_argument("--model", type=Path, help="ONNX model to score (default: the bundled lexical model)")
+    parser.add_argument(
+        "--predictor",
+        choices=("lexical", "clairvoyant", "length"),
+        default="lexical",
+        help="how to read --model: lexical (default), clairvoyant (ranks by P(Long)), or prompt length",
+    )
+    parser.add_argument(
+        "--split",
+        choices=("test", "train", "all"),
+        default="test",
+        help="which records to score: the held-out part of the grouped split (default), the rest, or all",
+    )
+    parser.add_argument("--test-fraction", type=float, default=0.2, help="share of prompts held out (0.2)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the grouped split (0)")
+    parser.add_argument("--include", action="append", default=[], metavar="PATTERN",
+                        help="only sources matching this shell pattern (repeatable)")  # fmt: skip
+    parser.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                        help="leave out sources matching this shell pattern (repeatable)")  # fmt: skip
+    parser.add_argument("--corpora-only", action="store_true", help="print corpus rows only, not each model")
+    parser.add_argument(
+        "--compare", action="store_true", help="train and compare length, Clairvoyant, ridge and lexical"
+    )
+    parser.add_argument("--loco", action="store_true", help="with --compare: leave-one-corpus-out too")
+    parser.add_argument(
+        "--train-permissive-only",
+        action="store_true",
+        help="with --compare: train only on permissively licensed sources (tests stay the same)",
+    )
+    parser.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help=f"with --compare: comma-separated subset of {', '.join(METHODS)}",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from ._train import select_records, split_records
+
+    records = select_records(load_records(args.data), include=args.include, exclude=args.exclude)
+    if not records:
+        print("sjfsched evaluate: no records", file=sys.stderr)
+        return 1
+    if args.compare:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            print(
+                f"sjfsched evaluate: unknown methods {unknown}; choose from {list(METHODS)}", file=sys.stderr
+            )
+            return 2
+        print(
+            compare(
+                records,
+                methods=methods,
+                test_fraction=args.test_fraction,
+                seed=args.seed,
+                loco=args.loco,
+                train_permissive_only=args.train_permissive_only,
+                log=lambda s: print(s, file=sys.stderr, flush=True),
+            )
+        )
+        return 0
+    train, test = split_records(records, args.test_fraction, args.seed)
+    chosen = {"test": test, "train": train, "all": records}[args.split]
+    texts = [r.prompt for r in chosen]
+    if args.predictor == "length":
+        scores = np.array([float(len(t)) for t in texts])
+    elif args.predictor == "clairvoyant":
+        from ._clairvoyant import ClairvoyantPredictor
+
+        if args.model is None:
+            print("sjfsched evaluate: --predictor clairvoyant needs --model", file=sys.stderr)
+            return 2
+        scores = ClairvoyantPredictor(args.model).probabilities_many(texts)[:, 2]
+    else:
+        from ._lexical import LexicalPredictor
+
+        predictor = LexicalPredictor(args.model, calibrate=False)
+        scores = predictor.scores(texts)
+    print(f"{args.predictor} {args.model or '(bundled)'} on {args.split} split: {len(chosen):,} answers")
+    print(format_report(report_rows(chosen, scores, per_model=not args.corpora_only)), end="")
+    return 0

@@ -1,0 +1,304 @@
+"""The lexical features of a prompt: byte 4-grams, words, word pairs, two signals.
+
+Everything here is plain Python and numpy and costs a few microseconds per
+prompt, whatever its size:
+
+- Only a bounded part of the text is read: the first :data:`HEAD_CHARS` and
+  the last :data:`TAIL_CHARS` characters (a pasted document's instruction is
+  usually at one end).
+- **Byte 4-grams** of the lowercased UTF-8 text, framed by ``0xFF`` bytes
+  (which never occur in UTF-8) so the start and end of the prompt are seen
+  (a final ``?``, a leading ``write``).  A 4-gram is read as one
+  little-endian ``uint32`` through an overlapping numpy view and hashed
+  multiplicatively into ``2**byte_bits`` buckets.  They are
+  language-neutral: a Chinese character is three bytes, so 4-grams see
+  characters and their neighbours; emoji, code and markup get their own.
+- **Words** (``\\w+``) and **pairs of adjacent words**, looked up in a
+  vocabulary learnt at training time (words unseen in training would carry
+  no weight, so nothing is lost by not hashing them).
+- **Signals**: the number of lines (octaves) and a requested quantity
+  (``"500 words"``, ``"10 examples"``, ``"3 paragraphs"``), binned by unit
+  and size.  The prompt's length in characters is deliberately not one:
+  across corpora it points both ways (pasted documents get short summaries,
+  pasted problems long solutions) and hurt every held-out corpus.
+
+:class:`LexicalFeaturizer` turns a text into the rows of a weight table and
+their values; the ONNX model gathers, multiplies, sums and adds a bias.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "FEATURE_VERSION",
+    "HEAD_CHARS",
+    "SIGNALS",
+    "TAIL_CHARS",
+    "LexicalFeaturizer",
+    "clip_text",
+]
+
+#: Bumped whenever the features change meaning; stored in every model file.
+FEATURE_VERSION: Final = 1
+HEAD_CHARS: Final = 1024
+TAIL_CHARS: Final = 256
+
+_HASH_MULT: Final = np.uint32(0x9E3779B1)  # Knuth's multiplicative hash
+_FRAME: Final = b"\xff"
+_NO_IDS: Final[npt.NDArray[np.int32]] = np.zeros(0, dtype=np.int32)
+#: Bytes that belong to words: ASCII letters, digits, ``_``, and every byte of
+#: a multi-byte UTF-8 character; the rest become spaces before splitting.
+_WORD_BYTES: Final = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789_") | frozenset(range(128, 256))
+_TO_SPACE: Final = bytes(c if c in _WORD_BYTES else 0x20 for c in range(256))
+_UNITS: Final = (
+    *("word", "sentence", "paragraph", "line", "page", "chapter", "section", "verse", "stanza", "slide"),
+    *("minute", "character", "char", "token", "example", "item", "point", "bullet", "step", "question"),
+    *("idea", "name", "tip", "option", "way", "reason", "fact", "title", "sample", "test", "variation"),
+    *("version", "list"),
+)
+_DIGIT_RE: Final = re.compile(rb"\d")
+_QTY_RE: Final = re.compile(rb"(\d[\d,]{0,8}) ?-? ?(" + "|".join(_UNITS).encode() + rb")s?\b")
+_UNIT_GROUP: Final = {
+    **dict.fromkeys((b"word", b"token"), "w"),
+    **dict.fromkeys((b"character", b"char"), "c"),
+    **dict.fromkeys((b"sentence", b"line", b"verse", b"stanza"), "s"),
+    **dict.fromkeys((b"paragraph", b"page", b"chapter", b"section", b"slide", b"minute"), "p"),
+}
+
+
+_CLIP_AT: Final = HEAD_CHARS + TAIL_CHARS
+
+
+def clip_text(text: str) -> str:
+    """The bounded part of ``text`` the features read: head and tail."""
+    if len(text) <= _CLIP_AT:
+        return text
+    return text[:HEAD_CHARS] + "\n" + text[-TAIL_CHARS:]
+
+
+#: The signals, in table order: newline count (octaves: 0, 1, 2-3, 4-7, ...)
+#: and a requested quantity (unit group x octave of the number).
+SIGNALS: Final = (
+    *(f"newlines{k}" for k in range(11)),
+    *(f"quantity-{g}{k}" for g in "wcspn" for k in range(21)),
+)
+_SIGNAL_INDEX: Final = {name: i for i, name in enumerate(SIGNALS)}
+_QTY_BASE: Final = {g: _SIGNAL_INDEX[f"quantity-{g}0"] for g in "wcspn"}
+
+
+def _quantity(raw: bytes) -> int:
+    """Index into :data:`SIGNALS` of a requested quantity ("500 words"), or -1."""
+    m = _QTY_RE.search(raw)
+    if m is None:
+        return -1
+    digits = m.group(1).replace(b",", b"")
+    n = int(digits) if digits else 0
+    return _QTY_BASE[_UNIT_GROUP.get(m.group(2), "n")] + min(n.bit_length(), 20)
+
+
+def _signals(raw: bytes) -> list[int]:
+    """Indices into :data:`SIGNALS` of the text's line count and requested quantity."""
+    out = [min(raw.count(b"\n").bit_length(), 10)]
+    if _DIGIT_RE.search(raw) is not None:  # a quantity needs a number
+        quantity = _quantity(raw)
+        if quantity >= 0:
+            out.append(quantity)
+    return out
+
+
+def _prompt_parts(text: str) -> tuple[bytes, list[bytes], list[int]]:
+    """The clipped lowercased text as UTF-8, its words, and its signals."""
+    raw = clip_text(text).lower().encode("utf-8", "replace")
+    words = raw.translate(_TO_SPACE).split()
+    return raw, words, _signals(raw)
+
+
+class LexicalFeaturizer:
+    """Text -> the rows of the model's weight table it activates, and their values.
+
+    The weight table has, in order: ``2**byte_bits`` byte 4-gram buckets; the
+    vocabulary's ``unigrams``; its ``bigrams`` (adjacent word pairs, each a
+    pair of indices into ``unigrams``); the fixed :data:`SIGNALS`.  A text's
+    score is ``bias + sum(weight[row] * value)`` where each byte 4-gram has
+    value ``1/sqrt(#4-grams)``, each known word or pair ``1/sqrt(#words and
+    pairs)``, and each signal 1.
+    """
+
+    __slots__ = ("_bigram", "_shift", "_signal_offset", "_unigram", "bigrams", "byte_bits", "unigrams")
+
+    def __init__(self, unigrams: Sequence[str], bigrams: Sequence[tuple[int, int]], byte_bits: int) -> None:
+        if not 8 <= byte_bits <= 24:
+            raise ValueError(f"byte_bits must be within [8, 24], got {byte_bits}")
+        self.unigrams = [str(w) for w in unigrams]
+        words = [w.encode("utf-8", "surrogatepass") for w in self.unigrams]
+        self.bigrams = [(int(a), int(b)) for a, b in bigrams]
+        self.byte_bits = byte_bits
+        self._shift = np.uint32(32 - byte_bits)
+        n = len(self.unigrams)
+        for i, j in self.bigrams:
+            if not (0 <= i < n and 0 <= j < n):
+                raise ValueError(f"bigram ({i}, {j}) refers to no unigram (there are {n})")
+        # Rows start past the byte buckets, so none is 0 (see word_ids).
+        off = 1 << byte_bits
+        self._unigram = {w: off + i for i, w in enumerate(words)}
+        self._bigram = {(words[i], words[j]): off + n + k for k, (i, j) in enumerate(self.bigrams)}
+        self._signal_offset = off + n + len(self.bigrams)
+
+    @property
+    def table_size(self) -> int:
+        """Rows of the model's weight table."""
+        return self._signal_offset + len(SIGNALS)
+
+    # ------------------------------------------------------------- training
+
+    @classmethod
+    def learn(
+        cls,
+        texts: Iterable[str],
+        *,
+        byte_bits: int = 18,
+        min_count: int = 2,
+        max_unigrams: int = 60_000,
+        max_bigrams: int = 0,
+    ) -> LexicalFeaturizer:
+        """Build the vocabulary from training prompts.
+
+        A word or a pair is kept when at least ``min_count`` prompts contain
+        it; the most frequent are kept when there are more than the caps.
+        """
+        word_lists = [_prompt_parts(t)[1] for t in texts]
+        df: Counter[bytes] = Counter()
+        for words in word_lists:
+            df.update(set(words))
+        unigrams = sorted(w for w, c in df.most_common(max_unigrams) if c >= min_count)
+        index = {w: i for i, w in enumerate(unigrams)}
+        pair_df: Counter[tuple[int, int]] = Counter()
+        for words in word_lists:
+            pair_df.update(
+                {(index[a], index[b]) for a, b in itertools.pairwise(words) if a in index and b in index}
+            )
+        bigrams = sorted(p for p, c in pair_df.most_common(max_bigrams) if c >= min_count)
+        return cls([w.decode("utf-8", "surrogatepass") for w in unigrams], bigrams, byte_bits)
+
+    # ------------------------------------------------------------ inference
+
+    def byte_ids(self, raw: bytes) -> npt.NDArray[np.int32]:
+        """Hashed byte 4-grams of the clipped, lowercased UTF-8 text."""
+        framed = _FRAME + raw + _FRAME
+        n = len(framed) - 3
+        if n <= 0:
+            return _NO_IDS
+        grams = np.ndarray((n,), dtype="<u4", buffer=framed, strides=(1,))
+        ids: npt.NDArray[np.int32] = ((grams * _HASH_MULT) >> self._shift).view(np.int32)
+        return ids
+
+    def byte_ids_many(self, raws: Sequence[bytes]) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:
+        """:meth:`byte_ids` of many texts at once: the ids one text after another, and their counts.
+
+        The texts are framed and joined into one buffer and hashed in one go;
+        the 4-grams that would straddle two texts are dropped.
+        """
+        framed = [_FRAME + raw + _FRAME for raw in raws]
+        lengths = np.fromiter(map(len, framed), np.int64, len(framed))
+        counts = np.maximum(lengths - 3, 0)
+        joined = b"".join(framed)
+        n = len(joined) - 3
+        if n <= 0 or not counts.any():
+            return _NO_IDS, counts
+        grams = np.ndarray((n,), dtype="<u4", buffer=joined, strides=(1,))
+        hashed = ((grams * _HASH_MULT) >> self._shift).view(np.int32)
+        keep = np.ones(n, bool)
+        bad = (np.cumsum(lengths)[:, None] - np.array([3, 2, 1])).ravel()
+        keep[bad[(bad >= 0) & (bad < n)]] = False
+        return hashed[keep], counts
+
+    def word_ids(self, words: list[bytes]) -> list[int]:
+        """Table rows of the known words, then of the known adjacent pairs."""
+        # Rows are never 0, so filter(None) drops exactly the misses;
+        # map/filter/pairwise keep the loop in C.
+        ids = list(filter(None, map(self._unigram.get, words)))
+        if self._bigram:
+            ids.extend(filter(None, map(self._bigram.get, itertools.pairwise(words))))
+        return ids
+
+    def encode(self, text: str) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]:
+        """The rows one text activates and their values.
+
+        The steps of :func:`_prompt_parts`, :meth:`byte_ids` and
+        :meth:`word_ids`, inlined: this is the hot path of every prediction.
+        """
+        if len(text) > _CLIP_AT:
+            text = text[:HEAD_CHARS] + "\n" + text[-TAIL_CHARS:]
+        raw = text.lower().encode("utf-8", "replace")
+        words = raw.translate(_TO_SPACE).split()
+        rest = list(filter(None, map(self._unigram.get, words)))
+        if self._bigram:
+            rest.extend(filter(None, map(self._bigram.get, itertools.pairwise(words))))
+        nw = len(rest)
+        off = self._signal_offset
+        rest.append(off + min(raw.count(b"\n").bit_length(), 10))
+        if _DIGIT_RE.search(raw) is not None:  # a quantity needs a number
+            quantity = _quantity(raw)
+            if quantity >= 0:
+                rest.append(off + quantity)
+        framed = _FRAME + raw + _FRAME
+        nb = max(len(framed) - 3, 0)
+        ids = np.empty(nb + len(rest), np.int32)
+        if nb:
+            grams = np.ndarray((nb,), dtype="<u4", buffer=framed, strides=(1,))
+            np.right_shift(grams * _HASH_MULT, self._shift, out=ids[:nb].view(np.uint32))
+        ids[nb:] = rest
+        values = np.full(len(ids), 1.0, np.float32)
+        if nb:
+            values[:nb] = 1.0 / math.sqrt(nb)
+        if nw:
+            values[nb : nb + nw] = 1.0 / math.sqrt(nw)
+        return ids, values
+
+    def encode_many(
+        self, texts: Sequence[str]
+    ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """:meth:`encode` of many texts: rows, values, and the text each belongs to."""
+        n = len(texts)
+        raws = []
+        rest: list[int] = []
+        word_counts = np.empty(n, np.int64)
+        signal_counts = np.empty(n, np.int64)
+        off = self._signal_offset
+        for i, text in enumerate(texts):
+            raw, words, signals = _prompt_parts(text)
+            raws.append(raw)
+            w = self.word_ids(words)
+            word_counts[i] = len(w)
+            signal_counts[i] = len(signals)
+            rest.extend(w)
+            rest.extend([off + k for k in signals])
+        byte_ids, byte_counts = self.byte_ids_many(raws)
+        texts_index = np.arange(n)
+        # bytes of every text first, then each text's words and signals
+        ids = np.concatenate([byte_ids, np.array(rest, np.int32)])
+        segments = np.concatenate(
+            [np.repeat(texts_index, byte_counts), np.repeat(texts_index, word_counts + signal_counts)]
+        )
+        per_text = np.stack(
+            [
+                1.0 / np.sqrt(np.maximum(byte_counts, 1)),
+                1.0 / np.sqrt(np.maximum(word_counts, 1)),
+                np.ones(n),
+            ],
+            axis=1,
+        ).astype(np.float32)
+        word_or_signal = np.stack([word_counts, signal_counts], axis=1).ravel()
+        values = np.concatenate(
+            [np.repeat(per_text[:, 0], byte_counts), np.repeat(per_text[:, 1:].ravel(), word_or_signal)]
+        )
+        return ids, values, segments

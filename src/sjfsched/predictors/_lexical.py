@@ -1,0 +1,289 @@
+"""The learned default predictor: lexical features and a linear ONNX model."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any, Final, final
+
+import attrs
+import numpy as np
+import numpy.typing as npt
+
+from .._errors import PredictorError
+from .._records import Prediction, Request
+from ._calibration import LengthCalibration
+from ._features import FEATURE_VERSION, SIGNALS, LexicalFeaturizer
+
+__all__ = ["LONG_TOKENS", "LexicalPredictor", "bundled_model_path", "open_session"]
+
+#: The length Clairvoyant calls long; ``Prediction.p_long`` is P(tokens >= this).
+LONG_TOKENS: Final = 800
+_LOG_LONG: Final = math.log1p(LONG_TOKENS)
+_SQRT2: Final = math.sqrt(2.0)
+_MAX_LOG: Final = math.log1p(1_000_000.0)
+_BUNDLED: Final = "lexical.onnx"
+_OUTPUTS: Final = ("bias", "contributions", "log_tokens")
+_SCORE: Final = ["log_tokens"]
+_CONTRIBUTIONS: Final = ["contributions"]
+
+
+def bundled_model_path() -> Path:
+    """Where the model that ships inside the package lives."""
+    return Path(str(resources.files("sjfsched") / "data" / _BUNDLED))
+
+
+def open_session(path: Path) -> Any:
+    """An onnxruntime session for a model file, or PredictorError saying why not.
+
+    Single-threaded: a prediction is a few microseconds of work, and thread
+    hand-offs would cost more than they save.
+    """
+    import onnxruntime as ort
+
+    if not path.is_file():
+        raise PredictorError(f"{path}: model file not found")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises several unrelated types
+        raise PredictorError(f"{path}: not a valid ONNX model ({exc})") from exc
+
+
+def _metadata(session: Any, path: Path, kind: str) -> Mapping[str, str]:
+    meta: Mapping[str, str] = session.get_modelmeta().custom_metadata_map
+    found = meta.get("sjfsched.kind")
+    if found != kind:
+        raise PredictorError(
+            f"{path}: not a sjfsched {kind} model (its 'sjfsched.kind' metadata is {found!r})"
+        )
+    return meta
+
+
+@attrs.frozen
+class _Model:
+    session: Any
+    features: LexicalFeaturizer
+    bias: float
+    center: float
+    spread: float
+    sigma: float
+    metadata: Mapping[str, str]
+
+
+#: Loaded models by (path, mtime, size): schedulers built with the default
+#: predictor share one session and vocabulary (each keeps its own calibration).
+_CACHE: dict[tuple[str, int, int], _Model] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _load(path: Path) -> _Model:
+    try:
+        st = path.stat()
+    except OSError:
+        raise PredictorError(f"{path}: model file not found") from None
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    with _CACHE_LOCK:
+        model = _CACHE.get(key)
+        if model is None:
+            model = _CACHE[key] = _read(path)
+    return model
+
+
+def _read(path: Path) -> _Model:
+    session = open_session(path)
+    meta = _metadata(session, path, "lexical")
+    try:
+        version = int(meta["sjfsched.feature_version"])
+        byte_bits = int(meta["sjfsched.byte_bits"])
+        unigrams = json.loads(meta["sjfsched.unigrams"])
+        flat = json.loads(meta["sjfsched.bigrams"])
+        table_size = int(meta["sjfsched.table_size"])
+        signals = json.loads(meta["sjfsched.signals"])
+        stats = json.loads(meta["sjfsched.score_stats"])
+        center, spread, sigma = float(stats["center"]), float(stats["spread"]), float(stats["sigma"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise PredictorError(f"{path}: model metadata is missing or malformed ({exc!r})") from exc
+    if version != FEATURE_VERSION:
+        raise PredictorError(
+            f"{path}: model was trained with feature version {version}, this sjfsched "
+            f"computes version {FEATURE_VERSION}; retrain it with `sjfsched train`"
+        )
+    if signals != list(SIGNALS):
+        raise PredictorError(f"{path}: model's signals {signals} differ from this sjfsched's")
+    if not isinstance(unigrams, list) or not isinstance(flat, list) or len(flat) % 2:
+        raise PredictorError(f"{path}: model vocabulary metadata is malformed")
+    try:
+        features = LexicalFeaturizer(unigrams, list(zip(flat[::2], flat[1::2], strict=True)), byte_bits)
+    except (ValueError, TypeError) as exc:
+        raise PredictorError(f"{path}: model vocabulary is inconsistent ({exc})") from exc
+    if features.table_size != table_size:
+        raise PredictorError(
+            f"{path}: weight table has {table_size} rows, its vocabulary needs {features.table_size}"
+        )
+    inputs = sorted(i.name for i in session.get_inputs())
+    outputs = sorted(o.name for o in session.get_outputs())
+    if inputs != ["ids", "values"] or outputs != sorted(_OUTPUTS):
+        raise PredictorError(
+            f"{path}: model has inputs {inputs} and outputs {outputs}; expected inputs "
+            f"['ids', 'values'] and outputs {sorted(_OUTPUTS)}"
+        )
+    try:  # the last row must exist: catches a weight table cut short
+        bias_out, probe = session.run(
+            ["bias", "log_tokens"],
+            {"ids": np.array([table_size - 1], np.int32), "values": np.ones(1, np.float32)},
+        )
+        bias = float(bias_out)
+    except Exception as exc:
+        raise PredictorError(f"{path}: model does not run ({exc})") from exc
+    if not all(math.isfinite(x) for x in (bias, float(probe), center, spread, sigma)):
+        raise PredictorError(f"{path}: model weights or statistics are not finite")
+    return _Model(session, features, bias, center, spread, sigma, dict(meta))
+
+
+@final
+class LexicalPredictor:
+    """Predicts answer length from the prompt's words and byte n-grams.
+
+    The model (see ``docs/predictor.md``) reads only the prompt's text
+    (:attr:`Request.text`): byte 4-grams, words and word pairs, its length
+    and any quantity it asks for (``"in 500 words"``), through a linear ONNX
+    model that returns a log-length score.  One prediction costs about 20
+    microseconds, a batch through :meth:`predict_many` a few microseconds a
+    prompt; a huge prompt costs no more than a 1,300-character one.
+
+    ``model_path``: an ONNX file written by ``sjfsched train`` (default: the
+    model bundled with the package, trained on permissively licensed
+    corpora).  A missing, corrupt or mismatched file raises
+    :class:`~sjfsched.PredictorError` naming the file and the reason.  A
+    model file is read once per process and shared.
+
+    **Calibration.**  The model ranks prompts; how many tokens a particular
+    deployment's model spends on them is learnt online by :meth:`observe`
+    (the scheduler calls it with every completed request), so
+    ``Prediction.tokens`` drifts to that deployment's scale.  Give
+    ``calibration_path`` to start from a saved state (if the file exists)
+    and to save to it with :meth:`save_calibration`; ``save_every=N`` saves
+    after every N observations as well.  ``calibrate=False`` keeps the
+    training scale and ignores :meth:`observe`.
+
+    ``Prediction.tokens`` is the expected number of output tokens (the mean
+    of a log-normal around the calibrated score); ``p_long`` the probability
+    of an answer of 800 tokens or more.
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str] | None = None,
+        *,
+        calibration_path: str | os.PathLike[str] | None = None,
+        calibrate: bool = True,
+        save_every: int | None = None,
+    ) -> None:
+        path = bundled_model_path() if model_path is None else Path(model_path)
+        if save_every is not None and (isinstance(save_every, bool) or save_every < 1):
+            raise ValueError(f"save_every must be an int >= 1 or None, got {save_every!r}")
+        if save_every is not None and calibration_path is None:
+            raise ValueError("save_every needs a calibration_path to save to")
+        self._path = path
+        model = _load(path)
+        self._session = model.session
+        self._features = model.features
+        self._bias = model.bias
+        self._calibrate = calibrate
+        self._calibration = LengthCalibration(center=model.center, spread=model.spread, sigma=model.sigma)
+        self._calibration_path = None if calibration_path is None else Path(calibration_path)
+        self._save_every = save_every
+        if self._calibration_path is not None and self._calibration_path.exists():
+            self.load_calibration(self._calibration_path)
+        #: The model file's metadata (training sources, feature version, ...).
+        self.metadata: Mapping[str, str] = model.metadata
+
+    def __repr__(self) -> str:
+        return f"LexicalPredictor(model_path={str(self._path)!r})"
+
+    @property
+    def model_path(self) -> Path:
+        return self._path
+
+    @property
+    def calibration(self) -> LengthCalibration:
+        """The online calibration (read its ``offset``, ``slope``, ``sigma``)."""
+        return self._calibration
+
+    # --------------------------------------------------------------- scores
+
+    def score(self, text: str) -> float:
+        """The model's raw score of a text: predicted ``log(1 + tokens)`` at training scale."""
+        ids, values = self._features.encode(text)
+        return float(self._session.run(_SCORE, {"ids": ids, "values": values})[0])
+
+    def scores(self, texts: Sequence[str]) -> npt.NDArray[np.float64]:
+        """Raw scores of many texts, with one model run."""
+        n = len(texts)
+        if n == 0:
+            return np.zeros(0)
+        ids, values, segments = self._features.encode_many(texts)
+        (contributions,) = self._session.run(_CONTRIBUTIONS, {"ids": ids, "values": values})
+        totals = np.bincount(segments, weights=contributions, minlength=n)
+        return np.asarray(totals + self._bias, np.float64)
+
+    # -------------------------------------------------------------- predict
+
+    def _prediction(self, raw: float) -> Prediction:
+        if self._calibrate:
+            cal = self._calibration
+            mu = cal.offset + cal.slope * raw
+            sigma = cal.sigma
+        else:
+            mu = raw
+            sigma = self._calibration.sigma0
+        tokens = math.expm1(min(max(mu + 0.5 * sigma * sigma, 0.0), _MAX_LOG))
+        p_long = 0.5 * math.erfc((_LOG_LONG - mu) / (sigma * _SQRT2))
+        return Prediction(tokens, min(max(p_long, 0.0), 1.0))
+
+    def predict(self, request: Request, /) -> Prediction:
+        return self._prediction(self.score(request.text))
+
+    def predict_many(self, requests: Sequence[Request], /) -> list[Prediction]:
+        prediction = self._prediction
+        return [prediction(x) for x in self.scores([r.text for r in requests]).tolist()]
+
+    # ----------------------------------------------------------- calibration
+
+    def observe(self, request: Request, prediction: Prediction, output_tokens: int, /) -> None:
+        """Learn from a completed request (the scheduler calls this)."""
+        if not self._calibrate:
+            return
+        self._calibration.observe(self.score(request.text), output_tokens)
+        if self._save_every is not None and self._calibration.observations % self._save_every == 0:
+            self.save_calibration()
+
+    def save_calibration(self, path: str | os.PathLike[str] | None = None) -> None:
+        """Write the calibration as JSON to ``path`` (default: ``calibration_path``)."""
+        target = self._calibration_path if path is None else Path(path)
+        if target is None:
+            raise ValueError("no path given and no calibration_path set")
+        self._calibration.save(target)
+
+    def load_calibration(self, path: str | os.PathLike[str]) -> None:
+        """Replace the calibration with one saved by :meth:`save_calibration`.
+
+        Raises :class:`~sjfsched.PredictorError` naming the file if it cannot be read.
+        """
+        try:
+            self._calibration.load(path)
+        except (OSError, ValueError) as exc:
+            raise PredictorError(f"{path}: cannot load calibration ({exc})") from exc
+
+    def reset_calibration(self) -> None:
+        """Forget what :meth:`observe` learnt: back to the training scale."""
+        self._calibration.reset()

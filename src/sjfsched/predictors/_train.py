@@ -1,0 +1,450 @@
+"""``sjfsched train``: fit a length predictor on JSONL logs and export it as ONNX.
+
+Reads records in the shared-data schema (see :mod:`sjfsched.predictors._corpus`
+and :class:`sjfsched.RequestLog`), splits them by ``prompt_id`` into a
+training and a held-out part, fits, evaluates on the held-out part, writes
+the ONNX model and a model card (Markdown) beside it.
+
+Two feature sets:
+
+- ``lexical`` (default): :class:`~sjfsched.predictors.LexicalPredictor`'s
+  byte 4-grams, words, word pairs and signals, a ridge regression on the
+  per-prompt mean of ``log(1 + output_tokens)``;
+- ``clairvoyant``: Clairvoyant's 19 features and its 3-class XGBoost
+  (300 trees of depth 6), for :class:`~sjfsched.predictors.ClairvoyantPredictor`.
+
+Needs the ``train`` extra (scikit-learn, xgboost, onnx, onnxmltools).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import math
+import shlex
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import numpy.typing as npt
+
+from .._version import __version__
+from ._clairvoyant import CLAIRVOYANT_FEATURES, clairvoyant_features
+from ._corpus import LengthRecord, group_by_prompt, is_test, load_records
+from ._features import FEATURE_VERSION, SIGNALS, LexicalFeaturizer
+from ._lexical import LONG_TOKENS
+from ._licenses import PERMISSIVE_SOURCES, license_of
+
+__all__ = [
+    "LexicalFit",
+    "clairvoyant_onnx",
+    "configure",
+    "fit_clairvoyant",
+    "fit_lexical",
+    "lexical_matrix",
+    "lexical_onnx",
+    "prompt_targets",
+    "run",
+    "select_records",
+    "split_records",
+]
+
+SHORT_TOKENS = 200
+
+
+# ---------------------------------------------------------------- the data
+
+
+def select_records(
+    records: Sequence[LengthRecord],
+    *,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    permissive_only: bool = False,
+) -> list[LengthRecord]:
+    """The records whose ``source`` matches the filters (shell patterns)."""
+    out = []
+    for r in records:
+        if permissive_only and r.source not in PERMISSIVE_SOURCES:
+            continue
+        if include and not any(fnmatch.fnmatchcase(r.source, p) for p in include):
+            continue
+        if any(fnmatch.fnmatchcase(r.source, p) for p in exclude):
+            continue
+        out.append(r)
+    return out
+
+
+def split_records(
+    records: Sequence[LengthRecord], test_fraction: float, seed: int = 0
+) -> tuple[list[LengthRecord], list[LengthRecord]]:
+    """Grouped split: every answer to a prompt lands on the same side."""
+    train: list[LengthRecord] = []
+    test: list[LengthRecord] = []
+    for r in records:
+        (test if is_test(r.prompt_id, test_fraction, seed) else train).append(r)
+    return train, test
+
+
+def prompt_targets(records: Sequence[LengthRecord]) -> tuple[list[str], npt.NDArray[np.float64]]:
+    """Unique prompts and their target: the mean over answers of ``log(1 + tokens)``.
+
+    Each prompt counts once, however many models answered it.
+    """
+    prompts, members = group_by_prompt(records)
+    y = np.array([np.mean([math.log1p(records[i].output_tokens) for i in m]) for m in members])
+    return prompts, y
+
+
+# ------------------------------------------------------------- the lexical model
+
+
+def lexical_matrix(featurizer: LexicalFeaturizer, texts: Sequence[str]) -> Any:
+    """The sparse design matrix (scipy CSR) the lexical model is linear in."""
+    import scipy.sparse as sp  # type: ignore[import-untyped]
+
+    ids, values, segments = featurizer.encode_many(texts)
+    matrix = sp.csr_matrix(
+        (values.astype(np.float64), (segments, ids)), shape=(len(texts), featurizer.table_size)
+    )
+    matrix.sum_duplicates()
+    return matrix
+
+
+@attrs.frozen
+class LexicalFit:
+    featurizer: LexicalFeaturizer
+    weights: npt.NDArray[np.float32]
+    bias: float
+    #: mean and variance of the training scores, spread of the residuals
+    center: float
+    spread: float
+    sigma: float
+    prompts: int
+
+    def scores(self, texts: Sequence[str]) -> npt.NDArray[np.float64]:
+        matrix = lexical_matrix(self.featurizer, texts)
+        out: npt.NDArray[np.float64] = matrix @ self.weights.astype(np.float64) + self.bias
+        return out
+
+
+def fit_lexical(
+    records: Sequence[LengthRecord],
+    *,
+    alpha: float = 1.0,
+    byte_bits: int = 18,
+    min_count: int = 2,
+    max_bigrams: int = 0,
+    balance: float = 0.0,
+) -> LexicalFit:
+    """Ridge regression of the per-prompt mean log length on the lexical features.
+
+    ``balance`` evens out the sources: a prompt weighs ``n_source ** -balance``
+    (0: every prompt alike; 1: every source alike), scaled to a mean of 1.
+    """
+    from sklearn.linear_model import Ridge
+
+    prompts, y = prompt_targets(records)
+    if len(prompts) < 2:
+        raise ValueError(f"need at least 2 distinct prompts to train, got {len(prompts)}")
+    featurizer = LexicalFeaturizer.learn(
+        prompts, byte_bits=byte_bits, min_count=min_count, max_bigrams=max_bigrams
+    )
+    matrix = lexical_matrix(featurizer, prompts)
+    weights = None
+    if balance:
+        _, members = group_by_prompt(records)
+        sources = [records[m[0]].source for m in members]
+        sizes = Counter(sources)
+        w = np.array([sizes[s] ** -balance for s in sources])
+        weights = w * len(w) / w.sum()
+    model = Ridge(alpha=alpha).fit(matrix, y, sample_weight=weights)
+    weights = np.asarray(model.coef_, np.float32)
+    bias = float(model.intercept_)
+    raw = matrix @ weights.astype(np.float64) + bias
+    _, members = group_by_prompt(records)
+    residuals = [math.log1p(records[i].output_tokens) - raw[j] for j, m in enumerate(members) for i in m]
+    return LexicalFit(
+        featurizer=featurizer,
+        weights=weights,
+        bias=bias,
+        center=float(np.mean(raw)),
+        spread=float(np.var(raw)),
+        sigma=float(np.sqrt(np.mean(np.square(residuals)))),
+        prompts=len(prompts),
+    )
+
+
+def lexical_onnx(fit: LexicalFit, metadata: dict[str, str]) -> Any:
+    """The ONNX graph: gather a weight per feature, weight it, sum, add the bias.
+
+    Inputs ``ids`` (int64 rows of the weight table) and ``values`` (float32,
+    the features' values); outputs ``log_tokens`` (the score),
+    ``contributions`` (each feature's share: for a batch of texts, the caller
+    sums them per text) and ``bias``.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["weights", "ids"], ["gathered"]),
+            helper.make_node("Mul", ["gathered", "values"], ["contributions"]),
+            helper.make_node("ReduceSum", ["contributions"], ["total"], keepdims=0),
+            helper.make_node("Add", ["total", "bias_init"], ["log_tokens"]),
+            helper.make_node("Identity", ["bias_init"], ["bias"]),
+        ],
+        "sjfsched_lexical",
+        [
+            helper.make_tensor_value_info("ids", TensorProto.INT32, ["N"]),
+            helper.make_tensor_value_info("values", TensorProto.FLOAT, ["N"]),
+        ],
+        [
+            helper.make_tensor_value_info("log_tokens", TensorProto.FLOAT, []),
+            helper.make_tensor_value_info("contributions", TensorProto.FLOAT, ["N"]),
+            helper.make_tensor_value_info("bias", TensorProto.FLOAT, []),
+        ],
+        [
+            numpy_helper.from_array(fit.weights.astype(np.float32), "weights"),
+            numpy_helper.from_array(np.array(fit.bias, np.float32), "bias_init"),
+        ],
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 13)],
+        producer_name="sjfsched",
+        producer_version=__version__,
+    )
+    model.ir_version = 7
+    f = fit.featurizer
+    meta = {
+        "sjfsched.kind": "lexical",
+        "sjfsched.feature_version": str(FEATURE_VERSION),
+        "sjfsched.byte_bits": str(f.byte_bits),
+        "sjfsched.table_size": str(f.table_size),
+        "sjfsched.signals": json.dumps(list(SIGNALS)),
+        "sjfsched.unigrams": json.dumps(f.unigrams, ensure_ascii=False),
+        "sjfsched.bigrams": json.dumps([x for pair in f.bigrams for x in pair]),
+        "sjfsched.score_stats": json.dumps({"center": fit.center, "spread": fit.spread, "sigma": fit.sigma}),
+        "sjfsched.target": "mean over answering models of log(1 + output_tokens)",
+        **metadata,
+    }
+    onnx.helper.set_model_props(model, meta)
+    onnx.checker.check_model(model)
+    return model
+
+
+# ------------------------------------------------------------ the Clairvoyant model
+
+
+def length_class(tokens: float) -> int:
+    """Clairvoyant's classes: 0 short (< 200), 1 medium, 2 long (>= 800)."""
+    return 0 if tokens < SHORT_TOKENS else (1 if tokens < LONG_TOKENS else 2)
+
+
+def fit_clairvoyant(records: Sequence[LengthRecord], *, seed: int = 42) -> tuple[Any, list[float]]:
+    """Clairvoyant's XGBoost (300 trees, depth 6, rate 0.1) on its 19 features, one row per answer."""
+    import xgboost
+
+    cache: dict[str, list[float]] = {}
+    x = np.array([cache.setdefault(r.prompt, clairvoyant_features(r.prompt)) for r in records], np.float32)
+    labels = np.array([length_class(r.output_tokens) for r in records])
+    present = set(labels.tolist())
+    if present != {0, 1, 2}:
+        raise ValueError(f"Clairvoyant's model needs short, medium and long answers; found classes {present}")
+    model = xgboost.XGBClassifier(
+        n_estimators=300, max_depth=6, learning_rate=0.1, random_state=seed, n_jobs=1, tree_method="hist"
+    )
+    model.fit(x, labels)
+    tokens = np.array([r.output_tokens for r in records])
+    medians = [float(np.median(tokens[labels == k])) for k in range(3)]
+    return model, medians
+
+
+def clairvoyant_onnx(model: Any, medians: Sequence[float], metadata: dict[str, str]) -> Any:
+    import onnx
+    import onnxmltools
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    proto = onnxmltools.convert_xgboost(
+        model,
+        initial_types=[("features", FloatTensorType([None, len(CLAIRVOYANT_FEATURES)]))],
+        target_opset=13,
+    )
+    meta = {
+        "sjfsched.kind": "clairvoyant",
+        "sjfsched.features": json.dumps(list(CLAIRVOYANT_FEATURES)),
+        "sjfsched.class_tokens": json.dumps(list(medians)),
+        **metadata,
+    }
+    onnx.helper.set_model_props(proto, meta)
+    return proto
+
+
+# ----------------------------------------------------------------- the card
+
+
+def _card(
+    args: argparse.Namespace,
+    out: Path,
+    train: Sequence[LengthRecord],
+    test: Sequence[LengthRecord],
+    held_out_report: str,
+    size: int,
+    seconds: float,
+) -> str:
+    sources: Counter[str] = Counter(r.source for r in train)
+    prompts: dict[str, set[str]] = {}
+    for r in train:
+        prompts.setdefault(r.source, set()).add(r.prompt_id)
+    lines = [
+        f"# Model card: `{out.name}`",
+        "",
+        f"- Kind: `{args.features}` length predictor, written by sjfsched {__version__}.",
+        f"- Command: `{_command_line(args)}`",
+        f"- Size: {size / 1e6:.2f} MB; trained in {seconds:.0f} s.",
+        "- Target: "
+        + (
+            "mean over answering models of log(1 + output tokens), one weight per prompt; ridge regression."
+            if args.features == "lexical"
+            else "Clairvoyant's classes (short < 200, medium, long >= 800 output tokens), one row per answer."
+        ),
+        f"- Split: by `prompt_id`, {args.test_fraction:.0%} held out (seed {args.seed})"
+        + ("; the shipped weights were then refit on all of it." if args.fit_all else "."),
+        "",
+        "## Training data",
+        "",
+        "| source | answers | prompts | license |",
+        "| --- | ---: | ---: | --- |",
+    ]
+    lines.extend(
+        f"| `{source}` | {sources[source]:,} | {len(prompts[source]):,} | {license_of(source)} |"
+        for source in sorted(sources)
+    )
+    lines += [
+        "",
+        f"Held-out answers: {len(test):,}.",
+        "",
+        "## Held-out metrics",
+        "",
+        "Ranking accuracy: of all (short < 200, long >= 800 tokens) pairs of answers, the",
+        "fraction whose long answer is ranked above the short one (ties count half).",
+        "Kendall's tau (tau-b) between the prediction and the real length.",
+        "",
+        "```",
+        held_out_report.rstrip(),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ the command
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this run (paths as given)."""
+    parts = ["sjfsched", "train", *(str(p) for p in args.data), "--out", str(args.out)]
+    if args.features != "lexical":
+        parts += ["--features", args.features]
+    for pattern in args.include:
+        parts += ["--include", pattern]
+    for pattern in args.exclude:
+        parts += ["--exclude", pattern]
+    if args.permissive_only:
+        parts.append("--permissive-only")
+    if args.fit_all:
+        parts.append("--fit-all")
+    defaults = {"test_fraction": 0.2, "seed": 0, "alpha": 1.0, "byte_bits": 18, "min_count": 2}
+    for key, default in defaults.items():
+        value = getattr(args, key)
+        if value != default:
+            parts += ["--" + key.replace("_", "-"), str(value)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", nargs="+", type=Path, help="JSONL files (.jsonl or .jsonl.gz) or directories")
+    parser.add_argument("-o", "--out", type=Path, required=True, help="where to write the ONNX model")
+    parser.add_argument(
+        "--features",
+        choices=("lexical", "clairvoyant"),
+        default="lexical",
+        help="lexical (LexicalPredictor, default) or clairvoyant (ClairvoyantPredictor's 19 features)",
+    )
+    parser.add_argument("--card", type=Path, help="model card path (default: the model's path with .md)")
+    parser.add_argument("--include", action="append", default=[], metavar="PATTERN",
+                        help="train only on sources matching this shell pattern (repeatable)")  # fmt: skip
+    parser.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                        help="leave out sources matching this shell pattern (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--permissive-only",
+        action="store_true",
+        help="only sources known to be permissively licensed: " + ", ".join(PERMISSIVE_SOURCES),
+    )
+    parser.add_argument("--test-fraction", type=float, default=0.2, help="share of prompts held out (0.2)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the grouped split (0)")
+    parser.add_argument(
+        "--fit-all",
+        action="store_true",
+        help="after evaluating, refit on all the data (held-out part included)",
+    )
+    parser.add_argument("--alpha", type=float, default=1.0, help="ridge penalty of the lexical model (1.0)")
+    parser.add_argument("--byte-bits", type=int, default=18, help="log2 of the byte 4-gram buckets (18)")
+    parser.add_argument(
+        "--min-count", type=int, default=2, help="prompts a word needs to enter the vocabulary (2)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from ._evaluate import format_report, report_rows
+
+    if not 0.0 <= args.test_fraction < 1.0:
+        print("sjfsched train: --test-fraction must be within [0, 1)", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    records = select_records(
+        load_records(args.data),
+        include=args.include,
+        exclude=args.exclude,
+        permissive_only=args.permissive_only,
+    )
+    if not records:
+        print("sjfsched train: no records left after filtering", file=sys.stderr)
+        return 1
+    train, test = split_records(records, args.test_fraction, args.seed)
+    print(f"{len(records):,} answers: {len(train):,} to train on, {len(test):,} held out", file=sys.stderr)
+    meta = {"sjfsched.trained_on": json.dumps(sorted({r.source for r in records}))}
+    if args.features == "lexical":
+        fit = fit_lexical(train, alpha=args.alpha, byte_bits=args.byte_bits, min_count=args.min_count)
+        scores = fit.scores([r.prompt for r in test]) if test else np.zeros(0)
+        report = format_report(report_rows(test, scores)) if test else "(nothing held out)\n"
+        if args.fit_all:
+            fit = fit_lexical(records, alpha=args.alpha, byte_bits=args.byte_bits, min_count=args.min_count)
+        proto = lexical_onnx(fit, meta)
+    else:
+        model, medians = fit_clairvoyant(train)
+        if test:
+            x = np.array([clairvoyant_features(r.prompt) for r in test], np.float32)
+            report = format_report(report_rows(test, model.predict_proba(x)[:, 2]))
+        else:
+            report = "(nothing held out)\n"
+        if args.fit_all:
+            model, medians = fit_clairvoyant(records)
+        proto = clairvoyant_onnx(model, medians, meta)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    data = proto.SerializeToString()
+    args.out.write_bytes(data)
+    card_path = args.card if args.card is not None else args.out.with_suffix(".md")
+    card_train = records if args.fit_all else train
+    card = _card(args, args.out, card_train, test, report, len(data), time.perf_counter() - started)
+    card_path.write_text(card, encoding="utf-8")
+    print(report, end="")
+    print(f"wrote {args.out} ({len(data) / 1e6:.2f} MB) and {card_path}", file=sys.stderr)
+    return 0

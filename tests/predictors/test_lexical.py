@@ -1,0 +1,285 @@
+"""LexicalPredictor: the bundled model, real ONNX inference, bad model files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from sjfsched import Prediction, PredictorError, Request, Scheduler
+from sjfsched.predictors import HeuristicPredictor, LexicalPredictor, _default, _lexical, default_predictor
+from sjfsched.predictors._features import HEAD_CHARS, SIGNALS, TAIL_CHARS, LexicalFeaturizer, _prompt_parts
+from sjfsched.predictors._lexical import bundled_model_path
+
+SHORT_ASKS = [
+    "What is 2+2?",
+    "Translate 'good morning' into French.",
+    "Is Paris the capital of France? Answer yes or no.",
+    "What year did World War II end?",
+    "Give me a synonym for happy.",
+]
+LONG_ASKS = [
+    "Write a detailed 2000-word essay on the causes and consequences of the French Revolution.",
+    "Write a complete Python web application with Flask: user login, a database, templates and tests.",
+    "Write a long story about a dragon who learns to fly, with at least five chapters.",
+    "Explain in detail how transformers work, with equations, examples and code.",
+    "Create a comprehensive 12-week marketing plan for a new coffee shop, week by week.",
+]
+
+
+@pytest.fixture(scope="module")
+def predictor() -> LexicalPredictor:
+    return LexicalPredictor(calibrate=False)
+
+
+def test_bundled_model_is_small_and_in_the_package() -> None:
+    path = bundled_model_path()
+    assert path.is_file()
+    assert path.stat().st_size < 5_000_000
+    assert path.parent.name == "data" and path.parent.parent.name == "sjfsched"
+
+
+def test_bundled_model_trained_on_permissive_sources_only(predictor: LexicalPredictor) -> None:
+    from sjfsched.predictors._licenses import PERMISSIVE_SOURCES
+
+    sources = json.loads(predictor.metadata["sjfsched.trained_on"])
+    assert sources and set(sources) <= set(PERMISSIVE_SOURCES)
+
+
+def test_ranks_obvious_long_asks_above_obvious_short_ones(predictor: LexicalPredictor) -> None:
+    short = [predictor.predict(Request(p)) for p in SHORT_ASKS]
+    long = [predictor.predict(Request(p)) for p in LONG_ASKS]
+    assert max(p.tokens for p in short) < min(p.tokens for p in long)
+    assert max(p.p_long for p in short if p.p_long is not None) < min(
+        p.p_long for p in long if p.p_long is not None
+    )
+
+
+def test_requested_quantity_matters(predictor: LexicalPredictor) -> None:
+    few = predictor.predict(Request("Write a poem about the sea in 20 words."))
+    many = predictor.predict(Request("Write a poem about the sea in 2000 words."))
+    assert many.tokens > few.tokens
+
+
+def test_predict_many_matches_predict(predictor: LexicalPredictor) -> None:
+    texts = [*SHORT_ASKS, *LONG_ASKS, "", "a", "ab", "abc", "日本語の文章です。" * 50, "x" * 5000, "\x00\xff"]
+    requests = [Request(t) for t in texts]
+    many = predictor.predict_many(requests)
+    for request, prediction in zip(requests, many, strict=True):
+        single = predictor.predict(request)
+        assert prediction.tokens == pytest.approx(single.tokens, rel=1e-5)
+        assert prediction.p_long == pytest.approx(single.p_long, rel=1e-5, abs=1e-9)
+
+
+def test_cost_is_bounded_by_the_read_window(predictor: LexicalPredictor) -> None:
+    """A 1 MB prompt is read as a head and a tail, so it costs what a short one does."""
+    features = predictor._features
+    huge = "lorem ipsum dolor sit amet, " * 40_000 + "Summarise the text above."
+    raw, words, _ = _prompt_parts(huge)
+    assert len(raw) == HEAD_CHARS + TAIL_CHARS + 1
+    assert words[-4:] == [b"summarise", b"the", b"text", b"above"]  # the tail is read
+    ids, values = features.encode(huge)
+    assert len(ids) == len(values) < 2 * (HEAD_CHARS + TAIL_CHARS)
+    bounded = features.encode(huge[:HEAD_CHARS] + "\n" + huge[-TAIL_CHARS:])
+    assert ids.tolist() == bounded[0].tolist()
+
+
+def test_non_english_prompts_are_not_all_alike(predictor: LexicalPredictor) -> None:
+    scores = {
+        predictor.score(t)
+        for t in (
+            "请写一篇关于人工智能对未来教育影响的详细文章，至少一千字。",
+            "你好",
+            "Напиши подробное эссе о русской литературе XIX века.",
+            "Привет",
+            "😀🎉🔥",
+        )
+    }
+    assert len(scores) == 5
+
+
+def test_batch_byte_hashing_matches_one_by_one() -> None:
+    f = LexicalFeaturizer(["a"], [], 12)
+    raws = [b"", b"a", b"ab", b"abc", b"abcd", b"hello world", "日本".encode(), b""]
+    ids, counts = f.byte_ids_many(raws)
+    expected = [f.byte_ids(t) for t in raws]
+    assert counts.tolist() == [len(e) for e in expected]
+    assert ids.tolist() == np.concatenate(expected).tolist()
+    assert (ids >= 0).all() and (ids < 1 << 12).all()
+
+
+def test_encode_many_matches_encode(predictor: LexicalPredictor) -> None:
+    f = predictor._features
+    texts = ["", "Write 500 words\nabout cats", "x" * 3000, "日本語", "a b c d e f"]
+    ids, values, segments = f.encode_many(texts)
+    for i, text in enumerate(texts):
+        one_ids, one_values = f.encode(text)
+        mine = segments == i
+        assert sorted(zip(ids[mine].tolist(), values[mine].tolist(), strict=True)) == sorted(
+            zip(one_ids.tolist(), one_values.tolist(), strict=True)
+        )
+
+
+def _signal_names(text: str) -> list[str]:
+    return [SIGNALS[k] for k in _prompt_parts(text)[2]]
+
+
+def test_signals() -> None:
+    assert _signal_names("Write 500 words about cats") == ["newlines0", "quantity-w9"]  # 500: 9 bits
+    assert _signal_names("List 10 examples of birds") == ["newlines0", "quantity-n4"]
+    assert _signal_names("Is it raining?\nOr not?") == ["newlines1"]
+    assert _signal_names("a 3-paragraph essay") == ["newlines0", "quantity-p2"]
+
+
+# ------------------------------------------------------------------ the default
+
+
+def test_scheduler_default_is_the_lexical_predictor() -> None:
+    before = _default.default_predictor_fallbacks()
+    assert isinstance(default_predictor(), LexicalPredictor)
+    assert isinstance(Scheduler().predictor, LexicalPredictor)
+    assert _default.default_predictor_fallbacks() == before
+
+
+def test_default_falls_back_to_heuristic_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(_lexical, "bundled_model_path", lambda: tmp_path / "gone.onnx")
+    before = _default.default_predictor_fallbacks()
+    with caplog.at_level(logging.WARNING, logger="sjfsched"):
+        predictor = default_predictor()
+    assert isinstance(predictor, HeuristicPredictor)
+    assert _default.default_predictor_fallbacks() == before + 1
+    assert "gone.onnx" in caplog.text and "HeuristicPredictor" in caplog.text
+
+
+# ------------------------------------------------------------------- bad files
+
+
+def test_missing_model_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.onnx"
+    with pytest.raises(PredictorError, match=r"nope\.onnx: model file not found"):
+        LexicalPredictor(path)
+
+
+def test_corrupt_model_file(tmp_path: Path) -> None:
+    path = tmp_path / "junk.onnx"
+    path.write_bytes(bytes(range(256)) * 10)
+    with pytest.raises(PredictorError, match=r"junk\.onnx: not a valid ONNX model"):
+        LexicalPredictor(path)
+
+
+def test_truncated_model_file(tmp_path: Path) -> None:
+    path = tmp_path / "half.onnx"
+    data = bundled_model_path().read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(PredictorError, match=r"half\.onnx"):
+        LexicalPredictor(path)
+
+
+def _edited(tmp_path: Path, name: str, **props: str) -> Path:
+    model = onnx.load(str(bundled_model_path()))
+    meta = {p.key: p.value for p in model.metadata_props}
+    meta.update(props)
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, meta)
+    path = tmp_path / name
+    onnx.save(model, str(path))
+    return path
+
+
+def test_model_of_another_kind(tmp_path: Path) -> None:
+    path = _edited(tmp_path, "other.onnx", **{"sjfsched.kind": "clairvoyant"})
+    with pytest.raises(PredictorError, match=r"other\.onnx: not a sjfsched lexical model"):
+        LexicalPredictor(path)
+
+
+def test_model_from_another_feature_version(tmp_path: Path) -> None:
+    path = _edited(tmp_path, "old.onnx", **{"sjfsched.feature_version": "999"})
+    with pytest.raises(PredictorError, match=r"old\.onnx: model was trained with feature version 999"):
+        LexicalPredictor(path)
+
+
+def test_model_whose_table_does_not_fit_its_vocabulary(tmp_path: Path) -> None:
+    meta = LexicalPredictor().metadata
+    size = int(meta["sjfsched.table_size"])
+    path = _edited(tmp_path, "short.onnx", **{"sjfsched.table_size": str(size + 1)})
+    with pytest.raises(PredictorError, match=r"short\.onnx: weight table has"):
+        LexicalPredictor(path)
+
+
+def test_foreign_onnx_model(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    path = tmp_path / "foreign.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(PredictorError, match=r"foreign\.onnx: not a sjfsched lexical model"):
+        LexicalPredictor(path)
+
+
+# ----------------------------------------------------------------- calibration
+
+
+def test_calibration_moves_tokens_and_keeps_the_order(tmp_path: Path) -> None:
+    predictor = LexicalPredictor()
+    short, long = Request(SHORT_ASKS[0]), Request(LONG_ASKS[0])
+    before = predictor.predict(long).tokens
+    # a deployment whose model answers 4x longer than the training corpora
+    for prompt in SHORT_ASKS + LONG_ASKS:
+        request = Request(prompt)
+        typical = math.expm1(predictor.score(prompt))
+        for _ in range(20):
+            predictor.observe(request, Prediction(1.0), round(4 * typical))
+    after_long = predictor.predict(long)
+    assert after_long.tokens > 2.5 * before
+    assert predictor.predict(short).tokens < after_long.tokens
+    # saved and loaded, it predicts the same
+    path = tmp_path / "cal.json"
+    predictor.save_calibration(path)
+    again = LexicalPredictor(calibration_path=path)
+    assert again.predict(long).tokens == pytest.approx(after_long.tokens)
+    assert again.calibration.observations == predictor.calibration.observations
+    again.reset_calibration()
+    assert again.predict(long).tokens == pytest.approx(before)
+
+
+def test_calibration_saves_every_n(tmp_path: Path) -> None:
+    path = tmp_path / "auto.json"
+    predictor = LexicalPredictor(calibration_path=path, save_every=3)
+    request = Request("hello")
+    for _ in range(2):
+        predictor.observe(request, Prediction(1.0), 100)
+    assert not path.exists()
+    predictor.observe(request, Prediction(1.0), 100)
+    assert json.loads(path.read_text())["state"]["n"] == 3
+
+
+def test_bad_calibration_file(tmp_path: Path) -> None:
+    path = tmp_path / "cal.json"
+    path.write_text("{not json")
+    with pytest.raises(PredictorError, match=r"cal\.json: cannot load calibration"):
+        LexicalPredictor(calibration_path=path)
+    path.write_text(json.dumps({"version": 1, "state": {"s0": "x"}}))
+    with pytest.raises(PredictorError, match=r"cal\.json"):
+        LexicalPredictor(calibration_path=path)
+
+
+def test_uncalibrated_predictor_ignores_observations() -> None:
+    predictor = LexicalPredictor(calibrate=False)
+    request = Request(LONG_ASKS[1])
+    before = predictor.predict(request)
+    predictor.observe(request, before, 5)
+    assert predictor.predict(request) == before

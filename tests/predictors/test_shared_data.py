@@ -1,0 +1,76 @@
+"""The bundled model and its calibration on the project's shared corpora (skipped without them)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+
+from sjfsched import Prediction, Request
+from sjfsched.predictors import LexicalPredictor
+from sjfsched.predictors._corpus import LengthRecord, is_test, load_records
+from sjfsched.predictors._evaluate import ranking_accuracy
+
+from ._shared import DATA, needs_shared_data
+
+pytestmark = needs_shared_data
+
+
+def _records(name: str) -> list[LengthRecord]:
+    return load_records([DATA / name])
+
+
+def _log_rmse(predictor: LexicalPredictor, records: list[LengthRecord], scores: dict[str, float]) -> float:
+    cal = predictor.calibration
+    errors = [cal.log_length(scores[r.prompt]) - math.log1p(r.output_tokens) for r in records]
+    return float(np.sqrt(np.mean(np.square(errors))))
+
+
+@pytest.mark.parametrize(
+    ("corpus", "model"),
+    [
+        ("castillo_code_and_instruct.jsonl.gz", "meta-llama/Llama-3.2-1B-Instruct"),
+        ("castillo_code_and_instruct.jsonl.gz", "google/gemma-3-4b-it"),
+        ("arena_hard_v01.jsonl.gz", "gpt-3.5-turbo-0125"),  # terse
+        ("arena_hard_v01.jsonl.gz", "athene-v2-chat"),  # verbose
+    ],
+)
+def test_calibration_on_one_models_answers_lowers_error_on_its_held_back_answers(
+    corpus: str, model: str
+) -> None:
+    records = [r for r in _records(corpus) if r.model == model]
+    observed = [r for r in records if not is_test(r.prompt_id, 0.5, seed=7)]
+    held_back = [r for r in records if is_test(r.prompt_id, 0.5, seed=7)]
+    assert len(observed) > 100 and len(held_back) > 100
+    random.Random(1).shuffle(observed)  # a deployment sees its traffic mixed
+    predictor = LexicalPredictor()
+    scores = dict(
+        zip([r.prompt for r in records], predictor.scores([r.prompt for r in records]), strict=True)
+    )
+    before = _log_rmse(predictor, held_back, scores)
+    for r in observed[:600]:
+        predictor.observe(Request(r.prompt), Prediction(1.0), round(r.output_tokens))
+    after = _log_rmse(predictor, held_back, scores)
+    assert after < before - 0.02, (before, after)
+    # the typical length of the held-back answers is now closer too
+    predicted = np.median([predictor.predict(Request(r.prompt)).tokens for r in held_back])
+    actual = np.median([r.output_tokens for r in held_back])
+    uncalibrated = np.median(
+        [LexicalPredictor(calibrate=False).predict(Request(r.prompt)).tokens for r in held_back]
+    )
+    assert abs(math.log(predicted / actual)) < abs(math.log(uncalibrated / actual)) + 0.05
+
+
+def test_bundled_model_ranks_a_corpus_it_never_saw() -> None:
+    """ShareGPT is not among the bundled model's (permissively licensed) training sources."""
+    records = _records("sharegpt_natural.jsonl.gz")
+    predictor = LexicalPredictor(calibrate=False)
+    assert "sharegpt-natural" not in predictor.metadata["sjfsched.trained_on"]
+    scores = predictor.scores([r.prompt for r in records])
+    tokens = np.array([r.output_tokens for r in records])
+    length = np.array([len(r.prompt) for r in records])
+    ours = ranking_accuracy(scores, tokens)
+    assert ours > ranking_accuracy(length, tokens) + 0.08
+    assert ours > 0.68

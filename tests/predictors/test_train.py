@@ -1,0 +1,127 @@
+"""`sjfsched train` and `sjfsched evaluate` end to end on a small synthetic log."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from sjfsched import PredictorError, Request
+from sjfsched._cli import main
+from sjfsched.predictors import ClairvoyantPredictor, LexicalPredictor
+from sjfsched.predictors._corpus import load_records, prompt_id_of
+
+TOPICS = [
+    "the Roman empire", "photosynthesis", "black holes", "the French revolution", "machine learning",
+    "jazz music", "the stock market", "climate change", "ancient Egypt", "quantum computing",
+    "the immune system", "volcanoes", "chess openings", "the printing press", "coral reefs",
+]  # fmt: skip
+
+
+def _write_log(path: Path, *, gz: bool = False) -> None:
+    """Prompts whose answer length follows what they ask for, from three 'models'."""
+    rng = random.Random(0)
+    lines = []
+    for i, topic in enumerate(TOPICS * 4):
+        asks = [
+            (f"Write a detailed {1000 + 100 * i}-word essay about {topic}, with sections.", 1300),
+            (f"Write a long story set in the world of {topic}, with five chapters.", 1100),
+            (f"What is {topic}? Answer in one sentence.", 40),
+            (f"Is {topic} older than {i} years? Yes or no.", 15),
+            (f"Explain {topic} to a child.", 350),
+        ]
+        for prompt, typical in asks:
+            for model, scale in (("small", 0.7), ("medium", 1.0), ("large", 1.4)):
+                tokens = round(typical * scale * rng.uniform(0.8, 1.25))
+                record = {"source": "synthetic", "prompt": prompt, "model": model, "output_tokens": tokens}
+                if rng.random() < 0.5:
+                    record["prompt_id"] = prompt_id_of(prompt)
+                lines.append(json.dumps(record))
+    text = "\n".join(lines) + "\n\n"
+    if gz:
+        with gzip.open(path, "wt", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("logs") / "requests.jsonl.gz"
+    _write_log(path, gz=True)
+    return path
+
+
+def test_train_lexical_writes_a_model_and_a_card(
+    log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "mine.onnx"
+    assert main(["train", str(log), "--out", str(out)]) == 0
+    report = capsys.readouterr().out
+    assert "synthetic" in report and "rank-acc" in report
+    card = out.with_suffix(".md").read_text()
+    assert "`synthetic`" in card and "unknown (your own data" in card
+    assert f"sjfsched train {log} --out {out}" in card
+    predictor = LexicalPredictor(out, calibrate=False)
+    long = predictor.predict(
+        Request("Write a detailed 3000-word essay about the Roman empire, with sections.")
+    )
+    short = predictor.predict(Request("What is photosynthesis? Answer in one sentence."))
+    assert long.tokens > 3 * short.tokens
+    assert long.p_long is not None and short.p_long is not None and long.p_long > short.p_long
+
+
+def test_evaluate_a_trained_model(log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "mine.onnx"
+    assert main(["train", str(log), "--out", str(out), "--fit-all"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(log), "--model", str(out), "--split", "all"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    row = next(line for line in lines if line.startswith("synthetic"))
+    accuracy = float(row.split()[-2])
+    assert accuracy > 0.95  # the synthetic lengths follow the words
+    assert any(line.strip().startswith("small") for line in lines)  # one row per answering model
+
+
+def test_train_clairvoyant_and_predict_p_long(log: Path, tmp_path: Path) -> None:
+    out = tmp_path / "clv.onnx"
+    assert main(["train", str(log), "--out", str(out), "--features", "clairvoyant", "--fit-all"]) == 0
+    predictor = ClairvoyantPredictor(out)
+    short, medium, long = predictor.probabilities(Request("Write a long story set in the world of jazz."))
+    assert short + medium + long == pytest.approx(1.0, abs=1e-5)
+    p = predictor.predict(Request("Write a long story set in the world of jazz music, with five chapters."))
+    q = predictor.predict(Request("Is jazz music older than 3 years? Yes or no."))
+    assert p.p_long is not None and q.p_long is not None and p.p_long > q.p_long
+    assert p.tokens > q.tokens
+    expected = ClairvoyantPredictor(out, key="expected").predict(Request("Explain volcanoes to a child."))
+    assert predictor.class_tokens[0] < expected.tokens < predictor.class_tokens[2]
+    with pytest.raises(PredictorError, match="not a sjfsched lexical model"):
+        LexicalPredictor(out)
+    with pytest.raises(PredictorError, match="not a sjfsched clairvoyant model"):
+        ClairvoyantPredictor(LexicalPredictor().model_path)
+
+
+def test_compare_prints_both_tables(log: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", str(log), "--compare", "--methods", "length,lexical"]) == 0
+    out = capsys.readouterr().out
+    assert "In-distribution" in out and "| synthetic |" in out
+
+
+def test_bad_input_files(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "hi", "output_tokens": 3}\n{"prompt": "x", "output_tokens": "many"}\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: 'output_tokens' must be a finite number"):
+        load_records([bad])
+    bad.write_text("not json\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: not JSON"):
+        load_records([bad])
+    with pytest.raises(FileNotFoundError, match="missing"):
+        load_records([tmp_path / "missing.jsonl"])
+
+
+def test_train_filters(log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", str(log), "--out", str(tmp_path / "m.onnx"), "--exclude", "synth*"]) == 1
+    assert "no records left" in capsys.readouterr().err
