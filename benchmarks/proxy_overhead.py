@@ -11,7 +11,7 @@ median and 95th percentile of each and of the difference.  The upstreams:
   ``/v1/chat/completions`` streamed (10 server-sent events), ``/api/tags``
   passed through;
 - ``llama_cpp.server`` generating 8 tokens with the tiny random-weight model
-  (real llama.cpp; skipped with ``--no-model``).
+  (real llama.cpp), whole and streamed (skipped with ``--no-model``).
 
 Every process (stub, model server, proxy, this client) is separate, so they do
 not share an interpreter lock.  The proxy runs as users run it:
@@ -300,24 +300,21 @@ def main() -> None:
         for name, method, path, body in scenarios:
             measure(name, stub, through, method, path, body, args.requests)
     if not args.no_model:
-        real = json.dumps(
-            {
-                "model": "tiny",
-                "messages": [{"role": "user", "content": "Why is the sky blue?"}],
-                "max_tokens": 8,
-                "stream": True,
-            }
-        ).encode()
+        messages = [{"role": "user", "content": "Why is the sky blue?"}]
         with llama_server() as upstream, proxy(upstream, "openai") as through:
-            measure(
-                "llama_cpp.server tiny, 8 tokens, streamed",
-                upstream,
-                through,
-                "POST",
-                "/v1/chat/completions",
-                real,
-                args.model_requests,
-            )
+            for name, stream in (
+                ("llama_cpp.server tiny, 8 tokens, whole answer", False),
+                ("llama_cpp.server tiny, 8 tokens, streamed", True),
+            ):
+                body = {
+                    "model": "tiny",
+                    "messages": messages,
+                    "max_tokens": 8,
+                    "min_tokens": 8,
+                    "stream": stream,
+                }
+                path = "/v1/chat/completions"
+                measure(name, upstream, through, "POST", path, json.dumps(body).encode(), args.model_requests)
 
 
 if __name__ == "__main__":

@@ -132,3 +132,8 @@ def test_settings_come_from_flags_then_environment_then_defaults() -> None:
     assert (
         ProxySettings(upstream="https://ollama.example/prefix/").upstream == "https://ollama.example/prefix"
     )
+
+
+def test_a_deeply_nested_body_is_a_bad_request_not_a_crash() -> None:
+    with pytest.raises(BadRequest, match="nested too deeply"):
+        _parse("/api/generate", b"[" * 200_000 + b"]" * 200_000)

@@ -107,6 +107,8 @@ def parse_scheduled(
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("the request body is nested too deeply to read") from None
     if not isinstance(body, dict):
         raise BadRequest(f"the request body must be a JSON object, got a JSON {_json_type(body)}")
 

@@ -374,6 +374,7 @@ class ProxyApp:
             else:
                 await send({"type": "http.response.start", "status": status, "headers": out})
                 first = True
+                last = b""
                 try:
                     while (chunk := await response.next_chunk()) is not None:
                         if first:
@@ -381,6 +382,9 @@ class ProxyApp:
                             ticket.first_token()
                             metrics.first_byte[klass].observe(anyio.current_time() - arrival)
                         tally.feed(chunk)
+                        if response.finished:  # the upstream's end came with it: one write for both
+                            last = chunk
+                            break
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
                         if tally.done:
                             break
@@ -392,7 +396,7 @@ class ProxyApp:
                     event = tally.separator() + error_event(framing, message)
                     await send({"type": "http.response.body", "body": event})
                     raise _Failed from exc
-                if tally.done:
+                if tally.done and not response.finished:
                     # The answer is whole (Ollama's "done": true, OpenAI's [DONE]); clients may
                     # hang up now (openai's does), and that costs nothing.  Pass on what follows.
                     exchange.complete = True
@@ -401,7 +405,7 @@ class ProxyApp:
                 if not failed:
                     self._report(ticket, tally, klass, arrival, started)
                 exchange.complete = True
-                await send({"type": "http.response.body", "body": b""})
+                await send({"type": "http.response.body", "body": last})
             if failed:
                 raise _Failed
         finally:
@@ -507,8 +511,12 @@ class ProxyApp:
         out = response_headers(response.headers, keep_length=True)
         await send({"type": "http.response.start", "status": response.status, "headers": out})
         tail = b"\n\n"
+        last = b""
         try:
             while (chunk := await response.next_chunk()) is not None:
+                if response.finished:  # the upstream's end came with it: one write for both
+                    last = chunk
+                    break
                 tail = (tail + chunk)[-2:]
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamError as exc:
@@ -525,7 +533,7 @@ class ProxyApp:
             await send({"type": "http.response.body", "body": event})
             return
         exchange.complete = True
-        await send({"type": "http.response.body", "body": b""})
+        await send({"type": "http.response.body", "body": last})
 
 
 # ------------------------------------------------------------------ helpers

@@ -255,6 +255,11 @@ class _Connection(asyncio.Protocol):
                 raise self.error
             await self._wait(timeout)
 
+    @property
+    def finished(self) -> bool:
+        """The whole answer has been received and handed out."""
+        return self.complete and not self._body
+
     def abort(self) -> None:
         self.reusable = False
         if self._transport is not None and not self.closed:
@@ -281,6 +286,12 @@ class UpstreamResponse:
             if key == name:
                 return value
         return None
+
+    @property
+    def finished(self) -> bool:
+        """Nothing more will come: the last piece has been handed out (``next_chunk`` gives ``None``)."""
+        connection = self._connection
+        return connection is None or connection.finished
 
     async def next_chunk(self) -> bytes | None:
         """The next piece of the body as it arrives (all that arrived at once); ``None`` at the end."""
