@@ -130,10 +130,12 @@ def _signal_names(text: str) -> list[str]:
 
 
 def test_signals() -> None:
-    assert _signal_names("Write 500 words about cats") == ["newlines0", "quantity-w9"]  # 500: 9 bits
-    assert _signal_names("List 10 examples of birds") == ["newlines0", "quantity-n4"]
-    assert _signal_names("Is it raining?\nOr not?") == ["newlines1"]
-    assert _signal_names("a 3-paragraph essay") == ["newlines0", "quantity-p2"]
+    assert _signal_names("Write 500 words about cats") == ["newlines0", "code0", "quantity-w9"]  # 9 bits
+    assert _signal_names("List 10 examples of birds") == ["newlines0", "code0", "quantity-n4"]
+    assert _signal_names("Is it raining?\nOr not?") == ["newlines1", "code0"]
+    assert _signal_names("a 3-paragraph essay, 1,000 words") == ["newlines0", "code0", "quantity-p2"]
+    assert _signal_names("write 1,000 words") == ["newlines0", "code0", "quantity-w10"]
+    assert _signal_names("x = f(y);\ny = {}\n") == ["newlines2", "code3"]
 
 
 # ------------------------------------------------------------------ the default

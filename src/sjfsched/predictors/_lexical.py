@@ -6,7 +6,7 @@ import json
 import math
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final, final
@@ -71,6 +71,9 @@ def _metadata(session: Any, path: Path, kind: str) -> Mapping[str, str]:
 @attrs.frozen
 class _Model:
     session: Any
+    #: session.run, or the binding it wraps when that answers the same (it
+    #: skips per-call input validation in Python: about 1.5 us of ~9).
+    run: Callable[[list[str], dict[str, Any]], list[Any]]
     features: LexicalFeaturizer
     bias: float
     center: float
@@ -146,7 +149,32 @@ def _read(path: Path) -> _Model:
         raise PredictorError(f"{path}: model does not run ({exc})") from exc
     if not all(math.isfinite(x) for x in (bias, float(probe), center, spread, sigma)):
         raise PredictorError(f"{path}: model weights or statistics are not finite")
-    return _Model(session, features, bias, center, spread, sigma, dict(meta))
+    return _Model(session, _fast_run(session, table_size), features, bias, center, spread, sigma, dict(meta))
+
+
+def _fast_run(session: Any, table_size: int) -> Callable[[list[str], dict[str, Any]], list[Any]]:
+    """The quickest way to run the session that gives the same answers as ``session.run``."""
+    import onnxruntime as ort
+
+    public: Callable[[list[str], dict[str, Any]], list[Any]] = session.run
+    inner = getattr(getattr(session, "_sess", None), "run", None)
+    if inner is None:
+        return public
+    options = ort.RunOptions()
+
+    def run(names: list[str], feed: dict[str, Any]) -> list[Any]:
+        out: list[Any] = inner(names, feed, options)
+        return out
+
+    feed = {
+        "ids": np.array([0, table_size - 1, 7], np.int32),
+        "values": np.array([0.5, 1.0, 2.0], np.float32),
+    }
+    try:
+        same = [float(x) for x in run(_SCORE, feed)] == [float(x) for x in public(_SCORE, feed)]
+    except Exception:
+        same = False
+    return run if same else public
 
 
 @final
@@ -196,6 +224,7 @@ class LexicalPredictor:
         self._path = path
         model = _load(path)
         self._session = model.session
+        self._run = model.run
         self._features = model.features
         self._bias = model.bias
         self._calibrate = calibrate
@@ -224,7 +253,7 @@ class LexicalPredictor:
     def score(self, text: str) -> float:
         """The model's raw score of a text: predicted ``log(1 + tokens)`` at training scale."""
         ids, values = self._features.encode(text)
-        return float(self._session.run(_SCORE, {"ids": ids, "values": values})[0])
+        return float(self._run(_SCORE, {"ids": ids, "values": values})[0])
 
     def scores(self, texts: Sequence[str]) -> npt.NDArray[np.float64]:
         """Raw scores of many texts, with one model run."""
@@ -232,7 +261,7 @@ class LexicalPredictor:
         if n == 0:
             return np.zeros(0)
         ids, values, segments = self._features.encode_many(texts)
-        (contributions,) = self._session.run(_CONTRIBUTIONS, {"ids": ids, "values": values})
+        (contributions,) = self._run(_CONTRIBUTIONS, {"ids": ids, "values": values})
         totals = np.bincount(segments, weights=contributions, minlength=n)
         return np.asarray(totals + self._bias, np.float64)
 
@@ -254,8 +283,21 @@ class LexicalPredictor:
         return self._prediction(self.score(request.text))
 
     def predict_many(self, requests: Sequence[Request], /) -> list[Prediction]:
-        prediction = self._prediction
-        return [prediction(x) for x in self.scores([r.text for r in requests]).tolist()]
+        raw = self.scores([r.text for r in requests])
+        if self._calibrate:
+            cal = self._calibration
+            mu = cal.offset + cal.slope * raw
+            sigma = cal.sigma
+        else:
+            mu = raw
+            sigma = self._calibration.sigma0
+        tokens = np.expm1(np.clip(mu + 0.5 * sigma * sigma, 0.0, _MAX_LOG)).tolist()
+        scale = 1.0 / (sigma * _SQRT2)
+        erfc = math.erfc
+        return [
+            Prediction(t, min(max(0.5 * erfc((_LOG_LONG - m) * scale), 0.0), 1.0))
+            for t, m in zip(tokens, mu.tolist(), strict=True)
+        ]
 
     # ----------------------------------------------------------- calibration
 

@@ -1,0 +1,161 @@
+"""How fast the predictors are: one request at a time, and in batches.
+
+Prompts: every distinct prompt of the project's shared corpora
+(``../shared/data``, 12,428 prompts, median 248 characters), or, where they
+are absent, the 120 real prompts of the demo trace bundled with the package.
+
+For each predictor it prints:
+
+- ``predict()`` of one request: the median and the 90th and 99th percentiles
+  over all prompts, timed one call at a time (after a warm-up pass), on the
+  wall clock (``perf_counter_ns``) and as the thread's CPU time
+  (``thread_time_ns``), which other programs on a busy machine disturb less;
+- for the lexical model, the two halves of a prediction: its features
+  (:meth:`LexicalFeaturizer.encode`) and the ONNX run;
+- ``predict_many()``: prompts per second, in batches of 1, 100, 1,000 and
+  all of them;
+- the model file's size.
+
+    python benchmarks/predictor.py [--data DIR] [--limit N] [--repeat 3]
+
+Every figure is the best of ``--repeat`` passes (default 3), the usual way to
+time code on a machine that other jobs share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from sjfsched import Request
+from sjfsched.predictors import ClairvoyantPredictor, HeuristicPredictor, LexicalPredictor, Predictor
+from sjfsched.predictors._lexical import bundled_model_path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+DEMO_TRACE = ROOT / "src" / "sjfsched" / "data" / "demo_trace.jsonl"
+CLAIRVOYANT_MODEL = ROOT / "benchmarks" / "models" / "clairvoyant.onnx"
+
+
+def load_prompts(data: Path, limit: int | None) -> tuple[list[str], str]:
+    prompts: dict[str, None] = {}
+    files = sorted(data.glob("*.jsonl.gz")) if data.is_dir() else []
+    for path in files:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            for line in f:
+                prompts.setdefault(json.loads(line)["prompt"], None)
+    where = f"{len(prompts):,} distinct prompts of {data}"
+    if not prompts:
+        for line in DEMO_TRACE.read_text(encoding="utf-8").splitlines():
+            prompts.setdefault(json.loads(line)["prompt"], None)
+        where = f"{len(prompts)} prompts of the bundled demo trace ({data} not found)"
+    out = list(prompts)
+    if limit is not None:
+        rng = np.random.default_rng(0)
+        out = [out[i] for i in sorted(rng.choice(len(out), size=min(limit, len(out)), replace=False))]
+    return out, where
+
+
+def per_call(fn: Callable[[object], object], items: Sequence[object], repeat: int) -> dict[str, float]:
+    """Median and tail of one call, in microseconds: best of ``repeat`` passes."""
+    for item in items[: min(len(items), 500)]:
+        fn(item)  # warm-up
+    best: dict[str, float] = {}
+    for _ in range(repeat):
+        wall = np.empty(len(items))
+        cpu = np.empty(len(items))
+        for i, item in enumerate(items):
+            c0 = time.thread_time_ns()
+            t0 = time.perf_counter_ns()
+            fn(item)
+            t1 = time.perf_counter_ns()
+            c1 = time.thread_time_ns()
+            wall[i] = t1 - t0
+            cpu[i] = c1 - c0
+        result = {
+            "median": float(np.median(wall)) / 1e3,
+            "p90": float(np.percentile(wall, 90)) / 1e3,
+            "p99": float(np.percentile(wall, 99)) / 1e3,
+            "cpu_median": float(np.median(cpu)) / 1e3,
+        }
+        if not best or result["median"] < best["median"]:
+            best = result
+    return best
+
+
+def batch_rate(predictor: Predictor, requests: Sequence[Request], size: int, repeat: int) -> float:
+    """Prompts per second through predict_many in batches of ``size``: best of ``repeat``."""
+    batches = [requests[i : i + size] for i in range(0, len(requests), size)]
+    predictor.predict_many(batches[0])
+    best = 0.0
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for batch in batches:
+            predictor.predict_many(batch)
+        best = max(best, len(requests) / (time.perf_counter() - t0))
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=SHARED_DATA)
+    parser.add_argument("--limit", type=int, help="time on a random sample of this many prompts")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    prompts, where = load_prompts(args.data, args.limit)
+    requests = [Request(p) for p in prompts]
+    lengths = [len(p) for p in prompts]
+    print(f"prompts: {where}; median {statistics.median(lengths):.0f} characters")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average {load:.2f}")
+    print(f"bundled model: {bundled_model_path().stat().st_size / 1e6:.2f} MB")
+    print()
+
+    predictors: list[tuple[str, Predictor]] = [
+        ("LexicalPredictor", LexicalPredictor()),
+        ("HeuristicPredictor", HeuristicPredictor()),
+    ]
+    if CLAIRVOYANT_MODEL.exists():
+        predictors.append(("ClairvoyantPredictor", ClairvoyantPredictor(CLAIRVOYANT_MODEL)))
+
+    print("predict() of one request, microseconds (wall clock; CPU time of the thread)")
+    print(f"{'predictor':<22} {'median':>8} {'p90':>8} {'p99':>8} {'cpu median':>11}")
+    for name, predictor in predictors:
+        r = per_call(predictor.predict, requests, args.repeat)  # type: ignore[arg-type]
+        print(f"{name:<22} {r['median']:8.1f} {r['p90']:8.1f} {r['p99']:8.1f} {r['cpu_median']:11.1f}")
+
+    lexical = predictors[0][1]
+    assert isinstance(lexical, LexicalPredictor)
+    features = lexical._features
+    encoded = [features.encode(p) for p in prompts]
+    run = lexical._run
+    r_feat = per_call(features.encode, prompts, args.repeat)  # type: ignore[arg-type]
+    r_run = per_call(
+        lambda e: run(["log_tokens"], {"ids": e[0], "values": e[1]}),  # type: ignore[index]
+        encoded,
+        args.repeat,
+    )
+    print(f"{'  of which features':<22} {r_feat['median']:8.1f} {r_feat['p90']:8.1f} {r_feat['p99']:8.1f}")
+    print(f"{'  of which ONNX run':<22} {r_run['median']:8.1f} {r_run['p90']:8.1f} {r_run['p99']:8.1f}")
+    print()
+
+    sizes = [1, 100, 1000, len(requests)]
+    print("predict_many(), prompts per second, by batch size")
+    print(f"{'predictor':<22} " + " ".join(f"{s:>9,}" for s in sizes))
+    for name, predictor in predictors:
+        rates = [batch_rate(predictor, requests, s, args.repeat) for s in sizes]
+        print(f"{name:<22} " + " ".join(f"{r:9,.0f}" for r in rates))
+
+
+if __name__ == "__main__":
+    main()
