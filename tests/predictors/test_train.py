@@ -125,3 +125,30 @@ def test_bad_input_files(tmp_path: Path) -> None:
 def test_train_filters(log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", str(log), "--out", str(tmp_path / "m.onnx"), "--exclude", "synth*"]) == 1
     assert "no records left" in capsys.readouterr().err
+
+
+def test_permissive_only_keeps_your_own_sources() -> None:
+    from sjfsched.predictors._corpus import LengthRecord
+    from sjfsched.predictors._train import select_records
+
+    def rec(source: str) -> LengthRecord:
+        return LengthRecord("p", 10.0, "id", source, "m")
+
+    records = [rec("arena-hard-v0.1"), rec("sharegpt-natural"), rec("castillo/Alpaca"), rec("requestlog")]
+    kept = select_records(records, permissive_only=True)
+    assert [r.source for r in kept] == ["arena-hard-v0.1", "requestlog"]
+    assert [r.source for r in select_records(records, include=["castillo/*"])] == ["castillo/Alpaca"]
+
+
+def test_evaluate_calibration_report(log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "mine.onnx"
+    assert main(["train", str(log), "--out", str(out), "--fit-all"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(log), "--model", str(out), "--calibration"]) == 0
+    text = capsys.readouterr().out
+    rows = [line for line in text.splitlines() if line.startswith("synthetic /")]
+    assert {row.split()[2] for row in rows} == {"small", "medium", "large"}
+    # the 'small' model answers 0.7x: calibration must bring its error down
+    small = next(row for row in rows if row.split()[2] == "small").split()
+    assert float(small[6]) < float(small[5])
+    assert "calibration lowered the held-back log-RMSE for" in text

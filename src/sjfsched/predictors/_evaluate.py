@@ -124,7 +124,7 @@ def _num(x: float) -> str:
 
 
 def format_report(rows: Sequence[ReportRow]) -> str:
-    width = max([len(r.corpus) + (len(r.model) + 3 if r.model else 0) for r in rows] + [6])
+    width = max([len(r.model) + 2 if r.model else len(r.corpus) for r in rows] + [24])
     out = [f"{'corpus / answering model':<{width}}  answers  short   long  rank-acc  tau"]
     for r in rows:
         name = r.corpus if not r.model else f"  {r.model}"
@@ -304,6 +304,75 @@ def compare(
     return "\n".join(out) + legend
 
 
+# ----------------------------------------------------------------- calibration
+
+
+def _calibration_error(
+    predictor: Any, raw: npt.NDArray[np.float64], actual: npt.NDArray[np.float64]
+) -> tuple[float, float]:
+    """Log-RMSE of the typical length, and median typical over median actual length."""
+    cal = predictor.calibration
+    predicted = cal.offset + cal.slope * raw
+    rmse = float(np.sqrt(np.mean(np.square(predicted - actual))))
+    return rmse, float(np.expm1(np.median(predicted)) / np.expm1(np.median(actual)))
+
+
+def calibration_report(
+    records: Sequence[LengthRecord], model: Path | None, *, observe: int = 600, min_answers: int = 200
+) -> str:
+    """Does online calibration on one answering model help on its held-back answers?
+
+    For each (corpus, answering model) with at least ``min_answers`` answers:
+    split its prompts in halves (grouped by prompt id), let a fresh
+    :class:`LexicalPredictor` observe up to ``observe`` answers of the first
+    half in shuffled order, and compare on the second half the error before
+    and after: the root mean square of ``log(1 + predicted) - log(1 + actual)``
+    with the predicted typical (median) length, and the ratio of the median
+    predicted typical length to the median actual length.
+    """
+    import random
+
+    from .._records import Prediction, Request
+    from ._corpus import is_test
+    from ._lexical import LexicalPredictor
+
+    groups: dict[tuple[str, str], list[LengthRecord]] = defaultdict(list)
+    for r in records:
+        groups[(r.corpus, r.model)].append(r)
+    base = LexicalPredictor(model, calibrate=False)
+    unique = sorted({r.prompt for r in records})
+    score = dict(zip(unique, base.scores(unique).tolist(), strict=True))
+    lines = [
+        f"{'corpus / answering model':<48} {'observed':>8} {'held':>6} {'log-rmse before':>15} "
+        f"{'after':>7} {'typical/actual before':>21} {'after':>6}"
+    ]
+    improved = total = 0
+    for (corpus, name), rs in sorted(groups.items()):
+        if len(rs) < min_answers:
+            continue
+        observed = [r for r in rs if not is_test(r.prompt_id, 0.5, seed=7)]
+        held = [r for r in rs if is_test(r.prompt_id, 0.5, seed=7)]
+        if len(observed) < 50 or len(held) < 50:
+            continue
+        random.Random(1).shuffle(observed)
+        predictor = LexicalPredictor(model)
+        actual = np.log1p([r.output_tokens for r in held])
+        raw = np.array([score[r.prompt] for r in held])
+        before, ratio_before = _calibration_error(predictor, raw, actual)
+        for r in observed[:observe]:
+            predictor.observe(Request(r.prompt), Prediction(1.0), max(0, round(r.output_tokens)))
+        after, ratio_after = _calibration_error(predictor, raw, actual)
+        total += 1
+        improved += after < before
+        label = f"{corpus} / {name}"[:48]
+        lines.append(
+            f"{label:<48} {min(len(observed), observe):8d} {len(held):6d} {before:15.3f} {after:7.3f} "
+            f"{ratio_before:21.2f} {ratio_after:6.2f}"
+        )
+    lines.append(f"calibration lowered the held-back log-RMSE for {improved} of {total} answering models")
+    return "\n".join(lines) + "\n"
+
+
 # ------------------------------------------------------------------ the command
 
 
@@ -334,6 +403,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--loco", action="store_true", help="with --compare: leave-one-corpus-out too")
     parser.add_argument(
+        "--calibration",
+        action="store_true",
+        help="per answering model: log error on held-back answers before and after online calibration",
+    )
+    parser.add_argument(
         "--train-permissive-only",
         action="store_true",
         help="with --compare: train only on permissively licensed sources (tests stay the same)",
@@ -352,6 +426,9 @@ def run(args: argparse.Namespace) -> int:
     if not records:
         print("sjfsched evaluate: no records", file=sys.stderr)
         return 1
+    if args.calibration:
+        print(calibration_report(records, args.model), end="")
+        return 0
     if args.compare:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         unknown = [m for m in methods if m not in METHODS]

@@ -305,28 +305,29 @@ class LexicalFeaturizer:
         n = len(texts)
         raws: list[bytes] = []
         rest: list[int] = []
-        word_counts = np.empty(n, np.int64)
-        rest_counts = np.empty(n, np.int64)
+        ends: list[int] = []  # where each text's words end, then where its signals end
         off = self._signal_offset
         unigram = self._unigram.get
         bigram = self._bigram.get if self._bigram else None
-        for i, text in enumerate(texts):
+        for text in texts:
             if len(text) > _CLIP_AT:
                 text = text[:HEAD_CHARS] + "\n" + text[-TAIL_CHARS:]
             raw = text.lower().encode("utf-8", "replace")
             raws.append(raw)
             words = raw.translate(_TO_SPACE).split()
-            start = len(rest)
             rest.extend(filter(None, map(unigram, words)))
             if bigram is not None:
                 rest.extend(filter(None, map(bigram, itertools.pairwise(words))))
-            word_counts[i] = len(rest) - start
+            ends.append(len(rest))
             rest.append(off + min(raw.count(b"\n").bit_length(), 10))
             rest.append(off + _code(raw))
             quantity = _quantity(raw, words)
             if quantity >= 0:
                 rest.append(off + quantity)
-            rest_counts[i] = len(rest) - start
+            ends.append(len(rest))
+        bounds = np.diff(np.array(ends, np.int64), prepend=0).reshape(n, 2)
+        word_counts = bounds[:, 0]
+        rest_counts = bounds[:, 0] + bounds[:, 1]
         byte_ids, byte_counts = self.byte_ids_many(raws)
         texts_index = np.arange(n)
         # bytes of every text first, then each text's words and signals

@@ -39,7 +39,7 @@ from ._clairvoyant import CLAIRVOYANT_FEATURES, clairvoyant_features
 from ._corpus import LengthRecord, group_by_prompt, is_test, load_records
 from ._features import FEATURE_VERSION, SIGNALS, LexicalFeaturizer
 from ._lexical import LONG_TOKENS
-from ._licenses import PERMISSIVE_SOURCES, license_of
+from ._licenses import KNOWN_LICENSES, PERMISSIVE_SOURCES, license_of
 
 __all__ = [
     "LexicalFit",
@@ -68,10 +68,15 @@ def select_records(
     exclude: Sequence[str] = (),
     permissive_only: bool = False,
 ) -> list[LengthRecord]:
-    """The records whose ``source`` matches the filters (shell patterns)."""
+    """The records whose ``source`` matches the filters (shell patterns).
+
+    ``permissive_only`` drops the sources the project knows to be under
+    non-permissive terms (:data:`KNOWN_LICENSES`); sources it does not know,
+    such as your own logs, are kept.
+    """
     out = []
     for r in records:
-        if permissive_only and r.source not in PERMISSIVE_SOURCES:
+        if permissive_only and r.source in KNOWN_LICENSES and r.source not in PERMISSIVE_SOURCES:
             continue
         if include and not any(fnmatch.fnmatchcase(r.source, p) for p in include):
             continue
@@ -386,7 +391,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--permissive-only",
         action="store_true",
-        help="only sources known to be permissively licensed: " + ", ".join(PERMISSIVE_SOURCES),
+        help="leave out the shared sources under non-permissive terms (keeps "
+        + ", ".join(PERMISSIVE_SOURCES)
+        + ", and any source the project does not know, such as your own logs)",
     )
     parser.add_argument("--test-fraction", type=float, default=0.2, help="share of prompts held out (0.2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the grouped split (0)")
