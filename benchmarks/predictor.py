@@ -117,7 +117,8 @@ def main() -> None:
     lengths = [len(p) for p in prompts]
     print(f"prompts: {where}; median {statistics.median(lengths):.0f} characters")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average {load:.2f}")
+    cpu = platform.processor() or platform.machine()
+    print(f"machine: {cpu}, {os.cpu_count()} CPUs, load average {load:.2f}")
     print(f"bundled model: {bundled_model_path().stat().st_size / 1e6:.2f} MB")
     print()
 

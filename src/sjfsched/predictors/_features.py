@@ -325,7 +325,9 @@ class LexicalFeaturizer:
             if quantity >= 0:
                 rest.append(off + quantity)
             ends.append(len(rest))
-        bounds = np.diff(np.array(ends, np.int64), prepend=0).reshape(n, 2)
+        marks = np.array(ends, np.int64)
+        marks[1:] -= np.array(ends[:-1], np.int64)
+        bounds = marks.reshape(n, 2)
         word_counts = bounds[:, 0]
         rest_counts = bounds[:, 0] + bounds[:, 1]
         byte_ids, byte_counts = self.byte_ids_many(raws)
