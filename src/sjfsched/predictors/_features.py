@@ -36,6 +36,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Final
 
+import attrs
 import numpy as np
 import numpy.typing as npt
 
@@ -98,6 +99,19 @@ SIGNALS: Final = (
 _SIGNAL_INDEX: Final = {name: i for i, name in enumerate(SIGNALS)}
 _QTY_BASE: Final = {g: _SIGNAL_INDEX[f"quantity-{g}0"] for g in "wcspn"}
 _CODE_BASE: Final = _SIGNAL_INDEX["code0"]
+
+
+@attrs.frozen
+class EncodedBatch:
+    """Many texts encoded: three blocks of rows (4-grams, words, signals) and their values."""
+
+    ids: npt.NDArray[np.int32]
+    values: npt.NDArray[np.float32]
+    #: per text: how many rows of the 4-gram block, of the word block are its
+    byte_counts: npt.NDArray[np.int64]
+    word_counts: npt.NDArray[np.int64]
+    #: per row of the signal block: the text it belongs to
+    signal_texts: npt.NDArray[np.int64]
 
 
 def _code(raw: bytes) -> int:
@@ -163,7 +177,15 @@ class LexicalFeaturizer:
     pairs)``, and each signal 1.
     """
 
-    __slots__ = ("_bigram", "_shift", "_signal_offset", "_unigram", "bigrams", "byte_bits", "unigrams")
+    __slots__ = (
+        "_bigram",
+        "_shift",
+        "_signal_offset",
+        "_unigram",
+        "bigrams",
+        "byte_bits",
+        "unigrams",
+    )
 
     def __init__(self, unigrams: Sequence[str], bigrams: Sequence[tuple[int, int]], byte_bits: int) -> None:
         if not 8 <= byte_bits <= 24:
@@ -297,7 +319,17 @@ class LexicalFeaturizer:
     def encode_many(
         self, texts: Sequence[str]
     ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-        """:meth:`encode` of many texts: rows, values, and the text each belongs to.
+        """:meth:`encode` of many texts: rows, values, and the text each belongs to."""
+        batch = self.encode_batch(texts)
+        index = np.arange(len(texts))
+        segments = np.concatenate(
+            [np.repeat(index, batch.byte_counts), np.repeat(index, batch.word_counts), batch.signal_texts]
+        )
+        return batch.ids, batch.values, segments
+
+    def encode_batch(self, texts: Sequence[str]) -> EncodedBatch:
+        """:meth:`encode` of many texts, in three blocks: the byte 4-grams of every
+        text in order, then the words of every text in order, then the signals.
 
         The bytes of all texts are hashed in one go; words and signals are
         looked up text by text (inlined: this loop is the cost of a batch).
@@ -309,42 +341,42 @@ class LexicalFeaturizer:
         off = self._signal_offset
         unigram = self._unigram.get
         bigram = self._bigram.get if self._bigram else None
+        clip_at, head, tail, to_space, not_digits = _CLIP_AT, HEAD_CHARS, TAIL_CHARS, _TO_SPACE, _NOT_DIGITS
+        code_base = _CODE_BASE
+        add = rest.append
+        end = ends.append
         for text in texts:
-            if len(text) > _CLIP_AT:
-                text = text[:HEAD_CHARS] + "\n" + text[-TAIL_CHARS:]
+            if len(text) > clip_at:
+                text = text[:head] + "\n" + text[-tail:]
             raw = text.lower().encode("utf-8", "replace")
             raws.append(raw)
-            words = raw.translate(_TO_SPACE).split()
+            words = raw.translate(to_space).split()
             rest.extend(filter(None, map(unigram, words)))
             if bigram is not None:
                 rest.extend(filter(None, map(bigram, itertools.pairwise(words))))
-            ends.append(len(rest))
-            rest.append(off + min(raw.count(b"\n").bit_length(), 10))
-            rest.append(off + _code(raw))
-            quantity = _quantity(raw, words)
-            if quantity >= 0:
-                rest.append(off + quantity)
-            ends.append(len(rest))
+            end(len(rest))
+            add(off + min(raw.count(b"\n").bit_length(), 10))
+            punctuation = raw.count(b"(") + raw.count(b"{") + raw.count(b"=") + raw.count(b";")
+            add(off + code_base + min(punctuation.bit_length(), 10))
+            if raw.translate(None, not_digits):  # a quantity needs a number
+                quantity = _quantity(raw, words)
+                if quantity >= 0:
+                    add(off + quantity)
+            end(len(rest))
         marks = np.array(ends, np.int64)
         marks[1:] -= np.array(ends[:-1], np.int64)
         bounds = marks.reshape(n, 2)
         word_counts = bounds[:, 0]
-        rest_counts = bounds[:, 0] + bounds[:, 1]
+        rest_ids = np.array(rest, np.int32)
+        is_word = np.repeat(np.tile(np.array([True, False]), n), bounds.ravel())
         byte_ids, byte_counts = self.byte_ids_many(raws)
-        texts_index = np.arange(n)
-        # bytes of every text first, then each text's words and signals
-        ids = np.concatenate([byte_ids, np.array(rest, np.int32)])
-        segments = np.concatenate([np.repeat(texts_index, byte_counts), np.repeat(texts_index, rest_counts)])
-        per_text = np.stack(
-            [
-                1.0 / np.sqrt(np.maximum(byte_counts, 1)),
-                1.0 / np.sqrt(np.maximum(word_counts, 1)),
-                np.ones(n),
-            ],
-            axis=1,
-        ).astype(np.float32)
-        word_or_signal = np.stack([word_counts, rest_counts - word_counts], axis=1).ravel()
+        signals = rest_ids[~is_word]
+        ids = np.concatenate([byte_ids, rest_ids[is_word], signals])
         values = np.concatenate(
-            [np.repeat(per_text[:, 0], byte_counts), np.repeat(per_text[:, 1:].ravel(), word_or_signal)]
+            [
+                np.repeat((1.0 / np.sqrt(np.maximum(byte_counts, 1))).astype(np.float32), byte_counts),
+                np.repeat((1.0 / np.sqrt(np.maximum(word_counts, 1))).astype(np.float32), word_counts),
+                np.ones(len(signals), np.float32),
+            ]
         )
-        return ids, values, segments
+        return EncodedBatch(ids, values, byte_counts, word_counts, np.repeat(np.arange(n), bounds[:, 1]))

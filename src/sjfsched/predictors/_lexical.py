@@ -260,9 +260,22 @@ class LexicalPredictor:
         n = len(texts)
         if n == 0:
             return np.zeros(0)
-        ids, values, segments = self._features.encode_many(texts)
-        (contributions,) = self._run(_CONTRIBUTIONS, {"ids": ids, "values": values})
-        totals = np.bincount(segments, weights=contributions, minlength=n)
+        batch = self._features.encode_batch(texts)
+        (contributions,) = self._run(_CONTRIBUTIONS, {"ids": batch.ids, "values": batch.values})
+        # A text's 4-grams and its words are two contiguous runs: sum them as
+        # differences of one running sum.  Its signals are few: bincount them.
+        running = np.zeros(len(contributions) + 1)
+        np.cumsum(contributions, dtype=np.float64, out=running[1:])
+        byte_ends = np.cumsum(batch.byte_counts)
+        word_ends = byte_ends[-1] + np.cumsum(batch.word_counts)
+        signals_start = int(word_ends[-1])
+        totals = (
+            running[byte_ends]
+            - running[byte_ends - batch.byte_counts]
+            + running[word_ends]
+            - running[word_ends - batch.word_counts]
+            + np.bincount(batch.signal_texts, weights=contributions[signals_start:], minlength=n)
+        )
         return np.asarray(totals + self._bias, np.float64)
 
     # -------------------------------------------------------------- predict
