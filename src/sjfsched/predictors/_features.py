@@ -103,15 +103,38 @@ _CODE_BASE: Final = _SIGNAL_INDEX["code0"]
 
 @attrs.frozen
 class EncodedBatch:
-    """Many texts encoded: three blocks of rows (4-grams, words, signals) and their values."""
+    """Many texts encoded: three blocks of rows (4-grams, words, signals).
+
+    Within a text a block's rows share one value (``byte_scale``,
+    ``word_scale``, 1 for signals), so a caller can sum the plain weights of
+    each run and scale the sums: cheaper than a value per row.
+    """
 
     ids: npt.NDArray[np.int32]
-    values: npt.NDArray[np.float32]
     #: per text: how many rows of the 4-gram block, of the word block are its
     byte_counts: npt.NDArray[np.int64]
     word_counts: npt.NDArray[np.int64]
     #: per row of the signal block: the text it belongs to
     signal_texts: npt.NDArray[np.int64]
+
+    @property
+    def byte_scale(self) -> npt.NDArray[np.float64]:
+        return 1.0 / np.sqrt(np.maximum(self.byte_counts, 1))
+
+    @property
+    def word_scale(self) -> npt.NDArray[np.float64]:
+        return 1.0 / np.sqrt(np.maximum(self.word_counts, 1))
+
+    @property
+    def values(self) -> npt.NDArray[np.float32]:
+        """Each row's value, as :meth:`LexicalFeaturizer.encode` gives them."""
+        return np.concatenate(
+            [
+                np.repeat(self.byte_scale.astype(np.float32), self.byte_counts),
+                np.repeat(self.word_scale.astype(np.float32), self.word_counts),
+                np.ones(len(self.signal_texts), np.float32),
+            ]
+        )
 
 
 def _code(raw: bytes) -> int:
@@ -372,11 +395,4 @@ class LexicalFeaturizer:
         byte_ids, byte_counts = self.byte_ids_many(raws)
         signals = rest_ids[~is_word]
         ids = np.concatenate([byte_ids, rest_ids[is_word], signals])
-        values = np.concatenate(
-            [
-                np.repeat((1.0 / np.sqrt(np.maximum(byte_counts, 1))).astype(np.float32), byte_counts),
-                np.repeat((1.0 / np.sqrt(np.maximum(word_counts, 1))).astype(np.float32), word_counts),
-                np.ones(len(signals), np.float32),
-            ]
-        )
-        return EncodedBatch(ids, values, byte_counts, word_counts, np.repeat(np.arange(n), bounds[:, 1]))
+        return EncodedBatch(ids, byte_counts, word_counts, np.repeat(np.arange(n), bounds[:, 1]))

@@ -261,19 +261,19 @@ class LexicalPredictor:
         if n == 0:
             return np.zeros(0)
         batch = self._features.encode_batch(texts)
-        (contributions,) = self._run(_CONTRIBUTIONS, {"ids": batch.ids, "values": batch.values})
-        # A text's 4-grams and its words are two contiguous runs: sum them as
-        # differences of one running sum.  Its signals are few: bincount them.
+        ones = np.ones(len(batch.ids), np.float32)
+        (contributions,) = self._run(_CONTRIBUTIONS, {"ids": batch.ids, "values": ones})
+        # The plain weights: a text's 4-grams and its words are two contiguous
+        # runs, summed as differences of one running sum and then scaled (the
+        # scale is the same for a whole run); its signals are few: bincount them.
         running = np.zeros(len(contributions) + 1)
         np.cumsum(contributions, dtype=np.float64, out=running[1:])
         byte_ends = np.cumsum(batch.byte_counts)
         word_ends = byte_ends[-1] + np.cumsum(batch.word_counts)
         signals_start = int(word_ends[-1])
         totals = (
-            running[byte_ends]
-            - running[byte_ends - batch.byte_counts]
-            + running[word_ends]
-            - running[word_ends - batch.word_counts]
+            (running[byte_ends] - running[byte_ends - batch.byte_counts]) * batch.byte_scale
+            + (running[word_ends] - running[word_ends - batch.word_counts]) * batch.word_scale
             + np.bincount(batch.signal_texts, weights=contributions[signals_start:], minlength=n)
         )
         return np.asarray(totals + self._bias, np.float64)
