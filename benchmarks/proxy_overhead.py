@@ -14,7 +14,8 @@ median and 95th percentile of each and of the difference.  The upstreams:
   (real llama.cpp), whole and streamed (skipped with ``--no-model``).
 
 Every process (stub, model server, proxy, this client) is separate, so they do
-not share an interpreter lock.  The proxy runs as users run it:
+not share an interpreter lock.  The last column is the proxy process's CPU
+time per proxied request (from /proc, Linux only).  The proxy runs as users run it:
 ``python -m sjfsched serve --upstream URL``.
 
     python benchmarks/proxy_overhead.py [--requests 2000] [--model-requests 300] [--no-model]
@@ -151,9 +152,26 @@ def stub_server() -> Iterator[str]:
             yield f"http://127.0.0.1:{_wait_for_file(port_file, process)}"
 
 
+class Proxied:
+    """A running proxy: its URL and the CPU seconds its process has used so far."""
+
+    def __init__(self, url: str, pid: int) -> None:
+        self.url = url
+        self.pid = pid
+
+    def cpu_seconds(self) -> float:
+        """User and system CPU time of the proxy process (Linux /proc; NaN elsewhere)."""
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
-def proxy(upstream: str, api: str) -> Iterator[str]:
-    """``python -m sjfsched serve`` on a free port; yields its URL."""
+def proxy(upstream: str, api: str) -> Iterator[Proxied]:
+    """``python -m sjfsched serve`` on a free port."""
     with tempfile.TemporaryFile() as out:
         command = [sys.executable, "-m", "sjfsched", "serve", "--upstream", upstream]
         command += ["--listen", "127.0.0.1:0", "--upstream-api", api, "--log-level", "warning"]
@@ -170,7 +188,7 @@ def proxy(upstream: str, api: str) -> Iterator[str]:
                     raise RuntimeError(f"the proxy did not start:\n{text}")
                 time.sleep(0.05)
             _get(url, "/healthz")
-            yield url
+            yield Proxied(url, process.pid)
         finally:
             process.terminate()
             process.wait(timeout=30)
@@ -243,13 +261,16 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def measure(name: str, direct: str, through: str, method: str, path: str, body: bytes | None, n: int) -> None:
-    a, b = _Client(direct), _Client(through)
+def measure(
+    name: str, direct: str, through: Proxied, method: str, path: str, body: bytes | None, n: int
+) -> None:
+    a, b = _Client(direct), _Client(through.url)
     for _ in range(min(50, n)):  # warm up both paths (connections, caches, rates)
         a.time(method, path, body)
         b.time(method, path, body)
     d: list[float] = []
     p: list[float] = []
+    c0 = through.cpu_seconds()  # the proxy works only on the proxied half
     for i in range(n):
         if i % 2:
             d.append(a.time(method, path, body))
@@ -257,15 +278,57 @@ def measure(name: str, direct: str, through: str, method: str, path: str, body: 
         else:
             p.append(b.time(method, path, body))
             d.append(a.time(method, path, body))
+    cpu = through.cpu_seconds() - c0
     diff = [y - x for x, y in zip(d, p, strict=True)]
     ms = 1000.0
     print(
         f"{name:<44} {statistics.median(d) * ms:>8.3f} {_percentile(d, 0.95) * ms:>8.3f}"
         f" {statistics.median(p) * ms:>8.3f} {_percentile(p, 0.95) * ms:>8.3f}"
         f" {(statistics.median(p) - statistics.median(d)) * ms:>9.3f} {statistics.median(diff) * ms:>9.3f}"
-        f" {_percentile(diff, 0.95) * ms:>9.3f}",
+        f" {_percentile(diff, 0.95) * ms:>9.3f} {cpu / n * ms:>9.3f}",
         flush=True,
     )
+
+
+def compare_clients(stub: str, n: int) -> None:
+    """One upstream request, in this process: httpx's AsyncClient against the proxy's own client."""
+    from sjfsched.proxy._client import UpstreamClient
+
+    body = json.dumps({"model": "stub", "prompt": "Why is the sky blue?", "stream": False}).encode()
+
+    async def own() -> list[float]:
+        client = UpstreamClient(stub)
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            response = await client.request(
+                "POST", "/api/generate", [(b"content-type", b"application/json")], body
+            )
+            await response.read()
+            response.close()
+            times.append(time.perf_counter() - t0)
+        await client.aclose()
+        return times
+
+    async def with_httpx() -> list[float]:
+        import httpx
+
+        times = []
+        async with httpx.AsyncClient() as client:
+            for _ in range(n):
+                t0 = time.perf_counter()
+                response = await client.post(f"{stub}/api/generate", content=body)
+                await response.aread()
+                times.append(time.perf_counter() - t0)
+        return times
+
+    for name, run in (("httpx.AsyncClient", with_httpx), ("the proxy's UpstreamClient", own)):
+        try:
+            times = asyncio.run(run())[n // 10 :]  # after a warm-up
+        except ImportError:
+            print(f"{name}: not installed")
+            continue
+        print(f"  {name:<28} {statistics.median(times) * 1000:.3f} ms median per request to the stub")
 
 
 def main() -> None:
@@ -279,12 +342,18 @@ def main() -> None:
         asyncio.run(_serve_stub(args.stub))
         return
 
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; milliseconds per request, one at a time")
+    print(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; milliseconds per request, one at a time;"
+        " proxy CPU: the proxy process's CPU time per proxied request (mean)"
+    )
     print(
         f"{'scenario':<44} {'direct':>8} {'p95':>8} {'proxied':>8} {'p95':>8}"
-        f" {'added':>9} {'paired':>9} {'p95':>9}"
+        f" {'added':>9} {'paired':>9} {'p95':>9} {'proxy':>9}"
     )
-    print(f"{'':<44} {'median':>8} {'':>8} {'median':>8} {'':>8} {'(medians)':>9} {'median':>9} {'':>9}")
+    print(
+        f"{'':<44} {'median':>8} {'':>8} {'median':>8} {'':>8} {'(medians)':>9} {'median':>9} {'':>9}"
+        f" {'CPU':>9}"
+    )
     generate = json.dumps({"model": "stub", "prompt": "Why is the sky blue?", "stream": False}).encode()
     stream = json.dumps({"model": "stub", "prompt": "Why is the sky blue?"}).encode()
     chat = json.dumps(
@@ -299,18 +368,21 @@ def main() -> None:
     with stub_server() as stub, proxy(stub, "ollama") as through:
         for name, method, path, body in scenarios:
             measure(name, stub, through, method, path, body, args.requests)
+        print("Upstream HTTP clients, one request at a time from this process (asyncio):")
+        compare_clients(stub, args.requests)
     if not args.no_model:
         messages = [{"role": "user", "content": "Why is the sky blue?"}]
         with llama_server() as upstream, proxy(upstream, "openai") as through:
-            for name, stream in (
-                ("llama_cpp.server tiny, 8 tokens, whole answer", False),
-                ("llama_cpp.server tiny, 8 tokens, streamed", True),
+            for name, tokens, stream in (
+                ("llama_cpp.server tiny, 8 tokens, whole answer", 8, False),
+                ("llama_cpp.server tiny, 8 tokens, streamed", 8, True),
+                ("llama_cpp.server tiny, 64 tokens, streamed", 64, True),
             ):
                 body = {
                     "model": "tiny",
                     "messages": messages,
-                    "max_tokens": 8,
-                    "min_tokens": 8,
+                    "max_tokens": tokens,
+                    "min_tokens": tokens,
                     "stream": stream,
                 }
                 path = "/v1/chat/completions"
