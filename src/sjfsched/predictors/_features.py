@@ -21,8 +21,8 @@ prompt, whatever its size:
   ``"10 examples"``, ``"a 3-paragraph essay"``), binned by unit and size.
   The prompt's length in characters is deliberately not one: across corpora
   it points both ways (pasted documents get short summaries, pasted problems
-  long solutions), and as a feature it lowered the accuracy on held-out
-  corpora.
+  long solutions), and in leave-one-corpus-out trials it lowered the
+  accuracy on held-out corpora.
 
 :class:`LexicalFeaturizer` turns a text into the rows of a weight table and
 their values; the ONNX model gathers, multiplies, sums and adds a bias.
