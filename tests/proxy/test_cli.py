@@ -177,7 +177,7 @@ def test_flags_win_over_environment_and_sigterm_drains(ollama: OllamaServer) -> 
         assert json.loads(lines[-1])["done"] is True
         assert json.loads(lines[-1])["eval_count"] == 6
         assert proxy.wait(15) == 0
-        assert time.monotonic() - finished < 5
+        assert time.monotonic() - finished < 10  # soon after its last request, not 20 s
     assert "SIGTERM: shutting down; 1 running request(s) may take up to 20 s to finish" in proxy.output
     assert [r.outcome for r in ollama.records if r.headers.get("x-test-run") == run] == ["done"]
 
@@ -197,7 +197,7 @@ def test_shutdown_timeout_bounds_the_drain(ollama: OllamaServer) -> None:
             with pytest.raises(httpx.HTTPError):  # cut before its end
                 running.result(30)
             assert proxy.wait(15) == 0
-            assert time.monotonic() - t0 < 5
+            assert time.monotonic() - t0 < 10  # bounded by the 0.5 s timeout, not the 30 s stall
     assert "requests still running after --shutdown-timeout 0.5 s are cut" in proxy.output
     deadline = time.monotonic() + 10
     while [r.outcome for r in ollama.records if r.headers.get("x-test-run") == run] != ["client_gone"]:
@@ -219,7 +219,7 @@ def test_an_idle_proxy_stops_at_once_on_sigint(ollama: OllamaServer) -> None:
         t0 = time.monotonic()
         proxy.process.send_signal(signal.SIGINT)
         assert proxy.wait(15) == 0
-        assert time.monotonic() - t0 < 3
+        assert time.monotonic() - t0 < 10  # not the 30 s a drain may take
 
 
 @pytest.mark.parametrize(
