@@ -208,7 +208,7 @@ def test_upstream_dying_mid_stream_ends_the_stream_with_an_error(
     assert ollama_proxy.metrics()['sjfsched_upstream_errors_total{kind="midstream"}'] == 4
 
 
-def test_upstream_error_line_passes_through_and_counts_as_failed(ollama_proxy: RunningProxy) -> None:
+def test_upstream_errors_pass_through_and_count_as_failed(ollama_proxy: RunningProxy) -> None:
     with httpx.Client(timeout=30) as client:
         response = client.post(
             f"{ollama_proxy.url}/api/generate",
@@ -216,12 +216,19 @@ def test_upstream_error_line_passes_through_and_counts_as_failed(ollama_proxy: R
             headers={"X-Test-Fault": "error:2"},
         )
         missing = client.post(f"{ollama_proxy.url}/api/generate", json={"model": "nope", "prompt": "Hello"})
+        garbage = client.post(
+            f"{ollama_proxy.url}/api/generate",
+            json={"model": MODEL, "prompt": "Hello", "options": {"num_predict": 20}},
+            headers={"X-Test-Fault": "garbage:2"},
+        )
     assert response.status_code == 200
     last = json.loads(response.text.splitlines()[-1])
     assert last == {"error": "an error was encountered while running the model"}  # the upstream's own
     assert missing.status_code == 404 and missing.json() == {"error": "model 'nope' not found"}
+    # A stream that ends without Ollama's final "done" line is passed on as it is, and counted failed.
+    assert garbage.status_code == 200 and garbage.text.splitlines()[-1] == "this is not json {"
     stats = ollama_proxy.stats()
-    assert (stats.failed, stats.completed) == (2, 0)
+    assert (stats.failed, stats.completed) == (3, 0)
 
 
 # ------------------------------------------------------------------ bad requests

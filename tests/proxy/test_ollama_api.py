@@ -12,8 +12,10 @@ import ollama as ollama_client
 import openai
 import pytest
 
+from tests.support import shared
 from tests.support.ollama_server import OllamaServer
 
+from .conftest import ProxyFactory
 from .harness import RunningProxy
 
 pytestmark = pytest.mark.slow
@@ -186,3 +188,17 @@ def test_response_headers_report_wait_and_prediction(ollama_proxy: RunningProxy)
     assert response.headers["x-predicted-tokens"] == "3.0"  # capped at num_predict
     assert response.headers["x-predicted-class"] == "short"
     assert response.json()["eval_count"] == 3
+
+
+def test_concurrency_bounds_what_the_upstream_sees(start_proxy: ProxyFactory) -> None:
+    """OLLAMA_NUM_PARALLEL=2 and a queue of 1 upstream: the proxy sends two at a time, so never a 503."""
+    upstream = shared.ollama_server_parallel()
+    upstream.max_running = 0
+    proxy = start_proxy(upstream.url, concurrency=2)
+    body = {"model": MODEL, "prompt": "Hello", "stream": False, "options": {"num_predict": 20}}
+    with httpx.Client(timeout=60) as client, ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(client.post, f"{proxy.url}/api/generate", json=body) for _ in range(8)]
+        responses = [f.result(60) for f in futures]
+    assert [r.status_code for r in responses] == [200] * 8
+    assert upstream.max_running == 2
+    assert proxy.stats().completed == 8

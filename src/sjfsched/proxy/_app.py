@@ -401,7 +401,9 @@ class ProxyApp:
                     # hang up now (openai's does), and that costs nothing.  Pass on what follows.
                     exchange.complete = True
                     await self._rest_after_done(response, send)
-                failed = status >= 400 or tally.error is not None
+                # An Ollama stream ends with its "done": true line; one without it broke off.
+                unfinished = framing == "ndjson" and not tally.done
+                failed = status >= 400 or tally.error is not None or unfinished
                 if not failed:
                     self._report(ticket, tally, klass, arrival, started)
                 exchange.complete = True
