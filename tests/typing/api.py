@@ -36,7 +36,15 @@ from sjfsched.backends import (
     OpenAIBackend,
     SimulatedBackend,
 )
-from sjfsched.predictors import ConstantPredictor, HeuristicPredictor, Predictor, SupportsObserve
+from sjfsched.predictors import (
+    ClairvoyantPredictor,
+    ConstantPredictor,
+    HeuristicPredictor,
+    LexicalPredictor,
+    Predictor,
+    SupportsObserve,
+)
+from sjfsched.proxy import ProxyApp, ProxyServer, ProxySettings, make_server
 
 
 class MyPredictor:
@@ -119,6 +127,24 @@ def adapters(llm: Any) -> None:
     wrapped.create_completion("hi", max_tokens=3)
     wrapped.create_chat_completion(messages=[{"role": "user", "content": "hi"}])
     del usable
+
+
+def learned(path: str) -> None:
+    lexical = LexicalPredictor()
+    tuned = LexicalPredictor(model_path=path, calibration_path="calibration.json")
+    peer = ClairvoyantPredictor(path, key="p_long")
+    usable: list[Predictor] = [lexical, tuned, peer]
+    observing: SupportsObserve = lexical
+    log = sjfsched.RequestLog("requests.jsonl", model="llama3.2")
+    Scheduler(predictor=lexical, on_complete=log)
+    del usable, observing
+
+
+def proxy() -> None:
+    settings = ProxySettings(upstream="http://127.0.0.1:11434", port=8081, max_queue=100)
+    app = ProxyApp(settings)
+    server = make_server(app)
+    assert_type(server, ProxyServer)
 
 
 def errors() -> None:
