@@ -21,18 +21,18 @@ def test_sim_prints_tables_saves_results_and_plots(
         [
             "bench", "sim", "--data", str(data), "--traces", "sharegpt", "--profiles", "gpu,cpu",
             "--scenarios", "burst20,poisson0.74", "--repetitions", "3", "--poisson-requests", "60",
-            "--seeds", "2", "--policies", "standard,sjfsched@aging=0.2,sjfsched@cap=200,aging=0.05",
+            "--seeds", "2", "--policies", "standard,sjfsched@aging=0.1,sjfsched@cap=0.8,aging=0.05",
             "--results", str(results), "--no-progress",
         ]
     )  # fmt: skip
     assert status == 0
     out = capsys.readouterr().out
     assert "### sharegpt, gpu backend, burst20" in out
-    assert "### Targets: sjfsched defaults against FCFS" in out
-    assert "| sjfsched@cap=200,aging=0.05 |" in out
+    assert "### Targets: sjfsched against FCFS" in out
+    assert "| sjfsched@cap=0.8,aging=0.05 |" in out
     loaded, meta = load_results(results)
     assert meta["profiles"]["gpu"] == [2500.0, 60.0]
-    assert len(loaded) == 2 * 2 * 6
+    assert len(loaded) == 2 * 2 * 8
     for r in loaded:
         # Every request of every run completed, and throughput is the same work-conserving rate.
         assert r.summary.requests == (60 if r.unit.scenario.name == "burst20" else 120)

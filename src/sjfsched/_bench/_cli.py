@@ -13,7 +13,7 @@ from typing import Any
 
 from .._scheduler import DEFAULT_AGING, DEFAULT_MAX_WAIT
 from .._version import __version__
-from ._policies import STANDARD_POLICIES, clairvoyant_predictor, sweep_names
+from ._policies import ALIASES, STANDARD_POLICIES, all_sweep_names, clairvoyant_predictor, sweep_names
 from ._profiles import PROFILES
 from ._report import policy_table, sweep_table, target_table
 from ._run import Result, Unit, load_results, run_units, save_results
@@ -71,9 +71,10 @@ def _sim_options(p: argparse.ArgumentParser, *, matrix: bool = True) -> None:
         p.add_argument(
             "--policies",
             default="standard",
-            help="comma-separated policy names, 'standard' (fcfs, sjfsched, oracle, clairvoyant) "
-            "and/or 'sweep' (aging and max_wait); a name is fcfs, clairvoyant or "
-            "PREDICTOR[@aging=A,max_wait=W,cap=TOKENS] with PREDICTOR sjfsched, oracle, heuristic, lexical",
+            help="comma-separated policy names, 'standard' (" + ", ".join(STANDARD_POLICIES) + "), "
+            "'sweep' (every sweep) or 'sweep:KIND' (aging, proposed-aging, max_wait, noise); a name is "
+            "fcfs, clairvoyant, " + ", ".join(ALIASES) + " or PREDICTOR[@aging=A,max_wait=W,cap=C] with "
+            "PREDICTOR sjfsched, oracle, heuristic, lexical or noisySIGMA",
         )
         p.add_argument("--results", type=Path, default=None, help="also save the results as JSON here")
     else:
@@ -111,7 +112,9 @@ def _policies(text: str) -> list[str]:
         if name == "standard":
             names += STANDARD_POLICIES
         elif name == "sweep":
-            names += sweep_names()
+            names += all_sweep_names()
+        elif name.startswith("sweep:"):
+            names += sweep_names(name.partition(":")[2])
         else:
             names.append(name)
     return list(dict.fromkeys(names))
@@ -157,15 +160,16 @@ def _print_tables(results: Sequence[Result], policies: Sequence[str], out: Any =
         cells.setdefault((r.unit.profile, r.unit.scenario.name), [])
         if r.unit.trace not in cells[(r.unit.profile, r.unit.scenario.name)]:
             cells[(r.unit.profile, r.unit.scenario.name)].append(r.unit.trace)
-    swept = set(sweep_names())
+    swept = set(all_sweep_names())
     standard = [p for p in policies if p not in swept]
     for (profile, scenario), traces in cells.items():
         for trace in traces:
             print(f"\n### {trace}, {profile} backend, {scenario} (latency in seconds)\n", file=out)
             print(policy_table(results, profile, scenario, trace, standard), file=out)
-    if any(r.unit.policy == "sjfsched" for r in results):
-        print("\n### Targets: sjfsched defaults against FCFS\n", file=out)
-        print(target_table(results), file=out)
+    for policy in ("sjfsched", "proposed", "oracle", "oracle-proposed", "clairvoyant"):
+        if any(r.unit.policy == policy for r in results):
+            print(f"\n### Targets: {policy} against FCFS\n", file=out)
+            print(target_table(results, policy), file=out)
     sweeps = [p for p in policies if p in swept]
     if sweeps:
         for profile, scenario in cells:
@@ -199,23 +203,27 @@ def _run_sim(args: argparse.Namespace) -> int:
 def all_units(args: argparse.Namespace) -> list[Unit]:
     """The matrix of docs/benchmarks.md.
 
-    Standard policies on every trace, profile and scenario; the aging and
-    max_wait sweeps on every trace on the GPU profile (burst and rho = 0.74),
-    and the max_wait sweep on the CPU profile too (max_wait is in seconds, so
-    the backend's speed matters to it; aging is scale-free).
+    - the standard policies on every trace, backend profile and scenario;
+    - the aging sweeps (the core's key and the proposed one) and the
+      predictor-noise sweep on the GPU profile at rho = 0.74 and 0.9 (aging
+      is scale-free, so the CPU profile would give the same curves; in a
+      burst every request arrives at once and aging changes nothing);
+    - the max_wait sweep on both profiles, in the burst and at rho = 0.9
+      (max_wait is in seconds, so the backend's speed matters to it).
     """
     traces, profiles = _split(args.traces), _split(args.profiles)
     scenarios = [_scenario(s, args) for s in DEFAULT_SCENARIOS]
     units = [
         Unit(t, p, s, pol) for t in traces for p in profiles for s in scenarios for pol in STANDARD_POLICIES
     ]
-    aging = [n for n in sweep_names() if "aging=" in n]
-    max_wait = [n for n in sweep_names() if "max_wait=" in n]
-    key = [_scenario("burst100", args), _scenario("poisson0.74", args)]
-    for t in traces:
-        for p in profiles:
-            names = aging + max_wait if p == "gpu" else max_wait
-            units += [Unit(t, p, s, pol) for s in key for pol in names]
+    loaded = [_scenario("poisson0.74", args), _scenario("poisson0.9", args)]
+    aging = sweep_names("aging") + sweep_names("proposed-aging") + sweep_names("noise")
+    if "gpu" in profiles:
+        units += [Unit(t, "gpu", s, pol) for t in traces for s in loaded for pol in aging]
+    waits = [_scenario("burst100", args), _scenario("poisson0.9", args)]
+    units += [
+        Unit(t, p, s, pol) for t in traces for p in profiles for s in waits for pol in sweep_names("max_wait")
+    ]
     return units
 
 

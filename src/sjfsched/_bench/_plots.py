@@ -20,6 +20,7 @@ _COLORS = {
     "sjfsched": "#1f77b4",
     "oracle": "#2ca02c",
     "clairvoyant": "#d62728",
+    "proposed": "#9467bd",
 }
 
 
@@ -82,8 +83,14 @@ def cdf_figure(
     return path
 
 
-def _aging_of(policy: str) -> float | None:
-    m = re.fullmatch(r"sjfsched@aging=([0-9.e+-]+)", policy)
+def _aging_of(policy: str, proposed: bool = False) -> float | None:
+    """The aging of a policy of the core's aging sweep (or of the proposed key's)."""
+    pattern = (
+        r"sjfsched@cap=[0-9.]+,aging=([0-9.e+-]+),max_wait=none"
+        if proposed
+        else r"sjfsched@aging=([0-9.e+-]+)"
+    )
+    m = re.fullmatch(pattern, policy)
     return float(m.group(1)) if m else None
 
 
@@ -99,60 +106,69 @@ def _point(
 
 
 def tradeoff_figure(results: Sequence[Result], profile: str, scenarios: Sequence[str], path: Path) -> Path:
-    """Short-request P50 gain against long-request P95 change as aging varies, default marked."""
+    """Short-request P50 gain against long-request P95 change as aging varies, defaults marked.
+
+    Solid lines: the core's key (``estimate + aging * arrival``); dashed: the
+    proposed key (estimate capped at the median).  Numbers on the curves are
+    the aging values at their ends.
+    """
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(scenarios), figsize=(6.2 * len(scenarios), 5), squeeze=False)
+    from matplotlib.lines import Line2D
+
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(6.4 * len(scenarios), 5.4), squeeze=False)
     targets = {t.scenario: t for t in TARGETS}
     cmap = plt.get_cmap("tab10")
-    for ax, scenario in zip(axes[0], scenarios, strict=False):
+    for ax, scenario in zip(axes[0], scenarios, strict=True):
         traces = [t for t in _traces(results) if _pick(results, trace=t, profile=profile, scenario=scenario)]
         for i, trace in enumerate(traces):
-            sweep = sorted(
-                (a, r.unit.policy)
-                for r in _pick(results, trace=trace, profile=profile, scenario=scenario)
-                if (a := _aging_of(r.unit.policy)) is not None
-            )
-            if not sweep:
-                continue
-            pts = [_point(results, trace, profile, scenario, name) for _, name in sweep]
             color = cmap(i)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o", ms=3.5, color=color, label=trace, lw=1.2)
-            for (a, _), (x, y) in zip(sweep, pts, strict=False):
-                if a in (sweep[0][0], sweep[-1][0]):
-                    ax.annotate(f"{a:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-            x, y = _point(results, trace, profile, scenario, "sjfsched")
-            ax.plot([x], [y], marker="*", ms=15, color=color, mec="black", ls="none")
-            x, y = _point(results, trace, profile, scenario, "oracle")
-            ax.plot([x], [y], marker="D", ms=6, color=color, mec="black", ls="none")
+            for proposed, style in ((False, "-o"), (True, "--s")):
+                sweep = sorted(
+                    (a, r.unit.policy)
+                    for r in _pick(results, trace=trace, profile=profile, scenario=scenario)
+                    if (a := _aging_of(r.unit.policy, proposed)) is not None
+                )
+                if not sweep:
+                    continue
+                pts = [_point(results, trace, profile, scenario, name) for _, name in sweep]
+                label = trace if not proposed else None
+                ax.plot(
+                    [p[0] for p in pts], [p[1] for p in pts], style, ms=3.5, color=color, label=label, lw=1.1
+                )
+                for (a, _), (x, y) in zip(sweep, pts, strict=True):
+                    if a in (sweep[0][0], sweep[-1][0]):
+                        ax.annotate(f"{a:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            for policy, marker, size in (("sjfsched", "*", 15), ("proposed", "P", 10), ("oracle", "D", 6)):
+                x, y = _point(results, trace, profile, scenario, policy)
+                ax.plot([x], [y], marker=marker, ms=size, color=color, mec="black", ls="none")
             x, y = _point(results, trace, profile, scenario, "clairvoyant")
             ax.plot([x], [y], marker="X", ms=8, color=color, mec="black", ls="none")
         t = targets.get(scenario)
         if t is not None:
             ax.axvline(t.long_p95_increase * 100, color="black", ls=":", lw=1)
             ax.axhline(t.short_p50_gain * 100, color="black", ls=":", lw=1)
+            left = ax.get_xlim()[0]
             ax.fill_between(
-                [ax.get_xlim()[0], t.long_p95_increase * 100],
-                t.short_p50_gain * 100,
-                100,
-                color="green",
-                alpha=0.07,
+                [left, t.long_p95_increase * 100], t.short_p50_gain * 100, 100, color="green", alpha=0.07
             )
+        ax.set_xscale("symlog", linthresh=50)
         ax.set_xlabel("long-request P95 latency, change against FCFS (%)")
         ax.set_ylabel("short-request P50 latency, reduction against FCFS (%)")
         ax.set_title(f"{scenario}, {profile} backend")
         ax.grid(alpha=0.3)
-    handles, _labels = axes[0][0].get_legend_handles_labels()
-    from matplotlib.lines import Line2D
-
+    handles, _ = axes[0][0].get_legend_handles_labels()
     handles += [
-        Line2D(
-            [], [], marker="*", ms=12, color="white", mec="black", label=f"defaults (aging={DEFAULT_AGING:g})"
-        ),
-        Line2D([], [], marker="D", ms=6, color="white", mec="black", label="oracle predictor"),
-        Line2D([], [], marker="X", ms=8, color="white", mec="black", label="clairvoyant"),
+        Line2D([], [], ls="-", color="gray", label="core key, aging varies"),
+        Line2D([], [], ls="--", color="gray", label="proposed key, aging varies"),
+        Line2D([], [], marker="*", ms=12, color="white", mec="black", ls="none", label="sjfsched defaults"),
+        Line2D([], [], marker="P", ms=9, color="white", mec="black", ls="none", label="proposed defaults"),
+        Line2D([], [], marker="D", ms=6, color="white", mec="black", ls="none", label="oracle predictor"),
+        Line2D([], [], marker="X", ms=8, color="white", mec="black", ls="none", label="clairvoyant"),
     ]
     axes[0][0].legend(handles=handles, fontsize=7, loc="lower right")
-    fig.suptitle("Aging sweep (numbers: aging at the ends of each curve); the shaded box meets the target")
+    fig.suptitle(
+        f"Aging trade-off (default aging {DEFAULT_AGING:g}); the shaded box meets the target where one is set"
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -210,7 +226,7 @@ def max_wait_figure(results: Sequence[Result], scenario: str, path: Path) -> Pat
 def draw_all(results: Sequence[Result], img_dir: Path) -> list[Path]:
     """Every figure of docs/benchmarks.md that ``results`` has data for."""
     written: list[Path] = []
-    standard = ["fcfs", "sjfsched", "oracle", "clairvoyant"]
+    standard = ["fcfs", "sjfsched", "oracle", "clairvoyant", "proposed"]
     for profile in dict.fromkeys(r.unit.profile for r in results):
         for scenario in ("burst100", "poisson0.74"):
             if _pick(results, profile=profile, scenario=scenario, policy="fcfs"):
@@ -218,12 +234,11 @@ def draw_all(results: Sequence[Result], img_dir: Path) -> list[Path]:
                 written.append(cdf_figure(results, profile, scenario, standard, path))
     if any(_aging_of(r.unit.policy) is not None for r in results):
         profile = "gpu" if _pick(results, profile="gpu") else results[0].unit.profile
-        written.append(
-            tradeoff_figure(results, profile, ["burst100", "poisson0.74"], img_dir / "bench-tradeoff.png")
-        )
+        scenarios = [s for s in ("poisson0.74", "poisson0.9") if _pick(results, profile=profile, scenario=s)]
+        written.append(tradeoff_figure(results, profile, scenarios, img_dir / "bench-tradeoff.png"))
     written += [
         max_wait_figure(results, scenario, img_dir / f"bench-max-wait-{scenario}.png")
-        for scenario in ("burst100", "poisson0.74")
+        for scenario in ("burst100", "poisson0.9")
         if any(_max_wait_of(r.unit.policy) is not None for r in _pick(results, scenario=scenario))
     ]
     return written

@@ -15,7 +15,12 @@
 
 from __future__ import annotations
 
+import bisect
+import collections
 import math
+import random
+import re
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,10 +35,17 @@ from ._traces import LONG_TOKENS, SHORT_TOKENS
 
 __all__ = [
     "AGING_SWEEP",
+    "ALIASES",
     "MAX_WAIT_SWEEP",
+    "NOISE_SWEEP",
+    "PROPOSED_AGING",
+    "PROPOSED_AGING_SWEEP",
+    "PROPOSED_CAP",
     "STANDARD_POLICIES",
-    "CappedScheduler",
+    "SWEEPS",
+    "MedianCapScheduler",
     "ClairvoyantScheduler",
+    "NoisyOraclePredictor",
     "OraclePredictor",
     "Policy",
     "PolicyContext",
@@ -41,6 +53,7 @@ __all__ = [
     "clairvoyant_predictor",
     "policy_named",
     "predictor_factory",
+    "all_sweep_names",
     "sweep_names",
 ]
 
@@ -64,6 +77,34 @@ class OraclePredictor:
             p_long=1.0 if tokens >= LONG_TOKENS else 0.0,
             prompt_tokens=None if prompt is None else float(prompt),
         )
+
+    def predict_many(self, requests: Sequence[Request], /) -> list[Prediction]:
+        return [self.predict(r) for r in requests]
+
+
+class NoisyOraclePredictor:
+    """The true length times log-normal noise: a predictor of chosen quality.
+
+    ``tokens = true * exp(sigma * z)`` with ``z`` a standard normal drawn
+    from a hash of the prompt (the same prompt always gets the same
+    error, in every policy and process).  ``sigma`` 0 is the oracle; the
+    larger ``sigma``, the more short/long pairs it ranks wrong (see
+    :meth:`ranking_accuracy`).
+    """
+
+    def __init__(self, sigma: float) -> None:
+        if not (math.isfinite(sigma) and sigma >= 0):
+            raise ValueError(f"sigma must be a finite number >= 0, got {sigma!r}")
+        self.sigma = sigma
+        self._oracle = OraclePredictor()
+
+    def predict(self, request: Request, /) -> Prediction:
+        true = self._oracle.predict(request)
+        seed = zlib.crc32(request.text.encode("utf-8", "replace"))
+        z = random.Random(seed).gauss(0.0, 1.0)
+        tokens = true.tokens * math.exp(self.sigma * z)
+        p_long = 1.0 / (1.0 + (LONG_TOKENS / max(tokens, 1e-9)) ** 4)
+        return Prediction(tokens, p_long=p_long, prompt_tokens=true.prompt_tokens)
 
     def predict_many(self, requests: Sequence[Request], /) -> list[Prediction]:
         return [self.predict(r) for r in requests]
@@ -178,26 +219,50 @@ class ClairvoyantScheduler(Scheduler):
             self.max_wait = self.tau_factor * self._short_sum / self._short_count
 
 
-class CappedScheduler(Scheduler):
-    """The scheduler with its estimate capped in the ordering key (a proposed core change).
+class _RecentMedian:
+    """The median of the last ``window`` values added (sorted window, O(window) per add)."""
 
-    The key is ``(priority, min(estimate, cap) + aging * submitted)`` where
-    ``cap = cap_tokens / decode_rate`` (the learned rate), so requests
-    predicted shorter than ``cap_tokens`` output tokens run shortest first
-    and everything longer keeps its arrival order.  Since every key is at
-    most ``cap + aging * submitted``, no request is overtaken by one that
-    arrives more than ``cap / aging`` seconds after it: aging alone bounds
-    starvation, at a scale that follows the backend's speed.
+    def __init__(self, window: int = 200) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window!r}")
+        self.window = window
+        self._recent: collections.deque[float] = collections.deque()
+        self._sorted: list[float] = []
+
+    def add(self, value: float) -> float:
+        """Add ``value`` and return the median of the window (the upper one of an even count)."""
+        self._recent.append(value)
+        bisect.insort(self._sorted, value)
+        if len(self._recent) > self.window:
+            del self._sorted[bisect.bisect_left(self._sorted, self._recent.popleft())]
+        return self._sorted[len(self._sorted) // 2]
+
+
+class MedianCapScheduler(Scheduler):
+    """The proposed core change: the estimate in the key is capped at the median estimate.
+
+    The key is ``(priority, min(estimate, cap) + aging * submitted)`` with
+    ``cap = cap_factor x`` the median estimate of the last 200 arrivals.
+    Requests predicted shorter than the median run shortest first; the
+    others keep their arrival order among themselves (and short ones pass
+    them only within ``cap / aging`` seconds of arriving).  Every key is at
+    most ``cap + aging * submitted``, so no request is passed by one that
+    arrives more than ``cap / aging`` seconds after it, however long its
+    own estimate, even a wildly wrong one: aging alone bounds starvation.
+    The cap follows the predictions' own scale (rank-based: any calibration
+    or backend speed gives the same order), and the key is still fixed at
+    arrival, so the queue stays a heap.
     """
 
-    def __init__(self, backend: Backend | None = None, *, cap_tokens: float, **options: Any) -> None:
-        if not cap_tokens > 0:
-            raise ValueError(f"cap_tokens must be > 0, got {cap_tokens!r}")
-        self.cap_tokens = float(cap_tokens)
+    def __init__(self, backend: Backend | None = None, *, cap_factor: float = 1.0, **options: Any) -> None:
+        if not (math.isfinite(cap_factor) and cap_factor > 0):
+            raise ValueError(f"cap_factor must be a finite number > 0, got {cap_factor!r}")
+        self.cap_factor = float(cap_factor)
+        self._median = _RecentMedian()
         super().__init__(backend, **options)
 
     def sort_key(self, job: Job) -> Any:
-        cap = self.cap_tokens / self.rates.decode_rate
+        cap = self.cap_factor * self._median.add(job.estimate)
         return (job.request.priority, min(job.estimate, cap) + self.aging * job.submitted)
 
 
@@ -219,7 +284,8 @@ class Policy:
     family: str
     aging: float | None = None
     max_wait: float | None = None
-    cap_tokens: float | None = None
+    #: The proposed key's cap, as a multiple of the median estimate (None: the core's plain key).
+    cap: float | None = None
     #: False when a stand-in replaced the real component (reported next to the results).
     faithful: bool = True
 
@@ -240,15 +306,22 @@ def _optional_predictor(name: str) -> Callable[[], Predictor] | None:
 
 
 def predictor_factory(name: str) -> Callable[[], Predictor]:
-    """The predictor of a policy family: sjfsched (the default), oracle, heuristic, lexical."""
+    """The predictor of a policy family: sjfsched (the default), oracle, heuristic, lexical,
+    or noisySIGMA (the oracle with log-normal noise, e.g. noisy1.5)."""
     if name in PREDICTORS:
         return PREDICTORS[name]
+    m = re.fullmatch(r"noisy([0-9.]+)", name)
+    if m:
+        sigma = float(m.group(1))
+        return lambda: NoisyOraclePredictor(sigma)
     if name == "lexical":
         factory = _optional_predictor("LexicalPredictor")
         if factory is not None:
             return factory
         raise ValueError("the 'lexical' policy needs sjfsched.predictors.LexicalPredictor, not available")
-    raise ValueError(f"unknown predictor {name!r}; choose from sjfsched, oracle, heuristic, lexical")
+    raise ValueError(
+        f"unknown predictor {name!r}; choose from sjfsched, oracle, heuristic, lexical, noisySIGMA"
+    )
 
 
 def _fcfs(backend: Backend, context: PolicyContext) -> Scheduler:
@@ -264,23 +337,37 @@ def _parse_seconds(text: str) -> float | None:
     return None if text.lower() in ("none", "inf") else float(text)
 
 
+#: The proposed core change's settings (docs/benchmarks.md, "The proposal").
+PROPOSED_CAP = 1.0
+PROPOSED_AGING = 0.05
+
+#: Short names for longer policy names.
+ALIASES: dict[str, str] = {
+    "proposed": f"sjfsched@cap={PROPOSED_CAP:g},aging={PROPOSED_AGING:g},max_wait=none",
+    "oracle-proposed": f"oracle@cap={PROPOSED_CAP:g},aging={PROPOSED_AGING:g},max_wait=none",
+}
+
+
 def policy_named(name: str) -> Policy:
     """Build a policy from its name.
 
-    ``fcfs``, ``clairvoyant``, or ``<predictor>`` optionally followed by
-    ``@key=value,...`` with keys ``aging``, ``max_wait`` (seconds or
-    ``none``) and ``cap`` (tokens; uses :class:`CappedScheduler`).  The
-    predictor is ``sjfsched`` (the default predictor), ``oracle``,
-    ``heuristic`` or ``lexical``.  Unset keys take the scheduler's defaults.
-    Examples: ``sjfsched``, ``oracle``, ``sjfsched@aging=0.2``,
-    ``sjfsched@max_wait=none``, ``sjfsched@cap=250,aging=0.05``.
+    ``fcfs``, ``clairvoyant``, ``proposed`` (the proposed core change with
+    the default predictor), ``oracle-proposed``, or ``<predictor>``
+    optionally followed by ``@key=value,...`` with keys ``aging``,
+    ``max_wait`` (seconds or ``none``) and ``cap`` (the proposed key,
+    :class:`MedianCapScheduler`, with its cap at this multiple of the median
+    estimate).  The predictor is ``sjfsched`` (the default predictor),
+    ``oracle``, ``heuristic``, ``lexical`` or ``noisySIGMA``.  Unset keys take
+    the scheduler's defaults.  Examples: ``sjfsched``, ``oracle``,
+    ``sjfsched@aging=0.2``, ``sjfsched@max_wait=none``,
+    ``sjfsched@cap=1,aging=0.05``.
     """
     if name == "fcfs":
         return Policy("fcfs", _fcfs, "fcfs")
     if name == "clairvoyant":
         _, real = clairvoyant_predictor()
         return Policy("clairvoyant", _clairvoyant, "clairvoyant", 0.0, None, faithful=real)
-    base, _, params = name.partition("@")
+    base, _, params = ALIASES.get(name, name).partition("@")
     predictor = predictor_factory(base)
     aging: float = DEFAULT_AGING
     max_wait: float | None = DEFAULT_MAX_WAIT
@@ -306,24 +393,58 @@ def policy_named(name: str) -> Policy:
             return Scheduler(backend)  # exactly what a user gets
         if cap is None:
             return Scheduler(backend, predictor=predictor(), aging=aging, max_wait=max_wait)
-        return CappedScheduler(backend, predictor=predictor(), aging=aging, max_wait=max_wait, cap_tokens=cap)
+        return MedianCapScheduler(
+            backend, predictor=predictor(), aging=aging, max_wait=max_wait, cap_factor=cap
+        )
 
     return Policy(name, make, base, aging, max_wait, cap)
 
 
 #: The policies every table shows.
-STANDARD_POLICIES: tuple[str, ...] = ("fcfs", "sjfsched", "oracle", "clairvoyant")
-#: Aging values of the sweep (seconds of estimate forgiven per second waited).
-AGING_SWEEP: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+STANDARD_POLICIES: tuple[str, ...] = (
+    "fcfs",
+    "sjfsched",
+    "oracle",
+    "clairvoyant",
+    "proposed",
+    "oracle-proposed",
+)
+#: Aging values of the sweep of the core's key (seconds of estimate forgiven per second waited).
+AGING_SWEEP: tuple[float, ...] = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+#: Aging values of the sweep of the proposed key.
+PROPOSED_AGING_SWEEP: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1, 0.2)
 #: max_wait values of the sweep, in seconds (None: no bound).
-MAX_WAIT_SWEEP: tuple[float | None, ...] = (60.0, 300.0, 900.0, 1800.0, 3600.0, None)
+MAX_WAIT_SWEEP: tuple[float | None, ...] = (300.0, 900.0, 1800.0, 3600.0, None)
+#: Log-normal noise levels of the predictor-quality sweep (see NoisyOraclePredictor).
+NOISE_SWEEP: tuple[float, ...] = (1.0, 2.0)
 
 
-def sweep_names(
-    aging: Sequence[float] = AGING_SWEEP, max_wait: Sequence[float | None] = MAX_WAIT_SWEEP
-) -> list[str]:
-    """Names of the sweep: the default predictor across ``aging`` (other settings at their
-    defaults) and across ``max_wait``."""
-    names = [f"sjfsched@aging={a:g}" for a in aging]
-    names += [f"sjfsched@max_wait={'none' if w is None else f'{w:g}'}" for w in max_wait]
-    return names
+def sweep_names(kind: str) -> list[str]:
+    """Policy names of one sweep.
+
+    ``aging``: the core's key across AGING_SWEEP (other settings at their
+    defaults); ``proposed-aging``: the proposed key across
+    PROPOSED_AGING_SWEEP; ``max_wait``: the defaults across MAX_WAIT_SWEEP;
+    ``noise``: the defaults and the proposal with a noisy oracle for a
+    predictor.
+    """
+    if kind == "aging":
+        return [f"sjfsched@aging={a:g}" for a in AGING_SWEEP]
+    if kind == "proposed-aging":
+        return [f"sjfsched@cap={PROPOSED_CAP:g},aging={a:g},max_wait=none" for a in PROPOSED_AGING_SWEEP]
+    if kind == "max_wait":
+        return [f"sjfsched@max_wait={'none' if w is None else f'{w:g}'}" for w in MAX_WAIT_SWEEP]
+    if kind == "noise":
+        names = []
+        for sigma in NOISE_SWEEP:
+            names.append(f"noisy{sigma:g}@aging={DEFAULT_AGING:g}")
+            names.append(f"noisy{sigma:g}@cap={PROPOSED_CAP:g},aging={PROPOSED_AGING:g},max_wait=none")
+        return names
+    raise ValueError(f"unknown sweep {kind!r}: aging, proposed-aging, max_wait or noise")
+
+
+SWEEPS: tuple[str, ...] = ("aging", "proposed-aging", "max_wait", "noise")
+
+
+def all_sweep_names() -> list[str]:
+    return [name for kind in SWEEPS for name in sweep_names(kind)]

@@ -99,7 +99,7 @@ def target_table(
             f"{t.scenario} short P50 (≥{t.short_p50_gain:.0%} lower)",
             f"{t.scenario} long P95 (≤{t.long_p95_increase:.0%} higher)",
         ]
-    head += ["longest wait ≤ max_wait + one service, all runs"]
+    head += ["longest wait ≤ max_wait + one service, all runs", "longest wait / FCFS's"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     pairs: dict[tuple[str, str], None] = {(c[2], c[0]): None for c in _cells(results)}
     for trace, profile in pairs:
@@ -127,6 +127,16 @@ def target_table(
             f"{_s(worst.summary.longest_wait)} s vs {_s(worst.summary.wait_bound)} s "
             f"({worst.unit.scenario.name}) {'✓' if violations == 0 else f'✗ {violations} runs'}"
         )
+        ratios = []
+        for r in mine:
+            base = _find(results, trace, profile, r.unit.scenario.name, "fcfs")
+            if base is not None and base.summary.longest_wait > 0:
+                ratios.append((r.summary.longest_wait / base.summary.longest_wait, r.unit.scenario.name))
+        if ratios:
+            ratio, where = max(ratios)
+            row.append(f"{ratio:.2f} ({where})")
+        else:
+            row.append("-")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
