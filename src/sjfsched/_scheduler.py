@@ -38,9 +38,9 @@ __all__ = [
 logger = logging.getLogger("sjfsched")
 
 #: Seconds of estimated service time forgiven per second waited.
-DEFAULT_AGING = 0.05
+DEFAULT_AGING = 0.2
 #: Seconds after which a waiting request runs next, whatever its estimate.
-DEFAULT_MAX_WAIT: float | None = 900.0
+DEFAULT_MAX_WAIT: float | None = None
 #: Output tokens assumed when the predictor fails, until real lengths are seen.
 _NEUTRAL_TOKENS = 256.0
 
@@ -116,8 +116,8 @@ class Scheduler:
     Order: a lower ``Request.priority`` class always goes first; within a
     class the lowest ``estimate - aging * seconds_waited`` goes first, so a
     long request waiting long enough overtakes shorter newcomers.  ``aging``
-    (default 0.05) is the seconds of estimate forgiven per second waited.  A
-    request that has waited ``max_wait`` seconds (default 900; ``None``: no
+    (default 0.2) is the seconds of estimate forgiven per second waited.  A
+    request that has waited ``max_wait`` seconds (default ``None``: no
     bound) runs next, oldest first, regardless of class.  Subclass and override
     :meth:`sort_key` for another policy.
 
