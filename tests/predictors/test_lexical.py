@@ -44,11 +44,35 @@ def test_bundled_model_is_small_and_in_the_package() -> None:
     assert path.parent.name == "data" and path.parent.parent.name == "sjfsched"
 
 
-def test_bundled_model_trained_on_permissive_sources_only(predictor: LexicalPredictor) -> None:
-    from sjfsched.predictors._licenses import PERMISSIVE_SOURCES
+def test_bundled_model_follows_the_data_policy(predictor: LexicalPredictor) -> None:
+    """Trained on the permissive sources and ShareGPT: never Alpaca (non-commercial) or CNN/DailyMail."""
+    from sjfsched.predictors._licenses import BUNDLED_SOURCES
 
     sources = json.loads(predictor.metadata["sjfsched.trained_on"])
-    assert sources and set(sources) <= set(PERMISSIVE_SOURCES)
+    assert sources and set(sources) <= set(BUNDLED_SOURCES)
+    assert not [s for s in sources if "alpaca" in s.lower() or "cnn" in s.lower()]
+
+
+def _demo_trace() -> list[dict[str, object]]:
+    text = (bundled_model_path().parent / "demo_trace.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_bundled_model_never_saw_the_demo_prompts(predictor: LexicalPredictor) -> None:
+    """`sjfsched demo` replays prompts the bundled model was not trained on, and it still ranks them."""
+    from sjfsched.predictors._corpus import prompt_id_of
+    from sjfsched.predictors._evaluate import ranking_accuracy
+
+    trace = _demo_trace()
+    held_out = set(json.loads(predictor.metadata["sjfsched.holdout_prompts"]))
+    assert {prompt_id_of(str(r["prompt"])) for r in trace} <= held_out
+    assert len(trace) == 120
+    tokens = np.array([float(r["output_tokens"]) for r in trace])  # type: ignore[arg-type]
+    scores = predictor.scores([str(r["prompt"]) for r in trace])
+    length = np.array([float(len(str(r["prompt"]))) for r in trace])
+    ours = ranking_accuracy(scores, tokens)
+    assert ours > 0.75
+    assert ours > ranking_accuracy(length, tokens) + 0.05
 
 
 def test_ranks_obvious_long_asks_above_obvious_short_ones(predictor: LexicalPredictor) -> None:

@@ -29,16 +29,17 @@ def _log_rmse(predictor: LexicalPredictor, records: list[LengthRecord], scores: 
 
 
 @pytest.mark.parametrize(
-    ("corpus", "model"),
+    ("corpus", "model", "margin"),
     [
-        ("castillo_code_and_instruct.jsonl.gz", "meta-llama/Llama-3.2-1B-Instruct"),
-        ("castillo_code_and_instruct.jsonl.gz", "google/gemma-3-4b-it"),
-        ("arena_hard_v01.jsonl.gz", "gpt-3.5-turbo-0125"),  # terse
-        ("arena_hard_v01.jsonl.gz", "athene-v2-chat"),  # verbose
+        # answers close to the training scale already: little to gain, but no loss
+        ("castillo_code_and_instruct.jsonl.gz", "meta-llama/Llama-3.2-1B-Instruct", 0.0),
+        ("castillo_code_and_instruct.jsonl.gz", "google/gemma-3-4b-it", 0.05),  # verbose
+        ("arena_hard_v01.jsonl.gz", "gpt-3.5-turbo-0125", 0.05),  # terse
+        ("arena_hard_v01.jsonl.gz", "athene-v2-chat", 0.05),  # verbose
     ],
 )
 def test_calibration_on_one_models_answers_lowers_error_on_its_held_back_answers(
-    corpus: str, model: str
+    corpus: str, model: str, margin: float
 ) -> None:
     records = [r for r in _records(corpus) if r.model == model]
     observed = [r for r in records if not is_test(r.prompt_id, 0.5, seed=7)]
@@ -53,7 +54,7 @@ def test_calibration_on_one_models_answers_lowers_error_on_its_held_back_answers
     for r in observed[:600]:
         predictor.observe(Request(r.prompt), Prediction(1.0), round(r.output_tokens))
     after = _log_rmse(predictor, held_back, scores)
-    assert after < before - 0.02, (before, after)
+    assert after < before - margin, (before, after)
     # the typical length of the held-back answers is now closer too
     predicted = np.median([predictor.predict(Request(r.prompt)).tokens for r in held_back])
     actual = np.median([r.output_tokens for r in held_back])
@@ -63,14 +64,14 @@ def test_calibration_on_one_models_answers_lowers_error_on_its_held_back_answers
     assert abs(math.log(predicted / actual)) < abs(math.log(uncalibrated / actual)) + 0.05
 
 
-def test_bundled_model_ranks_a_corpus_it_never_saw() -> None:
-    """ShareGPT is not among the bundled model's (permissively licensed) training sources."""
-    records = _records("sharegpt_natural.jsonl.gz")
+def test_bundled_model_ranks_a_source_it_never_saw() -> None:
+    """CASTILLO's Alpaca prompts (CC BY-NC) are not among the bundled model's training sources."""
+    records = [r for r in _records("castillo_code_and_instruct.jsonl.gz") if r.source == "castillo/Alpaca"]
     predictor = LexicalPredictor(calibrate=False)
-    assert "sharegpt-natural" not in predictor.metadata["sjfsched.trained_on"]
+    assert "castillo/Alpaca" not in predictor.metadata["sjfsched.trained_on"]
     scores = predictor.scores([r.prompt for r in records])
     tokens = np.array([r.output_tokens for r in records])
     length = np.array([len(r.prompt) for r in records])
     ours = ranking_accuracy(scores, tokens)
-    assert ours > ranking_accuracy(length, tokens) + 0.08
-    assert ours > 0.68
+    assert ours > ranking_accuracy(length, tokens) + 0.2
+    assert ours > 0.7

@@ -140,6 +140,52 @@ def test_permissive_only_keeps_your_own_sources() -> None:
     assert [r.source for r in select_records(records, include=["castillo/*"])] == ["castillo/Alpaca"]
 
 
+def test_bundled_sources_and_held_out_prompts(tmp_path: Path) -> None:
+    from sjfsched.predictors._corpus import LengthRecord
+    from sjfsched.predictors._train import load_holdout_prompts, select_records
+
+    def rec(source: str, prompt: str = "p") -> LengthRecord:
+        return LengthRecord(prompt, 10.0, prompt_id_of(prompt), source, "m")
+
+    records = [
+        rec("arena-hard-v0.1"),
+        rec("sharegpt-natural"),
+        rec("castillo/Alpaca"),
+        rec("cnn_dailymail"),
+        rec("castillo/DollyDataset"),
+        rec("requestlog"),
+    ]
+    kept = select_records(records, bundled_sources=True)
+    assert [r.source for r in kept] == ["arena-hard-v0.1", "sharegpt-natural", "requestlog"]
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text(json.dumps({"prompt": "  Hold me out\n", "x": 1}) + "\n\n" + json.dumps({"prompt": "b"}))
+    holdout = load_holdout_prompts([trace])
+    assert holdout == {prompt_id_of("Hold me out"), prompt_id_of("b")}
+    # matched on the prompt's text too, whatever the record's prompt_id field says
+    mine = [LengthRecord("Hold me out", 5.0, "other-id", "s", "m"), rec("s", "keep me")]
+    assert [r.prompt for r in select_records(mine, holdout=holdout)] == ["keep me"]
+    trace.write_text('{"text": "no prompt here"}\n')
+    with pytest.raises(ValueError, match=r"trace\.jsonl:1: expected a JSON object with a 'prompt'"):
+        load_holdout_prompts([trace])
+
+
+def test_train_holds_out_prompts(log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    held = [f"What is {topic}? Answer in one sentence." for topic in TOPICS[:3]]
+    trace = tmp_path / "demo_trace.jsonl"
+    trace.write_text("".join(json.dumps({"prompt": p, "output_tokens": 1}) + "\n" for p in held))
+    out = tmp_path / "held.onnx"
+    args = ["train", str(log), "--out", str(out), "--fit-all", "--holdout-prompts", str(trace)]
+    assert main(args) == 0
+    capsys.readouterr()
+    meta = LexicalPredictor(out).metadata
+    assert set(json.loads(meta["sjfsched.holdout_prompts"])) == {prompt_id_of(p) for p in held}
+    card = out.with_suffix(".md").read_text()
+    assert "Never trained on: the 3 prompts of" in card and "36 answers to them" in card
+    assert "--holdout-prompts" in card and "`sjfsched demo` replays that trace" in card
+    assert main([*args[:-2], "--holdout-prompts", str(tmp_path / "missing.jsonl")]) == 2
+    assert "--holdout-prompts" in capsys.readouterr().err
+
+
 def test_evaluate_calibration_report(log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "mine.onnx"
     assert main(["train", str(log), "--out", str(out), "--fit-all"]) == 0

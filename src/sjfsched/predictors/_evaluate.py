@@ -246,13 +246,16 @@ def compare(
     seed: int,
     loco: bool,
     train_permissive_only: bool = False,
+    train_bundled_sources: bool = False,
     min_long: int = 20,
     log: Callable[[str], None] = lambda s: None,
 ) -> str:
     from ._train import select_records, split_records
 
     def training(rs: Sequence[LengthRecord]) -> list[LengthRecord]:
-        return select_records(rs, permissive_only=train_permissive_only)
+        return select_records(
+            rs, permissive_only=train_permissive_only, bundled_sources=train_bundled_sources
+        )
 
     out = []
     train, test = split_records(records, test_fraction, seed)
@@ -297,6 +300,8 @@ def compare(
         )
     if train_permissive_only:
         out.append("Trained on permissively licensed sources only.\n")
+    if train_bundled_sources:
+        out.append("Trained on the bundled model's sources only.\n")
     legend = (
         "Cells: ranking accuracy over all answers of the corpus (τ: Kendall's tau-b) "
         "[mean ranking accuracy over answering models with >= 5 short and >= 5 long answers].\n"
@@ -413,6 +418,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="with --compare: train only on permissively licensed sources (tests stay the same)",
     )
     parser.add_argument(
+        "--train-bundled-sources",
+        action="store_true",
+        help="with --compare: train only on the bundled model's sources (tests stay the same)",
+    )
+    parser.add_argument(
         "--methods",
         default=",".join(METHODS),
         help=f"with --compare: comma-separated subset of {', '.join(METHODS)}",
@@ -445,6 +455,7 @@ def run(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 loco=args.loco,
                 train_permissive_only=args.train_permissive_only,
+                train_bundled_sources=args.train_bundled_sources,
                 log=lambda s: print(s, file=sys.stderr, flush=True),
             )
         )

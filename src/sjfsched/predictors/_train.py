@@ -36,10 +36,10 @@ import numpy.typing as npt
 
 from .._version import __version__
 from ._clairvoyant import CLAIRVOYANT_FEATURES, clairvoyant_features
-from ._corpus import LengthRecord, group_by_prompt, is_test, load_records
+from ._corpus import LengthRecord, group_by_prompt, is_test, load_records, prompt_id_of
 from ._features import FEATURE_VERSION, SIGNALS, LexicalFeaturizer
 from ._lexical import LONG_TOKENS
-from ._licenses import KNOWN_LICENSES, PERMISSIVE_SOURCES, license_of
+from ._licenses import BUNDLED_SOURCES, KNOWN_LICENSES, PERMISSIVE_SOURCES, license_of
 
 __all__ = [
     "LexicalFit",
@@ -49,6 +49,7 @@ __all__ = [
     "fit_lexical",
     "lexical_matrix",
     "lexical_onnx",
+    "load_holdout_prompts",
     "prompt_targets",
     "run",
     "select_records",
@@ -67,16 +68,26 @@ def select_records(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     permissive_only: bool = False,
+    bundled_sources: bool = False,
+    holdout: frozenset[str] = frozenset(),
 ) -> list[LengthRecord]:
     """The records whose ``source`` matches the filters (shell patterns).
 
     ``permissive_only`` drops the sources the project knows to be under
-    non-permissive terms (:data:`KNOWN_LICENSES`); sources it does not know,
-    such as your own logs, are kept.
+    non-permissive terms (:data:`KNOWN_LICENSES`); ``bundled_sources`` keeps
+    of the known sources those the bundled model is trained on
+    (:data:`BUNDLED_SOURCES`); sources the project does not know, such as
+    your own logs, are kept by both.  ``holdout``: prompt ids to leave out
+    (see :func:`load_holdout_prompts`), matched against the id of each
+    record's prompt text as well as its ``prompt_id`` field.
     """
     out = []
     for r in records:
         if permissive_only and r.source in KNOWN_LICENSES and r.source not in PERMISSIVE_SOURCES:
+            continue
+        if bundled_sources and r.source in KNOWN_LICENSES and r.source not in BUNDLED_SOURCES:
+            continue
+        if holdout and (r.prompt_id in holdout or prompt_id_of(r.prompt) in holdout):
             continue
         if include and not any(fnmatch.fnmatchcase(r.source, p) for p in include):
             continue
@@ -84,6 +95,29 @@ def select_records(
             continue
         out.append(r)
     return out
+
+
+def load_holdout_prompts(paths: Sequence[Path]) -> frozenset[str]:
+    """The prompt ids of every ``"prompt"`` in these JSON-lines files.
+
+    A prompt's id is :func:`~sjfsched.predictors._corpus.prompt_id_of` its
+    text (the first 16 hex digits of ``sha1(prompt.strip())``), so any file
+    with a ``prompt`` field per line will do: a trace, a test set, a log.
+    """
+    ids: set[str] = set()
+    for path in paths:
+        with path.open(encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    prompt = json.loads(line)["prompt"]
+                except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                    raise ValueError(f"{path}:{i}: expected a JSON object with a 'prompt' ({exc!r})") from exc
+                if not isinstance(prompt, str):
+                    raise ValueError(f"{path}:{i}: 'prompt' must be a string")
+                ids.add(prompt_id_of(prompt))
+    return frozenset(ids)
 
 
 def split_records(
@@ -303,6 +337,8 @@ def _card(
     held_out_report: str,
     size: int,
     seconds: float,
+    holdout: frozenset[str] = frozenset(),
+    held_back: int = 0,
 ) -> str:
     sources: Counter[str] = Counter(r.source for r in train)
     prompts: dict[str, set[str]] = {}
@@ -332,6 +368,16 @@ def _card(
         f"| `{source}` | {sources[source]:,} | {len(prompts[source]):,} | {license_of(source)} |"
         for source in sorted(sources)
     )
+    if holdout:
+        files = ", ".join(f"`{p}`" for p in args.holdout_prompts)
+        lines += [
+            "",
+            f"Never trained on: the {len(holdout):,} prompts of {files} ({held_back:,} answers to them "
+            "in the data were left out before the split; their ids are in the model's "
+            "`sjfsched.holdout_prompts` metadata).",
+        ]
+        if any(p.name == "demo_trace.jsonl" for p in args.holdout_prompts):
+            lines[-1] += " `sjfsched demo` replays that trace: it shows this model on prompts it never saw."
     lines += [
         "",
         f"Held-out answers: {len(test):,}.",
@@ -364,6 +410,10 @@ def _command_line(args: argparse.Namespace) -> str:
         parts += ["--exclude", pattern]
     if args.permissive_only:
         parts.append("--permissive-only")
+    if args.bundled_sources:
+        parts.append("--bundled-sources")
+    for path in args.holdout_prompts:
+        parts += ["--holdout-prompts", str(path)]
     if args.fit_all:
         parts.append("--fit-all")
     defaults = {"test_fraction": 0.2, "seed": 0, "alpha": 1.0, "byte_bits": 18, "min_count": 2}
@@ -395,6 +445,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
         + ", ".join(PERMISSIVE_SOURCES)
         + ", and any source the project does not know, such as your own logs)",
     )
+    parser.add_argument(
+        "--bundled-sources",
+        action="store_true",
+        help="of the shared sources keep those the bundled model is trained on ("
+        + ", ".join(BUNDLED_SOURCES)
+        + "), and any source the project does not know, such as your own logs",
+    )
+    parser.add_argument(
+        "--holdout-prompts",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="never train on the prompts of this JSONL file (a 'prompt' per line; "
+        "matched by prompt id; repeatable)",
+    )
     parser.add_argument("--test-fraction", type=float, default=0.2, help="share of prompts held out (0.2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the grouped split (0)")
     parser.add_argument(
@@ -416,18 +482,30 @@ def run(args: argparse.Namespace) -> int:
         print("sjfsched train: --test-fraction must be within [0, 1)", file=sys.stderr)
         return 2
     started = time.perf_counter()
+    try:
+        holdout = load_holdout_prompts(args.holdout_prompts)
+    except (OSError, ValueError) as exc:
+        print(f"sjfsched train: --holdout-prompts: {exc}", file=sys.stderr)
+        return 2
+    loaded = load_records(args.data)
     records = select_records(
-        load_records(args.data),
+        loaded,
         include=args.include,
         exclude=args.exclude,
         permissive_only=args.permissive_only,
+        bundled_sources=args.bundled_sources,
     )
+    held_back = len(records)
+    records = select_records(records, holdout=holdout)
+    held_back -= len(records)
     if not records:
         print("sjfsched train: no records left after filtering", file=sys.stderr)
         return 1
     train, test = split_records(records, args.test_fraction, args.seed)
     print(f"{len(records):,} answers: {len(train):,} to train on, {len(test):,} held out", file=sys.stderr)
     meta = {"sjfsched.trained_on": json.dumps(sorted({r.source for r in records}))}
+    if holdout:
+        meta["sjfsched.holdout_prompts"] = json.dumps(sorted(holdout))
     if args.features == "lexical":
         fit = fit_lexical(train, alpha=args.alpha, byte_bits=args.byte_bits, min_count=args.min_count)
         scores = fit.scores([r.prompt for r in test]) if test else np.zeros(0)
@@ -450,7 +528,9 @@ def run(args: argparse.Namespace) -> int:
     args.out.write_bytes(data)
     card_path = args.card if args.card is not None else args.out.with_suffix(".md")
     card_train = records if args.fit_all else train
-    card = _card(args, args.out, card_train, test, report, len(data), time.perf_counter() - started)
+    card = _card(
+        args, args.out, card_train, test, report, len(data), time.perf_counter() - started, holdout, held_back
+    )
     card_path.write_text(card, encoding="utf-8")
     print(report, end="")
     print(f"wrote {args.out} ({len(data) / 1e6:.2f} MB) and {card_path}", file=sys.stderr)
