@@ -146,7 +146,12 @@ def run(args: argparse.Namespace) -> int:
         f"simulated serial server: {args.prefill_rate:g} prompt tok/s, {args.decode_rate:g} output tok/s, "
         f"mean service {mean_service:.1f} s; virtual time"
     )
-    print(f"sjfsched predictor: {default_name} (the default)\n")
+    note = (
+        " (its bundled model was trained with these prompts held out)"
+        if default_name == "LexicalPredictor"
+        else ""
+    )
+    print(f"sjfsched predictor: {default_name}, the default{note}\n")
     scenarios = [
         (f"burst of {len(burst)} at once", burst, burst_arrivals),
         (f"Poisson arrivals, load {args.load:g} ({len(steady)} requests)", steady, steady_arrivals),
