@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sjfsched import Prediction, PredictorError, Request, Scheduler
 from sjfsched.predictors import HeuristicPredictor, LexicalPredictor, _default, _lexical, default_predictor
@@ -147,6 +149,30 @@ def test_encode_many_matches_encode(predictor: LexicalPredictor) -> None:
         assert sorted(zip(ids[mine].tolist(), values[mine].tolist(), strict=True)) == sorted(
             zip(one_ids.tolist(), one_values.tolist(), strict=True)
         )
+
+
+_PIECES = [
+    "Write", " 500", " words", "1,000", " 3-paragraph", "examples", " 10 ", "\n", "def f(x):", " = ", ";",
+    "{", "日本語", "😀", "?", " ", "word", "0", "steps", "abc12 items", "\x00", "\ud800", "x" * 700,
+]  # fmt: skip
+
+
+@given(st.lists(st.lists(st.sampled_from(_PIECES), max_size=12).map("".join), max_size=8))
+@settings(max_examples=150, deadline=None)
+def test_batch_encoding_matches_one_by_one(texts: list[str]) -> None:
+    """encode_batch (one pass over all texts) gives each text the rows and values encode gives it."""
+    with_units = LexicalFeaturizer(["words", "write", "10", "examples", "日本語"], [(1, 0)], 12)
+    assert with_units._unit_rows is None  # not every unit word has a row: the slower lookup
+    learnt = LexicalFeaturizer.learn(["write 500 words", "10 examples please"], byte_bits=12, min_count=1)
+    assert learnt._unit_rows is not None  # learn gives every unit word a row: found by row
+    for features in (with_units, learnt):
+        ids, values, segments = features.encode_many(texts)
+        for i, text in enumerate(texts):
+            one_ids, one_values = features.encode(text)
+            mine = segments == i
+            assert sorted(zip(ids[mine].tolist(), values[mine].tolist(), strict=True)) == sorted(
+                zip(one_ids.tolist(), one_values.tolist(), strict=True)
+            )
 
 
 def _signal_names(text: str) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import random
 from pathlib import Path
 
@@ -184,6 +185,28 @@ def test_train_holds_out_prompts(log: Path, tmp_path: Path, capsys: pytest.Captu
     assert "--holdout-prompts" in card and "`sjfsched demo` replays that trace" in card
     assert main([*args[:-2], "--holdout-prompts", str(tmp_path / "missing.jsonl")]) == 2
     assert "--holdout-prompts" in capsys.readouterr().err
+
+
+def test_target_clips_answer_lengths() -> None:
+    """The target ignores how short a short answer is: below the floor every answer counts alike."""
+    from sjfsched.predictors._corpus import LengthRecord
+    from sjfsched.predictors._train import fit_lexical, prompt_targets
+
+    records = [
+        LengthRecord("a", 3.0, "a", "s", "m"),
+        LengthRecord("a", 150.0, "a", "s", "n"),
+        LengthRecord("b", 5000.0, "b", "s", "m"),
+    ]
+    prompts, y = prompt_targets(records, (100.0, 2000.0))
+    assert prompts == ["a", "b"]
+    assert y.tolist() == pytest.approx([(math.log1p(100) + math.log1p(150)) / 2, math.log1p(2000)])
+    assert prompt_targets(records)[1][0] == pytest.approx((math.log1p(3) + math.log1p(150)) / 2)
+    with pytest.raises(ValueError, match="target_range"):
+        prompt_targets(records, (10.0, 5.0))
+    fit = fit_lexical(records, target_percentiles=(50.0, 100.0))
+    assert fit.target_range == (150.0, 5000.0)
+    with pytest.raises(ValueError, match="target_percentiles"):
+        fit_lexical(records, target_percentiles=(50.0, 120.0))
 
 
 def test_evaluate_calibration_report(log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

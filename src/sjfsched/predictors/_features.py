@@ -34,7 +34,7 @@ import itertools
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import Final
+from typing import Any, Final
 
 import attrs
 import numpy as np
@@ -79,6 +79,14 @@ _UNIT_GROUP.update({u + b"s": g for u, g in list(_UNIT_GROUP.items())})
 
 
 _CLIP_AT: Final = HEAD_CHARS + TAIL_CHARS
+_FRAMES: Final = _FRAME + _FRAME
+#: Between the texts of a batch when their words are split together: 0xFF
+#: never occurs in UTF-8, so no text has this word; it maps to row -1.
+_SEPARATOR: Final = b" \xff "
+_SEPARATOR_WORD: Final = b"\xff"
+_SEPARATOR_ROW: Final = -1
+_IS_CODE_MARK: Final = np.zeros(256, bool)
+_IS_CODE_MARK[[ord("("), ord("{"), ord("="), ord(";")]] = True
 
 
 def clip_text(text: str) -> str:
@@ -103,19 +111,22 @@ _CODE_BASE: Final = _SIGNAL_INDEX["code0"]
 
 @attrs.frozen
 class EncodedBatch:
-    """Many texts encoded: three blocks of rows (4-grams, words, signals).
+    """Many texts encoded: three blocks of rows (4-grams, words and pairs, signals).
 
     Within a text a block's rows share one value (``byte_scale``,
     ``word_scale``, 1 for signals), so a caller can sum the plain weights of
-    each run and scale the sums: cheaper than a value per row.
+    each block per text and scale the sums: cheaper than a value per row.
     """
 
     ids: npt.NDArray[np.int32]
+    #: per row: the text it belongs to
+    texts: npt.NDArray[np.int64]
+    #: rows in the 4-gram block and in the word block (the signals follow)
+    byte_rows: int
+    word_rows: int
     #: per text: how many rows of the 4-gram block, of the word block are its
     byte_counts: npt.NDArray[np.int64]
     word_counts: npt.NDArray[np.int64]
-    #: per row of the signal block: the text it belongs to
-    signal_texts: npt.NDArray[np.int64]
 
     @property
     def byte_scale(self) -> npt.NDArray[np.float64]:
@@ -128,13 +139,26 @@ class EncodedBatch:
     @property
     def values(self) -> npt.NDArray[np.float32]:
         """Each row's value, as :meth:`LexicalFeaturizer.encode` gives them."""
+        b, w = self.byte_rows, self.byte_rows + self.word_rows
         return np.concatenate(
             [
-                np.repeat(self.byte_scale.astype(np.float32), self.byte_counts),
-                np.repeat(self.word_scale.astype(np.float32), self.word_counts),
-                np.ones(len(self.signal_texts), np.float32),
+                self.byte_scale[self.texts[:b]].astype(np.float32),
+                self.word_scale[self.texts[b:w]].astype(np.float32),
+                np.ones(len(self.ids) - w, np.float32),
             ]
         )
+
+    def totals(self, weights: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
+        """Per text: the sum of ``weights`` (one per row) times the rows' values."""
+        n = len(self.byte_counts)
+        b, w = self.byte_rows, self.byte_rows + self.word_rows
+        texts = self.texts
+        out: npt.NDArray[np.float64] = (
+            np.bincount(texts[:b], weights=weights[:b], minlength=n) * self.byte_scale
+            + np.bincount(texts[b:w], weights=weights[b:w], minlength=n) * self.word_scale
+            + np.bincount(texts[w:], weights=weights[w:], minlength=n)
+        )
+        return out
 
 
 def _code(raw: bytes) -> int:
@@ -156,22 +180,48 @@ def _quantity(raw: bytes, words: list[bytes]) -> int:
     if not units:
         return -1
     best = -1
-    found = -1
     for unit in units:
         i = words.index(unit)
         while True:
             if i > 0 and words[i - 1].isdigit() and (best < 0 or i < best):
                 best = i
-                n = int(words[i - 1])
-                if i > 1 and len(words[i - 1]) == 3 and words[i - 2].isdigit():  # 1,000 words
-                    n += 1000 * int(words[i - 2])
-                found = _QTY_BASE[_UNIT_GROUP.get(unit, "n")] + min(n.bit_length(), 20)
                 break
             try:
                 i = words.index(unit, i + 1)
             except ValueError:
                 break
+    return -1 if best < 0 else _quantity_at(words, best)
+
+
+def _quantity_at(words: Sequence[bytes], i: int) -> int:
+    """Index into :data:`SIGNALS` of the quantity whose unit is ``words[i]``, a number before it."""
+    n = int(words[i - 1])
+    if i > 1 and len(words[i - 1]) == 3 and words[i - 2].isdigit():  # 1,000 words
+        n += 1000 * int(words[i - 2])
+    return _QTY_BASE[_UNIT_GROUP.get(words[i], "n")] + min(n.bit_length(), 20)
+
+
+def _quantities(
+    words: Sequence[bytes], units: list[int], word_texts: npt.NDArray[np.int64]
+) -> dict[int, int]:
+    """:func:`_quantity` of every text of a batch: text -> index into :data:`SIGNALS`.
+
+    ``words`` are the words of all texts, ``units`` the positions of the unit
+    words among them (ascending), ``word_texts`` the text of each word.
+    Texts that ask for no quantity are left out.
+    """
+    found: dict[int, int] = {}
+    for i in units:
+        if i > 0 and words[i - 1].isdigit():
+            text = int(word_texts[i])
+            if text not in found:  # the first quantity of the text
+                found[text] = _quantity_at(words, i)
     return found
+
+
+def _octave(counts: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """``int.bit_length`` of each count (0, 1, 2-3, 4-7, ... -> 0, 1, 2, 3, ...)."""
+    return np.frexp(counts.astype(np.float64))[1].astype(np.int64)
 
 
 def _signals(raw: bytes, words: list[bytes]) -> list[int]:
@@ -205,6 +255,7 @@ class LexicalFeaturizer:
         "_shift",
         "_signal_offset",
         "_unigram",
+        "_unit_rows",
         "bigrams",
         "byte_bits",
         "unigrams",
@@ -225,8 +276,14 @@ class LexicalFeaturizer:
         # Rows start past the byte buckets, so none is 0 (see word_ids).
         off = 1 << byte_bits
         self._unigram = {w: off + i for i, w in enumerate(words)}
+        self._unigram[_SEPARATOR_WORD] = _SEPARATOR_ROW  # only ever in batches: see encode_batch
         self._bigram = {(words[i], words[j]): off + n + k for k, (i, j) in enumerate(self.bigrams)}
         self._signal_offset = off + n + len(self.bigrams)
+        #: which rows are unit words ("words", "examples"), when all of them have one
+        self._unit_rows: npt.NDArray[np.bool_] | None = None
+        if all(u in self._unigram for u in _UNIT_WORDS):
+            self._unit_rows = np.zeros(self.table_size, bool)
+            self._unit_rows[[self._unigram[u] for u in _UNIT_WORDS]] = True
 
     @property
     def table_size(self) -> int:
@@ -254,7 +311,8 @@ class LexicalFeaturizer:
         df: Counter[bytes] = Counter()
         for words in word_lists:
             df.update(set(words))
-        unigrams = sorted(w for w, c in df.most_common(max_unigrams) if c >= min_count)
+        # The unit words of requested quantities always get a row (encode_batch finds them by it).
+        unigrams = sorted({w for w, c in df.most_common(max_unigrams) if c >= min_count} | _UNIT_WORDS)
         index = {w: i for i, w in enumerate(unigrams)}
         pair_df: Counter[tuple[int, int]] = Counter()
         for words in word_lists:
@@ -282,17 +340,21 @@ class LexicalFeaturizer:
         The texts are framed and joined into one buffer and hashed in one go;
         the 4-grams that would straddle two texts are dropped.
         """
-        framed = [_FRAME + raw + _FRAME for raw in raws]
-        lengths = np.fromiter(map(len, framed), np.int64, len(framed))
-        counts = np.maximum(lengths - 3, 0)
-        joined = b"".join(framed)
-        n = len(joined) - 3
+        lengths = np.fromiter(map(len, raws), np.int64, len(raws))
+        return self._hash_framed(_FRAME + _FRAMES.join(raws) + _FRAME, lengths, np.cumsum(lengths + 2))
+
+    def _hash_framed(
+        self, framed: bytes, lengths: npt.NDArray[np.int64], ends: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:
+        """Hashed 4-grams of framed texts joined into one buffer (``ends``: where each ends)."""
+        counts = np.maximum(lengths - 1, 0)  # a framed text of m bytes has m - 3 4-grams
+        n = len(framed) - 3
         if n <= 0 or not counts.any():
             return _NO_IDS, counts
-        grams = np.ndarray((n,), dtype="<u4", buffer=joined, strides=(1,))
+        grams = np.ndarray((n,), dtype="<u4", buffer=framed, strides=(1,))
         hashed = ((grams * _HASH_MULT) >> self._shift).view(np.int32)
         keep = np.ones(n, bool)
-        bad = (np.cumsum(lengths)[:, None] - np.array([3, 2, 1])).ravel()
+        bad = (ends[:, None] - np.array([3, 2, 1])).ravel()
         keep[bad[(bad >= 0) & (bad < n)]] = False
         return hashed[keep], counts
 
@@ -344,55 +406,70 @@ class LexicalFeaturizer:
     ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         """:meth:`encode` of many texts: rows, values, and the text each belongs to."""
         batch = self.encode_batch(texts)
-        index = np.arange(len(texts))
-        segments = np.concatenate(
-            [np.repeat(index, batch.byte_counts), np.repeat(index, batch.word_counts), batch.signal_texts]
-        )
-        return batch.ids, batch.values, segments
+        return batch.ids, batch.values, batch.texts
 
     def encode_batch(self, texts: Sequence[str]) -> EncodedBatch:
-        """:meth:`encode` of many texts, in three blocks: the byte 4-grams of every
-        text in order, then the words of every text in order, then the signals.
+        """:meth:`encode` of many texts at once, without a Python loop over them.
 
-        The bytes of all texts are hashed in one go; words and signals are
-        looked up text by text (inlined: this loop is the cost of a batch).
+        The texts are clipped, lowercased and encoded one by one, then joined:
+        their bytes are hashed in one go, their words split and looked up in
+        one pass (a separator word that no text can contain marks where each
+        text ends), and the signals counted over the joined bytes.  Only the
+        words that name a unit with a number before them ("500 words") take
+        a step of their own.
         """
         n = len(texts)
-        raws: list[bytes] = []
-        rest: list[int] = []
-        ends: list[int] = []  # where each text's words end, then where its signals end
+        clip_at, head, tail = _CLIP_AT, HEAD_CHARS, TAIL_CHARS
+        raws = [
+            (t if len(t) <= clip_at else t[:head] + "\n" + t[-tail:]).lower().encode("utf-8", "replace")
+            for t in texts
+        ]
+        lengths = np.fromiter(map(len, raws), np.int64, n)
+        framed = _FRAME + _FRAMES.join(raws) + _FRAME
+        ends = np.cumsum(lengths + 2)  # where each framed text ends in `framed`
+        byte_ids, byte_counts = self._hash_framed(framed, lengths, ends)
+        byte_texts = np.repeat(np.arange(n), byte_counts)
+
+        # Words: one split of all texts, separated by a word no text has.
+        words = _SEPARATOR.join(raws).translate(_TO_SPACE).split()
+        nwords = len(words)
+        unigram_ids = np.fromiter(map(self._unigram.get, words, itertools.repeat(0)), np.int32, nwords)
+        word_texts = np.cumsum(unigram_ids == _SEPARATOR_ROW)
+        known = unigram_ids > 0
+        word_block = unigram_ids[known]
+        word_block_texts = word_texts[known]
+        if self._bigram and nwords > 1:
+            pair_ids = np.fromiter(
+                map(self._bigram.get, itertools.pairwise(words), itertools.repeat(0)), np.int32, nwords - 1
+            )
+            known = pair_ids > 0
+            word_block = np.concatenate([word_block, pair_ids[known]])
+            word_block_texts = np.concatenate([word_block_texts, word_texts[:-1][known]])
+        word_counts = np.bincount(word_block_texts, minlength=n)
+
+        # Signals: newlines and code marks counted over the joined bytes.
+        joined = np.frombuffer(framed, np.uint8)
+        newlines = np.bincount(
+            np.searchsorted(ends, np.flatnonzero(joined == 0x0A), side="right"), minlength=n
+        )
+        marks = np.bincount(
+            np.searchsorted(ends, np.flatnonzero(_IS_CODE_MARK[joined]), side="right"), minlength=n
+        )
         off = self._signal_offset
-        unigram = self._unigram.get
-        bigram = self._bigram.get if self._bigram else None
-        clip_at, head, tail, to_space, not_digits = _CLIP_AT, HEAD_CHARS, TAIL_CHARS, _TO_SPACE, _NOT_DIGITS
-        code_base = _CODE_BASE
-        add = rest.append
-        end = ends.append
-        for text in texts:
-            if len(text) > clip_at:
-                text = text[:head] + "\n" + text[-tail:]
-            raw = text.lower().encode("utf-8", "replace")
-            raws.append(raw)
-            words = raw.translate(to_space).split()
-            rest.extend(filter(None, map(unigram, words)))
-            if bigram is not None:
-                rest.extend(filter(None, map(bigram, itertools.pairwise(words))))
-            end(len(rest))
-            add(off + min(raw.count(b"\n").bit_length(), 10))
-            punctuation = raw.count(b"(") + raw.count(b"{") + raw.count(b"=") + raw.count(b";")
-            add(off + code_base + min(punctuation.bit_length(), 10))
-            if raw.translate(None, not_digits):  # a quantity needs a number
-                quantity = _quantity(raw, words)
-                if quantity >= 0:
-                    add(off + quantity)
-            end(len(rest))
-        marks = np.array(ends, np.int64)
-        marks[1:] -= np.array(ends[:-1], np.int64)
-        bounds = marks.reshape(n, 2)
-        word_counts = bounds[:, 0]
-        rest_ids = np.array(rest, np.int32)
-        is_word = np.repeat(np.tile(np.array([True, False]), n), bounds.ravel())
-        byte_ids, byte_counts = self.byte_ids_many(raws)
-        signals = rest_ids[~is_word]
-        ids = np.concatenate([byte_ids, rest_ids[is_word], signals])
-        return EncodedBatch(ids, byte_counts, word_counts, np.repeat(np.arange(n), bounds[:, 1]))
+        index = np.arange(n)
+        signal_ids = [
+            off + np.minimum(_octave(newlines), 10),
+            off + _CODE_BASE + np.minimum(_octave(marks), 10),
+        ]
+        signal_texts = [index, index]
+        if self._unit_rows is not None:  # every unit word has a row: find them by row
+            units = np.flatnonzero(self._unit_rows[unigram_ids[1:]]) + 1
+        else:
+            units = np.flatnonzero(np.fromiter(map(_UNIT_WORDS.__contains__, words), bool, nwords))
+        quantities = _quantities(words, units.tolist(), word_texts)
+        if quantities:
+            signal_ids.append(off + np.fromiter(quantities.values(), np.int64, len(quantities)))
+            signal_texts.append(np.fromiter(quantities, np.int64, len(quantities)))
+        ids = np.concatenate([byte_ids, word_block, *signal_ids], dtype=np.int32)
+        rows_texts = np.concatenate([byte_texts, word_block_texts, *signal_texts])
+        return EncodedBatch(ids, rows_texts, len(byte_ids), len(word_block), byte_counts, word_counts)

@@ -228,6 +228,7 @@ class LexicalPredictor:
         self._features = model.features
         self._bias = model.bias
         self._calibrate = calibrate
+        self._ones_buffer: npt.NDArray[np.float32] = np.ones(4096, np.float32)
         self._calibration = LengthCalibration(center=model.center, spread=model.spread, sigma=model.sigma)
         self._calibration_path = None if calibration_path is None else Path(calibration_path)
         self._save_every = save_every
@@ -261,22 +262,17 @@ class LexicalPredictor:
         if n == 0:
             return np.zeros(0)
         batch = self._features.encode_batch(texts)
-        ones = np.ones(len(batch.ids), np.float32)
-        (contributions,) = self._run(_CONTRIBUTIONS, {"ids": batch.ids, "values": ones})
-        # The plain weights: a text's 4-grams and its words are two contiguous
-        # runs, summed as differences of one running sum and then scaled (the
-        # scale is the same for a whole run); its signals are few: bincount them.
-        running = np.zeros(len(contributions) + 1)
-        np.cumsum(contributions, dtype=np.float64, out=running[1:])
-        byte_ends = np.cumsum(batch.byte_counts)
-        word_ends = byte_ends[-1] + np.cumsum(batch.word_counts)
-        signals_start = int(word_ends[-1])
-        totals = (
-            (running[byte_ends] - running[byte_ends - batch.byte_counts]) * batch.byte_scale
-            + (running[word_ends] - running[word_ends - batch.word_counts]) * batch.word_scale
-            + np.bincount(batch.signal_texts, weights=contributions[signals_start:], minlength=n)
-        )
+        (weights,) = self._run(_CONTRIBUTIONS, {"ids": batch.ids, "values": self._ones(len(batch.ids))})
+        # The plain weights, summed per text and block, then scaled: a block's
+        # rows share one value within a text.
+        totals = batch.totals(weights)
         return np.asarray(totals + self._bias, np.float64)
+
+    def _ones(self, n: int) -> npt.NDArray[np.float32]:
+        ones = self._ones_buffer
+        if len(ones) < n:
+            ones = self._ones_buffer = np.ones(max(n, 2 * len(ones)), np.float32)
+        return ones[:n]
 
     # -------------------------------------------------------------- predict
 
@@ -305,12 +301,9 @@ class LexicalPredictor:
             mu = raw
             sigma = self._calibration.sigma0
         tokens = np.expm1(np.clip(mu + 0.5 * sigma * sigma, 0.0, _MAX_LOG)).tolist()
-        scale = 1.0 / (sigma * _SQRT2)
-        erfc = math.erfc
-        return [
-            Prediction(t, min(max(0.5 * erfc((_LOG_LONG - m) * scale), 0.0), 1.0))
-            for t, m in zip(tokens, mu.tolist(), strict=True)
-        ]
+        z = ((_LOG_LONG - mu) * (1.0 / (sigma * _SQRT2))).tolist()
+        p_long = np.clip(0.5 * np.fromiter(map(math.erfc, z), np.float64, len(z)), 0.0, 1.0).tolist()
+        return list(map(Prediction, tokens, p_long))
 
     # ----------------------------------------------------------- calibration
 

@@ -57,6 +57,11 @@ __all__ = [
 ]
 
 SHORT_TOKENS = 200
+#: Answer lengths are clipped to these percentiles of the training answers
+#: before the lexical model's target is taken (see :func:`prompt_targets`).
+TARGET_PERCENTILES = (10.0, 99.0)
+#: Word pairs the lexical model's vocabulary keeps at most.
+MAX_BIGRAMS = 0
 
 
 # ---------------------------------------------------------------- the data
@@ -131,13 +136,27 @@ def split_records(
     return train, test
 
 
-def prompt_targets(records: Sequence[LengthRecord]) -> tuple[list[str], npt.NDArray[np.float64]]:
+def prompt_targets(
+    records: Sequence[LengthRecord], target_range: tuple[float, float] | None = None
+) -> tuple[list[str], npt.NDArray[np.float64]]:
     """Unique prompts and their target: the mean over answers of ``log(1 + tokens)``.
 
-    Each prompt counts once, however many models answered it.
+    Each prompt counts once, however many models answered it.  With
+    ``target_range=(low, high)`` each answer's length is first clipped to
+    that range: a scheduler needs the short answers told from the long ones,
+    and whether a short answer has 5 or 150 tokens (or a long one 3,000 or
+    8,000) is noise to that, which a squared loss would otherwise weigh
+    heavily.
     """
     prompts, members = group_by_prompt(records)
-    y = np.array([np.mean([math.log1p(records[i].output_tokens) for i in m]) for m in members])
+    tokens = np.array([r.output_tokens for r in records], np.float64)
+    if target_range is not None:
+        low, high = target_range
+        if not 0 <= low < high:
+            raise ValueError(f"target_range must be (low, high) with 0 <= low < high, got {target_range}")
+        tokens = np.clip(tokens, low, high)
+    logs = np.log1p(tokens)
+    y = np.array([logs[m].mean() for m in members])
     return prompts, y
 
 
@@ -166,6 +185,7 @@ class LexicalFit:
     spread: float
     sigma: float
     prompts: int
+    target_range: tuple[float, float] | None = None
 
     def scores(self, texts: Sequence[str]) -> npt.NDArray[np.float64]:
         matrix = lexical_matrix(self.featurizer, texts)
@@ -179,17 +199,32 @@ def fit_lexical(
     alpha: float = 1.0,
     byte_bits: int = 18,
     min_count: int = 2,
-    max_bigrams: int = 0,
+    max_bigrams: int = MAX_BIGRAMS,
+    target_percentiles: tuple[float, float] | None = TARGET_PERCENTILES,
     balance: float = 0.0,
 ) -> LexicalFit:
     """Ridge regression of the per-prompt mean log length on the lexical features.
 
-    ``balance`` evens out the sources: a prompt weighs ``n_source ** -balance``
-    (0: every prompt alike; 1: every source alike), scaled to a mean of 1.
+    ``target_percentiles=(low, high)``: answer lengths are clipped to these
+    percentiles of the training answers (see :func:`prompt_targets`; with
+    the default, answers shorter than the tenth percentile count as that
+    long).  ``balance`` evens out the sources: a prompt weighs
+    ``n_source ** -balance`` (0: every prompt alike; 1: every source alike),
+    scaled to a mean of 1.
     """
     from sklearn.linear_model import Ridge
 
-    prompts, y = prompt_targets(records)
+    target_range = None
+    if target_percentiles is not None:
+        low, high = target_percentiles
+        if not 0 <= low < high <= 100:
+            raise ValueError(
+                f"target_percentiles must be within 0 <= low < high <= 100, got {target_percentiles}"
+            )
+        tokens = np.array([r.output_tokens for r in records], np.float64)
+        bounds = np.percentile(tokens, [low, high]) if len(tokens) else np.array([0.0, 1.0])
+        target_range = (float(bounds[0]), float(max(bounds[1], bounds[0] + 1.0)))
+    prompts, y = prompt_targets(records, target_range)
     if len(prompts) < 2:
         raise ValueError(f"need at least 2 distinct prompts to train, got {len(prompts)}")
     featurizer = LexicalFeaturizer.learn(
@@ -217,6 +252,7 @@ def fit_lexical(
         spread=float(np.var(raw)),
         sigma=float(np.sqrt(np.mean(np.square(residuals)))),
         prompts=len(prompts),
+        target_range=target_range,
     )
 
 
@@ -271,7 +307,9 @@ def lexical_onnx(fit: LexicalFit, metadata: dict[str, str]) -> Any:
         "sjfsched.unigrams": json.dumps(f.unigrams, ensure_ascii=False),
         "sjfsched.bigrams": json.dumps([x for pair in f.bigrams for x in pair]),
         "sjfsched.score_stats": json.dumps({"center": fit.center, "spread": fit.spread, "sigma": fit.sigma}),
-        "sjfsched.target": "mean over answering models of log(1 + output_tokens)",
+        "sjfsched.target": "mean over answering models of log(1 + output_tokens"
+        + ("" if fit.target_range is None else " clipped to [{:g}, {:g}]".format(*fit.target_range))
+        + ")",
         **metadata,
     }
     onnx.helper.set_model_props(model, meta)
@@ -339,6 +377,7 @@ def _card(
     seconds: float,
     holdout: frozenset[str] = frozenset(),
     held_back: int = 0,
+    target_range: tuple[float, float] | None = None,
 ) -> str:
     sources: Counter[str] = Counter(r.source for r in train)
     prompts: dict[str, set[str]] = {}
@@ -352,7 +391,10 @@ def _card(
         f"- Size: {size / 1e6:.2f} MB; trained in {seconds:.0f} s.",
         "- Target: "
         + (
-            "mean over answering models of log(1 + output tokens), one weight per prompt; ridge regression."
+            "mean over answering models of log(1 + output tokens clipped to their "
+            + "{:g}th and {:g}th percentiles".format(*args.target_percentiles)
+            + ("" if target_range is None else ", {:.0f} and {:.0f} tokens".format(*target_range))
+            + "), one weight per prompt; ridge regression."
             if args.features == "lexical"
             else "Clairvoyant's classes (short < 200, medium, long >= 800 output tokens), one row per answer."
         ),
@@ -416,11 +458,20 @@ def _command_line(args: argparse.Namespace) -> str:
         parts += ["--holdout-prompts", str(path)]
     if args.fit_all:
         parts.append("--fit-all")
-    defaults = {"test_fraction": 0.2, "seed": 0, "alpha": 1.0, "byte_bits": 18, "min_count": 2}
+    defaults = {
+        "test_fraction": 0.2,
+        "seed": 0,
+        "alpha": 1.0,
+        "byte_bits": 18,
+        "min_count": 2,
+        "max_bigrams": MAX_BIGRAMS,
+    }
     for key, default in defaults.items():
         value = getattr(args, key)
         if value != default:
             parts += ["--" + key.replace("_", "-"), str(value)]
+    if tuple(args.target_percentiles) != TARGET_PERCENTILES:
+        parts += ["--target-percentiles", *(f"{x:g}" for x in args.target_percentiles)]
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -473,6 +524,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--min-count", type=int, default=2, help="prompts a word needs to enter the vocabulary (2)"
     )
+    parser.add_argument(
+        "--max-bigrams",
+        type=int,
+        default=MAX_BIGRAMS,
+        help=f"word pairs the vocabulary keeps at most ({MAX_BIGRAMS:,}; 0: words only)",
+    )
+    parser.add_argument(
+        "--target-percentiles",
+        nargs=2,
+        type=float,
+        default=list(TARGET_PERCENTILES),
+        metavar=("LOW", "HIGH"),
+        help="clip answer lengths to these percentiles of the training answers before taking "
+        "the target (default: {:g} {:g}; 0 100: no clipping)".format(*TARGET_PERCENTILES),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -481,7 +547,12 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.test_fraction < 1.0:
         print("sjfsched train: --test-fraction must be within [0, 1)", file=sys.stderr)
         return 2
+    low, high = args.target_percentiles
+    if not 0 <= low < high <= 100:
+        print("sjfsched train: --target-percentiles needs 0 <= LOW < HIGH <= 100", file=sys.stderr)
+        return 2
     started = time.perf_counter()
+    target_range: tuple[float, float] | None = None
     try:
         holdout = load_holdout_prompts(args.holdout_prompts)
     except (OSError, ValueError) as exc:
@@ -507,12 +578,20 @@ def run(args: argparse.Namespace) -> int:
     if holdout:
         meta["sjfsched.holdout_prompts"] = json.dumps(sorted(holdout))
     if args.features == "lexical":
-        fit = fit_lexical(train, alpha=args.alpha, byte_bits=args.byte_bits, min_count=args.min_count)
+        options: dict[str, Any] = {
+            "alpha": args.alpha,
+            "byte_bits": args.byte_bits,
+            "min_count": args.min_count,
+            "max_bigrams": args.max_bigrams,
+            "target_percentiles": tuple(args.target_percentiles),
+        }
+        fit = fit_lexical(train, **options)
         scores = fit.scores([r.prompt for r in test]) if test else np.zeros(0)
         report = format_report(report_rows(test, scores)) if test else "(nothing held out)\n"
         if args.fit_all:
-            fit = fit_lexical(records, alpha=args.alpha, byte_bits=args.byte_bits, min_count=args.min_count)
+            fit = fit_lexical(records, **options)
         proto = lexical_onnx(fit, meta)
+        target_range = fit.target_range
     else:
         model, medians = fit_clairvoyant(train)
         if test:
@@ -529,7 +608,16 @@ def run(args: argparse.Namespace) -> int:
     card_path = args.card if args.card is not None else args.out.with_suffix(".md")
     card_train = records if args.fit_all else train
     card = _card(
-        args, args.out, card_train, test, report, len(data), time.perf_counter() - started, holdout, held_back
+        args,
+        args.out,
+        card_train,
+        test,
+        report,
+        len(data),
+        time.perf_counter() - started,
+        holdout,
+        held_back,
+        target_range,
     )
     card_path.write_text(card, encoding="utf-8")
     print(report, end="")
