@@ -329,6 +329,49 @@ def test_bad_calibration_file(tmp_path: Path) -> None:
         LexicalPredictor(calibration_path=path)
 
 
+def test_observe_reuses_the_score_of_the_prediction() -> None:
+    """observe() takes the raw score remembered from predict(): the model runs once per request."""
+    predictor = LexicalPredictor()
+    runs: list[int] = []
+    run = predictor._run
+
+    def counting(names: list[str], feed: dict[str, object]) -> list[object]:
+        runs.append(1)
+        return run(names, feed)
+
+    predictor._run = counting
+    requests = [Request(p) for p in SHORT_ASKS + LONG_ASKS]
+    single = requests[0]
+    predictions = [predictor.predict(single), *predictor.predict_many(requests[1:])]
+    assert len(runs) == 2
+    for request, prediction in zip(requests, predictions, strict=True):
+        predictor.observe(request, prediction, 500)
+    assert len(runs) == 2  # no run for the observations
+    predictor.observe(single, predictions[0], 500)  # observed already: forgotten, so scored again
+    predictor.observe(Request("never predicted"), Prediction(1.0), 7)
+    assert len(runs) == 4
+    # the same calibration as scoring every observed request afresh
+    fresh = LexicalPredictor()
+    for request in [*requests, single]:
+        fresh._calibration.observe(fresh.score(request.text), 500)
+    fresh._calibration.observe(fresh.score("never predicted"), 7)
+    assert predictor.calibration.to_dict()["state"] == pytest.approx(fresh.calibration.to_dict()["state"])
+
+
+def test_remembered_scores_are_bounded() -> None:
+    from sjfsched.predictors._lexical import RECENT_SCORES
+
+    predictor = LexicalPredictor()
+    predictor.predict_many([Request(f"prompt {i}") for i in range(RECENT_SCORES + 10)])
+    for i in range(20):
+        predictor.predict(Request(f"one more {i}"))
+    assert len(predictor._recent) == RECENT_SCORES
+    uncalibrated = LexicalPredictor(calibrate=False)  # it never observes: nothing to remember
+    uncalibrated.predict_many([Request("x")])
+    uncalibrated.predict(Request("y"))
+    assert not uncalibrated._recent
+
+
 def test_uncalibrated_predictor_ignores_observations() -> None:
     predictor = LexicalPredictor(calibrate=False)
     request = Request(LONG_ASKS[1])

@@ -6,8 +6,10 @@ import json
 import math
 import os
 import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
+from itertools import islice
 from pathlib import Path
 from typing import Any, Final, final
 
@@ -31,6 +33,8 @@ _BUNDLED: Final = "lexical.onnx"
 _OUTPUTS: Final = ("bias", "contributions", "log_tokens")
 _SCORE: Final = ["log_tokens"]
 _CONTRIBUTIONS: Final = ["contributions"]
+#: How many recent predictions' raw scores are kept for observe().
+RECENT_SCORES: Final = 4096
 
 
 def bundled_model_path() -> Path:
@@ -229,6 +233,10 @@ class LexicalPredictor:
         self._bias = model.bias
         self._calibrate = calibrate
         self._ones_buffer: npt.NDArray[np.float32] = np.ones(4096, np.float32)
+        # The raw scores of the latest predictions, by request identity, so that
+        # observe() need not run the model again: id(request) -> (a weak
+        # reference to it, to tell a reused id, and its score); oldest first.
+        self._recent: dict[int, tuple[weakref.ref[Request], float]] = {}
         self._calibration = LengthCalibration(center=model.center, spread=model.spread, sigma=model.sigma)
         self._calibration_path = None if calibration_path is None else Path(calibration_path)
         self._save_every = save_every
@@ -289,11 +297,37 @@ class LexicalPredictor:
         return Prediction(tokens, min(max(p_long, 0.0), 1.0))
 
     def predict(self, request: Request, /) -> Prediction:
-        return self._prediction(self.score(request.text))
+        raw = self.score(request.text)
+        if self._calibrate:
+            recent = self._recent
+            recent[id(request)] = (weakref.ref(request), raw)
+            if len(recent) > RECENT_SCORES:
+                self._forget(len(recent) - RECENT_SCORES)
+        return self._prediction(raw)
+
+    def _forget(self, n: int) -> None:
+        """Drop the ``n`` oldest remembered scores."""
+        recent = self._recent
+        try:
+            for key in list(islice(recent, n)):
+                recent.pop(key, None)
+        except RuntimeError:  # another thread changed it meanwhile: trim next time
+            pass
 
     def predict_many(self, requests: Sequence[Request], /) -> list[Prediction]:
         raw = self.scores([r.text for r in requests])
         if self._calibrate:
+            last = requests[-RECENT_SCORES:]
+            recent = self._recent
+            recent.update(
+                zip(
+                    map(id, last),
+                    zip(map(weakref.ref, last), raw[-RECENT_SCORES:].tolist(), strict=True),
+                    strict=True,
+                )
+            )
+            if len(recent) > RECENT_SCORES:
+                self._forget(len(recent) - RECENT_SCORES)
             cal = self._calibration
             mu = cal.offset + cal.slope * raw
             sigma = cal.sigma
@@ -308,10 +342,17 @@ class LexicalPredictor:
     # ----------------------------------------------------------- calibration
 
     def observe(self, request: Request, prediction: Prediction, output_tokens: int, /) -> None:
-        """Learn from a completed request (the scheduler calls this)."""
+        """Learn from a completed request (the scheduler calls this).
+
+        The request's raw score is remembered from its prediction (for the
+        latest :data:`RECENT_SCORES` predictions), so the model does not run
+        again; for a request predicted longer ago, or never, it does.
+        """
         if not self._calibrate:
             return
-        self._calibration.observe(self.score(request.text), output_tokens)
+        entry = self._recent.pop(id(request), None)
+        raw = entry[1] if entry is not None and entry[0]() is request else self.score(request.text)
+        self._calibration.observe(raw, output_tokens)
         if self._save_every is not None and self._calibration.observations % self._save_every == 0:
             self.save_calibration()
 
