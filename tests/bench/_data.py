@@ -18,7 +18,14 @@ def write_corpus(path: Path, records: list[dict[str, Any]]) -> Path:
 
 
 def sharegpt_like(directory: Path, n: int = 60, seed: int = 0) -> Path:
-    """``sharegpt_natural.jsonl.gz`` with ``n`` prompts answered by "chatgpt"."""
+    """``sharegpt_natural.jsonl.gz`` with ``n`` prompts answered by "chatgpt", and an
+    ``oasst1.jsonl.gz`` of as many (another corpus, to train the ``unseen`` predictor on)."""
+    write_corpus(directory / "sharegpt_natural.jsonl.gz", _records(n, seed, "sharegpt-natural", "chatgpt"))
+    write_corpus(directory / "oasst1.jsonl.gz", _records(n, seed + 1, "oasst1", "unknown"))
+    return directory
+
+
+def _records(n: int, seed: int, source: str, model: str) -> list[dict[str, Any]]:
     rng = random.Random(seed)
     records = []
     for i in range(n):
@@ -27,13 +34,12 @@ def sharegpt_like(directory: Path, n: int = 60, seed: int = 0) -> Path:
         )
         records.append(
             {
-                "source": "sharegpt-natural",
-                "prompt_id": f"{i:016x}",
+                "source": source,
+                "prompt_id": f"{seed:04x}{i:012x}",
                 "prompt": f"Question {i}: {words}?",
-                "model": "chatgpt",
+                "model": model,
                 "output_tokens": float(rng.choice([20, 60, 150, 300, 500, 900, 1200])),
                 "token_count": "chars/4",
             }
         )
-    write_corpus(directory / "sharegpt_natural.jsonl.gz", records)
-    return directory
+    return records

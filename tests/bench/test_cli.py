@@ -21,7 +21,7 @@ def test_sim_prints_tables_saves_results_and_plots(
         [
             "bench", "sim", "--data", str(data), "--traces", "sharegpt", "--profiles", "gpu,cpu",
             "--scenarios", "burst20,poisson0.74", "--repetitions", "3", "--poisson-requests", "60",
-            "--seeds", "2", "--policies", "standard,sjfsched@aging=0.1,sjfsched@cap=0.8,aging=0.05",
+            "--seeds", "2", "--policies", "standard,unseen@aging=0.1,sjfsched@cap=0.8,aging=0.05",
             "--results", str(results), "--no-progress",
         ]
     )  # fmt: skip
@@ -32,7 +32,8 @@ def test_sim_prints_tables_saves_results_and_plots(
     assert "| sjfsched@cap=0.8,aging=0.05 |" in out
     loaded, meta = load_results(results)
     assert meta["profiles"]["gpu"] == [2500.0, 60.0]
-    assert len(loaded) == 2 * 2 * 8
+    assert len(loaded) == 2 * 2 * 10
+    assert meta["bundled_model_sha1"]
     for r in loaded:
         # Every request of every run completed, and throughput is the same work-conserving rate.
         assert r.summary.requests == (60 if r.unit.scenario.name == "burst20" else 120)

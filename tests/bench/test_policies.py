@@ -144,3 +144,12 @@ def test_policy_names() -> None:
 def test_oracle_needs_the_true_length() -> None:
     with pytest.raises(KeyError, match="output_tokens"):
         OraclePredictor().predict(Request("no metadata"))
+
+
+def test_unseen_needs_a_model_trained_without_the_trace() -> None:
+    from sjfsched._bench._policies import PolicyContext
+
+    policy = policy_named("unseen")
+    assert policy.family == "unseen"
+    with pytest.raises(ValueError, match="trained without the trace"):
+        policy.make(SimulatedBackend(), PolicyContext(short_latency=1.0))

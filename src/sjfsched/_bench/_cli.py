@@ -23,6 +23,8 @@ from ._traces import TRACES, default_data_dir, load_trace
 __all__ = ["configure", "run"]
 
 DEFAULT_SCENARIOS = ("burst100", "poisson0.5", "poisson0.74", "poisson0.9")
+#: The policies `bench all` runs on the CPU profile too.
+CPU_POLICIES = ("fcfs", "sjfsched", "unseen", "proposed-unseen")
 #: Where `bench all` writes its raw results.
 DEFAULT_RESULTS = Path("benchmarks") / "results" / "sim.json"
 
@@ -139,6 +141,7 @@ def _meta(args: argparse.Namespace, data: Path) -> dict[str, Any]:
 
     return {
         "command": "sjfsched bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "sjfsched bench",
+        "bundled_model_sha1": _bundled_model_digest(),
         "sjfsched": __version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
@@ -151,6 +154,28 @@ def _meta(args: argparse.Namespace, data: Path) -> dict[str, Any]:
         "clairvoyant_predictor": "ClairvoyantPredictor" if clairvoyant_real else "PromptLengthClassPredictor",
         "profiles": {n: [p.prefill_rate, p.decode_rate] for n, p in PROFILES.items()},
     }
+
+
+def _bundled_model_digest() -> str | None:
+    """SHA-1 of the bundled LexicalPredictor model, to tell which model a run used."""
+    import hashlib
+    from importlib import resources
+
+    try:
+        data = resources.files("sjfsched").joinpath("data").joinpath("lexical.onnx").read_bytes()
+    except (FileNotFoundError, OSError):
+        return None
+    return hashlib.sha1(data).hexdigest()
+
+
+def _check_model_unchanged(before: str | None) -> None:
+    after = _bundled_model_digest()
+    if after != before:
+        print(
+            "sjfsched bench: WARNING: the bundled predictor model changed during the run "
+            f"({before} -> {after}); the results mix two models, run again",
+            file=sys.stderr,
+        )
 
 
 def _print_tables(results: Sequence[Result], policies: Sequence[str], out: Any = None) -> None:
@@ -190,12 +215,14 @@ def _run_sim(args: argparse.Namespace) -> int:
     scenarios = [_scenario(s, args) for s in _split(args.scenarios)]
     policies = _policies(args.policies)
     units = [Unit(t, p, s, pol) for t in traces for p in profiles for s in scenarios for pol in policies]
+    meta = _meta(args, data)
     try:
         results = run_units(units, data, seed=args.seed, jobs=args.jobs, progress=not args.no_progress)
     except ValueError as exc:
         raise SystemExit(f"sjfsched bench: {exc}") from None
+    _check_model_unchanged(meta["bundled_model_sha1"])
     if args.results is not None:
-        save_results(results, args.results, _meta(args, data))
+        save_results(results, args.results, meta)
     _print_tables(results, policies)
     return 0
 
@@ -203,7 +230,10 @@ def _run_sim(args: argparse.Namespace) -> int:
 def all_units(args: argparse.Namespace) -> list[Unit]:
     """The matrix of docs/benchmarks.md.
 
-    - the standard policies on every trace, backend profile and scenario;
+    - the standard policies on every trace and scenario on the GPU profile,
+      and FCFS, the defaults and the proposal on the CPU profile (every
+      policy but max_wait is scale-free, so the CPU's results differ from
+      the GPU's only through the different ratio of prefill to decode);
     - the aging sweeps (the core's key and the proposed one) and the
       predictor-noise sweep on the GPU profile at rho = 0.74 and 0.9 (aging
       is scale-free, so the CPU profile would give the same curves; in a
@@ -214,7 +244,11 @@ def all_units(args: argparse.Namespace) -> list[Unit]:
     traces, profiles = _split(args.traces), _split(args.profiles)
     scenarios = [_scenario(s, args) for s in DEFAULT_SCENARIOS]
     units = [
-        Unit(t, p, s, pol) for t in traces for p in profiles for s in scenarios for pol in STANDARD_POLICIES
+        Unit(t, p, s, pol)
+        for t in traces
+        for p in profiles
+        for s in scenarios
+        for pol in (STANDARD_POLICIES if p == "gpu" else CPU_POLICIES)
     ]
     loaded = [_scenario("poisson0.74", args), _scenario("poisson0.9", args)]
     aging = sweep_names("aging") + sweep_names("proposed-aging") + sweep_names("noise")
@@ -230,8 +264,10 @@ def all_units(args: argparse.Namespace) -> list[Unit]:
 def _run_all(args: argparse.Namespace) -> int:
     data = _data_dir(args)
     units = all_units(args)
+    meta = _meta(args, data)
     results = run_units(units, data, seed=args.seed, jobs=args.jobs, progress=not args.no_progress)
-    save_results(results, args.results, _meta(args, data))
+    _check_model_unchanged(meta["bundled_model_sha1"])
+    save_results(results, args.results, meta)
     from ._plots import draw_all
 
     for path in draw_all(results, args.out / "img"):

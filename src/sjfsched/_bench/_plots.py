@@ -21,6 +21,8 @@ _COLORS = {
     "oracle": "#2ca02c",
     "clairvoyant": "#d62728",
     "proposed": "#9467bd",
+    "unseen": "#17becf",
+    "proposed-unseen": "#9467bd",
 }
 
 
@@ -86,9 +88,7 @@ def cdf_figure(
 def _aging_of(policy: str, proposed: bool = False) -> float | None:
     """The aging of a policy of the core's aging sweep (or of the proposed key's)."""
     pattern = (
-        r"sjfsched@cap=[0-9.]+,aging=([0-9.e+-]+),max_wait=none"
-        if proposed
-        else r"sjfsched@aging=([0-9.e+-]+)"
+        r"unseen@cap=[0-9.]+,aging=([0-9.e+-]+),max_wait=none" if proposed else r"unseen@aging=([0-9.e+-]+)"
     )
     m = re.fullmatch(pattern, policy)
     return float(m.group(1)) if m else None
@@ -109,8 +109,9 @@ def tradeoff_figure(results: Sequence[Result], profile: str, scenarios: Sequence
     """Short-request P50 gain against long-request P95 change as aging varies, defaults marked.
 
     Solid lines: the core's key (``estimate + aging * arrival``); dashed: the
-    proposed key (estimate capped at the median).  Numbers on the curves are
-    the aging values at their ends.
+    proposed key (estimate capped at the median); both with the ``unseen``
+    predictor (trained without the trace's corpus).  Numbers on the curves
+    are the aging values at their ends.
     """
     plt = _pyplot()
     from matplotlib.lines import Line2D
@@ -138,7 +139,11 @@ def tradeoff_figure(results: Sequence[Result], profile: str, scenarios: Sequence
                 for (a, _), (x, y) in zip(sweep, pts, strict=True):
                     if a in (sweep[0][0], sweep[-1][0]):
                         ax.annotate(f"{a:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-            for policy, marker, size in (("sjfsched", "*", 15), ("proposed", "P", 10), ("oracle", "D", 6)):
+            for policy, marker, size in (
+                ("unseen", "*", 15),
+                ("proposed-unseen", "P", 10),
+                ("oracle", "D", 6),
+            ):
                 x, y = _point(results, trace, profile, scenario, policy)
                 ax.plot([x], [y], marker=marker, ms=size, color=color, mec="black", ls="none")
             x, y = _point(results, trace, profile, scenario, "clairvoyant")
@@ -154,14 +159,16 @@ def tradeoff_figure(results: Sequence[Result], profile: str, scenarios: Sequence
         ax.set_xscale("symlog", linthresh=50)
         ax.set_xlabel("long-request P95 latency, change against FCFS (%)")
         ax.set_ylabel("short-request P50 latency, reduction against FCFS (%)")
-        ax.set_title(f"{scenario}, {profile} backend")
+        ax.set_title(f"{scenario}, {profile} backend, predictor not trained on the trace")
         ax.grid(alpha=0.3)
     handles, _ = axes[0][0].get_legend_handles_labels()
     handles += [
         Line2D([], [], ls="-", color="gray", label="core key, aging varies"),
         Line2D([], [], ls="--", color="gray", label="proposed key, aging varies"),
-        Line2D([], [], marker="*", ms=12, color="white", mec="black", ls="none", label="sjfsched defaults"),
-        Line2D([], [], marker="P", ms=9, color="white", mec="black", ls="none", label="proposed defaults"),
+        Line2D([], [], marker="*", ms=12, color="white", mec="black", ls="none", label="defaults"),
+        Line2D(
+            [], [], marker="P", ms=9, color="white", mec="black", ls="none", label="proposed key's defaults"
+        ),
         Line2D([], [], marker="D", ms=6, color="white", mec="black", ls="none", label="oracle predictor"),
         Line2D([], [], marker="X", ms=8, color="white", mec="black", ls="none", label="clairvoyant"),
     ]
@@ -226,7 +233,7 @@ def max_wait_figure(results: Sequence[Result], scenario: str, path: Path) -> Pat
 def draw_all(results: Sequence[Result], img_dir: Path) -> list[Path]:
     """Every figure of docs/benchmarks.md that ``results`` has data for."""
     written: list[Path] = []
-    standard = ["fcfs", "sjfsched", "oracle", "clairvoyant", "proposed"]
+    standard = ["fcfs", "sjfsched", "unseen", "oracle", "clairvoyant", "proposed-unseen"]
     for profile in dict.fromkeys(r.unit.profile for r in results):
         for scenario in ("burst100", "poisson0.74"):
             if _pick(results, profile=profile, scenario=scenario, policy="fcfs"):

@@ -272,6 +272,8 @@ class PolicyContext:
 
     #: Mean service seconds of a short request on this backend (Clairvoyant's calibration).
     short_latency: float
+    #: A LexicalPredictor model trained without the trace's corpus (the ``unseen`` predictor).
+    unseen_model: str | None = None
 
 
 @attrs.frozen
@@ -290,37 +292,46 @@ class Policy:
     faithful: bool = True
 
 
+PredictorFactory = Callable[[PolicyContext], Predictor]
+
 #: Predictors a policy name may start with (``<predictor>[@aging=..,max_wait=..,cap=..]``).
-PREDICTORS: dict[str, Callable[[], Predictor]] = {
-    "sjfsched": default_predictor,
-    "oracle": OraclePredictor,
-    "heuristic": HeuristicPredictor,
+PREDICTORS: dict[str, PredictorFactory] = {
+    "sjfsched": lambda context: default_predictor(),
+    "oracle": lambda context: OraclePredictor(),
+    "heuristic": lambda context: HeuristicPredictor(),
 }
 
 
-def _optional_predictor(name: str) -> Callable[[], Predictor] | None:
-    from .. import predictors
+def _unseen(context: PolicyContext) -> Predictor:
+    if context.unseen_model is None:
+        raise ValueError("the 'unseen' predictor needs a model trained without the trace (PolicyContext)")
+    from ..predictors import LexicalPredictor
 
-    cls = getattr(predictors, name, None)
-    return cls if callable(cls) else None
+    return LexicalPredictor(model_path=context.unseen_model)
 
 
-def predictor_factory(name: str) -> Callable[[], Predictor]:
-    """The predictor of a policy family: sjfsched (the default), oracle, heuristic, lexical,
-    or noisySIGMA (the oracle with log-normal noise, e.g. noisy1.5)."""
+def predictor_factory(name: str) -> PredictorFactory:
+    """The predictor of a policy family.
+
+    ``sjfsched`` (the default predictor), ``unseen`` (the default model's
+    recipe trained without the trace's corpus, see ``_unseen.py``),
+    ``oracle``, ``heuristic``, ``lexical`` (the bundled LexicalPredictor) or
+    ``noisySIGMA`` (the oracle with log-normal noise, e.g. ``noisy1.5``).
+    """
     if name in PREDICTORS:
         return PREDICTORS[name]
+    if name == "unseen":
+        return _unseen
     m = re.fullmatch(r"noisy([0-9.]+)", name)
     if m:
         sigma = float(m.group(1))
-        return lambda: NoisyOraclePredictor(sigma)
+        return lambda context: NoisyOraclePredictor(sigma)
     if name == "lexical":
-        factory = _optional_predictor("LexicalPredictor")
-        if factory is not None:
-            return factory
-        raise ValueError("the 'lexical' policy needs sjfsched.predictors.LexicalPredictor, not available")
+        from ..predictors import LexicalPredictor
+
+        return lambda context: LexicalPredictor()
     raise ValueError(
-        f"unknown predictor {name!r}; choose from sjfsched, oracle, heuristic, lexical, noisySIGMA"
+        f"unknown predictor {name!r}; choose from sjfsched, unseen, oracle, heuristic, lexical, noisySIGMA"
     )
 
 
@@ -345,6 +356,7 @@ PROPOSED_AGING = 0.05
 ALIASES: dict[str, str] = {
     "proposed": f"sjfsched@cap={PROPOSED_CAP:g},aging={PROPOSED_AGING:g},max_wait=none",
     "oracle-proposed": f"oracle@cap={PROPOSED_CAP:g},aging={PROPOSED_AGING:g},max_wait=none",
+    "proposed-unseen": f"unseen@cap={PROPOSED_CAP:g},aging={PROPOSED_AGING:g},max_wait=none",
 }
 
 
@@ -392,9 +404,9 @@ def policy_named(name: str) -> Policy:
         if base == "sjfsched" and not params:
             return Scheduler(backend)  # exactly what a user gets
         if cap is None:
-            return Scheduler(backend, predictor=predictor(), aging=aging, max_wait=max_wait)
+            return Scheduler(backend, predictor=predictor(context), aging=aging, max_wait=max_wait)
         return MedianCapScheduler(
-            backend, predictor=predictor(), aging=aging, max_wait=max_wait, cap_factor=cap
+            backend, predictor=predictor(context), aging=aging, max_wait=max_wait, cap_factor=cap
         )
 
     return Policy(name, make, base, aging, max_wait, cap)
@@ -404,9 +416,11 @@ def policy_named(name: str) -> Policy:
 STANDARD_POLICIES: tuple[str, ...] = (
     "fcfs",
     "sjfsched",
+    "unseen",
     "oracle",
     "clairvoyant",
     "proposed",
+    "proposed-unseen",
     "oracle-proposed",
 )
 #: Aging values of the sweep of the core's key (seconds of estimate forgiven per second waited).
@@ -424,14 +438,15 @@ def sweep_names(kind: str) -> list[str]:
 
     ``aging``: the core's key across AGING_SWEEP (other settings at their
     defaults); ``proposed-aging``: the proposed key across
-    PROPOSED_AGING_SWEEP; ``max_wait``: the defaults across MAX_WAIT_SWEEP;
+    PROPOSED_AGING_SWEEP; both with the ``unseen`` predictor (the one a
+    deployment on traffic unlike the training corpora gets); ``max_wait``: the defaults across MAX_WAIT_SWEEP;
     ``noise``: the defaults and the proposal with a noisy oracle for a
     predictor.
     """
     if kind == "aging":
-        return [f"sjfsched@aging={a:g}" for a in AGING_SWEEP]
+        return [f"unseen@aging={a:g}" for a in AGING_SWEEP]
     if kind == "proposed-aging":
-        return [f"sjfsched@cap={PROPOSED_CAP:g},aging={a:g},max_wait=none" for a in PROPOSED_AGING_SWEEP]
+        return [f"unseen@cap={PROPOSED_CAP:g},aging={a:g},max_wait=none" for a in PROPOSED_AGING_SWEEP]
     if kind == "max_wait":
         return [f"sjfsched@max_wait={'none' if w is None else f'{w:g}'}" for w in MAX_WAIT_SWEEP]
     if kind == "noise":

@@ -5,8 +5,10 @@ from __future__ import annotations
 import functools
 import json
 import math
+import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from ._policies import policy_named
 from ._profiles import PROFILES
 from ._sim import Scenario, run_scenario
 from ._traces import LONG_TOKENS, SHORT_TOKENS, Trace, load_trace
+from ._unseen import train_unseen_models
 
 __all__ = ["QUANTILE_LEVELS", "Result", "Unit", "load_results", "run_units", "save_results"]
 
@@ -57,12 +60,26 @@ def _trace(data_dir: str, name: str) -> Trace:
     return load_trace(name, data_dir)
 
 
-def run_unit(data_dir: str, unit: Unit, seed: int, progress: Callable[[int], object] | None = None) -> Result:
+def run_unit(
+    data_dir: str,
+    unit: Unit,
+    seed: int,
+    progress: Callable[[int], object] | None = None,
+    unseen_models: Mapping[str, str] | None = None,
+) -> Result:
     """Run one unit and summarise it."""
     trace = _trace(data_dir, unit.trace)
     policy = policy_named(unit.policy)
     t0 = time.process_time()
-    outcome = run_scenario(policy, PROFILES[unit.profile], trace, unit.scenario, seed=seed, progress=progress)
+    outcome = run_scenario(
+        policy,
+        PROFILES[unit.profile],
+        trace,
+        unit.scenario,
+        seed=seed,
+        progress=progress,
+        unseen_model=(unseen_models or {}).get(unit.trace),
+    )
     cpu = time.process_time() - t0
     latency = outcome.latency
     tokens = outcome.output_tokens
@@ -80,8 +97,8 @@ def run_unit(data_dir: str, unit: Unit, seed: int, progress: Callable[[int], obj
     return Result(unit, summarize(outcome), quantiles, cpu, policy.faithful)
 
 
-def _run_unit_job(data_dir: str, unit: Unit, seed: int) -> Result:
-    return run_unit(data_dir, unit, seed)
+def _run_unit_job(data_dir: str, unit: Unit, seed: int, unseen_models: Mapping[str, str]) -> Result:
+    return run_unit(data_dir, unit, seed, unseen_models=unseen_models)
 
 
 def run_units(
@@ -102,18 +119,24 @@ def run_units(
             raise ValueError(f"unknown backend profile {unit.profile!r}; choose from {', '.join(PROFILES)}")
     total = sum(u.requests for u in units)
     results: list[Result] = []
-    with tqdm(total=total, unit="req", disable=not progress, smoothing=0.05, dynamic_ncols=True) as bar:
-        if jobs <= 1:
-            for unit in units:
-                bar.set_postfix_str(f"{unit.trace} {unit.profile} {unit.scenario.name} {unit.policy}")
-                results.append(run_unit(data, unit, seed, bar.update))
-        else:
-            with ProcessPoolExecutor(max_workers=jobs) as pool:
-                futures = {pool.submit(_run_unit_job, data, unit, seed): unit for unit in units}
-                for future in as_completed(futures):
-                    result = future.result()
-                    results.append(result)
-                    bar.update(futures[future].requests)
+    needs_unseen = sorted({u.trace for u in units if policy_named(u.policy).family == "unseen"})
+    with tempfile.TemporaryDirectory(prefix="sjfsched-bench-") as tmp:
+        unseen: dict[str, str] = {}
+        if needs_unseen:
+            if progress:
+                print(f"training the unseen predictors for {', '.join(needs_unseen)} ...", file=sys.stderr)
+            unseen = train_unseen_models(needs_unseen, data, tmp)
+        with tqdm(total=total, unit="req", disable=not progress, smoothing=0.05, dynamic_ncols=True) as bar:
+            if jobs <= 1:
+                for unit in units:
+                    bar.set_postfix_str(f"{unit.trace} {unit.profile} {unit.scenario.name} {unit.policy}")
+                    results.append(run_unit(data, unit, seed, bar.update, unseen))
+            else:
+                with ProcessPoolExecutor(max_workers=jobs) as pool:
+                    futures = {pool.submit(_run_unit_job, data, unit, seed, unseen): unit for unit in units}
+                    for future in as_completed(futures):
+                        results.append(future.result())
+                        bar.update(futures[future].requests)
     order = {unit: i for i, unit in enumerate(units)}
     results.sort(key=lambda r: order[r.unit])
     return results

@@ -231,6 +231,7 @@ def run_scenario(
     *,
     seed: int = 0,
     progress: Callable[[int], object] | None = None,
+    unseen_model: str | None = None,
 ) -> Outcome:
     """Every repetition of ``scenario`` under ``policy``.
 
@@ -239,7 +240,7 @@ def run_scenario(
     scheduler and leaves its first ``warmup`` fraction of requests out of the
     metrics.
     """
-    context = PolicyContext(short_latency=profile.mean_short_service_time(trace))
+    context = PolicyContext(short_latency=profile.mean_short_service_time(trace), unseen_model=unseen_model)
     batches = [
         scenario_batches(trace, profile, scenario, seed=seed, repetition=r)
         for r in range(scenario.repetitions)

@@ -59,6 +59,8 @@ class TraceSpec:
     #: ``source`` values to keep; empty keeps all.
     sources: tuple[str, ...] = ()
     description: str = ""
+    #: Source patterns left out of the training of the ``unseen`` predictor for this trace.
+    holdout: tuple[str, ...] = ()
 
 
 _CASTILLO = "castillo_code_and_instruct.jsonl.gz"
@@ -74,6 +76,7 @@ TRACES: dict[str, TraceSpec] = {
             "meta-llama/Llama-3.2-1B-Instruct",
             description="CASTILLO, all six subsets (instructions and code), answered by the small "
             "open Llama-3.2-1B-Instruct",
+            holdout=("castillo/*",),
         ),
         TraceSpec(
             "castillo-code-llama70b",
@@ -82,6 +85,7 @@ TRACES: dict[str, TraceSpec] = {
             sources=_CODE,
             description="CASTILLO code subsets (Apps, BigCodeBench, DS1000, Mbpp), answered by the "
             "large open Llama-3.3-70B-Instruct",
+            holdout=("castillo/*",),
         ),
         TraceSpec(
             "arena-llama3-8b",
@@ -89,18 +93,21 @@ TRACES: dict[str, TraceSpec] = {
             "llama-3-8b-instruct",
             description="Arena-Hard v0.1 (real Chatbot Arena prompts), answered by the small open "
             "Llama-3-8B-Instruct",
+            holdout=("arena-hard-v0.1",),
         ),
         TraceSpec(
             "arena-llama3-70b",
             "arena_hard_v01.jsonl.gz",
             "llama-3-70b-instruct",
             description="Arena-Hard v0.1, answered by the large open Llama-3-70B-Instruct",
+            holdout=("arena-hard-v0.1",),
         ),
         TraceSpec(
             "sharegpt",
             "sharegpt_natural.jsonl.gz",
             "chatgpt",
             description="ShareGPT natural user turns with ChatGPT's answers (lengths are characters / 4)",
+            holdout=("sharegpt-natural",),
         ),
     )
 }
