@@ -73,7 +73,7 @@ def test_bundled_model_never_saw_the_demo_prompts(predictor: LexicalPredictor) -
     scores = predictor.scores([str(r["prompt"]) for r in trace])
     length = np.array([float(len(str(r["prompt"]))) for r in trace])
     ours = ranking_accuracy(scores, tokens)
-    assert ours > 0.75
+    assert ours > 0.7
     assert ours > ranking_accuracy(length, tokens) + 0.05
 
 

@@ -157,7 +157,12 @@ def test_bundled_sources_and_held_out_prompts(tmp_path: Path) -> None:
         rec("requestlog"),
     ]
     kept = select_records(records, bundled_sources=True)
-    assert [r.source for r in kept] == ["arena-hard-v0.1", "sharegpt-natural", "requestlog"]
+    assert [r.source for r in kept] == [
+        "arena-hard-v0.1",
+        "sharegpt-natural",
+        "castillo/DollyDataset",
+        "requestlog",
+    ]
     trace = tmp_path / "trace.jsonl"
     trace.write_text(json.dumps({"prompt": "  Hold me out\n", "x": 1}) + "\n\n" + json.dumps({"prompt": "b"}))
     holdout = load_holdout_prompts([trace])

@@ -39,7 +39,7 @@ from ._clairvoyant import CLAIRVOYANT_FEATURES, clairvoyant_features
 from ._corpus import LengthRecord, group_by_prompt, is_test, load_records, prompt_id_of
 from ._features import FEATURE_VERSION, SIGNALS, LexicalFeaturizer
 from ._lexical import LONG_TOKENS
-from ._licenses import BUNDLED_SOURCES, KNOWN_LICENSES, PERMISSIVE_SOURCES, license_of
+from ._licenses import ATTRIBUTIONS, BUNDLED_SOURCES, KNOWN_LICENSES, PERMISSIVE_SOURCES, license_of
 
 __all__ = [
     "LexicalFit",
@@ -410,6 +410,11 @@ def _card(
         f"| `{source}` | {sources[source]:,} | {len(prompts[source]):,} | {license_of(source)} |"
         for source in sorted(sources)
     )
+    credits = [
+        f"- `{source}`: {ATTRIBUTIONS[source]}" for source in sorted(sources) if source in ATTRIBUTIONS
+    ]
+    if credits:
+        lines += ["", "Sources and attribution:", "", *credits]
     if holdout:
         files = ", ".join(f"`{p}`" for p in args.holdout_prompts)
         lines += [
