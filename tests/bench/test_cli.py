@@ -33,7 +33,7 @@ def test_sim_prints_tables_saves_results_and_plots(
     loaded, meta = load_results(results)
     assert meta["profiles"]["gpu"] == [2500.0, 60.0]
     assert len(loaded) == 2 * 2 * 10
-    assert meta["bundled_model_sha1"]
+    assert meta["models_sha1"]["unseen for sharegpt"]
     for r in loaded:
         # Every request of every run completed, and throughput is the same work-conserving rate.
         assert r.summary.requests == (60 if r.unit.scenario.name == "burst20" else 120)

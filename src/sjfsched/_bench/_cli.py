@@ -48,6 +48,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--out", type=Path, default=Path("docs"), help="docs directory: figures go to OUT/img/"
     )
 
+    tables = sub.add_parser("tables", help="print the tables again from saved results")
+    tables.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="JSON written by sim or all")
+
     traces = sub.add_parser("traces", help="list the traces and their length classes")
     traces.add_argument("--data", type=Path, default=None, help="the corpora directory (../shared/data)")
 
@@ -141,7 +144,6 @@ def _meta(args: argparse.Namespace, data: Path) -> dict[str, Any]:
 
     return {
         "command": "sjfsched bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "sjfsched bench",
-        "bundled_model_sha1": _bundled_model_digest(),
         "sjfsched": __version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
@@ -154,28 +156,6 @@ def _meta(args: argparse.Namespace, data: Path) -> dict[str, Any]:
         "clairvoyant_predictor": "ClairvoyantPredictor" if clairvoyant_real else "PromptLengthClassPredictor",
         "profiles": {n: [p.prefill_rate, p.decode_rate] for n, p in PROFILES.items()},
     }
-
-
-def _bundled_model_digest() -> str | None:
-    """SHA-1 of the bundled LexicalPredictor model, to tell which model a run used."""
-    import hashlib
-    from importlib import resources
-
-    try:
-        data = resources.files("sjfsched").joinpath("data").joinpath("lexical.onnx").read_bytes()
-    except (FileNotFoundError, OSError):
-        return None
-    return hashlib.sha1(data).hexdigest()
-
-
-def _check_model_unchanged(before: str | None) -> None:
-    after = _bundled_model_digest()
-    if after != before:
-        print(
-            "sjfsched bench: WARNING: the bundled predictor model changed during the run "
-            f"({before} -> {after}); the results mix two models, run again",
-            file=sys.stderr,
-        )
 
 
 def _print_tables(results: Sequence[Result], policies: Sequence[str], out: Any = None) -> None:
@@ -191,7 +171,20 @@ def _print_tables(results: Sequence[Result], policies: Sequence[str], out: Any =
         for trace in traces:
             print(f"\n### {trace}, {profile} backend, {scenario} (latency in seconds)\n", file=out)
             print(policy_table(results, profile, scenario, trace, standard), file=out)
-    for policy in ("sjfsched", "proposed", "oracle", "oracle-proposed", "clairvoyant"):
+    for profile, scenario in cells:
+        print(
+            f"\n### Summary, {profile} backend, {scenario}: short P50 and long P95 against FCFS\n", file=out
+        )
+        print(sweep_table(results, profile, scenario, standard), file=out)
+    for policy in (
+        "sjfsched",
+        "unseen",
+        "proposed",
+        "proposed-unseen",
+        "oracle",
+        "oracle-proposed",
+        "clairvoyant",
+    ):
         if any(r.unit.policy == policy for r in results):
             print(f"\n### Targets: {policy} against FCFS\n", file=out)
             print(target_table(results, policy), file=out)
@@ -217,10 +210,11 @@ def _run_sim(args: argparse.Namespace) -> int:
     units = [Unit(t, p, s, pol) for t in traces for p in profiles for s in scenarios for pol in policies]
     meta = _meta(args, data)
     try:
-        results = run_units(units, data, seed=args.seed, jobs=args.jobs, progress=not args.no_progress)
+        results = run_units(
+            units, data, seed=args.seed, jobs=args.jobs, progress=not args.no_progress, info=meta
+        )
     except ValueError as exc:
         raise SystemExit(f"sjfsched bench: {exc}") from None
-    _check_model_unchanged(meta["bundled_model_sha1"])
     if args.results is not None:
         save_results(results, args.results, meta)
     _print_tables(results, policies)
@@ -265,8 +259,7 @@ def _run_all(args: argparse.Namespace) -> int:
     data = _data_dir(args)
     units = all_units(args)
     meta = _meta(args, data)
-    results = run_units(units, data, seed=args.seed, jobs=args.jobs, progress=not args.no_progress)
-    _check_model_unchanged(meta["bundled_model_sha1"])
+    results = run_units(units, data, seed=args.seed, jobs=args.jobs, progress=not args.no_progress, info=meta)
     save_results(results, args.results, meta)
     from ._plots import draw_all
 
@@ -316,11 +309,19 @@ def run(args: argparse.Namespace) -> int:
         return _run_all(args)
     if command == "plots":
         return _run_plots(args)
+    if command == "tables":
+        results, meta = load_results(args.results)
+        print(f"<!-- from {args.results}: {meta.get('command')} on {meta.get('date')} -->")
+        _print_tables(results, list(dict.fromkeys(r.unit.policy for r in results)))
+        return 0
     if command == "traces":
         return _run_traces(args)
     if command == "real":
         from ._real import run as run_real
 
         return run_real(args)
-    print("usage: sjfsched bench {sim,all,plots,traces,real} ... (see sjfsched bench -h)", file=sys.stderr)
+    print(
+        "usage: sjfsched bench {sim,all,plots,tables,traces,real} ... (see sjfsched bench -h)",
+        file=sys.stderr,
+    )
     return 2

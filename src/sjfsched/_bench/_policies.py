@@ -146,7 +146,7 @@ def clairvoyant_model_path() -> Path | None:
     return None
 
 
-def clairvoyant_predictor() -> tuple[Predictor, bool]:
+def clairvoyant_predictor(model_path: str | None = None) -> tuple[Predictor, bool]:
     """Clairvoyant's predictor, and whether it is the real one.
 
     The real one is :class:`sjfsched.predictors.ClairvoyantPredictor`
@@ -157,7 +157,7 @@ def clairvoyant_predictor() -> tuple[Predictor, bool]:
     from .. import predictors
 
     cls = getattr(predictors, "ClairvoyantPredictor", None)
-    path = clairvoyant_model_path()
+    path = clairvoyant_model_path() if model_path is None else Path(model_path)
     if cls is not None and path is not None:
         return cls(path), True
     return PromptLengthClassPredictor(), False
@@ -274,6 +274,10 @@ class PolicyContext:
     short_latency: float
     #: A LexicalPredictor model trained without the trace's corpus (the ``unseen`` predictor).
     unseen_model: str | None = None
+    #: A copy of the bundled LexicalPredictor model taken when the run started (None: the package's).
+    bundled_model: str | None = None
+    #: A copy of Clairvoyant's retrained model taken when the run started (None: find it).
+    clairvoyant_model: str | None = None
 
 
 @attrs.frozen
@@ -294,9 +298,19 @@ class Policy:
 
 PredictorFactory = Callable[[PolicyContext], Predictor]
 
+
 #: Predictors a policy name may start with (``<predictor>[@aging=..,max_wait=..,cap=..]``).
+def _default(context: PolicyContext) -> Predictor:
+    """The default predictor, from the snapshot of its model when the run has one."""
+    if context.bundled_model is None:
+        return default_predictor()
+    from ..predictors import LexicalPredictor
+
+    return LexicalPredictor(model_path=context.bundled_model)
+
+
 PREDICTORS: dict[str, PredictorFactory] = {
-    "sjfsched": lambda context: default_predictor(),
+    "sjfsched": _default,
     "oracle": lambda context: OraclePredictor(),
     "heuristic": lambda context: HeuristicPredictor(),
 }
@@ -340,7 +354,7 @@ def _fcfs(backend: Backend, context: PolicyContext) -> Scheduler:
 
 
 def _clairvoyant(backend: Backend, context: PolicyContext) -> Scheduler:
-    predictor, _ = clairvoyant_predictor()
+    predictor, _ = clairvoyant_predictor(context.clairvoyant_model)
     return ClairvoyantScheduler(backend, predictor=predictor, short_latency=context.short_latency)
 
 
@@ -402,7 +416,10 @@ def policy_named(name: str) -> Policy:
 
     def make(backend: Backend, context: PolicyContext) -> Scheduler:
         if base == "sjfsched" and not params:
-            return Scheduler(backend)  # exactly what a user gets
+            if context.bundled_model is None:
+                return Scheduler(backend)  # exactly what a user gets
+            # The same, with the snapshot of the bundled model the run started with.
+            return Scheduler(backend, predictor=_default(context))
         if cap is None:
             return Scheduler(backend, predictor=predictor(context), aging=aging, max_wait=max_wait)
         return MedianCapScheduler(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
+import shutil
 import sys
 import tempfile
 import time
@@ -19,11 +21,20 @@ import numpy as np
 from ._metrics import ClassStats, Summary, summarize
 from ._policies import policy_named
 from ._profiles import PROFILES
-from ._sim import Scenario, run_scenario
+from ._sim import PinnedModels, Scenario, run_scenario
 from ._traces import LONG_TOKENS, SHORT_TOKENS, Trace, load_trace
 from ._unseen import train_unseen_models
 
-__all__ = ["QUANTILE_LEVELS", "Result", "Unit", "load_results", "run_units", "save_results"]
+__all__ = [
+    "QUANTILE_LEVELS",
+    "Result",
+    "Unit",
+    "load_results",
+    "model_digest",
+    "pin_models",
+    "run_units",
+    "save_results",
+]
 
 #: Percentile levels kept of each latency distribution (for the CDF plots).
 QUANTILE_LEVELS: tuple[float, ...] = tuple(float(x) for x in np.linspace(0, 100, 201))
@@ -65,7 +76,7 @@ def run_unit(
     unit: Unit,
     seed: int,
     progress: Callable[[int], object] | None = None,
-    unseen_models: Mapping[str, str] | None = None,
+    models: PinnedModels | None = None,
 ) -> Result:
     """Run one unit and summarise it."""
     trace = _trace(data_dir, unit.trace)
@@ -78,7 +89,7 @@ def run_unit(
         unit.scenario,
         seed=seed,
         progress=progress,
-        unseen_model=(unseen_models or {}).get(unit.trace),
+        models=models,
     )
     cpu = time.process_time() - t0
     latency = outcome.latency
@@ -97,8 +108,8 @@ def run_unit(
     return Result(unit, summarize(outcome), quantiles, cpu, policy.faithful)
 
 
-def _run_unit_job(data_dir: str, unit: Unit, seed: int, unseen_models: Mapping[str, str]) -> Result:
-    return run_unit(data_dir, unit, seed, unseen_models=unseen_models)
+def _run_unit_job(data_dir: str, unit: Unit, seed: int, models: PinnedModels) -> Result:
+    return run_unit(data_dir, unit, seed, models=models)
 
 
 def run_units(
@@ -108,8 +119,13 @@ def run_units(
     seed: int = 0,
     jobs: int = 1,
     progress: bool = True,
+    info: dict[str, Any] | None = None,
 ) -> list[Result]:
-    """Run every unit (in ``jobs`` processes) with a progress bar over requests."""
+    """Run every unit (in ``jobs`` processes) with a progress bar over requests.
+
+    The models the policies use are pinned when the run starts (see
+    :func:`pin_models`); their SHA-1 digests go into ``info`` if given.
+    """
     from tqdm import tqdm
 
     data = str(data_dir)
@@ -126,20 +142,51 @@ def run_units(
             if progress:
                 print(f"training the unseen predictors for {', '.join(needs_unseen)} ...", file=sys.stderr)
             unseen = train_unseen_models(needs_unseen, data, tmp)
+        models = pin_models(tmp, unseen)
+        if info is not None:
+            info["models_sha1"] = {
+                "bundled lexical": model_digest(models.bundled),
+                "clairvoyant": model_digest(models.clairvoyant),
+                **{f"unseen for {t}": model_digest(p) for t, p in models.unseen.items()},
+            }
         with tqdm(total=total, unit="req", disable=not progress, smoothing=0.05, dynamic_ncols=True) as bar:
             if jobs <= 1:
                 for unit in units:
                     bar.set_postfix_str(f"{unit.trace} {unit.profile} {unit.scenario.name} {unit.policy}")
-                    results.append(run_unit(data, unit, seed, bar.update, unseen))
+                    results.append(run_unit(data, unit, seed, bar.update, models))
             else:
                 with ProcessPoolExecutor(max_workers=jobs) as pool:
-                    futures = {pool.submit(_run_unit_job, data, unit, seed, unseen): unit for unit in units}
+                    futures = {pool.submit(_run_unit_job, data, unit, seed, models): unit for unit in units}
                     for future in as_completed(futures):
                         results.append(future.result())
                         bar.update(futures[future].requests)
     order = {unit: i for i, unit in enumerate(units)}
     results.sort(key=lambda r: order[r.unit])
     return results
+
+
+def pin_models(directory: str | Path, unseen: Mapping[str, str]) -> PinnedModels:
+    """Copy the bundled and Clairvoyant models into ``directory``, so a run uses one version
+    of each even if the files change while it runs (as they do while developing them)."""
+    from ..predictors._lexical import bundled_model_path
+    from ._policies import clairvoyant_model_path
+
+    copies: dict[str, str | None] = {}
+    for name, source in (("bundled", bundled_model_path()), ("clairvoyant", clairvoyant_model_path())):
+        if source is not None and Path(source).is_file():
+            target = Path(directory) / f"pinned-{name}.onnx"
+            shutil.copyfile(source, target)
+            copies[name] = str(target)
+        else:
+            copies[name] = None
+    return PinnedModels(bundled=copies["bundled"], clairvoyant=copies["clairvoyant"], unseen=dict(unseen))
+
+
+def model_digest(path: str | Path | None) -> str | None:
+    """SHA-1 of a model file (None if there is none)."""
+    if path is None or not Path(path).is_file():
+        return None
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
 
 
 # ------------------------------------------------------------------ storage

@@ -9,7 +9,7 @@ depend on the machine's load.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import anyio
 import attrs
@@ -25,6 +25,7 @@ from ._traces import Trace, TraceItem
 __all__ = [
     "BURST_STAGGER",
     "Outcome",
+    "PinnedModels",
     "Scenario",
     "burst_arrivals",
     "outcome_of",
@@ -36,6 +37,18 @@ __all__ = [
 
 #: Seconds between the submissions of a burst, so its arrival order is defined.
 BURST_STAGGER = 1e-6
+
+
+@attrs.frozen
+class PinnedModels:
+    """Model files a run uses, copied or trained when it started (so it sees one version)."""
+
+    #: The bundled LexicalPredictor model (None: the package's file, read when used).
+    bundled: str | None = None
+    #: Clairvoyant's retrained model (None: benchmarks/models/clairvoyant.onnx, read when used).
+    clairvoyant: str | None = None
+    #: trace name -> the ``unseen`` predictor's model for it.
+    unseen: Mapping[str, str] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -231,7 +244,7 @@ def run_scenario(
     *,
     seed: int = 0,
     progress: Callable[[int], object] | None = None,
-    unseen_model: str | None = None,
+    models: PinnedModels | None = None,
 ) -> Outcome:
     """Every repetition of ``scenario`` under ``policy``.
 
@@ -240,7 +253,13 @@ def run_scenario(
     scheduler and leaves its first ``warmup`` fraction of requests out of the
     metrics.
     """
-    context = PolicyContext(short_latency=profile.mean_short_service_time(trace), unseen_model=unseen_model)
+    pinned = models or PinnedModels()
+    context = PolicyContext(
+        short_latency=profile.mean_short_service_time(trace),
+        unseen_model=pinned.unseen.get(trace.name),
+        bundled_model=pinned.bundled,
+        clairvoyant_model=pinned.clairvoyant,
+    )
     batches = [
         scenario_batches(trace, profile, scenario, seed=seed, repetition=r)
         for r in range(scenario.repetitions)
