@@ -185,12 +185,22 @@ def _lexical(train: Sequence[LengthRecord]) -> Callable[[Sequence[str]], npt.NDA
     return fit.scores
 
 
+def _lexical_unclipped(train: Sequence[LengthRecord]) -> Callable[[Sequence[str]], npt.NDArray[np.float64]]:
+    """The lexical model with the target of round 1: answer lengths not clipped."""
+    from ._train import fit_lexical
+
+    fit = fit_lexical(train, target_percentiles=None)
+    return fit.scores
+
+
 METHODS: dict[str, Method] = {
     "length": _length,
     "clairvoyant-xgb": _clairvoyant,
     "ridge-ngrams": _ridge,
     "lexical": _lexical,
 }
+#: Methods --methods accepts besides the default ones: variants for comparison.
+VARIANTS: dict[str, Method] = {"lexical-unclipped": _lexical_unclipped}
 
 
 def _score_unique(
@@ -247,6 +257,7 @@ def compare(
     loco: bool,
     train_permissive_only: bool = False,
     train_bundled_sources: bool = False,
+    train_exclude: Sequence[str] = (),
     min_long: int = 20,
     log: Callable[[str], None] = lambda s: None,
 ) -> str:
@@ -254,7 +265,10 @@ def compare(
 
     def training(rs: Sequence[LengthRecord]) -> list[LengthRecord]:
         return select_records(
-            rs, permissive_only=train_permissive_only, bundled_sources=train_bundled_sources
+            rs,
+            permissive_only=train_permissive_only,
+            bundled_sources=train_bundled_sources,
+            exclude=train_exclude,
         )
 
     out = []
@@ -264,7 +278,7 @@ def compare(
     results: dict[str, dict[str, tuple[float, float, float]]] = {c: {} for c in corpora}
     for m in methods:
         t0 = time.perf_counter()
-        score = METHODS[m](train)
+        score = {**METHODS, **VARIANTS}[m](train)
         s = _score_unique(score, test)
         for c in corpora:
             idx = [i for i, r in enumerate(test) if r.corpus == c]
@@ -287,7 +301,7 @@ def compare(
             results[c] = {}
             for m in methods:
                 t0 = time.perf_counter()
-                s = _score_unique(METHODS[m](rest), held)
+                s = _score_unique({**METHODS, **VARIANTS}[m](rest), held)
                 results[c][m] = _measure(held, s)
                 log(f"leave out {c}, {m}: {time.perf_counter() - t0:.0f} s")
         out.append(
@@ -302,6 +316,8 @@ def compare(
         out.append("Trained on permissively licensed sources only.\n")
     if train_bundled_sources:
         out.append("Trained on the bundled model's sources only.\n")
+    if train_exclude:
+        out.append(f"Training sets without the sources {', '.join(train_exclude)}.\n")
     legend = (
         "Cells: ranking accuracy over all answers of the corpus (τ: Kendall's tau-b) "
         "[mean ranking accuracy over answering models with >= 5 short and >= 5 long answers].\n"
@@ -423,9 +439,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="with --compare: train only on the bundled model's sources (tests stay the same)",
     )
     parser.add_argument(
+        "--train-exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="with --compare: leave sources matching this shell pattern out of the training sets "
+        "(tests stay the same; repeatable)",
+    )
+    parser.add_argument(
         "--methods",
         default=",".join(METHODS),
-        help=f"with --compare: comma-separated subset of {', '.join(METHODS)}",
+        help=f"with --compare: comma-separated subset of {', '.join([*METHODS, *VARIANTS])}",
     )
 
 
@@ -441,10 +465,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.compare:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        unknown = [m for m in methods if m not in METHODS]
+        unknown = [m for m in methods if m not in METHODS and m not in VARIANTS]
         if unknown:
             print(
-                f"sjfsched evaluate: unknown methods {unknown}; choose from {list(METHODS)}", file=sys.stderr
+                f"sjfsched evaluate: unknown methods {unknown}; choose from {[*METHODS, *VARIANTS]}",
+                file=sys.stderr,
             )
             return 2
         print(
@@ -456,6 +481,7 @@ def run(args: argparse.Namespace) -> int:
                 loco=args.loco,
                 train_permissive_only=args.train_permissive_only,
                 train_bundled_sources=args.train_bundled_sources,
+                train_exclude=args.train_exclude,
                 log=lambda s: print(s, file=sys.stderr, flush=True),
             )
         )
