@@ -111,6 +111,16 @@ def test_compare_prints_both_tables(log: Path, capsys: pytest.CaptureFixture[str
     assert "In-distribution" in out and "| synthetic |" in out
 
 
+def test_compare_variants_and_training_exclusions(log: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["evaluate", str(log), "--compare", "--methods", "lexical-unclipped,lexical"]
+    assert main([*args, "--train-exclude", "other*"]) == 0
+    out = capsys.readouterr().out
+    assert "| corpus | lexical-unclipped | lexical |" in out
+    assert "Training sets without the sources other*" in out
+    assert main([*args[:-1], "no-such-method"]) == 2
+    assert "unknown methods ['no-such-method']" in capsys.readouterr().err
+
+
 def test_bad_input_files(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "hi", "output_tokens": 3}\n{"prompt": "x", "output_tokens": "many"}\n')
