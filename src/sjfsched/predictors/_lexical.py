@@ -186,15 +186,17 @@ class LexicalPredictor:
     """Predicts answer length from the prompt's words and byte n-grams.
 
     The model (see ``docs/predictor.md``) reads only the prompt's text
-    (:attr:`Request.text`): byte 4-grams, words and word pairs, its length
+    (:attr:`Request.text`): byte 4-grams, words, its lines and code marks
     and any quantity it asks for (``"in 500 words"``), through a linear ONNX
-    model that returns a log-length score.  One prediction costs about 20
-    microseconds, a batch through :meth:`predict_many` a few microseconds a
-    prompt; a huge prompt costs no more than a 1,300-character one.
+    model that returns a log-length score.  One prediction costs a few tens
+    of microseconds, a batch through :meth:`predict_many` about 20 a prompt
+    (``benchmarks/predictor.py``); only the first 512 and last 256
+    characters are read, so a huge prompt costs what a 770-character one
+    does.
 
     ``model_path``: an ONNX file written by ``sjfsched train`` (default: the
-    model bundled with the package, trained on permissively licensed
-    corpora).  A missing, corrupt or mismatched file raises
+    model bundled with the package; ``docs/predictor.md`` says which corpora
+    trained it).  A missing, corrupt or mismatched file raises
     :class:`~sjfsched.PredictorError` naming the file and the reason.  A
     model file is read once per process and shared.
 
