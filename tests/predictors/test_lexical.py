@@ -363,8 +363,13 @@ def test_remembered_scores_are_bounded() -> None:
 
     predictor = LexicalPredictor()
     predictor.predict_many([Request(f"prompt {i}") for i in range(RECENT_SCORES + 10)])
-    for i in range(20):
-        predictor.predict(Request(f"one more {i}"))
+    assert len(predictor._recent) == RECENT_SCORES  # a batch leaves its latest RECENT_SCORES
+    many = [Request(f"one more {i}") for i in range(1000)]
+    for request in many:
+        predictor.predict(request)
+    assert RECENT_SCORES <= len(predictor._recent) <= RECENT_SCORES + 512
+    assert id(many[-1]) in predictor._recent  # the latest are kept
+    predictor.predict_many([Request(f"and more {i}") for i in range(3 * RECENT_SCORES)])
     assert len(predictor._recent) == RECENT_SCORES
     uncalibrated = LexicalPredictor(calibrate=False)  # it never observes: nothing to remember
     uncalibrated.predict_many([Request("x")])

@@ -33,8 +33,10 @@ _BUNDLED: Final = "lexical.onnx"
 _OUTPUTS: Final = ("bias", "contributions", "log_tokens")
 _SCORE: Final = ["log_tokens"]
 _CONTRIBUTIONS: Final = ["contributions"]
-#: How many recent predictions' raw scores are kept for observe().
+#: How many recent predictions' raw scores are kept for observe() at least;
+#: the oldest are dropped _FORGET_BATCH at a time once there are more.
 RECENT_SCORES: Final = 4096
+_FORGET_BATCH: Final = 512
 
 
 def bundled_model_path() -> Path:
@@ -303,7 +305,7 @@ class LexicalPredictor:
         if self._calibrate:
             recent = self._recent
             recent[id(request)] = (weakref.ref(request), raw)
-            if len(recent) > RECENT_SCORES:
+            if len(recent) > RECENT_SCORES + _FORGET_BATCH:
                 self._forget(len(recent) - RECENT_SCORES)
         return self._prediction(raw)
 
@@ -328,7 +330,7 @@ class LexicalPredictor:
                     strict=True,
                 )
             )
-            if len(recent) > RECENT_SCORES:
+            if len(recent) > RECENT_SCORES + _FORGET_BATCH:
                 self._forget(len(recent) - RECENT_SCORES)
             cal = self._calibration
             mu = cal.offset + cal.slope * raw
