@@ -113,20 +113,19 @@ _CODE_BASE: Final = _SIGNAL_INDEX["code0"]
 class EncodedBatch:
     """Many texts encoded: three blocks of rows (4-grams, words and pairs, signals).
 
-    Within a text a block's rows share one value (``byte_scale``,
-    ``word_scale``, 1 for signals), so a caller can sum the plain weights of
-    each block per text and scale the sums: cheaper than a value per row.
+    In the 4-gram block and in the word block each text's rows are
+    contiguous, in text order, and share one value (``byte_scale``,
+    ``word_scale``), so a caller can sum the plain weights of each run with
+    one running sum and scale the sums: cheaper than a value per row.  The
+    signals (value 1) follow, with the text of each in ``signal_texts``.
     """
 
     ids: npt.NDArray[np.int32]
-    #: per row: the text it belongs to
-    texts: npt.NDArray[np.int64]
-    #: rows in the 4-gram block and in the word block (the signals follow)
-    byte_rows: int
-    word_rows: int
     #: per text: how many rows of the 4-gram block, of the word block are its
     byte_counts: npt.NDArray[np.int64]
     word_counts: npt.NDArray[np.int64]
+    #: per row of the signal block: the text it belongs to
+    signal_texts: npt.NDArray[np.int64]
 
     @property
     def byte_scale(self) -> npt.NDArray[np.float64]:
@@ -137,26 +136,41 @@ class EncodedBatch:
         return 1.0 / np.sqrt(np.maximum(self.word_counts, 1))
 
     @property
+    def texts(self) -> npt.NDArray[np.int64]:
+        """Per row: the text it belongs to."""
+        index = np.arange(len(self.byte_counts))
+        return np.concatenate(
+            [np.repeat(index, self.byte_counts), np.repeat(index, self.word_counts), self.signal_texts]
+        )
+
+    @property
     def values(self) -> npt.NDArray[np.float32]:
         """Each row's value, as :meth:`LexicalFeaturizer.encode` gives them."""
-        b, w = self.byte_rows, self.byte_rows + self.word_rows
         return np.concatenate(
             [
-                self.byte_scale[self.texts[:b]].astype(np.float32),
-                self.word_scale[self.texts[b:w]].astype(np.float32),
-                np.ones(len(self.ids) - w, np.float32),
+                np.repeat(self.byte_scale.astype(np.float32), self.byte_counts),
+                np.repeat(self.word_scale.astype(np.float32), self.word_counts),
+                np.ones(len(self.signal_texts), np.float32),
             ]
         )
 
     def totals(self, weights: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
-        """Per text: the sum of ``weights`` (one per row) times the rows' values."""
+        """Per text: the sum of ``weights`` (one per row) times the rows' values.
+
+        A text's 4-grams and its words are two contiguous runs: each run's sum
+        is a difference of one running sum, then scaled; the few signals are
+        counted with their texts.
+        """
         n = len(self.byte_counts)
-        b, w = self.byte_rows, self.byte_rows + self.word_rows
-        texts = self.texts
+        running = np.zeros(len(weights) + 1)
+        np.cumsum(weights, dtype=np.float64, out=running[1:])
+        byte_ends = np.cumsum(self.byte_counts)
+        word_ends = (byte_ends[-1] if n else 0) + np.cumsum(self.word_counts)
+        signals_start = int(word_ends[-1]) if n else 0
         out: npt.NDArray[np.float64] = (
-            np.bincount(texts[:b], weights=weights[:b], minlength=n) * self.byte_scale
-            + np.bincount(texts[b:w], weights=weights[b:w], minlength=n) * self.word_scale
-            + np.bincount(texts[w:], weights=weights[w:], minlength=n)
+            (running[byte_ends] - running[byte_ends - self.byte_counts]) * self.byte_scale
+            + (running[word_ends] - running[word_ends - self.word_counts]) * self.word_scale
+            + np.bincount(self.signal_texts, weights=weights[signals_start:], minlength=n)
         )
         return out
 
@@ -428,7 +442,6 @@ class LexicalFeaturizer:
         framed = _FRAME + _FRAMES.join(raws) + _FRAME
         ends = np.cumsum(lengths + 2)  # where each framed text ends in `framed`
         byte_ids, byte_counts = self._hash_framed(framed, lengths, ends)
-        byte_texts = np.repeat(np.arange(n), byte_counts)
 
         # Words: one split of all texts, separated by a word no text has.
         words = _SEPARATOR.join(raws).translate(_TO_SPACE).split()
@@ -443,8 +456,9 @@ class LexicalFeaturizer:
                 map(self._bigram.get, itertools.pairwise(words), itertools.repeat(0)), np.int32, nwords - 1
             )
             known = pair_ids > 0
-            word_block = np.concatenate([word_block, pair_ids[known]])
             word_block_texts = np.concatenate([word_block_texts, word_texts[:-1][known]])
+            order = np.argsort(word_block_texts, kind="stable")  # each text's rows together
+            word_block = np.concatenate([word_block, pair_ids[known]])[order]
         word_counts = np.bincount(word_block_texts, minlength=n)
 
         # Signals: newlines and code marks counted over the joined bytes.
@@ -471,5 +485,4 @@ class LexicalFeaturizer:
             signal_ids.append(off + np.fromiter(quantities.values(), np.int64, len(quantities)))
             signal_texts.append(np.fromiter(quantities, np.int64, len(quantities)))
         ids = np.concatenate([byte_ids, word_block, *signal_ids], dtype=np.int32)
-        rows_texts = np.concatenate([byte_texts, word_block_texts, *signal_texts])
-        return EncodedBatch(ids, rows_texts, len(byte_ids), len(word_block), byte_counts, word_counts)
+        return EncodedBatch(ids, byte_counts, word_counts, np.concatenate(signal_texts))
