@@ -71,3 +71,31 @@ def test_bad_names_fail_clearly(tmp_path: Path) -> None:
                 "--no-progress",
             ]
         )
+
+
+@pytest.mark.slow
+def test_all_writes_every_figure_and_the_ranking(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = sharegpt_like(tmp_path / "data")
+    status = main(
+        [
+            "bench", "all", "--data", str(data), "--traces", "sharegpt", "--out", str(tmp_path / "docs"),
+            "--repetitions", "2", "--poisson-requests", "40", "--seeds", "1",
+            "--results", str(tmp_path / "sim.json"), "--no-progress",
+        ]
+    )  # fmt: skip
+    assert status == 0
+    out = capsys.readouterr().out
+    assert "### Ranking accuracy of the predictors on each trace" in out
+    assert "### Targets: proposed-unseen against FCFS" in out
+    pngs = sorted(p.name for p in (tmp_path / "docs" / "img").glob("bench-*.png"))
+    assert pngs == [
+        "bench-cdf-cpu-burst100.png",
+        "bench-cdf-cpu-poisson0.74.png",
+        "bench-cdf-gpu-burst100.png",
+        "bench-cdf-gpu-poisson0.74.png",
+        "bench-max-wait-burst100.png",
+        "bench-max-wait-poisson0.9.png",
+        "bench-tradeoff.png",
+    ]
+    _, meta = load_results(tmp_path / "sim.json")
+    assert 0.0 <= meta["ranking"]["sharegpt"]["noisy1"] <= 1.0

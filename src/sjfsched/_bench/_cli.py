@@ -54,6 +54,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     traces = sub.add_parser("traces", help="list the traces and their length classes")
     traces.add_argument("--data", type=Path, default=None, help="the corpora directory (../shared/data)")
 
+    ranking = sub.add_parser("ranking", help="how well each benchmark predictor ranks each trace")
+    ranking.add_argument("--data", type=Path, default=None, help="the corpora directory (../shared/data)")
+    ranking.add_argument(
+        "--predictors",
+        default="sjfsched,unseen,clairvoyant,heuristic,noisy1,noisy2",
+        help="comma-separated predictor names (default: %(default)s)",
+    )
+
     from ._real import configure as configure_real
 
     configure_real(sub.add_parser("real", help="FCFS against sjfsched on a real llama.cpp model, wall clock"))
@@ -256,19 +264,46 @@ def all_units(args: argparse.Namespace) -> list[Unit]:
 
 
 def _run_all(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from ._ranking import ranking_table
+    from ._run import prepare_models
+
     data = _data_dir(args)
     units = all_units(args)
     meta = _meta(args, data)
-    results = run_units(units, data, seed=args.seed, jobs=args.jobs, progress=not args.no_progress, info=meta)
-    save_results(results, args.results, meta)
+    traces = _split(args.traces)
+    with tempfile.TemporaryDirectory(prefix="sjfsched-bench-") as tmp:
+        models = prepare_models(traces, data, tmp, progress=not args.no_progress)
+        meta["ranking"] = ranking_table(models, data, traces=traces)
+        results = run_units(
+            units,
+            data,
+            seed=args.seed,
+            jobs=args.jobs,
+            progress=not args.no_progress,
+            info=meta,
+            models=models,
+        )
+    save_results(results, args.results, meta, quantiles_for=lambda policy: policy in STANDARD_POLICIES)
     from ._plots import draw_all
 
     for path in draw_all(results, args.out / "img"):
         print(f"wrote {path}")
     print(f"wrote {args.results}")
     policies = list(dict.fromkeys(u.policy for u in units))
+    _print_ranking(meta)
     _print_tables(results, policies)
     return 0
+
+
+def _print_ranking(meta: dict[str, Any]) -> None:
+    from ._ranking import format_ranking
+
+    if meta.get("ranking"):
+        print("\n### Ranking accuracy of the predictors on each trace\n")
+        print(_RANKING_NOTE)
+        print(format_ranking(meta["ranking"]))
 
 
 def _run_plots(args: argparse.Namespace) -> int:
@@ -301,6 +336,28 @@ def _run_traces(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_ranking(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from ._ranking import format_ranking, ranking_table
+    from ._run import prepare_models
+
+    data = _data_dir(args)
+    names = _split(args.predictors)
+    with tempfile.TemporaryDirectory(prefix="sjfsched-bench-") as tmp:
+        models = prepare_models(TRACES if "unseen" in names else (), data, tmp)
+        table = ranking_table(models, data, names)
+    print(_RANKING_NOTE)
+    print(format_ranking(table))
+    return 0
+
+
+_RANKING_NOTE = (
+    "Ranking accuracy: the share of the trace's (short < 200, long >= 800 tokens) answer pairs\n"
+    "whose long answer the predictor ranks above the short one (ties count half).\n"
+)
+
+
 def run(args: argparse.Namespace) -> int:
     command = getattr(args, "bench_command", None)
     if command == "sim":
@@ -312,10 +369,13 @@ def run(args: argparse.Namespace) -> int:
     if command == "tables":
         results, meta = load_results(args.results)
         print(f"<!-- from {args.results}: {meta.get('command')} on {meta.get('date')} -->")
+        _print_ranking(meta)
         _print_tables(results, list(dict.fromkeys(r.unit.policy for r in results)))
         return 0
     if command == "traces":
         return _run_traces(args)
+    if command == "ranking":
+        return _run_ranking(args)
     if command == "real":
         from ._real import run as run_real
 

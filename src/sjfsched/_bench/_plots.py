@@ -49,6 +49,12 @@ def _traces(results: Sequence[Result]) -> list[str]:
     return list(dict.fromkeys(r.unit.trace for r in results))
 
 
+def _null_formatter() -> Any:
+    from matplotlib.ticker import NullFormatter
+
+    return NullFormatter()
+
+
 def cdf_figure(
     results: Sequence[Result], profile: str, scenario: str, policies: Sequence[str], path: Path
 ) -> Path:
@@ -66,8 +72,10 @@ def cdf_figure(
                 if not found or not found[0].quantiles.get(cls):
                     continue
                 label = name if found[0].faithful else f"{name}*"
-                ax.plot(found[0].quantiles[cls], levels, label=label, color=_COLORS.get(name), lw=1.6)
+                style = "--" if "unseen" in name else "-"
+                ax.plot(found[0].quantiles[cls], levels, style, label=label, color=_COLORS.get(name), lw=1.5)
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(_null_formatter())
             ax.set_ylim(0, 1)
             ax.grid(alpha=0.3)
             if row == 0:
@@ -76,9 +84,10 @@ def cdf_figure(
                 ax.set_ylabel(f"{trace}\nfraction done")
             if row == len(traces) - 1:
                 ax.set_xlabel("latency (s, log scale)")
-    axes[0][0].legend(loc="lower right", fontsize=8)
-    fig.suptitle(f"Latency CDFs, {scenario}, {profile} backend")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
+    fig.suptitle(f"Latency CDFs, {scenario}, {profile} backend (unseen: predictor not trained on the trace)")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -116,7 +125,7 @@ def tradeoff_figure(results: Sequence[Result], profile: str, scenarios: Sequence
     plt = _pyplot()
     from matplotlib.lines import Line2D
 
-    fig, axes = plt.subplots(1, len(scenarios), figsize=(6.4 * len(scenarios), 5.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(6.4 * len(scenarios), 6.0), squeeze=False)
     targets = {t.scenario: t for t in TARGETS}
     cmap = plt.get_cmap("tab10")
     for ax, scenario in zip(axes[0], scenarios, strict=True):
@@ -156,7 +165,6 @@ def tradeoff_figure(results: Sequence[Result], profile: str, scenarios: Sequence
             ax.fill_between(
                 [left, t.long_p95_increase * 100], t.short_p50_gain * 100, 100, color="green", alpha=0.07
             )
-        ax.set_xscale("symlog", linthresh=50)
         ax.set_xlabel("long-request P95 latency, change against FCFS (%)")
         ax.set_ylabel("short-request P50 latency, reduction against FCFS (%)")
         ax.set_title(f"{scenario}, {profile} backend, predictor not trained on the trace")
@@ -172,11 +180,11 @@ def tradeoff_figure(results: Sequence[Result], profile: str, scenarios: Sequence
         Line2D([], [], marker="D", ms=6, color="white", mec="black", ls="none", label="oracle predictor"),
         Line2D([], [], marker="X", ms=8, color="white", mec="black", ls="none", label="clairvoyant"),
     ]
-    axes[0][0].legend(handles=handles, fontsize=7, loc="lower right")
+    fig.legend(handles=handles, fontsize=8, loc="lower center", ncol=6, frameon=False)
     fig.suptitle(
         f"Aging trade-off (default aging {DEFAULT_AGING:g}); the shaded box meets the target where one is set"
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -233,7 +241,7 @@ def max_wait_figure(results: Sequence[Result], scenario: str, path: Path) -> Pat
 def draw_all(results: Sequence[Result], img_dir: Path) -> list[Path]:
     """Every figure of docs/benchmarks.md that ``results`` has data for."""
     written: list[Path] = []
-    standard = ["fcfs", "sjfsched", "unseen", "oracle", "clairvoyant", "proposed-unseen"]
+    standard = ["fcfs", "clairvoyant", "sjfsched", "proposed", "unseen", "proposed-unseen", "oracle"]
     for profile in dict.fromkeys(r.unit.profile for r in results):
         for scenario in ("burst100", "poisson0.74"):
             if _pick(results, profile=profile, scenario=scenario, policy="fcfs"):

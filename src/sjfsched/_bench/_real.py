@@ -33,9 +33,10 @@ from .._records import Chunk, Completion, Request
 from .._scheduler import Scheduler
 from ..backends import Backend
 from ._metrics import gain
-from ._policies import PolicyContext, policy_named
+from ._policies import Policy, PolicyContext, policy_named
 from ._profiles import Profile
-from ._sim import BURST_STAGGER, burst_arrivals, simulate
+from ._run import model_digests, pin_models
+from ._sim import BURST_STAGGER, PinnedModels, burst_arrivals, simulate
 from ._traces import LONG_TOKENS, SHORT_TOKENS, TRACES, TraceItem, default_data_dir, load_trace
 
 __all__ = ["TraceLengthBackend", "configure", "run"]
@@ -180,65 +181,86 @@ def _model_path(args: argparse.Namespace, tmp: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        from llama_cpp import Llama
+        import llama_cpp  # noqa: F401
     except ImportError:
         print("sjfsched bench real needs llama-cpp-python: pip install 'sjfsched[llama]'", file=sys.stderr)
         return 2
-    from ..backends import LlamaCppBackend
-
     items = _sample(args)
     policies = [policy_named(name) for name in args.policies.split(",")]
     load_before = os.getloadavg()
     wall0 = time.monotonic()
-    real: dict[str, list[Completion]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        path = _model_path(args, tmp)
-        llm = Llama(
-            str(path), n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads, seed=0, verbose=False
-        )
-        try:
-            llm.create_completion("warm up", max_tokens=8)
-            context = PolicyContext(short_latency=1.0)  # replaced below for the simulation
-            for policy in policies:
-                backend = TraceLengthBackend(LlamaCppBackend(llm), prompt_chars=args.prompt_chars)
-                requests = [item.request() for item in items]
-                t0 = time.monotonic()
-                print(
-                    f"running {len(requests)} requests under {policy.name} ...", file=sys.stderr, flush=True
-                )
-                real[policy.name] = anyio.run(_real_burst, policy.make(backend, context), requests)
-                print(f"  {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
-        finally:
-            llm.close()
-    load_after = os.getloadavg()
-    every = [c for cs in real.values() for c in cs]
-    prefill, decode = _measured_rates(every)
+        pinned = pin_models(tmp, {})  # one version of each predictor model for the whole run
+        real = _run_real(args, items, policies, pinned, tmp)
+        load_after = os.getloadavg()
+        every = [c for cs in real.values() for c in cs]
+        prefill, decode = _measured_rates(every)
 
-    # The same requests (real prompt lengths in the model's tokens) in virtual time.
-    first = real[policies[0].name]
-    sim_items = [
-        attrs.evolve(item, prompt_tokens=c.prompt_tokens or item.prompt_tokens)
-        for item, c in zip(items, first, strict=False)
-    ]
-    profile = Profile("measured", prefill, decode)
-    shorts = [
-        profile.service_time(i.prompt_tokens, i.output_tokens)
-        for i in sim_items
-        if _class(i.output_tokens, args.scale) == "short"
-    ]
-    context = PolicyContext(short_latency=sum(shorts) / len(shorts) if shorts else 1.0)
-    sim: dict[str, list[Completion]] = {}
-    for policy in policies:
-        sim[policy.name] = simulate(policy, profile, [(sim_items, burst_arrivals(len(sim_items)))], context)[
-            0
-        ][0]
+        # The same requests (real prompt lengths in the model's tokens) in virtual time.
+        first = real[policies[0].name]
+        sim_items = [
+            attrs.evolve(item, prompt_tokens=c.prompt_tokens or item.prompt_tokens)
+            for item, c in zip(items, first, strict=True)
+        ]
+        profile = Profile("measured", prefill, decode)
+        shorts = [
+            profile.service_time(i.prompt_tokens, i.output_tokens)
+            for i in sim_items
+            if _class(i.output_tokens, args.scale) == "short"
+        ]
+        context = PolicyContext(
+            short_latency=sum(shorts) / len(shorts) if shorts else 1.0,
+            bundled_model=pinned.bundled,
+            clairvoyant_model=pinned.clairvoyant,
+        )
+        sim: dict[str, list[Completion]] = {}
+        for policy in policies:
+            batch = [(sim_items, burst_arrivals(len(sim_items)))]
+            sim[policy.name] = simulate(policy, profile, batch, context)[0][0]
+        digests = model_digests(pinned)
 
     report = _report(args, real, sim, prefill, decode, load_before, load_after, time.monotonic() - wall0)
+    report["models_sha1"] = digests
     print(report["table"])
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     print(f"\nwrote {args.results}")
     return 0 if report["agree"] else 1
+
+
+def _run_real(
+    args: argparse.Namespace,
+    items: Sequence[TraceItem],
+    policies: Sequence[Policy],
+    pinned: PinnedModels,
+    tmp: str,
+) -> dict[str, list[Completion]]:
+    """Each policy in turn on the real model: the completions of every request, in submission order."""
+    from llama_cpp import Llama
+
+    from ..backends import LlamaCppBackend
+
+    path = _model_path(args, tmp)
+    llm = Llama(
+        str(path), n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads, seed=0, verbose=False
+    )
+    real: dict[str, list[Completion]] = {}
+    try:
+        llm.create_completion("warm up", max_tokens=8)
+        # Clairvoyant's tau starts at 3 x 1 s here and then follows the short answers' latency.
+        context = PolicyContext(
+            short_latency=1.0, bundled_model=pinned.bundled, clairvoyant_model=pinned.clairvoyant
+        )
+        for policy in policies:
+            backend = TraceLengthBackend(LlamaCppBackend(llm), prompt_chars=args.prompt_chars)
+            requests = [item.request() for item in items]
+            t0 = time.monotonic()
+            print(f"running {len(requests)} requests under {policy.name} ...", file=sys.stderr, flush=True)
+            real[policy.name] = anyio.run(_real_burst, policy.make(backend, context), requests)
+            print(f"  {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+    finally:
+        llm.close()
+    return real
 
 
 def _report(

@@ -42,7 +42,16 @@ def _s(x: float) -> str:
 def _pct(x: float, signed: bool = False) -> str:
     if math.isnan(x):
         return "-"
+    if round(x * 100) == 0:
+        x = 0.0  # no "-0%"
     return f"{x:+.0%}" if signed else f"{x:.0%}"
+
+
+def _lower(g: float) -> str:
+    """A gain as "80% lower" (or "5% higher" when negative)."""
+    if round(g * 100) == 0:
+        return "0% lower"
+    return f"{g:.0%} lower" if g > 0 else f"{-g:.0%} higher"
 
 
 def _find(results: Sequence[Result], trace: str, profile: str, scenario: str, policy: str) -> Result | None:
@@ -114,8 +123,8 @@ def target_table(
             found = True
             g = gain(base.summary.classes["short"].p50, r.summary.classes["short"].p50)
             d = -gain(base.summary.classes["long"].p95, r.summary.classes["long"].p95)
-            row.append(f"{g:.0%} lower {'✓' if g >= t.short_p50_gain else '✗'}")
-            row.append(f"{d:+.0%} {'✓' if d <= t.long_p95_increase else '✗'}")
+            row.append(f"{_lower(g)} {'✓' if g >= t.short_p50_gain else '✗'}")
+            row.append(f"{_pct(d, True)} {'✓' if d <= t.long_p95_increase else '✗'}")
         if not found:
             continue
         mine = [

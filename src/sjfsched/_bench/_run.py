@@ -31,7 +31,9 @@ __all__ = [
     "Unit",
     "load_results",
     "model_digest",
+    "model_digests",
     "pin_models",
+    "prepare_models",
     "run_units",
     "save_results",
 ]
@@ -112,6 +114,28 @@ def _run_unit_job(data_dir: str, unit: Unit, seed: int, models: PinnedModels) ->
     return run_unit(data_dir, unit, seed, models=models)
 
 
+def prepare_models(
+    traces: Iterable[str], data_dir: str | Path, directory: str | Path, *, progress: bool = False
+) -> PinnedModels:
+    """Train the ``unseen`` predictors of ``traces`` and pin every model a run uses into ``directory``."""
+    names = sorted(set(traces))
+    unseen: dict[str, str] = {}
+    if names:
+        if progress:
+            print(f"training the unseen predictors for {', '.join(names)} ...", file=sys.stderr)
+        unseen = train_unseen_models(names, data_dir, directory)
+    return pin_models(directory, unseen)
+
+
+def model_digests(models: PinnedModels) -> dict[str, str | None]:
+    """SHA-1 of every pinned model, by role."""
+    return {
+        "bundled lexical": model_digest(models.bundled),
+        "clairvoyant": model_digest(models.clairvoyant),
+        **{f"unseen for {t}": model_digest(p) for t, p in sorted(models.unseen.items())},
+    }
+
+
 def run_units(
     units: Sequence[Unit],
     data_dir: str | Path,
@@ -120,46 +144,41 @@ def run_units(
     jobs: int = 1,
     progress: bool = True,
     info: dict[str, Any] | None = None,
+    models: PinnedModels | None = None,
 ) -> list[Result]:
     """Run every unit (in ``jobs`` processes) with a progress bar over requests.
 
-    The models the policies use are pinned when the run starts (see
-    :func:`pin_models`); their SHA-1 digests go into ``info`` if given.
+    ``models`` are the pinned models to use (see :func:`prepare_models`);
+    without them they are prepared (and pinned) here.  Their SHA-1 digests go
+    into ``info`` if given.
     """
-    from tqdm import tqdm
-
     data = str(data_dir)
     for unit in units:  # fail early on bad names
         policy_named(unit.policy)
         if unit.profile not in PROFILES:
             raise ValueError(f"unknown backend profile {unit.profile!r}; choose from {', '.join(PROFILES)}")
+    if models is None:
+        needs_unseen = {u.trace for u in units if policy_named(u.policy).family == "unseen"}
+        with tempfile.TemporaryDirectory(prefix="sjfsched-bench-") as tmp:
+            pinned = prepare_models(needs_unseen, data, tmp, progress=progress)
+            return run_units(units, data, seed=seed, jobs=jobs, progress=progress, info=info, models=pinned)
+    if info is not None:
+        info["models_sha1"] = model_digests(models)
+    from tqdm import tqdm
+
     total = sum(u.requests for u in units)
     results: list[Result] = []
-    needs_unseen = sorted({u.trace for u in units if policy_named(u.policy).family == "unseen"})
-    with tempfile.TemporaryDirectory(prefix="sjfsched-bench-") as tmp:
-        unseen: dict[str, str] = {}
-        if needs_unseen:
-            if progress:
-                print(f"training the unseen predictors for {', '.join(needs_unseen)} ...", file=sys.stderr)
-            unseen = train_unseen_models(needs_unseen, data, tmp)
-        models = pin_models(tmp, unseen)
-        if info is not None:
-            info["models_sha1"] = {
-                "bundled lexical": model_digest(models.bundled),
-                "clairvoyant": model_digest(models.clairvoyant),
-                **{f"unseen for {t}": model_digest(p) for t, p in models.unseen.items()},
-            }
-        with tqdm(total=total, unit="req", disable=not progress, smoothing=0.05, dynamic_ncols=True) as bar:
-            if jobs <= 1:
-                for unit in units:
-                    bar.set_postfix_str(f"{unit.trace} {unit.profile} {unit.scenario.name} {unit.policy}")
-                    results.append(run_unit(data, unit, seed, bar.update, models))
-            else:
-                with ProcessPoolExecutor(max_workers=jobs) as pool:
-                    futures = {pool.submit(_run_unit_job, data, unit, seed, models): unit for unit in units}
-                    for future in as_completed(futures):
-                        results.append(future.result())
-                        bar.update(futures[future].requests)
+    with tqdm(total=total, unit="req", disable=not progress, smoothing=0.05, dynamic_ncols=True) as bar:
+        if jobs <= 1:
+            for unit in units:
+                bar.set_postfix_str(f"{unit.trace} {unit.profile} {unit.scenario.name} {unit.policy}")
+                results.append(run_unit(data, unit, seed, bar.update, models))
+        else:
+            with ProcessPoolExecutor(max_workers=jobs) as pool:
+                futures = {pool.submit(_run_unit_job, data, unit, seed, models): unit for unit in units}
+                for future in as_completed(futures):
+                    results.append(future.result())
+                    bar.update(futures[future].requests)
     order = {unit: i for i, unit in enumerate(units)}
     results.sort(key=lambda r: order[r.unit])
     return results
@@ -249,12 +268,41 @@ def _result_from_json(data: dict[str, Any]) -> Result:
     return Result(unit, summary, data["quantiles"], float(data["cpu_seconds"]), bool(data["faithful"]))
 
 
-def save_results(results: Iterable[Result], path: str | Path, meta: dict[str, Any]) -> None:
-    """Write results (and what produced them) as JSON."""
+def _round(value: Any) -> Any:
+    """Floats to 5 significant digits, recursively (keeps the file small)."""
+    if isinstance(value, float):
+        return float(f"{value:.5g}")
+    if isinstance(value, dict):
+        return {k: _round(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_round(v) for v in value]
+    return value
+
+
+def save_results(
+    results: Iterable[Result],
+    path: str | Path,
+    meta: dict[str, Any],
+    *,
+    quantiles_for: Callable[[str], bool] | None = None,
+) -> None:
+    """Write results (and what produced them) as JSON, one result per line.
+
+    Latency percentiles are kept for the policies ``quantiles_for(name)``
+    accepts (default: all); figures need them only for a few.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"meta": meta, "results": [_result_to_json(r) for r in results]}
-    path.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    rows = []
+    for r in results:
+        row = _round(_result_to_json(r))
+        if quantiles_for is not None and not quantiles_for(r.unit.policy):
+            row["quantiles"] = {}
+        rows.append(json.dumps(row, separators=(",", ":")))
+    meta_line = json.dumps(meta, indent=1)
+    path.write_text(
+        '{"meta": ' + meta_line + ',\n"results": [\n' + ",\n".join(rows) + "\n]}\n", encoding="utf-8"
+    )
 
 
 def load_results(path: str | Path) -> tuple[list[Result], dict[str, Any]]:

@@ -1,0 +1,64 @@
+"""The real llama.cpp run: each generation runs to its trace length, and the command works end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sjfsched import Request
+from sjfsched._bench._real import TraceLengthBackend
+from sjfsched._cli import main
+
+from ._data import sharegpt_like
+
+llama_cpp = pytest.importorskip("llama_cpp", reason="the real run needs llama-cpp-python")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sjfsched.testing import write_tiny_llama
+
+    return write_tiny_llama(tmp_path_factory.mktemp("model") / "tiny.gguf", n_ctx=1024)
+
+
+@pytest.mark.anyio
+async def test_each_request_generates_exactly_its_trace_length(tiny_model: Path) -> None:
+    from sjfsched.backends import LlamaCppBackend
+
+    backend = TraceLengthBackend(LlamaCppBackend.from_path(str(tiny_model), n_ctx=1024), prompt_chars=20)
+    try:
+        for n in (1, 7, 40):
+            request = Request("a long prompt " * 20, metadata={"output_tokens": n})
+            tokens = 0
+            prompt_tokens = None
+            async for chunk in backend.stream(request):
+                tokens += chunk.tokens
+                prompt_tokens = chunk.prompt_tokens if chunk.prompt_tokens is not None else prompt_tokens
+            assert tokens == n
+            assert request.max_tokens is None  # the scheduler's request is left as it was
+            assert prompt_tokens is not None and prompt_tokens <= 20 + 2  # the model read 20 characters
+    finally:
+        await backend.aclose()
+
+
+@pytest.mark.slow
+def test_bench_real_compares_real_and_simulated_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = sharegpt_like(tmp_path / "data")
+    out = tmp_path / "real.json"
+    status = main(
+        [
+            "bench", "real", "--data", str(data), "--trace", "sharegpt", "--requests", "8",
+            "--scale", "0.05", "--preset", "small", "--results", str(out),
+        ]
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    assert status == (0 if report["agree"] else 1)
+    assert report["prefill_rate"] > 0 and report["decode_rate"] > 0
+    assert set(report["stats"]["real"]) == set(report["stats"]["sim"]) == {"fcfs", "sjfsched"}
+    assert report["stats"]["real"]["fcfs"]["n"] == report["stats"]["sim"]["fcfs"]["n"]
+    assert report["models_sha1"]["bundled lexical"]
+    assert "short-request P50 gain" in capsys.readouterr().out
