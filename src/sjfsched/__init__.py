@@ -25,6 +25,7 @@ from ._records import Completion as Completion
 from ._records import Prediction as Prediction
 from ._records import Request as Request
 from ._scheduler import DEFAULT_AGING as DEFAULT_AGING
+from ._scheduler import DEFAULT_CAP as DEFAULT_CAP
 from ._scheduler import DEFAULT_MAX_WAIT as DEFAULT_MAX_WAIT
 from ._scheduler import ChunkStream as ChunkStream
 from ._scheduler import Job as Job
@@ -41,6 +42,7 @@ from ._wrap import wrap as wrap
 
 __all__ = [
     "DEFAULT_AGING",
+    "DEFAULT_CAP",
     "DEFAULT_DECODE_RATE",
     "DEFAULT_MAX_WAIT",
     "DEFAULT_PREFILL_RATE",

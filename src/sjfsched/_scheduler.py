@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+import collections
 import enum
 import logging
 import math
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_AGING",
+    "DEFAULT_CAP",
     "DEFAULT_MAX_WAIT",
     "ChunkStream",
     "Job",
@@ -38,7 +41,11 @@ __all__ = [
 logger = logging.getLogger("sjfsched")
 
 #: Seconds of estimated service time forgiven per second waited.
-DEFAULT_AGING = 0.2
+DEFAULT_AGING = 0.05
+#: Estimates above this multiple of the median recent estimate count as that value.
+DEFAULT_CAP: float | None = 1.0
+#: How many of the latest requests' estimates the median is taken over.
+CAP_WINDOW = 200
 #: Seconds after which a waiting request runs next, whatever its estimate.
 DEFAULT_MAX_WAIT: float | None = None
 #: Output tokens assumed when the predictor fails, until real lengths are seen.
@@ -95,6 +102,10 @@ class SchedulerStatistics:
     #: The learned rates, in tokens per second.
     prefill_rate: float
     decode_rate: float
+    #: The median estimate (seconds) of the latest requests, and the estimate
+    #: cap it gives (``cap`` times it; ``None`` without a cap or before any request).
+    median_estimate: float | None = None
+    estimate_cap: float | None = None
 
 
 class Scheduler:
@@ -114,12 +125,19 @@ class Scheduler:
     are learned from finished requests.
 
     Order: a lower ``Request.priority`` class always goes first; within a
-    class the lowest ``estimate - aging * seconds_waited`` goes first, so a
-    long request waiting long enough overtakes shorter newcomers.  ``aging``
-    (default 0.2) is the seconds of estimate forgiven per second waited.  A
-    request that has waited ``max_wait`` seconds (default ``None``: no
-    bound) runs next, oldest first, regardless of class.  Subclass and override
-    :meth:`sort_key` for another policy.
+    class the lowest ``min(estimate, cap * median) - aging * seconds_waited``
+    goes first.  ``median`` is the median estimate of the latest 200
+    requests, so requests predicted shorter than is typical run shortest
+    first, and those predicted longer keep their arrival order among
+    themselves (a long request is never put behind later long ones on the
+    strength of a guess).  ``cap`` (default 1.0; ``None``: no cap) sets
+    where that starts.  ``aging`` (default 0.05) is the seconds of estimate
+    forgiven per second waited: a request is passed only by requests that
+    arrive within ``cap * median / aging`` seconds of it, however long its
+    estimate.  A request that has waited ``max_wait`` seconds (default
+    ``None``: no bound) runs next, oldest first, regardless of class.
+    Subclass and override :meth:`sort_key` for another policy.  The defaults
+    come from the scheduling benchmarks (``docs/benchmarks.md``).
 
     Use it as ``async with Scheduler(backend) as sched:`` and call
     :meth:`complete`, :meth:`stream` or, without a backend, :meth:`admit`.
@@ -141,6 +159,7 @@ class Scheduler:
         predictor: Predictor | None = None,
         concurrency: int | None = None,
         aging: float = DEFAULT_AGING,
+        cap: float | None = DEFAULT_CAP,
         max_wait: float | None = DEFAULT_MAX_WAIT,
         max_queue: int | None = None,
         prefill_rate: float = DEFAULT_PREFILL_RATE,
@@ -154,6 +173,10 @@ class Scheduler:
             raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
         if not (isinstance(aging, (int, float)) and math.isfinite(aging) and aging >= 0):
             raise ValueError(f"aging must be a finite number >= 0, got {aging!r}")
+        if cap is not None and not (
+            isinstance(cap, (int, float)) and not isinstance(cap, bool) and math.isfinite(cap) and cap > 0
+        ):
+            raise ValueError(f"cap must be a finite number > 0 or None, got {cap!r}")
         if max_wait is not None and not (
             isinstance(max_wait, (int, float)) and not math.isnan(max_wait) and max_wait >= 0
         ):
@@ -177,6 +200,9 @@ class Scheduler:
         )
         self._concurrency = concurrency
         self._aging = float(aging)
+        self._cap = None if cap is None else float(cap)
+        self._recent: collections.deque[float] = collections.deque()
+        self._recent_sorted: list[float] = []
         self._max_wait = None if max_wait is None else float(max_wait)
         self._max_queue = max_queue
         self._rates = RateEstimator(prefill_rate, decode_rate)
@@ -223,6 +249,25 @@ class Scheduler:
     @property
     def aging(self) -> float:
         return self._aging
+
+    @property
+    def cap(self) -> float | None:
+        """The estimate cap, as a multiple of the median recent estimate (``None``: no cap)."""
+        return self._cap
+
+    @property
+    def median_estimate(self) -> float | None:
+        """The median estimate (seconds) of the latest 200 requests; ``None`` before any."""
+        ordered = self._recent_sorted
+        return ordered[len(ordered) // 2] if ordered else None
+
+    @property
+    def estimate_cap(self) -> float | None:
+        """The current cap in seconds: ``cap`` times :attr:`median_estimate` (``None`` without a cap)."""
+        median = self.median_estimate
+        if self._cap is None or median is None:
+            return None
+        return self._cap * median
 
     @property
     def max_wait(self) -> float | None:
@@ -274,15 +319,21 @@ class Scheduler:
         request arrives, and must return a value comparable with the keys of
         every other request (tuples of numbers are best).  The default is::
 
-            (job.request.priority, job.estimate + self.aging * job.submitted)
+            (job.request.priority, min(job.estimate, self.estimate_cap) + self.aging * job.submitted)
 
-        Linear aging lowers every waiting request's effective estimate at the
-        same pace, so ``estimate - aging * (now - submitted)`` orders requests
-        exactly as ``estimate + aging * submitted`` does at any ``now``: the
-        key can be fixed at arrival and the queue stays a plain heap.
-        ``max_wait`` promotion is applied on top of whatever this returns.
+        (without the ``min`` when ``cap`` is ``None``).  :attr:`estimate_cap`
+        already counts this request's estimate.  Linear aging lowers every
+        waiting request's effective estimate at the same pace, so
+        ``estimate - aging * (now - submitted)`` orders requests exactly as
+        ``estimate + aging * submitted`` does at any ``now``: the key can be
+        fixed at arrival and the queue stays a plain heap.  ``max_wait``
+        promotion is applied on top of whatever this returns.
         """
-        return (job.request.priority, job.estimate + self._aging * job.submitted)
+        estimate = job.estimate
+        cap = self.estimate_cap
+        if cap is not None and estimate > cap:
+            estimate = cap
+        return (job.request.priority, estimate + self._aging * job.submitted)
 
     # -------------------------------------------------------------- lifecycle
 
@@ -440,6 +491,8 @@ class Scheduler:
             predictor_seconds=self._predictor_seconds,
             prefill_rate=self._rates.prefill_rate,
             decode_rate=self._rates.decode_rate,
+            median_estimate=self.median_estimate,
+            estimate_cap=self.estimate_cap,
         )
 
     def position(self, request: Request) -> int | None:
@@ -488,6 +541,7 @@ class Scheduler:
             raise SchedulerClosed("the scheduler is closed")
         prediction = self._predict(request)
         estimate = self.estimate(request, prediction)
+        self._remember(estimate)
         now = anyio.current_time()
         key = self.sort_key(Job(request, prediction, estimate, now))
         self._seq += 1
@@ -526,6 +580,16 @@ class Scheduler:
             raise SchedulerClosed("the scheduler closed while this request was waiting")
         entry.state = EntryState.RUNNING
         return entry
+
+    def _remember(self, estimate: float) -> None:
+        """Add an estimate to the window the median is taken over (O(window))."""
+        if not math.isfinite(estimate):
+            return
+        recent, ordered = self._recent, self._recent_sorted
+        recent.append(estimate)
+        bisect.insort(ordered, estimate)
+        if len(recent) > CAP_WINDOW:
+            del ordered[bisect.bisect_left(ordered, recent.popleft())]
 
     def _dispatch(self) -> None:
         """Hand free slots to waiting requests (work-conserving)."""

@@ -86,7 +86,7 @@ def test_all_writes_every_figure_and_the_ranking(tmp_path: Path, capsys: pytest.
     assert status == 0
     out = capsys.readouterr().out
     assert "### Ranking accuracy of the predictors on each trace" in out
-    assert "### Targets: proposed-unseen against FCFS" in out
+    assert "### Targets: plain-unseen against FCFS" in out
     pngs = sorted(p.name for p in (tmp_path / "docs" / "img").glob("bench-*.png"))
     assert pngs == [
         "bench-cdf-cpu-burst100.png",

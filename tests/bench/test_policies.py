@@ -6,10 +6,9 @@ import anyio
 import pytest
 import trio.testing
 
-from sjfsched import Completion, Request
+from sjfsched import DEFAULT_CAP, Completion, Request
 from sjfsched._bench._policies import (
     ClairvoyantScheduler,
-    MedianCapScheduler,
     OraclePredictor,
     policy_named,
 )
@@ -96,42 +95,13 @@ def test_clairvoyant_orders_by_p_long_then_arrival() -> None:
     assert order == ["a", "c", "d", "e", "b"]
 
 
-def test_proposed_key_is_sjf_below_the_median_and_fifo_above() -> None:
-    order: list[int] = []
-
-    async def main() -> None:
-        backend = SimulatedBackend(prefill_rate=1e9, decode_rate=100.0)
-        sched = MedianCapScheduler(backend, predictor=OraclePredictor(), cap_factor=1.0, max_wait=None)
-
-        async def one(at: float, tokens: int) -> None:
-            await anyio.sleep_until(at)
-            await sched.complete(request(tokens, str(tokens)))
-            order.append(tokens)
-
-        async with sched, anyio.create_task_group() as tg:
-            # Running medians as they arrive: 300, 300, 200, 200, 150, 150, 120.
-            for i, tokens in enumerate([300, 200, 50, 150, 20, 120, 400]):
-                tg.start_soon(one, i * 1e-3, tokens)
-
-    anyio.run(main, backend="trio", backend_options={"clock": trio.testing.MockClock(autojump_threshold=0)})
-    # 300 runs at once.  Keys (estimate capped at the median when it arrived):
-    # 200 -> 200, 50 -> 50, 150 -> 150, 20 -> 20, 120 -> 120, 400 -> 150 (capped; after 150 by arrival).
-    assert order == [300, 20, 50, 120, 150, 400, 200]
-
-
-def test_recent_median() -> None:
-    from sjfsched._bench._policies import _RecentMedian
-
-    m = _RecentMedian(window=3)
-    assert [m.add(x) for x in (5.0, 1.0, 3.0, 10.0, 10.0)] == [5.0, 5.0, 3.0, 3.0, 10.0]
-
-
 def test_policy_names() -> None:
     p = policy_named("sjfsched@aging=0.2,max_wait=none")
     assert (p.family, p.aging, p.max_wait) == ("sjfsched", 0.2, None)
     assert policy_named("oracle@cap=0.8").cap == 0.8
-    proposed = policy_named("proposed")
-    assert (proposed.family, proposed.cap, proposed.aging, proposed.max_wait) == ("sjfsched", 1.0, 0.05, None)
+    assert policy_named("sjfsched").cap == DEFAULT_CAP
+    plain = policy_named("plain")
+    assert (plain.family, plain.cap, plain.aging, plain.max_wait) == ("sjfsched", None, 0.2, None)
     assert policy_named("fcfs").family == "fcfs"
     with pytest.raises(ValueError, match="unknown predictor"):
         policy_named("psychic")

@@ -38,6 +38,8 @@ def backend(decode_rate: float = 10.0, slots: int = 1) -> SimulatedBackend:
 
 
 def scheduler(**options: Any) -> Scheduler:
+    """A scheduler with the plain key (no cap) unless ``cap`` is given; the cap has tests of its own."""
+    options.setdefault("cap", None)
     options.setdefault("predictor", TablePredictor())
     options.setdefault("decode_rate", 10.0)
     options.setdefault("learn_rates", False)

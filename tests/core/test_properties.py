@@ -31,6 +31,8 @@ async def sleeping_backend_fn(request: Request) -> AsyncIterator[Chunk]:
 
 
 def make_scheduler(**options: Any) -> Scheduler:
+    """The plain key (no cap) unless ``cap`` is given."""
+    options.setdefault("cap", None)
     return Scheduler(
         CallableBackend(sleeping_backend_fn, slots=options.pop("concurrency", 1)),
         predictor=TablePredictor(),
@@ -297,3 +299,82 @@ def test_every_accepted_request_ends_exactly_once(
     assert sched._queue.storage_size() == 0
     assert sched._by_request == {}
     assert all(p.fail is False for i, p in enumerate(workload) if outcomes[i] == ["completed"])
+
+
+class KeyRecorder(Scheduler):
+    """The default policy, recording each request's key and estimate in arrival order."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.seen: list[tuple[Request, float, Any]] = []
+
+    def sort_key(self, job: Any) -> Any:
+        key = super().sort_key(job)
+        self.seen.append((job.request, job.estimate, key))
+        return key
+
+
+@pytest.mark.parametrize("async_backend", BACKENDS)
+@SETTINGS
+@given(
+    cap=st.sampled_from([0.5, 1.0, 3.0]),
+    aging=st.floats(0, 1),
+    jobs=st.lists(
+        st.tuples(st.integers(1, 900), st.floats(0, 2)),  # predicted tokens, arrival offset
+        min_size=1,
+        max_size=30,
+    ),
+)
+def test_the_capped_key_is_the_estimate_capped_at_the_running_median(
+    async_backend: str, cap: float, aging: float, jobs: list[tuple[int, float]]
+) -> None:
+    """Each key is (priority, min(estimate, cap x median of the estimates so far) + aging x
+    submitted), and with every request present dispatch follows the keys."""
+
+    async def main() -> tuple[KeyRecorder, list[Completion]]:
+        sched = KeyRecorder(
+            CallableBackend(sleeping_backend_fn),
+            predictor=TablePredictor(),
+            decode_rate=10.0,
+            learn_rates=False,
+            cap=cap,
+            aging=aging,
+        )
+        done: list[Completion] = []
+        release = anyio.Event()
+
+        async def hold() -> None:
+            async with sched.admit("blocker", metadata={"predicted": 0, "prompt_tokens": 0}):
+                await release.wait()
+
+        async def one(r: Request) -> None:
+            done.append(await sched.complete(r))
+
+        async with sched, anyio.create_task_group() as tg:
+            tg.start_soon(hold)
+            await anyio.sleep(0.001)
+            start = anyio.current_time()
+            for predicted, offset in sorted(jobs, key=lambda j: j[1]):
+                await anyio.sleep(max(0.0, start + offset - anyio.current_time()))
+                tg.start_soon(one, job(predicted, metadata={"seconds": 1}))
+            await anyio.sleep(3)
+            release.set()
+        return sched, done
+
+    sched, done = run_virtual(main, async_backend)
+    assert len(done) == len(jobs)
+    estimates: list[float] = []
+    keys: dict[int, Any] = {}
+    for request, estimate, key in sched.seen:
+        estimates.append(estimate)
+        window = sorted(estimates[-200:])
+        median = window[len(window) // 2]
+        submitted = next((c.submitted for c in done if c.request is request), None)
+        if submitted is None:  # the blocker
+            continue
+        assert key == (0, min(estimate, cap * median) + aging * submitted)
+        keys[id(request)] = key
+    for a in done:
+        for b in done:
+            if keys[id(a.request)] < keys[id(b.request)]:
+                assert a.started <= b.started

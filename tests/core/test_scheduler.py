@@ -72,6 +72,35 @@ async def test_lower_priority_class_always_first() -> None:
     assert started_order(done) == [5, 100, 500, 2, 1]
 
 
+async def test_the_cap_keeps_requests_predicted_long_in_arrival_order() -> None:
+    # 10 tokens take 1 s.  Each estimate is capped at the (upper) median of the estimates
+    # so far, its own included: 10 -> 1, 20 -> 1 (median of 0.1, 1, 2), 30 -> 2, 900 -> 2,
+    # 800 -> 3, 700 -> 3, 5 -> 0.5.  Equal keys keep arrival order, so the three long
+    # requests run in the order they came.  Without the cap: plain shortest first.
+    requests = [1, 10, 20, 30, 900, 800, 700, 5]
+    for cap, expected in [
+        (1.0, [1, 5, 10, 20, 30, 900, 800, 700]),
+        (None, [1, 5, 10, 20, 30, 700, 800, 900]),
+    ]:
+        async with scheduler(cap=cap, aging=0.0) as sched:
+            done = await run_all(sched, [job(n) for n in requests])
+            stats = sched.statistics()
+        assert started_order(done) == expected, cap
+        assert stats.median_estimate == 3.0  # the upper median of the 8 estimates
+        assert stats.estimate_cap == (None if cap is None else 3.0)
+        assert sched.cap == cap
+
+
+async def test_the_cap_follows_the_median_of_the_latest_200_estimates() -> None:
+    async with scheduler(cap=2.0) as sched:
+        assert (sched.median_estimate, sched.estimate_cap) == (None, None)
+        for n in [100] * 150 + [10] * 201:
+            await sched.complete(job(n))
+        # The 100-token requests have left the window: 10 tokens = 1 s.
+        assert sched.median_estimate == 1.0
+        assert sched.estimate_cap == 2.0
+
+
 async def test_aging_lets_a_long_wait_overtake_a_newcomer() -> None:
     # aging=1: every second waited forgives one second of estimate.
     # t=0: a 1 s job holds the slot.  t=0: "long" (20 s) waits.  t=0.9: "short" (2 s) arrives.
@@ -474,6 +503,10 @@ async def test_bad_input_is_rejected_before_queueing() -> None:
         ({"aging": -1}, "aging"),
         ({"aging": float("inf")}, "aging"),
         ({"max_wait": -3}, "max_wait"),
+        ({"cap": 0}, "cap"),
+        ({"cap": -1.0}, "cap"),
+        ({"cap": float("nan")}, "cap"),
+        ({"cap": True}, "cap"),
         ({"max_queue": -1}, "max_queue"),
         ({"prefill_rate": 0}, "prefill_rate"),
         ({"decode_rate": float("nan")}, "decode_rate"),

@@ -24,7 +24,7 @@ __all__ = ["configure", "run"]
 
 DEFAULT_SCENARIOS = ("burst100", "poisson0.5", "poisson0.74", "poisson0.9")
 #: The policies `bench all` runs on the CPU profile too.
-CPU_POLICIES = ("fcfs", "sjfsched", "unseen", "proposed-unseen")
+CPU_POLICIES = ("fcfs", "sjfsched", "unseen", "plain-unseen")
 #: Where `bench all` writes its raw results.
 DEFAULT_RESULTS = Path("benchmarks") / "results" / "sim.json"
 
@@ -85,7 +85,7 @@ def _sim_options(p: argparse.ArgumentParser, *, matrix: bool = True) -> None:
             "--policies",
             default="standard",
             help="comma-separated policy names, 'standard' (" + ", ".join(STANDARD_POLICIES) + "), "
-            "'sweep' (every sweep) or 'sweep:KIND' (aging, proposed-aging, max_wait, noise); a name is "
+            "'sweep' (every sweep) or 'sweep:KIND' (aging, plain-aging, max_wait, noise); a name is "
             "fcfs, clairvoyant, " + ", ".join(ALIASES) + " or PREDICTOR[@aging=A,max_wait=W,cap=C] with "
             "PREDICTOR sjfsched, oracle, heuristic, lexical or noisySIGMA",
         )
@@ -187,10 +187,10 @@ def _print_tables(results: Sequence[Result], policies: Sequence[str], out: Any =
     for policy in (
         "sjfsched",
         "unseen",
-        "proposed",
-        "proposed-unseen",
         "oracle",
-        "oracle-proposed",
+        "plain",
+        "plain-unseen",
+        "plain-oracle",
         "clairvoyant",
     ):
         if any(r.unit.policy == policy for r in results):
@@ -233,10 +233,10 @@ def all_units(args: argparse.Namespace) -> list[Unit]:
     """The matrix of docs/benchmarks.md.
 
     - the standard policies on every trace and scenario on the GPU profile,
-      and FCFS, the defaults and the proposal on the CPU profile (every
+      and FCFS, the defaults and the plain key on the CPU profile (every
       policy but max_wait is scale-free, so the CPU's results differ from
       the GPU's only through the different ratio of prefill to decode);
-    - the aging sweeps (the core's key and the proposed one) and the
+    - the aging sweeps (the default key and the plain one) and the
       predictor-noise sweep on the GPU profile at rho = 0.74 and 0.9 (aging
       is scale-free, so the CPU profile would give the same curves; in a
       burst every request arrives at once and aging changes nothing);
@@ -253,7 +253,7 @@ def all_units(args: argparse.Namespace) -> list[Unit]:
         for pol in (STANDARD_POLICIES if p == "gpu" else CPU_POLICIES)
     ]
     loaded = [_scenario("poisson0.74", args), _scenario("poisson0.9", args)]
-    aging = sweep_names("aging") + sweep_names("proposed-aging") + sweep_names("noise")
+    aging = sweep_names("aging") + sweep_names("plain-aging") + sweep_names("noise")
     if "gpu" in profiles:
         units += [Unit(t, "gpu", s, pol) for t in traces for s in loaded for pol in aging]
     waits = [_scenario("burst100", args), _scenario("poisson0.9", args)]

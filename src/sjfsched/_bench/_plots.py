@@ -10,6 +10,7 @@ from typing import Any
 
 from .._scheduler import DEFAULT_AGING, DEFAULT_MAX_WAIT
 from ._metrics import gain
+from ._policies import PLAIN_AGING
 from ._report import TARGETS
 from ._run import QUANTILE_LEVELS, Result
 
@@ -20,9 +21,9 @@ _COLORS = {
     "sjfsched": "#1f77b4",
     "oracle": "#2ca02c",
     "clairvoyant": "#d62728",
-    "proposed": "#9467bd",
+    "plain": "#9467bd",
     "unseen": "#17becf",
-    "proposed-unseen": "#9467bd",
+    "plain-unseen": "#9467bd",
 }
 
 
@@ -94,11 +95,9 @@ def cdf_figure(
     return path
 
 
-def _aging_of(policy: str, proposed: bool = False) -> float | None:
-    """The aging of a policy of the core's aging sweep (or of the proposed key's)."""
-    pattern = (
-        r"unseen@cap=[0-9.]+,aging=([0-9.e+-]+),max_wait=none" if proposed else r"unseen@aging=([0-9.e+-]+)"
-    )
+def _aging_of(policy: str, plain: bool = False) -> float | None:
+    """The aging of a policy of the default key's aging sweep (or of the plain key's)."""
+    pattern = r"unseen@cap=none,aging=([0-9.e+-]+)" if plain else r"unseen@aging=([0-9.e+-]+)"
     m = re.fullmatch(pattern, policy)
     return float(m.group(1)) if m else None
 
@@ -117,8 +116,8 @@ def _point(
 def tradeoff_figure(results: Sequence[Result], profile: str, scenarios: Sequence[str], path: Path) -> Path:
     """Short-request P50 gain against long-request P95 change as aging varies, defaults marked.
 
-    Solid lines: the core's key (``estimate + aging * arrival``); dashed: the
-    proposed key (estimate capped at the median); both with the ``unseen``
+    Solid lines: the default key (estimate capped at the median estimate,
+    plus ``aging * arrival``); dashed: the plain key (no cap); both with the ``unseen``
     predictor (trained without the trace's corpus).  Numbers on the curves
     are the aging values at their ends.
     """
@@ -132,16 +131,16 @@ def tradeoff_figure(results: Sequence[Result], profile: str, scenarios: Sequence
         traces = [t for t in _traces(results) if _pick(results, trace=t, profile=profile, scenario=scenario)]
         for i, trace in enumerate(traces):
             color = cmap(i)
-            for proposed, style in ((False, "-o"), (True, "--s")):
+            for plain, style in ((False, "-o"), (True, "--s")):
                 sweep = sorted(
                     (a, r.unit.policy)
                     for r in _pick(results, trace=trace, profile=profile, scenario=scenario)
-                    if (a := _aging_of(r.unit.policy, proposed)) is not None
+                    if (a := _aging_of(r.unit.policy, plain)) is not None
                 )
                 if not sweep:
                     continue
                 pts = [_point(results, trace, profile, scenario, name) for _, name in sweep]
-                label = trace if not proposed else None
+                label = trace if not plain else None
                 ax.plot(
                     [p[0] for p in pts], [p[1] for p in pts], style, ms=3.5, color=color, label=label, lw=1.1
                 )
@@ -150,7 +149,7 @@ def tradeoff_figure(results: Sequence[Result], profile: str, scenarios: Sequence
                         ax.annotate(f"{a:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
             for policy, marker, size in (
                 ("unseen", "*", 15),
-                ("proposed-unseen", "P", 10),
+                ("plain-unseen", "P", 10),
                 ("oracle", "D", 6),
             ):
                 x, y = _point(results, trace, profile, scenario, policy)
@@ -171,11 +170,18 @@ def tradeoff_figure(results: Sequence[Result], profile: str, scenarios: Sequence
         ax.grid(alpha=0.3)
     handles, _ = axes[0][0].get_legend_handles_labels()
     handles += [
-        Line2D([], [], ls="-", color="gray", label="core key, aging varies"),
-        Line2D([], [], ls="--", color="gray", label="proposed key, aging varies"),
+        Line2D([], [], ls="-", color="gray", label="default key, aging varies"),
+        Line2D([], [], ls="--", color="gray", label="plain key (no cap), aging varies"),
         Line2D([], [], marker="*", ms=12, color="white", mec="black", ls="none", label="defaults"),
         Line2D(
-            [], [], marker="P", ms=9, color="white", mec="black", ls="none", label="proposed key's defaults"
+            [],
+            [],
+            marker="P",
+            ms=9,
+            color="white",
+            mec="black",
+            ls="none",
+            label=f"plain key, aging {PLAIN_AGING:g}",
         ),
         Line2D([], [], marker="D", ms=6, color="white", mec="black", ls="none", label="oracle predictor"),
         Line2D([], [], marker="X", ms=8, color="white", mec="black", ls="none", label="clairvoyant"),
@@ -241,7 +247,7 @@ def max_wait_figure(results: Sequence[Result], scenario: str, path: Path) -> Pat
 def draw_all(results: Sequence[Result], img_dir: Path) -> list[Path]:
     """Every figure of docs/benchmarks.md that ``results`` has data for."""
     written: list[Path] = []
-    standard = ["fcfs", "clairvoyant", "sjfsched", "proposed", "unseen", "proposed-unseen", "oracle"]
+    standard = ["fcfs", "clairvoyant", "sjfsched", "unseen", "oracle", "plain", "plain-unseen"]
     for profile in dict.fromkeys(r.unit.profile for r in results):
         for scenario in ("burst100", "poisson0.74"):
             if _pick(results, profile=profile, scenario=scenario, policy="fcfs"):

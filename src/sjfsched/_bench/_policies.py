@@ -15,8 +15,6 @@
 
 from __future__ import annotations
 
-import bisect
-import collections
 import math
 import random
 import re
@@ -28,7 +26,7 @@ from typing import Any
 import attrs
 
 from .._records import Completion, Prediction, Request
-from .._scheduler import DEFAULT_AGING, DEFAULT_MAX_WAIT, Job, Scheduler
+from .._scheduler import DEFAULT_AGING, DEFAULT_CAP, DEFAULT_MAX_WAIT, Job, Scheduler
 from ..backends import Backend
 from ..predictors import ConstantPredictor, HeuristicPredictor, Predictor, default_predictor
 from ._traces import LONG_TOKENS, SHORT_TOKENS
@@ -38,12 +36,10 @@ __all__ = [
     "ALIASES",
     "MAX_WAIT_SWEEP",
     "NOISE_SWEEP",
-    "PROPOSED_AGING",
-    "PROPOSED_AGING_SWEEP",
-    "PROPOSED_CAP",
+    "PLAIN_AGING",
+    "PLAIN_AGING_SWEEP",
     "STANDARD_POLICIES",
     "SWEEPS",
-    "MedianCapScheduler",
     "ClairvoyantScheduler",
     "NoisyOraclePredictor",
     "OraclePredictor",
@@ -219,53 +215,6 @@ class ClairvoyantScheduler(Scheduler):
             self.max_wait = self.tau_factor * self._short_sum / self._short_count
 
 
-class _RecentMedian:
-    """The median of the last ``window`` values added (sorted window, O(window) per add)."""
-
-    def __init__(self, window: int = 200) -> None:
-        if window < 1:
-            raise ValueError(f"window must be >= 1, got {window!r}")
-        self.window = window
-        self._recent: collections.deque[float] = collections.deque()
-        self._sorted: list[float] = []
-
-    def add(self, value: float) -> float:
-        """Add ``value`` and return the median of the window (the upper one of an even count)."""
-        self._recent.append(value)
-        bisect.insort(self._sorted, value)
-        if len(self._recent) > self.window:
-            del self._sorted[bisect.bisect_left(self._sorted, self._recent.popleft())]
-        return self._sorted[len(self._sorted) // 2]
-
-
-class MedianCapScheduler(Scheduler):
-    """The proposed core change: the estimate in the key is capped at the median estimate.
-
-    The key is ``(priority, min(estimate, cap) + aging * submitted)`` with
-    ``cap = cap_factor x`` the median estimate of the last 200 arrivals.
-    Requests predicted shorter than the median run shortest first; the
-    others keep their arrival order among themselves (and short ones pass
-    them only within ``cap / aging`` seconds of arriving).  Every key is at
-    most ``cap + aging * submitted``, so no request is passed by one that
-    arrives more than ``cap / aging`` seconds after it, however long its
-    own estimate, even a wildly wrong one: aging alone bounds starvation.
-    The cap follows the predictions' own scale (rank-based: any calibration
-    or backend speed gives the same order), and the key is still fixed at
-    arrival, so the queue stays a heap.
-    """
-
-    def __init__(self, backend: Backend | None = None, *, cap_factor: float = 1.0, **options: Any) -> None:
-        if not (math.isfinite(cap_factor) and cap_factor > 0):
-            raise ValueError(f"cap_factor must be a finite number > 0, got {cap_factor!r}")
-        self.cap_factor = float(cap_factor)
-        self._median = _RecentMedian()
-        super().__init__(backend, **options)
-
-    def sort_key(self, job: Job) -> Any:
-        cap = self.cap_factor * self._median.add(job.estimate)
-        return (job.request.priority, min(job.estimate, cap) + self.aging * job.submitted)
-
-
 @attrs.frozen
 class PolicyContext:
     """What a policy may know of the deployment when it is built."""
@@ -290,8 +239,8 @@ class Policy:
     family: str
     aging: float | None = None
     max_wait: float | None = None
-    #: The proposed key's cap, as a multiple of the median estimate (None: the core's plain key).
-    cap: float | None = None
+    #: The estimate cap, as a multiple of the median estimate (None: the plain key).
+    cap: float | None = DEFAULT_CAP
     #: False when a stand-in replaced the real component (reported next to the results).
     faithful: bool = True
 
@@ -362,31 +311,30 @@ def _parse_seconds(text: str) -> float | None:
     return None if text.lower() in ("none", "inf") else float(text)
 
 
-#: The proposed core change's settings (docs/benchmarks.md, "The proposal").
-PROPOSED_CAP = 1.0
-PROPOSED_AGING = 0.05
+#: The key before the estimate cap (sjfsched 0.1's first defaults): aging 0.2, no cap.
+PLAIN_AGING = 0.2
 
 #: Short names for longer policy names.
 ALIASES: dict[str, str] = {
-    "proposed": f"sjfsched@cap={PROPOSED_CAP:g},aging={PROPOSED_AGING:g},max_wait=none",
-    "oracle-proposed": f"oracle@cap={PROPOSED_CAP:g},aging={PROPOSED_AGING:g},max_wait=none",
-    "proposed-unseen": f"unseen@cap={PROPOSED_CAP:g},aging={PROPOSED_AGING:g},max_wait=none",
+    "plain": f"sjfsched@cap=none,aging={PLAIN_AGING:g}",
+    "plain-unseen": f"unseen@cap=none,aging={PLAIN_AGING:g}",
+    "plain-oracle": f"oracle@cap=none,aging={PLAIN_AGING:g}",
 }
 
 
 def policy_named(name: str) -> Policy:
     """Build a policy from its name.
 
-    ``fcfs``, ``clairvoyant``, ``proposed`` (the proposed core change with
-    the default predictor), ``oracle-proposed``, or ``<predictor>``
-    optionally followed by ``@key=value,...`` with keys ``aging``,
-    ``max_wait`` (seconds or ``none``) and ``cap`` (the proposed key,
-    :class:`MedianCapScheduler`, with its cap at this multiple of the median
-    estimate).  The predictor is ``sjfsched`` (the default predictor),
+    ``fcfs``, ``clairvoyant``, ``plain`` (the key without the estimate cap,
+    aging 0.2: the defaults before the cap), ``plain-unseen``,
+    ``plain-oracle``, or ``<predictor>`` optionally followed by
+    ``@key=value,...`` with keys ``aging``, ``max_wait`` (seconds or
+    ``none``) and ``cap`` (multiple of the median estimate, or ``none``).
+    The predictor is ``sjfsched`` (the default predictor), ``unseen``,
     ``oracle``, ``heuristic``, ``lexical`` or ``noisySIGMA``.  Unset keys take
     the scheduler's defaults.  Examples: ``sjfsched``, ``oracle``,
-    ``sjfsched@aging=0.2``, ``sjfsched@max_wait=none``,
-    ``sjfsched@cap=1,aging=0.05``.
+    ``sjfsched@aging=0.2``, ``sjfsched@max_wait=600``,
+    ``unseen@cap=none,aging=0.2``.
     """
     if name == "fcfs":
         return Policy("fcfs", _fcfs, "fcfs")
@@ -397,7 +345,7 @@ def policy_named(name: str) -> Policy:
     predictor = predictor_factory(base)
     aging: float = DEFAULT_AGING
     max_wait: float | None = DEFAULT_MAX_WAIT
-    cap: float | None = None
+    cap: float | None = DEFAULT_CAP
     for part in filter(None, params.split(",")):
         key, sep, value = part.partition("=")
         try:
@@ -408,7 +356,9 @@ def policy_named(name: str) -> Policy:
             elif key == "max_wait":
                 max_wait = _parse_seconds(value)
             elif key == "cap":
-                cap = float(value)
+                cap = _parse_seconds(value)
+                if cap is not None and not (math.isfinite(cap) and cap > 0):
+                    raise ValueError("cap must be a number > 0 or none")
             else:
                 raise ValueError(f"unknown key {key!r} (aging, max_wait, cap)")
         except ValueError as exc:
@@ -420,11 +370,7 @@ def policy_named(name: str) -> Policy:
                 return Scheduler(backend)  # exactly what a user gets
             # The same, with the snapshot of the bundled model the run started with.
             return Scheduler(backend, predictor=_default(context))
-        if cap is None:
-            return Scheduler(backend, predictor=predictor(context), aging=aging, max_wait=max_wait)
-        return MedianCapScheduler(
-            backend, predictor=predictor(context), aging=aging, max_wait=max_wait, cap_factor=cap
-        )
+        return Scheduler(backend, predictor=predictor(context), aging=aging, cap=cap, max_wait=max_wait)
 
     return Policy(name, make, base, aging, max_wait, cap)
 
@@ -436,14 +382,14 @@ STANDARD_POLICIES: tuple[str, ...] = (
     "unseen",
     "oracle",
     "clairvoyant",
-    "proposed",
-    "proposed-unseen",
-    "oracle-proposed",
+    "plain",
+    "plain-unseen",
+    "plain-oracle",
 )
-#: Aging values of the sweep of the core's key (seconds of estimate forgiven per second waited).
-AGING_SWEEP: tuple[float, ...] = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
-#: Aging values of the sweep of the proposed key.
-PROPOSED_AGING_SWEEP: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1, 0.2)
+#: Aging values of the sweep of the default key (seconds of estimate forgiven per second waited).
+AGING_SWEEP: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)
+#: Aging values of the sweep of the plain key (no estimate cap).
+PLAIN_AGING_SWEEP: tuple[float, ...] = (0.0, 0.05, 0.2, 0.5, 1.0)
 #: max_wait values of the sweep, in seconds (None: no bound).
 MAX_WAIT_SWEEP: tuple[float | None, ...] = (300.0, 900.0, 1800.0, 3600.0, None)
 #: Log-normal noise levels of the predictor-quality sweep (see NoisyOraclePredictor).
@@ -453,29 +399,29 @@ NOISE_SWEEP: tuple[float, ...] = (1.0, 2.0)
 def sweep_names(kind: str) -> list[str]:
     """Policy names of one sweep.
 
-    ``aging``: the core's key across AGING_SWEEP (other settings at their
-    defaults); ``proposed-aging``: the proposed key across
-    PROPOSED_AGING_SWEEP; both with the ``unseen`` predictor (the one a
-    deployment on traffic unlike the training corpora gets); ``max_wait``: the defaults across MAX_WAIT_SWEEP;
-    ``noise``: the defaults and the proposal with a noisy oracle for a
-    predictor.
+    ``aging``: the default key across AGING_SWEEP (other settings at their
+    defaults); ``plain-aging``: the plain key (no estimate cap) across
+    PLAIN_AGING_SWEEP; both with the ``unseen`` predictor (the one a
+    deployment on traffic unlike the training corpora gets); ``max_wait``:
+    the defaults across MAX_WAIT_SWEEP; ``noise``: the default and the plain
+    key with a noisy oracle for a predictor.
     """
     if kind == "aging":
         return [f"unseen@aging={a:g}" for a in AGING_SWEEP]
-    if kind == "proposed-aging":
-        return [f"unseen@cap={PROPOSED_CAP:g},aging={a:g},max_wait=none" for a in PROPOSED_AGING_SWEEP]
+    if kind == "plain-aging":
+        return [f"unseen@cap=none,aging={a:g}" for a in PLAIN_AGING_SWEEP]
     if kind == "max_wait":
         return [f"sjfsched@max_wait={'none' if w is None else f'{w:g}'}" for w in MAX_WAIT_SWEEP]
     if kind == "noise":
         names = []
         for sigma in NOISE_SWEEP:
-            names.append(f"noisy{sigma:g}@aging={DEFAULT_AGING:g}")
-            names.append(f"noisy{sigma:g}@cap={PROPOSED_CAP:g},aging={PROPOSED_AGING:g},max_wait=none")
+            names.append(f"noisy{sigma:g}")
+            names.append(f"noisy{sigma:g}@cap=none,aging={PLAIN_AGING:g}")
         return names
-    raise ValueError(f"unknown sweep {kind!r}: aging, proposed-aging, max_wait or noise")
+    raise ValueError(f"unknown sweep {kind!r}: aging, plain-aging, max_wait or noise")
 
 
-SWEEPS: tuple[str, ...] = ("aging", "proposed-aging", "max_wait", "noise")
+SWEEPS: tuple[str, ...] = ("aging", "plain-aging", "max_wait", "noise")
 
 
 def all_sweep_names() -> list[str]:

@@ -147,6 +147,7 @@ class ProxyApp:
             predictor=predictor,
             concurrency=settings.concurrency,
             aging=settings.aging,
+            cap=settings.cap,
             max_wait=settings.max_wait,
             max_queue=settings.max_queue,
         )

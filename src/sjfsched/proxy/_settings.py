@@ -8,7 +8,7 @@ from typing import Any, Literal, final
 
 import attrs
 
-from .._scheduler import DEFAULT_AGING, DEFAULT_MAX_WAIT
+from .._scheduler import DEFAULT_AGING, DEFAULT_CAP, DEFAULT_MAX_WAIT
 
 __all__ = ["OPTIONS", "Option", "ProxySettings", "normalize_upstream"]
 
@@ -53,6 +53,11 @@ def _check_max_queue(instance: object, attribute: object, value: object) -> None
 def _check_aging(instance: object, attribute: object, value: object) -> None:
     if not _finite(value):
         raise ValueError(f"aging must be a finite number >= 0, got {value!r}")
+
+
+def _check_cap(instance: object, attribute: object, value: Any) -> None:
+    if value is not None and not _finite(value, positive=True):
+        raise ValueError(f"cap must be a finite number > 0 or none, got {value!r}")
 
 
 def _check_max_wait(instance: object, attribute: object, value: Any) -> None:
@@ -115,6 +120,7 @@ class ProxySettings:
         default=DEFAULT_MAX_BODY_BYTES, validator=_positive_int("max_body_bytes")
     )
     aging: float = attrs.field(default=DEFAULT_AGING, validator=_check_aging)
+    cap: float | None = attrs.field(default=DEFAULT_CAP, validator=_check_cap)
     max_wait: float | None = attrs.field(default=DEFAULT_MAX_WAIT, validator=_check_max_wait)
     predictor: PredictorName = attrs.field(
         default="default", validator=_one_of("predictor", ("default", "heuristic", "fcfs"))
@@ -245,6 +251,11 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "aging", "--aging", "SJFSCHED_AGING", _parse_float, "SECONDS_PER_SECOND",
         "seconds of estimated service time forgiven per second waited", str(DEFAULT_AGING),
+    ),
+    Option(
+        "cap", "--cap", "SJFSCHED_CAP", _none_or(_parse_float), "MULTIPLE|none",
+        "estimates above this multiple of the median recent estimate count as that value "
+        "(none: plain shortest-first)", str(DEFAULT_CAP),
     ),
     Option(
         "max_wait", "--max-wait", "SJFSCHED_MAX_WAIT", _none_or(_parse_float), "SECONDS|none",
