@@ -199,8 +199,22 @@ METHODS: dict[str, Method] = {
     "ridge-ngrams": _ridge,
     "lexical": _lexical,
 }
+def _lexical_floor(low: float) -> Method:
+    """The lexical model with answer lengths clipped to the ``low``th-99th percentiles."""
+
+    def method(train: Sequence[LengthRecord]) -> Callable[[Sequence[str]], npt.NDArray[np.float64]]:
+        from ._train import fit_lexical
+
+        return fit_lexical(train, target_percentiles=(low, 99.0)).scores
+
+    return method
+
+
 #: Methods --methods accepts besides the default ones: variants for comparison.
-VARIANTS: dict[str, Method] = {"lexical-unclipped": _lexical_unclipped}
+VARIANTS: dict[str, Method] = {
+    "lexical-unclipped": _lexical_unclipped,
+    **{f"lexical-p{low}": _lexical_floor(float(low)) for low in (10, 12, 15, 20)},
+}
 
 
 def _score_unique(

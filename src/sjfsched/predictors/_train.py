@@ -59,7 +59,7 @@ __all__ = [
 SHORT_TOKENS = 200
 #: Answer lengths are clipped to these percentiles of the training answers
 #: before the lexical model's target is taken (see :func:`prompt_targets`).
-TARGET_PERCENTILES = (20.0, 99.0)
+TARGET_PERCENTILES = (10.0, 99.0)
 #: Word pairs the lexical model's vocabulary keeps at most.
 MAX_BIGRAMS = 0
 
@@ -207,7 +207,7 @@ def fit_lexical(
 
     ``target_percentiles=(low, high)``: answer lengths are clipped to these
     percentiles of the training answers (see :func:`prompt_targets`; with
-    the default, answers shorter than the 20th percentile count as that
+    the default, answers shorter than the 10th percentile count as that
     long).  ``balance`` evens out the sources: a prompt weighs
     ``n_source ** -balance`` (0: every prompt alike; 1: every source alike),
     scaled to a mean of 1.
