@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import anyio
 import pytest
 import trio.testing
@@ -123,3 +125,18 @@ def test_unseen_needs_a_model_trained_without_the_trace() -> None:
     assert policy.family == "unseen"
     with pytest.raises(ValueError, match="trained without the trace"):
         policy.make(SimulatedBackend(), PolicyContext(short_latency=1.0))
+
+
+def test_a_lexical_model_file_as_the_predictor(tmp_path: Path) -> None:
+    from sjfsched import PredictorError
+    from sjfsched._bench._policies import PolicyContext, predictor_factory
+    from sjfsched.predictors._lexical import bundled_model_path
+
+    context = PolicyContext(short_latency=1.0)
+    mine = predictor_factory(f"lexical:{bundled_model_path()}")(context)
+    bundled = predictor_factory("lexical")(context)
+    request = Request("Write a long essay about the history of Rome.")
+    assert mine.predict(request).tokens == bundled.predict(request).tokens
+    assert policy_named(f"lexical:{bundled_model_path()}@aging=0.1").aging == 0.1
+    with pytest.raises(PredictorError, match=r"nothing\.onnx"):
+        predictor_factory(f"lexical:{tmp_path / 'nothing.onnx'}")(context)

@@ -278,7 +278,8 @@ def predictor_factory(name: str) -> PredictorFactory:
 
     ``sjfsched`` (the default predictor), ``unseen`` (the default model's
     recipe trained without the trace's corpus, see ``_unseen.py``),
-    ``oracle``, ``heuristic``, ``lexical`` (the bundled LexicalPredictor) or
+    ``oracle``, ``heuristic``, ``lexical`` (the bundled LexicalPredictor),
+    ``lexical:PATH`` (a LexicalPredictor model file, e.g. one of your own) or
     ``noisySIGMA`` (the oracle with log-normal noise, e.g. ``noisy1.5``).
     """
     if name in PREDICTORS:
@@ -293,8 +294,14 @@ def predictor_factory(name: str) -> PredictorFactory:
         from ..predictors import LexicalPredictor
 
         return lambda context: LexicalPredictor()
+    if name.startswith("lexical:"):
+        from ..predictors import LexicalPredictor
+
+        path = name.removeprefix("lexical:")
+        return lambda context: LexicalPredictor(model_path=path)
     raise ValueError(
-        f"unknown predictor {name!r}; choose from sjfsched, unseen, oracle, heuristic, lexical, noisySIGMA"
+        f"unknown predictor {name!r}; choose from sjfsched, unseen, oracle, heuristic, lexical, "
+        "lexical:PATH, noisySIGMA"
     )
 
 

@@ -199,6 +199,8 @@ METHODS: dict[str, Method] = {
     "ridge-ngrams": _ridge,
     "lexical": _lexical,
 }
+
+
 def _lexical_floor(low: float) -> Method:
     """The lexical model with answer lengths clipped to the ``low``th-99th percentiles."""
 
