@@ -50,10 +50,16 @@ def _traces(results: Sequence[Result]) -> list[str]:
     return list(dict.fromkeys(r.unit.trace for r in results))
 
 
-def _null_formatter() -> Any:
-    from matplotlib.ticker import NullFormatter
+def _log_seconds_axis(axis: Any) -> None:
+    """Plain-number labels on a log axis: at powers of ten, and at 2 and 5 times them on short ranges."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    return NullFormatter()
+    low, high = axis.get_view_interval()
+    decades = math.log10(high / low) if low > 0 and high > low else 3.0
+    subs = (1.0, 2.0, 5.0) if decades < 2.5 else (1.0,)
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def cdf_figure(
@@ -76,7 +82,7 @@ def cdf_figure(
                 style = "--" if "unseen" in name else "-"
                 ax.plot(found[0].quantiles[cls], levels, style, label=label, color=_COLORS.get(name), lw=1.5)
             ax.set_xscale("log")
-            ax.xaxis.set_minor_formatter(_null_formatter())
+            _log_seconds_axis(ax.xaxis)
             ax.set_ylim(0, 1)
             ax.grid(alpha=0.3)
             if row == 0:
