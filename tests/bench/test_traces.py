@@ -111,7 +111,7 @@ def test_the_shipped_traces_load_from_the_shared_data() -> None:
 
 
 def test_ranking_accuracy_counts_pairs_and_half_ties() -> None:
-    from sjfsched._bench._traces import ranking_accuracy
+    from sjfsched.predictors._evaluate import ranking_accuracy
 
     # shorts scored 1 and 3, longs scored 2 and 3: pairs (1,2) right, (1,3) right, (3,2) wrong, (3,3) tie.
     assert ranking_accuracy([1, 3, 2, 3, 5], [10, 100, 900, 1000, 500]) == pytest.approx(2.5 / 4)

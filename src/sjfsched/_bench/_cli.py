@@ -233,7 +233,7 @@ def all_units(args: argparse.Namespace) -> list[Unit]:
     """The matrix of docs/benchmarks.md.
 
     - the standard policies on every trace and scenario on the GPU profile,
-      and FCFS, the defaults and the plain key on the CPU profile (every
+      and FCFS, the defaults and the unseen predictor (both keys) on the CPU profile (every
       policy but max_wait is scale-free, so the CPU's results differ from
       the GPU's only through the different ratio of prefill to decode);
     - the aging sweeps (the default key and the plain one) and the

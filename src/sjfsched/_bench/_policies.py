@@ -84,8 +84,8 @@ class NoisyOraclePredictor:
     ``tokens = true * exp(sigma * z)`` with ``z`` a standard normal drawn
     from a hash of the prompt (the same prompt always gets the same
     error, in every policy and process).  ``sigma`` 0 is the oracle; the
-    larger ``sigma``, the more short/long pairs it ranks wrong (see
-    :meth:`ranking_accuracy`).
+    larger ``sigma``, the more short/long pairs it ranks wrong (``sjfsched
+    bench ranking`` prints how many).
     """
 
     def __init__(self, sigma: float) -> None:
@@ -432,4 +432,5 @@ SWEEPS: tuple[str, ...] = ("aging", "plain-aging", "max_wait", "noise")
 
 
 def all_sweep_names() -> list[str]:
+    """Policy names of every sweep."""
     return [name for kind in SWEEPS for name in sweep_names(kind)]

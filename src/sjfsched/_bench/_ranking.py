@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..predictors._evaluate import ranking_accuracy
 from ._policies import PolicyContext, clairvoyant_predictor, predictor_factory
 from ._sim import PinnedModels
-from ._traces import TRACES, load_trace, ranking_accuracy
+from ._traces import TRACES, load_trace
 
 __all__ = ["DEFAULT_RANKING_PREDICTORS", "format_ranking", "ranking_table"]
 

@@ -32,7 +32,6 @@ __all__ = [
     "default_data_dir",
     "length_class",
     "load_trace",
-    "ranking_accuracy",
 ]
 
 #: Answers shorter than this many tokens are "short" (Clairvoyant's classes).
@@ -171,27 +170,6 @@ class Trace:
         if n > len(self.items):
             raise ValueError(f"trace {self.name!r} has {len(self.items)} items, cannot draw {n}")
         return rng.sample(self.items, n)
-
-
-def ranking_accuracy(scores: Sequence[float], output_tokens: Sequence[float]) -> float:
-    """Clairvoyant's ranking accuracy of ``scores`` against true lengths.
-
-    The share of (short < 200, long >= 800 tokens) pairs in which the long
-    answer's score is above the short one's; ties count half.  NaN if either
-    class is empty.
-    """
-    import numpy as np
-
-    score = np.asarray(scores, dtype=float)
-    tokens = np.asarray(output_tokens, dtype=float)
-    short = np.sort(score[tokens < SHORT_TOKENS])
-    long = score[tokens >= LONG_TOKENS]
-    if short.size == 0 or long.size == 0:
-        return math.nan
-    below = np.searchsorted(short, long, side="left")
-    not_above = np.searchsorted(short, long, side="right")
-    wins = below.sum() + 0.5 * (not_above - below).sum()
-    return float(wins) / (short.size * long.size)
 
 
 def default_data_dir() -> Path | None:
