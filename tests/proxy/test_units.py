@@ -127,6 +127,10 @@ def test_settings_come_from_flags_then_environment_then_defaults() -> None:
         ValueError, match=re.escape("SJFSCHED_AGING: aging must be a finite number >= 0, got -1.0")
     ):
         resolve({"upstream": "http://h:1"}, {"SJFSCHED_AGING": "-1"})
+    assert resolve({"upstream": "http://h:1"}, {"SJFSCHED_CAP": "none"})[0].cap is None
+    assert resolve({"upstream": "http://h:1", "cap": 2.5}, {"SJFSCHED_CAP": "none"})[0].cap == 2.5
+    with pytest.raises(ValueError, match=re.escape("SJFSCHED_CAP: cap must be a finite number > 0 or none")):
+        resolve({"upstream": "http://h:1"}, {"SJFSCHED_CAP": "0"})
     with pytest.raises(ValueError, match="upstream must name a host"):
         ProxySettings(upstream="http://")
     assert (
