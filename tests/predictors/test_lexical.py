@@ -92,7 +92,14 @@ def test_requested_quantity_matters(predictor: LexicalPredictor) -> None:
     assert many.tokens > few.tokens
 
 
-def test_predict_many_matches_predict(predictor: LexicalPredictor) -> None:
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_predict_many_matches_predict(calibrated: bool) -> None:
+    predictor = LexicalPredictor()
+    if calibrated:  # a calibration that has moved away from the identity map
+        for text, tokens in [(a, 5) for a in SHORT_ASKS] + [(a, 3000) for a in LONG_ASKS]:
+            request = Request(text)
+            predictor.observe(request, predictor.predict(request), tokens)
+        assert predictor.calibration.slope != 1.0
     texts = [*SHORT_ASKS, *LONG_ASKS, "", "a", "ab", "abc", "日本語の文章です。" * 50, "x" * 5000, "\x00\xff"]
     requests = [Request(t) for t in texts]
     many = predictor.predict_many(requests)

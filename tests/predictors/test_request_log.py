@@ -63,3 +63,23 @@ async def test_model_name_from_request_options(tmp_path: Path) -> None:
             await sched.complete("short two")
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [(x["model"], x["source"]) for x in lines] == [("llama3.2:1b", "app1"), ("unknown", "app1")]
+
+
+async def test_truncated_and_empty_answers_are_left_out(tmp_path: Path) -> None:
+    from sjfsched import Chunk
+
+    def answer(request: Request) -> list[Chunk]:
+        if "empty" in request.text:
+            return []
+        reason = "length" if "cut" in request.text else "stop"
+        return [Chunk("w ", tokens=3, finish_reason=reason)]
+
+    for skip, expected in [(True, ["whole"]), (False, ["whole", "cut off"])]:
+        path = tmp_path / f"r{skip}.jsonl"
+        with RequestLog(path, skip_truncated=skip) as log:
+            async with Scheduler(CallableBackend(answer), on_complete=log) as sched:
+                for prompt in ["whole", "cut off", "empty"]:
+                    await sched.complete(prompt)
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        assert [x["prompt"] for x in lines] == expected
+        assert all(x["output_tokens"] == 3 for x in lines)

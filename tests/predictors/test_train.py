@@ -180,8 +180,14 @@ def test_bundled_sources_and_held_out_prompts(tmp_path: Path) -> None:
     # matched on the prompt's text too, whatever the record's prompt_id field says
     mine = [LengthRecord("Hold me out", 5.0, "other-id", "s", "m"), rec("s", "keep me")]
     assert [r.prompt for r in select_records(mine, holdout=holdout)] == ["keep me"]
+    gz = tmp_path / "trace.jsonl.gz"
+    gz.write_bytes(gzip.compress(json.dumps({"prompt": "zipped"}).encode()))
+    assert load_holdout_prompts([gz]) == {prompt_id_of("zipped")}
     trace.write_text('{"text": "no prompt here"}\n')
-    with pytest.raises(ValueError, match=r"trace\.jsonl:1: expected a JSON object with a 'prompt'"):
+    with pytest.raises(ValueError, match=r"trace\.jsonl:1: expected a JSON object with a string 'prompt'"):
+        load_holdout_prompts([trace])
+    trace.write_text("{not json\n")
+    with pytest.raises(ValueError, match=r"trace\.jsonl:1: not JSON"):
         load_holdout_prompts([trace])
 
 

@@ -73,7 +73,7 @@ class LengthCalibration:
         if not (math.isfinite(raw) and math.isfinite(output_tokens)) or output_tokens < 0:
             return
         y = math.log1p(output_tokens)
-        residual = y - (self.offset + self.slope * raw)
+        residual = y - self.log_length(raw)
         d = self.decay
         self.s0 = self.s0 * d + 1.0
         self.sx = self.sx * d + raw

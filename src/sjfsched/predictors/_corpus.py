@@ -19,7 +19,7 @@ import gzip
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -30,6 +30,7 @@ __all__ = [
     "corpus_of",
     "group_by_prompt",
     "is_test",
+    "iter_json_lines",
     "load_records",
     "prompt_id_of",
 ]
@@ -79,6 +80,21 @@ def _open(path: Path) -> IO[str]:
     return path.open(encoding="utf-8")
 
 
+def iter_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, value)`` of each non-blank line of a JSON-lines file (``.gz`` too).
+
+    A line that is not JSON raises :class:`ValueError` naming the file and line.
+    """
+    with _open(path) as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield i, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{i}: not JSON ({exc.msg})") from exc
+
+
 def _record(raw: Any, path: Path, line: int) -> LengthRecord:
     where = f"{path}:{line}"
     if not isinstance(raw, dict):
@@ -121,15 +137,7 @@ def load_records(paths: Iterable[str | Path]) -> list[LengthRecord]:
             raise FileNotFoundError(f"no such file or directory: {path}")
     records: list[LengthRecord] = []
     for path in files:
-        with _open(path) as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    raw = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{i}: not JSON ({exc.msg})") from exc
-                records.append(_record(raw, path, i))
+        records.extend(_record(raw, path, i) for i, raw in iter_json_lines(path))
     return records
 
 

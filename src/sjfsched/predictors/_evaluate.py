@@ -178,45 +178,30 @@ def _ridge(train: Sequence[LengthRecord]) -> Callable[[Sequence[str]], npt.NDArr
     return lambda texts: np.asarray(model.predict(matrix(texts)), np.float64)
 
 
-def _lexical(train: Sequence[LengthRecord]) -> Callable[[Sequence[str]], npt.NDArray[np.float64]]:
-    from ._train import fit_lexical
+def _lexical_with(**options: Any) -> Method:
+    """The lexical model, trained by ``fit_lexical(train, **options)``."""
 
-    fit = fit_lexical(train)
-    return fit.scores
+    def method(train: Sequence[LengthRecord]) -> Callable[[Sequence[str]], npt.NDArray[np.float64]]:
+        from ._train import fit_lexical
 
+        return fit_lexical(train, **options).scores
 
-def _lexical_unclipped(train: Sequence[LengthRecord]) -> Callable[[Sequence[str]], npt.NDArray[np.float64]]:
-    """The lexical model with the target of round 1: answer lengths not clipped."""
-    from ._train import fit_lexical
-
-    fit = fit_lexical(train, target_percentiles=None)
-    return fit.scores
+    return method
 
 
 METHODS: dict[str, Method] = {
     "length": _length,
     "clairvoyant-xgb": _clairvoyant,
     "ridge-ngrams": _ridge,
-    "lexical": _lexical,
+    "lexical": _lexical_with(),
 }
-
-
-def _lexical_floor(low: float) -> Method:
-    """The lexical model with answer lengths clipped to the ``low``th-99th percentiles."""
-
-    def method(train: Sequence[LengthRecord]) -> Callable[[Sequence[str]], npt.NDArray[np.float64]]:
-        from ._train import fit_lexical
-
-        return fit_lexical(train, target_percentiles=(low, 99.0)).scores
-
-    return method
-
-
-#: Methods --methods accepts besides the default ones: variants for comparison.
+#: Methods --methods accepts besides the default ones: variants for comparison
+#: (the target of round 1, lengths not clipped; and a floor at the 20th percentile).
 VARIANTS: dict[str, Method] = {
-    "lexical-unclipped": _lexical_unclipped,
-    **{f"lexical-p{low}": _lexical_floor(float(low)) for low in (10, 12, 15, 20)},
+    "lexical-unclipped": _lexical_with(target_percentiles=None),
+    "lexical-p20": _lexical_with(target_percentiles=(20.0, 99.0)),
 }
+ALL_METHODS: dict[str, Method] = {**METHODS, **VARIANTS}
 
 
 def _score_unique(
@@ -294,7 +279,7 @@ def compare(
     results: dict[str, dict[str, tuple[float, float, float]]] = {c: {} for c in corpora}
     for m in methods:
         t0 = time.perf_counter()
-        score = {**METHODS, **VARIANTS}[m](train)
+        score = ALL_METHODS[m](train)
         s = _score_unique(score, test)
         for c in corpora:
             idx = [i for i, r in enumerate(test) if r.corpus == c]
@@ -317,7 +302,7 @@ def compare(
             results[c] = {}
             for m in methods:
                 t0 = time.perf_counter()
-                s = _score_unique({**METHODS, **VARIANTS}[m](rest), held)
+                s = _score_unique(ALL_METHODS[m](rest), held)
                 results[c][m] = _measure(held, s)
                 log(f"leave out {c}, {m}: {time.perf_counter() - t0:.0f} s")
         out.append(
@@ -349,7 +334,7 @@ def _calibration_error(
 ) -> tuple[float, float]:
     """Log-RMSE of the typical length, and median typical over median actual length."""
     cal = predictor.calibration
-    predicted = cal.offset + cal.slope * raw
+    predicted = cal.log_length(raw)
     rmse = float(np.sqrt(np.mean(np.square(predicted - actual))))
     return rmse, float(np.expm1(np.median(predicted)) / np.expm1(np.median(actual)))
 
@@ -465,7 +450,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--methods",
         default=",".join(METHODS),
-        help=f"with --compare: comma-separated subset of {', '.join([*METHODS, *VARIANTS])}",
+        help=f"with --compare: comma-separated subset of {', '.join(ALL_METHODS)}",
     )
 
 
@@ -481,10 +466,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.compare:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        unknown = [m for m in methods if m not in METHODS and m not in VARIANTS]
+        unknown = [m for m in methods if m not in ALL_METHODS]
         if unknown:
             print(
-                f"sjfsched evaluate: unknown methods {unknown}; choose from {[*METHODS, *VARIANTS]}",
+                f"sjfsched evaluate: unknown methods {unknown}; choose from {list(ALL_METHODS)}",
                 file=sys.stderr,
             )
             return 2

@@ -231,7 +231,6 @@ class LexicalPredictor:
             raise ValueError("save_every needs a calibration_path to save to")
         self._path = path
         model = _load(path)
-        self._session = model.session
         self._run = model.run
         self._features = model.features
         self._bias = model.bias
@@ -288,14 +287,15 @@ class LexicalPredictor:
 
     # -------------------------------------------------------------- predict
 
-    def _prediction(self, raw: float) -> Prediction:
+    def _mu_sigma(self, raw: Any) -> tuple[Any, float]:
+        """The typical log(1 + tokens) of raw score(s) (a float or an array) and its spread."""
+        cal = self._calibration
         if self._calibrate:
-            cal = self._calibration
-            mu = cal.offset + cal.slope * raw
-            sigma = cal.sigma
-        else:
-            mu = raw
-            sigma = self._calibration.sigma0
+            return cal.log_length(raw), cal.sigma
+        return raw, cal.sigma0
+
+    def _prediction(self, raw: float) -> Prediction:
+        mu, sigma = self._mu_sigma(raw)
         tokens = math.expm1(min(max(mu + 0.5 * sigma * sigma, 0.0), _MAX_LOG))
         p_long = 0.5 * math.erfc((_LOG_LONG - mu) / (sigma * _SQRT2))
         return Prediction(tokens, min(max(p_long, 0.0), 1.0))
@@ -304,7 +304,9 @@ class LexicalPredictor:
         raw = self.score(request.text)
         if self._calibrate:
             recent = self._recent
-            recent[id(request)] = (weakref.ref(request), raw)
+            key = id(request)
+            recent.pop(key, None)  # a reused id goes to the end, not stay where the old one was
+            recent[key] = (weakref.ref(request), raw)
             if len(recent) > RECENT_SCORES + _FORGET_BATCH:
                 self._forget(len(recent) - RECENT_SCORES)
         return self._prediction(raw)
@@ -332,12 +334,7 @@ class LexicalPredictor:
             )
             if len(recent) > RECENT_SCORES + _FORGET_BATCH:
                 self._forget(len(recent) - RECENT_SCORES)
-            cal = self._calibration
-            mu = cal.offset + cal.slope * raw
-            sigma = cal.sigma
-        else:
-            mu = raw
-            sigma = self._calibration.sigma0
+        mu, sigma = self._mu_sigma(raw)
         tokens = np.expm1(np.clip(mu + 0.5 * sigma * sigma, 0.0, _MAX_LOG)).tolist()
         z = ((_LOG_LONG - mu) * (1.0 / (sigma * _SQRT2))).tolist()
         p_long = np.clip(0.5 * np.fromiter(map(math.erfc, z), np.float64, len(z)), 0.0, 1.0).tolist()

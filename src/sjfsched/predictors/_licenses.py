@@ -6,9 +6,8 @@ corpus of any size in the shared data; the repository it comes from is
 MIT-licensed, but the conversations themselves (shared by ChatGPT users)
 carry no stated license of their own.  Dolly's prompts are CC BY-SA 3.0
 (share-alike, attribution in :data:`ATTRIBUTIONS` and the model card); they
-are in because they help on natural conversations the model never saw (1.4
-and 1.5 points of leave-one-corpus-out ranking accuracy on Arena and ShareGPT,
-1.3 points less on OASST1; see ``docs/predictor.md``).  Left out: Alpaca (CC BY-NC,
+are in because they help on natural conversations the model never saw
+(leave-one-corpus-out figures in ``docs/predictor.md``, "What we tried").  Left out: Alpaca (CC BY-NC,
 non-commercial), CNN/DailyMail (news articles) and DS-1000 (CC BY-SA, no
 measurable gain).
 """

@@ -36,7 +36,7 @@ import numpy.typing as npt
 
 from .._version import __version__
 from ._clairvoyant import CLAIRVOYANT_FEATURES, clairvoyant_features
-from ._corpus import LengthRecord, group_by_prompt, is_test, load_records, prompt_id_of
+from ._corpus import LengthRecord, group_by_prompt, is_test, iter_json_lines, load_records, prompt_id_of
 from ._features import FEATURE_VERSION, SIGNALS, LexicalFeaturizer
 from ._lexical import LONG_TOKENS
 from ._licenses import ATTRIBUTIONS, BUNDLED_SOURCES, KNOWN_LICENSES, PERMISSIVE_SOURCES, license_of
@@ -107,21 +107,16 @@ def load_holdout_prompts(paths: Sequence[Path]) -> frozenset[str]:
 
     A prompt's id is :func:`~sjfsched.predictors._corpus.prompt_id_of` its
     text (the first 16 hex digits of ``sha1(prompt.strip())``), so any file
-    with a ``prompt`` field per line will do: a trace, a test set, a log.
+    with a ``prompt`` field per line will do (gzipped too): a trace, a test
+    set, a log.
     """
     ids: set[str] = set()
     for path in paths:
-        with path.open(encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    prompt = json.loads(line)["prompt"]
-                except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                    raise ValueError(f"{path}:{i}: expected a JSON object with a 'prompt' ({exc!r})") from exc
-                if not isinstance(prompt, str):
-                    raise ValueError(f"{path}:{i}: 'prompt' must be a string")
-                ids.add(prompt_id_of(prompt))
+        for i, raw in iter_json_lines(path):
+            prompt = raw.get("prompt") if isinstance(raw, dict) else None
+            if not isinstance(prompt, str):
+                raise ValueError(f"{path}:{i}: expected a JSON object with a string 'prompt'")
+            ids.add(prompt_id_of(prompt))
     return frozenset(ids)
 
 
@@ -201,16 +196,13 @@ def fit_lexical(
     min_count: int = 2,
     max_bigrams: int = MAX_BIGRAMS,
     target_percentiles: tuple[float, float] | None = TARGET_PERCENTILES,
-    balance: float = 0.0,
 ) -> LexicalFit:
     """Ridge regression of the per-prompt mean log length on the lexical features.
 
     ``target_percentiles=(low, high)``: answer lengths are clipped to these
     percentiles of the training answers (see :func:`prompt_targets`; with
     the default, answers shorter than the 10th percentile count as that
-    long).  ``balance`` evens out the sources: a prompt weighs
-    ``n_source ** -balance`` (0: every prompt alike; 1: every source alike),
-    scaled to a mean of 1.
+    long).
     """
     from sklearn.linear_model import Ridge
 
@@ -231,14 +223,7 @@ def fit_lexical(
         prompts, byte_bits=byte_bits, min_count=min_count, max_bigrams=max_bigrams
     )
     matrix = lexical_matrix(featurizer, prompts)
-    weights = None
-    if balance:
-        _, members = group_by_prompt(records)
-        sources = [records[m[0]].source for m in members]
-        sizes = Counter(sources)
-        w = np.array([sizes[s] ** -balance for s in sources])
-        weights = w * len(w) / w.sum()
-    model = Ridge(alpha=alpha).fit(matrix, y, sample_weight=weights)
+    model = Ridge(alpha=alpha).fit(matrix, y)
     weights = np.asarray(model.coef_, np.float32)
     bias = float(model.intercept_)
     raw = matrix @ weights.astype(np.float64) + bias
