@@ -66,7 +66,8 @@ def test_tally_errors_usage_and_separators() -> None:
     whole = Tally("json")
     whole.feed_whole(b'{"choices":[{"message":{"content":"hi"}}],"usage":{"completion_tokens":1}}')
     assert whole.output_tokens == 1
-    whole.feed_whole(b"not json")  # ignored
+    whole.feed_whole(b"not json")  # ignored: the count stands
+    assert whole.output_tokens == 1
 
 
 def _parse(path: str, body: object, priority: bytes | None = None, tenant: bytes | None = None) -> Parsed:
@@ -97,6 +98,13 @@ def test_what_the_scheduler_is_told() -> None:
     assert (chat.text, chat.max_tokens, chat.priority, chat.tenant) == ("Look", 9, 3, "team-a")
     tokens = _parse("/v1/completions", {"prompt": [1, 2, 3, 4], "max_tokens": 0}).request
     assert (len(tokens.text), tokens.max_tokens) == (16, 1)
+
+
+def test_a_field_of_the_wrong_type_is_named_with_its_json_type() -> None:
+    with pytest.raises(BadRequest, match="JSON object"):
+        _parse("/api/generate", {"model": "m", "prompt": {"text": "Hi"}})
+    with pytest.raises(BadRequest, match="JSON array"):
+        _parse("/api/generate", {"model": "m", "prompt": ["Hi"]})
 
 
 def test_proxy_fields_are_removed_and_other_bodies_pass_byte_for_byte() -> None:
@@ -133,6 +141,10 @@ def test_settings_come_from_flags_then_environment_then_defaults() -> None:
         resolve({"upstream": "http://h:1"}, {"SJFSCHED_CAP": "0"})
     with pytest.raises(ValueError, match="upstream must name a host"):
         ProxySettings(upstream="http://")
+    with pytest.raises(ValueError, match="upstream must name a host"):
+        ProxySettings(upstream="http://:80")
+    with pytest.raises(ValueError, match="upstream has a bad port"):
+        ProxySettings(upstream="http://host:abc")
     assert (
         ProxySettings(upstream="https://ollama.example/prefix/").upstream == "https://ollama.example/prefix"
     )

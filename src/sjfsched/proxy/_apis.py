@@ -142,6 +142,8 @@ def parse_scheduled(
 
 
 def _json_type(value: object) -> str:
+    if isinstance(value, dict):
+        return "object"
     if isinstance(value, list):
         return "array"
     if isinstance(value, str):
@@ -381,7 +383,7 @@ class Tally:
         """Read the next bytes of a stream."""
         if not data:
             return
-        self._tail = (self._tail + data)[-2:]
+        self._tail = (self._tail + data[-2:])[-2:]
         buffer = self._buffer + data if self._buffer else data
         start = 0
         while True:

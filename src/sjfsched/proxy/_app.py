@@ -454,7 +454,11 @@ class ProxyApp:
         self._service_seconds = service if previous is None else 0.9 * previous + 0.1 * service
 
     def _retry_after(self) -> int:
-        """Seconds until the queue has probably moved on: waiting x mean service time / slots."""
+        """Seconds until the queue has probably moved on.
+
+        (waiting + running) x the recent service time (an exponential moving
+        average, weight 0.1 per completed request) / slots, 1 to 3600.
+        """
         stats = self.scheduler.statistics()
         service = self._service_seconds if self._service_seconds is not None else 1.0
         return max(1, min(3600, math.ceil(service * (stats.waiting + stats.running) / stats.concurrency)))
@@ -520,7 +524,7 @@ class ProxyApp:
                 if response.finished:  # the upstream's end came with it: one write for both
                     last = chunk
                     break
-                tail = (tail + chunk)[-2:]
+                tail = (tail + chunk[-2:])[-2:]
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamError as exc:
             self.metrics.upstream_errors["midstream"] += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, final
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -94,8 +95,13 @@ def normalize_upstream(url: object) -> str:
     url = url.rstrip("/")
     if url.endswith("/v1"):
         url = url[: -len("/v1")]
-    if url.count("/") < 2 or url.endswith(("://", ":")):
+    parts = urlsplit(url)
+    if not parts.hostname:
         raise ValueError(f"upstream must name a host, got {url!r}")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError:
+        raise ValueError(f"upstream has a bad port, got {url!r}") from None
     return url
 
 
