@@ -38,10 +38,15 @@ def _positive_int(name: str) -> Callable[[Any, Any, Any], None]:
     return check
 
 
-def _optional_seconds(name: str) -> Callable[[Any, Any, Any], None]:
+def _number(
+    name: str, *, positive: bool = False, optional: bool = False, unit: str = ""
+) -> Callable[[Any, Any, Any], None]:
+    """A validator: a finite number >= 0 (> 0 if ``positive``), or None if ``optional``."""
+    wanted = f"a finite number{unit} {'> 0' if positive else '>= 0'}{' or none' if optional else ''}"
+
     def check(instance: object, attribute: object, value: object) -> None:
-        if value is not None and not _finite(value, positive=True):
-            raise ValueError(f"{name} must be a positive number of seconds or none, got {value!r}")
+        if not ((optional and value is None) or _finite(value, positive=positive)):
+            raise ValueError(f"{name} must be {wanted}, got {value!r}")
 
     return check
 
@@ -51,24 +56,9 @@ def _check_max_queue(instance: object, attribute: object, value: object) -> None
         raise ValueError(f"max_queue must be an integer >= 0 or none, got {value!r}")
 
 
-def _check_aging(instance: object, attribute: object, value: object) -> None:
-    if not _finite(value):
-        raise ValueError(f"aging must be a finite number >= 0, got {value!r}")
-
-
-def _check_cap(instance: object, attribute: object, value: Any) -> None:
-    if value is not None and not _finite(value, positive=True):
-        raise ValueError(f"cap must be a finite number > 0 or none, got {value!r}")
-
-
 def _check_max_wait(instance: object, attribute: object, value: Any) -> None:
     if value is not None and not (_finite(value) or value == math.inf):
         raise ValueError(f"max_wait must be a number of seconds >= 0 or none, got {value!r}")
-
-
-def _check_shutdown(instance: object, attribute: object, value: object) -> None:
-    if not _finite(value):
-        raise ValueError(f"shutdown_timeout must be a finite number of seconds >= 0, got {value!r}")
 
 
 def _check_port(instance: object, attribute: object, value: object) -> None:
@@ -125,17 +115,24 @@ class ProxySettings:
     max_body_bytes: int = attrs.field(
         default=DEFAULT_MAX_BODY_BYTES, validator=_positive_int("max_body_bytes")
     )
-    aging: float = attrs.field(default=DEFAULT_AGING, validator=_check_aging)
-    cap: float | None = attrs.field(default=DEFAULT_CAP, validator=_check_cap)
+    aging: float = attrs.field(default=DEFAULT_AGING, validator=_number("aging"))
+    cap: float | None = attrs.field(
+        default=DEFAULT_CAP, validator=_number("cap", positive=True, optional=True)
+    )
     max_wait: float | None = attrs.field(default=DEFAULT_MAX_WAIT, validator=_check_max_wait)
     predictor: PredictorName = attrs.field(
         default="default", validator=_one_of("predictor", ("default", "heuristic", "fcfs"))
     )
     connect_timeout: float | None = attrs.field(
-        default=DEFAULT_CONNECT_TIMEOUT, validator=_optional_seconds("connect_timeout")
+        default=DEFAULT_CONNECT_TIMEOUT,
+        validator=_number("connect_timeout", positive=True, optional=True, unit=" of seconds"),
     )
-    read_timeout: float | None = attrs.field(default=None, validator=_optional_seconds("read_timeout"))
-    shutdown_timeout: float = attrs.field(default=DEFAULT_SHUTDOWN_TIMEOUT, validator=_check_shutdown)
+    read_timeout: float | None = attrs.field(
+        default=None, validator=_number("read_timeout", positive=True, optional=True, unit=" of seconds")
+    )
+    shutdown_timeout: float = attrs.field(
+        default=DEFAULT_SHUTDOWN_TIMEOUT, validator=_number("shutdown_timeout", unit=" of seconds")
+    )
     log_level: str = attrs.field(
         default="info", validator=_one_of("log_level", ("critical", "error", "warning", "info", "debug"))
     )
