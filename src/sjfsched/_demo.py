@@ -24,10 +24,11 @@ from ._scheduler import Scheduler
 from ._virtual import run_virtual
 from .backends import SimulatedBackend
 from .predictors import ConstantPredictor, Predictor
+from .predictors._base import LONG_TOKENS, SHORT_TOKENS
 
 __all__ = ["configure", "load_demo_trace", "run"]
 
-SHORT, LONG = 200, 800
+SHORT, LONG = SHORT_TOKENS, LONG_TOKENS
 
 
 def load_demo_trace() -> list[Request]:

@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 
 from .._records import Request
+from ..predictors._base import LONG_TOKENS, SHORT_TOKENS
 
 __all__ = [
     "LONG_TOKENS",
@@ -33,11 +34,6 @@ __all__ = [
     "length_class",
     "load_trace",
 ]
-
-#: Answers shorter than this many tokens are "short" (Clairvoyant's classes).
-SHORT_TOKENS = 200
-#: Answers at least this long are "long"; in between is "medium".
-LONG_TOKENS = 800
 
 
 def length_class(output_tokens: float) -> str:

@@ -7,7 +7,12 @@ from typing import Protocol, runtime_checkable
 
 from .._records import Prediction, Request
 
-__all__ = ["Predictor", "SupportsObserve"]
+__all__ = ["LONG_TOKENS", "SHORT_TOKENS", "Predictor", "SupportsObserve"]
+
+#: Clairvoyant's answer-length classes, used by ranking accuracy, the
+#: benchmarks and ``p_long``: short below 200 output tokens, long from 800 on.
+SHORT_TOKENS = 200
+LONG_TOKENS = 800
 
 
 @runtime_checkable

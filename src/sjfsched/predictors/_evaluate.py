@@ -32,6 +32,7 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
+from ._base import LONG_TOKENS, SHORT_TOKENS
 from ._corpus import LengthRecord, load_records
 
 __all__ = [
@@ -44,21 +45,16 @@ __all__ = [
     "run",
 ]
 
-SHORT = 200
-LONG = 800
 
-
-def ranking_accuracy(
-    scores: npt.ArrayLike, tokens: npt.ArrayLike, short: float = SHORT, long: float = LONG
-) -> float:
+def ranking_accuracy(scores: npt.ArrayLike, tokens: npt.ArrayLike) -> float:
     """Fraction of (short, long) pairs ranked long-above-short; ties count half.
 
     ``nan`` when there is no short or no long answer.
     """
     s = np.asarray(scores, np.float64)
     t = np.asarray(tokens, np.float64)
-    shorts = np.sort(s[t < short])
-    longs = s[t >= long]
+    shorts = np.sort(s[t < SHORT_TOKENS])
+    longs = s[t >= LONG_TOKENS]
     if len(shorts) == 0 or len(longs) == 0:
         return float("nan")
     below = np.searchsorted(shorts, longs, side="left")
@@ -110,8 +106,8 @@ def report_rows(
                 corpus,
                 model,
                 len(ix),
-                int((t < SHORT).sum()),
-                int((t >= LONG).sum()),
+                int((t < SHORT_TOKENS).sum()),
+                int((t >= LONG_TOKENS).sum()),
                 ranking_accuracy(s[ix], t),
                 kendall_tau(s[ix], t),
             )
@@ -243,7 +239,7 @@ def _measure(records: Sequence[LengthRecord], scores: npt.NDArray[np.float64]) -
     if len(by_model) > 1:
         for idx in by_model.values():
             t = tokens[idx]
-            if (t < SHORT).sum() >= 5 and (t >= LONG).sum() >= 5:
+            if (t < SHORT_TOKENS).sum() >= 5 and (t >= LONG_TOKENS).sum() >= 5:
                 per.append(ranking_accuracy(scores[idx], t))
     per_model = float(np.mean(per)) if per else float("nan")
     return ranking_accuracy(scores, tokens), per_model, kendall_tau(scores, tokens)
@@ -296,7 +292,7 @@ def compare(
         results = {}
         for c in corpora:
             held = [r for r in records if r.corpus == c]
-            if sum(r.output_tokens >= LONG for r in held) < min_long:
+            if sum(r.output_tokens >= LONG_TOKENS for r in held) < min_long:
                 continue
             rest = training([r for r in records if r.corpus != c])
             results[c] = {}

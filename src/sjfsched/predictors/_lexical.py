@@ -19,13 +19,13 @@ import numpy.typing as npt
 
 from .._errors import PredictorError
 from .._records import Prediction, Request
+from ._base import LONG_TOKENS
 from ._calibration import LengthCalibration
 from ._features import FEATURE_VERSION, SIGNALS, LexicalFeaturizer
 
 __all__ = ["LONG_TOKENS", "LexicalPredictor", "bundled_model_path", "open_session"]
 
 #: The length Clairvoyant calls long; ``Prediction.p_long`` is P(tokens >= this).
-LONG_TOKENS: Final = 800
 _LOG_LONG: Final = math.log1p(LONG_TOKENS)
 _SQRT2: Final = math.sqrt(2.0)
 _MAX_LOG: Final = math.log1p(1_000_000.0)

@@ -35,10 +35,10 @@ import numpy as np
 import numpy.typing as npt
 
 from .._version import __version__
+from ._base import LONG_TOKENS, SHORT_TOKENS
 from ._clairvoyant import CLAIRVOYANT_FEATURES, clairvoyant_features
 from ._corpus import LengthRecord, group_by_prompt, is_test, iter_json_lines, load_records, prompt_id_of
 from ._features import FEATURE_VERSION, SIGNALS, LexicalFeaturizer
-from ._lexical import LONG_TOKENS
 from ._licenses import ATTRIBUTIONS, BUNDLED_SOURCES, KNOWN_LICENSES, PERMISSIVE_SOURCES, license_of
 
 __all__ = [
@@ -56,7 +56,6 @@ __all__ = [
     "split_records",
 ]
 
-SHORT_TOKENS = 200
 #: Answer lengths are clipped to these percentiles of the training answers
 #: before the lexical model's target is taken (see :func:`prompt_targets`).
 TARGET_PERCENTILES = (10.0, 99.0)
