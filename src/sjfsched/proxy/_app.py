@@ -76,11 +76,10 @@ class _Failed(Exception):
 class _Exchange:
     """One request's connection state, shared with its disconnect watcher."""
 
-    __slots__ = ("complete", "gone")
+    __slots__ = ("complete",)
 
     def __init__(self) -> None:
         self.complete = False  # the response is finished: a disconnect now cancels nothing
-        self.gone = False
 
 
 @final
@@ -552,7 +551,6 @@ async def _watch(receive: Receive, scope: anyio.CancelScope, exchange: _Exchange
         message = await receive()
         if message["type"] == "http.disconnect":
             if not exchange.complete:
-                exchange.gone = True
                 scope.cancel()
             return
 
@@ -581,7 +579,6 @@ async def _stream_body(
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            exchange.gone = True
             raise _ClientGone
         part: bytes = message.get("body", b"")
         if part:
