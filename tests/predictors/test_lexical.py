@@ -338,7 +338,7 @@ def test_bad_calibration_file(tmp_path: Path) -> None:
 
 def test_observe_reuses_the_score_of_the_prediction() -> None:
     """observe() takes the raw score remembered from predict(): the model runs once per request."""
-    predictor = LexicalPredictor()
+    predictor = LexicalPredictor(adapt=False)
     runs: list[int] = []
     run = predictor._run
 
@@ -358,7 +358,7 @@ def test_observe_reuses_the_score_of_the_prediction() -> None:
     predictor.observe(Request("never predicted"), Prediction(1.0), 7)
     assert len(runs) == 4
     # the same calibration as scoring every observed request afresh
-    fresh = LexicalPredictor()
+    fresh = LexicalPredictor(adapt=False)
     for request in [*requests, single]:
         fresh._calibration.observe(fresh.score(request.text), 500)
     fresh._calibration.observe(fresh.score("never predicted"), 7)
@@ -368,7 +368,7 @@ def test_observe_reuses_the_score_of_the_prediction() -> None:
 def test_remembered_scores_are_bounded() -> None:
     from sjfsched.predictors._lexical import RECENT_SCORES
 
-    predictor = LexicalPredictor()
+    predictor = LexicalPredictor(adapt=False)
     predictor.predict_many([Request(f"prompt {i}") for i in range(RECENT_SCORES + 10)])
     assert len(predictor._recent) == RECENT_SCORES  # a batch leaves its latest RECENT_SCORES
     many = [Request(f"one more {i}") for i in range(1000)]
@@ -382,6 +382,10 @@ def test_remembered_scores_are_bounded() -> None:
     uncalibrated.predict_many([Request("x")])
     uncalibrated.predict(Request("y"))
     assert not uncalibrated._recent
+    adapting = LexicalPredictor()  # observe() scores afresh (it needs the features): nothing to remember
+    adapting.predict_many([Request("x")])
+    adapting.predict(Request("y"))
+    assert not adapting._recent
 
 
 def test_uncalibrated_predictor_ignores_observations() -> None:

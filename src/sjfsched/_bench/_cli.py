@@ -18,7 +18,7 @@ from ._profiles import PROFILES
 from ._report import policy_table, sweep_table, target_table
 from ._run import Result, Unit, load_results, run_units, save_results
 from ._sim import Scenario
-from ._traces import TRACES, default_data_dir, load_trace
+from ._traces import TRACES, default_data_dir, is_trace_name, load_trace
 
 __all__ = ["configure", "run"]
 
@@ -211,8 +211,11 @@ def _run_sim(args: argparse.Namespace) -> int:
     data = _data_dir(args)
     traces, profiles = _split(args.traces), _split(args.profiles)
     for t in traces:
-        if t not in TRACES:
-            raise SystemExit(f"sjfsched bench: unknown trace {t!r}; choose from {', '.join(TRACES)}")
+        if not is_trace_name(t):
+            raise SystemExit(
+                f"sjfsched bench: unknown trace {t!r}; choose from {', '.join(TRACES)} "
+                "(each also as NAME/fresh)"
+            )
     scenarios = [_scenario(s, args) for s in _split(args.scenarios)]
     policies = _policies(args.policies)
     units = [Unit(t, p, s, pol) for t in traces for p in profiles for s in scenarios for pol in policies]

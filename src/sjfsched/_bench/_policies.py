@@ -29,7 +29,7 @@ from .._records import Completion, Prediction, Request
 from .._scheduler import DEFAULT_AGING, DEFAULT_CAP, DEFAULT_MAX_WAIT, Job, Scheduler
 from ..backends import Backend
 from ..predictors import ConstantPredictor, HeuristicPredictor, Predictor, default_predictor
-from ._traces import LONG_TOKENS, SHORT_TOKENS
+from ._traces import LONG_TOKENS, SHORT_TOKENS, TraceItem
 
 __all__ = [
     "AGING_SWEEP",
@@ -227,6 +227,8 @@ class PolicyContext:
     bundled_model: str | None = None
     #: A copy of Clairvoyant's retrained model taken when the run started (None: find it).
     clairvoyant_model: str | None = None
+    #: Past completions of prompts the run will not see (a ``/fresh`` trace's history).
+    history: tuple[TraceItem, ...] = ()
 
 
 @attrs.frozen
@@ -318,6 +320,47 @@ def _parse_seconds(text: str) -> float | None:
     return None if text.lower() in ("none", "inf") else float(text)
 
 
+class FrozenPredictor:
+    """A predictor that no longer learns: ``observe`` does nothing."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+
+    def predict(self, request: Request, /) -> Prediction:
+        return self.predictor.predict(request)
+
+    def predict_many(self, requests: Sequence[Request], /) -> list[Prediction]:
+        return list(self.predictor.predict_many(requests))
+
+
+def _without_adaptation(predictor: Predictor) -> Predictor:
+    from ..predictors import LexicalPredictor
+
+    if not isinstance(predictor, LexicalPredictor):
+        raise ValueError("adapt=0 applies to the lexical predictors only (sjfsched, unseen, lexical)")
+    return LexicalPredictor(model_path=predictor.model_path, adapt=False)
+
+
+def warmed(predictor: Predictor, history: Sequence[TraceItem], n: int) -> Predictor:
+    """``predictor`` after observing ``n`` completions drawn from ``history``, then frozen.
+
+    What a deployment knows after ``n`` completed requests of its traffic,
+    measured on prompts it has not seen (the run draws from the other half
+    of a ``/fresh`` trace), and not learning during the run, so that no
+    prompt drawn twice is ranked by what its first completion taught.
+    """
+    if not history:
+        raise ValueError("warm=N needs a NAME/fresh trace (its other half is the history learnt from)")
+    observe = getattr(predictor, "observe", None)
+    if observe is None:
+        raise ValueError(f"warm=N needs a predictor that learns (observe); {predictor!r} does not")
+    rng = random.Random(f"warm/{n}")
+    for item in rng.choices(history, k=n):
+        request = item.request()
+        observe(request, predictor.predict(request), item.output_tokens)
+    return FrozenPredictor(predictor)
+
+
 #: The key before the estimate cap (sjfsched 0.1's first defaults): aging 0.2, no cap.
 PLAIN_AGING = 0.2
 
@@ -336,7 +379,10 @@ def policy_named(name: str) -> Policy:
     aging 0.2: the defaults before the cap), ``plain-unseen``,
     ``plain-oracle``, or ``<predictor>`` optionally followed by
     ``@key=value,...`` with keys ``aging``, ``max_wait`` (seconds or
-    ``none``) and ``cap`` (multiple of the median estimate, or ``none``).
+    ``none``), ``cap`` (multiple of the median estimate, or ``none``),
+    ``adapt`` (``0``: a lexical predictor without adaptation) and ``warm``
+    (``N``: the predictor first learns from ``N`` completions of a
+    ``NAME/fresh`` trace's other half, then stops learning).
     The predictor is ``sjfsched`` (the default predictor), ``unseen``,
     ``oracle``, ``heuristic``, ``lexical`` or ``noisySIGMA``.  Unset keys take
     the scheduler's defaults.  Examples: ``sjfsched``, ``oracle``,
@@ -353,6 +399,8 @@ def policy_named(name: str) -> Policy:
     aging: float = DEFAULT_AGING
     max_wait: float | None = DEFAULT_MAX_WAIT
     cap: float | None = DEFAULT_CAP
+    adapt = True
+    warm = 0
     for part in filter(None, params.split(",")):
         key, sep, value = part.partition("=")
         try:
@@ -366,8 +414,16 @@ def policy_named(name: str) -> Policy:
                 cap = _parse_seconds(value)
                 if cap is not None and not (math.isfinite(cap) and cap > 0):
                     raise ValueError("cap must be a number > 0 or none")
+            elif key == "adapt":
+                if value not in ("0", "1"):
+                    raise ValueError("adapt must be 0 or 1")
+                adapt = value == "1"
+            elif key == "warm":
+                warm = int(value)
+                if warm < 1:
+                    raise ValueError("warm must be an int >= 1")
             else:
-                raise ValueError(f"unknown key {key!r} (aging, max_wait, cap)")
+                raise ValueError(f"unknown key {key!r} (aging, max_wait, cap, adapt, warm)")
         except ValueError as exc:
             raise ValueError(f"bad policy name {name!r}: {part!r}: {exc}") from None
 
@@ -377,7 +433,12 @@ def policy_named(name: str) -> Policy:
                 return Scheduler(backend)  # exactly what a user gets
             # The same, with the snapshot of the bundled model the run started with.
             return Scheduler(backend, predictor=_default(context))
-        return Scheduler(backend, predictor=predictor(context), aging=aging, cap=cap, max_wait=max_wait)
+        chosen = predictor(context)
+        if not adapt:
+            chosen = _without_adaptation(chosen)
+        if warm:
+            chosen = warmed(chosen, context.history, warm)
+        return Scheduler(backend, predictor=chosen, aging=aging, cap=cap, max_wait=max_wait)
 
     return Policy(name, make, base, aging, max_wait, cap)
 

@@ -257,6 +257,7 @@ def run_scenario(
     context = PolicyContext(
         short_latency=profile.mean_short_service_time(trace),
         unseen_model=pinned.unseen.get(trace.name),
+        history=trace.history,
         bundled_model=pinned.bundled,
         clairvoyant_model=pinned.clairvoyant,
     )

@@ -16,12 +16,13 @@ import math
 import random
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import attrs
 
 from .._records import Request
 from ..predictors._base import LONG_TOKENS, SHORT_TOKENS
+from ..predictors._corpus import is_test, prompt_id_of
 
 __all__ = [
     "LONG_TOKENS",
@@ -144,6 +145,9 @@ class Trace:
     name: str
     items: tuple[TraceItem, ...]
     description: str = ""
+    #: For a ``NAME/fresh`` trace: the other half of the prompts, whose
+    #: completions a ``warm=N`` policy learns from before its run.
+    history: tuple[TraceItem, ...] = ()
 
     def __attrs_post_init__(self) -> None:
         if not self.items:
@@ -179,13 +183,37 @@ def default_data_dir() -> Path | None:
     return None
 
 
+#: Suffix of a trace name that splits its prompts in two halves (see :func:`load_trace`).
+FRESH: Final = "/fresh"
+
+
+def base_name(name: str) -> str:
+    """The trace a (possibly ``/fresh``) trace name is drawn from."""
+    return name.removesuffix(FRESH)
+
+
+def is_trace_name(name: str) -> bool:
+    return base_name(name) in TRACES
+
+
 def load_trace(spec: TraceSpec | str, data_dir: Path | str) -> Trace:
     """Read a trace's records from ``data_dir``.
+
+    ``NAME/fresh`` is the trace ``NAME`` split by prompt (half of the
+    prompts, chosen by a hash of their id): the scenarios draw from one half,
+    and the other half is the trace's ``history``, the past completions a
+    ``warm=N`` policy learns from, so that what it learnt is measured on
+    prompts it has never seen.
 
     Raises :class:`FileNotFoundError` naming the missing file, and
     :class:`ValueError` if no record matches the spec.
     """
     if isinstance(spec, str):
+        if spec.endswith(FRESH):
+            whole = load_trace(base_name(spec), data_dir)
+            test = tuple(i for i in whole.items if is_test(prompt_id_of(i.prompt), 0.5, seed=0))
+            history = tuple(i for i in whole.items if not is_test(prompt_id_of(i.prompt), 0.5, seed=0))
+            return Trace(spec, test, whole.description + " (half of its prompts; the rest: history)", history)
         try:
             spec = TRACES[spec]
         except KeyError:

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from ._traces import TRACES, TraceSpec
+from ._traces import TRACES, TraceSpec, base_name
 
 __all__ = ["train_unseen_models"]
 
@@ -37,7 +37,7 @@ def train_unseen_models(traces: Iterable[str], data_dir: str | Path, out_dir: st
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, str] = {}
     for name in traces:
-        spec = TRACES[name]
+        spec = TRACES[base_name(name)]
         if not spec.holdout:
             raise ValueError(f"trace {name!r} names no corpus to hold out of the unseen predictor")
         path = out / _model_name(spec)

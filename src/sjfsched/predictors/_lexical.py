@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -19,6 +20,7 @@ import numpy.typing as npt
 
 from .._errors import PredictorError
 from .._records import Prediction, Request
+from ._adapt import ScoreCorrection
 from ._base import LONG_TOKENS
 from ._calibration import LengthCalibration
 from ._features import FEATURE_VERSION, SIGNALS, LexicalFeaturizer
@@ -86,12 +88,24 @@ class _Model:
     spread: float
     sigma: float
     metadata: Mapping[str, str]
+    #: the token range the training target was clipped to (None: not clipped)
+    target_range: tuple[float, float] | None = None
 
 
 #: Loaded models by (path, mtime, size): schedulers built with the default
 #: predictor share one session and vocabulary (each keeps its own calibration).
 _CACHE: dict[tuple[str, int, int], _Model] = {}
 _CACHE_LOCK = threading.Lock()
+_TARGET_RANGE: Final = re.compile(r"clipped to \[([0-9.eE+-]+), ([0-9.eE+-]+)\]")
+
+
+def _target_range(meta: Mapping[str, str]) -> tuple[float, float] | None:
+    """The clipping range written into ``sjfsched.target`` by ``sjfsched train``, if any."""
+    found = _TARGET_RANGE.search(meta.get("sjfsched.target", ""))
+    if found is None:
+        return None
+    low, high = float(found[1]), float(found[2])
+    return (low, high) if 0 <= low < high and math.isfinite(high) else None
 
 
 def _load(path: Path) -> _Model:
@@ -155,7 +169,17 @@ def _read(path: Path) -> _Model:
         raise PredictorError(f"{path}: model does not run ({exc})") from exc
     if not all(math.isfinite(x) for x in (bias, float(probe), center, spread, sigma)):
         raise PredictorError(f"{path}: model weights or statistics are not finite")
-    return _Model(session, _fast_run(session, table_size), features, bias, center, spread, sigma, dict(meta))
+    return _Model(
+        session,
+        _fast_run(session, table_size),
+        features,
+        bias,
+        center,
+        spread,
+        sigma,
+        dict(meta),
+        _target_range(meta),
+    )
 
 
 def _fast_run(session: Any, table_size: int) -> Callable[[list[str], dict[str, Any]], list[Any]]:
@@ -211,6 +235,14 @@ class LexicalPredictor:
     after every N observations as well.  ``calibrate=False`` keeps the
     training scale and ignores :meth:`observe`.
 
+    **Adaptation.**  With ``adapt=True`` (the default) :meth:`observe` also
+    learns a sparse correction to the model's score from the completed
+    requests' prompts and real lengths (:attr:`correction`): which of *this*
+    deployment's prompts answer long, which the training corpora may not
+    have shown.  It is saved and loaded with the calibration; a prediction
+    costs about 2 µs more once it has learnt something.  ``adapt=False``
+    keeps the model's ranking as shipped.
+
     ``Prediction.tokens`` is the expected number of output tokens (the mean
     of a log-normal around the calibrated score); ``p_long`` the probability
     of an answer of 800 tokens or more.
@@ -222,6 +254,7 @@ class LexicalPredictor:
         *,
         calibration_path: str | os.PathLike[str] | None = None,
         calibrate: bool = True,
+        adapt: bool = True,
         save_every: int | None = None,
     ) -> None:
         path = bundled_model_path() if model_path is None else Path(model_path)
@@ -235,6 +268,13 @@ class LexicalPredictor:
         self._features = model.features
         self._bias = model.bias
         self._calibrate = calibrate
+        # Learnt only when observe() runs, that is with calibrate too.
+        self._correction = (
+            ScoreCorrection(model.features.table_size, model.target_range) if calibrate and adapt else None
+        )
+        # predict() remembers raw scores for observe() only without adaptation:
+        # with it, observe() needs the prompt's features and encodes it afresh.
+        self._remember = calibrate and not adapt
         self._ones_buffer: npt.NDArray[np.float32] = np.ones(4096, np.float32)
         # The raw scores of the latest predictions, by request identity, so that
         # observe() need not run the model again: id(request) -> (a weak
@@ -260,15 +300,27 @@ class LexicalPredictor:
         """The online calibration (read its ``offset``, ``slope``, ``sigma``)."""
         return self._calibration
 
+    @property
+    def correction(self) -> ScoreCorrection | None:
+        """The learnt correction to the model's ranking (``None`` when not adapting)."""
+        return self._correction
+
     # --------------------------------------------------------------- scores
 
     def score(self, text: str) -> float:
-        """The model's raw score of a text: predicted ``log(1 + tokens)`` at training scale."""
+        """The raw score of a text: predicted ``log(1 + tokens)`` at training scale.
+
+        The model's score, plus the learnt :attr:`correction` once there is one.
+        """
         ids, values = self._features.encode(text)
-        return float(self._run(_SCORE, {"ids": ids, "values": values})[0])
+        raw = float(self._run(_SCORE, {"ids": ids, "values": values})[0])
+        correction = self._correction
+        if correction is not None and correction.observations:
+            raw += correction.value(ids, values)
+        return raw
 
     def scores(self, texts: Sequence[str]) -> npt.NDArray[np.float64]:
-        """Raw scores of many texts, with one model run."""
+        """Raw scores of many texts, with one model run (see :meth:`score`)."""
         n = len(texts)
         if n == 0:
             return np.zeros(0)
@@ -276,8 +328,11 @@ class LexicalPredictor:
         (weights,) = self._run(_CONTRIBUTIONS, {"ids": batch.ids, "values": self._ones(len(batch.ids))})
         # The plain weights, summed per text and block, then scaled: a block's
         # rows share one value within a text.
-        totals = batch.totals(weights)
-        return np.asarray(totals + self._bias, np.float64)
+        totals = batch.totals(weights) + self._bias
+        correction = self._correction
+        if correction is not None and correction.observations:
+            totals += batch.totals(correction.weights.take(batch.ids)) + correction.bias
+        return np.asarray(totals, np.float64)
 
     def _ones(self, n: int) -> npt.NDArray[np.float32]:
         ones = self._ones_buffer
@@ -302,7 +357,7 @@ class LexicalPredictor:
 
     def predict(self, request: Request, /) -> Prediction:
         raw = self.score(request.text)
-        if self._calibrate:
+        if self._remember:
             recent = self._recent
             key = id(request)
             recent.pop(key, None)  # a reused id goes to the end, not stay where the old one was
@@ -322,7 +377,7 @@ class LexicalPredictor:
 
     def predict_many(self, requests: Sequence[Request], /) -> list[Prediction]:
         raw = self.scores([r.text for r in requests])
-        if self._calibrate:
+        if self._remember:
             last = requests[-RECENT_SCORES:]
             recent = self._recent
             recent.update(
@@ -345,35 +400,69 @@ class LexicalPredictor:
     def observe(self, request: Request, prediction: Prediction, output_tokens: int, /) -> None:
         """Learn from a completed request (the scheduler calls this).
 
-        The request's raw score is remembered from its prediction (for the
-        latest :data:`RECENT_SCORES` predictions), so the model does not run
-        again; for a request predicted longer ago, or never, it does.
+        Without adaptation the request's raw score is remembered from its
+        prediction (for the latest :data:`RECENT_SCORES` predictions), so the
+        model does not run again; for a request predicted longer ago, or
+        never, it does.  With adaptation the prompt is scored afresh (the
+        correction needs its features): the calibration takes the score the
+        predictor gives now, then the correction learns from the request.
         """
         if not self._calibrate:
             return
-        entry = self._recent.pop(id(request), None)
-        raw = entry[1] if entry is not None and entry[0]() is request else self.score(request.text)
-        self._calibration.observe(raw, output_tokens)
+        correction = self._correction
+        if correction is None:
+            entry = self._recent.pop(id(request), None)
+            raw = entry[1] if entry is not None and entry[0]() is request else self.score(request.text)
+            self._calibration.observe(raw, output_tokens)
+        else:
+            ids, values = self._features.encode(request.text)
+            base = float(self._run(_SCORE, {"ids": ids, "values": values})[0])
+            raw = base + correction.value(ids, values) if correction.observations else base
+            self._calibration.observe(raw, output_tokens)
+            correction.learn(ids, values, base, output_tokens)
         if self._save_every is not None and self._calibration.observations % self._save_every == 0:
             self.save_calibration()
 
     def save_calibration(self, path: str | os.PathLike[str] | None = None) -> None:
-        """Write the calibration as JSON to ``path`` (default: ``calibration_path``)."""
+        """Write the calibration, and the correction if adapting, as JSON to ``path``.
+
+        ``path`` defaults to ``calibration_path``.  The file is replaced
+        atomically (written beside it, then renamed).
+        """
         target = self._calibration_path if path is None else Path(path)
         if target is None:
             raise ValueError("no path given and no calibration_path set")
-        self._calibration.save(target)
+        data = self._calibration.to_dict()
+        if self._correction is not None:
+            data["correction"] = self._correction.to_dict()
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+        os.replace(tmp, target)
 
     def load_calibration(self, path: str | os.PathLike[str]) -> None:
-        """Replace the calibration with one saved by :meth:`save_calibration`.
+        """Replace the calibration (and correction) with one saved by :meth:`save_calibration`.
 
-        Raises :class:`~sjfsched.PredictorError` naming the file if it cannot be read.
+        A file without a correction (saved without adaptation) leaves the
+        correction empty.  Raises :class:`~sjfsched.PredictorError` naming the
+        file if it cannot be read or does not fit this model.
         """
         try:
-            self._calibration.load(path)
+            try:
+                data = json.loads(Path(path).read_text(encoding="utf-8"))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not JSON ({exc.msg})") from exc
+            self._calibration.load_dict(data, where=str(path))
+            if self._correction is not None:
+                saved = data.get("correction")
+                if saved is None:
+                    self._correction.reset()
+                else:
+                    self._correction.load_dict(saved, where=str(path))
         except (OSError, ValueError) as exc:
             raise PredictorError(f"{path}: cannot load calibration ({exc})") from exc
 
     def reset_calibration(self) -> None:
-        """Forget what :meth:`observe` learnt: back to the training scale."""
+        """Forget what :meth:`observe` learnt: back to the training scale and the model's ranking."""
         self._calibration.reset()
+        if self._correction is not None:
+            self._correction.reset()
