@@ -13,7 +13,8 @@ small buffer so that what it learns does not hinge on the order of arrival.
 Cost: learning about 50-100 µs per completed request (numpy); predicting
 adds one gather and a dot product (about 2 µs) once something was learnt.
 Memory: one float32 per row of the model's weight table (about 1.2 MB for
-the bundled model) and the replay buffer.
+the bundled model), allocated at the first completion, and the replay
+buffer.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ class ScoreCorrection:
             maxlen=buffer
         )
         self._random = random.Random(seed)
-        self.weights: npt.NDArray[np.float32] = np.zeros(size, np.float32)
+        #: One weight per row of the model's table; ``None`` until something is learnt.
+        self.weights: npt.NDArray[np.float32] | None = None
         self.bias = 0.0
         self.observations = 0
 
@@ -79,14 +81,22 @@ class ScoreCorrection:
 
     def reset(self) -> None:
         """Forget everything learnt."""
-        self.weights[:] = 0.0
+        self.weights = None
         self.bias = 0.0
         self.observations = 0
         self._buffer.clear()
 
     def value(self, ids: npt.NDArray[np.int32], values: npt.NDArray[np.float32]) -> float:
         """The correction for one text's feature rows (as ``LexicalFeaturizer.encode`` gives them)."""
+        if self.weights is None:
+            return 0.0
         return float(np.dot(self.weights.take(ids), values)) + self.bias
+
+    def row_weights(self, ids: npt.NDArray[np.int32]) -> npt.NDArray[np.float32]:
+        """The weight of each row in ``ids`` (zeros before anything is learnt)."""
+        if self.weights is None:
+            return np.zeros(len(ids), np.float32)
+        return self.weights.take(ids)
 
     def target(self, output_tokens: float) -> float:
         """``log(1 + tokens)``, clipped as the model's training target was."""
@@ -124,6 +134,8 @@ class ScoreCorrection:
 
     def _update(self, rows: npt.NDArray[np.int32], summed: npt.NDArray[np.float32], residual: float) -> None:
         w = self.weights
+        if w is None:
+            w = self.weights = np.zeros(self.size, np.float32)
         error = residual - (float(np.dot(w.take(rows), summed)) + self.bias)
         gain = self.step * error / (float(np.dot(summed, summed)) + 1.0)
         w[rows] += np.float32(gain) * summed
@@ -133,13 +145,14 @@ class ScoreCorrection:
 
     def to_dict(self) -> dict[str, Any]:
         """The learnt state (nonzero weights, base64 of little-endian int32 rows and float32 values)."""
-        rows = np.flatnonzero(self.weights).astype("<i4")
+        weights = np.zeros(0, np.float32) if self.weights is None else self.weights
+        rows = np.flatnonzero(weights).astype("<i4")
         return {
             "size": self.size,
             "observations": self.observations,
             "bias": self.bias,
             "rows": base64.b64encode(rows.tobytes()).decode("ascii"),
-            "weights": base64.b64encode(self.weights[rows].astype("<f4").tobytes()).decode("ascii"),
+            "weights": base64.b64encode(weights[rows].astype("<f4").tobytes()).decode("ascii"),
         }
 
     def load_dict(self, data: Any, *, where: str = "correction") -> None:
@@ -159,6 +172,8 @@ class ScoreCorrection:
         if not (math.isfinite(bias) and np.isfinite(weights).all()) or observations < 0:
             raise ValueError(f"{where}: correction holds invalid numbers")
         self.reset()
-        self.weights[rows] = weights
+        if observations:
+            self.weights = np.zeros(size, np.float32)
+            self.weights[rows] = weights
         self.bias = bias
         self.observations = observations

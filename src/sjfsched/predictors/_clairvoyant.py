@@ -140,7 +140,6 @@ class ClairvoyantPredictor:
     :meth:`probabilities` returns the three class probabilities.
     """
 
-
     def __init__(
         self, model_path: str | os.PathLike[str], *, key: Literal["p_long", "expected"] = "p_long"
     ) -> None:

@@ -19,7 +19,7 @@ def default_predictor() -> Predictor:
     """The predictor a :class:`~sjfsched.Scheduler` uses when given none.
 
     The bundled learned :class:`~sjfsched.predictors.LexicalPredictor` (each
-    call returns a new one, with its own calibration; the model itself is
+    call returns a new one, with its own calibration and adaptation; the model itself is
     loaded once and shared).  Should the bundled model not load (a broken
     install, onnxruntime missing), it falls back to the prompt-length
     :class:`~sjfsched.predictors.HeuristicPredictor`, logs a warning on the

@@ -21,6 +21,7 @@ leave-one-corpus-out (train on the other corpora, test on the one left out).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections import defaultdict
@@ -373,7 +374,7 @@ def calibration_report(
         if len(observed) < 50 or len(held) < 50:
             continue
         random.Random(1).shuffle(observed)
-        predictor = LexicalPredictor(model)
+        predictor = LexicalPredictor(model, adapt=False)  # calibration alone: the scores stay the model's
         actual = np.log1p([r.output_tokens for r in held])
         raw = np.array([score[r.prompt] for r in held])
         before, ratio_before = _calibration_error(predictor, raw, actual)
@@ -388,6 +389,101 @@ def calibration_report(
             f"{ratio_before:21.2f} {ratio_after:6.2f}"
         )
     lines.append(f"calibration lowered the held-back log-RMSE for {improved} of {total} answering models")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------- adaptation
+
+#: After how many observed answers adaptation is measured.
+ADAPTATION_STEPS: tuple[int, ...] = (100, 300, 1000)
+
+
+def _ranking_cells(scores: npt.NDArray[np.float64], tokens: npt.NDArray[np.float64]) -> tuple[float, float]:
+    enough = (tokens < SHORT_TOKENS).sum() >= 5 and (tokens >= LONG_TOKENS).sum() >= 5
+    return (ranking_accuracy(scores, tokens) if enough else float("nan")), kendall_tau(scores, tokens)
+
+
+def adaptation_report(
+    records: Sequence[LengthRecord],
+    model: Path | None,
+    *,
+    loco: bool = False,
+    steps: Sequence[int] = ADAPTATION_STEPS,
+    min_answers: int = 400,
+    log: Callable[[str], None] = lambda s: None,
+) -> str:
+    """Does adaptation on one answering model's answers rank its held-back prompts better?
+
+    For each (corpus, answering model) with at least ``min_answers`` answers:
+    split its prompts in halves (grouped by prompt id), let a fresh
+    :class:`LexicalPredictor` (adapting, the default) observe answers of the
+    first half in shuffled order, and after each of ``steps`` observations
+    score the second half: ranking accuracy (short against long answers;
+    ``-`` with fewer than 5 of either) and Kendall's tau.  With ``loco`` the
+    model is the bundled model's recipe trained without the group's corpus
+    (``sjfsched train --bundled-sources --fit-all --exclude CORPUS``): a
+    deployment whose prompts the model never saw.
+    """
+    import random
+    import tempfile
+
+    from .._records import Prediction, Request
+    from ._corpus import is_test
+    from ._lexical import LexicalPredictor
+
+    groups: dict[tuple[str, str], list[LengthRecord]] = defaultdict(list)
+    for r in records:
+        groups[(r.corpus, r.model)].append(r)
+    chosen = {k: v for k, v in sorted(groups.items()) if len(v) >= min_answers}
+    header = f"{'corpus / answering model':<44} {'obs.':>5} {'held':>5}  {'model alone':>13}"
+    header += "".join(f"  {'after ' + str(n):>13}" for n in steps)
+    lines = [header, f"{'':<44} {'':>5} {'':>5}" + "  acc    tau  " * (1 + len(steps))]
+    by_corpus: dict[str, list[list[float]]] = defaultdict(list)
+    with tempfile.TemporaryDirectory(prefix="sjfsched-adapt-") as tmp:
+        paths: dict[str, Path | None] = {}
+        for (corpus, name), rs in chosen.items():
+            if corpus not in paths:
+                paths[corpus] = model
+                if loco:
+                    import onnx
+
+                    from ._train import fit_lexical, lexical_onnx, select_records
+
+                    log(f"training without {corpus} ...")
+                    rest = select_records([r for r in records if r.corpus != corpus], bundled_sources=True)
+                    path = Path(tmp) / f"without-{len(paths)}.onnx"
+                    onnx.save(lexical_onnx(fit_lexical(rest), {"sjfsched.trained_on": "[]"}), path)
+                    paths[corpus] = path
+            observed = [r for r in rs if not is_test(r.prompt_id, 0.5, seed=7)]
+            held = [r for r in rs if is_test(r.prompt_id, 0.5, seed=7)]
+            random.Random(1).shuffle(observed)
+            predictor = LexicalPredictor(paths[corpus])
+            texts = [r.prompt for r in held]
+            tokens = np.array([r.output_tokens for r in held], np.float64)
+            cells = [_ranking_cells(predictor.scores(texts), tokens)]
+            done = 0
+            for n in steps:
+                if n > len(observed):
+                    break
+                for r in observed[done:n]:
+                    request = Request(r.prompt)
+                    predictor.observe(request, Prediction(1.0), max(0, round(r.output_tokens)))
+                done = n
+                cells.append(_ranking_cells(predictor.scores(texts), tokens))
+            row = f"{f'{corpus} / {name}'[:44]:<44} {done:5d} {len(held):5d}"
+            row += "".join(f"  {'-' if math.isnan(a) else f'{a:.3f}':>5} {t:6.3f}" for a, t in cells)
+            lines.append(row)
+            flat = [x for cell in cells for x in cell]
+            by_corpus[corpus].append(flat + [float("nan")] * (2 * (1 + len(steps)) - len(flat)))
+    lines.append("")
+    lines.append("Means over each corpus's answering models (those with enough answers for the column):")
+    for corpus, rows in by_corpus.items():
+        means = np.nanmean(np.array(rows), axis=0) if rows else []
+        row = f"{corpus + f' ({len(rows)} models)':<56}"
+        row += "".join(f"  {'-' if math.isnan(x) else f'{x:.3f}':>5}" for x in means)
+        lines.append(row)
+    where = "trained without the corpus (--loco)" if loco else "the model as given"
+    lines.append(f"Model: {where}; adaptation after 0, {', '.join(map(str, steps))} observed answers.")
     return "\n".join(lines) + "\n"
 
 
@@ -419,11 +515,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compare", action="store_true", help="train and compare length, Clairvoyant, ridge and lexical"
     )
-    parser.add_argument("--loco", action="store_true", help="with --compare: leave-one-corpus-out too")
+    parser.add_argument(
+        "--loco",
+        action="store_true",
+        help="with --compare: leave-one-corpus-out too; with --adaptation: models trained without the corpus",
+    )
     parser.add_argument(
         "--calibration",
         action="store_true",
         help="per answering model: log error on held-back answers before and after online calibration",
+    )
+    parser.add_argument(
+        "--adaptation",
+        action="store_true",
+        help="per answering model: ranking of held-back prompts after 0, 100, 300, 1000 observed answers "
+        "(with --loco: by a model trained without the corpus)",
     )
     parser.add_argument(
         "--train-permissive-only",
@@ -459,6 +565,14 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if args.calibration:
         print(calibration_report(records, args.model), end="")
+        return 0
+    if args.adaptation:
+        print(
+            adaptation_report(
+                records, args.model, loco=args.loco, log=lambda s: print(s, file=sys.stderr, flush=True)
+            ),
+            end="",
+        )
         return 0
     if args.compare:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]

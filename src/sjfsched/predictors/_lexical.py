@@ -331,7 +331,7 @@ class LexicalPredictor:
         totals = batch.totals(weights) + self._bias
         correction = self._correction
         if correction is not None and correction.observations:
-            totals += batch.totals(correction.weights.take(batch.ids)) + correction.bias
+            totals += batch.totals(correction.row_weights(batch.ids)) + correction.bias
         return np.asarray(totals, np.float64)
 
     def _ones(self, n: int) -> npt.NDArray[np.float32]:
