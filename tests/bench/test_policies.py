@@ -140,3 +140,35 @@ def test_a_lexical_model_file_as_the_predictor(tmp_path: Path) -> None:
     assert policy_named(f"lexical:{bundled_model_path()}@aging=0.1").aging == 0.1
     with pytest.raises(PredictorError, match=r"nothing\.onnx"):
         predictor_factory(f"lexical:{tmp_path / 'nothing.onnx'}")(context)
+
+
+def test_adaptation_keys() -> None:
+    from sjfsched._bench._policies import FrozenPredictor, PolicyContext
+    from sjfsched._bench._traces import TraceItem
+    from sjfsched.predictors import LexicalPredictor
+
+    context = PolicyContext(short_latency=1.0)
+    fixed = policy_named("sjfsched@adapt=0").make(SimulatedBackend(), context).predictor
+    assert isinstance(fixed, LexicalPredictor) and fixed.correction is None
+    adapting = policy_named("sjfsched@adapt=1").make(SimulatedBackend(), context).predictor
+    assert isinstance(adapting, LexicalPredictor) and adapting.correction is not None
+    with pytest.raises(ValueError, match="adapt must be 0 or 1"):
+        policy_named("sjfsched@adapt=yes")
+    with pytest.raises(ValueError, match="warm must be an int >= 1"):
+        policy_named("sjfsched@warm=0")
+    with pytest.raises(ValueError, match="adapt=0 applies to the lexical predictors only"):
+        policy_named("oracle@adapt=0").make(SimulatedBackend(), context)
+    warm = policy_named("sjfsched@warm=40")
+    with pytest.raises(ValueError, match="NAME/fresh trace"):
+        warm.make(SimulatedBackend(), context)
+    history = tuple(
+        TraceItem(f"Ticket {i}: " + ("write the report" if i % 2 else "say yes"), 1500 if i % 2 else 9, 20)
+        for i in range(30)
+    )
+    frozen = warm.make(SimulatedBackend(), PolicyContext(short_latency=1.0, history=history)).predictor
+    assert isinstance(frozen, FrozenPredictor) and not hasattr(frozen, "observe")  # it learns no more
+    inner = frozen.predictor
+    assert isinstance(inner, LexicalPredictor) and inner.correction is not None
+    assert inner.correction.observations == 40 and inner.calibration.observations == 40
+    request = Request("Ticket 99: write the full report")
+    assert frozen.predict(request) == inner.predict(request)

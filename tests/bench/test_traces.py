@@ -110,6 +110,20 @@ def test_the_shipped_traces_load_from_the_shared_data() -> None:
         assert shares["short"] > 0 and shares["long"] > 0, name
 
 
+def test_a_fresh_trace_splits_the_prompts_into_run_and_history() -> None:
+    data = default_data_dir()
+    if data is None:
+        pytest.skip("../shared/data is not present")
+    whole = load_trace("sharegpt", data)
+    fresh = load_trace("sharegpt/fresh", data)
+    assert fresh.name == "sharegpt/fresh"
+    run, history = {i.prompt for i in fresh.items}, {i.prompt for i in fresh.history}
+    assert not run & history  # the run never draws a prompt learnt from
+    assert run | history == {i.prompt for i in whole.items}
+    assert 0.4 < len(run) / len(whole) < 0.6
+    assert load_trace("sharegpt/fresh", data).items == fresh.items  # the same split every time
+
+
 def test_ranking_accuracy_counts_pairs_and_half_ties() -> None:
     from sjfsched.predictors._evaluate import ranking_accuracy
 
