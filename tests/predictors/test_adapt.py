@@ -152,3 +152,23 @@ def test_adaptation_ranks_a_source_the_model_never_saw_better() -> None:
     after = predictor.scores(texts)
     assert ranking_accuracy(after, tokens) > ranking_accuracy(before, tokens) + 0.04
     assert kendall_tau(after, tokens) > kendall_tau(before, tokens) + 0.05
+
+
+def test_evaluate_reports_adaptation_on_held_back_prompts(tmp_path: Path) -> None:
+    """`sjfsched evaluate --adaptation`: the ranking of the held-back half rises as it learns."""
+    import gzip
+
+    from sjfsched.predictors._corpus import prompt_id_of
+    from sjfsched.predictors._evaluate import adaptation_report
+
+    path = tmp_path / "support.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        for text, tokens in _traffic(900, seed=4):
+            record = {"source": "support", "prompt": text, "model": "m", "output_tokens": tokens}
+            f.write(json.dumps({**record, "prompt_id": prompt_id_of(text)}) + "\n")
+    report = adaptation_report(load_records([path]), None, steps=(100, 300), min_answers=400)
+    row = next(line for line in report.splitlines() if line.startswith("support / m"))
+    observed, held, before, _, after_100, _, after_300, _ = row.split("/ m")[1].split()
+    assert int(observed) == 300 and int(held) > 300
+    assert float(before) < 0.9 and float(after_100) > float(before) and float(after_300) > 0.99
+    assert "support (1 models)" in report
