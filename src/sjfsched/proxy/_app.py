@@ -24,6 +24,7 @@ import anyio.abc
 
 from .._errors import QueueFull, SchedulerClosed
 from .._scheduler import Scheduler, Ticket
+from ..predictors import Predictor
 from ._apis import (
     BadRequest,
     Endpoint,
@@ -104,6 +105,7 @@ class ProxyApp:
         self._scheduled: dict[str, Endpoint] = {}
         self._client: UpstreamClient | None = None
         self._scheduler: Scheduler | None = None
+        self._learner: Predictor | None = None
         self._draining = False
         self._inflight = 0
         self._idle: anyio.Event | None = None
@@ -135,13 +137,15 @@ class ProxyApp:
     async def startup(self) -> None:
         """Make the client, learn the upstream's API if need be, open the scheduler."""
         settings = self.settings
+        # First what can fail on our side (a bad predictor state file), then the upstream.
+        self._learner = make_predictor(settings.predictor, settings.predictor_state)
         if self._client is None:
             self._client = make_client(self._base, settings.connect_timeout, settings.read_timeout)
         if self._api is None:
             self._api = await detect_api(self._client)
             logger.info("the upstream %s speaks the %s API", self._base, self._api)
         self._scheduled = scheduled_endpoints(self._api)
-        predictor = TimedPredictor(make_predictor(settings.predictor), self.metrics.predictor)
+        predictor = TimedPredictor(self._learner, self.metrics.predictor)
         scheduler = Scheduler(
             predictor=predictor,
             concurrency=settings.concurrency,
@@ -176,6 +180,17 @@ class ProxyApp:
             await self._scheduler.aclose()
         if self._client is not None:
             await self._client.aclose()
+        self.save_predictor_state()
+
+    def save_predictor_state(self) -> None:
+        """Save what the predictor learnt to ``predictor_state``, if one is set (a failure is logged)."""
+        save = getattr(self._learner, "save_calibration", None)
+        if self.settings.predictor_state is None or save is None:
+            return
+        try:
+            save()
+        except OSError as exc:
+            logger.error("could not save the predictor's state to %s: %s", self.settings.predictor_state, exc)
 
     # ------------------------------------------------------------- ASGI
 
@@ -199,6 +214,8 @@ class ProxyApp:
             await self.startup()
         except Exception as exc:
             logger.error("the proxy could not start: %s", exc)
+            if self._client is not None:
+                await self._client.aclose()
             await send({"type": "lifespan.startup.failed", "message": str(exc)})
             return
         await send({"type": "lifespan.startup.complete"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import final
 
 from .._records import Prediction, Request
@@ -13,13 +14,27 @@ from ._metrics import Histogram
 __all__ = ["TimedPredictor", "make_predictor"]
 
 
-def make_predictor(name: str) -> Predictor:
-    """``default`` (the library's default), ``heuristic`` (prompt length) or ``fcfs`` (a constant)."""
+#: With a state file, the default predictor saves it after every this many completed requests.
+SAVE_EVERY = 100
+
+
+def make_predictor(name: str, state: str | None = None) -> Predictor:
+    """``default`` (the library's default), ``heuristic`` (prompt length) or ``fcfs`` (a constant).
+
+    ``state``: for ``default``, a JSON file the :class:`~sjfsched.predictors.LexicalPredictor`
+    loads its calibration and learnt correction from (if it exists) and saves
+    to every :data:`SAVE_EVERY` completed requests; a file that cannot be read
+    raises :class:`~sjfsched.PredictorError` naming it.
+    """
     if name == "heuristic":
         return HeuristicPredictor()
     if name == "fcfs":
         return ConstantPredictor()
     if name == "default":
+        if state is not None:
+            from ..predictors import LexicalPredictor
+
+            return LexicalPredictor(calibration_path=Path(state).expanduser(), save_every=SAVE_EVERY)
         return default_predictor()
     raise ValueError(f"predictor must be default, heuristic or fcfs, got {name!r}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Literal, final
 from urllib.parse import urlsplit
 
@@ -59,6 +60,20 @@ def _check_max_queue(instance: object, attribute: object, value: object) -> None
 def _check_max_wait(instance: object, attribute: object, value: Any) -> None:
     if value is not None and not (_finite(value) or value == math.inf):
         raise ValueError(f"max_wait must be a number of seconds >= 0 or none, got {value!r}")
+
+
+def _check_predictor_state(instance: Any, attribute: object, value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"predictor_state must be a file path or none, got {value!r}")
+    if instance.predictor != "default":
+        raise ValueError(
+            f"predictor_state is for the default predictor (it learns); predictor is {instance.predictor!r}"
+        )
+    parent = Path(value).expanduser().resolve().parent
+    if not parent.is_dir():
+        raise ValueError(f"predictor_state {value!r}: its directory {str(parent)!r} does not exist")
 
 
 def _check_port(instance: object, attribute: object, value: object) -> None:
@@ -123,6 +138,7 @@ class ProxySettings:
     predictor: PredictorName = attrs.field(
         default="default", validator=_one_of("predictor", ("default", "heuristic", "fcfs"))
     )
+    predictor_state: str | None = attrs.field(default=None, validator=_check_predictor_state)
     connect_timeout: float | None = attrs.field(
         default=DEFAULT_CONNECT_TIMEOUT,
         validator=_number("connect_timeout", positive=True, optional=True, unit=" of seconds"),
@@ -140,6 +156,13 @@ class ProxySettings:
 
 
 # ----------------------------------------------------------------- parsing
+
+
+def _parse_path(text: str) -> str:
+    path = text.strip()
+    if not path:
+        raise ValueError("expected a file path")
+    return path
 
 
 def _parse_int(text: str) -> int:
@@ -268,6 +291,11 @@ OPTIONS: tuple[Option, ...] = (
         "predictor", "--predictor", "SJFSCHED_PREDICTOR", _lower, "default|heuristic|fcfs",
         "the length predictor: the library's default, prompt length, or none (first-come-first-served)",
         "default",
+    ),
+    Option(
+        "predictor_state", "--predictor-state", "SJFSCHED_PREDICTOR_STATE", _none_or(_parse_path), "PATH",
+        "a JSON file the default predictor loads what it learnt (calibration and ranking correction) "
+        "from at start, and saves to every 100 completed requests and at shutdown", "none",
     ),
     Option(
         "connect_timeout", "--connect-timeout", "SJFSCHED_CONNECT_TIMEOUT", _none_or(_parse_float),
