@@ -575,6 +575,12 @@ class Scheduler:
             elif entry.state is EntryState.GRANTED:
                 # Handed a slot at the moment it was cancelled: pass it on.
                 self._end(entry, "cancelled")
+            elif entry.state is EntryState.CLOSED:
+                # Closed out at the moment it was cancelled: the caller sees the
+                # cancellation, so that is how it ended.
+                entry.state = EntryState.CANCELLED
+                self._counts["closed"] -= 1
+                self._counts["cancelled"] += 1
             raise
         if entry.state is EntryState.CLOSED:
             raise SchedulerClosed("the scheduler closed while this request was waiting")

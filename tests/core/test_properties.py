@@ -8,7 +8,7 @@ from typing import Any
 import anyio
 import attrs
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sjfsched import BackendError, Chunk, Completion, QueueFull, Request, Scheduler
@@ -227,6 +227,15 @@ plans = st.lists(
     max_queue=st.none() | st.integers(0, 10),
     max_wait=st.none() | st.floats(0, 10),
     close_at=st.none() | st.floats(0, 30),
+)
+# Found by hypothesis: the scheduler closes, and the waiting request's caller
+# is cancelled, at the same instant; it ends cancelled, and is counted so.
+@example(
+    workload=[Plan(0.0, 1.0, False, None, 0), Plan(0.0, 1.0, False, 1.0, 0)],
+    concurrency=1,
+    max_queue=None,
+    max_wait=None,
+    close_at=1.0,
 )
 def test_every_accepted_request_ends_exactly_once(
     async_backend: str,
