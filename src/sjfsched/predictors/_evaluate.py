@@ -478,7 +478,11 @@ def adaptation_report(
     lines.append("")
     lines.append("Means over each corpus's answering models (those with enough answers for the column):")
     for corpus, rows in by_corpus.items():
-        means = np.nanmean(np.array(rows), axis=0) if rows else []
+        table = np.array(rows)
+        seen = ~np.isnan(table)  # a column no model has enough answers for stays NaN, without a warning
+        means = np.where(
+            seen.any(axis=0), np.where(seen, table, 0.0).sum(axis=0) / np.maximum(seen.sum(axis=0), 1), np.nan
+        )
         row = f"{corpus + f' ({len(rows)} models)':<56}"
         row += "".join(f"  {'-' if math.isnan(x) else f'{x:.3f}':>5}" for x in means)
         lines.append(row)
