@@ -91,7 +91,7 @@ def test_calibration_saved_without_adaptation_loads_with_an_empty_correction(tmp
     assert "correction" not in json.loads(path.read_text())
     adapting = LexicalPredictor(calibration_path=path)
     assert adapting.calibration.observations == 40
-    assert adapting.correction is not None and not adapting.correction.active
+    assert adapting.correction is not None and adapting.correction.observations == 0
 
 
 def test_a_correction_for_another_model_is_refused(tmp_path: Path) -> None:
@@ -121,7 +121,7 @@ def test_correction_arguments_and_bad_observations() -> None:
     ids, values = np.array([1, 2, 2], np.int32), np.ones(3, np.float32)
     for base, tokens in ((math.nan, 10), (1.0, math.inf), (1.0, -5)):
         correction.learn(ids, values, base, tokens)
-    assert not correction.active and correction.weights is None  # nothing allocated either
+    assert correction.observations == 0 and correction.weights is None  # nothing allocated either
     # lengths are clipped to the training target's range
     assert correction.target(5) == math.log1p(100.0) and correction.target(10**6) == math.log1p(1000.0)
     correction.learn(ids, values, 3.0, 500)

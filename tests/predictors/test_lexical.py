@@ -146,16 +146,19 @@ def test_batch_byte_hashing_matches_one_by_one() -> None:
     assert (ids >= 0).all() and (ids < 1 << 12).all()
 
 
-def test_encode_many_matches_encode(predictor: LexicalPredictor) -> None:
-    f = predictor._features
-    texts = ["", "Write 500 words\nabout cats", "x" * 3000, "日本語", "a b c d e f"]
-    ids, values, segments = f.encode_many(texts)
+def _assert_batch_matches_one_by_one(features: LexicalFeaturizer, texts: list[str]) -> None:
+    ids, values, segments = features.encode_many(texts)
     for i, text in enumerate(texts):
-        one_ids, one_values = f.encode(text)
+        one_ids, one_values = features.encode(text)
         mine = segments == i
         assert sorted(zip(ids[mine].tolist(), values[mine].tolist(), strict=True)) == sorted(
             zip(one_ids.tolist(), one_values.tolist(), strict=True)
         )
+
+
+def test_encode_many_matches_encode(predictor: LexicalPredictor) -> None:
+    texts = ["", "Write 500 words\nabout cats", "x" * 3000, "日本語", "a b c d e f"]
+    _assert_batch_matches_one_by_one(predictor._features, texts)
 
 
 _PIECES = [
@@ -173,13 +176,7 @@ def test_batch_encoding_matches_one_by_one(texts: list[str]) -> None:
     learnt = LexicalFeaturizer.learn(["write 500 words", "10 examples please"], byte_bits=12, min_count=1)
     assert learnt._unit_rows is not None  # learn gives every unit word a row: found by row
     for features in (with_units, learnt):
-        ids, values, segments = features.encode_many(texts)
-        for i, text in enumerate(texts):
-            one_ids, one_values = features.encode(text)
-            mine = segments == i
-            assert sorted(zip(ids[mine].tolist(), values[mine].tolist(), strict=True)) == sorted(
-                zip(one_ids.tolist(), one_values.tolist(), strict=True)
-            )
+        _assert_batch_matches_one_by_one(features, texts)
 
 
 def _signal_names(text: str) -> list[str]:

@@ -70,7 +70,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def _sim_options(p: argparse.ArgumentParser, *, matrix: bool = True) -> None:
     p.add_argument("--data", type=Path, default=None, help="the corpora directory (default: ../shared/data)")
     p.add_argument(
-        "--traces", default=",".join(TRACES), help="comma-separated trace names (see `bench traces`)"
+        "--traces",
+        default=",".join(TRACES),
+        help="comma-separated trace names (see `bench traces`); NAME/fresh runs on half of NAME's "
+        "prompts, the other half being the history a warm=N policy learns from",
     )
     p.add_argument(
         "--profiles", default=",".join(PROFILES), help="backend speed profiles: " + ", ".join(PROFILES)
@@ -86,8 +89,8 @@ def _sim_options(p: argparse.ArgumentParser, *, matrix: bool = True) -> None:
             default="standard",
             help="comma-separated policy names, 'standard' (" + ", ".join(STANDARD_POLICIES) + "), "
             "'sweep' (every sweep) or 'sweep:KIND' (aging, plain-aging, max_wait, noise); a name is "
-            "fcfs, clairvoyant, " + ", ".join(ALIASES) + " or PREDICTOR[@aging=A,max_wait=W,cap=C] with "
-            "PREDICTOR sjfsched, oracle, heuristic, lexical or noisySIGMA",
+            "fcfs, clairvoyant, " + ", ".join(ALIASES) + " or PREDICTOR[@aging=A,max_wait=W,cap=C,adapt=0|1,"
+            "warm=N] with PREDICTOR sjfsched, unseen, oracle, heuristic, lexical, lexical:PATH or noisySIGMA",
         )
         p.add_argument("--results", type=Path, default=None, help="also save the results as JSON here")
     else:

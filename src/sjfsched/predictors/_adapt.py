@@ -75,11 +75,6 @@ class ScoreCorrection:
         self.bias = 0.0
         self.observations = 0
 
-    @property
-    def active(self) -> bool:
-        """Whether anything was learnt (until then the correction is 0 and costs nothing)."""
-        return self.observations > 0
-
     def reset(self) -> None:
         """Forget everything learnt."""
         self.weights = None

@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LengthCalibration"]
+__all__ = ["LengthCalibration", "read_state", "write_state"]
 
 _STATE_KEYS = ("s0", "sx", "sy", "sxx", "sxy", "sr", "n")
 _MIN_SLOPE = 0.1
@@ -131,17 +131,18 @@ class LengthCalibration:
         self.n = int(values["n"])
         self._refit()
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the state as JSON (atomically: a temporary file, then a rename)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1), encoding="utf-8")
-        os.replace(tmp, path)
 
-    def load(self, path: str | os.PathLike[str]) -> None:
-        """Read a state written by :meth:`save`; raises ValueError if it is not one."""
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not JSON ({exc.msg})") from exc
-        self.load_dict(data, where=str(path))
+def write_state(path: str | os.PathLike[str], data: Any) -> None:
+    """Write a predictor's state as JSON, atomically (a temporary file beside it, then a rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_state(path: str | os.PathLike[str]) -> Any:
+    """Read a state written by :func:`write_state`; raises OSError, or ValueError if it is not JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc.msg})") from exc

@@ -231,17 +231,18 @@ def _table(
     return "\n".join(out)
 
 
+def _enough_pairs(tokens: npt.NDArray[Any]) -> bool:
+    """At least 5 short and 5 long answers: enough for a per-model ranking accuracy."""
+    return bool((tokens < SHORT_TOKENS).sum() >= 5 and (tokens >= LONG_TOKENS).sum() >= 5)
+
+
 def _measure(records: Sequence[LengthRecord], scores: npt.NDArray[np.float64]) -> tuple[float, float, float]:
     tokens = np.array([r.output_tokens for r in records])
     by_model: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(records):
         by_model[r.model].append(i)
-    per = []
-    if len(by_model) > 1:
-        for idx in by_model.values():
-            t = tokens[idx]
-            if (t < SHORT_TOKENS).sum() >= 5 and (t >= LONG_TOKENS).sum() >= 5:
-                per.append(ranking_accuracy(scores[idx], t))
+    groups = list(by_model.values()) if len(by_model) > 1 else []
+    per = [ranking_accuracy(scores[idx], tokens[idx]) for idx in groups if _enough_pairs(tokens[idx])]
     per_model = float(np.mean(per)) if per else float("nan")
     return ranking_accuracy(scores, tokens), per_model, kendall_tau(scores, tokens)
 
@@ -399,8 +400,8 @@ ADAPTATION_STEPS: tuple[int, ...] = (100, 300, 1000)
 
 
 def _ranking_cells(scores: npt.NDArray[np.float64], tokens: npt.NDArray[np.float64]) -> tuple[float, float]:
-    enough = (tokens < SHORT_TOKENS).sum() >= 5 and (tokens >= LONG_TOKENS).sum() >= 5
-    return (ranking_accuracy(scores, tokens) if enough else float("nan")), kendall_tau(scores, tokens)
+    accuracy = ranking_accuracy(scores, tokens) if _enough_pairs(tokens) else float("nan")
+    return accuracy, kendall_tau(scores, tokens)
 
 
 def adaptation_report(

@@ -22,7 +22,7 @@ from .._errors import PredictorError
 from .._records import Prediction, Request
 from ._adapt import ScoreCorrection
 from ._base import LONG_TOKENS
-from ._calibration import LengthCalibration
+from ._calibration import LengthCalibration, read_state, write_state
 from ._features import FEATURE_VERSION, SIGNALS, LexicalFeaturizer
 
 __all__ = ["LONG_TOKENS", "LexicalPredictor", "bundled_model_path", "open_session"]
@@ -436,9 +436,7 @@ class LexicalPredictor:
         data = self._calibration.to_dict()
         if self._correction is not None:
             data["correction"] = self._correction.to_dict()
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-        os.replace(tmp, target)
+        write_state(target, data)
 
     def load_calibration(self, path: str | os.PathLike[str]) -> None:
         """Replace the calibration (and correction) with one saved by :meth:`save_calibration`.
@@ -448,10 +446,7 @@ class LexicalPredictor:
         file if it cannot be read or does not fit this model.
         """
         try:
-            try:
-                data = json.loads(Path(path).read_text(encoding="utf-8"))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"not JSON ({exc.msg})") from exc
+            data = read_state(path)
             self._calibration.load_dict(data, where=str(path))
             if self._correction is not None:
                 saved = data.get("correction")
