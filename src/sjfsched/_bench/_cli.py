@@ -13,12 +13,19 @@ from typing import Any
 
 from .._scheduler import DEFAULT_AGING, DEFAULT_MAX_WAIT
 from .._version import __version__
-from ._policies import ALIASES, STANDARD_POLICIES, all_sweep_names, clairvoyant_predictor, sweep_names
+from ._policies import (
+    ALIASES,
+    STANDARD_POLICIES,
+    all_sweep_names,
+    clairvoyant_predictor,
+    policy_named,
+    sweep_names,
+)
 from ._profiles import PROFILES
 from ._report import policy_table, sweep_table, target_table
 from ._run import Result, Unit, load_results, run_units, save_results
 from ._sim import Scenario
-from ._traces import TRACES, default_data_dir, is_trace_name, load_trace
+from ._traces import TRACES, default_data_dir, is_file_trace, is_trace_name, load_trace
 
 __all__ = ["configure", "run"]
 
@@ -53,6 +60,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     traces = sub.add_parser("traces", help="list the traces and their length classes")
     traces.add_argument("--data", type=Path, default=None, help="the corpora directory (../shared/data)")
+    traces.add_argument(
+        "--traces",
+        default=",".join(TRACES),
+        help="comma-separated traces or trace files (default: every built-in trace)",
+    )
 
     ranking = sub.add_parser("ranking", help="how well each benchmark predictor ranks each trace")
     ranking.add_argument("--data", type=Path, default=None, help="the corpora directory (../shared/data)")
@@ -72,8 +84,10 @@ def _sim_options(p: argparse.ArgumentParser, *, matrix: bool = True) -> None:
     p.add_argument(
         "--traces",
         default=",".join(TRACES),
-        help="comma-separated trace names (see `bench traces`); NAME/fresh runs on half of NAME's "
-        "prompts, the other half being the history a warm=N policy learns from",
+        help="comma-separated trace names (see `bench traces`) or your own files, FILE.jsonl[.gz] "
+        "in the shared-data schema (what RequestLog writes), FILE.jsonl#MODEL for one answering "
+        "model's records; NAME/fresh runs on half of NAME's prompts, the other half being the "
+        "history a warm=N policy learns from",
     )
     p.add_argument(
         "--profiles", default=",".join(PROFILES), help="backend speed profiles: " + ", ".join(PROFILES)
@@ -140,13 +154,25 @@ def _split(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
-def _data_dir(args: argparse.Namespace) -> Path:
+def _data_dir(args: argparse.Namespace, traces: Sequence[str] = ()) -> Path:
+    """The corpora directory; only trace files (``traces``) need none."""
     data: Path | None = args.data if args.data is not None else default_data_dir()
     if data is None or not data.is_dir():
+        if traces and all(is_file_trace(t) for t in traces) and args.data is None:
+            return Path.cwd()
         raise SystemExit(
             "sjfsched bench: no corpora directory; pass --data (the ../shared/data of the repository)"
         )
     return data
+
+
+def _check_traces(traces: Sequence[str]) -> None:
+    for t in traces:
+        if not is_trace_name(t):
+            raise SystemExit(
+                f"sjfsched bench: unknown trace {t!r}; choose from {', '.join(TRACES)} "
+                "(each also as NAME/fresh) or give a .jsonl or .jsonl.gz file"
+            )
 
 
 def _meta(args: argparse.Namespace, data: Path) -> dict[str, Any]:
@@ -211,23 +237,46 @@ def _print_tables(results: Sequence[Result], policies: Sequence[str], out: Any =
 
 
 def _run_sim(args: argparse.Namespace) -> int:
-    data = _data_dir(args)
     traces, profiles = _split(args.traces), _split(args.profiles)
-    for t in traces:
-        if not is_trace_name(t):
-            raise SystemExit(
-                f"sjfsched bench: unknown trace {t!r}; choose from {', '.join(TRACES)} "
-                "(each also as NAME/fresh)"
-            )
+    _check_traces(traces)
+    data = _data_dir(args, traces)
     scenarios = [_scenario(s, args) for s in _split(args.scenarios)]
     policies = _policies(args.policies)
-    units = [Unit(t, p, s, pol) for t in traces for p in profiles for s in scenarios for pol in policies]
+    files = [t for t in traces if is_file_trace(t)]
+    try:
+        for t in files:  # a bad file fails before anything runs
+            load_trace(t, data)
+        unseen = {p for p in policies if policy_named(p).family == "unseen"}
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"sjfsched bench: {exc}") from None
+    units = [
+        Unit(t, p, s, pol)
+        for t in traces
+        for p in profiles
+        for s in scenarios
+        for pol in policies
+        if not (pol in unseen and t in files)
+    ]
+    if files and unseen:
+        if not units:
+            raise SystemExit(
+                f"sjfsched bench: nothing to run: the unseen predictor ({', '.join(sorted(unseen))}) "
+                "exists only for the built-in traces (the bundled recipe trained without the trace's "
+                "corpus); on your own files, "
+                "`sjfsched` is the bundled model, which was not trained on them"
+            )
+        print(
+            f"sjfsched bench: {', '.join(sorted(unseen))} left out on {', '.join(files)}: the unseen "
+            "predictor exists only for the built-in traces (on your own files, `sjfsched` is the "
+            "bundled model, which was not trained on them)",
+            file=sys.stderr,
+        )
     meta = _meta(args, data)
     try:
         results = run_units(
             units, data, seed=args.seed, jobs=args.jobs, progress=not args.no_progress, info=meta
         )
-    except ValueError as exc:
+    except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"sjfsched bench: {exc}") from None
     if args.results is not None:
         save_results(results, args.results, meta)
@@ -275,10 +324,17 @@ def _run_all(args: argparse.Namespace) -> int:
     from ._ranking import ranking_table
     from ._run import prepare_models
 
+    traces = _split(args.traces)
+    files = [t for t in traces if is_file_trace(t)]
+    if files or any(not is_trace_name(t) for t in traces):
+        raise SystemExit(
+            f"sjfsched bench all: built-in traces only ({', '.join(TRACES)}), because its tables "
+            "include the unseen predictor, trained without the trace's corpus; run `sjfsched bench sim` "
+            "on your own files"
+        )
     data = _data_dir(args)
     units = all_units(args)
     meta = _meta(args, data)
-    traces = _split(args.traces)
     with tempfile.TemporaryDirectory(prefix="sjfsched-bench-") as tmp:
         models = prepare_models(traces, data, tmp, progress=not args.no_progress)
         meta["ranking"] = ranking_table(models, data, traces=traces)
@@ -322,19 +378,24 @@ def _run_plots(args: argparse.Namespace) -> int:
 
 
 def _run_traces(args: argparse.Namespace) -> int:
-    data = _data_dir(args)
+    names = _split(args.traces)
+    _check_traces(names)
+    data = _data_dir(args, names)
+    try:
+        traces = [load_trace(name, data) for name in names]
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"sjfsched bench: {exc}") from None
     print(
         "| trace | prompts | short | medium | long | mean output tokens | mean prompt tokens "
         "| gpu mean s | cpu mean s |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    for name in TRACES:
-        trace = load_trace(name, data)
+    for trace in traces:
         shares = trace.class_shares()
         out = sum(i.output_tokens for i in trace.items) / len(trace)
         prompt = sum(i.prompt_tokens for i in trace.items) / len(trace)
         print(
-            f"| {name} | {len(trace)} | {shares['short']:.0%} | {shares['medium']:.0%} "
+            f"| {trace.name} | {len(trace)} | {shares['short']:.0%} | {shares['medium']:.0%} "
             f"| {shares['long']:.0%} "
             f"| {out:.0f} | {prompt:.0f} | {PROFILES['gpu'].mean_service_time(trace):.2f} "
             f"| {PROFILES['cpu'].mean_service_time(trace):.1f} |"

@@ -37,7 +37,16 @@ from ._policies import Policy, PolicyContext, policy_named
 from ._profiles import Profile
 from ._run import model_digests, pin_models
 from ._sim import BURST_STAGGER, PinnedModels, burst_arrivals, simulate
-from ._traces import LONG_TOKENS, SHORT_TOKENS, TRACES, TraceItem, default_data_dir, load_trace
+from ._traces import (
+    LONG_TOKENS,
+    SHORT_TOKENS,
+    TRACES,
+    TraceItem,
+    default_data_dir,
+    is_file_trace,
+    is_trace_name,
+    load_trace,
+)
 
 __all__ = ["TraceLengthBackend", "configure", "run"]
 
@@ -49,7 +58,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--data", type=Path, default=None, help="the corpora directory (default: ../shared/data)"
     )
     parser.add_argument(
-        "--trace", default="sharegpt", choices=list(TRACES), help="trace (default: %(default)s)"
+        "--trace",
+        default="sharegpt",
+        type=_trace_name,
+        help=f"trace: one of {', '.join(TRACES)} or a FILE.jsonl[.gz][#MODEL] (default: %(default)s)",
     )
     parser.add_argument("--requests", type=int, default=36, help="requests in the burst (default 36)")
     parser.add_argument(
@@ -99,11 +111,22 @@ class TraceLengthBackend:
         await self.inner.aclose()
 
 
+def _trace_name(name: str) -> str:
+    if not is_trace_name(name):
+        raise argparse.ArgumentTypeError(
+            f"unknown trace {name!r}; choose from {', '.join(TRACES)} or give a .jsonl or .jsonl.gz file"
+        )
+    return name
+
+
 def _sample(args: argparse.Namespace) -> list[TraceItem]:
     data = args.data if args.data is not None else default_data_dir()
-    if data is None:
+    if data is None and not is_file_trace(args.trace):
         raise SystemExit("sjfsched bench real: no corpora directory; pass --data")
-    trace = load_trace(args.trace, data)
+    try:
+        trace = load_trace(args.trace, data if data is not None else Path.cwd())
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"sjfsched bench real: {exc}") from None
     rng = random.Random(f"real/{args.seed}/{trace.name}")
     items = trace.sample(args.requests, rng)
     return [

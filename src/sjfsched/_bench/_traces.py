@@ -1,11 +1,14 @@
 """Traces: real prompts with the real answer lengths of one answering model.
 
-A trace is built from one corpus file of ``../shared/data`` (the schema is in
-that directory's README): every record whose ``model`` is the chosen
-answering model (and, for CASTILLO, whose ``source`` is in the chosen
-subsets).  Each item keeps the prompt text, the answer's length in tokens and
-the prompt's length in tokens (the model's own count where the corpus has it,
-else characters / 4).
+A built-in trace (:data:`TRACES`) is built from one corpus file of
+``../shared/data`` (the schema is in that directory's README): every record
+whose ``model`` is the chosen answering model (and, for CASTILLO, whose
+``source`` is in the chosen subsets).  A trace can also be your own file:
+``requests.jsonl`` or ``requests.jsonl.gz`` in the same schema (what
+:class:`sjfsched.RequestLog` writes), optionally ``requests.jsonl#MODEL`` to
+keep one answering model's records.  Each item keeps the prompt text, the
+answer's length in tokens and the prompt's length in tokens (the model's own
+count, ``input_tokens``, where the record has it, else characters / 4).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import attrs
 
 from .._records import Request
 from ..predictors._base import LONG_TOKENS, SHORT_TOKENS
-from ..predictors._corpus import is_test, prompt_id_of
+from ..predictors._corpus import is_test, iter_json_lines, parse_record, prompt_id_of
 
 __all__ = [
     "LONG_TOKENS",
@@ -32,6 +35,7 @@ __all__ = [
     "TraceItem",
     "TraceSpec",
     "default_data_dir",
+    "is_file_trace",
     "length_class",
     "load_trace",
 ]
@@ -192,8 +196,20 @@ def base_name(name: str) -> str:
     return name.removesuffix(FRESH)
 
 
+#: Separates a trace file's path from the answering model to keep: ``requests.jsonl#llama3.2:3b``.
+MODEL_SEPARATOR: Final = "#"
+_FILE_SUFFIXES: Final = (".jsonl", ".jsonl.gz")
+
+
+def is_file_trace(name: str) -> bool:
+    """Whether a trace name is a file (``PATH.jsonl[.gz][#MODEL][/fresh]``) rather than a built-in trace."""
+    path = base_name(name).partition(MODEL_SEPARATOR)[0]
+    return base_name(name) not in TRACES and path.endswith(_FILE_SUFFIXES)
+
+
 def is_trace_name(name: str) -> bool:
-    return base_name(name) in TRACES
+    """A built-in trace, a trace file, or either with ``/fresh``."""
+    return base_name(name) in TRACES or is_file_trace(name)
 
 
 def load_trace(spec: TraceSpec | str, data_dir: Path | str) -> Trace:
@@ -214,10 +230,14 @@ def load_trace(spec: TraceSpec | str, data_dir: Path | str) -> Trace:
             test = tuple(i for i in whole.items if is_test(prompt_id_of(i.prompt), 0.5, seed=0))
             history = tuple(i for i in whole.items if not is_test(prompt_id_of(i.prompt), 0.5, seed=0))
             return Trace(spec, test, whole.description + " (half of its prompts; the rest: history)", history)
+        if is_file_trace(spec):
+            return _load_file(spec)
         try:
             spec = TRACES[spec]
         except KeyError:
-            raise ValueError(f"unknown trace {spec!r}; choose from {', '.join(TRACES)}") from None
+            raise ValueError(
+                f"unknown trace {spec!r}; choose from {', '.join(TRACES)} or give a .jsonl/.jsonl.gz file"
+            ) from None
     path = Path(data_dir) / spec.file
     if not path.is_file():
         raise FileNotFoundError(f"trace {spec.name!r} needs {path}, which does not exist")
@@ -250,15 +270,62 @@ def _read(path: Path, model: str, sources: Sequence[str]) -> list[TraceItem]:
             if key in seen:
                 continue
             seen.add(key)
-            prompt_tokens = record.get("input_tokens")
-            if not isinstance(prompt_tokens, (int, float)) or prompt_tokens <= 0:
-                prompt_tokens = math.ceil(len(prompt) / 4)
-            items.append(
-                TraceItem(
-                    prompt=prompt,
-                    output_tokens=max(1, round(output)),
-                    prompt_tokens=max(1, round(prompt_tokens)),
-                    source=str(record.get("source", "")),
-                )
-            )
+            items.append(_item(record, prompt, output, str(record.get("source", ""))))
     return items
+
+
+def _item(record: dict[str, Any], prompt: str, output: float, source: str) -> TraceItem:
+    prompt_tokens = record.get("input_tokens")
+    if isinstance(prompt_tokens, bool) or not isinstance(prompt_tokens, (int, float)) or prompt_tokens <= 0:
+        prompt_tokens = math.ceil(len(prompt) / 4)
+    return TraceItem(
+        prompt=prompt,
+        output_tokens=max(1, round(output)),
+        prompt_tokens=max(1, round(prompt_tokens)),
+        source=source,
+    )
+
+
+def _load_file(name: str) -> Trace:
+    """A trace from a JSON-lines file of your own (see the module docstring).
+
+    Every line must be a record with a string ``prompt`` and a finite
+    ``output_tokens`` >= 0 (a :class:`ValueError` names the line otherwise);
+    records without ``model`` count as model ``"unknown"``.  As for the
+    built-in traces, a prompt answered more than once gives one item (its
+    first answer).  A file with answers of several models needs
+    ``#MODEL``: mixing them would mix deployments.
+    """
+    path_text, separator, model = name.partition(MODEL_SEPARATOR)
+    path = Path(path_text)
+    if not path.is_file():
+        raise FileNotFoundError(f"trace file {path} does not exist")
+    by_model: dict[str, list[TraceItem]] = {}
+    seen: set[tuple[str, str]] = set()
+    for line, raw in iter_json_lines(path):
+        record = parse_record(raw, path, line)
+        if not record.prompt.strip():
+            raise ValueError(f"{path}:{line}: 'prompt' is empty")
+        if separator and record.model != model:
+            by_model.setdefault(record.model, [])
+            continue
+        if (record.model, record.prompt_id) in seen:
+            continue
+        seen.add((record.model, record.prompt_id))
+        item = _item(raw, record.prompt, record.output_tokens, record.source)
+        by_model.setdefault(record.model, []).append(item)
+    models = sorted(by_model)
+    if not separator and len(models) > 1:
+        listed = ", ".join(repr(m) for m in models[:10]) + (", ..." if len(models) > 10 else "")
+        raise ValueError(
+            f"{path} has answers of {len(models)} models ({listed}); "
+            f"keep one with {path}{MODEL_SEPARATOR}MODEL"
+        )
+    items = by_model.get(model) if separator else by_model.get(models[0]) if models else None
+    if not items:
+        if separator:
+            listed = ", ".join(repr(m) for m in models[:10]) or "none"
+            raise ValueError(f"no record of {path} has model {model!r} (its models: {listed})")
+        raise ValueError(f"{path} has no records")
+    kept = model if separator else models[0]
+    return Trace(name, tuple(items), f"{path}: {len(items)} prompts answered by {kept}")

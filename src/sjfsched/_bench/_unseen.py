@@ -37,7 +37,14 @@ def train_unseen_models(traces: Iterable[str], data_dir: str | Path, out_dir: st
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, str] = {}
     for name in traces:
-        spec = TRACES[base_name(name)]
+        spec = TRACES.get(base_name(name))
+        if spec is None:
+            raise ValueError(
+                f"the unseen predictor exists only for the built-in traces ({', '.join(TRACES)}): it is "
+                f"the bundled recipe trained without the trace's corpus; for {name!r}, your own file, "
+                "`sjfsched` is the bundled model, which was not trained on it (unless it comes from "
+                "../shared/data)"
+            )
         if not spec.holdout:
             raise ValueError(f"trace {name!r} names no corpus to hold out of the unseen predictor")
         path = out / _model_name(spec)

@@ -32,6 +32,7 @@ __all__ = [
     "is_test",
     "iter_json_lines",
     "load_records",
+    "parse_record",
     "prompt_id_of",
 ]
 
@@ -95,7 +96,8 @@ def iter_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
                 raise ValueError(f"{path}:{i}: not JSON ({exc.msg})") from exc
 
 
-def _record(raw: Any, path: Path, line: int) -> LengthRecord:
+def parse_record(raw: Any, path: Path, line: int) -> LengthRecord:
+    """One line of a JSON-lines file as a record; a :class:`ValueError` names the file and line if bad."""
     where = f"{path}:{line}"
     if not isinstance(raw, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(raw).__name__}")
@@ -137,7 +139,7 @@ def load_records(paths: Iterable[str | Path]) -> list[LengthRecord]:
             raise FileNotFoundError(f"no such file or directory: {path}")
     records: list[LengthRecord] = []
     for path in files:
-        records.extend(_record(raw, path, i) for i, raw in iter_json_lines(path))
+        records.extend(parse_record(raw, path, i) for i, raw in iter_json_lines(path))
     return records
 
 

@@ -1,0 +1,153 @@
+"""`sjfsched bench` on a trace file of your own: a RequestLog of real scheduler runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from sjfsched import Request, RequestLog, Scheduler
+from sjfsched._bench._real import _sample
+from sjfsched._bench._run import load_results
+from sjfsched._bench._traces import is_file_trace, is_trace_name, load_trace
+from sjfsched._cli import main
+from sjfsched.backends import CallableBackend
+
+#: prompt kind -> answer length in tokens (one token per chunk of CallableBackend)
+LENGTHS = {"quick question": 40, "explain": 400, "write a long report": 1200}
+
+
+def _answer(request: Request) -> list[str]:
+    kind = next(k for k in LENGTHS if request.text.startswith(k))
+    return ["w "] * LENGTHS[kind]
+
+
+@pytest.fixture(scope="module")
+def log_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A log written by RequestLog from a real scheduler: 3 x 20 prompts, two answered twice."""
+    import anyio
+
+    path = tmp_path_factory.mktemp("logs") / "requests.jsonl"
+
+    async def serve() -> None:
+        with RequestLog(path, model="my-model") as log:
+            async with Scheduler(CallableBackend(_answer), on_complete=log) as sched:
+                for i in range(20):
+                    for kind in LENGTHS:
+                        await sched.complete(f"{kind} number {i} about topic {i * 7 % 11}")
+                await sched.complete("quick question number 0 about topic 0")  # asked again
+                await sched.complete("explain number 1 about topic 7")
+
+    anyio.run(serve)
+    return path
+
+
+def test_a_request_log_is_a_trace(log_file: Path) -> None:
+    assert is_file_trace(str(log_file)) and is_trace_name(f"{log_file}#my-model/fresh")
+    assert not is_file_trace("sharegpt") and not is_trace_name("requests.csv")
+    trace = load_trace(str(log_file), "/nonexistent")  # a file needs no corpora directory
+    assert len(trace) == 60  # one item per prompt: the repeated questions count once
+    assert sorted({i.output_tokens for i in trace.items}) == [40, 400, 1200]
+    assert trace.class_shares() == pytest.approx({"short": 1 / 3, "medium": 1 / 3, "long": 1 / 3})
+    assert all(i.source == "requestlog" and i.prompt_tokens >= 1 for i in trace.items)
+    assert len(load_trace(f"{log_file}#my-model", "/nonexistent")) == 60
+    fresh = load_trace(f"{log_file}/fresh", "/nonexistent")
+    assert len(fresh) + len(fresh.history) == 60 and fresh.items and fresh.history
+
+
+def test_bench_sim_runs_on_the_log(
+    log_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no ../shared/data from here: a trace file needs none
+    results = tmp_path / "r.json"
+    status = main(
+        [
+            "bench", "sim", "--traces", f"{log_file},{log_file}/fresh", "--profiles", "gpu",
+            "--scenarios", "burst30", "--repetitions", "4", "--policies", "fcfs,oracle,sjfsched,unseen",
+            "--results", str(results), "--no-progress",
+        ]
+    )  # fmt: skip
+    assert status == 0
+    captured = capsys.readouterr()
+    assert "unseen left out on" in captured.err
+    assert f"### {log_file}, gpu backend, burst30" in captured.out
+    loaded, _ = load_results(results)
+    assert {(r.unit.trace, r.unit.policy) for r in loaded} == {
+        (t, p) for t in (str(log_file), f"{log_file}/fresh") for p in ("fcfs", "oracle", "sjfsched")
+    }
+    by = {(r.unit.trace, r.unit.policy): r.summary for r in loaded}
+    for trace in (str(log_file), f"{log_file}/fresh"):
+        fcfs, oracle = by[(trace, "fcfs")], by[(trace, "oracle")]
+        assert fcfs.requests == oracle.requests == 120
+        # The log's lengths drive the simulation: knowing them puts the short answers first.
+        assert oracle.classes["short"].p50 < 0.5 * fcfs.classes["short"].p50
+        assert oracle.classes["long"].n == fcfs.classes["long"].n > 0
+
+    assert main(["bench", "traces", "--traces", f"{log_file}#my-model"]) == 0
+    assert f"| {log_file}#my-model | 60 | 33% | 33% | 33% | 547 |" in capsys.readouterr().out
+
+
+def test_a_warm_policy_learns_from_the_other_half_of_the_log(
+    log_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main(
+        [
+            "bench", "sim", "--traces", f"{log_file}/fresh", "--profiles", "gpu", "--scenarios",
+            "burst30", "--repetitions", "4", "--policies", "fcfs,sjfsched@adapt=0,sjfsched@warm=30",
+            "--no-progress",
+        ]
+    )  # fmt: skip
+    assert status == 0
+    assert "| sjfsched@warm=30 |" in capsys.readouterr().out
+
+
+def test_bench_real_samples_the_log(log_file: Path) -> None:
+    args = argparse.Namespace(data=None, trace=f"{log_file}#my-model", requests=9, seed=0, scale=0.5)
+    items = _sample(args)
+    assert len(items) == 9
+    assert {i.output_tokens for i in items} <= {20, 200, 600}  # the log's lengths, scaled
+
+
+def _write(path: Path, lines: list[object]) -> Path:
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+    return path
+
+
+M1 = {"prompt": "a", "output_tokens": 3, "model": "m1"}
+M2 = {"prompt": "b", "output_tokens": 9, "model": "m2"}
+
+
+@pytest.mark.parametrize(
+    ("lines", "suffix", "message"),
+    [
+        ([M1, M2], "", r"has answers of 2 models \('m1', 'm2'\); keep one with .*#MODEL"),
+        ([M1], "#m9", r"no record of .* has model 'm9' \(its models: 'm1'\)"),
+        ([M1, "{not json"], "", r"t\.jsonl:2: not JSON"),
+        ([{"prompt": "a", "output_tokens": -3}], "", r"t\.jsonl:1: 'output_tokens' must be >= 0"),
+        ([{"prompt": "a", "output_tokens": "many"}], "", r"t\.jsonl:1: 'output_tokens' must be a finite"),
+        ([{"output_tokens": 3}], "", r"t\.jsonl:1: 'prompt' must be a string"),
+        ([{"prompt": "  ", "output_tokens": 3}], "", r"t\.jsonl:1: 'prompt' is empty"),
+        ([], "", r"t\.jsonl has no records"),
+    ],
+)
+def test_a_bad_trace_file_fails_clearly(
+    tmp_path: Path, lines: list[object], suffix: str, message: str
+) -> None:
+    path = _write(tmp_path / "t.jsonl", lines)
+    with pytest.raises(SystemExit, match=message):
+        main(["bench", "sim", "--traces", f"{path}{suffix}", "--policies", "fcfs", "--no-progress"])
+
+
+def test_file_trace_errors_name_the_problem(log_file: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=r"trace file .*missing\.jsonl does not exist"):
+        main(["bench", "sim", "--traces", str(tmp_path / "missing.jsonl"), "--no-progress"])
+    with pytest.raises(SystemExit, match=r"nothing to run: the unseen predictor \(plain-unseen, unseen\)"):
+        main(["bench", "sim", "--traces", str(log_file), "--policies", "unseen,plain-unseen"])
+    with pytest.raises(SystemExit, match="built-in traces only"):
+        main(["bench", "all", "--traces", str(log_file), "--no-progress"])
+    with pytest.raises(SystemExit, match=r"or give a \.jsonl or \.jsonl\.gz file"):
+        main(["bench", "sim", "--traces", "requests.csv", "--no-progress"])
+    with pytest.raises(SystemExit):  # argparse: unknown trace for bench real
+        main(["bench", "real", "--trace", "requests.csv"])
