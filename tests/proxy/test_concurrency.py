@@ -79,6 +79,7 @@ async def test_200_concurrent_clients_all_answered_shortest_predicted_first(
     dispatched = [predicted[i] for i in order]
     assert dispatched == sorted(dispatched), "not served shortest-predicted first"
     assert len(set(dispatched)) > 1
+    await anyio.to_thread.run_sync(lambda: proxy.wait_until(lambda s: s.running == 0 and s.waiting == 0))
     stats = proxy.stats()
     assert (stats.completed, stats.cancelled, stats.failed, stats.waiting, stats.running) == (
         CLIENTS,

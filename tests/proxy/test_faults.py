@@ -139,6 +139,7 @@ def test_upstream_down_is_a_502_in_each_apis_shape(start_proxy: ProxyFactory) ->
         oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}])
     assert error.value.status_code == 502
 
+    proxy.wait_until(lambda s: s.running == 0 and s.waiting == 0)
     stats = proxy.stats()
     assert (stats.failed, stats.completed, stats.running) == (4, 0, 0)
     assert proxy.metrics()['sjfsched_upstream_errors_total{kind="connect"}'] == 5
@@ -203,6 +204,7 @@ def test_upstream_dying_mid_stream_ends_the_stream_with_an_error(
     assert whole.status_code == 502
     assert "broke off its answer" in whole.json()["error"]
 
+    ollama_proxy.wait_until(lambda s: s.running == 0 and s.waiting == 0)
     stats = ollama_proxy.stats()
     assert (stats.failed, stats.completed, stats.running) == (4, 0, 0)
     assert ollama_proxy.metrics()['sjfsched_upstream_errors_total{kind="midstream"}'] == 4
@@ -227,6 +229,7 @@ def test_upstream_errors_pass_through_and_count_as_failed(ollama_proxy: RunningP
     assert missing.status_code == 404 and missing.json() == {"error": "model 'nope' not found"}
     # A stream that ends without Ollama's final "done" line is passed on as it is, and counted failed.
     assert garbage.status_code == 200 and garbage.text.splitlines()[-1] == "this is not json {"
+    ollama_proxy.wait_until(lambda s: s.running == 0 and s.waiting == 0)
     stats = ollama_proxy.stats()
     assert (stats.failed, stats.completed) == (3, 0)
 

@@ -55,6 +55,8 @@ def test_ollama_client_generate_and_chat(ollama: OllamaServer, ollama_proxy: Run
     assert first_headers["user-agent"].startswith("ollama-python")
     assert first_headers["accept-encoding"] == "identity"  # so the proxy can read the answer
 
+    # A streamed answer's job ends just after its last line reaches the client.
+    ollama_proxy.wait_until(lambda s: s.running == 0 and s.waiting == 0)
     stats = ollama_proxy.stats()
     assert (stats.completed, stats.failed, stats.cancelled, stats.waiting, stats.running) == (4, 0, 0, 0, 0)
     metrics = ollama_proxy.metrics()
@@ -201,4 +203,5 @@ def test_concurrency_bounds_what_the_upstream_sees(start_proxy: ProxyFactory) ->
         responses = [f.result(60) for f in futures]
     assert [r.status_code for r in responses] == [200] * 8
     assert upstream.max_running == 2
+    proxy.wait_until(lambda s: s.running == 0 and s.waiting == 0)
     assert proxy.stats().completed == 8

@@ -576,12 +576,14 @@ class _Handler(BaseHTTPRequestHandler):
         )
         if not chat and not body.get("raw"):
             final["context"] = [int(t) for t in generation.prompt_tokens + generation.output]
+        # Recorded before the last write: a client that has read the answer may look at
+        # the record at once (a failed write makes it "client_gone" in _generate).
+        generation.record.outcome = "done"
         if stream:
             self._write_line(final)
             self._end_stream()
         else:
             self._send_json(200, final)
-        generation.record.outcome = "done"
 
     def _respond_openai(
         self,
@@ -616,8 +618,8 @@ class _Handler(BaseHTTPRequestHandler):
                 del choice["delta"]
             answer["object"] = "chat.completion" if chat else "text_completion"
             answer["usage"] = generation.usage()
+            generation.record.outcome = "done"  # before the write, as in _respond_ollama
             self._send_json(200, answer)
-            generation.record.outcome = "done"
             return
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
@@ -637,9 +639,9 @@ class _Handler(BaseHTTPRequestHandler):
             final["choices"] = []
             final["usage"] = generation.usage()
             self._write_chunk(b"data: " + json.dumps(final).encode() + b"\n\n")
+        generation.record.outcome = "done"  # before the last writes, as in _respond_ollama
         self._write_chunk(b"data: [DONE]\n\n")
         self._end_stream()
-        generation.record.outcome = "done"
 
     def _fault(self, fault: tuple[str, int, float], *, openai: bool) -> bool:
         """Misbehave as asked; True if the response is over."""
