@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Final
 
 from ._version import __version__
 
@@ -23,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("sjfsched._bench", "scheduling benchmarks on real traces in virtual time"),
     "serve": ("sjfsched.proxy._cli", "an Ollama/OpenAI-compatible SJF proxy in front of a server"),
 }
+#: The optional extra each command needs beyond the core dependencies.
+EXTRAS: Final = {"train": "train", "evaluate": "train", "bench": "bench", "serve": "proxy"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,7 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
-            parser.exit(2, f"sjfsched {name}: not available ({exc}); is its extra installed?\n")
+            extra = EXTRAS.get(name)
+            hint = f": pip install 'sjfsched[{extra}]'" if extra else ""
+            parser.exit(2, f"sjfsched {name}: not available ({exc}); it needs its extra{hint}\n")
         module.configure(command_parser)
         modules[name] = module
     args = parser.parse_args(args_list)

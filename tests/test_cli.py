@@ -1,0 +1,37 @@
+"""The ``sjfsched`` command line itself: help, and a command whose extra is missing."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import pytest
+
+from sjfsched import _cli
+from sjfsched._cli import main
+
+
+def test_without_a_command_it_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    out = capsys.readouterr().out
+    assert all(name in out for name in _cli.COMMANDS)
+
+
+@pytest.mark.parametrize(("command", "extra"), [("bench", "bench"), ("serve", "proxy"), ("train", "train")])
+def test_a_missing_extra_is_named(
+    command: str, extra: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real = importlib.import_module
+
+    def without_it(name: str, package: str | None = None) -> ModuleType:
+        if name == _cli.COMMANDS[command][0]:
+            raise ModuleNotFoundError("No module named 'something_optional'")
+        return real(name, package)
+
+    monkeypatch.setattr(importlib, "import_module", without_it)
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"sjfsched {command}: not available (No module named 'something_optional')" in err
+    assert f"pip install 'sjfsched[{extra}]'" in err
