@@ -143,7 +143,9 @@ def test_a_bad_trace_file_fails_clearly(
 def test_file_trace_errors_name_the_problem(log_file: Path, tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match=r"trace file .*missing\.jsonl does not exist"):
         main(["bench", "sim", "--traces", str(tmp_path / "missing.jsonl"), "--no-progress"])
-    with pytest.raises(SystemExit, match=r"nothing to run: the unseen predictor \(plain-unseen, unseen\)"):
+    with pytest.raises(
+        SystemExit, match=r"nothing to run \(plain-unseen, unseen\): the unseen predictor exists only"
+    ):
         main(["bench", "sim", "--traces", str(log_file), "--policies", "unseen,plain-unseen"])
     with pytest.raises(SystemExit, match="built-in traces only"):
         main(["bench", "all", "--traces", str(log_file), "--no-progress"])

@@ -22,10 +22,19 @@ from ._policies import (
     sweep_names,
 )
 from ._profiles import PROFILES
+from ._ranking import DEFAULT_RANKING_PREDICTORS
 from ._report import policy_table, sweep_table, target_table
-from ._run import Result, Unit, load_results, run_units, save_results
+from ._run import Result, Unit, cached_trace, load_results, run_units, save_results
 from ._sim import Scenario
-from ._traces import TRACES, default_data_dir, is_file_trace, is_trace_name, load_trace
+from ._traces import (
+    TRACES,
+    UNSEEN_BUILT_IN_ONLY,
+    default_data_dir,
+    is_file_trace,
+    is_trace_name,
+    load_trace,
+    unknown_trace,
+)
 
 __all__ = ["configure", "run"]
 
@@ -70,7 +79,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     ranking.add_argument("--data", type=Path, default=None, help="the corpora directory (../shared/data)")
     ranking.add_argument(
         "--predictors",
-        default="sjfsched,unseen,clairvoyant,heuristic,noisy1,noisy2",
+        default=",".join(DEFAULT_RANKING_PREDICTORS),
         help="comma-separated predictor names (default: %(default)s)",
     )
 
@@ -169,10 +178,7 @@ def _data_dir(args: argparse.Namespace, traces: Sequence[str] = ()) -> Path:
 def _check_traces(traces: Sequence[str]) -> None:
     for t in traces:
         if not is_trace_name(t):
-            raise SystemExit(
-                f"sjfsched bench: unknown trace {t!r}; choose from {', '.join(TRACES)} "
-                "(each also as NAME/fresh) or give a .jsonl or .jsonl.gz file"
-            )
+            raise SystemExit(f"sjfsched bench: {unknown_trace(t)}")
 
 
 def _meta(args: argparse.Namespace, data: Path) -> dict[str, Any]:
@@ -244,8 +250,8 @@ def _run_sim(args: argparse.Namespace) -> int:
     policies = _policies(args.policies)
     files = [t for t in traces if is_file_trace(t)]
     try:
-        for t in files:  # a bad file fails before anything runs
-            load_trace(t, data)
+        for t in files:  # a bad file fails before anything runs (and is read once here)
+            cached_trace(str(data), t)
         unseen = {p for p in policies if policy_named(p).family == "unseen"}
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"sjfsched bench: {exc}") from None
@@ -260,15 +266,11 @@ def _run_sim(args: argparse.Namespace) -> int:
     if files and unseen:
         if not units:
             raise SystemExit(
-                f"sjfsched bench: nothing to run: the unseen predictor ({', '.join(sorted(unseen))}) "
-                "exists only for the built-in traces (the bundled recipe trained without the trace's "
-                "corpus); on your own files, "
-                "`sjfsched` is the bundled model, which was not trained on them"
+                f"sjfsched bench: nothing to run ({', '.join(sorted(unseen))}): {UNSEEN_BUILT_IN_ONLY}"
             )
         print(
-            f"sjfsched bench: {', '.join(sorted(unseen))} left out on {', '.join(files)}: the unseen "
-            "predictor exists only for the built-in traces (on your own files, `sjfsched` is the "
-            "bundled model, which was not trained on them)",
+            f"sjfsched bench: {', '.join(sorted(unseen))} left out on {', '.join(files)}: "
+            f"{UNSEEN_BUILT_IN_ONLY}",
             file=sys.stderr,
         )
     meta = _meta(args, data)
@@ -329,8 +331,8 @@ def _run_all(args: argparse.Namespace) -> int:
     if files or any(not is_trace_name(t) for t in traces):
         raise SystemExit(
             f"sjfsched bench all: built-in traces only ({', '.join(TRACES)}), because its tables "
-            "include the unseen predictor, trained without the trace's corpus; run `sjfsched bench sim` "
-            "on your own files"
+            f"include the unseen predictor ({UNSEEN_BUILT_IN_ONLY}); run `sjfsched bench sim` on your "
+            "own files"
         )
     data = _data_dir(args)
     units = all_units(args)

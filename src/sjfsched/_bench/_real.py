@@ -46,6 +46,7 @@ from ._traces import (
     is_file_trace,
     is_trace_name,
     load_trace,
+    unknown_trace,
 )
 
 __all__ = ["TraceLengthBackend", "configure", "run"]
@@ -113,9 +114,7 @@ class TraceLengthBackend:
 
 def _trace_name(name: str) -> str:
     if not is_trace_name(name):
-        raise argparse.ArgumentTypeError(
-            f"unknown trace {name!r}; choose from {', '.join(TRACES)} or give a .jsonl or .jsonl.gz file"
-        )
+        raise argparse.ArgumentTypeError(unknown_trace(name))
     return name
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "QUANTILE_LEVELS",
     "Result",
     "Unit",
+    "cached_trace",
     "load_results",
     "model_digest",
     "model_digests",
@@ -69,7 +70,8 @@ class Result:
 
 
 @functools.lru_cache(maxsize=16)
-def _trace(data_dir: str, name: str) -> Trace:
+def cached_trace(data_dir: str, name: str) -> Trace:
+    """:func:`load_trace`, read once per process."""
     return load_trace(name, data_dir)
 
 
@@ -81,7 +83,7 @@ def run_unit(
     models: PinnedModels | None = None,
 ) -> Result:
     """Run one unit and summarise it."""
-    trace = _trace(data_dir, unit.trace)
+    trace = cached_trace(data_dir, unit.trace)
     policy = policy_named(unit.policy)
     t0 = time.process_time()
     outcome = run_scenario(

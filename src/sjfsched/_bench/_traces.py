@@ -13,8 +13,6 @@ count, ``input_tokens``, where the record has it, else characters / 4).
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
 import random
 from collections.abc import Sequence
@@ -35,9 +33,11 @@ __all__ = [
     "TraceItem",
     "TraceSpec",
     "default_data_dir",
+    "UNSEEN_BUILT_IN_ONLY",
     "is_file_trace",
     "length_class",
     "load_trace",
+    "unknown_trace",
 ]
 
 
@@ -212,6 +212,22 @@ def is_trace_name(name: str) -> bool:
     return base_name(name) in TRACES or is_file_trace(name)
 
 
+def unknown_trace(name: str) -> str:
+    """The message for a name that is no trace (see :func:`is_trace_name`)."""
+    return (
+        f"unknown trace {name!r}; choose from {', '.join(TRACES)} (each also as NAME/fresh) "
+        "or give a .jsonl or .jsonl.gz file"
+    )
+
+
+#: Why the ``unseen`` policies do not run on trace files.
+UNSEEN_BUILT_IN_ONLY: Final = (
+    "the unseen predictor exists only for the built-in traces: it is the bundled recipe trained "
+    "without the trace's corpus; on your own files, `sjfsched` is the bundled model, which was not "
+    "trained on them (unless they come from ../shared/data)"
+)
+
+
 def load_trace(spec: TraceSpec | str, data_dir: Path | str) -> Trace:
     """Read a trace's records from ``data_dir``.
 
@@ -232,12 +248,9 @@ def load_trace(spec: TraceSpec | str, data_dir: Path | str) -> Trace:
             return Trace(spec, test, whole.description + " (half of its prompts; the rest: history)", history)
         if is_file_trace(spec):
             return _load_file(spec)
-        try:
-            spec = TRACES[spec]
-        except KeyError:
-            raise ValueError(
-                f"unknown trace {spec!r}; choose from {', '.join(TRACES)} or give a .jsonl/.jsonl.gz file"
-            ) from None
+        if spec not in TRACES:
+            raise ValueError(unknown_trace(spec))
+        spec = TRACES[spec]
     path = Path(data_dir) / spec.file
     if not path.is_file():
         raise FileNotFoundError(f"trace {spec.name!r} needs {path}, which does not exist")
@@ -251,26 +264,21 @@ def _read(path: Path, model: str, sources: Sequence[str]) -> list[TraceItem]:
     keep = set(sources)
     items: list[TraceItem] = []
     seen: set[str] = set()
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{line_no}: not JSON ({exc})") from None
-            if record.get("model") != model or (keep and record.get("source") not in keep):
-                continue
-            prompt = record.get("prompt")
-            output = record.get("output_tokens")
-            if not isinstance(prompt, str) or not prompt.strip() or not isinstance(output, (int, float)):
-                continue
-            # One item per prompt: a trace is one deployment answering each prompt once.
-            key = record.get("prompt_id") or prompt
-            if key in seen:
-                continue
-            seen.add(key)
-            items.append(_item(record, prompt, output, str(record.get("source", ""))))
+    for _, record in iter_json_lines(path):
+        if not isinstance(record, dict):
+            continue
+        if record.get("model") != model or (keep and record.get("source") not in keep):
+            continue
+        prompt = record.get("prompt")
+        output = record.get("output_tokens")
+        if not isinstance(prompt, str) or not prompt.strip() or not isinstance(output, (int, float)):
+            continue
+        # One item per prompt: a trace is one deployment answering each prompt once.
+        key = record.get("prompt_id") or prompt
+        if key in seen:
+            continue
+        seen.add(key)
+        items.append(_item(record, prompt, output, str(record.get("source", ""))))
     return items
 
 

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from ._traces import TRACES, TraceSpec, base_name
+from ._traces import TRACES, UNSEEN_BUILT_IN_ONLY, TraceSpec, base_name
 
 __all__ = ["train_unseen_models"]
 
@@ -39,12 +39,7 @@ def train_unseen_models(traces: Iterable[str], data_dir: str | Path, out_dir: st
     for name in traces:
         spec = TRACES.get(base_name(name))
         if spec is None:
-            raise ValueError(
-                f"the unseen predictor exists only for the built-in traces ({', '.join(TRACES)}): it is "
-                f"the bundled recipe trained without the trace's corpus; for {name!r}, your own file, "
-                "`sjfsched` is the bundled model, which was not trained on it (unless it comes from "
-                "../shared/data)"
-            )
+            raise ValueError(f"{name!r}: {UNSEEN_BUILT_IN_ONLY}")
         if not spec.holdout:
             raise ValueError(f"trace {name!r} names no corpus to hold out of the unseen predictor")
         path = out / _model_name(spec)
