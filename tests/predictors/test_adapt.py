@@ -12,7 +12,7 @@ import pytest
 
 from sjfsched import Prediction, PredictorError, Request
 from sjfsched.predictors import LexicalPredictor
-from sjfsched.predictors._adapt import ScoreCorrection
+from sjfsched.predictors._adapt import ScoreCorrection, TargetMap
 from sjfsched.predictors._corpus import is_test, load_records
 from sjfsched.predictors._evaluate import kendall_tau, ranking_accuracy
 
@@ -117,7 +117,7 @@ def test_correction_arguments_and_bad_observations() -> None:
             ScoreCorrection(10, **kwargs)
     with pytest.raises(ValueError, match="size"):
         ScoreCorrection(0)
-    correction = ScoreCorrection(10, (100.0, 1000.0))
+    correction = ScoreCorrection(10, TargetMap.clipped(100.0, 1000.0))
     ids, values = np.array([1, 2, 2], np.int32), np.ones(3, np.float32)
     for base, tokens in ((math.nan, 10), (1.0, math.inf), (1.0, -5)):
         correction.learn(ids, values, base, tokens)

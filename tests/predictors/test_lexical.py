@@ -269,6 +269,33 @@ def test_model_whose_table_does_not_fit_its_vocabulary(tmp_path: Path) -> None:
         LexicalPredictor(path)
 
 
+def test_malformed_target_map(tmp_path: Path) -> None:
+    for name, raw in (
+        ("notjson.onnx", "{"),
+        ("nokeys.onnx", '{"xs": [1, 2]}'),
+        ("decreasing.onnx", '{"log_tokens": [5, 4], "score": [1, 2]}'),
+    ):
+        path = _edited(tmp_path, name, **{"sjfsched.target_map": raw})
+        with pytest.raises(PredictorError, match=rf"{name.replace('.', '[.]')}: model's sjfsched.target_map"):
+            LexicalPredictor(path)
+
+
+def test_model_without_target_map_reads_its_clip_range(tmp_path: Path) -> None:
+    """A model written before sjfsched.target_map existed states only its clip range, in words."""
+    model = onnx.load(str(bundled_model_path()))
+    meta = {p.key: p.value for p in model.metadata_props if p.key != "sjfsched.target_map"}
+    meta["sjfsched.target"] = "mean over answering models of log(1 + output_tokens clipped to [154, 1652])"
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, meta)
+    path = tmp_path / "older.onnx"
+    onnx.save(model, str(path))
+    correction = LexicalPredictor(path).correction
+    assert correction is not None and correction.target_map is not None
+    assert correction.target(3) == pytest.approx(math.log1p(154))
+    assert correction.target(10**5) == pytest.approx(math.log1p(1652))
+    assert correction.target(500) == pytest.approx(math.log1p(500))
+
+
 def test_foreign_onnx_model(tmp_path: Path) -> None:
     from onnx import TensorProto, helper
 

@@ -8,6 +8,7 @@ import math
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sjfsched import PredictorError, Request
@@ -224,10 +225,60 @@ def test_target_clips_answer_lengths() -> None:
     assert prompt_targets(records)[1][0] == pytest.approx((math.log1p(3) + math.log1p(150)) / 2)
     with pytest.raises(ValueError, match="target_range"):
         prompt_targets(records, (10.0, 5.0))
-    fit = fit_lexical(records, target_percentiles=(50.0, 100.0))
-    assert fit.target_range == (150.0, 5000.0)
+    fit = fit_lexical(records, target="log", target_percentiles=(50.0, 100.0))
+    assert fit.target_tokens == pytest.approx((150.0, 5000.0))
+    assert fit.target_map is not None and fit.target_map(3.0) == pytest.approx(math.log1p(150))
     with pytest.raises(ValueError, match="target_percentiles"):
-        fit_lexical(records, target_percentiles=(50.0, 120.0))
+        fit_lexical(records, target="log", target_percentiles=(50.0, 120.0))
+    with pytest.raises(ValueError, match="target must be one of"):
+        fit_lexical(records, target="linear")
+
+
+def test_rank_target_follows_the_answers_ranks() -> None:
+    """The default target: each answer's rank as a normal score, on the log-length scale."""
+    from sjfsched.predictors._train import RANK_TAIL, answer_targets
+
+    rng = np.random.default_rng(0)
+    tokens = np.round(np.exp(rng.normal(5.5, 1.2, 5000)))
+    values, target_map = answer_targets(tokens, "rank")
+    assert target_map is not None
+    # the target orders answers as their lengths do, ties alike
+    order = np.argsort(tokens, kind="stable")
+    assert np.all(np.diff(values[order]) >= 0)
+    # on the log scale: about the same mean and spread as log(1 + tokens) for log-normal lengths
+    assert values.mean() == pytest.approx(np.log1p(tokens).mean(), abs=1e-9)
+    assert values.std() == pytest.approx(np.log1p(tokens).std(), rel=0.05)
+    # the map makes the same target from a length, and is flat beyond the tails
+    mapped = np.array([target_map(t) for t in tokens])
+    assert np.max(np.abs(mapped - values)) < 0.15
+    low, high = np.quantile(tokens, [RANK_TAIL, 1 - RANK_TAIL])
+    assert target_map(0) == target_map(low / 2) and target_map(10 * high) == target_map(high * 2)
+    # one length for every answer: a flat map
+    flat, flat_map = answer_targets(np.full(10, 42.0), "rank")
+    assert flat_map is not None and flat_map(1) == flat_map(10**6) == pytest.approx(math.log1p(42))
+    assert flat == pytest.approx(np.full(10, math.log1p(42)))
+    with pytest.raises(ValueError, match="at least one answer"):
+        answer_targets(np.zeros(0, np.float64), "rank")
+
+
+def test_trained_model_carries_its_target_map(log: Path, tmp_path: Path) -> None:
+    """What `sjfsched train` fit the model to is what its adaptation learns towards."""
+    from sjfsched.predictors._corpus import load_records
+    from sjfsched.predictors._train import fit_lexical
+
+    out = tmp_path / "mine.onnx"
+    assert main(["train", str(log), "--out", str(out), "--fit-all"]) == 0
+    fit = fit_lexical(load_records([log]))
+    correction = LexicalPredictor(out).correction
+    assert correction is not None and correction.target_map == fit.target_map
+    assert "normal score of each answer's rank" in out.with_suffix(".md").read_text()
+    logged = tmp_path / "log.onnx"
+    assert main(["train", str(log), "--out", str(logged), "--target", "log", "--fit-all"]) == 0
+    assert "--target log" in logged.with_suffix(".md").read_text()
+    correction = LexicalPredictor(logged).correction
+    tokens = [r.output_tokens for r in load_records([log])]
+    assert correction is not None and correction.target_map is not None
+    assert correction.target(0) == pytest.approx(math.log1p(np.percentile(tokens, 10)))
 
 
 def test_evaluate_calibration_report(log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

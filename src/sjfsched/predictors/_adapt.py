@@ -6,8 +6,8 @@ support bot with its own templates).  A :class:`ScoreCorrection` is a second,
 sparse linear model over the same features, added to the model's score and
 learnt online from the deployment's completed requests: after each one it
 takes a normalised least-mean-squares step (NLMS) towards the residual of
-the real length (clipped to the training target's range, as the model was
-fit) over the model's score, and replays a few earlier completions from a
+the real length (mapped to the model's score scale as its training target
+was, see :class:`TargetMap`) over the model's score, and replays a few earlier completions from a
 small buffer so that what it learns does not hinge on the order of arrival.
 
 Cost (``benchmarks/predictor.py``): ``observe()`` with adaptation about
@@ -21,15 +21,24 @@ buffer.
 from __future__ import annotations
 
 import base64
+import bisect
 import math
 import random
 from collections import deque
+from collections.abc import Sequence
+from itertools import pairwise
 from typing import Any, Final
 
+import attrs
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["ScoreCorrection"]
+__all__ = ["ScoreCorrection", "TargetMap"]
+
+
+def _floats(values: Sequence[float]) -> tuple[float, ...]:
+    return tuple(float(v) for v in values)
+
 
 #: NLMS step size, replays per observation, replay buffer length: chosen on
 #: the shared corpora (see docs/predictor.md, "Adapting to your traffic").
@@ -38,18 +47,62 @@ REPLAYS: Final = 3
 BUFFER: Final = 512
 
 
+@attrs.frozen
+class TargetMap:
+    """How a model's training target was made from an answer's length, on its score scale.
+
+    A piecewise-linear, non-decreasing function from ``log(1 + tokens)`` to
+    the score, flat beyond its first and last knots: ``xs`` (strictly
+    increasing) and ``ys`` (non-decreasing).  A target clipped to ``[low,
+    high]`` tokens is the identity between ``log1p(low)`` and
+    ``log1p(high)``; a rank target (``sjfsched train``'s default) follows the
+    training answers' quantiles.
+    """
+
+    xs: tuple[float, ...] = attrs.field(converter=_floats)
+    ys: tuple[float, ...] = attrs.field(converter=_floats)
+
+    def __attrs_post_init__(self) -> None:
+        xs, ys = self.xs, self.ys
+        if len(xs) != len(ys) or not xs:
+            raise ValueError(f"a target map needs as many xs as ys, at least one: got {len(xs)}, {len(ys)}")
+        if not all(math.isfinite(v) for v in (*xs, *ys)):
+            raise ValueError("a target map's knots must be finite")
+        if any(b <= a for a, b in pairwise(xs)) or any(b < a for a, b in pairwise(ys)):
+            raise ValueError("a target map's xs must increase and its ys must not decrease")
+
+    @classmethod
+    def clipped(cls, low: float, high: float) -> TargetMap:
+        """``log(1 + tokens)`` with tokens clipped to ``[low, high]``."""
+        if not 0 <= low < high or not math.isfinite(high):
+            raise ValueError(f"a clip range needs 0 <= low < high, got ({low!r}, {high!r})")
+        xs = (math.log1p(low), math.log1p(high))
+        return cls(xs, xs)
+
+    def __call__(self, output_tokens: float) -> float:
+        x = math.log1p(output_tokens)
+        xs, ys = self.xs, self.ys
+        i = bisect.bisect_right(xs, x)
+        if i == 0:
+            return ys[0]
+        if i == len(xs):
+            return ys[-1]
+        x0, x1 = xs[i - 1], xs[i]
+        return ys[i - 1] + (ys[i] - ys[i - 1]) * (x - x0) / (x1 - x0)
+
+
 class ScoreCorrection:
     """A sparse linear correction to a model's score, learnt one completion at a time.
 
     ``size``: rows of the model's weight table (feature ids index it);
-    ``target_range``: the (low, high) token range the model's target was
-    clipped to in training (``None``: not clipped).
+    ``target_map``: how the model's training target was made from an
+    answer's length (``None``: plain ``log(1 + tokens)``).
     """
 
     def __init__(
         self,
         size: int,
-        target_range: tuple[float, float] | None = None,
+        target_map: TargetMap | None = None,
         *,
         step: float = STEP,
         replays: int = REPLAYS,
@@ -63,7 +116,7 @@ class ScoreCorrection:
         if replays < 0 or buffer < 1:
             raise ValueError(f"replays must be >= 0 and buffer >= 1, got {replays!r}, {buffer!r}")
         self.size = size
-        self.target_range = target_range
+        self.target_map = target_map
         self.step = float(step)
         self.replays = int(replays)
         self._buffer: deque[tuple[npt.NDArray[np.int32], npt.NDArray[np.float32], float]] = deque(
@@ -95,10 +148,9 @@ class ScoreCorrection:
         return self.weights.take(ids)
 
     def target(self, output_tokens: float) -> float:
-        """``log(1 + tokens)``, clipped as the model's training target was."""
-        if self.target_range is not None:
-            low, high = self.target_range
-            output_tokens = min(max(output_tokens, low), high)
+        """The answer's length on the model's score scale, as its training target was made."""
+        if self.target_map is not None:
+            return self.target_map(output_tokens)
         return math.log1p(output_tokens)
 
     def learn(

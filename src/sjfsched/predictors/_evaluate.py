@@ -193,10 +193,12 @@ METHODS: dict[str, Method] = {
     "lexical": _lexical_with(),
 }
 #: Methods --methods accepts besides the default ones: variants for comparison
-#: (the target of round 1, lengths not clipped; and a floor at the 20th percentile).
+#: (earlier targets: log length clipped to the 10th-99th percentiles, not
+#: clipped, or with a floor at the 20th percentile).
 VARIANTS: dict[str, Method] = {
-    "lexical-unclipped": _lexical_with(target_percentiles=None),
-    "lexical-p20": _lexical_with(target_percentiles=(20.0, 99.0)),
+    "lexical-log": _lexical_with(target="log"),
+    "lexical-unclipped": _lexical_with(target="log", target_percentiles=None),
+    "lexical-p20": _lexical_with(target="log", target_percentiles=(20.0, 99.0)),
 }
 ALL_METHODS: dict[str, Method] = {**METHODS, **VARIANTS}
 

@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from .._errors import PredictorError
 from .._records import Prediction, Request
-from ._adapt import ScoreCorrection
+from ._adapt import ScoreCorrection, TargetMap
 from ._base import LONG_TOKENS
 from ._calibration import LengthCalibration, read_state, write_state
 from ._features import FEATURE_VERSION, SIGNALS, LexicalFeaturizer
@@ -88,8 +88,8 @@ class _Model:
     spread: float
     sigma: float
     metadata: Mapping[str, str]
-    #: the token range the training target was clipped to (None: not clipped)
-    target_range: tuple[float, float] | None = None
+    #: how the training target was made from an answer's length (None: log(1 + tokens))
+    target_map: TargetMap | None = None
 
 
 #: Loaded models by (path, mtime, size): schedulers built with the default
@@ -99,13 +99,24 @@ _CACHE_LOCK = threading.Lock()
 _TARGET_RANGE: Final = re.compile(r"clipped to \[([0-9.eE+-]+), ([0-9.eE+-]+)\]")
 
 
-def _target_range(meta: Mapping[str, str]) -> tuple[float, float] | None:
-    """The clipping range written into ``sjfsched.target`` by ``sjfsched train``, if any."""
+def _target_map(meta: Mapping[str, str], path: Path) -> TargetMap | None:
+    """How the training target was made: ``sjfsched.target_map``, or the clip range of ``sjfsched.target``.
+
+    Models written before ``sjfsched.target_map`` existed say only their clip
+    range, in words.
+    """
+    raw = meta.get("sjfsched.target_map")
+    if raw is not None:
+        try:
+            data = json.loads(raw)
+            return TargetMap(data["log_tokens"], data["score"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PredictorError(f"{path}: model's sjfsched.target_map is malformed ({exc})") from exc
     found = _TARGET_RANGE.search(meta.get("sjfsched.target", ""))
     if found is None:
         return None
     low, high = float(found[1]), float(found[2])
-    return (low, high) if 0 <= low < high and math.isfinite(high) else None
+    return TargetMap.clipped(low, high) if 0 <= low < high and math.isfinite(high) else None
 
 
 def _load(path: Path) -> _Model:
@@ -178,7 +189,7 @@ def _read(path: Path) -> _Model:
         spread,
         sigma,
         dict(meta),
-        _target_range(meta),
+        _target_map(meta, path),
     )
 
 
@@ -270,7 +281,7 @@ class LexicalPredictor:
         self._calibrate = calibrate
         # Learnt only when observe() runs, that is with calibrate too.
         self._correction = (
-            ScoreCorrection(model.features.table_size, model.target_range) if calibrate and adapt else None
+            ScoreCorrection(model.features.table_size, model.target_map) if calibrate and adapt else None
         )
         # predict() remembers raw scores for observe() only without adaptation:
         # with it, observe() needs the prompt's features and encodes it afresh.

@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .._version import __version__
+from ._adapt import TargetMap
 from ._base import LONG_TOKENS, SHORT_TOKENS
 from ._clairvoyant import CLAIRVOYANT_FEATURES, clairvoyant_features
 from ._corpus import LengthRecord, group_by_prompt, is_test, iter_json_lines, load_records, prompt_id_of
@@ -56,8 +57,17 @@ __all__ = [
     "split_records",
 ]
 
-#: Answer lengths are clipped to these percentiles of the training answers
-#: before the lexical model's target is taken (see :func:`prompt_targets`).
+#: The lexical model's target: ``"rank"`` (each answer's rank among the
+#: training answers, as a normal score, see :func:`answer_targets`) or
+#: ``"log"`` (``log(1 + tokens)`` clipped to :data:`TARGET_PERCENTILES`).
+TARGET = "rank"
+TARGETS = ("rank", "log")
+#: The rank target keeps each answer's quantile within this far of 0 and 1.
+RANK_TAIL = 0.005
+#: Knots of the rank target's map from log length to score (see ``TargetMap``).
+RANK_KNOTS = 65
+#: With ``target="log"``, answer lengths are clipped to these percentiles of
+#: the training answers before the target is taken (see :func:`prompt_targets`).
 TARGET_PERCENTILES = (10.0, 99.0)
 #: Word pairs the lexical model's vocabulary keeps at most.
 MAX_BIGRAMS = 0
@@ -130,27 +140,90 @@ def split_records(
     return train, test
 
 
-def prompt_targets(
-    records: Sequence[LengthRecord], target_range: tuple[float, float] | None = None
-) -> tuple[list[str], npt.NDArray[np.float64]]:
-    """Unique prompts and their target: the mean over answers of ``log(1 + tokens)``.
+def answer_targets(
+    tokens: npt.NDArray[np.float64],
+    target: str = TARGET,
+    target_percentiles: tuple[float, float] | None = TARGET_PERCENTILES,
+) -> tuple[npt.NDArray[np.float64], TargetMap | None]:
+    """Each answer's training target, and the map that makes it from a length.
 
-    Each prompt counts once, however many models answered it.  With
-    ``target_range=(low, high)`` each answer's length is first clipped to
-    that range: a scheduler needs the short answers told from the long ones,
-    and whether a short answer has 5 or 150 tokens (or a long one 3,000 or
-    8,000) is noise to that, which a squared loss would otherwise weigh
-    heavily.
+    ``"rank"``: the answer's quantile among these answers (mid-rank, kept
+    within :data:`RANK_TAIL` of 0 and 1) as a standard normal score, then put
+    on the ``log(1 + tokens)`` scale by the least-squares line between the
+    two (so calibration and the scheduler see log tokens, as with ``"log"``).
+    It needs no clip range: the tails count as much as their rank, whether a
+    short answer has 5 tokens or 150, a long one 3,000 or 8,000.
+
+    ``"log"``: ``log(1 + tokens)``, with ``target_percentiles=(low, high)``
+    each length first clipped to those percentiles of these answers
+    (``None``: not clipped).
+    """
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    if not len(tokens):
+        raise ValueError("need at least one answer to make training targets")
+    logs = np.log1p(tokens)
+    if target == "log":
+        if target_percentiles is None:
+            return logs, None
+        low, high = target_percentiles
+        if not 0 <= low < high <= 100:
+            raise ValueError(
+                f"target_percentiles must be within 0 <= low < high <= 100, got {target_percentiles}"
+            )
+        bounds = np.percentile(tokens, [low, high])
+        lo, hi = float(bounds[0]), float(max(bounds[1], bounds[0] + 1.0))
+        return np.log1p(np.clip(tokens, lo, hi)), TargetMap.clipped(lo, hi)
+    from scipy.special import ndtri  # type: ignore[import-untyped]
+
+    ordered = np.sort(tokens)
+    n = len(ordered)
+    below, upto = np.searchsorted(ordered, tokens, "left"), np.searchsorted(ordered, tokens, "right")
+    quantile = (below + upto) / (2 * n)
+    z = ndtri(np.clip(quantile, RANK_TAIL, 1 - RANK_TAIL))
+    slope = float(np.cov(z, logs, bias=True)[0, 1] / np.var(z)) if np.var(z) > 0 else 0.0
+    slope = max(slope, 1e-3)
+    offset = float(logs.mean() - slope * z.mean())
+    knots = np.linspace(RANK_TAIL, 1 - RANK_TAIL, RANK_KNOTS)
+    xs = np.log1p(np.quantile(tokens, knots))
+    ys = offset + slope * ndtri(knots)
+    unique_xs, first = np.unique(xs, return_index=True)
+    # a length shared by several knots maps to the mean of their scores
+    ends = [*first[1:], len(xs)]
+    unique_ys = [float(ys[a:b].mean()) for a, b in zip(first, ends, strict=True)]
+    if len(unique_ys) == 1:
+        unique_ys = [offset]
+    return offset + slope * z, TargetMap(unique_xs.tolist(), unique_ys)
+
+
+def prompt_targets(
+    records: Sequence[LengthRecord],
+    target_range: tuple[float, float] | None = None,
+    *,
+    target: str = "log",
+) -> tuple[list[str], npt.NDArray[np.float64]]:
+    """Unique prompts and their target: the mean over a prompt's answers of theirs.
+
+    Each prompt counts once, however many models answered it.  With the
+    default ``target="log"``, an answer's target is ``log(1 + tokens)``, with
+    ``target_range=(low, high)`` its length first clipped to that range: a
+    scheduler needs the short answers told from the long ones, and whether a
+    short answer has 5 or 150 tokens (or a long one 3,000 or 8,000) is noise
+    to that, which a squared loss would otherwise weigh heavily.  With
+    ``target="rank"``, see :func:`answer_targets`.
     """
     prompts, members = group_by_prompt(records)
     tokens = np.array([r.output_tokens for r in records], np.float64)
-    if target_range is not None:
-        low, high = target_range
-        if not 0 <= low < high:
-            raise ValueError(f"target_range must be (low, high) with 0 <= low < high, got {target_range}")
-        tokens = np.clip(tokens, low, high)
-    logs = np.log1p(tokens)
-    y = np.array([logs[m].mean() for m in members])
+    if target == "rank":
+        values, _ = answer_targets(tokens, "rank")
+    else:
+        if target_range is not None:
+            low, high = target_range
+            if not 0 <= low < high:
+                raise ValueError(f"target_range must be (low, high) with 0 <= low < high, got {target_range}")
+            tokens = np.clip(tokens, low, high)
+        values = np.log1p(tokens)
+    y = np.array([values[m].mean() for m in members])
     return prompts, y
 
 
@@ -179,12 +252,37 @@ class LexicalFit:
     spread: float
     sigma: float
     prompts: int
-    target_range: tuple[float, float] | None = None
+    #: how the target was made from an answer's length (None: log(1 + tokens))
+    target_map: TargetMap | None = None
+    target: str = TARGET
 
     def scores(self, texts: Sequence[str]) -> npt.NDArray[np.float64]:
         matrix = lexical_matrix(self.featurizer, texts)
         out: npt.NDArray[np.float64] = matrix @ self.weights.astype(np.float64) + self.bias
         return out
+
+    @property
+    def target_tokens(self) -> tuple[float, float] | None:
+        """The answer lengths beyond which the target is flat (None: it never is)."""
+        if self.target_map is None:
+            return None
+        return math.expm1(self.target_map.xs[0]), math.expm1(self.target_map.xs[-1])
+
+    def describe_target(self) -> str:
+        """The target in words, for the model's metadata and card."""
+        if self.target == "rank":
+            low, high = self.target_tokens or (0.0, 0.0)
+            return (
+                "mean over answering models of the normal score of each answer's rank among the "
+                f"training answers (quantile kept within {RANK_TAIL:.1%} and {1 - RANK_TAIL:.1%}: "
+                f"{low:.0f} and {high:.0f} tokens), put on the log(1 + output_tokens) scale by "
+                "least squares"
+            )
+        if self.target_tokens is None:
+            return "mean over answering models of log(1 + output_tokens)"
+        return "mean over answering models of log(1 + output_tokens clipped to [{:g}, {:g}])".format(
+            *self.target_tokens
+        )
 
 
 def fit_lexical(
@@ -194,30 +292,22 @@ def fit_lexical(
     byte_bits: int = 18,
     min_count: int = 2,
     max_bigrams: int = MAX_BIGRAMS,
+    target: str = TARGET,
     target_percentiles: tuple[float, float] | None = TARGET_PERCENTILES,
 ) -> LexicalFit:
-    """Ridge regression of the per-prompt mean log length on the lexical features.
+    """Ridge regression of each prompt's mean answer target on the lexical features.
 
-    ``target_percentiles=(low, high)``: answer lengths are clipped to these
-    percentiles of the training answers (see :func:`prompt_targets`; with
-    the default, answers shorter than the 10th percentile count as that
-    long).
+    ``target``: ``"rank"`` or ``"log"``, with ``target_percentiles`` for
+    ``"log"`` (see :func:`answer_targets`).
     """
     from sklearn.linear_model import Ridge
 
-    target_range = None
-    if target_percentiles is not None:
-        low, high = target_percentiles
-        if not 0 <= low < high <= 100:
-            raise ValueError(
-                f"target_percentiles must be within 0 <= low < high <= 100, got {target_percentiles}"
-            )
-        tokens = np.array([r.output_tokens for r in records], np.float64)
-        bounds = np.percentile(tokens, [low, high]) if len(tokens) else np.array([0.0, 1.0])
-        target_range = (float(bounds[0]), float(max(bounds[1], bounds[0] + 1.0)))
-    prompts, y = prompt_targets(records, target_range)
+    tokens = np.array([r.output_tokens for r in records], np.float64)
+    prompts, members = group_by_prompt(records)
     if len(prompts) < 2:
         raise ValueError(f"need at least 2 distinct prompts to train, got {len(prompts)}")
+    values, target_map = answer_targets(tokens, target, target_percentiles)
+    y = np.array([values[m].mean() for m in members])
     featurizer = LexicalFeaturizer.learn(
         prompts, byte_bits=byte_bits, min_count=min_count, max_bigrams=max_bigrams
     )
@@ -226,7 +316,6 @@ def fit_lexical(
     weights = np.asarray(model.coef_, np.float32)
     bias = float(model.intercept_)
     raw = matrix @ weights.astype(np.float64) + bias
-    _, members = group_by_prompt(records)
     residuals = [math.log1p(records[i].output_tokens) - raw[j] for j, m in enumerate(members) for i in m]
     return LexicalFit(
         featurizer=featurizer,
@@ -236,7 +325,8 @@ def fit_lexical(
         spread=float(np.var(raw)),
         sigma=float(np.sqrt(np.mean(np.square(residuals)))),
         prompts=len(prompts),
-        target_range=target_range,
+        target_map=target_map,
+        target=target,
     )
 
 
@@ -291,9 +381,16 @@ def lexical_onnx(fit: LexicalFit, metadata: dict[str, str]) -> Any:
         "sjfsched.unigrams": json.dumps(f.unigrams, ensure_ascii=False),
         "sjfsched.bigrams": json.dumps([x for pair in f.bigrams for x in pair]),
         "sjfsched.score_stats": json.dumps({"center": fit.center, "spread": fit.spread, "sigma": fit.sigma}),
-        "sjfsched.target": "mean over answering models of log(1 + output_tokens"
-        + ("" if fit.target_range is None else " clipped to [{:g}, {:g}]".format(*fit.target_range))
-        + ")",
+        "sjfsched.target": fit.describe_target(),
+        **(
+            {}
+            if fit.target_map is None
+            else {
+                "sjfsched.target_map": json.dumps(
+                    {"log_tokens": list(fit.target_map.xs), "score": list(fit.target_map.ys)}
+                )
+            }
+        ),
         **metadata,
     }
     onnx.helper.set_model_props(model, meta)
@@ -361,7 +458,7 @@ def _card(
     seconds: float,
     holdout: frozenset[str] = frozenset(),
     held_back: int = 0,
-    target_range: tuple[float, float] | None = None,
+    target: str = "",
 ) -> str:
     sources: Counter[str] = Counter(r.source for r in train)
     prompts: dict[str, set[str]] = {}
@@ -375,10 +472,7 @@ def _card(
         f"- Size: {size / 1e6:.2f} MB; trained in {seconds:.0f} s.",
         "- Target: "
         + (
-            "mean over answering models of log(1 + output tokens clipped to their "
-            + "{:g}th and {:g}th percentiles".format(*args.target_percentiles)
-            + ("" if target_range is None else ", {:.0f} and {:.0f} tokens".format(*target_range))
-            + "), one weight per prompt; ridge regression."
+            f"{target}, one weight per prompt; ridge regression."
             if args.features == "lexical"
             else "Clairvoyant's classes (short < 200, medium, long >= 800 output tokens), one row per answer."
         ),
@@ -459,6 +553,8 @@ def _command_line(args: argparse.Namespace) -> str:
         value = getattr(args, key)
         if value != default:
             parts += ["--" + key.replace("_", "-"), str(value)]
+    if args.target != TARGET:
+        parts += ["--target", args.target]
     if tuple(args.target_percentiles) != TARGET_PERCENTILES:
         parts += ["--target-percentiles", *(f"{x:g}" for x in args.target_percentiles)]
     return " ".join(shlex.quote(p) for p in parts)
@@ -520,13 +616,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help=f"word pairs the vocabulary keeps at most ({MAX_BIGRAMS:,}; 0: words only)",
     )
     parser.add_argument(
+        "--target",
+        choices=TARGETS,
+        default=TARGET,
+        help="the lexical model's target: rank (each answer's rank among the training answers, "
+        "as a normal score; default) or log (log(1 + tokens), clipped by --target-percentiles)",
+    )
+    parser.add_argument(
         "--target-percentiles",
         nargs=2,
         type=float,
         default=list(TARGET_PERCENTILES),
         metavar=("LOW", "HIGH"),
-        help="clip answer lengths to these percentiles of the training answers before taking "
-        "the target (default: {:g} {:g}; 0 100: no clipping)".format(*TARGET_PERCENTILES),
+        help="with --target log: clip answer lengths to these percentiles of the training answers "
+        "before taking the target (default: {:g} {:g}; 0 100: no clipping)".format(*TARGET_PERCENTILES),
     )
 
 
@@ -541,7 +644,7 @@ def run(args: argparse.Namespace) -> int:
         print("sjfsched train: --target-percentiles needs 0 <= LOW < HIGH <= 100", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    target_range: tuple[float, float] | None = None
+    target = ""
     try:
         holdout = load_holdout_prompts(args.holdout_prompts)
     except (OSError, ValueError) as exc:
@@ -572,6 +675,7 @@ def run(args: argparse.Namespace) -> int:
             "byte_bits": args.byte_bits,
             "min_count": args.min_count,
             "max_bigrams": args.max_bigrams,
+            "target": args.target,
             "target_percentiles": tuple(args.target_percentiles),
         }
         fit = fit_lexical(train, **options)
@@ -580,7 +684,7 @@ def run(args: argparse.Namespace) -> int:
         if args.fit_all:
             fit = fit_lexical(records, **options)
         proto = lexical_onnx(fit, meta)
-        target_range = fit.target_range
+        target = fit.describe_target()
     else:
         model, medians = fit_clairvoyant(train)
         if test:
@@ -606,7 +710,7 @@ def run(args: argparse.Namespace) -> int:
         time.perf_counter() - started,
         holdout,
         held_back,
-        target_range,
+        target,
     )
     card_path.write_text(card, encoding="utf-8")
     print(report, end="")
