@@ -239,7 +239,7 @@ def test_rank_target_follows_the_answers_ranks() -> None:
     from sjfsched.predictors._train import RANK_TAIL, answer_targets
 
     rng = np.random.default_rng(0)
-    tokens = np.round(np.exp(rng.normal(5.5, 1.2, 5000)))
+    tokens = np.round(np.exp(rng.normal(5.5, 1.2, 5000))).astype(np.float64)
     values, target_map = answer_targets(tokens, "rank")
     assert target_map is not None
     # the target orders answers as their lengths do, ties alike
