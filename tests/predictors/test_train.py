@@ -219,12 +219,12 @@ def test_target_clips_answer_lengths() -> None:
         LengthRecord("a", 150.0, "a", "s", "n"),
         LengthRecord("b", 5000.0, "b", "s", "m"),
     ]
-    prompts, y = prompt_targets(records, (100.0, 2000.0))
+    prompts, y, target_map = prompt_targets(records, "log", (50.0, 100.0))
     assert prompts == ["a", "b"]
-    assert y.tolist() == pytest.approx([(math.log1p(100) + math.log1p(150)) / 2, math.log1p(2000)])
-    assert prompt_targets(records)[1][0] == pytest.approx((math.log1p(3) + math.log1p(150)) / 2)
-    with pytest.raises(ValueError, match="target_range"):
-        prompt_targets(records, (10.0, 5.0))
+    assert y.tolist() == pytest.approx([math.log1p(150), math.log1p(5000)])
+    assert target_map is not None and target_map(3.0) == pytest.approx(math.log1p(150))
+    prompts, y, target_map = prompt_targets(records, "log", None)
+    assert y[0] == pytest.approx((math.log1p(3) + math.log1p(150)) / 2) and target_map is None
     fit = fit_lexical(records, target="log", target_percentiles=(50.0, 100.0))
     assert fit.target_tokens == pytest.approx((150.0, 5000.0))
     assert fit.target_map is not None and fit.target_map(3.0) == pytest.approx(math.log1p(150))

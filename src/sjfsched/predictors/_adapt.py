@@ -6,9 +6,10 @@ support bot with its own templates).  A :class:`ScoreCorrection` is a second,
 sparse linear model over the same features, added to the model's score and
 learnt online from the deployment's completed requests: after each one it
 takes a normalised least-mean-squares step (NLMS) towards the residual of
-the real length (mapped to the model's score scale as its training target
-was, see :class:`TargetMap`) over the model's score, and replays a few earlier completions from a
-small buffer so that what it learns does not hinge on the order of arrival.
+the real length (made into a target on the model's score scale as in
+training, see :class:`TargetMap`) over the model's score, and replays a few
+earlier completions from a small buffer so that what it learns does not
+hinge on the order of arrival.
 
 Cost (``benchmarks/predictor.py``): ``observe()`` with adaptation about
 0.1 ms per completed request (the prompt is encoded and scored afresh, then

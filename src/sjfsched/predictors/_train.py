@@ -67,7 +67,7 @@ RANK_TAIL = 0.005
 #: Knots of the rank target's map from log length to score (see ``TargetMap``).
 RANK_KNOTS = 65
 #: With ``target="log"``, answer lengths are clipped to these percentiles of
-#: the training answers before the target is taken (see :func:`prompt_targets`).
+#: the training answers before the target is taken (see :func:`answer_targets`).
 TARGET_PERCENTILES = (10.0, 99.0)
 #: Word pairs the lexical model's vocabulary keeps at most.
 MAX_BIGRAMS = 0
@@ -198,33 +198,27 @@ def answer_targets(
 
 def prompt_targets(
     records: Sequence[LengthRecord],
-    target_range: tuple[float, float] | None = None,
-    *,
-    target: str = "log",
-) -> tuple[list[str], npt.NDArray[np.float64]]:
-    """Unique prompts and their target: the mean over a prompt's answers of theirs.
+    target: str = TARGET,
+    target_percentiles: tuple[float, float] | None = TARGET_PERCENTILES,
+) -> tuple[list[str], npt.NDArray[np.float64], TargetMap | None]:
+    """Unique prompts, their target, and the map that makes an answer's target from its length.
 
-    Each prompt counts once, however many models answered it.  With the
-    default ``target="log"``, an answer's target is ``log(1 + tokens)``, with
-    ``target_range=(low, high)`` its length first clipped to that range: a
-    scheduler needs the short answers told from the long ones, and whether a
-    short answer has 5 or 150 tokens (or a long one 3,000 or 8,000) is noise
-    to that, which a squared loss would otherwise weigh heavily.  With
-    ``target="rank"``, see :func:`answer_targets`.
+    Each prompt counts once, however many models answered it: its target is
+    the mean of its answers' (see :func:`answer_targets`).
     """
     prompts, members = group_by_prompt(records)
+    return (prompts, *_prompt_means(records, members, target, target_percentiles))
+
+
+def _prompt_means(
+    records: Sequence[LengthRecord],
+    members: Sequence[Sequence[int]],
+    target: str,
+    target_percentiles: tuple[float, float] | None,
+) -> tuple[npt.NDArray[np.float64], TargetMap | None]:
     tokens = np.array([r.output_tokens for r in records], np.float64)
-    if target == "rank":
-        values, _ = answer_targets(tokens, "rank")
-    else:
-        if target_range is not None:
-            low, high = target_range
-            if not 0 <= low < high:
-                raise ValueError(f"target_range must be (low, high) with 0 <= low < high, got {target_range}")
-            tokens = np.clip(tokens, low, high)
-        values = np.log1p(tokens)
-    y = np.array([values[m].mean() for m in members])
-    return prompts, y
+    values, target_map = answer_targets(tokens, target, target_percentiles)
+    return np.array([values[m].mean() for m in members]), target_map
 
 
 # ------------------------------------------------------------- the lexical model
@@ -302,12 +296,10 @@ def fit_lexical(
     """
     from sklearn.linear_model import Ridge
 
-    tokens = np.array([r.output_tokens for r in records], np.float64)
     prompts, members = group_by_prompt(records)
     if len(prompts) < 2:
         raise ValueError(f"need at least 2 distinct prompts to train, got {len(prompts)}")
-    values, target_map = answer_targets(tokens, target, target_percentiles)
-    y = np.array([values[m].mean() for m in members])
+    y, target_map = _prompt_means(records, members, target, target_percentiles)
     featurizer = LexicalFeaturizer.learn(
         prompts, byte_bits=byte_bits, min_count=min_count, max_bigrams=max_bigrams
     )
