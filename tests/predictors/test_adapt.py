@@ -111,6 +111,39 @@ def test_a_correction_for_another_model_is_refused(tmp_path: Path) -> None:
         LexicalPredictor(calibration_path=path)
 
 
+def test_a_state_learnt_with_another_model_file_is_refused(tmp_path: Path) -> None:
+    """Calibration and correction are relative to one model's scores: a state binds to its model file."""
+    import shutil
+
+    import onnx
+
+    from sjfsched.predictors._lexical import bundled_model_path
+
+    predictor = LexicalPredictor()
+    for text, tokens in _traffic(20, seed=2):
+        predictor.observe(Request(text), Prediction(1.0), tokens)
+    path = tmp_path / "state.json"
+    predictor.save_calibration(path)
+    # the same model, copied elsewhere, takes it
+    copy = tmp_path / "copy.onnx"
+    shutil.copyfile(bundled_model_path(), copy)
+    assert LexicalPredictor(copy, calibration_path=path).calibration.observations == 20
+    # a retrained model, same vocabulary and table size, does not
+    model = onnx.load(str(bundled_model_path()))
+    weights = next(t for t in model.graph.initializer if t.name == "weights")
+    table = onnx.numpy_helper.to_array(weights) * np.float32(1.01)
+    weights.CopyFrom(onnx.numpy_helper.from_array(table, "weights"))
+    other = tmp_path / "retrained.onnx"
+    onnx.save(model, str(other))
+    with pytest.raises(PredictorError, match=r"state\.json.*learnt with another model.*retrained\.onnx"):
+        LexicalPredictor(other, calibration_path=path)
+    # a state written before states named their model loads as before
+    data = json.loads(path.read_text())
+    del data["model"]
+    path.write_text(json.dumps(data))
+    assert LexicalPredictor(other, calibration_path=path).correction.observations == 20  # type: ignore[union-attr]
+
+
 def test_correction_arguments_and_bad_observations() -> None:
     for kwargs in ({"step": 0.0}, {"step": 1.5}, {"replays": -1}, {"buffer": 0}):
         with pytest.raises(ValueError, match=next(iter(kwargs))):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -90,6 +91,8 @@ class _Model:
     metadata: Mapping[str, str]
     #: how the training target was made from an answer's length (None: log(1 + tokens))
     target_map: TargetMap | None = None
+    #: first 16 hex digits of the model file's sha1: what a saved state was learnt for
+    fingerprint: str = ""
 
 
 #: Loaded models by (path, mtime, size): schedulers built with the default
@@ -117,6 +120,13 @@ def _target_map(meta: Mapping[str, str], path: Path) -> TargetMap | None:
         return None
     low, high = float(found[1]), float(found[2])
     return TargetMap.clipped(low, high) if 0 <= low < high and math.isfinite(high) else None
+
+
+def _fingerprint(path: Path) -> str:
+    try:
+        return hashlib.sha1(path.read_bytes()).hexdigest()[:16]
+    except OSError as exc:
+        raise PredictorError(f"{path}: cannot read the model file ({exc})") from exc
 
 
 def _load(path: Path) -> _Model:
@@ -190,6 +200,7 @@ def _read(path: Path) -> _Model:
         sigma,
         dict(meta),
         _target_map(meta, path),
+        _fingerprint(path),
     )
 
 
@@ -275,6 +286,7 @@ class LexicalPredictor:
             raise ValueError("save_every needs a calibration_path to save to")
         self._path = path
         model = _load(path)
+        self._fingerprint = model.fingerprint
         self._run = model.run
         self._features = model.features
         self._bias = model.bias
@@ -445,6 +457,7 @@ class LexicalPredictor:
         if target is None:
             raise ValueError("no path given and no calibration_path set")
         data = self._calibration.to_dict()
+        data["model"] = self._fingerprint
         if self._correction is not None:
             data["correction"] = self._correction.to_dict()
         write_state(target, data)
@@ -454,10 +467,19 @@ class LexicalPredictor:
 
         A file without a correction (saved without adaptation) leaves the
         correction empty.  Raises :class:`~sjfsched.PredictorError` naming the
-        file if it cannot be read or does not fit this model.
+        file if it cannot be read or does not fit this model, including a
+        state learnt with another model file (the calibration and the
+        correction are relative to the model's scores): remove the file to
+        start afresh.
         """
         try:
             data = read_state(path)
+            saved_for = data.get("model") if isinstance(data, dict) else None
+            if saved_for is not None and saved_for != self._fingerprint:
+                raise ValueError(
+                    f"it was learnt with another model (file sha1 {saved_for}...), this predictor "
+                    f"runs {self._path} (sha1 {self._fingerprint}...); remove it to start afresh"
+                )
             self._calibration.load_dict(data, where=str(path))
             if self._correction is not None:
                 saved = data.get("correction")
