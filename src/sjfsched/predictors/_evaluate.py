@@ -194,11 +194,12 @@ METHODS: dict[str, Method] = {
 }
 #: Methods --methods accepts besides the default ones: variants for comparison
 #: (earlier targets: log length clipped to the 10th-99th percentiles, not
-#: clipped, or with a floor at the 20th percentile).
+#: clipped, or with a floor at the 20th percentile; and with 20,000 word pairs).
 VARIANTS: dict[str, Method] = {
     "lexical-log": _lexical_with(target="log"),
     "lexical-unclipped": _lexical_with(target="log", target_percentiles=None),
     "lexical-p20": _lexical_with(target="log", target_percentiles=(20.0, 99.0)),
+    "lexical-bigrams": _lexical_with(max_bigrams=20_000),
 }
 ALL_METHODS: dict[str, Method] = {**METHODS, **VARIANTS}
 
