@@ -211,7 +211,7 @@ def test_train_holds_out_prompts(log: Path, tmp_path: Path, capsys: pytest.Captu
 
 def test_target_clips_answer_lengths() -> None:
     """The target ignores how short a short answer is: below the floor every answer counts alike."""
-    from sjfsched.predictors._corpus import LengthRecord
+    from sjfsched.predictors._corpus import LengthRecord, group_by_prompt
     from sjfsched.predictors._train import fit_lexical, prompt_targets
 
     records = [
@@ -219,11 +219,12 @@ def test_target_clips_answer_lengths() -> None:
         LengthRecord("a", 150.0, "a", "s", "n"),
         LengthRecord("b", 5000.0, "b", "s", "m"),
     ]
-    prompts, y, target_map = prompt_targets(records, "log", (50.0, 100.0))
+    prompts, members = group_by_prompt(records)
+    y, target_map = prompt_targets(records, members, "log", (50.0, 100.0))
     assert prompts == ["a", "b"]
     assert y.tolist() == pytest.approx([math.log1p(150), math.log1p(5000)])
     assert target_map is not None and target_map(3.0) == pytest.approx(math.log1p(150))
-    prompts, y, target_map = prompt_targets(records, "log", None)
+    y, target_map = prompt_targets(records, members, "log", None)
     assert y[0] == pytest.approx((math.log1p(3) + math.log1p(150)) / 2) and target_map is None
     fit = fit_lexical(records, target="log", target_percentiles=(50.0, 100.0))
     assert fit.target_tokens == pytest.approx((150.0, 5000.0))

@@ -47,22 +47,24 @@ def bundled_model_path() -> Path:
     return Path(str(resources.files("sjfsched") / "data" / _BUNDLED))
 
 
-def open_session(path: Path) -> Any:
+def open_session(path: Path, data: bytes | None = None) -> Any:
     """An onnxruntime session for a model file, or PredictorError saying why not.
 
+    ``data``: the file's bytes, if the caller has read them already.
     Single-threaded: a prediction is a few microseconds of work, and thread
     hand-offs would cost more than they save.
     """
     import onnxruntime as ort
 
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise PredictorError(f"{path}: model file not found")
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        model = str(path) if data is None else data
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises several unrelated types
         raise PredictorError(f"{path}: not a valid ONNX model ({exc})") from exc
 
@@ -122,13 +124,6 @@ def _target_map(meta: Mapping[str, str], path: Path) -> TargetMap | None:
     return TargetMap.clipped(low, high) if 0 <= low < high and math.isfinite(high) else None
 
 
-def _fingerprint(path: Path) -> str:
-    try:
-        return hashlib.sha1(path.read_bytes()).hexdigest()[:16]
-    except OSError as exc:
-        raise PredictorError(f"{path}: cannot read the model file ({exc})") from exc
-
-
 def _load(path: Path) -> _Model:
     try:
         st = path.stat()
@@ -143,7 +138,13 @@ def _load(path: Path) -> _Model:
 
 
 def _read(path: Path) -> _Model:
-    session = open_session(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise PredictorError(f"{path}: model file not found") from None
+    except OSError as exc:
+        raise PredictorError(f"{path}: cannot read the model file ({exc})") from exc
+    session = open_session(path, data)
     meta = _metadata(session, path, "lexical")
     try:
         version = int(meta["sjfsched.feature_version"])
@@ -200,7 +201,7 @@ def _read(path: Path) -> _Model:
         sigma,
         dict(meta),
         _target_map(meta, path),
-        _fingerprint(path),
+        hashlib.sha1(data).hexdigest()[:16],
     )
 
 

@@ -162,10 +162,9 @@ def answer_targets(
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     if not len(tokens):
         raise ValueError("need at least one answer to make training targets")
-    logs = np.log1p(tokens)
     if target == "log":
         if target_percentiles is None:
-            return logs, None
+            return np.log1p(tokens), None
         low, high = target_percentiles
         if not 0 <= low < high <= 100:
             raise ValueError(
@@ -176,6 +175,7 @@ def answer_targets(
         return np.log1p(np.clip(tokens, lo, hi)), TargetMap.clipped(lo, hi)
     from scipy.special import ndtri  # type: ignore[import-untyped]
 
+    logs = np.log1p(tokens)
     ordered = np.sort(tokens)
     n = len(ordered)
     below, upto = np.searchsorted(ordered, tokens, "left"), np.searchsorted(ordered, tokens, "right")
@@ -191,31 +191,20 @@ def answer_targets(
     # a length shared by several knots maps to the mean of their scores
     ends = [*first[1:], len(xs)]
     unique_ys = [float(ys[a:b].mean()) for a, b in zip(first, ends, strict=True)]
-    if len(unique_ys) == 1:
-        unique_ys = [offset]
     return offset + slope * z, TargetMap(unique_xs.tolist(), unique_ys)
 
 
 def prompt_targets(
     records: Sequence[LengthRecord],
+    members: Sequence[Sequence[int]],
     target: str = TARGET,
     target_percentiles: tuple[float, float] | None = TARGET_PERCENTILES,
-) -> tuple[list[str], npt.NDArray[np.float64], TargetMap | None]:
-    """Unique prompts, their target, and the map that makes an answer's target from its length.
-
-    Each prompt counts once, however many models answered it: its target is
-    the mean of its answers' (see :func:`answer_targets`).
-    """
-    prompts, members = group_by_prompt(records)
-    return (prompts, *_prompt_means(records, members, target, target_percentiles))
-
-
-def _prompt_means(
-    records: Sequence[LengthRecord],
-    members: Sequence[Sequence[int]],
-    target: str,
-    target_percentiles: tuple[float, float] | None,
 ) -> tuple[npt.NDArray[np.float64], TargetMap | None]:
+    """Each prompt's target, the mean of its answers' (see :func:`answer_targets`), and the map.
+
+    ``members``: the records of each prompt, as ``group_by_prompt`` gives
+    them; each prompt counts once, however many models answered it.
+    """
     tokens = np.array([r.output_tokens for r in records], np.float64)
     values, target_map = answer_targets(tokens, target, target_percentiles)
     return np.array([values[m].mean() for m in members]), target_map
@@ -299,7 +288,7 @@ def fit_lexical(
     prompts, members = group_by_prompt(records)
     if len(prompts) < 2:
         raise ValueError(f"need at least 2 distinct prompts to train, got {len(prompts)}")
-    y, target_map = _prompt_means(records, members, target, target_percentiles)
+    y, target_map = prompt_targets(records, members, target, target_percentiles)
     featurizer = LexicalFeaturizer.learn(
         prompts, byte_bits=byte_bits, min_count=min_count, max_bigrams=max_bigrams
     )
