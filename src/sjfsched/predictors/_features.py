@@ -157,20 +157,24 @@ class EncodedBatch:
     def totals(self, weights: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
         """Per text: the sum of ``weights`` (one per row) times the rows' values.
 
-        A text's 4-grams and its words are two contiguous runs: each run's sum
-        is a difference of one running sum, then scaled; the few signals are
-        counted with their texts.
+        A text's 4-grams and its words are two contiguous runs: the runs tile
+        the start of ``weights``, so one ``add.reduceat`` over the starts of
+        the runs that have rows sums them all; each sum is then scaled.  The
+        few signals are counted with their texts.
         """
         n = len(self.byte_counts)
-        running = np.zeros(len(weights) + 1)
-        np.cumsum(weights, dtype=np.float64, out=running[1:])
-        byte_ends = np.cumsum(self.byte_counts)
-        word_ends = (byte_ends[-1] if n else 0) + np.cumsum(self.word_counts)
-        signals_start = int(word_ends[-1]) if n else 0
+        counts = np.concatenate([self.byte_counts, self.word_counts])
+        starts = np.zeros(len(counts), np.int64)
+        np.cumsum(counts[:-1], out=starts[1:])
+        end = int(starts[-1] + counts[-1]) if n else 0
+        sums = np.zeros(len(counts))
+        has_rows = counts > 0
+        if end:
+            sums[has_rows] = np.add.reduceat(weights[:end], starts[has_rows], dtype=np.float64)
         out: npt.NDArray[np.float64] = (
-            (running[byte_ends] - running[byte_ends - self.byte_counts]) * self.byte_scale
-            + (running[word_ends] - running[word_ends - self.word_counts]) * self.word_scale
-            + np.bincount(self.signal_texts, weights=weights[signals_start:], minlength=n)
+            sums[:n] * self.byte_scale
+            + sums[n:] * self.word_scale
+            + np.bincount(self.signal_texts, weights=weights[end:], minlength=n)
         )
         return out
 
