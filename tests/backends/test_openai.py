@@ -72,6 +72,23 @@ async def test_model_none_asks_the_server(openai_url: str) -> None:
     await backend.aclose()
 
 
+async def test_a_callers_client_sends_the_key_and_headers_on_every_request(ollama: OllamaServer) -> None:
+    """With the caller's own httpx client, the key and headers go with the model lookup and the stream."""
+    seen = len(ollama.gets)  # the server is shared by the module's tests
+    async with httpx.AsyncClient() as client:
+        backend = OpenAIBackend(f"{ollama.url}/v1", api_key="secret", headers={"X-Team": "a"}, client=client)
+        chunks = await collect(backend, Request("Hi", max_tokens=3))
+        await backend.aclose()
+        assert not client.is_closed  # the caller's client is the caller's to close
+    ollama.wait_idle()
+    assert backend.model == "tiny:latest"  # the first model the server lists
+    assert sum(c.tokens for c in chunks) == 3
+    gets = [headers for path, headers in ollama.gets[seen:] if path == "/v1/models"]
+    assert len(gets) == 1
+    assert gets[0]["authorization"] == ollama.records[-1].headers["authorization"] == "Bearer secret"
+    assert gets[0]["x-team"] == ollama.records[-1].headers["x-team"] == "a"
+
+
 async def test_usage_from_the_server_makes_counts_exact(
     via_ollama: OpenAIBackend, ollama: OllamaServer
 ) -> None:

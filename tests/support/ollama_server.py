@@ -171,6 +171,8 @@ class OllamaServer:
         self.num_parallel = num_parallel
         self.max_queue = max_queue
         self.records: list[RequestRecord] = []
+        #: Every GET: its path and headers (lower-case names).
+        self.gets: list[tuple[str, dict[str, str]]] = []
         #: Generations running now, and the most that ever ran at once.
         self.running = 0
         self.max_running = 0
@@ -338,6 +340,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
     def do_GET(self) -> None:
+        self.ollama.gets.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
         if self.path == "/":
             data = b"Ollama is running"
             self.send_response(200)

@@ -97,19 +97,28 @@ class HttpSettings:
     async def stream(self, path: str, body: Mapping[str, Any]) -> AsyncIterator[httpx.Response]:
         """POST ``body`` as JSON and yield the streaming response (status checked)."""
         url = f"{self.base_url}{path}"
-        client = self.client()
-        headers = None if self._owns_client else self.headers
+        headers = self._request_headers()
         async with map_http_errors(self, url):
-            async with client.stream("POST", url, json=body, headers=headers) as response:
+            async with self.client().stream("POST", url, json=body, headers=headers) as response:
                 if response.status_code >= 400:
                     await response.aread()
-                    message = error_message(response.content) or response.reason_phrase
-                    error_class = BackendUnavailable if response.status_code >= 500 else BackendError
-                    raise error_class(
-                        f"{self.service} answered {response.status_code} for {path}: {message}",
-                        status_code=response.status_code,
-                    )
+                    self._raise_for_status(response, path)
                 yield response
+
+    def _request_headers(self) -> dict[str, str] | None:
+        """The headers to send with each request: none where our own client carries them already."""
+        return None if self._owns_client else self.headers
+
+    def _raise_for_status(self, response: httpx.Response, path: str) -> None:
+        """An error answer as :class:`BackendError` (4xx) or :class:`BackendUnavailable` (5xx)."""
+        if response.status_code < 400:
+            return
+        message = error_message(response.content) or response.reason_phrase
+        error_class = BackendUnavailable if response.status_code >= 500 else BackendError
+        raise error_class(
+            f"{self.service} answered {response.status_code} for {path}: {message}",
+            status_code=response.status_code,
+        )
 
     @asynccontextmanager
     async def stream_lines(self, path: str, body: Mapping[str, Any]) -> AsyncIterator[AsyncIterator[str]]:
@@ -135,13 +144,8 @@ class HttpSettings:
     async def get_json(self, path: str) -> Any:
         url = f"{self.base_url}{path}"
         async with map_http_errors(self, url):
-            response = await self.client().get(url)
-            if response.status_code >= 400:
-                message = error_message(response.content) or response.reason_phrase
-                raise BackendError(
-                    f"{self.service} answered {response.status_code} for {path}: {message}",
-                    status_code=response.status_code,
-                )
+            response = await self.client().get(url, headers=self._request_headers())
+            self._raise_for_status(response, path)
             try:
                 return response.json()
             except ValueError as exc:

@@ -272,7 +272,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "max_body_bytes", "--max-body-bytes", "SJFSCHED_MAX_BODY_BYTES", _parse_bytes, "BYTES",
-        "largest body of a scheduled request (suffixes K, M, KiB, MiB); larger: 413", "10MiB",
+        "largest body of a scheduled request (suffixes K, M, KiB, MiB, GiB); larger: 413", "10MiB",
     ),
     Option(
         "aging", "--aging", "SJFSCHED_AGING", _parse_float, "SECONDS_PER_SECOND",
@@ -285,7 +285,8 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "max_wait", "--max-wait", "SJFSCHED_MAX_WAIT", _none_or(_parse_float), "SECONDS|none",
-        "a request that waited this long runs next", str(DEFAULT_MAX_WAIT),
+        "a request that waited this long runs next",
+        "none" if DEFAULT_MAX_WAIT is None else str(DEFAULT_MAX_WAIT),
     ),
     Option(
         "predictor", "--predictor", "SJFSCHED_PREDICTOR", _lower, "default|heuristic|fcfs",
