@@ -64,9 +64,10 @@ def load_prompts(data: Path, limit: int | None) -> tuple[list[str], str]:
             prompts.setdefault(json.loads(line)["prompt"], None)
         where = f"{len(prompts)} prompts of the bundled demo trace ({data} not found)"
     out = list(prompts)
-    if limit is not None:
+    if limit is not None and limit < len(out):
         rng = np.random.default_rng(0)
-        out = [out[i] for i in sorted(rng.choice(len(out), size=min(limit, len(out)), replace=False))]
+        out = [out[i] for i in sorted(rng.choice(len(out), size=limit, replace=False))]
+        where = f"{limit:,} sampled of the {where}"
     return out, where
 
 

@@ -1,4 +1,4 @@
-"""The lexical features of a prompt: byte 4-grams, words, word pairs, two signals.
+"""The lexical features of a prompt: byte 4-grams, words, word pairs, three signals.
 
 Everything here is plain Python and numpy and costs a few microseconds per
 prompt, whatever its size:

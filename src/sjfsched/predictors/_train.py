@@ -8,8 +8,11 @@ the ONNX model and a model card (Markdown) beside it.
 Two feature sets:
 
 - ``lexical`` (default): :class:`~sjfsched.predictors.LexicalPredictor`'s
-  byte 4-grams, words, word pairs and signals, a ridge regression on the
-  per-prompt mean of ``log(1 + output_tokens)``;
+  byte 4-grams, words (word pairs only with ``--max-bigrams``) and signals,
+  a ridge regression on each prompt's mean target over its answers: the
+  answer's rank among the training answers as a normal score on the
+  ``log(1 + output_tokens)`` scale (``--target rank``), or the clipped
+  ``log(1 + output_tokens)`` itself (``--target log``);
 - ``clairvoyant``: Clairvoyant's 19 features and its 3-class XGBoost
   (300 trees of depth 6), for :class:`~sjfsched.predictors.ClairvoyantPredictor`.
 
@@ -314,7 +317,7 @@ def fit_lexical(
 def lexical_onnx(fit: LexicalFit, metadata: dict[str, str]) -> Any:
     """The ONNX graph: gather a weight per feature, weight it, sum, add the bias.
 
-    Inputs ``ids`` (int64 rows of the weight table) and ``values`` (float32,
+    Inputs ``ids`` (int32 rows of the weight table) and ``values`` (float32,
     the features' values); outputs ``log_tokens`` (the score),
     ``contributions`` (each feature's share: for a batch of texts, the caller
     sums them per text) and ``bias``.
