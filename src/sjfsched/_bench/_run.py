@@ -271,9 +271,13 @@ def _result_from_json(data: dict[str, Any]) -> Result:
 
 
 def _round(value: Any) -> Any:
-    """Floats to 5 significant digits, recursively (keeps the file small)."""
+    """Floats to 7 significant digits, recursively (keeps the file small).
+
+    Enough that tables printed again from the file (``bench tables``) round
+    as the run's own did, even for a ratio near a rounding boundary.
+    """
     if isinstance(value, float):
-        return float(f"{value:.5g}")
+        return float(f"{value:.7g}")
     if isinstance(value, dict):
         return {k: _round(v) for k, v in value.items()}
     if isinstance(value, list):

@@ -52,7 +52,10 @@ class OllamaBackend:
     ``suffix``, ``images``, ``context``, ``tools``, ``logprobs``,
     ``top_logprobs``) go into the request body; every other key (``temperature``,
     ``seed``, ``stop``, ``num_ctx``, ``top_k``, ...) goes into its ``options``,
-    unchanged (``max_tokens`` is accepted as ``num_predict``).
+    unchanged (``max_tokens`` is accepted as ``num_predict``; an ``options``
+    mapping is merged into it).  ``model``, ``prompt``, ``messages`` and
+    ``stream`` are the backend's to set: a request that sets one fails with
+    ``BackendError``.
 
     Token counts are Ollama's own: each streamed line counts as one token and
     the final line's ``eval_count`` makes the sum exact; its

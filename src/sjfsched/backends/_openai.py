@@ -40,7 +40,9 @@ class OpenAIBackend:
     (``GET /models``) once and takes the first.  ``api_key``, if given, is
     sent as ``Authorization: Bearer <api_key>``.  ``Request.max_tokens``
     becomes ``max_tokens``; ``Request.options`` (``temperature``, ``seed``,
-    ``stop``, ``top_p``, ``logit_bias``, ...) go into the body unchanged.
+    ``stop``, ``top_p``, ``logit_bias``, ...) go into the body unchanged,
+    except ``model``, ``prompt``, ``messages`` and ``stream``, which the
+    backend sets (a request that sets one fails with ``BackendError``).
 
     Token counts: the body asks for ``stream_options: {"include_usage":
     true}``, and the usage the server sends at the end (``prompt_tokens``,
