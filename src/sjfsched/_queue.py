@@ -4,7 +4,8 @@ Entries sit in a binary heap as ``(key, sequence, entry)`` tuples so entries
 themselves are never compared, and in a FIFO by arrival (for ``max_wait``,
 which may change at any time).  A request leaves either structure lazily: cancelling or granting it
 only flips its state, and dead entries are skipped when they reach the top (or
-swept out when they outnumber the live ones), so every operation is O(log n)
+swept out of either structure when they outnumber its live ones), so memory
+stays proportional to the waiting requests and every operation is O(log n)
 amortised.
 """
 
@@ -87,22 +88,39 @@ class WaitQueue:
         return self._live
 
     def push(self, entry: _Entry) -> None:
-        heapq.heappush(self._heap, (entry.key, entry.seq, entry))
+        """Add a waiting entry.
+
+        A key that does not compare with the waiting entries' keys raises
+        (``TypeError``) and leaves the queue as it was: a failed sift may have
+        half-moved the heap, so it is rebuilt from the entries still waiting.
+        """
+        try:
+            heapq.heappush(self._heap, (entry.key, entry.seq, entry))
+        except BaseException:
+            self._heap = [(e.key, e.seq, e) for e in self._fifo if e.state is EntryState.WAITING]
+            heapq.heapify(self._heap)
+            raise
         self._fifo.append(entry)
         self._live += 1
 
     def discard(self, entry: _Entry) -> None:
         """Forget a waiting entry whose state the caller has just changed."""
         self._took_one()
-        # Sweep when dead entries outnumber live ones, so memory stays O(live).
-        if len(self._heap) > 64 and len(self._heap) > 2 * self._live:
-            self._sweep()
 
     def _took_one(self) -> None:
-        self._live -= 1
-        if self._live == 0:  # only dead entries are left
+        """One live entry fewer: it left by one structure and lingers, dead, in the other."""
+        live = self._live = self._live - 1
+        if live == 0:  # only dead entries are left
             self._heap.clear()
             self._fifo.clear()
+            return
+        # Sweep a structure once its dead entries outnumber the live ones, so
+        # memory stays O(live) under steady traffic, not only on cancellation.
+        if len(self._heap) > 64 and len(self._heap) > 2 * live:
+            self._heap = [item for item in self._heap if item[2].state is EntryState.WAITING]
+            heapq.heapify(self._heap)
+        if len(self._fifo) > 64 and len(self._fifo) > 2 * live:
+            self._fifo = deque(e for e in self._fifo if e.state is EntryState.WAITING)
 
     def pop(self, now: float) -> _Entry | None:
         """Remove and return the entry to run next, or None if none waits.
@@ -155,8 +173,3 @@ class WaitQueue:
     def storage_size(self) -> int:
         """Entries held, dead ones included (for leak tests)."""
         return len(self._heap) + len(self._fifo)
-
-    def _sweep(self) -> None:
-        self._heap = [item for item in self._heap if item[2].state is EntryState.WAITING]
-        heapq.heapify(self._heap)
-        self._fifo = deque(e for e in self._fifo if e.state is EntryState.WAITING)

@@ -42,7 +42,9 @@ class RateEstimator:
     def __attrs_post_init__(self) -> None:
         for name in ("prefill_rate", "decode_rate"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            if isinstance(value, bool) or not (
+                isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+            ):
                 raise ValueError(f"{name} must be a positive number of tokens per second, got {value!r}")
         # The starting rates count as one second of observed work each.
         self._prefill_tokens, self._prefill_seconds = self.prefill_rate, 1.0

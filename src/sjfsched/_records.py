@@ -20,12 +20,20 @@ __all__ = ["Chunk", "Completion", "Prediction", "Request"]
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
-def _freeze_mapping(value: object) -> Mapping[str, Any]:
+def _freeze_mapping(value: object, field: str) -> Mapping[str, Any]:
     if value is None:
         return _EMPTY
     if not isinstance(value, Mapping):
-        raise TypeError(f"expected a mapping, got {type(value).__name__}")
+        raise TypeError(f"Request.{field} must be a mapping (a dict), got {type(value).__name__}")
     return MappingProxyType(dict(value))
+
+
+def _freeze_options(value: object) -> Mapping[str, Any]:
+    return _freeze_mapping(value, "options")
+
+
+def _freeze_metadata(value: object) -> Mapping[str, Any]:
+    return _freeze_mapping(value, "metadata")
 
 
 def _freeze_messages(value: object) -> tuple[Mapping[str, Any], ...] | None:
@@ -126,8 +134,8 @@ class Request:
     max_tokens: int | None = attrs.field(default=None, validator=_check_max_tokens, kw_only=True)
     priority: int = attrs.field(default=0, validator=_check_priority, kw_only=True)
     tenant: str | None = attrs.field(default=None, validator=_check_optional_str, kw_only=True)
-    options: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_mapping, kw_only=True)
-    metadata: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_mapping, kw_only=True)
+    options: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_options, kw_only=True)
+    metadata: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_metadata, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):
@@ -192,6 +200,11 @@ class Prediction:
     prompt_tokens: float | None = attrs.field(default=None, validator=_check_prompt_tokens, kw_only=True)
 
 
+def _check_chunk_text(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"Chunk.text must be a str, got {type(value).__name__}")
+
+
 def _check_chunk_tokens(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"Chunk.{attribute.name} must be an int >= 0, got {value!r}")
@@ -214,7 +227,7 @@ class Chunk:
     ``"length"``) on the last one.
     """
 
-    text: str
+    text: str = attrs.field(validator=_check_chunk_text)
     tokens: int = attrs.field(default=1, validator=_check_chunk_tokens)
     prompt_tokens: int | None = attrs.field(default=None, validator=_check_opt_count, kw_only=True)
     finish_reason: str | None = attrs.field(default=None, kw_only=True)

@@ -168,25 +168,35 @@ class Scheduler:
         on_complete: Callable[[Completion], object] | None = None,
     ) -> None:
         if concurrency is None:
-            concurrency = getattr(backend, "slots", 1)
+            slots = getattr(backend, "slots", 1)
+            if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+                name = type(backend).__name__
+                raise ValueError(f"{name}.slots must be an int >= 1 (or pass concurrency=), got {slots!r}")
+            concurrency = slots
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
-        if not (isinstance(aging, (int, float)) and math.isfinite(aging) and aging >= 0):
+        if isinstance(aging, bool) or not (
+            isinstance(aging, (int, float)) and math.isfinite(aging) and aging >= 0
+        ):
             raise ValueError(f"aging must be a finite number >= 0, got {aging!r}")
         if cap is not None and not (
             isinstance(cap, (int, float)) and not isinstance(cap, bool) and math.isfinite(cap) and cap > 0
         ):
             raise ValueError(f"cap must be a finite number > 0 or None, got {cap!r}")
-        if max_wait is not None and not (
-            isinstance(max_wait, (int, float)) and not math.isnan(max_wait) and max_wait >= 0
-        ):
-            raise ValueError(f"max_wait must be a number of seconds >= 0 or None, got {max_wait!r}")
+        _check_max_wait(max_wait)
         if max_queue is not None and (
             isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 0
         ):
             raise ValueError(f"max_queue must be an int >= 0 or None, got {max_queue!r}")
-        if backend is not None and not callable(getattr(backend, "stream", None)):
-            raise TypeError(f"backend must have a stream(request) method, got {type(backend).__name__}")
+        if backend is not None:
+            for method in ("stream", "aclose"):
+                if not callable(getattr(backend, method, None)):
+                    raise TypeError(
+                        f"backend must have stream(request) and aclose() methods; "
+                        f"{type(backend).__name__} has no {method}()"
+                    )
+        if on_complete is not None and not callable(on_complete):
+            raise TypeError(f"on_complete must be a callable or None, got {type(on_complete).__name__}")
         if predictor is None:
             predictor = _default_predictor()
         if not callable(getattr(predictor, "predict", None)):
@@ -211,7 +221,8 @@ class Scheduler:
 
         self._state = _State.UNOPENED
         self._queue = WaitQueue(self._max_wait)
-        self._by_request: dict[Request, _Entry] = {}
+        #: waiting entries by request (equal requests share a list), for position()
+        self._by_request: dict[Request, list[_Entry]] = {}
         self._free = concurrency
         self._running = 0
         self._seq = 0
@@ -279,10 +290,7 @@ class Scheduler:
 
     @max_wait.setter
     def max_wait(self, value: float | None) -> None:
-        if value is not None and not (
-            isinstance(value, (int, float)) and not math.isnan(value) and value >= 0
-        ):
-            raise ValueError(f"max_wait must be a number of seconds >= 0 or None, got {value!r}")
+        _check_max_wait(value)
         self._max_wait = None if value is None else float(value)
         self._queue.max_wait = self._max_wait
 
@@ -362,7 +370,7 @@ class Scheduler:
             self._state = _State.CLOSED
             for entry in self._queue.drain():
                 entry.state = EntryState.CLOSED
-                self._by_request.pop(entry.request, None)
+                self._unindex(entry)
                 self._counts["closed"] += 1
                 assert entry.event is not None
                 entry.event.set()
@@ -435,6 +443,7 @@ class Scheduler:
 
     async def _settle(self, stream: ChunkStream, exc: BaseException | None) -> None:
         """Close the backend stream if still open, free the slot, count the outcome."""
+        stream._settled = True
         await stream._close()
         entry = stream._entry
         if exc is not None:
@@ -502,11 +511,11 @@ class Scheduler:
         ended).  Positions can change as requests arrive and age.  This sorts
         the queue, O(n log n): fine for a status page, not for a hot loop.
         """
-        entry = self._by_request.get(request)
-        if entry is None or entry.state is not EntryState.WAITING:
+        entries = self._by_request.get(request)
+        if not entries:
             return None
         for i, e in enumerate(self._queue.ordered(anyio.current_time())):
-            if e is entry:
+            if e in entries:  # identity: entries never compare equal
                 return i
         return None  # pragma: no cover
 
@@ -561,15 +570,22 @@ class Scheduler:
         if self._max_queue is not None and len(self._queue) >= self._max_queue:
             self._counts["rejected"] += 1
             raise QueueFull(f"{len(self._queue)} requests are waiting (max_queue={self._max_queue})")
+        try:
+            self._queue.push(entry)
+        except Exception as exc:
+            entry.state = EntryState.DONE  # never queued: nothing to end
+            raise TypeError(
+                f"{type(self).__name__}.sort_key gave {key!r}, which does not compare with the keys "
+                f"of the waiting requests ({exc})"
+            ) from exc
         entry.event = anyio.Event()
-        self._queue.push(entry)
-        self._by_request[request] = entry
+        self._by_request.setdefault(request, []).append(entry)
         try:
             await entry.event.wait()
         except BaseException:
             if entry.state is EntryState.WAITING:
                 entry.state = EntryState.CANCELLED
-                self._by_request.pop(request, None)
+                self._unindex(entry)
                 self._queue.discard(entry)
                 self._counts["cancelled"] += 1
             elif entry.state is EntryState.GRANTED:
@@ -586,6 +602,18 @@ class Scheduler:
             raise SchedulerClosed("the scheduler closed while this request was waiting")
         entry.state = EntryState.RUNNING
         return entry
+
+    def _unindex(self, entry: _Entry) -> None:
+        """Drop a no longer waiting entry from the by-request index."""
+        entries = self._by_request.get(entry.request)
+        if entries is None:
+            return
+        for i, e in enumerate(entries):
+            if e is entry:
+                del entries[i]
+                break
+        if not entries:
+            del self._by_request[entry.request]
 
     def _remember(self, estimate: float) -> None:
         """Add an estimate to the window the median is taken over (O(window))."""
@@ -604,7 +632,7 @@ class Scheduler:
             now = anyio.current_time()
             entry = queue.pop(now)
             assert entry is not None
-            self._by_request.pop(entry.request, None)
+            self._unindex(entry)
             if entry.promoted:
                 self._counts["promoted"] += 1
             entry.state = EntryState.GRANTED
@@ -676,6 +704,7 @@ class ChunkStream:
         self._first_token: float | None = None
         self._completion: Completion | None = None
         self._error: BaseException | None = None
+        self._settled = False  # its block was left: the slot is gone
 
     @property
     def job(self) -> Job:
@@ -695,6 +724,11 @@ class ChunkStream:
     async def __anext__(self) -> Chunk:
         if self._completion is not None or self._error is not None:
             raise StopAsyncIteration
+        if self._settled:
+            raise RuntimeError(
+                "this stream was left before its end (its slot is gone): read it inside its "
+                "`async with sched.stream(...)` block"
+            )
         try:
             if self._iterator is None:
                 self._iterator = self._backend.stream(self._entry.request)
@@ -760,8 +794,10 @@ class Ticket:
     :meth:`first_token` when the first token arrives if you stream.
     """
 
-    def __init__(self, entry: _Entry) -> None:
+    def __init__(self, entry: _Entry, clock: Callable[[], float] = anyio.current_time) -> None:
         self._entry = entry
+        #: the scheduler's clock, callable where first_token() is (SyncScheduler: any thread)
+        self._clock = clock
         self._output_tokens: int | None = None
         self._prompt_tokens: int | None = None
         self._first_token: float | None = None
@@ -787,7 +823,7 @@ class Ticket:
     def first_token(self) -> None:
         """Note that the first output token has arrived (for rate learning)."""
         if self._first_token is None:
-            self._first_token = anyio.current_time()
+            self._first_token = self._clock()
 
     def report(self, output_tokens: int, prompt_tokens: int | None = None) -> None:
         """Tell the scheduler how long the answer was, in tokens."""
@@ -818,6 +854,13 @@ class Ticket:
             finished=now,
             promoted=e.promoted,
         )
+
+
+def _check_max_wait(value: object) -> None:
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0
+    ):
+        raise ValueError(f"max_wait must be a number of seconds >= 0 or None, got {value!r}")
 
 
 def _outcome_of(exc: BaseException) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, final
@@ -111,45 +112,79 @@ class SyncScheduler:
         finally:
             self._exit_stack.close()
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
+        return self._closed
+
     def _check_open(self) -> None:
         if self._closed:
             raise SchedulerClosed("the scheduler is closed")
 
+    @contextlib.contextmanager
+    def _portal_open(self) -> Iterator[None]:
+        """Turn the portal's refusal after a concurrent :meth:`close` into :class:`SchedulerClosed`."""
+        self._check_open()
+        try:
+            yield
+        except RuntimeError as exc:
+            if self._closed and "portal is not running" in str(exc):
+                raise SchedulerClosed("the scheduler is closed") from exc
+            raise
+
     def complete(self, request: Request | str | None = None, /, **fields: Any) -> Completion:
         """Blocking :meth:`Scheduler.complete`."""
-        self._check_open()
-        completion: Completion = self._portal.call(_call_complete, self._scheduler, request, fields)
+        with self._portal_open():
+            completion: Completion = self._portal.call(_call_complete, self._scheduler, request, fields)
         return completion
 
     @contextlib.contextmanager
     def stream(self, request: Request | str | None = None, /, **fields: Any) -> Iterator[SyncStream]:
         """Blocking :meth:`Scheduler.stream`: a context manager of a chunk iterator."""
-        self._check_open()
-        cm = self._scheduler.stream(request, **fields)
-        with self._portal.wrap_async_context_manager(cm) as stream:
+        with contextlib.ExitStack() as stack:
+            with self._portal_open():
+                cm = self._portal.wrap_async_context_manager(self._scheduler.stream(request, **fields))
+                stream = stack.enter_context(cm)
             yield SyncStream(self._portal, stream)
 
     @contextlib.contextmanager
     def admit(self, request: Request | str | None = None, /, **fields: Any) -> Iterator[Ticket]:
-        """Blocking :meth:`Scheduler.admit`: run your own call inside the block."""
-        self._check_open()
-        cm = self._scheduler.admit(request, **fields)
-        with self._portal.wrap_async_context_manager(cm) as ticket:
+        """Blocking :meth:`Scheduler.admit`: run your own call inside the block.
+
+        The ticket's :meth:`~Ticket.first_token` may be called from this
+        thread: it reads the scheduler's clock through its event loop.
+        """
+        with contextlib.ExitStack() as stack:
+            with self._portal_open():
+                cm = self._portal.wrap_async_context_manager(self._scheduler.admit(request, **fields))
+                ticket = stack.enter_context(cm)
+            ticket._clock = functools.partial(self._portal.call, anyio.current_time)
             yield ticket
 
     def statistics(self) -> SchedulerStatistics:
         if self._closed:
             return self._scheduler.statistics()
-        return self._portal.call(self._scheduler.statistics)
+        try:
+            return self._portal.call(self._scheduler.statistics)
+        except RuntimeError:
+            if self.closed:  # closed meanwhile: the counts are final
+                return self._scheduler.statistics()
+            raise
 
     def position(self, request: Request) -> int | None:
         if self._closed:
             return None
-        return self._portal.call(self._scheduler.position, request)
+        try:
+            return self._portal.call(self._scheduler.position, request)
+        except RuntimeError:
+            if self.closed:  # closed meanwhile: nothing waits
+                return None
+            raise
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` (sync or async) in the scheduler's event loop."""
-        return self._portal.call(fn, *args)
+        with self._portal_open():
+            return self._portal.call(fn, *args)
 
 
 def _make_scheduler(

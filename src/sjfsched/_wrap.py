@@ -16,7 +16,6 @@ from .backends._llama import TokenCounter, llama_lock
 if TYPE_CHECKING:
     from llama_cpp import Llama
 
-    from ._scheduler import Ticket
 
 __all__ = ["ScheduledLlama", "wrap"]
 
@@ -165,7 +164,7 @@ class ScheduledLlama:
                 for chunk in iterator:
                     if first:
                         first = False
-                        self._scheduler.call(_first_token, ticket)
+                        ticket.first_token()  # reads the scheduler's clock through its loop
                     choices = chunk.get("choices") or ()
                     if choices and choices[0].get("finish_reason") is not None:
                         finish = choices[0]["finish_reason"]
@@ -177,10 +176,6 @@ class ScheduledLlama:
             sampled = counter.sampled
             output = sampled if finish == "length" else max(0, sampled - 1)
             ticket.report(output, counter.prompt_tokens)
-
-
-def _first_token(ticket: Ticket) -> None:
-    ticket.first_token()
 
 
 def _with_defaults(bound: inspect.BoundArguments) -> dict[str, Any]:

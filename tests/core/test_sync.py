@@ -86,3 +86,33 @@ def test_stream_admit_and_close() -> None:
     sched.close()
     with pytest.raises(SchedulerClosed):
         sched.complete("too late")
+
+
+@pytest.mark.parametrize("async_backend", ["asyncio", "trio"])
+def test_a_ticket_notes_its_first_token_from_the_calling_thread(async_backend: str) -> None:
+    with SyncScheduler(CallableBackend(echo), async_backend=async_backend) as sched:
+        with sched.admit("my own call") as ticket:
+            threading.Event().wait(0.05)
+            ticket.first_token()  # reads the scheduler's clock through its event loop
+            threading.Event().wait(0.05)
+            ticket.report(output_tokens=5)
+        stats = sched.statistics()
+    assert (stats.completed, stats.failed) == (1, 0)
+    assert ticket._first_token is not None
+    assert ticket._entry.started < ticket._first_token
+
+
+def test_a_call_that_races_close_gets_scheduler_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Closed between its check and its call into the event loop: SchedulerClosed, not the portal's error."""
+    sched = SyncScheduler(CallableBackend(echo))
+    sched.close()
+    monkeypatch.setattr(sched, "_check_open", lambda: None)  # as if the check ran just before close()
+    with pytest.raises(SchedulerClosed):
+        sched.complete("too late")
+    with pytest.raises(SchedulerClosed), sched.admit("too late"):
+        pass  # pragma: no cover
+    with pytest.raises(SchedulerClosed), sched.stream("too late"):
+        pass  # pragma: no cover
+    with pytest.raises(SchedulerClosed):
+        sched.call(sched.scheduler.statistics)
+    assert sched.position(Request("x")) is None

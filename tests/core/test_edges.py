@@ -1,0 +1,150 @@
+"""Edge cases found by review: memory under steady traffic, keys that do not compare,
+streams read after their block, reused requests, malformed chunks, bad arguments."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+
+from sjfsched import BackendError, Chunk, Job, Request, Scheduler
+from sjfsched.backends import CallableBackend
+
+from ._util import TablePredictor, backend, job, scheduler
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.mark.parametrize("max_wait", [None, 3.0])
+async def test_memory_stays_proportional_to_the_waiting_requests_under_steady_traffic(
+    max_wait: float | None,
+) -> None:
+    """One slot, 1 s jobs, one arriving each second after three at once: two always wait.
+
+    The queue never empties, so nothing clears it wholesale. Requests leave
+    through the heap or, overdue, through the FIFO, and linger dead in the
+    other; each structure is swept once its dead entries outnumber the live.
+    """
+    async with scheduler(max_wait=max_wait, aging=0.0) as sched:
+        largest = 0
+        async with anyio.create_task_group() as tg:
+            for i in range(2000):
+                # predicted 10 or 30 tokens, all really 10 (1 s): the "long" ones wait, then go overdue
+                tg.start_soon(sched.complete, job(10 if i % 3 else 30, 10))
+                if i >= 2:
+                    await anyio.sleep(1.0)
+                    largest = max(largest, sched._queue.storage_size())
+                    assert sched.statistics().waiting <= 3
+        stats = sched.statistics()
+        assert stats.completed == 2000
+        if max_wait is not None:
+            assert stats.promoted > 100  # the FIFO path was taken too
+    assert largest <= 2 * (64 + 4)  # not O(requests)
+
+
+async def test_a_sort_key_that_does_not_compare_is_refused_and_the_queue_still_works() -> None:
+    class Deadlines(Scheduler):
+        def sort_key(self, job: Job) -> Any:
+            return (job.request.priority, job.request.metadata.get("deadline"))
+
+    sched = Deadlines(backend(), predictor=TablePredictor(), cap=None, decode_rate=10.0, learn_rates=False)
+    async with sched:
+        async with anyio.create_task_group() as tg:
+            async with sched.admit(job(10)):
+                tg.start_soon(sched.complete, job(10, metadata={"deadline": 5.0}))
+                tg.start_soon(sched.complete, job(20, metadata={"deadline": 9.0}))
+                await anyio.sleep(0.1)
+                with pytest.raises(TypeError, match=r"sort_key gave .* does not compare"):
+                    await sched.complete(job(30))  # deadline None against floats
+                assert sched.statistics().waiting == 2
+        stats = sched.statistics()
+    assert (stats.completed, stats.waiting, stats.running) == (3, 0, 0)
+
+
+async def test_reading_a_stream_after_leaving_its_block_is_an_error_not_a_second_call() -> None:
+    calls = 0
+
+    async def fn(request: Request) -> AsyncIterator[Chunk]:
+        nonlocal calls
+        calls += 1
+        for i in range(3):
+            yield Chunk(f"t{i}")
+
+    async with Scheduler(CallableBackend(fn), predictor=job_predictor()) as sched:
+        async with sched.stream("hi") as chunks:
+            async for _ in chunks:
+                break
+        with pytest.raises(RuntimeError, match="left before its end"):
+            await chunks.__anext__()
+        stats = sched.statistics()
+    assert calls == 1
+    assert (stats.cancelled, stats.running) == (1, 0)
+
+
+async def test_position_of_a_request_submitted_twice() -> None:
+    """Equal requests (the same object, or equal values) each keep their place."""
+    async with scheduler() as sched:
+        request = job(20)
+        async with anyio.create_task_group() as tg:
+            async with sched.admit(job(10)):
+                tg.start_soon(sched.complete, request)
+                await anyio.sleep(0.1)
+                tg.start_soon(sched.complete, request)
+                await anyio.sleep(0.1)
+                assert sched.statistics().waiting == 2
+                assert sched.position(request) == 0
+            await anyio.sleep(0.5)  # the first copy runs (2 s); the second still waits
+            assert sched.statistics().waiting == 1
+            assert sched.position(request) == 0
+        assert sched.position(request) is None
+        assert sched._by_request == {}
+
+
+async def test_a_chunk_whose_text_is_not_a_str_fails_the_request_as_a_backend_error() -> None:
+    async def fn(request: Request) -> AsyncIterator[Chunk]:
+        yield Chunk(b"bytes")  # type: ignore[arg-type]
+
+    async with Scheduler(CallableBackend(fn), predictor=job_predictor()) as sched:
+        with pytest.raises(BackendError, match=r"Chunk\.text must be a str, got bytes"):
+            await sched.complete("hi")
+        assert sched.statistics().failed == 1
+
+
+class _StreamOnly:
+    slots = 1
+
+    async def stream(self, request: Request) -> AsyncIterator[Chunk]:  # pragma: no cover - never run
+        yield Chunk("x")
+
+
+class _NoSlots(_StreamOnly):
+    slots = 0
+
+    async def aclose(self) -> None:  # pragma: no cover - never run
+        pass
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda: Scheduler(_StreamOnly()), TypeError, "_StreamOnly has no aclose"),  # type: ignore[arg-type]
+        (lambda: Scheduler(_NoSlots()), ValueError, r"_NoSlots\.slots must be an int >= 1"),
+        (lambda: Scheduler(aging=True), ValueError, "aging must be"),
+        (lambda: Scheduler(max_wait=True), ValueError, "max_wait must be"),
+        (lambda: Scheduler(prefill_rate=True), ValueError, "prefill_rate must be"),
+        (lambda: Scheduler(on_complete="log"), TypeError, "on_complete must be a callable"),  # type: ignore[arg-type]
+        (lambda: Request("x", options=[1]), TypeError, r"Request\.options must be a mapping"),
+        (lambda: Request("x", metadata="m"), TypeError, r"Request\.metadata must be a mapping"),
+    ],
+)
+def test_bad_arguments_name_what_is_wrong(make: Any, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        make()
+
+
+def job_predictor() -> Any:
+    from sjfsched.predictors import ConstantPredictor
+
+    return ConstantPredictor()
