@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from sjfsched.proxy._client import AnswerBroken, ConnectFailed, UpstreamClient
+from sjfsched.proxy._client import AnswerBroken, ConnectFailed, ReadTimedOut, UpstreamClient
 
 from .harness import free_port
 
@@ -259,6 +259,32 @@ async def test_a_kept_alive_connection_closed_by_the_upstream_is_retried_once() 
             response.close()
         await client.aclose()
     assert script.connections == 2
+
+
+async def test_a_read_timeout_on_a_kept_alive_connection_is_not_sent_again() -> None:
+    """Silence past the read timeout is not a stale connection: the upstream may be generating."""
+
+    async def handler(
+        s: Scripted, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> None:
+        while (request := await s.read_request(reader)) is not None:  # read_request records it
+            if b"slow" in request:
+                await asyncio.sleep(5)
+            writer.write(_ok(b"done"))
+            await writer.drain()
+
+    async with scripted(handler) as (script, url):
+        client = UpstreamClient(url, read_timeout=0.3)
+        response = await client.request("POST", "/", body=b"fast")  # leaves a kept-alive connection
+        assert await response.read() == b"done"
+        response.close()
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(ReadTimedOut, match=r"sent nothing for 0\.3 s"):
+            await client.request("POST", "/", body=b"slow")
+        elapsed = asyncio.get_running_loop().time() - started
+        await client.aclose()
+    assert [r.endswith(b"slow") for r in script.requests] == [False, True]  # sent once
+    assert elapsed < 0.6  # one read timeout, not two
 
 
 async def test_request_bodies_are_streamed() -> None:

@@ -42,6 +42,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def do_GET(self) -> None:
+        if self.path == "/etag":  # a 304 that states the length of what it does not send (RFC 9110 allows it)
+            fresh = self.headers.get("If-None-Match") == '"v1"'
+            self.send_response(304 if fresh else 200)
+            self.send_header("ETag", '"v1"')
+            self.send_header("Content-Length", "12")
+            self.end_headers()
+            if not fresh:
+                self.wfile.write(b"hello world!")
+            return
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(BLOB)))
@@ -128,6 +137,19 @@ def test_streams_and_large_bodies_pass_through(start_proxy: ProxyFactory) -> Non
     assert download.content == BLOB and download.headers["content-length"] == str(len(BLOB))
     assert proxy.stats().completed == 0
     assert proxy.metrics()["sjfsched_passthrough_requests_total"] == 4
+
+
+def test_a_not_modified_answer_with_a_length_keeps_the_connection(start_proxy: ProxyFactory) -> None:
+    with _model_store() as upstream:
+        proxy = start_proxy(upstream, upstream_api="ollama")
+        with httpx.Client(timeout=30) as client:
+            first = client.get(f"{proxy.url}/etag")
+            answers = [client.get(f"{proxy.url}/etag", headers={"If-None-Match": '"v1"'}) for _ in range(3)]
+            after = client.get(f"{proxy.url}/etag")
+    assert first.status_code == 200 and first.content == b"hello world!"
+    assert [a.status_code for a in answers] == [304, 304, 304]
+    assert all(a.content == b"" and "content-length" not in a.headers for a in answers)
+    assert after.status_code == 200 and after.content == b"hello world!"
 
 
 def test_a_passed_through_stream_cut_by_the_upstream_ends_with_an_error_line(

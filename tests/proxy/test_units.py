@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from sjfsched.proxy import ProxySettings
 from sjfsched.proxy._apis import BadRequest, Parsed, Tally, parse_scheduled, scheduled_endpoints
 from sjfsched.proxy._settings import resolve
+from sjfsched.proxy._upstream import request_headers, response_headers
 
 OLLAMA = scheduled_endpoints("ollama")
 
@@ -118,6 +119,29 @@ def test_proxy_fields_are_removed_and_other_bodies_pass_byte_for_byte() -> None:
     assert header_wins.request.priority == -1
     with pytest.raises(BadRequest, match="the X-Priority header must be an integer"):
         _parse("/api/generate", {"model": "m", "prompt": "x"}, priority=b"soon")
+
+
+def test_a_lone_surrogate_survives_the_removal_of_the_proxy_fields() -> None:
+    """ "\ud800" is valid JSON but not UTF-8: the re-encoded body keeps it escaped."""
+    raw = b'{"model": "m", "prompt": "\\ud800 x \\u00e9", "priority": 1}'
+    parsed = _parse("/api/generate", raw)
+    assert json.loads(parsed.body) == {"model": "m", "prompt": "\ud800 x \u00e9"}
+    assert parsed.request.priority == 1
+
+
+def test_headers_named_in_connection_are_hop_by_hop_both_ways() -> None:
+    """RFC 9110 §7.6.1: what a message's Connection header lists is not forwarded."""
+    sent = [
+        (b"connection", b"keep-alive, X-Secret"),
+        (b"x-secret", b"1"),
+        (b"x-kept", b"2"),
+        (b"x-priority", b"3"),
+    ]
+    out, priority, _, _ = request_headers(sent, scheduled=False)
+    assert out == [(b"x-kept", b"2"), (b"x-priority", b"3")]
+    assert priority == b"3"
+    answered = [(b"Connection", b"x-hop"), (b"X-Hop", b"secret"), (b"Content-Type", b"text/plain")]
+    assert response_headers(answered, keep_length=True) == [(b"content-type", b"text/plain")]
 
 
 def test_settings_come_from_flags_then_environment_then_defaults() -> None:

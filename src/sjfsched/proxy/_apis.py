@@ -117,7 +117,11 @@ def parse_scheduled(
     if any(f in body for f in PROXY_FIELDS):
         for f in PROXY_FIELDS:
             body.pop(f, None)
-        raw = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+        try:
+            raw = text.encode()
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800" is valid JSON): keep it escaped
+            raw = json.dumps(body, separators=(",", ":")).encode()
 
     kind = endpoint.kind
     if kind == "generate":

@@ -531,7 +531,10 @@ class ProxyApp:
     async def _pass_answer(self, response: UpstreamResponse, send: Send, exchange: _Exchange) -> None:
         if response.status >= 500:
             self.metrics.upstream_errors["status"] += 1
-        out = response_headers(response.headers, keep_length=True)
+        # A 304 or 204 has no body whatever its Content-Length says (RFC 9110 §8.6), and
+        # uvicorn would wait for one: leave the header out.
+        no_body = response.status in (204, 304) or 100 <= response.status < 200
+        out = response_headers(response.headers, keep_length=not no_body)
         await send({"type": "http.response.start", "status": response.status, "headers": out})
         tail = b"\n\n"
         last = b""

@@ -26,7 +26,14 @@ from urllib.parse import urlsplit
 
 import httptools
 
-__all__ = ["AnswerBroken", "ConnectFailed", "UpstreamClient", "UpstreamError", "UpstreamResponse"]
+__all__ = [
+    "AnswerBroken",
+    "ConnectFailed",
+    "ReadTimedOut",
+    "UpstreamClient",
+    "UpstreamError",
+    "UpstreamResponse",
+]
 
 #: Bytes of answer held before reading from the upstream pauses (the client reads slowly).
 _HIGH_WATER = 256 * 1024
@@ -43,6 +50,10 @@ class ConnectFailed(UpstreamError):
 
 class AnswerBroken(UpstreamError):
     """The upstream's answer broke off: connection lost, invalid HTTP, or silence past the read timeout."""
+
+
+class ReadTimedOut(AnswerBroken):
+    """The upstream sent nothing for the read timeout: it may well be working on the request."""
 
 
 def _expire(waiter: asyncio.Future[Any]) -> None:
@@ -199,7 +210,7 @@ class _Connection(asyncio.Protocol):
             if handle is not None:
                 handle.cancel()
         if result is _TIMED_OUT:
-            self._fail(AnswerBroken(f"the upstream sent nothing for {timeout:g} s (the read timeout)"))
+            self._fail(ReadTimedOut(f"the upstream sent nothing for {timeout:g} s (the read timeout)"))
 
     # ------------------------------------------------------------- the API
 
@@ -398,10 +409,11 @@ class UpstreamClient:
                     assert body is not None and not isinstance(body, bytes)
                     await connection.send_body(body, chunked=not content_length)
                 await connection.response_head(self.read_timeout)
-            except AnswerBroken:
+            except AnswerBroken as exc:
                 connection.abort()
-                if retry and reused and not connection.got_bytes:
+                if retry and reused and not connection.got_bytes and not isinstance(exc, ReadTimedOut):
                     # A kept-alive connection the upstream had just closed: once more, on a new one.
+                    # Never after a read timeout: the upstream may be generating the answer.
                     retry = False
                     continue
                 raise

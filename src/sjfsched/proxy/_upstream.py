@@ -58,6 +58,18 @@ class UpstreamUnavailable(Exception):
     """The upstream could not be reached or did not look like an Ollama or OpenAI-compatible server."""
 
 
+def _connection_options(headers: Sequence[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """The header names a message's ``Connection`` header lists: hop-by-hop too (RFC 9110 §7.6.1)."""
+    named = {
+        token.strip().lower()
+        for name, value in headers
+        if name.lower() == b"connection"
+        for token in value.split(b",")
+    }
+    named.discard(b"")
+    return frozenset(named)
+
+
 def make_client(upstream: str, connect_timeout: float | None, read_timeout: float | None) -> UpstreamClient:
     return UpstreamClient(upstream, connect_timeout=connect_timeout, read_timeout=read_timeout)
 
@@ -70,7 +82,11 @@ def request_headers(
     A scheduled call asks the upstream for an uncompressed answer
     (``Accept-Encoding: identity``) so that the proxy can read it as it passes.
     """
+    headers = list(headers)
     drop = _SCHEDULED_DROP if scheduled else _REQUEST_DROP
+    listed = _connection_options(headers)
+    if listed:
+        drop = drop | (listed - {b"content-length", b"x-priority", b"x-tenant"})
     out: list[tuple[bytes, bytes]] = []
     priority = tenant = length = None
     for name, value in headers:
@@ -92,10 +108,11 @@ def response_headers(
     headers: Sequence[tuple[bytes, bytes]], *, keep_length: bool
 ) -> list[tuple[bytes, bytes]]:
     """The upstream's response headers to pass on to the client."""
+    drop = _RESPONSE_DROP | (_connection_options(headers) - {b"content-length"})
     return [
         (name, value)
         for name, value in ((n.lower(), v) for n, v in headers)
-        if name not in _RESPONSE_DROP and (keep_length or name != b"content-length")
+        if name not in drop and (keep_length or name != b"content-length")
     ]
 
 
