@@ -162,6 +162,10 @@ class ScoreCorrection:
         output_tokens: float,
     ) -> None:
         """One completed request: its features, the model's score of it, its real length."""
+        try:
+            base_score, output_tokens = float(base_score), float(output_tokens)
+        except (OverflowError, TypeError, ValueError):  # e.g. an int past float's range
+            return
         if not (math.isfinite(base_score) and math.isfinite(output_tokens)) or output_tokens < 0:
             return
         if len(ids):
@@ -212,7 +216,7 @@ class ScoreCorrection:
             bias = float(data["bias"])
             rows = np.frombuffer(base64.b64decode(data["rows"], validate=True), "<i4")
             weights = np.frombuffer(base64.b64decode(data["weights"], validate=True), "<f4")
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ValueError(f"{where}: not a sjfsched score correction ({exc!r})") from exc
         if size != self.size:
             raise ValueError(f"{where}: correction is for a model with {size} rows, this one has {self.size}")

@@ -15,13 +15,19 @@ the ranking of two prompts, only the lengths put on them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 __all__ = ["LengthCalibration", "read_state", "write_state"]
+
+#: An observed length counts as at most this many tokens' log (one answer of
+#: a billion tokens, or a miscount, must not throw the fit off for hours).
+_MAX_Y = math.log1p(1e6)
 
 _STATE_KEYS = ("s0", "sx", "sy", "sxx", "sxy", "sr", "n")
 _MIN_SLOPE = 0.1
@@ -70,9 +76,13 @@ class LengthCalibration:
 
     def observe(self, raw: float, output_tokens: float) -> None:
         """Add one completed request: the model's raw score and the real length."""
+        try:
+            raw, output_tokens = float(raw), float(output_tokens)
+        except (OverflowError, TypeError, ValueError):  # e.g. an int past float's range
+            return
         if not (math.isfinite(raw) and math.isfinite(output_tokens)) or output_tokens < 0:
             return
-        y = math.log1p(output_tokens)
+        y = min(math.log1p(output_tokens), _MAX_Y)
         residual = y - self.log_length(raw)
         d = self.decay
         self.s0 = self.s0 * d + 1.0
@@ -122,22 +132,43 @@ class LengthCalibration:
                 raise ValueError(f"unknown version {data.get('version')!r}")
             state = data["state"]
             values = {key: float(state[key]) for key in _STATE_KEYS}
-        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ValueError(f"{where}: not a sjfsched calibration ({exc})") from exc
-        if not all(math.isfinite(v) for v in values.values()) or values["s0"] < 0:
+        if not all(math.isfinite(v) for v in values.values()) or any(
+            values[key] < 0 for key in ("s0", "sxx", "sr", "n")
+        ):
             raise ValueError(f"{where}: calibration state holds invalid numbers")
+        # Fit a copy first: a state that cannot be fit leaves this one as it was.
+        trial = LengthCalibration(
+            center=self.center, spread=self.spread, sigma=self.sigma0,
+            prior_weight=self.prior_weight, decay=self.decay,
+        )  # fmt: skip
         for key in _STATE_KEYS:
-            setattr(self, key, values[key])
-        self.n = int(values["n"])
+            setattr(trial, key, values[key])
+        trial.n = int(values["n"])
+        try:
+            trial._refit()
+        except (ArithmeticError, ValueError) as exc:
+            raise ValueError(f"{where}: calibration state holds invalid numbers ({exc})") from exc
+        for key in _STATE_KEYS:
+            setattr(self, key, getattr(trial, key))
         self._refit()
 
 
 def write_state(path: str | os.PathLike[str], data: Any) -> None:
     """Write a predictor's state as JSON, atomically (a temporary file beside it, then a rename)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    # A temporary file of its own: several writers of one path (processes, or
+    # predictors sharing a state file) must not write into each other's.
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(data, indent=1))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def read_state(path: str | os.PathLike[str]) -> Any:
@@ -146,3 +177,5 @@ def read_state(path: str | os.PathLike[str]) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"not JSON ({exc.msg})") from exc
+    except RecursionError:
+        raise ValueError("nested too deeply to be a predictor state") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -97,9 +98,11 @@ class _Model:
     fingerprint: str = ""
 
 
-#: Loaded models by (path, mtime, size): schedulers built with the default
-#: predictor share one session and vocabulary (each keeps its own calibration).
-_CACHE: dict[tuple[str, int, int], _Model] = {}
+#: Loaded models by path, with the (mtime, size) they were read at: schedulers
+#: built with the default predictor share one session and vocabulary (each
+#: keeps its own calibration).  A file that changed is read again and replaces
+#: its old entry.
+_CACHE: dict[str, tuple[tuple[int, int], _Model]] = {}
 _CACHE_LOCK = threading.Lock()
 _TARGET_RANGE: Final = re.compile(r"clipped to \[([0-9.eE+-]+), ([0-9.eE+-]+)\]")
 
@@ -115,25 +118,33 @@ def _target_map(meta: Mapping[str, str], path: Path) -> TargetMap | None:
         try:
             data = json.loads(raw)
             return TargetMap(data["log_tokens"], data["score"])
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise PredictorError(f"{path}: model's sjfsched.target_map is malformed ({exc})") from exc
     found = _TARGET_RANGE.search(meta.get("sjfsched.target", ""))
     if found is None:
         return None
-    low, high = float(found[1]), float(found[2])
+    try:
+        low, high = float(found[1]), float(found[2])
+    except ValueError as exc:
+        raise PredictorError(f"{path}: model's sjfsched.target is malformed ({exc})") from exc
     return TargetMap.clipped(low, high) if 0 <= low < high and math.isfinite(high) else None
 
 
 def _load(path: Path) -> _Model:
     try:
         st = path.stat()
+        where = str(path.resolve())
     except OSError:
         raise PredictorError(f"{path}: model file not found") from None
-    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    except ValueError as exc:  # a path with a NUL byte
+        raise PredictorError(f"{path!r}: not a usable model path ({exc})") from None
+    version = (st.st_mtime_ns, st.st_size)
     with _CACHE_LOCK:
-        model = _CACHE.get(key)
-        if model is None:
-            model = _CACHE[key] = _read(path)
+        cached = _CACHE.get(where)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        model = _read(path)
+        _CACHE[where] = (version, model)
     return model
 
 
@@ -155,7 +166,7 @@ def _read(path: Path) -> _Model:
         signals = json.loads(meta["sjfsched.signals"])
         stats = json.loads(meta["sjfsched.score_stats"])
         center, spread, sigma = float(stats["center"]), float(stats["spread"]), float(stats["sigma"])
-    except (KeyError, ValueError, TypeError) as exc:
+    except (KeyError, ValueError, TypeError, OverflowError) as exc:
         raise PredictorError(f"{path}: model metadata is missing or malformed ({exc!r})") from exc
     if version != FEATURE_VERSION:
         raise PredictorError(
@@ -434,6 +445,7 @@ class LexicalPredictor:
         """
         if not self._calibrate:
             return
+        before = self._calibration.observations
         correction = self._correction
         if correction is None:
             entry = self._recent.pop(id(request), None)
@@ -445,7 +457,8 @@ class LexicalPredictor:
             raw = base + correction.value(ids, values) if correction.observations else base
             self._calibration.observe(raw, output_tokens)
             correction.learn(ids, values, base, output_tokens)
-        if self._save_every is not None and self._calibration.observations % self._save_every == 0:
+        count = self._calibration.observations
+        if self._save_every is not None and count != before and count % self._save_every == 0:
             self.save_calibration()
 
     def save_calibration(self, path: str | os.PathLike[str] | None = None) -> None:
@@ -481,14 +494,18 @@ class LexicalPredictor:
                     f"it was learnt with another model (file sha1 {saved_for}...), this predictor "
                     f"runs {self._path} (sha1 {self._fingerprint}...); remove it to start afresh"
                 )
+            # Both parts are checked on copies first: a file that fails leaves this predictor as it was.
+            copy.deepcopy(self._calibration).load_dict(data, where=str(path))
+            saved = data.get("correction") if self._correction is not None else None
+            if saved is not None and self._correction is not None:
+                copy.deepcopy(self._correction).load_dict(saved, where=str(path))
             self._calibration.load_dict(data, where=str(path))
             if self._correction is not None:
-                saved = data.get("correction")
                 if saved is None:
                     self._correction.reset()
                 else:
                     self._correction.load_dict(saved, where=str(path))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, OverflowError) as exc:
             raise PredictorError(f"{path}: cannot load calibration ({exc})") from exc
 
     def reset_calibration(self) -> None:

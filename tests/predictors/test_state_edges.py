@@ -1,0 +1,139 @@
+"""A predictor's state and model files when they are odd: found by review, each with its reproducer."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import onnx
+import pytest
+
+from sjfsched import PredictorError, Request
+from sjfsched.predictors import LexicalPredictor, _lexical
+from sjfsched.predictors._lexical import bundled_model_path
+
+PROMPT = Request("What is the capital of France?")
+
+
+def _learnt(n: int = 20) -> LexicalPredictor:
+    predictor = LexicalPredictor()
+    for i in range(n):
+        request = Request(f"Tell me about item {i}")
+        predictor.observe(request, predictor.predict(request), 100 + 10 * i)
+    return predictor
+
+
+def _saved(tmp_path: Path, **edit: object) -> Path:
+    """A saved state of a predictor that learnt something, with ``edit`` applied ("a.b": value)."""
+    path = tmp_path / "state.json"
+    _learnt().save_calibration(path)
+    data = json.loads(path.read_text())
+    for dotted, value in edit.items():
+        *parents, key = dotted.split(".")
+        node = data
+        for p in parents:
+            node = node[p]
+        node[key] = value
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"state.sr": -1e6},  # a negative sum of squares: the fit takes the root of it
+        {"state.n": -5},
+        {"correction.size": 5},  # a correction for another model
+        {"correction.observations": float("inf")},  # valid to Python's json, no int
+        {"state.n": 10**400},  # past float's range
+    ],
+)
+def test_a_state_that_does_not_load_leaves_the_predictor_as_it_was(
+    tmp_path: Path, edit: dict[str, object]
+) -> None:
+    path = _saved(tmp_path, **edit)
+    predictor = _learnt(5)
+    before = predictor.predict(PROMPT)
+    observations = (predictor.calibration.observations, predictor.correction.observations)  # type: ignore[union-attr]
+    with pytest.raises(PredictorError, match=r"state\.json: cannot load calibration"):
+        predictor.load_calibration(path)
+    assert predictor.predict(PROMPT) == before
+    assert (predictor.calibration.observations, predictor.correction.observations) == observations  # type: ignore[union-attr]
+    predictor.observe(PROMPT, before, 50)  # still learns
+    assert predictor.calibration.observations == observations[0] + 1
+
+
+def test_a_state_nested_too_deeply_is_refused_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000)
+    with pytest.raises(PredictorError, match=r"deep\.json: cannot load calibration .*nested too deeply"):
+        LexicalPredictor(calibration_path=path)
+
+
+def test_one_absurd_length_does_not_throw_the_calibration_off() -> None:
+    """A miscount of 1e300 tokens weighs as a million; a count past float's range is ignored."""
+    predictor = _learnt(50)
+    before = predictor.predict(PROMPT).tokens
+    predictor.observe(PROMPT, predictor.predict(PROMPT), 10**400)
+    assert predictor.calibration.observations == 50
+    predictor.observe(PROMPT, predictor.predict(PROMPT), 1e300)  # type: ignore[arg-type]
+    after = predictor.predict(PROMPT).tokens
+    assert after < 20 * before  # it was a million tokens with the log of 1e300 in the fit
+
+
+def test_several_writers_of_one_state_file_never_collide(tmp_path: Path) -> None:
+    path = tmp_path / "shared.json"
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        predictor = LexicalPredictor(calibration_path=path, save_every=1, adapt=False)
+        try:
+            for i in range(150):
+                predictor.observe(PROMPT, predictor.predict(PROMPT), 100 + i)
+        except BaseException as exc:  # pragma: no cover - the failure this test is for
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert json.loads(path.read_text())["state"]["n"] > 0
+    assert [p.name for p in tmp_path.iterdir()] == ["shared.json"]  # no temporary file left
+
+
+def test_rejected_observations_do_not_rewrite_the_state(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    predictor = LexicalPredictor(calibration_path=path, save_every=5)
+    for _ in range(10):
+        predictor.observe(PROMPT, predictor.predict(PROMPT), -1)  # refused: nothing learnt
+    assert not path.exists()
+
+
+def test_a_changed_model_file_replaces_its_cached_copy(tmp_path: Path) -> None:
+    path = tmp_path / "model.onnx"
+    shutil.copy(bundled_model_path(), path)
+    key = str(path.resolve())
+    for i in range(5):
+        os.utime(path, ns=(10**18 + i, 10**18 + i))
+        LexicalPredictor(path)
+        assert sum(1 for k in _lexical._CACHE if k == key) == 1
+    assert _lexical._CACHE[key][0][0] == 10**18 + 4
+
+
+def test_malformed_clip_range_and_bad_paths_are_predictor_errors(tmp_path: Path) -> None:
+    model = onnx.load(str(bundled_model_path()))
+    meta = {p.key: p.value for p in model.metadata_props if p.key != "sjfsched.target_map"}
+    meta["sjfsched.target"] = "mean of log(1 + output_tokens clipped to [1-2, 50])"
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, meta)
+    path = tmp_path / "odd.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(PredictorError, match=r"odd\.onnx: model's sjfsched\.target is malformed"):
+        LexicalPredictor(path)
+    with pytest.raises(PredictorError, match="not a usable model path"):
+        LexicalPredictor("bad\x00name.onnx")
