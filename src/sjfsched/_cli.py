@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import zlib
 from collections.abc import Sequence
 from typing import Final
 
+from ._errors import PredictorError
 from ._version import __version__
 
 __all__ = ["main"]
@@ -54,7 +57,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return int(modules[args.command].run(args))
+    try:
+        return int(modules[args.command].run(args))
+    except (OSError, ValueError, LookupError, EOFError, zlib.error, PredictorError) as exc:
+        # A missing or malformed input, a bad value: one line naming it, not a traceback
+        # (SJFSCHED_TRACEBACK=1 shows the traceback, for bug reports).
+        if os.environ.get("SJFSCHED_TRACEBACK"):
+            raise
+        message = f"missing {exc}" if isinstance(exc, KeyError) else str(exc) or type(exc).__name__
+        raise SystemExit(f"sjfsched {args.command}: {message}") from None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 from collections.abc import Sequence
 from importlib import resources
 
@@ -123,6 +124,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not 0.0 < args.load < 1.0:  # NaN fails this too
+        print(f"sjfsched demo: --load must be within (0, 1), got {args.load}", file=sys.stderr)
+        return 2
     trace = load_demo_trace()
     rng = random.Random(args.seed)
     backend = SimulatedBackend(prefill_rate=args.prefill_rate, decode_rate=args.decode_rate)

@@ -41,7 +41,10 @@ class RequestLog:
     ``model`` names the answering model (default: ``request.options["model"]``
     if set, else ``"unknown"``); ``source`` labels the file's records (use one
     per application to evaluate them separately).  A path ending in ``.gz``
-    is written gzip-compressed.  Requests with no output are skipped.
+    is written gzip-compressed, each line a gzip member of its own, so the
+    file reads whole at every moment, even while it is written or after a
+    crash.  Requests with no output, or with no text (an image-only turn),
+    are skipped.
     Answers cut off by ``max_tokens`` (``finish_reason == "length"``) are
     logged with their finish reason, their length being only a lower bound;
     ``skip_truncated=True`` leaves them out.  Safe to call from several threads; the file is flushed
@@ -63,16 +66,13 @@ class RequestLog:
         self.source = source
         self.skip_truncated = skip_truncated
         self._lock = threading.Lock()
-        self._file: IO[str] | None = None
+        self._file: IO[bytes] | None = None
         self.written = 0
 
-    def _open(self) -> IO[str]:
+    def _open(self) -> IO[bytes]:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            if self.path.suffix == ".gz":
-                self._file = gzip.open(self.path, "at", encoding="utf-8")  # noqa: SIM115
-            else:
-                self._file = self.path.open("a", encoding="utf-8")
+            self._file = self.path.open("ab")
         return self._file
 
     def record(self, completion: Completion) -> dict[str, Any] | None:
@@ -83,6 +83,8 @@ class RequestLog:
             return None
         request = completion.request
         text = request.text
+        if not text.strip():
+            return None
         model = self.model
         if model is None:
             option = request.options.get("model")
@@ -106,7 +108,12 @@ class RequestLog:
         line = self.record(completion)
         if line is None:
             return
-        data = json.dumps(line, ensure_ascii=False) + "\n"
+        try:
+            data = (json.dumps(line, ensure_ascii=False) + "\n").encode()
+        except UnicodeEncodeError:  # a lone surrogate: keep it escaped, as JSON allows
+            data = (json.dumps(line) + "\n").encode()
+        if self.path.suffix == ".gz":
+            data = gzip.compress(data)
         with self._lock:
             f = self._open()
             f.write(data)

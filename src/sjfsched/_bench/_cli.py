@@ -244,10 +244,18 @@ def _print_tables(results: Sequence[Result], policies: Sequence[str], out: Any =
 
 def _run_sim(args: argparse.Namespace) -> int:
     traces, profiles = _split(args.traces), _split(args.profiles)
+    named = {"--traces": traces, "--profiles": profiles, "--scenarios": _split(args.scenarios)}
+    for flag, names in named.items():
+        if not names:
+            raise SystemExit(f"sjfsched bench: {flag} names nothing to run")
+    if args.jobs < 1:
+        raise SystemExit(f"sjfsched bench: --jobs must be 1 or more, got {args.jobs}")
     _check_traces(traces)
     data = _data_dir(args, traces)
     scenarios = [_scenario(s, args) for s in _split(args.scenarios)]
     policies = _policies(args.policies)
+    if not policies:
+        raise SystemExit("sjfsched bench: --policies names nothing to run")
     files = [t for t in traces if is_file_trace(t)]
     try:
         for t in files:  # a bad file fails before anything runs (and is read once here)
@@ -273,6 +281,13 @@ def _run_sim(args: argparse.Namespace) -> int:
             f"{UNSEEN_BUILT_IN_ONLY}",
             file=sys.stderr,
         )
+    for t in files:  # a burst drawn from fewer requests would run smaller than its name says
+        n = len(cached_trace(str(data), t))
+        if n < 2:
+            raise SystemExit(f"sjfsched bench: {t} has {n} request: a trace needs at least 2")
+        for s in scenarios:
+            if s.kind == "burst" and s.size > n:
+                raise SystemExit(f"sjfsched bench: {t} has {n} requests, fewer than a {s.name} draws")
     meta = _meta(args, data)
     try:
         results = run_units(

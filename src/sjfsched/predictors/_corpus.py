@@ -19,6 +19,7 @@ import gzip
 import hashlib
 import json
 import math
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -84,16 +85,25 @@ def _open(path: Path) -> IO[str]:
 def iter_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
     """``(line number, value)`` of each non-blank line of a JSON-lines file (``.gz`` too).
 
-    A line that is not JSON raises :class:`ValueError` naming the file and line.
+    A line that is not JSON raises :class:`ValueError` naming the file and
+    line, and so does a ``.gz`` file that is not gzip or is corrupt.  A
+    compressed file cut short (one being written, or a crash while writing)
+    yields its complete lines: the last, partial one is left out.
     """
-    with _open(path) as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield i, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{i}: not JSON ({exc.msg})") from exc
+    i = 0
+    try:
+        with _open(path) as f:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield i, json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{i}: not JSON ({exc.msg})") from exc
+    except EOFError:  # a gzip member cut short: what came before it stands
+        return
+    except (zlib.error, gzip.BadGzipFile) as exc:
+        raise ValueError(f"{path}: corrupt gzip data after line {i} ({exc})") from exc
 
 
 def parse_record(raw: Any, path: Path, line: int) -> LengthRecord:

@@ -567,6 +567,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ._train import select_records, split_records
 
+    if not 0.0 < args.test_fraction < 1.0:
+        print("sjfsched evaluate: --test-fraction must be within (0, 1)", file=sys.stderr)
+        return 2
     records = select_records(load_records(args.data), include=args.include, exclude=args.exclude)
     if not records:
         print("sjfsched evaluate: no records", file=sys.stderr)

@@ -679,10 +679,14 @@ def run(args: argparse.Namespace) -> int:
         if args.fit_all:
             model, medians = fit_clairvoyant(records)
         proto = clairvoyant_onnx(model, medians, meta)
+    card_path = args.card if args.card is not None else args.out.with_suffix(".md")
+    if card_path.resolve() == args.out.resolve():
+        print(f"sjfsched train: the card would overwrite the model {args.out}: pass --card", file=sys.stderr)
+        return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    card_path.parent.mkdir(parents=True, exist_ok=True)
     data = proto.SerializeToString()
     args.out.write_bytes(data)
-    card_path = args.card if args.card is not None else args.out.with_suffix(".md")
     card_train = records if args.fit_all else train
     card = _card(
         args,

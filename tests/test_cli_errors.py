@@ -1,0 +1,121 @@
+"""User errors on the command line end in one line naming what is wrong, not a traceback,
+and nothing runs on input it would misread. Found by review, each with its reproducer."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from sjfsched import Completion, Prediction, Request, RequestLog
+from sjfsched._cli import main
+from sjfsched.predictors._corpus import load_records
+
+
+def _records(path: Path, n: int) -> Path:
+    with path.open("w") as f:
+        for i in range(n):
+            f.write(
+                json.dumps({"prompt": f"question {i} about {i % 7}", "output_tokens": 10 + 37 * i}) + "\n"
+            )
+    return path
+
+
+def _exit_message(argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert isinstance(info.value.code, str), info.value.code  # a message, printed on one line
+    assert "\n" not in info.value.code
+    return info.value.code
+
+
+def test_train_and_evaluate_name_the_bad_input(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x"}\n')
+    assert _exit_message(["train", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "m.onnx")]) == (
+        f"sjfsched train: no such file or directory: {tmp_path / 'nope.jsonl'}"
+    )
+    assert "bad.jsonl:1: 'output_tokens' must be a finite number" in _exit_message(
+        ["train", str(bad), "--out", str(tmp_path / "m.onnx")]
+    )
+    assert _exit_message(["evaluate", str(bad)]).startswith("sjfsched evaluate: ")
+    assert main(["evaluate", str(_records(tmp_path / "ok.jsonl", 50)), "--test-fraction", "1.5"]) == 2
+
+
+def test_train_refuses_a_card_that_would_overwrite_the_model(tmp_path: Path) -> None:
+    data = _records(tmp_path / "ok.jsonl", 200)
+    assert main(["train", str(data), "--out", str(tmp_path / "model.md")]) == 2
+    assert not (tmp_path / "model.md").exists()
+    assert (
+        main(
+            [
+                "train",
+                str(data),
+                "--out",
+                str(tmp_path / "m.onnx"),
+                "--card",
+                str(tmp_path / "new" / "card.md"),
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "new" / "card.md").read_text().startswith("# Model card")
+
+
+@pytest.mark.parametrize("load", ["-1", "0", "nan", "1.5"])
+def test_demo_refuses_a_load_outside_zero_to_one(load: str) -> None:
+    assert main(["demo", "--load", load]) == 2
+
+
+def test_bench_sim_refuses_what_it_would_run_wrongly(tmp_path: Path) -> None:
+    ten = _records(tmp_path / "ten.jsonl", 10)
+    one = _records(tmp_path / "one.jsonl", 1)
+    sim = ["bench", "sim", "--profiles", "gpu", "--policies", "fcfs", "--no-progress"]
+    assert "ten.jsonl has 10 requests, fewer than a burst100 draws" in _exit_message(
+        [*sim, "--traces", str(ten), "--scenarios", "burst100"]
+    )
+    assert "a trace needs at least 2" in _exit_message(
+        [*sim, "--traces", str(one), "--scenarios", "poisson0.5"]
+    )
+    assert "--jobs must be 1 or more" in _exit_message(
+        [*sim, "--traces", str(ten), "--scenarios", "burst5", "--jobs", "0"]
+    )
+    assert "--scenarios names nothing" in _exit_message([*sim, "--traces", str(ten), "--scenarios", ""])
+    assert _exit_message([*sim, "--traces", str(ten), "--scenarios", "burst0"]).startswith("sjfsched bench: ")
+    assert _exit_message(["bench", "tables", "--results", str(tmp_path / "missing.json")]).startswith(
+        "sjfsched bench: "
+    )
+
+
+def _completion(text: str, tokens: int) -> Completion:
+    return Completion(
+        request=Request(text), text="x", output_tokens=tokens, prompt_tokens=3, prediction=Prediction(10.0),
+        estimate=1.0, submitted=0.0, started=0.0, first_token=None, finished=1.0,
+    )  # fmt: skip
+
+
+def test_a_compressed_request_log_reads_while_open_and_after_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "requests.jsonl.gz"
+    log = RequestLog(path)
+    for i in range(30):
+        log(_completion(f"prompt {i}", 10 + i))
+    log(_completion("a lone surrogate \ud800 in it", 7))
+    log(_completion("   ", 5))  # no text (an image-only turn): skipped
+    assert log.written == 31
+    assert len(load_records([path])) == 31  # still open: every line is a whole gzip member
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(path.read_bytes()[:-20])  # a crash in the middle of the last write
+    assert [r.output_tokens for r in load_records([cut])] == [10 + i for i in range(30)]
+    log.close()
+    assert (
+        json.loads(gzip.decompress(path.read_bytes()).splitlines()[-1])["prompt"]
+        == "a lone surrogate \ud800 in it"
+    )
+    junk = tmp_path / "junk.jsonl.gz"
+    damaged = bytearray(gzip.compress(b'{"prompt": "b", "output_tokens": 4}\n' * 50))
+    damaged[12:20] = b"\xff" * 8  # inside the compressed data
+    junk.write_bytes(gzip.compress(b'{"prompt": "a", "output_tokens": 3}\n') + bytes(damaged))
+    with pytest.raises(ValueError, match=r"junk\.jsonl\.gz: corrupt gzip data after line 1"):
+        load_records([junk])
