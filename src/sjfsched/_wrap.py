@@ -11,7 +11,7 @@ from typing_extensions import Self
 
 from ._records import Request
 from ._sync import SyncScheduler
-from .backends._llama import TokenCounter, llama_lock
+from .backends._llama import TokenCounter, counting_processors, llama_lock
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -149,13 +149,8 @@ class ScheduledLlama:
     ) -> Iterator[Any]:
         # Count the tokens as the model samples them (the stream has no usage).
         counter = TokenCounter()
-        from llama_cpp import LogitsProcessorList
-
-        processors = LogitsProcessorList([counter])
         extra = bound.arguments.get("logits_processor")
-        if extra is not None:
-            processors.extend(extra)
-        bound.arguments["logits_processor"] = processors
+        bound.arguments["logits_processor"] = counting_processors(counter, extra)
         with self._scheduler.admit(request) as ticket, self._lock:
             iterator = iter(method(*bound.args, **bound.kwargs))
             finish: str | None = None

@@ -283,3 +283,18 @@ async def test_cancelled_while_waiting_for_the_model_leaves_the_lock_free(
             await anyio.sleep(0.01)
     chunks = await collect(backend, Request("after", max_tokens=3))
     assert sum(c.tokens for c in chunks) == 3
+
+
+async def test_logit_bias_applies_and_the_tokens_are_still_counted(
+    backend: LlamaCppBackend, tiny_llm: Llama
+) -> None:
+    """llama-cpp-python adds its logit_bias processor to ours with list.extend's None: ours survives it."""
+    forced = tiny_llm.tokenize(b"!", add_bos=False)[-1]
+    request = Request("Once", max_tokens=8, options={"temperature": 0, "logit_bias": {forced: 100.0}})
+    chunks = await collect(backend, request)
+    expected = reference(tiny_llm, request)
+    assert "".join(c.text for c in chunks) == text_of(expected) == tiny_llm.detokenize([forced] * 8).decode()
+    assert sum(c.tokens for c in chunks) == expected["usage"]["completion_tokens"] == 8
+    assert [c.prompt_tokens for c in chunks if c.prompt_tokens is not None] == [
+        expected["usage"]["prompt_tokens"]
+    ]

@@ -156,3 +156,12 @@ def test_other_attributes_are_the_llamas_and_close_stops_calls(tiny_llm: Llama) 
 def test_wrap_refuses_what_is_not_a_llama() -> None:
     with pytest.raises(TypeError, match="needs a llama_cpp"):
         sjfsched.wrap(object())  # type: ignore[arg-type]
+
+
+def test_a_streamed_call_keeps_its_logit_bias(wrapped: Any, tiny_llm: Llama) -> None:
+    forced = tiny_llm.tokenize(b"!", add_bos=False)[-1]
+    options: Any = {"max_tokens": 6, "logit_bias": {forced: 100.0}, **GREEDY}
+    chunks = list(wrapped.create_completion("Once", stream=True, **options))
+    direct: Any = tiny_llm.create_completion("Once", **options)
+    assert "".join(c["choices"][0]["text"] for c in chunks) == direct["choices"][0]["text"]
+    assert direct["choices"][0]["text"] == tiny_llm.detokenize([forced] * 6).decode()

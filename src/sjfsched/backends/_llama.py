@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import threading
 import weakref
@@ -70,6 +71,32 @@ class TokenCounter:
         """The output tokens sampled before the newest one (from ``llm.input_ids``)."""
         start = self.prompt_tokens or 0
         return [int(t) for t in input_ids[start:]]
+
+
+def counting_processors(counter: TokenCounter, extra: Any) -> Any:
+    """A ``LogitsProcessorList``: the token counter, then the caller's own processors.
+
+    llama-cpp-python adds its ``logit_bias`` processor with ``processors =
+    processors.extend(...)``; ``list.extend`` returns ``None``, which would
+    drop every processor, the counter and the bias included.  This list's
+    ``extend`` returns the list.
+    """
+    processors = _processor_list_class()([counter])
+    if extra is not None:
+        processors.extend(extra)
+    return processors
+
+
+@functools.cache
+def _processor_list_class() -> type[Any]:
+    from llama_cpp import LogitsProcessorList
+
+    class Processors(LogitsProcessorList):
+        def extend(self, items: Any) -> Processors:  # type: ignore[override]
+            super().extend(items)
+            return self
+
+    return Processors
 
 
 async def acquire_thread_lock(lock: threading.Lock) -> None:
@@ -192,13 +219,7 @@ class LlamaCppBackend:
             options["max_tokens"] = request.max_tokens
         else:
             options.setdefault("max_tokens", None)  # to the end of the context
-        from llama_cpp import LogitsProcessorList
-
-        processors = LogitsProcessorList([counter])
-        extra = options.pop("logits_processor", None)
-        if extra is not None:
-            processors.extend(extra)
-        options["logits_processor"] = processors
+        options["logits_processor"] = counting_processors(counter, options.pop("logits_processor", None))
         options["stream"] = True
         return options
 

@@ -192,9 +192,10 @@ class BackendPool:
         last_error: BaseException | None = None
         while True:
             member: _Member | None = None
+            probe = False
             no_backend = ""
             try:
-                member = await self._acquire(tried)
+                member, probe = await self._acquire(tried)
             except _NoBackend as exc:
                 no_backend = str(exc)
             if member is None:
@@ -214,15 +215,15 @@ class BackendPool:
                         yield chunk
             except Exception as exc:
                 unavailable = is_unavailable(exc)
-                self._release(member, failed=unavailable, answered=not unavailable)
+                self._release(member, probe, failed=unavailable, answered=not unavailable)
                 if streamed or not unavailable or not self.failover:
                     raise
                 last_error = exc
                 continue
             except BaseException:
-                self._release(member, failed=False, answered=streamed)
+                self._release(member, probe, failed=False, answered=streamed)
                 raise
-            self._release(member, failed=False, answered=True)
+            self._release(member, probe, failed=False, answered=True)
             return
 
     async def aclose(self) -> None:
@@ -235,7 +236,8 @@ class BackendPool:
 
     # ------------------------------------------------------------ internals
 
-    async def _acquire(self, tried: set[int]) -> _Member:
+    async def _acquire(self, tried: set[int]) -> tuple[_Member, bool]:
+        """A member with a free slot, and whether this request is its probe (it is out of rotation)."""
         while True:
             now = anyio.current_time()
             candidates = [m for m in self._members if m.index not in tried]
@@ -246,11 +248,11 @@ class BackendPool:
                     continue
                 if m.down_until is None:
                     m.busy += 1
-                    return m
+                    return m, False
                 if now >= m.down_until and not m.probing:
                     m.probing = True  # one request at a time finds out if it is back
                     m.busy += 1
-                    return m
+                    return m, True
             waits = [m.down_until - now for m in candidates if m.down_until is not None and not m.probing]
             usable = any(m.down_until is None or m.probing for m in candidates)
             if not usable:
@@ -278,9 +280,10 @@ class BackendPool:
             member.failures = 0
             self._notify()
 
-    def _release(self, member: _Member, *, failed: bool, answered: bool) -> None:
+    def _release(self, member: _Member, probe: bool, *, failed: bool, answered: bool) -> None:
         member.busy -= 1
-        member.probing = False
+        if probe:  # only the probe's end says whether another may try
+            member.probing = False
         if failed:
             member.failures += 1
             backoff = min(self.max_retry_after, self.retry_after * 2.0 ** (member.failures - 1))
