@@ -8,8 +8,9 @@
   what any predictor can reach;
 - ``clairvoyant``: the peer, Clairvoyant's policy (arXiv 2606.07248):
   ascending P(Long) from its 3-class predictor, and a starvation timeout
-  tau = 3 x the mean latency of a short request, after which the longest
-  waiting request runs next;
+  tau = 3 x the mean service time (start to last token) of the short
+  requests served so far, starting from the trace's mean short service
+  time, after which the longest waiting request runs next;
 - sweeps of ``aging`` and ``max_wait`` around the defaults.
 """
 
