@@ -238,9 +238,10 @@ def test_truncated_model_file(tmp_path: Path) -> None:
         LexicalPredictor(path)
 
 
-def _edited(tmp_path: Path, name: str, **props: str) -> Path:
+def _edited(tmp_path: Path, name: str, props: dict[str, str], drop: tuple[str, ...] = ()) -> Path:
+    """The bundled model with metadata keys ``drop`` removed and ``props`` set."""
     model = onnx.load(str(bundled_model_path()))
-    meta = {p.key: p.value for p in model.metadata_props}
+    meta = {p.key: p.value for p in model.metadata_props if p.key not in drop}
     meta.update(props)
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, meta)
@@ -250,13 +251,13 @@ def _edited(tmp_path: Path, name: str, **props: str) -> Path:
 
 
 def test_model_of_another_kind(tmp_path: Path) -> None:
-    path = _edited(tmp_path, "other.onnx", **{"sjfsched.kind": "clairvoyant"})
+    path = _edited(tmp_path, "other.onnx", {"sjfsched.kind": "clairvoyant"})
     with pytest.raises(PredictorError, match=r"other\.onnx: not a sjfsched lexical model"):
         LexicalPredictor(path)
 
 
 def test_model_from_another_feature_version(tmp_path: Path) -> None:
-    path = _edited(tmp_path, "old.onnx", **{"sjfsched.feature_version": "999"})
+    path = _edited(tmp_path, "old.onnx", {"sjfsched.feature_version": "999"})
     with pytest.raises(PredictorError, match=r"old\.onnx: model was trained with feature version 999"):
         LexicalPredictor(path)
 
@@ -264,7 +265,7 @@ def test_model_from_another_feature_version(tmp_path: Path) -> None:
 def test_model_whose_table_does_not_fit_its_vocabulary(tmp_path: Path) -> None:
     meta = LexicalPredictor().metadata
     size = int(meta["sjfsched.table_size"])
-    path = _edited(tmp_path, "short.onnx", **{"sjfsched.table_size": str(size + 1)})
+    path = _edited(tmp_path, "short.onnx", {"sjfsched.table_size": str(size + 1)})
     with pytest.raises(PredictorError, match=r"short\.onnx: weight table has"):
         LexicalPredictor(path)
 
@@ -275,25 +276,27 @@ def test_malformed_target_map(tmp_path: Path) -> None:
         ("nokeys.onnx", '{"xs": [1, 2]}'),
         ("decreasing.onnx", '{"log_tokens": [5, 4], "score": [1, 2]}'),
     ):
-        path = _edited(tmp_path, name, **{"sjfsched.target_map": raw})
+        path = _edited(tmp_path, name, {"sjfsched.target_map": raw})
         with pytest.raises(PredictorError, match=rf"{name.replace('.', '[.]')}: model's sjfsched.target_map"):
             LexicalPredictor(path)
 
 
 def test_model_without_target_map_reads_its_clip_range(tmp_path: Path) -> None:
     """A model written before sjfsched.target_map existed states only its clip range, in words."""
-    model = onnx.load(str(bundled_model_path()))
-    meta = {p.key: p.value for p in model.metadata_props if p.key != "sjfsched.target_map"}
-    meta["sjfsched.target"] = "mean over answering models of log(1 + output_tokens clipped to [154, 1652])"
-    del model.metadata_props[:]
-    onnx.helper.set_model_props(model, meta)
-    path = tmp_path / "older.onnx"
-    onnx.save(model, str(path))
+    target = "mean over answering models of log(1 + output_tokens clipped to [154, 1652])"
+    path = _edited(tmp_path, "older.onnx", {"sjfsched.target": target}, drop=("sjfsched.target_map",))
     correction = LexicalPredictor(path).correction
     assert correction is not None and correction.target_map is not None
     assert correction.target(3) == pytest.approx(math.log1p(154))
     assert correction.target(10**5) == pytest.approx(math.log1p(1652))
     assert correction.target(500) == pytest.approx(math.log1p(500))
+
+
+def test_a_malformed_clip_range_is_a_predictor_error(tmp_path: Path) -> None:
+    target = "mean of log(1 + output_tokens clipped to [1-2, 50])"
+    path = _edited(tmp_path, "odd.onnx", {"sjfsched.target": target}, drop=("sjfsched.target_map",))
+    with pytest.raises(PredictorError, match=r"odd\.onnx: model's sjfsched\.target is malformed"):
+        LexicalPredictor(path)
 
 
 def test_foreign_onnx_model(tmp_path: Path) -> None:
