@@ -18,7 +18,7 @@ import argparse
 
 import anyio
 
-from sjfsched import Completion, Scheduler
+from sjfsched import BackendError, Completion, Scheduler
 from sjfsched.backends import OpenAIBackend
 
 PROMPTS = [
@@ -33,14 +33,20 @@ async def main(base_url: str, model: str | None, api_key: str | None, slots: int
     backend = OpenAIBackend(base_url, model=model, api_key=api_key, slots=slots)
     async with Scheduler(backend) as sched:
         finished: list[Completion] = []
+        errors: list[BackendError] = []
 
         async def ask(prompt: str, max_tokens: int) -> None:
             messages = [{"role": "user", "content": prompt}]
-            finished.append(await sched.complete(messages=messages, max_tokens=max_tokens))
+            try:
+                finished.append(await sched.complete(messages=messages, max_tokens=max_tokens))
+            except BackendError as error:  # the server's own message, or why it could not be reached
+                errors.append(error)
 
         async with anyio.create_task_group() as tg:
             for prompt, max_tokens in PROMPTS:
                 tg.start_soon(ask, prompt, max_tokens)
+        if errors:
+            raise SystemExit(f"the server failed: {errors[0]}")
         print(f"model: {backend.model}")
         for c in finished:
             print(

@@ -21,7 +21,7 @@ from sjfsched.backends import BackendPool, OllamaBackend
 
 async def main(model: str, hosts: list[tuple[str, int]], requests: int) -> None:
     pool = BackendPool(
-        [(OllamaBackend(model, url, connect_timeout=2), slots) for url, slots in hosts],
+        [(OllamaBackend(model, url, slots=slots, connect_timeout=2), slots) for url, slots in hosts],
         retry_after=5,
     )
     async with Scheduler(pool) as sched:

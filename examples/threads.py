@@ -1,8 +1,10 @@
 """Shortest-job-first from threaded code, with SyncScheduler.
 
 Eight worker threads each send prompts to one shared model.  The model here
-is a function that takes 20 ms per word of its answer (swap in your own
-client call); the scheduler makes the short questions skip the queue.
+is a function that takes 2 ms per word of its answer and answers long
+prompts at length (swap in your own client call).  The scheduler runs first
+the prompts its predictor expects short answers to: they are its guesses,
+not certainties, so the order is mostly, not always, shortest first.
 
     python examples/threads.py
 """
@@ -18,14 +20,14 @@ from sjfsched.backends import CallableBackend
 
 def slow_model(request: Request) -> str:
     """A stand-in for a blocking model call: long prompts get long answers."""
-    words = 5 + len(request.text)
-    time.sleep(0.02 * words / 10)
+    words = 5 + 10 * len(request.text.split())
+    time.sleep(0.002 * words)
     return "word " * words
 
 
 PROMPTS = [
     "Write a detailed, well-structured essay about the history of the printing press in Europe.",
-    "2+2?",
+    "What is 2 + 2? Answer with the number.",
     "Explain, step by step and with examples, how a B-tree keeps itself balanced on insert.",
     "Capital of Peru?",
     "Write a short story, at least five paragraphs, about a robot who learns to paint.",
