@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import heapq
+import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any, final
 
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from ._records import Prediction, Request
 
 __all__ = ["EntryState", "WaitQueue", "_Entry"]
+
+logger = logging.getLogger("sjfsched")
 
 
 class EntryState(enum.Enum):
@@ -72,36 +75,72 @@ class _Entry:
 
 
 @final
+class _Lenient:
+    """A sort key that falls back to arrival order where two keys do not compare."""
+
+    __slots__ = ("key", "seq")
+
+    def __init__(self, key: Any, seq: int) -> None:
+        self.key = key
+        self.seq = seq
+
+    def __lt__(self, other: _Lenient) -> bool:
+        try:
+            if self.key < other.key:
+                return True
+            if other.key < self.key:
+                return False
+        except TypeError:
+            pass
+        return self.seq < other.seq
+
+
+@final
 class WaitQueue:
     """Waiting entries, popped by lowest key or, when overdue, oldest first."""
 
-    __slots__ = ("_fifo", "_heap", "_live", "max_wait")
+    __slots__ = ("_fifo", "_heap", "_lenient", "_live", "max_wait")
 
     def __init__(self, max_wait: float | None) -> None:
         self.max_wait = max_wait
         self._heap: list[tuple[Any, int, _Entry]] = []
         self._fifo: deque[_Entry] = deque()
         self._live = 0
+        #: keys were found that do not compare: every key is wrapped in _Lenient since
+        self._lenient = False
 
     def __len__(self) -> int:
         """The number of live (waiting) entries."""
         return self._live
 
     def push(self, entry: _Entry) -> None:
-        """Add a waiting entry.
-
-        A key that does not compare with the waiting entries' keys raises
-        (``TypeError``) and leaves the queue as it was: a failed sift may have
-        half-moved the heap, so it is rebuilt from the entries still waiting.
-        """
-        try:
-            heapq.heappush(self._heap, (entry.key, entry.seq, entry))
-        except BaseException:
-            self._heap = [(e.key, e.seq, e) for e in self._fifo if e.state is EntryState.WAITING]
-            heapq.heapify(self._heap)
-            raise
+        """Add a waiting entry."""
         self._fifo.append(entry)
         self._live += 1
+        try:
+            heapq.heappush(self._heap, self._item(entry))
+        except TypeError as exc:
+            self._turn_lenient(exc)
+
+    def _item(self, entry: _Entry) -> tuple[Any, int, _Entry]:
+        key = _Lenient(entry.key, entry.seq) if self._lenient else entry.key
+        return (key, entry.seq, entry)
+
+    def _turn_lenient(self, exc: TypeError) -> None:
+        """Keys that do not compare were found: from now on such pairs go by arrival.
+
+        A failed sift may have half-moved the heap (and lost the entry being
+        popped), so it is rebuilt from the FIFO, which holds every waiting entry.
+        """
+        if not self._lenient:
+            logger.error(
+                "sort_key gave keys that do not compare (%s): requests whose keys do not "
+                "compare now run in arrival order",
+                exc,
+            )
+        self._lenient = True
+        self._heap = [self._item(e) for e in self._fifo if e.state is EntryState.WAITING]
+        heapq.heapify(self._heap)
 
     def discard(self, entry: _Entry) -> None:
         """Forget a waiting entry whose state the caller has just changed."""
@@ -139,9 +178,12 @@ class WaitQueue:
                 entry.promoted = True
                 self._took_one()
                 return entry
-        heap = self._heap
-        while heap:
-            entry = heapq.heappop(heap)[2]
+        while self._heap:
+            try:
+                entry = heapq.heappop(self._heap)[2]
+            except TypeError as exc:
+                self._turn_lenient(exc)
+                continue
             if entry.state is EntryState.WAITING:
                 self._took_one()
                 return entry
@@ -158,7 +200,11 @@ class WaitQueue:
                 key=lambda e: e.seq,
             )
         skip = {id(e) for e in overdue}
-        rest = sorted((e for e in live if id(e) not in skip), key=lambda e: (e.key, e.seq))
+        rest = [e for e in live if id(e) not in skip]
+        try:
+            rest.sort(key=lambda e: (e.key, e.seq))
+        except TypeError:
+            rest.sort(key=lambda e: _Lenient(e.key, e.seq))
         return overdue + rest
 
     def drain(self) -> list[_Entry]:

@@ -96,7 +96,7 @@ class SchedulerStatistics:
     rejected: int
     promoted: int
     predictor_errors: int
-    #: Predictor calls made and the seconds of CPU time they took in all.
+    #: Predictor calls made and the seconds (wall clock, not virtual time) they took in all.
     predictor_calls: int
     predictor_seconds: float
     #: The learned rates, in tokens per second.
@@ -570,14 +570,7 @@ class Scheduler:
         if self._max_queue is not None and len(self._queue) >= self._max_queue:
             self._counts["rejected"] += 1
             raise QueueFull(f"{len(self._queue)} requests are waiting (max_queue={self._max_queue})")
-        try:
-            self._queue.push(entry)
-        except Exception as exc:
-            entry.state = EntryState.DONE  # never queued: nothing to end
-            raise TypeError(
-                f"{type(self).__name__}.sort_key gave {key!r}, which does not compare with the keys "
-                f"of the waiting requests ({exc})"
-            ) from exc
+        self._queue.push(entry)
         entry.event = anyio.Event()
         self._by_request.setdefault(request, []).append(entry)
         try:

@@ -11,6 +11,7 @@ time; worker threads do not, so keep virtual-time runs free of real work.
 from __future__ import annotations
 
 import asyncio
+import math
 import selectors
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -53,7 +54,12 @@ class _VirtualSelector(selectors.BaseSelector):
             return ready
         if timeout is None:  # no timer at all: only real I/O can wake us
             return self._real.select(None)
-        self._clock.now += timeout
+        target = self._clock.now + timeout
+        if target + 1e-9 == target:
+            # Past about 2**23 s the loop's 1 ns resolution is lost in rounding, and a
+            # timer due "now" would never count as due: land two steps past it.
+            target = math.nextafter(math.nextafter(target, math.inf), math.inf)
+        self._clock.now = target
         return []
 
     def close(self) -> None:

@@ -44,23 +44,39 @@ async def test_memory_stays_proportional_to_the_waiting_requests_under_steady_tr
     assert largest <= 2 * (64 + 4)  # not O(requests)
 
 
-async def test_a_sort_key_that_does_not_compare_is_refused_and_the_queue_still_works() -> None:
+@pytest.mark.parametrize(
+    "deadlines",
+    [
+        [5.0, 9.0, None],  # the newcomer's key fails against the heap's at once
+        [1.0, None, 2.0],  # (1, None) against (1, 2.0) fails only later, when the heap pops
+    ],
+)
+async def test_keys_that_do_not_compare_fall_back_to_arrival_order_and_lose_nothing(
+    deadlines: list[float | None], caplog: pytest.LogCaptureFixture
+) -> None:
     class Deadlines(Scheduler):
         def sort_key(self, job: Job) -> Any:
             return (job.request.priority, job.request.metadata.get("deadline"))
 
     sched = Deadlines(backend(), predictor=TablePredictor(), cap=None, decode_rate=10.0, learn_rates=False)
+    done: list[float | None] = []
+
+    async def one(deadline: float | None, priority: int) -> None:
+        c = await sched.complete(job(10, metadata={"deadline": deadline}, priority=priority))
+        done.append(c.request.metadata["deadline"])
+
     async with sched:
         async with anyio.create_task_group() as tg:
             async with sched.admit(job(10)):
-                tg.start_soon(sched.complete, job(10, metadata={"deadline": 5.0}))
-                tg.start_soon(sched.complete, job(20, metadata={"deadline": 9.0}))
-                await anyio.sleep(0.1)
-                with pytest.raises(TypeError, match=r"sort_key gave .* does not compare"):
-                    await sched.complete(job(30))  # deadline None against floats
-                assert sched.statistics().waiting == 2
+                for i, deadline in enumerate(deadlines):
+                    tg.start_soon(one, deadline, 0 if i == 0 else 1)
+                    await anyio.sleep(0.01)
+                assert sched.statistics().waiting == 3
         stats = sched.statistics()
-    assert (stats.completed, stats.waiting, stats.running) == (3, 0, 0)
+    assert (stats.completed, stats.failed, stats.waiting, stats.running) == (4, 0, 0, 0)
+    assert done[0] == deadlines[0]  # priority 0 first; the other two in some order, both served
+    assert sorted(map(str, done)) == sorted(map(str, deadlines))
+    assert "sort_key gave keys that do not compare" in caplog.text
 
 
 async def test_reading_a_stream_after_leaving_its_block_is_an_error_not_a_second_call() -> None:
@@ -148,3 +164,33 @@ def job_predictor() -> Any:
     from sjfsched.predictors import ConstantPredictor
 
     return ConstantPredictor()
+
+
+async def test_answers_that_arrive_in_one_piece_do_not_teach_a_false_prefill_rate() -> None:
+    """A backend that does not stream: its first token comes at the end; that time is not prefill."""
+
+    async def whole(request: Request) -> str:
+        await anyio.sleep(5.0)  # 150 tokens at 30 tokens/s, all at once
+        return "w " * 150
+
+    async with Scheduler(CallableBackend(whole), predictor=job_predictor()) as sched:
+        for _ in range(20):
+            answer = await sched.complete("x" * 100)
+        stats = sched.statistics()
+    assert answer.first_token == answer.finished
+    assert stats.prefill_rate == 400.0  # untouched: nothing told it apart
+    # the whole call counts as decoding: the rate tends to (tokens - 1) / 5 s from its start of 30
+    assert (answer.output_tokens - 1) / 5.0 < stats.decode_rate < 30.0
+
+
+def test_virtual_time_keeps_going_after_half_a_year() -> None:
+    """Past 2**24 s a jump that lands exactly on a timer must still count it as due."""
+    from sjfsched import run_virtual
+
+    async def main() -> float:
+        await anyio.sleep(3e7)  # noqa: ASYNC116 - a year of virtual time, on purpose
+        with anyio.fail_after(5):
+            await anyio.sleep(1)
+        return anyio.current_time()
+
+    assert run_virtual(main) == pytest.approx(3e7 + 1)
