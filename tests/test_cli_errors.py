@@ -96,7 +96,9 @@ def _completion(text: str, tokens: int) -> Completion:
     )  # fmt: skip
 
 
-def test_a_compressed_request_log_reads_while_open_and_after_a_crash(tmp_path: Path) -> None:
+def test_a_compressed_request_log_reads_while_open_and_after_a_crash(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "requests.jsonl.gz"
     log = RequestLog(path)
     for i in range(30):
@@ -108,6 +110,7 @@ def test_a_compressed_request_log_reads_while_open_and_after_a_crash(tmp_path: P
     cut = tmp_path / "cut.jsonl.gz"
     cut.write_bytes(path.read_bytes()[:-20])  # a crash in the middle of the last write
     assert [r.output_tokens for r in load_records([cut])] == [10 + i for i in range(30)]
+    assert "cut.jsonl.gz is cut short after line 30" in caplog.text
     log.close()
     assert (
         json.loads(gzip.decompress(path.read_bytes()).splitlines()[-1])["prompt"]

@@ -10,7 +10,6 @@ import argparse
 import importlib
 import os
 import sys
-import zlib
 from collections.abc import Sequence
 from typing import Final
 
@@ -59,13 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(modules[args.command].run(args))
-    except (OSError, ValueError, LookupError, EOFError, zlib.error, PredictorError) as exc:
+    except (OSError, ValueError, PredictorError) as exc:
         # A missing or malformed input, a bad value: one line naming it, not a traceback
         # (SJFSCHED_TRACEBACK=1 shows the traceback, for bug reports).
         if os.environ.get("SJFSCHED_TRACEBACK"):
             raise
-        message = f"missing {exc}" if isinstance(exc, KeyError) else str(exc) or type(exc).__name__
-        raise SystemExit(f"sjfsched {args.command}: {message}") from None
+        raise SystemExit(f"sjfsched {args.command}: {str(exc) or type(exc).__name__}") from None
 
 
 if __name__ == "__main__":  # pragma: no cover

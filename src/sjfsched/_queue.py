@@ -90,7 +90,7 @@ class _Lenient:
                 return True
             if other.key < self.key:
                 return False
-        except TypeError:
+        except Exception:  # TypeError, or numpy's ValueError for arrays, ...
             pass
         return self.seq < other.seq
 
@@ -119,14 +119,14 @@ class WaitQueue:
         self._live += 1
         try:
             heapq.heappush(self._heap, self._item(entry))
-        except TypeError as exc:
+        except Exception as exc:  # keys that do not compare
             self._turn_lenient(exc)
 
     def _item(self, entry: _Entry) -> tuple[Any, int, _Entry]:
         key = _Lenient(entry.key, entry.seq) if self._lenient else entry.key
         return (key, entry.seq, entry)
 
-    def _turn_lenient(self, exc: TypeError) -> None:
+    def _turn_lenient(self, exc: Exception) -> None:
         """Keys that do not compare were found: from now on such pairs go by arrival.
 
         A failed sift may have half-moved the heap (and lost the entry being
@@ -181,7 +181,7 @@ class WaitQueue:
         while self._heap:
             try:
                 entry = heapq.heappop(self._heap)[2]
-            except TypeError as exc:
+            except Exception as exc:  # keys that do not compare
                 self._turn_lenient(exc)
                 continue
             if entry.state is EntryState.WAITING:
@@ -203,7 +203,7 @@ class WaitQueue:
         rest = [e for e in live if id(e) not in skip]
         try:
             rest.sort(key=lambda e: (e.key, e.seq))
-        except TypeError:
+        except Exception:  # keys that do not compare
             rest.sort(key=lambda e: _Lenient(e.key, e.seq))
         return overdue + rest
 

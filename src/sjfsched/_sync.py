@@ -158,7 +158,7 @@ class SyncScheduler:
             with self._portal_open():
                 cm = self._portal.wrap_async_context_manager(self._scheduler.admit(request, **fields))
                 ticket = stack.enter_context(cm)
-            ticket._clock = functools.partial(self._portal.call, anyio.current_time)
+            ticket._clock = functools.partial(_loop_time, self._portal)
             yield ticket
 
     def statistics(self) -> SchedulerStatistics:
@@ -185,6 +185,14 @@ class SyncScheduler:
         """Run ``fn(*args)`` (sync or async) in the scheduler's event loop."""
         with self._portal_open():
             return self._portal.call(fn, *args)
+
+
+def _loop_time(portal: anyio.from_thread.BlockingPortal) -> float:
+    """The scheduler's clock, from its own thread or from any other."""
+    try:
+        return anyio.current_time()  # on the event loop's thread (``call(ticket.first_token)``)
+    except Exception:
+        return float(portal.call(anyio.current_time))
 
 
 def _make_scheduler(

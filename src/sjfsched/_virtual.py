@@ -56,7 +56,7 @@ class _VirtualSelector(selectors.BaseSelector):
             return self._real.select(None)
         target = self._clock.now + timeout
         if target + 1e-9 == target:
-            # Past about 2**23 s the loop's 1 ns resolution is lost in rounding, and a
+            # From 2**24 s on the loop's 1 ns resolution is lost in rounding, and a
             # timer due "now" would never count as due: land two steps past it.
             target = math.nextafter(math.nextafter(target, math.inf), math.inf)
         self._clock.now = target

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -210,59 +209,3 @@ async def test_mixed_in_process_and_http_backends(tiny_llm: Llama, server: Ollam
     served = [m.served for m in pool.statistics().members]
     assert sum(served) == 6
     assert all(n > 0 for n in served)  # both backends worked
-
-
-class _Scripted:
-    """A backend that does what each request's metadata["do"] says: fail, or think that long and answer."""
-
-    slots = 3
-
-    def __init__(self) -> None:
-        self.active: list[str] = []
-
-    async def stream(self, request: Request) -> AsyncIterator[Chunk]:
-        assert request.prompt is not None
-        self.active.append(request.prompt)
-        try:
-            if request.metadata["do"] == "fail":
-                raise BackendUnavailable("down")
-            await anyio.sleep(request.metadata["do"])
-            yield Chunk("x", finish_reason="stop")
-        finally:
-            self.active.remove(request.prompt)
-
-    async def aclose(self) -> None:
-        pass
-
-
-async def test_only_the_probe_ending_lets_another_request_probe() -> None:
-    """An older request cancelled on a backend out of rotation does not open it to a second probe."""
-    backend = _Scripted()
-    pool = BackendPool([backend], retry_after=0.2)
-
-    async def go(name: str, do: object) -> None:
-        with contextlib.suppress(BackendUnavailable):  # the test reads backend.active
-            async for _ in pool.stream(Request(name, metadata={"do": do})):
-                pass
-
-    async with anyio.create_task_group() as tg:
-        old = anyio.CancelScope()
-
-        async def slow() -> None:
-            with old:
-                await go("old", 5.0)
-
-        tg.start_soon(slow)
-        await anyio.sleep(0.01)
-        await go("fails", "fail")  # out of rotation now
-        await anyio.sleep(0.3)  # its back-off is over
-        tg.start_soon(go, "probe", 1.0)
-        await anyio.sleep(0.05)
-        assert backend.active == ["old", "probe"]
-        old.cancel()  # not the probe
-        await anyio.sleep(0.05)
-        tg.start_soon(go, "second", 1.0)
-        await anyio.sleep(0.05)
-        assert backend.active == ["probe"]  # waits for the probe's outcome
-        await anyio.sleep(1.0)
-        assert backend.active == ["second"]  # the probe answered: back in rotation

@@ -167,8 +167,8 @@ class ClairvoyantScheduler(Scheduler):
     predictor without it is read as three classes by predicted tokens:
     0 below 200, 0.5 up to 800, 1 above), first come first served among
     equals.  A request that has waited longer than tau = ``tau_factor`` x the
-    mean latency of a short request runs next, oldest first (the core's
-    ``max_wait``).  tau starts at ``tau_factor * short_latency`` (the
+    mean service time (start to end) of the short requests served so far
+    runs next, oldest first (the core's ``max_wait``).  tau starts at ``tau_factor * short_latency`` (the
     paper calibrates it on the target hardware) and follows the mean
     service latency (start to end) of the short answers completed so far.
     """

@@ -269,7 +269,7 @@ def _run_real(
     real: dict[str, list[Completion]] = {}
     try:
         llm.create_completion("warm up", max_tokens=8)
-        # Clairvoyant's tau starts at 3 x 1 s here and then follows the short answers' latency.
+        # Clairvoyant's tau starts at 3 x 1 s here and then follows the short answers' service time.
         context = PolicyContext(
             short_latency=1.0, bundled_model=pinned.bundled, clairvoyant_model=pinned.clairvoyant
         )

@@ -314,4 +314,7 @@ def save_results(
 def load_results(path: str | Path) -> tuple[list[Result], dict[str, Any]]:
     """Read results written by :func:`save_results`."""
     payload = json.loads(Path(path).read_text(encoding="utf-8"))
-    return [_result_from_json(r) for r in payload["results"]], payload.get("meta", {})
+    try:
+        return [_result_from_json(r) for r in payload["results"]], payload.get("meta", {})
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path}: not results written by sjfsched bench (no {exc})") from exc

@@ -31,6 +31,9 @@ _MAX_Y = math.log1p(1e6)
 
 _STATE_KEYS = ("s0", "sx", "sy", "sxx", "sxy", "sr", "n")
 _MIN_SLOPE = 0.1
+#: The process's umask, read once at import (reading it means setting it: not from threads).
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 _MAX_SLOPE = 3.0
 
 
@@ -164,6 +167,7 @@ def write_state(path: str | os.PathLike[str], data: Any) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(json.dumps(data, indent=1))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would make it private
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

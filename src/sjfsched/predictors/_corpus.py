@@ -18,6 +18,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import logging
 import math
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
@@ -36,6 +37,8 @@ __all__ = [
     "parse_record",
     "prompt_id_of",
 ]
+
+logger = logging.getLogger("sjfsched")
 
 
 @attrs.frozen
@@ -101,6 +104,7 @@ def iter_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
                 except json.JSONDecodeError as exc:
                     raise ValueError(f"{path}:{i}: not JSON ({exc.msg})") from exc
     except EOFError:  # a gzip member cut short: what came before it stands
+        logger.warning("%s is cut short after line %d (being written, or damaged): read up to there", path, i)
         return
     except (zlib.error, gzip.BadGzipFile) as exc:
         raise ValueError(f"{path}: corrupt gzip data after line {i} ({exc})") from exc

@@ -623,6 +623,10 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.test_fraction < 1.0:
         print("sjfsched train: --test-fraction must be within [0, 1)", file=sys.stderr)
         return 2
+    card = args.card if args.card is not None else args.out.with_suffix(".md")
+    if card.resolve() == args.out.resolve():
+        print(f"sjfsched train: the card would overwrite the model {args.out}: pass --card", file=sys.stderr)
+        return 2
     low, high = args.target_percentiles
     if not 0 <= low < high <= 100:
         print("sjfsched train: --target-percentiles needs 0 <= LOW < HIGH <= 100", file=sys.stderr)
@@ -680,9 +684,6 @@ def run(args: argparse.Namespace) -> int:
             model, medians = fit_clairvoyant(records)
         proto = clairvoyant_onnx(model, medians, meta)
     card_path = args.card if args.card is not None else args.out.with_suffix(".md")
-    if card_path.resolve() == args.out.resolve():
-        print(f"sjfsched train: the card would overwrite the model {args.out}: pass --card", file=sys.stderr)
-        return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)
     card_path.parent.mkdir(parents=True, exist_ok=True)
     data = proto.SerializeToString()
