@@ -103,6 +103,9 @@ def test_several_writers_of_one_state_file_never_collide(tmp_path: Path) -> None
     assert errors == []
     assert json.loads(path.read_text())["state"]["n"] > 0
     assert [p.name for p in tmp_path.iterdir()] == ["shared.json"]  # no temporary file left
+    plain = tmp_path / "plain.txt"
+    plain.write_text("")
+    assert path.stat().st_mode == plain.stat().st_mode  # the umask's mode, as any file gets
 
 
 def test_rejected_observations_do_not_rewrite_the_state(tmp_path: Path) -> None:

@@ -243,8 +243,8 @@ def _print_tables(results: Sequence[Result], policies: Sequence[str], out: Any =
 
 
 def _run_sim(args: argparse.Namespace) -> int:
-    traces, profiles = _split(args.traces), _split(args.profiles)
-    named = {"--traces": traces, "--profiles": profiles, "--scenarios": _split(args.scenarios)}
+    traces, profiles, scenario_names = _split(args.traces), _split(args.profiles), _split(args.scenarios)
+    named = {"--traces": traces, "--profiles": profiles, "--scenarios": scenario_names}
     for flag, names in named.items():
         if not names:
             raise SystemExit(f"sjfsched bench: {flag} names nothing to run")
@@ -252,7 +252,7 @@ def _run_sim(args: argparse.Namespace) -> int:
         raise SystemExit(f"sjfsched bench: --jobs must be 1 or more, got {args.jobs}")
     _check_traces(traces)
     data = _data_dir(args, traces)
-    scenarios = [_scenario(s, args) for s in _split(args.scenarios)]
+    scenarios = [_scenario(s, args) for s in scenario_names]
     policies = _policies(args.policies)
     if not policies:
         raise SystemExit("sjfsched bench: --policies names nothing to run")

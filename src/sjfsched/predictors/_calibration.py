@@ -19,7 +19,7 @@ import contextlib
 import json
 import math
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,6 @@ _MAX_Y = math.log1p(1e6)
 
 _STATE_KEYS = ("s0", "sx", "sy", "sxx", "sxy", "sr", "n")
 _MIN_SLOPE = 0.1
-#: The process's umask, read once at import (reading it means setting it: not from threads).
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 _MAX_SLOPE = 3.0
 
 
@@ -161,13 +158,13 @@ class LengthCalibration:
 def write_state(path: str | os.PathLike[str], data: Any) -> None:
     """Write a predictor's state as JSON, atomically (a temporary file beside it, then a rename)."""
     path = Path(path)
-    # A temporary file of its own: several writers of one path (processes, or
-    # predictors sharing a state file) must not write into each other's.
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    # A temporary file of its own (created exclusively, with the umask's mode):
+    # several writers of one path, processes or predictors sharing a state
+    # file, must not write into each other's.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with tmp.open("x", encoding="utf-8") as f:
             f.write(json.dumps(data, indent=1))
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would make it private
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

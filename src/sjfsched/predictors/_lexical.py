@@ -494,17 +494,17 @@ class LexicalPredictor:
                     f"it was learnt with another model (file sha1 {saved_for}...), this predictor "
                     f"runs {self._path} (sha1 {self._fingerprint}...); remove it to start afresh"
                 )
-            # Both parts are checked on copies first: a file that fails leaves this predictor as it was.
+            # Each part's load_dict checks everything before it changes anything; the
+            # calibration (a few numbers) is tried on a copy first, so that a file whose
+            # second part fails leaves this predictor as it was.
             copy.deepcopy(self._calibration).load_dict(data, where=str(path))
-            saved = data.get("correction") if self._correction is not None else None
-            if saved is not None and self._correction is not None:
-                copy.deepcopy(self._correction).load_dict(saved, where=str(path))
-            self._calibration.load_dict(data, where=str(path))
             if self._correction is not None:
+                saved = data.get("correction")
                 if saved is None:
                     self._correction.reset()
                 else:
                     self._correction.load_dict(saved, where=str(path))
+            self._calibration.load_dict(data, where=str(path))
         except (OSError, ValueError, OverflowError) as exc:
             raise PredictorError(f"{path}: cannot load calibration ({exc})") from exc
 

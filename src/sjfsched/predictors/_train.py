@@ -623,8 +623,8 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.test_fraction < 1.0:
         print("sjfsched train: --test-fraction must be within [0, 1)", file=sys.stderr)
         return 2
-    card = args.card if args.card is not None else args.out.with_suffix(".md")
-    if card.resolve() == args.out.resolve():
+    card_path = args.card if args.card is not None else args.out.with_suffix(".md")
+    if card_path.resolve() == args.out.resolve():
         print(f"sjfsched train: the card would overwrite the model {args.out}: pass --card", file=sys.stderr)
         return 2
     low, high = args.target_percentiles
@@ -683,7 +683,6 @@ def run(args: argparse.Namespace) -> int:
         if args.fit_all:
             model, medians = fit_clairvoyant(records)
         proto = clairvoyant_onnx(model, medians, meta)
-    card_path = args.card if args.card is not None else args.out.with_suffix(".md")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     card_path.parent.mkdir(parents=True, exist_ok=True)
     data = proto.SerializeToString()
