@@ -11,7 +11,7 @@ from typing_extensions import Self
 
 from ._records import Request
 from ._sync import SyncScheduler
-from .backends._llama import TokenCounter, counting_processors, llama_lock
+from .backends._llama import TokenCounter, counting_processors, llama_lock, recording_samples
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -151,26 +151,26 @@ class ScheduledLlama:
         counter = TokenCounter()
         extra = bound.arguments.get("logits_processor")
         bound.arguments["logits_processor"] = counting_processors(counter, extra)
-        with self._scheduler.admit(request) as ticket, self._lock:
+        with (
+            self._scheduler.admit(request) as ticket,
+            self._lock,
+            recording_samples(self._llm, counter),
+        ):
             iterator = iter(method(*bound.args, **bound.kwargs))
-            finish: str | None = None
             first = True
             try:
                 for chunk in iterator:
                     if first:
                         first = False
                         ticket.first_token()  # reads the scheduler's clock through its loop
-                    choices = chunk.get("choices") or ()
-                    if choices and choices[0].get("finish_reason") is not None:
-                        finish = choices[0]["finish_reason"]
                     yield chunk
             finally:
                 close = getattr(iterator, "close", None)
                 if close is not None:
                     close()
-            sampled = counter.sampled
-            output = sampled if finish == "length" else max(0, sampled - 1)
-            ticket.report(output, counter.prompt_tokens)
+            # What llama.cpp's usage would say: the sampled tokens, less an
+            # end of generation (a stop string's last token is answer text).
+            ticket.report(counter.answer_tokens(self._llm), counter.prompt_tokens)
 
 
 def _with_defaults(bound: inspect.BoundArguments) -> dict[str, Any]:

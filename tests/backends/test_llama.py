@@ -298,3 +298,65 @@ async def test_logit_bias_applies_and_the_tokens_are_still_counted(
     assert [c.prompt_tokens for c in chunks if c.prompt_tokens is not None] == [
         expected["usage"]["prompt_tokens"]
     ]
+
+
+def _forcing(llm: Llama, text: bytes) -> LogitsProcessorList:
+    """A logits processor that makes the model write ``text``, then end-of-sequence."""
+    tokens = [*llm.tokenize(text, add_bos=False, special=False), llm.token_eos()]
+    start: list[int] = []
+
+    def force(ids: npt.NDArray[np.intc], scores: npt.NDArray[np.single]) -> npt.NDArray[np.single]:
+        if not start:
+            start.append(len(ids))
+        wanted = tokens[min(len(ids) - start[0], len(tokens) - 1)]
+        scores = np.full_like(scores, -np.inf)
+        scores[wanted] = 0.0
+        return scores
+
+    return LogitsProcessorList([force])
+
+
+async def test_a_chat_templates_own_stop_string_counts_as_llama_cpp_does(tiny_path: Any) -> None:
+    """chatml stops at "<|im_end|>" inside llama.cpp: the token completing it is answer text."""
+    llm = Llama(str(tiny_path), n_ctx=256, chat_format="chatml", verbose=False, seed=0)
+    try:
+        messages = [{"role": "user", "content": "Hi"}]
+        request = Request(
+            messages=messages,
+            max_tokens=40,
+            options={"temperature": 0, "logits_processor": _forcing(llm, b"ab<|im_end|>cd")},
+        )
+        chunks = await collect(LlamaCppBackend(llm), request)
+        expected: Any = llm.create_chat_completion(
+            messages,  # type: ignore[arg-type]
+            max_tokens=40,
+            temperature=0,
+            logits_processor=_forcing(llm, b"ab<|im_end|>cd"),
+        )
+        assert expected["choices"][0]["finish_reason"] == "stop"
+        assert "".join(c.text for c in chunks) == text_of(expected) == "ab"
+        assert sum(c.tokens for c in chunks) == expected["usage"]["completion_tokens"] == 12
+        assert chunks[-1].finish_reason == "stop"
+    finally:
+        llm.close()
+
+
+async def test_our_stop_string_seen_after_the_end_of_generation_counts_no_end_token(
+    backend: LlamaCppBackend, tiny_llm: Llama
+) -> None:
+    """Text flushed with llama.cpp's last chunk may hold our stop string; the end token is not text."""
+    # A character's first byte makes llama.cpp hold the text back; end-of-sequence flushes it.
+    processors = _forcing(tiny_llm, b"a\xe2b")
+    request = Request(
+        "Once", max_tokens=20, options={"temperature": 0, "stop": ["b"], "logits_processor": processors}
+    )
+    chunks = await collect(backend, request)
+    assert "".join(c.text for c in chunks) == "a"
+    assert chunks[-1].finish_reason == "stop"
+    # llama.cpp's own count of the same generation: 3 tokens, the end-of-sequence not among them.
+    expected: Any = tiny_llm.create_completion(
+        "Once", max_tokens=20, temperature=0, logits_processor=_forcing(tiny_llm, b"a\xe2b")
+    )
+    assert expected["choices"][0]["finish_reason"] == "stop"
+    assert sum(c.tokens for c in chunks) == expected["usage"]["completion_tokens"] == 3
+    assert "sample" not in vars(tiny_llm)  # the sampler's recorder is gone with the stream

@@ -165,3 +165,20 @@ def test_a_streamed_call_keeps_its_logit_bias(wrapped: Any, tiny_llm: Llama) -> 
     direct: Any = tiny_llm.create_completion("Once", **options)
     assert "".join(c["choices"][0]["text"] for c in chunks) == direct["choices"][0]["text"]
     assert direct["choices"][0]["text"] == tiny_llm.detokenize([forced] * 6).decode()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_call_stopped_by_a_stop_string_reports_llama_cpps_count(tiny_llm: Llama, stream: bool) -> None:
+    first: Any = tiny_llm.create_completion("Once upon a time", max_tokens=60, **GREEDY)
+    greedy = first["choices"][0]["text"]
+    stop = greedy[20:22]  # a piece of text the model will write
+    options: Any = {"max_tokens": 60, "stop": [stop], **GREEDY}
+    direct: Any = tiny_llm.create_completion("Once upon a time", **options)
+    assert direct["choices"][0]["finish_reason"] == "stop"
+    completions: list[Any] = []
+    with sjfsched.wrap(tiny_llm, predictor=HeuristicPredictor(), on_complete=completions.append) as w:
+        got = w.create_completion("Once upon a time", stream=stream, **options)
+        if stream:
+            got = list(got)
+    assert [c.output_tokens for c in completions] == [direct["usage"]["completion_tokens"]]
+    assert "sample" not in vars(tiny_llm)

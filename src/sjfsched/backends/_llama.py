@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import threading
@@ -53,11 +54,14 @@ class TokenCounter:
     the tokens evaluated so far: the prompt, then the prompt and each output
     token but the newest.  So the first call tells the prompt's length in the
     model's own tokens, and the number of calls is the number of tokens
-    sampled, an end-of-generation token included.
+    sampled, an end-of-generation token included.  Which token came last,
+    an end-of-generation one or not, only the sampler knows:
+    :func:`recording_samples` keeps it in ``last``.
     """
 
     prompt_tokens: int | None = None
     sampled: int = 0
+    last: int | None = None
 
     def __call__(
         self, input_ids: npt.NDArray[np.intc], scores: npt.NDArray[np.single]
@@ -71,6 +75,54 @@ class TokenCounter:
         """The output tokens sampled before the newest one (from ``llm.input_ids``)."""
         start = self.prompt_tokens or 0
         return [int(t) for t in input_ids[start:]]
+
+    def answer_tokens(self, llm: Llama) -> int:
+        """The tokens of the answer so far, as llama.cpp's ``usage`` counts them.
+
+        Every sampled token but an end-of-generation one: the token that
+        completes a stop string (ours, the caller's or a chat template's) is
+        answer text, the end-of-generation token that ends it is not.
+        """
+        if self.last is not None and _is_end_of_generation(llm, self.last):
+            return max(0, self.sampled - 1)
+        return self.sampled
+
+
+@contextlib.contextmanager
+def recording_samples(llm: Llama, counter: TokenCounter) -> Iterator[None]:
+    """Keep the token each ``llm.sample()`` returns in ``counter.last``, for the block.
+
+    The block must hold the Llama's lock (:func:`llama_lock`): the recorder is
+    an attribute of this ``Llama`` object (it shadows the method), put back
+    as it was on leaving.
+    """
+    attributes = vars(llm)
+    before = attributes.get("sample", _DONE)
+    sample = llm.sample
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        token = sample(*args, **kwargs)
+        counter.last = int(token)
+        return token
+
+    attributes["sample"] = recorded
+    try:
+        yield
+    finally:
+        if before is _DONE:
+            attributes.pop("sample", None)
+        else:
+            attributes["sample"] = before
+
+
+def _is_end_of_generation(llm: Llama, token: int) -> bool:
+    import llama_cpp
+
+    vocab = getattr(getattr(llm, "_model", None), "vocab", None)
+    is_eog = getattr(llama_cpp, "llama_vocab_is_eog", None)
+    if vocab is not None and is_eog is not None:
+        return bool(is_eog(vocab, token))
+    return token == llm.token_eos()  # pragma: no cover - llama-cpp-python before 0.3.6
 
 
 def counting_processors(counter: TokenCounter, extra: Any) -> Any:
@@ -238,20 +290,21 @@ class LlamaCppBackend:
         stops = _stop_strings(arguments.pop("stop", None))
         await acquire_thread_lock(self._lock)
         try:
-            try:
-                iterator = await anyio.to_thread.run_sync(self._start, request, arguments)
-            except Exception as exc:
-                raise BackendError(f"llama.cpp failed: {exc}") from exc
-            try:
-                async with aclosing(self._chunks(iterator, counter, stops)) as chunks:
-                    async for chunk in chunks:
-                        yield chunk
-            finally:
-                # Closing a suspended generator stops it at once: no token is
-                # computed after this (we are not inside next() any more).
-                close = getattr(iterator, "close", None)
-                if close is not None:
-                    close()
+            with recording_samples(self._llm, counter):
+                try:
+                    iterator = await anyio.to_thread.run_sync(self._start, request, arguments)
+                except Exception as exc:
+                    raise BackendError(f"llama.cpp failed: {exc}") from exc
+                try:
+                    async with aclosing(self._chunks(iterator, counter, stops)) as chunks:
+                        async for chunk in chunks:
+                            yield chunk
+                finally:
+                    # Closing a suspended generator stops it at once: no token is
+                    # computed after this (we are not inside next() any more).
+                    close = getattr(iterator, "close", None)
+                    if close is not None:
+                        close()
         finally:
             self._lock.release()
 
@@ -278,8 +331,9 @@ class LlamaCppBackend:
             if stops:
                 cut = _find_stop(pending, stops)
                 if cut is not None:
-                    # Our own stop string: every sampled token is answer text,
-                    # the one that completed the stop string included.
+                    # Our own stop string: the text ends before it, and the
+                    # count below is every sampled token but an end of
+                    # generation (the one completing the stop is answer text).
                     pending, finish = pending[:cut], "stop"
                     break
             if reason is not None:
@@ -294,16 +348,9 @@ class LlamaCppBackend:
             yield Chunk(pending[:ready], tokens=settled - reported, prompt_tokens=prompt_tokens)
             pending = pending[ready:]
             reported = settled
-        if finish == "stop" and item is not _DONE:
-            total = counter.sampled  # stopped by one of our stop strings
-        elif finish == "length" or counter.sampled == 0:
-            total = counter.sampled
-        else:
-            # llama.cpp stopped at an end-of-generation token: not answer text.
-            total = counter.sampled - 1
         yield Chunk(
             pending,
-            tokens=max(0, total - reported),
+            tokens=max(0, counter.answer_tokens(self._llm) - reported),
             prompt_tokens=None if sent_prompt else counter.prompt_tokens,
             finish_reason=finish or "stop",
         )
