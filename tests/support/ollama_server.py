@@ -663,8 +663,10 @@ class _Handler(BaseHTTPRequestHandler):
         if kind == "error":
             message = "an error was encountered while running the model"
             if openai:
-                error = {"error": {"message": message, "type": "api_error"}}
-                self._write_chunk(b"data: " + json.dumps(error).encode() + b"\n\n")
+                # As Ollama's OpenAI layer writes it (middleware/openai.go,
+                # BaseWriter.writeError): a bare JSON line, no "data:", no [DONE].
+                error = {"error": {"message": message, "type": "api_error", "param": None, "code": None}}
+                self._write_chunk(json.dumps(error).encode() + b"\n")
             else:
                 self._write_line({"error": message})
             self._end_stream()

@@ -6,10 +6,12 @@ imports without it (it comes with the ``ollama`` and ``openai`` extras).
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import json
 import math
-from collections.abc import AsyncIterator, Mapping
+import re
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -88,6 +90,13 @@ class HttpSettings:
             self._client = httpx.AsyncClient(timeout=timeout, headers=self.headers)
         return self._client
 
+    def timeouts(self) -> tuple[float | None, float | None]:
+        """The connect and read timeouts in force: the caller's client's own if one was given."""
+        if self._owns_client or self._client is None:
+            return self.connect_timeout, self.read_timeout
+        timeout = self._client.timeout
+        return timeout.connect, timeout.read
+
     async def aclose(self) -> None:
         client, self._client = self._client, None
         if client is not None and self._owns_client:
@@ -100,7 +109,7 @@ class HttpSettings:
         headers = self._request_headers()
         async with map_http_errors(self, url):
             async with self.client().stream("POST", url, json=body, headers=headers) as response:
-                if response.status_code >= 400:
+                if response.status_code >= 300:
                     await response.aread()
                     self._raise_for_status(response, path)
                 yield response
@@ -110,9 +119,21 @@ class HttpSettings:
         return None if self._owns_client else self.headers
 
     def _raise_for_status(self, response: httpx.Response, path: str) -> None:
-        """An error answer as :class:`BackendError` (4xx) or :class:`BackendUnavailable` (5xx)."""
-        if response.status_code < 400:
+        """An error answer as :class:`BackendError` (3xx, 4xx) or :class:`BackendUnavailable` (5xx).
+
+        A redirect is an error too: the answer is not the stream, and
+        following it silently would hide a wrong ``base_url``.
+        """
+        if response.status_code < 300:
             return
+        if response.status_code < 400:
+            location = response.headers.get("location")
+            where = f"redirected to {location}" if location else "a redirect without a Location"
+            raise BackendError(
+                f"{self.service} answered {response.status_code} for {path}: {where}; "
+                "give the URL it redirects to as base_url",
+                status_code=response.status_code,
+            )
         message = error_message(response.content) or response.reason_phrase
         error_class = BackendUnavailable if response.status_code >= 500 else BackendError
         raise error_class(
@@ -131,7 +152,7 @@ class HttpSettings:
         rather than left to the garbage collector, which trio warns about.
         """
         async with self.stream(path, body) as response:
-            lines = response.aiter_lines()
+            lines = _lines(response.aiter_bytes())
             try:
                 yield lines
             finally:
@@ -161,13 +182,13 @@ async def map_http_errors(settings: HttpSettings, url: str) -> AsyncIterator[Non
         yield
     except httpx.ConnectTimeout as exc:
         raise BackendUnavailable(
-            f"connecting to {service} at {url} timed out after {settings.connect_timeout} s"
+            f"connecting to {service} at {url} timed out after {settings.timeouts()[0]} s"
         ) from exc
     except httpx.ConnectError as exc:
         raise BackendUnavailable(f"cannot connect to {service} at {url}: {exc}") from exc
     except httpx.ReadTimeout as exc:
         raise BackendUnavailable(
-            f"{service} at {url} sent nothing for {settings.read_timeout} s (read_timeout)"
+            f"{service} at {url} sent nothing for {settings.timeouts()[1]} s (read timeout)"
         ) from exc
     except httpx.TimeoutException as exc:
         raise BackendUnavailable(f"{service} at {url} timed out: {exc!r}") from exc
@@ -207,3 +228,32 @@ def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, BackendError):
         return exc.status_code is not None and exc.status_code >= 500
     return isinstance(exc, (OSError, TimeoutError))
+
+
+_LINE_END = re.compile("\r\n|\r|\n")
+
+
+async def _lines(chunks: AsyncIterator[bytes]) -> AsyncGenerator[str, None]:
+    """The lines of a UTF-8 stream, ended by LF, CRLF or CR only.
+
+    NDJSON and server-sent events end lines there and nowhere else; JSON may
+    carry U+0085, U+2028 and U+2029 unescaped, which ``str.splitlines()``
+    (and httpx's ``aiter_lines()``) would take for line ends.  A CR at the
+    end of a read is held until the next: it may be half of a CRLF.  A
+    character split across reads is decoded whole.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    buffer = ""
+    async for chunk in chunks:
+        buffer += decoder.decode(chunk)
+        start = 0
+        for end in _LINE_END.finditer(buffer):
+            if end.group() == "\r" and end.end() == len(buffer):
+                break  # maybe the first half of a CRLF: wait for the next read
+            yield buffer[start : end.start()]
+            start = end.end()
+        buffer = buffer[start:]
+    buffer += decoder.decode(b"", final=True)
+    for line in _LINE_END.split(buffer):
+        if line:
+            yield line

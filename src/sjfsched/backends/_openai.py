@@ -193,21 +193,62 @@ class OpenAIBackend:
 
 
 async def _sse_data(raw_lines: AsyncIterator[str]) -> AsyncGenerator[str, None]:
-    """The ``data`` of each server-sent event (multi-line data joined by newlines)."""
+    """The ``data`` of each server-sent event (multi-line data joined by newlines).
+
+    Events without data are skipped.  An error the server sends in a way of
+    its own ends the stream with :class:`BackendUnavailable` and its message:
+    an ``event: error`` event, llama.cpp server's ``error:`` field, or a bare
+    JSON ``{"error": ...}`` line (Ollama's OpenAI-compatible endpoints).
+    """
     lines: list[str] = []
+    event = ""
     async for line in raw_lines:
         if not line:
             if lines:
-                yield "\n".join(lines)
-                lines = []
+                data = "\n".join(lines)
+                if event == "error":
+                    _raise_server_error(data)
+                if data:
+                    yield data
+            lines, event = [], ""
             continue
         if line.startswith(":"):
             continue  # a comment (keep-alive ping)
+        if line.startswith("{"):
+            _raise_server_error(line, only_if_error=True)
+            continue
         field, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
         if field == "data":
-            lines.append(value[1:] if value.startswith(" ") else value)
+            lines.append(value)
+        elif field == "event":
+            event = value
+        elif field == "error":
+            _raise_server_error(value)
     if lines:
-        yield "\n".join(lines)
+        data = "\n".join(lines)
+        if event == "error":
+            _raise_server_error(data)
+        if data:
+            yield data
+
+
+def _raise_server_error(data: str, *, only_if_error: bool = False) -> None:
+    """Raise the server's error from an error event's text (JSON or plain)."""
+    try:
+        body = json.loads(data)
+    except ValueError:
+        body = None
+    if only_if_error and not (isinstance(body, Mapping) and body.get("error") is not None):
+        return
+    if isinstance(body, Mapping):
+        error = body.get("error", body)  # llama.cpp's error field holds the error object itself
+        message = error.get("message") if isinstance(error, Mapping) else error
+        if not isinstance(message, str):
+            message = json.dumps(error)[:500]
+    else:
+        message = data.strip()[:500]
+    raise BackendUnavailable(f"the server failed while generating: {message or '(no message)'}")
 
 
 def _parse_event(data: str) -> Mapping[str, Any]:

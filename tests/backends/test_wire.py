@@ -1,0 +1,140 @@
+"""The HTTP backends on wire-level cases, over loopback: line ends, other servers' errors, redirects."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from sjfsched import BackendError, Chunk, Request
+from sjfsched.backends import BackendUnavailable, OllamaBackend, OpenAIBackend
+from tests.support.wire_server import scripted_server
+
+pytestmark = pytest.mark.anyio
+
+SSE = "text/event-stream"
+
+
+def ndjson(*messages: dict[str, Any]) -> list[bytes]:
+    return [json.dumps(m, ensure_ascii=False).encode() + b"\n" for m in messages]
+
+
+def sse(*events: dict[str, Any] | str) -> list[bytes]:
+    return [
+        b"data: " + (e if isinstance(e, str) else json.dumps(e, ensure_ascii=False)).encode() + b"\n\n"
+        for e in events
+    ]
+
+
+def completion(text: str, finish: str | None = None) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "text": text, "finish_reason": finish}]}
+
+
+async def collect(backend: OllamaBackend | OpenAIBackend, request: Request) -> list[Chunk]:
+    try:
+        with anyio.fail_after(20):
+            return [chunk async for chunk in backend.stream(request)]
+    finally:
+        await backend.aclose()
+
+
+@pytest.mark.parametrize("separator", ["\u0085", "\u2028", "\u2029"])
+async def test_unicode_line_separators_inside_json_are_text(separator: str) -> None:
+    """JSON may carry U+0085, U+2028, U+2029 unescaped; only LF, CRLF and CR end a line."""
+    token = f"b{separator}c"
+    ollama_lines = ndjson(
+        {"response": "a", "done": False},
+        {"response": token, "done": False},
+        {"response": "", "done": True, "done_reason": "stop", "eval_count": 2, "prompt_eval_count": 3},
+    )
+    with scripted_server(ollama_lines) as url:
+        chunks = await collect(OllamaBackend("m", url), Request("x"))
+    assert "".join(c.text for c in chunks) == f"a{token}"
+    assert sum(c.tokens for c in chunks) == 2
+    with scripted_server(
+        [*sse(completion("a"), completion(token, "stop")), b"data: [DONE]\n\n"], content_type=SSE
+    ) as url:
+        chunks = await collect(OpenAIBackend(url, model="m"), Request("x"))
+    assert "".join(c.text for c in chunks) == f"a{token}"
+    assert chunks[-1].finish_reason == "stop"
+
+
+async def test_line_ends_split_across_reads() -> None:
+    """A CRLF cut between two reads is one line end; a bare CR ends a line too (server-sent events)."""
+    pieces = [
+        b'data: {"choices": [{"index": 0, "text": "h\xc3',
+        b'\xa9", "finish_reason": null}]}\r',
+        b"\n\r\n",
+        b'data: {"choices": [{"index": 0, "text": "llo", "finish_reason": "stop"}]}\r\r',
+        b"data: [DONE]\r\r",
+    ]
+    with scripted_server(pieces, content_type=SSE) as url:
+        chunks = await collect(OpenAIBackend(url, model="m"), Request("x"))
+    assert "".join(c.text for c in chunks) == "héllo"
+    assert chunks[-1].finish_reason == "stop"
+
+
+@pytest.mark.parametrize(
+    ("tail", "message"),
+    [
+        # llama.cpp server: an "error:" field after the 200, then [DONE].
+        (
+            b'error: {"code": 400, "message": "the request exceeds the available context size", '
+            b'"type": "exceed_context_size_error"}\n\ndata: [DONE]\n\n',
+            "exceeds the available context size",
+        ),
+        # Ollama's OpenAI-compatible endpoints: a bare JSON error line, no [DONE].
+        (
+            b'{"error": {"message": "llama runner process has terminated", "type": "api_error", '
+            b'"param": null, "code": null}}\n',
+            "llama runner process has terminated",
+        ),
+        # An "event: error" event.
+        (b"event: error\ndata: out of memory\n\n", "out of memory"),
+        # OpenAI's own shape.
+        (b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n', "overloaded"),
+    ],
+    ids=["llama-server", "ollama-v1", "event-error", "openai"],
+)
+async def test_an_error_mid_stream_fails_with_the_servers_message(tail: bytes, message: str) -> None:
+    with scripted_server([*sse(completion("partial")), tail], content_type=SSE) as url:
+        with pytest.raises(BackendUnavailable, match=message):
+            await collect(OpenAIBackend(url, model="m"), Request("x"))
+
+
+async def test_an_event_without_data_is_skipped() -> None:
+    pieces = [b"data:\n\n", *sse(completion("Hello", "stop")), b"data: [DONE]\n\n"]
+    with scripted_server(pieces, content_type=SSE) as url:
+        chunks = await collect(OpenAIBackend(url, model="m"), Request("x"))
+    assert "".join(c.text for c in chunks) == "Hello"
+
+
+@pytest.mark.parametrize("service", ["ollama", "openai"])
+async def test_a_redirect_is_an_error_naming_where_it_points(service: str) -> None:
+    moved = [("Location", "https://example.invalid/v1")]
+    with scripted_server([b"<html>Moved</html>"], status=308, content_type="text/html", headers=moved) as url:
+        backend = OllamaBackend("m", url) if service == "ollama" else OpenAIBackend(url, model="m")
+        with pytest.raises(BackendError, match=r"308 .*redirected to https://example\.invalid/v1") as caught:
+            await collect(backend, Request("x"))
+        assert not isinstance(caught.value, BackendUnavailable)
+        assert caught.value.status_code == 308
+        # The model lookup (GET /api/tags, GET /models) too.
+        if service == "ollama":
+            lookup = OllamaBackend("m", url)
+            with pytest.raises(BackendError, match="redirected to"):
+                await lookup.models()
+            await lookup.aclose()
+        else:
+            with pytest.raises(BackendError, match="redirected to"):
+                await collect(OpenAIBackend(url), Request("x"))  # no model: it asks the server
+
+
+async def test_a_callers_client_timeout_is_the_one_quoted() -> None:
+    with scripted_server([b'{"response": "a", "done": false}\n'], pause=2.0) as url:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(5.0, read=0.3)) as client:
+            backend = OllamaBackend("m", url, client=client)
+            with pytest.raises(BackendUnavailable, match=r"sent nothing for 0\.3 s"):
+                await collect(backend, Request("x"))

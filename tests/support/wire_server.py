@@ -1,0 +1,65 @@
+"""A loopback HTTP/1.1 server that answers with bytes a test scripts, read by read.
+
+For wire-level cases a real server produces only sometimes: a character or a
+CRLF split across network reads, unescaped line separators in JSON, another
+server's way of reporting an error mid-stream, a redirect.  Each piece of
+``pieces`` goes out as its own chunk of a chunked response and is flushed,
+with a pause between, so the client reads them separately.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+__all__ = ["scripted_server"]
+
+
+@contextlib.contextmanager
+def scripted_server(
+    pieces: Sequence[bytes],
+    *,
+    status: int = 200,
+    content_type: str = "application/x-ndjson",
+    headers: Sequence[tuple[str, str]] = (),
+    pause: float = 0.01,
+) -> Iterator[str]:
+    """Serve ``pieces`` to every GET and POST on 127.0.0.1; yields the base URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def _answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Transfer-Encoding", "chunked")
+            for name, value in headers:
+                self.send_header(name, value)
+            self.end_headers()
+            with contextlib.suppress(OSError):
+                for piece in pieces:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                    self.wfile.flush()
+                    time.sleep(pause)
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+
+        do_GET = do_POST = _answer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
