@@ -71,6 +71,29 @@ def test_tally_errors_usage_and_separators() -> None:
     assert whole.output_tokens == 1
 
 
+@pytest.mark.parametrize(
+    ("tail", "message"),
+    [
+        # llama.cpp's server: an "error:" field, then still [DONE].
+        (
+            b'error: {"code": 500, "message": "context full", "type": "server_error"}\n\ndata: [DONE]\n\n',
+            "context full",
+        ),
+        # Ollama's OpenAI layer: a bare JSON error line, no [DONE].
+        (
+            b'{"error": {"message": "runner died", "type": "api_error", "param": null, "code": null}}\n',
+            "runner died",
+        ),
+    ],
+    ids=["llama-server", "ollama-v1"],
+)
+def test_tally_reads_other_servers_errors_in_event_streams(tail: bytes, message: str) -> None:
+    tally = Tally("sse")
+    tally.feed(b'data: {"choices":[{"index":0,"text":"a"}]}\n\n' + tail)
+    assert tally.error == message
+    assert tally.pieces == 1
+
+
 def _parse(path: str, body: object, priority: bytes | None = None, tenant: bytes | None = None) -> Parsed:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     return parse_scheduled(OLLAMA[path], raw, priority_header=priority, tenant_header=tenant)

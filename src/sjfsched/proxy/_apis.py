@@ -418,18 +418,38 @@ class Tally:
         if not line:
             return
         if self._framing == "sse":
-            if not line.startswith(b"data:"):
+            if line.startswith(b"error:"):
+                # llama.cpp's server reports a failure with an "error:" field
+                # (then still sends [DONE]).
+                self._error_field(line[6:].strip())
                 return
-            line = line[5:].strip()
-            if line == b"[DONE]":
-                self.done = True
-                return
+            if line.startswith(b"data:"):
+                line = line[5:].strip()
+                if line == b"[DONE]":
+                    self.done = True
+                    return
+            elif not line.startswith(b"{"):
+                return  # event:, id:, retry:, comments; a bare JSON line is
+                # how Ollama's OpenAI layer reports an error, read below
         try:
             obj = json.loads(line)
         except (ValueError, UnicodeDecodeError):
             return
         if isinstance(obj, dict):
             self._object(obj)
+
+    def _error_field(self, value: bytes) -> None:
+        try:
+            obj = json.loads(value)
+        except (ValueError, UnicodeDecodeError):
+            obj = None
+        if isinstance(obj, dict):
+            message = obj.get("error", obj)
+            if isinstance(message, Mapping):
+                message = message.get("message", message)
+            self.error = str(message)
+        else:
+            self.error = value.decode("utf-8", "replace") or "an error"
 
     def _object(self, obj: Mapping[str, Any]) -> None:
         error = obj.get("error")
