@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, final
 
 import anyio
@@ -75,6 +75,12 @@ class CallableBackend:
         if isinstance(result, Chunk):
             yield result
             return
+        if isinstance(result, (Mapping, bytes, bytearray, memoryview)):
+            # Iterable, but not pieces of text: a dict (say, llama-cpp-python's
+            # answer) would stream its keys, bytes their integers.
+            raise TypeError(
+                f"the function returned {type(result).__name__}; expected str, Chunk or an iterable of them"
+            )
         if isinstance(result, AsyncIterable):
             iterator = aiter(result)
             try:

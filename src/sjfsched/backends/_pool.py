@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from contextlib import aclosing
@@ -15,6 +16,8 @@ from ._http import BackendUnavailable, is_unavailable
 
 if TYPE_CHECKING:
     from ._base import Backend
+
+logger = logging.getLogger("sjfsched")
 
 __all__ = ["BackendPool", "PoolMemberStatistics", "PoolStatistics"]
 
@@ -67,6 +70,16 @@ class _Member:
 
 class _NoBackend(Exception):
     pass
+
+
+@attrs.define(eq=False)
+class _Waiter:
+    """A request waiting inside the pool for a slot."""
+
+    tried: set[int]
+    event: anyio.Event = attrs.Factory(anyio.Event)
+    granted: tuple[_Member, bool] | None = None
+    error: _NoBackend | None = None
 
 
 @final
@@ -148,7 +161,7 @@ class BackendPool:
         self.retry_after = float(retry_after)
         self.max_retry_after = max(float(max_retry_after), self.retry_after)
         self.failover = failover
-        self._changed: anyio.Event | None = None
+        self._waiters: list[_Waiter] = []
         self._failovers = 0
 
     def __repr__(self) -> str:
@@ -227,73 +240,138 @@ class BackendPool:
             return
 
     async def aclose(self) -> None:
-        """Close every backend of the pool."""
+        """Close every backend of the pool (all of them, even if one fails: its error is raised after)."""
         seen: set[int] = set()
+        first_error: BaseException | None = None
         for member in self._members:
-            if id(member.backend) not in seen:
-                seen.add(id(member.backend))
+            if id(member.backend) in seen:
+                continue
+            seen.add(id(member.backend))
+            try:
                 await member.backend.aclose()
+            except Exception as exc:
+                if first_error is None:
+                    first_error = exc
+                else:
+                    logger.error("closing %r failed too: %r", member.backend, exc)
+        if first_error is not None:
+            raise first_error
 
     # ------------------------------------------------------------ internals
 
-    async def _acquire(self, tried: set[int]) -> tuple[_Member, bool]:
-        """A member with a free slot, and whether this request is its probe (it is out of rotation)."""
-        while True:
-            now = anyio.current_time()
-            candidates = [m for m in self._members if m.index not in tried]
-            if not candidates:
-                raise _NoBackend("every backend of the pool failed for this request")
-            for m in candidates:
-                if m.busy >= m.slots:
-                    continue
-                if m.down_until is None:
-                    m.busy += 1
-                    return m, False
-                if now >= m.down_until and not m.probing:
-                    m.probing = True  # one request at a time finds out if it is back
-                    m.busy += 1
-                    return m, True
-            waits = [m.down_until - now for m in candidates if m.down_until is not None and not m.probing]
-            usable = any(m.down_until is None or m.probing for m in candidates)
-            if not usable:
-                soonest = min(waits) if waits else 0.0
-                raise _NoBackend(
-                    f"all {len(candidates)} backend(s) of the pool are out of rotation after failures; "
-                    f"the first is retried in {max(0.0, soonest):.1f} s"
-                )
-            if self._changed is None:
-                self._changed = anyio.Event()
-            changed = self._changed
-            future = [w for w in waits if w > 0]
-            with anyio.move_on_after(min(future) if future else math.inf):
-                await changed.wait()
+    def _take(self, tried: set[int]) -> tuple[_Member, bool] | None:
+        """A free slot for a request that tried ``tried`` already, and whether it is a probe; or None.
 
-    def _notify(self) -> None:
-        changed, self._changed = self._changed, None
-        if changed is not None:
-            changed.set()
+        Raises :class:`_NoBackend` when no backend is left that it could use.
+        """
+        now = anyio.current_time()
+        candidates = [m for m in self._members if m.index not in tried]
+        if not candidates:
+            raise _NoBackend("every backend of the pool failed for this request")
+        for m in candidates:
+            if m.busy >= m.slots:
+                continue
+            if m.down_until is None:
+                m.busy += 1
+                return m, False
+            if now >= m.down_until and not m.probing:
+                m.probing = True  # one request at a time finds out if it is back
+                m.busy += 1
+                return m, True
+        if not any(m.down_until is None or m.probing for m in candidates):
+            waits = [m.down_until - now for m in candidates if m.down_until is not None]
+            raise _NoBackend(
+                f"all {len(candidates)} backend(s) of the pool are out of rotation after failures; "
+                f"the first is retried in {max(0.0, min(waits, default=0.0)):.1f} s"
+            )
+        return None
+
+    def _next_retry(self, tried: set[int]) -> float:
+        """Seconds until a backend this request may use is due for its probe (inf: none is)."""
+        now = anyio.current_time()
+        waits = [
+            m.down_until - now
+            for m in self._members
+            if m.index not in tried and m.down_until is not None and not m.probing
+        ]
+        return max(0.0, min(waits, default=math.inf))
+
+    async def _acquire(self, tried: set[int]) -> tuple[_Member, bool]:
+        """A member with a free slot, and whether this request is its probe (it is out of rotation).
+
+        Requests that find no free slot wait in a queue and are handed slots
+        in the order they came (:meth:`_dispatch`), whatever order the event
+        loop wakes them in.
+        """
+        if not self._waiters:
+            got = self._take(tried)
+            if got is not None:
+                return got
+        waiter = _Waiter(tried)
+        self._waiters.append(waiter)
+        try:
+            while True:
+                self._dispatch()
+                if waiter.granted is not None:
+                    got, waiter.granted = waiter.granted, None
+                    return got
+                if waiter.error is not None:
+                    raise waiter.error
+                with anyio.move_on_after(self._next_retry(tried)):
+                    await waiter.event.wait()
+                waiter.event = anyio.Event()
+        except BaseException:
+            if waiter.granted is not None:  # handed a slot, then cancelled before taking it
+                member, probe = waiter.granted
+                waiter.granted = None
+                member.busy -= 1
+                if probe:
+                    member.probing = False
+            raise
+        finally:
+            self._waiters.remove(waiter)
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hand free slots to the waiting requests, first come first served."""
+        for waiter in self._waiters:
+            if waiter.granted is not None or waiter.error is not None:
+                continue
+            try:
+                got = self._take(waiter.tried)
+            except _NoBackend as exc:
+                waiter.error = exc
+                waiter.event.set()
+                continue
+            if got is not None:
+                waiter.granted = got
+                waiter.event.set()
 
     def _alive(self, member: _Member) -> None:
         """The backend answered: it is (back) in rotation."""
         if member.down_until is not None or member.failures:
             member.down_until = None
             member.failures = 0
-            self._notify()
+            self._dispatch()
 
     def _release(self, member: _Member, probe: bool, *, failed: bool, answered: bool) -> None:
         member.busy -= 1
         if probe:  # only the probe's end says whether another may try
             member.probing = False
         if failed:
-            member.failures += 1
-            backoff = min(self.max_retry_after, self.retry_after * 2.0 ** (member.failures - 1))
-            member.down_until = anyio.current_time() + backoff
+            # One outage is one failure: requests that were already running
+            # when it began and fail after it do not lengthen the back-off.
+            if probe or member.down_until is None:
+                member.failures += 1
+                exponent = min(member.failures - 1, 64)  # 2**64 * retry_after is past any cap
+                backoff = min(self.max_retry_after, self.retry_after * 2.0**exponent)
+                member.down_until = anyio.current_time() + backoff
         else:
             member.served += 1
             if answered:
                 member.down_until = None
                 member.failures = 0
-        self._notify()
+        self._dispatch()
 
 
 async def _aiter(iterator: AsyncIterator[Chunk]) -> AsyncGenerator[Chunk, None]:

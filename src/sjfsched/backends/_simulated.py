@@ -54,7 +54,11 @@ class SimulatedBackend:
         prompt_tokens: Callable[[Request], int] = _metadata_prompt_tokens,
     ) -> None:
         for name, rate in (("prefill_rate", prefill_rate), ("decode_rate", decode_rate)):
-            if not (math.isfinite(rate) and rate > 0):
+            if (
+                isinstance(rate, bool)
+                or not isinstance(rate, (int, float))
+                or not (math.isfinite(rate) and rate > 0)
+            ):
                 raise ValueError(f"{name} must be a positive number of tokens per second, got {rate!r}")
         if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
             raise ValueError(f"slots must be an int >= 1, got {slots!r}")

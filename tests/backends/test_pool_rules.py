@@ -1,0 +1,135 @@
+"""BackendPool's rules with in-process backends: back-off arithmetic, queue order, closing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+
+from sjfsched import Chunk, Request
+from sjfsched.backends import BackendPool, BackendUnavailable, CallableBackend
+
+pytestmark = pytest.mark.anyio
+
+
+async def collect(pool: BackendPool, request: Request) -> list[Chunk]:
+    with anyio.fail_after(30):
+        return [chunk async for chunk in pool.stream(request)]
+
+
+def down(request: Request) -> str:
+    raise BackendUnavailable("connection refused")
+
+
+async def test_a_long_outage_never_overflows_the_back_off() -> None:
+    """Past 1,024 failures 2**n overflowed a float: every request then failed with OverflowError."""
+    pool = BackendPool(
+        [CallableBackend(down, in_thread=False), CallableBackend(lambda r: "ok", in_thread=False)],
+        retry_after=0.0,
+    )
+    for i in range(1_100):
+        assert "".join(c.text for c in await collect(pool, Request(f"q{i}"))) == "ok"
+    dead = pool.statistics().members[0]
+    assert dead.failures == 1_100 and not dead.healthy
+    assert pool.statistics().failovers == 1_100
+
+
+async def test_one_outage_of_a_busy_backend_is_one_failure() -> None:
+    """Four requests running on a 4-slot server that goes away: out for retry_after, not 2**3 times it."""
+    gone = anyio.Event()
+
+    async def server(request: Request) -> Any:
+        await gone.wait()
+        raise BackendUnavailable("connection reset")
+
+    pool = BackendPool([CallableBackend(server, slots=4)], retry_after=5.0, failover=False)
+    failures: list[BaseException] = []
+
+    async def one(i: int) -> None:
+        try:
+            await collect(pool, Request(f"q{i}"))
+        except BackendUnavailable as exc:
+            failures.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(4):
+            tg.start_soon(one, i)
+        await anyio.wait_all_tasks_blocked()
+        gone.set()
+    assert len(failures) == 4
+    (member,) = pool.statistics().members
+    assert member.failures == 1
+    assert 4.0 < member.retry_in <= 5.0
+
+
+async def test_waiting_requests_get_slots_in_the_order_they_came() -> None:
+    """On trio the event loop wakes waiters in any order; the pool hands slots out first come first served."""
+    for _ in range(10):
+        await _serve_five_in_order()
+
+
+async def _serve_five_in_order() -> None:
+    release = anyio.Event()
+    served: list[str] = []
+
+    async def server(request: Request) -> str:
+        served.append(request.text)
+        await release.wait()
+        return "ok"
+
+    pool = BackendPool([CallableBackend(server)])
+    async with anyio.create_task_group() as tg:
+        for name in ("hold", "r1", "r2", "r3", "r4"):
+            tg.start_soon(collect, pool, Request(name))
+            await anyio.wait_all_tasks_blocked()  # each is queued before the next comes
+        release.set()
+    assert served == ["hold", "r1", "r2", "r3", "r4"]
+
+
+async def test_aclose_closes_every_backend_even_when_one_fails() -> None:
+    closed: list[str] = []
+
+    class Closing:
+        slots = 1
+
+        def __init__(self, name: str, fails: bool = False) -> None:
+            self.name, self.fails = name, fails
+
+        async def stream(self, request: Request) -> Any:
+            yield Chunk("x")
+
+        async def aclose(self) -> None:
+            closed.append(self.name)
+            if self.fails:
+                raise OSError(f"{self.name}: error closing the connection pool")
+
+    pool = BackendPool([Closing("a", fails=True), Closing("b"), Closing("c", fails=True)])
+    with pytest.raises(OSError, match="a: error closing"):
+        await pool.aclose()
+    assert closed == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "name"),
+    [
+        ({"id": "cmpl-1", "choices": [{"text": "hi"}]}, "dict"),
+        (b"hi", "bytes"),
+        (bytearray(b"hi"), "bytearray"),
+    ],
+)
+async def test_a_callable_returning_a_mapping_or_bytes_is_refused(answer: object, name: str) -> None:
+    """Both are iterable: a dict streamed its keys as text, bytes failed on their first int."""
+    backend = CallableBackend(lambda request: answer, in_thread=False)  # type: ignore[arg-type, return-value]
+    with pytest.raises(TypeError, match=f"returned {name}; expected str, Chunk"):
+        async for _ in backend.stream(Request("x")):
+            pass
+
+
+@pytest.mark.parametrize("rate", [None, "30", True, 0, float("nan")])
+def test_simulated_backend_names_a_bad_rate(rate: object) -> None:
+    from sjfsched.backends import SimulatedBackend
+
+    for name in ("prefill_rate", "decode_rate"):
+        with pytest.raises(ValueError, match=f"{name} must be a positive number"):
+            SimulatedBackend(**{name: rate})  # type: ignore[arg-type]
