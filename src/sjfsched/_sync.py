@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
 
 import anyio.from_thread
 from typing_extensions import Self
@@ -19,6 +22,8 @@ if TYPE_CHECKING:
     from .backends._base import Backend
 
 __all__ = ["SyncScheduler", "SyncStream"]
+
+T = TypeVar("T")
 
 
 @final
@@ -43,7 +48,7 @@ class SyncStream:
 
     def __next__(self) -> Chunk:
         try:
-            return self._portal.call(self._stream.__anext__)
+            return _call_interruptibly(self._portal, self._stream.__anext__)
         except StopAsyncIteration:
             raise StopIteration from None
 
@@ -76,13 +81,12 @@ class SyncScheduler:
         scheduler_class: type[Scheduler] = Scheduler,
         **options: Any,
     ) -> None:
-        self._exit_stack = contextlib.ExitStack()
-        self._portal = self._exit_stack.enter_context(anyio.from_thread.start_blocking_portal(async_backend))
+        self._portal, self._thread = _start_portal(async_backend)
         try:
             self._scheduler = self._portal.call(_make_scheduler, scheduler_class, backend, options)
             self._portal.call(self._scheduler.__aenter__)
         except BaseException:
-            self._exit_stack.close()
+            self._stop_portal()
             raise
         self._closed = False
 
@@ -110,7 +114,12 @@ class SyncScheduler:
         try:
             self._portal.call(self._scheduler.aclose)
         finally:
-            self._exit_stack.close()
+            self._stop_portal()
+
+    def _stop_portal(self) -> None:
+        with contextlib.suppress(RuntimeError):  # stopped already
+            self._portal.call(self._portal.stop)
+        self._thread.join()
 
     @property
     def closed(self) -> bool:
@@ -135,7 +144,9 @@ class SyncScheduler:
     def complete(self, request: Request | str | None = None, /, **fields: Any) -> Completion:
         """Blocking :meth:`Scheduler.complete`."""
         with self._portal_open():
-            completion: Completion = self._portal.call(_call_complete, self._scheduler, request, fields)
+            completion: Completion = _call_interruptibly(
+                self._portal, _call_complete, self._scheduler, request, fields
+            )
         return completion
 
     @contextlib.contextmanager
@@ -143,8 +154,9 @@ class SyncScheduler:
         """Blocking :meth:`Scheduler.stream`: a context manager of a chunk iterator."""
         with contextlib.ExitStack() as stack:
             with self._portal_open():
-                cm = self._portal.wrap_async_context_manager(self._scheduler.stream(request, **fields))
-                stream = stack.enter_context(cm)
+                stream = stack.enter_context(
+                    _LoopContext(self._portal, self._scheduler.stream(request, **fields))
+                )
             yield SyncStream(self._portal, stream)
 
     @contextlib.contextmanager
@@ -156,8 +168,9 @@ class SyncScheduler:
         """
         with contextlib.ExitStack() as stack:
             with self._portal_open():
-                cm = self._portal.wrap_async_context_manager(self._scheduler.admit(request, **fields))
-                ticket = stack.enter_context(cm)
+                ticket = stack.enter_context(
+                    _LoopContext(self._portal, self._scheduler.admit(request, **fields))
+                )
             ticket._clock = functools.partial(_loop_time, self._portal)
             yield ticket
 
@@ -205,3 +218,119 @@ async def _call_complete(
     scheduler: Scheduler, request: Request | str | None, fields: dict[str, Any]
 ) -> Completion:
     return await scheduler.complete(request, **fields)
+
+
+def _start_portal(async_backend: str) -> tuple[anyio.from_thread.BlockingPortal, threading.Thread]:
+    """A blocking portal whose event loop runs in a daemon thread of its own.
+
+    A daemon thread, and nothing left to finalise: a scheduler that is never
+    closed does not keep the interpreter from exiting (anyio's
+    ``start_blocking_portal`` is a generator context manager, whose
+    finalisation at exit waited for a loop thread that no longer ran).
+    """
+    ready: concurrent.futures.Future[anyio.from_thread.BlockingPortal] = concurrent.futures.Future()
+
+    async def serve() -> None:
+        async with anyio.from_thread.BlockingPortal() as portal:
+            ready.set_result(portal)
+            await portal.sleep_until_stopped()
+
+    def run() -> None:
+        try:
+            anyio.run(serve, backend=async_backend)
+        except BaseException as exc:
+            if not ready.done():
+                ready.set_exception(exc)
+            else:  # pragma: no cover - the portal's loop failed after it started
+                raise
+
+    thread = threading.Thread(target=run, name=f"sjfsched-{async_backend}-loop", daemon=True)
+    thread.start()
+    return ready.result(), thread
+
+
+def _call_interruptibly(
+    portal: anyio.from_thread.BlockingPortal, fn: Callable[..., Awaitable[T]], *args: Any
+) -> T:
+    """``portal.call(fn, *args)``; an exception in this thread while it waits (Ctrl-C) cancels the call.
+
+    ``portal.call`` leaves the call running in the loop when the waiting
+    thread is interrupted: a request would keep its slot and go on
+    generating.  Here it is cancelled, and this thread waits until it has
+    ended before the exception goes on.
+    """
+    finished = threading.Event()
+
+    async def run() -> T:
+        try:
+            return await fn(*args)
+        finally:
+            finished.set()
+
+    future = portal.start_task_soon(run)
+    try:
+        return future.result()
+    except BaseException:
+        if not future.done():  # interrupted here, not failed there
+            future.cancel()
+            finished.wait()
+        raise
+
+
+class _LoopContext(Generic[T]):
+    """An async context manager entered and left in the portal's loop, from this thread.
+
+    Like ``portal.wrap_async_context_manager``, except that an exception in
+    this thread while it waits to enter (Ctrl-C while the request waits for
+    its turn) cancels the entering instead of leaving it to go on in the loop
+    and hold a slot no one will give back.
+    """
+
+    def __init__(self, portal: anyio.from_thread.BlockingPortal, cm: AbstractAsyncContextManager[T]) -> None:
+        self._portal = portal
+        self._cm = cm
+        self._entered: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._finished = threading.Event()
+        self._leave: anyio.Event | None = None
+        self._exit_info: tuple[Any, Any, Any] = (None, None, None)
+        self._task: concurrent.futures.Future[bool | None] | None = None
+
+    async def _run(self) -> bool | None:
+        try:
+            self._leave = anyio.Event()
+            try:
+                value = await self._cm.__aenter__()
+            except BaseException as exc:
+                self._entered.set_exception(exc)
+                raise
+            self._entered.set_result(value)
+            try:
+                await self._leave.wait()
+            except BaseException as exc:  # cancelled in the loop before the block was left
+                if not await self._cm.__aexit__(type(exc), exc, exc.__traceback__):
+                    raise
+                return None
+            return await self._cm.__aexit__(*self._exit_info)
+        finally:
+            self._finished.set()
+
+    def __enter__(self) -> T:
+        self._task = self._portal.start_task_soon(self._run)
+        try:
+            return self._entered.result()
+        except BaseException:
+            if not self._entered.done():  # interrupted here while it waited to enter
+                self._task.cancel()
+                self._finished.wait()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._task is not None and self._leave is not None
+        self._exit_info = (exc_type, exc, tb)
+        self._portal.call(self._leave.set)
+        return self._task.result()

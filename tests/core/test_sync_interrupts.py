@@ -1,0 +1,137 @@
+"""SyncScheduler and wrap() when the calling thread is interrupted (Ctrl-C), and at interpreter exit.
+
+Each case runs in a child interpreter: the interrupt is a real SIGINT, and the
+exit is a real exit.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+PRELUDE = """
+import json, os, signal, threading, time
+import anyio
+from sjfsched import SyncScheduler
+from sjfsched.backends import CallableBackend
+
+streams = {"open": 0, "most": 0, "ended": 0}
+
+async def generate(request):
+    async def tokens():
+        streams["open"] += 1
+        streams["most"] = max(streams["most"], streams["open"])
+        try:
+            for _ in range(int(request.metadata.get("n", 40))):
+                await anyio.sleep(0.25)
+                yield "tok "
+        finally:
+            streams["open"] -= 1
+            streams["ended"] += 1
+    return tokens()
+
+def interrupt_in(seconds):
+    threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT)).start()
+
+def report(sched, **extra):
+    time.sleep(0.3)
+    s = sched.statistics()
+    print(json.dumps({"running": s.running, "waiting": s.waiting, "completed": s.completed,
+                      "cancelled": s.cancelled, **streams, **extra}))
+"""
+
+
+def run(body: str, async_backend: str) -> dict[str, int]:
+    code = PRELUDE + textwrap.dedent(body).replace("ASYNC_BACKEND", repr(async_backend))
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, int] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+BACKENDS = pytest.mark.parametrize("async_backend", ["asyncio", "trio"])
+
+
+@BACKENDS
+def test_ctrl_c_in_complete_cancels_the_request(async_backend: str) -> None:
+    result = run(
+        """
+        sched = SyncScheduler(CallableBackend(generate), async_backend=ASYNC_BACKEND)
+        interrupt_in(0.6)
+        try:
+            sched.complete("write an essay")
+        except KeyboardInterrupt:
+            pass
+        report(sched)
+        t = time.monotonic()
+        sched.close()
+        assert time.monotonic() - t < 2, "close() waited for the interrupted request"
+        """,
+        async_backend,
+    )
+    assert (result["running"], result["completed"], result["cancelled"]) == (0, 0, 1)
+    assert (result["open"], result["ended"]) == (0, 1)
+
+
+@BACKENDS
+def test_ctrl_c_while_reading_a_stream_stops_it_before_the_next_request_runs(async_backend: str) -> None:
+    result = run(
+        """
+        sched = SyncScheduler(CallableBackend(generate), async_backend=ASYNC_BACKEND)
+        interrupt_in(0.6)
+        try:
+            with sched.stream("write an essay") as chunks:
+                for _ in chunks:
+                    pass
+        except KeyboardInterrupt:
+            pass
+        sched.complete("short", metadata={"n": 2})
+        report(sched)
+        sched.close()
+        """,
+        async_backend,
+    )
+    assert result["most"] == 1  # never two generations at once on a one-slot backend
+    assert (result["completed"], result["cancelled"], result["open"], result["ended"]) == (1, 1, 0, 2)
+
+
+@BACKENDS
+def test_ctrl_c_while_waiting_for_a_slot_gives_no_slot_away(async_backend: str) -> None:
+    result = run(
+        """
+        sched = SyncScheduler(CallableBackend(generate), async_backend=ASYNC_BACKEND)
+        holder = threading.Thread(target=sched.complete, args=("hold",), kwargs={"metadata": {"n": 6}})
+        holder.start()
+        time.sleep(0.3)
+        interrupt_in(0.3)
+        try:
+            with sched.admit("waits its turn"):
+                raise AssertionError("admitted while the slot was held")
+        except KeyboardInterrupt:
+            pass
+        holder.join()
+        sched.complete("after", metadata={"n": 1})  # the slot came back
+        report(sched)
+        sched.close()
+        """,
+        async_backend,
+    )
+    assert (result["running"], result["waiting"], result["completed"], result["cancelled"]) == (0, 0, 2, 1)
+
+
+@BACKENDS
+def test_a_scheduler_never_closed_lets_the_interpreter_exit(async_backend: str) -> None:
+    result = run(
+        """
+        sched = SyncScheduler(CallableBackend(lambda r: "ok", in_thread=False), async_backend=ASYNC_BACKEND)
+        print(json.dumps({"text": sched.complete("hi").text == "ok"}))
+        """,
+        async_backend,
+    )
+    assert result == {"text": True}
