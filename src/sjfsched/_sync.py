@@ -155,7 +155,7 @@ class SyncScheduler:
         with contextlib.ExitStack() as stack:
             with self._portal_open():
                 stream = stack.enter_context(
-                    _LoopContext(self._portal, self._scheduler.stream(request, **fields))
+                    _LoopContext(self._portal, self._thread, self._scheduler.stream(request, **fields))
                 )
             yield SyncStream(self._portal, stream)
 
@@ -169,7 +169,7 @@ class SyncScheduler:
         with contextlib.ExitStack() as stack:
             with self._portal_open():
                 ticket = stack.enter_context(
-                    _LoopContext(self._portal, self._scheduler.admit(request, **fields))
+                    _LoopContext(self._portal, self._thread, self._scheduler.admit(request, **fields))
                 )
             ticket._clock = functools.partial(_loop_time, self._portal)
             yield ticket
@@ -286,8 +286,14 @@ class _LoopContext(Generic[T]):
     and hold a slot no one will give back.
     """
 
-    def __init__(self, portal: anyio.from_thread.BlockingPortal, cm: AbstractAsyncContextManager[T]) -> None:
+    def __init__(
+        self,
+        portal: anyio.from_thread.BlockingPortal,
+        loop_thread: threading.Thread,
+        cm: AbstractAsyncContextManager[T],
+    ) -> None:
         self._portal = portal
+        self._loop_thread = loop_thread
         self._cm = cm
         self._entered: concurrent.futures.Future[T] = concurrent.futures.Future()
         self._finished = threading.Event()
@@ -332,5 +338,11 @@ class _LoopContext(Generic[T]):
     ) -> bool | None:
         assert self._task is not None and self._leave is not None
         self._exit_info = (exc_type, exc, tb)
+        if threading.current_thread() is self._loop_thread:
+            # Left from the loop's own thread: the garbage collector finalising
+            # an abandoned wrap() stream there.  It must not block the loop:
+            # the block is left, and the request ends, in the loop's own time.
+            self._leave.set()
+            return None
         self._portal.call(self._leave.set)
         return self._task.result()

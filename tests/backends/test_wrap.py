@@ -182,3 +182,32 @@ def test_a_call_stopped_by_a_stop_string_reports_llama_cpps_count(tiny_llm: Llam
             got = list(got)
     assert [c.output_tokens for c in completions] == [direct["usage"]["completion_tokens"]]
     assert "sample" not in vars(tiny_llm)
+
+
+def test_an_abandoned_stream_collected_on_the_loops_thread_frees_the_model(wrapped: Any) -> None:
+    """The garbage collector may finalise a dropped stream on the scheduler's own thread."""
+    import gc
+
+    class Holder:  # a reference cycle holding the iterator: only the collector frees it
+        pass
+
+    holder = Holder()
+    holder.cycle = holder  # type: ignore[attr-defined]
+    holder.iterator = wrapped.create_completion("Once upon a time", max_tokens=50, stream=True, **GREEDY)  # type: ignore[attr-defined]
+    next(holder.iterator)  # type: ignore[attr-defined]
+    del holder
+    gc.disable()
+    try:
+        wrapped.scheduler.call(gc.collect)  # collected on the loop's thread
+    finally:
+        gc.enable()
+    done = threading.Event()
+
+    def later() -> None:
+        wrapped("Next!", max_tokens=2)
+        done.set()
+
+    threading.Thread(target=later, daemon=True).start()
+    assert done.wait(20), "the model stayed taken"
+    stats = wrapped.scheduler.statistics()
+    assert (stats.running, stats.cancelled, stats.completed) == (0, 1, 1)
