@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import anyio
@@ -133,3 +134,43 @@ def test_simulated_backend_names_a_bad_rate(rate: object) -> None:
     for name in ("prefill_rate", "decode_rate"):
         with pytest.raises(ValueError, match=f"{name} must be a positive number"):
             SimulatedBackend(**{name: rate})  # type: ignore[arg-type]
+
+
+async def test_a_waiter_probes_a_backend_that_went_down_while_it_waited() -> None:
+    """W waits (both busy, both in rotation); X's backend then fails: W must wake when it is due."""
+    calls = 0
+    release = anyio.Event()
+
+    async def flaky(request: Request) -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await anyio.sleep(0.1)
+            raise BackendUnavailable("connection lost")
+        return "ok"
+
+    async def slow(request: Request) -> str:
+        await release.wait()
+        return "slow"
+
+    pool = BackendPool([CallableBackend(flaky), CallableBackend(slow)], retry_after=0.2, failover=False)
+    started = anyio.current_time()
+    served: dict[str, float] = {}
+    w_served = anyio.Event()
+
+    async def one(name: str, delay: float) -> None:
+        await anyio.sleep(delay)
+        with contextlib.suppress(BackendUnavailable):
+            await collect(pool, Request(name))
+            served[name] = anyio.current_time() - started
+            if name == "W":
+                w_served.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(one, "X", 0.0)  # the first backend: fails after 0.1 s, out for 0.2 s
+        tg.start_soon(one, "L", 0.01)  # the second: held until released
+        tg.start_soon(one, "W", 0.05)  # waits; due to probe the first at about 0.3 s
+        with anyio.fail_after(5):
+            await w_served.wait()
+        release.set()
+    assert served["W"] < 1.0

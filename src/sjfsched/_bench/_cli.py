@@ -281,12 +281,18 @@ def _run_sim(args: argparse.Namespace) -> int:
             f"{UNSEEN_BUILT_IN_ONLY}",
             file=sys.stderr,
         )
-    for t in files:  # a burst drawn from fewer requests would run smaller than its name says
-        n = len(cached_trace(str(data), t))
+    bursts = [s for s in scenarios if s.kind == "burst"]
+    for t in traces:  # a burst drawn from fewer requests would run smaller than its name says
+        if t not in files and not bursts:
+            continue
+        try:
+            n = len(cached_trace(str(data), t))
+        except (ValueError, FileNotFoundError) as exc:
+            raise SystemExit(f"sjfsched bench: {exc}") from None
         if n < 2:
             raise SystemExit(f"sjfsched bench: {t} has {n} request: a trace needs at least 2")
-        for s in scenarios:
-            if s.kind == "burst" and s.size > n:
+        for s in bursts:
+            if s.size > n:
                 raise SystemExit(f"sjfsched bench: {t} has {n} requests, fewer than a {s.name} draws")
     meta = _meta(args, data)
     try:

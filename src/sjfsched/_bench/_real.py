@@ -156,7 +156,7 @@ def _stats(completions: Sequence[Completion], scale: float) -> dict[str, Any]:
         "short_p50": _percentile(by["short"], 50),
         "medium_p50": _percentile(by["medium"], 50),
         "long_p50": _percentile(by["long"], 50),
-        "long_p95": _percentile(by["long"] or by["medium"], 95),
+        "long_p95": _percentile(by["long"], 95),
         "mean": sum(every) / len(every),
         "makespan": max(c.finished for c in completions) - min(c.submitted for c in completions),
         "n": {k: len(v) for k, v in by.items()},
@@ -190,15 +190,43 @@ async def _real_burst(scheduler: Scheduler, requests: Sequence[Request]) -> list
     return [c for c in done if c is not None]
 
 
-def _model_path(args: argparse.Namespace, tmp: str) -> Path:
+def _context_size(args: argparse.Namespace, items: Sequence[TraceItem]) -> int:
+    """A context that holds every request's cut prompt and its whole trace length.
+
+    llama-cpp-python lowers ``max_tokens`` quietly to what the context holds,
+    which would make a long request shorter in the real run than in the
+    simulated one.  A prompt of ``prompt_chars`` characters is at most 4
+    tokens per character (one per UTF-8 byte); 2,048 when that is enough.
+    """
+    need = 4 * int(args.prompt_chars) + max(item.output_tokens for item in items) + 16
+    return max(2048, -(-need // 256) * 256)
+
+
+def _model_path(args: argparse.Namespace, tmp: str, n_ctx: int) -> Path:
     if args.model is not None:
         return Path(args.model)
     from ..testing import write_tiny_llama
     from ..testing._tiny_llama import PRESETS
 
     options = dict(PRESETS[args.preset])
-    options["n_ctx"] = 2048
+    options["n_ctx"] = n_ctx
     return write_tiny_llama(Path(tmp) / f"bench-{args.preset}.gguf", **options)
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    from ..testing._tiny_llama import PRESETS
+
+    if args.model is None and args.preset not in PRESETS:
+        raise SystemExit(
+            f"sjfsched bench real: unknown --preset {args.preset!r}; choose from {', '.join(PRESETS)}"
+        )
+    for name, value, least in (("requests", args.requests, 1), ("threads", args.threads, 1)):
+        if value < least:
+            raise SystemExit(f"sjfsched bench real: --{name} must be at least {least}, got {value}")
+    if args.prompt_chars < 1:
+        raise SystemExit(f"sjfsched bench real: --prompt-chars must be at least 1, got {args.prompt_chars}")
+    if not (args.scale > 0 and math.isfinite(args.scale)):
+        raise SystemExit(f"sjfsched bench real: --scale must be a positive number, got {args.scale}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -207,6 +235,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         print("sjfsched bench real needs llama-cpp-python: pip install 'sjfsched[llama]'", file=sys.stderr)
         return 2
+    _check_arguments(args)
     items = _sample(args)
     policies = [policy_named(name) for name in args.policies.split(",")]
     load_before = os.getloadavg()
@@ -245,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
     report["models_sha1"] = digests
     print(report["table"])
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    args.results.write_text(json.dumps(_no_nan(report), indent=1) + "\n", encoding="utf-8")
     print(f"\nwrote {args.results}")
     return 0 if report["agree"] else 1
 
@@ -262,9 +291,10 @@ def _run_real(
 
     from ..backends import LlamaCppBackend
 
-    path = _model_path(args, tmp)
+    n_ctx = _context_size(args, items)
+    path = _model_path(args, tmp, n_ctx)
     llm = Llama(
-        str(path), n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads, seed=0, verbose=False
+        str(path), n_ctx=n_ctx, n_threads=args.threads, n_threads_batch=args.threads, seed=0, verbose=False
     )
     real: dict[str, list[Completion]] = {}
     try:
@@ -300,7 +330,9 @@ def _report(
         for kind, runs in (("real", real), ("sim", sim))
     }
     names = list(real)
-    base = names[0]
+    base = "fcfs" if "fcfs" in names else names[0]  # the gains are against first-come-first-served
+    names = [base, *(n for n in names if n != base)]
+    label = "FCFS" if base == "fcfs" else base
     lines = [
         f"{len(next(iter(real.values())))} requests from {args.trace} (lengths x {args.scale}), "
         f"model {args.model or 'write_tiny_llama preset ' + args.preset}, {args.threads} thread(s)",
@@ -309,7 +341,7 @@ def _report(
         f"{load_after[0]:.2f} after; "
         f"{wall:.0f} s in all",
         "",
-        "| policy | run | short P50 (s) | vs FCFS | medium P50 | long P50 | long P95 | vs FCFS "
+        f"| policy | run | short P50 (s) | vs {label} | medium P50 | long P50 | long P95 | vs {label} "
         "| mean | makespan |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -321,12 +353,12 @@ def _report(
             g = gain(b["short_p50"], s["short_p50"])
             d = -gain(b["long_p95"], s["long_p95"])
             gains[kind][name] = g
-            vs = "" if name == base else f"{-g:+.0%}"
-            dv = "" if name == base else f"{d:+.0%}"
+            vs = "" if name == base else _signed(-g)
+            dv = "" if name == base else _signed(d)
             lines.append(
-                f"| {name} | {kind} | {s['short_p50']:.1f} | {vs} | {s['medium_p50']:.1f} "
-                f"| {s['long_p50']:.1f} "
-                f"| {s['long_p95']:.1f} | {dv} | {s['mean']:.1f} | {s['makespan']:.0f} |"
+                f"| {name} | {kind} | {_seconds(s['short_p50'])} | {vs} | {_seconds(s['medium_p50'])} "
+                f"| {_seconds(s['long_p50'])} "
+                f"| {_seconds(s['long_p95'])} | {dv} | {s['mean']:.1f} | {s['makespan']:.0f} |"
             )
     agree = True
     lines.append("")
@@ -360,3 +392,22 @@ def _report(
         "agree": agree,
         "table": "\n".join(lines),
     }
+
+
+def _no_nan(value: Any) -> Any:
+    """``value`` with every NaN as None, so the file is standard JSON (``null`` for "no such requests")."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_no_nan(v) for v in value]
+    return value
+
+
+def _seconds(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.1f}"
+
+
+def _signed(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:+.0%}"

@@ -48,7 +48,9 @@ def _pct(x: float, signed: bool = False) -> str:
 
 
 def _lower(g: float) -> str:
-    """A gain as "80% lower" (or "5% higher" when negative)."""
+    """A gain as "80% lower" (or "5% higher" when negative; "-" when there is none to measure)."""
+    if math.isnan(g):
+        return "-"
     if round(g * 100) == 0:
         return "0% lower"
     return f"{g:.0%} lower" if g > 0 else f"{-g:.0%} higher"
@@ -123,8 +125,10 @@ def target_table(
             found = True
             g = gain(base.summary.classes["short"].p50, r.summary.classes["short"].p50)
             d = -gain(base.summary.classes["long"].p95, r.summary.classes["long"].p95)
-            row.append(f"{_lower(g)} {'✓' if g >= t.short_p50_gain else '✗'}")
-            row.append(f"{_pct(d, True)} {'✓' if d <= t.long_p95_increase else '✗'}")
+            # "-": the trace has no short (or no long) requests to measure.
+            row.append("-" if math.isnan(g) else f"{_lower(g)} {'✓' if g >= t.short_p50_gain else '✗'}")
+            within = "✓" if d <= t.long_p95_increase else "✗"
+            row.append("-" if math.isnan(d) else f"{_pct(d, True)} {within}")
         if not found:
             continue
         mine = [

@@ -332,8 +332,13 @@ class BackendPool:
             self._waiters.remove(waiter)
             self._dispatch()
 
-    def _dispatch(self) -> None:
-        """Hand free slots to the waiting requests, first come first served."""
+    def _dispatch(self, *, wake_all: bool = False) -> None:
+        """Hand free slots to the waiting requests, first come first served.
+
+        ``wake_all``: a backend went out of rotation, so each waiter's time
+        to its next probe changed; every waiter wakes to wait again for the
+        new time (only this method hands out slots, so the order holds).
+        """
         for waiter in self._waiters:
             if waiter.granted is not None or waiter.error is not None:
                 continue
@@ -345,6 +350,8 @@ class BackendPool:
                 continue
             if got is not None:
                 waiter.granted = got
+                waiter.event.set()
+            elif wake_all:
                 waiter.event.set()
 
     def _alive(self, member: _Member) -> None:
@@ -366,6 +373,8 @@ class BackendPool:
                 exponent = min(member.failures - 1, 64)  # 2**64 * retry_after is past any cap
                 backoff = min(self.max_retry_after, self.retry_after * 2.0**exponent)
                 member.down_until = anyio.current_time() + backoff
+                self._dispatch(wake_all=True)
+                return
         else:
             member.served += 1
             if answered:
