@@ -151,6 +151,8 @@ class ScheduledLlama:
         counter = TokenCounter()
         extra = bound.arguments.get("logits_processor")
         bound.arguments["logits_processor"] = counting_processors(counter, extra)
+        if bound.arguments.get("stopping_criteria") is not None:
+            bound.arguments["stopping_criteria"] = counter.watch(bound.arguments["stopping_criteria"])
         with (
             self._scheduler.admit(request) as ticket,
             self._lock,

@@ -360,3 +360,31 @@ async def test_our_stop_string_seen_after_the_end_of_generation_counts_no_end_to
     assert expected["choices"][0]["finish_reason"] == "stop"
     assert sum(c.tokens for c in chunks) == expected["usage"]["completion_tokens"] == 3
     assert "sample" not in vars(tiny_llm)  # the sampler's recorder is gone with the stream
+
+
+def _stop_at_sample(n: int) -> Any:
+    """Stopping criteria that say stop at the n-th sample (llama.cpp then drops that sample)."""
+    from llama_cpp import StoppingCriteriaList
+
+    calls = [0]
+
+    def stop(ids: npt.NDArray[np.intc], logits: npt.NDArray[np.single]) -> bool:
+        calls[0] += 1
+        return calls[0] >= n
+
+    return StoppingCriteriaList([stop])
+
+
+async def test_a_sample_the_callers_stopping_criteria_reject_is_not_counted(
+    backend: LlamaCppBackend, tiny_llm: Llama
+) -> None:
+    request = Request(
+        "Once upon a time", max_tokens=20, options={"temperature": 0, "stopping_criteria": _stop_at_sample(5)}
+    )
+    chunks = await collect(backend, request)
+    expected: Any = tiny_llm.create_completion(
+        "Once upon a time", max_tokens=20, temperature=0, stopping_criteria=_stop_at_sample(5)
+    )
+    assert expected["choices"][0]["finish_reason"] == "stop"
+    assert "".join(c.text for c in chunks) == text_of(expected)
+    assert sum(c.tokens for c in chunks) == expected["usage"]["completion_tokens"] == 4

@@ -211,3 +211,22 @@ def test_an_abandoned_stream_collected_on_the_loops_thread_frees_the_model(wrapp
     assert done.wait(20), "the model stayed taken"
     stats = wrapped.scheduler.statistics()
     assert (stats.running, stats.cancelled, stats.completed) == (0, 1, 1)
+
+
+def test_a_streamed_call_stopped_by_stopping_criteria_reports_llama_cpps_count(tiny_llm: Llama) -> None:
+    from llama_cpp import StoppingCriteriaList
+
+    def criteria() -> Any:
+        calls = [0]
+
+        def stop(ids: Any, logits: Any) -> bool:
+            calls[0] += 1
+            return calls[0] >= 5
+
+        return StoppingCriteriaList([stop])
+
+    direct: Any = tiny_llm.create_completion("Once", max_tokens=20, stopping_criteria=criteria(), **GREEDY)
+    completions: list[Any] = []
+    with sjfsched.wrap(tiny_llm, predictor=HeuristicPredictor(), on_complete=completions.append) as w:
+        list(w.create_completion("Once", max_tokens=20, stream=True, stopping_criteria=criteria(), **GREEDY))
+    assert [c.output_tokens for c in completions] == [direct["usage"]["completion_tokens"]] == [4]

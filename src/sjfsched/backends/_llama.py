@@ -62,6 +62,10 @@ class TokenCounter:
     prompt_tokens: int | None = None
     sampled: int = 0
     last: int | None = None
+    #: The caller's stopping criteria stopped the generation right after the
+    #: newest sample, which llama-cpp-python then drops (see :meth:`watch`).
+    dropped: bool = False
+    _criteria_after: int = -1
 
     def __call__(
         self, input_ids: npt.NDArray[np.intc], scores: npt.NDArray[np.single]
@@ -76,14 +80,35 @@ class TokenCounter:
         start = self.prompt_tokens or 0
         return [int(t) for t in input_ids[start:]]
 
+    def watch(self, criteria: Any) -> Any:
+        """The caller's ``stopping_criteria``, watched for the sample they make llama.cpp drop.
+
+        llama-cpp-python asks the criteria once after each sample and, when
+        they say stop, ends without that sample; it asks them once more at
+        the very end, which drops nothing.  So only the first answer after
+        each sample counts.
+        """
+        if criteria is None:
+            return None
+
+        def watched(input_ids: Any, logits: Any) -> bool:
+            stop = bool(criteria(input_ids, logits))
+            if self.sampled != self._criteria_after:
+                self._criteria_after = self.sampled
+                self.dropped = stop
+            return stop
+
+        return watched
+
     def answer_tokens(self, llm: Llama) -> int:
         """The tokens of the answer so far, as llama.cpp's ``usage`` counts them.
 
-        Every sampled token but an end-of-generation one: the token that
-        completes a stop string (ours, the caller's or a chat template's) is
-        answer text, the end-of-generation token that ends it is not.
+        Every sampled token but a last one that ended the generation without
+        being text: an end-of-generation token, or the sample after which the
+        caller's stopping criteria said stop.  The token that completes a
+        stop string (ours, the caller's or a chat template's) is answer text.
         """
-        if self.last is not None and _is_end_of_generation(llm, self.last):
+        if self.dropped or (self.last is not None and _is_end_of_generation(llm, self.last)):
             return max(0, self.sampled - 1)
         return self.sampled
 
@@ -272,6 +297,8 @@ class LlamaCppBackend:
         else:
             options.setdefault("max_tokens", None)  # to the end of the context
         options["logits_processor"] = counting_processors(counter, options.pop("logits_processor", None))
+        if options.get("stopping_criteria") is not None:
+            options["stopping_criteria"] = counter.watch(options["stopping_criteria"])
         options["stream"] = True
         return options
 
