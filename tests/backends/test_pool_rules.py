@@ -174,3 +174,12 @@ async def test_a_waiter_probes_a_backend_that_went_down_while_it_waited() -> Non
             await w_served.wait()
         release.set()
     assert served["W"] < 1.0
+
+
+def test_simulated_backend_takes_numpy_rates() -> None:
+    import numpy as np
+
+    from sjfsched.backends import SimulatedBackend
+
+    backend = SimulatedBackend(prefill_rate=np.float32(500), decode_rate=np.int64(30))
+    assert (backend.prefill_rate, backend.decode_rate) == (500.0, 30.0)

@@ -101,8 +101,12 @@ async def test_line_ends_split_across_reads() -> None:
 )
 async def test_an_error_mid_stream_fails_with_the_servers_message(tail: bytes, message: str) -> None:
     with scripted_server([*sse(completion("partial")), tail], content_type=SSE) as url:
-        with pytest.raises(BackendUnavailable, match=message):
+        with pytest.raises(BackendError, match=message) as caught:
             await collect(OpenAIBackend(url, model="m"), Request("x"))
+    # A 4xx code in the error is the request's fault (the server is fine); anything else, the server's.
+    request_fault = b'"code": 400' in tail
+    assert isinstance(caught.value, BackendUnavailable) is not request_fault
+    assert caught.value.status_code == (400 if request_fault else None)
 
 
 async def test_an_event_without_data_is_skipped() -> None:
@@ -138,3 +142,19 @@ async def test_a_callers_client_timeout_is_the_one_quoted() -> None:
             backend = OllamaBackend("m", url, client=client)
             with pytest.raises(BackendUnavailable, match=r"sent nothing for 0\.3 s"):
                 await collect(backend, Request("x"))
+
+
+async def test_the_line_splitter_on_awkward_reads() -> None:
+    from sjfsched.backends._http import _lines
+
+    async def reads(*pieces: bytes) -> Any:
+        for piece in pieces:
+            yield piece
+
+    async def lines(*pieces: bytes) -> list[str]:
+        return [line async for line in _lines(reads(*pieces))]
+
+    assert await lines(b"a\r", b"\nb\r", b"c\n", b"\xe2\x80", b"\xa8d\re") == ["a", "b", "c", "\u2028d", "e"]
+    assert await lines(b"x\r\r\ny\n\n") == ["x", "", "y", ""]
+    long = b"z" * 1_000_000
+    assert await lines(*(long[i : i + 4096] for i in range(0, len(long), 4096)), b"\n") == [long.decode()]

@@ -238,22 +238,37 @@ async def _lines(chunks: AsyncIterator[bytes]) -> AsyncGenerator[str, None]:
 
     NDJSON and server-sent events end lines there and nowhere else; JSON may
     carry U+0085, U+2028 and U+2029 unescaped, which ``str.splitlines()``
-    (and httpx's ``aiter_lines()``) would take for line ends.  A CR at the
-    end of a read is held until the next: it may be half of a CRLF.  A
-    character split across reads is decoded whole.
+    (and httpx's ``aiter_lines()``) would take for line ends.  A CR ends a
+    line at once; a LF right after it (perhaps in the next read) is then
+    part of the same line end.  A character split across reads is decoded
+    whole.  Each read is scanned once, so a long line costs linear time.
     """
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    buffer = ""
-    async for chunk in chunks:
-        buffer += decoder.decode(chunk)
+    pending: list[str] = []  # the line so far: pieces without a line end
+    after_cr = False
+    final = False
+    while not final:
+        try:
+            chunk = await anext(chunks)
+        except StopAsyncIteration:
+            text, final = decoder.decode(b"", final=True), True
+        else:
+            text = decoder.decode(chunk)
+        if not text:
+            continue
+        if after_cr and text.startswith("\n"):
+            text = text[1:]
+        after_cr = False
         start = 0
-        for end in _LINE_END.finditer(buffer):
-            if end.group() == "\r" and end.end() == len(buffer):
-                break  # maybe the first half of a CRLF: wait for the next read
-            yield buffer[start : end.start()]
+        for end in _LINE_END.finditer(text):
+            pending.append(text[start : end.start()])
+            yield "".join(pending)
+            pending = []
             start = end.end()
-        buffer = buffer[start:]
-    buffer += decoder.decode(b"", final=True)
-    for line in _LINE_END.split(buffer):
+            after_cr = end.group() == "\r" and start == len(text)
+        if start < len(text):
+            pending.append(text[start:])
+    if pending:
+        line = "".join(pending)
         if line:
             yield line

@@ -241,13 +241,19 @@ def _raise_server_error(data: str, *, only_if_error: bool = False) -> None:
         body = None
     if only_if_error and not (isinstance(body, Mapping) and body.get("error") is not None):
         return
+    code = None
     if isinstance(body, Mapping):
         error = body.get("error", body)  # llama.cpp's error field holds the error object itself
         message = error.get("message") if isinstance(error, Mapping) else error
         if not isinstance(message, str):
             message = json.dumps(error)[:500]
+        code = error.get("code") if isinstance(error, Mapping) else None
     else:
         message = data.strip()[:500]
+    if isinstance(code, int) and not isinstance(code, bool) and 400 <= code < 500:
+        # The request's fault (llama.cpp's server: "exceeds the available
+        # context size", code 400), as a 400 status would say: the server is fine.
+        raise BackendError(f"the server refused the request: {message or '(no message)'}", status_code=code)
     raise BackendUnavailable(f"the server failed while generating: {message or '(no message)'}")
 
 

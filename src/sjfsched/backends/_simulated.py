@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import AsyncIterator, Callable
 from typing import final
 
@@ -53,11 +54,12 @@ class SimulatedBackend:
         output_tokens: Callable[[Request], int] = _metadata_output_tokens,
         prompt_tokens: Callable[[Request], int] = _metadata_prompt_tokens,
     ) -> None:
-        for name, rate in (("prefill_rate", prefill_rate), ("decode_rate", decode_rate)):
+        rates: tuple[tuple[str, object], ...] = (("prefill_rate", prefill_rate), ("decode_rate", decode_rate))
+        for name, rate in rates:
             if (
                 isinstance(rate, bool)
-                or not isinstance(rate, (int, float))
-                or not (math.isfinite(rate) and rate > 0)
+                or not isinstance(rate, numbers.Real)
+                or not (math.isfinite(rate) and float(rate) > 0)
             ):
                 raise ValueError(f"{name} must be a positive number of tokens per second, got {rate!r}")
         if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
