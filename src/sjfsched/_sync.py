@@ -9,7 +9,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, final
 
 import anyio.from_thread
 from typing_extensions import Self
@@ -154,9 +154,9 @@ class SyncScheduler:
         """Blocking :meth:`Scheduler.stream`: a context manager of a chunk iterator."""
         with contextlib.ExitStack() as stack:
             with self._portal_open():
-                stream = stack.enter_context(
-                    _LoopContext(self._portal, self._thread, self._scheduler.stream(request, **fields))
-                )
+                context = _LoopContext(self._portal, self._thread, self._scheduler.stream(request, **fields))
+                stack.push(context)  # before entering: an interrupt right after entering still leaves
+                stream = context.__enter__()
             yield SyncStream(self._portal, stream)
 
     @contextlib.contextmanager
@@ -168,9 +168,9 @@ class SyncScheduler:
         """
         with contextlib.ExitStack() as stack:
             with self._portal_open():
-                ticket = stack.enter_context(
-                    _LoopContext(self._portal, self._thread, self._scheduler.admit(request, **fields))
-                )
+                context = _LoopContext(self._portal, self._thread, self._scheduler.admit(request, **fields))
+                stack.push(context)  # before entering: an interrupt right after entering still leaves
+                ticket = context.__enter__()
             ticket._clock = functools.partial(_loop_time, self._portal)
             yield ticket
 
@@ -257,22 +257,36 @@ def _call_interruptibly(
     ``portal.call`` leaves the call running in the loop when the waiting
     thread is interrupted: a request would keep its slot and go on
     generating.  Here it is cancelled, and this thread waits until it has
-    ended before the exception goes on.
+    ended before the exception goes on.  Interrupted while the loop had not
+    yet taken the call, the call does nothing when it starts.
     """
     finished = threading.Event()
+    abandoned = threading.Event()
+    scopes: list[anyio.CancelScope] = []
 
     async def run() -> T:
         try:
-            return await fn(*args)
+            with anyio.CancelScope() as scope:
+                scopes.append(scope)
+                if abandoned.is_set():
+                    scope.cancel()  # given up before it started
+                return await fn(*args)
+            return cast(T, None)  # cancelled: no one reads this
         finally:
             finished.set()
 
-    future = portal.start_task_soon(run)
+    future: concurrent.futures.Future[T] | None = None
     try:
+        future = portal.start_task_soon(run)
         return future.result()
     except BaseException:
-        if not future.done():  # interrupted here, not failed there
+        abandoned.set()
+        if future is not None and not future.done():  # interrupted here, not failed there
             future.cancel()
+            finished.wait()
+        elif future is None and scopes:  # interrupted while handing it over, and it started
+            with contextlib.suppress(RuntimeError):
+                portal.call(scopes[0].cancel)
             finished.wait()
         raise
 
@@ -282,8 +296,9 @@ class _LoopContext(Generic[T]):
 
     Like ``portal.wrap_async_context_manager``, except that an exception in
     this thread while it waits to enter (Ctrl-C while the request waits for
-    its turn) cancels the entering instead of leaving it to go on in the loop
-    and hold a slot no one will give back.
+    its turn) cancels the entering, or leaves the context at once if it was
+    entered meanwhile, instead of leaving it to go on in the loop and hold a
+    slot no one will give back.
     """
 
     def __init__(
@@ -297,6 +312,7 @@ class _LoopContext(Generic[T]):
         self._cm = cm
         self._entered: concurrent.futures.Future[T] = concurrent.futures.Future()
         self._finished = threading.Event()
+        self._abandoned = threading.Event()  # this thread gave up entering
         self._leave: anyio.Event | None = None
         self._exit_info: tuple[Any, Any, Any] = (None, None, None)
         self._task: concurrent.futures.Future[bool | None] | None = None
@@ -304,31 +320,51 @@ class _LoopContext(Generic[T]):
     async def _run(self) -> bool | None:
         try:
             self._leave = anyio.Event()
+            if self._abandoned.is_set():
+                return None  # given up before the loop took it: nothing to enter
             try:
                 value = await self._cm.__aenter__()
             except BaseException as exc:
                 self._entered.set_exception(exc)
                 raise
             self._entered.set_result(value)
-            try:
-                await self._leave.wait()
-            except BaseException as exc:  # cancelled in the loop before the block was left
-                if not await self._cm.__aexit__(type(exc), exc, exc.__traceback__):
-                    raise
-                return None
+            if not self._abandoned.is_set():
+                try:
+                    await self._leave.wait()
+                except BaseException as exc:  # cancelled in the loop before the block was left
+                    if not await self._cm.__aexit__(type(exc), exc, exc.__traceback__):
+                        raise
+                    return None
             return await self._cm.__aexit__(*self._exit_info)
         finally:
             self._finished.set()
 
     def __enter__(self) -> T:
-        self._task = self._portal.start_task_soon(self._run)
         try:
+            self._task = self._portal.start_task_soon(self._run)
             return self._entered.result()
-        except BaseException:
-            if not self._entered.done():  # interrupted here while it waited to enter
-                self._task.cancel()
-                self._finished.wait()
+        except BaseException as exc:
+            self._give_up(exc)
             raise
+
+    def _give_up(self, exc: BaseException) -> None:
+        """Interrupted while entering: whatever the loop did or does, leave as this exception."""
+        self._exit_info = (type(exc), exc, exc.__traceback__)
+        self._abandoned.set()  # a task that had not entered yet leaves right after
+        if self._task is None:
+            # Interrupted while handing the task to the loop.  Not started: it
+            # will see it was given up.  Started: wake it if it waits to leave.
+            leave = self._leave
+            if leave is not None:
+                with contextlib.suppress(RuntimeError):
+                    self._portal.call(leave.set)
+            return
+        if not self._entered.done():
+            self._task.cancel()  # it waits to enter: stop waiting
+        elif self._leave is not None and self._entered.exception() is None:
+            with contextlib.suppress(RuntimeError):  # entered just before: leave now
+                self._portal.call(self._leave.set)
+        self._finished.wait()
 
     def __exit__(
         self,
@@ -336,7 +372,14 @@ class _LoopContext(Generic[T]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        assert self._task is not None and self._leave is not None
+        if (
+            self._task is None
+            or self._abandoned.is_set()
+            or not self._entered.done()
+            or self._entered.exception() is not None
+        ):
+            return None  # never entered, or given up entering (which left it): nothing to leave
+        assert self._leave is not None
         self._exit_info = (exc_type, exc, tb)
         if threading.current_thread() is self._loop_thread:
             # Left from the loop's own thread: the garbage collector finalising

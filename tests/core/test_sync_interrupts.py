@@ -135,3 +135,47 @@ def test_a_scheduler_never_closed_lets_the_interpreter_exit(async_backend: str) 
         async_backend,
     )
     assert result == {"text": True}
+
+
+@BACKENDS
+def test_ctrl_c_just_as_the_slot_is_granted_gives_it_back(async_backend: str) -> None:
+    """The loop entered the request's block; the interrupt reaches this thread before the block starts."""
+    result = run(
+        """
+        import _thread
+        from sjfsched import Scheduler
+
+        class Interrupting(Scheduler):
+            first = True
+
+            def admit(self, request=None, /, **fields):
+                inner = super().admit(request, **fields)
+                outer = self
+
+                class Entered:
+                    async def __aenter__(self):
+                        value = await inner.__aenter__()
+                        if outer.first:
+                            outer.first = False
+                            _thread.interrupt_main()
+                        return value
+
+                    async def __aexit__(self, *exc):
+                        return await inner.__aexit__(*exc)
+
+                return Entered()
+
+        sched = SyncScheduler(None, async_backend=ASYNC_BACKEND, scheduler_class=Interrupting, concurrency=1)
+        try:
+            with sched.admit("first"):
+                raise AssertionError("the block ran")
+        except KeyboardInterrupt:
+            pass
+        with sched.admit("second"):  # the slot came back
+            pass
+        report(sched)
+        sched.close()
+        """,
+        async_backend,
+    )
+    assert (result["running"], result["completed"], result["cancelled"]) == (0, 1, 1)
