@@ -53,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         module.configure(command_parser)
         modules[name] = module
     args = parser.parse_args(args_list)
+    args.argv = args_list  # the command line as given, for the records a command keeps of itself
     if args.command is None:
         parser.print_help()
         return 2

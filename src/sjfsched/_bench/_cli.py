@@ -186,7 +186,7 @@ def _meta(args: argparse.Namespace, data: Path) -> dict[str, Any]:
     from ..predictors import default_predictor
 
     return {
-        "command": "sjfsched bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "sjfsched bench",
+        "command": " ".join(["sjfsched", *getattr(args, "argv", sys.argv[1:])]),
         "sjfsched": __version__,
         "python": platform.python_version(),
         "machine": platform.machine(),

@@ -262,7 +262,8 @@ def draw_all(results: Sequence[Result], img_dir: Path) -> list[Path]:
     if any(_aging_of(r.unit.policy) is not None for r in results):
         profile = "gpu" if _pick(results, profile="gpu") else results[0].unit.profile
         scenarios = [s for s in ("poisson0.74", "poisson0.9") if _pick(results, profile=profile, scenario=s)]
-        written.append(tradeoff_figure(results, profile, scenarios, img_dir / "bench-tradeoff.png"))
+        if scenarios:  # the trade-off is drawn at those loads only
+            written.append(tradeoff_figure(results, profile, scenarios, img_dir / "bench-tradeoff.png"))
     written += [
         max_wait_figure(results, scenario, img_dir / f"bench-max-wait-{scenario}.png")
         for scenario in ("burst100", "poisson0.9")

@@ -30,7 +30,7 @@ def train_unseen_models(traces: Iterable[str], data_dir: str | Path, out_dir: st
     """Train one model per distinct hold-out set of ``traces`` into ``out_dir``; trace -> model path.
 
     Traces that share a hold-out set (both CASTILLO traces, both Arena
-    traces) share the model.  Raises :class:`RuntimeError` with the trainer's
+    traces) share the model.  Raises :class:`ValueError` with the trainer's
     output when training fails.
     """
     out = Path(out_dir)
@@ -50,7 +50,7 @@ def train_unseen_models(traces: Iterable[str], data_dir: str | Path, out_dir: st
                 command += ["--exclude", pattern]
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode != 0 or not path.is_file():
-                raise RuntimeError(
+                raise ValueError(  # the data cannot train it (say, no other corpus): the user's to mend
                     f"training the unseen predictor for {name!r} failed ({' '.join(command)}):\n"
                     f"{done.stdout[-2000:]}{done.stderr[-2000:]}"
                 )

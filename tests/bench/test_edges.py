@@ -1,0 +1,112 @@
+"""`sjfsched bench` on awkward inputs: no short or no long requests, oversized bursts, bad arguments."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sjfsched._bench._real import _stats
+from sjfsched._bench._run import load_results
+from sjfsched._cli import main
+from sjfsched._records import Completion, Prediction, Request
+
+from ._data import sharegpt_like
+
+
+def _trace(path: Path, lengths: list[int]) -> Path:
+    path.write_text(
+        "".join(
+            json.dumps({"prompt": f"question {i} " * (1 + i % 5), "output_tokens": n}) + "\n"
+            for i, n in enumerate(lengths)
+        )
+    )
+    return path
+
+
+def test_a_trace_without_short_requests_prints_its_targets_with_dashes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = _trace(tmp_path / "medium.jsonl", [250 + 4 * i for i in range(120)])
+    status = main(
+        ["bench", "sim", "--traces", str(trace), "--profiles", "gpu", "--scenarios", "burst100",
+         "--policies", "fcfs,sjfsched", "--repetitions", "2", "--no-progress",
+         "--results", str(tmp_path / "r.json")]
+    )  # fmt: skip
+    assert status == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith(f"| {trace}") and "gpu" in line)
+    assert row.split(" | ")[2:4] == ["-", "-"]  # no short requests, no long ones: nothing to measure
+    # The command recorded is the one given (the scripts in benchmarks/ pass their own argv).
+    _, meta = load_results(tmp_path / "r.json")
+    assert meta["command"].startswith(f"sjfsched bench sim --traces {trace} --profiles gpu")
+
+
+def test_a_burst_larger_than_a_built_in_trace_is_refused(tmp_path: Path) -> None:
+    data = sharegpt_like(tmp_path / "data", n=30)
+    with pytest.raises(SystemExit, match="sharegpt has 30 requests, fewer than a burst40 draws"):
+        main(
+            [
+                "bench",
+                "sim",
+                "--data",
+                str(data),
+                "--traces",
+                "sharegpt",
+                "--scenarios",
+                "burst40",
+                "--no-progress",
+            ]
+        )
+
+
+def test_plots_without_the_loads_of_the_trade_off_figure(tmp_path: Path) -> None:
+    data = sharegpt_like(tmp_path / "data")
+    results = tmp_path / "r.json"
+    status = main(
+        ["bench", "sim", "--data", str(data), "--traces", "sharegpt", "--profiles", "gpu",
+         "--scenarios", "burst20", "--policies", "fcfs,unseen@aging=0.05", "--repetitions", "1",
+         "--no-progress", "--results", str(results)]
+    )  # fmt: skip
+    assert status == 0
+    assert main(["bench", "plots", "--results", str(results), "--out", str(tmp_path / "docs")]) == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--preset", "bogus"], "unknown --preset 'bogus'"),
+        (["--requests", "0"], "--requests must be at least 1"),
+        (["--scale", "0"], "--scale must be a positive number"),
+    ],
+)
+def test_bench_real_refuses_bad_arguments_in_one_line(tmp_path: Path, argv: list[str], message: str) -> None:
+    trace = _trace(tmp_path / "t.jsonl", [10, 50, 300, 900])
+    with pytest.raises(SystemExit, match=message):
+        main(["bench", "real", "--trace", str(trace), "--results", str(tmp_path / "x.json"), *argv])
+
+
+def test_bench_real_reports_no_long_p95_when_there_are_no_long_requests() -> None:
+    def done(tokens: int, latency: float) -> Completion:
+        return Completion(
+            request=Request("x"), prediction=Prediction(100), estimate=1.0, text="", output_tokens=tokens,
+            prompt_tokens=1, finish_reason="stop", submitted=0.0, started=0.0, first_token=0.1,
+            finished=latency, promoted=False,
+        )  # fmt: skip
+
+    stats = _stats([done(10, 1.0), done(300, 2.0), done(350, 3.0)], scale=1.0)
+    assert stats["n"] == {"short": 1, "medium": 2, "long": 0}
+    assert stats["long_p95"] != stats["long_p95"]  # NaN: not the medium requests' P95
+
+
+def test_an_unseen_predictor_that_cannot_be_trained_is_a_one_line_error(tmp_path: Path) -> None:
+    data = sharegpt_like(tmp_path / "data", n=30)
+    (data / "oasst1.jsonl.gz").unlink()  # nothing left to train on without the trace's corpus
+    with pytest.raises(
+        SystemExit, match="sjfsched bench: training the unseen predictor for 'sharegpt' failed"
+    ):
+        main(
+            ["bench", "sim", "--data", str(data), "--traces", "sharegpt", "--scenarios", "burst5",
+             "--policies", "fcfs,unseen", "--repetitions", "1", "--no-progress"]
+        )  # fmt: skip
