@@ -114,3 +114,23 @@ def test_command_line_writes_and_measures(tmp_path: Path, capsys: pytest.Capture
     assert float(size) > 0
     assert name == "tiny"
     assert float(per_token) > 0 and float(cpu) > 0 and float(per_prompt_token) > 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["write", "{tmp}/m.gguf", "--n-head", "3"], 1, "n_embd (64) must be a multiple of n_head (3)"),
+        (["write", "{tmp}/no/such/dir/m.gguf"], 1, "No such file or directory"),
+        (["speed", "--preset", "tiny", "--repeat", "0"], 2, "--repeat must be at least 1"),
+    ],
+)
+def test_command_line_errors_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], code: int, message: str
+) -> None:
+    from sjfsched.testing.__main__ import main
+
+    with pytest.raises(SystemExit) as exited:
+        main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    assert exited.value.code == code
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -108,7 +108,16 @@ def main(argv: list[str] | None = None) -> int:
     speed.add_argument("--threads-batch", type=int, help="n_threads_batch (prompt); default: --threads")
     speed.set_defaults(run=_speed)
     args = parser.parse_args(argv)
-    result: int = args.run(args)
+    if args.command == "speed":
+        for name in ("tokens", "repeat", "threads"):
+            if getattr(args, name) < 1:
+                parser.error(f"--{name} must be at least 1")
+        if args.threads_batch is not None and args.threads_batch < 1:
+            parser.error("--threads-batch must be at least 1")
+    try:
+        result: int = args.run(args)
+    except (OSError, ValueError) as exc:  # a bad shape, a path that cannot be written: one line
+        parser.exit(1, f"python -m sjfsched.testing {args.command}: {exc}\n")
     return result
 
 
