@@ -110,3 +110,25 @@ def test_an_unseen_predictor_that_cannot_be_trained_is_a_one_line_error(tmp_path
             ["bench", "sim", "--data", str(data), "--traces", "sharegpt", "--scenarios", "burst5",
              "--policies", "fcfs,unseen", "--repetitions", "1", "--no-progress"]
         )  # fmt: skip
+
+
+def test_empty_lists_and_a_bad_noise_name_fail_clearly(tmp_path: Path) -> None:
+    data = sharegpt_like(tmp_path / "data", n=30)
+    with pytest.raises(SystemExit, match="--traces names nothing"):
+        main(["bench", "traces", "--data", str(data), "--traces", ","])
+    with pytest.raises(SystemExit, match="--predictors names nothing"):
+        main(["bench", "ranking", "--data", str(data), "--predictors", ","])
+    with pytest.raises(SystemExit, match=r"unknown predictor 'noisy\.'"):
+        main(
+            [
+                "bench",
+                "sim",
+                "--data",
+                str(data),
+                "--traces",
+                "sharegpt",
+                "--policies",
+                "noisy.",
+                "--no-progress",
+            ]
+        )

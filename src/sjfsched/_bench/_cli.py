@@ -402,6 +402,8 @@ def _run_plots(args: argparse.Namespace) -> int:
 
 def _run_traces(args: argparse.Namespace) -> int:
     names = _split(args.traces)
+    if not names:
+        raise SystemExit("sjfsched bench: --traces names nothing to run")
     _check_traces(names)
     data = _data_dir(args, names)
     try:
@@ -434,6 +436,8 @@ def _run_ranking(args: argparse.Namespace) -> int:
 
     data = _data_dir(args)
     names = _split(args.predictors)
+    if not names:
+        raise SystemExit("sjfsched bench: --predictors names nothing to run")
     with tempfile.TemporaryDirectory(prefix="sjfsched-bench-") as tmp:
         models = prepare_models(TRACES if "unseen" in names else (), data, tmp)
         table = ranking_table(models, data, names)

@@ -289,7 +289,7 @@ def predictor_factory(name: str) -> PredictorFactory:
         return PREDICTORS[name]
     if name == "unseen":
         return _unseen
-    m = re.fullmatch(r"noisy([0-9.]+)", name)
+    m = re.fullmatch(r"noisy([0-9]+(?:\.[0-9]*)?|\.[0-9]+)", name)
     if m:
         sigma = float(m.group(1))
         return lambda context: NoisyOraclePredictor(sigma)
