@@ -48,6 +48,7 @@ class _Entry:
         "promoted",
         "request",
         "seq",
+        "service_started",
         "started",
         "state",
         "submitted",
@@ -71,6 +72,9 @@ class _Entry:
         self.state = EntryState.WAITING
         self.event: anyio.Event | None = None
         self.started = submitted
+        #: when a backend began serving it, where later than ``started`` (a
+        #: pool that had it wait for a slot): see ``_service.service_started``
+        self.service_started: float | None = None
         self.promoted = False
 
 

@@ -22,6 +22,7 @@ from ._errors import BackendError, PredictorError, QueueFull, SchedulerClosed, S
 from ._queue import EntryState, WaitQueue, _Entry
 from ._rates import DEFAULT_DECODE_RATE, DEFAULT_PREFILL_RATE, RateEstimator
 from ._records import Chunk, Completion, Prediction, Request
+from ._service import service_started
 
 if TYPE_CHECKING:
     from .backends._base import Backend
@@ -660,7 +661,8 @@ class Scheduler:
                 self._rates.observe(
                     prompt_tokens,
                     completion.output_tokens,
-                    completion.started,
+                    # Where the backend made it wait before serving it, from then.
+                    max(completion.started, entry.service_started or completion.started),
                     completion.first_token,
                     completion.finished,
                 )
@@ -725,6 +727,8 @@ class ChunkStream:
         try:
             if self._iterator is None:
                 self._iterator = self._backend.stream(self._entry.request)
+            if self._first_token is None:
+                service_started.set(None)
             chunk = await self._iterator.__anext__()
             if not isinstance(chunk, Chunk):
                 raise TypeError(f"backend yielded {type(chunk).__name__}, not a Chunk")
@@ -740,6 +744,7 @@ class ChunkStream:
             raise BackendError(f"{self._backend_name} failed: {exc!r}") from exc
         if self._first_token is None and (chunk.tokens or chunk.text):
             self._first_token = anyio.current_time()
+            self._entry.service_started = service_started.get()
         self._parts.append(chunk.text)
         self._output_tokens += chunk.tokens
         if chunk.prompt_tokens is not None:

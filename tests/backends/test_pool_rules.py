@@ -183,3 +183,32 @@ def test_simulated_backend_takes_numpy_rates() -> None:
 
     backend = SimulatedBackend(prefill_rate=np.float32(500), decode_rate=np.int64(30))
     assert (backend.prefill_rate, backend.decode_rate) == (500.0, 30.0)
+
+
+def test_a_wait_inside_the_pool_is_not_learnt_as_prompt_evaluation() -> None:
+    """With a backend out of rotation the scheduler starts more requests than the pool can serve."""
+    from sjfsched import Scheduler, run_virtual
+    from sjfsched.backends import SimulatedBackend
+
+    def down_async(request: Request) -> str:
+        raise BackendUnavailable("connection refused")
+
+    async def learnt(pool: BackendPool) -> float:
+        async with Scheduler(pool) as sched, anyio.create_task_group() as tg:
+            for _ in range(20):
+                request = Request("x" * 400, metadata={"output_tokens": 20, "prompt_tokens": 100})
+                tg.start_soon(sched.complete, request)
+        return sched.rates.prefill_rate
+
+    async def main() -> tuple[float, float]:
+        def simulated() -> SimulatedBackend:
+            return SimulatedBackend(prefill_rate=1000, decode_rate=50)
+
+        alone = await learnt(BackendPool([simulated()]))
+        with_a_dead_one = await learnt(
+            BackendPool([simulated(), CallableBackend(down_async, in_thread=False)], retry_after=1000)
+        )
+        return alone, with_a_dead_one
+
+    alone, with_a_dead_one = run_virtual(main)
+    assert with_a_dead_one == pytest.approx(alone, rel=0.01)

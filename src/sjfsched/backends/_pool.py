@@ -12,6 +12,7 @@ import anyio
 import attrs
 
 from .._records import Chunk, Request
+from .._service import mark_service_started
 from ._http import BackendUnavailable, is_unavailable
 
 if TYPE_CHECKING:
@@ -218,6 +219,7 @@ class BackendPool:
             if last_error is not None:
                 self._failovers += 1
             tried.add(member.index)
+            mark_service_started()  # any wait for a slot, or on a backend that failed, is over
             streamed = False
             try:
                 async with aclosing(_aiter(member.backend.stream(request))) as chunks:
