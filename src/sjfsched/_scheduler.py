@@ -700,6 +700,7 @@ class ChunkStream:
         self._completion: Completion | None = None
         self._error: BaseException | None = None
         self._settled = False  # its block was left: the slot is gone
+        self._interrupted = False  # a read was cancelled midway: the backend's stream is spent
 
     @property
     def job(self) -> Job:
@@ -724,6 +725,11 @@ class ChunkStream:
                 "this stream was left before its end (its slot is gone): read it inside its "
                 "`async with sched.stream(...)` block"
             )
+        if self._interrupted:
+            raise RuntimeError(
+                "a read of this stream was cancelled (Ctrl-C, a timeout), which ended the backend's "
+                "stream: the rest of the answer is lost; leave the block (it counts as cancelled)"
+            )
         try:
             if self._iterator is None:
                 self._iterator = self._backend.stream(self._entry.request)
@@ -742,6 +748,11 @@ class ChunkStream:
         except Exception as exc:
             self._error = exc
             raise BackendError(f"{self._backend_name} failed: {exc!r}") from exc
+        except BaseException:
+            # Cancelled (or interrupted) inside the backend: its stream cannot go on, and a
+            # later read must not take its end for the answer's.
+            self._interrupted = True
+            raise
         if self._first_token is None and (chunk.tokens or chunk.text):
             self._first_token = anyio.current_time()
             self._entry.service_started = service_started.get()

@@ -33,6 +33,7 @@ class SyncStream:
     def __init__(self, portal: anyio.from_thread.BlockingPortal, stream: ChunkStream) -> None:
         self._portal = portal
         self._stream = stream
+        self._kept: list[Chunk] = []
 
     @property
     def job(self) -> Job:
@@ -47,8 +48,10 @@ class SyncStream:
         return self
 
     def __next__(self) -> Chunk:
+        if self._kept:  # read before an interrupt reached the caller: not lost
+            return self._kept.pop(0)
         try:
-            return _call_interruptibly(self._portal, self._stream.__anext__)
+            return _call_interruptibly(self._portal, self._stream.__anext__, orphan=self._kept.append)
         except StopAsyncIteration:
             raise StopIteration from None
 
@@ -250,7 +253,10 @@ def _start_portal(async_backend: str) -> tuple[anyio.from_thread.BlockingPortal,
 
 
 def _call_interruptibly(
-    portal: anyio.from_thread.BlockingPortal, fn: Callable[..., Awaitable[T]], *args: Any
+    portal: anyio.from_thread.BlockingPortal,
+    fn: Callable[..., Awaitable[T]],
+    *args: Any,
+    orphan: Callable[[T], object] | None = None,
 ) -> T:
     """``portal.call(fn, *args)``; an exception in this thread while it waits (Ctrl-C) cancels the call.
 
@@ -258,11 +264,18 @@ def _call_interruptibly(
     thread is interrupted: a request would keep its slot and go on
     generating.  Here it is cancelled, and this thread waits until it has
     ended before the exception goes on.  Interrupted while the loop had not
-    yet taken the call, the call does nothing when it starts.
+    yet taken the call, the call does nothing when it starts.  A call that
+    finished all the same has its result passed to ``orphan`` (a stream's
+    next chunk, kept for the next read), exactly once.
     """
     finished = threading.Event()
     abandoned = threading.Event()
+    claimed = threading.Lock()  # whoever takes it hands an orphaned result over
     scopes: list[anyio.CancelScope] = []
+
+    def hand_over(value: T) -> None:
+        if orphan is not None and claimed.acquire(blocking=False):
+            orphan(value)
 
     async def run() -> T:
         try:
@@ -270,7 +283,10 @@ def _call_interruptibly(
                 scopes.append(scope)
                 if abandoned.is_set():
                     scope.cancel()  # given up before it started
-                return await fn(*args)
+                value = await fn(*args)
+                if abandoned.is_set():  # finished after this thread gave up on it
+                    hand_over(value)
+                return value
             return cast(T, None)  # cancelled: no one reads this
         finally:
             finished.set()
@@ -288,6 +304,8 @@ def _call_interruptibly(
             with contextlib.suppress(RuntimeError):
                 portal.call(scopes[0].cancel)
             finished.wait()
+        if future is not None and future.done() and not future.cancelled() and future.exception() is None:
+            hand_over(future.result())  # it finished as this thread was interrupted
         raise
 
 
@@ -314,19 +332,26 @@ class _LoopContext(Generic[T]):
         self._finished = threading.Event()
         self._abandoned = threading.Event()  # this thread gave up entering
         self._leave: anyio.Event | None = None
+        self._entering: anyio.CancelScope | None = None
         self._exit_info: tuple[Any, Any, Any] = (None, None, None)
         self._task: concurrent.futures.Future[bool | None] | None = None
 
     async def _run(self) -> bool | None:
         try:
             self._leave = anyio.Event()
-            if self._abandoned.is_set():
-                return None  # given up before the loop took it: nothing to enter
-            try:
-                value = await self._cm.__aenter__()
-            except BaseException as exc:
-                self._entered.set_exception(exc)
-                raise
+            entered = False
+            with anyio.CancelScope() as scope:
+                self._entering = scope  # _give_up cancels the entering through it
+                if not self._abandoned.is_set():  # else given up before the loop took it
+                    try:
+                        value = await self._cm.__aenter__()
+                    except BaseException as exc:
+                        self._entered.set_exception(exc)
+                        raise
+                    entered = True
+            self._entering = None
+            if not entered:
+                return None
             self._entered.set_result(value)
             if not self._abandoned.is_set():
                 try:
@@ -353,11 +378,16 @@ class _LoopContext(Generic[T]):
         self._abandoned.set()  # a task that had not entered yet leaves right after
         if self._task is None:
             # Interrupted while handing the task to the loop.  Not started: it
-            # will see it was given up.  Started: wake it if it waits to leave.
-            leave = self._leave
-            if leave is not None:
-                with contextlib.suppress(RuntimeError):
+            # will see it was given up.  Started: stop its waiting to enter, or
+            # have it leave if it entered; then wait for it to end.
+            entering, leave = self._entering, self._leave
+            with contextlib.suppress(RuntimeError):
+                if entering is not None:
+                    self._portal.call(entering.cancel)
+                if leave is not None:
                     self._portal.call(leave.set)
+            if leave is not None:
+                self._finished.wait()
             return
         if not self._entered.done():
             self._task.cancel()  # it waits to enter: stop waiting

@@ -132,3 +132,25 @@ def test_empty_lists_and_a_bad_noise_name_fail_clearly(tmp_path: Path) -> None:
                 "--no-progress",
             ]
         )
+
+
+def test_bench_real_without_short_requests_has_nothing_to_disagree_on() -> None:
+    import argparse
+
+    from sjfsched._bench._real import _no_nan, _report
+
+    def done(tokens: int, finished: float) -> Completion:
+        return Completion(
+            request=Request("x"), prediction=Prediction(tokens), estimate=1.0, text="", output_tokens=tokens,
+            prompt_tokens=10, submitted=0.0, started=0.0, first_token=0.1, finished=finished,
+        )  # fmt: skip
+
+    runs = {"fcfs": [done(300, 10.0), done(500, 20.0)], "sjfsched": [done(300, 10.0), done(500, 20.0)]}
+    args = argparse.Namespace(scale=0.5, trace="t", model=None, preset="medium", threads=1)
+    report = _report(args, runs, runs, 100.0, 10.0, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), 1.0)
+    assert report["agree"]
+    assert "sjfsched: no short request in the sample" in report["table"]
+    assert json.loads(json.dumps(_no_nan(report["gains"]))) == {
+        "real": {"fcfs": None, "sjfsched": None},
+        "sim": {"fcfs": None, "sjfsched": None},
+    }

@@ -179,3 +179,86 @@ def test_ctrl_c_just_as_the_slot_is_granted_gives_it_back(async_backend: str) ->
         async_backend,
     )
     assert (result["running"], result["completed"], result["cancelled"]) == (0, 1, 1)
+
+
+@BACKENDS
+def test_ctrl_c_while_the_block_is_handed_to_the_loop_leaves_nothing_queued(async_backend: str) -> None:
+    """The interrupt lands as ``start_task_soon`` returns, the loop's task already waiting for a slot."""
+    result = run(
+        """
+        sched = SyncScheduler(CallableBackend(generate), async_backend=ASYNC_BACKEND)
+        holder = threading.Thread(target=sched.complete, args=("hold",), kwargs={"metadata": {"n": 8}})
+        holder.start()
+        time.sleep(0.3)
+        handing_over = sched._portal.start_task_soon
+
+        def start_task_soon(fn, *args, **kwargs):
+            future = handing_over(fn, *args, **kwargs)
+            if getattr(fn, "__name__", "") == "_run":
+                while fn.__self__._leave is None:  # the loop has started it ...
+                    time.sleep(0.01)
+                time.sleep(0.1)  # ... and it waits for the slot
+                sched._portal.start_task_soon = handing_over
+                raise KeyboardInterrupt
+            return future
+
+        sched._portal.start_task_soon = start_task_soon
+        try:
+            with sched.admit("interrupted"):
+                raise AssertionError("the block ran")
+        except KeyboardInterrupt:
+            pass
+        waiting_after = sched.statistics().waiting
+        holder.join()
+        report(sched, waiting_after=waiting_after)
+        sched.close()
+        """,
+        async_backend,
+    )
+    assert (result["waiting_after"], result["completed"], result["cancelled"], result["running"]) == (
+        0,
+        1,
+        1,
+        0,
+    )
+
+
+@BACKENDS
+def test_reading_on_after_a_caught_ctrl_c_loses_no_chunk(async_backend: str) -> None:
+    """Either the rest of the answer comes, whole, or reading on says the stream was cut."""
+    result = run(
+        """
+        import _thread
+
+        async def tokens_with_interrupt(request):
+            async def tokens():
+                for i in range(10):
+                    if i == 3:
+                        _thread.interrupt_main()
+                    await anyio.sleep(0.05)
+                    yield "tok "
+            return tokens()
+
+        sched = SyncScheduler(CallableBackend(tokens_with_interrupt), async_backend=ASYNC_BACKEND)
+        got, cut = [], False
+        with sched.stream("x") as chunks:
+            try:
+                for chunk in chunks:
+                    got.append(chunk.text)
+            except KeyboardInterrupt:
+                pass
+            try:
+                got += [chunk.text for chunk in chunks]
+            except RuntimeError:
+                cut = True
+        whole = None if cut else chunks.completion.text
+        report(sched, got=len(got), cut=cut, consistent=cut or whole == "".join(got))
+        sched.close()
+        """,
+        async_backend,
+    )
+    assert result["consistent"]
+    if result["cut"]:
+        assert (result["completed"], result["cancelled"]) == (0, 1)
+    else:
+        assert (result["got"], result["completed"]) == (10, 1)

@@ -363,6 +363,9 @@ def _report(
     agree = True
     lines.append("")
     for name in names[1:]:
+        if math.isnan(gains["real"][name]) or math.isnan(gains["sim"][name]):
+            lines.append(f"{name}: no short request in the sample, so no short-request gain to compare")
+            continue
         diff = (gains["real"][name] - gains["sim"][name]) * 100
         ok = abs(diff) <= 10
         agree = agree and ok
