@@ -212,3 +212,20 @@ def test_a_wait_inside_the_pool_is_not_learnt_as_prompt_evaluation() -> None:
 
     alone, with_a_dead_one = run_virtual(main)
     assert with_a_dead_one == pytest.approx(alone, rel=0.01)
+
+
+@pytest.mark.parametrize("second", ["asyncio", "trio"])
+def test_a_back_off_timed_on_an_earlier_event_loop_is_due_on_the_next(second: str) -> None:
+    """trio's clock starts at a random offset in each run: a deadline from the last run means nothing."""
+    pool = BackendPool([CallableBackend(down, in_thread=False)], retry_after=3600.0)
+
+    async def fail_once() -> None:
+        with pytest.raises(BackendUnavailable):
+            await collect(pool, Request("x"))
+
+    anyio.run(fail_once, backend="trio")
+
+    async def retry_in() -> float:
+        return pool.statistics().members[0].retry_in
+
+    assert anyio.run(retry_in, backend=second) == 0.0

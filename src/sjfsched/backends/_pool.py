@@ -65,6 +65,8 @@ class _Member:
     failures: int = 0
     #: When it may be tried again; None while it is in rotation.
     down_until: float | None = None
+    #: the event loop whose clock ``down_until`` is on (a pool may outlive a loop)
+    clock: object = None
     probing: bool = False
     served: int = 0
 
@@ -178,7 +180,7 @@ class BackendPool:
 
         Call it from the event loop the pool runs in (it reads the loop's clock).
         """
-        now = anyio.current_time()
+        now = self._now()
         members = tuple(
             PoolMemberStatistics(
                 name=repr(m.backend),
@@ -261,12 +263,21 @@ class BackendPool:
 
     # ------------------------------------------------------------ internals
 
+    def _now(self) -> float:
+        """The loop's clock; a back-off timed on another loop's clock (the pool outlived it) is due now."""
+        now = anyio.current_time()
+        loop = _event_loop()
+        for m in self._members:
+            if m.down_until is not None and m.clock is not loop:
+                m.down_until, m.clock = now, loop
+        return now
+
     def _take(self, tried: set[int]) -> tuple[_Member, bool] | None:
         """A free slot for a request that tried ``tried`` already, and whether it is a probe; or None.
 
         Raises :class:`_NoBackend` when no backend is left that it could use.
         """
-        now = anyio.current_time()
+        now = self._now()
         candidates = [m for m in self._members if m.index not in tried]
         if not candidates:
             raise _NoBackend("every backend of the pool failed for this request")
@@ -290,7 +301,7 @@ class BackendPool:
 
     def _next_retry(self, tried: set[int]) -> float:
         """Seconds until a backend this request may use is due for its probe (inf: none is)."""
-        now = anyio.current_time()
+        now = self._now()
         waits = [
             m.down_until - now
             for m in self._members
@@ -375,6 +386,7 @@ class BackendPool:
                 exponent = min(member.failures - 1, 64)  # 2**64 * retry_after is past any cap
                 backoff = min(self.max_retry_after, self.retry_after * 2.0**exponent)
                 member.down_until = anyio.current_time() + backoff
+                member.clock = _event_loop()
                 self._dispatch(wake_all=True)
                 return
         else:
@@ -394,3 +406,15 @@ async def _aiter(iterator: AsyncIterator[Chunk]) -> AsyncGenerator[Chunk, None]:
         aclose = getattr(iterator, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+def _event_loop() -> object:
+    """The running event loop (asyncio's loop, or trio's run), whose clock ``anyio.current_time`` reads."""
+    import asyncio
+
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # not asyncio: anyio's other backend is trio
+        import trio
+
+        return trio.lowlevel.current_trio_token()
