@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import functools
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, final
@@ -28,32 +29,94 @@ T = TypeVar("T")
 
 @final
 class SyncStream:
-    """The chunks of one scheduled request, as a blocking iterator."""
+    """The chunks of one scheduled request, as a blocking iterator.
 
-    def __init__(self, portal: anyio.from_thread.BlockingPortal, stream: ChunkStream) -> None:
+    A task in the event loop (its *pump*) reads the request's stream one
+    chunk at a time, when :meth:`__next__` finds none waiting, and hands each
+    over through a thread-safe queue.  So an interrupt (Ctrl-C) while this
+    thread waits for a chunk loses nothing and leaves no read half-done in
+    the loop: the chunk is there for the next read, and leaving the block
+    stops the pump and ends the request.
+    """
+
+    def __init__(self, portal: anyio.from_thread.BlockingPortal, stream: ChunkStream | None = None) -> None:
         self._portal = portal
         self._stream = stream
-        self._kept: list[Chunk] = []
+        # Filled by the pump (in the loop's thread), emptied by the reader: a
+        # deque's append and popleft are atomic.
+        self._results: collections.deque[tuple[str, Any]] = collections.deque()
+        self._arrived = threading.Event()
+        self._ended = False
+        # the pump's side, in the loop: a chunk is wanted, one is being read, its wake-up
+        self._wanted = False
+        self._reading = False
+        self._wake: anyio.Event | None = None
 
     @property
     def job(self) -> Job:
+        assert self._stream is not None
         return self._stream.job
 
     @property
     def completion(self) -> Completion:
         """The finished answer; only once the stream has been read to the end."""
+        assert self._stream is not None
         return self._stream.completion
 
     def __iter__(self) -> Self:
         return self
 
     def __next__(self) -> Chunk:
-        if self._kept:  # read before an interrupt reached the caller: not lost
-            return self._kept.pop(0)
+        if self._ended:
+            raise StopIteration
+        if not self._results:
+            self._portal.call(self._want)  # idempotent: the next chunk, unless one is on its way
+        while not self._results:
+            self._arrived.wait(0.1)  # an interrupt while waiting takes nothing
+            self._arrived.clear()
+        head = self._results[0]  # looked at, not yet taken
         try:
-            return _call_interruptibly(self._portal, self._stream.__anext__, orphan=self._kept.append)
-        except StopAsyncIteration:
-            raise StopIteration from None
+            self._results.popleft()
+        except BaseException:  # interrupted as it was taken: put it back for the next read
+            if not self._results or self._results[0] is not head:
+                self._results.appendleft(head)
+            raise
+        kind, value = head
+        if kind == "chunk":
+            chunk: Chunk = value
+            return chunk
+        self._ended = True
+        if kind == "end":
+            raise StopIteration
+        raise value
+
+    def _put(self, kind: str, value: Any) -> None:  # in the loop
+        self._results.append((kind, value))
+        self._arrived.set()
+
+    def _want(self) -> None:  # in the loop
+        if not self._reading and not self._results:
+            self._wanted = True
+            if self._wake is not None:
+                self._wake.set()
+
+    async def _pump(self, stream: ChunkStream) -> None:  # in the loop, while the block is open
+        while True:
+            while not self._wanted:
+                self._wake = anyio.Event()
+                await self._wake.wait()
+            self._wanted, self._reading = False, True
+            try:
+                chunk = await stream.__anext__()
+            except StopAsyncIteration:
+                self._put("end", None)
+                return
+            except Exception as exc:
+                self._put("error", exc)
+                return
+            finally:
+                self._reading = False
+            self._put("chunk", chunk)
 
 
 @final
@@ -84,6 +147,9 @@ class SyncScheduler:
         scheduler_class: type[Scheduler] = Scheduler,
         **options: Any,
     ) -> None:
+        self._handing_over = threading.Condition()
+        self._handovers = 0
+        self._closed = False
         self._portal, self._thread = _start_portal(async_backend)
         try:
             self._scheduler = self._portal.call(_make_scheduler, scheduler_class, backend, options)
@@ -91,7 +157,6 @@ class SyncScheduler:
         except BaseException:
             self._stop_portal()
             raise
-        self._closed = False
 
     @property
     def scheduler(self) -> Scheduler:
@@ -111,13 +176,34 @@ class SyncScheduler:
 
     def close(self) -> None:
         """Close the scheduler and stop its event loop thread."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._handing_over:
+            if self._closed:
+                return
+            self._closed = True
+            while self._handovers:  # a call handing its task to the loop finishes first
+                self._handing_over.wait()
         try:
             self._portal.call(self._scheduler.aclose)
         finally:
             self._stop_portal()
+
+    def _spawn(self, fn: Callable[[], Awaitable[T]]) -> concurrent.futures.Future[T]:
+        """``portal.start_task_soon(fn)``, never racing :meth:`close`.
+
+        A task handed over just as the loop stops would never run, and its
+        caller would wait for ever; so :meth:`close` waits for hand-overs
+        under way, and none starts once it has begun.
+        """
+        with self._handing_over:
+            if self._closed:
+                raise SchedulerClosed("the scheduler is closed")
+            self._handovers += 1
+        try:
+            return self._portal.start_task_soon(fn)
+        finally:
+            with self._handing_over:
+                self._handovers -= 1
+                self._handing_over.notify_all()
 
     def _stop_portal(self) -> None:
         with contextlib.suppress(RuntimeError):  # stopped already
@@ -140,7 +226,10 @@ class SyncScheduler:
         try:
             yield
         except RuntimeError as exc:
-            if self._closed and "portal is not running" in str(exc):
+            # The portal's and its event loop's ways of saying they stopped meanwhile.
+            finished = getattr(anyio, "RunFinishedError", ())
+            stopped = ("portal is not running", "has already finished", "is not active")
+            if self._closed and (isinstance(exc, finished) or any(s in str(exc) for s in stopped)):
                 raise SchedulerClosed("the scheduler is closed") from exc
             raise
 
@@ -148,7 +237,7 @@ class SyncScheduler:
         """Blocking :meth:`Scheduler.complete`."""
         with self._portal_open():
             completion: Completion = _call_interruptibly(
-                self._portal, _call_complete, self._scheduler, request, fields
+                self._portal, self._spawn, _call_complete, self._scheduler, request, fields
             )
         return completion
 
@@ -157,10 +246,17 @@ class SyncScheduler:
         """Blocking :meth:`Scheduler.stream`: a context manager of a chunk iterator."""
         with contextlib.ExitStack() as stack:
             with self._portal_open():
-                context = _LoopContext(self._portal, self._thread, self._scheduler.stream(request, **fields))
+                chunks = SyncStream(self._portal)
+                context = _LoopContext(
+                    self._portal,
+                    self._thread,
+                    self._scheduler.stream(request, **fields),
+                    spawn=self._spawn,
+                    companion=chunks._pump,
+                )
                 stack.push(context)  # before entering: an interrupt right after entering still leaves
-                stream = context.__enter__()
-            yield SyncStream(self._portal, stream)
+                chunks._stream = context.__enter__()
+            yield chunks
 
     @contextlib.contextmanager
     def admit(self, request: Request | str | None = None, /, **fields: Any) -> Iterator[Ticket]:
@@ -171,7 +267,9 @@ class SyncScheduler:
         """
         with contextlib.ExitStack() as stack:
             with self._portal_open():
-                context = _LoopContext(self._portal, self._thread, self._scheduler.admit(request, **fields))
+                context = _LoopContext(
+                    self._portal, self._thread, self._scheduler.admit(request, **fields), spawn=self._spawn
+                )
                 stack.push(context)  # before entering: an interrupt right after entering still leaves
                 ticket = context.__enter__()
             ticket._clock = functools.partial(_loop_time, self._portal)
@@ -254,9 +352,9 @@ def _start_portal(async_backend: str) -> tuple[anyio.from_thread.BlockingPortal,
 
 def _call_interruptibly(
     portal: anyio.from_thread.BlockingPortal,
+    spawn: Callable[[Callable[[], Awaitable[T]]], concurrent.futures.Future[T]],
     fn: Callable[..., Awaitable[T]],
     *args: Any,
-    orphan: Callable[[T], object] | None = None,
 ) -> T:
     """``portal.call(fn, *args)``; an exception in this thread while it waits (Ctrl-C) cancels the call.
 
@@ -264,18 +362,11 @@ def _call_interruptibly(
     thread is interrupted: a request would keep its slot and go on
     generating.  Here it is cancelled, and this thread waits until it has
     ended before the exception goes on.  Interrupted while the loop had not
-    yet taken the call, the call does nothing when it starts.  A call that
-    finished all the same has its result passed to ``orphan`` (a stream's
-    next chunk, kept for the next read), exactly once.
+    yet taken the call, the call is cancelled as soon as it starts.
     """
     finished = threading.Event()
     abandoned = threading.Event()
-    claimed = threading.Lock()  # whoever takes it hands an orphaned result over
     scopes: list[anyio.CancelScope] = []
-
-    def hand_over(value: T) -> None:
-        if orphan is not None and claimed.acquire(blocking=False):
-            orphan(value)
 
     async def run() -> T:
         try:
@@ -283,17 +374,14 @@ def _call_interruptibly(
                 scopes.append(scope)
                 if abandoned.is_set():
                     scope.cancel()  # given up before it started
-                value = await fn(*args)
-                if abandoned.is_set():  # finished after this thread gave up on it
-                    hand_over(value)
-                return value
+                return await fn(*args)
             return cast(T, None)  # cancelled: no one reads this
         finally:
             finished.set()
 
     future: concurrent.futures.Future[T] | None = None
     try:
-        future = portal.start_task_soon(run)
+        future = spawn(run)
         return future.result()
     except BaseException:
         abandoned.set()
@@ -304,8 +392,6 @@ def _call_interruptibly(
             with contextlib.suppress(RuntimeError):
                 portal.call(scopes[0].cancel)
             finished.wait()
-        if future is not None and future.done() and not future.cancelled() and future.exception() is None:
-            hand_over(future.result())  # it finished as this thread was interrupted
         raise
 
 
@@ -324,10 +410,15 @@ class _LoopContext(Generic[T]):
         portal: anyio.from_thread.BlockingPortal,
         loop_thread: threading.Thread,
         cm: AbstractAsyncContextManager[T],
+        *,
+        spawn: Callable[[Callable[[], Awaitable[Any]]], concurrent.futures.Future[Any]],
+        companion: Callable[[T], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self._portal = portal
+        self._spawn = spawn
         self._loop_thread = loop_thread
         self._cm = cm
+        self._companion = companion  # runs in the loop while the block is open
         self._entered: concurrent.futures.Future[T] = concurrent.futures.Future()
         self._finished = threading.Event()
         self._abandoned = threading.Event()  # this thread gave up entering
@@ -355,7 +446,11 @@ class _LoopContext(Generic[T]):
             self._entered.set_result(value)
             if not self._abandoned.is_set():
                 try:
-                    await self._leave.wait()
+                    async with anyio.create_task_group() as tg:
+                        if self._companion is not None:
+                            tg.start_soon(self._companion, value)
+                        await self._leave.wait()
+                        tg.cancel_scope.cancel()  # the block is left: the companion stops
                 except BaseException as exc:  # cancelled in the loop before the block was left
                     if not await self._cm.__aexit__(type(exc), exc, exc.__traceback__):
                         raise
@@ -366,7 +461,7 @@ class _LoopContext(Generic[T]):
 
     def __enter__(self) -> T:
         try:
-            self._task = self._portal.start_task_soon(self._run)
+            self._task = self._spawn(self._run)
             return self._entered.result()
         except BaseException as exc:
             self._give_up(exc)

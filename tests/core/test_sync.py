@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import anyio
 import pytest
@@ -116,3 +117,43 @@ def test_a_call_that_races_close_gets_scheduler_closed(monkeypatch: pytest.Monke
     with pytest.raises(SchedulerClosed):
         sched.call(sched.scheduler.statistics)
     assert sched.position(Request("x")) is None
+
+
+@pytest.mark.parametrize("async_backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("kind", ["complete", "admit", "stream"])
+def test_close_waits_for_a_call_being_handed_to_the_loop(async_backend: str, kind: str) -> None:
+    """A task handed over as the loop stopped would never run, and its caller would wait for ever."""
+    sched = SyncScheduler(CallableBackend(echo), async_backend=async_backend)
+    portal = sched._portal
+    handing_over = portal.start_task_soon
+    closing = threading.Thread(target=sched.close)
+
+    def slow_hand_over(*args: Any) -> Any:
+        portal.start_task_soon = handing_over  # type: ignore[method-assign]  # this call only
+        closing.start()  # close() begins while this call is half-way into the loop
+        closing.join(0.3)
+        return handing_over(*args)
+
+    portal.start_task_soon = slow_hand_over  # type: ignore[method-assign, assignment]
+    outcome: list[object] = []
+
+    def call() -> None:
+        try:
+            if kind == "complete":
+                outcome.append(sched.complete("hi").text)
+            elif kind == "admit":
+                with sched.admit("hi"):
+                    outcome.append("admitted")
+            else:
+                with sched.stream("hi") as chunks:
+                    outcome.append("".join(c.text for c in chunks))
+        except SchedulerClosed as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    caller.join(10)
+    closing.join(10)
+    assert not caller.is_alive() and not closing.is_alive(), "a call or close() hung"
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], SchedulerClosed) or outcome[0] in ("hi ", "admitted")
