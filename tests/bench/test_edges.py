@@ -15,6 +15,11 @@ from sjfsched._records import Completion, Prediction, Request
 from ._data import sharegpt_like
 
 
+def sim_sharegpt(data: Path, *args: str) -> int:
+    """``sjfsched bench sim`` on the tiny corpus's ShareGPT trace."""
+    return main(["bench", "sim", "--data", str(data), "--traces", "sharegpt", "--no-progress", *args])
+
+
 def _trace(path: Path, lengths: list[int]) -> Path:
     path.write_text(
         "".join(
@@ -46,19 +51,7 @@ def test_a_trace_without_short_requests_prints_its_targets_with_dashes(
 def test_a_burst_larger_than_a_built_in_trace_is_refused(tmp_path: Path) -> None:
     data = sharegpt_like(tmp_path / "data", n=30)
     with pytest.raises(SystemExit, match="sharegpt has 30 requests, fewer than a burst40 draws"):
-        main(
-            [
-                "bench",
-                "sim",
-                "--data",
-                str(data),
-                "--traces",
-                "sharegpt",
-                "--scenarios",
-                "burst40",
-                "--no-progress",
-            ]
-        )
+        sim_sharegpt(data, "--scenarios", "burst40")
 
 
 def test_plots_without_the_loads_of_the_trade_off_figure(tmp_path: Path) -> None:
@@ -119,19 +112,7 @@ def test_empty_lists_and_a_bad_noise_name_fail_clearly(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="--predictors names nothing"):
         main(["bench", "ranking", "--data", str(data), "--predictors", ","])
     with pytest.raises(SystemExit, match=r"unknown predictor 'noisy\.'"):
-        main(
-            [
-                "bench",
-                "sim",
-                "--data",
-                str(data),
-                "--traces",
-                "sharegpt",
-                "--policies",
-                "noisy.",
-                "--no-progress",
-            ]
-        )
+        sim_sharegpt(data, "--policies", "noisy.")
 
 
 def test_bench_real_without_short_requests_has_nothing_to_disagree_on() -> None:
