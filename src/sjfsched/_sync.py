@@ -10,9 +10,10 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, final
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
 
 import anyio.from_thread
+import attrs
 from typing_extensions import Self
 
 from ._errors import SchedulerClosed
@@ -237,7 +238,7 @@ class SyncScheduler:
         """Blocking :meth:`Scheduler.complete`."""
         with self._portal_open():
             completion: Completion = _call_interruptibly(
-                self._portal, self._spawn, _call_complete, self._scheduler, request, fields
+                self._portal, self._thread, self._spawn, _call_complete, self._scheduler, request, fields
             )
         return completion
 
@@ -352,7 +353,8 @@ def _start_portal(async_backend: str) -> tuple[anyio.from_thread.BlockingPortal,
 
 def _call_interruptibly(
     portal: anyio.from_thread.BlockingPortal,
-    spawn: Callable[[Callable[[], Awaitable[T]]], concurrent.futures.Future[T]],
+    loop_thread: threading.Thread,
+    spawn: Callable[[Callable[[], Awaitable[Any]]], concurrent.futures.Future[Any]],
     fn: Callable[..., Awaitable[T]],
     *args: Any,
 ) -> T:
@@ -360,39 +362,25 @@ def _call_interruptibly(
 
     ``portal.call`` leaves the call running in the loop when the waiting
     thread is interrupted: a request would keep its slot and go on
-    generating.  Here it is cancelled, and this thread waits until it has
-    ended before the exception goes on.  Interrupted while the loop had not
-    yet taken the call, the call is cancelled as soon as it starts.
+    generating.  Here the call is the entering of a :class:`_LoopContext`,
+    which such an interrupt cancels (and waits out) in every window.
     """
-    finished = threading.Event()
-    abandoned = threading.Event()
-    scopes: list[anyio.CancelScope] = []
+    with _LoopContext(portal, loop_thread, _Awaiting(fn, args), spawn=spawn) as result:
+        return result
 
-    async def run() -> T:
-        try:
-            with anyio.CancelScope() as scope:
-                scopes.append(scope)
-                if abandoned.is_set():
-                    scope.cancel()  # given up before it started
-                return await fn(*args)
-            return cast(T, None)  # cancelled: no one reads this
-        finally:
-            finished.set()
 
-    future: concurrent.futures.Future[T] | None = None
-    try:
-        future = spawn(run)
-        return future.result()
-    except BaseException:
-        abandoned.set()
-        if future is not None and not future.done():  # interrupted here, not failed there
-            future.cancel()
-            finished.wait()
-        elif future is None and scopes:  # interrupted while handing it over, and it started
-            with contextlib.suppress(RuntimeError):
-                portal.call(scopes[0].cancel)
-            finished.wait()
-        raise
+@attrs.define
+class _Awaiting(Generic[T]):
+    """An async context manager whose entering is the call ``fn(*args)``; its value, the result."""
+
+    fn: Callable[..., Awaitable[T]]
+    args: tuple[Any, ...]
+
+    async def __aenter__(self) -> T:
+        return await self.fn(*self.args)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
 
 
 class _LoopContext(Generic[T]):

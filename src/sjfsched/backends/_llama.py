@@ -75,11 +75,6 @@ class TokenCounter:
         self.sampled += 1
         return scores
 
-    def output_ids(self, input_ids: Any) -> list[int]:
-        """The output tokens sampled before the newest one (from ``llm.input_ids``)."""
-        start = self.prompt_tokens or 0
-        return [int(t) for t in input_ids[start:]]
-
     def watch(self, criteria: Any) -> Any:
         """The caller's ``stopping_criteria``, watched for the sample they make llama.cpp drop.
 

@@ -65,8 +65,6 @@ class _Member:
     failures: int = 0
     #: When it may be tried again; None while it is in rotation.
     down_until: float | None = None
-    #: the event loop whose clock ``down_until`` is on (a pool may outlive a loop)
-    clock: object = None
     probing: bool = False
     served: int = 0
 
@@ -166,6 +164,7 @@ class BackendPool:
         self.failover = failover
         self._waiters: list[_Waiter] = []
         self._failovers = 0
+        self._loop: object = None  # the event loop whose clock the back-offs are on
 
     def __repr__(self) -> str:
         inner = ", ".join(f"({m.backend!r}, {m.slots})" for m in self._members)
@@ -180,7 +179,8 @@ class BackendPool:
 
         Call it from the event loop the pool runs in (it reads the loop's clock).
         """
-        now = self._now()
+        self._adopt_loop()
+        now = anyio.current_time()
         members = tuple(
             PoolMemberStatistics(
                 name=repr(m.backend),
@@ -204,6 +204,7 @@ class BackendPool:
     # ------------------------------------------------------------ streaming
 
     async def stream(self, request: Request, /) -> AsyncIterator[Chunk]:
+        self._adopt_loop()
         tried: set[int] = set()
         last_error: BaseException | None = None
         while True:
@@ -263,21 +264,22 @@ class BackendPool:
 
     # ------------------------------------------------------------ internals
 
-    def _now(self) -> float:
-        """The loop's clock; a back-off timed on another loop's clock (the pool outlived it) is due now."""
-        now = anyio.current_time()
+    def _adopt_loop(self) -> None:
+        """Back-offs are times on one loop's clock: under another loop (the pool outlived one), due now."""
         loop = _event_loop()
-        for m in self._members:
-            if m.down_until is not None and m.clock is not loop:
-                m.down_until, m.clock = now, loop
-        return now
+        if loop is not self._loop:
+            self._loop = loop
+            now = anyio.current_time()
+            for m in self._members:
+                if m.down_until is not None:
+                    m.down_until = now
 
     def _take(self, tried: set[int]) -> tuple[_Member, bool] | None:
         """A free slot for a request that tried ``tried`` already, and whether it is a probe; or None.
 
         Raises :class:`_NoBackend` when no backend is left that it could use.
         """
-        now = self._now()
+        now = anyio.current_time()
         candidates = [m for m in self._members if m.index not in tried]
         if not candidates:
             raise _NoBackend("every backend of the pool failed for this request")
@@ -301,7 +303,7 @@ class BackendPool:
 
     def _next_retry(self, tried: set[int]) -> float:
         """Seconds until a backend this request may use is due for its probe (inf: none is)."""
-        now = self._now()
+        now = anyio.current_time()
         waits = [
             m.down_until - now
             for m in self._members
@@ -386,7 +388,6 @@ class BackendPool:
                 exponent = min(member.failures - 1, 64)  # 2**64 * retry_after is past any cap
                 backoff = min(self.max_retry_after, self.retry_after * 2.0**exponent)
                 member.down_until = anyio.current_time() + backoff
-                member.clock = _event_loop()
                 self._dispatch(wake_all=True)
                 return
         else:
