@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 import threading
 from pathlib import Path
 from typing import IO, Any, final
 
+from ._gzlines import Cut, scan_gzip
 from ._records import Completion
 from .predictors._corpus import prompt_id_of
 
 __all__ = ["RequestLog"]
+
+logger = logging.getLogger("sjfsched")
 
 
 @final
@@ -43,8 +47,10 @@ class RequestLog:
     per application to evaluate them separately).  A path ending in ``.gz``
     is written gzip-compressed, each line a gzip member of its own, so the
     file reads whole at every moment, even while it is written or after a
-    crash.  Requests with no output, or with no text (an image-only turn),
-    are skipped.
+    crash.  Opening a log that a crash left with an unfinished last line
+    (or gzip member) first drops that line, so the lines written after it
+    stay readable; a ``.gz`` log is read through once for this.  Requests
+    with no output, or with no text (an image-only turn), are skipped.
     Answers cut off by ``max_tokens`` (``finish_reason == "length"``) are
     logged with their finish reason, their length being only a lower bound;
     ``skip_truncated=True`` leaves them out.  Safe to call from several threads; the file is flushed
@@ -72,6 +78,7 @@ class RequestLog:
     def _open(self) -> IO[bytes]:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            _finish_tail(self.path)
             self._file = self.path.open("ab")
         return self._file
 
@@ -131,3 +138,50 @@ class RequestLog:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _finish_tail(path: Path) -> None:
+    """Drop an unfinished last line (or gzip member) that a crash left, before appending."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    if size == 0:
+        return
+    keep: int | None = size
+    with path.open("rb") as f:
+        if path.suffix == ".gz":
+            for event in scan_gzip(f):
+                if isinstance(event, Cut):
+                    keep = event.start
+        else:
+            keep = _complete_lines(f, size)
+    if keep is None:  # a last line without its newline, but whole
+        with path.open("ab") as f:
+            f.write(b"\n")
+    elif keep < size:
+        logger.warning("%s: dropped %d bytes of an unfinished last line (left by a crash)", path, size - keep)
+        os.truncate(path, keep)
+
+
+def _complete_lines(f: IO[bytes], size: int) -> int | None:
+    """The length of a plain log's complete lines; None if its last line is whole but has no newline."""
+    block = 1 << 16
+    end = size
+    tail = b""
+    while end > 0:
+        start = max(end - block, 0)
+        f.seek(start)
+        tail = f.read(end - start) + tail
+        if tail.endswith(b"\n") and end == size:
+            return size
+        cut = tail.rfind(b"\n")
+        if cut >= 0:
+            tail = tail[cut + 1 :]
+            break
+        end = start
+    try:
+        json.loads(tail)
+    except (ValueError, RecursionError):
+        return size - len(tail)
+    return None

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sjfsched import Request, RequestLog, Scheduler
+from sjfsched import Completion, Prediction, Request, RequestLog, Scheduler
 from sjfsched._cli import main
 from sjfsched.backends import CallableBackend
 from sjfsched.predictors import LexicalPredictor
@@ -83,3 +83,93 @@ async def test_truncated_and_empty_answers_are_left_out(tmp_path: Path) -> None:
         lines = [json.loads(line) for line in path.read_text().splitlines()]
         assert [x["prompt"] for x in lines] == expected
         assert all(x["output_tokens"] == 3 for x in lines)
+
+
+def _done(text: str, tokens: int) -> Completion:
+    return Completion(
+        request=Request(text), text="x", output_tokens=tokens, prompt_tokens=3, prediction=Prediction(10.0),
+        estimate=1.0, submitted=0.0, started=0.0, first_token=None, finished=1.0,
+    )  # fmt: skip
+
+
+def _unfinished(name: str) -> bytes:
+    """Half of the bytes a log line is written as: what a crash in the middle of a write leaves."""
+    line = (json.dumps({"source": "requestlog", "prompt": "cut " * 40, "output_tokens": 9}) + "\n").encode()
+    data = gzip.compress(line) if name.endswith(".gz") else line
+    return data[: len(data) // 2]
+
+
+@pytest.mark.parametrize("name", ["requests.jsonl", "requests.jsonl.gz"])
+def test_a_log_reopened_after_a_crash_keeps_every_whole_line(
+    tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / name
+    with RequestLog(path) as log:
+        for i in range(5):
+            log(_done(f"before {i}", 10 + i))
+    with path.open("ab") as f:
+        f.write(_unfinished(name))
+    with RequestLog(path) as log:  # the application restarts and logs on
+        for i in range(5):
+            log(_done(f"after {i}", 20 + i))
+    assert "dropped" in caplog.text and "unfinished last line" in caplog.text
+    records = load_records([path])
+    assert [r.output_tokens for r in records] == [10, 11, 12, 13, 14, 20, 21, 22, 23, 24]
+
+
+def test_a_whole_last_line_without_its_newline_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "mine.jsonl"
+    path.write_text('{"prompt": "a", "output_tokens": 3}\n{"prompt": "b", "output_tokens": 4}')
+    with RequestLog(path) as log:
+        log(_done("c", 5))
+    assert [r.output_tokens for r in load_records([path])] == [3, 4, 5]
+
+
+def test_lines_after_a_crash_remnant_written_by_an_older_version_are_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before the tail was finished on reopening, new lines went straight after
+    # the unfinished member; reading gave up there and lost every later line.
+    path = tmp_path / "old.jsonl.gz"
+    lines = [(json.dumps({"prompt": f"p{i}", "output_tokens": i + 1}) + "\n").encode() for i in range(6)]
+    path.write_bytes(
+        b"".join(map(gzip.compress, lines[:3])) + _unfinished(".gz") + b"".join(map(gzip.compress, lines[3:]))
+    )
+    assert [r.output_tokens for r in load_records([path])] == [1, 2, 3, 4, 5, 6]
+    assert "an unfinished gzip member after line 3" in caplog.text
+
+
+@pytest.mark.parametrize("keep", [1, 2, 9, 30])
+def test_a_compressed_log_cut_anywhere_in_its_last_line_reads_up_to_it(
+    tmp_path: Path, keep: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "cut.jsonl.gz"
+    lines = [(json.dumps({"prompt": f"p{i}", "output_tokens": i + 1}) + "\n").encode() for i in range(3)]
+    path.write_bytes(b"".join(map(gzip.compress, lines[:2])) + gzip.compress(lines[2])[:keep])
+    assert [r.output_tokens for r in load_records([path])] == [1, 2]
+    assert "cut.jsonl.gz is cut short after line 2" in caplog.text
+
+
+def test_a_plain_log_cut_in_its_last_line_reads_up_to_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "cut.jsonl"
+    path.write_bytes(b'{"prompt": "a", "output_tokens": 3}\n' + _unfinished(".jsonl"))
+    assert [r.output_tokens for r in load_records([path])] == [3]
+    assert "cut.jsonl is cut short after line 1" in caplog.text
+    path.write_bytes(b'{"prompt": "a", "output_tokens": 3}\nnot json\n{"prompt": "b", "output_tokens": 4}\n')
+    with pytest.raises(ValueError, match=r"cut\.jsonl:2: not JSON"):
+        load_records([path])  # a bad line in the middle is an error, not a crash's remnant
+
+
+def test_lines_that_break_the_json_reader_name_their_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": "a", "output_tokens": 3}\n' + "[" * 100_000 + "\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: not JSON \(nested too deeply\)"):
+        load_records([path])
+    path.write_text('{"prompt": "a", "output_tokens": 1' + "0" * 400 + "}\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: 'output_tokens' must be a finite number"):
+        load_records([path])
+    path.write_bytes(b'{"prompt": "\xff", "output_tokens": 3}\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: not UTF-8"):
+        load_records([path])

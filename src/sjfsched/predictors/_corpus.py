@@ -15,17 +15,18 @@ land on the same side of a split.
 
 from __future__ import annotations
 
-import gzip
+import codecs
 import hashlib
 import json
 import logging
 import math
-import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import attrs
+
+from .._gzlines import Cut, Damaged, scan_gzip
 
 __all__ = [
     "LengthRecord",
@@ -79,35 +80,109 @@ def is_test(prompt_id: str, test_fraction: float, seed: int = 0) -> bool:
     return int.from_bytes(digest[:8], "big") / 2.0**64 < test_fraction
 
 
-def _open(path: Path) -> IO[str]:
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open(encoding="utf-8")
+_CUT_SHORT = "%s is cut short after line %d (being written, or damaged): read up to there"
+
+
+def _plain_lines(path: Path) -> Iterator[bytes | Cut]:
+    """The lines of a plain file, and a :class:`Cut` if its last line has no newline."""
+    with path.open("rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                yield Cut(f.tell() - len(line))
+            yield line
+
+
+def _gzip_lines(path: Path) -> Iterator[bytes | Cut | Damaged]:
+    """The lines of a gzip file's complete members, with the marks of :func:`scan_gzip`.
+
+    A line under way when the data is cut or damaged is dropped.
+    """
+    tail = b""
+    with path.open("rb") as f:
+        for event in scan_gzip(f):
+            if isinstance(event, bytes):
+                *lines, tail = (tail + event).split(b"\n")
+                yield from lines
+            else:
+                tail = b""
+                yield event
+    if tail:  # complete members whose data does not end in a newline
+        yield tail
+
+
+def _a_line_begun(data: bytes | None) -> bool:
+    """Whether ``data`` can be the start of a JSON-lines record (what a crash cut short)."""
+    if data is None or b"\n" in data:
+        return False
+    head = data.lstrip()
+    if head and not head.startswith(b"{"):
+        return False
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(data, final=False)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _loads(line: bytes, path: Path, i: int) -> Any:
+    try:
+        return json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}:{i}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}:{i}: not JSON ({exc.msg})") from exc
+    except RecursionError as exc:
+        raise ValueError(f"{path}:{i}: not JSON (nested too deeply)") from exc
 
 
 def iter_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
     """``(line number, value)`` of each non-blank line of a JSON-lines file (``.gz`` too).
 
     A line that is not JSON raises :class:`ValueError` naming the file and
-    line, and so does a ``.gz`` file that is not gzip or is corrupt.  A
-    compressed file cut short (one being written, or a crash while writing)
-    yields its complete lines: the last, partial one is left out.
+    line, and so does a ``.gz`` file that is not gzip or is corrupt.  What a
+    crash while writing leaves is read past with a warning, losing only the
+    line being written: a last line cut short (a plain file's last line
+    without its newline that is not JSON, a ``.gz`` file's unfinished last
+    gzip member), and in a ``.gz`` file an unfinished member with more
+    members after it (a log reopened by an older version after a crash).
+    Line numbers count the lines read.
     """
     i = 0
+    cut = False
+    lines = _gzip_lines(path) if path.suffix == ".gz" else _plain_lines(path)
+    for item in lines:
+        if isinstance(item, Damaged):
+            if not _a_line_begun(item.unfinished):
+                raise ValueError(f"{path}: corrupt gzip data after line {i} ({item.error})")
+            logger.warning(
+                "%s: an unfinished gzip member after line %d (bytes %d-%d, left by a crash) skipped",
+                path, i, item.start, item.end,
+            )  # fmt: skip
+            continue
+        if isinstance(item, Cut):
+            cut = True
+            continue
+        i += 1
+        if not item.strip():
+            continue
+        if cut:  # the last line of a plain file, without its newline
+            try:
+                value = _loads(item, path, i)
+            except ValueError:
+                logger.warning(_CUT_SHORT, path, i - 1)
+                return
+            yield i, value
+            return
+        yield i, _loads(item, path, i)
+    if cut and path.suffix == ".gz":
+        logger.warning(_CUT_SHORT, path, i)
+
+
+def _finite(number: float) -> bool:
     try:
-        with _open(path) as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield i, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{i}: not JSON ({exc.msg})") from exc
-    except EOFError:  # a gzip member cut short: what came before it stands
-        logger.warning("%s is cut short after line %d (being written, or damaged): read up to there", path, i)
-        return
-    except (zlib.error, gzip.BadGzipFile) as exc:
-        raise ValueError(f"{path}: corrupt gzip data after line {i} ({exc})") from exc
+        return math.isfinite(number)
+    except OverflowError:  # an int past the largest float
+        return False
 
 
 def parse_record(raw: Any, path: Path, line: int) -> LengthRecord:
@@ -119,8 +194,10 @@ def parse_record(raw: Any, path: Path, line: int) -> LengthRecord:
     if not isinstance(prompt, str):
         raise ValueError(f"{where}: 'prompt' must be a string")
     tokens = raw.get("output_tokens")
-    if isinstance(tokens, bool) or not isinstance(tokens, (int, float)) or not math.isfinite(tokens):
-        raise ValueError(f"{where}: 'output_tokens' must be a finite number, got {tokens!r}")
+    if isinstance(tokens, bool) or not isinstance(tokens, (int, float)) or not _finite(tokens):
+        large = isinstance(tokens, int) and tokens.bit_length() > 100
+        shown = "a number too large" if large else repr(tokens)
+        raise ValueError(f"{where}: 'output_tokens' must be a finite number, got {shown}")
     if tokens < 0:
         raise ValueError(f"{where}: 'output_tokens' must be >= 0, got {tokens!r}")
     prompt_id = raw.get("prompt_id")
