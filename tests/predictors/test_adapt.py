@@ -205,3 +205,37 @@ def test_evaluate_reports_adaptation_on_held_back_prompts(tmp_path: Path) -> Non
     assert int(observed) == 300 and int(held) > 300
     assert float(before) < 0.9 and float(after_100) > float(before) and float(after_300) > 0.99
     assert "support (1 models)" in report
+
+
+def test_a_restart_from_the_saved_state_learns_on_as_if_it_had_never_stopped(tmp_path: Path) -> None:
+    # The replay buffer (and the draws from it) are part of the state: a
+    # predictor saved and loaded every 40 completions ends where one that
+    # never stopped does.
+    traffic = _traffic(200, seed=4)
+    texts = [text for text, _ in _traffic(50, seed=3)]
+    steady = LexicalPredictor()
+    restarted = LexicalPredictor()
+    path = tmp_path / "state.json"
+    for i, (text, tokens) in enumerate(traffic):
+        for predictor in (steady, restarted):
+            request = Request(text)
+            predictor.observe(request, predictor.predict(request), tokens)
+        if i % 40 == 39:
+            restarted.save_calibration(path)
+            restarted = LexicalPredictor(calibration_path=path)
+    np.testing.assert_allclose(restarted.scores(texts), steady.scores(texts), rtol=1e-5)
+    # a state saved before the buffer was part of it still loads, with an empty one
+    data = json.loads(path.read_text())
+    del data["correction"]["replay"]
+    path.write_text(json.dumps(data))
+    assert LexicalPredictor(calibration_path=path).correction.observations == 200  # type: ignore[union-attr]
+    data["correction"]["replay"] = {
+        "lengths": "AAAAAA==",
+        "rows": "",
+        "values": "",
+        "residuals": "",
+        "random": [],
+    }
+    path.write_text(json.dumps(data))
+    with pytest.raises(PredictorError, match=r"state\.json.*not a sjfsched score correction"):
+        LexicalPredictor(calibration_path=path)

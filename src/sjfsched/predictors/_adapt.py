@@ -37,6 +37,15 @@ import numpy.typing as npt
 __all__ = ["ScoreCorrection", "TargetMap"]
 
 
+def _b64(array: npt.NDArray[Any]) -> str:
+    return base64.b64encode(array.tobytes()).decode("ascii")
+
+
+def _random_state(randomness: random.Random) -> list[Any]:
+    version, internal, gauss = randomness.getstate()
+    return [version, list(internal), gauss]
+
+
 def _floats(values: Sequence[float]) -> tuple[float, ...]:
     return tuple(float(v) for v in values)
 
@@ -200,12 +209,25 @@ class ScoreCorrection:
         """The learnt state (nonzero weights, base64 of little-endian int32 rows and float32 values)."""
         weights = np.zeros(0, np.float32) if self.weights is None else self.weights
         rows = np.flatnonzero(weights).astype("<i4")
+        entries = list(self._buffer)
         return {
             "size": self.size,
             "observations": self.observations,
             "bias": self.bias,
-            "rows": base64.b64encode(rows.tobytes()).decode("ascii"),
-            "weights": base64.b64encode(weights[rows].astype("<f4").tobytes()).decode("ascii"),
+            "rows": _b64(rows),
+            "weights": _b64(weights[rows].astype("<f4")),
+            # the replay buffer, so that a restart learns on as it would have
+            "replay": {
+                "lengths": _b64(np.array([len(e[0]) for e in entries], "<i4")),
+                "rows": _b64(
+                    np.concatenate([e[0] for e in entries] or [np.zeros(0, np.int32)]).astype("<i4")
+                ),
+                "values": _b64(
+                    np.concatenate([e[1] for e in entries] or [np.zeros(0, np.float32)]).astype("<f4")
+                ),
+                "residuals": _b64(np.array([e[2] for e in entries], "<f8")),
+                "random": _random_state(self._random),
+            },
         }
 
     def load_dict(self, data: Any, *, where: str = "correction") -> None:
@@ -216,8 +238,39 @@ class ScoreCorrection:
             bias = float(data["bias"])
             rows = np.frombuffer(base64.b64decode(data["rows"], validate=True), "<i4")
             weights = np.frombuffer(base64.b64decode(data["weights"], validate=True), "<f4")
-        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            replay = data.get("replay")
+            if replay is not None:  # states written before it was saved have none
+                lengths = np.frombuffer(base64.b64decode(replay["lengths"], validate=True), "<i4")
+                replay_rows = np.frombuffer(base64.b64decode(replay["rows"], validate=True), "<i4")
+                values = np.frombuffer(base64.b64decode(replay["values"], validate=True), "<f4")
+                residuals = np.frombuffer(base64.b64decode(replay["residuals"], validate=True), "<f8")
+                randomness = random.Random()
+                version, internal, gauss = replay["random"]
+                randomness.setstate(
+                    (int(version), tuple(map(int, internal)), None if gauss is None else float(gauss))
+                )
+        except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as exc:
             raise ValueError(f"{where}: not a sjfsched score correction ({exc!r})") from exc
+        entries = []
+        if replay is not None:
+            if (
+                len(lengths) != len(residuals)
+                or (len(lengths) and lengths.min() < 0)
+                or int(lengths.sum()) != len(replay_rows)
+                or len(replay_rows) != len(values)
+                or (len(replay_rows) and (replay_rows.min() < 0 or replay_rows.max() >= size))
+                or not (np.isfinite(values).all() and np.isfinite(residuals).all())
+            ):
+                raise ValueError(f"{where}: correction's replay buffer is inconsistent")
+            ends = np.cumsum(lengths)
+            entries = [
+                (
+                    replay_rows[end - n : end].astype(np.int32),
+                    values[end - n : end].astype(np.float32),
+                    float(r),
+                )
+                for n, end, r in zip(lengths.tolist(), ends.tolist(), residuals.tolist(), strict=True)
+            ]
         if size != self.size:
             raise ValueError(f"{where}: correction is for a model with {size} rows, this one has {self.size}")
         if len(rows) != len(weights) or (len(rows) and (rows.min() < 0 or rows.max() >= size)):
@@ -230,3 +283,6 @@ class ScoreCorrection:
             self.weights[rows] = weights
         self.bias = bias
         self.observations = observations
+        if replay is not None:
+            self._buffer.extend(entries)  # the latest, if this buffer is shorter
+            self._random = randomness
