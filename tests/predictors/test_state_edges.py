@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import threading
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from sjfsched import PredictorError, Request
-from sjfsched.predictors import LexicalPredictor, _lexical
+from sjfsched.predictors import LengthCalibration, LexicalPredictor, _lexical
+from sjfsched.predictors._calibration import read_state, write_state
 from sjfsched.predictors._lexical import bundled_model_path
 
 PROMPT = Request("What is the capital of France?")
@@ -81,6 +83,22 @@ def test_one_absurd_length_does_not_throw_the_calibration_off() -> None:
     predictor.observe(PROMPT, predictor.predict(PROMPT), 1e300)  # type: ignore[arg-type]
     after = predictor.predict(PROMPT).tokens
     assert after < 20 * before  # it was a million tokens with the log of 1e300 in the fit
+
+
+def test_a_calibration_takes_no_number_it_cannot_fit(tmp_path: Path) -> None:
+    for name in ("center", "spread", "sigma"):
+        shape = {"center": 5.0, "spread": 1.0, "sigma": 1.0, name: math.nan}
+        with pytest.raises(ValueError, match=f"{name} must be a finite number, got nan"):
+            LengthCalibration(**shape)
+    calibration = LengthCalibration(center=5.0, spread=1.0, sigma=1.0)
+    calibration.observe(5.0, 100)
+    calibration.observe(1e160, 100)  # its square overflows: not a score a model gives
+    assert calibration.observations == 1 and math.isfinite(calibration.offset)
+    path = tmp_path / "calibration.json"
+    write_state(path, calibration.to_dict())
+    again = LengthCalibration(center=5.0, spread=1.0, sigma=1.0)
+    again.load_dict(read_state(path))
+    assert again.offset == calibration.offset
 
 
 def test_several_writers_of_one_state_file_never_collide(tmp_path: Path) -> None:

@@ -28,6 +28,8 @@ __all__ = ["LengthCalibration", "read_state", "write_state"]
 #: An observed length counts as at most this many tokens' log (one answer of
 #: a billion tokens, or a miscount, must not throw the fit off for hours).
 _MAX_Y = math.log1p(1e6)
+#: scores further from 0 are not observed (a model's score is a log length)
+_MAX_RAW = 1e6
 
 _STATE_KEYS = ("s0", "sx", "sy", "sxx", "sxy", "sr", "n")
 _MIN_SLOPE = 0.1
@@ -56,6 +58,9 @@ class LengthCalibration:
             raise ValueError(f"decay must be within (0, 1], got {decay!r}")
         if not (prior_weight > 0 and math.isfinite(prior_weight)):
             raise ValueError(f"prior_weight must be > 0, got {prior_weight!r}")
+        for name, value in (("center", center), ("spread", spread), ("sigma", sigma)):
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
         self.center = float(center)
         self.spread = max(float(spread), 1e-6)
         self.sigma0 = max(float(sigma), 1e-3)
@@ -80,8 +85,8 @@ class LengthCalibration:
             raw, output_tokens = float(raw), float(output_tokens)
         except (OverflowError, TypeError, ValueError):  # e.g. an int past float's range
             return
-        if not (math.isfinite(raw) and math.isfinite(output_tokens)) or output_tokens < 0:
-            return
+        if not (abs(raw) <= _MAX_RAW and math.isfinite(output_tokens)) or output_tokens < 0:
+            return  # NaN, or a score no log-length model gives: its square would overflow the sums
         y = min(math.log1p(output_tokens), _MAX_Y)
         residual = y - self.log_length(raw)
         d = self.decay
