@@ -12,7 +12,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from sjfsched.proxy._client import AnswerBroken, ConnectFailed, ReadTimedOut, UpstreamClient
+from sjfsched.proxy._client import (
+    STALE_CLOSE_WINDOW,
+    AnswerBroken,
+    ConnectFailed,
+    ReadTimedOut,
+    UpstreamClient,
+)
 
 from .harness import free_port
 
@@ -285,6 +291,31 @@ async def test_a_read_timeout_on_a_kept_alive_connection_is_not_sent_again() -> 
         await client.aclose()
     assert [r.endswith(b"slow") for r in script.requests] == [False, True]  # sent once
     assert elapsed < 0.9  # one read timeout (0.3 s), not two
+
+
+async def test_a_request_the_upstream_drops_after_taking_it_is_not_sent_again() -> None:
+    """A kept-alive connection closed a while after the request is an upstream that died on it."""
+
+    async def handler(
+        s: Scripted, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> None:
+        while (request := await s.read_request(reader)) is not None:
+            if b"crash" in request:
+                await asyncio.sleep(STALE_CLOSE_WINDOW + 0.3)  # works on it, then goes away
+                writer.close()
+                return
+            writer.write(_ok(b"done"))
+            await writer.drain()
+
+    async with scripted(handler) as (script, url):
+        client = UpstreamClient(url)
+        response = await client.request("POST", "/", body=b"fast")  # leaves a kept-alive connection
+        assert await response.read() == b"done"
+        response.close()
+        with pytest.raises(AnswerBroken):
+            await client.request("POST", "/", body=b"crash")
+        await client.aclose()
+    assert [r.endswith(b"crash") for r in script.requests] == [False, True]  # sent once
 
 
 async def test_request_bodies_are_streamed() -> None:

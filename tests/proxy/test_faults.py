@@ -270,8 +270,8 @@ OPENAI_BAD = [
     ),
     (
         "/v1/chat/completions",
-        b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": -1}',
-        "max_tokens must be an integer >= 0, got -1",
+        b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": "10"}',
+        'max_tokens must be an integer, got "10"',
         "max_tokens",
     ),
     ("/v1/completions", b'{"model": "tiny"}', "prompt is required", "prompt"),
@@ -313,6 +313,21 @@ def test_bad_requests_are_400_in_each_apis_shape(ollama: OllamaServer, ollama_pr
     assert stats.completed + stats.failed + stats.cancelled == 0
     count = len(OLLAMA_BAD) + len(OPENAI_BAD) + 2
     assert ollama_proxy.metrics()['sjfsched_rejected_total{reason="bad_request"}'] == count
+
+
+def test_a_negative_max_tokens_is_the_upstreams_to_judge(
+    ollama: OllamaServer, ollama_proxy: RunningProxy
+) -> None:
+    # llama.cpp reads max_tokens <= 0 as no limit, Ollama's OpenAI layer makes
+    # it num_predict: the proxy schedules it as unlimited and passes it on.
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}
+    with httpx.Client(timeout=60) as client:
+        direct = client.post(f"{ollama.url}/v1/chat/completions", json=body)
+        proxied = client.post(f"{ollama_proxy.url}/v1/chat/completions", json=body)
+    assert direct.status_code == 200
+    assert proxied.status_code == 200, proxied.text
+    assert proxied.json()["usage"]["completion_tokens"] >= 1
+    assert ollama_proxy.stats().completed == 1
 
 
 def _chunks(data: bytes, size: int) -> Iterator[bytes]:

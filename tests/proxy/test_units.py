@@ -200,3 +200,31 @@ def test_settings_come_from_flags_then_environment_then_defaults() -> None:
 def test_a_deeply_nested_body_is_a_bad_request_not_a_crash() -> None:
     with pytest.raises(BadRequest, match="nested too deeply"):
         _parse("/api/generate", b"[" * 200_000 + b"]" * 200_000)
+
+
+@pytest.mark.anyio
+async def test_the_fcfs_predictor_serves_in_arrival_order_whatever_the_output_limits() -> None:
+    import anyio
+
+    from sjfsched import Request, Scheduler
+    from sjfsched.backends import CallableBackend
+    from sjfsched.proxy._predictor import make_predictor
+
+    served: list[str] = []
+    gate = anyio.Event()
+
+    async def answer(request: Request) -> str:
+        served.append(request.text)
+        if request.text == "first":
+            await gate.wait()
+        return "ok"
+
+    async with Scheduler(CallableBackend(answer), predictor=make_predictor("fcfs")) as sched:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sched.complete, Request("first"))
+            await anyio.wait_all_tasks_blocked()
+            for i, limit in enumerate([None, 100, 300, 5]):
+                tg.start_soon(sched.complete, Request(f"then {i}", max_tokens=limit))
+                await anyio.wait_all_tasks_blocked()
+            gate.set()
+    assert served == ["first", "then 0", "then 1", "then 2", "then 3"]

@@ -21,7 +21,10 @@ class ConstantPredictor:
     The prediction is ``tokens`` output tokens and no prompt at all, so every
     request of a priority class gets the same estimate and the scheduler
     serves them first-come-first-served: the baseline to compare against, and
-    a handy test double.
+    a handy test double.  The scheduler caps an estimate at the request's
+    ``max_tokens``, so a request limited to fewer than ``tokens`` is known to
+    be shorter and goes first; ``ConstantPredictor(0)`` keeps strict arrival
+    order whatever the limits.
     """
 
     tokens: float = 256.0

@@ -219,8 +219,10 @@ def _openai_limit(body: Mapping[str, Any]) -> int | None:
         value = body.get(name)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise BadRequest(f"{name} must be an integer >= 0, got {json.dumps(value)}", param=name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BadRequest(f"{name} must be an integer, got {json.dumps(value)}", param=name)
+        if value < 0:  # llama.cpp: no limit; Ollama: num_predict -1. The upstream judges it
+            return None
         return max(1, value)
     return None
 

@@ -38,6 +38,11 @@ __all__ = [
 #: Bytes of answer held before reading from the upstream pauses (the client reads slowly).
 _HIGH_WATER = 256 * 1024
 _TIMED_OUT = object()
+#: A kept-alive connection that ends with no answer within this many seconds of
+#: the request was closed by the upstream as the request went out: the request
+#: is sent once more on a new connection.  A later close is an upstream that
+#: dropped a request it had taken (it crashed or restarted): that is an error.
+STALE_CLOSE_WINDOW = 0.5
 
 
 class UpstreamError(Exception):
@@ -398,11 +403,13 @@ class UpstreamClient:
             head.append(b"\r\n")
         data = b"".join(head)
         retry = not streamed
+        loop = asyncio.get_running_loop()
         while True:
             connection = self._idle_connection()
             reused = connection is not None
             if connection is None:
                 connection = await self._connect()
+            sent = loop.time()
             try:
                 connection.begin(data, head=method == "HEAD")
                 if streamed:
@@ -411,9 +418,16 @@ class UpstreamClient:
                 await connection.response_head(self.read_timeout)
             except AnswerBroken as exc:
                 connection.abort()
-                if retry and reused and not connection.got_bytes and not isinstance(exc, ReadTimedOut):
+                if (
+                    retry
+                    and reused
+                    and not connection.got_bytes
+                    and not isinstance(exc, ReadTimedOut)
+                    and loop.time() - sent < STALE_CLOSE_WINDOW
+                ):
                     # A kept-alive connection the upstream had just closed: once more, on a new one.
-                    # Never after a read timeout: the upstream may be generating the answer.
+                    # Never after a read timeout, nor a close that came later: the upstream may
+                    # have been generating the answer (a POST is not sent twice).
                     retry = False
                     continue
                 raise

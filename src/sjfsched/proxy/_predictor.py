@@ -29,7 +29,9 @@ def make_predictor(name: str, state: str | None = None) -> Predictor:
     if name == "heuristic":
         return HeuristicPredictor()
     if name == "fcfs":
-        return ConstantPredictor()
+        # 0, not the default 256: an estimate is capped at the request's own
+        # output limit, so with 256 a request limited to fewer tokens went first
+        return ConstantPredictor(0.0)
     if name == "default":
         if state is not None:
             from ..predictors import LexicalPredictor
