@@ -318,6 +318,28 @@ async def test_a_request_the_upstream_drops_after_taking_it_is_not_sent_again() 
     assert [r.endswith(b"crash") for r in script.requests] == [False, True]  # sent once
 
 
+async def test_a_connection_kept_after_an_unread_answer_reads_the_next_one() -> None:
+    """Reading pauses while an answer waits unread; the connection kept for reuse must read again."""
+
+    async def handler(
+        s: Scripted, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> None:
+        while (request := await s.read_request(reader)) is not None:
+            writer.write(_ok(b"x" * 300_000 if b"big" in request else b"done"))
+            await writer.drain()
+
+    async with scripted(handler) as (script, url):
+        client = UpstreamClient(url, read_timeout=2.0)
+        big = await client.request("POST", "/", body=b"big")
+        await asyncio.sleep(0.3)  # the whole answer arrives, past the high-water mark
+        big.close()  # not read (the proxy's client went away): the connection is whole, kept
+        small = await client.request("POST", "/", body=b"small")
+        assert await small.read() == b"done"
+        small.close()
+        await client.aclose()
+    assert script.connections == 1
+
+
 async def test_request_bodies_are_streamed() -> None:
     async def handler(
         s: Scripted, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int

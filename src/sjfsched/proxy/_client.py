@@ -92,6 +92,9 @@ class _Connection(asyncio.Protocol):
         self._until_eof = False
         self._body: list[bytes] = []
         self._buffered = 0
+        if getattr(self, "_read_paused", False) and self._transport is not None:
+            # an answer left unread paused reading; the next one must be read
+            self._transport.resume_reading()
         self._read_paused = False
         self.complete = False
         self.error: UpstreamError | None = None
