@@ -732,9 +732,11 @@ class ChunkStream:
             )
         try:
             if self._iterator is None:
-                self._iterator = self._backend.stream(self._entry.request)
-            if self._first_token is None:
+                # Cleared once, as the backend's stream starts: a backend may mark the
+                # start of service on any read before the first token (a pool after a
+                # chunk that only counts the prompt), and that mark must survive.
                 service_started.set(None)
+                self._iterator = self._backend.stream(self._entry.request)
             chunk = await self._iterator.__anext__()
             if not isinstance(chunk, Chunk):
                 raise TypeError(f"backend yielded {type(chunk).__name__}, not a Chunk")

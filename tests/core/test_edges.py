@@ -259,3 +259,24 @@ async def test_only_the_probe_ending_lets_another_request_probe() -> None:
         assert backend.active == ["probe"]  # waits for the probe's outcome
         await anyio.sleep(1.0)
         assert backend.active == ["second"]  # the probe answered: back in rotation
+
+
+async def test_a_wait_inside_a_pool_is_not_learnt_as_prefill_when_the_first_chunk_has_no_token() -> None:
+    """The pool marks when it hands a request on; a first chunk that only counts the prompt
+    (which Chunk allows on any chunk) must not erase that mark before the first token."""
+
+    async def member(request: Request) -> AsyncIterator[Chunk]:
+        yield Chunk("", tokens=0, prompt_tokens=100)  # the prompt count, up front
+        await anyio.sleep(0.5)  # prefill: 100 tokens in 0.5 s, 200 tokens/s
+        for _ in range(10):
+            yield Chunk("t")
+            await anyio.sleep(0.1)
+
+    pool = BackendPool([CallableBackend(member)])  # one slot: three of four wait inside it
+    sched = Scheduler(pool, concurrency=4, predictor=job_predictor(), prefill_rate=200.0, decode_rate=10.0)
+    async with sched, anyio.create_task_group() as tg:
+        for i in range(4):
+            tg.start_soon(sched.complete, f"r{i}")
+    stats = sched.statistics()
+    assert stats.completed == 4
+    assert stats.prefill_rate == pytest.approx(200.0)  # was 44: the waits counted as prefill
