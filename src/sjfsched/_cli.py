@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
 from ._errors import PredictorError
 from ._version import __version__
 
-__all__ = ["main"]
+__all__ = ["main", "missing_module", "needs_extra"]
 
 #: command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -28,6 +29,38 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 #: The optional extra each command needs beyond the core dependencies.
 EXTRAS: Final = {"train": "train", "evaluate": "train", "bench": "bench", "serve": "proxy"}
+#: What ``sjfsched train --features F`` imports of the ``train`` extra (the ``bench``
+#: extra has the lexical ones: the benchmarks train the unseen predictor).
+TRAIN_MODULES: Final[dict[str, tuple[str, ...]]] = {
+    "lexical": ("scipy", "sklearn", "onnx"),
+    "clairvoyant": ("scipy", "xgboost", "onnx", "onnxmltools"),
+}
+#: The modules of its extra a command imports only once under way (``train``: after loading
+#: all its data), by command; checked before the command runs, so that a missing extra ends
+#: in one line at once, not in a traceback at the end.
+LATE_IMPORTS: Final[dict[str, Callable[[argparse.Namespace], tuple[str, ...]]]] = {
+    "train": lambda args: TRAIN_MODULES[args.features],
+}
+
+
+def missing_module(modules: Iterable[str]) -> str | None:
+    """The first of ``modules`` (top-level names) that is not installed, or ``None``; imports none."""
+    for name in modules:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            return name
+    return None
+
+
+def needs_extra(command: str, missing: str, extra: str, why: str = "not available") -> str:
+    """The one line a command missing the module ``missing`` of its extra ``extra`` ends with."""
+    return (
+        f"sjfsched {command}: {why} (No module named {missing!r}); "
+        f"it needs its extra: pip install 'sjfsched[{extra}]'"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,6 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    late = LATE_IMPORTS.get(args.command)
+    missing = missing_module(late(args)) if late is not None else None
+    if missing is not None:
+        parser.exit(2, needs_extra(args.command, missing, EXTRAS[args.command]) + "\n")
     try:
         return int(modules[args.command].run(args))
     except (OSError, ValueError, PredictorError) as exc:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .._cli import TRAIN_MODULES, missing_module, needs_extra
 from .._scheduler import DEFAULT_AGING, DEFAULT_MAX_WAIT
 from .._version import __version__
 from ._policies import (
@@ -181,6 +182,14 @@ def _check_traces(traces: Sequence[str]) -> None:
             raise SystemExit(f"sjfsched bench: {unknown_trace(t)}")
 
 
+def _check_training(command: str, hint: str = "") -> None:
+    """Fail at once, in one line, where the unseen predictor could not be trained (no scikit-learn...)."""
+    missing = missing_module(TRAIN_MODULES["lexical"])
+    if missing is not None:
+        why = "cannot train the unseen predictor"
+        raise SystemExit(needs_extra(f"bench {command}", missing, "bench", why) + hint)
+
+
 def _meta(args: argparse.Namespace, data: Path) -> dict[str, Any]:
     _, clairvoyant_real = clairvoyant_predictor()
     from ..predictors import default_predictor
@@ -271,6 +280,8 @@ def _run_sim(args: argparse.Namespace) -> int:
         for pol in policies
         if not (pol in unseen and t in files)
     ]
+    if any(u.policy in unseen for u in units):
+        _check_training("sim", f", or leave {', '.join(sorted(unseen))} out of --policies")
     if files and unseen:
         if not units:
             raise SystemExit(
@@ -355,6 +366,7 @@ def _run_all(args: argparse.Namespace) -> int:
             f"include the unseen predictor ({UNSEEN_BUILT_IN_ONLY}); run `sjfsched bench sim` on your "
             "own files"
         )
+    _check_training("all")
     data = _data_dir(args)
     units = all_units(args)
     meta = _meta(args, data)
@@ -438,6 +450,8 @@ def _run_ranking(args: argparse.Namespace) -> int:
     names = _split(args.predictors)
     if not names:
         raise SystemExit("sjfsched bench: --predictors names nothing to run")
+    if "unseen" in names:
+        _check_training("ranking", ", or leave unseen out of --predictors")
     with tempfile.TemporaryDirectory(prefix="sjfsched-bench-") as tmp:
         models = prepare_models(TRACES if "unseen" in names else (), data, tmp)
         table = ranking_table(models, data, names)
