@@ -7,6 +7,7 @@ import collections
 import enum
 import logging
 import math
+import numbers
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -312,6 +313,11 @@ class Scheduler:
         Prompt tokens are ``prediction.prompt_tokens`` or, when the predictor
         leaves that out, ``input_chars / 4``; the predicted output is capped at
         ``request.max_tokens`` when that is set.
+
+        An override that returns something other than a finite number (NaN,
+        an infinity) for a request has that logged as an error on the
+        ``sjfsched`` logger, and the request is ranked as one whose predictor
+        failed: by this default estimate of a neutral prediction.
         """
         output = prediction.tokens
         if request.max_tokens is not None and output > request.max_tokens:
@@ -337,6 +343,10 @@ class Scheduler:
         ``estimate + aging * submitted`` does at any ``now``: the key can be
         fixed at arrival and the queue stays a plain heap.  ``max_wait``
         promotion is applied on top of whatever this returns.
+
+        A key that is or holds (in a tuple) a NaN compares neither below nor
+        above anything, which would scramble the queue: the request is refused
+        with ``ValueError`` instead, as when this raises.
         """
         estimate = job.estimate
         cap = self.estimate_cap
@@ -544,16 +554,39 @@ class Scheduler:
         self._predictor_seconds += time.perf_counter() - t0
         return prediction
 
+    def _estimate(self, request: Request, prediction: Prediction) -> float:
+        """``estimate()``, or the default estimate of a neutral prediction where it is not finite."""
+        estimate = self.estimate(request, prediction)
+        try:
+            if math.isfinite(estimate):
+                return estimate
+        except TypeError:  # not a number at all
+            pass
+        neutral = Scheduler.estimate(self, request, Prediction(self._mean_tokens))
+        logger.error(
+            "%s.estimate returned %r, not a finite number: the request is ranked by a neutral "
+            "prediction's estimate (%.3g s) instead",
+            type(self).__name__,
+            estimate,
+            neutral,
+        )
+        return neutral
+
     async def _acquire(self, request: Request) -> _Entry:
         await anyio.lowlevel.checkpoint_if_cancelled()
         if self._state is _State.CLOSED:
             self._counts["rejected"] += 1
             raise SchedulerClosed("the scheduler is closed")
         prediction = self._predict(request)
-        estimate = self.estimate(request, prediction)
+        estimate = self._estimate(request, prediction)
         self._remember(estimate)
         now = anyio.current_time()
         key = self.sort_key(Job(request, prediction, estimate, now))
+        if _holds_nan(key):
+            raise ValueError(
+                f"{type(self).__name__}.sort_key returned {key!r}: a key holding a NaN compares "
+                f"neither below nor above any other, so the queue could not keep its order"
+            )
         self._seq += 1
         entry = _Entry(request, prediction, estimate, key, now, self._seq)
 
@@ -872,6 +905,13 @@ def _check_max_wait(value: object) -> None:
         isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0
     ):
         raise ValueError(f"max_wait must be a number of seconds >= 0 or None, got {value!r}")
+
+
+def _holds_nan(key: object) -> bool:
+    """Whether a sort key is, or holds in a tuple, a NaN (which breaks a heap's order)."""
+    if isinstance(key, tuple):
+        return any(_holds_nan(part) for part in key)
+    return isinstance(key, numbers.Real) and bool(key != key)
 
 
 def _outcome_of(exc: BaseException) -> str:

@@ -4,6 +4,7 @@ streams read after their block, reused requests, malformed chunks, bad arguments
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import anyio
 import pytest
 
-from sjfsched import BackendError, Chunk, Job, Request, Scheduler
+from sjfsched import BackendError, Chunk, Job, Prediction, Request, Scheduler
 from sjfsched.backends import BackendPool, BackendUnavailable, CallableBackend
 
 from ._util import TablePredictor, backend, job, scheduler
@@ -280,3 +281,64 @@ async def test_a_wait_inside_a_pool_is_not_learnt_as_prefill_when_the_first_chun
     stats = sched.statistics()
     assert stats.completed == 4
     assert stats.prefill_rate == pytest.approx(200.0)  # was 44: the waits counted as prefill
+
+
+class _NanEstimates(Scheduler):
+    """A policy whose estimate() is NaN (0/0 on a missing field, say) for some requests."""
+
+    def estimate(self, request: Request, prediction: Prediction) -> float:
+        if request.metadata.get("nan"):
+            return math.nan
+        return super().estimate(request, prediction)
+
+
+async def test_a_nan_estimate_is_logged_and_leaves_the_others_shortest_first(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A NaN in the heap scrambled the order of every request (here 10 20 50 40 30 NaN 60)."""
+    sched = _NanEstimates(
+        backend(), predictor=TablePredictor(), decode_rate=10.0, learn_rates=False, cap=None, aging=0.0
+    )
+    requests = {n: job(n) for n in (20, 30, 40, 50, 60)}
+    requests[0] = job(5, metadata={"nan": True})  # the neutral estimate: 256 tokens, 25.6 s
+    started: list[float] = []
+
+    async def one(request: Request) -> None:
+        started.append((await sched.complete(request)).request.metadata["predicted"])
+
+    async with sched, anyio.create_task_group() as tg:
+        async with sched.admit(job(1)):
+            for n in (20, 0, 30, 40, 50, 60):
+                tg.start_soon(one, requests[n])
+                await anyio.sleep(0.01)
+            by_position = sorted(requests, key=lambda n: sched.position(requests[n]) or 0)
+    assert started == [20, 30, 40, 50, 60, 5]
+    assert by_position == [20, 30, 40, 50, 60, 0]  # position() says what dispatch does
+    assert caplog.text.count("_NanEstimates.estimate returned nan, not a finite number") == 1
+
+
+async def test_a_sort_key_holding_nan_refuses_the_request_and_leaves_the_queue_in_order() -> None:
+    class NanKeys(Scheduler):
+        def sort_key(self, job: Job) -> Any:
+            return (0, math.nan) if job.request.metadata.get("nan") else super().sort_key(job)
+
+    sched = NanKeys(backend(), predictor=TablePredictor(), decode_rate=10.0, learn_rates=False, cap=None)
+    started: list[float] = []
+
+    async def one(request: Request) -> None:
+        started.append((await sched.complete(request)).request.metadata["predicted"])
+
+    async with sched, anyio.create_task_group() as tg:
+        with pytest.raises(ValueError, match=r"NanKeys\.sort_key returned \(0, nan\)"):
+            await sched.complete(job(5, metadata={"nan": True}))  # even with a slot free
+        async with sched.admit(job(1)):
+            for n in (30, 20):
+                tg.start_soon(one, job(n))
+                await anyio.sleep(0.01)
+            with pytest.raises(ValueError, match="holding a NaN"):
+                await sched.complete(job(5, metadata={"nan": True}))
+            tg.start_soon(one, job(10))
+            await anyio.sleep(0.01)
+            assert sched.statistics().waiting == 3
+    assert started == [10, 20, 30]
+    assert sched._queue.storage_size() == 0
