@@ -46,7 +46,7 @@ logger = logging.getLogger("sjfsched")
 DEFAULT_AGING = 0.05
 #: Estimates above this multiple of the median recent estimate count as that value.
 DEFAULT_CAP: float | None = 1.0
-#: How many of the latest requests' estimates the median is taken over.
+#: How many of the latest accepted requests' estimates the median is taken over.
 CAP_WINDOW = 200
 #: Seconds after which a waiting request runs next, whatever its estimate.
 DEFAULT_MAX_WAIT: float | None = None
@@ -104,7 +104,7 @@ class SchedulerStatistics:
     #: The learned rates, in tokens per second.
     prefill_rate: float
     decode_rate: float
-    #: The median estimate (seconds) of the latest requests, and the estimate
+    #: The median estimate (seconds) of the latest accepted requests, and the estimate
     #: cap it gives (``cap`` times it; ``None`` without a cap or before any request).
     median_estimate: float | None = None
     estimate_cap: float | None = None
@@ -129,7 +129,7 @@ class Scheduler:
     Order: a lower ``Request.priority`` class always goes first; within a
     class the lowest ``min(estimate, cap * median) - aging * seconds_waited``
     goes first.  ``median`` is the median estimate of the latest 200
-    requests, so requests predicted shorter than is typical run shortest
+    accepted requests, so requests predicted shorter than is typical run shortest
     first, and those predicted longer keep their arrival order among
     themselves (a long request is never put behind later long ones on the
     strength of a guess).  ``cap`` (default 1.0; ``None``: no cap) sets
@@ -270,7 +270,7 @@ class Scheduler:
 
     @property
     def median_estimate(self) -> float | None:
-        """The median estimate (seconds) of the latest 200 requests; ``None`` before any."""
+        """The median estimate (seconds) of the latest 200 accepted requests; ``None`` before any."""
         ordered = self._recent_sorted
         return ordered[len(ordered) // 2] if ordered else None
 
@@ -577,20 +577,30 @@ class Scheduler:
         if self._state is _State.CLOSED:
             self._counts["rejected"] += 1
             raise SchedulerClosed("the scheduler is closed")
+        runs_now = self._free > 0 and not self._queue
+        if not runs_now and self._max_queue is not None and len(self._queue) >= self._max_queue:
+            # Refused before it is predicted: its estimate stays out of the median's window.
+            self._counts["rejected"] += 1
+            raise QueueFull(f"{len(self._queue)} requests are waiting (max_queue={self._max_queue})")
         prediction = self._predict(request)
         estimate = self._estimate(request, prediction)
-        self._remember(estimate)
         now = anyio.current_time()
-        key = self.sort_key(Job(request, prediction, estimate, now))
-        if _holds_nan(key):
-            raise ValueError(
-                f"{type(self).__name__}.sort_key returned {key!r}: a key holding a NaN compares "
-                f"neither below nor above any other, so the queue could not keep its order"
-            )
+        # The cap sort_key reads already counts this estimate; a request it refuses takes it back.
+        pushed_out = self._remember(estimate)
+        try:
+            key = self.sort_key(Job(request, prediction, estimate, now))
+            if _holds_nan(key):
+                raise ValueError(
+                    f"{type(self).__name__}.sort_key returned {key!r}: a key holding a NaN compares "
+                    f"neither below nor above any other, so the queue could not keep its order"
+                )
+        except BaseException:
+            self._forget(estimate, pushed_out)
+            raise
         self._seq += 1
         entry = _Entry(request, prediction, estimate, key, now, self._seq)
 
-        if self._free > 0 and not self._queue:
+        if runs_now:
             self._free -= 1
             self._running += 1
             entry.state = EntryState.RUNNING
@@ -601,9 +611,6 @@ class Scheduler:
                 raise
             return entry
 
-        if self._max_queue is not None and len(self._queue) >= self._max_queue:
-            self._counts["rejected"] += 1
-            raise QueueFull(f"{len(self._queue)} requests are waiting (max_queue={self._max_queue})")
         self._queue.push(entry)
         entry.event = anyio.Event()
         self._by_request.setdefault(request, []).append(entry)
@@ -642,15 +649,28 @@ class Scheduler:
         if not entries:
             del self._by_request[entry.request]
 
-    def _remember(self, estimate: float) -> None:
-        """Add an estimate to the window the median is taken over (O(window))."""
-        if not math.isfinite(estimate):
-            return
+    def _remember(self, estimate: float) -> float | None:
+        """Add a (finite) estimate to the window the median is taken over (O(window)).
+
+        Returns the estimate it pushed out of the window, if any, for :meth:`_forget`.
+        """
         recent, ordered = self._recent, self._recent_sorted
         recent.append(estimate)
         bisect.insort(ordered, estimate)
         if len(recent) > CAP_WINDOW:
-            del ordered[bisect.bisect_left(ordered, recent.popleft())]
+            oldest = recent.popleft()
+            del ordered[bisect.bisect_left(ordered, oldest)]
+            return oldest
+        return None
+
+    def _forget(self, estimate: float, pushed_out: float | None) -> None:
+        """Undo the latest :meth:`_remember`: its request was not accepted."""
+        recent, ordered = self._recent, self._recent_sorted
+        recent.pop()
+        del ordered[bisect.bisect_left(ordered, estimate)]
+        if pushed_out is not None:
+            recent.appendleft(pushed_out)
+            bisect.insort(ordered, pushed_out)
 
     def _dispatch(self) -> None:
         """Hand free slots to waiting requests (work-conserving)."""

@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 import pytest
 
-from sjfsched import BackendError, Chunk, Job, Prediction, Request, Scheduler
+from sjfsched import BackendError, Chunk, Job, Prediction, QueueFull, Request, Scheduler
 from sjfsched.backends import BackendPool, BackendUnavailable, CallableBackend
 
 from ._util import TablePredictor, backend, job, scheduler
@@ -342,3 +342,43 @@ async def test_a_sort_key_holding_nan_refuses_the_request_and_leaves_the_queue_i
             assert sched.statistics().waiting == 3
     assert started == [10, 20, 30]
     assert sched._queue.storage_size() == 0
+
+
+class _Picky(Scheduler):
+    def sort_key(self, job: Job) -> Any:
+        if job.request.metadata.get("refuse"):
+            raise LookupError("no such tenant")
+        return super().sort_key(job)
+
+
+async def test_only_accepted_requests_count_towards_the_estimate_cap() -> None:
+    """Requests refused with QueueFull, or by a sort_key that raises, moved the median."""
+    sched = _Picky(backend(), predictor=TablePredictor(), decode_rate=10.0, learn_rates=False, max_queue=2)
+    async with sched, anyio.create_task_group() as tg:
+        for i in range(3):  # one runs, two wait: the queue is full
+            tg.start_soon(sched.complete, job(10 + i))
+            await anyio.sleep(0.01)
+        window = list(sched._recent)
+        for _ in range(300):
+            with pytest.raises(QueueFull):
+                await sched.complete(job(5000))
+        assert (sched.median_estimate, sched.estimate_cap) == (1.1, 1.1)  # was 500
+        assert list(sched._recent) == window
+        assert sched.statistics().predictor_calls == 3  # refused before it was predicted
+
+    # A full window (200 estimates): a refusal gives back the estimate it pushed out.
+    sched = _Picky(None, predictor=TablePredictor(), decode_rate=10.0, learn_rates=False)
+    async with sched:
+        for n in range(250):
+            async with sched.admit(job(n % 7)):
+                pass
+        window = list(sched._recent)
+        assert len(window) == 200
+        for _ in range(300):
+            with pytest.raises(LookupError):
+                async with sched.admit(job(5000, metadata={"refuse": True})):
+                    pass  # pragma: no cover - refused
+        assert list(sched._recent) == window
+        assert sched._recent_sorted == sorted(window)
+        async with sched.admit(job(3)):
+            assert list(sched._recent) == [*window[1:], 0.3]
