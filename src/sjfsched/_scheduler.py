@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import collections
 import enum
+import inspect
 import logging
 import math
 import numbers
@@ -151,7 +152,10 @@ class Scheduler:
     beyond it a request fails at once with :class:`QueueFull`.
 
     ``on_complete``, if given, is called with every :class:`Completion` (for
-    logs and metrics); its exceptions are logged and ignored.
+    logs and metrics); its exceptions are logged and ignored.  It must be a
+    plain function, called in the event loop as each request ends, and
+    quick: an ``async def`` one is refused with ``TypeError`` (it would
+    never run); hand the completion to a task of your own to do async work.
     """
 
     def __init__(
@@ -199,6 +203,11 @@ class Scheduler:
                     )
         if on_complete is not None and not callable(on_complete):
             raise TypeError(f"on_complete must be a callable or None, got {type(on_complete).__name__}")
+        if on_complete is not None and _is_async(on_complete):
+            raise TypeError(
+                f"on_complete must be a plain function: it is called, not awaited, as each request "
+                f"ends, so an async one would never run; got {on_complete!r}"
+            )
         if predictor is None:
             predictor = _default_predictor()
         if not callable(getattr(predictor, "predict", None)):
@@ -727,9 +736,18 @@ class Scheduler:
                     logger.warning("predictor observe() failed", exc_info=True)
         if self._on_complete is not None:
             try:
-                self._on_complete(completion)
+                result = self._on_complete(completion)
             except Exception:
                 logger.warning("on_complete callback failed", exc_info=True)
+            else:
+                if inspect.isawaitable(result):  # a plain function that returns a coroutine
+                    close = getattr(result, "close", None)
+                    if close is not None:
+                        close()  # not awaited: dropped without a "never awaited" warning
+                    logger.error(
+                        "on_complete returned %r, which is not awaited: on_complete must be a plain function",
+                        result,
+                    )
 
 
 @final
@@ -925,6 +943,12 @@ def _check_max_wait(value: object) -> None:
         isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0
     ):
         raise ValueError(f"max_wait must be a number of seconds >= 0 or None, got {value!r}")
+
+
+def _is_async(fn: Callable[..., object]) -> bool:
+    """Whether calling ``fn`` gives a coroutine or an async generator (an async callable object too)."""
+    method: object = type(fn).__call__
+    return any(inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f) for f in (fn, method))
 
 
 def _holds_nan(key: object) -> bool:

@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 import pytest
 
-from sjfsched import BackendError, Chunk, Job, Prediction, QueueFull, Request, Scheduler
+from sjfsched import BackendError, Chunk, Completion, Job, Prediction, QueueFull, Request, Scheduler
 from sjfsched.backends import BackendPool, BackendUnavailable, CallableBackend
 
 from ._util import TablePredictor, backend, job, scheduler
@@ -382,3 +382,27 @@ async def test_only_accepted_requests_count_towards_the_estimate_cap() -> None:
         assert sched._recent_sorted == sorted(window)
         async with sched.admit(job(3)):
             assert list(sched._recent) == [*window[1:], 0.3]
+
+
+async def _record_later(completion: Completion) -> None:  # pragma: no cover - never run
+    pass
+
+
+class _AsyncCallback:
+    async def __call__(self, completion: Completion) -> None:  # pragma: no cover - never run
+        pass
+
+
+@pytest.mark.parametrize("callback", [_record_later, _AsyncCallback()])
+def test_an_async_on_complete_is_refused_as_it_would_never_run(callback: Any) -> None:
+    with pytest.raises(TypeError, match="on_complete must be a plain function"):
+        Scheduler(on_complete=callback)
+
+
+async def test_an_awaitable_returned_by_on_complete_is_dropped_with_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with scheduler(on_complete=lambda c: _record_later(c)) as sched:
+        await sched.complete(job(1))
+        assert sched.statistics().completed == 1
+    assert "which is not awaited: on_complete must be a plain function" in caplog.text
