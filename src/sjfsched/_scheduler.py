@@ -194,6 +194,8 @@ class Scheduler:
             isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 0
         ):
             raise ValueError(f"max_queue must be an int >= 0 or None, got {max_queue!r}")
+        if not isinstance(learn_rates, bool):
+            raise TypeError(f"learn_rates must be True or False, got {learn_rates!r}")
         if backend is not None:
             for method in ("stream", "aclose"):
                 if not callable(getattr(backend, method, None)):

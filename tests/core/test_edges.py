@@ -154,6 +154,10 @@ class _NoSlots(_StreamOnly):
         (lambda: Scheduler(max_wait=True), ValueError, "max_wait must be"),
         (lambda: Scheduler(prefill_rate=True), ValueError, "prefill_rate must be"),
         (lambda: Scheduler(on_complete="log"), TypeError, "on_complete must be a callable"),  # type: ignore[arg-type]
+        (lambda: Scheduler(learn_rates="no"), TypeError, "learn_rates must be True or False, got 'no'"),  # type: ignore[arg-type]
+        (lambda: Scheduler(learn_rates=None), TypeError, "learn_rates must be True or False"),  # type: ignore[arg-type]
+        (lambda: CallableBackend(str, in_thread="no"), TypeError, "in_thread must be True or False"),  # type: ignore[arg-type]
+        (lambda: CallableBackend(str, in_thread=0), TypeError, "in_thread must be True or False"),  # type: ignore[arg-type]
         (lambda: Request("x", options=[1]), TypeError, r"Request\.options must be a mapping"),
         (lambda: Request("x", metadata="m"), TypeError, r"Request\.metadata must be a mapping"),
     ],

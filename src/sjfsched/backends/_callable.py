@@ -53,6 +53,8 @@ class CallableBackend:
             raise TypeError(f"CallableBackend needs a callable, got {type(fn).__name__}")
         if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
             raise ValueError(f"slots must be an int >= 1, got {slots!r}")
+        if not isinstance(in_thread, bool):
+            raise TypeError(f"in_thread must be True or False, got {in_thread!r}")
         self._fn = fn
         self.slots = slots
         self._is_async = inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
