@@ -33,7 +33,10 @@ def wrap(llm: Llama, /, **scheduler_options: Any) -> ScheduledLlama:
     and its threads may then call ``llm`` at once: each call waits its turn,
     the one predicted shortest first, and only one runs on the model at a
     time.  ``scheduler_options`` are :class:`~sjfsched.Scheduler`'s
-    (``predictor``, ``aging``, ``max_wait``, ``max_queue``, ...).
+    (``predictor``, ``aging``, ``max_wait``, ``max_queue``, ...), except that
+    ``concurrency`` can only be 1: a ``Llama`` runs one call at a time, and
+    calls admitted together would wait on its lock in no useful order
+    (``ValueError``).
     """
     return ScheduledLlama(llm, **scheduler_options)
 
@@ -67,6 +70,13 @@ class ScheduledLlama:
             getattr(llm, "create_chat_completion", None)
         ):
             raise TypeError(f"wrap() needs a llama_cpp.Llama, got {type(llm).__name__}")
+        concurrency = scheduler_options.get("concurrency")
+        if concurrency is not None and (isinstance(concurrency, bool) or concurrency != 1):
+            raise ValueError(
+                f"wrap() runs one call on the model at a time, so concurrency must be 1 (or left out), "
+                f"got {concurrency!r}: more calls admitted at once would only queue on the model's "
+                f"lock, in lock order, not shortest first"
+            )
         self._llm = llm
         self._lock = llama_lock(llm)
         self._completion_signature = inspect.signature(llm.create_completion)

@@ -230,3 +230,13 @@ def test_a_streamed_call_stopped_by_stopping_criteria_reports_llama_cpps_count(t
     with sjfsched.wrap(tiny_llm, predictor=HeuristicPredictor(), on_complete=completions.append) as w:
         list(w.create_completion("Once", max_tokens=20, stream=True, stopping_criteria=criteria(), **GREEDY))
     assert [c.output_tokens for c in completions] == [direct["usage"]["completion_tokens"]] == [4]
+
+
+@pytest.mark.parametrize("concurrency", [2, 3, True])
+def test_concurrency_other_than_one_is_refused(tiny_llm: Llama, concurrency: Any) -> None:
+    """Calls admitted together would only queue on the Llama's lock, in lock order, not shortest first."""
+    with pytest.raises(ValueError, match="concurrency must be 1"):
+        sjfsched.wrap(tiny_llm, concurrency=concurrency)
+    for accepted in (1, None):
+        with sjfsched.wrap(tiny_llm, predictor=HeuristicPredictor(), concurrency=accepted) as w:
+            assert w.scheduler.statistics().concurrency == 1
