@@ -73,8 +73,9 @@ def test_bench_sim_refuses_what_it_would_run_wrongly(tmp_path: Path) -> None:
     ten = _records(tmp_path / "ten.jsonl", 10)
     one = _records(tmp_path / "one.jsonl", 1)
     sim = ["bench", "sim", "--profiles", "gpu", "--policies", "fcfs", "--no-progress"]
-    assert "ten.jsonl has 10 requests, fewer than a burst100 draws" in _exit_message(
-        [*sim, "--traces", str(ten), "--scenarios", "burst100"]
+    assert _exit_message([*sim, "--traces", str(ten), "--scenarios", "burst100,poisson0.5,burst5"]).endswith(
+        "ten.jsonl has 10 requests, fewer than a burst100 draws: pass --scenarios burstN with N <= 10, "
+        "e.g. --scenarios burst10,poisson0.5,burst5"
     )
     assert "a trace needs at least 2" in _exit_message(
         [*sim, "--traces", str(one), "--scenarios", "poisson0.5"]

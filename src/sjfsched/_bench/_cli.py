@@ -304,7 +304,14 @@ def _run_sim(args: argparse.Namespace) -> int:
             raise SystemExit(f"sjfsched bench: {t} has {n} request: a trace needs at least 2")
         for s in bursts:
             if s.size > n:
-                raise SystemExit(f"sjfsched bench: {t} has {n} requests, fewer than a {s.name} draws")
+                fitting = (
+                    f"burst{n}" if re.fullmatch(r"burst\d+", x) and int(x[5:]) > n else x
+                    for x in scenario_names
+                )
+                raise SystemExit(
+                    f"sjfsched bench: {t} has {n} requests, fewer than a {s.name} draws: pass --scenarios "
+                    f"burstN with N <= {n}, e.g. --scenarios {','.join(dict.fromkeys(fitting))}"
+                )
     meta = _meta(args, data)
     try:
         results = run_units(
