@@ -100,3 +100,39 @@ def test_the_bench_extra_brings_what_training_the_unseen_predictor_imports() -> 
     bench = {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower() for r in extras["bench"]}
     distribution = {"sklearn": "scikit-learn", "scipy": "scipy", "onnx": "onnx"}
     assert {distribution[m] for m in TRAIN_MODULES["lexical"]} <= bench
+
+
+def test_writing_a_tiny_model_without_gguf_names_the_llama_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sjfsched.testing import write_tiny_llama
+    from sjfsched.testing.__main__ import main as testing_main
+
+    monkeypatch.setitem(sys.modules, "gguf", None)
+    with pytest.raises(
+        ImportError, match=r"^write_tiny_llama needs the gguf package: pip install 'sjfsched\[llama\]'$"
+    ):
+        write_tiny_llama(tmp_path / "tiny.gguf")
+    with pytest.raises(SystemExit) as info:
+        testing_main(["write", str(tmp_path / "tiny.gguf")])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == (
+        "python -m sjfsched.testing write: write_tiny_llama needs the gguf package: "
+        "pip install 'sjfsched[llama]'\n"
+    )
+    assert not (tmp_path / "tiny.gguf").exists()
+
+
+def test_measuring_tokens_without_llama_cpp_names_the_llama_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("gguf")
+    from sjfsched.testing.__main__ import main as testing_main
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
+    with pytest.raises(SystemExit) as info:
+        testing_main(["speed", "--preset", "tiny", "--repeat", "1", "--tokens", "2"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        "python -m sjfsched.testing speed: measuring needs llama-cpp-python: pip install 'sjfsched[llama]'\n"
+    )

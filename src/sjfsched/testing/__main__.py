@@ -39,7 +39,12 @@ def _measure(
     On a busy machine the wall-clock figure grows with the load; the CPU time
     (of the whole process) does not, as long as ``threads`` is 1.
     """
-    from llama_cpp import Llama
+    try:
+        from llama_cpp import Llama
+    except ImportError as exc:
+        raise ImportError(
+            "measuring needs llama-cpp-python: pip install 'sjfsched[llama]'", name="llama_cpp"
+        ) from exc
 
     llm = Llama(str(path), n_ctx=512, n_threads=threads, n_threads_batch=threads_batch, verbose=False, seed=0)
     try:
@@ -118,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         result: int = args.run(args)
     except (OSError, ValueError) as exc:  # a bad shape, a path that cannot be written: one line
         parser.exit(1, f"python -m sjfsched.testing {args.command}: {exc}\n")
+    except ImportError as exc:  # without the llama extra: one line naming it
+        parser.exit(2, f"python -m sjfsched.testing {args.command}: {exc}\n")
     return result
 
 

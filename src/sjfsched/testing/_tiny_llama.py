@@ -101,7 +101,12 @@ def write_tiny_llama(
 
     Needs the ``gguf`` package (``pip install sjfsched[llama]``).
     """
-    import gguf  # optional dependency: only this helper needs it
+    try:
+        import gguf  # optional dependency: only this helper needs it
+    except ImportError as exc:
+        raise ImportError(
+            "write_tiny_llama needs the gguf package: pip install 'sjfsched[llama]'", name="gguf"
+        ) from exc
 
     for name, value in (
         ("n_layer", n_layer),
