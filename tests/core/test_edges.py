@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
@@ -410,3 +410,79 @@ async def test_an_awaitable_returned_by_on_complete_is_dropped_with_an_error(
         await sched.complete(job(1))
         assert sched.statistics().completed == 1
     assert "which is not awaited: on_complete must be a plain function" in caplog.text
+
+
+# Worker threads run in real time, which virtual time cannot wait for: these run on real clocks.
+@pytest.mark.parametrize("loop", ["asyncio", "trio"])
+def test_a_sync_function_in_its_thread_is_waited_for_when_its_request_is_cancelled(loop: str) -> None:
+    """A worker thread cannot be stopped: the caller's timeout takes effect when the function
+    returns (here with the whole answer, so it completes), and no other call starts meanwhile."""
+    entered, go = threading.Event(), threading.Event()
+    calls: list[str] = []
+    results: list[str] = []
+
+    def fn(request: Request) -> str:
+        calls.append(request.text)
+        entered.set()
+        assert go.wait(30), "never released"
+        return "answer"
+
+    async def main() -> Any:
+        async with Scheduler(CallableBackend(fn), predictor=job_predictor()) as sched:
+
+            async def first() -> None:
+                with anyio.move_on_after(0.2):
+                    results.append((await sched.complete("first")).text)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(first)
+                assert await anyio.to_thread.run_sync(entered.wait, 30)
+                tg.start_soon(sched.complete, "second")
+                await anyio.sleep(0.5)  # past the first's timeout: it still runs in its thread
+                stats = sched.statistics()
+                assert (stats.running, stats.waiting, calls) == (1, 1, ["first"])
+                go.set()
+            return sched.statistics()
+
+    stats = anyio.run(main, backend=loop)
+    assert results == ["answer"]
+    assert calls == ["first", "second"]
+    assert (stats.completed, stats.cancelled) == (2, 0)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "trio"])
+def test_a_sync_iterator_in_its_thread_stops_at_the_next_piece_when_cancelled(loop: str) -> None:
+    entered, go, closed = threading.Event(), threading.Event(), threading.Event()
+    pieces: list[str] = []
+
+    def fn(request: Request) -> Iterator[str]:
+        try:
+            for piece in ("a", "b", "c"):
+                entered.set()
+                assert go.wait(30), "never released"
+                pieces.append(piece)
+                yield piece
+        finally:
+            closed.set()
+
+    async def main() -> Any:
+        async with Scheduler(CallableBackend(fn), predictor=job_predictor()) as sched:
+            scope = anyio.CancelScope()
+
+            async def first() -> None:
+                with scope:
+                    await sched.complete("first")
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(first)
+                assert await anyio.to_thread.run_sync(entered.wait, 30)
+                scope.cancel()  # while its thread waits inside next()
+                await anyio.sleep(0.2)
+                assert (sched.statistics().running, closed.is_set()) == (1, False)
+                go.set()
+            return sched.statistics()
+
+    stats = anyio.run(main, backend=loop)
+    assert pieces == ["a"]  # the piece being made when it was cancelled, and no more
+    assert closed.is_set()
+    assert (stats.cancelled, stats.running) == (1, 0)

@@ -36,8 +36,19 @@ class CallableBackend:
     worker thread when ``in_thread`` is true (the default), so a blocking call
     does not stall the event loop; pass ``in_thread=False`` for functions that
     return at once.  ``slots`` is how many requests the function may serve
-    at once (default 1).  Like httpx's ``MockTransport``, this is the test
-    double to build your own tests with::
+    at once (default 1).
+
+    A thread cannot be stopped, so cancelling a request (a timeout, Ctrl-C)
+    does not interrupt a sync function that is running: the caller waits
+    for the function to return, or, for an iterator, for the ``next()``
+    under way to return, and the request keeps its slot until then, so no
+    other call overlaps it.  An iterator is then closed and the request
+    counts as cancelled; a function that returned its whole answer
+    completes (the caller gets the answer, late).  Async functions and
+    iterators stop at once.
+
+    Like httpx's ``MockTransport``, this is the test double to build your
+    own tests with::
 
         backend = CallableBackend(lambda request: request.text.upper())
     """
