@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -136,3 +137,32 @@ def test_measuring_tokens_without_llama_cpp_names_the_llama_extra(
     assert capsys.readouterr().err.endswith(
         "python -m sjfsched.testing speed: measuring needs llama-cpp-python: pip install 'sjfsched[llama]'\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("construct", "message"),
+    [
+        ('OllamaBackend("llama3.2")', "OllamaBackend needs httpx: pip install 'sjfsched[ollama]'"),
+        (
+            'OpenAIBackend("http://127.0.0.1:8080")',
+            "OpenAIBackend needs httpx: pip install 'sjfsched[openai]'",
+        ),
+    ],
+)
+def test_an_http_backend_without_httpx_fails_when_made_naming_its_extra(construct: str, message: str) -> None:
+    # It used to be made, and then every request failed with a BackendError in an ExceptionGroup.
+    script = (
+        "import sys\n"
+        "sys.modules['httpx'] = None  # as if not installed\n"
+        "import sjfsched\n"
+        "from sjfsched.backends import OllamaBackend, OpenAIBackend\n"
+        "try:\n"
+        f"    {construct}\n"
+        "except ImportError as exc:\n"
+        "    print(f'{type(exc).__name__}: {exc}')\n"
+        "else:\n"
+        "    print('made')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"ImportError: {message}\n"

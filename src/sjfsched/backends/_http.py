@@ -1,7 +1,8 @@
 """What the HTTP backends share: the client, timeouts, and error conversion.
 
-httpx is imported only when an HTTP backend is used, so ``sjfsched.backends``
-imports without it (it comes with the ``ollama`` and ``openai`` extras).
+httpx is imported only when an HTTP backend is made, so ``sjfsched.backends``
+imports without it (it comes with the ``ollama`` and ``openai`` extras); making
+one without it raises :class:`ImportError` naming the extra.
 """
 
 from __future__ import annotations
@@ -38,10 +39,11 @@ DEFAULT_READ_TIMEOUT = 300.0
 
 
 def import_httpx(backend: str, extra: str) -> Any:
+    """The httpx module, or :class:`ImportError` saying which extra brings it."""
     try:
         import httpx
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ImportError(f"{backend} needs httpx: pip install 'sjfsched[{extra}]'") from exc
+        raise ImportError(f"{backend} needs httpx: pip install 'sjfsched[{extra}]'", name="httpx") from exc
     return httpx
 
 

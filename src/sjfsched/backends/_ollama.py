@@ -13,6 +13,7 @@ from ._http import (
     DEFAULT_READ_TIMEOUT,
     BackendUnavailable,
     HttpSettings,
+    import_httpx,
 )
 
 if TYPE_CHECKING:
@@ -103,6 +104,7 @@ class OllamaBackend:
             raise ValueError(f"model must be a non-empty str (an Ollama model name), got {model!r}")
         if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
             raise ValueError(f"slots must be an int >= 1, got {slots!r}")
+        import_httpx("OllamaBackend", "ollama")  # without the ollama extra: fail here, not on every request
         self.model = model
         self.slots = slots
         self.keep_alive = keep_alive

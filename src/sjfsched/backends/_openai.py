@@ -15,6 +15,7 @@ from ._http import (
     DEFAULT_READ_TIMEOUT,
     BackendUnavailable,
     HttpSettings,
+    import_httpx,
 )
 
 if TYPE_CHECKING:
@@ -83,6 +84,7 @@ class OpenAIBackend:
             raise ValueError(f"slots must be an int >= 1, got {slots!r}")
         if isinstance(base_url, str) and urlsplit(base_url).path in ("", "/"):
             base_url = base_url.rstrip("/") + "/v1"
+        import_httpx("OpenAIBackend", "openai")  # without the openai extra: fail here, not on every request
         all_headers = dict(headers or {})
         if api_key is not None:
             all_headers.setdefault("Authorization", f"Bearer {api_key}")
