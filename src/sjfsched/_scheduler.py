@@ -130,15 +130,19 @@ class Scheduler:
     Order: a lower ``Request.priority`` class always goes first; within a
     class the lowest ``min(estimate, cap * median) - aging * seconds_waited``
     goes first.  ``median`` is the median estimate of the latest 200
-    accepted requests, so requests predicted shorter than is typical run shortest
-    first, and those predicted longer keep their arrival order among
-    themselves (a long request is never put behind later long ones on the
-    strength of a guess).  ``cap`` (default 1.0; ``None``: no cap) sets
-    where that starts.  ``aging`` (default 0.05) is the seconds of estimate
-    forgiven per second waited: a request is passed only by requests that
-    arrive within ``cap * median / aging`` seconds of it, however long its
-    estimate.  A request that has waited ``max_wait`` seconds (default
-    ``None``: no bound) runs next, oldest first, regardless of class.
+    accepted requests, so requests predicted shorter than is typical run
+    shortest first, and those predicted longer count as ``cap * median``
+    and keep their arrival order among themselves while the median holds.
+    The cap is taken when a request arrives and then fixed: after the
+    median falls (a burst of short requests, say), a long request arriving
+    later is capped lower and can run before earlier long ones.  ``cap``
+    (default 1.0; ``None``: no cap) sets where capping starts.  ``aging``
+    (default 0.05) is the seconds of estimate forgiven per second waited:
+    within its class, a request is passed only by requests that arrive
+    within ``cap * median / aging`` seconds of it (``median`` as at its
+    arrival), however long its estimate.  A request that has waited
+    ``max_wait`` seconds (default ``None``: no bound) runs next, oldest
+    first, regardless of class.
     Subclass and override :meth:`sort_key` for another policy.  The defaults
     come from the scheduling benchmarks (``docs/benchmarks.md``).
 

@@ -91,6 +91,29 @@ async def test_the_cap_keeps_requests_predicted_long_in_arrival_order() -> None:
         assert sched.cap == cap
 
 
+async def test_the_cap_is_taken_at_arrival_so_a_fallen_median_lets_a_later_long_request_pass() -> None:
+    """What the documentation promises, exactly: requests capped at the same value keep their
+    arrival order, but the cap is fixed at arrival, so once the median falls a long request
+    arriving later counts as less than earlier long ones and runs first.  Nothing passes a
+    request that arrives more than cap * median / aging seconds (median at its arrival) after it."""
+    done: list[Completion] = []
+
+    async def one(r: Request) -> None:
+        done.append(await sched.complete(r))
+
+    async with scheduler(cap=1.0) as sched, anyio.create_task_group() as tg:  # aging 0.05; 10 tokens: 1 s
+        tg.start_soon(one, job(20000))  # runs at once, for 2000 s
+        await anyio.sleep(0.1)
+        for n in [600] * 6 + [1] * 20:  # A and 5 more count 60 s; then the median falls to 0.1 s
+            tg.start_soon(one, job(n))
+            await anyio.sleep(0.1)
+        tg.start_soon(one, job(6000))  # B: 600 s, capped at 0.1 s, 2.6 s after A
+        assert sched.estimate_cap == pytest.approx(0.1)
+        await anyio.sleep(1300.0)  # more than 60 s / 0.05 after A
+        tg.start_soon(one, job(2))  # C: 0.2 s, yet it does not pass A
+    assert started_order(done) == [20000, *[1] * 20, 6000, *[600] * 6, 2]
+
+
 async def test_the_cap_follows_the_median_of_the_latest_200_estimates() -> None:
     async with scheduler(cap=2.0) as sched:
         assert (sched.median_estimate, sched.estimate_cap) == (None, None)
