@@ -1,5 +1,6 @@
 """Without an optional extra, what needs it says so at once, in one line naming the extra
-to install, before doing any work. Found by a newcomer's walkthrough in a fresh venv."""
+to install, before doing any work; an option named as another server names it says what
+to use instead. Found by a newcomer's walkthrough in a fresh venv."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
 
+from sjfsched import BackendError, Request
 from sjfsched._cli import TRAIN_MODULES, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,3 +169,46 @@ def test_an_http_backend_without_httpx_fails_when_made_naming_its_extra(construc
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"ImportError: {message}\n"
+
+
+class _SignatureOnlyLlama:
+    """Enough of a ``llama_cpp.Llama`` for LlamaCppBackend to read which options it takes."""
+
+    def create_completion(self, prompt: str, max_tokens: int | None = 16, temperature: float = 0.8) -> None:
+        raise AssertionError("a refused option must fail before generating")
+
+    def create_chat_completion(self, messages: object, max_tokens: int | None = None) -> None:
+        raise AssertionError("a refused option must fail before generating")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"num_predict": 5},
+            "llama_cpp.Llama.create_completion takes no option(s) 'num_predict' "
+            "(num_predict: use Request.max_tokens)",
+        ),
+        (
+            {"num_ctx": 4096, "top_q": 1},
+            "llama_cpp.Llama.create_completion takes no option(s) 'num_ctx', 'top_q' "
+            "(num_ctx: the context size is the Llama's own: Llama(..., n_ctx=N))",
+        ),
+        ({"top_q": 1}, "llama_cpp.Llama.create_completion takes no option(s) 'top_q'"),
+    ],
+)
+def test_an_option_another_server_names_says_what_llama_cpp_takes_instead(
+    options: dict[str, object], message: str
+) -> None:
+    # Found by a newcomer used to Ollama: options={"num_predict": 5} said nothing of max_tokens.
+    from sjfsched.backends import LlamaCppBackend
+
+    backend = LlamaCppBackend(_SignatureOnlyLlama())  # type: ignore[arg-type]
+
+    async def first_chunk() -> None:
+        async for _ in backend.stream(Request("x", options=options)):
+            break
+
+    with pytest.raises(BackendError) as info:
+        anyio.run(first_chunk)
+    assert str(info.value) == message

@@ -33,6 +33,14 @@ _LOCKS_GUARD = threading.Lock()
 
 # What our stream() sets itself; an option of the same name is refused.
 _RESERVED = frozenset({"prompt", "messages", "stream"})
+#: Options of other servers (Ollama, llama.cpp's server, OpenAI) that ``Llama`` takes under
+#: another name or not per call: what to use instead, for the error that refuses them.
+_ELSEWHERE = {
+    "num_predict": "use Request.max_tokens",
+    "n_predict": "use Request.max_tokens",
+    "max_completion_tokens": "use Request.max_tokens",
+    "num_ctx": "the context size is the Llama's own: Llama(..., n_ctx=N)",
+}
 
 _DONE = object()
 
@@ -286,7 +294,11 @@ class LlamaCppBackend:
         unknown = sorted(k for k in options if k not in params)
         if unknown:
             method = "create_chat_completion" if request.messages is not None else "create_completion"
-            raise BackendError(f"llama_cpp.Llama.{method} takes no option(s) {', '.join(map(repr, unknown))}")
+            hints = "; ".join(f"{k}: {_ELSEWHERE[k]}" for k in unknown if k in _ELSEWHERE)
+            raise BackendError(
+                f"llama_cpp.Llama.{method} takes no option(s) {', '.join(map(repr, unknown))}"
+                + (f" ({hints})" if hints else "")
+            )
         if request.max_tokens is not None:
             options["max_tokens"] = request.max_tokens
         else:
