@@ -25,7 +25,7 @@ import math
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -262,6 +262,7 @@ def compare(
     train_exclude: Sequence[str] = (),
     min_long: int = 20,
     log: Callable[[str], None] = lambda s: None,
+    table: Mapping[str, Method] = ALL_METHODS,
 ) -> str:
     from ._train import select_records, split_records
 
@@ -280,7 +281,7 @@ def compare(
     results: dict[str, dict[str, tuple[float, float, float]]] = {c: {} for c in corpora}
     for m in methods:
         t0 = time.perf_counter()
-        score = ALL_METHODS[m](train)
+        score = table[m](train)
         s = _score_unique(score, test)
         for c in corpora:
             idx = [i for i, r in enumerate(test) if r.corpus == c]
@@ -303,7 +304,7 @@ def compare(
             results[c] = {}
             for m in methods:
                 t0 = time.perf_counter()
-                s = _score_unique(ALL_METHODS[m](rest), held)
+                s = _score_unique(table[m](rest), held)
                 results[c][m] = _measure(held, s)
                 log(f"leave out {c}, {m}: {time.perf_counter() - t0:.0f} s")
         out.append(
@@ -560,7 +561,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--methods",
         default=",".join(METHODS),
-        help=f"with --compare: comma-separated subset of {', '.join(ALL_METHODS)}",
+        help=f"with --compare: comma-separated subset of {', '.join(ALL_METHODS)} "
+        "(and lexical-vectors, with --word-vectors)",
+    )
+    parser.add_argument(
+        "--word-vectors",
+        type=Path,
+        metavar="FILE",
+        help="with --compare: word vectors for the method lexical-vectors (the lexical model "
+        "trained with `sjfsched train --word-vectors FILE`)",
     )
 
 
@@ -587,10 +596,23 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.compare:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        unknown = [m for m in methods if m not in ALL_METHODS]
+        table = dict(ALL_METHODS)
+        if args.word_vectors is not None:
+            from ._vectors import load_word_vectors
+
+            try:
+                vectors = load_word_vectors(args.word_vectors)
+            except ValueError as exc:
+                print(f"sjfsched evaluate: --word-vectors: {exc}", file=sys.stderr)
+                return 2
+            table["lexical-vectors"] = _lexical_with(vectors=vectors)
+        elif "lexical-vectors" in methods:
+            print("sjfsched evaluate: the method lexical-vectors needs --word-vectors FILE", file=sys.stderr)
+            return 2
+        unknown = [m for m in methods if m not in table]
         if unknown:
             print(
-                f"sjfsched evaluate: unknown methods {unknown}; choose from {list(ALL_METHODS)}",
+                f"sjfsched evaluate: unknown methods {unknown}; choose from {list(table)}",
                 file=sys.stderr,
             )
             return 2
@@ -605,6 +627,7 @@ def run(args: argparse.Namespace) -> int:
                 train_bundled_sources=args.train_bundled_sources,
                 train_exclude=args.train_exclude,
                 log=lambda s: print(s, file=sys.stderr, flush=True),
+                table=table,
             )
         )
         return 0

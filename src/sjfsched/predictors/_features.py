@@ -111,13 +111,13 @@ _CODE_BASE: Final = _SIGNAL_INDEX["code0"]
 
 @attrs.frozen
 class EncodedBatch:
-    """Many texts encoded: three blocks of rows (4-grams, words and pairs, signals).
+    """Many texts encoded: four blocks of rows (4-grams, words and pairs, pooled words, signals).
 
-    In the 4-gram block and in the word block each text's rows are
+    In the 4-gram, word and pooled-word blocks each text's rows are
     contiguous, in text order, and share one value (``byte_scale``,
-    ``word_scale``), so a caller can sum the plain weights of each run with
-    one running sum and scale the sums: cheaper than a value per row.  The
-    signals (value 1) follow, with the text of each in ``signal_texts``.
+    ``word_scale``, ``pooled_scale``), so a caller can sum the plain weights
+    of each run at once and scale the sums: cheaper than a value per row.
+    The signals (value 1) follow, with the text of each in ``signal_texts``.
     """
 
     ids: npt.NDArray[np.int32]
@@ -126,6 +126,8 @@ class EncodedBatch:
     word_counts: npt.NDArray[np.int64]
     #: per row of the signal block: the text it belongs to
     signal_texts: npt.NDArray[np.int64]
+    #: per text: how many rows of the pooled-word block are its
+    pooled_counts: npt.NDArray[np.int64]
 
     @property
     def byte_scale(self) -> npt.NDArray[np.float64]:
@@ -136,11 +138,20 @@ class EncodedBatch:
         return 1.0 / np.sqrt(np.maximum(self.word_counts, 1))
 
     @property
+    def pooled_scale(self) -> npt.NDArray[np.float64]:
+        return 1.0 / np.maximum(self.pooled_counts, 1)
+
+    @property
     def texts(self) -> npt.NDArray[np.int64]:
         """Per row: the text it belongs to."""
         index = np.arange(len(self.byte_counts))
         return np.concatenate(
-            [np.repeat(index, self.byte_counts), np.repeat(index, self.word_counts), self.signal_texts]
+            [
+                np.repeat(index, self.byte_counts),
+                np.repeat(index, self.word_counts),
+                np.repeat(index, self.pooled_counts),
+                self.signal_texts,
+            ]
         )
 
     @property
@@ -150,6 +161,7 @@ class EncodedBatch:
             [
                 np.repeat(self.byte_scale.astype(np.float32), self.byte_counts),
                 np.repeat(self.word_scale.astype(np.float32), self.word_counts),
+                np.repeat(self.pooled_scale.astype(np.float32), self.pooled_counts),
                 np.ones(len(self.signal_texts), np.float32),
             ]
         )
@@ -157,13 +169,13 @@ class EncodedBatch:
     def totals(self, weights: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
         """Per text: the sum of ``weights`` (one per row) times the rows' values.
 
-        A text's 4-grams and its words are two contiguous runs: the runs tile
-        the start of ``weights``, so one ``add.reduceat`` over the starts of
-        the runs that have rows sums them all; each sum is then scaled.  The
-        few signals are counted with their texts.
+        A text's 4-grams, its words and its pooled words are three contiguous
+        runs: the runs tile the start of ``weights``, so one ``add.reduceat``
+        over the starts of the runs that have rows sums them all; each sum is
+        then scaled.  The few signals are counted with their texts.
         """
         n = len(self.byte_counts)
-        counts = np.concatenate([self.byte_counts, self.word_counts])
+        counts = np.concatenate([self.byte_counts, self.word_counts, self.pooled_counts])
         starts = np.zeros(len(counts), np.int64)
         np.cumsum(counts[:-1], out=starts[1:])
         end = int(starts[-1] + counts[-1]) if n else 0
@@ -173,7 +185,8 @@ class EncodedBatch:
             sums[has_rows] = np.add.reduceat(weights[:end], starts[has_rows], dtype=np.float64)
         out: npt.NDArray[np.float64] = (
             sums[:n] * self.byte_scale
-            + sums[n:] * self.word_scale
+            + sums[n : 2 * n] * self.word_scale
+            + sums[2 * n :] * self.pooled_scale
             + np.bincount(self.signal_texts, weights=weights[end:], minlength=n)
         )
         return out
@@ -262,24 +275,36 @@ class LexicalFeaturizer:
 
     The weight table has, in order: ``2**byte_bits`` byte 4-gram buckets; the
     vocabulary's ``unigrams``; its ``bigrams`` (adjacent word pairs, each a
-    pair of indices into ``unigrams``); the fixed :data:`SIGNALS`.  A text's
-    score is ``bias + sum(weight[row] * value)`` where each byte 4-gram has
-    value ``1/sqrt(#4-grams)``, each known word or pair ``1/sqrt(#words and
-    pairs)``, and each signal 1.
+    pair of indices into ``unigrams``); the fixed :data:`SIGNALS`; the
+    ``pooled`` words.  A text's score is ``bias + sum(weight[row] * value)``
+    where each byte 4-gram has value ``1/sqrt(#4-grams)``, each known word or
+    pair ``1/sqrt(#words and pairs)``, each signal 1, and each occurrence of
+    a pooled word ``1/#occurrences of pooled words``: their weights are
+    averaged (a model trained with word vectors gives each the projection of
+    its vector, see ``fit_lexical``).
     """
 
     __slots__ = (
         "_bigram",
+        "_pooled",
+        "_pooled_offset",
         "_shift",
         "_signal_offset",
         "_unigram",
         "_unit_rows",
         "bigrams",
         "byte_bits",
+        "pooled",
         "unigrams",
     )
 
-    def __init__(self, unigrams: Sequence[str], bigrams: Sequence[tuple[int, int]], byte_bits: int) -> None:
+    def __init__(
+        self,
+        unigrams: Sequence[str],
+        bigrams: Sequence[tuple[int, int]],
+        byte_bits: int,
+        pooled: Sequence[str] = (),
+    ) -> None:
         if not 8 <= byte_bits <= 24:
             raise ValueError(f"byte_bits must be within [8, 24], got {byte_bits}")
         self.unigrams = [str(w) for w in unigrams]
@@ -297,6 +322,15 @@ class LexicalFeaturizer:
         self._unigram[_SEPARATOR_WORD] = _SEPARATOR_ROW  # only ever in batches: see encode_batch
         self._bigram = {(words[i], words[j]): off + n + k for k, (i, j) in enumerate(self.bigrams)}
         self._signal_offset = off + n + len(self.bigrams)
+        self.pooled = [str(w) for w in pooled]
+        self._pooled_offset = self._signal_offset + len(SIGNALS)
+        self._pooled = {
+            w.encode("utf-8", "surrogatepass"): self._pooled_offset + i for i, w in enumerate(self.pooled)
+        }
+        if len(self._pooled) != len(self.pooled):
+            raise ValueError("pooled words repeat")
+        if _SEPARATOR_WORD in self._pooled:
+            raise ValueError("a pooled word is the batch separator")
         #: which rows are unit words ("words", "examples"), when all of them have one
         self._unit_rows: npt.NDArray[np.bool_] | None = None
         if all(u in self._unigram for u in _UNIT_WORDS):
@@ -304,9 +338,14 @@ class LexicalFeaturizer:
             self._unit_rows[[self._unigram[u] for u in _UNIT_WORDS]] = True
 
     @property
+    def pooled_offset(self) -> int:
+        """The first row of the pooled words (the table's last block)."""
+        return self._pooled_offset
+
+    @property
     def table_size(self) -> int:
         """Rows of the model's weight table."""
-        return self._signal_offset + len(SIGNALS)
+        return self._pooled_offset + len(self.pooled)
 
     # ------------------------------------------------------------- training
 
@@ -319,6 +358,7 @@ class LexicalFeaturizer:
         min_count: int = 2,
         max_unigrams: int = 60_000,
         max_bigrams: int = 0,
+        pooled: Sequence[str] = (),
     ) -> LexicalFeaturizer:
         """Build the vocabulary from training prompts.
 
@@ -338,7 +378,7 @@ class LexicalFeaturizer:
                 {(index[a], index[b]) for a, b in itertools.pairwise(words) if a in index and b in index}
             )
         bigrams = sorted(p for p, c in pair_df.most_common(max_bigrams) if c >= min_count)
-        return cls([w.decode("utf-8", "surrogatepass") for w in unigrams], bigrams, byte_bits)
+        return cls([w.decode("utf-8", "surrogatepass") for w in unigrams], bigrams, byte_bits, pooled)
 
     # ------------------------------------------------------------ inference
 
@@ -399,6 +439,9 @@ class LexicalFeaturizer:
         if self._bigram:
             rest.extend(filter(None, map(self._bigram.get, itertools.pairwise(words))))
         nw = len(rest)
+        if self._pooled:
+            rest.extend(filter(None, map(self._pooled.get, words)))
+        npooled = len(rest) - nw
         off = self._signal_offset
         rest.append(off + min(raw.count(b"\n").bit_length(), 10))
         rest.append(off + _code(raw))
@@ -417,6 +460,8 @@ class LexicalFeaturizer:
             values[:nb] = 1.0 / math.sqrt(nb)
         if nw:
             values[nb : nb + nw] = 1.0 / math.sqrt(nw)
+        if npooled:
+            values[nb + nw : nb + nw + npooled] = 1.0 / npooled
         return ids, values
 
     def encode_many(
@@ -464,6 +509,13 @@ class LexicalFeaturizer:
             order = np.argsort(word_block_texts, kind="stable")  # each text's rows together
             word_block = np.concatenate([word_block, pair_ids[known]])[order]
         word_counts = np.bincount(word_block_texts, minlength=n)
+        if self._pooled:
+            pooled_ids = np.fromiter(map(self._pooled.get, words, itertools.repeat(0)), np.int32, nwords)
+            known = pooled_ids > 0
+            pooled_block = pooled_ids[known]
+            pooled_counts = np.bincount(word_texts[known], minlength=n)
+        else:
+            pooled_block, pooled_counts = _NO_IDS, np.zeros(n, np.int64)
 
         # Signals: newlines and code marks counted over the joined bytes.
         joined = np.frombuffer(framed, np.uint8)
@@ -488,5 +540,5 @@ class LexicalFeaturizer:
         if quantities:
             signal_ids.append(off + np.fromiter(quantities.values(), np.int64, len(quantities)))
             signal_texts.append(np.fromiter(quantities, np.int64, len(quantities)))
-        ids = np.concatenate([byte_ids, word_block, *signal_ids], dtype=np.int32)
-        return EncodedBatch(ids, byte_counts, word_counts, np.concatenate(signal_texts))
+        ids = np.concatenate([byte_ids, word_block, pooled_block, *signal_ids], dtype=np.int32)
+        return EncodedBatch(ids, byte_counts, word_counts, np.concatenate(signal_texts), pooled_counts)

@@ -162,6 +162,7 @@ def _read(path: Path) -> _Model:
         byte_bits = int(meta["sjfsched.byte_bits"])
         unigrams = json.loads(meta["sjfsched.unigrams"])
         flat = json.loads(meta["sjfsched.bigrams"])
+        pooled = json.loads(meta.get("sjfsched.pooled_words", "[]"))  # models trained with word vectors
         table_size = int(meta["sjfsched.table_size"])
         signals = json.loads(meta["sjfsched.signals"])
         stats = json.loads(meta["sjfsched.score_stats"])
@@ -175,10 +176,17 @@ def _read(path: Path) -> _Model:
         )
     if signals != list(SIGNALS):
         raise PredictorError(f"{path}: model's signals {signals} differ from this sjfsched's")
-    if not isinstance(unigrams, list) or not isinstance(flat, list) or len(flat) % 2:
+    if (
+        not isinstance(unigrams, list)
+        or not isinstance(flat, list)
+        or len(flat) % 2
+        or not isinstance(pooled, list)
+    ):
         raise PredictorError(f"{path}: model vocabulary metadata is malformed")
     try:
-        features = LexicalFeaturizer(unigrams, list(zip(flat[::2], flat[1::2], strict=True)), byte_bits)
+        features = LexicalFeaturizer(
+            unigrams, list(zip(flat[::2], flat[1::2], strict=True)), byte_bits, pooled
+        )
     except (ValueError, TypeError) as exc:
         raise PredictorError(f"{path}: model vocabulary is inconsistent ({exc})") from exc
     if features.table_size != table_size:

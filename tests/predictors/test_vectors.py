@@ -1,0 +1,154 @@
+"""Word vectors folded into the lexical model: words never seen in training get a meaning."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sjfsched import Request
+from sjfsched._cli import main
+from sjfsched.predictors import LexicalPredictor
+from sjfsched.predictors._corpus import LengthRecord, prompt_id_of
+from sjfsched.predictors._train import fit_lexical, lexical_onnx
+from sjfsched.predictors._vectors import load_word_vectors
+
+# Two directions of meaning: long-form writing, and brevity. The training
+# prompts use some words of each; the test prompts only the others.
+_LONG_SEEN, _LONG_UNSEEN = ["essay", "report", "story"], ["novel", "chapter", "saga"]
+_SHORT_SEEN, _SHORT_UNSEEN = ["short", "quick", "tiny"], ["brief", "terse", "concise"]
+_TOPICS = [f"topic{i}" for i in range(40)]
+
+
+def _vectors_file(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    long_axis, short_axis = np.eye(8)[0], np.eye(8)[1]
+    groups = ((_LONG_SEEN + _LONG_UNSEEN, long_axis), (_SHORT_SEEN + _SHORT_UNSEEN, short_axis))
+    rows = [(w, axis + 0.05 * rng.standard_normal(8)) for words, axis in groups for w in words]
+    others = ["write", "a", "an", "about", "answer", "give", *_TOPICS, "don't", "Capital"]
+    rows += [(w, 0.3 * rng.standard_normal(8)) for w in others]
+    lines = [" ".join([w, *(f"{x:.4f}" for x in v)]) for w, v in rows]
+    path = tmp_path / "vectors.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _records() -> list[LengthRecord]:
+    rng = random.Random(1)
+    out = []
+    for i in range(240):
+        topic = rng.choice(_TOPICS)
+        if i % 2:
+            prompt, tokens = f"write a {rng.choice(_LONG_SEEN)} about {topic} {i}", rng.randint(900, 1500)
+        else:
+            prompt, tokens = f"give a {rng.choice(_SHORT_SEEN)} answer about {topic} {i}", rng.randint(10, 60)
+        out.append(LengthRecord(prompt, float(tokens), prompt_id_of(prompt), "mine", "m"))
+    return out
+
+
+def test_reading_vectors_keeps_words_the_featurizer_can_see(tmp_path: Path) -> None:
+    vectors = load_word_vectors(_vectors_file(tmp_path))
+    assert "novel" in vectors.words and vectors.matrix.shape == (len(vectors.words), 8)
+    assert "don't" not in vectors.words and "Capital" not in vectors.words  # never a split, lowercased word
+    assert load_word_vectors(_vectors_file(tmp_path), limit=3).words == ["essay", "report", "story"]
+    wink = tmp_path / "wink.json"
+    wink.write_text(
+        json.dumps(
+            {
+                "dimensions": 2,
+                "words": ["a", "b", "c"],
+                "vectors": {"a": [1, 2, 9], "b": [3, 4, 9], "c": [5, 6, 9]},
+            }
+        )
+    )
+    read = load_word_vectors(wink)
+    assert read.words == ["a", "b", "c"] and read.matrix.tolist() == [[1, 2], [3, 4], [5, 6]]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a 1 2\nb 1\n", r"bad\.txt:2: 1 numbers, the first line has 2"),
+        ("a 1 x\n", r"bad\.txt:1: not 'word number number \.\.\.'"),
+        ("A 1 2\n", r"bad\.txt: no usable word vectors"),
+        ("a\n", r"bad\.txt:1: a word without numbers"),
+    ],
+)
+def test_a_bad_vectors_file_is_named(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.txt"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_word_vectors(path)
+
+
+def test_words_never_seen_in_training_rank_by_their_meaning(tmp_path: Path) -> None:
+    records = _records()
+    vectors = load_word_vectors(_vectors_file(tmp_path))
+    plain, with_vectors = fit_lexical(records), fit_lexical(records, vectors=vectors, vector_weight=1.0)
+    long_asks = [f"write a {w} about topic{i}" for w in _LONG_UNSEEN for i in range(3)]
+    short_asks = [f"give a {w} answer about topic{i}" for w in _SHORT_UNSEEN for i in range(3)]
+    tests = (
+        [f"{w} about topic{i}" for w in _LONG_UNSEEN for i in range(5)],
+        [f"{w} about topic{i}" for w in _SHORT_UNSEEN for i in range(5)],
+    )
+    for fit in (plain, with_vectors):  # both tell seen phrasings apart
+        assert fit.scores(long_asks).min() > fit.scores(short_asks).max()
+    # only the words' meaning separates these: "novel about topic1" against "brief about topic1"
+    gap = {name: fit.scores(tests[0]).mean() - fit.scores(tests[1]).mean() for name, fit in
+           (("plain", plain), ("vectors", with_vectors))}  # fmt: skip
+    assert abs(gap["plain"]) < 0.05 and gap["vectors"] > 0.3, gap
+    # the folded-in model runs in the predictor as it scored in training, one by one and in batches
+    path = tmp_path / "m.onnx"
+    path.write_bytes(lexical_onnx(with_vectors, {"sjfsched.trained_on": "[]"}).SerializeToString())
+    predictor = LexicalPredictor(path, calibrate=False, adapt=False)
+    texts = tests[0] + tests[1] + ["", "novel novel brief", "word2 unknown"]
+    np.testing.assert_allclose(predictor.scores(texts), with_vectors.scores(texts), rtol=1e-5, atol=1e-5)
+    one_by_one = [predictor.predict(Request(t)).tokens for t in texts]
+    np.testing.assert_allclose(
+        [p.tokens for p in predictor.predict_many([Request(t) for t in texts])], one_by_one, rtol=1e-5
+    )
+
+
+def test_train_and_evaluate_take_word_vectors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "mine.jsonl"
+    data.write_text(
+        "".join(json.dumps({"prompt": r.prompt, "output_tokens": r.output_tokens}) + "\n" for r in _records())
+    )
+    vectors = _vectors_file(tmp_path)
+    out = tmp_path / "v.onnx"
+    assert (
+        main(
+            [
+                "train",
+                str(data),
+                "--out",
+                str(out),
+                "--word-vectors",
+                str(vectors),
+                "--word-vector-weight",
+                "1",
+            ]
+        )
+        == 0
+    )
+    card = out.with_suffix(".md").read_text()
+    assert "--word-vectors" in card and "word vectors folded in: vectors.txt" in card
+    assert LexicalPredictor(out).predict(Request("a novel about topic1")).tokens > 0
+    capsys.readouterr()
+    args = [
+        "evaluate",
+        str(data),
+        "--compare",
+        "--methods",
+        "lexical,lexical-vectors",
+        "--test-fraction",
+        "0.3",
+    ]
+    assert main([*args, "--word-vectors", str(vectors)]) == 0
+    assert "lexical-vectors" in capsys.readouterr().out
+    assert main(args) == 2
+    assert "lexical-vectors needs --word-vectors" in capsys.readouterr().err
+    assert main(["train", str(data), "--out", str(out), "--word-vectors", str(tmp_path / "none.txt")]) == 2
