@@ -125,7 +125,13 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--limit", type=int, help="time on a random sample of this many prompts")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="time this lexical model instead of the bundled one (e.g. one trained with word vectors)",
+    )
     args = parser.parse_args()
+    model = args.model
 
     prompts, where = load_prompts(args.data, args.limit)
     requests = [Request(p) for p in prompts]
@@ -134,14 +140,17 @@ def main() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     cpu = platform.processor() or platform.machine()
     print(f"machine: {cpu}, {os.cpu_count()} CPUs, load average {load:.2f}")
-    print(f"bundled model: {bundled_model_path().stat().st_size / 1e6:.2f} MB")
+    if model is None:
+        print(f"bundled model: {bundled_model_path().stat().st_size / 1e6:.2f} MB")
+    else:
+        print(f"model {model}: {model.stat().st_size / 1e6:.2f} MB")
     print()
 
-    adapted = LexicalPredictor()
+    adapted = LexicalPredictor(model)
     for i, request in enumerate(requests[:1000]):  # lengths do not matter to the cost
         adapted.observe(request, adapted.predict(request), 20 + (37 * i) % 1500)
     predictors: list[tuple[str, Predictor]] = [
-        ("LexicalPredictor", LexicalPredictor()),
+        ("LexicalPredictor", LexicalPredictor(model)),
         ("  adapted", adapted),
         ("HeuristicPredictor", HeuristicPredictor()),
     ]
@@ -173,7 +182,7 @@ def main() -> None:
     # (4,000 requests, so all are remembered).
     observed = requests[:4000]
     for label, adapt in (("observe(), adapting", True), ("observe(), adapt=False", False)):
-        calibrating = LexicalPredictor(adapt=adapt)
+        calibrating = LexicalPredictor(model, adapt=adapt)
         best_observe = float("inf")
         for _ in range(args.repeat):
             predictions = [calibrating.predict(r) for r in observed]
