@@ -35,6 +35,7 @@ import numpy.typing as npt
 
 from ._base import LONG_TOKENS, SHORT_TOKENS
 from ._corpus import LengthRecord, load_records
+from ._vectors import DEFAULT_WEIGHT as VECTOR_WEIGHT
 
 __all__ = [
     "ReportRow",
@@ -571,6 +572,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="with --compare: word vectors for the method lexical-vectors (the lexical model "
         "trained with `sjfsched train --word-vectors FILE`)",
     )
+    parser.add_argument(
+        "--word-vector-weight",
+        type=float,
+        default=VECTOR_WEIGHT,
+        help=f"with --word-vectors: their regression's weight in the blend ({VECTOR_WEIGHT:g})",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -605,7 +612,7 @@ def run(args: argparse.Namespace) -> int:
             except ValueError as exc:
                 print(f"sjfsched evaluate: --word-vectors: {exc}", file=sys.stderr)
                 return 2
-            table["lexical-vectors"] = _lexical_with(vectors=vectors)
+            table["lexical-vectors"] = _lexical_with(vectors=vectors, vector_weight=args.word_vector_weight)
         elif "lexical-vectors" in methods:
             print("sjfsched evaluate: the method lexical-vectors needs --word-vectors FILE", file=sys.stderr)
             return 2

@@ -45,6 +45,7 @@ from ._corpus import LengthRecord, group_by_prompt, is_test, iter_json_lines, lo
 from ._features import FEATURE_VERSION, SIGNALS, LexicalFeaturizer
 from ._licenses import ATTRIBUTIONS, BUNDLED_SOURCES, KNOWN_LICENSES, PERMISSIVE_SOURCES, license_of
 from ._vectors import DEFAULT_LIMIT as VECTOR_LIMIT
+from ._vectors import DEFAULT_WEIGHT as VECTOR_WEIGHT
 from ._vectors import WordVectors, load_word_vectors
 
 __all__ = [
@@ -76,8 +77,6 @@ RANK_KNOTS = 65
 TARGET_PERCENTILES = (10.0, 99.0)
 #: Word pairs the lexical model's vocabulary keeps at most.
 MAX_BIGRAMS = 0
-#: With word vectors: the weight of the vectors' regression in the blend (see fit_lexical).
-VECTOR_WEIGHT = 0.25
 
 
 # ---------------------------------------------------------------- the data

@@ -32,6 +32,8 @@ __all__ = ["WordVectors", "load_word_vectors"]
 
 #: words kept from a vectors file, in its order (GloVe's files are by frequency)
 DEFAULT_LIMIT = 50_000
+#: the weight of the vectors' regression in the blend (see ``fit_lexical``)
+DEFAULT_WEIGHT = 0.25
 
 
 @attrs.frozen
