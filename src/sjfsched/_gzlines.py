@@ -97,33 +97,25 @@ def scan_gzip(f: IO[bytes], offset: int = 0) -> Iterator[GzipEvent]:
         try:
             data = decoder.decompress(pending)
         except zlib.error as exc:
-            # Skip to the next member header after the damaged member's start
-            # that decodes; a false match inside compressed data fails the
-            # same way and moves the search on.
-            damaged_at = start
-            search_from = max(start + 1 - base, 0)
-            while True:
-                found = pending.find(_MAGIC, search_from)
-                if found >= 0:
-                    break
-                keep = pending[max(search_from, len(pending) - len(_MAGIC) + 1) :]
-                base += len(pending) - len(keep)
-                more = f.read(_CHUNK)
-                if not more:
-                    held.clear()
-                    end = base + len(keep)
-                    yield Damaged(damaged_at, end, str(exc), _unfinished(f, damaged_at, end))
-                    return
-                pending = keep + more
-                search_from = 0
-            base += found
-            pending = pending[found:]
+            # Resume at the first member after this one's start that decodes
+            # whole (a header inside compressed data is a false match).
+            after = _next_whole_member(f, start)
+            streamed = held_size >= _HOLD  # this member's data already went out
             held.clear()
-            held_size = 0
-            yield Damaged(damaged_at, base, str(exc), _unfinished(f, damaged_at, base))
-            decoder = zlib.decompressobj(31)
-            fed = False
-            continue
+            if after is None:
+                size = f.seek(0, 2)
+                remnant = None if streamed else _unfinished(f, start, size, at_end=True)
+                if remnant is not None:
+                    # an unfinished last member with zeros after it (a crash)
+                    if remnant:
+                        yield remnant
+                    yield Cut(start)
+                    return
+                yield Damaged(start, size, str(exc), None)
+                return
+            yield Damaged(start, after, str(exc), None if streamed else _unfinished(f, start, after))
+            yield from scan_gzip(f, after)
+            return
         fed = True
         if data:
             if held_size + len(data) > _HOLD:
@@ -177,8 +169,12 @@ def _next_whole_member(f: IO[bytes], start: int) -> int | None:
     return None
 
 
-def _unfinished(f: IO[bytes], start: int, end: int) -> bytes | None:
-    """What bytes ``start`` to ``end`` of ``f`` decode to, if they are the start of a member."""
+def _unfinished(f: IO[bytes], start: int, end: int, *, at_end: bool = False) -> bytes | None:
+    """What bytes ``start`` to ``end`` of ``f`` decode to, if they are the start of a member.
+
+    ``at_end``: the bytes run to the end of the file, where zeros after them
+    (what a crash can leave) are not part of the member.
+    """
     if end - start > _HOLD:
         return None
     here = f.tell()
@@ -187,6 +183,8 @@ def _unfinished(f: IO[bytes], start: int, end: int) -> bytes | None:
         data = f.read(end - start)
     finally:
         f.seek(here)
+    if at_end:
+        data = data.rstrip(b"\x00")
     decoder = zlib.decompressobj(31)
     try:
         decoded = decoder.decompress(data)

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import threading
+import zlib
 from pathlib import Path
 from typing import IO, Any, final
 
@@ -140,28 +141,61 @@ class RequestLog:
         self.close()
 
 
+_DROPPED = "%s: dropped %d bytes of an unfinished last line (left by a crash)"
+
+
 def _finish_tail(path: Path) -> None:
-    """Drop an unfinished last line (or gzip member) that a crash left, before appending."""
+    """Drop an unfinished last line (or gzip member) that a crash left, before appending.
+
+    Only the unfinished line goes: a cut gzip member's whole lines are
+    written again as a member of their own.  A last line without its newline
+    that is whole gets one.
+    """
     try:
         size = path.stat().st_size
     except FileNotFoundError:
         return
     if size == 0:
         return
-    keep: int | None = size
-    with path.open("rb") as f:
-        if path.suffix == ".gz":
-            for event in scan_gzip(f):
-                if isinstance(event, Cut):
-                    keep = event.start
-        else:
+    if path.suffix != ".gz":
+        with path.open("rb") as f:
             keep = _complete_lines(f, size)
-    if keep is None:  # a last line without its newline, but whole
+        if keep is None:  # a last line without its newline, but whole
+            with path.open("ab") as f:
+                f.write(b"\n")
+        elif keep < size:
+            logger.warning(
+                "%s: dropped %d bytes of an unfinished last line (left by a crash)", path, size - keep
+            )
+            os.truncate(path, keep)
+        return
+    cut = None
+    last = b"\n"
+    with path.open("rb") as f:
+        for event in scan_gzip(f):
+            if isinstance(event, Cut):
+                cut = event.start
+            elif isinstance(event, bytes) and event:
+                last = event[-1:]
+        if cut is not None:
+            f.seek(cut)
+            try:
+                remnant = zlib.decompressobj(31).decompress(f.read().rstrip(b"\0"))
+            except zlib.error:  # pragma: no cover - scan_gzip read it as sound
+                remnant = b""
+    if cut is not None:
+        whole = remnant[: remnant.rfind(b"\n") + 1]
+        if len(whole) < len(remnant):
+            logger.warning(_DROPPED, path, len(remnant) - len(whole))
+        else:
+            logger.warning("%s: rewrote a gzip member cut short after its last whole line", path)
+        os.truncate(path, cut)
+        if whole:
+            with path.open("ab") as f:
+                f.write(gzip.compress(whole))
+    elif last != b"\n":
         with path.open("ab") as f:
-            f.write(b"\n")
-    elif keep < size:
-        logger.warning("%s: dropped %d bytes of an unfinished last line (left by a crash)", path, size - keep)
-        os.truncate(path, keep)
+            f.write(gzip.compress(b"\n"))
 
 
 def _complete_lines(f: IO[bytes], size: int) -> int | None:

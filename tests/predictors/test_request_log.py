@@ -173,3 +173,58 @@ def test_lines_that_break_the_json_reader_name_their_line(tmp_path: Path) -> Non
     path.write_bytes(b'{"prompt": "\xff", "output_tokens": 3}\n')
     with pytest.raises(ValueError, match=r"bad\.jsonl:1: not UTF-8"):
         load_records([path])
+
+
+def _line(i: int) -> bytes:
+    return (json.dumps({"prompt": f"p{i}", "output_tokens": i + 1}) + "\n").encode()
+
+
+def _tokens(path: Path) -> list[float]:
+    return [r.output_tokens for r in load_records([path])]
+
+
+def test_opening_a_log_keeps_the_whole_lines_of_a_member_cut_short(tmp_path: Path) -> None:
+    # One gzip member of many lines, as gzip or another tool writes it, cut short
+    path = tmp_path / "theirs.jsonl.gz"
+    path.write_bytes(gzip.compress(b"".join(_line(i) for i in range(2000)))[:-4])  # its checksum cut
+    assert len(_tokens(path)) == 2000
+    with RequestLog(path) as log:
+        log(_done("new", 7))
+    assert _tokens(path) == [*range(1, 2001), 7]
+    cut = gzip.compress(b"".join(_line(i) for i in range(2000)))
+    path.write_bytes(cut[: len(cut) // 2])  # in the middle of a line
+    before = _tokens(path)
+    with RequestLog(path) as log:
+        log(_done("new", 7))
+    assert _tokens(path) == [*before, 7]
+
+
+def test_a_crash_that_left_zeros_or_no_final_newline_does_not_spoil_a_compressed_log(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl.gz"
+    last = gzip.compress(_line(2))
+    path.write_bytes(
+        gzip.compress(_line(0)) + gzip.compress(_line(1)) + last[: len(last) // 2] + b"\0" * 4096
+    )
+    assert _tokens(path) == [1, 2]
+    with RequestLog(path) as log:
+        log(_done("new", 7))
+    assert _tokens(path) == [1, 2, 7]
+    path.write_bytes(gzip.compress(_line(0) + b'{"prompt": "b", "output_tokens": 5}'))  # no final newline
+    with RequestLog(path) as log:
+        log(_done("new", 7))
+    assert _tokens(path) == [1, 5, 7]
+
+
+@pytest.mark.parametrize("before_boundary", [1, 5, 20])
+def test_an_unfinished_member_just_before_a_read_boundary_is_passed_over(
+    tmp_path: Path, before_boundary: int
+) -> None:
+    # scan_gzip reads 1 MiB at a time; the unfinished member ends just before a
+    # boundary, so the damage shows only in the next read
+    head = b"".join(gzip.compress(_line(i)) for i in range(100))
+    unfinished = gzip.compress(_line(100))[:30]
+    after = b"".join(gzip.compress(_line(i)) for i in range(101, 131))
+    pad = (1 << 20) - before_boundary - len(unfinished) - len(head)
+    path = tmp_path / "old.jsonl.gz"
+    path.write_bytes(head + b"\0" * pad + unfinished + after)
+    assert _tokens(path) == [i + 1 for i in range(131) if i != 100]

@@ -110,9 +110,9 @@ def _gzip_lines(path: Path) -> Iterator[bytes | Cut | Damaged]:
         yield tail
 
 
-def _a_line_begun(data: bytes | None) -> bool:
+def _a_line_begun(data: bytes) -> bool:
     """Whether ``data`` can be the start of a JSON-lines record (what a crash cut short)."""
-    if data is None or b"\n" in data:
+    if b"\n" in data:
         return False
     head = data.lstrip()
     if head and not head.startswith(b"{"):
@@ -133,6 +133,8 @@ def _loads(line: bytes, path: Path, i: int) -> Any:
         raise ValueError(f"{path}:{i}: not JSON ({exc.msg})") from exc
     except RecursionError as exc:
         raise ValueError(f"{path}:{i}: not JSON (nested too deeply)") from exc
+    except ValueError as exc:  # e.g. an integer of more digits than int() takes
+        raise ValueError(f"{path}:{i}: not JSON ({exc})") from exc
 
 
 def iter_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
@@ -152,10 +154,18 @@ def iter_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
     lines = _gzip_lines(path) if path.suffix == ".gz" else _plain_lines(path)
     for item in lines:
         if isinstance(item, Damaged):
-            if not _a_line_begun(item.unfinished):
+            # A crash's unfinished member: its whole lines stand, its last is
+            # cut short. Data that does not read that way is corruption.
+            data = item.unfinished
+            if data is None or not _a_line_begun(data[data.rfind(b"\n") + 1 :]):
                 raise ValueError(f"{path}: corrupt gzip data after line {i} ({item.error})")
+            for line in data.split(b"\n")[:-1]:
+                i += 1
+                if line.strip():
+                    yield i, _loads(line, path, i)
             logger.warning(
-                "%s: an unfinished gzip member after line %d (bytes %d-%d, left by a crash) skipped",
+                "%s: an unfinished gzip member after line %d (bytes %d-%d, left by a crash): "
+                "its last line, cut short, skipped",
                 path, i, item.start, item.end,
             )  # fmt: skip
             continue
