@@ -44,6 +44,7 @@ class _Entry:
         "estimate",
         "event",
         "key",
+        "one_piece",
         "prediction",
         "promoted",
         "request",
@@ -76,6 +77,9 @@ class _Entry:
         #: pool that had it wait for a slot): see ``_service.service_started``
         self.service_started: float | None = None
         self.promoted = False
+        #: its answer came in one piece (the first chunk held every token): the
+        #: first token's time says nothing of prompt evaluation
+        self.one_piece = False
 
 
 @final

@@ -726,12 +726,15 @@ class Scheduler:
         if completion.output_tokens > 0:
             self._mean_tokens = 0.95 * self._mean_tokens + 0.05 * completion.output_tokens
             if self._learn_rates:
+                # Where the backend made it wait before serving it, from then.
+                start = max(completion.started, entry.service_started or completion.started)
                 self._rates.observe(
                     prompt_tokens,
                     completion.output_tokens,
-                    # Where the backend made it wait before serving it, from then.
-                    max(completion.started, entry.service_started or completion.started),
-                    completion.first_token,
+                    start,
+                    # An answer in one piece tells prefill from decoding no better than a
+                    # ticket without a first token: all of it counts as decoding.
+                    start if entry.one_piece else completion.first_token,
                     completion.finished,
                 )
             if self._observe is not None:
@@ -746,10 +749,8 @@ class Scheduler:
             except Exception:
                 logger.warning("on_complete callback failed", exc_info=True)
             else:
-                if inspect.isawaitable(result):  # a plain function that returns a coroutine
-                    close = getattr(result, "close", None)
-                    if close is not None:
-                        close()  # not awaited: dropped without a "never awaited" warning
+                if inspect.iscoroutine(result):  # a plain function that returns a coroutine
+                    result.close()  # not awaited: dropped without a "never awaited" warning
                     logger.error(
                         "on_complete returned %r, which is not awaited: on_complete must be a plain function",
                         result,
@@ -774,6 +775,7 @@ class ChunkStream:
         self._prompt_tokens: int | None = None
         self._finish_reason: str | None = None
         self._first_token: float | None = None
+        self._first_tokens = 0  # tokens of the chunk that brought the first token
         self._completion: Completion | None = None
         self._error: BaseException | None = None
         self._settled = False  # its block was left: the slot is gone
@@ -834,6 +836,7 @@ class ChunkStream:
             raise
         if self._first_token is None and (chunk.tokens or chunk.text):
             self._first_token = anyio.current_time()
+            self._first_tokens = chunk.tokens
             self._entry.service_started = service_started.get()
         self._parts.append(chunk.text)
         self._output_tokens += chunk.tokens
@@ -845,6 +848,7 @@ class ChunkStream:
 
     def _finish(self) -> None:
         e = self._entry
+        e.one_piece = self._output_tokens > 1 and self._first_tokens >= self._output_tokens
         self._completion = Completion(
             request=e.request,
             text="".join(self._parts),

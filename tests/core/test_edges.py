@@ -412,6 +412,50 @@ async def test_an_awaitable_returned_by_on_complete_is_dropped_with_an_error(
     assert "which is not awaited: on_complete must be a plain function" in caplog.text
 
 
+def test_a_task_returned_by_on_complete_is_left_to_run(caplog: pytest.LogCaptureFixture) -> None:
+    """Handing the completion to a task of one's own returns the task: not an error."""
+    import asyncio
+
+    seen: list[str] = []
+    tasks: list[Any] = []
+
+    async def record(completion: Completion) -> None:
+        seen.append(completion.text)
+
+    def on_complete(completion: Completion) -> Any:
+        tasks.append(asyncio.get_running_loop().create_task(record(completion)))
+        return tasks[-1]
+
+    async def main() -> None:
+        async with Scheduler(CallableBackend(lambda r: "hi"), on_complete=on_complete) as sched:
+            await sched.complete(Request("x"))
+        await asyncio.gather(*tasks)
+
+    anyio.run(main, backend="asyncio")
+    assert seen == ["hi"]
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "trio"])
+def test_an_answer_in_one_piece_teaches_only_the_decode_rate_on_a_real_clock(loop: str) -> None:
+    """Its first token arrives with its last: the call's time is not prompt evaluation."""
+    import time
+
+    def whole(request: Request) -> str:
+        time.sleep(0.05)
+        return "y" * 400  # 100 tokens in one piece
+
+    async def main() -> tuple[float, float]:
+        async with Scheduler(CallableBackend(whole), prefill_rate=1000.0, decode_rate=50.0) as sched:
+            completion = await sched.complete(Request("x" * 4000))
+            assert completion.first_token is not None  # when it came, for time to first token
+            stats = sched.statistics()
+            return stats.prefill_rate, stats.decode_rate
+
+    prefill, decode = anyio.run(main, backend=loop)
+    assert prefill == 1000.0 and decode != 50.0
+
+
 # Worker threads run in real time, which virtual time cannot wait for: these run on real clocks.
 @pytest.mark.parametrize("loop", ["asyncio", "trio"])
 def test_a_sync_function_in_its_thread_is_waited_for_when_its_request_is_cancelled(loop: str) -> None:
