@@ -75,12 +75,32 @@ def test_reading_vectors_keeps_words_the_featurizer_can_see(tmp_path: Path) -> N
         ("a 1 x\n", r"bad\.txt:1: not 'word number number \.\.\.'"),
         ("A 1 2\n", r"bad\.txt: no usable word vectors"),
         ("a\n", r"bad\.txt:1: a word without numbers"),
+        ("a 1 2\nb nan 2\n", r"bad\.txt:2: the vector of 'b' holds a non-finite number"),
     ],
 )
 def test_a_bad_vectors_file_is_named(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "bad.txt"
     path.write_text(text)
     with pytest.raises(ValueError, match=message):
+        load_word_vectors(path)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"dimensions": 2, "words": ["a"], "vectors": [[1, 2]]}, "not a wink-embeddings JSON file"),
+        ({"dimensions": 2, "words": 3, "vectors": {}}, "not a wink-embeddings JSON file"),
+        (
+            {"dimensions": 2, "words": ["a"], "vectors": {"a": [1, "x"]}},
+            "the vector of 'a' holds a non-number",
+        ),
+        ({"dimensions": 2, "words": ["a"], "vectors": {"a": [1]}}, "the vector of 'a' is missing or short"),
+    ],
+)
+def test_a_bad_wink_file_is_named(tmp_path: Path, data: object, message: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=rf"bad\.json: {message}"):
         load_word_vectors(path)
 
 

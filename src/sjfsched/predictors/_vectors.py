@@ -88,6 +88,8 @@ def _read_wink(path: Path, limit: int) -> tuple[list[str], list[list[float]]]:
         vectors = data["vectors"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: not a wink-embeddings JSON file ({exc!r})") from exc
+    if not isinstance(order, list) or not isinstance(vectors, dict) or dims < 1:
+        raise ValueError(f"{path}: not a wink-embeddings JSON file ('words' a list, 'vectors' an object)")
     words: list[str] = []
     rows: list[list[float]] = []
     seen: set[str] = set()
@@ -99,9 +101,13 @@ def _read_wink(path: Path, limit: int) -> tuple[list[str], list[list[float]]]:
         vector = vectors.get(word)
         if not isinstance(vector, list) or len(vector) < dims:
             raise ValueError(f"{path}: the vector of {word!r} is missing or short")
+        try:
+            row = [float(x) for x in vector[:dims]]
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: the vector of {word!r} holds a non-number ({exc})") from exc
         seen.add(word)
         words.append(word)
-        rows.append([float(x) for x in vector[:dims]])
+        rows.append(row)
     return words, rows
 
 
@@ -131,7 +137,9 @@ def _read_glove(path: Path, limit: int) -> tuple[list[str], list[list[float]]]:
                 dims = dims or len(vector)
                 if len(vector) != dims:
                     raise ValueError(f"{path}:{number}: {len(vector)} numbers, the first line has {dims}")
-                if word in seen or not _usable(word) or not all(map(math.isfinite, vector)):
+                if not all(map(math.isfinite, vector)):
+                    raise ValueError(f"{path}:{number}: the vector of {word!r} holds a non-finite number")
+                if word in seen or not _usable(word):
                     continue
                 seen.add(word)
                 words.append(word)
