@@ -8,6 +8,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from typing import Any, final
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 
 from .._records import Chunk, Request
@@ -42,9 +43,9 @@ class CallableBackend:
     does not interrupt a sync function that is running: the caller waits
     for the function to return, or, for an iterator, for the ``next()``
     under way to return, and the request keeps its slot until then, so no
-    other call overlaps it.  An iterator is then closed and the request
-    counts as cancelled; a function that returned its whole answer
-    completes (the caller gets the answer, late).  Async functions and
+    other call overlaps it (asyncio's own timeouts too: ``asyncio.wait_for``,
+    ``asyncio.timeout``).  Then the cancellation takes effect: an iterator is
+    closed, and the request counts as cancelled.  Async functions and
     iterators stop at once.
 
     Like httpx's ``MockTransport``, this is the test double to build your
@@ -76,7 +77,7 @@ class CallableBackend:
 
     async def stream(self, request: Request, /) -> AsyncIterator[Chunk]:
         if self._in_thread:
-            result: Any = await anyio.to_thread.run_sync(self._fn, request)
+            result: Any = await _in_thread(self._fn, request)
         else:
             result = self._fn(request)
         if inspect.isawaitable(result):
@@ -108,7 +109,7 @@ class CallableBackend:
             sync_iterator = iter(result)
             try:
                 if self._in_thread:
-                    while (piece := await anyio.to_thread.run_sync(_next, sync_iterator)) is not _DONE:
+                    while (piece := await _in_thread(_next, sync_iterator)) is not _DONE:
                         yield _as_chunk(piece)
                 else:
                     for piece in sync_iterator:
@@ -136,3 +137,32 @@ def _as_chunk(piece: object) -> Chunk:
     if isinstance(piece, str):
         return Chunk(piece)
     raise TypeError(f"the function yielded {type(piece).__name__}; expected str or Chunk")
+
+
+async def _in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a worker thread, waited for even if the caller is cancelled.
+
+    A running thread cannot be stopped: a cancellation takes effect once it
+    returns, so the request keeps its slot meanwhile and no second call
+    overlaps it.  ``anyio.to_thread.run_sync`` shields its wait from anyio's
+    cancellation but not from asyncio's own (``asyncio.wait_for``,
+    ``asyncio.timeout``, ``Task.cancel``); a task group waits for its task
+    either way.
+    """
+    outcome: list[Any] = []
+    failure: list[Exception] = []
+
+    async def call() -> None:
+        try:
+            outcome.append(await anyio.to_thread.run_sync(fn, *args))
+        except Exception as exc:  # raised here, not as an exception group
+            failure.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call)
+    # A cancellation that came while the thread ran takes effect now, on every event loop
+    # (trio's task group may exit without a checkpoint once its task is done).
+    await anyio.lowlevel.checkpoint()
+    if failure:
+        raise failure[0]
+    return outcome[0]
