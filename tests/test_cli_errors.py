@@ -12,15 +12,9 @@ import pytest
 from sjfsched import Completion, Prediction, Request, RequestLog
 from sjfsched._cli import main
 from sjfsched.predictors._corpus import load_records
+from tests.support.records import write_records
 
-
-def _records(path: Path, n: int) -> Path:
-    with path.open("w") as f:
-        for i in range(n):
-            f.write(
-                json.dumps({"prompt": f"question {i} about {i % 7}", "output_tokens": 10 + 37 * i}) + "\n"
-            )
-    return path
+_records = write_records
 
 
 def _exit_message(argv: list[str]) -> str:

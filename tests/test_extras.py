@@ -4,7 +4,6 @@ to use instead. Found by a newcomer's walkthrough in a fresh venv."""
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
@@ -15,17 +14,11 @@ import pytest
 
 from sjfsched import BackendError, Request
 from sjfsched._cli import TRAIN_MODULES, main
+from tests.support.records import write_records
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def _records(path: Path, n: int) -> Path:
-    with path.open("w") as f:
-        for i in range(n):
-            f.write(
-                json.dumps({"prompt": f"question {i} about {i % 7}", "output_tokens": 10 + 37 * i}) + "\n"
-            )
-    return path
+_records = write_records
 
 
 def _exit_message(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
