@@ -7,11 +7,10 @@ import json
 import logging
 import os
 import threading
-import zlib
 from pathlib import Path
 from typing import IO, Any, final
 
-from ._gzlines import Cut, scan_gzip
+from ._gzlines import Cut, cut_member_data, scan_gzip
 from ._records import Completion
 from .predictors._corpus import prompt_id_of
 
@@ -177,12 +176,7 @@ def _finish_tail(path: Path) -> None:
                 cut = event.start
             elif isinstance(event, bytes) and event:
                 last = event[-1:]
-        if cut is not None:
-            f.seek(cut)
-            try:
-                remnant = zlib.decompressobj(31).decompress(f.read().rstrip(b"\0"))
-            except zlib.error:  # pragma: no cover - scan_gzip read it as sound
-                remnant = b""
+        remnant = b"" if cut is None else cut_member_data(f, cut)
     if cut is not None:
         whole = remnant[: remnant.rfind(b"\n") + 1]
         if len(whole) < len(remnant):

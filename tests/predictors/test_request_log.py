@@ -228,3 +228,36 @@ def test_an_unfinished_member_just_before_a_read_boundary_is_passed_over(
     path = tmp_path / "old.jsonl.gz"
     path.write_bytes(head + b"\0" * pad + unfinished + after)
     assert _tokens(path) == [i + 1 for i in range(131) if i != 100]
+
+
+def test_a_crashs_zero_fill_is_never_read_as_data(tmp_path: Path) -> None:
+    """Zeros after an unfinished member, with members an older version appended after them.
+
+    Fed to the decoder, zeros can decode as made-up text without an error: every
+    cut point of one member is tried, and nothing but whole written lines comes back.
+    """
+    path = tmp_path / "log.jsonl.gz"
+    before = [gzip.compress(_line(i)) for i in range(3)]
+    unfinished = gzip.compress(_line(3))
+    after = [gzip.compress(_line(i)) for i in range(4, 6)]
+    for cut in range(1, len(unfinished) - 8):
+        for tail in (b"", b"".join(after)):
+            path.write_bytes(b"".join(before) + unfinished[:cut] + b"\0" * 4096 + tail)
+            want = [1, 2, 3, 5, 6] if tail else [1, 2, 3]
+            # the cut line itself comes back only if the cut spared all of it
+            assert _tokens(path) in (want, sorted([*want, 4])), cut
+
+
+def test_reopening_a_log_never_removes_a_line_reading_returned(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl.gz"
+    whole = gzip.compress(_line(9))
+    for cut in range(1, len(whole)):
+        for zeros in (0, 1, 3, 4096):
+            path.write_bytes(gzip.compress(_line(0)) + whole[:cut] + b"\0" * zeros)
+            try:
+                read = _tokens(path)
+            except ValueError:
+                continue  # a cut in the header followed by a few zeros: not readable as a crash
+            with RequestLog(path) as log:
+                log(_done("new", 77))
+            assert _tokens(path) == [*read, 77], (cut, zeros)

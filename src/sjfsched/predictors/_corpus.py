@@ -103,6 +103,10 @@ def _gzip_lines(path: Path) -> Iterator[bytes | Cut | Damaged]:
             if isinstance(event, bytes):
                 *lines, tail = (tail + event).split(b"\n")
                 yield from lines
+            elif isinstance(event, Damaged) and event.unfinished is not None:
+                # what the unfinished member decodes to continues the line under way
+                yield attrs.evolve(event, unfinished=tail + event.unfinished)
+                tail = b""
             else:
                 tail = b""
                 yield event
