@@ -70,6 +70,7 @@ def test_chat_template_is_used(tiny_llm: Llama) -> None:
         ({"dtype": "int4"}, "dtype"),
         ({"dtype": "q8_0", "n_embd": 48, "n_head": 4}, "multiples of 32"),
         ({"logit_scale": 0.0}, "logit_scale"),
+        ({"n_ctx": 2**32}, "n_ctx must be an int from 1 to 2\\*\\*32 - 1"),
     ],
 )
 def test_bad_shapes_are_refused_by_name(tmp_path: Path, kwargs: dict[str, object], message: str) -> None:
@@ -122,6 +123,8 @@ def test_command_line_writes_and_measures(tmp_path: Path, capsys: pytest.Capture
         (["write", "{tmp}/m.gguf", "--n-head", "3"], 1, "n_embd (64) must be a multiple of n_head (3)"),
         (["write", "{tmp}/no/such/dir/m.gguf"], 1, "No such file or directory"),
         (["speed", "--preset", "tiny", "--repeat", "0"], 2, "--repeat must be at least 1"),
+        (["speed", "--preset", "tiny", "--tokens", "1"], 2, "--tokens must be at least 2"),
+        (["write", "{tmp}/m.gguf", "--n-ctx", "5000000000"], 1, "n_ctx must be an int from 1 to 2**32 - 1"),
     ],
 )
 def test_command_line_errors_are_one_line(
@@ -134,3 +137,4 @@ def test_command_line_errors_are_one_line(
     assert exited.value.code == code
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+    assert not (tmp_path / "m.gguf").exists()  # nothing half-written left behind

@@ -114,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     speed.set_defaults(run=_speed)
     args = parser.parse_args(argv)
     if args.command == "speed":
-        for name in ("tokens", "repeat", "threads"):
+        if args.tokens < 2:  # ms/token is timed between tokens: one token times nothing
+            parser.error("--tokens must be at least 2")
+        for name in ("repeat", "threads"):
             if getattr(args, name) < 1:
                 parser.error(f"--{name} must be at least 1")
         if args.threads_batch is not None and args.threads_batch < 1:

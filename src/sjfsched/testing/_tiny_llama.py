@@ -115,8 +115,10 @@ def write_tiny_llama(
         ("n_ff", n_ff),
         ("n_ctx", n_ctx),
     ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**32:
+            raise ValueError(
+                f"{name} must be an int from 1 to 2**32 - 1 (GGUF stores a uint32), got {value!r}"
+            )
     kv_heads = n_head if n_head_kv is None else n_head_kv
     if n_embd % n_head:
         raise ValueError(f"n_embd ({n_embd}) must be a multiple of n_head ({n_head})")
@@ -203,8 +205,13 @@ def write_tiny_llama(
     head[: len(_SPECIAL) + 256] = 0.0  # special and byte tokens: logit exactly 0
     add("output.weight", head)
 
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    except BaseException:
+        writer.close()
+        out.unlink(missing_ok=True)  # no half-written model left behind
+        raise
     writer.close()
     return out
