@@ -135,3 +135,50 @@ def test_bench_real_without_short_requests_has_nothing_to_disagree_on() -> None:
         "real": {"fcfs": None, "sjfsched": None},
         "sim": {"fcfs": None, "sjfsched": None},
     }
+
+
+def test_a_sweep_is_printed_against_fcfs_with_its_bound_checks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = _trace(tmp_path / "t.jsonl", [20 + (97 * i) % 1500 for i in range(60)])
+    status = main(
+        ["bench", "sim", "--traces", str(trace), "--profiles", "gpu", "--scenarios", "poisson0.74",
+         "--poisson-requests", "40", "--seeds", "1", "--policies", "sweep:max_wait", "--no-progress"]
+    )  # fmt: skip
+    assert status == 0
+    out = capsys.readouterr().out
+    sweep, bounds = out.split("### Sweep, gpu backend, poisson0.74")[1].split(
+        "longest wait within max_wait plus the run's longest service time"
+    )
+    rows = [line for line in sweep.splitlines() if line.startswith("| sjfsched@max_wait=")]
+    assert len(rows) == 5 and all(row.count("%") == 2 for row in rows)  # against FCFS, which it runs
+    assert "| sjfsched@max_wait=300 | gpu | poisson0.74 |" in bounds
+
+
+def test_plots_of_a_trace_without_short_requests(tmp_path: Path) -> None:
+    trace = _trace(tmp_path / "long.jsonl", [900 + 10 * i for i in range(30)])
+    results = tmp_path / "r.json"
+    status = main(
+        ["bench", "sim", "--traces", str(trace), "--profiles", "gpu", "--scenarios", "poisson0.74",
+         "--poisson-requests", "30", "--seeds", "1", "--policies", "fcfs,sjfsched", "--no-progress",
+         "--results", str(results)]
+    )  # fmt: skip
+    assert status == 0
+    assert main(["bench", "plots", "--results", str(results), "--out", str(tmp_path / "docs")]) == 0
+    assert list((tmp_path / "docs" / "img").glob("bench-cdf-*.png"))
+
+
+def test_a_trace_file_whose_path_holds_a_hash(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "run#2"
+    folder.mkdir()
+    trace = _trace(folder / "requests.jsonl", [10, 900])
+    for name in (str(trace), f"{trace}#unknown"):
+        assert main(["bench", "traces", "--traces", name]) == 0
+        assert f"| {name} | 2 |" in capsys.readouterr().out
+
+
+def test_bench_real_refuses_a_scale_that_leaves_nothing_to_time_before_running(tmp_path: Path) -> None:
+    trace = _trace(tmp_path / "t.jsonl", [10, 50, 300, 900])
+    with pytest.raises(SystemExit, match="makes every answer one token long"):
+        main(["bench", "real", "--trace", str(trace), "--scale", "0.001", "--requests", "4",
+              "--results", str(tmp_path / "x.json")])  # fmt: skip

@@ -24,7 +24,7 @@ from ._policies import (
 )
 from ._profiles import PROFILES
 from ._ranking import DEFAULT_RANKING_PREDICTORS
-from ._report import policy_table, sweep_table, target_table
+from ._report import bound_table, policy_table, sweep_table, target_table
 from ._run import Result, Unit, cached_trace, load_results, run_units, save_results
 from ._sim import Scenario
 from ._traces import (
@@ -56,7 +56,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "all",
         help="every simulated benchmark of docs/benchmarks.md: tables, sweeps and figures",
     )
-    _sim_options(all_, matrix=False)
+    _sim_options(all_, matrix=False, files=False)
     all_.add_argument("--out", type=Path, default=Path("docs"), help="docs directory: figures go to OUT/img/")
 
     plots = sub.add_parser("plots", help="draw the figures from saved results")
@@ -89,15 +89,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     configure_real(sub.add_parser("real", help="FCFS against sjfsched on a real llama.cpp model, wall clock"))
 
 
-def _sim_options(p: argparse.ArgumentParser, *, matrix: bool = True) -> None:
+def _sim_options(p: argparse.ArgumentParser, *, matrix: bool = True, files: bool = True) -> None:
     p.add_argument("--data", type=Path, default=None, help="the corpora directory (default: ../shared/data)")
     p.add_argument(
         "--traces",
         default=",".join(TRACES),
-        help="comma-separated trace names (see `bench traces`) or your own files, FILE.jsonl[.gz] "
-        "in the shared-data schema (what RequestLog writes), FILE.jsonl#MODEL for one answering "
-        "model's records; NAME/fresh runs on half of NAME's prompts, the other half being the "
-        "history a warm=N policy learns from",
+        help=(
+            "comma-separated trace names (see `bench traces`) or your own files, FILE.jsonl[.gz] "
+            "in the shared-data schema (what RequestLog writes), FILE.jsonl#MODEL for one answering "
+            "model's records; NAME/fresh runs on half of NAME's prompts, the other half being the "
+            "history a warm=N policy learns from"
+        )
+        if files
+        else "comma-separated built-in trace names (see `bench traces`; `bench sim` takes your own files)",
     )
     p.add_argument(
         "--profiles", default=",".join(PROFILES), help="backend speed profiles: " + ", ".join(PROFILES)
@@ -151,10 +155,10 @@ def _policies(text: str) -> list[str]:
     for name in parts:
         if name == "standard":
             names += STANDARD_POLICIES
-        elif name == "sweep":
-            names += all_sweep_names()
-        elif name.startswith("sweep:"):
-            names += sweep_names(name.partition(":")[2])
+        elif name == "sweep" or name.startswith("sweep:"):
+            # a sweep is read against first-come-first-served and the defaults
+            names += ["fcfs", "sjfsched"]
+            names += all_sweep_names() if name == "sweep" else sweep_names(name.partition(":")[2])
         else:
             names.append(name)
     return list(dict.fromkeys(names))
@@ -247,6 +251,10 @@ def _print_tables(results: Sequence[Result], policies: Sequence[str], out: Any =
                 f"\n### Sweep, {profile} backend, {scenario}: short P50 and long P95 against FCFS\n", file=out
             )
             print(sweep_table(results, profile, scenario, ["sjfsched", *sweeps]), file=out)
+        bounded = [p for p in sweeps if "max_wait=" in p and "max_wait=none" not in p]
+        if bounded:
+            print("\n### Sweep: longest wait within max_wait plus the run's longest service time\n", file=out)
+            print(bound_table(results, bounded), file=out)
     if any(not r.faithful for r in results):
         print("\n\\* a stand-in replaced Clairvoyant's predictor (see docs/benchmarks.md)", file=out)
 

@@ -91,8 +91,10 @@ def cdf_figure(
                 ax.set_ylabel(f"{trace}\nfraction done")
             if row == len(traces) - 1:
                 ax.set_xlabel("latency (s, log scale)")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
+    # The legend from the panel with the most lines (a trace may have no short requests).
+    handles, labels = max((ax.get_legend_handles_labels() for ax in fig.axes), key=lambda hl: len(hl[1]))
+    if labels:
+        fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
     fig.suptitle(f"Latency CDFs, {scenario}, {profile} backend (unseen: predictor not trained on the trace)")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)

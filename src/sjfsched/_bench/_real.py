@@ -235,9 +235,18 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         print("sjfsched bench real needs llama-cpp-python: pip install 'sjfsched[llama]'", file=sys.stderr)
         return 2
+    from ._cli import _policies  # the same reading of --policies as bench sim's
+
     _check_arguments(args)
     items = _sample(args)
-    policies = [policy_named(name) for name in args.policies.split(",")]
+    if all(item.output_tokens <= 1 for item in items):
+        raise SystemExit(
+            f"sjfsched bench real: --scale {args.scale:g} makes every answer one token long, so no "
+            "decoding would be timed; take a larger --scale"
+        )
+    policies = [policy_named(name) for name in _policies(args.policies)]
+    if not policies:
+        raise SystemExit("sjfsched bench real: --policies names nothing to run")
     load_before = os.getloadavg()
     wall0 = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:

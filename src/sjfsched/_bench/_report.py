@@ -177,3 +177,34 @@ def sweep_table(results: Sequence[Result], profile: str, scenario: str, policies
         if any_found:
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def bound_table(results: Sequence[Result], policies: Sequence[str]) -> str:
+    """Whether each run kept its longest wait within ``max_wait`` plus its longest service time.
+
+    One row per policy with a ``max_wait`` and (backend, scenario); per trace:
+    ✓, or ✗ with how many of its runs broke the bound and its worst run's
+    longest wait against the bound.
+    """
+    traces = list(dict.fromkeys(c[2] for c in _cells(results)))
+    head = ["policy", "backend", "scenario", *traces]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in policies:
+        for profile, scenario in dict.fromkeys(c[:2] for c in _cells(results)):
+            row = [name, profile, scenario]
+            any_found = False
+            for trace in traces:
+                r = _find(results, trace, profile, scenario, name)
+                if r is None or math.isinf(r.summary.wait_bound):
+                    row.append("-")
+                    continue
+                any_found = True
+                s = r.summary
+                row.append(
+                    "✓"
+                    if s.bound_violations == 0
+                    else f"✗ {s.bound_violations} runs ({_s(s.longest_wait)} s vs {_s(s.wait_bound)} s)"
+                )
+            if any_found:
+                lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)

@@ -201,9 +201,22 @@ MODEL_SEPARATOR: Final = "#"
 _FILE_SUFFIXES: Final = (".jsonl", ".jsonl.gz")
 
 
+def split_file_trace(name: str) -> tuple[str, str | None]:
+    """``PATH.jsonl[.gz][#MODEL]`` -> (path, model or None).
+
+    The model follows the ``#`` right after the suffix, so a path may hold ``#`` too.
+    """
+    for suffix in _FILE_SUFFIXES[::-1]:  # .jsonl.gz before .jsonl
+        at = name.rfind(suffix + MODEL_SEPARATOR)
+        if at >= 0:
+            cut = at + len(suffix)
+            return name[:cut], name[cut + len(MODEL_SEPARATOR) :]
+    return name, None
+
+
 def is_file_trace(name: str) -> bool:
     """Whether a trace name is a file (``PATH.jsonl[.gz][#MODEL][/fresh]``) rather than a built-in trace."""
-    path = base_name(name).partition(MODEL_SEPARATOR)[0]
+    path = split_file_trace(base_name(name))[0]
     return base_name(name) not in TRACES and path.endswith(_FILE_SUFFIXES)
 
 
@@ -304,7 +317,8 @@ def _load_file(name: str) -> Trace:
     first answer).  A file with answers of several models needs
     ``#MODEL``: mixing them would mix deployments.
     """
-    path_text, separator, model = name.partition(MODEL_SEPARATOR)
+    path_text, chosen = split_file_trace(name)
+    separator, model = ("", "") if chosen is None else (MODEL_SEPARATOR, chosen)
     path = Path(path_text)
     if not path.is_file():
         raise FileNotFoundError(f"trace file {path} does not exist")
