@@ -12,8 +12,8 @@ a damaged stretch, skipped up to the next member that decodes whole.
 A run of :data:`ZERO_FILL` or more zero bytes ending the file, or ending an
 unfinished member, is taken for a crash's zero fill, never for data: zeros
 fed to the decoder can decode as made-up text.  (A member's own last bytes
-are at most 3 zeros, the high bytes of its length; an empty member's 8 are
-given back when they complete it.)
+are at most 3 zeros, the high bytes of its length; an empty member ends in
+9: zeros held back are given back when they complete the member.)
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ _HOLD: Final = 1 << 20
 ZERO_FILL: Final = 4
 #: the longest stretch re-read to tell what an unfinished member decodes to
 _MAX_REMNANT: Final = 1 << 28
-_TRAILER: Final = 8
+_TRAILER: Final = 16  # enough zeros to end any member whose last bytes are zeros (an empty one: 9)
 
 
 @attrs.frozen
