@@ -9,6 +9,7 @@ without breaking code that builds or reads them by keyword.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -169,18 +170,35 @@ class Request:
         return sum(len(_content_text(m.get("content"))) for m in self.messages)
 
 
+def _number(name: str, value: object) -> None:
+    """A real number (numpy's too), not a bool or a string that float() would read."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"Prediction.{name} must be a number, got {type(value).__name__} {value!r}")
+
+
+def _tokens(value: object) -> float:
+    _number("tokens", value)
+    return float(value)  # type: ignore[arg-type]  # a numbers.Real
+
+
 def _check_tokens(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"Prediction.tokens must be finite and >= 0, got {value!r}")
 
 
 def _check_prompt_tokens(instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and not (math.isfinite(value) and value >= 0):
+    if value is None:
+        return
+    _number("prompt_tokens", value)
+    if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"Prediction.prompt_tokens must be finite and >= 0, got {value!r}")
 
 
 def _check_p_long(instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and not (0.0 <= value <= 1.0):
+    if value is None:
+        return
+    _number("p_long", value)
+    if not (0.0 <= value <= 1.0):
         raise ValueError(f"Prediction.p_long must be within [0, 1], got {value!r}")
 
 
@@ -195,7 +213,7 @@ class Prediction:
     ``None``, the scheduler takes characters / 4.
     """
 
-    tokens: float = attrs.field(converter=float, validator=_check_tokens)
+    tokens: float = attrs.field(converter=_tokens, validator=_check_tokens)
     p_long: float | None = attrs.field(default=None, validator=_check_p_long)
     prompt_tokens: float | None = attrs.field(default=None, validator=_check_prompt_tokens, kw_only=True)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import socket
 import subprocess
 import sys
@@ -331,3 +332,21 @@ def test_bad_arguments_are_refused_by_name() -> None:
         OllamaBackend("m", "localhost:11434")
     with pytest.raises(ValueError, match="read_timeout"):
         OllamaBackend("m", read_timeout=-1)
+    with pytest.raises(ValueError, match="with a host"):
+        OllamaBackend("m", "http://")
+    for keep_alive in (True, math.nan, [5]):
+        with pytest.raises(ValueError, match="keep_alive"):
+            OllamaBackend("m", keep_alive=keep_alive)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="headers must be a mapping"):
+        OllamaBackend("m", headers="abc")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"client must be an httpx\.AsyncClient"):
+        OllamaBackend("m", client=httpx.Client())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("field", ["system", "images", "template", "raw", "suffix", "context"])
+def test_a_generate_field_on_a_chat_is_refused_by_name(field: str) -> None:
+    backend = OllamaBackend("m")
+    chat = Request(messages=[{"role": "user", "content": "hi"}], options={field: "x"})
+    with pytest.raises(BackendError, match=f"'{field}' is a field of /api/generate, not of /api/chat"):
+        backend.body(chat)
+    assert backend.body(Request("hi", options={field: "x"}))[1][field] == "x"  # generate has it

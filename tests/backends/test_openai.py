@@ -218,3 +218,14 @@ def test_bad_arguments() -> None:
         OpenAIBackend("h:8080")
     with pytest.raises(ValueError, match="connect_timeout"):
         OpenAIBackend("http://h/v1", connect_timeout=0)
+    with pytest.raises(TypeError, match="include_usage must be True or False"):
+        OpenAIBackend("http://h/v1", include_usage="false")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="headers must be a mapping"):
+        OpenAIBackend("http://h/v1", headers="abc")  # type: ignore[arg-type]
+
+
+def test_one_authorization_header_whatever_its_case() -> None:
+    mine = OpenAIBackend("http://h/v1", api_key="NEW", headers={"authorization": "Bearer OLD"})
+    assert [v for k, v in mine._http.headers.items() if k.lower() == "authorization"] == ["Bearer OLD"]
+    keyed = OpenAIBackend("http://h/v1", api_key="NEW")
+    assert keyed._http.headers == {"Authorization": "Bearer NEW"}

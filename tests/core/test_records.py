@@ -100,6 +100,26 @@ class TestPrediction:
         with pytest.raises(ValueError, match=r"Prediction\.prompt_tokens"):
             Prediction(1.0, prompt_tokens=-2)
 
+    @pytest.mark.parametrize(
+        ("kwargs", "field"),
+        [
+            ({"tokens": "5"}, "tokens"),
+            ({"tokens": True}, "tokens"),
+            ({"tokens": 1.0, "p_long": True}, "p_long"),
+            ({"tokens": 1.0, "p_long": "0.5"}, "p_long"),
+            ({"tokens": 1.0, "prompt_tokens": "3"}, "prompt_tokens"),
+        ],
+    )
+    def test_not_a_number_is_refused_by_name(self, kwargs: dict[str, object], field: str) -> None:
+        with pytest.raises(TypeError, match=rf"Prediction\.{field} must be a number"):
+            Prediction(**kwargs)  # type: ignore[arg-type]
+
+    def test_numpy_numbers_are_numbers(self) -> None:
+        import numpy as np
+
+        p = Prediction(np.float32(3.5), p_long=np.float64(0.25), prompt_tokens=np.int64(3))
+        assert (p.tokens, p.p_long, p.prompt_tokens) == (3.5, 0.25, 3)
+
 
 class TestChunk:
     def test_defaults(self) -> None:

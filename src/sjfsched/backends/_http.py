@@ -15,6 +15,7 @@ import re
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import anyio
 
@@ -69,15 +70,23 @@ class HttpSettings:
         headers: Mapping[str, str] | None,
         client: httpx.AsyncClient | None,
     ) -> None:
-        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must be an http:// or https:// URL, got {base_url!r}")
+        if (
+            not isinstance(base_url, str)
+            or not base_url.startswith(("http://", "https://"))
+            or not urlsplit(base_url).hostname
+        ):
+            raise ValueError(f"base_url must be an http:// or https:// URL with a host, got {base_url!r}")
+        if headers is not None and not isinstance(headers, Mapping):
+            raise TypeError(f"headers must be a mapping of names to values, got {type(headers).__name__}")
+        if client is not None and not isinstance(client, import_httpx(service, extra).AsyncClient):
+            raise TypeError(f"client must be an httpx.AsyncClient, got {type(client).__name__}")
         self.service = service
         self.extra = extra
         self.base_url = base_url.rstrip("/")
         self.connect_timeout = check_timeout("connect_timeout", connect_timeout)
         self.read_timeout = check_timeout("read_timeout", read_timeout)
         self.headers = dict(headers or {})
-        self._client = client
+        self._client: httpx.AsyncClient | None = client
         self._owns_client = client is None
 
     def client(self) -> httpx.AsyncClient:

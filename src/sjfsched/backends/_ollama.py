@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, final
 
@@ -20,6 +21,16 @@ if TYPE_CHECKING:
     import httpx
 
 __all__ = ["OllamaBackend"]
+
+#: Body fields of /api/generate that /api/chat does not have, and what a chat uses instead.
+_GENERATE_ONLY = {
+    "system": "give the chat a system message",
+    "images": "put them in the user message's 'images'",
+    "template": "a chat uses the model's template",
+    "raw": "a chat is always templated",
+    "suffix": "use /api/generate (Request.prompt) for fill-in-the-middle",
+    "context": "send the earlier turns as messages",
+}
 
 #: Request options that are fields of the request body, not model ``options``.
 _TOP_LEVEL = frozenset(
@@ -56,7 +67,9 @@ class OllamaBackend:
     unchanged (``max_tokens`` is accepted as ``num_predict``; an ``options``
     mapping is merged into it).  ``model``, ``prompt``, ``messages`` and
     ``stream`` are the backend's to set: a request that sets one fails with
-    ``BackendError``.
+    ``BackendError``, and so does a chat that sets a field only
+    ``/api/generate`` has (``system``, ``images``, ``template``, ``raw``,
+    ``suffix``, ``context``), which ``/api/chat`` would ignore.
 
     Token counts are Ollama's own: each streamed line counts as one token and
     the final line's ``eval_count`` makes the sum exact; its
@@ -104,6 +117,14 @@ class OllamaBackend:
             raise ValueError(f"model must be a non-empty str (an Ollama model name), got {model!r}")
         if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
             raise ValueError(f"slots must be an int >= 1, got {slots!r}")
+        if keep_alive is not None and (
+            isinstance(keep_alive, bool)
+            or not isinstance(keep_alive, (str, int, float))
+            or (not isinstance(keep_alive, str) and not math.isfinite(keep_alive))
+        ):
+            raise ValueError(
+                f"keep_alive must be a duration string or a number of seconds, got {keep_alive!r}"
+            )
         import_httpx("OllamaBackend", "ollama")  # without the ollama extra: fail here, not on every request
         self.model = model
         self.slots = slots
@@ -140,6 +161,11 @@ class OllamaBackend:
             if key in _RESERVED:
                 raise BackendError(f"OllamaBackend sets {key!r} itself; remove it from Request.options")
             if key in _TOP_LEVEL:
+                if path == "/api/chat" and key in _GENERATE_ONLY:
+                    raise BackendError(
+                        f"OllamaBackend: {key!r} is a field of /api/generate, not of /api/chat "
+                        f"(Request.messages); {_GENERATE_ONLY[key]}"
+                    )
                 body[key] = value
             elif key == "options" and isinstance(value, Mapping):
                 options.update(value)

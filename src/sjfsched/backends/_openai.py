@@ -85,9 +85,14 @@ class OpenAIBackend:
         if isinstance(base_url, str) and urlsplit(base_url).path in ("", "/"):
             base_url = base_url.rstrip("/") + "/v1"
         import_httpx("OpenAIBackend", "openai")  # without the openai extra: fail here, not on every request
+        if not isinstance(include_usage, bool):
+            raise TypeError(f"include_usage must be True or False, got {include_usage!r}")
+        if headers is not None and not isinstance(headers, Mapping):
+            raise TypeError(f"headers must be a mapping of names to values, got {type(headers).__name__}")
         all_headers = dict(headers or {})
-        if api_key is not None:
-            all_headers.setdefault("Authorization", f"Bearer {api_key}")
+        # A header of the caller's own wins, whatever its case: one Authorization is sent.
+        if api_key is not None and not any(name.lower() == "authorization" for name in all_headers):
+            all_headers["Authorization"] = f"Bearer {api_key}"
         self.model = model
         self.slots = slots
         self.include_usage = include_usage
