@@ -133,12 +133,20 @@ class ScheduledLlama:
         bound = self._chat_signature.bind(*args, **kwargs)
         values = _with_defaults(bound)
         messages: Sequence[Mapping[str, Any]] = values["messages"]
-        request = Request(messages=messages, max_tokens=_max_tokens(values.get("max_tokens")))
+        limit = _max_tokens(values.get("max_tokens"))
+        # llama.cpp answers an empty chat (from the template alone); so does the wrapper
+        request = Request(messages=messages, max_tokens=limit) if messages else Request("", max_tokens=limit)
         return self._run(self._llm.create_chat_completion, bound, request, bool(values.get("stream")))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """``Llama.__call__`` (which is ``create_completion``), admitted shortest-first."""
         return self.create_completion(*args, **kwargs)
+
+    def create_chat_completion_openai_v1(self, *args: Any, **kwargs: Any) -> Any:
+        """``Llama.create_chat_completion_openai_v1``: the chat call above, typed with the openai package."""
+        # llama-cpp-python's own method, run on the wrapper: its create_chat_completion is
+        # the scheduled one (forwarded as it was, it ran on the bare model, past the lock).
+        return type(self._llm).create_chat_completion_openai_v1(self, *args, **kwargs)  # type: ignore[arg-type]
 
     def _run(
         self, method: Callable[..., Any], bound: inspect.BoundArguments, request: Request, stream: bool

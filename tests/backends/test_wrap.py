@@ -240,3 +240,20 @@ def test_concurrency_other_than_one_is_refused(tiny_llm: Llama, concurrency: Any
     for accepted in (1, None):
         with sjfsched.wrap(tiny_llm, predictor=HeuristicPredictor(), concurrency=accepted) as w:
             assert w.scheduler.statistics().concurrency == 1
+
+
+def test_the_openai_typed_chat_call_is_scheduled_too(wrapped: Any, tiny_llm: Llama) -> None:
+    """Forwarded as it was, it ran on the bare model, past the lock, inside other calls' streams."""
+    messages = [{"role": "user", "content": "hi"}]
+    typed = wrapped.create_chat_completion_openai_v1(messages=messages, max_tokens=4, temperature=0)
+    plain: Any = tiny_llm.create_chat_completion(messages=messages, max_tokens=4, temperature=0)  # type: ignore[arg-type]
+    assert typed.choices[0].message.content == plain["choices"][0]["message"]["content"]
+    streamed = list(wrapped.create_chat_completion_openai_v1(messages=messages, max_tokens=4, stream=True))
+    assert streamed and all(type(c).__name__ == "ChatCompletionChunk" for c in streamed)
+    assert wrapped.scheduler.statistics().completed == 2
+
+
+def test_an_empty_chat_is_answered_as_llama_answers_it(wrapped: Any, tiny_llm: Llama) -> None:
+    ours = wrapped.create_chat_completion([], max_tokens=3, temperature=0)
+    theirs: Any = tiny_llm.create_chat_completion([], max_tokens=3, temperature=0)
+    assert ours["choices"][0]["message"] == theirs["choices"][0]["message"]
