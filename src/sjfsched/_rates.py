@@ -65,17 +65,13 @@ class RateEstimator:
         """Learn from one finished request's timings.
 
         Prefill time is taken as start to first token, decode time as first
-        token to the end (for ``output_tokens - 1`` tokens).  An answer that
-        came in one piece (first token at the end) counts as all decoding.
+        token to the end (for ``output_tokens - 1`` tokens).  The caller passes
+        ``first_token=started`` for an answer that came in one piece (the
+        scheduler tells it by its chunks): then all of it counts as decoding.
         Requests without a first token, or whose times are zero, teach nothing.
         """
         if first_token is None or output_tokens < 1:
             return
-        if output_tokens > 1 and finished - first_token <= 1e-6:
-            # The whole answer came in one piece (a backend that does not stream):
-            # prefill and decode cannot be told apart, so, as for a Ticket that
-            # noted no first token, the whole call counts as decoding.
-            first_token = started
         prefill = first_token - started
         if prompt_tokens > 0 and prefill > 1e-6:
             self._prefill_tokens = _DECAY * self._prefill_tokens + prompt_tokens
