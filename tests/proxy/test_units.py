@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from sjfsched.proxy import ProxySettings
 from sjfsched.proxy._apis import BadRequest, Parsed, Tally, parse_scheduled, scheduled_endpoints
+from sjfsched.proxy._cli import configure, settings_of
 from sjfsched.proxy._settings import resolve
 from sjfsched.proxy._upstream import request_headers, response_headers
 
@@ -121,7 +123,10 @@ def test_what_the_scheduler_is_told() -> None:
     ).request
     assert (chat.text, chat.max_tokens, chat.priority, chat.tenant) == ("Look", 9, 3, "team-a")
     tokens = _parse("/v1/completions", {"prompt": [1, 2, 3, 4], "max_tokens": 0}).request
-    assert (len(tokens.text), tokens.max_tokens) == (16, 1)
+    # 0 is no limit to llama-cpp-python's server and Ollama's runner: ranked by the prediction, not as 1 token
+    assert (len(tokens.text), tokens.max_tokens) == (16, None)
+    zero = _parse("/api/generate", {"model": "m", "prompt": "Hi", "options": {"num_predict": 0}}).request
+    assert zero.max_tokens is None
 
 
 def test_a_field_of_the_wrong_type_is_named_with_its_json_type() -> None:
@@ -195,6 +200,29 @@ def test_settings_come_from_flags_then_environment_then_defaults() -> None:
     assert (
         ProxySettings(upstream="https://ollama.example/prefix/").upstream == "https://ollama.example/prefix"
     )
+
+
+def test_a_flag_given_as_none_wins_over_its_variable_and_the_default() -> None:
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    environ = {"SJFSCHED_MAX_WAIT": "60", "SJFSCHED_CAP": "2"}
+
+    def settings(*argv: str) -> tuple[ProxySettings, dict[str, tuple[object, str]]]:
+        return settings_of(parser.parse_args(["--upstream", "http://h:1", *argv]), environ)
+
+    given, sources = settings(
+        "--max-queue", "none", "--cap", "none", "--max-wait", "none", "--connect-timeout", "none"
+    )
+    assert (given.max_queue, given.cap, given.max_wait, given.connect_timeout) == (None, None, None, None)
+    assert {sources[name][1] for name in ("max_queue", "cap", "max_wait", "connect_timeout")} == {"flag"}
+    left, sources = settings()  # not given: the variable, then the default
+    assert (left.max_queue, left.cap, left.max_wait, left.access_log) == (512, 2.0, 60.0, False)
+    assert (sources["cap"][1], sources["max_queue"][1], sources["access_log"][1]) == (
+        "env",
+        "default",
+        "default",
+    )
+    assert settings("--access-log")[0].access_log is True
 
 
 def test_a_deeply_nested_body_is_a_bad_request_not_a_crash() -> None:

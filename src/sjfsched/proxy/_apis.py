@@ -209,9 +209,9 @@ def _ollama_limit(body: Mapping[str, Any]) -> int | None:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadRequest(f"options.num_predict must be an integer, got {json.dumps(value)}")
-    if value < 0:  # -1: no limit, -2: fill the context
+    if value <= 0:  # -1: no limit, -2: fill the context; 0: Ollama's runner stops only at a limit > 0
         return None
-    return max(1, value)
+    return value
 
 
 def _openai_limit(body: Mapping[str, Any]) -> int | None:
@@ -221,9 +221,9 @@ def _openai_limit(body: Mapping[str, Any]) -> int | None:
             continue
         if isinstance(value, bool) or not isinstance(value, int):
             raise BadRequest(f"{name} must be an integer, got {json.dumps(value)}", param=name)
-        if value < 0:  # llama.cpp: no limit; Ollama: num_predict -1. The upstream judges it
+        if value <= 0:  # llama-cpp-python: no limit (0 too); Ollama: num_predict -1. The upstream judges it
             return None
-        return max(1, value)
+        return value
     return None
 
 

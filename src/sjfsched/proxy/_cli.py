@@ -11,7 +11,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -46,7 +46,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help_text = f"{option.help} [{option.env}; default {option.shown_default}]"
         if option.is_flag:
             parser.add_argument(
-                option.flag, dest=option.name, action="store_true", default=None, help=help_text
+                option.flag, dest=option.name, action="store_true", default=argparse.SUPPRESS, help=help_text
             )
         else:
             parser.add_argument(
@@ -54,7 +54,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                 dest=option.name,
                 metavar=option.metavar,
                 type=_argument_type(option.parse),
-                default=None,
+                default=argparse.SUPPRESS,  # absent, not None: "--cap none" is a value that wins
                 help=help_text,
             )
 
@@ -75,10 +75,18 @@ def _print_settings(settings: ProxySettings, sources: dict[str, tuple[Any, str]]
         print(f"  {option.flag[2:]:<18} {value!s:<32} ({where})", flush=True)
 
 
+def settings_of(
+    args: argparse.Namespace, environ: Mapping[str, str]
+) -> tuple[ProxySettings, dict[str, tuple[Any, str]]]:
+    """The settings from parsed flags (only those given) and ``environ``; see :func:`resolve`."""
+    return resolve(
+        {option.name: getattr(args, option.name) for option in OPTIONS if hasattr(args, option.name)}, environ
+    )
+
+
 def run(args: argparse.Namespace) -> int:
-    flags = {option.name: getattr(args, option.name, None) for option in OPTIONS}
     try:
-        settings, sources = resolve(flags, os.environ)
+        settings, sources = settings_of(args, os.environ)
     except ValueError as exc:
         print(f"sjfsched serve: {exc}", file=sys.stderr)
         return 2

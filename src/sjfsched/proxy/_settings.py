@@ -324,7 +324,10 @@ OPTIONS: tuple[Option, ...] = (
 def resolve(
     flags: Mapping[str, Any], environ: Mapping[str, str]
 ) -> tuple[ProxySettings, dict[str, tuple[Any, str]]]:
-    """Settings from flag values (``None``: not given), then the environment, then defaults.
+    """Settings from flag values (a name absent from ``flags``: not given), then the environment, then defaults.
+
+    A flag given as ``none`` (value ``None``) wins over its variable like any
+    other value: ``--max-wait none`` clears ``SJFSCHED_MAX_WAIT``.
 
     Returns the settings and, per option name, ``(value, source)`` where the
     source is ``flag``, ``env`` or ``default``.  Raises ``ValueError`` naming
@@ -333,8 +336,8 @@ def resolve(
     values: dict[str, Any] = {}
     sources: dict[str, tuple[Any, str]] = {}
     for option in OPTIONS:
-        value = flags.get(option.name)
-        if value is not None and value is not False:
+        if option.name in flags:
+            value = flags[option.name]
             source = "flag"
         elif environ.get(option.env, "").strip():
             try:
