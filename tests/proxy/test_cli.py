@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -259,6 +260,19 @@ def test_bad_configuration_exits_2_naming_the_setting(
     result = _run(*args, env=env)
     assert result.returncode == 2, result
     assert message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("by_variable", [False, True])
+def test_a_bad_state_file_exits_2_before_listening(tmp_path: Path, by_variable: bool) -> None:
+    state = tmp_path / "state.json"
+    state.write_text("{not json")
+    flag = () if by_variable else ("--predictor-state", str(state))
+    env = {"SJFSCHED_PREDICTOR_STATE": str(state)} if by_variable else {}
+    result = _run("--upstream", "http://127.0.0.1:1", "--listen", "127.0.0.1:0", *flag, env=env)
+    assert result.returncode == 2, result
+    where = "SJFSCHED_PREDICTOR_STATE" if by_variable else "--predictor-state"
+    assert result.stderr.startswith(f"sjfsched serve: {where}: {state}: cannot load"), result.stderr
+    assert result.stderr.count("\n") == 1 and "listening" not in result.stdout, result
 
 
 def test_unreachable_upstream_at_start_exits_1() -> None:

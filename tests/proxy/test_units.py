@@ -197,6 +197,17 @@ def test_settings_come_from_flags_then_environment_then_defaults() -> None:
         ProxySettings(upstream="http://:80")
     with pytest.raises(ValueError, match="upstream has a bad port"):
         ProxySettings(upstream="http://host:abc")
+    # parts the proxy would drop or send malformed are refused, and a password is never echoed
+    with pytest.raises(ValueError, match=r"must not carry credentials") as refused:
+        resolve({"upstream": "http://user:secret@127.0.0.1:1"}, {})
+    assert "secret" not in str(refused.value) and str(refused.value).startswith("--upstream: ")
+    for url in ("http://h:1/ollama?token=abc", "http://h:1/x#part"):
+        with pytest.raises(ValueError, match=r"without \?query or #fragment"):
+            ProxySettings(upstream=url)
+    for url in ("http://h:1/my models", "http://h:1/modèles"):
+        with pytest.raises(ValueError, match="upstream path must be ASCII without spaces"):
+            ProxySettings(upstream=url)
+    assert ProxySettings(upstream="http://h:1/my%20models/").upstream == "http://h:1/my%20models"
     assert (
         ProxySettings(upstream="https://ollama.example/prefix/").upstream == "https://ollama.example/prefix"
     )

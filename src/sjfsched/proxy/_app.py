@@ -97,7 +97,9 @@ class ProxyApp:
     unchanged.  The proxy answers ``/healthz`` and ``/metrics`` itself.
     """
 
-    def __init__(self, settings: ProxySettings) -> None:
+    def __init__(self, settings: ProxySettings, *, predictor: Predictor | None = None) -> None:
+        """``predictor``: one made already from ``settings`` (``sjfsched serve`` makes it before it
+        listens, so a bad state file fails at once); by default it is made at start-up."""
         self.settings = settings
         self.metrics = Metrics()
         self._base = settings.upstream
@@ -105,7 +107,7 @@ class ProxyApp:
         self._scheduled: dict[str, Endpoint] = {}
         self._client: UpstreamClient | None = None
         self._scheduler: Scheduler | None = None
-        self._learner: Predictor | None = None
+        self._learner: Predictor | None = predictor
         self._draining = False
         self._inflight = 0
         self._idle: anyio.Event | None = None
@@ -138,7 +140,8 @@ class ProxyApp:
         """Make the client, learn the upstream's API if need be, open the scheduler."""
         settings = self.settings
         # First what can fail on our side (a bad predictor state file), then the upstream.
-        self._learner = make_predictor(settings.predictor, settings.predictor_state)
+        if self._learner is None:
+            self._learner = make_predictor(settings.predictor, settings.predictor_state)
         if self._client is None:
             self._client = make_client(self._base, settings.connect_timeout, settings.read_timeout)
         if self._api is None:

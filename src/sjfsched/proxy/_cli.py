@@ -16,8 +16,10 @@ from typing import Any
 
 import attrs
 
+from .._errors import PredictorError
 from .._version import __version__
 from ._app import ProxyApp
+from ._predictor import make_predictor
 from ._server import bind, make_server
 from ._settings import OPTIONS, ProxySettings, resolve
 from ._upstream import UpstreamUnavailable, detect_api_sync
@@ -91,6 +93,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"sjfsched serve: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(message)s")
+    try:  # before listening: a state file that cannot be read stops the proxy here, as a bad value
+        predictor = make_predictor(settings.predictor, settings.predictor_state)
+    except PredictorError as exc:
+        source = sources["predictor_state"][1]
+        where = {"flag": "--predictor-state", "env": "SJFSCHED_PREDICTOR_STATE"}.get(source, "the predictor")
+        print(f"sjfsched serve: {where}: {exc}", file=sys.stderr)
+        return 2
     try:
         sock = bind(settings.host, settings.port)
     except OSError as exc:
@@ -108,12 +117,17 @@ def run(args: argparse.Namespace) -> int:
         host, port = sock.getsockname()[:2]
         settings = attrs.evolve(settings, port=port)
         _print_settings(settings, sources)
-        app = ProxyApp(settings)
+        app = ProxyApp(settings, predictor=predictor)
         server = make_server(app)
         url_host = f"[{host}]" if ":" in host else host
         # uvicorn prints nothing about the address when given a socket; say it here.
         print(f"sjfsched serve: listening on http://{url_host}:{port}", flush=True)
-        server.run(sockets=[sock])
+        try:
+            server.run(sockets=[sock])
+        except SystemExit:  # uvicorn exits (status 3) when start-up fails; it has logged why
+            if server.started:
+                raise
+            return 1
         if not server.started:
             return 1
     return 0

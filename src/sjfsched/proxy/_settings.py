@@ -103,6 +103,16 @@ def normalize_upstream(url: object) -> str:
     parts = urlsplit(url)
     if not parts.hostname:
         raise ValueError(f"upstream must name a host, got {url!r}")
+    if "@" in parts.netloc:  # never echo the password back
+        raise ValueError("upstream must not carry credentials (user:password@): the proxy does not send them")
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        raise ValueError(
+            f"upstream must be a root URL with an optional path, without ?query or #fragment, got {url!r}"
+        )
+    if not parts.path.isascii() or any(c.isspace() or not c.isprintable() for c in parts.path):
+        raise ValueError(
+            f"upstream path must be ASCII without spaces (percent-encode other characters), got {url!r}"
+        )
     try:
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
     except ValueError:
@@ -324,7 +334,7 @@ OPTIONS: tuple[Option, ...] = (
 def resolve(
     flags: Mapping[str, Any], environ: Mapping[str, str]
 ) -> tuple[ProxySettings, dict[str, tuple[Any, str]]]:
-    """Settings from flag values (a name absent from ``flags``: not given), then the environment, then defaults.
+    """Settings from flag values (a name absent from ``flags``: not given), then variables, then defaults.
 
     A flag given as ``none`` (value ``None``) wins over its variable like any
     other value: ``--max-wait none`` clears ``SJFSCHED_MAX_WAIT``.
