@@ -5,6 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import re
+import sys
+import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -238,6 +243,43 @@ def test_truncated_model_file(tmp_path: Path) -> None:
         LexicalPredictor(path)
 
 
+def test_a_model_path_that_is_not_a_regular_file(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.onnx"
+    os.mkfifo(fifo)  # reading it would wait for a writer for ever
+    for path in (tmp_path, fifo, Path("/dev/zero")):  # /dev/zero would fill memory
+        with pytest.raises(PredictorError, match=re.escape(f"{path}: not a regular file")):
+            LexicalPredictor(path)
+    with pytest.raises(PredictorError, match=r"pipe\.onnx: cannot load calibration \(not a regular file\)"):
+        LexicalPredictor(calibration_path=fifo)
+
+
+def test_a_model_with_a_weight_that_is_not_finite_is_refused_when_loaded(tmp_path: Path) -> None:
+    model = onnx.load(str(bundled_model_path()))
+    (table,) = [t for t in model.graph.initializer if t.name == "weights"]
+    weights = onnx.numpy_helper.to_array(table).copy()
+    row = int(LexicalPredictor(calibrate=False)._features.encode("A short poem about the sea.")[0][5])
+    weights.flat[row] = np.nan  # one weight of one row a common prompt uses, say a flipped word
+    table.CopyFrom(onnx.numpy_helper.from_array(weights, "weights"))
+    path = tmp_path / "nan.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(
+        PredictorError, match=rf"nan\.onnx: 1 of the model's \d+ weights are not finite \(row {row}\)"
+    ):
+        LexicalPredictor(path)
+
+
+def test_a_model_whose_inputs_take_one_row_is_refused_when_loaded(tmp_path: Path) -> None:
+    model = onnx.load(str(bundled_model_path()))
+    for tensor in model.graph.input:  # the right names and types, but a fixed length of 1
+        dim = tensor.type.tensor_type.shape.dim[0]
+        dim.ClearField("dim_param")
+        dim.dim_value = 1
+    path = tmp_path / "fixed.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(PredictorError, match=r"fixed\.onnx: model does not run"):
+        LexicalPredictor(path)
+
+
 def _edited(tmp_path: Path, name: str, props: dict[str, str], drop: tuple[str, ...] = ()) -> Path:
     """The bundled model with metadata keys ``drop`` removed and ``props`` set."""
     model = onnx.load(str(bundled_model_path()))
@@ -351,6 +393,72 @@ def test_calibration_saves_every_n(tmp_path: Path) -> None:
     assert not path.exists()
     predictor.observe(request, Prediction(1.0), 100)
     assert json.loads(path.read_text())["state"]["n"] == 3
+
+
+@pytest.mark.parametrize("every", [2.5, math.nan, math.inf, "3", 0, True])
+def test_save_every_must_be_a_whole_number(tmp_path: Path, every: object) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"save_every must be an int >= 1 or None, got {every!r}")):
+        LexicalPredictor(calibration_path=tmp_path / "s.json", save_every=every)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("length", [True, "500", b"5", None])
+def test_observe_refuses_a_length_that_is_not_a_number(length: object) -> None:
+    predictor = LexicalPredictor()
+    request = Request("hello")
+    with pytest.raises(TypeError, match="output_tokens must be a number of tokens"):
+        predictor.observe(request, predictor.predict(request), length)  # type: ignore[arg-type]
+    assert predictor.calibration.observations == 0
+    assert predictor.correction is not None and predictor.correction.observations == 0
+
+
+def test_scores_stay_near_the_training_targets_range(predictor: LexicalPredictor) -> None:
+    """A run of one character repeats one n-gram hundreds of times: it must not score far outside."""
+    assert predictor._low < predictor._high
+    ask = "Write a detailed 2000-word essay on the French Revolution."
+    padded = [ask + "\n" + "=" * 256, ask + "\n" * 256, "\n" * 10_000, "=" * 10_000, "a" * 100_000]
+    scores = [predictor.score(text) for text in padded]
+    assert all(predictor._low <= x <= predictor._high for x in scores), scores
+    assert predictor.scores(padded).tolist() == pytest.approx(scores, rel=1e-5)
+    # the old model scored "\n" * 10_000 at 12.5 (310,000 tokens): now at most e**0.5 past the longest target
+    tokens = predictor.predict(Request("\n" * 10_000)).tokens
+    assert tokens < 10_000, tokens
+
+
+def test_saving_and_resetting_from_another_thread_while_observing() -> None:
+    """The scheduler observes on its thread; the program saves or resets on its own."""
+    predictor = LexicalPredictor()
+    prompts = [f"Question {i}: {'explain ' * (i % 7)}the tides?" for i in range(64)]
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def observe() -> None:
+        i = 0
+        while not stop.is_set():
+            request = Request(prompts[i % len(prompts)])
+            try:
+                predictor.observe(request, predictor.predict(request), 10 + 40 * (i % 9))
+            except BaseException as exc:
+                errors.append(exc)
+            i += 1
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # hand over often: the old code failed here about every other save
+    thread = threading.Thread(target=observe)
+    thread.start()
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            state = Path(folder) / "state.json"
+            for i in range(300):
+                predictor.save_calibration(state)
+                if i % 50 == 49:
+                    predictor.reset_calibration()
+            LexicalPredictor(calibration_path=state)  # the last save reads back
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(interval)
+    assert errors == []
+    assert predictor.calibration.observations > 0
 
 
 def test_bad_calibration_file(tmp_path: Path) -> None:

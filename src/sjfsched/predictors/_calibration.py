@@ -18,12 +18,13 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import numbers
 import os
 import secrets
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LengthCalibration", "read_state", "write_state"]
+__all__ = ["LengthCalibration", "read_state", "require_length", "write_state"]
 
 #: An observed length counts as at most this many tokens' log (one answer of
 #: a billion tokens, or a miscount, must not throw the fit off for hours).
@@ -80,7 +81,12 @@ class LengthCalibration:
         return self.n
 
     def observe(self, raw: float, output_tokens: float) -> None:
-        """Add one completed request: the model's raw score and the real length."""
+        """Add one completed request: the model's raw score and the real length.
+
+        A length that is not a number (a string, a bool) raises ``TypeError``;
+        a negative, NaN or infinite one is ignored.
+        """
+        require_length(output_tokens)
         try:
             raw, output_tokens = float(raw), float(output_tokens)
         except (OverflowError, TypeError, ValueError):  # e.g. an int past float's range
@@ -177,10 +183,19 @@ def write_state(path: str | os.PathLike[str], data: Any) -> None:
         raise
 
 
+def require_length(output_tokens: object) -> None:
+    """``TypeError`` unless ``output_tokens`` is a real number (a bool, a string or bytes is not)."""
+    if isinstance(output_tokens, (bool, str, bytes)) or not isinstance(output_tokens, numbers.Real):
+        raise TypeError(f"output_tokens must be a number of tokens, got {output_tokens!r}")
+
+
 def read_state(path: str | os.PathLike[str]) -> Any:
     """Read a state written by :func:`write_state`; raises OSError, or ValueError if it is not JSON."""
+    file = Path(path)
+    if file.exists() and not file.is_file():  # a directory, a pipe: reading it would fail late or hang
+        raise ValueError("not a regular file")
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"not JSON ({exc.msg})") from exc
     except RecursionError:

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import stat
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -24,7 +25,7 @@ from .._errors import PredictorError
 from .._records import Prediction, Request
 from ._adapt import ScoreCorrection, TargetMap
 from ._base import LONG_TOKENS
-from ._calibration import LengthCalibration, read_state, write_state
+from ._calibration import LengthCalibration, read_state, require_length, write_state
 from ._features import FEATURE_VERSION, SIGNALS, LexicalFeaturizer
 
 __all__ = ["LONG_TOKENS", "LexicalPredictor", "bundled_model_path", "open_session"]
@@ -41,6 +42,9 @@ _CONTRIBUTIONS: Final = ["contributions"]
 #: the oldest are dropped _FORGET_BATCH at a time once there are more.
 RECENT_SCORES: Final = 4096
 _FORGET_BATCH: Final = 512
+#: How far beyond its training targets' range a score may go (log scale: a factor of e**0.5);
+#: every prompt of the training corpora scores within it, a run of one character need not.
+SCORE_MARGIN: Final = 0.5
 
 
 def bundled_model_path() -> Path:
@@ -138,6 +142,8 @@ def _load(path: Path) -> _Model:
         raise PredictorError(f"{path}: model file not found") from None
     except ValueError as exc:  # a path with a NUL byte
         raise PredictorError(f"{path!r}: not a usable model path ({exc})") from None
+    if not stat.S_ISREG(st.st_mode):  # a directory, a pipe, /dev/zero: reading it would hang or fill memory
+        raise PredictorError(f"{path}: not a regular file")
     version = (st.st_mtime_ns, st.st_size)
     with _CACHE_LOCK:
         cached = _CACHE.get(where)
@@ -200,14 +206,23 @@ def _read(path: Path) -> _Model:
             f"{path}: model has inputs {inputs} and outputs {outputs}; expected inputs "
             f"['ids', 'values'] and outputs {sorted(_OUTPUTS)}"
         )
-    try:  # the last row must exist: catches a weight table cut short
+    try:  # every row, once: catches a weight table cut short or holding NaN, and inputs of a fixed size
         bias_out, probe = session.run(
             ["bias", "log_tokens"],
-            {"ids": np.array([table_size - 1], np.int32), "values": np.ones(1, np.float32)},
+            {"ids": np.array([0, table_size - 1, 0], np.int32), "values": np.array([0.5, 1, 2], np.float32)},
+        )
+        (weights,) = session.run(
+            _CONTRIBUTIONS,
+            {"ids": np.arange(table_size, dtype=np.int32), "values": np.ones(table_size, np.float32)},
         )
         bias = float(bias_out)
+        bad = np.flatnonzero(~np.isfinite(np.asarray(weights, np.float64)))
     except Exception as exc:
         raise PredictorError(f"{path}: model does not run ({exc})") from exc
+    if bad.size:
+        raise PredictorError(
+            f"{path}: {bad.size} of the model's {table_size} weights are not finite (row {bad[0]})"
+        )
     if not all(math.isfinite(x) for x in (bias, float(probe), center, spread, sigma)):
         raise PredictorError(f"{path}: model weights or statistics are not finite")
     return _Model(
@@ -300,7 +315,9 @@ class LexicalPredictor:
         save_every: int | None = None,
     ) -> None:
         path = bundled_model_path() if model_path is None else Path(model_path)
-        if save_every is not None and (isinstance(save_every, bool) or save_every < 1):
+        if save_every is not None and (
+            isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 1
+        ):
             raise ValueError(f"save_every must be an int >= 1 or None, got {save_every!r}")
         if save_every is not None and calibration_path is None:
             raise ValueError("save_every needs a calibration_path to save to")
@@ -311,6 +328,13 @@ class LexicalPredictor:
         self._features = model.features
         self._bias = model.bias
         self._calibrate = calibrate
+        # A score is kept within its training targets' range, plus a margin: a run of one
+        # character repeats one n-gram hundreds of times and would score far outside it.
+        ys = model.target_map.ys if model.target_map is not None else (-math.inf, math.inf)
+        self._low, self._high = ys[0] - SCORE_MARGIN, ys[-1] + SCORE_MARGIN
+        # observe(), save, load and reset change the learnt state together (the scheduler may
+        # observe on its thread while the program saves on its own); predict() reads it as it is.
+        self._state_lock = threading.RLock()
         # Learnt only when observe() runs, that is with calibrate too.
         self._correction = (
             ScoreCorrection(model.features.table_size, model.target_map) if calibrate and adapt else None
@@ -353,14 +377,16 @@ class LexicalPredictor:
     def score(self, text: str) -> float:
         """The raw score of a text: predicted ``log(1 + tokens)`` at training scale.
 
-        The model's score, plus the learnt :attr:`correction` once there is one.
+        The model's score, plus the learnt :attr:`correction` once there is one,
+        kept within the model's training targets' range widened by
+        :data:`SCORE_MARGIN` on each side.
         """
         ids, values = self._features.encode(text)
         raw = float(self._run(_SCORE, {"ids": ids, "values": values})[0])
         correction = self._correction
         if correction is not None and correction.observations:
             raw += correction.value(ids, values)
-        return raw
+        return min(max(raw, self._low), self._high)
 
     def scores(self, texts: Sequence[str]) -> npt.NDArray[np.float64]:
         """Raw scores of many texts, with one model run (see :meth:`score`)."""
@@ -376,7 +402,7 @@ class LexicalPredictor:
             bias += correction.bias
         # The plain weights, summed per text and block, then scaled: a block's
         # rows share one value within a text.
-        return np.asarray(batch.totals(weights) + bias, np.float64)
+        return np.clip(np.asarray(batch.totals(weights) + bias, np.float64), self._low, self._high)
 
     def _ones(self, n: int) -> npt.NDArray[np.float32]:
         ones = self._ones_buffer
@@ -451,37 +477,41 @@ class LexicalPredictor:
         correction needs its features): the calibration takes the score the
         predictor gives now, then the correction learns from the request.
         """
+        require_length(output_tokens)
         if not self._calibrate:
             return
-        before = self._calibration.observations
-        correction = self._correction
-        if correction is None:
-            entry = self._recent.pop(id(request), None)
-            raw = entry[1] if entry is not None and entry[0]() is request else self.score(request.text)
-            self._calibration.observe(raw, output_tokens)
-        else:
-            ids, values = self._features.encode(request.text)
-            base = float(self._run(_SCORE, {"ids": ids, "values": values})[0])
-            raw = base + correction.value(ids, values) if correction.observations else base
-            self._calibration.observe(raw, output_tokens)
-            correction.learn(ids, values, base, output_tokens)
-        count = self._calibration.observations
-        if self._save_every is not None and count != before and count % self._save_every == 0:
-            self.save_calibration()
+        with self._state_lock:
+            before = self._calibration.observations
+            correction = self._correction
+            if correction is None:
+                entry = self._recent.pop(id(request), None)
+                raw = entry[1] if entry is not None and entry[0]() is request else self.score(request.text)
+                self._calibration.observe(raw, output_tokens)
+            else:
+                ids, values = self._features.encode(request.text)
+                base = float(self._run(_SCORE, {"ids": ids, "values": values})[0])
+                raw = base + correction.value(ids, values) if correction.observations else base
+                self._calibration.observe(min(max(raw, self._low), self._high), output_tokens)
+                correction.learn(ids, values, base, output_tokens)
+            count = self._calibration.observations
+            if self._save_every is not None and count != before and count % self._save_every == 0:
+                self.save_calibration()
 
     def save_calibration(self, path: str | os.PathLike[str] | None = None) -> None:
         """Write the calibration, and the correction if adapting, as JSON to ``path``.
 
         ``path`` defaults to ``calibration_path``.  The file is replaced
-        atomically (written beside it, then renamed).
+        atomically (written beside it, then renamed).  Safe to call from any
+        thread while the scheduler observes: the state is taken whole.
         """
         target = self._calibration_path if path is None else Path(path)
         if target is None:
             raise ValueError("no path given and no calibration_path set")
-        data = self._calibration.to_dict()
-        data["model"] = self._fingerprint
-        if self._correction is not None:
-            data["correction"] = self._correction.to_dict()
+        with self._state_lock:
+            data = self._calibration.to_dict()
+            data["model"] = self._fingerprint
+            if self._correction is not None:
+                data["correction"] = self._correction.to_dict()
         write_state(target, data)
 
     def load_calibration(self, path: str | os.PathLike[str]) -> None:
@@ -494,6 +524,10 @@ class LexicalPredictor:
         correction are relative to the model's scores): remove the file to
         start afresh.
         """
+        with self._state_lock:
+            self._load_state(path)
+
+    def _load_state(self, path: str | os.PathLike[str]) -> None:
         try:
             data = read_state(path)
             saved_for = data.get("model") if isinstance(data, dict) else None
@@ -518,6 +552,7 @@ class LexicalPredictor:
 
     def reset_calibration(self) -> None:
         """Forget what :meth:`observe` learnt: back to the training scale and the model's ranking."""
-        self._calibration.reset()
-        if self._correction is not None:
-            self._correction.reset()
+        with self._state_lock:
+            self._calibration.reset()
+            if self._correction is not None:
+                self._correction.reset()
