@@ -10,7 +10,8 @@ gzip-compressed (the schema of the project's shared data and of
 Only ``prompt`` and ``output_tokens`` are required.  ``prompt_id`` defaults to
 the first 16 hex digits of ``sha1(prompt.strip())``, ``source`` to the file's
 name, ``model`` to ``"unknown"``.  Records of the same ``prompt_id`` always
-land on the same side of a split.
+land on the same side of a split; records of one ``prompt_id`` with different
+prompts are still trained on as different prompts (:func:`group_by_prompt`).
 """
 
 from __future__ import annotations
@@ -249,12 +250,21 @@ def load_records(paths: Iterable[str | Path]) -> list[LengthRecord]:
 
 
 def group_by_prompt(records: Sequence[LengthRecord]) -> tuple[list[str], list[list[int]]]:
-    """Unique prompts (keyed by corpus and prompt id) and the records of each."""
-    index: dict[tuple[str, str], int] = {}
+    """Unique prompts and the records of each, in the order they first appear.
+
+    A prompt is keyed by its corpus, its ``prompt_id`` and its text without
+    surrounding whitespace (what the default ``prompt_id`` is a hash of):
+    records that share a ``prompt_id`` but ask different things (an id given
+    per conversation, say) are different prompts, each trained on with its
+    own text; texts that differ only in surrounding whitespace are one
+    prompt (the first one's text is kept).  Splits stay grouped by
+    ``prompt_id`` alone (:func:`is_test`).
+    """
+    index: dict[tuple[str, str, str], int] = {}
     prompts: list[str] = []
     members: list[list[int]] = []
     for i, r in enumerate(records):
-        key = (r.corpus, r.prompt_id)
+        key = (r.corpus, r.prompt_id, r.prompt.strip())
         j = index.get(key)
         if j is None:
             j = index[key] = len(prompts)

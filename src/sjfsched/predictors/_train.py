@@ -483,9 +483,9 @@ def _card(
     target: str = "",
 ) -> str:
     sources: Counter[str] = Counter(r.source for r in train)
-    prompts: dict[str, set[str]] = {}
-    for r in train:
-        prompts.setdefault(r.source, set()).add(r.prompt_id)
+    prompts: dict[str, set[tuple[str, str]]] = {}
+    for r in train:  # a prompt as group_by_prompt makes it: its id and its text
+        prompts.setdefault(r.source, set()).add((r.prompt_id, r.prompt.strip()))
     lines = [
         f"# Model card: `{out.name}`",
         "",
