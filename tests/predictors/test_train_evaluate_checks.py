@@ -64,6 +64,91 @@ def _refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     return message
 
 
+# -------------------------------------------------- where train writes
+
+
+def test_train_refuses_to_write_over_its_inputs(
+    log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    data = folder / "requests.jsonl"
+    data.write_bytes(log.read_bytes())
+    before = data.read_bytes()
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text(json.dumps({"prompt": "What is jazz music? Answer in one sentence, number 5."}) + "\n")
+    model = str(tmp_path / "m.onnx")
+    assert _refused(["train", str(data), "--out", str(data)], capsys) == (
+        f"sjfsched train: --out {data} is an input file: it would be overwritten"
+    )
+    assert _refused(["train", str(data), "--out", model, "--card", str(data)], capsys) == (
+        f"sjfsched train: --card {data} is an input file: it would be overwritten"
+    )
+    link = tmp_path / "link.onnx"
+    link.symlink_to(data)
+    assert _refused(["train", str(data), "--out", str(link)], capsys) == (
+        f"sjfsched train: --out {link} is an input file ({data}): it would be overwritten"
+    )
+    assert _refused(
+        ["train", str(data), "--out", model, "--holdout-prompts", str(trace), "--card", str(trace)], capsys
+    ) == (f"sjfsched train: --card {trace} is a --holdout-prompts file: it would be overwritten")
+    # the default card beside the model, over a --holdout-prompts file
+    held = tmp_path / "held.md"
+    held.write_text(trace.read_text())
+    assert _refused(
+        ["train", str(data), "--out", str(tmp_path / "held.onnx"), "--holdout-prompts", str(held)], capsys
+    ) == (
+        f"sjfsched train: the model card {held} (see --card) is a --holdout-prompts file: "
+        "it would be overwritten"
+    )
+    # a directory given as data: what it reads (*.jsonl, *.jsonl.gz) is refused, now or later
+    for name in ("requests.jsonl", "new.jsonl", "new.jsonl.gz"):
+        assert _refused(["train", str(folder), "--out", str(folder / name)], capsys) == (
+            f"sjfsched train: --out {folder / name} is in the input directory {folder}, whose "
+            "*.jsonl and *.jsonl.gz files are read: it would be read as data"
+        )
+    assert data.read_bytes() == before and trace.read_text().startswith("{")
+    assert not (tmp_path / "m.onnx").exists()
+    # a model file beside the data it reads is fine: it is not read as data
+    assert main(["train", str(folder), "--out", str(folder / "m.onnx")]) == 0
+    assert (folder / "m.onnx").is_file() and data.read_bytes() == before
+
+
+def test_train_checks_where_it_writes_before_reading_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The data does not exist: what is reported is the output path, at once (it was 21 s of
+    # training, then "Is a directory", and a card that is a directory left the model without one).
+    nope = str(tmp_path / "nope.jsonl")
+    folder = tmp_path / "folder.onnx"
+    folder.mkdir()
+    assert (
+        _refused(["train", nope, "--out", str(folder)], capsys)
+        == f"sjfsched train: --out {folder} is a directory"
+    )
+    card = tmp_path / "card.md"
+    card.mkdir()
+    model = tmp_path / "m.onnx"
+    assert _refused(["train", nope, "--out", str(model), "--card", str(card)], capsys) == (
+        f"sjfsched train: --card {card} is a directory"
+    )
+    (tmp_path / "m.md").mkdir()  # the default card's path
+    assert _refused(["train", nope, "--out", str(model)], capsys) == (
+        f"sjfsched train: the model card {tmp_path / 'm.md'} (see --card) is a directory"
+    )
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    inside = a_file / "sub" / "m.onnx"
+    assert _refused(["train", nope, "--out", str(inside)], capsys) == (
+        f"sjfsched train: --out {inside}: cannot make its folder {inside.parent}: {a_file} is not a directory"
+    )
+    assert not model.exists()
+    # a folder that does not exist yet is made
+    assert _refused(["train", nope, "--out", str(tmp_path / "new" / "m.onnx")], capsys) == (
+        f"sjfsched train: no such file or directory: {nope}"
+    )
+
+
 # ------------------------------------------------------ prompts sharing a prompt_id
 
 

@@ -30,6 +30,7 @@ import attrs
 from .._gzlines import Cut, Damaged, scan_gzip
 
 __all__ = [
+    "DATA_PATTERNS",
     "LengthRecord",
     "corpus_of",
     "group_by_prompt",
@@ -41,6 +42,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("sjfsched")
+
+#: The files :func:`load_records` reads in a directory it is given.
+DATA_PATTERNS = ("*.jsonl", "*.jsonl.gz")
 
 
 @attrs.frozen
@@ -238,7 +242,7 @@ def load_records(paths: Iterable[str | Path]) -> list[LengthRecord]:
     for p in paths:
         path = Path(p)
         if path.is_dir():
-            files.extend(sorted([*path.glob("*.jsonl"), *path.glob("*.jsonl.gz")]))
+            files.extend(sorted(found for pattern in DATA_PATTERNS for found in path.glob(pattern)))
         elif path.exists():
             files.append(path)
         else:

@@ -25,6 +25,7 @@ import argparse
 import fnmatch
 import json
 import math
+import os
 import shlex
 import sys
 import time
@@ -41,7 +42,15 @@ from .._version import __version__
 from ._adapt import TargetMap
 from ._base import LONG_TOKENS, SHORT_TOKENS
 from ._clairvoyant import CLAIRVOYANT_FEATURES, clairvoyant_features
-from ._corpus import LengthRecord, group_by_prompt, is_test, iter_json_lines, load_records, prompt_id_of
+from ._corpus import (
+    DATA_PATTERNS,
+    LengthRecord,
+    group_by_prompt,
+    is_test,
+    iter_json_lines,
+    load_records,
+    prompt_id_of,
+)
 from ._features import FEATURE_VERSION, SIGNALS, LexicalFeaturizer
 from ._licenses import ATTRIBUTIONS, BUNDLED_SOURCES, KNOWN_LICENSES, PERMISSIVE_SOURCES, license_of
 from ._vectors import DEFAULT_LIMIT as VECTOR_LIMIT
@@ -546,6 +555,53 @@ def _card(
 # ------------------------------------------------------------------ the command
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)  # a hard link
+    except OSError:
+        return False
+
+
+def _output_problem(path: Path, what: str, args: argparse.Namespace) -> str | None:
+    """Why ``train`` cannot write ``path`` (``what`` names it), or ``None``; reads no data.
+
+    Refused: a directory; a path whose folder cannot be made (a file where a
+    folder should be) or written in; one of the inputs (``data`` files,
+    ``--holdout-prompts``, ``--word-vectors``); and a file an input directory
+    would be read for (``*.jsonl``, ``*.jsonl.gz``: the next run would read it).
+    """
+    if path.is_dir():
+        return f"{what} is a directory"
+    inputs: list[tuple[str, Path]] = [("an input file", p) for p in args.data]
+    inputs += [("a --holdout-prompts file", p) for p in args.holdout_prompts]
+    if args.word_vectors is not None:
+        inputs.append(("the --word-vectors file", args.word_vectors))
+    for kind, source in inputs:
+        if source.is_dir():
+            if path.parent.resolve() == source.resolve() and any(
+                fnmatch.fnmatchcase(path.name, pattern) for pattern in DATA_PATTERNS
+            ):
+                return (
+                    f"{what} is in the input directory {source}, whose {' and '.join(DATA_PATTERNS)} "
+                    "files are read: it would be read as data"
+                )
+        elif source.exists() and _same_file(path, source):
+            shown = "" if str(source) == str(path) else f" ({source})"
+            return f"{what} is {kind}{shown}: it would be overwritten"
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{what}: cannot make its folder {path.parent}: {folder} is not a directory"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"{what}: cannot write in {folder} (permission denied)"
+    if path.exists() and not os.access(path, os.W_OK):
+        return f"{what}: cannot write it (permission denied)"
+    return None
+
+
 def _command_line(args: argparse.Namespace) -> str:
     """The command that reproduces this run (paths as given)."""
     parts = ["sjfsched", "train", *(str(p) for p in args.data), "--out", str(args.out)]
@@ -690,6 +746,13 @@ def run(args: argparse.Namespace) -> int:
     if card_path.resolve() == args.out.resolve():
         print(f"sjfsched train: the card would overwrite the model {args.out}: pass --card", file=sys.stderr)
         return 2
+    # Where the model and its card go is checked before any data is read.
+    card_name = f"--card {card_path}" if args.card is not None else f"the model card {card_path} (see --card)"
+    for path, what in ((args.out, f"--out {args.out}"), (card_path, card_name)):
+        problem = _output_problem(path, what, args)
+        if problem is not None:
+            print(f"sjfsched train: {problem}", file=sys.stderr)
+            return 2
     low, high = args.target_percentiles
     if not 0 <= low < high <= 100:
         print("sjfsched train: --target-percentiles needs 0 <= LOW < HIGH <= 100", file=sys.stderr)
