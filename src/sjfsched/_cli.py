@@ -33,13 +33,23 @@ EXTRAS: Final = {"train": "train", "evaluate": "train", "bench": "bench", "serve
 #: extra has the lexical ones: the benchmarks train the unseen predictor).
 TRAIN_MODULES: Final[dict[str, tuple[str, ...]]] = {
     "lexical": ("scipy", "sklearn", "onnx"),
-    "clairvoyant": ("scipy", "xgboost", "onnx", "onnxmltools"),
+    "clairvoyant": ("scipy", "xgboost", "sklearn", "onnx", "onnxmltools"),
 }
+
+
+def _evaluate_imports(args: argparse.Namespace) -> tuple[str, ...]:
+    from .predictors._evaluate import late_imports  # imported already: it is the command's module
+
+    return late_imports(args)
+
+
 #: The modules of its extra a command imports only once under way (``train``: after loading
-#: all its data), by command; checked before the command runs, so that a missing extra ends
-#: in one line at once, not in a traceback at the end.
+#: all its data; ``evaluate``: after scoring or training, by mode and ``--methods``), by
+#: command; checked before the command runs, so that a missing extra ends in one line at
+#: once, not in a traceback at the end.
 LATE_IMPORTS: Final[dict[str, Callable[[argparse.Namespace], tuple[str, ...]]]] = {
     "train": lambda args: TRAIN_MODULES[args.features],
+    "evaluate": _evaluate_imports,
 }
 
 

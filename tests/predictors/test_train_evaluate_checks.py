@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,45 @@ def _refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     assert code not in (0, None), message
     assert "\n" not in message and "Traceback" not in message, message
     return message
+
+
+# ---------------------------------------------------------------- a missing extra
+
+
+@pytest.mark.parametrize(
+    ("missing", "argv"),
+    [
+        ("scipy", []),  # Kendall's tau, in every report
+        ("scipy", ["--calibration"]),
+        ("xgboost", ["--compare"]),  # clairvoyant-xgb is among the default methods
+        ("sklearn", ["--compare", "--methods", "length,clairvoyant-xgb"]),  # xgboost's classifier needs it
+        ("sklearn", ["--compare", "--methods", "length,ridge-ngrams"]),
+        ("sklearn", ["--compare", "--methods", "lexical-log"]),
+        ("onnx", ["--adaptation", "--loco"]),
+    ],
+)
+def test_evaluate_names_its_extra_before_reading_any_data(
+    missing: str,
+    argv: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setitem(sys.modules, missing, None)  # as if not installed
+    # The data is not even looked at: a missing file is not what it reports.
+    assert _refused(["evaluate", str(tmp_path / "nope.jsonl"), *argv], capsys) == (
+        f"sjfsched evaluate: not available (No module named {missing!r}); "
+        "it needs its extra: pip install 'sjfsched[train]'"
+    )
+
+
+def test_evaluate_compare_needs_only_what_its_methods_import(
+    log: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "xgboost", None)
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    assert main(["evaluate", str(log), "--compare", "--methods", "length,lexical"]) == 0
+    assert "| support |" in capsys.readouterr().out
 
 
 # -------------------------------------------------- where train writes

@@ -27,7 +27,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import attrs
 import numpy as np
@@ -42,6 +42,7 @@ __all__ = [
     "configure",
     "format_report",
     "kendall_tau",
+    "late_imports",
     "ranking_accuracy",
     "report_rows",
     "run",
@@ -203,6 +204,38 @@ VARIANTS: dict[str, Method] = {
     "lexical-bigrams": _lexical_with(max_bigrams=20_000),
 }
 ALL_METHODS: dict[str, Method] = {**METHODS, **VARIANTS}
+#: The modules of the ``train`` extra each method imports (the lexical ones and their
+#: variants: scipy and scikit-learn); Kendall's tau needs scipy in every report.
+METHOD_MODULES: Final[dict[str, tuple[str, ...]]] = {
+    "length": (),
+    "clairvoyant-xgb": ("xgboost", "sklearn"),  # xgboost's classifier is a scikit-learn estimator
+    "ridge-ngrams": ("scipy", "sklearn"),
+}
+LEXICAL_MODULES: Final = ("scipy", "sklearn")
+
+
+def method_names(text: str | None) -> list[str]:
+    """The methods ``--methods`` names, in order, each once (``None``: the default ones)."""
+    if text is None:
+        return list(METHODS)
+    return list(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+
+
+def late_imports(args: argparse.Namespace) -> tuple[str, ...]:
+    """The modules of the ``train`` extra this command line will import once under way.
+
+    The command line checks them before running (see ``sjfsched._cli.LATE_IMPORTS``),
+    so that a missing one ends in one line at once, not in a traceback after the work:
+    scipy always (Kendall's tau); with ``--compare`` what the ``--methods`` need;
+    with ``--adaptation --loco`` what training and writing a lexical model need.
+    """
+    needed = ["scipy"]
+    if args.compare:
+        for m in method_names(args.methods):
+            needed += METHOD_MODULES.get(m, LEXICAL_MODULES)
+    if args.adaptation and args.loco:
+        needed += ["sklearn", "onnx"]
+    return tuple(dict.fromkeys(needed))
 
 
 def _score_unique(
