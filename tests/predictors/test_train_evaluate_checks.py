@@ -16,6 +16,7 @@ from sjfsched import Request
 from sjfsched._cli import main
 from sjfsched.predictors import LexicalPredictor
 from sjfsched.predictors._corpus import LengthRecord, group_by_prompt, load_records, prompt_id_of
+from sjfsched.predictors._evaluate import compare
 from sjfsched.predictors._train import split_records
 
 TOPICS = [
@@ -102,6 +103,111 @@ def test_evaluate_compare_needs_only_what_its_methods_import(
     monkeypatch.setitem(sys.modules, "onnx", None)
     assert main(["evaluate", str(log), "--compare", "--methods", "length,lexical"]) == 0
     assert "| support |" in capsys.readouterr().out
+
+
+# ------------------------------------------------------- empty training or test sets
+
+
+def test_loco_skips_a_corpus_that_leaves_nothing_to_train_on(
+    log: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # One corpus: leaving it out leaves nothing (it was a StopIteration traceback with
+    # ridge-ngrams, "need at least 2 distinct prompts" with lexical, and the in-distribution
+    # table was lost).
+    assert main(["evaluate", str(log), "--compare", "--loco", "--methods", "length,ridge-ngrams"]) == 0
+    captured = capsys.readouterr()
+    assert "| corpus | length | ridge-ngrams |\n| --- | ---: | ---: |\n| support |" in captured.out
+    assert "No corpus evaluated." in captured.out
+    assert "- support: 0 distinct prompts, ridge-ngrams needs at least 2" in captured.out
+    assert (
+        "leave out support: skipped, too little to train on without it: "
+        "0 distinct prompts, ridge-ngrams needs at least 2"
+    ) in captured.err.splitlines()
+
+
+def test_loco_keeps_the_corpora_it_can_train_without(tmp_path: Path) -> None:
+    records = load_records([_write_log(tmp_path / "a.jsonl", source="alpha")])
+    lone = LengthRecord("Write a novel, long chapters, in full.", 2000.0, "x", "beta", "small")
+    # beta has 30 long answers to one prompt: leaving alpha out leaves one prompt to train on
+    records += [lone] * 30
+    notes: list[str] = []
+    report = compare(
+        records, methods=["length", "lexical"], test_fraction=0.2, seed=0, loco=True, log=notes.append
+    )
+    loco = report.split("## Leave-one-corpus-out")[1]
+    assert "| beta |" in loco and "| alpha |" not in loco
+    assert "- alpha: 1 distinct prompt, lexical needs at least 2" in loco
+    assert (
+        "leave out alpha: skipped, too little to train on without it: "
+        "1 distinct prompt, lexical needs at least 2" in notes
+    )
+    # the method that trains nothing needs nothing to train on
+    report = compare(records, methods=["length"], test_fraction=0.2, seed=0, loco=True)
+    assert "| alpha |" in report.split("## Leave-one-corpus-out")[1]
+
+
+def test_nothing_to_evaluate_is_one_line_naming_why(
+    log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    answers = len(split_records(load_records([log]), 0.2)[0])
+    compare_ = ["evaluate", str(log), "--compare", "--methods", "length,lexical"]
+    assert _refused([*compare_, "--train-exclude", "supp*"], capsys) == (
+        "sjfsched evaluate: nothing to evaluate: in-distribution: too little to train on: "
+        f"0 distinct prompts, lexical needs at least 2 (--train-exclude supp* kept 0 of {answers} answers)"
+    )
+    message = _refused([*compare_, "--train-exclude", "supp*", "--loco"], capsys)
+    assert message.endswith(
+        "; leaving out support: too little to train on without it: "
+        "0 distinct prompts, lexical needs at least 2"
+    )
+    tiny = tmp_path / "tiny.jsonl"
+    tiny.write_text(
+        "".join(json.dumps({"prompt": f"question {i}", "output_tokens": 10 * i}) + "\n" for i in (1, 2))
+    )
+    assert split_records(load_records([tiny]), 0.2)[1] == []  # nothing held out
+    assert _refused(["evaluate", str(tiny), "--compare", "--methods", "ridge-ngrams"], capsys) == (
+        "sjfsched evaluate: nothing to evaluate: in-distribution: nothing held out: "
+        "--test-fraction 0.2 (seed 0) holds out none of the 2 prompt ids"
+    )
+    # clairvoyant-xgb needs the three length classes: said before training, naming the method
+    assert _refused([*compare_[:-1], "clairvoyant-xgb", "--train-exclude", "supp*"], capsys) == (
+        "sjfsched evaluate: nothing to evaluate: in-distribution: too little to train on: "
+        "0 distinct prompts, clairvoyant-xgb needs at least 2 "
+        f"(--train-exclude supp* kept 0 of {answers} answers)"
+    )
+    shorts = tmp_path / "shorts.jsonl"
+    shorts.write_text(
+        "".join(json.dumps({"prompt": f"say hi {i}", "output_tokens": 5 + i}) + "\n" for i in range(40))
+    )
+    assert _refused(["evaluate", str(shorts), "--compare", "--methods", "clairvoyant-xgb"], capsys) == (
+        "sjfsched evaluate: nothing to evaluate: in-distribution: too little to train on: no medium or "
+        "long (>= 800 tokens) answers, clairvoyant-xgb needs short, medium and long ones"
+    )
+
+
+def test_adaptation_says_when_there_is_nothing_to_adapt_on(
+    log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 90 answers per model: it printed an empty table
+    assert _refused(["evaluate", str(log), "--adaptation"], capsys) == (
+        "sjfsched evaluate: nothing to evaluate: no answering model has >= 400 answers in one corpus "
+        "(the largest has 90)"
+    )
+    big = tmp_path / "big.jsonl"
+    big.write_text(
+        "".join(
+            json.dumps(
+                {"source": "mine", "prompt": f"question {i} on {TOPICS[i % 10]}", "output_tokens": 10 + i}
+            )
+            + "\n"
+            for i in range(450)
+        )
+    )
+    # one corpus: leaving it out leaves nothing to train on ("need at least 2 distinct prompts")
+    assert _refused(["evaluate", str(big), "--adaptation", "--loco"], capsys) == (
+        "sjfsched evaluate: nothing to evaluate: too little to train on without mine: 0 distinct prompts "
+        "of the bundled sources in the other corpora, the lexical model needs at least 2"
+    )
 
 
 # -------------------------------------------------- where train writes

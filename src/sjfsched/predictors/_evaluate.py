@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._base import LONG_TOKENS, SHORT_TOKENS
-from ._corpus import LengthRecord, load_records
+from ._corpus import LengthRecord, group_by_prompt, load_records
 from ._vectors import DEFAULT_WEIGHT as VECTOR_WEIGHT
 
 __all__ = [
@@ -204,6 +204,10 @@ VARIANTS: dict[str, Method] = {
     "lexical-bigrams": _lexical_with(max_bigrams=20_000),
 }
 ALL_METHODS: dict[str, Method] = {**METHODS, **VARIANTS}
+#: Methods that learn nothing from the training set.
+UNTRAINED: Final = frozenset({"length"})
+#: Distinct prompts a training set needs at the least (the lexical model's minimum).
+MIN_TRAIN_PROMPTS: Final = 2
 #: The modules of the ``train`` extra each method imports (the lexical ones and their
 #: variants: scipy and scikit-learn); Kendall's tau needs scipy in every report.
 METHOD_MODULES: Final[dict[str, tuple[str, ...]]] = {
@@ -236,6 +240,33 @@ def late_imports(args: argparse.Namespace) -> tuple[str, ...]:
     if args.adaptation and args.loco:
         needed += ["sklearn", "onnx"]
     return tuple(dict.fromkeys(needed))
+
+
+def _distinct_prompts(records: Sequence[LengthRecord]) -> int:
+    return len(group_by_prompt(records)[0])
+
+
+def _training_problem(records: Sequence[LengthRecord], methods: Sequence[str]) -> str | None:
+    """Why ``methods`` cannot be trained on ``records`` (``None``: they can), checked before fitting."""
+    from ._train import length_class
+
+    trained = [m for m in methods if m not in UNTRAINED]
+    if not trained:
+        return None
+    prompts = _distinct_prompts(records)
+    if prompts < MIN_TRAIN_PROMPTS:
+        need = "needs" if len(trained) == 1 else "need"
+        return (
+            f"{prompts} distinct prompt{'' if prompts == 1 else 's'}, "
+            f"{', '.join(trained)} {need} at least {MIN_TRAIN_PROMPTS}"
+        )
+    if "clairvoyant-xgb" in methods:
+        names = ("short (< 200 tokens)", "medium", "long (>= 800 tokens)")
+        present = {length_class(r.output_tokens) for r in records}
+        lacking = [names[k] for k in range(3) if k not in present]
+        if lacking:
+            return f"no {' or '.join(lacking)} answers, clairvoyant-xgb needs short, medium and long ones"
+    return None
 
 
 def _score_unique(
@@ -298,7 +329,22 @@ def compare(
     log: Callable[[str], None] = lambda s: None,
     table: Mapping[str, Method] = ALL_METHODS,
 ) -> str:
+    """The comparison tables of ``methods``: in-distribution, and with ``loco`` leave-one-corpus-out.
+
+    Every training and test set is sized before anything is fitted.  A
+    corpus whose leave-out leaves too little to train on (see
+    :func:`_training_problem`) is skipped, and so is the in-distribution
+    table when its training or held-out part is too small: each with a line
+    to ``log`` and one in the report naming it.  When nothing at all can be
+    evaluated, :class:`ValueError` says why, before any training.
+    """
     from ._train import select_records, split_records
+
+    filters = [
+        *(["--train-permissive-only"] if train_permissive_only else []),
+        *(["--train-bundled-sources"] if train_bundled_sources else []),
+        *(f"--train-exclude {pattern}" for pattern in train_exclude),
+    ]
 
     def training(rs: Sequence[LengthRecord]) -> list[LengthRecord]:
         return select_records(
@@ -308,47 +354,93 @@ def compare(
             exclude=train_exclude,
         )
 
-    out = []
-    train, test = split_records(records, test_fraction, seed)
-    train = training(train)
+    def problem(before: Sequence[LengthRecord], after: Sequence[LengthRecord]) -> str | None:
+        why = _training_problem(after, methods)
+        if why is not None and filters and len(after) < len(before):
+            why += f" ({', '.join(filters)} kept {len(after):,} of {len(before):,} answers)"
+        return why
+
+    # ---- plan: which tables and rows can be evaluated
+    whole, test = split_records(records, test_fraction, seed)
+    train = training(whole)
     corpora = sorted({r.corpus for r in records})
-    results: dict[str, dict[str, tuple[float, float, float]]] = {c: {} for c in corpora}
-    for m in methods:
-        t0 = time.perf_counter()
-        score = table[m](train)
-        s = _score_unique(score, test)
-        for c in corpora:
-            idx = [i for i, r in enumerate(test) if r.corpus == c]
-            results[c][m] = _measure([test[i] for i in idx], s[idx])
-        log(f"in-distribution {m}: {time.perf_counter() - t0:.0f} s")
-    out.append(
-        _table(
-            f"In-distribution: held-out {test_fraction:.0%} of prompts (grouped by prompt_id, seed {seed})",
-            results,
-            methods,
+    if not test:
+        ids = len({(r.corpus, r.prompt_id) for r in records})
+        skip_in: str | None = (
+            f"nothing held out: --test-fraction {test_fraction:g} (seed {seed}) holds out none "
+            f"of the {ids:,} prompt id{'' if ids == 1 else 's'}"
         )
-    )
+    else:
+        why = problem(whole, train)
+        skip_in = None if why is None else f"too little to train on: {why}"
+    planned: list[tuple[str, list[LengthRecord], list[LengthRecord]]] = []
+    skipped: list[tuple[str, str]] = []
     if loco:
-        results = {}
         for c in corpora:
             held = [r for r in records if r.corpus == c]
             if sum(r.output_tokens >= LONG_TOKENS for r in held) < min_long:
                 continue
-            rest = training([r for r in records if r.corpus != c])
+            others = [r for r in records if r.corpus != c]
+            rest = training(others)
+            why = problem(others, rest)
+            if why is not None:
+                skipped.append((c, why))
+            else:
+                planned.append((c, held, rest))
+    if skip_in is not None and not planned:
+        reasons = [f"in-distribution: {skip_in}"]
+        if loco:
+            reasons += [f"leaving out {c}: too little to train on without it: {why}" for c, why in skipped]
+            if not skipped:
+                reasons.append(f"leave-one-corpus-out: no corpus has >= {min_long} long answers")
+        raise ValueError("nothing to evaluate: " + "; ".join(reasons))
+    if skip_in is not None:
+        log(f"in-distribution: skipped, {skip_in}")
+    for c, why in skipped:
+        log(f"leave out {c}: skipped, too little to train on without it: {why}")
+
+    def fitted(m: str, rs: Sequence[LengthRecord], where: str) -> Callable[[Sequence[str]], Any]:
+        try:
+            return table[m](rs)
+        except ValueError as exc:  # what the sizes checked cannot foresee: say which fit it was
+            raise ValueError(f"{m}, trained {where}: {exc}") from exc
+
+    # ---- evaluate
+    out = []
+    title = f"In-distribution: held-out {test_fraction:.0%} of prompts (grouped by prompt_id, seed {seed})"
+    if skip_in is None:
+        results: dict[str, dict[str, tuple[float, float, float]]] = {c: {} for c in corpora}
+        for m in methods:
+            t0 = time.perf_counter()
+            s = _score_unique(fitted(m, train, "in-distribution"), test)
+            for c in corpora:
+                idx = [i for i, r in enumerate(test) if r.corpus == c]
+                results[c][m] = _measure([test[i] for i in idx], s[idx])
+            log(f"in-distribution {m}: {time.perf_counter() - t0:.0f} s")
+        out.append(_table(title, results, methods))
+    else:
+        out.append(f"## {title}\n\nNot evaluated: {skip_in}.\n")
+    if loco:
+        results = {}
+        for c, held, rest in planned:
             results[c] = {}
             for m in methods:
                 t0 = time.perf_counter()
-                s = _score_unique(table[m](rest), held)
+                s = _score_unique(fitted(m, rest, f"without {c}"), held)
                 results[c][m] = _measure(held, s)
                 log(f"leave out {c}, {m}: {time.perf_counter() - t0:.0f} s")
-        out.append(
-            _table(
-                "Leave-one-corpus-out: trained on the other corpora "
-                f"(corpora with >= {min_long} long answers)",
-                results,
-                methods,
-            )
+        loco_title = (
+            f"Leave-one-corpus-out: trained on the other corpora (corpora with >= {min_long} long answers)"
         )
+        section = (
+            _table(loco_title, results, methods) if results else f"## {loco_title}\n\nNo corpus evaluated.\n"
+        )
+        if skipped:
+            section += "\nNot left out, too little to train on without the corpus:\n\n"
+            section += "".join(f"- {c}: {why}\n" for c, why in skipped) + "\n"
+        elif not results:
+            section += f"No corpus has >= {min_long} long answers.\n"
+        out.append(section)
     if train_permissive_only:
         out.append("Trained on permissively licensed sources only.\n")
     if train_bundled_sources:
@@ -462,6 +554,11 @@ def adaptation_report(
     model is the bundled model's recipe trained without the group's corpus
     (``sjfsched train --bundled-sources --fit-all --exclude CORPUS``): a
     deployment whose prompts the model never saw.
+
+    Sizes are checked before any training: with ``loco``, a corpus whose
+    leave-out leaves too little to train on is skipped, with a line to
+    ``log`` and one in the report naming it; when no answering model is left
+    to evaluate, :class:`ValueError` says why.
     """
     import random
     import tempfile
@@ -474,6 +571,34 @@ def adaptation_report(
     for r in records:
         groups[(r.corpus, r.model)].append(r)
     chosen = {k: v for k, v in sorted(groups.items()) if len(v) >= min_answers}
+    if not chosen:
+        raise ValueError(
+            f"nothing to evaluate: no answering model has >= {min_answers} answers in one corpus "
+            f"(the largest has {max(map(len, groups.values()), default=0):,})"
+        )
+    rests: dict[str, list[LengthRecord]] = {}
+    skipped: dict[str, str] = {}
+    if loco:
+        from ._train import select_records
+
+        for corpus in sorted({c for c, _ in chosen}):
+            rest = select_records([r for r in records if r.corpus != corpus], bundled_sources=True)
+            prompts = _distinct_prompts(rest)
+            if prompts < MIN_TRAIN_PROMPTS:
+                skipped[corpus] = (
+                    f"{prompts} distinct prompt{'' if prompts == 1 else 's'} of the bundled sources "
+                    f"in the other corpora, the lexical model needs at least {MIN_TRAIN_PROMPTS}"
+                )
+            else:
+                rests[corpus] = rest
+        if not rests:
+            raise ValueError(
+                "nothing to evaluate: "
+                + "; ".join(f"too little to train on without {c}: {why}" for c, why in skipped.items())
+            )
+        for c, why in skipped.items():
+            log(f"leave out {c}: skipped, too little to train on without it: {why}")
+        chosen = {k: v for k, v in chosen.items() if k[0] not in skipped}
     header = f"{'corpus / answering model':<44} {'obs.':>5} {'held':>5}  {'model alone':>13}"
     header += "".join(f"  {'after ' + str(n):>13}" for n in steps)
     lines = [header, f"{'':<44} {'':>5} {'':>5}" + "  acc    tau  " * (1 + len(steps))]
@@ -486,12 +611,11 @@ def adaptation_report(
                 if loco:
                     import onnx
 
-                    from ._train import fit_lexical, lexical_onnx, select_records
+                    from ._train import fit_lexical, lexical_onnx
 
                     log(f"training without {corpus} ...")
-                    rest = select_records([r for r in records if r.corpus != corpus], bundled_sources=True)
                     path = Path(tmp) / f"without-{len(paths)}.onnx"
-                    onnx.save(lexical_onnx(fit_lexical(rest), {"sjfsched.trained_on": "[]"}), path)
+                    onnx.save(lexical_onnx(fit_lexical(rests[corpus]), {"sjfsched.trained_on": "[]"}), path)
                     paths[corpus] = path
             observed = [r for r in rs if not is_test(r.prompt_id, 0.5, seed=7)]
             held = [r for r in rs if is_test(r.prompt_id, 0.5, seed=7)]
@@ -525,6 +649,9 @@ def adaptation_report(
         row = f"{corpus + f' ({len(rows)} models)':<56}"
         row += "".join(f"  {'-' if math.isnan(x) else f'{x:.3f}':>5}" for x in means)
         lines.append(row)
+    if skipped:
+        lines.append("Not evaluated, too little to train on without the corpus:")
+        lines.extend(f"  {c}: {why}" for c, why in skipped.items())
     where = "trained without the corpus (--loco)" if loco else "the model as given"
     lines.append(f"Model: {where}; adaptation after 0, {', '.join(map(str, steps))} observed answers.")
     return "\n".join(lines) + "\n"
