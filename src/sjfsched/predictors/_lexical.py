@@ -377,16 +377,19 @@ class LexicalPredictor:
     def score(self, text: str) -> float:
         """The raw score of a text: predicted ``log(1 + tokens)`` at training scale.
 
-        The model's score, plus the learnt :attr:`correction` once there is one,
-        kept within the model's training targets' range widened by
-        :data:`SCORE_MARGIN` on each side.
+        The model's score, kept within its training targets' range widened by
+        :data:`SCORE_MARGIN` on each side, plus the learnt :attr:`correction`
+        once there is one (what it learnt from real lengths is not bounded).
         """
         ids, values = self._features.encode(text)
-        raw = float(self._run(_SCORE, {"ids": ids, "values": values})[0])
+        raw = self._bounded(float(self._run(_SCORE, {"ids": ids, "values": values})[0]))
         correction = self._correction
         if correction is not None and correction.observations:
             raw += correction.value(ids, values)
-        return min(max(raw, self._low), self._high)
+        return raw
+
+    def _bounded(self, score: float) -> float:
+        return min(max(score, self._low), self._high)
 
     def scores(self, texts: Sequence[str]) -> npt.NDArray[np.float64]:
         """Raw scores of many texts, with one model run (see :meth:`score`)."""
@@ -395,14 +398,13 @@ class LexicalPredictor:
             return np.zeros(0)
         batch = self._features.encode_batch(texts)
         (weights,) = self._run(_CONTRIBUTIONS, {"ids": batch.ids, "values": self._ones(len(batch.ids))})
-        bias = self._bias
-        correction = self._correction
-        if correction is not None and correction.observations:  # one weight per row: add them
-            weights = weights + correction.row_weights(batch.ids)
-            bias += correction.bias
         # The plain weights, summed per text and block, then scaled: a block's
         # rows share one value within a text.
-        return np.clip(np.asarray(batch.totals(weights) + bias, np.float64), self._low, self._high)
+        raw = np.clip(np.asarray(batch.totals(weights) + self._bias, np.float64), self._low, self._high)
+        correction = self._correction
+        if correction is not None and correction.observations:  # one weight per row, summed alike
+            raw += batch.totals(correction.row_weights(batch.ids)) + correction.bias
+        return raw
 
     def _ones(self, n: int) -> npt.NDArray[np.float32]:
         ones = self._ones_buffer
@@ -489,9 +491,9 @@ class LexicalPredictor:
                 self._calibration.observe(raw, output_tokens)
             else:
                 ids, values = self._features.encode(request.text)
-                base = float(self._run(_SCORE, {"ids": ids, "values": values})[0])
+                base = self._bounded(float(self._run(_SCORE, {"ids": ids, "values": values})[0]))
                 raw = base + correction.value(ids, values) if correction.observations else base
-                self._calibration.observe(min(max(raw, self._low), self._high), output_tokens)
+                self._calibration.observe(raw, output_tokens)
                 correction.learn(ids, values, base, output_tokens)
             count = self._calibration.observations
             if self._save_every is not None and count != before and count % self._save_every == 0:
