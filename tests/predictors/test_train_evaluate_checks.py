@@ -338,3 +338,96 @@ def test_group_by_prompt_keys_on_corpus_id_and_text() -> None:
     assert prompts == ["a question", "another question", "a question", "a question"]
     assert members == [[0, 2], [1], [3], [4]]
     assert prompt_id_of("a question  \n") == prompt_id_of("a question")
+
+
+# ------------------------------------------------- evaluate's options
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            [
+                "--compare",
+                "--methods",
+                "lexical,lexical-vectors",
+                "--word-vectors",
+                "v.txt",
+                "--word-vector-weight",
+                "-1",
+            ],
+            "--word-vector-weight must be a number >= 0",
+        ),
+        (["--compare", "--word-vector-weight", "nan"], "--word-vector-weight must be a number >= 0"),
+        (["--compare", "--methods", ""], "--methods names no method; choose from "),
+        (["--compare", "--methods", " , "], "--methods names no method; choose from "),
+        (["--compare", "--methods", "length,nope"], "unknown methods ['nope']; choose from "),
+        (
+            ["--compare", "--methods", "lexical-vectors"],
+            "the method lexical-vectors needs --word-vectors FILE",
+        ),
+        (
+            ["--compare", "--methods", "lexical", "--word-vectors", "v.txt"],
+            "--word-vectors is for the method lexical-vectors: add it to --methods",
+        ),
+        (["--compare", "--word-vector-weight", "0.5"], "--word-vector-weight is for --word-vectors"),
+        (["--loco"], "--loco is for --compare or --adaptation"),
+        (["--calibration", "--loco"], "--loco is for --compare or --adaptation, not --calibration"),
+        (["--compare", "--calibration"], "--compare and --calibration are separate reports: choose one"),
+        (["--methods", "length"], "--methods is for --compare"),
+        (["--train-exclude", "x*"], "--train-exclude is for --compare"),
+        (
+            ["--adaptation", "--train-bundled-sources"],
+            "--train-bundled-sources is for --compare, not --adaptation",
+        ),
+        (["--word-vectors", "v.txt"], "--word-vectors is for --compare"),
+        (["--compare", "--split", "all"], "--split all is for scoring one model, not --compare"),
+        (["--compare", "--corpora-only"], "--corpora-only is for scoring one model, not --compare"),
+        (
+            ["--compare", "--predictor", "length"],
+            "--predictor length is for scoring one model, not --compare",
+        ),
+        (["--calibration", "--seed", "3"], "--seed is for scoring one model or --compare, not --calibration"),
+        (
+            ["--adaptation", "--test-fraction", "0.5"],
+            "--test-fraction is for scoring one model or --compare, not --adaptation",
+        ),
+        (
+            ["--compare", "--model", "m.onnx"],
+            "--model does nothing with --compare (it trains and compares the --methods)",
+        ),
+        (
+            ["--adaptation", "--loco", "--model", "m.onnx"],
+            "--model does nothing with --adaptation --loco (it trains a model without each corpus)",
+        ),
+        (
+            ["--predictor", "length", "--model", "m.onnx"],
+            "--model does nothing with --predictor length (it ranks by prompt length)",
+        ),
+        (["--predictor", "clairvoyant"], "--predictor clairvoyant needs --model"),
+    ],
+)
+def test_evaluate_refuses_options_its_report_would_not_use_before_reading_data(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The data does not exist: each is refused first, in one line naming the option.
+    assert main(["evaluate", str(tmp_path / "nope.jsonl"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"sjfsched evaluate: {message}") and err.count("\n") == 1, err
+
+
+def test_evaluate_options_each_report_uses_are_taken(
+    log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["evaluate", str(log), "--predictor", "length", "--split", "all", "--corpora-only"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("length on all split: 180 answers\n")  # no model named: none is read
+    assert (
+        main(["evaluate", str(log), "--compare", "--methods", "length,length", "--test-fraction", "0.3"]) == 0
+    )
+    assert "| corpus | length |\n" in capsys.readouterr().out  # a method named twice: one column
+    model = tmp_path / "m.onnx"
+    assert main(["train", str(log), "--out", str(model), "--fit-all"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(log), "--model", str(model), "--seed", "1"]) == 0
+    assert capsys.readouterr().out.startswith(f"lexical {model} on test split:")

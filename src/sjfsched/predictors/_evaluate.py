@@ -721,9 +721,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--methods",
-        default=",".join(METHODS),
         help=f"with --compare: comma-separated subset of {', '.join(ALL_METHODS)} "
-        "(and lexical-vectors, with --word-vectors)",
+        f"(and lexical-vectors, with --word-vectors; default: {','.join(METHODS)})",
     )
     parser.add_argument(
         "--word-vectors",
@@ -740,60 +739,112 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
+#: The reports ``evaluate`` makes besides scoring one model, by option.
+MODES: Final = ("--compare", "--calibration", "--adaptation")
+
+
+def _option_problem(args: argparse.Namespace) -> str | None:
+    """An option the chosen report would not use, or a bad value, in words (``None``: none).
+
+    Checked before any data is read.  Options keep their defaults' meaning:
+    only a value other than the default counts as given.
+    """
+    modes = [m for m in MODES if getattr(args, m[2:])]
+    if len(modes) > 1:
+        return f"{' and '.join(modes)} are separate reports: choose one"
+    mode = modes[0] if modes else None
+    if not (math.isfinite(args.word_vector_weight) and args.word_vector_weight >= 0):
+        return "--word-vector-weight must be a number >= 0"
+    if args.methods is not None and not method_names(args.methods):
+        return f"--methods names no method; choose from {', '.join(ALL_METHODS)}, lexical-vectors"
+    # what each report reads: the option -> the reports that use it (None: scoring one model)
+    used_by: list[tuple[str, bool, tuple[str | None, ...]]] = [
+        ("--loco", args.loco, ("--compare", "--adaptation")),
+        ("--methods", args.methods is not None, ("--compare",)),
+        ("--word-vectors", args.word_vectors is not None, ("--compare",)),
+        ("--train-permissive-only", args.train_permissive_only, ("--compare",)),
+        ("--train-bundled-sources", args.train_bundled_sources, ("--compare",)),
+        ("--train-exclude", bool(args.train_exclude), ("--compare",)),
+        (f"--predictor {args.predictor}", args.predictor != "lexical", (None,)),
+        (f"--split {args.split}", args.split != "test", (None,)),
+        ("--corpora-only", args.corpora_only, (None,)),
+        ("--test-fraction", args.test_fraction != 0.2, (None, "--compare")),
+        ("--seed", args.seed != 0, (None, "--compare")),
+    ]
+    for option, given, modes_using in used_by:
+        if given and mode not in modes_using:
+            wanted = " or ".join("scoring one model" if m is None else m for m in modes_using)
+            return f"{option} is for {wanted}" + (f", not {mode}" if mode is not None else "")
+    if args.model is not None:
+        if mode == "--compare":
+            return "--model does nothing with --compare (it trains and compares the --methods)"
+        if mode == "--adaptation" and args.loco:
+            return "--model does nothing with --adaptation --loco (it trains a model without each corpus)"
+        if mode is None and args.predictor == "length":
+            return "--model does nothing with --predictor length (it ranks by prompt length)"
+    if mode == "--compare":
+        methods = method_names(args.methods)
+        known = [*ALL_METHODS, "lexical-vectors"]
+        unknown = [m for m in methods if m not in known]
+        if unknown:
+            return f"unknown methods {unknown}; choose from {known}"
+        if "lexical-vectors" in methods and args.word_vectors is None:
+            return "the method lexical-vectors needs --word-vectors FILE"
+        if args.word_vectors is not None and "lexical-vectors" not in methods:
+            return "--word-vectors is for the method lexical-vectors: add it to --methods"
+    if args.word_vector_weight != VECTOR_WEIGHT and args.word_vectors is None:
+        return "--word-vector-weight is for --word-vectors: it does nothing without them"
+    if mode is None and args.predictor == "clairvoyant" and args.model is None:
+        return "--predictor clairvoyant needs --model"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from ._train import select_records, split_records
 
     if not 0.0 < args.test_fraction < 1.0:
         print("sjfsched evaluate: --test-fraction must be within (0, 1)", file=sys.stderr)
         return 2
+    problem = _option_problem(args)
+    if problem is not None:
+        print(f"sjfsched evaluate: {problem}", file=sys.stderr)
+        return 2
+    table = dict(ALL_METHODS)
+    if args.word_vectors is not None:
+        from ._vectors import load_word_vectors
+
+        try:
+            vectors = load_word_vectors(args.word_vectors)
+        except ValueError as exc:
+            print(f"sjfsched evaluate: --word-vectors: {exc}", file=sys.stderr)
+            return 2
+        table["lexical-vectors"] = _lexical_with(vectors=vectors, vector_weight=args.word_vector_weight)
     records = select_records(load_records(args.data), include=args.include, exclude=args.exclude)
     if not records:
         print("sjfsched evaluate: no records", file=sys.stderr)
         return 1
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
     if args.calibration:
         print(calibration_report(records, args.model), end="")
         return 0
     if args.adaptation:
-        print(
-            adaptation_report(
-                records, args.model, loco=args.loco, log=lambda s: print(s, file=sys.stderr, flush=True)
-            ),
-            end="",
-        )
+        print(adaptation_report(records, args.model, loco=args.loco, log=log), end="")
         return 0
     if args.compare:
-        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        table = dict(ALL_METHODS)
-        if args.word_vectors is not None:
-            from ._vectors import load_word_vectors
-
-            try:
-                vectors = load_word_vectors(args.word_vectors)
-            except ValueError as exc:
-                print(f"sjfsched evaluate: --word-vectors: {exc}", file=sys.stderr)
-                return 2
-            table["lexical-vectors"] = _lexical_with(vectors=vectors, vector_weight=args.word_vector_weight)
-        elif "lexical-vectors" in methods:
-            print("sjfsched evaluate: the method lexical-vectors needs --word-vectors FILE", file=sys.stderr)
-            return 2
-        unknown = [m for m in methods if m not in table]
-        if unknown:
-            print(
-                f"sjfsched evaluate: unknown methods {unknown}; choose from {list(table)}",
-                file=sys.stderr,
-            )
-            return 2
         print(
             compare(
                 records,
-                methods=methods,
+                methods=method_names(args.methods),
                 test_fraction=args.test_fraction,
                 seed=args.seed,
                 loco=args.loco,
                 train_permissive_only=args.train_permissive_only,
                 train_bundled_sources=args.train_bundled_sources,
                 train_exclude=args.train_exclude,
-                log=lambda s: print(s, file=sys.stderr, flush=True),
+                log=log,
                 table=table,
             )
         )
@@ -806,15 +857,13 @@ def run(args: argparse.Namespace) -> int:
     elif args.predictor == "clairvoyant":
         from ._clairvoyant import ClairvoyantPredictor
 
-        if args.model is None:
-            print("sjfsched evaluate: --predictor clairvoyant needs --model", file=sys.stderr)
-            return 2
         scores = ClairvoyantPredictor(args.model).probabilities_many(texts)[:, 2]
     else:
         from ._lexical import LexicalPredictor
 
         predictor = LexicalPredictor(args.model, calibrate=False)
         scores = predictor.scores(texts)
-    print(f"{args.predictor} {args.model or '(bundled)'} on {args.split} split: {len(chosen):,} answers")
+    model = "" if args.predictor == "length" else f" {args.model or '(bundled)'}"
+    print(f"{args.predictor}{model} on {args.split} split: {len(chosen):,} answers")
     print(format_report(report_rows(chosen, scores, per_model=not args.corpora_only)), end="")
     return 0
