@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
+from collections.abc import Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import anyio
 import httpx
 import pytest
 
-from sjfsched import BackendError, Chunk, Request
+from sjfsched import BackendError, Chunk, Request, Scheduler
 from sjfsched.backends import BackendUnavailable, OllamaBackend, OpenAIBackend
+from sjfsched.predictors import ConstantPredictor
 from tests.support.wire_server import scripted_server
 
 pytestmark = pytest.mark.anyio
@@ -134,6 +139,101 @@ async def test_a_redirect_is_an_error_naming_where_it_points(service: str) -> No
         else:
             with pytest.raises(BackendError, match="redirected to"):
                 await collect(OpenAIBackend(url), Request("x"))  # no model: it asks the server
+
+
+@contextlib.contextmanager
+def holding_server(
+    first: Sequence[bytes], last: Sequence[bytes], *, content_type: str, together: int, hold: float = 3.0
+) -> Iterator[tuple[str, list[int]]]:
+    """Answers every POST with ``first``, holds the answer open, then sends ``last``.
+
+    Each answer is held until ``together`` answers are open at once, or for
+    ``hold`` seconds at most.  Yields the base URL and a list whose one item
+    is the most answers that were open at once.
+    """
+    lock = threading.Lock()
+    everyone = threading.Barrier(together)
+    open_now, most = [0], [0]
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            with lock:
+                open_now[0] += 1
+                most[0] = max(most[0], open_now[0])
+            try:
+                with contextlib.suppress(OSError):
+                    for piece in first:
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                    self.wfile.flush()
+                    with contextlib.suppress(threading.BrokenBarrierError):
+                        everyone.wait(hold)
+                    for piece in last:
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+            finally:
+                with lock:
+                    open_now[0] -= 1
+
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 4 * together  # every client connects at once
+
+    server = Server(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", most
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.mark.parametrize("service", ["ollama", "openai"])
+async def test_every_slot_streams_at_once_beyond_httpxs_default_pool(service: str) -> None:
+    """More slots than httpx's default 100 connections: the backend's client opens one for each.
+
+    The server holds every answer open until all of them are open at once (3 s
+    at most); with a pool of 100 the others waited for a connection and failed
+    after the pool timeout (the connect timeout, 1 s here).
+    """
+    slots = 110
+    if service == "ollama":
+        first = ndjson({"response": "a", "done": False})
+        last = ndjson({"response": "", "done": True, "done_reason": "stop", "eval_count": 1})
+        content_type = "application/x-ndjson"
+    else:
+        first, last, content_type = sse(completion("a")), sse(completion("", "stop"), "[DONE]"), SSE
+    with holding_server(first, last, content_type=content_type, together=slots) as (url, most):
+        backend: OllamaBackend | OpenAIBackend
+        if service == "ollama":
+            backend = OllamaBackend("m", url, slots=slots, connect_timeout=1.0)
+        else:
+            backend = OpenAIBackend(url, model="m", slots=slots, connect_timeout=1.0)
+        texts: list[str] = []
+        async with Scheduler(backend, predictor=ConstantPredictor()) as sched:
+            assert sched.concurrency == slots
+
+            async def one(i: int) -> None:
+                texts.append((await sched.complete(f"prompt {i}")).text)
+
+            with anyio.fail_after(20):
+                async with anyio.create_task_group() as tg:
+                    for i in range(slots):
+                        tg.start_soon(one, i)
+        assert texts == ["a"] * slots
+        assert most == [slots]
 
 
 async def test_a_callers_client_timeout_is_the_one_quoted() -> None:

@@ -37,6 +37,10 @@ DEFAULT_CONNECT_TIMEOUT = 5.0
 #: Seconds to wait for the next bytes of a response by default: long, because
 #: a server says nothing while it loads a model or evaluates a long prompt.
 DEFAULT_READ_TIMEOUT = 300.0
+#: httpx's own pool sizes, kept for a backend with fewer slots: open connections
+#: (streams and model lookups at once), and idle ones kept alive for reuse.
+_MIN_CONNECTIONS = 100
+_MIN_KEEPALIVE = 20
 
 
 def import_httpx(backend: str, extra: str) -> Any:
@@ -57,7 +61,14 @@ def check_timeout(name: str, value: float | None) -> float | None:
 
 
 class HttpSettings:
-    """Base URL, timeouts, headers; makes the ``httpx.AsyncClient`` on first use."""
+    """Base URL, timeouts, headers; makes the ``httpx.AsyncClient`` on first use.
+
+    The client it makes holds a connection open for each of the backend's
+    ``slots`` (at least httpx's default of 100) and keeps as many alive
+    between requests (at least httpx's 20), so a scheduler running ``slots``
+    streams never waits for a connection of its own client.  A caller's
+    ``client`` is used as it is: its limits are the caller's.
+    """
 
     def __init__(
         self,
@@ -65,6 +76,7 @@ class HttpSettings:
         service: str,
         extra: str,
         base_url: str,
+        slots: int,
         connect_timeout: float | None,
         read_timeout: float | None,
         headers: Mapping[str, str] | None,
@@ -83,6 +95,7 @@ class HttpSettings:
         self.service = service
         self.extra = extra
         self.base_url = base_url.rstrip("/")
+        self.slots = slots
         self.connect_timeout = check_timeout("connect_timeout", connect_timeout)
         self.read_timeout = check_timeout("read_timeout", read_timeout)
         self.headers = dict(headers or {})
@@ -98,7 +111,11 @@ class HttpSettings:
                 write=self.read_timeout,
                 pool=self.connect_timeout,
             )
-            self._client = httpx.AsyncClient(timeout=timeout, headers=self.headers)
+            limits = httpx.Limits(
+                max_connections=max(self.slots, _MIN_CONNECTIONS),
+                max_keepalive_connections=max(self.slots, _MIN_KEEPALIVE),
+            )
+            self._client = httpx.AsyncClient(timeout=timeout, limits=limits, headers=self.headers)
         return self._client
 
     def timeouts(self) -> tuple[float | None, float | None]:

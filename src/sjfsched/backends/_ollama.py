@@ -96,9 +96,13 @@ class OllamaBackend:
 
     ``keep_alive`` (e.g. ``"10m"``, or ``-1`` for ever) is sent with every
     request that does not set its own.  ``headers`` are added to every request
-    (a proxy's ``Authorization``, say).  Pass your own ``httpx.AsyncClient``
-    as ``client`` to share a connection pool (it is not closed by
-    :meth:`aclose`; the timeouts are then the client's).
+    (a proxy's ``Authorization``, say).  The backend's own HTTP client allows
+    a connection for each of its ``slots`` (at least 100, httpx's default).
+    Pass your own ``httpx.AsyncClient`` as ``client`` to share a connection
+    pool (it is not closed by :meth:`aclose`; the timeouts are then the
+    client's, and so are its connection limits: let them allow ``slots``
+    connections, e.g. ``httpx.Limits(max_connections=slots)``, or the streams
+    beyond them wait for a connection and fail after its pool timeout).
     """
 
     def __init__(
@@ -133,6 +137,7 @@ class OllamaBackend:
             service="Ollama",
             extra="ollama",
             base_url=base_url,
+            slots=slots,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             headers=headers,

@@ -62,7 +62,11 @@ class OpenAIBackend:
 
     ``slots`` is how many requests the server runs at once (llama.cpp's
     ``--parallel``, vLLM's batch): a :class:`~sjfsched.Scheduler` takes its
-    concurrency from it.
+    concurrency from it, and the backend's own HTTP client allows a connection
+    for each (at least 100, httpx's default).  ``headers`` are added to every
+    request, and ``client`` is your own ``httpx.AsyncClient``, as for
+    :class:`OllamaBackend`: its timeouts and connection limits are then the
+    ones in force, so let them allow ``slots`` connections.
     """
 
     def __init__(
@@ -100,6 +104,7 @@ class OpenAIBackend:
             service="the OpenAI-compatible server",
             extra="openai",
             base_url=base_url,
+            slots=slots,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             headers=all_headers,
