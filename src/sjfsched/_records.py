@@ -21,12 +21,38 @@ __all__ = ["Chunk", "Completion", "Prediction", "Request"]
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
+def _copied(value: Any) -> Any:
+    """``value`` with its dicts, lists and tuples copied all the way down; anything else shared.
+
+    A request keeps its own copy of the caller's JSON-like values (a chat's
+    content parts, ``options["stop"]``), so a caller changing theirs after
+    submitting does not change a queued request.  Other objects (a grammar, a
+    callable) are passed on as they are.
+    """
+    if isinstance(value, dict):
+        return {k: _copied(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copied(v) for v in value]
+    if isinstance(value, tuple) and type(value) is tuple:
+        return tuple(_copied(v) for v in value)
+    return value
+
+
+def _as_int(value: object) -> object:
+    """A whole number of any integer type (numpy's too) as an ``int``; anything else as it is."""
+    if isinstance(value, bool):  # refused by the field's check, not read as 0 or 1
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    return value
+
+
 def _freeze_mapping(value: object, field: str) -> Mapping[str, Any]:
     if value is None:
         return _EMPTY
     if not isinstance(value, Mapping):
         raise TypeError(f"Request.{field} must be a mapping (a dict), got {type(value).__name__}")
-    return MappingProxyType(dict(value))
+    return MappingProxyType({k: _copied(v) for k, v in value.items()})
 
 
 def _freeze_options(value: object) -> Mapping[str, Any]:
@@ -61,7 +87,7 @@ def _freeze_messages(value: object) -> tuple[Mapping[str, Any], ...] | None:
                 f"Request.messages[{i}]['content'] must be a str or a list of parts, "
                 f"got {type(content).__name__}"
             )
-        frozen.append(MappingProxyType(dict(message)))
+        frozen.append(MappingProxyType({k: _copied(v) for k, v in message.items()}))
     if not frozen:
         raise ValueError("Request.messages must hold at least one message")
     return tuple(frozen)
@@ -132,8 +158,10 @@ class Request:
     messages: tuple[Mapping[str, Any], ...] | None = attrs.field(
         default=None, converter=_freeze_messages, kw_only=True
     )
-    max_tokens: int | None = attrs.field(default=None, validator=_check_max_tokens, kw_only=True)
-    priority: int = attrs.field(default=0, validator=_check_priority, kw_only=True)
+    max_tokens: int | None = attrs.field(
+        default=None, converter=_as_int, validator=_check_max_tokens, kw_only=True
+    )
+    priority: int = attrs.field(default=0, converter=_as_int, validator=_check_priority, kw_only=True)
     tenant: str | None = attrs.field(default=None, validator=_check_optional_str, kw_only=True)
     options: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_options, kw_only=True)
     metadata: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_metadata, kw_only=True)
@@ -141,6 +169,19 @@ class Request:
     def __attrs_post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of Request.prompt or Request.messages")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled and deep-copied by its fields (its frozen mappings cannot be pickled);
+        # the copy is another request, as requests are compared by identity.
+        fields = {
+            "messages": None if self.messages is None else [dict(m) for m in self.messages],
+            "max_tokens": self.max_tokens,
+            "priority": self.priority,
+            "tenant": self.tenant,
+            "options": dict(self.options),
+            "metadata": dict(self.metadata),
+        }
+        return (_rebuild_request, (self.prompt, fields))
 
     @property
     def text(self) -> str:
@@ -170,6 +211,10 @@ class Request:
         return sum(len(_content_text(m.get("content"))) for m in self.messages)
 
 
+def _rebuild_request(prompt: str | None, fields: dict[str, Any]) -> Request:
+    return Request(prompt, **fields)
+
+
 def _number(name: str, value: object) -> None:
     """A real number (numpy's too), not a bool or a string that float() would read."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -181,17 +226,19 @@ def _tokens(value: object) -> float:
     return float(value)  # type: ignore[arg-type]  # a numbers.Real
 
 
+def _prompt_tokens(value: object) -> float | None:
+    if value is None:
+        return None
+    _number("prompt_tokens", value)
+    number = float(value)  # type: ignore[arg-type]  # a numbers.Real
+    if not (math.isfinite(number) and number >= 0):
+        raise ValueError(f"Prediction.prompt_tokens must be finite and >= 0, got {value!r}")
+    return number
+
+
 def _check_tokens(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"Prediction.tokens must be finite and >= 0, got {value!r}")
-
-
-def _check_prompt_tokens(instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is None:
-        return
-    _number("prompt_tokens", value)
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"Prediction.prompt_tokens must be finite and >= 0, got {value!r}")
 
 
 def _check_p_long(instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
@@ -215,7 +262,7 @@ class Prediction:
 
     tokens: float = attrs.field(converter=_tokens, validator=_check_tokens)
     p_long: float | None = attrs.field(default=None, validator=_check_p_long)
-    prompt_tokens: float | None = attrs.field(default=None, validator=_check_prompt_tokens, kw_only=True)
+    prompt_tokens: float | None = attrs.field(default=None, converter=_prompt_tokens, kw_only=True)
 
 
 def _check_chunk_text(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -246,8 +293,10 @@ class Chunk:
     """
 
     text: str = attrs.field(validator=_check_chunk_text)
-    tokens: int = attrs.field(default=1, validator=_check_chunk_tokens)
-    prompt_tokens: int | None = attrs.field(default=None, validator=_check_opt_count, kw_only=True)
+    tokens: int = attrs.field(default=1, converter=_as_int, validator=_check_chunk_tokens)
+    prompt_tokens: int | None = attrs.field(
+        default=None, converter=_as_int, validator=_check_opt_count, kw_only=True
+    )
     finish_reason: str | None = attrs.field(default=None, kw_only=True)
 
 

@@ -82,10 +82,10 @@ class Job:
 class SchedulerStatistics:
     """A snapshot of a scheduler's state and counters.
 
-    ``completed + failed + cancelled`` counts every accepted request that has
-    ended; ``rejected`` counts requests refused with :class:`QueueFull` or
-    :class:`SchedulerClosed` before they were accepted; ``closed`` counts
-    waiting requests ended by closing the scheduler.  ``promoted`` counts
+    ``completed + failed + cancelled + closed`` counts every accepted request
+    that has ended (``closed``: waiting requests ended by closing the
+    scheduler); ``rejected`` counts requests refused with :class:`QueueFull`
+    or :class:`SchedulerClosed` before they were accepted.  ``promoted`` counts
     requests that ran because they had waited ``max_wait``.
     """
 
@@ -919,20 +919,15 @@ class Ticket:
 
     def report(self, output_tokens: int, prompt_tokens: int | None = None) -> None:
         """Tell the scheduler how long the answer was, in tokens."""
-        for name, value in (("output_tokens", output_tokens), ("prompt_tokens", prompt_tokens)):
-            if value is None and name == "prompt_tokens":
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"Ticket.report: {name} must be an int >= 0, got {value!r}")
-        self._output_tokens = output_tokens
-        self._prompt_tokens = prompt_tokens
+        output = _token_count("output_tokens", output_tokens)
+        prompt = None if prompt_tokens is None else _token_count("prompt_tokens", prompt_tokens)
+        self._output_tokens, self._prompt_tokens = output, prompt
 
     def _completion(self, now: float) -> Completion:
         e = self._entry
         first = self._first_token
-        if first is None and self._output_tokens:
-            # Without a first-token time the whole call counts as decode time.
-            first = e.started
+        # Without a first-token time the whole call counts as decoding, as an answer in one piece.
+        e.one_piece = first is None
         return Completion(
             request=e.request,
             text="",
@@ -946,6 +941,13 @@ class Ticket:
             finished=now,
             promoted=e.promoted,
         )
+
+
+def _token_count(name: str, value: object) -> int:
+    """A count for :meth:`Ticket.report`: an int >= 0 (numpy's integers too), as an ``int``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"Ticket.report: {name} must be an int >= 0, got {value!r}")
+    return int(value)
 
 
 def _check_max_wait(value: object) -> None:

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import copy
 import math
+import pickle
 
 import attrs
+import numpy as np
 import pytest
 
 from sjfsched import Chunk, Completion, Prediction, Request
@@ -43,6 +46,49 @@ class TestRequest:
             r.priority = 3  # type: ignore[misc]
         with pytest.raises(TypeError):
             r.options["temperature"] = 2.0  # type: ignore[index]
+
+    def test_nested_values_are_copied_too(self) -> None:
+        parts = [{"type": "text", "text": "What is 2+2?"}]
+        stop = ["\n"]
+        r = Request(messages=[{"role": "user", "content": parts}], options={"stop": stop})
+        parts[0]["text"] = "Write a 3000-word essay."  # the caller reuses its objects after submitting
+        stop.append("###")
+        assert r.text == "What is 2+2?"
+        assert r.options["stop"] == ["\n"]
+
+    def test_pickles_and_deep_copies_as_another_request_with_the_same_fields(self) -> None:
+        r = Request(
+            messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+            max_tokens=5,
+            priority=-1,
+            tenant="t",
+            options={"stop": ["x"]},
+            metadata={"k": 1},
+        )
+        prediction = Prediction(3.0, 0.1, prompt_tokens=2)
+        done = Completion(r, "ok", 1, 2, prediction, 0.5, 0.0, 0.1, None, 0.2)
+        for copy_of in (pickle.loads(pickle.dumps(done)), copy.deepcopy(done)):
+            again = copy_of.request
+            assert again is not r and again.text == "hi"
+            assert (again.messages, again.max_tokens, again.priority, again.tenant) == (
+                r.messages,
+                5,
+                -1,
+                "t",
+            )
+            assert (dict(again.options), dict(again.metadata)) == ({"stop": ["x"]}, {"k": 1})
+            assert (copy_of.text, copy_of.prediction, copy_of.latency) == ("ok", prediction, 0.2)
+        assert pickle.loads(pickle.dumps(Request("plain"))).prompt == "plain"
+
+    def test_numpy_integers_are_taken_as_ints(self) -> None:
+        r = Request("x", max_tokens=np.int64(5), priority=np.int32(-2))
+        assert (r.max_tokens, r.priority) == (5, -2) and type(r.max_tokens) is int and type(r.priority) is int
+        c = Chunk("abc", tokens=np.int64(3), prompt_tokens=np.uint16(7))
+        assert (c.tokens, c.prompt_tokens) == (3, 7) and type(c.tokens) is int
+        p = Prediction(np.float32(2.5), prompt_tokens=np.int64(4))
+        assert type(p.prompt_tokens) is float and p.prompt_tokens == 4.0
+        with pytest.raises(TypeError, match="max_tokens"):
+            Request("x", max_tokens=np.float64(5.0))
 
     def test_identity_semantics(self) -> None:
         a, b = Request("same"), Request("same")
@@ -129,7 +175,7 @@ class TestChunk:
     @pytest.mark.parametrize("tokens", [-1, 1.5, True])
     def test_bad_tokens(self, tokens: object) -> None:
         with pytest.raises(ValueError, match=r"Chunk\.tokens"):
-            Chunk("x", tokens=tokens)  # type: ignore[arg-type]
+            Chunk("x", tokens=tokens)
 
 
 def test_completion_durations() -> None:

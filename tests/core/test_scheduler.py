@@ -7,6 +7,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import numpy as np
 import pytest
 
 from sjfsched import (
@@ -495,6 +496,22 @@ async def test_ticket_report_validates() -> None:
         async with sched.admit("x") as ticket:
             with pytest.raises(ValueError, match="output_tokens"):
                 ticket.report(-1)
+            ticket.report(np.int64(4), prompt_tokens=np.int32(2))  # numpy's integers are counts too
+            assert (ticket._output_tokens, ticket._prompt_tokens) == (4, 2)
+
+
+async def test_a_ticket_without_a_first_token_has_none_and_counts_as_decoding() -> None:
+    done: list[Completion] = []
+    async with Scheduler(predictor=ConstantPredictor(), learn_rates=True, on_complete=done.append) as sched:
+        for _ in range(3):
+            async with sched.admit("x") as ticket:
+                await anyio.sleep(1)
+                ticket.report(output_tokens=11)
+        stats = sched.statistics()
+    assert [(c.first_token, c.time_to_first_token) for c in done] == [(None, None)] * 3
+    # the whole second counts as decoding 10 tokens, three times, as before
+    expected = (30 * 0.9**3 + 10 * (0.9**2 + 0.9 + 1)) / (0.9**3 + 0.9**2 + 0.9 + 1)
+    assert stats.decode_rate == pytest.approx(expected, rel=1e-6)
 
 
 async def test_stream_left_early_counts_as_cancelled() -> None:
