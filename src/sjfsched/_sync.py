@@ -27,6 +27,12 @@ __all__ = ["SyncScheduler", "SyncStream"]
 
 T = TypeVar("T")
 
+#: What a read after its block says, in the words of ChunkStream's.
+_LEFT_EARLY = (
+    "this stream was left before its end (its slot is gone): read it inside its "
+    "`async with sched.stream(...)` block"
+)
+
 
 @final
 class SyncStream:
@@ -38,6 +44,11 @@ class SyncStream:
     thread waits for a chunk loses nothing and leaves no read half-done in
     the loop: the chunk is there for the next read, and leaving the block
     stops the pump and ends the request.
+
+    As with :class:`~sjfsched.ChunkStream`: a read after the end (or after
+    the backend's failure was raised) raises :class:`StopIteration`, and a
+    read after the block was left before the end raises
+    :class:`RuntimeError`, the slot being gone.
     """
 
     def __init__(self, portal: anyio.from_thread.BlockingPortal, stream: ChunkStream | None = None) -> None:
@@ -47,7 +58,8 @@ class SyncStream:
         # deque's append and popleft are atomic.
         self._results: collections.deque[tuple[str, Any]] = collections.deque()
         self._arrived = threading.Event()
-        self._ended = False
+        self._ended = False  # the end, or the failure, was handed to the reader
+        self._stopped = False  # the pump stopped before the end: its block was left
         # the pump's side, in the loop: a chunk is wanted, one is being read, its wake-up
         self._wanted = False
         self._reading = False
@@ -70,9 +82,15 @@ class SyncStream:
     def __next__(self) -> Chunk:
         if self._ended:
             raise StopIteration
+        if self._stopped and (not self._results or self._results[0][0] == "chunk"):
+            # The pump has stopped: nothing more comes.  A chunk it had read
+            # (for a read that was interrupted) is part of an answer cut short.
+            raise RuntimeError(_LEFT_EARLY)
         if not self._results:
             self._portal.call(self._want)  # idempotent: the next chunk, unless one is on its way
         while not self._results:
+            if self._stopped:  # left meanwhile (from another thread)
+                raise RuntimeError(_LEFT_EARLY)
             self._arrived.wait(0.1)  # an interrupt while waiting takes nothing
             self._arrived.clear()
         head = self._results[0]  # looked at, not yet taken
@@ -91,6 +109,11 @@ class SyncStream:
             raise StopIteration
         raise value
 
+    def _stop(self) -> None:
+        """No chunk comes any more: the block was left, and the pump stopped with it."""
+        self._stopped = True
+        self._arrived.set()  # a reader waiting in another thread sees it at once
+
     def _put(self, kind: str, value: Any) -> None:  # in the loop
         self._results.append((kind, value))
         self._arrived.set()
@@ -102,22 +125,29 @@ class SyncStream:
                 self._wake.set()
 
     async def _pump(self, stream: ChunkStream) -> None:  # in the loop, while the block is open
-        while True:
-            while not self._wanted:
-                self._wake = anyio.Event()
-                await self._wake.wait()
-            self._wanted, self._reading = False, True
-            try:
-                chunk = await stream.__anext__()
-            except StopAsyncIteration:
-                self._put("end", None)
-                return
-            except Exception as exc:
-                self._put("error", exc)
-                return
-            finally:
-                self._reading = False
-            self._put("chunk", chunk)
+        cancelled = anyio.get_cancelled_exc_class()
+        try:
+            while True:
+                while not self._wanted:
+                    self._wake = anyio.Event()
+                    await self._wake.wait()
+                self._wanted, self._reading = False, True
+                try:
+                    chunk = await stream.__anext__()
+                except StopAsyncIteration:
+                    self._put("end", None)
+                    return
+                except cancelled:
+                    raise
+                except BaseException as exc:  # the reader raises it: none waits for ever
+                    self._put("error", exc)
+                    return
+                finally:
+                    self._reading = False
+                self._put("chunk", chunk)
+        except cancelled:
+            self._stop()  # the block is being left; a reader in another thread stops waiting
+            raise
 
 
 @final
@@ -248,6 +278,7 @@ class SyncScheduler:
         with contextlib.ExitStack() as stack:
             with self._portal_open():
                 chunks = SyncStream(self._portal)
+                stack.callback(chunks._stop)  # pushed first: runs once the block is left
                 context = _LoopContext(
                     self._portal,
                     self._thread,

@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 import pytest
 
-from sjfsched import Chunk, Request, SchedulerClosed, SyncScheduler
+from sjfsched import BackendError, Chunk, Request, SchedulerClosed, SyncScheduler, SyncStream
 from sjfsched.backends import CallableBackend
 
 from ._util import TablePredictor, job
@@ -157,3 +157,82 @@ def test_close_waits_for_a_call_being_handed_to_the_loop(async_backend: str, kin
     assert not caller.is_alive() and not closing.is_alive(), "a call or close() hung"
     assert len(outcome) == 1
     assert isinstance(outcome[0], SchedulerClosed) or outcome[0] in ("hi ", "admitted")
+
+
+def read_in_thread(chunks: SyncStream, timeout: float = 5.0) -> object:
+    """``next(chunks)`` in a daemon thread: what it returned or raised, or "hung" after ``timeout``."""
+    outcome: list[object] = []
+
+    def read() -> None:
+        try:
+            outcome.append(next(chunks))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return outcome[0] if outcome else "hung"
+
+
+@pytest.mark.parametrize("async_backend", ["asyncio", "trio"])
+def test_a_stream_read_after_its_block_was_left_early_raises(async_backend: str) -> None:
+    """As the async ChunkStream: RuntimeError at once (it waited for ever for a chunk that never came)."""
+    with SyncScheduler(CallableBackend(echo), async_backend=async_backend) as sched:
+        with sched.stream("one two three") as chunks:
+            assert next(chunks).text == "one "
+        assert sched.statistics().cancelled == 1
+        outcome = read_in_thread(chunks)
+        assert isinstance(outcome, RuntimeError), outcome
+        assert "left before its end (its slot is gone)" in str(outcome)
+
+        async def async_outcome() -> str:
+            async with sched.scheduler.stream("one two three") as stream:
+                await stream.__anext__()
+            with pytest.raises(RuntimeError) as caught:
+                await stream.__anext__()
+            return str(caught.value)
+
+        assert str(outcome) == sched.call(async_outcome)  # the same words
+
+
+@pytest.mark.parametrize("async_backend", ["asyncio", "trio"])
+def test_a_reader_waiting_in_another_thread_stops_when_the_block_is_left(async_backend: str) -> None:
+    async def slow(request: Request) -> AsyncIterator[Chunk]:
+        yield Chunk("first ")
+        await anyio.sleep(30)  # the next chunk takes long: the block is left before
+        yield Chunk("late")  # pragma: no cover
+
+    with SyncScheduler(CallableBackend(slow), async_backend=async_backend) as sched:
+        with ThreadPoolExecutor(1) as pool:
+            with sched.stream("x") as chunks:
+                assert next(chunks).text == "first "
+                waiting = pool.submit(read_in_thread, chunks)
+                threading.Event().wait(0.2)  # it waits for the next chunk
+            outcome = waiting.result(10)
+        assert isinstance(outcome, RuntimeError), outcome
+        assert sched.statistics().cancelled == 1
+
+
+@pytest.mark.parametrize("async_backend", ["asyncio", "trio"])
+def test_a_stream_read_past_its_end_or_its_failure_stops(async_backend: str) -> None:
+    """As the async ChunkStream: StopIteration after the end, and after the failure was raised."""
+
+    async def fails(request: Request) -> AsyncIterator[Chunk]:
+        yield Chunk("half ")
+        raise OSError("the model fell over")
+
+    with SyncScheduler(CallableBackend(echo), async_backend=async_backend) as sched:
+        with sched.stream("one two") as chunks:
+            assert [c.text for c in chunks] == ["one ", "two "]
+            assert isinstance(read_in_thread(chunks), StopIteration)
+        assert isinstance(read_in_thread(chunks), StopIteration)  # after the block too
+        assert chunks.completion.text == "one two "
+    with SyncScheduler(CallableBackend(fails), async_backend=async_backend) as sched:
+        with sched.stream("x") as chunks:
+            assert next(chunks).text == "half "
+            failure = read_in_thread(chunks)
+            assert isinstance(read_in_thread(chunks), StopIteration)
+        assert isinstance(failure, BackendError), failure
+        assert "the model fell over" in str(failure)
+        assert isinstance(read_in_thread(chunks), StopIteration)
