@@ -71,6 +71,9 @@ def test_chat_template_is_used(tiny_llm: Llama) -> None:
         ({"dtype": "q8_0", "n_embd": 48, "n_head": 4}, "multiples of 32"),
         ({"logit_scale": 0.0}, "logit_scale"),
         ({"n_ctx": 2**32}, "n_ctx must be an int from 1 to 2\\*\\*32 - 1"),
+        ({"seed": -1}, "seed must be an int >= 0, got -1"),
+        ({"seed": "7"}, "seed must be an int >= 0, got '7'"),
+        ({"n_head_kv": "2"}, "n_head_kv must be an int >= 1 or None, got '2'"),
     ],
 )
 def test_bad_shapes_are_refused_by_name(tmp_path: Path, kwargs: dict[str, object], message: str) -> None:

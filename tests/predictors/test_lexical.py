@@ -200,6 +200,22 @@ def test_signals() -> None:
 # ------------------------------------------------------------------ the default
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"base": -500}, "base must be a finite number >= 0, got -500"),
+        ({"cap": math.nan}, "cap must be a finite number > 0, got nan"),
+        ({"cap": 0}, "cap must be a finite number > 0, got 0"),
+        ({"per_prompt_token": "0.5"}, "per_prompt_token must be a finite number >= 0, got '0.5'"),
+        ({"base": True}, "base must be a finite number >= 0, got True"),
+    ],
+)
+def test_heuristic_predictor_refuses_bad_parameters_by_name(kwargs: dict[str, object], message: str) -> None:
+    """They failed inside predict(), which the scheduler survives with a neutral estimate: a misorder."""
+    with pytest.raises(ValueError, match=re.escape(f"HeuristicPredictor.{message}")):
+        HeuristicPredictor(**kwargs)  # type: ignore[arg-type]
+
+
 def test_scheduler_default_is_the_lexical_predictor() -> None:
     before = _default.default_predictor_fallbacks()
     assert isinstance(default_predictor(), LexicalPredictor)

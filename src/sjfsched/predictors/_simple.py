@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import numbers
+from collections.abc import Callable, Sequence
 from typing import final
 
 import attrs
@@ -41,6 +42,13 @@ class ConstantPredictor:
         return [prediction] * len(requests)
 
 
+def _finite(name: str, value: object, wanted: str, ok: Callable[[float], bool]) -> None:
+    """ValueError naming ``name`` unless ``value`` is a finite real number (not a bool) that is ``ok``."""
+    number = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+    if not (number and ok(float(value))):  # type: ignore[arg-type]  # a numbers.Real
+        raise ValueError(f"HeuristicPredictor.{name} must be a finite number {wanted}, got {value!r}")
+
+
 @final
 @attrs.frozen
 class HeuristicPredictor:
@@ -55,6 +63,11 @@ class HeuristicPredictor:
     base: float = 150.0
     per_prompt_token: float = 0.5
     cap: float = 4096.0
+
+    def __attrs_post_init__(self) -> None:
+        _finite("base", self.base, ">= 0", lambda x: x >= 0)
+        _finite("per_prompt_token", self.per_prompt_token, ">= 0", lambda x: x >= 0)
+        _finite("cap", self.cap, "> 0", lambda x: x > 0)
 
     def predict(self, request: Request, /) -> Prediction:
         prompt_tokens = len(request.text) / 4.0

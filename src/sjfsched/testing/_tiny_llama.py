@@ -120,9 +120,13 @@ def write_tiny_llama(
                 f"{name} must be an int from 1 to 2**32 - 1 (GGUF stores a uint32), got {value!r}"
             )
     kv_heads = n_head if n_head_kv is None else n_head_kv
+    if isinstance(kv_heads, bool) or not isinstance(kv_heads, int) or kv_heads < 1:
+        raise ValueError(f"n_head_kv must be an int >= 1 or None, got {n_head_kv!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     if n_embd % n_head:
         raise ValueError(f"n_embd ({n_embd}) must be a multiple of n_head ({n_head})")
-    if isinstance(kv_heads, bool) or not isinstance(kv_heads, int) or kv_heads < 1 or n_head % kv_heads:
+    if n_head % kv_heads:
         raise ValueError(f"n_head ({n_head}) must be a multiple of n_head_kv ({kv_heads})")
     head_dim = n_embd // n_head
     if head_dim % 2:
