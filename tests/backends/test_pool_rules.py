@@ -8,7 +8,7 @@ from typing import Any
 import anyio
 import pytest
 
-from sjfsched import Chunk, Request
+from sjfsched import Chunk, Request, Scheduler
 from sjfsched.backends import BackendPool, BackendUnavailable, CallableBackend
 
 pytestmark = pytest.mark.anyio
@@ -109,6 +109,24 @@ async def test_aclose_closes_every_backend_even_when_one_fails() -> None:
     with pytest.raises(OSError, match="a: error closing"):
         await pool.aclose()
     assert closed == ["a", "b", "c"]
+
+
+class _StreamOnly:
+    """Streams, but cannot be closed."""
+
+    slots = 1
+
+    async def stream(self, request: Request) -> Any:
+        yield Chunk("hi")
+
+
+def test_a_member_without_aclose_is_refused_as_the_scheduler_refuses_it() -> None:
+    """It was taken, and closing the pool (the scheduler's close) ended in AttributeError after the work."""
+    with pytest.raises(TypeError, match=r"^backend must have .* _StreamOnly has no aclose\(\)$") as scheduler:
+        Scheduler(_StreamOnly())  # type: ignore[arg-type]
+    with pytest.raises(TypeError) as pool:
+        BackendPool([CallableBackend(lambda r: "ok"), (_StreamOnly(), 2)])  # type: ignore[list-item]
+    assert str(pool.value) == str(scheduler.value)
 
 
 @pytest.mark.parametrize(

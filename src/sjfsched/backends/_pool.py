@@ -143,8 +143,12 @@ class BackendPool:
                 backend, slots = item
             else:
                 backend, slots = item, getattr(item, "slots", 1)
-            if not callable(getattr(backend, "stream", None)):
-                raise TypeError(f"not a backend (no stream method): {backend!r}")
+            for method in ("stream", "aclose"):  # as the Scheduler checks its backend
+                if not callable(getattr(backend, method, None)):
+                    raise TypeError(
+                        f"backend must have stream(request) and aclose() methods; "
+                        f"{type(backend).__name__} has no {method}()"
+                    )
             if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
                 raise ValueError(f"slots of {backend!r} must be an int >= 1, got {slots!r}")
             members.append(_Member(len(members), backend, slots))
