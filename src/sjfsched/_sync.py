@@ -178,6 +178,14 @@ class SyncScheduler:
         scheduler_class: type[Scheduler] = Scheduler,
         **options: Any,
     ) -> None:
+        loops = anyio.get_all_backends()  # ("asyncio", "trio")
+        if not isinstance(async_backend, str) or async_backend not in loops:
+            raise ValueError(
+                f"async_backend must be one of {', '.join(map(repr, loops))} (the event loop to run), "
+                f"got {async_backend!r}"
+            )
+        if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, Scheduler)):
+            raise TypeError(f"scheduler_class must be Scheduler or a subclass of it, got {scheduler_class!r}")
         self._handing_over = threading.Condition()
         self._handovers = 0
         self._closed = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -216,6 +217,10 @@ def test_bad_arguments() -> None:
         OpenAIBackend("http://h/v1", model="")
     with pytest.raises(ValueError, match="base_url"):
         OpenAIBackend("h:8080")
+    # Quoted as given, not with the /v1 added to a URL without a path ("got '/v1'").
+    for bad in ("", "/", "http://", "h"):
+        with pytest.raises(ValueError, match=re.escape(f"URL with a host, got {bad!r}") + "$"):
+            OpenAIBackend(bad)
     with pytest.raises(ValueError, match="connect_timeout"):
         OpenAIBackend("http://h/v1", connect_timeout=0)
     with pytest.raises(TypeError, match="include_usage must be True or False"):

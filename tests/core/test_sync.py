@@ -236,3 +236,20 @@ def test_a_stream_read_past_its_end_or_its_failure_stops(async_backend: str) -> 
         assert isinstance(failure, BackendError), failure
         assert "the model fell over" in str(failure)
         assert isinstance(read_in_thread(chunks), StopIteration)
+
+
+@pytest.mark.parametrize("async_backend", ["bogus", "", "Trio", None, 1])
+def test_an_unknown_event_loop_is_refused_naming_async_backend(async_backend: Any) -> None:
+    """anyio's words named neither the parameter nor the choices ("No such backend: bogus"), or,
+    for None, nothing that was asked ("Not currently running on any asynchronous event loop")."""
+    with pytest.raises(
+        ValueError, match=r"^async_backend must be one of 'asyncio', 'trio' .*, got "
+    ) as caught:
+        SyncScheduler(async_backend=async_backend)
+    assert str(caught.value).endswith(repr(async_backend))
+
+
+@pytest.mark.parametrize("scheduler_class", [int, "Scheduler", None])
+def test_a_scheduler_class_that_is_no_scheduler_is_refused(scheduler_class: Any) -> None:
+    with pytest.raises(TypeError, match=r"^scheduler_class must be Scheduler or a subclass of it, got "):
+        SyncScheduler(scheduler_class=scheduler_class)

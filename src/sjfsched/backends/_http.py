@@ -60,6 +60,16 @@ def check_timeout(name: str, value: float | None) -> float | None:
     return float(value)
 
 
+def check_base_url(base_url: object) -> None:
+    """:class:`ValueError` quoting ``base_url`` as given, unless it is an http(s) URL with a host."""
+    if (
+        not isinstance(base_url, str)
+        or not base_url.startswith(("http://", "https://"))
+        or not urlsplit(base_url).hostname
+    ):
+        raise ValueError(f"base_url must be an http:// or https:// URL with a host, got {base_url!r}")
+
+
 class HttpSettings:
     """Base URL, timeouts, headers; makes the ``httpx.AsyncClient`` on first use.
 
@@ -82,12 +92,7 @@ class HttpSettings:
         headers: Mapping[str, str] | None,
         client: httpx.AsyncClient | None,
     ) -> None:
-        if (
-            not isinstance(base_url, str)
-            or not base_url.startswith(("http://", "https://"))
-            or not urlsplit(base_url).hostname
-        ):
-            raise ValueError(f"base_url must be an http:// or https:// URL with a host, got {base_url!r}")
+        check_base_url(base_url)
         if headers is not None and not isinstance(headers, Mapping):
             raise TypeError(f"headers must be a mapping of names to values, got {type(headers).__name__}")
         if client is not None and not isinstance(client, import_httpx(service, extra).AsyncClient):

@@ -15,6 +15,7 @@ from ._http import (
     DEFAULT_READ_TIMEOUT,
     BackendUnavailable,
     HttpSettings,
+    check_base_url,
     import_httpx,
 )
 
@@ -86,7 +87,8 @@ class OpenAIBackend:
             raise ValueError(f"model must be a non-empty str or None, got {model!r}")
         if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
             raise ValueError(f"slots must be an int >= 1, got {slots!r}")
-        if isinstance(base_url, str) and urlsplit(base_url).path in ("", "/"):
+        check_base_url(base_url)  # as given: the error quotes it without the /v1 added
+        if urlsplit(base_url).path in ("", "/"):
             base_url = base_url.rstrip("/") + "/v1"
         import_httpx("OpenAIBackend", "openai")  # without the openai extra: fail here, not on every request
         if not isinstance(include_usage, bool):
