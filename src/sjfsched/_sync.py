@@ -30,7 +30,7 @@ T = TypeVar("T")
 #: What a read after its block says, in the words of ChunkStream's.
 _LEFT_EARLY = (
     "this stream was left before its end (its slot is gone): read it inside its "
-    "`async with sched.stream(...)` block"
+    "`with sched.stream(...)` block"
 )
 
 
