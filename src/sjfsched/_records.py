@@ -27,13 +27,14 @@ def _copied(value: Any) -> Any:
     A request keeps its own copy of the caller's JSON-like values (a chat's
     content parts, ``options["stop"]``), so a caller changing theirs after
     submitting does not change a queued request.  Other objects (a grammar, a
-    callable) are passed on as they are.
+    callable, a ``LogitsProcessorList``) are passed on as they are.
     """
-    if isinstance(value, dict):
+    kind = type(value)  # exactly these: a subclass (llama_cpp's LogitsProcessorList) is the caller's object
+    if kind is dict:
         return {k: _copied(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if kind is list:
         return [_copied(v) for v in value]
-    if isinstance(value, tuple) and type(value) is tuple:
+    if kind is tuple:
         return tuple(_copied(v) for v in value)
     return value
 

@@ -56,6 +56,14 @@ class TestRequest:
         assert r.text == "What is 2+2?"
         assert r.options["stop"] == ["\n"]
 
+        class Processors(list[object]):  # as llama_cpp's LogitsProcessorList: a list that is called
+            def __call__(self) -> str:
+                return "called"
+
+        processors = Processors()
+        kept = Request("x", options={"logits_processor": processors}).options["logits_processor"]
+        assert kept is processors
+
     def test_pickles_and_deep_copies_as_another_request_with_the_same_fields(self) -> None:
         r = Request(
             messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
