@@ -259,14 +259,35 @@ def _print_tables(results: Sequence[Result], policies: Sequence[str], out: Any =
         print("\n\\* a stand-in replaced Clairvoyant's predictor (see docs/benchmarks.md)", file=out)
 
 
-def _run_sim(args: argparse.Namespace) -> int:
-    traces, profiles, scenario_names = _split(args.traces), _split(args.profiles), _split(args.scenarios)
-    named = {"--traces": traces, "--profiles": profiles, "--scenarios": scenario_names}
+def _check_run_options(
+    args: argparse.Namespace,
+    traces: Sequence[str],
+    profiles: Sequence[str],
+    scenarios: Sequence[str] | None = None,
+) -> None:
+    """The checks ``bench sim`` and ``bench all`` share, made before anything is trained or run.
+
+    ``scenarios`` is ``bench sim``'s ``--scenarios`` (``bench all`` runs its own).
+    """
+    named = {"--traces": traces, "--profiles": profiles}
+    if scenarios is not None:
+        named["--scenarios"] = scenarios
     for flag, names in named.items():
         if not names:
             raise SystemExit(f"sjfsched bench: {flag} names nothing to run")
     if args.jobs < 1:
         raise SystemExit(f"sjfsched bench: --jobs must be 1 or more, got {args.jobs}")
+    for name in profiles:
+        if name not in PROFILES:
+            raise SystemExit(
+                f"sjfsched bench: unknown backend profile {name!r} in --profiles; "
+                f"choose from {', '.join(PROFILES)}"
+            )
+
+
+def _run_sim(args: argparse.Namespace) -> int:
+    traces, profiles, scenario_names = _split(args.traces), _split(args.profiles), _split(args.scenarios)
+    _check_run_options(args, traces, profiles, scenario_names)
     _check_traces(traces)
     data = _data_dir(args, traces)
     scenarios = [_scenario(s, args) for s in scenario_names]
@@ -374,6 +395,7 @@ def _run_all(args: argparse.Namespace) -> int:
     from ._run import prepare_models
 
     traces = _split(args.traces)
+    _check_run_options(args, traces, _split(args.profiles))
     files = [t for t in traces if is_file_trace(t)]
     if files or any(not is_trace_name(t) for t in traces):
         raise SystemExit(

@@ -295,8 +295,12 @@ def save_results(
     """Write results (and what produced them) as JSON, one result per line.
 
     Latency percentiles are kept for the policies ``quantiles_for(name)``
-    accepts (default: all); figures need them only for a few.
+    accepts (default: all); figures need them only for a few.  An empty
+    ``results`` is refused (ValueError): it would replace a run's file with nothing.
     """
+    results = list(results)
+    if not results:
+        raise ValueError(f"no results to save to {path}: nothing ran")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = []
