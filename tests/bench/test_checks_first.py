@@ -7,6 +7,7 @@ training; a `--results` that could not be written lost the whole run.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +71,78 @@ def test_an_empty_result_set_is_never_written(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no results to save"):
         save_results([], results, {})
     assert results.read_text() == "the results of an earlier run\n"
+
+
+def _trace(path: Path, lengths: list[int]) -> Path:
+    path.write_text(
+        "".join(
+            json.dumps({"prompt": f"question {i} " * (1 + i % 5), "output_tokens": n}) + "\n"
+            for i, n in enumerate(lengths)
+        )
+    )
+    return path
+
+
+def _unwritable_results(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """--results values that no run could write, and what the refusal says of each."""
+    folder = tmp_path / "results"
+    folder.mkdir()
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    return {
+        "a directory": (folder, f"--results {folder} is a directory"),
+        "under a file": (
+            a_file / "sub" / "sim.json",
+            f"--results {a_file / 'sub' / 'sim.json'}: {a_file} is",
+        ),
+    }
+
+
+@pytest.mark.usefixtures("nothing_runs")
+@pytest.mark.parametrize("where", ["a directory", "under a file"])
+@pytest.mark.parametrize("command", ["sim", "all"])
+def test_sim_and_all_refuse_a_results_path_they_could_not_write_before_running(
+    tmp_path: Path, command: str, where: str
+) -> None:
+    data = sharegpt_like(tmp_path / "data", n=30)
+    results, message = _unwritable_results(tmp_path)[where]
+    argv = ["bench", command, "--data", str(data), "--traces", "sharegpt", "--results", str(results)]
+    argv += ["--out", str(tmp_path / "docs")] if command == "all" else ["--scenarios", "burst5"]
+    got = _exit_message([*argv, "--no-progress"])
+    assert got.startswith("sjfsched bench: ") and message in got
+
+
+@pytest.mark.parametrize("where", ["a directory", "under a file"])
+def test_bench_real_refuses_a_results_path_it_could_not_write_before_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    pytest.importorskip("llama_cpp", reason="bench real needs llama-cpp-python")
+    from sjfsched._bench import _real
+
+    def never(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("loaded the model before refusing --results")
+
+    monkeypatch.setattr(_real, "_run_real", never)
+    trace = _trace(tmp_path / "t.jsonl", [10, 50, 300, 900])
+    results, message = _unwritable_results(tmp_path)[where]
+    got = _exit_message(
+        ["bench", "real", "--trace", str(trace), "--requests", "4", "--results", str(results)]
+    )
+    assert got.startswith("sjfsched bench real: ") and message in got
+
+
+def test_a_run_whose_results_cannot_be_saved_still_prints_its_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def fail(results: Any, path: Path, *args: Any, **kwargs: Any) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(_cli, "save_results", fail)
+    trace = _trace(tmp_path / "t.jsonl", [10, 50, 300, 900, 20, 40])
+    results = tmp_path / "r.json"
+    got = _exit_message(
+        ["bench", "sim", "--traces", str(trace), "--profiles", "gpu", "--scenarios", "burst5",
+         "--policies", "fcfs,oracle", "--repetitions", "3", "--no-progress", "--results", str(results)]
+    )  # fmt: skip
+    assert got == f"sjfsched bench: could not save the results to --results {results}: Permission denied"
+    assert f"### {trace}, gpu backend, burst5" in capsys.readouterr().out  # the run is not lost

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import re
 import sys
@@ -37,7 +38,7 @@ from ._traces import (
     unknown_trace,
 )
 
-__all__ = ["configure", "run"]
+__all__ = ["check_results_path", "configure", "run"]
 
 DEFAULT_SCENARIOS = ("burst100", "poisson0.5", "poisson0.74", "poisson0.9")
 #: The policies `bench all` runs on the CPU profile too.
@@ -285,9 +286,41 @@ def _check_run_options(
             )
 
 
+def check_results_path(path: Path, command: str = "bench") -> None:
+    """Fail at once, naming ``--results``, where the results of a run could not be saved at ``path``.
+
+    Made before the run: a directory, a path under a file or in a folder
+    that cannot be written would otherwise lose the whole run at its end.
+    """
+    where = f"sjfsched {command}: --results {path}"
+    if path.is_dir():
+        raise SystemExit(f"{where} is a directory; name a file in it, e.g. {path / 'results.json'}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise SystemExit(f"{where} cannot be written (permission denied)")
+    folder = path.parent
+    while not folder.exists():  # the folders saving makes; the first that exists must take them
+        folder = folder.parent
+    if not folder.is_dir():
+        raise SystemExit(f"{where}: {folder} is a file, not a directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SystemExit(f"{where}: cannot write in {folder} (permission denied)")
+
+
+def _save(results: Sequence[Result], path: Path, meta: dict[str, Any], **options: Any) -> None:
+    """:func:`save_results`, failing in one line that names ``--results``."""
+    try:
+        save_results(results, path, meta, **options)
+    except OSError as exc:
+        raise SystemExit(
+            f"sjfsched bench: could not save the results to --results {path}: {exc.strerror or exc}"
+        ) from None
+
+
 def _run_sim(args: argparse.Namespace) -> int:
     traces, profiles, scenario_names = _split(args.traces), _split(args.profiles), _split(args.scenarios)
     _check_run_options(args, traces, profiles, scenario_names)
+    if args.results is not None:
+        check_results_path(args.results)
     _check_traces(traces)
     data = _data_dir(args, traces)
     scenarios = [_scenario(s, args) for s in scenario_names]
@@ -348,9 +381,9 @@ def _run_sim(args: argparse.Namespace) -> int:
         )
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"sjfsched bench: {exc}") from None
+    _print_tables(results, policies)  # first: a late failure to save loses nothing
     if args.results is not None:
-        save_results(results, args.results, meta)
-    _print_tables(results, policies)
+        _save(results, args.results, meta)
     return 0
 
 
@@ -396,6 +429,7 @@ def _run_all(args: argparse.Namespace) -> int:
 
     traces = _split(args.traces)
     _check_run_options(args, traces, _split(args.profiles))
+    check_results_path(args.results)
     files = [t for t in traces if is_file_trace(t)]
     if files or any(not is_trace_name(t) for t in traces):
         raise SystemExit(
@@ -419,15 +453,16 @@ def _run_all(args: argparse.Namespace) -> int:
             info=meta,
             models=models,
         )
-    save_results(results, args.results, meta, quantiles_for=lambda policy: policy in STANDARD_POLICIES)
+    # The tables first: a late failure to save or draw loses nothing.
+    policies = list(dict.fromkeys(u.policy for u in units))
+    _print_ranking(meta)
+    _print_tables(results, policies)
+    _save(results, args.results, meta, quantiles_for=lambda policy: policy in STANDARD_POLICIES)
+    print(f"\nwrote {args.results}")
     from ._plots import draw_all
 
     for path in draw_all(results, args.out / "img"):
         print(f"wrote {path}")
-    print(f"wrote {args.results}")
-    policies = list(dict.fromkeys(u.policy for u in units))
-    _print_ranking(meta)
-    _print_tables(results, policies)
     return 0
 
 

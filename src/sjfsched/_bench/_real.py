@@ -235,9 +235,10 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         print("sjfsched bench real needs llama-cpp-python: pip install 'sjfsched[llama]'", file=sys.stderr)
         return 2
-    from ._cli import _policies  # the same reading of --policies as bench sim's
+    from ._cli import _policies, check_results_path  # the same reading of --policies as bench sim's
 
     _check_arguments(args)
+    check_results_path(args.results, "bench real")
     items = _sample(args)
     if all(item.output_tokens <= 1 for item in items):
         raise SystemExit(
@@ -281,9 +282,15 @@ def run(args: argparse.Namespace) -> int:
 
     report = _report(args, real, sim, prefill, decode, load_before, load_after, time.monotonic() - wall0)
     report["models_sha1"] = digests
-    print(report["table"])
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(_no_nan(report), indent=1) + "\n", encoding="utf-8")
+    print(report["table"])  # first: a late failure to save loses nothing
+    try:
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps(_no_nan(report), indent=1) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise SystemExit(
+            f"sjfsched bench real: could not save the results to --results {args.results}: "
+            f"{exc.strerror or exc}"
+        ) from None
     print(f"\nwrote {args.results}")
     return 0 if report["agree"] else 1
 
