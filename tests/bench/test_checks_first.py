@@ -146,3 +146,40 @@ def test_a_run_whose_results_cannot_be_saved_still_prints_its_tables(
     )  # fmt: skip
     assert got == f"sjfsched bench: could not save the results to --results {results}: Permission denied"
     assert f"### {trace}, gpu backend, burst5" in capsys.readouterr().out  # the run is not lost
+
+
+@pytest.mark.parametrize(
+    ("policy", "why"),
+    [
+        ("unseen", "bench real trains no unseen predictor"),
+        ("plain-unseen", "bench real trains no unseen predictor"),
+        ("sjfsched@warm=10", "bench real has no history for warm=N to learn from"),
+        ("oracle@adapt=0", "adapt=0 applies to the lexical predictors only"),
+        ("lexical:{tmp}/missing.onnx", "model file not found"),
+    ],
+)
+def test_bench_real_refuses_a_policy_it_cannot_build_before_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: str, why: str
+) -> None:
+    pytest.importorskip("llama_cpp", reason="bench real needs llama-cpp-python")
+    from sjfsched._bench import _real
+
+    def never(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("loaded the model before refusing a policy")
+
+    monkeypatch.setattr(_real, "_run_real", never)
+    policy = policy.format(tmp=tmp_path)
+    trace = _trace(tmp_path / "t.jsonl", [10, 50, 300, 900])
+    got = _exit_message(
+        ["bench", "real", "--trace", str(trace), "--requests", "4", "--policies", f"fcfs,{policy}",
+         "--results", str(tmp_path / "real.json")]
+    )  # fmt: skip
+    assert got.startswith(f"sjfsched bench real: cannot run --policies {policy}: ")
+    assert why in got
+
+
+def test_bench_real_help_says_which_policies_it_cannot_run(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["bench", "real", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "not unseen, plain-unseen or PREDICTOR@warm=N" in help_text

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import tempfile
 import time
@@ -29,9 +30,10 @@ from typing import Any
 import anyio
 import attrs
 
+from .._errors import PredictorError
 from .._records import Chunk, Completion, Request
 from .._scheduler import Scheduler
-from ..backends import Backend
+from ..backends import Backend, SimulatedBackend
 from ._metrics import gain
 from ._policies import Policy, PolicyContext, policy_named
 from ._profiles import Profile
@@ -82,7 +84,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
     parser.add_argument(
-        "--policies", default="fcfs,sjfsched", help="policies to compare (default %(default)s)"
+        "--policies",
+        default="fcfs,sjfsched",
+        help="policies to compare, named as in bench sim (default %(default)s); not unseen, "
+        "plain-unseen or PREDICTOR@warm=N: bench real trains no unseen predictor and has no "
+        "history for warm=N to learn from (bench sim runs them)",
     )
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="save the results as JSON here")
 
@@ -252,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
     wall0 = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         pinned = pin_models(tmp, {})  # one version of each predictor model for the whole run
+        _check_policies(policies, _real_context(pinned))  # all of them, before the model loads
         real = _run_real(args, items, policies, pinned, tmp)
         load_after = os.getloadavg()
         every = [c for cs in real.values() for c in cs]
@@ -295,6 +302,41 @@ def run(args: argparse.Namespace) -> int:
     return 0 if report["agree"] else 1
 
 
+def _real_context(pinned: PinnedModels) -> PolicyContext:
+    """What the policies of the real runs are built with.
+
+    Clairvoyant's tau starts at 3 x 1 s here and then follows the short answers' service time.
+    No unseen model and no history: bench real trains none and draws from no ``/fresh`` half.
+    """
+    return PolicyContext(
+        short_latency=1.0, bundled_model=pinned.bundled, clairvoyant_model=pinned.clairvoyant
+    )
+
+
+def _why_not(policy: Policy, context: PolicyContext) -> str | None:
+    """Why bench real cannot build ``policy`` with ``context`` (None: it can)."""
+    try:
+        policy.make(SimulatedBackend(), context)
+    except (ValueError, OSError, PredictorError) as exc:
+        if policy.family == "unseen":
+            return "bench real trains no unseen predictor (a model trained without the trace); bench sim does"
+        if re.search(r"[@,]warm=", policy.name):
+            return (
+                "bench real has no history for warm=N to learn from; bench sim runs it on a NAME/fresh trace"
+            )
+        return str(exc) or type(exc).__name__
+    return None
+
+
+def _check_policies(policies: Sequence[Policy], context: PolicyContext) -> None:
+    """Build every policy (in front of a simulated backend) with ``context``, so that one
+    bench real cannot run fails in one line before the model loads, not after the others ran."""
+    for policy in policies:
+        why = _why_not(policy, context)
+        if why is not None:
+            raise SystemExit(f"sjfsched bench real: cannot run --policies {policy.name}: {why}")
+
+
 def _run_real(
     args: argparse.Namespace,
     items: Sequence[TraceItem],
@@ -315,10 +357,7 @@ def _run_real(
     real: dict[str, list[Completion]] = {}
     try:
         llm.create_completion("warm up", max_tokens=8)
-        # Clairvoyant's tau starts at 3 x 1 s here and then follows the short answers' service time.
-        context = PolicyContext(
-            short_latency=1.0, bundled_model=pinned.bundled, clairvoyant_model=pinned.clairvoyant
-        )
+        context = _real_context(pinned)
         for policy in policies:
             backend = TraceLengthBackend(LlamaCppBackend(llm), prompt_chars=args.prompt_chars)
             requests = [item.request() for item in items]
