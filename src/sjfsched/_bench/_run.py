@@ -273,8 +273,10 @@ def _result_from_json(data: dict[str, Any]) -> Result:
 def _round(value: Any) -> Any:
     """Floats to 7 significant digits, recursively (keeps the file small).
 
-    Enough that tables printed again from the file (``bench tables``) round
-    as the run's own did, even for a ratio near a rounding boundary.
+    Only for what the figures draw (the latency percentiles) and the CPU
+    time: the summaries the tables print are saved as they are, since a
+    value a few microseconds below a rounding boundary (a burst's latency
+    often is) would print differently once rounded.
     """
     if isinstance(value, float):
         return float(f"{value:.7g}")
@@ -305,9 +307,12 @@ def save_results(
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for r in results:
-        row = _round(_result_to_json(r))
-        if quantiles_for is not None and not quantiles_for(r.unit.policy):
-            row["quantiles"] = {}
+        # The summary at full precision (JSON floats round-trip), so `bench tables` prints from
+        # the file exactly what the run printed; files of earlier versions, rounded, read as before.
+        row = _result_to_json(r)
+        row["cpu_seconds"] = _round(row["cpu_seconds"])
+        keep = quantiles_for is None or quantiles_for(r.unit.policy)
+        row["quantiles"] = _round(row["quantiles"]) if keep else {}
         rows.append(json.dumps(row, separators=(",", ":")))
     meta_line = json.dumps(meta, indent=1)
     path.write_text(
