@@ -64,3 +64,19 @@ def test_tables_prints_from_the_file_what_the_run_printed(
     first, again = capsys.readouterr().out.split("\n", 1)
     assert first.startswith(f"<!-- from {results}: sjfsched bench sim ")
     assert again == run
+
+
+def test_tables_refuses_a_file_that_is_not_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trace = _trace(tmp_path, monkeypatch)  # JSON lines, not one JSON document
+    not_json = tmp_path / "notes.txt"
+    not_json.write_text("not JSON at all\n")
+    other_json = tmp_path / "other.json"
+    other_json.write_text('{"results": 3}\n')
+    binary = tmp_path / "figure.png"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    for path in (trace, not_json, other_json, binary):
+        with pytest.raises(SystemExit) as info:
+            main(["bench", "tables", "--results", str(path)])
+        message = str(info.value.code)
+        assert message.startswith(f"sjfsched bench: {path}: not results written by sjfsched bench (")
+        assert "\n" not in message

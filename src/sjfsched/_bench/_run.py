@@ -321,9 +321,21 @@ def save_results(
 
 
 def load_results(path: str | Path) -> tuple[list[Result], dict[str, Any]]:
-    """Read results written by :func:`save_results`."""
-    payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    """Read results written by :func:`save_results`.
+
+    Raises :class:`ValueError` naming ``path`` where it holds something else
+    (a trace's JSON lines, another JSON document, not text at all).
+    """
+    not_results = f"{path}: not results written by sjfsched bench"
+    try:
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{not_results} (not UTF-8 text: {exc.reason} at byte {exc.start})") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{not_results} (not one JSON document: {exc})") from exc
     try:
         return [_result_from_json(r) for r in payload["results"]], payload.get("meta", {})
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise ValueError(f"{path}: not results written by sjfsched bench (no {exc})") from exc
+    except KeyError as exc:
+        raise ValueError(f"{not_results} (no {exc})") from exc
+    except (TypeError, AttributeError, ValueError) as exc:
+        raise ValueError(f"{not_results} ({exc})") from exc

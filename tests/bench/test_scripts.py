@@ -1,0 +1,60 @@
+"""The timing scripts in benchmarks/ refuse a count below 1 in one line naming the option.
+
+Found by a reviewer with reproducers: `overhead.py --depths 0` or `--repeat 0`,
+`predictor.py --repeat 0` or `--limit 0` and `proxy_overhead.py --requests 0` ended in
+tracebacks (ZeroDivisionError, StatisticsError...) instead.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.mark.parametrize(
+    ("script", "argv", "refusal"),
+    [
+        (
+            "overhead.py",
+            ["--depths", "10", "0", "--repeat", "1"],
+            "argument --depths: must be 1 or more, got 0",
+        ),
+        ("overhead.py", ["--depths", "10", "--repeat", "0"], "argument --repeat: must be 1 or more, got 0"),
+        ("predictor.py", ["--limit", "0", "--repeat", "1"], "argument --limit: must be 1 or more, got 0"),
+        ("predictor.py", ["--limit", "20", "--repeat", "0"], "argument --repeat: must be 1 or more, got 0"),
+        (
+            "proxy_overhead.py",
+            ["--requests", "0", "--no-model"],
+            "argument --requests: must be 1 or more, got 0",
+        ),
+        ("proxy_overhead.py", ["--requests", "-1"], "argument --requests: must be 1 or more, got -1"),
+        (
+            "proxy_overhead.py",
+            ["--model-requests", "0"],
+            "argument --model-requests: must be 1 or more, got 0",
+        ),
+        ("overhead.py", ["--repeat", "two"], "argument --repeat: not a whole number: 'two'"),
+    ],
+)
+def test_a_count_below_one_is_refused_naming_the_option(
+    tmp_path: Path, script: str, argv: list[str], refusal: str
+) -> None:
+    if not (BENCHMARKS / script).is_file():
+        pytest.skip("the benchmarks/ scripts are not in this tree")
+    if script == "predictor.py":
+        argv = [*argv, "--data", str(tmp_path)]  # no corpora: the bundled demo trace's prompts
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == f"{script}: error: {refusal}"
