@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
@@ -73,3 +74,19 @@ def test_scenario_rejects_bad_input() -> None:
         Scenario("poisson", 10, 1, rho=1.5)
     with pytest.raises(ValueError, match="kind"):
         Scenario("wave", 10, 1)
+
+
+def test_the_first_token_comes_a_prefill_and_one_decode_step_after_the_start_as_the_docs_say() -> None:
+    # Found by a reviewer with a reproducer: docs/benchmarks.md said "after the prefill".
+    profile = Profile("test", prefill_rate=100.0, decode_rate=10.0)
+    batch = [TraceItem("a lone request", 30, 50)]  # 0.5 s of prefill, 3 s of decoding
+    [([done], _)] = simulate(policy_named("fcfs"), profile, [(batch, burst_arrivals(1))], CONTEXT)
+    assert done.first_token is not None
+    assert done.first_token - done.started == pytest.approx(50 / 100 + 1 / 10)
+    assert done.finished - done.started == pytest.approx(50 / 100 + 30 / 10)
+    docs = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
+    if not docs.is_file():
+        pytest.skip("docs/benchmarks.md is not in this tree")
+    backends = " ".join(docs.read_text(encoding="utf-8").split("### Backends", 1)[1][:800].split())
+    assert "streams its first token after the prefill and one decode step" in backends
+    assert "`prompt_tokens / prefill_rate + 1 / decode_rate`" in backends
