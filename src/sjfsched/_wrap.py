@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, final
@@ -124,7 +125,9 @@ class ScheduledLlama:
         values = _with_defaults(bound)
         prompt = values["prompt"]
         if not isinstance(prompt, str):  # a list of token ids
-            prompt = self._llm.detokenize(list(prompt)).decode("utf-8", errors="replace")
+            tokens = list(prompt)
+            _check_token_ids(tokens, self._llm.n_vocab())  # llama.cpp aborts the process on a bad one
+            prompt = self._llm.detokenize(tokens).decode("utf-8", errors="replace")
         request = Request(prompt, max_tokens=_max_tokens(values.get("max_tokens")))
         return self._run(self._llm.create_completion, bound, request, bool(values.get("stream")))
 
@@ -198,6 +201,20 @@ def _with_defaults(bound: inspect.BoundArguments) -> dict[str, Any]:
     out = {name: p.default for name, p in values.items() if p.default is not inspect.Parameter.empty}
     out.update(bound.arguments)
     return out
+
+
+def _check_token_ids(tokens: list[Any], n_vocab: int) -> None:
+    """Refuse a token id the model does not have (llama.cpp's detokenizer aborts on it)."""
+    for i, token in enumerate(tokens):
+        try:
+            value = operator.index(token)
+        except TypeError:
+            continue  # no integer: the Llama's own error names it
+        if not 0 <= value < n_vocab:
+            raise ValueError(
+                f"prompt token id {value} at index {i} is not in the model's vocabulary "
+                f"(ids 0 to {n_vocab - 1})"
+            )
 
 
 def _max_tokens(value: object) -> int | None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -257,3 +261,69 @@ def test_an_empty_chat_is_answered_as_llama_answers_it(wrapped: Any, tiny_llm: L
     ours = wrapped.create_chat_completion([], max_tokens=3, temperature=0)
     theirs: Any = tiny_llm.create_chat_completion([], max_tokens=3, temperature=0)
     assert ours["choices"][0]["message"] == theirs["choices"][0]["message"]
+
+
+# ------------------------------------------------- the reviewer's four defects
+
+
+def run_script(tiny_path: Path, code: str, timeout: float = 90) -> str:
+    """Run ``code`` in a fresh interpreter with ``load()`` (a Llama over the tiny model); its output.
+
+    For what ended the interpreter (llama.cpp aborting) or hung for ever
+    (a thread waiting for itself) before the fix: the test fails instead.
+    """
+    prelude = textwrap.dedent(
+        """
+        import sys, threading, time
+        from llama_cpp import Llama
+        import sjfsched
+        from sjfsched import SchedulerClosed
+
+        def load(**options):
+            options.update(n_ctx=512, n_threads=1, n_threads_batch=1, verbose=False, seed=0)
+            return Llama(sys.argv[1], **options)
+        """
+    )
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", prelude + textwrap.dedent(code), str(tiny_path)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the script hung (killed after {timeout} s); its output: {exc.stdout!r} {exc.stderr!r}")
+    assert result.returncode == 0, (
+        f"exit status {result.returncode}:\n{result.stdout}\n{result.stderr[-3000:]}"
+    )
+    return result.stdout
+
+
+def test_a_token_id_outside_the_vocabulary_raises_instead_of_aborting(
+    tiny_path: Path, tiny_llm: Llama
+) -> None:
+    """Before, detokenizing it for the predictor threw std::out_of_range in llama.cpp: the process aborted."""
+    out = run_script(
+        tiny_path,
+        """
+        llm = load()
+        w = sjfsched.wrap(llm)
+        for prompt in ([1, 300, 99999], [1, -5], [1, llm.n_vocab()]):
+            for stream in (False, True):
+                try:
+                    w(prompt, max_tokens=3, temperature=0, stream=stream)
+                except ValueError as exc:
+                    print("ValueError:", exc)
+        print("after:", w([1, 300], max_tokens=3, temperature=0)["usage"]["completion_tokens"])
+        w.close()
+        """,
+    )
+    n_vocab = tiny_llm.n_vocab()
+    last = n_vocab - 1
+    assert (
+        out.count(f"prompt token id 99999 at index 2 is not in the model's vocabulary (ids 0 to {last})") == 2
+    )
+    assert out.count("prompt token id -5 at index 1 is not in the model's vocabulary") == 2
+    assert out.count(f"prompt token id {n_vocab} at index 1 ") == 2
+    assert "after: 3" in out
