@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import operator
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, final
 
@@ -135,10 +135,22 @@ class ScheduledLlama:
         """``Llama.create_chat_completion``, admitted shortest-first."""
         bound = self._chat_signature.bind(*args, **kwargs)
         values = _with_defaults(bound)
-        messages: Sequence[Mapping[str, Any]] = values["messages"]
+        messages = values["messages"]
+        if isinstance(messages, Iterable) and not isinstance(messages, (str, bytes, Mapping, Sequence)):
+            # an iterator of messages (which the Llama reads once): read here, and handed on as a list
+            messages = bound.arguments["messages"] = list(messages)
         limit = _max_tokens(values.get("max_tokens"))
-        # llama.cpp answers an empty chat (from the template alone); so does the wrapper
-        request = Request(messages=messages, max_tokens=limit) if messages else Request("", max_tokens=limit)
+        try:
+            # llama.cpp answers an empty chat (from the template alone); so does the wrapper
+            request = (
+                Request(messages=messages, max_tokens=limit) if messages else Request("", max_tokens=limit)
+            )
+        except TypeError as exc:
+            raise TypeError(
+                "create_chat_completion(messages=...) under wrap(): the wrapper reads the chat to rank "
+                f"the call, and needs a list of message dicts (a str 'role'; a str, or a list of parts, "
+                f"as 'content'): {exc}"
+            ) from exc
         return self._run(self._llm.create_chat_completion, bound, request, bool(values.get("stream")))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

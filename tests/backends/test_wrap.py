@@ -327,3 +327,16 @@ def test_a_token_id_outside_the_vocabulary_raises_instead_of_aborting(
     assert out.count("prompt token id -5 at index 1 is not in the model's vocabulary") == 2
     assert out.count(f"prompt token id {n_vocab} at index 1 ") == 2
     assert "after: 3" in out
+
+
+def test_a_chat_given_as_an_iterator_is_answered_and_a_bad_chat_names_the_argument(
+    wrapped: Any, tiny_llm: Llama
+) -> None:
+    messages = [{"role": "user", "content": "hi"}]
+    direct: Any = tiny_llm.create_chat_completion(messages, max_tokens=4, **GREEDY)  # type: ignore[arg-type]
+    ours = wrapped.create_chat_completion(iter(messages), max_tokens=4, **GREEDY)
+    assert ours["choices"] == direct["choices"]
+    with pytest.raises(
+        TypeError, match=r"create_chat_completion\(messages=...\) under wrap\(\).*list of message dicts"
+    ):
+        wrapped.create_chat_completion([{"role": "user", "content": 5}], max_tokens=4)
