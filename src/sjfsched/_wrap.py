@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 import operator
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import threading
+import types
+import weakref
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, final
 
 from typing_extensions import Self
 
+from ._errors import SchedulerClosed
 from ._records import Request
 from ._sync import SyncScheduler
 from .backends._llama import TokenCounter, counting_processors, llama_lock, recording_samples
@@ -19,6 +25,67 @@ if TYPE_CHECKING:
 
 
 __all__ = ["ScheduledLlama", "wrap"]
+
+#: The ``Llama`` methods that only read what the model was loaded with (its
+#: vocabulary, its sizes): forwarded as they are.  Every other method of the
+#: ``Llama`` class reached through the wrapper runs under the model's lock.
+_READ_ONLY = frozenset(
+    {
+        "tokenize",
+        "detokenize",
+        "tokenizer",
+        "n_ctx",
+        "n_embd",
+        "n_vocab",
+        "token_bos",
+        "token_eos",
+        "token_nl",
+        "pooling_type",
+    }
+)
+
+#: What the next read of a stream says when closing the wrapper closed it.
+_CUT = (
+    "this stream was closed, its answer cut short, when its own thread closed the wrapper "
+    "(wrapped.close(), or the end of `with sjfsched.wrap(llm)`) while it was open"
+)
+
+
+class _Holding:
+    """Who holds a ``Llama``'s lock through a wrap() over it, and through what."""
+
+    __slots__ = ("opened", "thread", "what", "wrapper")
+
+    def __init__(self, wrapper: ScheduledLlama, what: str, opened: _Opened | None) -> None:
+        self.wrapper = wrapper
+        self.what = what
+        self.opened = opened  # a stream (or generate()) that holds the model between reads
+        self.thread = threading.get_ident()  # the thread that runs it, or last read the stream
+
+
+class _Opened:
+    """A stream that holds the model while it is open, and whether closing the wrapper cut it."""
+
+    __slots__ = ("cut", "generator")
+
+    def __init__(self) -> None:
+        self.generator: Generator[Any, Any, Any] | None = None
+        self.cut = False
+
+    def cut_short(self) -> None:
+        if self.generator is not None and not self.running():
+            self.cut = True
+            self.generator.close()  # leaves its turn and the lock, in this thread
+
+    def running(self) -> bool:
+        """Whether it runs now (a callback of the model's, in its own thread)."""
+        generator = self.generator
+        return generator is not None and inspect.getgeneratorstate(generator) == inspect.GEN_RUNNING
+
+
+# Who holds each Llama's lock through a wrap() (several wraps over one Llama share it).
+_HOLDING: weakref.WeakKeyDictionary[Any, _Holding] = weakref.WeakKeyDictionary()
+_HOLDING_GUARD = threading.Lock()
 
 
 def wrap(llm: Llama, /, **scheduler_options: Any) -> ScheduledLlama:
@@ -56,14 +123,22 @@ class ScheduledLlama:
     A streaming call (``stream=True``) takes its turn when iteration starts
     and holds the model until the iterator is exhausted or closed: read it to
     the end, or close it (``iterator.close()``, or leave a ``for`` loop and
-    drop it) so the next caller can go.
+    drop it) so the next caller can go.  The thread that holds the model
+    through an open stream cannot make another call on it (that call would
+    wait for itself): it raises :class:`RuntimeError` at once.
 
-    Every other attribute is the ``Llama``'s own (``tokenize``, ``metadata``,
-    ...), unscheduled.  :attr:`scheduler` gives the
-    :class:`~sjfsched.SyncScheduler` (for ``statistics()``); :meth:`close`
-    stops it (waiting calls fail with :class:`~sjfsched.SchedulerClosed`)
-    and leaves the ``Llama`` open.  Use the object as a context manager to
-    close it at the end.
+    The other methods of the ``Llama`` that use its context (``generate``,
+    ``eval``, ``sample``, ``reset``, ``create_embedding``, ``embed``,
+    ``save_state``, ``load_state``, ``set_cache``, ``set_seed``) run under
+    the model's lock, unscheduled: each waits until no call runs on the
+    model (``generate`` holds it while its generator is open, like a
+    stream).  Those that only read what the model was loaded with
+    (``tokenize``, ``detokenize``, ``n_ctx``, ``n_vocab``, ...) and data
+    attributes (``metadata``, ...) are the ``Llama``'s own.
+    :attr:`scheduler` gives the :class:`~sjfsched.SyncScheduler` (for
+    ``statistics()``); :meth:`close` stops it (waiting calls fail with
+    :class:`~sjfsched.SchedulerClosed`) and leaves the ``Llama`` open.  Use
+    the object as a context manager to close it at the end.
     """
 
     def __init__(self, llm: Llama, /, **scheduler_options: Any) -> None:
@@ -95,7 +170,21 @@ class ScheduledLlama:
         return self._scheduler
 
     def close(self) -> None:
-        """Stop the scheduler (the ``Llama`` stays open)."""
+        """Stop the scheduler (the ``Llama`` stays open).
+
+        A stream of this wrapper that the calling thread holds open is closed
+        first (its next read raises :class:`~sjfsched.SchedulerClosed`):
+        closing waits for the calls that run, and that one could only wait
+        for this thread.  Streams read by other threads are waited for.
+        """
+        holding = _HOLDING.get(self._llm)
+        if holding is not None and holding.wrapper is self and holding.thread == threading.get_ident():
+            if holding.opened is None or holding.opened.running():
+                raise RuntimeError(
+                    f"close() from inside {holding.what} on this wrapper (a callback of it) would wait "
+                    f"for that call, which waits for close(): close it after the call"
+                )
+            holding.opened.cut_short()
         self._scheduler.close()
 
     def __enter__(self) -> Self:
@@ -112,7 +201,11 @@ class ScheduledLlama:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):  # not ours, and not to be forwarded (copy, pickle)
             raise AttributeError(name)
-        return getattr(self._llm, name)
+        value = getattr(self._llm, name)
+        method = inspect.getattr_static(type(self._llm), name, None)
+        if name in _READ_ONLY or not isinstance(method, types.FunctionType):
+            return value  # a data attribute, a property, a static or class method, or a read
+        return self._locked(name, value, generator=inspect.isgeneratorfunction(method))
 
     def __repr__(self) -> str:
         return f"wrap({self._llm!r})"
@@ -163,12 +256,87 @@ class ScheduledLlama:
         # the scheduled one (forwarded as it was, it ran on the bare model, past the lock).
         return type(self._llm).create_chat_completion_openai_v1(self, *args, **kwargs)  # type: ignore[arg-type]
 
+    # ------------------------------------------------------ the model's lock
+
+    def _refuse_reentry(self, what: str) -> None:
+        """A call from the thread that holds the model could only wait for itself: refuse it."""
+        holding = _HOLDING.get(self._llm)
+        if holding is not None and holding.thread == threading.get_ident():
+            where = "this wrapper" if holding.wrapper is self else "another wrap() of the same Llama"
+            advice = (
+                "read it to the end or close it first"
+                if holding.opened is not None
+                else "call the model after that call returns"
+            )
+            raise RuntimeError(
+                f"{what} from the thread that holds the model through {holding.what} of {where}: "
+                f"it would wait for that to end, which waits for this thread; {advice}"
+            )
+
+    @contextlib.contextmanager
+    def _holding(
+        self, call: str, held: str | None = None, opened: _Opened | None = None
+    ) -> Iterator[_Holding]:
+        """The model's lock for ``call``, noted as held by this thread through ``held``.
+
+        The note is for :meth:`_refuse_reentry` and :meth:`close`.
+        """
+        self._refuse_reentry(call)
+        with self._lock:
+            holding = _Holding(self, held or call, opened)
+            with _HOLDING_GUARD:
+                _HOLDING[self._llm] = holding
+            try:
+                yield holding
+            finally:
+                with _HOLDING_GUARD:
+                    if _HOLDING.get(self._llm) is holding:
+                        del _HOLDING[self._llm]
+
+    def _locked(self, name: str, method: Callable[..., Any], *, generator: bool) -> Callable[..., Any]:
+        """The ``Llama``'s method ``name``, run under the model's lock (a generator: while it is open)."""
+        what = f"{name}()"
+        if generator:  # generate()
+
+            @functools.wraps(method)
+            def generating(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+                opened = _Opened()
+
+                def held() -> Generator[Any, Any, Any]:
+                    with self._holding(what, f"an open {what} generator", opened) as holding:
+                        inner = getattr(self._llm, name)(*args, **kwargs)
+                        try:
+                            item = next(inner)
+                            while True:
+                                sent = yield item
+                                holding.thread = threading.get_ident()  # whoever reads it now
+                                item = inner.send(sent)
+                        except StopIteration as stop:
+                            return stop.value
+                        finally:
+                            inner.close()
+
+                return (yield from _closable(held(), opened))
+
+            return generating
+
+        @functools.wraps(method)
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            with self._holding(what):
+                # looked up under the lock: a running stream shadows sample() while it runs
+                return getattr(self._llm, name)(*args, **kwargs)
+
+        return locked
+
     def _run(
         self, method: Callable[..., Any], bound: inspect.BoundArguments, request: Request, stream: bool
     ) -> Any:
         if stream:
-            return self._stream(method, bound, request)
-        with self._scheduler.admit(request) as ticket, self._lock:
+            opened = _Opened()
+            return _closable(self._stream(method, bound, request, opened), opened)
+        what = f"a {method.__name__}() call"
+        self._refuse_reentry(what)  # before waiting for a turn that could not come
+        with self._scheduler.admit(request) as ticket, self._holding(what):
             result = method(*bound.args, **bound.kwargs)
             usage = result.get("usage") or {}
             completion_tokens = usage.get("completion_tokens")
@@ -178,8 +346,10 @@ class ScheduledLlama:
             return result
 
     def _stream(
-        self, method: Callable[..., Any], bound: inspect.BoundArguments, request: Request
-    ) -> Iterator[Any]:
+        self, method: Callable[..., Any], bound: inspect.BoundArguments, request: Request, opened: _Opened
+    ) -> Generator[Any, None, None]:
+        what = f"a {method.__name__}(stream=True) call"
+        self._refuse_reentry(what)  # before waiting for a turn that could not come
         # Count the tokens as the model samples them (the stream has no usage).
         counter = TokenCounter()
         extra = bound.arguments.get("logits_processor")
@@ -188,7 +358,7 @@ class ScheduledLlama:
             bound.arguments["stopping_criteria"] = counter.watch(bound.arguments["stopping_criteria"])
         with (
             self._scheduler.admit(request) as ticket,
-            self._lock,
+            self._holding(what, f"an open {method.__name__}(stream=True) stream", opened) as holding,
             recording_samples(self._llm, counter),
         ):
             iterator = iter(method(*bound.args, **bound.kwargs))
@@ -199,6 +369,7 @@ class ScheduledLlama:
                         first = False
                         ticket.first_token()  # reads the scheduler's clock through its loop
                     yield chunk
+                    holding.thread = threading.get_ident()  # whoever reads it now
             finally:
                 close = getattr(iterator, "close", None)
                 if close is not None:
@@ -206,6 +377,20 @@ class ScheduledLlama:
             # What llama.cpp's usage would say: the sampled tokens, less an
             # end of generation (a stop string's last token is answer text).
             ticket.report(counter.answer_tokens(self._llm), counter.prompt_tokens)
+
+
+def _closable(inner: Generator[Any, Any, Any], opened: _Opened) -> Generator[Any, Any, Any]:
+    """``inner`` (a generator holding the model while open), as the caller's generator.
+
+    Closing the wrapper from the thread that reads it closes ``inner`` (not
+    this one, whose caller may read on): the next read raises
+    :class:`SchedulerClosed`, as a call made after closing does.
+    """
+    opened.generator = inner
+    result = yield from inner
+    if opened.cut:
+        raise SchedulerClosed(_CUT)
+    return result
 
 
 def _with_defaults(bound: inspect.BoundArguments) -> dict[str, Any]:

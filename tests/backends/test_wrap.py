@@ -7,7 +7,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -298,6 +298,230 @@ def run_script(tiny_path: Path, code: str, timeout: float = 90) -> str:
         f"exit status {result.returncode}:\n{result.stdout}\n{result.stderr[-3000:]}"
     )
     return result.stdout
+
+
+@pytest.fixture(scope="module")
+def embedding_llm(tiny_path: Path) -> Iterator[Llama]:
+    llm = Llama(
+        str(tiny_path), embedding=True, n_ctx=512, n_threads=1, n_threads_batch=1, verbose=False, seed=0
+    )
+    yield llm
+    llm.close()
+
+
+#: Each Llama method that uses the model's context, called as a program would through the wrapper.
+MODEL_METHODS: dict[str, Callable[[Any, Any], Any]] = {
+    "generate": lambda w, state: [next(g) for g in [w.generate([1, 300, 301], temp=0.0)] for _ in range(3)],
+    "eval": lambda w, state: w.eval([1, 300]),
+    "sample": lambda w, state: w.sample(temp=0.0),
+    "reset": lambda w, state: w.reset(),
+    "save_state": lambda w, state: w.save_state(),
+    "load_state": lambda w, state: w.load_state(state),
+    "set_seed": lambda w, state: w.set_seed(0),
+    "set_cache": lambda w, state: w.set_cache(None),
+    "create_embedding": lambda w, state: w.create_embedding("Once upon a time"),
+    "embed": lambda w, state: w.embed("Once upon a time"),
+}
+
+
+@pytest.mark.parametrize("name", list(MODEL_METHODS))
+def test_a_llama_method_that_uses_the_model_waits_for_the_running_call(
+    tiny_llm: Llama, embedding_llm: Llama, name: str
+) -> None:
+    """Forwarded as they were, past the lock, they ran inside another thread's call (crashing llama.cpp)."""
+    llm = embedding_llm if name in ("create_embedding", "embed") else tiny_llm
+    state = llm.save_state()
+    direct: Any = llm.create_completion("Once upon a time", max_tokens=12, **GREEDY)
+    outcome: list[object] = []
+    done = threading.Event()
+
+    def call() -> None:
+        try:
+            MODEL_METHODS[name](wrapped, state)
+            outcome.append("ok")
+        except BaseException as exc:  # the assertion below shows it
+            outcome.append(exc)
+        done.set()
+
+    with sjfsched.wrap(llm, predictor=HeuristicPredictor()) as wrapped:
+        holder = wrapped.create_completion("Once upon a time", max_tokens=12, stream=True, **GREEDY)
+        try:
+            text = next(holder)["choices"][0]["text"]
+            worker = threading.Thread(target=call, daemon=True)
+            worker.start()
+            assert not done.wait(0.3), f"{name}() ran while a call held the model"
+            text += "".join(c["choices"][0]["text"] for c in holder)
+        finally:
+            holder.close()
+        assert done.wait(30), f"{name}() did not run once the model was free"
+        assert outcome == ["ok"]
+        assert text == direct["choices"][0]["text"]  # the stream ran undisturbed
+    assert not llama_lock(llm).locked()
+
+
+def test_reads_of_the_llama_do_not_wait(wrapped: Any, tiny_llm: Llama) -> None:
+    holder = wrapped.create_completion("Once upon a time", max_tokens=12, stream=True)
+    try:
+        next(holder)  # this thread holds the model: a locked call would refuse (or wait for ever)
+        assert wrapped.tokenize(b"abc") == tiny_llm.tokenize(b"abc")
+        assert wrapped.detokenize([300, 301]) == tiny_llm.detokenize([300, 301])
+        assert (wrapped.n_ctx(), wrapped.n_vocab()) == (tiny_llm.n_ctx(), tiny_llm.n_vocab())
+        assert wrapped.metadata == tiny_llm.metadata
+    finally:
+        holder.close()
+
+
+def test_llama_methods_beside_wrapped_calls_in_threads_do_not_crash(tiny_path: Path) -> None:
+    """The reviewer's scenario: generate()/eval()/state calls in one thread, wrapped calls in another."""
+    out = run_script(
+        tiny_path,
+        """
+        llm = load()
+        want = llm("The little dog", max_tokens=30, temperature=0)["choices"][0]["text"]
+        w = sjfsched.wrap(llm)
+        tokens = llm.tokenize(b"Once upon a time there was")
+        done, bad = threading.Event(), []
+
+        def calls():
+            try:
+                for _ in range(15):
+                    got = w("The little dog", max_tokens=30, temperature=0)["choices"][0]["text"]
+                    bad.append(got != want)
+            except Exception as exc:
+                print("a wrapped call failed:", repr(exc))
+            finally:
+                done.set()
+
+        def methods():
+            while not done.is_set():
+                for j, _ in enumerate(w.generate(tokens, temp=0)):
+                    if j > 20:
+                        break
+                w.reset()
+                w.eval(tokens)
+                w.load_state(w.save_state())
+
+        threads = [threading.Thread(target=calls), threading.Thread(target=methods)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        w.close()
+        print("garbled", sum(bad), "of", len(bad))
+        """,
+    )
+    assert "garbled 0 of 15" in out
+
+
+def test_closing_the_wrapper_closes_the_closing_threads_own_streams_first(tiny_path: Path) -> None:
+    """Before, leaving the block with a stream still open waited for that stream: for ever."""
+    out = run_script(
+        tiny_path,
+        """
+        llm = load()
+        with sjfsched.wrap(llm) as w:
+            kept = w("Once upon a time", max_tokens=30, temperature=0, stream=True)
+            next(kept)
+        print("left the block")
+        try:
+            next(kept)
+        except SchedulerClosed as exc:
+            print("next read:", type(exc).__name__, exc)
+        print("then:", next(kept, "ended"))
+
+        try:  # the consumer fails inside the block: its exception comes out
+            with sjfsched.wrap(llm) as w:
+                for chunk in (stream := w("Once upon a time", max_tokens=30, temperature=0, stream=True)):
+                    raise ValueError("the consumer failed")
+        except ValueError as exc:
+            print("caller sees:", exc)
+
+        with sjfsched.wrap(llm) as w:  # generate() holds the model like a stream
+            tokens = w.generate(llm.tokenize(b"Once"), temp=0)
+            next(tokens)
+        try:
+            next(tokens)
+        except SchedulerClosed:
+            print("generate closed too")
+
+        # a stream that another thread reads is waited for (and read to its end)
+        w = sjfsched.wrap(llm)
+        started = threading.Event()
+
+        def read():
+            other = w("Once upon a time", max_tokens=30, temperature=0, stream=True)
+            next(other)
+            started.set()
+            time.sleep(0.5)
+            print("other read", len(list(other)))
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        started.wait()
+        w.close()
+        reader.join()
+        print("closed after the other thread's stream")
+        print("the model works:", llm("Once", max_tokens=3, temperature=0)["usage"]["completion_tokens"])
+        """,
+    )
+    assert "left the block" in out
+    assert "next read: SchedulerClosed this stream was closed, its answer cut short" in out
+    assert "then: ended" in out
+    assert "caller sees: the consumer failed" in out
+    assert "generate closed too" in out
+    assert out.index("other read") < out.index("closed after the other thread's stream")
+    assert "the model works: 3" in out
+
+
+def test_a_call_from_the_thread_that_holds_the_model_is_refused_at_once(tiny_path: Path) -> None:
+    """Before, it waited for its turn (or the lock), which only its own thread's stream could give."""
+    out = run_script(
+        tiny_path,
+        """
+        llm = load()
+        want = llm("Once upon a time", max_tokens=20, temperature=0)["choices"][0]["text"]
+        w = sjfsched.wrap(llm)
+        other = sjfsched.wrap(llm)
+        text = ""
+        stream = w("Once upon a time", max_tokens=20, temperature=0, stream=True)
+        for n, chunk in enumerate(stream):
+            text += chunk["choices"][0]["text"]
+            if n == 0:
+                for label, call in [
+                    ("call", lambda: w("The little dog", max_tokens=5)),
+                    ("chat", lambda: w.create_chat_completion([{"role": "user", "content": "hi"}])),
+                    ("stream", lambda: next(w("The little dog", max_tokens=5, stream=True))),
+                    ("eval", lambda: w.eval([1, 300])),
+                    ("generate", lambda: next(w.generate([1, 300]))),
+                    ("another wrap", lambda: other("The little dog", max_tokens=5)),
+                ]:
+                    try:
+                        call()
+                    except RuntimeError as exc:
+                        print(label, "refused:", exc)
+        print("stream intact:", text == want)
+        for g in [w.generate(llm.tokenize(b"Once"), temp=0)]:
+            next(g)
+            try:
+                w("x", max_tokens=2)
+            except RuntimeError as exc:
+                print("inside generate refused:", exc)
+            g.close()
+        print("after:", w("Once", max_tokens=3, temperature=0)["usage"]["completion_tokens"])
+        print(w.scheduler.statistics().waiting, "waiting")
+        w.close()
+        other.close()
+        """,
+        timeout=60,
+    )
+    for label in ("call", "chat", "stream", "eval", "generate", "another wrap"):
+        assert f"{label} refused: " in out
+    assert "refused: a create_completion() call from the thread that holds the model through an open " in out
+    assert "another wrap refused: " in out and "of another wrap() of the same Llama" in out
+    assert "stream intact: True" in out
+    assert "inside generate refused: " in out
+    assert "after: 3" in out
+    assert "0 waiting" in out
 
 
 def test_a_token_id_outside_the_vocabulary_raises_instead_of_aborting(
