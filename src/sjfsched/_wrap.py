@@ -134,7 +134,8 @@ class ScheduledLlama:
     model (``generate`` holds it while its generator is open, like a
     stream).  Those that only read what the model was loaded with
     (``tokenize``, ``detokenize``, ``n_ctx``, ``n_vocab``, ...) and data
-    attributes (``metadata``, ...) are the ``Llama``'s own.
+    attributes (``metadata``, ...) are the ``Llama``'s own.  Setting a public
+    attribute sets it on the ``Llama``, under the lock.
     :attr:`scheduler` gives the :class:`~sjfsched.SyncScheduler` (for
     ``statistics()``); :meth:`close` stops it (waiting calls fail with
     :class:`~sjfsched.SchedulerClosed`) and leaves the ``Llama`` open.  Use
@@ -206,6 +207,28 @@ class ScheduledLlama:
         if name in _READ_ONLY or not isinstance(method, types.FunctionType):
             return value  # a data attribute, a property, a static or class method, or a read
         return self._locked(name, value, generator=inspect.isgeneratorfunction(method))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):  # the wrapper's own state
+            object.__setattr__(self, name, value)
+            return
+        self._refuse_own(name)
+        with self._holding(f"setting {name}"):  # not while a call reads the Llama's attributes
+            setattr(self._llm, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if name.startswith("_"):
+            object.__delattr__(self, name)
+            return
+        self._refuse_own(name)
+        with self._holding(f"deleting {name}"):
+            delattr(self._llm, name)
+
+    def _refuse_own(self, name: str) -> None:
+        if hasattr(type(self), name):
+            raise AttributeError(
+                f"{name!r} is the wrapper's own and cannot be set; the wrapped Llama is wrapped.llm"
+            )
 
     def __repr__(self) -> str:
         return f"wrap({self._llm!r})"

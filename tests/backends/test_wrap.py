@@ -493,6 +493,7 @@ def test_a_call_from_the_thread_that_holds_the_model_is_refused_at_once(tiny_pat
                     ("stream", lambda: next(w("The little dog", max_tokens=5, stream=True))),
                     ("eval", lambda: w.eval([1, 300])),
                     ("generate", lambda: next(w.generate([1, 300]))),
+                    ("setattr", lambda: setattr(w, "verbose", False)),
                     ("another wrap", lambda: other("The little dog", max_tokens=5)),
                 ]:
                     try:
@@ -514,7 +515,7 @@ def test_a_call_from_the_thread_that_holds_the_model_is_refused_at_once(tiny_pat
         """,
         timeout=60,
     )
-    for label in ("call", "chat", "stream", "eval", "generate", "another wrap"):
+    for label in ("call", "chat", "stream", "eval", "generate", "setattr", "another wrap"):
         assert f"{label} refused: " in out
     assert "refused: a create_completion() call from the thread that holds the model through an open " in out
     assert "another wrap refused: " in out and "of another wrap() of the same Llama" in out
@@ -551,6 +552,55 @@ def test_a_token_id_outside_the_vocabulary_raises_instead_of_aborting(
     assert out.count("prompt token id -5 at index 1 is not in the model's vocabulary") == 2
     assert out.count(f"prompt token id {n_vocab} at index 1 ") == 2
     assert "after: 3" in out
+
+
+def test_setting_a_llama_attribute_through_the_wrapper_sets_it_on_the_llama(
+    wrapped: Any, tiny_llm: Llama
+) -> None:
+    """Before, it landed on the wrapper, and calls went on with the Llama's old value."""
+    messages = [{"role": "user", "content": "Hi"}]
+    before = tiny_llm.chat_format
+    assert before != "chatml"
+    try:
+        wrapped.chat_format = "chatml"
+        assert tiny_llm.chat_format == "chatml"
+        assert "chat_format" not in vars(wrapped)
+        direct: Any = tiny_llm.create_chat_completion(messages, max_tokens=3, **GREEDY)  # type: ignore[arg-type]
+        ours = wrapped.create_chat_completion(messages, max_tokens=3, **GREEDY)
+        assert ours["usage"]["prompt_tokens"] == direct["usage"]["prompt_tokens"]
+        del wrapped.chat_format  # deleted from the Llama too (the class has none: reads fail)
+        assert "chat_format" not in vars(tiny_llm)
+    finally:
+        tiny_llm.chat_format = before
+    assert wrapped.chat_format == before
+    wrapped._note = 1  # the wrapper's own
+    assert vars(wrapped)["_note"] == 1 and not hasattr(tiny_llm, "_note")
+    with pytest.raises(AttributeError, match="wrapper's own"):
+        wrapped.llm = tiny_llm
+    with pytest.raises(AttributeError, match="wrapper's own"):
+        wrapped.create_completion = None
+
+
+def test_setting_an_attribute_waits_for_the_running_call(wrapped: Any, tiny_llm: Llama) -> None:
+    """A call reads the Llama's attributes while it runs: an assignment waits until it ends."""
+    before = tiny_llm.verbose
+    done = threading.Event()
+    holder = wrapped.create_completion("Once upon a time", max_tokens=10, stream=True)
+    try:
+        next(holder)
+
+        def assign() -> None:
+            wrapped.verbose = before
+            done.set()
+
+        threading.Thread(target=assign, daemon=True).start()
+        assert not done.wait(0.3)
+        for _ in holder:
+            pass
+    finally:
+        holder.close()
+    assert done.wait(20)
+    assert tiny_llm.verbose == before
 
 
 def test_a_chat_given_as_an_iterator_is_answered_and_a_bad_chat_names_the_argument(
