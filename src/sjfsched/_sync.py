@@ -245,8 +245,11 @@ class SyncScheduler:
                 self._handing_over.notify_all()
 
     def _stop_portal(self) -> None:
+        # Every request has ended (the scheduler is closed); what is left in the loop are calls
+        # whose caller has not yet come back to leave them (a complete() that returned, whose
+        # thread the OS has not run since): cancelled, so the loop ends and close() returns.
         with contextlib.suppress(RuntimeError):  # stopped already
-            self._portal.call(self._portal.stop)
+            self._portal.call(self._portal.stop, True)
         self._thread.join()
 
     @property
@@ -539,5 +542,12 @@ class _LoopContext(Generic[T]):
             # the block is left, and the request ends, in the loop's own time.
             self._leave.set()
             return None
-        self._portal.call(self._leave.set)
-        return self._task.result()
+        try:
+            self._portal.call(self._leave.set)
+        except RuntimeError:  # close() stopped the loop meanwhile, cancelling what was left of this call
+            self._finished.wait()
+            return None
+        try:
+            return self._task.result()
+        except concurrent.futures.CancelledError:  # stopped by close() as the block was left
+            return None

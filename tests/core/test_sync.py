@@ -159,6 +159,31 @@ def test_close_waits_for_a_call_being_handed_to_the_loop(async_backend: str, kin
     assert isinstance(outcome[0], SchedulerClosed) or outcome[0] in ("hi ", "admitted")
 
 
+@pytest.mark.parametrize("async_backend", ["asyncio", "trio"])
+def test_close_while_a_finished_call_has_not_yet_left_the_loop(async_backend: str) -> None:
+    """complete() has its answer, but its thread has not run since: close() must not wait for it.
+
+    It did: the call's task waited in the loop for its caller to leave it, so the loop never
+    ended and close() hung for ever (seen under load: the OS ran close() in that window).
+    """
+    sched = SyncScheduler(CallableBackend(echo), async_backend=async_backend)
+    portal = sched._portal
+    real_call = portal.call
+    caller = threading.current_thread()
+    closing = threading.Thread(target=sched.close, daemon=True)
+
+    def call(fn: Any, *args: Any) -> Any:
+        if getattr(fn, "__name__", None) == "set" and threading.current_thread() is caller:
+            closing.start()  # leaving the call: the OS runs close() first
+            closing.join(5)
+        return real_call(fn, *args)
+
+    portal.call = call  # type: ignore[method-assign, assignment]
+    assert sched.complete("hi").text == "hi "
+    closing.join(5)
+    assert not closing.is_alive(), "close() hung"
+
+
 def read_in_thread(chunks: SyncStream, timeout: float = 5.0) -> object:
     """``next(chunks)`` in a daemon thread: what it returned or raised, or "hung" after ``timeout``."""
     outcome: list[object] = []
