@@ -33,6 +33,7 @@ import anyio
 import anyio.lowlevel
 
 from sjfsched import Chunk, Request, Scheduler
+from sjfsched._bench._cli import at_least_one
 from sjfsched.predictors import ConstantPredictor
 
 
@@ -119,22 +120,11 @@ async def cycle(depth: int, rounds: int, trace_memory: bool) -> tuple[float, flo
     return busy / (max(depth, 1) * rounds), bytes_per_request
 
 
-def _at_least_one(text: str) -> int:
-    """An argparse type: a whole number of 1 or more (argparse names the option when it is not)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--depths", type=_at_least_one, nargs="+", default=[1, 100, 10_000, 100_000])
+    parser.add_argument("--depths", type=at_least_one, nargs="+", default=[1, 100, 10_000, 100_000])
     parser.add_argument(
-        "--repeat", type=_at_least_one, default=3, help="cycles per depth; the median is shown"
+        "--repeat", type=at_least_one, default=3, help="cycles per depth; the median is shown"
     )
     parser.add_argument("--backends", nargs="+", default=["asyncio", "trio"])
     parser.add_argument("--memory", action="store_true", help="also trace memory (slow at 100,000)")

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from sjfsched import Request
+from sjfsched._bench._cli import at_least_one
 from sjfsched.predictors import ClairvoyantPredictor, HeuristicPredictor, LexicalPredictor, Predictor
 from sjfsched.predictors._lexical import bundled_model_path
 
@@ -120,22 +121,11 @@ def batch_rate(
     return best, best_cpu
 
 
-def _at_least_one(text: str) -> int:
-    """An argparse type: a whole number of 1 or more (argparse names the option when it is not)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=SHARED_DATA)
-    parser.add_argument("--limit", type=_at_least_one, help="time on a random sample of this many prompts")
-    parser.add_argument("--repeat", type=_at_least_one, default=3)
+    parser.add_argument("--limit", type=at_least_one, help="time on a random sample of this many prompts")
+    parser.add_argument("--repeat", type=at_least_one, default=3)
     parser.add_argument(
         "--model",
         type=Path,

@@ -37,6 +37,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from sjfsched._bench._cli import at_least_one
+
 # ------------------------------------------------------------------ the stub
 
 
@@ -331,24 +333,13 @@ def compare_clients(stub: str, n: int) -> None:
         print(f"  {name:<28} {statistics.median(times) * 1000:.3f} ms median per request to the stub")
 
 
-def _at_least_one(text: str) -> int:
-    """An argparse type: a whole number of 1 or more (argparse names the option when it is not)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--requests", type=_at_least_one, default=2000, help="timed requests per stub scenario"
+        "--requests", type=at_least_one, default=2000, help="timed requests per stub scenario"
     )
     parser.add_argument(
-        "--model-requests", type=_at_least_one, default=300, help="timed requests with the real model"
+        "--model-requests", type=at_least_one, default=300, help="timed requests with the real model"
     )
     parser.add_argument("--no-model", action="store_true", help="skip the llama_cpp.server scenario")
     parser.add_argument("--stub", metavar="PORT_FILE", help=argparse.SUPPRESS)

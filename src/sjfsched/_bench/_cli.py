@@ -38,13 +38,27 @@ from ._traces import (
     unknown_trace,
 )
 
-__all__ = ["check_results_path", "configure", "run"]
+__all__ = ["at_least_one", "check_results_path", "configure", "run"]
 
 DEFAULT_SCENARIOS = ("burst100", "poisson0.5", "poisson0.74", "poisson0.9")
 #: The policies `bench all` runs on the CPU profile too.
 CPU_POLICIES = ("fcfs", "sjfsched", "unseen", "plain-unseen")
 #: Where `bench all` writes its raw results.
 DEFAULT_RESULTS = Path("benchmarks") / "results" / "sim.json"
+
+
+def at_least_one(text: str) -> int:
+    """An argparse type for the scripts in benchmarks/: a whole number of 1 or more.
+
+    argparse names the option when it is not.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
