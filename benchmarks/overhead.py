@@ -33,7 +33,7 @@ import anyio
 import anyio.lowlevel
 
 from sjfsched import Chunk, Request, Scheduler
-from sjfsched._bench._cli import at_least_one
+from sjfsched._cli import at_least_one
 from sjfsched.predictors import ConstantPredictor
 
 

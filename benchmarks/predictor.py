@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from sjfsched import Request
-from sjfsched._bench._cli import at_least_one
+from sjfsched._cli import at_least_one
 from sjfsched.predictors import ClairvoyantPredictor, HeuristicPredictor, LexicalPredictor, Predictor
 from sjfsched.predictors._lexical import bundled_model_path
 

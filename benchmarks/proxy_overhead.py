@@ -37,7 +37,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from sjfsched._bench._cli import at_least_one
+from sjfsched._cli import at_least_one
 
 # ------------------------------------------------------------------ the stub
 

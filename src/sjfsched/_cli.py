@@ -12,12 +12,13 @@ import importlib.util
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Final
 
 from ._errors import PredictorError
 from ._version import __version__
 
-__all__ = ["main", "missing_module", "needs_extra"]
+__all__ = ["at_least_one", "main", "missing_module", "needs_extra", "same_file"]
 
 #: command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -35,6 +36,30 @@ TRAIN_MODULES: Final[dict[str, tuple[str, ...]]] = {
     "lexical": ("scipy", "sklearn", "onnx"),
     "clairvoyant": ("scipy", "xgboost", "sklearn", "onnx", "onnxmltools"),
 }
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (the same path resolved, or a hard link)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def at_least_one(text: str) -> int:
+    """An argparse type (the bench options, the scripts in benchmarks/): a whole number of 1 or more.
+
+    argparse names the option when it is not.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
 def _evaluate_imports(args: argparse.Namespace) -> tuple[str, ...]:

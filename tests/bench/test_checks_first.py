@@ -183,3 +183,83 @@ def test_bench_real_help_says_which_policies_it_cannot_run(capsys: pytest.Captur
         main(["bench", "real", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "not unseen, plain-unseen or PREDICTOR@warm=N" in help_text
+
+
+@pytest.mark.usefixtures("nothing_runs")
+def test_results_over_an_input_of_the_run_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`bench sim --traces requests.jsonl --results requests.jsonl` replaced the log with the report."""
+    trace = _trace(tmp_path / "requests.jsonl", [10, 50, 300, 900, 20, 40])
+    before = trace.read_text()
+    monkeypatch.chdir(tmp_path)
+    for results, traces in (
+        ("requests.jsonl", "requests.jsonl"),
+        (str(trace), "requests.jsonl/fresh"),  # the same file by another name and a suffix
+    ):
+        got = _exit_message(
+            [
+                "bench",
+                "sim",
+                "--traces",
+                traces,
+                "--scenarios",
+                "burst5",
+                "--results",
+                results,
+                "--no-progress",
+            ]
+        )
+        assert got.startswith(f"sjfsched bench: --results {results} is an input of this run"), got
+    model = tmp_path / "mine.onnx"
+    model.write_bytes(b"a model")
+    got = _exit_message(
+        ["bench", "sim", "--traces", "requests.jsonl", "--scenarios", "burst5", "--no-progress",
+         "--policies", f"fcfs,lexical:{model}@aging=0", "--results", str(model)]
+    )  # fmt: skip
+    assert "is an input of this run" in got and model.read_bytes() == b"a model"
+    assert trace.read_text() == before
+
+
+def test_bench_real_refuses_results_over_its_trace_or_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("llama_cpp", reason="bench real needs llama-cpp-python")
+    from sjfsched._bench import _real
+
+    def never(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("loaded the model before refusing --results")
+
+    monkeypatch.setattr(_real, "_run_real", never)
+    trace = _trace(tmp_path / "t.jsonl", [10, 50, 300, 900])
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    for results in (trace, gguf):
+        got = _exit_message(
+            ["bench", "real", "--trace", str(trace), "--model", str(gguf), "--requests", "4",
+             "--results", str(results)]
+        )  # fmt: skip
+        assert got.startswith(f"sjfsched bench real: --results {results} is an input of this run"), got
+    assert gguf.read_bytes() == b"GGUF"
+
+
+@pytest.mark.usefixtures("nothing_runs")
+def test_bench_all_refuses_an_out_it_could_not_draw_into_before_training(tmp_path: Path) -> None:
+    data = sharegpt_like(tmp_path / "data", n=30)
+    a_file = tmp_path / "notadir.txt"
+    a_file.write_text("")
+    got = _exit_message(
+        ["bench", "all", "--data", str(data), "--traces", "sharegpt", "--out", str(a_file),
+         "--results", str(tmp_path / "sim.json"), "--no-progress"]
+    )  # fmt: skip
+    assert got == f"sjfsched bench all: --out {a_file}: {a_file} is a file, not a directory"
+
+
+@pytest.mark.parametrize("option", ["--repetitions", "--poisson-requests", "--seeds"])
+def test_zero_counts_are_refused_naming_the_option(
+    tmp_path: Path, option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "sim", "--traces", "sharegpt", option, "0"])
+    assert info.value.code == 2
+    assert f"argument {option}: must be 1 or more, got 0" in capsys.readouterr().err

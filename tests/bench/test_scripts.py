@@ -7,6 +7,7 @@ tracebacks (ZeroDivisionError, StatisticsError...) instead.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +59,20 @@ def test_a_count_below_one_is_refused_naming_the_option(
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == f"{script}: error: {refusal}"
+
+
+@pytest.mark.parametrize("script", ["predictor.py", "proxy_overhead.py", "overhead.py"])
+def test_the_scripts_start_without_the_bench_extra(tmp_path: Path, script: str) -> None:
+    """They need only what they time: not trio, which only the bench harness imports."""
+    block = tmp_path / "block"
+    block.mkdir()
+    (block / "trio.py").write_text("raise ImportError('trio is hidden by this test')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(block), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr

@@ -8,11 +8,11 @@ import platform
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .._cli import TRAIN_MODULES, missing_module, needs_extra
+from .._cli import TRAIN_MODULES, at_least_one, missing_module, needs_extra, same_file
 from .._scheduler import DEFAULT_AGING, DEFAULT_MAX_WAIT
 from .._version import __version__
 from ._policies import (
@@ -31,34 +31,22 @@ from ._sim import Scenario
 from ._traces import (
     TRACES,
     UNSEEN_BUILT_IN_ONLY,
+    base_name,
     default_data_dir,
     is_file_trace,
     is_trace_name,
     load_trace,
+    split_file_trace,
     unknown_trace,
 )
 
-__all__ = ["at_least_one", "check_results_path", "configure", "run"]
+__all__ = ["check_results_path", "configure", "input_files", "run"]
 
 DEFAULT_SCENARIOS = ("burst100", "poisson0.5", "poisson0.74", "poisson0.9")
 #: The policies `bench all` runs on the CPU profile too.
 CPU_POLICIES = ("fcfs", "sjfsched", "unseen", "plain-unseen")
 #: Where `bench all` writes its raw results.
 DEFAULT_RESULTS = Path("benchmarks") / "results" / "sim.json"
-
-
-def at_least_one(text: str) -> int:
-    """An argparse type for the scripts in benchmarks/: a whole number of 1 or more.
-
-    argparse names the option when it is not.
-    """
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -138,11 +126,13 @@ def _sim_options(p: argparse.ArgumentParser, *, matrix: bool = True, files: bool
         p.add_argument("--results", type=Path, default=None, help="also save the results as JSON here")
     else:
         p.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="save the results as JSON here")
-    p.add_argument("--repetitions", type=int, default=250, help="bursts per burst scenario (default 250)")
     p.add_argument(
-        "--poisson-requests", type=int, default=2000, help="requests per Poisson run (default 2000)"
+        "--repetitions", type=at_least_one, default=250, help="bursts per burst scenario (default 250)"
     )
-    p.add_argument("--seeds", type=int, default=5, help="Poisson runs per scenario (default 5)")
+    p.add_argument(
+        "--poisson-requests", type=at_least_one, default=2000, help="requests per Poisson run (default 2000)"
+    )
+    p.add_argument("--seeds", type=at_least_one, default=5, help="Poisson runs per scenario (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
     p.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -300,19 +290,50 @@ def _check_run_options(
             )
 
 
-def check_results_path(path: Path, command: str = "bench") -> None:
+def input_files(traces: Iterable[str], policies: Iterable[str] = ()) -> list[Path]:
+    """The files a run reads: its trace files and the models its ``lexical:PATH`` policies load."""
+    files = [Path(split_file_trace(base_name(t))[0]) for t in traces if is_file_trace(t)]
+    for policy in policies:
+        predictor = policy.split("@", 1)[0]
+        if predictor.startswith("lexical:"):
+            files.append(Path(predictor.removeprefix("lexical:")))
+    return files
+
+
+def check_results_path(path: Path, command: str = "bench", inputs: Iterable[Path] = ()) -> None:
     """Fail at once, naming ``--results``, where the results of a run could not be saved at ``path``.
 
     Made before the run: a directory, a path under a file or in a folder
-    that cannot be written would otherwise lose the whole run at its end.
+    that cannot be written would otherwise lose the whole run at its end,
+    and one of the run's ``inputs`` (its trace, a request log) would be
+    overwritten by it.
     """
     where = f"sjfsched {command}: --results {path}"
+    for source in inputs:
+        if source.exists() and same_file(path, source):
+            shown = "" if str(source) == str(path) else f" ({source})"
+            raise SystemExit(f"{where} is an input of this run{shown}: it would be overwritten")
     if path.is_dir():
         raise SystemExit(f"{where} is a directory; name a file in it, e.g. {path / 'results.json'}")
     if path.exists() and not os.access(path, os.W_OK):
         raise SystemExit(f"{where} cannot be written (permission denied)")
     folder = path.parent
     while not folder.exists():  # the folders saving makes; the first that exists must take them
+        folder = folder.parent
+    if not folder.is_dir():
+        raise SystemExit(f"{where}: {folder} is a file, not a directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SystemExit(f"{where}: cannot write in {folder} (permission denied)")
+
+
+def _check_out(out: Path, command: str) -> None:
+    """Fail at once, naming ``--out``, where the figures could not be drawn into ``out``/img."""
+    where = f"sjfsched {command}: --out {out}"
+    for folder in (out, out / "img"):
+        if folder.exists() and not folder.is_dir():
+            raise SystemExit(f"{where}: {folder} is a file, not a directory")
+    folder = out
+    while not folder.exists() and folder != folder.parent:  # the folders drawing makes
         folder = folder.parent
     if not folder.is_dir():
         raise SystemExit(f"{where}: {folder} is a file, not a directory")
@@ -334,7 +355,7 @@ def _run_sim(args: argparse.Namespace) -> int:
     traces, profiles, scenario_names = _split(args.traces), _split(args.profiles), _split(args.scenarios)
     _check_run_options(args, traces, profiles, scenario_names)
     if args.results is not None:
-        check_results_path(args.results)
+        check_results_path(args.results, inputs=input_files(traces, _split(args.policies)))
     _check_traces(traces)
     data = _data_dir(args, traces)
     scenarios = [_scenario(s, args) for s in scenario_names]
@@ -444,6 +465,7 @@ def _run_all(args: argparse.Namespace) -> int:
     traces = _split(args.traces)
     _check_run_options(args, traces, _split(args.profiles))
     check_results_path(args.results)
+    _check_out(args.out, "bench all")
     files = [t for t in traces if is_file_trace(t)]
     if files or any(not is_trace_name(t) for t in traces):
         raise SystemExit(

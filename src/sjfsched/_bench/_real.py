@@ -241,10 +241,11 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         print("sjfsched bench real needs llama-cpp-python: pip install 'sjfsched[llama]'", file=sys.stderr)
         return 2
-    from ._cli import _policies, check_results_path  # the same reading of --policies as bench sim's
+    from ._cli import _policies, check_results_path, input_files  # as bench sim reads --policies
 
     _check_arguments(args)
-    check_results_path(args.results, "bench real")
+    inputs = input_files([args.trace], _policies(args.policies)) + ([args.model] if args.model else [])
+    check_results_path(args.results, "bench real", inputs)
     items = _sample(args)
     if all(item.output_tokens <= 1 for item in items):
         raise SystemExit(

@@ -38,6 +38,7 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
+from .._cli import same_file
 from .._version import __version__
 from ._adapt import TargetMap
 from ._base import LONG_TOKENS, SHORT_TOKENS
@@ -555,15 +556,6 @@ def _card(
 # ------------------------------------------------------------------ the command
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    if a.resolve() == b.resolve():
-        return True
-    try:
-        return os.path.samefile(a, b)  # a hard link
-    except OSError:
-        return False
-
-
 def _output_problem(path: Path, what: str, args: argparse.Namespace) -> str | None:
     """Why ``train`` cannot write ``path`` (``what`` names it), or ``None``; reads no data.
 
@@ -587,7 +579,7 @@ def _output_problem(path: Path, what: str, args: argparse.Namespace) -> str | No
                     f"{what} is in the input directory {source}, whose {' and '.join(DATA_PATTERNS)} "
                     "files are read: it would be read as data"
                 )
-        elif source.exists() and _same_file(path, source):
+        elif source.exists() and same_file(path, source):
             shown = "" if str(source) == str(path) else f" ({source})"
             return f"{what} is {kind}{shown}: it would be overwritten"
     folder = path.parent
