@@ -282,9 +282,20 @@ class ScheduledLlama:
     # ------------------------------------------------------ the model's lock
 
     def _refuse_reentry(self, what: str) -> None:
-        """A call from the thread that holds the model could only wait for itself: refuse it."""
+        """A call from inside the call that holds the model could only wait for itself: refuse it.
+
+        That is a call from the model's own callbacks (a logits processor, a
+        stopping criterion) while a call or a stream's read runs in this
+        thread.  A thread that merely read an open stream last may call: in a
+        thread pool another worker may read the stream on, so the call waits
+        its turn.
+        """
         holding = _HOLDING.get(self._llm)
-        if holding is not None and holding.thread == threading.get_ident():
+        if (
+            holding is not None
+            and holding.thread == threading.get_ident()
+            and (holding.opened is None or holding.opened.running())
+        ):
             where = "this wrapper" if holding.wrapper is self else "another wrap() of the same Llama"
             advice = (
                 "read it to the end or close it first"

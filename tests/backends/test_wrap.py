@@ -473,26 +473,24 @@ def test_closing_the_wrapper_closes_the_closing_threads_own_streams_first(tiny_p
     assert "the model works: 3" in out
 
 
-def test_a_call_from_the_thread_that_holds_the_model_is_refused_at_once(tiny_path: Path) -> None:
-    """Before, it waited for its turn (or the lock), which only its own thread's stream could give."""
+def test_a_call_from_inside_the_call_that_holds_the_model_is_refused_at_once(tiny_path: Path) -> None:
+    """A callback of the model's calling the model could only wait for itself (it hung before)."""
     out = run_script(
         tiny_path,
         """
+        import llama_cpp
         llm = load()
-        want = llm("Once upon a time", max_tokens=20, temperature=0)["choices"][0]["text"]
         w = sjfsched.wrap(llm)
         other = sjfsched.wrap(llm)
-        text = ""
-        stream = w("Once upon a time", max_tokens=20, temperature=0, stream=True)
-        for n, chunk in enumerate(stream):
-            text += chunk["choices"][0]["text"]
-            if n == 0:
+        tried = []
+
+        def reenter(input_ids, scores):
+            if not tried:
+                tried.append(1)
                 for label, call in [
                     ("call", lambda: w("The little dog", max_tokens=5)),
-                    ("chat", lambda: w.create_chat_completion([{"role": "user", "content": "hi"}])),
                     ("stream", lambda: next(w("The little dog", max_tokens=5, stream=True))),
                     ("eval", lambda: w.eval([1, 300])),
-                    ("generate", lambda: next(w.generate([1, 300]))),
                     ("setattr", lambda: setattr(w, "verbose", False)),
                     ("another wrap", lambda: other("The little dog", max_tokens=5)),
                 ]:
@@ -500,14 +498,14 @@ def test_a_call_from_the_thread_that_holds_the_model_is_refused_at_once(tiny_pat
                         call()
                     except RuntimeError as exc:
                         print(label, "refused:", exc)
-        print("stream intact:", text == want)
-        for g in [w.generate(llm.tokenize(b"Once"), temp=0)]:
-            next(g)
-            try:
-                w("x", max_tokens=2)
-            except RuntimeError as exc:
-                print("inside generate refused:", exc)
-            g.close()
+            return scores
+
+        processors = llama_cpp.LogitsProcessorList([reenter])
+        plain = w("Once upon a time", max_tokens=4, logits_processor=processors)
+        print("plain:", plain["usage"]["completion_tokens"])
+        tried.clear()
+        chunks = list(w("Once upon a time", max_tokens=4, logits_processor=processors, stream=True))
+        print("streamed:", "".join(c["choices"][0]["text"] for c in chunks) != "")
         print("after:", w("Once", max_tokens=3, temperature=0)["usage"]["completion_tokens"])
         print(w.scheduler.statistics().waiting, "waiting")
         w.close()
@@ -515,14 +513,39 @@ def test_a_call_from_the_thread_that_holds_the_model_is_refused_at_once(tiny_pat
         """,
         timeout=60,
     )
-    for label in ("call", "chat", "stream", "eval", "generate", "setattr", "another wrap"):
-        assert f"{label} refused: " in out
-    assert "refused: a create_completion() call from the thread that holds the model through an open " in out
-    assert "another wrap refused: " in out and "of another wrap() of the same Llama" in out
-    assert "stream intact: True" in out
-    assert "inside generate refused: " in out
-    assert "after: 3" in out
-    assert "0 waiting" in out
+    for label in ("call", "stream", "eval", "setattr", "another wrap"):
+        assert out.count(f"{label} refused: ") == 2, out  # in the plain call and in the stream's read
+    assert "refused: a create_completion() call from the thread that holds the model through " in out
+    assert "of another wrap() of the same Llama" in out
+    assert "plain: 4" in out and "streamed: True" in out and "after: 3" in out and "0 waiting" in out
+
+
+def test_a_pool_worker_that_read_a_stream_last_may_call_the_model(tiny_path: Path) -> None:
+    """Another worker reads the stream on, so the call waits its turn (it was refused for a while)."""
+    out = run_script(
+        tiny_path,
+        """
+        import concurrent.futures
+        import time
+        llm = load()
+        want = llm("Once upon a time", max_tokens=20, temperature=0)["choices"][0]["text"]
+        alone = llm("The little dog", max_tokens=5, temperature=0)["choices"][0]["text"]
+        w = sjfsched.wrap(llm)
+        worker = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        stream = w("Once upon a time", max_tokens=20, temperature=0, stream=True)
+        text = worker.submit(next, stream).result()["choices"][0]["text"]  # the worker read it last
+        later = worker.submit(lambda: w("The little dog", max_tokens=5, temperature=0))
+        time.sleep(0.3)  # the worker's call asks first
+        text += "".join(chunk["choices"][0]["text"] for chunk in stream)  # this thread reads it on
+        answer = later.result(timeout=30)
+        print("pool call:", answer["choices"][0]["text"] == alone)
+        print("stream intact:", text == want)
+        print(w.scheduler.statistics().completed, "completed")
+        w.close()
+        """,
+        timeout=60,
+    )
+    assert "pool call: True" in out and "stream intact: True" in out and "2 completed" in out
 
 
 def test_a_token_id_outside_the_vocabulary_raises_instead_of_aborting(
