@@ -6,6 +6,7 @@ import collections
 import concurrent.futures
 import contextlib
 import functools
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import AbstractAsyncContextManager
@@ -536,17 +537,31 @@ class _LoopContext(Generic[T]):
             return None  # never entered, or given up entering (which left it): nothing to leave
         assert self._leave is not None
         self._exit_info = (exc_type, exc, tb)
+        if sys.is_finalizing():
+            # The interpreter is ending (a stream left open at the end of a script, finalised
+            # now): the loop's daemon thread runs no more, and a call to it would wait for ever.
+            return None
         if threading.current_thread() is self._loop_thread:
             # Left from the loop's own thread: the garbage collector finalising
             # an abandoned wrap() stream there.  It must not block the loop:
             # the block is left, and the request ends, in the loop's own time.
             self._leave.set()
             return None
-        try:
-            self._portal.call(self._leave.set)
-        except RuntimeError:  # close() stopped the loop meanwhile, cancelling what was left of this call
-            self._finished.wait()
-            return None
+        interrupted: BaseException | None = None
+        while True:  # the leave must reach the loop, or the request keeps its slot for ever
+            try:
+                self._portal.call(self._leave.set)
+            except RuntimeError:  # close() stopped the loop meanwhile, cancelling what was left
+                self._finished.wait()
+                if interrupted is not None:
+                    raise interrupted from None
+                return None
+            except BaseException as exc:  # Ctrl-C as it was handed over: hand it over again
+                interrupted = exc  # (setting the event twice is setting it once)
+                continue
+            break
+        if interrupted is not None:
+            raise interrupted
         try:
             return self._task.result()
         except concurrent.futures.CancelledError:  # stopped by close() as the block was left

@@ -520,6 +520,21 @@ def test_a_call_from_inside_the_call_that_holds_the_model_is_refused_at_once(tin
     assert "plain: 4" in out and "streamed: True" in out and "after: 3" in out and "0 waiting" in out
 
 
+@pytest.mark.parametrize("how", ["read one chunk", "broke out of the loop"])
+def test_a_script_ending_with_a_wrapped_stream_open_exits(tiny_path: Path, how: str) -> None:
+    """The stream, finalised as the interpreter ended, waited for ever on the loop's dead thread."""
+    loop = "next(stream)" if how == "read one chunk" else "for chunk in stream:\n    break"
+    out = run_script(
+        tiny_path,
+        "llm = sjfsched.wrap(load())\n"
+        'stream = llm("Once upon a time", max_tokens=50, stream=True)\n'
+        f"{loop}\n"
+        'print("main ends")\n',
+        timeout=60,
+    )
+    assert "main ends" in out
+
+
 def test_a_pool_worker_that_read_a_stream_last_may_call_the_model(tiny_path: Path) -> None:
     """Another worker reads the stream on, so the call waits its turn (it was refused for a while)."""
     out = run_script(

@@ -184,6 +184,32 @@ def test_close_while_a_finished_call_has_not_yet_left_the_loop(async_backend: st
     assert not closing.is_alive(), "close() hung"
 
 
+@pytest.mark.parametrize("async_backend", ["asyncio", "trio"])
+def test_an_interrupt_as_a_block_is_left_does_not_keep_the_slot(async_backend: str) -> None:
+    """Ctrl-C inside the hand-over of the leaving: the request kept its slot, and no call ran again."""
+    sched = SyncScheduler(CallableBackend(echo), async_backend=async_backend)
+    portal = sched._portal
+    real_call = portal.call
+    interrupts = [KeyboardInterrupt()]
+
+    def call(fn: Any, *args: Any) -> Any:
+        if getattr(fn, "__name__", None) == "set" and interrupts:
+            raise interrupts.pop()  # before the leave reached the loop
+        return real_call(fn, *args)
+
+    portal.call = call  # type: ignore[method-assign, assignment]
+    with pytest.raises(KeyboardInterrupt), sched.admit("hi"):
+        pass
+    answers: list[str] = []
+    after = threading.Thread(target=lambda: answers.append(sched.complete("next").text), daemon=True)
+    after.start()
+    after.join(10)
+    assert answers == ["next "], "the slot was never given back: the next call waits for ever"
+    stats = sched.statistics()
+    sched.close()
+    assert (stats.running, stats.completed) == (0, 2)
+
+
 def read_in_thread(chunks: SyncStream, timeout: float = 5.0) -> object:
     """``next(chunks)`` in a daemon thread: what it returned or raised, or "hung" after ``timeout``."""
     outcome: list[object] = []
