@@ -385,13 +385,8 @@ class Scheduler:
     ) -> None:
         await self.aclose()
 
-    async def aclose(self) -> None:
-        """Close: refuse new requests, end waiting ones, let running ones finish.
-
-        Waiting requests fail with :class:`SchedulerClosed`.  Running ones are
-        not interrupted; this waits for them, then closes the backend.  Calling
-        it again does nothing more.
-        """
+    def _stop_admitting(self) -> None:
+        """Refuse new requests and end the waiting ones: the first half of :meth:`aclose`."""
         if self._state is not _State.CLOSED:
             self._state = _State.CLOSED
             for entry in self._queue.drain():
@@ -400,6 +395,15 @@ class Scheduler:
                 self._counts["closed"] += 1
                 assert entry.event is not None
                 entry.event.set()
+
+    async def aclose(self) -> None:
+        """Close: refuse new requests, end waiting ones, let running ones finish.
+
+        Waiting requests fail with :class:`SchedulerClosed`.  Running ones are
+        not interrupted; this waits for them, then closes the backend.  Calling
+        it again does nothing more.
+        """
+        self._stop_admitting()
         if self._running:
             if self._idle is None:
                 self._idle = anyio.Event()

@@ -185,6 +185,9 @@ class ScheduledLlama:
                     f"close() from inside {holding.what} on this wrapper (a callback of it) would wait "
                     f"for that call, which waits for close(): close it after the call"
                 )
+            # The waiting calls end first: the slot the stream gives back goes to none of them.
+            with contextlib.suppress(SchedulerClosed):  # closed already: none waits
+                self._scheduler.call(self._scheduler.scheduler._stop_admitting)
             holding.opened.cut_short()
         self._scheduler.close()
 

@@ -535,6 +535,38 @@ def test_a_script_ending_with_a_wrapped_stream_open_exits(tiny_path: Path, how: 
     assert "main ends" in out
 
 
+def test_closing_from_a_thread_holding_its_own_stream_ends_the_waiting_calls_first(tiny_path: Path) -> None:
+    """The stream's slot, given back as it was cut, went to a waiting call, and close() waited for it."""
+    out = run_script(
+        tiny_path,
+        """
+        w = sjfsched.wrap(load())
+        stream = w("Once upon a time", max_tokens=50, stream=True)
+        next(stream)
+        outcome = {}
+
+        def call(key):
+            try:
+                w("The little dog", max_tokens=200)
+                outcome[key] = "ran"
+            except SchedulerClosed:
+                outcome[key] = "closed"
+
+        callers = [threading.Thread(target=call, args=(key,)) for key in "abc"]
+        for caller in callers:
+            caller.start()
+        while w.scheduler.statistics().waiting < 3:
+            time.sleep(0.01)
+        w.close()
+        for caller in callers:
+            caller.join(30)
+        print(sorted(outcome.items()))
+        """,
+        timeout=60,
+    )
+    assert "[('a', 'closed'), ('b', 'closed'), ('c', 'closed')]" in out
+
+
 def test_a_pool_worker_that_read_a_stream_last_may_call_the_model(tiny_path: Path) -> None:
     """Another worker reads the stream on, so the call waits its turn (it was refused for a while)."""
     out = run_script(
