@@ -190,6 +190,8 @@ class SyncScheduler:
         self._handing_over = threading.Condition()
         self._handovers = 0
         self._closed = False
+        #: Calls refused here after close(), before the loop saw them: counted as ``rejected``.
+        self._refused = 0
         self._portal, self._thread = _start_portal(async_backend)
         try:
             self._scheduler = self._portal.call(_make_scheduler, scheduler_class, backend, options)
@@ -236,6 +238,7 @@ class SyncScheduler:
         """
         with self._handing_over:
             if self._closed:
+                self._refused += 1
                 raise SchedulerClosed("the scheduler is closed")
             self._handovers += 1
         try:
@@ -258,14 +261,17 @@ class SyncScheduler:
         """Whether :meth:`close` has been called."""
         return self._closed
 
-    def _check_open(self) -> None:
+    def _check_open(self, *, request: bool = True) -> None:
         if self._closed:
+            if request:  # a request refused: as the async scheduler counts it
+                with self._handing_over:
+                    self._refused += 1
             raise SchedulerClosed("the scheduler is closed")
 
     @contextlib.contextmanager
-    def _portal_open(self) -> Iterator[None]:
+    def _portal_open(self, *, request: bool = True) -> Iterator[None]:
         """Turn the portal's refusal after a concurrent :meth:`close` into :class:`SchedulerClosed`."""
-        self._check_open()
+        self._check_open(request=request)
         try:
             yield
         except RuntimeError as exc:
@@ -321,13 +327,17 @@ class SyncScheduler:
 
     def statistics(self) -> SchedulerStatistics:
         if self._closed:
-            return self._scheduler.statistics()
-        try:
-            return self._portal.call(self._scheduler.statistics)
-        except RuntimeError:
-            if self.closed:  # closed meanwhile: the counts are final
-                return self._scheduler.statistics()
-            raise
+            stats = self._scheduler.statistics()
+        else:
+            try:
+                stats = self._portal.call(self._scheduler.statistics)
+            except RuntimeError:
+                if not self.closed:
+                    raise
+                stats = self._scheduler.statistics()  # closed meanwhile: the counts are final
+        if self._refused:
+            stats = attrs.evolve(stats, rejected=stats.rejected + self._refused)
+        return stats
 
     def position(self, request: Request) -> int | None:
         if self._closed:
@@ -341,7 +351,7 @@ class SyncScheduler:
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` (sync or async) in the scheduler's event loop."""
-        with self._portal_open():
+        with self._portal_open(request=False):
             return self._portal.call(fn, *args)
 
 

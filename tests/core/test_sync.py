@@ -107,7 +107,7 @@ def test_a_call_that_races_close_gets_scheduler_closed(monkeypatch: pytest.Monke
     """Closed between its check and its call into the event loop: SchedulerClosed, not the portal's error."""
     sched = SyncScheduler(CallableBackend(echo))
     sched.close()
-    monkeypatch.setattr(sched, "_check_open", lambda: None)  # as if the check ran just before close()
+    monkeypatch.setattr(sched, "_check_open", lambda **_: None)  # as if the check ran just before close()
     with pytest.raises(SchedulerClosed):
         sched.complete("too late")
     with pytest.raises(SchedulerClosed), sched.admit("too late"):
@@ -208,6 +208,23 @@ def test_an_interrupt_as_a_block_is_left_does_not_keep_the_slot(async_backend: s
     stats = sched.statistics()
     sched.close()
     assert (stats.running, stats.completed) == (0, 2)
+
+
+def test_requests_refused_after_close_count_as_rejected() -> None:
+    """As the async scheduler counts them (they were refused here, unseen by it: 0)."""
+    sched = SyncScheduler(CallableBackend(echo))
+    sched.complete("one")
+    sched.close()
+    for refuse in (lambda: sched.complete("x"), lambda: sched.admit("x").__enter__()):
+        with pytest.raises(SchedulerClosed):
+            refuse()
+    with pytest.raises(SchedulerClosed):
+        with sched.stream("x"):
+            pass
+    with pytest.raises(SchedulerClosed):
+        sched.call(anyio.sleep, 0)  # not a request: not counted
+    stats = sched.statistics()
+    assert (stats.completed, stats.rejected) == (1, 3)
 
 
 def read_in_thread(chunks: SyncStream, timeout: float = 5.0) -> object:
