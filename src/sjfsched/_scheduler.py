@@ -24,7 +24,7 @@ from ._errors import BackendError, PredictorError, QueueFull, SchedulerClosed, S
 from ._queue import EntryState, WaitQueue, _Entry
 from ._rates import DEFAULT_DECODE_RATE, DEFAULT_PREFILL_RATE, RateEstimator
 from ._records import Chunk, Completion, Prediction, Request
-from ._service import service_started
+from ._service import check_backend, service_started
 
 if TYPE_CHECKING:
     from .backends._base import Backend
@@ -201,12 +201,7 @@ class Scheduler:
         if not isinstance(learn_rates, bool):
             raise TypeError(f"learn_rates must be True or False, got {learn_rates!r}")
         if backend is not None:
-            for method in ("stream", "aclose"):
-                if not callable(getattr(backend, method, None)):
-                    raise TypeError(
-                        f"backend must have stream(request) and aclose() methods; "
-                        f"{type(backend).__name__} has no {method}()"
-                    )
+            check_backend(backend)
         if on_complete is not None and not callable(on_complete):
             raise TypeError(f"on_complete must be a callable or None, got {type(on_complete).__name__}")
         if on_complete is not None and _is_async(on_complete):
@@ -761,6 +756,13 @@ class Scheduler:
                     )
 
 
+#: What a read of a stream after its block was left says (``block``: how the block is opened).
+LEFT_EARLY = (
+    "this stream was left before its end (its slot is gone): read it inside its "
+    "`{block} sched.stream(...)` block"
+)
+
+
 @final
 class ChunkStream:
     """The chunks of one scheduled request, as an async iterator.
@@ -804,10 +806,7 @@ class ChunkStream:
         if self._completion is not None or self._error is not None:
             raise StopAsyncIteration
         if self._settled:
-            raise RuntimeError(
-                "this stream was left before its end (its slot is gone): read it inside its "
-                "`async with sched.stream(...)` block"
-            )
+            raise RuntimeError(LEFT_EARLY.format(block="async with"))
         if self._interrupted:
             raise RuntimeError(
                 "a read of this stream was cancelled (Ctrl-C, a timeout), which ended the backend's "

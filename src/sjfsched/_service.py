@@ -1,4 +1,4 @@
-"""When a backend actually began serving a request, where it made it wait first."""
+"""What the scheduler and the backends that hold backends share: the backend check, the service-start mark."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from contextvars import ContextVar
 
 import anyio
 
-__all__ = ["mark_service_started", "service_started"]
+__all__ = ["check_backend", "mark_service_started", "service_started"]
 
 #: When a backend that makes requests wait inside it (a pool whose usable
 #: slots are taken, or a member out of rotation) began serving the current
@@ -20,3 +20,13 @@ service_started: ContextVar[float | None] = ContextVar("sjfsched_service_started
 def mark_service_started() -> None:
     """Note that the request being streamed in this task starts being served now."""
     service_started.set(anyio.current_time())
+
+
+def check_backend(backend: object) -> None:
+    """``TypeError`` unless ``backend`` has the Backend protocol's ``stream`` and ``aclose`` methods."""
+    for method in ("stream", "aclose"):
+        if not callable(getattr(backend, method, None)):
+            raise TypeError(
+                f"backend must have stream(request) and aclose() methods; "
+                f"{type(backend).__name__} has no {method}()"
+            )

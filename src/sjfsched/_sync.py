@@ -19,7 +19,7 @@ from typing_extensions import Self
 
 from ._errors import SchedulerClosed
 from ._records import Chunk, Completion, Request
-from ._scheduler import ChunkStream, Job, Scheduler, SchedulerStatistics, Ticket
+from ._scheduler import LEFT_EARLY, ChunkStream, Job, Scheduler, SchedulerStatistics, Ticket
 
 if TYPE_CHECKING:
     from .backends._base import Backend
@@ -29,10 +29,7 @@ __all__ = ["SyncScheduler", "SyncStream"]
 T = TypeVar("T")
 
 #: What a read after its block says, in the words of ChunkStream's.
-_LEFT_EARLY = (
-    "this stream was left before its end (its slot is gone): read it inside its "
-    "`with sched.stream(...)` block"
-)
+_LEFT_EARLY = LEFT_EARLY.format(block="with")
 
 
 @final

@@ -12,7 +12,7 @@ import anyio
 import attrs
 
 from .._records import Chunk, Request
-from .._service import mark_service_started
+from .._service import check_backend, mark_service_started
 from ._http import BackendUnavailable, is_unavailable
 
 if TYPE_CHECKING:
@@ -143,12 +143,7 @@ class BackendPool:
                 backend, slots = item
             else:
                 backend, slots = item, getattr(item, "slots", 1)
-            for method in ("stream", "aclose"):  # as the Scheduler checks its backend
-                if not callable(getattr(backend, method, None)):
-                    raise TypeError(
-                        f"backend must have stream(request) and aclose() methods; "
-                        f"{type(backend).__name__} has no {method}()"
-                    )
+            check_backend(backend)  # as the Scheduler checks its backend
             if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
                 raise ValueError(f"slots of {backend!r} must be an int >= 1, got {slots!r}")
             members.append(_Member(len(members), backend, slots))
