@@ -39,6 +39,18 @@ def nothing_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_cli, "run_units", never)
 
 
+@pytest.fixture
+def no_model_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench real running its burst on the model fails the test (and needs llama-cpp-python)."""
+    pytest.importorskip("llama_cpp", reason="bench real needs llama-cpp-python")
+    from sjfsched._bench import _real
+
+    def never(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("loaded the model before refusing its arguments")
+
+    monkeypatch.setattr(_real, "_run_real", never)
+
+
 @pytest.mark.usefixtures("nothing_runs")
 @pytest.mark.parametrize(
     ("argv", "message"),
@@ -112,17 +124,11 @@ def test_sim_and_all_refuse_a_results_path_they_could_not_write_before_running(
     assert got.startswith("sjfsched bench: ") and message in got
 
 
+@pytest.mark.usefixtures("no_model_loads")
 @pytest.mark.parametrize("where", ["a directory", "under a file"])
 def test_bench_real_refuses_a_results_path_it_could_not_write_before_the_model(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+    tmp_path: Path, where: str
 ) -> None:
-    pytest.importorskip("llama_cpp", reason="bench real needs llama-cpp-python")
-    from sjfsched._bench import _real
-
-    def never(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("loaded the model before refusing --results")
-
-    monkeypatch.setattr(_real, "_run_real", never)
     trace = _trace(tmp_path / "t.jsonl", [10, 50, 300, 900])
     results, message = _unwritable_results(tmp_path)[where]
     got = _exit_message(
@@ -148,6 +154,7 @@ def test_a_run_whose_results_cannot_be_saved_still_prints_its_tables(
     assert f"### {trace}, gpu backend, burst5" in capsys.readouterr().out  # the run is not lost
 
 
+@pytest.mark.usefixtures("no_model_loads")
 @pytest.mark.parametrize(
     ("policy", "why"),
     [
@@ -159,15 +166,8 @@ def test_a_run_whose_results_cannot_be_saved_still_prints_its_tables(
     ],
 )
 def test_bench_real_refuses_a_policy_it_cannot_build_before_the_model(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: str, why: str
+    tmp_path: Path, policy: str, why: str
 ) -> None:
-    pytest.importorskip("llama_cpp", reason="bench real needs llama-cpp-python")
-    from sjfsched._bench import _real
-
-    def never(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("loaded the model before refusing a policy")
-
-    monkeypatch.setattr(_real, "_run_real", never)
     policy = policy.format(tmp=tmp_path)
     trace = _trace(tmp_path / "t.jsonl", [10, 50, 300, 900])
     got = _exit_message(
@@ -221,16 +221,8 @@ def test_results_over_an_input_of_the_run_are_refused(
     assert trace.read_text() == before
 
 
-def test_bench_real_refuses_results_over_its_trace_or_model(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    pytest.importorskip("llama_cpp", reason="bench real needs llama-cpp-python")
-    from sjfsched._bench import _real
-
-    def never(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("loaded the model before refusing --results")
-
-    monkeypatch.setattr(_real, "_run_real", never)
+@pytest.mark.usefixtures("no_model_loads")
+def test_bench_real_refuses_results_over_its_trace_or_model(tmp_path: Path) -> None:
     trace = _trace(tmp_path / "t.jsonl", [10, 50, 300, 900])
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
