@@ -123,9 +123,12 @@ class ScheduledLlama:
     A streaming call (``stream=True``) takes its turn when iteration starts
     and holds the model until the iterator is exhausted or closed: read it to
     the end, or close it (``iterator.close()``, or leave a ``for`` loop and
-    drop it) so the next caller can go.  The thread that holds the model
-    through an open stream cannot make another call on it (that call would
-    wait for itself): it raises :class:`RuntimeError` at once.
+    drop it) so the next caller can go.  A call on the model from inside
+    the call that holds it (a logits processor calling it) raises
+    :class:`RuntimeError` at once: it could only wait for itself.  A call
+    between two reads of an open stream waits its turn (another thread may
+    read the stream on), so do not call the model from inside the loop over
+    your own stream in one thread.
 
     The other methods of the ``Llama`` that use its context (``generate``,
     ``eval``, ``sample``, ``reset``, ``create_embedding``, ``embed``,
