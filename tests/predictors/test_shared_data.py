@@ -75,3 +75,12 @@ def test_bundled_model_ranks_a_source_it_never_saw() -> None:
     ours = ranking_accuracy(scores, tokens)
     assert ours > ranking_accuracy(length, tokens) + 0.2
     assert ours > 0.7
+
+
+def test_every_shared_prompt_scores_inside_the_bound_of_the_model_s_score() -> None:
+    """docs/predictor.md: the bound (training targets' range, widened by SCORE_MARGIN) clips no real prompt."""
+    predictor = LexicalPredictor(calibrate=False)
+    prompts = sorted({record.prompt for record in load_records([DATA])})
+    scores = predictor.scores(prompts)
+    assert len(prompts) > 10_000
+    assert predictor._low < scores.min() and scores.max() < predictor._high
