@@ -78,7 +78,7 @@ def test_bundled_model_ranks_a_source_it_never_saw() -> None:
 
 
 def test_every_shared_prompt_scores_inside_the_bound_of_the_model_s_score() -> None:
-    """docs/predictor.md: the bound (training targets' range, widened by SCORE_MARGIN) clips no real prompt."""
+    """docs/predictor.md: the bound (targets' range widened by SCORE_MARGIN) clips no real prompt."""
     predictor = LexicalPredictor(calibrate=False)
     prompts = sorted({record.prompt for record in load_records([DATA])})
     scores = predictor.scores(prompts)
