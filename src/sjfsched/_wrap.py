@@ -180,19 +180,44 @@ class ScheduledLlama:
         first (its next read raises :class:`~sjfsched.SchedulerClosed`):
         closing waits for the calls that run, and that one could only wait
         for this thread.  Streams read by other threads are waited for.
+        From the thread that holds an open stream of another wrap() of the
+        same ``Llama``, while this one has a call admitted (which waits for
+        the model), it raises :class:`RuntimeError` once the waiting calls
+        have ended: close again after that stream.
         """
         holding = _HOLDING.get(self._llm)
-        if holding is not None and holding.wrapper is self and holding.thread == threading.get_ident():
-            if holding.opened is None or holding.opened.running():
-                raise RuntimeError(
-                    f"close() from inside {holding.what} on this wrapper (a callback of it) would wait "
-                    f"for that call, which waits for close(): close it after the call"
-                )
-            # The waiting calls end first: the slot the stream gives back goes to none of them.
-            with contextlib.suppress(SchedulerClosed):  # closed already: none waits
-                self._scheduler.call(self._scheduler.scheduler._stop_admitting)
-            holding.opened.cut_short()
+        if holding is not None and holding.thread == threading.get_ident():
+            if holding.wrapper is self:
+                if holding.opened is None or holding.opened.running():
+                    raise RuntimeError(
+                        f"close() from inside {holding.what} on this wrapper (a callback of it) would "
+                        f"wait for that call, which waits for close(): close it after the call"
+                    )
+                # The waiting calls end first: the slot the stream gives back goes to none of them.
+                self._stop_admitting()
+                holding.opened.cut_short()
+            else:
+                # This thread holds the model through another wrap() of the same Llama: a call
+                # this wrapper admitted waits for the model, so closing would wait for this thread.
+                self._stop_admitting()
+                if self._scheduler.statistics().running:
+                    raise RuntimeError(
+                        f"close() from the thread that holds the model through {holding.what} of "
+                        f"another wrap() of the same Llama would wait for this wrapper's running call, "
+                        f"which waits for the model: "
+                        + (
+                            "read that stream to the end or close it, then close()"
+                            if holding.opened is not None and not holding.opened.running()
+                            else "close it after that call"
+                        )
+                        + " (calls that waited for a turn have ended with SchedulerClosed)"
+                    )
         self._scheduler.close()
+
+    def _stop_admitting(self) -> None:
+        """End the calls waiting for a turn (SchedulerClosed) and admit no more."""
+        with contextlib.suppress(SchedulerClosed):  # closed already: none waits
+            self._scheduler.call(self._scheduler.scheduler._stop_admitting)
 
     def __enter__(self) -> Self:
         return self

@@ -567,6 +567,54 @@ def test_closing_from_a_thread_holding_its_own_stream_ends_the_waiting_calls_fir
     assert "[('a', 'closed'), ('b', 'closed'), ('c', 'closed')]" in out
 
 
+def test_closing_a_second_wrap_from_the_thread_holding_the_firsts_stream_raises(tiny_path: Path) -> None:
+    """Its admitted call waited for the model the stream held, and close() waited for it: a hang."""
+    out = run_script(
+        tiny_path,
+        """
+        llm = load()
+        alone = llm("The little dog", max_tokens=5, temperature=0)["choices"][0]["text"]
+        a, b = sjfsched.wrap(llm), sjfsched.wrap(llm)
+        stream = a("Once upon a time", max_tokens=30, stream=True)
+        next(stream)
+        outcome = {}
+
+        def call(key):
+            try:
+                outcome[key] = b("The little dog", max_tokens=5, temperature=0)["choices"][0]["text"]
+            except SchedulerClosed:
+                outcome[key] = "closed"
+
+        first = threading.Thread(target=call, args=("admitted",))
+        first.start()
+        while b.scheduler.statistics().running < 1:
+            time.sleep(0.01)
+        second = threading.Thread(target=call, args=("waiting",))
+        second.start()
+        while b.scheduler.statistics().waiting < 1:
+            time.sleep(0.01)
+        try:
+            b.close()
+            print("closed")
+        except RuntimeError as exc:
+            print("refused:", "another wrap() of the same Llama" in str(exc))
+        second.join(30)
+        print("waiting call:", outcome.get("waiting"))
+        for _ in stream:
+            pass
+        first.join(30)
+        print("admitted call intact:", outcome.get("admitted") == alone)
+        b.close()
+        a.close()
+        print("both closed")
+        """,
+        timeout=60,
+    )
+    assert "refused: True" in out
+    assert "waiting call: closed" in out
+    assert "admitted call intact: True" in out and "both closed" in out
+
+
 def test_a_pool_worker_that_read_a_stream_last_may_call_the_model(tiny_path: Path) -> None:
     """Another worker reads the stream on, so the call waits its turn (it was refused for a while)."""
     out = run_script(
