@@ -91,7 +91,7 @@ async def test_line_ends_split_across_reads() -> None:
             b'"type": "exceed_context_size_error"}\n\ndata: [DONE]\n\n',
             "exceeds the available context size",
         ),
-        # Ollama's OpenAI-compatible endpoints: a bare JSON error line, no [DONE].
+        # A bare JSON error line, no [DONE].
         (
             b'{"error": {"message": "llama runner process has terminated", "type": "api_error", '
             b'"param": null, "code": null}}\n',
@@ -101,8 +101,15 @@ async def test_line_ends_split_across_reads() -> None:
         (b"event: error\ndata: out of memory\n\n", "out of memory"),
         # OpenAI's own shape.
         (b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n', "overloaded"),
+        # vLLM's (serving_engine.create_streaming_error_response): code 400 unless it says otherwise,
+        # then [DONE].
+        (
+            b'data: {"error": {"object": "error", "message": "\'max_tokens\' is too large", '
+            b'"type": "BadRequestError", "param": null, "code": 400}}\n\ndata: [DONE]\n\n',
+            "'max_tokens' is too large",
+        ),
     ],
-    ids=["llama-server", "ollama-v1", "event-error", "openai"],
+    ids=["llama-server", "bare-json", "event-error", "openai", "vllm"],
 )
 async def test_an_error_mid_stream_fails_with_the_servers_message(tail: bytes, message: str) -> None:
     with scripted_server([*sse(completion("partial")), tail], content_type=SSE) as url:
@@ -112,6 +119,15 @@ async def test_an_error_mid_stream_fails_with_the_servers_message(tail: bytes, m
     request_fault = b'"code": 400' in tail
     assert isinstance(caught.value, BackendUnavailable) is not request_fault
     assert caught.value.status_code == (400 if request_fault else None)
+
+
+async def test_done_without_a_finish_reason_is_an_answer_cut_short() -> None:
+    """llama_cpp.server's interruption: [DONE] after chunks none of which finished (it was "stop")."""
+    pieces = [*sse(completion("a"), completion("b")), b"data: [DONE]\n\n"]
+    with scripted_server(pieces, content_type=SSE) as url:
+        with pytest.raises(BackendError, match="without a finish_reason: the answer was cut short") as caught:
+            await collect(OpenAIBackend(url, model="m"), Request("x"))
+    assert not isinstance(caught.value, BackendUnavailable)  # the server is fine
 
 
 async def test_an_event_without_data_is_skipped() -> None:

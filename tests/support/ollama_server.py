@@ -631,7 +631,11 @@ class _Handler(BaseHTTPRequestHandler):
         for piece in generation:
             if piece:
                 self._write_chunk(b"data: " + json.dumps(event(piece, None)).encode() + b"\n\n")
-            if fault is not None and generation.count == fault[1] and self._fault(fault, openai=True):
+            if (
+                fault is not None
+                and generation.count == fault[1]
+                and self._fault(fault, openai=True, empty_event=json.dumps(event("", None)).encode())
+            ):
                 generation.record.outcome = "fault"
                 return
         if generation.pending:
@@ -646,8 +650,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._write_chunk(b"data: [DONE]\n\n")
         self._end_stream()
 
-    def _fault(self, fault: tuple[str, int, float], *, openai: bool) -> bool:
-        """Misbehave as asked; True if the response is over."""
+    def _fault(self, fault: tuple[str, int, float], *, openai: bool, empty_event: bytes = b"") -> bool:
+        """Misbehave as asked; True if the response is over.
+
+        ``empty_event``: an OpenAI-compatible chunk with no text, which an
+        error becomes in Ollama's OpenAI layer.
+        """
         kind, _, seconds = fault
         if kind == "stall":
             end = time.monotonic() + seconds
@@ -663,10 +671,11 @@ class _Handler(BaseHTTPRequestHandler):
         if kind == "error":
             message = "an error was encountered while running the model"
             if openai:
-                # As Ollama's OpenAI layer writes it (middleware/openai.go,
-                # BaseWriter.writeError): a bare JSON line, no "data:", no [DONE].
-                error = {"error": {"message": message, "type": "api_error", "param": None, "code": None}}
-                self._write_chunk(json.dumps(error).encode() + b"\n")
+                # What Ollama's OpenAI layer makes of the error line once the stream has begun
+                # (middleware/openai.go: ChatWriter/CompleteWriter.Write call writeError only while
+                # the status is not 200 yet; after it, writeResponse reads {"error": ...} as an
+                # empty response): a chunk with no text, then the end, with no [DONE].
+                self._write_chunk(b"data: " + empty_event + b"\n\n")
             else:
                 self._write_line({"error": message})
             self._end_stream()

@@ -57,7 +57,9 @@ class OpenAIBackend:
     Errors reach the caller as :class:`~sjfsched.BackendError` with the
     server's message and ``status_code``; failures of the server or the
     network (connection refused or lost, timeouts, 5xx, a malformed or
-    truncated stream) are :class:`BackendUnavailable`.  ``connect_timeout``
+    truncated stream) are :class:`BackendUnavailable`.  A stream the server
+    ends with ``data: [DONE]`` but no finish reason (``llama_cpp.server``
+    cutting it short for another request) is a ``BackendError``.  ``connect_timeout``
     and ``read_timeout`` as for :class:`OllamaBackend`.  Cancelling the caller
     closes the HTTP stream.
 
@@ -185,8 +187,19 @@ class OpenAIBackend:
                     if text or reasoning:
                         counted += 1
                         yield Chunk(text)
-        if not done and finish is None:
-            raise BackendUnavailable(f"{self.base_url}{path} ended the stream before the answer was complete")
+        if finish is None:
+            if not done:
+                raise BackendUnavailable(
+                    f"{self.base_url}{path} ended the stream before the answer was complete"
+                )
+            # [DONE] with no finish_reason: the server stopped this answer for another
+            # request (llama_cpp.server does unless started with --interrupt_requests False).
+            # The server is fine; the answer is not whole.
+            raise BackendError(
+                f"{self.base_url}{path} ended the stream ([DONE]) without a finish_reason: the answer "
+                f"was cut short (llama_cpp.server cuts a running stream short when another request "
+                f"arrives, unless started with --interrupt_requests False)"
+            )
         completion_tokens = _count(usage.get("completion_tokens"))
         if completion_tokens is not None:
             total = completion_tokens
@@ -212,7 +225,7 @@ async def _sse_data(raw_lines: AsyncIterator[str]) -> AsyncGenerator[str, None]:
     Events without data are skipped.  An error the server sends in a way of
     its own ends the stream with :class:`BackendUnavailable` and its message:
     an ``event: error`` event, llama.cpp server's ``error:`` field, or a bare
-    JSON ``{"error": ...}`` line (Ollama's OpenAI-compatible endpoints).
+    JSON ``{"error": ...}`` line.
     """
     lines: list[str] = []
     event = ""
@@ -278,10 +291,8 @@ def _parse_event(data: str) -> Mapping[str, Any]:
         raise BackendUnavailable(f"the server sent a malformed event: {data[:200]!r}") from None
     if not isinstance(event, Mapping):
         raise BackendUnavailable(f"the server sent a malformed event: {data[:200]!r}")
-    error = event.get("error")
-    if error is not None:
-        message = error.get("message") if isinstance(error, Mapping) else error
-        raise BackendUnavailable(f"the server failed while generating: {message}")
+    if event.get("error") is not None:
+        _raise_server_error(data)  # a 4xx code is the request's fault, as in the other framings
     return event
 
 
