@@ -350,3 +350,26 @@ def test_a_generate_field_on_a_chat_is_refused_by_name(field: str) -> None:
     with pytest.raises(BackendError, match=f"'{field}' is a field of /api/generate, not of /api/chat"):
         backend.body(chat)
     assert backend.body(Request("hi", options={field: "x"}))[1][field] == "x"  # generate has it
+
+
+def test_tools_on_a_prompt_are_refused_by_name() -> None:
+    """/api/generate has no 'tools' (only ChatRequest has): Ollama ignored them silently."""
+    backend = OllamaBackend("m")
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    with pytest.raises(BackendError, match="'tools' is a field of /api/chat, not of /api/generate"):
+        backend.body(Request("hi", options={"tools": tools}))
+    chat = Request(messages=[{"role": "user", "content": "hi"}], options={"tools": tools})
+    assert backend.body(chat)[1]["tools"] == tools
+
+
+@pytest.mark.parametrize("field", ["truncate", "shift"])
+def test_truncate_and_shift_are_request_fields_not_options(field: str) -> None:
+    """Both are top-level fields of Ollama's requests; inside options Ollama drops them with a warning."""
+    backend = OllamaBackend("m")
+    for request in (
+        Request("hi", options={field: False}),
+        Request(messages=[{"role": "user", "content": "hi"}], options={field: False}),
+    ):
+        body = backend.body(request)[1]
+        assert body[field] is False
+        assert field not in body.get("options", {})

@@ -47,8 +47,14 @@ _TOP_LEVEL = frozenset(
         "tools",
         "logprobs",
         "top_logprobs",
+        "truncate",
+        "shift",
     }
 )
+#: Body fields of /api/chat that /api/generate does not have, and what to use instead.
+_CHAT_ONLY = {
+    "tools": "send the request as a chat (Request.messages) for tool calling",
+}
 _RESERVED = frozenset({"model", "prompt", "messages", "stream"})
 
 
@@ -62,19 +68,20 @@ class OllamaBackend:
     ``Request.options`` that are request fields in Ollama's API (``format``,
     ``system``, ``template``, ``raw``, ``keep_alive``, ``think``,
     ``suffix``, ``images``, ``context``, ``tools``, ``logprobs``,
-    ``top_logprobs``) go into the request body; every other key (``temperature``,
+    ``top_logprobs``, ``truncate``, ``shift``) go into the request body; every other key (``temperature``,
     ``seed``, ``stop``, ``num_ctx``, ``top_k``, ...) goes into its ``options``,
     unchanged (``max_tokens`` is accepted as ``num_predict``; an ``options``
     mapping is merged into it).  ``model``, ``prompt``, ``messages`` and
     ``stream`` are the backend's to set: a request that sets one fails with
     ``BackendError``, and so does a chat that sets a field only
     ``/api/generate`` has (``system``, ``images``, ``template``, ``raw``,
-    ``suffix``, ``context``), which ``/api/chat`` would ignore.
+    ``suffix``, ``context``), which ``/api/chat`` would ignore, and a
+    prompt that sets ``tools``, a field only ``/api/chat`` has.
 
     Token counts are Ollama's own: each streamed line counts as one token and
     the final line's ``eval_count`` makes the sum exact; its
-    ``prompt_eval_count`` is the prompt's length (absent when Ollama reused a
-    cached prompt) and ``done_reason`` the finish reason.
+    ``prompt_eval_count`` is the prompt's length (absent from a server that
+    leaves it out) and ``done_reason`` the finish reason.
 
     ``slots`` is how many requests the server runs at once: 1 for a default
     Ollama, ``N`` with ``OLLAMA_NUM_PARALLEL=N``.  A
@@ -170,6 +177,11 @@ class OllamaBackend:
                     raise BackendError(
                         f"OllamaBackend: {key!r} is a field of /api/generate, not of /api/chat "
                         f"(Request.messages); {_GENERATE_ONLY[key]}"
+                    )
+                if path == "/api/generate" and key in _CHAT_ONLY:
+                    raise BackendError(
+                        f"OllamaBackend: {key!r} is a field of /api/chat, not of /api/generate "
+                        f"(Request.prompt), which would ignore it; {_CHAT_ONLY[key]}"
                     )
                 body[key] = value
             elif key == "options" and isinstance(value, Mapping):
