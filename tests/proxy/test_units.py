@@ -129,6 +129,21 @@ def test_what_the_scheduler_is_told() -> None:
     assert zero.max_tokens is None
 
 
+def test_a_whole_float_limit_is_the_integer_as_the_upstreams_read_it() -> None:
+    """llama-cpp-python's pydantic and Ollama take 16.0 as 16: the OpenAI routes refused it (400)."""
+    for path, body in [
+        ("/v1/completions", {"prompt": "Hi", "max_tokens": 16.0}),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "Hi"}], "max_completion_tokens": 16.0},
+        ),
+        ("/api/generate", {"model": "m", "prompt": "Hi", "options": {"num_predict": 16.0}}),
+    ]:
+        assert _parse(path, body).request.max_tokens == 16
+    with pytest.raises(BadRequest, match=r"max_tokens must be an integer, got 16\.5"):
+        _parse("/v1/completions", {"prompt": "Hi", "max_tokens": 16.5})
+
+
 def test_a_field_of_the_wrong_type_is_named_with_its_json_type() -> None:
     with pytest.raises(BadRequest, match="JSON object"):
         _parse("/api/generate", {"model": "m", "prompt": {"text": "Hi"}})

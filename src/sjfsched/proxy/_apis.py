@@ -219,6 +219,8 @@ def _openai_limit(body: Mapping[str, Any]) -> int | None:
         value = body.get(name)
         if value is None:
             continue
+        if isinstance(value, float) and value.is_integer():  # 16.0: llama-cpp-python's pydantic takes it
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise BadRequest(f"{name} must be an integer, got {json.dumps(value)}", param=name)
         if value <= 0:  # llama-cpp-python: no limit (0 too); Ollama: num_predict -1. The upstream judges it
