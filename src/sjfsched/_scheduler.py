@@ -211,6 +211,11 @@ class Scheduler:
             )
         if predictor is None:
             predictor = _default_predictor()
+        if isinstance(predictor, type):  # its predict() would fail on every request, unseen
+            raise TypeError(
+                f"predictor must be a predictor object, got the class {predictor.__name__}: "
+                f"pass an instance: {predictor.__name__}()"
+            )
         if not callable(getattr(predictor, "predict", None)):
             raise TypeError(f"predictor must have a predict(request) method, got {type(predictor).__name__}")
 

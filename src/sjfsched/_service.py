@@ -23,7 +23,17 @@ def mark_service_started() -> None:
 
 
 def check_backend(backend: object) -> None:
-    """``TypeError`` unless ``backend`` has the Backend protocol's ``stream`` and ``aclose`` methods."""
+    """``TypeError`` unless ``backend`` has the Backend protocol's ``stream`` and ``aclose`` methods.
+
+    A backend class passed for an instance (``SimulatedBackend`` for
+    ``SimulatedBackend()``) has them as plain functions, and every request
+    would fail: it is refused too.
+    """
+    if isinstance(backend, type):
+        raise TypeError(
+            f"backend must be a backend object, got the class {backend.__name__}: "
+            f"pass an instance: {backend.__name__}()"
+        )
     for method in ("stream", "aclose"):
         if not callable(getattr(backend, method, None)):
             raise TypeError(

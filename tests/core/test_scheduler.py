@@ -21,8 +21,8 @@ from sjfsched import (
     Scheduler,
     SchedulerClosed,
 )
-from sjfsched.backends import CallableBackend
-from sjfsched.predictors import ConstantPredictor
+from sjfsched.backends import CallableBackend, SimulatedBackend
+from sjfsched.predictors import ConstantPredictor, HeuristicPredictor
 
 from ._util import TablePredictor, backend, job, scheduler
 
@@ -565,6 +565,15 @@ async def test_bad_backend_or_predictor_type() -> None:
     with pytest.raises(BackendError, match="str, Chunk"):
         async with Scheduler(CallableBackend(lambda r: 42, in_thread=False)) as sched:  # type: ignore[arg-type,return-value]
             await sched.complete("x")
+
+
+async def test_a_predictor_or_backend_class_passed_for_an_instance_is_refused() -> None:
+    # Accepted before, the class failed on every request: a neutral prediction each time
+    # (no shortest-first, only a logged warning), or a BackendError each time.
+    with pytest.raises(TypeError, match=r"pass an instance: HeuristicPredictor\(\)"):
+        Scheduler(backend(), predictor=HeuristicPredictor)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"pass an instance: SimulatedBackend\(\)"):
+        Scheduler(SimulatedBackend, predictor=TablePredictor())  # type: ignore[arg-type]
 
 
 class DeadlineScheduler(Scheduler):
