@@ -132,3 +132,33 @@ def test_concurrent_streams_run_one_at_a_time_shortest_first(
     proxy.wait_until(lambda s: s.running == 0)
     stats = proxy.stats()
     assert (stats.completed, stats.failed, stats.cancelled) == (len(limits) + 1, 0, 0)
+
+
+def test_a_stream_the_upstream_cuts_short_for_another_client_counts_as_failed(
+    openai_url: str, openai_proxy: RunningProxy
+) -> None:
+    """llama_cpp.server ends a stream with [DONE] and no finish_reason when another client's
+    request arrives: the proxy passed it on (as it must) but counted a completion and learnt
+    the cut length."""
+    before = openai_proxy.stats()
+    body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 450, "stream": True}
+    with (
+        httpx.Client(timeout=60) as client,
+        client.stream("POST", f"{openai_proxy.url}/v1/completions", json=body) as r,
+    ):
+        lines = r.iter_lines()
+        first = next(line for line in lines if line.startswith("data: {"))
+        # Another client of the same server, past the proxy.
+        other = client.post(
+            f"{openai_url}/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 3}
+        )
+        rest = list(lines)
+    assert other.status_code == 200
+    events = [first, *(line for line in rest if line.startswith("data: "))]
+    assert events[-1] == "data: [DONE]"  # passed on as the upstream sent it
+    assert '"finish_reason": null' in first and all('"finish_reason": null' in e for e in events[:-1])
+    openai_proxy.wait_until(
+        lambda s: s.running == 0 and s.completed + s.failed > before.completed + before.failed
+    )
+    after = openai_proxy.stats()
+    assert (after.completed - before.completed, after.failed - before.failed) == (0, 1)

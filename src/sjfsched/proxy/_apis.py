@@ -364,7 +364,18 @@ class Tally:
     each streamed piece of output counts as one token.
     """
 
-    __slots__ = ("_buffer", "_framing", "_skip", "_tail", "done", "error", "exact", "pieces", "prompt_tokens")
+    __slots__ = (
+        "_buffer",
+        "_framing",
+        "_skip",
+        "_tail",
+        "done",
+        "error",
+        "exact",
+        "finished",
+        "pieces",
+        "prompt_tokens",
+    )
 
     def __init__(self, framing: Framing) -> None:
         self._framing = framing
@@ -378,6 +389,9 @@ class Tally:
         self.prompt_tokens: int | None = None
         self.error: str | None = None
         self.done = False
+        #: An OpenAI choice came with its finish_reason (an answer that [DONE] ends without one
+        #: was cut short: llama_cpp.server does that to a stream when another request arrives).
+        self.finished = False
 
     @property
     def output_tokens(self) -> int:
@@ -480,6 +494,8 @@ class Tally:
             for choice in choices:
                 if not isinstance(choice, Mapping):
                     continue
+                if isinstance(choice.get("finish_reason"), str):
+                    self.finished = True
                 delta = choice.get("delta") or choice.get("message")
                 text = choice.get("text")
                 if not text and isinstance(delta, Mapping):

@@ -422,7 +422,15 @@ class ProxyApp:
                     exchange.complete = True
                     await self._rest_after_done(response, send)
                 # An Ollama stream ends with its "done": true line; one without it broke off.
-                unfinished = framing == "ndjson" and not tally.done
+                # An OpenAI stream whose [DONE] came with no finish_reason was cut short.
+                unfinished = not tally.done if framing == "ndjson" else tally.done and not tally.finished
+                if unfinished and framing == "sse":
+                    logger.warning(
+                        "the upstream %s ended an answer with [DONE] and no finish_reason: it was cut "
+                        "short (llama_cpp.server does that for another request unless started with "
+                        "--interrupt_requests False); counted as failed, not learnt from",
+                        self._base,
+                    )
                 failed = status >= 400 or tally.error is not None or unfinished
                 if not failed:
                     self._report(ticket, tally, klass, arrival, started)
