@@ -7,6 +7,8 @@ from typing import final
 
 import attrs
 
+from ._records import _as_float
+
 __all__ = ["DEFAULT_DECODE_RATE", "DEFAULT_PREFILL_RATE", "RateEstimator"]
 
 #: Starting prefill rate (prompt tokens per second): a small model on a laptop CPU
@@ -41,11 +43,11 @@ class RateEstimator:
 
     def __attrs_post_init__(self) -> None:
         for name in ("prefill_rate", "decode_rate"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not (
-                isinstance(value, (int, float)) and math.isfinite(value) and value > 0
-            ):
-                raise ValueError(f"{name} must be a positive number of tokens per second, got {value!r}")
+            given = getattr(self, name)
+            value = _as_float(given)  # an int, numpy's numbers too
+            if not (isinstance(value, float) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number of tokens per second, got {given!r}")
+            setattr(self, name, value)
         # The starting rates count as one second of observed work each.
         self._prefill_tokens, self._prefill_seconds = self.prefill_rate, 1.0
         self._decode_tokens, self._decode_seconds = self.decode_rate, 1.0

@@ -48,6 +48,15 @@ def _as_int(value: object) -> object:
     return value
 
 
+def _as_float(value: object) -> object:
+    """A real number of any type (numpy's too) as a ``float``; anything else (a bool too) as it is."""
+    if isinstance(value, bool):  # refused by the caller's check, not read as 0.0 or 1.0
+        return value
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return value
+
+
 def _freeze_mapping(value: object, field: str) -> Mapping[str, Any]:
     if value is None:
         return _EMPTY

@@ -23,7 +23,7 @@ from typing_extensions import Self
 from ._errors import BackendError, PredictorError, QueueFull, SchedulerClosed, SchedulerError
 from ._queue import EntryState, WaitQueue, _Entry
 from ._rates import DEFAULT_DECODE_RATE, DEFAULT_PREFILL_RATE, RateEstimator
-from ._records import Chunk, Completion, Prediction, Request
+from ._records import Chunk, Completion, Prediction, Request, _as_float, _as_int
 from ._service import check_backend, service_started
 
 if TYPE_CHECKING:
@@ -177,25 +177,29 @@ class Scheduler:
         learn_rates: bool = True,
         on_complete: Callable[[Completion], object] | None = None,
     ) -> None:
+        # Numbers of any type (numpy's too) are taken, as ints and floats; bools are not.
         if concurrency is None:
-            slots = getattr(backend, "slots", 1)
-            if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+            given = getattr(backend, "slots", 1)
+            slots = _as_int(given)
+            if not isinstance(slots, int) or isinstance(slots, bool) or slots < 1:
                 name = type(backend).__name__
-                raise ValueError(f"{name}.slots must be an int >= 1 (or pass concurrency=), got {slots!r}")
+                raise ValueError(f"{name}.slots must be an int >= 1 (or pass concurrency=), got {given!r}")
             concurrency = slots
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        count = _as_int(concurrency)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
-        if isinstance(aging, bool) or not (
-            isinstance(aging, (int, float)) and math.isfinite(aging) and aging >= 0
-        ):
+        aging_value = _as_float(aging)
+        if not (isinstance(aging_value, float) and math.isfinite(aging_value) and aging_value >= 0):
             raise ValueError(f"aging must be a finite number >= 0, got {aging!r}")
-        if cap is not None and not (
-            isinstance(cap, (int, float)) and not isinstance(cap, bool) and math.isfinite(cap) and cap > 0
+        cap_value = None if cap is None else _as_float(cap)
+        if cap_value is not None and not (
+            isinstance(cap_value, float) and math.isfinite(cap_value) and cap_value > 0
         ):
             raise ValueError(f"cap must be a finite number > 0 or None, got {cap!r}")
-        _check_max_wait(max_wait)
-        if max_queue is not None and (
-            isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 0
+        max_wait_value = _max_wait(max_wait)
+        max_queue_value = None if max_queue is None else _as_int(max_queue)
+        if max_queue_value is not None and (
+            not isinstance(max_queue_value, int) or isinstance(max_queue_value, bool) or max_queue_value < 0
         ):
             raise ValueError(f"max_queue must be an int >= 0 or None, got {max_queue!r}")
         if not isinstance(learn_rates, bool):
@@ -225,13 +229,13 @@ class Scheduler:
         self._observe: Callable[[Request, Prediction, int], object] | None = getattr(
             predictor, "observe", None
         )
-        self._concurrency = concurrency
-        self._aging = float(aging)
-        self._cap = None if cap is None else float(cap)
+        self._concurrency = count
+        self._aging = aging_value
+        self._cap = cap_value
         self._recent: collections.deque[float] = collections.deque()
         self._recent_sorted: list[float] = []
-        self._max_wait = None if max_wait is None else float(max_wait)
-        self._max_queue = max_queue
+        self._max_wait = max_wait_value
+        self._max_queue = max_queue_value
         self._rates = RateEstimator(prefill_rate, decode_rate)
         self._learn_rates = learn_rates
         self._on_complete = on_complete
@@ -240,7 +244,7 @@ class Scheduler:
         self._queue = WaitQueue(self._max_wait)
         #: waiting entries by request (equal requests share a list), for position()
         self._by_request: dict[Request, list[_Entry]] = {}
-        self._free = concurrency
+        self._free = self._concurrency
         self._running = 0
         self._seq = 0
         self._idle: anyio.Event | None = None
@@ -307,8 +311,7 @@ class Scheduler:
 
     @max_wait.setter
     def max_wait(self, value: float | None) -> None:
-        _check_max_wait(value)
-        self._max_wait = None if value is None else float(value)
+        self._max_wait = _max_wait(value)
         self._queue.max_wait = self._max_wait
 
     @property
@@ -958,11 +961,14 @@ def _token_count(name: str, value: object) -> int:
     return int(value)
 
 
-def _check_max_wait(value: object) -> None:
-    if value is not None and (
-        isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0
-    ):
+def _max_wait(value: object) -> float | None:
+    """``max_wait`` checked, as a float (from any real number, numpy's too) or ``None``."""
+    if value is None:
+        return None
+    seconds = _as_float(value)
+    if not isinstance(seconds, float) or math.isnan(seconds) or seconds < 0:
         raise ValueError(f"max_wait must be a number of seconds >= 0 or None, got {value!r}")
+    return seconds
 
 
 def _is_async(fn: Callable[..., object]) -> bool:

@@ -557,6 +557,35 @@ async def test_bad_scheduler_options(kwargs: dict[str, Any], words: str) -> None
         Scheduler(backend(), **kwargs)
 
 
+async def test_numpy_numbers_are_taken_for_the_knobs_as_ints_and_floats() -> None:
+    # Request and Chunk took numpy's numbers; the scheduler refused them ("must be an int >= 1").
+    sched = Scheduler(
+        backend(),
+        predictor=TablePredictor(),
+        concurrency=np.int64(2),
+        max_queue=np.int32(10),
+        aging=np.float32(0.5),
+        cap=np.float64(2.0),
+        max_wait=np.float32(5.0),
+        prefill_rate=np.int64(100),
+        decode_rate=np.float32(20.0),
+    )
+    knobs = (sched.concurrency, sched.max_queue, sched.aging, sched.cap, sched.max_wait)
+    rates = (sched.rates.prefill_rate, sched.rates.decode_rate)
+    assert (knobs, rates) == ((2, 10, 0.5, 2.0, 5.0), (100.0, 20.0))
+    assert [type(k) for k in (*knobs, *rates)] == [int, int, float, float, float, float, float]
+    sched.max_wait = np.int64(3)
+    assert type(sched.max_wait) is float
+    slotted = CallableBackend(lambda r: "ok")
+    slotted.slots = np.int64(3)  # a backend of one's own may say so
+    assert Scheduler(slotted, predictor=TablePredictor()).concurrency == 3
+    async with sched:
+        assert (await sched.complete(job(1))).output_tokens == 1
+    for bad in ({"concurrency": np.True_}, {"aging": np.float64("nan")}, {"max_queue": np.int8(-1)}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            Scheduler(backend(), predictor=TablePredictor(), **bad)
+
+
 async def test_bad_backend_or_predictor_type() -> None:
     with pytest.raises(TypeError, match="stream"):
         Scheduler(object())  # type: ignore[arg-type]
