@@ -6,6 +6,7 @@ import collections
 import concurrent.futures
 import contextlib
 import functools
+import inspect
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -166,6 +167,9 @@ class SyncScheduler:
 
     Use it as a context manager, or call :meth:`close`.  Closing ends waiting
     requests with :class:`SchedulerClosed` and waits for running ones.
+
+    ``on_complete`` runs in the event loop's thread; :meth:`statistics`,
+    :meth:`position` and :meth:`call` (of a plain function) work there too.
     """
 
     def __init__(
@@ -319,11 +323,20 @@ class SyncScheduler:
                 )
                 stack.push(context)  # before entering: an interrupt right after entering still leaves
                 ticket = context.__enter__()
-            ticket._clock = functools.partial(_loop_time, self._portal)
+            ticket._clock = functools.partial(_loop_time, self._portal, self._thread)
             yield ticket
 
+    def _on_loop_thread(self) -> bool:
+        """Whether this is the scheduler's own event loop thread (``on_complete``, a backend's code).
+
+        There the scheduler is called directly: the portal refuses to be
+        called from its own thread.
+        """
+        return threading.current_thread() is self._thread
+
     def statistics(self) -> SchedulerStatistics:
-        if self._closed:
+        """Blocking :meth:`Scheduler.statistics`; from any thread, ``on_complete`` too."""
+        if self._closed or self._on_loop_thread():
             stats = self._scheduler.statistics()
         else:
             try:
@@ -337,8 +350,11 @@ class SyncScheduler:
         return stats
 
     def position(self, request: Request) -> int | None:
+        """Blocking :meth:`Scheduler.position`; from any thread, ``on_complete`` too."""
         if self._closed:
             return None
+        if self._on_loop_thread():
+            return self._scheduler.position(request)
         try:
             return self._portal.call(self._scheduler.position, request)
         except RuntimeError:
@@ -347,17 +363,37 @@ class SyncScheduler:
             raise
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn(*args)`` (sync or async) in the scheduler's event loop."""
+        """Run ``fn(*args)`` (sync or async) in the scheduler's event loop.
+
+        From the loop's own thread (``on_complete``) a plain function is
+        called directly; an async one raises :class:`RuntimeError`, as that
+        thread cannot wait for it.
+        """
+        if self._on_loop_thread():
+            self._check_open(request=False)
+            result = fn(*args)
+            if inspect.isawaitable(result):
+                if inspect.iscoroutine(result):
+                    result.close()  # never awaited: dropped without a "never awaited" warning
+                raise RuntimeError(
+                    f"SyncScheduler.call({fn!r}) from the scheduler's own event loop thread "
+                    f"(on_complete, say) cannot wait for an async function: call a plain one there"
+                )
+            return result
         with self._portal_open(request=False):
             return self._portal.call(fn, *args)
 
 
-def _loop_time(portal: anyio.from_thread.BlockingPortal) -> float:
-    """The scheduler's clock, from its own thread or from any other."""
-    try:
-        return anyio.current_time()  # on the event loop's thread (``call(ticket.first_token)``)
-    except Exception:
-        return float(portal.call(anyio.current_time))
+def _loop_time(portal: anyio.from_thread.BlockingPortal, loop_thread: threading.Thread) -> float:
+    """The scheduler's clock, from its own thread or from any other.
+
+    Read directly only on the scheduler's own loop thread (``call(ticket.first_token)``):
+    a calling thread may run an event loop of its own, whose clock is another
+    (trio's starts at a random offset).
+    """
+    if threading.current_thread() is loop_thread:
+        return anyio.current_time()
+    return float(portal.call(anyio.current_time))
 
 
 def _make_scheduler(

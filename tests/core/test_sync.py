@@ -8,9 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
-from sjfsched import BackendError, Chunk, Request, SchedulerClosed, SyncScheduler, SyncStream
+from sjfsched import BackendError, Chunk, Completion, Request, SchedulerClosed, SyncScheduler, SyncStream
 from sjfsched.backends import CallableBackend
 
 from ._util import TablePredictor, job
@@ -101,6 +102,59 @@ def test_a_ticket_notes_its_first_token_from_the_calling_thread(async_backend: s
     assert (stats.completed, stats.failed) == (1, 0)
     assert ticket._first_token is not None
     assert ticket._entry.started < ticket._first_token
+
+
+@pytest.mark.parametrize(("async_backend", "callers_loop"), [("asyncio", "trio"), ("trio", "asyncio")])
+def test_a_first_token_noted_in_a_thread_that_runs_a_loop_of_its_own_reads_the_schedulers_clock(
+    async_backend: str, callers_loop: str
+) -> None:
+    """Not the caller's loop's clock (trio's starts at a random offset): a TTFT of -71680 s, rates ruined."""
+    seen: list[Completion] = []
+    with SyncScheduler(None, async_backend=async_backend, on_complete=seen.append) as sched:
+
+        async def caller() -> None:  # sync code called from a coroutine (a notebook cell, say)
+            with sched.admit("my own call") as ticket:
+                threading.Event().wait(0.02)
+                ticket.first_token()
+                threading.Event().wait(0.02)
+                ticket.report(output_tokens=5, prompt_tokens=10)
+
+        anyio.run(caller, backend=callers_loop)
+        stats = sched.statistics()
+    (done,) = seen
+    assert done.first_token is not None
+    assert done.started < done.first_token < done.finished
+    assert 0.01 < done.first_token - done.started < 5
+    assert 1 < stats.prefill_rate < 1e4
+    assert 1 < stats.decode_rate < 1e4
+
+
+@pytest.mark.parametrize("async_backend", ["asyncio", "trio"])
+def test_statistics_position_and_call_work_from_on_complete_in_the_loops_thread(
+    async_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """on_complete runs in the loop's thread, where the portal refuses calls: the error was swallowed."""
+    seen: list[tuple[int, int | None, int]] = []
+    refused: list[str] = []
+
+    async def sleep_a_little() -> None:
+        await anyio.lowlevel.checkpoint()  # pragma: no cover - never awaited
+
+    def record(completion: Completion) -> None:
+        stats = sched.statistics()
+        seen.append((stats.running, sched.position(completion.request), sched.call(len, "abc")))
+        with pytest.raises(RuntimeError, match="cannot wait for an async function") as caught:
+            sched.call(sleep_a_little)
+        refused.append(str(caught.value))
+
+    sched = SyncScheduler(CallableBackend(echo), async_backend=async_backend, on_complete=record)
+    with sched:
+        assert sched.complete("hi").text == "hi "
+        with sched.admit("mine") as ticket:
+            ticket.report(output_tokens=2)
+    assert seen == [(0, None, 3), (0, None, 3)]
+    assert len(refused) == 2
+    assert "on_complete callback failed" not in caplog.text
 
 
 def test_a_call_that_races_close_gets_scheduler_closed(monkeypatch: pytest.MonkeyPatch) -> None:
