@@ -110,6 +110,21 @@ def test_bench_real_samples_the_log(log_file: Path) -> None:
     assert {i.output_tokens for i in items} <= {20, 200, 600}  # the log's lengths, scaled
 
 
+@pytest.mark.slow
+def test_bench_real_on_a_log_saves_only_where_results_says(
+    log_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A FILE trace wrote over ./benchmarks/results/real.json (in the repository: the published run)."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["bench", "real", "--trace", f"{log_file}#my-model", "--requests", "6", "--scale", "0.02"]
+    status = main([*argv, "--preset", "small"])
+    out = capsys.readouterr().out
+    assert status in (0, 1) and "short-request P50 gain" in out and "wrote" not in out
+    assert list(tmp_path.iterdir()) == []  # nothing written
+    main([*argv, "--preset", "small", "--results", "mine.json"])
+    assert json.loads((tmp_path / "mine.json").read_text())["trace"] == f"{log_file}#my-model"
+
+
 def _write(path: Path, lines: list[object]) -> Path:
     path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
     return path
