@@ -300,3 +300,27 @@ def test_help_lists_every_flag_with_its_variable() -> None:
         ("--shutdown-timeout", "SJFSCHED_SHUTDOWN_TIMEOUT"),
     ):
         assert flag in result.stdout and variable in result.stdout
+
+
+def test_make_server_listens_on_the_settings_host_and_port(ollama: OllamaServer) -> None:
+    """docs/proxy.md's embedding: make_server(app) listened on uvicorn's default 8000 instead."""
+    import asyncio
+
+    from sjfsched.proxy import ProxyApp, ProxySettings, make_server
+
+    port = free_port()
+    app = ProxyApp(ProxySettings(upstream=ollama.url, host="127.0.0.1", port=port, log_level="warning"))
+    server = make_server(app, log_config=None)
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "the proxy did not start"
+            time.sleep(0.01)
+        health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
+        assert health.status_code == 200
+    finally:
+        server.should_exit = True
+        thread.join(30)
+    assert not thread.is_alive()

@@ -92,9 +92,14 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def make_server(app: ProxyApp, **config: Any) -> ProxyServer:
-    """A :class:`ProxyServer` for ``app``; ``config`` goes to :class:`uvicorn.Config`."""
+    """A :class:`ProxyServer` for ``app``, listening on its settings' host and port.
+
+    ``config`` goes to :class:`uvicorn.Config` and wins over the settings.
+    """
     settings = app.settings
     options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
         "lifespan": "on",
         "interface": "asgi3",
         "ws": "none",
