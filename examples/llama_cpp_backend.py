@@ -1,8 +1,8 @@
 """Shortest-job-first in front of an in-process llama.cpp model.
 
 Six requests arrive at once at one ``llama_cpp.Llama``; the scheduler runs
-the short ones first (the model only ever runs one at a time), and streams
-the last one as it is written.
+the short ones first (the model only ever runs one at a time).  Then one
+more request, a chat, is streamed as it is written.
 
     python examples/llama_cpp_backend.py --model path/to/model.gguf
 

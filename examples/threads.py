@@ -1,6 +1,6 @@
 """Shortest-job-first from threaded code, with SyncScheduler.
 
-Eight worker threads each send prompts to one shared model.  The model here
+Eight worker threads each send one prompt to one shared model.  The model here
 is a function that takes 2 ms per word of its answer and answers long
 prompts at length (swap in your own client call).  The scheduler runs first
 the prompts its predictor expects short answers to: they are its guesses,
