@@ -23,7 +23,12 @@ It follows Ollama's documented API (docs/api.md and docs.ollama.com/api):
 - Errors are ``{"error": "..."}`` with the status Ollama uses: 400 for a bad
   body, 404 ``model 'x' not found`` for an unknown model, 503 ``server busy``
   when more requests wait than ``max_queue`` (``OLLAMA_MAX_QUEUE``).  An error
-  after streaming began is an ``{"error": ...}`` line in the 200 stream.
+  after streaming began is an ``{"error": ...}`` line in the 200 stream; on
+  the ``/v1`` endpoints it is what Ollama's OpenAI layer makes of that line,
+  an empty chunk, and the stream ends without ``data: [DONE]``.
+- One deviation: a prompt longer than the context is refused (400), where
+  Ollama truncates it unless the request says ``"truncate": false``.  No
+  test sends one.
 - ``num_parallel`` (``OLLAMA_NUM_PARALLEL``) requests per model run at once,
   each on its own ``Llama`` instance; more wait in arrival order.
 - When the client goes away, generation stops at the next token (unlike
