@@ -28,7 +28,7 @@ It follows Ollama's documented API (docs/api.md and docs.ollama.com/api):
   an empty chunk, and the stream ends without ``data: [DONE]``.
 - One deviation: a prompt longer than the context is refused (400), where
   Ollama truncates it unless the request says ``"truncate": false``.  No
-  test sends one.
+  test relies on either.
 - ``num_parallel`` (``OLLAMA_NUM_PARALLEL``) requests per model run at once,
   each on its own ``Llama`` instance; more wait in arrival order.
 - When the client goes away, generation stops at the next token (unlike
