@@ -454,7 +454,10 @@ class Scheduler:
 
         Entering waits in the queue.  Leaving the block before the stream is
         exhausted closes the backend's stream and frees the slot (the request
-        counts as cancelled).
+        counts as cancelled, or failed if an exception escaped the block).
+        Once the stream has been read to its end the request counts as
+        completed (``on_complete`` gets it, the rates learn from it), even if
+        the rest of the block raises or times out: the answer was whole.
         """
         stream = await self._open_stream(request, fields)
         try:
@@ -479,10 +482,12 @@ class Scheduler:
         stream._settled = True
         await stream._close()
         entry = stream._entry
-        if exc is not None:
-            self._end(entry, _outcome_of(exc))
-        elif stream._completion is not None:
+        if stream._completion is not None:
+            # Read to its end: the answer is whole, whatever the rest of the block did
+            # (the caller's own exception, or a timeout, still propagates).
             self._complete(entry, stream._completion)
+        elif exc is not None:
+            self._end(entry, _outcome_of(exc))
         elif stream._error is not None:  # the caller swallowed our BackendError
             self._end(entry, "failed")
         else:  # abandoned before the end

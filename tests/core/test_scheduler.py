@@ -525,6 +525,33 @@ async def test_stream_left_early_counts_as_cancelled() -> None:
     assert (stats.cancelled, stats.completed, stats.running) == (1, 0, 0)
 
 
+async def test_a_stream_read_to_its_end_counts_as_completed_whatever_the_rest_of_its_block_does() -> None:
+    # Counted failed (or cancelled) before, not given to on_complete nor learnt from.
+    seen: list[Completion] = []
+    async with scheduler(
+        backend=backend(decode_rate=20.0), on_complete=seen.append, learn_rates=True
+    ) as sched:
+
+        async def read_then_fail() -> None:
+            async with sched.stream(job(20)) as chunks:
+                async for _chunk in chunks:
+                    pass
+                raise ValueError("my own post-processing failed")
+
+        with pytest.raises(ValueError, match="post-processing"):
+            await read_then_fail()
+        with anyio.move_on_after(5) as scope:
+            async with sched.stream(job(30)) as chunks:
+                async for _chunk in chunks:
+                    pass
+                await anyio.sleep(10)  # past the caller's timeout
+        assert scope.cancelled_caught
+        stats = sched.statistics()
+    assert (stats.completed, stats.failed, stats.cancelled, stats.running) == (2, 0, 0, 0)
+    assert [c.output_tokens for c in seen] == [20, 30]
+    assert stats.decode_rate > 15  # learnt from: the backend decodes at 20/s, the scheduler starts at 10/s
+
+
 async def test_bad_input_is_rejected_before_queueing() -> None:
     async with scheduler() as sched:
         with pytest.raises(ValueError, match="max_tokens"):

@@ -157,6 +157,25 @@ def test_statistics_position_and_call_work_from_on_complete_in_the_loops_thread(
     assert "on_complete callback failed" not in caplog.text
 
 
+@pytest.mark.parametrize("async_backend", ["asyncio", "trio"])
+def test_a_sync_stream_read_to_its_end_counts_as_completed_though_its_block_raises(
+    async_backend: str,
+) -> None:
+    seen: list[Completion] = []
+    with SyncScheduler(CallableBackend(echo), async_backend=async_backend, on_complete=seen.append) as sched:
+
+        def read_then_fail() -> None:
+            with sched.stream("one two") as chunks:
+                assert [c.text for c in chunks] == ["one ", "two "]
+                raise KeyError("my own post-processing failed")
+
+        with pytest.raises(KeyError):
+            read_then_fail()
+        stats = sched.statistics()
+    assert (stats.completed, stats.failed, stats.cancelled) == (1, 0, 0)
+    assert [c.text for c in seen] == ["one two "]
+
+
 def test_a_call_that_races_close_gets_scheduler_closed(monkeypatch: pytest.MonkeyPatch) -> None:
     """Closed between its check and its call into the event loop: SchedulerClosed, not the portal's error."""
     sched = SyncScheduler(CallableBackend(echo))
