@@ -224,7 +224,9 @@ class Scheduler:
             raise TypeError(f"predictor must have a predict(request) method, got {type(predictor).__name__}")
 
         self._backend = backend
-        self._backend_closed = False
+        self._backend_closed = False  # its aclose() has ended
+        self._backend_closing: anyio.Event | None = None  # set once its aclose() has ended
+        self._close_when_idle = False  # aclose()'s wait was cancelled: the last request closes it
         self._predictor = predictor
         self._observe: Callable[[Request, Prediction, int], object] | None = getattr(
             predictor, "observe", None
@@ -404,16 +406,61 @@ class Scheduler:
 
         Waiting requests fail with :class:`SchedulerClosed`.  Running ones are
         not interrupted; this waits for them, then closes the backend.  Calling
-        it again does nothing more.
+        it again does nothing more (while the backend is being closed, it
+        waits for that).
+
+        Closing the backend is shielded from cancellation, for at most 10 s.
+        If this is cancelled while it waits for running requests (a timeout
+        on leaving ``async with Scheduler(...)``), the backend is closed as
+        the last of them ends.
         """
         self._stop_admitting()
         if self._running:
             if self._idle is None:
                 self._idle = anyio.Event()
-            await self._idle.wait()
-        if self._backend is not None and not self._backend_closed:
+            try:
+                await self._idle.wait()
+            except BaseException:
+                # Cancelled (a timeout on leaving the block): the last running request
+                # closes the backend as it ends, or this, now, if they ended meanwhile.
+                self._close_when_idle = True
+                await self._close_backend_if_left()
+                raise
+        await self._close_backend()
+
+    async def _close_backend(self) -> None:
+        """Close the backend once, shielded and time-bounded; a second caller waits for the first."""
+        if self._backend is None or self._backend_closed:
+            return
+        if self._backend_closing is not None:
+            await self._backend_closing.wait()
+            return
+        self._close_when_idle = False
+        self._backend_closing = anyio.Event()
+        try:
+            with anyio.move_on_after(_SHIELDED_CLOSE_SECONDS, shield=True) as scope:
+                await self._backend.aclose()
+            if scope.cancelled_caught:
+                logger.warning(
+                    "closing the %s took more than %g s: given up",
+                    type(self._backend).__name__,
+                    _SHIELDED_CLOSE_SECONDS,
+                )
+        finally:
             self._backend_closed = True
-            await self._backend.aclose()
+            self._backend_closing.set()
+
+    async def _close_backend_if_left(self) -> None:
+        """After a request ended: close the backend if a cancelled :meth:`aclose` left that to it.
+
+        Called by the task of the request that ended, so a failure to close is
+        logged, not raised to that request's caller.
+        """
+        if self._close_when_idle and not self._running:
+            try:
+                await self._close_backend()
+            except Exception:
+                logger.warning("closing the %s failed", type(self._backend).__name__, exc_info=True)
 
     @property
     def closed(self) -> bool:
@@ -492,6 +539,7 @@ class Scheduler:
             self._end(entry, "failed")
         else:  # abandoned before the end
             self._end(entry, "cancelled")
+        await self._close_backend_if_left()
 
     @asynccontextmanager
     async def admit(self, request: Request | str | None = None, /, **fields: Any) -> AsyncIterator[Ticket]:
@@ -516,9 +564,11 @@ class Scheduler:
             yield ticket
         except BaseException as exc:
             self._end(entry, _outcome_of(exc))
+            await self._close_backend_if_left()
             raise
         else:
             self._complete(entry, ticket._completion(anyio.current_time()))
+            await self._close_backend_if_left()
 
     def statistics(self) -> SchedulerStatistics:
         """A snapshot of the queue, the counters and the learned rates."""
@@ -652,6 +702,7 @@ class Scheduler:
             elif entry.state is EntryState.GRANTED:
                 # Handed a slot at the moment it was cancelled: pass it on.
                 self._end(entry, "cancelled")
+                await self._close_backend_if_left()
             elif entry.state is EntryState.CLOSED:
                 # Closed out at the moment it was cancelled: the caller sees the
                 # cancellation, so that is how it ended.

@@ -436,6 +436,113 @@ async def test_closing_ends_waiting_requests_and_lets_running_finish() -> None:
     assert sched.statistics().rejected == 1
 
 
+class ClosingBackend:
+    """A backend whose ``aclose()`` takes a while (an HTTP client closing its connections)."""
+
+    slots = 2
+
+    def __init__(self) -> None:
+        self.closed = 0
+
+    async def stream(self, request: Request) -> AsyncIterator[Chunk]:
+        for _ in range(10):
+            await anyio.sleep(0.1)
+            yield Chunk("x")
+
+    async def aclose(self) -> None:
+        await anyio.sleep(1)
+        self.closed += 1
+
+
+async def test_a_cancelled_exit_with_nothing_running_still_closes_the_backend() -> None:
+    # backend.aclose() was cancelled with the exit, and never tried again.
+    sim = ClosingBackend()
+    with anyio.move_on_after(2):
+        async with Scheduler(sim, predictor=TablePredictor()) as sched:
+            await sched.complete(job(1))
+            await anyio.sleep(10)  # the timeout (an app's shutdown timeout) fires here
+    assert sim.closed == 1
+    await sched.aclose()
+    assert sim.closed == 1
+
+
+async def test_a_second_aclose_waits_for_the_backend_to_close(caplog: pytest.LogCaptureFixture) -> None:
+    sim = ClosingBackend()
+    sched = Scheduler(sim, predictor=TablePredictor())
+    async with anyio.create_task_group() as tg:
+        await sched.__aenter__()
+        tg.start_soon(sched.aclose)
+        await anyio.sleep(0.1)  # the first is closing the backend (1 s)
+        await sched.aclose()
+        assert sim.closed == 1
+    # A backend whose aclose() never returns is given up after 10 s, with a warning.
+    sim.aclose = anyio.sleep_forever  # type: ignore[method-assign]
+    async with Scheduler(sim, predictor=TablePredictor()):
+        start = anyio.current_time()
+    assert 10 <= anyio.current_time() - start < 11
+    assert "closing the ClosingBackend took more than 10 s" in caplog.text
+
+
+@pytest.mark.parametrize("last", ["stream", "admit"])
+async def test_a_cancelled_exit_closes_the_backend_when_the_last_running_request_ends(last: str) -> None:
+    # The wait for the running requests was cancelled, and the backend never closed.
+    sim = ClosingBackend()
+    done: list[str] = []
+
+    async def streamed() -> None:
+        await sched.complete(job(1))  # 1 s
+        done.append("stream")
+
+    async def admitted() -> None:
+        async with sched.admit(job(1)) as ticket:
+            await anyio.sleep(0.5 if last == "stream" else 2)
+            ticket.report(1)
+        done.append("admit")
+
+    async with anyio.create_task_group() as tg:
+        with anyio.move_on_after(0.3):
+            async with Scheduler(sim, predictor=TablePredictor()) as sched:
+                tg.start_soon(streamed)
+                tg.start_soon(admitted)
+                await anyio.sleep(10)
+        assert sim.closed == 0  # the requests still run
+    assert done[-1] == last
+    assert sim.closed == 1
+    stats = sched.statistics()
+    assert (stats.completed, stats.running) == (2, 0)
+    await sched.aclose()
+    assert sim.closed == 1
+
+
+async def test_a_cancelled_exit_as_the_last_slot_is_handed_to_a_cancelled_request_closes_the_backend() -> (
+    None
+):
+    """Whichever ends first, the closing (cancelled) or the request (cancelled), the backend is closed."""
+    sim = ClosingBackend()
+    sched = Scheduler(sim, predictor=TablePredictor(), concurrency=1)
+    scope_b = anyio.CancelScope()
+
+    async def b() -> None:
+        with scope_b:
+            await sched.complete(job(2))
+
+    async with anyio.create_task_group() as tg:
+        await sched.__aenter__()
+        async with sched.admit(job(1)):
+            tg.start_soon(b)
+            await anyio.sleep(0.1)  # b waits for the slot
+        # Leaving the block handed the slot to b, which has not resumed yet.
+        assert sched.statistics().running == 1
+        scope_b.cancel()
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await sched.aclose()  # cancelled at once: b holds the slot
+    assert scope_b.cancelled_caught
+    assert sim.closed == 1
+    stats = sched.statistics()
+    assert (stats.completed, stats.cancelled, stats.running) == (1, 1, 0)
+
+
 async def test_rates_are_learned_from_completions() -> None:
     sim = backend(decode_rate=50.0)
     async with Scheduler(sim, predictor=TablePredictor(), decode_rate=5.0) as sched:
