@@ -191,6 +191,7 @@ class SyncScheduler:
         self._handing_over = threading.Condition()
         self._handovers = 0
         self._closed = False
+        self._close_ended = threading.Event()  # the first close() has returned (or raised)
         #: Calls refused here after close(), before the loop saw them: counted as ``rejected``.
         self._refused = 0
         self._portal, self._thread = _start_portal(async_backend)
@@ -218,17 +219,28 @@ class SyncScheduler:
         self.close()
 
     def close(self) -> None:
-        """Close the scheduler and stop its event loop thread."""
+        """Close the scheduler and stop its event loop thread.
+
+        Waiting requests end with :class:`SchedulerClosed`; this waits for the
+        running ones, then closes the backend.  A second call (from another
+        thread, say) waits for the first to end.
+        """
         with self._handing_over:
-            if self._closed:
-                return
+            first = not self._closed
             self._closed = True
-            while self._handovers:  # a call handing its task to the loop finishes first
+            while first and self._handovers:  # a call handing its task to the loop finishes first
                 self._handing_over.wait()
+        if not first:
+            if not self._on_loop_thread():  # there, the first could not end while this waits
+                self._close_ended.wait()
+            return
         try:
-            self._portal.call(self._scheduler.aclose)
+            try:
+                self._portal.call(self._scheduler.aclose)
+            finally:
+                self._stop_portal()
         finally:
-            self._stop_portal()
+            self._close_ended.set()
 
     def _spawn(self, fn: Callable[[], Awaitable[T]]) -> concurrent.futures.Future[T]:
         """``portal.start_task_soon(fn)``, never racing :meth:`close`.

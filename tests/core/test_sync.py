@@ -176,6 +176,35 @@ def test_a_sync_stream_read_to_its_end_counts_as_completed_though_its_block_rais
     assert [c.text for c in seen] == ["one two "]
 
 
+@pytest.mark.parametrize("async_backend", ["asyncio", "trio"])
+def test_a_second_close_waits_for_the_first(async_backend: str) -> None:
+    """It returned at once, while the first still waited for a running request."""
+    started, release = threading.Event(), threading.Event()
+
+    def slow(request: Request) -> str:
+        started.set()
+        release.wait(10)
+        return "done"
+
+    sched = SyncScheduler(CallableBackend(slow), async_backend=async_backend)
+    with ThreadPoolExecutor(2) as pool:
+        answer = pool.submit(sched.complete, "hi")
+        assert started.wait(10)
+        first = pool.submit(sched.close)
+        for _ in range(1000):
+            if sched.closed:
+                break
+            threading.Event().wait(0.005)
+        assert sched.closed
+        threading.Timer(0.2, release.set).start()
+        sched.close()  # from a signal handler, atexit, another with block
+        assert release.is_set()
+        assert not sched._thread.is_alive()
+        first.result(10)
+        assert answer.result(10).text == "done"
+    assert sched.statistics().completed == 1
+
+
 def test_a_call_that_races_close_gets_scheduler_closed(monkeypatch: pytest.MonkeyPatch) -> None:
     """Closed between its check and its call into the event loop: SchedulerClosed, not the portal's error."""
     sched = SyncScheduler(CallableBackend(echo))
