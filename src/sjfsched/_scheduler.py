@@ -10,10 +10,11 @@ import logging
 import math
 import numbers
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, TypeVar, final
 
 import anyio
 import anyio.lowlevel
@@ -43,6 +44,8 @@ __all__ = [
 
 logger = logging.getLogger("sjfsched")
 
+T = TypeVar("T")
+
 #: Seconds of estimated service time forgiven per second waited.
 DEFAULT_AGING = 0.05
 #: Estimates above this multiple of the median recent estimate count as that value.
@@ -55,6 +58,15 @@ DEFAULT_MAX_WAIT: float | None = None
 _NEUTRAL_TOKENS = 256.0
 
 _SHIELDED_CLOSE_SECONDS = 10.0
+
+#: The running requests that the code running now holds the slot of, for aclose(), which
+#: could only wait for itself there: ``(scheduler, entry, task)``, where ``task`` is the id of
+#: the task whose admit() or stream() block it is (tasks it starts do not hold it), or ``None``
+#: for the backend's code reading the request, which holds it wherever it runs (the tasks and
+#: worker threads it starts, which copy the context).
+_holding: ContextVar[tuple[tuple[Scheduler, _Entry, int | None], ...]] = ContextVar(
+    "sjfsched_holding", default=()
+)
 
 
 class _State(enum.Enum):
@@ -413,7 +425,19 @@ class Scheduler:
         If this is cancelled while it waits for running requests (a timeout
         on leaving ``async with Scheduler(...)``), the backend is closed as
         the last of them ends.
+
+        From code that holds the slot of one of its running requests (an
+        :meth:`admit` or :meth:`stream` block, in its own task; the backend's
+        code for a request, wherever it runs) it raises :class:`RuntimeError`
+        at once, changing nothing: it could only wait for itself.  A task
+        started inside a block does not hold its slot: it waits.
         """
+        if self._holds_a_request():
+            raise RuntimeError(
+                "aclose() from inside a block that holds a running request of this scheduler (an "
+                "admit() or stream() block, or the backend's code for a request) would wait for "
+                "that request, which waits for aclose(): close it after the block"
+            )
         self._stop_admitting()
         if self._running:
             if self._idle is None:
@@ -466,6 +490,33 @@ class Scheduler:
     def closed(self) -> bool:
         return self._state is _State.CLOSED
 
+    @contextmanager
+    def _holding(self, entry: _Entry, *, block: bool) -> Iterator[None]:
+        """Note, for :meth:`aclose`, that this task's block (or the backend's code) holds ``entry``'s slot."""
+        held = (self, entry, anyio.get_current_task().id if block else None)
+        _holding.set((*_holding.get(), held))
+        try:
+            yield
+        finally:  # set anew, not reset: a block may be left in another context (a finaliser)
+            _holding.set(tuple(h for h in _holding.get() if h is not held))
+
+    def _holds_a_request(self) -> bool:
+        """Whether the code running now holds the slot of one of its running requests.
+
+        It does inside an :meth:`admit` or :meth:`stream` block, in the block's
+        own task, and in the backend's code reading a request, wherever that
+        runs (a task or worker thread of its own, a call back into the loop).
+        """
+        owners = {owner for s, e, owner in _holding.get() if s is self and e.state is EntryState.RUNNING}
+        if not owners:
+            return False
+        if None in owners:
+            return True
+        try:
+            return anyio.get_current_task().id in owners
+        except RuntimeError:  # no task: a thread, which no block's task is
+            return False
+
     # ------------------------------------------------------------ public calls
 
     async def complete(self, request: Request | str | None = None, /, **fields: Any) -> Completion:
@@ -507,12 +558,13 @@ class Scheduler:
         the rest of the block raises or times out: the answer was whole.
         """
         stream = await self._open_stream(request, fields)
-        try:
-            yield stream
-        except BaseException as exc:
-            await self._settle(stream, exc)
-            raise
-        await self._settle(stream, None)
+        with self._holding(stream._entry, block=True):
+            try:
+                yield stream
+            except BaseException as exc:
+                await self._settle(stream, exc)
+                raise
+            await self._settle(stream, None)
 
     async def _open_stream(self, request: Request | str | None, fields: Mapping[str, Any]) -> ChunkStream:
         backend = self._backend
@@ -522,7 +574,7 @@ class Scheduler:
             self._counts["rejected"] += 1
             raise SchedulerClosed("the scheduler is closed")
         entry = await self._acquire(_coerce_request(request, fields))
-        return ChunkStream(entry, backend)
+        return ChunkStream(entry, backend, self)
 
     async def _settle(self, stream: ChunkStream, exc: BaseException | None) -> None:
         """Close the backend stream if still open, free the slot, count the outcome."""
@@ -560,15 +612,16 @@ class Scheduler:
         req = _coerce_request(request, fields)
         entry = await self._acquire(req)
         ticket = Ticket(entry)
-        try:
-            yield ticket
-        except BaseException as exc:
-            self._end(entry, _outcome_of(exc))
-            await self._close_backend_if_left()
-            raise
-        else:
-            self._complete(entry, ticket._completion(anyio.current_time()))
-            await self._close_backend_if_left()
+        with self._holding(entry, block=True):
+            try:
+                yield ticket
+            except BaseException as exc:
+                self._end(entry, _outcome_of(exc))
+                await self._close_backend_if_left()
+                raise
+            else:
+                self._complete(entry, ticket._completion(anyio.current_time()))
+                await self._close_backend_if_left()
 
     def statistics(self) -> SchedulerStatistics:
         """A snapshot of the queue, the counters and the learned rates."""
@@ -835,8 +888,10 @@ class ChunkStream:
     chunk, :attr:`completion` holds the whole answer and its timings.
     """
 
-    def __init__(self, entry: _Entry, backend: Backend) -> None:
+    def __init__(self, entry: _Entry, backend: Backend, scheduler: Scheduler) -> None:
         self._entry = entry
+        #: what the backend's code holds as it runs for this request (for Scheduler.aclose)
+        self._held = (scheduler, entry, None)
         self._backend_name = type(backend).__name__
         self._iterator: AsyncIterator[Chunk] | None = None
         self._backend = backend
@@ -883,7 +938,7 @@ class ChunkStream:
                 # chunk that only counts the prompt), and that mark must survive.
                 service_started.set(None)
                 self._iterator = self._backend.stream(self._entry.request)
-            chunk = await self._iterator.__anext__()
+            chunk = await self._in_backend(self._iterator.__anext__)
             if not isinstance(chunk, Chunk):
                 raise TypeError(f"backend yielded {type(chunk).__name__}, not a Chunk")
         except StopAsyncIteration:
@@ -913,6 +968,19 @@ class ChunkStream:
             self._finish_reason = chunk.finish_reason
         return chunk
 
+    async def _in_backend(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``await call()``, a call into the backend's stream, noted as holding the request's slot.
+
+        :meth:`Scheduler.aclose` sees the note from the backend's code wherever
+        that runs: the tasks and worker threads it starts copy the context.
+        """
+        held = _holding.get()
+        _holding.set((*held, self._held))
+        try:
+            return await call()
+        finally:
+            _holding.set(held)
+
     def _finish(self) -> None:
         e = self._entry
         e.one_piece = self._output_tokens > 1 and self._first_tokens >= self._output_tokens
@@ -940,7 +1008,7 @@ class ChunkStream:
             return
         with anyio.move_on_after(_SHIELDED_CLOSE_SECONDS, shield=True):
             try:
-                await aclose()
+                await self._in_backend(aclose)
             except Exception:
                 logger.warning("closing the %s stream failed", self._backend_name, exc_info=True)
 

@@ -11,7 +11,7 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import AbstractAsyncContextManager
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
 
 import anyio.from_thread
@@ -19,6 +19,7 @@ import attrs
 from typing_extensions import Self
 
 from ._errors import SchedulerClosed
+from ._queue import EntryState, _Entry
 from ._records import Chunk, Completion, Request
 from ._scheduler import LEFT_EARLY, ChunkStream, Job, Scheduler, SchedulerStatistics, Ticket
 
@@ -192,6 +193,8 @@ class SyncScheduler:
         self._handovers = 0
         self._closed = False
         self._close_ended = threading.Event()  # the first close() has returned (or raised)
+        #: The open blocks: the frame whose ``with`` opened each, its request, what it is (for close()).
+        self._blocks: dict[object, tuple[tuple[FrameType, ...], _Entry, str]] = {}
         #: Calls refused here after close(), before the loop saw them: counted as ``rejected``.
         self._refused = 0
         self._portal, self._thread = _start_portal(async_backend)
@@ -224,7 +227,28 @@ class SyncScheduler:
         Waiting requests end with :class:`SchedulerClosed`; this waits for the
         running ones, then closes the backend.  A second call (from another
         thread, say) waits for the first to end.
+
+        From inside a block that holds one of its running requests (an
+        :meth:`admit` or :meth:`stream` block, the backend's code run for a
+        request) or from the scheduler's own event loop thread
+        (``on_complete``), it raises :class:`RuntimeError` at once, changing
+        nothing: it could only wait for itself.
         """
+        if self._on_loop_thread():
+            if self._closed:  # being closed: nothing more to do from here
+                return
+            raise RuntimeError(
+                "close() from the scheduler's own event loop thread (on_complete, or a backend's code "
+                "run in the loop) would block the loop that closing needs: close it from another thread"
+            )
+        what = self._held_block()
+        if what is None and self._scheduler._holds_a_request():
+            what = "the backend's code run for a request"
+        if what is not None:
+            raise RuntimeError(
+                f"close() from inside {what} of this scheduler would wait for that request, "
+                f"which waits for close(): close it after the block"
+            )
         with self._handing_over:
             first = not self._closed
             self._closed = True
@@ -319,6 +343,7 @@ class SyncScheduler:
                 )
                 stack.push(context)  # before entering: an interrupt right after entering still leaves
                 chunks._stream = context.__enter__()
+            stack.enter_context(self._open_block(chunks._stream._entry, "a `with sched.stream(...)` block"))
             yield chunks
 
     @contextlib.contextmanager
@@ -336,7 +361,42 @@ class SyncScheduler:
                 stack.push(context)  # before entering: an interrupt right after entering still leaves
                 ticket = context.__enter__()
             ticket._clock = functools.partial(_loop_time, self._portal, self._thread)
+            stack.enter_context(self._open_block(ticket._entry, "a `with sched.admit(...)` block"))
             yield ticket
+
+    @contextlib.contextmanager
+    def _open_block(self, entry: _Entry, what: str) -> Iterator[None]:
+        """Note the frames whose ``with`` holds ``entry``'s slot, while it does (for :meth:`close`)."""
+        key = object()
+        with self._handing_over:
+            self._blocks[key] = (_openers(), entry, what)
+        try:
+            yield
+        finally:
+            with self._handing_over:
+                del self._blocks[key]
+
+    def _held_block(self) -> str | None:
+        """What open block of a running request the calling code runs inside, if any.
+
+        Inside: a frame whose ``with`` opened it is on this thread's stack
+        now.  A block opened in a generator that another thread reads on, or
+        that is between two reads (a ``wrap()`` stream), is not; one opened in
+        a ``@contextmanager`` generator is inside the ``with`` of that.
+        """
+        with self._handing_over:
+            blocks = list(self._blocks.values())
+        if not blocks:
+            return None
+        on_stack: set[int] = set()
+        frame: FrameType | None = sys._getframe(1)
+        while frame is not None:
+            on_stack.add(id(frame))
+            frame = frame.f_back
+        for openers, entry, what in blocks:
+            if entry.state is EntryState.RUNNING and any(id(f) in on_stack for f in openers):
+                return what
+        return None
 
     def _on_loop_thread(self) -> bool:
         """Whether this is the scheduler's own event loop thread (``on_complete``, a backend's code).
@@ -394,6 +454,30 @@ class SyncScheduler:
             return result
         with self._portal_open(request=False):
             return self._portal.call(fn, *args)
+
+
+def _openers() -> tuple[FrameType, ...]:
+    """The frames whose ``with`` statement is opening a block of this module.
+
+    The first frame past this module's and contextlib's; and, while that is
+    a ``@contextmanager`` generator's, the frame whose ``with`` entered it.
+    """
+    openers: list[FrameType] = []
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__") in (__name__, "contextlib"):
+            frame = frame.f_back
+            continue
+        openers.append(frame)
+        entered_by = frame.f_back
+        if not (
+            frame.f_code.co_flags & inspect.CO_GENERATOR
+            and entered_by is not None
+            and entered_by.f_globals.get("__name__") == "contextlib"
+        ):
+            break
+        frame = entered_by
+    return tuple(openers)
 
 
 def _loop_time(portal: anyio.from_thread.BlockingPortal, loop_thread: threading.Thread) -> float:

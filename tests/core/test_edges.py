@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
+import anyio.from_thread
 import pytest
 
 from sjfsched import BackendError, Chunk, Completion, Job, Prediction, QueueFull, Request, Scheduler
@@ -492,6 +493,27 @@ def test_a_sync_function_in_its_thread_is_waited_for_when_its_request_is_cancell
     assert results == []  # timed out: it took effect once the function returned
     assert calls == ["first", "second"]
     assert (stats.completed, stats.cancelled) == (1, 1)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "trio"])
+def test_a_sync_function_closing_its_scheduler_from_its_thread_is_refused_at_once(loop: str) -> None:
+    """aclose() waited for the request whose function called it: for ever."""
+
+    def fn(request: Request) -> str:
+        anyio.from_thread.run(sched.aclose)
+        return "never"  # pragma: no cover
+
+    async def main() -> tuple[bool, str]:
+        async with sched:
+            with anyio.fail_after(10), pytest.raises(BackendError) as caught:
+                await sched.complete("hi")
+            return sched.closed, str(caught.value.__cause__)
+
+    sched = Scheduler(CallableBackend(fn), predictor=job_predictor())
+    closed, error = anyio.run(main, backend=loop)
+    assert not closed
+    assert "aclose() from inside a block that holds a running request" in error
+    assert sched.closed and sched.statistics().failed == 1
 
 
 def test_asyncios_own_timeout_also_waits_for_a_sync_function_in_its_thread() -> None:

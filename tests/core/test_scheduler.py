@@ -543,6 +543,60 @@ async def test_a_cancelled_exit_as_the_last_slot_is_handed_to_a_cancelled_reques
     assert (stats.completed, stats.cancelled, stats.running) == (1, 1, 0)
 
 
+@pytest.mark.parametrize("where", ["admit", "stream", "complete's backend", "stream's backend"])
+async def test_aclose_from_inside_a_block_that_holds_a_slot_raises_at_once_and_changes_nothing(
+    where: str,
+) -> None:
+    # It waited for the running request, which waited for it: for ever.
+    refused: list[BaseException] = []
+
+    async def answer(request: Request) -> AsyncIterator[Chunk]:
+        if request.metadata.get("close"):  # the backend's code for this request closes
+            with pytest.raises(RuntimeError) as caught:
+                await sched.aclose()
+            refused.append(caught.value)
+        yield Chunk("ok")
+
+    sched = Scheduler(CallableBackend(answer), predictor=TablePredictor())
+    async with sched:
+        with anyio.fail_after(60):
+            if where == "admit":
+                async with sched.admit(job(1)):
+                    with pytest.raises(RuntimeError) as caught:
+                        await sched.aclose()
+                    refused.append(caught.value)
+            elif where == "stream":
+                async with sched.stream(job(1)) as chunks:
+                    with pytest.raises(RuntimeError) as caught:
+                        await sched.aclose()
+                    refused.append(caught.value)
+                    assert [c.text async for c in chunks] == ["ok"]
+            elif where == "complete's backend":
+                assert (await sched.complete(job(1, metadata={"close": True}))).text == "ok"
+            else:
+                async with sched.stream(job(1, metadata={"close": True})) as chunks:
+                    assert [c.text async for c in chunks] == ["ok"]
+        (error,) = refused
+        assert "aclose() from inside a block that holds a running request" in str(error)
+        assert not sched.closed  # nothing changed: it takes requests as before
+        assert (await sched.complete(job(1))).text == "ok"
+        stats = sched.statistics()
+        assert (stats.completed, stats.failed, stats.closed, stats.running) == (2, 0, 0, 0)
+    assert sched.closed
+
+
+async def test_aclose_from_a_task_that_holds_no_slot_still_waits_for_the_running_ones() -> None:
+    sched = scheduler()
+    async with anyio.create_task_group() as tg:
+        await sched.__aenter__()
+        async with sched.admit(job(1)):
+            tg.start_soon(sched.aclose)  # started outside the block: waits for it
+            await anyio.sleep(1)
+            assert sched.closed
+            assert sched.statistics().running == 1
+    assert sched.statistics().completed == 1
+
+
 async def test_rates_are_learned_from_completions() -> None:
     sim = backend(decode_rate=50.0)
     async with Scheduler(sim, predictor=TablePredictor(), decode_rate=5.0) as sched:

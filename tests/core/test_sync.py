@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -203,6 +204,118 @@ def test_a_second_close_waits_for_the_first(async_backend: str) -> None:
         first.result(10)
         assert answer.result(10).text == "done"
     assert sched.statistics().completed == 1
+
+
+def in_a_thread(fn: Callable[[], object], seconds: float = 20) -> None:
+    """Run ``fn`` in a thread of its own, failing (not hanging) if it has not returned in time."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # pragma: no cover - shown by the assert below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "it hung"
+    assert not errors, errors
+
+
+@contextlib.contextmanager
+def my_admit(sched: SyncScheduler) -> Iterator[None]:
+    """A helper of one's own around admit()."""
+    with sched.admit("mine") as ticket:
+        yield
+        ticket.report(1)
+
+
+@pytest.mark.parametrize("async_backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("where", ["admit", "stream", "my own context manager", "the backend's function"])
+def test_close_from_inside_a_block_that_holds_a_slot_raises_at_once_and_changes_nothing(
+    async_backend: str, where: str
+) -> None:
+    """It waited for the request held by its own thread: for ever."""
+    refused: list[str] = []
+
+    def answer(request: Request) -> str:
+        if request.metadata.get("close"):
+            with pytest.raises(RuntimeError) as caught:
+                sched.close()
+            refused.append(str(caught.value))
+        return "ok"
+
+    sched = SyncScheduler(CallableBackend(answer), async_backend=async_backend)
+
+    def body() -> None:
+        if where == "admit":
+            with sched.admit("mine"), pytest.raises(RuntimeError) as caught:
+                sched.close()
+            refused.append(str(caught.value))
+        elif where == "stream":
+            with sched.stream("mine") as chunks:
+                with pytest.raises(RuntimeError) as caught:
+                    sched.close()
+                assert [c.text for c in chunks] == ["ok"]
+            refused.append(str(caught.value))
+        elif where == "my own context manager":
+            with my_admit(sched), pytest.raises(RuntimeError) as caught:
+                sched.close()
+            refused.append(str(caught.value))
+        else:
+            assert sched.complete("mine", metadata={"close": True}).text == "ok"
+        assert not sched.closed  # nothing changed
+        assert sched.complete("next").text == "ok"
+        sched.close()
+
+    in_a_thread(body)
+    (error,) = refused
+    assert error.startswith("close() from inside ")
+    assert "would wait for that request" in error
+    assert sched.statistics().completed == 2
+
+
+@pytest.mark.parametrize("async_backend", ["asyncio", "trio"])
+def test_close_from_the_loops_thread_raises_at_once_and_changes_nothing(
+    async_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    refused: list[str] = []
+
+    def close_on_complete(completion: Completion) -> None:
+        if completion.request.text == "close":
+            with pytest.raises(RuntimeError) as caught:
+                sched.close()
+            refused.append(str(caught.value))
+
+    sched = SyncScheduler(CallableBackend(echo), async_backend=async_backend, on_complete=close_on_complete)
+    in_a_thread(lambda: sched.complete("close"))
+    assert not sched.closed
+    assert sched.complete("still open").text == "still open "
+    sched.close()
+    assert refused == [
+        "close() from the scheduler's own event loop thread (on_complete, or a backend's code run in "
+        "the loop) would block the loop that closing needs: close it from another thread"
+    ]
+
+
+@pytest.mark.parametrize("async_backend", ["asyncio", "trio"])
+def test_close_from_another_thread_than_the_blocks_waits_for_it(async_backend: str) -> None:
+    sched = SyncScheduler(CallableBackend(echo), async_backend=async_backend)
+    closing: list[threading.Thread] = []
+
+    def body() -> None:
+        with sched.admit("mine") as ticket:
+            closing.append(threading.Thread(target=sched.close))
+            closing[0].start()
+            threading.Event().wait(0.2)
+            assert closing[0].is_alive()  # waits for this block
+            ticket.report(1)
+
+    in_a_thread(body)
+    closing[0].join(10)
+    assert not closing[0].is_alive()
+    assert sched.closed and sched.statistics().completed == 1
 
 
 def test_a_call_that_races_close_gets_scheduler_closed(monkeypatch: pytest.MonkeyPatch) -> None:
