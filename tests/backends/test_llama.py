@@ -388,3 +388,68 @@ async def test_a_sample_the_callers_stopping_criteria_reject_is_not_counted(
     assert expected["choices"][0]["finish_reason"] == "stop"
     assert "".join(c.text for c in chunks) == text_of(expected)
     assert sum(c.tokens for c in chunks) == expected["usage"]["completion_tokens"] == 4
+
+
+def _writing(llm: Llama, text: bytes) -> LogitsProcessorList:
+    """A logits processor that makes the model write ``text``, then "x" for ever (no end of sequence)."""
+    tokens = llm.tokenize(text, add_bos=False, special=False)
+    filler = llm.tokenize(b"x", add_bos=False, special=False)[-1]
+    start: list[int] = []
+
+    def force(ids: npt.NDArray[np.intc], scores: npt.NDArray[np.single]) -> npt.NDArray[np.single]:
+        if not start:
+            start.append(len(ids))
+        i = len(ids) - start[0]
+        scores = np.full_like(scores, -np.inf)
+        scores[tokens[i] if i < len(tokens) else filler] = 0.0
+        return scores
+
+    return LogitsProcessorList([force])
+
+
+def _never(ids: npt.NDArray[np.intc], logits: npt.NDArray[np.single]) -> bool:
+    return False
+
+
+@pytest.mark.parametrize(
+    ("written", "max_tokens", "chat", "criteria"),
+    [
+        (b"a\xe2b", 30, False, False),  # a character's first byte, then the stop string
+        (b"a\xffbcd", 30, False, False),  # a byte that is never UTF-8
+        (b"q\xc3bc", None, False, False),  # no max_tokens: it ran to the context's end
+        (b"a\xe2b", 30, True, False),
+        (b"a\xffbcd", 30, False, True),  # with the caller's stopping criteria (that never stop)
+    ],
+    ids=["first-byte", "invalid-byte", "unbounded", "chat", "with-criteria"],
+)
+async def test_a_stop_string_after_a_stray_byte_stops_as_in_llama_cpp(
+    backend: LlamaCppBackend,
+    tiny_llm: Llama,
+    written: bytes,
+    max_tokens: int | None,
+    chat: bool,
+    criteria: bool,
+) -> None:
+    """llama.cpp looks for stop strings in the bytes; its stream hands out nothing after a stray byte."""
+    from llama_cpp import StoppingCriteriaList
+
+    def options() -> dict[str, Any]:
+        extra = {"stopping_criteria": StoppingCriteriaList([_never])} if criteria else {}
+        return {"temperature": 0, "stop": ["b"], "logits_processor": _writing(tiny_llm, written), **extra}
+
+    messages = [{"role": "user", "content": "Once"}]
+    if chat:
+        request = Request(messages=messages, max_tokens=max_tokens, options=options())
+    else:
+        request = Request("Once", max_tokens=max_tokens, options=options())
+    chunks = await collect(backend, request)
+    model: Any = tiny_llm
+    if chat:
+        expected = model.create_chat_completion(messages, max_tokens=max_tokens, **options())
+    else:
+        expected = model.create_completion("Once", max_tokens=max_tokens, **options())
+    assert expected["choices"][0]["finish_reason"] == "stop"
+    assert expected["usage"]["completion_tokens"] <= 5  # the stop string, just after the stray byte
+    got = ("".join(c.text for c in chunks), sum(c.tokens for c in chunks), chunks[-1].finish_reason)
+    assert got == (text_of(expected), expected["usage"]["completion_tokens"], "stop")
+    assert "sample" not in vars(tiny_llm)

@@ -7,7 +7,7 @@ import functools
 import inspect
 import threading
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, final
 
@@ -68,6 +68,8 @@ class TokenCounter:
     """
 
     prompt_tokens: int | None = None
+    #: The prompt's tokens (what llama-cpp-python detokenizes the answer after).
+    prompt_ids: list[int] | None = None
     sampled: int = 0
     last: int | None = None
     #: The caller's stopping criteria stopped the generation right after the
@@ -79,7 +81,8 @@ class TokenCounter:
         self, input_ids: npt.NDArray[np.intc], scores: npt.NDArray[np.single]
     ) -> npt.NDArray[np.single]:
         if self.prompt_tokens is None:
-            self.prompt_tokens = len(input_ids)
+            self.prompt_ids = input_ids.tolist()
+            self.prompt_tokens = len(self.prompt_ids)
         self.sampled += 1
         return scores
 
@@ -117,12 +120,15 @@ class TokenCounter:
 
 
 @contextlib.contextmanager
-def recording_samples(llm: Llama, counter: TokenCounter) -> Iterator[None]:
+def recording_samples(
+    llm: Llama, counter: TokenCounter, then: Callable[[int], None] | None = None
+) -> Iterator[None]:
     """Keep the token each ``llm.sample()`` returns in ``counter.last``, for the block.
 
-    The block must hold the Llama's lock (:func:`llama_lock`): the recorder is
-    an attribute of this ``Llama`` object (it shadows the method), put back
-    as it was on leaving.
+    ``then``, if given, is called with each token after that (an exception
+    from it ends the generation).  The block must hold the Llama's lock
+    (:func:`llama_lock`): the recorder is an attribute of this ``Llama``
+    object (it shadows the method), put back as it was on leaving.
     """
     attributes = vars(llm)
     before = attributes.get("sample", _DONE)
@@ -131,6 +137,8 @@ def recording_samples(llm: Llama, counter: TokenCounter) -> Iterator[None]:
     def recorded(*args: Any, **kwargs: Any) -> Any:
         token = sample(*args, **kwargs)
         counter.last = int(token)
+        if then is not None:
+            then(counter.last)
         return token
 
     attributes["sample"] = recorded
@@ -151,6 +159,83 @@ def _is_end_of_generation(llm: Llama, token: int) -> bool:
     if vocab is not None and is_eog is not None:
         return bool(is_eog(vocab, token))
     return token == llm.token_eos()  # pragma: no cover - llama-cpp-python before 0.3.6
+
+
+class _StopFound(Exception):
+    """Raised inside llama.cpp's generation when one of our stop strings is complete: it ends there."""
+
+    def __init__(self, text: bytes) -> None:
+        super().__init__("stop string found")
+        self.text = text  # the answer's bytes before the stop string
+
+
+class _StopStrings:
+    """Our ``stop`` strings, looked for as llama-cpp-python looks for its own.
+
+    The backend keeps ``stop`` from llama-cpp-python, whose stream loses the
+    text it held back as a stop string's possible start when the answer
+    ends at ``max_tokens`` ("a€" comes out as "a" with the stop "€b").  But
+    the text that stream hands out is not where llama-cpp-python looks for
+    stop strings either: after an invalid or incomplete UTF-8 byte it hands
+    out nothing more until the end.  llama-cpp-python looks in the bytes of
+    the tokens sampled so far, after each sample; so does this, as it does:
+    no look while its check for a character's first byte near the end says
+    wait, then the first stop string (in the order given) found ends the
+    generation, the token that completed it counted, as in ``usage``.
+
+    :meth:`sampled` runs after each ``Llama.sample`` (see
+    :func:`recording_samples`) and ends the generation by raising
+    :class:`_StopFound` out of it; with the caller's stopping criteria,
+    which llama-cpp-python asks after the sample and which drop it when they
+    say stop, :meth:`criteria` raises it after asking them instead.
+    """
+
+    def __init__(self, llm: Llama, stops: tuple[str, ...], counter: TokenCounter) -> None:
+        self._llm = llm
+        self.stops = stops
+        self._stops = [s.encode("utf-8") for s in stops]
+        self._counter = counter
+        self._tokens: list[int] = []
+        self._multibyte = 0
+        self._criteria = False
+        self._found: bytes | None = None
+
+    def criteria(self, callers: Any) -> Any:
+        """The caller's stopping criteria, then the end at a stop string found in the newest sample."""
+        self._criteria = True
+
+        def stopping(input_ids: Any, logits: Any) -> bool:
+            if callers(input_ids, logits):
+                self._found = None  # llama-cpp-python drops the sample: its stop string never was
+                return True
+            if self._found is not None:
+                raise _StopFound(self._found)
+            return False
+
+        return stopping
+
+    def sampled(self, token: int) -> None:
+        """Look for a stop string once ``token`` is part of the answer."""
+        if _is_end_of_generation(self._llm, token):
+            return  # llama-cpp-python ends here, before its own look
+        self._tokens.append(token)
+        text: bytes = self._llm.detokenize(self._tokens, prev_tokens=self._counter.prompt_ids)
+        # llama-cpp-python's wait for the rest of a character (Llama._create_completion),
+        # as it is: the first byte of a 2-, 3- or 4-byte character among the last three.
+        for i, byte in enumerate(text[-3:]):
+            k = 3 - i
+            for size, pattern in ((2, 192), (3, 224), (4, 240)):
+                if size > k and pattern & byte == pattern:
+                    self._multibyte = size - k
+        if self._multibyte > 0:
+            self._multibyte -= 1
+            return
+        for stop in self._stops:
+            if stop in text:
+                self._found = text[: text.index(stop)]
+                if not self._criteria:
+                    raise _StopFound(self._found)
+                return
 
 
 def counting_processors(counter: TokenCounter, extra: Any) -> Any:
@@ -285,7 +370,9 @@ class LlamaCppBackend:
     def __repr__(self) -> str:
         return f"LlamaCppBackend({getattr(self._llm, 'model_path', self._llm)!r})"
 
-    def _arguments(self, request: Request, counter: TokenCounter) -> dict[str, Any]:
+    def _arguments(
+        self, request: Request, counter: TokenCounter
+    ) -> tuple[dict[str, Any], _StopStrings | None]:
         params = self._chat_params if request.messages is not None else self._completion_params
         options = dict(request.options)
         reserved = sorted(_RESERVED.intersection(options))
@@ -306,8 +393,12 @@ class LlamaCppBackend:
         options["logits_processor"] = counting_processors(counter, options.pop("logits_processor", None))
         if options.get("stopping_criteria") is not None:
             options["stopping_criteria"] = counter.watch(options["stopping_criteria"])
+        stops = _stop_strings(options.pop("stop", None))
+        watcher = _StopStrings(self._llm, stops, counter) if stops else None
+        if watcher is not None and options.get("stopping_criteria") is not None:
+            options["stopping_criteria"] = watcher.criteria(options["stopping_criteria"])
         options["stream"] = True
-        return options
+        return options, watcher
 
     def _start(self, request: Request, arguments: dict[str, Any]) -> Iterator[Any]:
         llm: Any = self._llm  # llama_cpp's TypedDicts are stricter than our Mappings
@@ -320,11 +411,11 @@ class LlamaCppBackend:
         if self._closed:
             raise BackendError("this LlamaCppBackend is closed")
         counter = TokenCounter()
-        arguments = self._arguments(request, counter)
-        stops = _stop_strings(arguments.pop("stop", None))
+        arguments, watcher = self._arguments(request, counter)
+        stops = watcher.stops if watcher is not None else ()
         await acquire_thread_lock(self._lock)
         try:
-            with recording_samples(self._llm, counter):
+            with recording_samples(self._llm, counter, None if watcher is None else watcher.sampled):
                 try:
                     iterator = await anyio.to_thread.run_sync(self._start, request, arguments)
                 except Exception as exc:
@@ -351,11 +442,21 @@ class LlamaCppBackend:
         # chunk makes the sum exact.
         reported = 0
         sent_prompt = False
+        sent = 0  # characters handed out
         pending = ""  # text held back: it may be the start of a stop string
         finish: str | None = None
         while True:
             try:
                 item: Any = await anyio.to_thread.run_sync(next, iterator, _DONE)
+            except _StopFound as found:
+                # Our own stop string, found in the sampled tokens' bytes: the
+                # answer is the text before it, decoded as llama-cpp-python
+                # decodes it.  What went out is a start of that text (the
+                # stream hands out whole characters, and what may begin a stop
+                # string is held back), so the rest follows; the count below
+                # is every sampled token (the one completing the stop is text).
+                pending, finish = found.text.decode("utf-8", errors="ignore")[sent:], "stop"
+                break
             except Exception as exc:
                 raise BackendError(f"llama.cpp failed: {exc}") from exc
             if item is _DONE:
@@ -365,9 +466,10 @@ class LlamaCppBackend:
             if stops:
                 cut = _find_stop(pending, stops)
                 if cut is not None:
-                    # Our own stop string: the text ends before it, and the
-                    # count below is every sampled token but an end of
-                    # generation (the one completing the stop is answer text).
+                    # Our stop string in the text of llama.cpp's last flush:
+                    # the generation ended (an end of generation, max_tokens)
+                    # while llama.cpp's wait for the rest of a character
+                    # skipped the look in the bytes.  The text ends before it.
                     pending, finish = pending[:cut], "stop"
                     break
             if reason is not None:
@@ -380,6 +482,7 @@ class LlamaCppBackend:
             prompt_tokens = None if sent_prompt else counter.prompt_tokens
             sent_prompt = sent_prompt or prompt_tokens is not None
             yield Chunk(pending[:ready], tokens=settled - reported, prompt_tokens=prompt_tokens)
+            sent += ready
             pending = pending[ready:]
             reported = settled
         yield Chunk(
