@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -453,3 +457,71 @@ async def test_a_stop_string_after_a_stray_byte_stops_as_in_llama_cpp(
     got = ("".join(c.text for c in chunks), sum(c.tokens for c in chunks), chunks[-1].finish_reason)
     assert got == (text_of(expected), expected["usage"]["completion_tokens"], "stop")
     assert "sample" not in vars(tiny_llm)
+
+
+def _is_open(llm: Llama) -> bool:
+    """Whether the Llama still holds its model (llama-cpp-python frees it through this ExitStack)."""
+    stack: Any = llm._stack
+    return bool(stack._exit_callbacks)
+
+
+@pytest.mark.parametrize("again", [True, False], ids=["closed-by-a-later-aclose", "closed-once-free"])
+async def test_an_aclose_cancelled_while_the_model_is_busy_still_closes_the_llama(
+    tiny_path: Path, again: bool
+) -> None:
+    """A Scheduler gives up closing after 10 s: the Llama must not stay open for good."""
+    backend = LlamaCppBackend.from_path(str(tiny_path), n_ctx=128, n_threads=1, n_threads_batch=1)
+    try:
+        other = LlamaCppBackend(backend.llm).stream(Request("A long story:", max_tokens=200))
+        await other.__anext__()  # another user of the same Llama holds the model
+        with anyio.move_on_after(0.2) as scope:
+            await backend.aclose()
+        assert scope.cancelled_caught
+        assert _is_open(backend.llm)  # not closed under the running call
+        with pytest.raises(BackendError, match="closed"):
+            await collect(backend, Request("x", max_tokens=2))  # the backend is closed all the same
+        await other.aclose()  # type: ignore[attr-defined]
+        with anyio.fail_after(10):
+            if again:
+                await backend.aclose()
+            else:
+                while _is_open(backend.llm):  # noqa: ASYNC110 - a thread closes it
+                    await anyio.sleep(0.01)
+        assert not _is_open(backend.llm)
+        assert not llama_lock(backend.llm).locked()
+    finally:
+        backend.llm.close()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "trio"])
+def test_a_request_that_gave_up_waiting_for_the_model_does_not_keep_the_program_alive(
+    tiny_path: Path, loop: str
+) -> None:
+    script = textwrap.dedent(
+        """
+        import sys, anyio
+        from llama_cpp import Llama
+        from sjfsched import Request
+        from sjfsched.backends import LlamaCppBackend
+        from sjfsched.backends._llama import llama_lock
+
+        llm = Llama(sys.argv[1], n_ctx=128, n_threads=1, n_threads_batch=1, verbose=False)
+        llama_lock(llm).acquire()  # someone holds the model and never lets go (a wrap() stream left open)
+
+        async def main():
+            with anyio.move_on_after(0.3) as scope:
+                async for _ in LlamaCppBackend(llm).stream(Request("x", max_tokens=3)):
+                    pass
+            print("timed out:", scope.cancelled_caught, flush=True)
+
+        anyio.run(main, backend=sys.argv[2])
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tiny_path), loop],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (result.returncode, result.stdout) == (0, "timed out: True\n"), result.stderr

@@ -44,6 +44,9 @@ _ELSEWHERE = {
 
 _DONE = object()
 
+#: How often a thread waiting for a Llama's lock looks whether its waiter gave up.
+_WAIT_STEP = 0.1
+
 
 def llama_lock(llm: Llama) -> threading.Lock:
     """The lock that serialises generations on ``llm`` (one per ``Llama``)."""
@@ -267,8 +270,11 @@ def _processor_list_class() -> type[Any]:
 async def acquire_thread_lock(lock: threading.Lock) -> None:
     """Acquire a ``threading.Lock`` without blocking the event loop, cancellably.
 
-    The wait runs in a worker thread that may be abandoned on cancellation; if
-    it gets the lock after being abandoned, it gives it straight back.
+    The wait runs in a worker thread, in steps of :data:`_WAIT_STEP` seconds.
+    On cancellation the thread is abandoned: it gives up at its next step
+    (a thread left blocked on the lock would keep the program from exiting
+    while someone else holds it), and if it got the lock meanwhile it gives
+    it straight back.
     """
     if lock.acquire(blocking=False):
         return
@@ -276,12 +282,16 @@ async def acquire_thread_lock(lock: threading.Lock) -> None:
     state = {"acquired": False, "abandoned": False}
 
     def wait() -> None:
-        lock.acquire()
-        with guard:
-            if state["abandoned"]:
-                lock.release()
-            else:
-                state["acquired"] = True
+        while True:
+            got = lock.acquire(timeout=_WAIT_STEP)
+            with guard:
+                if state["abandoned"]:
+                    if got:
+                        lock.release()
+                    return
+                if got:
+                    state["acquired"] = True
+                    return
 
     try:
         await anyio.to_thread.run_sync(wait, abandon_on_cancel=True)
@@ -342,7 +352,9 @@ class LlamaCppBackend:
         self._llm = llm
         self._lock = llama_lock(llm)
         self._close_llm = close_llm
-        self._closed = False
+        self._closed = False  # the backend: it takes no more requests
+        self._llm_closed = False  # the Llama (close_llm=True), closed under its lock
+        self._closer: threading.Thread | None = None  # closes it once free, after a cancelled aclose()
         self._completion_params = _keyword_names(llm.create_completion)
         self._chat_params = _keyword_names(llm.create_chat_completion)
 
@@ -415,6 +427,8 @@ class LlamaCppBackend:
         stops = watcher.stops if watcher is not None else ()
         await acquire_thread_lock(self._lock)
         try:
+            if self._llm_closed:  # closed while this waited for the model
+                raise BackendError("this LlamaCppBackend is closed")
             with recording_samples(self._llm, counter, None if watcher is None else watcher.sampled):
                 try:
                     iterator = await anyio.to_thread.run_sync(self._start, request, arguments)
@@ -493,18 +507,48 @@ class LlamaCppBackend:
         )
 
     async def aclose(self) -> None:
-        """Close the ``Llama`` if this backend owns it (``close_llm=True``)."""
-        if self._closed:
-            return
+        """Close the backend, and the ``Llama`` if the backend owns it (``close_llm=True``).
+
+        The ``Llama`` is closed once no call runs on it: this waits for the
+        model's lock, which another backend or a :func:`sjfsched.wrap` over
+        the same ``Llama`` may hold.  If that wait is cancelled (the
+        scheduler gives up closing after 10 s), the backend is closed all
+        the same, and a daemon thread closes the ``Llama`` as soon as the
+        lock is free; a later ``aclose()`` waits for the lock again and
+        returns once the ``Llama`` is closed.
+        """
         self._closed = True
-        if self._close_llm:
+        if not self._close_llm or self._llm_closed:
+            return
+        try:
             await acquire_thread_lock(self._lock)
-            try:
-                close = getattr(self._llm, "close", None)
-                if close is not None:
-                    close()
-            finally:
-                self._lock.release()
+        except BaseException:
+            self._close_llm_when_free()
+            raise
+        try:
+            self._close_llm_now()
+        finally:
+            self._lock.release()
+
+    def _close_llm_now(self) -> None:
+        """Close the ``Llama`` unless closed already; the model's lock must be held."""
+        if not self._llm_closed:
+            close = getattr(self._llm, "close", None)
+            if close is not None:
+                close()
+            self._llm_closed = True
+
+    def _close_llm_when_free(self) -> None:
+        """After a cancelled :meth:`aclose`: close the ``Llama`` in a daemon thread once it is free."""
+        if self._closer is not None:
+            return
+
+        def close_when_free() -> None:
+            with self._lock:
+                self._close_llm_now()
+
+        self._closer = threading.Thread(target=close_when_free, name="LlamaCppBackend.aclose", daemon=True)
+        self._closer.start()
 
 
 def _stop_strings(value: object) -> tuple[str, ...]:
