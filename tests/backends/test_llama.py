@@ -17,6 +17,7 @@ import numpy.typing as npt
 import pytest
 from llama_cpp import Llama, LogitsProcessorList
 
+import sjfsched
 from sjfsched import BackendError, Chunk, Request, Scheduler
 from sjfsched.backends import LlamaCppBackend
 from sjfsched.backends._llama import llama_lock
@@ -263,6 +264,32 @@ async def test_from_path_owns_and_closes_its_llama(tiny_path: Any) -> None:
 def test_not_a_llama_is_refused() -> None:
     with pytest.raises(TypeError, match=r"llama_cpp\.Llama"):
         LlamaCppBackend(object())  # type: ignore[arg-type]
+
+
+def test_a_wrap_of_the_llama_is_refused_naming_what_to_pass(tiny_llm: Llama) -> None:
+    """It has the Llama's methods, but takes **kwargs: every option was refused as unknown."""
+    with sjfsched.wrap(tiny_llm) as wrapped:
+        with pytest.raises(TypeError, match=r"got a sjfsched\.wrap\(\) of it: pass wrapped\.llm"):
+            LlamaCppBackend(wrapped)  # type: ignore[arg-type]
+
+
+class _ForwardingLlama(Llama):
+    """A Llama whose create_completion takes any keyword and hands it on (as a user's subclass may)."""
+
+    def create_completion(self, prompt: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return super().create_completion(prompt, **kwargs)
+
+
+async def test_options_of_a_method_with_kwargs_are_handed_on(tiny_path: Path) -> None:
+    llm = _ForwardingLlama(str(tiny_path), n_ctx=128, n_threads=1, n_threads_batch=1, verbose=False)
+    try:
+        request = Request("Once upon a time", max_tokens=8, options={"temperature": 0, "top_k": 1})
+        chunks = await collect(LlamaCppBackend(llm), request)
+        expected = reference(llm, request)
+        assert "".join(c.text for c in chunks) == text_of(expected)
+        assert sum(c.tokens for c in chunks) == expected["usage"]["completion_tokens"] == 8
+    finally:
+        llm.close()
 
 
 def test_lock_is_one_per_llama(tiny_llm: Llama) -> None:

@@ -349,6 +349,14 @@ class LlamaCppBackend:
             getattr(llm, "create_chat_completion", None)
         ):
             raise TypeError(f"LlamaCppBackend needs a llama_cpp.Llama, got {type(llm).__name__}")
+        from .._wrap import ScheduledLlama  # here: _wrap imports this module
+
+        given: object = llm  # typed as a Llama, but may be a wrap() of one
+        if isinstance(given, ScheduledLlama):
+            raise TypeError(
+                "LlamaCppBackend needs the Llama itself, got a sjfsched.wrap() of it: pass wrapped.llm: "
+                "LlamaCppBackend and wrap() over the same Llama share its lock"
+            )
         self._llm = llm
         self._lock = llama_lock(llm)
         self._close_llm = close_llm
@@ -390,7 +398,7 @@ class LlamaCppBackend:
         reserved = sorted(_RESERVED.intersection(options))
         if reserved:
             raise BackendError(f"LlamaCppBackend sets {', '.join(reserved)} itself; remove it from options")
-        unknown = sorted(k for k in options if k not in params)
+        unknown = [] if params is None else sorted(k for k in options if k not in params)
         if unknown:
             method = "create_chat_completion" if request.messages is not None else "create_completion"
             hints = "; ".join(f"{k}: {_ELSEWHERE[k]}" for k in unknown if k in _ELSEWHERE)
@@ -592,11 +600,14 @@ def _chunk_text(item: Mapping[str, Any]) -> tuple[str, str | None]:
     return (text if isinstance(text, str) else ""), reason
 
 
-def _keyword_names(method: Any) -> frozenset[str]:
+def _keyword_names(method: Any) -> frozenset[str] | None:
+    """The keyword arguments ``method`` takes, or None for any (it has ``**kwargs``)."""
     try:
         parameters = inspect.signature(method).parameters.values()
     except (TypeError, ValueError):  # pragma: no cover - builtins
         return frozenset()
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
     return frozenset(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)) - {
         "self"
     }
