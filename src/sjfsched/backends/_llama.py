@@ -78,6 +78,9 @@ class TokenCounter:
     #: The caller's stopping criteria stopped the generation right after the
     #: newest sample, which llama-cpp-python then drops (see :meth:`watch`).
     dropped: bool = False
+    #: The answer starts with the BOS token, which ``usage`` counts: llama-cpp-python
+    #: starts the answer to an empty prompt with it (the BOS is all it evaluates).
+    starts_with_bos: bool = False
     _criteria_after: int = -1
 
     def __call__(
@@ -115,11 +118,13 @@ class TokenCounter:
         Every sampled token but a last one that ended the generation without
         being text: an end-of-generation token, or the sample after which the
         caller's stopping criteria said stop.  The token that completes a
-        stop string (ours, the caller's or a chat template's) is answer text.
+        stop string (ours, the caller's or a chat template's) is answer text,
+        and so is the BOS that starts an answer to an empty prompt.
         """
+        bos = 1 if self.starts_with_bos else 0
         if self.dropped or (self.last is not None and _is_end_of_generation(llm, self.last)):
-            return max(0, self.sampled - 1)
-        return self.sampled
+            return bos + max(0, self.sampled - 1)
+        return bos + self.sampled
 
 
 @contextlib.contextmanager
@@ -198,7 +203,7 @@ class _StopStrings:
         self.stops = stops
         self._stops = [s.encode("utf-8") for s in stops]
         self._counter = counter
-        self._tokens: list[int] = []
+        self._tokens: list[int] = [llm.token_bos()] if counter.starts_with_bos else []
         self._multibyte = 0
         self._criteria = False
         self._found: bytes | None = None
@@ -430,7 +435,7 @@ class LlamaCppBackend:
     async def stream(self, request: Request, /) -> AsyncIterator[Chunk]:
         if self._closed:
             raise BackendError("this LlamaCppBackend is closed")
-        counter = TokenCounter()
+        counter = TokenCounter(starts_with_bos=request.messages is None and not request.prompt)
         arguments, watcher = self._arguments(request, counter)
         stops = watcher.stops if watcher is not None else ()
         await acquire_thread_lock(self._lock)
@@ -467,6 +472,10 @@ class LlamaCppBackend:
         sent = 0  # characters handed out
         pending = ""  # text held back: it may be the start of a stop string
         finish: str | None = None
+        # llama.cpp's detokenizer drops a space right after the BOS token, so
+        # the unstreamed answer to an empty prompt (which starts with the BOS)
+        # has none there; llama-cpp-python's stream hands the BOS out alone.
+        leading_space = counter.starts_with_bos
         while True:
             try:
                 item: Any = await anyio.to_thread.run_sync(next, iterator, _DONE)
@@ -484,6 +493,9 @@ class LlamaCppBackend:
             if item is _DONE:
                 break
             text, reason = _chunk_text(item)
+            if leading_space and text:
+                leading_space = False
+                text = text.removeprefix(" ")
             pending += text
             if stops:
                 cut = _find_stop(pending, stops)
