@@ -203,6 +203,25 @@ async def test_bad_options_fail_with_a_clear_error(backend: LlamaCppBackend) -> 
         await collect(backend, Request("x", options={"stop": 3}))
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"echo": True}, "option 'echo'"),
+        ({"stop": ""}, "option 'stop' has an empty string"),
+        ({"stop": ["x", ""]}, "option 'stop' has an empty string"),
+    ],
+)
+async def test_options_the_answer_would_silently_differ_by_are_refused_by_name(
+    backend: LlamaCppBackend, tiny_llm: Llama, options: dict[str, Any], message: str
+) -> None:
+    """llama.cpp answers prompt + answer for echo, and nothing for an empty stop string."""
+    with pytest.raises(BackendError, match=message):
+        await collect(backend, Request("Once upon a time", max_tokens=5, options=options))
+    assert not llama_lock(tiny_llm).locked()
+    chunks = await collect(backend, Request("Once", max_tokens=3, options={"echo": False}))
+    assert sum(c.tokens for c in chunks) == 3  # echo=False is what it does anyway
+
+
 async def test_prompt_longer_than_the_context_is_a_backend_error(
     backend: LlamaCppBackend, tiny_llm: Llama
 ) -> None:

@@ -411,6 +411,11 @@ class LlamaCppBackend:
                 f"llama_cpp.Llama.{method} takes no option(s) {', '.join(map(repr, unknown))}"
                 + (f" ({hints})" if hints else "")
             )
+        if options.get("echo"):
+            raise BackendError(
+                "LlamaCppBackend does not take option 'echo': the answer is the model's text only "
+                "(llama-cpp-python's echo=True puts the prompt before it); add the prompt yourself"
+            )
         if request.max_tokens is not None:
             options["max_tokens"] = request.max_tokens
         else:
@@ -574,11 +579,15 @@ class LlamaCppBackend:
 def _stop_strings(value: object) -> tuple[str, ...]:
     if value is None:
         return ()
-    if isinstance(value, str):
-        return (value,) if value else ()
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return tuple(v for v in value if v)
-    raise BackendError(f"option 'stop' must be a str or a list of str, got {value!r}")
+    stops = (value,) if isinstance(value, str) else value
+    if not isinstance(stops, (list, tuple)) or not all(isinstance(v, str) for v in stops):
+        raise BackendError(f"option 'stop' must be a str or a list of str, got {value!r}")
+    if "" in stops:
+        raise BackendError(
+            f"option 'stop' has an empty string ({value!r}), which llama.cpp finds at once, "
+            "so the answer would be empty: leave it out"
+        )
+    return tuple(stops)
 
 
 def _find_stop(text: str, stops: tuple[str, ...]) -> int | None:
