@@ -280,6 +280,14 @@ async def test_from_path_owns_and_closes_its_llama(tiny_path: Any) -> None:
         await collect(backend, Request("abc", max_tokens=3))
 
 
+def test_from_path_refuses_an_option_llama_does_not_take(tiny_path: Path) -> None:
+    """Llama(**kwargs) ignores a misspelt name: the context would be 512, not the 64 asked for."""
+    with pytest.raises(TypeError, match=r"option\(s\) 'n_ctxx', 'n_thread' \(n_ctxx: did you mean n_ctx\?"):
+        LlamaCppBackend.from_path(str(tiny_path), n_ctxx=64, n_thread=1)
+    with pytest.raises(TypeError, match="close_llm: from_path's backend always closes its Llama"):
+        LlamaCppBackend.from_path(str(tiny_path), n_ctx=64, close_llm=False)
+
+
 def test_not_a_llama_is_refused() -> None:
     with pytest.raises(TypeError, match=r"llama_cpp\.Llama"):
         LlamaCppBackend(object())  # type: ignore[arg-type]

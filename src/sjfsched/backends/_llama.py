@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import inspect
 import threading
@@ -376,7 +377,9 @@ class LlamaCppBackend:
         """Load ``model_path`` into a new ``Llama`` that the backend owns and closes.
 
         ``llama_options`` go to ``llama_cpp.Llama`` (``n_ctx``, ``n_threads``,
-        ``n_gpu_layers``, ...); ``verbose`` defaults to false.
+        ``n_gpu_layers``, ...); ``verbose`` defaults to false.  A name
+        ``Llama`` does not take raises :class:`TypeError` (``Llama`` itself
+        ignores it).
         """
         try:
             from llama_cpp import Llama
@@ -384,6 +387,7 @@ class LlamaCppBackend:
             raise ImportError(
                 "LlamaCppBackend needs llama-cpp-python: pip install 'sjfsched[llama]'"
             ) from exc
+        _check_llama_options(Llama, llama_options)
         llama_options.setdefault("verbose", False)
         return cls(Llama(model_path, **llama_options), close_llm=True)
 
@@ -576,6 +580,24 @@ class LlamaCppBackend:
         self._closer.start()
 
 
+def _check_llama_options(llama: type[Any], options: Mapping[str, Any]) -> None:
+    """Refuse options ``Llama(...)`` does not take: it has ``**kwargs`` and ignores them."""
+    names = _keyword_names(llama.__init__, named_only=True)
+    unknown = sorted(k for k in options if names and k not in names)
+    if not names or not unknown:
+        return
+    hints = []
+    for name in unknown:
+        if name == "close_llm":
+            hints.append("close_llm: from_path's backend always closes its Llama")
+        elif close := difflib.get_close_matches(name, names, n=1):
+            hints.append(f"{name}: did you mean {close[0]}?")
+    raise TypeError(
+        f"llama_cpp.Llama takes no option(s) {', '.join(map(repr, unknown))}"
+        + (f" ({'; '.join(hints)})" if hints else "")
+    )
+
+
 def _stop_strings(value: object) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -621,13 +643,16 @@ def _chunk_text(item: Mapping[str, Any]) -> tuple[str, str | None]:
     return (text if isinstance(text, str) else ""), reason
 
 
-def _keyword_names(method: Any) -> frozenset[str] | None:
-    """The keyword arguments ``method`` takes, or None for any (it has ``**kwargs``)."""
+def _keyword_names(method: Any, *, named_only: bool = False) -> frozenset[str] | None:
+    """The keyword arguments ``method`` takes, or None for any (it has ``**kwargs``).
+
+    ``named_only``: the names it lists, even with ``**kwargs``.
+    """
     try:
         parameters = inspect.signature(method).parameters.values()
     except (TypeError, ValueError):  # pragma: no cover - builtins
         return frozenset()
-    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+    if not named_only and any(p.kind is p.VAR_KEYWORD for p in parameters):
         return None
     return frozenset(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)) - {
         "self"
