@@ -222,6 +222,32 @@ async def test_options_the_answer_would_silently_differ_by_are_refused_by_name(
     assert sum(c.tokens for c in chunks) == 3  # echo=False is what it does anyway
 
 
+def _unlisted(ids: npt.NDArray[np.intc], scores: npt.NDArray[np.single]) -> npt.NDArray[np.single]:
+    return scores
+
+
+async def test_a_logits_processor_not_in_a_list_is_refused_naming_the_option(
+    backend: LlamaCppBackend, tiny_llm: Llama
+) -> None:
+    """llama.cpp's own error for a bare function is "'function' object is not iterable"."""
+    with pytest.raises(
+        BackendError, match=r"option 'logits_processor' must be a list of processors.*_unlisted"
+    ):
+        await collect(backend, Request("x", max_tokens=3, options={"logits_processor": _unlisted}))
+    with pytest.raises(
+        BackendError, match=r"'logits_processor' must be a list of processors.*'hot' at index 1"
+    ):
+        await collect(backend, Request("x", max_tokens=3, options={"logits_processor": [_unlisted, "hot"]}))
+    # wrap()'s streams count tokens through the same processor list.
+    with sjfsched.wrap(tiny_llm) as wrapped:
+        stream = wrapped.create_completion("x", max_tokens=3, stream=True, logits_processor=_unlisted)
+        with pytest.raises(TypeError, match="'logits_processor' must be a list of processors"):
+            next(stream)
+    assert not llama_lock(tiny_llm).locked()
+    chunks = await collect(backend, Request("x", max_tokens=3, options={"logits_processor": (_unlisted,)}))
+    assert sum(c.tokens for c in chunks) == 3  # any sequence of processors is taken
+
+
 async def test_prompt_longer_than_the_context_is_a_backend_error(
     backend: LlamaCppBackend, tiny_llm: Llama
 ) -> None:

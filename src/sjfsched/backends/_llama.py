@@ -8,7 +8,7 @@ import functools
 import inspect
 import threading
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, final
 
@@ -253,11 +253,26 @@ def counting_processors(counter: TokenCounter, extra: Any) -> Any:
     llama-cpp-python adds its ``logit_bias`` processor with ``processors =
     processors.extend(...)``; ``list.extend`` returns ``None``, which would
     drop every processor, the counter and the bias included.  This list's
-    ``extend`` returns the list.
+    ``extend`` returns the list.  ``extra`` not a list of processors (a bare
+    function) raises :class:`TypeError` saying so, where llama.cpp's own
+    error would say "'function' object is not iterable".
     """
     processors = _processor_list_class()([counter])
     if extra is not None:
-        processors.extend(extra)
+        if isinstance(extra, (str, bytes, Mapping)) or not isinstance(extra, Iterable):
+            what = f"a function ({getattr(extra, '__name__', '?')})" if callable(extra) else repr(extra)
+            raise TypeError(
+                f"'logits_processor' must be a list of processors, as llama_cpp takes a "
+                f"LogitsProcessorList, got {what}: pass LogitsProcessorList([...])"
+            )
+        items = list(extra)
+        for i, item in enumerate(items):
+            if not callable(item):
+                raise TypeError(
+                    f"'logits_processor' must be a list of processors (functions of input_ids and "
+                    f"scores), got {item!r} at index {i}"
+                )
+        processors.extend(items)
     return processors
 
 
@@ -424,7 +439,10 @@ class LlamaCppBackend:
             options["max_tokens"] = request.max_tokens
         else:
             options.setdefault("max_tokens", None)  # to the end of the context
-        options["logits_processor"] = counting_processors(counter, options.pop("logits_processor", None))
+        try:
+            options["logits_processor"] = counting_processors(counter, options.pop("logits_processor", None))
+        except TypeError as exc:
+            raise BackendError(f"option {exc}") from exc
         if options.get("stopping_criteria") is not None:
             options["stopping_criteria"] = counter.watch(options["stopping_criteria"])
         stops = _stop_strings(options.pop("stop", None))

@@ -9,23 +9,38 @@ from typing import final
 
 import anyio
 
+from .._errors import BackendError
 from .._records import Chunk, Request
 
 __all__ = ["SimulatedBackend"]
 
 
-def _metadata_output_tokens(request: Request) -> int:
-    value = request.metadata.get("output_tokens")
+def _metadata_tokens(request: Request, key: str) -> int | None:
+    """``request.metadata[key]`` as a number of tokens (a negative one is 0), or None if absent."""
+    value = request.metadata.get(key)
     if value is None:
+        return None
+    try:
+        number = math.nan if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise ValueError(f"request.metadata[{key!r}] must be a finite number of tokens, got {value!r}")
+    return max(0, round(number))
+
+
+def _metadata_output_tokens(request: Request) -> int:
+    tokens = _metadata_tokens(request, "output_tokens")
+    if tokens is None:
         return request.max_tokens if request.max_tokens is not None else 256
-    return max(0, round(float(value)))
+    return tokens
 
 
 def _metadata_prompt_tokens(request: Request) -> int:
-    value = request.metadata.get("prompt_tokens")
-    if value is None:
+    tokens = _metadata_tokens(request, "prompt_tokens")
+    if tokens is None:
         return math.ceil(request.input_chars / 4)
-    return max(0, round(float(value)))
+    return tokens
 
 
 @final
@@ -38,7 +53,9 @@ class SimulatedBackend:
     come from ``output_tokens(request)`` and ``prompt_tokens(request)``; by
     default from ``request.metadata["output_tokens"]`` (else ``max_tokens``,
     else 256) and ``request.metadata["prompt_tokens"]`` (else characters / 4),
-    output capped at ``max_tokens``.
+    output capped at ``max_tokens``; a value there that is no finite number
+    (``"many"``, ``nan``, a bool) fails the request with
+    :class:`~sjfsched.BackendError` naming the key.
 
     Run it under a virtual clock (trio's ``MockClock`` or
     :func:`sjfsched.run_virtual`) to replay hours of traffic in a second.
@@ -82,7 +99,10 @@ class SimulatedBackend:
         return n, self._prompt_tokens(request)
 
     async def stream(self, request: Request, /) -> AsyncIterator[Chunk]:
-        n, p = self._lengths(request)
+        try:
+            n, p = self._lengths(request)
+        except ValueError as exc:  # a bad metadata["output_tokens"] or ["prompt_tokens"]
+            raise BackendError(f"SimulatedBackend: {exc}") from exc
         reason = "length" if request.max_tokens is not None and n >= request.max_tokens else "stop"
         if n == 0:
             await anyio.sleep(p / self.prefill_rate)
