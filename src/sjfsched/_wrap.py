@@ -276,7 +276,9 @@ class ScheduledLlama:
             _check_token_ids(tokens, self._llm.n_vocab())  # llama.cpp aborts the process on a bad one
             prompt = self._llm.detokenize(tokens).decode("utf-8", errors="replace")
         request = Request(prompt, max_tokens=_max_tokens(values.get("max_tokens")))
-        return self._run(self._llm.create_completion, bound, request, bool(values.get("stream")))
+        # llama-cpp-python starts the answer to an empty prompt with the BOS, and its usage counts it.
+        bos = len(values["prompt"]) == 0
+        return self._run(self._llm.create_completion, bound, request, bool(values.get("stream")), bos)
 
     def create_chat_completion(self, *args: Any, **kwargs: Any) -> Any:
         """``Llama.create_chat_completion``, admitted shortest-first."""
@@ -394,11 +396,16 @@ class ScheduledLlama:
         return locked
 
     def _run(
-        self, method: Callable[..., Any], bound: inspect.BoundArguments, request: Request, stream: bool
+        self,
+        method: Callable[..., Any],
+        bound: inspect.BoundArguments,
+        request: Request,
+        stream: bool,
+        starts_with_bos: bool = False,
     ) -> Any:
         if stream:
             opened = _Opened()
-            return _closable(self._stream(method, bound, request, opened), opened)
+            return _closable(self._stream(method, bound, request, opened, starts_with_bos), opened)
         what = f"a {method.__name__}() call"
         self._refuse_reentry(what)  # before waiting for a turn that could not come
         with self._scheduler.admit(request) as ticket, self._holding(what):
@@ -411,12 +418,17 @@ class ScheduledLlama:
             return result
 
     def _stream(
-        self, method: Callable[..., Any], bound: inspect.BoundArguments, request: Request, opened: _Opened
+        self,
+        method: Callable[..., Any],
+        bound: inspect.BoundArguments,
+        request: Request,
+        opened: _Opened,
+        starts_with_bos: bool,
     ) -> Generator[Any, None, None]:
         what = f"a {method.__name__}(stream=True) call"
         self._refuse_reentry(what)  # before waiting for a turn that could not come
         # Count the tokens as the model samples them (the stream has no usage).
-        counter = TokenCounter()
+        counter = TokenCounter(starts_with_bos=starts_with_bos)
         extra = bound.arguments.get("logits_processor")
         bound.arguments["logits_processor"] = counting_processors(counter, extra)
         if bound.arguments.get("stopping_criteria") is not None:

@@ -188,6 +188,18 @@ def test_a_call_stopped_by_a_stop_string_reports_llama_cpps_count(tiny_llm: Llam
     assert "sample" not in vars(tiny_llm)
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_empty_prompt_reports_llama_cpps_count(tiny_llm: Llama, stream: bool) -> None:
+    """llama-cpp-python starts an empty prompt's answer with the BOS and counts it; streams were 1 short."""
+    direct: Any = tiny_llm.create_completion("", max_tokens=10, **GREEDY)
+    completions: list[Any] = []
+    with sjfsched.wrap(tiny_llm, predictor=HeuristicPredictor(), on_complete=completions.append) as w:
+        got = w.create_completion("", max_tokens=10, stream=stream, **GREEDY)
+        if stream:
+            got = list(got)
+    assert [c.output_tokens for c in completions] == [direct["usage"]["completion_tokens"]]
+
+
 def test_an_abandoned_stream_collected_on_the_loops_thread_frees_the_model(wrapped: Any) -> None:
     """The garbage collector may finalise a dropped stream on the scheduler's own thread."""
     import gc
