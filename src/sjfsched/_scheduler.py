@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import collections
 import enum
@@ -10,8 +11,8 @@ import logging
 import math
 import numbers
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, final
@@ -67,6 +68,22 @@ _SHIELDED_CLOSE_SECONDS = 10.0
 _holding: ContextVar[tuple[tuple[Scheduler, _Entry, int | None], ...]] = ContextVar(
     "sjfsched_holding", default=()
 )
+
+
+def _unhold(held: tuple[Scheduler, _Entry, int | None]) -> None:
+    # Set anew, not reset: a block may be left in another context (a finaliser).
+    _holding.set(tuple(h for h in _holding.get() if h is not held))
+
+
+def _task_getter() -> Callable[[], object]:
+    """How to read the running task on this thread's event loop (anyio runs on asyncio or trio)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        import trio  # only where trio runs
+
+        return trio.lowlevel.current_task
+    return asyncio.current_task
 
 
 class _State(enum.Enum):
@@ -237,6 +254,7 @@ class Scheduler:
 
         self._backend = backend
         self._backend_closed = False  # its aclose() has ended
+        self._task_getter: Callable[[], object] | None = None  # see _current_task
         self._backend_closing: anyio.Event | None = None  # set once its aclose() has ended
         self._close_when_idle = False  # aclose()'s wait was cancelled: the last request closes it
         self._predictor = predictor
@@ -448,7 +466,8 @@ class Scheduler:
                 # Cancelled (a timeout on leaving the block): the last running request
                 # closes the backend as it ends, or this, now, if they ended meanwhile.
                 self._close_when_idle = True
-                await self._close_backend_if_left()
+                if self._close_when_idle:
+                    await self._close_backend_if_left()
                 raise
         await self._close_backend()
 
@@ -490,15 +509,18 @@ class Scheduler:
     def closed(self) -> bool:
         return self._state is _State.CLOSED
 
-    @contextmanager
-    def _holding(self, entry: _Entry, *, block: bool) -> Iterator[None]:
-        """Note, for :meth:`aclose`, that this task's block (or the backend's code) holds ``entry``'s slot."""
-        held = (self, entry, anyio.get_current_task().id if block else None)
+    def _hold(self, entry: _Entry) -> tuple[Scheduler, _Entry, int | None]:
+        """Note, for :meth:`aclose`, that this task's block holds ``entry``'s slot (undone by _unhold)."""
+        held = (self, entry, id(self._current_task()))
         _holding.set((*_holding.get(), held))
-        try:
-            yield
-        finally:  # set anew, not reset: a block may be left in another context (a finaliser)
-            _holding.set(tuple(h for h in _holding.get() if h is not held))
+        return held
+
+    def _current_task(self) -> object:
+        """The running task, asyncio's or trio's (anyio.get_current_task() costs 1.5 µs here)."""
+        getter = self._task_getter
+        if getter is None:
+            getter = self._task_getter = _task_getter()
+        return getter()
 
     def _holds_a_request(self) -> bool:
         """Whether the code running now holds the slot of one of its running requests.
@@ -513,8 +535,8 @@ class Scheduler:
         if None in owners:
             return True
         try:
-            return anyio.get_current_task().id in owners
-        except RuntimeError:  # no task: a thread, which no block's task is
+            return id(self._current_task()) in owners
+        except RuntimeError:  # no event loop: a thread, which no block's task is
             return False
 
     # ------------------------------------------------------------ public calls
@@ -528,13 +550,20 @@ class Scheduler:
         :class:`BackendError`.
         """
         stream = await self._open_stream(request, fields)
+        # Only the backend's code runs in this call: it holds the slot throughout (one note
+        # for the whole call, not one per read as in a stream() block; see ChunkStream.__anext__).
+        token = _holding.set((*_holding.get(), stream._held))
+        stream._noted = True
         try:
             async for _ in stream:
                 pass
         except BaseException as exc:
             await self._settle(stream, exc)
             raise
-        await self._settle(stream, None)
+        else:
+            await self._settle(stream, None)
+        finally:
+            _holding.reset(token)
         return stream.completion
 
     @asynccontextmanager
@@ -558,13 +587,16 @@ class Scheduler:
         the rest of the block raises or times out: the answer was whole.
         """
         stream = await self._open_stream(request, fields)
-        with self._holding(stream._entry, block=True):
-            try:
-                yield stream
-            except BaseException as exc:
-                await self._settle(stream, exc)
-                raise
+        held = self._hold(stream._entry)
+        try:
+            yield stream
+        except BaseException as exc:
+            await self._settle(stream, exc)
+            raise
+        else:
             await self._settle(stream, None)
+        finally:
+            _unhold(held)
 
     async def _open_stream(self, request: Request | str | None, fields: Mapping[str, Any]) -> ChunkStream:
         backend = self._backend
@@ -591,7 +623,8 @@ class Scheduler:
             self._end(entry, "failed")
         else:  # abandoned before the end
             self._end(entry, "cancelled")
-        await self._close_backend_if_left()
+        if self._close_when_idle:
+            await self._close_backend_if_left()
 
     @asynccontextmanager
     async def admit(self, request: Request | str | None = None, /, **fields: Any) -> AsyncIterator[Ticket]:
@@ -612,16 +645,20 @@ class Scheduler:
         req = _coerce_request(request, fields)
         entry = await self._acquire(req)
         ticket = Ticket(entry)
-        with self._holding(entry, block=True):
-            try:
-                yield ticket
-            except BaseException as exc:
-                self._end(entry, _outcome_of(exc))
+        held = self._hold(entry)
+        try:
+            yield ticket
+        except BaseException as exc:
+            self._end(entry, _outcome_of(exc))
+            if self._close_when_idle:
                 await self._close_backend_if_left()
-                raise
-            else:
-                self._complete(entry, ticket._completion(anyio.current_time()))
+            raise
+        else:
+            self._complete(entry, ticket._completion(anyio.current_time()))
+            if self._close_when_idle:
                 await self._close_backend_if_left()
+        finally:
+            _unhold(held)
 
     def statistics(self) -> SchedulerStatistics:
         """A snapshot of the queue, the counters and the learned rates."""
@@ -755,7 +792,8 @@ class Scheduler:
             elif entry.state is EntryState.GRANTED:
                 # Handed a slot at the moment it was cancelled: pass it on.
                 self._end(entry, "cancelled")
-                await self._close_backend_if_left()
+                if self._close_when_idle:
+                    await self._close_backend_if_left()
             elif entry.state is EntryState.CLOSED:
                 # Closed out at the moment it was cancelled: the caller sees the
                 # cancellation, so that is how it ended.
@@ -892,6 +930,7 @@ class ChunkStream:
         self._entry = entry
         #: what the backend's code holds as it runs for this request (for Scheduler.aclose)
         self._held = (scheduler, entry, None)
+        self._noted = False  # the caller noted _held for the whole stream (Scheduler.complete)
         self._backend_name = type(backend).__name__
         self._iterator: AsyncIterator[Chunk] | None = None
         self._backend = backend
@@ -938,7 +977,15 @@ class ChunkStream:
                 # chunk that only counts the prompt), and that mark must survive.
                 service_started.set(None)
                 self._iterator = self._backend.stream(self._entry.request)
-            chunk = await self._in_backend(self._iterator.__anext__)
+            if self._noted:  # complete(): noted for the whole call
+                chunk = await self._iterator.__anext__()
+            else:  # the backend's code holds the slot as it reads (see _in_backend)
+                held = _holding.get()
+                _holding.set((*held, self._held))
+                try:
+                    chunk = await self._iterator.__anext__()
+                finally:
+                    _holding.set(held)
             if not isinstance(chunk, Chunk):
                 raise TypeError(f"backend yielded {type(chunk).__name__}, not a Chunk")
         except StopAsyncIteration:
