@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 import ollama as ollama_client
@@ -443,3 +444,27 @@ def test_priority_from_header_or_body_field_and_body_fields_are_stripped(
     assert int(by_name["none"].headers["content-length"]) == compact
     assert int(by_name["body -1"].headers["content-length"]) == compact  # priority and tenant taken out
     assert by_name["header wins"].headers["x-tenant"] == "bob"  # headers pass through
+
+
+def test_an_openai_stream_ending_without_a_finish_reason_counts_as_failed(ollama_proxy: RunningProxy) -> None:
+    """Ollama's /v1 after an error mid-stream: an empty chunk, then the end (no [DONE], no finish_reason).
+
+    It was counted completed, its cut length learnt."""
+    before = ollama_proxy.stats()
+    with httpx.Client(timeout=30) as client:
+        bodies: list[tuple[str, dict[str, Any]]] = [
+            ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hello"}]}),
+            ("/v1/completions", {"prompt": "Hello"}),
+        ]
+        for path, body in bodies:
+            response = client.post(
+                f"{ollama_proxy.url}{path}",
+                json={"model": MODEL, "max_tokens": 20, "stream": True, **body},
+                headers={"X-Test-Fault": "error:2"},
+            )
+            assert response.status_code == 200 and "[DONE]" not in response.text
+    ollama_proxy.wait_until(
+        lambda s: s.running == 0 and s.failed + s.completed >= before.failed + before.completed + 2
+    )
+    after = ollama_proxy.stats()
+    assert (after.completed - before.completed, after.failed - before.failed) == (0, 2)

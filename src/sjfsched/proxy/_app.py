@@ -422,9 +422,10 @@ class ProxyApp:
                     exchange.complete = True
                     await self._rest_after_done(response, send)
                 # An Ollama stream ends with its "done": true line; one without it broke off.
-                # An OpenAI stream whose [DONE] came with no finish_reason was cut short.
-                unfinished = not tally.done if framing == "ndjson" else tally.done and not tally.finished
-                if unfinished and framing == "sse":
+                # An OpenAI stream ends with a finish_reason; one without it broke off (Ollama's
+                # /v1 after an error) or was cut short ([DONE] with no finish_reason).
+                unfinished = not tally.done if framing == "ndjson" else not tally.finished
+                if unfinished and framing == "sse" and tally.done:
                     logger.warning(
                         "the upstream %s ended an answer with [DONE] and no finish_reason: it was cut "
                         "short (llama_cpp.server does that for another request unless started with "
