@@ -208,6 +208,17 @@ class _StopStrings:
         self._multibyte = 0
         self._criteria = False
         self._found: bytes | None = None
+        # The answer's bytes so far, and how far the last look reached.  llama.cpp's own
+        # tokenizer decodes token by token (its only context rule: the leading space after a
+        # first BOS goes), so the bytes grow by each new token's alone; any other tokenizer
+        # (an HF one given to the Llama) is asked for the whole answer, as llama-cpp-python asks.
+        self._text = b""
+        self._looked = 0
+        self._longest = max((len(s) for s in self._stops), default=1)
+        tokenizer = getattr(llm, "tokenizer_", None)
+        self._by_token = type(tokenizer).__name__ == "LlamaTokenizer" and type(tokenizer).__module__ == (
+            "llama_cpp.llama_tokenizer"
+        )
 
     def criteria(self, callers: Any) -> Any:
         """The caller's stopping criteria, then the end at a stop string found in the newest sample."""
@@ -228,7 +239,11 @@ class _StopStrings:
         if _is_end_of_generation(self._llm, token):
             return  # llama-cpp-python ends here, before its own look
         self._tokens.append(token)
-        text: bytes = self._llm.detokenize(self._tokens, prev_tokens=self._counter.prompt_ids)
+        if self._by_token and len(self._tokens) > 2:  # past a first BOS and the token after it
+            self._text += self._llm.detokenize([token])
+        else:
+            self._text = self._llm.detokenize(self._tokens, prev_tokens=self._counter.prompt_ids)
+        text = self._text
         # llama-cpp-python's wait for the rest of a character (Llama._create_completion),
         # as it is: the first byte of a 2-, 3- or 4-byte character among the last three.
         for i, byte in enumerate(text[-3:]):
@@ -239,9 +254,13 @@ class _StopStrings:
         if self._multibyte > 0:
             self._multibyte -= 1
             return
+        # Each look found none, so a stop string can only start past the last one's reach.
+        start = max(0, self._looked - self._longest + 1)
+        self._looked = len(text)
         for stop in self._stops:
-            if stop in text:
-                self._found = text[: text.index(stop)]
+            at = text.find(stop, start)
+            if at >= 0:
+                self._found = text[:at]
                 if not self._criteria:
                     raise _StopFound(self._found)
                 return
