@@ -22,7 +22,7 @@ def _metadata_tokens(request: Request, key: str) -> int | None:
         return None
     try:
         number = math.nan if isinstance(value, bool) else float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         number = math.nan
     if not math.isfinite(number):
         raise ValueError(f"request.metadata[{key!r}] must be a finite number of tokens, got {value!r}")
