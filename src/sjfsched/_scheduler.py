@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import collections
 import enum
@@ -10,11 +9,12 @@ import inspect
 import logging
 import math
 import numbers
+import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, final
 
 import anyio
@@ -26,7 +26,7 @@ from ._errors import BackendError, PredictorError, QueueFull, SchedulerClosed, S
 from ._queue import EntryState, WaitQueue, _Entry
 from ._rates import DEFAULT_DECODE_RATE, DEFAULT_PREFILL_RATE, RateEstimator
 from ._records import Chunk, Completion, Prediction, Request, _as_float, _as_int
-from ._service import check_backend, service_started
+from ._service import check_backend, needs_an_instance, service_started
 
 if TYPE_CHECKING:
     from .backends._base import Backend
@@ -60,30 +60,55 @@ _NEUTRAL_TOKENS = 256.0
 
 _SHIELDED_CLOSE_SECONDS = 10.0
 
-#: The running requests that the code running now holds the slot of, for aclose(), which
-#: could only wait for itself there: ``(scheduler, entry, task)``, where ``task`` is the id of
-#: the task whose admit() or stream() block it is (tasks it starts do not hold it), or ``None``
-#: for the backend's code reading the request, which holds it wherever it runs (the tasks and
-#: worker threads it starts, which copy the context).
-_holding: ContextVar[tuple[tuple[Scheduler, _Entry, int | None], ...]] = ContextVar(
-    "sjfsched_holding", default=()
-)
+#: The running requests whose slot the backend's code running now holds, for aclose(), which
+#: could only wait for itself there: ``(scheduler, entry)``, noted for each read of the
+#: backend's stream (for a whole ``complete()``), so seen wherever that code runs (the tasks
+#: and worker threads it starts copy the context).  Blocks are noted by frame instead
+#: (:func:`block_openers`): a context variable set in a block that a finaliser leaves, in
+#: another context, would stay behind in the caller's.
+_holding: ContextVar[tuple[tuple[Scheduler, _Entry], ...]] = ContextVar("sjfsched_holding", default=())
+
+_OWN_MODULES = frozenset({__name__, "sjfsched._sync", "contextlib"})
 
 
-def _unhold(held: tuple[Scheduler, _Entry, int | None]) -> None:
-    # Set anew, not reset: a block may be left in another context (a finaliser).
-    _holding.set(tuple(h for h in _holding.get() if h is not held))
+def block_openers() -> tuple[FrameType, ...]:
+    """The frames whose ``with`` (or ``async with``) is opening a block of this package.
+
+    The first frame past this package's scheduler modules and contextlib's;
+    and, while that is a context manager of the caller's own around ours (a
+    ``@contextmanager`` or ``@asynccontextmanager`` generator, or a class's
+    ``__enter__``/``__aenter__``), the frame whose ``with`` entered that.
+    Code runs inside the block while one of them is on its stack.
+    """
+    openers: list[FrameType] = []
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__") in _OWN_MODULES:
+            frame = frame.f_back
+            continue
+        openers.append(frame)
+        entered_by = frame.f_back
+        code = frame.f_code
+        wrapper = code.co_name in ("__enter__", "__aenter__") or (
+            code.co_flags & (inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR)
+            and entered_by is not None
+            and entered_by.f_globals.get("__name__") == "contextlib"
+        )
+        if not wrapper:
+            break
+        frame = entered_by
+    return tuple(openers)
 
 
-def _task_getter() -> Callable[[], object]:
-    """How to read the running task on this thread's event loop (anyio runs on asyncio or trio)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        import trio  # only where trio runs
-
-        return trio.lowlevel.current_task
-    return asyncio.current_task
+def on_this_stack(frames: Iterable[FrameType]) -> bool:
+    """Whether one of ``frames`` runs now, on the calling thread's stack (awaiting coroutines included)."""
+    wanted = {id(f) for f in frames}
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if id(frame) in wanted:
+            return True
+        frame = frame.f_back
+    return False
 
 
 class _State(enum.Enum):
@@ -244,7 +269,7 @@ class Scheduler:
             )
         if predictor is None:
             predictor = _default_predictor()
-        if isinstance(predictor, type):  # its predict() would fail on every request, unseen
+        if needs_an_instance(predictor, "predict"):  # its predict() would fail on every request, unseen
             raise TypeError(
                 f"predictor must be a predictor object, got the class {predictor.__name__}: "
                 f"pass an instance: {predictor.__name__}()"
@@ -254,7 +279,8 @@ class Scheduler:
 
         self._backend = backend
         self._backend_closed = False  # its aclose() has ended
-        self._task_getter: Callable[[], object] | None = None  # see _current_task
+        #: Open admit() and stream() blocks: the frames whose block it is, and its request.
+        self._blocks: dict[object, tuple[tuple[FrameType, ...], _Entry]] = {}
         self._backend_closing: anyio.Event | None = None  # set once its aclose() has ended
         self._close_when_idle = False  # aclose()'s wait was cancelled: the last request closes it
         self._predictor = predictor
@@ -509,18 +535,11 @@ class Scheduler:
     def closed(self) -> bool:
         return self._state is _State.CLOSED
 
-    def _hold(self, entry: _Entry) -> tuple[Scheduler, _Entry, int | None]:
-        """Note, for :meth:`aclose`, that this task's block holds ``entry``'s slot (undone by _unhold)."""
-        held = (self, entry, id(self._current_task()))
-        _holding.set((*_holding.get(), held))
-        return held
-
-    def _current_task(self) -> object:
-        """The running task, asyncio's or trio's (anyio.get_current_task() costs 1.5 µs here)."""
-        getter = self._task_getter
-        if getter is None:
-            getter = self._task_getter = _task_getter()
-        return getter()
+    def _hold(self, entry: _Entry) -> object:
+        """Note, for :meth:`aclose`, the frames whose block holds ``entry``'s slot; undo with the key."""
+        key = object()
+        self._blocks[key] = (block_openers(), entry)
+        return key
 
     def _holds_a_request(self) -> bool:
         """Whether the code running now holds the slot of one of its running requests.
@@ -529,15 +548,12 @@ class Scheduler:
         own task, and in the backend's code reading a request, wherever that
         runs (a task or worker thread of its own, a call back into the loop).
         """
-        owners = {owner for s, e, owner in _holding.get() if s is self and e.state is EntryState.RUNNING}
-        if not owners:
-            return False
-        if None in owners:
+        if any(s is self and e.state is EntryState.RUNNING for s, e in _holding.get()):
             return True
-        try:
-            return id(self._current_task()) in owners
-        except RuntimeError:  # no event loop: a thread, which no block's task is
-            return False
+        return any(
+            entry.state is EntryState.RUNNING and on_this_stack(openers)
+            for openers, entry in list(self._blocks.values())
+        )
 
     # ------------------------------------------------------------ public calls
 
@@ -596,7 +612,7 @@ class Scheduler:
         else:
             await self._settle(stream, None)
         finally:
-            _unhold(held)
+            del self._blocks[held]
 
     async def _open_stream(self, request: Request | str | None, fields: Mapping[str, Any]) -> ChunkStream:
         backend = self._backend
@@ -658,7 +674,7 @@ class Scheduler:
             if self._close_when_idle:
                 await self._close_backend_if_left()
         finally:
-            _unhold(held)
+            del self._blocks[held]
 
     def statistics(self) -> SchedulerStatistics:
         """A snapshot of the queue, the counters and the learned rates."""
@@ -929,7 +945,9 @@ class ChunkStream:
     def __init__(self, entry: _Entry, backend: Backend, scheduler: Scheduler) -> None:
         self._entry = entry
         #: what the backend's code holds as it runs for this request (for Scheduler.aclose)
-        self._held = (scheduler, entry, None)
+        self._held = (scheduler, entry)
+        self._outer: tuple[tuple[Scheduler, _Entry], ...] | None = None
+        self._inner: tuple[tuple[Scheduler, _Entry], ...] = ()
         self._noted = False  # the caller noted _held for the whole stream (Scheduler.complete)
         self._backend_name = type(backend).__name__
         self._iterator: AsyncIterator[Chunk] | None = None
@@ -981,7 +999,9 @@ class ChunkStream:
                 chunk = await self._iterator.__anext__()
             else:  # the backend's code holds the slot as it reads (see _in_backend)
                 held = _holding.get()
-                _holding.set((*held, self._held))
+                if held is not self._outer:  # the same notes as at the last read, mostly
+                    self._outer, self._inner = held, (*held, self._held)
+                _holding.set(self._inner)
                 try:
                     chunk = await self._iterator.__anext__()
                 finally:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
+import types
 from contextvars import ContextVar
+from typing import Any, TypeGuard
 
 import anyio
 
@@ -29,7 +32,7 @@ def check_backend(backend: object) -> None:
     ``SimulatedBackend()``) has them as plain functions, and every request
     would fail: it is refused too.
     """
-    if isinstance(backend, type):
+    if needs_an_instance(backend, "stream", "aclose"):
         raise TypeError(
             f"backend must be a backend object, got the class {backend.__name__}: "
             f"pass an instance: {backend.__name__}()"
@@ -40,3 +43,13 @@ def check_backend(backend: object) -> None:
                 f"backend must have stream(request) and aclose() methods; "
                 f"{type(backend).__name__} has no {method}()"
             )
+
+
+def needs_an_instance(obj: object, *methods: str) -> TypeGuard[type[Any]]:
+    """Whether ``obj`` is a class whose ``methods`` need an instance (one is a plain function).
+
+    A class of static or class methods serves as the object itself.
+    """
+    if not isinstance(obj, type):
+        return False
+    return any(isinstance(inspect.getattr_static(obj, name, None), types.FunctionType) for name in methods)

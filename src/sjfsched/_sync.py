@@ -21,7 +21,16 @@ from typing_extensions import Self
 from ._errors import SchedulerClosed
 from ._queue import EntryState, _Entry
 from ._records import Chunk, Completion, Request
-from ._scheduler import LEFT_EARLY, ChunkStream, Job, Scheduler, SchedulerStatistics, Ticket
+from ._scheduler import (
+    LEFT_EARLY,
+    ChunkStream,
+    Job,
+    Scheduler,
+    SchedulerStatistics,
+    Ticket,
+    block_openers,
+    on_this_stack,
+)
 
 if TYPE_CHECKING:
     from .backends._base import Backend
@@ -194,7 +203,7 @@ class SyncScheduler:
         self._closed = False
         self._close_ended = threading.Event()  # the first close() has returned (or raised)
         #: The open blocks: the frame whose ``with`` opened each, its request, what it is (for close()).
-        self._blocks: dict[object, tuple[tuple[FrameType, ...], _Entry, str]] = {}
+        self._blocks: dict[object, tuple[tuple[FrameType, ...], _Entry, str, int]] = {}
         #: Calls refused here after close(), before the loop saw them: counted as ``rejected``.
         self._refused = 0
         self._portal, self._thread = _start_portal(async_backend)
@@ -241,6 +250,10 @@ class SyncScheduler:
                 "close() from the scheduler's own event loop thread (on_complete, or a backend's code "
                 "run in the loop) would block the loop that closing needs: close it from another thread"
             )
+        if self._closed and self._opened_here():
+            # Closed already, by another call; waiting for that one to end would wait for this
+            # thread's own request (its block, or a stream it reads between reads).
+            return
         what = self._held_block()
         if what is None and self._scheduler._holds_a_request():
             what = "the backend's code run for a request"
@@ -369,7 +382,7 @@ class SyncScheduler:
         """Note the frames whose ``with`` holds ``entry``'s slot, while it does (for :meth:`close`)."""
         key = object()
         with self._handing_over:
-            self._blocks[key] = (_openers(), entry, what)
+            self._blocks[key] = (block_openers(), entry, what, threading.get_ident())
         try:
             yield
         finally:
@@ -386,17 +399,16 @@ class SyncScheduler:
         """
         with self._handing_over:
             blocks = list(self._blocks.values())
-        if not blocks:
-            return None
-        on_stack: set[int] = set()
-        frame: FrameType | None = sys._getframe(1)
-        while frame is not None:
-            on_stack.add(id(frame))
-            frame = frame.f_back
-        for openers, entry, what in blocks:
-            if entry.state is EntryState.RUNNING and any(id(f) in on_stack for f in openers):
+        for openers, entry, what, _ in blocks:
+            if entry.state is EntryState.RUNNING and on_this_stack(openers):
                 return what
         return None
+
+    def _opened_here(self) -> bool:
+        """Whether this thread opened a block of a running request still open (on its stack or not)."""
+        me = threading.get_ident()
+        with self._handing_over:
+            return any(t == me and e.state is EntryState.RUNNING for _, e, _, t in self._blocks.values())
 
     def _on_loop_thread(self) -> bool:
         """Whether this is the scheduler's own event loop thread (``on_complete``, a backend's code).
@@ -454,30 +466,6 @@ class SyncScheduler:
             return result
         with self._portal_open(request=False):
             return self._portal.call(fn, *args)
-
-
-def _openers() -> tuple[FrameType, ...]:
-    """The frames whose ``with`` statement is opening a block of this module.
-
-    The first frame past this module's and contextlib's; and, while that is
-    a ``@contextmanager`` generator's, the frame whose ``with`` entered it.
-    """
-    openers: list[FrameType] = []
-    frame: FrameType | None = sys._getframe(1)
-    while frame is not None:
-        if frame.f_globals.get("__name__") in (__name__, "contextlib"):
-            frame = frame.f_back
-            continue
-        openers.append(frame)
-        entered_by = frame.f_back
-        if not (
-            frame.f_code.co_flags & inspect.CO_GENERATOR
-            and entered_by is not None
-            and entered_by.f_globals.get("__name__") == "contextlib"
-        ):
-            break
-        frame = entered_by
-    return tuple(openers)
 
 
 def _loop_time(portal: anyio.from_thread.BlockingPortal, loop_thread: threading.Thread) -> float:

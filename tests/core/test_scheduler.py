@@ -811,3 +811,63 @@ async def test_subclass_policy_through_sort_key() -> None:
         ]
         done = await run_all(sched, requests)
     assert started_order(done) == [10, 20, 5, 50]
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")  # trio's advice on such generators
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_leaving_after_breaking_out_of_a_generator_over_a_stream_closes_as_before() -> None:
+    """A generator wrapping a stream block, left by `break`: the event loop's finaliser closes
+    its block later, in another context.  A note of the block kept in the caller's context made
+    leaving `async with Scheduler` raise RuntimeError and left scheduler and backend open."""
+    closes: list[int] = []
+
+    class Counted:
+        slots = 1
+
+        def __init__(self) -> None:
+            self._inner = SimulatedBackend(decode_rate=1000.0)
+
+        def stream(self, request: Request, /) -> AsyncIterator[Chunk]:
+            return self._inner.stream(request)
+
+        async def aclose(self) -> None:
+            closes.append(1)
+
+    sched = Scheduler(Counted(), predictor=TablePredictor())
+
+    async def texts() -> AsyncIterator[str]:
+        async with sched.stream(job(50)) as chunks:
+            async for chunk in chunks:
+                yield chunk.text
+
+    with anyio.fail_after(30):
+        async with sched:
+            async for _ in texts():
+                break
+    assert sched.closed and closes == [1]
+    assert sched.statistics().running == 0
+
+
+class _StaticPredictor:
+    @staticmethod
+    def predict(request: Request) -> Prediction:
+        return Prediction(tokens=10.0)
+
+
+class _StaticBackend:
+    slots = 1
+
+    @staticmethod
+    async def stream(request: Request, /) -> AsyncIterator[Chunk]:
+        yield Chunk("ok")
+
+    @staticmethod
+    async def aclose() -> None:
+        pass
+
+
+async def test_a_class_of_static_methods_serves_as_predictor_and_backend() -> None:
+    """The class-for-instance check refused these, which need no instance."""
+    async with Scheduler(_StaticBackend, predictor=_StaticPredictor) as sched:  # type: ignore[arg-type]
+        assert (await sched.complete("hi")).text == "ok"
+    assert sched.statistics().predictor_errors == 0

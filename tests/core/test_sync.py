@@ -537,3 +537,96 @@ def test_an_unknown_event_loop_is_refused_naming_async_backend(async_backend: An
 def test_a_scheduler_class_that_is_no_scheduler_is_refused(scheduler_class: Any) -> None:
     with pytest.raises(TypeError, match=r"^scheduler_class must be Scheduler or a subclass of it, got "):
         SyncScheduler(scheduler_class=scheduler_class)
+
+
+def _sim() -> SyncScheduler:
+    from sjfsched.backends import SimulatedBackend
+
+    return SyncScheduler(SimulatedBackend(decode_rate=200.0), predictor=TablePredictor())
+
+
+def test_a_second_close_from_a_thread_reading_a_stream_between_reads_returns() -> None:
+    """It waited for the first close, which waited for this thread's stream: a hang."""
+    sched = _sim()
+    started, out = threading.Event(), []
+
+    def texts() -> Iterator[str]:
+        with sched.stream(job(20)) as chunks:
+            for chunk in chunks:
+                yield chunk.text
+
+    def reader() -> None:
+        texts_ = texts()
+        next(texts_)
+        started.set()
+        while not sched._closed:  # the first close() waits for this stream now
+            threading.Event().wait(0.01)
+        sched.close()
+        out.append(1 + sum(1 for _ in texts_))
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    started.wait(10)
+    closer = threading.Thread(target=sched.close, daemon=True)
+    closer.start()
+    thread.join(20)
+    closer.join(20)
+    assert len(out) == 1 and not closer.is_alive()  # it read on to the end
+    assert sched.statistics().completed == 1
+
+
+def test_a_second_close_inside_a_block_after_the_first_returns() -> None:
+    """A worker's close() at the end of its block, the scheduler closed meanwhile: it raised."""
+    sched = _sim()
+    entered, result = threading.Event(), []
+
+    def worker() -> None:
+        try:
+            with sched.admit(job(5)) as ticket:
+                entered.set()
+                while not sched._closed:
+                    threading.Event().wait(0.01)
+                ticket.report(5)
+                sched.close()
+            result.append("returned")
+        except Exception as exc:
+            result.append(repr(exc))
+
+    thread = threading.Thread(target=worker, daemon=True)
+    thread.start()
+    entered.wait(10)
+    sched.close()
+    thread.join(20)
+    assert result == ["returned"]
+    assert (sched.statistics().completed, sched.statistics().failed) == (1, 0)
+
+
+def test_close_inside_ones_own_class_wrapper_of_admit_is_refused() -> None:
+    """Its __enter__ frame had returned, so the block's opener was not on the stack: a hang."""
+    sched = _sim()
+
+    class Turn:
+        def __init__(self) -> None:
+            self._cm = sched.admit(job(5))
+
+        def __enter__(self) -> Any:
+            return self._cm.__enter__()
+
+        def __exit__(self, *exc: Any) -> Any:
+            return self._cm.__exit__(*exc)
+
+    outcome: list[str] = []
+
+    def run() -> None:
+        with Turn():
+            try:
+                sched.close()
+                outcome.append("closed")
+            except RuntimeError as exc:
+                outcome.append(str(exc))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(20)
+    assert outcome and "from inside a `with sched.admit(...)` block" in outcome[0]
+    sched.close()
