@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from types import FrameType, TracebackType
+from types import CodeType, FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, final
 
 import anyio
@@ -71,24 +71,35 @@ _holding: ContextVar[tuple[tuple[Scheduler, _Entry], ...]] = ContextVar("sjfsche
 _OWN_MODULES = frozenset({__name__, "sjfsched._sync", "contextlib"})
 
 
-def block_openers() -> tuple[FrameType, ...]:
+#: A frame as a note keeps it: its id and its code, not the frame (which would keep its
+#: locals, a context manager left without its exit included, alive for ever).
+FrameNote = tuple[int, CodeType]
+
+_ASYNC_FLAGS = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR | inspect.CO_ITERABLE_COROUTINE
+
+
+def block_openers(*, asynchronous: bool) -> tuple[FrameNote, ...]:
     """The frames whose ``with`` (or ``async with``) is opening a block of this package.
 
     The first frame past this package's scheduler modules and contextlib's;
     and, while that is a context manager of the caller's own around ours (a
     ``@contextmanager`` or ``@asynccontextmanager`` generator, or a class's
     ``__enter__``/``__aenter__``), the frame whose ``with`` entered that.
-    Code runs inside the block while one of them is on its stack.
+    Code runs inside the block while one of them is on its stack.  For an
+    ``async with`` only coroutine frames count (a task whose first frame is
+    contextlib's has the event loop's below it): none found, none noted.
     """
-    openers: list[FrameType] = []
+    openers: list[FrameNote] = []
     frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         if frame.f_globals.get("__name__") in _OWN_MODULES:
             frame = frame.f_back
             continue
-        openers.append(frame)
-        entered_by = frame.f_back
         code = frame.f_code
+        if asynchronous and not code.co_flags & _ASYNC_FLAGS:
+            break
+        openers.append((id(frame), code))
+        entered_by = frame.f_back
         wrapper = code.co_name in ("__enter__", "__aenter__") or (
             code.co_flags & (inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR)
             and entered_by is not None
@@ -100,12 +111,14 @@ def block_openers() -> tuple[FrameType, ...]:
     return tuple(openers)
 
 
-def on_this_stack(frames: Iterable[FrameType]) -> bool:
-    """Whether one of ``frames`` runs now, on the calling thread's stack (awaiting coroutines included)."""
-    wanted = {id(f) for f in frames}
+def on_this_stack(notes: Iterable[FrameNote]) -> bool:
+    """Whether one of the noted frames runs now, on this thread's stack (awaiting coroutines included)."""
+    wanted = set(notes)
+    if not wanted:
+        return False
     frame: FrameType | None = sys._getframe(1)
     while frame is not None:
-        if id(frame) in wanted:
+        if (id(frame), frame.f_code) in wanted:
             return True
         frame = frame.f_back
     return False
@@ -280,7 +293,7 @@ class Scheduler:
         self._backend = backend
         self._backend_closed = False  # its aclose() has ended
         #: Open admit() and stream() blocks: the frames whose block it is, and its request.
-        self._blocks: dict[object, tuple[tuple[FrameType, ...], _Entry]] = {}
+        self._blocks: dict[object, tuple[tuple[FrameNote, ...], _Entry]] = {}
         self._backend_closing: anyio.Event | None = None  # set once its aclose() has ended
         self._close_when_idle = False  # aclose()'s wait was cancelled: the last request closes it
         self._predictor = predictor
@@ -538,7 +551,7 @@ class Scheduler:
     def _hold(self, entry: _Entry) -> object:
         """Note, for :meth:`aclose`, the frames whose block holds ``entry``'s slot; undo with the key."""
         key = object()
-        self._blocks[key] = (block_openers(), entry)
+        self._blocks[key] = (block_openers(asynchronous=True), entry)
         return key
 
     def _holds_a_request(self) -> bool:

@@ -11,7 +11,7 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import AbstractAsyncContextManager
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
 
 import anyio.from_thread
@@ -24,6 +24,7 @@ from ._records import Chunk, Completion, Request
 from ._scheduler import (
     LEFT_EARLY,
     ChunkStream,
+    FrameNote,
     Job,
     Scheduler,
     SchedulerStatistics,
@@ -203,7 +204,7 @@ class SyncScheduler:
         self._closed = False
         self._close_ended = threading.Event()  # the first close() has returned (or raised)
         #: The open blocks: the frame whose ``with`` opened each, its request, what it is (for close()).
-        self._blocks: dict[object, tuple[tuple[FrameType, ...], _Entry, str, int]] = {}
+        self._blocks: dict[object, tuple[tuple[FrameNote, ...], _Entry, str, int]] = {}
         #: Calls refused here after close(), before the loop saw them: counted as ``rejected``.
         self._refused = 0
         self._portal, self._thread = _start_portal(async_backend)
@@ -382,7 +383,7 @@ class SyncScheduler:
         """Note the frames whose ``with`` holds ``entry``'s slot, while it does (for :meth:`close`)."""
         key = object()
         with self._handing_over:
-            self._blocks[key] = (block_openers(), entry, what, threading.get_ident())
+            self._blocks[key] = (block_openers(asynchronous=False), entry, what, threading.get_ident())
         try:
             yield
         finally:

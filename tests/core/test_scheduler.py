@@ -871,3 +871,25 @@ async def test_a_class_of_static_methods_serves_as_predictor_and_backend() -> No
     async with Scheduler(_StaticBackend, predictor=_StaticPredictor) as sched:  # type: ignore[arg-type]
         assert (await sched.complete("hi")).text == "ok"
     assert sched.statistics().predictor_errors == 0
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_a_block_whose_context_manager_is_dropped_gives_its_slot_back() -> None:
+    """The note of a block kept its opener's frame, whose locals kept the context manager, so
+    its generator was never finalised and the slot never came back."""
+    import gc
+
+    sched = Scheduler(CallableBackend(lambda request: "ok", in_thread=False), concurrency=1)
+
+    async def take_slot() -> None:
+        turn = sched.admit(job(1))
+        await turn.__aenter__()  # never exited; dropped on return
+
+    with anyio.fail_after(10):  # the old code waited for ever for the slot, and on leaving
+        async with sched:
+            await take_slot()
+            for _ in range(3):
+                gc.collect()
+                await anyio.sleep(0.05)
+            assert (await sched.complete(job(1))).text == "ok"
