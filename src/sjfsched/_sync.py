@@ -236,7 +236,9 @@ class SyncScheduler:
 
         Waiting requests end with :class:`SchedulerClosed`; this waits for the
         running ones, then closes the backend.  A second call (from another
-        thread, say) waits for the first to end.
+        thread, say) waits for the first to end, except from a thread with a
+        block of its own still open, which the first may be waiting for: there
+        it returns at once.
 
         From inside a block that holds one of its running requests (an
         :meth:`admit` or :meth:`stream` block, the backend's code run for a
