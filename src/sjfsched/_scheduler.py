@@ -505,8 +505,7 @@ class Scheduler:
                 # Cancelled (a timeout on leaving the block): the last running request
                 # closes the backend as it ends, or this, now, if they ended meanwhile.
                 self._close_when_idle = True
-                if self._close_when_idle:
-                    await self._close_backend_if_left()
+                await self._close_backend_if_left()
                 raise
         await self._close_backend()
 
