@@ -11,11 +11,11 @@ import math
 import numbers
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from types import CodeType, FrameType, TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, final
+from typing import TYPE_CHECKING, Any, final
 
 import anyio
 import anyio.lowlevel
@@ -44,8 +44,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("sjfsched")
-
-T = TypeVar("T")
 
 #: Seconds of estimated service time forgiven per second waited.
 DEFAULT_AGING = 0.05
@@ -483,11 +481,12 @@ class Scheduler:
         on leaving ``async with Scheduler(...)``), the backend is closed as
         the last of them ends.
 
-        From code that holds the slot of one of its running requests (an
-        :meth:`admit` or :meth:`stream` block, in its own task; the backend's
-        code for a request, wherever it runs) it raises :class:`RuntimeError`
-        at once, changing nothing: it could only wait for itself.  A task
-        started inside a block does not hold its slot: it waits.
+        From code that holds the slot of one of its running requests (code
+        inside an :meth:`admit` or :meth:`stream` block, the frame that opened
+        it on the stack; the backend's code for a request, wherever it runs)
+        it raises :class:`RuntimeError` at once, changing nothing: it could
+        only wait for itself.  A task started inside a block does not hold its
+        slot: it waits.
         """
         if self._holds_a_request():
             raise RuntimeError(
@@ -556,9 +555,10 @@ class Scheduler:
     def _holds_a_request(self) -> bool:
         """Whether the code running now holds the slot of one of its running requests.
 
-        It does inside an :meth:`admit` or :meth:`stream` block, in the block's
-        own task, and in the backend's code reading a request, wherever that
-        runs (a task or worker thread of its own, a call back into the loop).
+        It does inside an :meth:`admit` or :meth:`stream` block (a frame that
+        opened it is on this stack), and in the backend's code reading a
+        request, wherever that runs (a task or worker thread of its own, a call
+        back into the loop).
         """
         if any(s is self and e.state is EntryState.RUNNING for s, e in _holding.get()):
             return True
@@ -1009,11 +1009,8 @@ class ChunkStream:
                 self._iterator = self._backend.stream(self._entry.request)
             if self._noted:  # complete(): noted for the whole call
                 chunk = await self._iterator.__anext__()
-            else:  # the backend's code holds the slot as it reads (see _in_backend)
-                held = _holding.get()
-                if held is not self._outer:  # the same notes as at the last read, mostly
-                    self._outer, self._inner = held, (*held, self._held)
-                _holding.set(self._inner)
+            else:  # the backend's code holds the slot as it reads
+                held = self._note()
                 try:
                     chunk = await self._iterator.__anext__()
                 finally:
@@ -1047,18 +1044,17 @@ class ChunkStream:
             self._finish_reason = chunk.finish_reason
         return chunk
 
-    async def _in_backend(self, call: Callable[[], Awaitable[T]]) -> T:
-        """``await call()``, a call into the backend's stream, noted as holding the request's slot.
+    def _note(self) -> tuple[tuple[Scheduler, _Entry], ...]:
+        """Note the code about to run as the backend's for this request; returns the notes to restore.
 
         :meth:`Scheduler.aclose` sees the note from the backend's code wherever
         that runs: the tasks and worker threads it starts copy the context.
         """
         held = _holding.get()
-        _holding.set((*held, self._held))
-        try:
-            return await call()
-        finally:
-            _holding.set(held)
+        if held is not self._outer:  # the same notes as at the last read, mostly
+            self._outer, self._inner = held, (*held, self._held)
+        _holding.set(self._inner)
+        return held
 
     def _finish(self) -> None:
         e = self._entry
@@ -1087,7 +1083,11 @@ class ChunkStream:
             return
         with anyio.move_on_after(_SHIELDED_CLOSE_SECONDS, shield=True):
             try:
-                await self._in_backend(aclose)
+                held = self._note()
+                try:
+                    await aclose()
+                finally:
+                    _holding.set(held)
             except Exception:
                 logger.warning("closing the %s stream failed", self._backend_name, exc_info=True)
 
