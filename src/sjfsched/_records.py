@@ -232,6 +232,8 @@ def _number(name: str, value: object) -> None:
 
 
 def _tokens(value: object) -> float:
+    if type(value) is float:  # the common case, without the ABC check
+        return value
     _number("tokens", value)
     return float(value)  # type: ignore[arg-type]  # a numbers.Real
 
@@ -254,7 +256,8 @@ def _check_tokens(instance: object, attribute: attrs.Attribute[Any], value: floa
 def _check_p_long(instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
     if value is None:
         return
-    _number("p_long", value)
+    if type(value) is not float:
+        _number("p_long", value)
     if not (0.0 <= value <= 1.0):
         raise ValueError(f"Prediction.p_long must be within [0, 1], got {value!r}")
 

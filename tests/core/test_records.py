@@ -173,6 +173,9 @@ class TestPrediction:
 
         p = Prediction(np.float32(3.5), p_long=np.float64(0.25), prompt_tokens=np.int64(3))
         assert (p.tokens, p.p_long, p.prompt_tokens) == (3.5, 0.25, 3)
+        # a float subclass (np.float64 is one) is stored as a plain float
+        assert type(Prediction(np.float64(2.0)).tokens) is float
+        assert type(Prediction(2).tokens) is float
 
 
 class TestChunk:
