@@ -12,7 +12,7 @@ import math
 import numbers
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Any
+from typing import Any, SupportsFloat, SupportsIndex
 
 import attrs
 
@@ -48,6 +48,16 @@ def _as_int(value: object) -> object:
     return value
 
 
+def _int(value: SupportsIndex) -> int:
+    """An int field's converter: its ``__init__`` takes any integer by type (numpy's too)."""
+    return _as_int(value)  # type: ignore[return-value]  # anything else goes to the field's check
+
+
+def _opt_int(value: SupportsIndex | None) -> int | None:
+    """An optional int field's converter (see :func:`_int`)."""
+    return _as_int(value)  # type: ignore[return-value]  # anything else goes to the field's check
+
+
 def _as_float(value: object) -> object:
     """A real number of any type (numpy's too) as a ``float``; anything else (a bool too) as it is."""
     if isinstance(value, bool):  # refused by the caller's check, not read as 0.0 or 1.0
@@ -65,15 +75,16 @@ def _freeze_mapping(value: object, field: str) -> Mapping[str, Any]:
     return MappingProxyType({k: _copied(v) for k, v in value.items()})
 
 
-def _freeze_options(value: object) -> Mapping[str, Any]:
+def _freeze_options(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return _freeze_mapping(value, "options")
 
 
-def _freeze_metadata(value: object) -> Mapping[str, Any]:
+def _freeze_metadata(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return _freeze_mapping(value, "metadata")
 
 
-def _freeze_messages(value: object) -> tuple[Mapping[str, Any], ...] | None:
+def _freeze_messages(messages: Sequence[Mapping[str, Any]] | None) -> tuple[Mapping[str, Any], ...] | None:
+    value: object = messages  # typed for the caller; checked here, whatever it is
     if value is None:
         return None
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
@@ -169,9 +180,9 @@ class Request:
         default=None, converter=_freeze_messages, kw_only=True
     )
     max_tokens: int | None = attrs.field(
-        default=None, converter=_as_int, validator=_check_max_tokens, kw_only=True
+        default=None, converter=_opt_int, validator=_check_max_tokens, kw_only=True
     )
-    priority: int = attrs.field(default=0, converter=_as_int, validator=_check_priority, kw_only=True)
+    priority: int = attrs.field(default=0, converter=_int, validator=_check_priority, kw_only=True)
     tenant: str | None = attrs.field(default=None, validator=_check_optional_str, kw_only=True)
     options: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_options, kw_only=True)
     metadata: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_metadata, kw_only=True)
@@ -231,18 +242,18 @@ def _number(name: str, value: object) -> None:
         raise TypeError(f"Prediction.{name} must be a number, got {type(value).__name__} {value!r}")
 
 
-def _tokens(value: object) -> float:
+def _tokens(value: SupportsFloat) -> float:
     if type(value) is float:  # the common case, without the ABC check
         return value
     _number("tokens", value)
-    return float(value)  # type: ignore[arg-type]  # a numbers.Real
+    return float(value)
 
 
-def _prompt_tokens(value: object) -> float | None:
+def _prompt_tokens(value: SupportsFloat | None) -> float | None:
     if value is None:
         return None
     _number("prompt_tokens", value)
-    number = float(value)  # type: ignore[arg-type]  # a numbers.Real
+    number = float(value)
     if not (math.isfinite(number) and number >= 0):
         raise ValueError(f"Prediction.prompt_tokens must be finite and >= 0, got {value!r}")
     return number
@@ -306,9 +317,9 @@ class Chunk:
     """
 
     text: str = attrs.field(validator=_check_chunk_text)
-    tokens: int = attrs.field(default=1, converter=_as_int, validator=_check_chunk_tokens)
+    tokens: int = attrs.field(default=1, converter=_int, validator=_check_chunk_tokens)
     prompt_tokens: int | None = attrs.field(
-        default=None, converter=_as_int, validator=_check_opt_count, kw_only=True
+        default=None, converter=_opt_int, validator=_check_opt_count, kw_only=True
     )
     finish_reason: str | None = attrs.field(default=None, kw_only=True)
 

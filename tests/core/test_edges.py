@@ -159,8 +159,8 @@ class _NoSlots(_StreamOnly):
         (lambda: Scheduler(learn_rates=None), TypeError, "learn_rates must be True or False"),  # type: ignore[arg-type]
         (lambda: CallableBackend(str, in_thread="no"), TypeError, "in_thread must be True or False"),  # type: ignore[arg-type]
         (lambda: CallableBackend(str, in_thread=0), TypeError, "in_thread must be True or False"),  # type: ignore[arg-type]
-        (lambda: Request("x", options=[1]), TypeError, r"Request\.options must be a mapping"),
-        (lambda: Request("x", metadata="m"), TypeError, r"Request\.metadata must be a mapping"),
+        (lambda: Request("x", options=[1]), TypeError, r"Request\.options must be a mapping"),  # type: ignore[arg-type]
+        (lambda: Request("x", metadata="m"), TypeError, r"Request\.metadata must be a mapping"),  # type: ignore[arg-type]
     ],
 )
 def test_bad_arguments_name_what_is_wrong(make: Any, error: type[Exception], message: str) -> None:

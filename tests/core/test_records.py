@@ -186,7 +186,7 @@ class TestChunk:
     @pytest.mark.parametrize("tokens", [-1, 1.5, True])
     def test_bad_tokens(self, tokens: object) -> None:
         with pytest.raises(ValueError, match=r"Chunk\.tokens"):
-            Chunk("x", tokens=tokens)
+            Chunk("x", tokens=tokens)  # type: ignore[arg-type]
 
 
 def test_completion_durations() -> None:

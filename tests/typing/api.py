@@ -157,3 +157,21 @@ def errors() -> None:
         assert_type(exc, QueueFull | SchedulerClosed | BackendError | PredictorError)
     except SchedulerError:
         pass
+
+
+def records_fields_are_typed() -> None:
+    # Integers of any kind and real numbers are taken; numpy's too (they have
+    # __index__ and __float__).  What the fields refuse at run time, mypy refuses:
+    # a needed ignore is checked by warn_unused_ignores (strict).
+    Request("x", max_tokens=10, priority=-1, options={"temperature": 0}, metadata={"user": 1})
+    Request(messages=[{"role": "user", "content": "hi"}])
+    Prediction(12, 0.5, prompt_tokens=3)
+    Prediction(12.5, prompt_tokens=None)
+    Chunk("a", tokens=2, prompt_tokens=None)
+    Request("x", priority="high")  # type: ignore[arg-type]
+    Request("x", max_tokens=1.5)  # type: ignore[arg-type]
+    Request("x", options=["temperature"])  # type: ignore[arg-type]
+    Request(messages="hi")  # type: ignore[arg-type]
+    Prediction("many")  # type: ignore[arg-type]
+    Prediction(1.0, prompt_tokens="3")  # type: ignore[arg-type]
+    Chunk("a", tokens=1.5)  # type: ignore[arg-type]
