@@ -43,6 +43,7 @@ class _Entry:
     __slots__ = (
         "estimate",
         "event",
+        "handle",
         "key",
         "one_piece",
         "prediction",
@@ -80,6 +81,9 @@ class _Entry:
         #: its answer came in one piece (the first chunk held every token): the
         #: first token's time says nothing of prompt evaluation
         self.one_piece = False
+        #: what ``position()`` finds it by: the caller's Request, which the
+        #: queued ``request`` is a copy of when fields were given with it
+        self.handle = request
 
 
 @final

@@ -15,18 +15,18 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from types import CodeType, FrameType, TracebackType
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, cast, final
 
 import anyio
 import anyio.lowlevel
 import attrs
 from typing_extensions import Self
 
-from ._errors import BackendError, PredictorError, QueueFull, SchedulerClosed, SchedulerError
+from ._errors import BackendError, PredictorError, QueueFull, SchedulerClosed
 from ._queue import EntryState, WaitQueue, _Entry
 from ._rates import DEFAULT_DECODE_RATE, DEFAULT_PREFILL_RATE, RateEstimator
 from ._records import Chunk, Completion, Prediction, Request, _as_float, _as_int
-from ._service import check_backend, needs_an_instance, service_started
+from ._service import check_backend, close_backend, needs_an_instance, service_started
 
 if TYPE_CHECKING:
     from .backends._base import Backend
@@ -287,6 +287,13 @@ class Scheduler:
             )
         if not callable(getattr(predictor, "predict", None)):
             raise TypeError(f"predictor must have a predict(request) method, got {type(predictor).__name__}")
+        for method in ("predict", "observe"):
+            fn = getattr(predictor, method, None)
+            if callable(fn) and _is_async(fn):
+                raise TypeError(
+                    f"{type(predictor).__name__}.{method}() must be a plain method: the scheduler "
+                    f"calls it and never awaits it, so an async one would never run"
+                )
 
         self._backend = backend
         self._backend_closed = False  # its aclose() has ended
@@ -519,7 +526,7 @@ class Scheduler:
         self._backend_closing = anyio.Event()
         try:
             with anyio.move_on_after(_SHIELDED_CLOSE_SECONDS, shield=True) as scope:
-                await self._backend.aclose()
+                await close_backend(self._backend)
             if scope.cancelled_caught:
                 logger.warning(
                     "closing the %s took more than %g s: given up",
@@ -633,7 +640,7 @@ class Scheduler:
         if self._state is _State.CLOSED:
             self._counts["rejected"] += 1
             raise SchedulerClosed("the scheduler is closed")
-        entry = await self._acquire(_coerce_request(request, fields))
+        entry = await self._acquire(_coerce_request(request, fields), request)
         return ChunkStream(entry, backend, self)
 
     async def _settle(self, stream: ChunkStream, exc: BaseException | None) -> None:
@@ -670,8 +677,7 @@ class Scheduler:
         completed.  An exception in the block counts it as failed (or
         cancelled) and propagates unchanged.
         """
-        req = _coerce_request(request, fields)
-        entry = await self._acquire(req)
+        entry = await self._acquire(_coerce_request(request, fields), request)
         ticket = Ticket(entry)
         held = self._hold(entry)
         try:
@@ -714,7 +720,9 @@ class Scheduler:
         """Where a waiting request stands in the queue: 0 runs next.
 
         ``None`` if the request is not waiting (never submitted, running or
-        ended).  Positions can change as requests arrive and age.  This sorts
+        ended).  A request submitted with fields (``complete(request,
+        max_tokens=...)``) waits as a copy with them; it is found by the
+        request you passed.  Positions can change as requests arrive and age.  This sorts
         the queue, O(n log n): fine for a status page, not for a hot loop.
         """
         entries = self._by_request.get(request)
@@ -767,7 +775,13 @@ class Scheduler:
         )
         return neutral
 
-    async def _acquire(self, request: Request) -> _Entry:
+    async def _acquire(self, request: Request, handle: object = None) -> _Entry:
+        """Admit ``request``: run it now or wait in the queue for a slot.
+
+        ``handle``: what the caller passed; where it is a :class:`Request`,
+        :meth:`position` finds the entry by it (``request`` may be a copy
+        with the call's fields).
+        """
         await anyio.lowlevel.checkpoint_if_cancelled()
         if self._state is _State.CLOSED:
             self._counts["rejected"] += 1
@@ -794,6 +808,8 @@ class Scheduler:
             raise
         self._seq += 1
         entry = _Entry(request, prediction, estimate, key, now, self._seq)
+        if isinstance(handle, Request):
+            entry.handle = handle
 
         if runs_now:
             self._free -= 1
@@ -808,7 +824,7 @@ class Scheduler:
 
         self._queue.push(entry)
         entry.event = anyio.Event()
-        self._by_request.setdefault(request, []).append(entry)
+        self._by_request.setdefault(entry.handle, []).append(entry)
         try:
             await entry.event.wait()
         except BaseException:
@@ -836,7 +852,7 @@ class Scheduler:
 
     def _unindex(self, entry: _Entry) -> None:
         """Drop a no longer waiting entry from the by-request index."""
-        entries = self._by_request.get(entry.request)
+        entries = self._by_request.get(entry.handle)
         if entries is None:
             return
         for i, e in enumerate(entries):
@@ -844,7 +860,7 @@ class Scheduler:
                 del entries[i]
                 break
         if not entries:
-            del self._by_request[entry.request]
+            del self._by_request[entry.handle]
 
     def _remember(self, estimate: float) -> float | None:
         """Add a (finite) estimate to the window the median is taken over (O(window)).
@@ -921,7 +937,10 @@ class Scheduler:
                 )
             if self._observe is not None:
                 try:
-                    self._observe(entry.request, entry.prediction, completion.output_tokens)
+                    result = self._observe(entry.request, entry.prediction, completion.output_tokens)
+                    if inspect.iscoroutine(result):  # a plain function that returns a coroutine
+                        result.close()  # never awaited: dropped without a "never awaited" warning
+                        raise TypeError("observe() returned a coroutine: it is called, never awaited")
                 except Exception:
                     self._counts["predictor_errors"] += 1
                     logger.warning("predictor observe() failed", exc_info=True)
@@ -1006,7 +1025,15 @@ class ChunkStream:
                 # start of service on any read before the first token (a pool after a
                 # chunk that only counts the prompt), and that mark must survive.
                 service_started.set(None)
-                self._iterator = self._backend.stream(self._entry.request)
+                iterator: object = self._backend.stream(self._entry.request)
+                if not hasattr(iterator, "__anext__"):
+                    if inspect.iscoroutine(iterator):
+                        iterator.close()  # an async def that returns: dropped without a warning
+                    raise TypeError(
+                        f"{self._backend_name}.stream() returned {type(iterator).__name__}, not an "
+                        f"async iterator (an async generator: async def with yield)"
+                    )
+                self._iterator = cast("AsyncIterator[Chunk]", iterator)
             if self._noted:  # complete(): noted for the whole call
                 chunk = await self._iterator.__anext__()
             else:  # the backend's code holds the slot as it reads
@@ -1021,10 +1048,10 @@ class ChunkStream:
             self._iterator = None  # exhausted: nothing left to close
             self._finish()
             raise
-        except SchedulerError as exc:
+        except BackendError as exc:  # the backend's own failure, as the protocol asks
             self._error = exc
             raise
-        except Exception as exc:
+        except Exception as exc:  # anything else, our other errors too (an inner scheduler's QueueFull)
             self._error = exc
             raise BackendError(f"{self._backend_name} failed: {exc!r}") from exc
         except BaseException:

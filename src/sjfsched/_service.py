@@ -9,7 +9,7 @@ from typing import Any, TypeGuard
 
 import anyio
 
-__all__ = ["check_backend", "mark_service_started", "service_started"]
+__all__ = ["check_backend", "close_backend", "mark_service_started", "service_started"]
 
 #: When a backend that makes requests wait inside it (a pool whose usable
 #: slots are taken, or a member out of rotation) began serving the current
@@ -43,6 +43,17 @@ def check_backend(backend: object) -> None:
                 f"backend must have stream(request) and aclose() methods; "
                 f"{type(backend).__name__} has no {method}()"
             )
+
+
+async def close_backend(backend: Any) -> None:
+    """Await ``backend.aclose()``; ``TypeError`` naming it where that gives nothing to await."""
+    closing = backend.aclose()
+    if not inspect.isawaitable(closing):
+        raise TypeError(
+            f"{type(backend).__name__}.aclose() returned {type(closing).__name__}, "
+            f"not an awaitable: it must be an async method"
+        )
+    await closing
 
 
 def needs_an_instance(obj: object, *methods: str) -> TypeGuard[type[Any]]:

@@ -12,7 +12,7 @@ import anyio
 import attrs
 
 from .._records import Chunk, Request
-from .._service import check_backend, mark_service_started
+from .._service import check_backend, close_backend, mark_service_started
 from ._http import BackendUnavailable, is_unavailable
 
 if TYPE_CHECKING:
@@ -252,7 +252,7 @@ class BackendPool:
                 continue
             seen.add(id(member.backend))
             try:
-                await member.backend.aclose()
+                await close_backend(member.backend)
             except Exception as exc:
                 if first_error is None:
                     first_error = exc

@@ -1,0 +1,149 @@
+"""A user's own predictors and backends that break the protocols: named errors, nothing lost."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+
+from sjfsched import BackendError, Chunk, Prediction, QueueFull, Request, Scheduler, SchedulerClosed
+from sjfsched.backends import CallableBackend
+from sjfsched.predictors import ConstantPredictor
+
+from ._util import backend, job, scheduler
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.mark.parametrize("error", [QueueFull("inner queue full"), SchedulerClosed("inner closed")])
+async def test_our_own_errors_raised_by_a_backend_are_backend_errors(error: Exception) -> None:
+    """A backend that hands on to another scheduler may raise its QueueFull: this request failed."""
+
+    async def fn(request: Request) -> AsyncIterator[Chunk]:
+        yield Chunk("partial")
+        raise error
+
+    async with Scheduler(CallableBackend(fn), predictor=ConstantPredictor()) as sched:
+        with pytest.raises(BackendError, match="inner") as info:
+            await sched.complete("x")
+        stats = sched.statistics()
+    assert info.value.__cause__ is error
+    assert (stats.failed, stats.rejected, stats.completed) == (1, 0, 0)
+
+
+async def test_a_request_submitted_with_fields_is_found_by_the_request_passed() -> None:
+    """``complete(request, max_tokens=...)`` queues a copy: position() finds it by the original."""
+    async with scheduler() as sched:
+        first, plain, with_fields = job(50), job(10), job(5)
+        positions: dict[str, int | None] = {}
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sched.complete, first)
+            await anyio.sleep(0.01)
+            tg.start_soon(sched.complete, plain)
+            tg.start_soon(lambda: sched.complete(with_fields, max_tokens=10))
+            await anyio.sleep(0.01)
+            positions = {"plain": sched.position(plain), "with fields": sched.position(with_fields)}
+            assert sched.position(job(5)) is None  # an equal request is another one
+        assert sched.position(with_fields) is None  # ended
+        assert not sched._by_request  # nothing left in the index
+    assert positions == {"plain": 1, "with fields": 0}
+
+
+class _AsyncObserve:
+    def predict(self, request: Request, /) -> Prediction:
+        return Prediction(10.0)
+
+    async def observe(self, request: Request, prediction: Prediction, output_tokens: int, /) -> None:
+        pass
+
+
+class _AsyncPredict:
+    async def predict(self, request: Request, /) -> Prediction:
+        return Prediction(10.0)
+
+
+@pytest.mark.parametrize(
+    ("predictor", "method"), [(_AsyncObserve(), "observe"), (_AsyncPredict(), "predict")]
+)
+def test_an_async_predictor_method_is_refused_as_it_would_never_run(predictor: Any, method: str) -> None:
+    with pytest.raises(TypeError, match=rf"{type(predictor).__name__}\.{method}\(\) must be a plain method"):
+        Scheduler(predictor=predictor)
+
+
+async def test_a_coroutine_returned_by_observe_is_dropped_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: list[int] = []
+
+    async def later(output_tokens: int) -> None:
+        seen.append(output_tokens)  # never runs
+
+    class Returns:
+        def predict(self, request: Request, /) -> Prediction:
+            return Prediction(float(request.metadata["predicted"]))
+
+        def observe(self, request: Request, prediction: Prediction, output_tokens: int, /) -> Any:
+            return later(output_tokens)
+
+    async with scheduler(predictor=Returns()) as sched:
+        completion = await sched.complete(job(3))
+        stats = sched.statistics()
+    assert (completion.output_tokens, stats.completed, stats.predictor_errors, seen) == (3, 1, 1, [])
+    assert "observe() returned a coroutine" in caplog.text
+
+
+class _SyncClose:
+    """A simulated backend whose aclose() is a plain def."""
+
+    def __init__(self) -> None:
+        self._inner = backend()
+
+    def stream(self, request: Request, /) -> AsyncIterator[Chunk]:
+        return self._inner.stream(request)
+
+    def aclose(self) -> None:
+        pass
+
+
+async def test_a_backend_whose_aclose_is_not_async_is_named_on_closing() -> None:
+    sched = scheduler(backend=_SyncClose())
+    async with sched:
+        assert (await sched.complete(job(2))).output_tokens == 2
+        with pytest.raises(TypeError, match=r"_SyncClose\.aclose\(\) returned NoneType, not an awaitable"):
+            await sched.aclose()
+    with pytest.raises(SchedulerClosed):  # closed all the same
+        await sched.complete(job(1))
+
+
+class _ReturnsList:
+    def stream(self, request: Request, /) -> Any:
+        return [Chunk("a")]
+
+    async def aclose(self) -> None:
+        pass
+
+
+class _AsyncDefReturns:
+    async def stream(self, request: Request, /) -> Any:
+        return [Chunk("a")]
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("made", "kind"), [(_ReturnsList(), "list"), (_AsyncDefReturns(), "coroutine")])
+async def test_a_stream_that_is_no_async_iterator_is_named(made: Any, kind: str) -> None:
+    async with Scheduler(made, predictor=ConstantPredictor()) as sched:
+        with pytest.raises(BackendError, match=rf"stream\(\) returned {kind}, not an async iterator"):
+            await sched.complete("x")
+        assert sched.statistics().failed == 1
+
+
+async def test_the_backend_of_a_pool_with_a_plain_aclose_is_named() -> None:
+    from sjfsched.backends import BackendPool
+
+    pool = BackendPool([backend(), _SyncClose()])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match=r"_SyncClose\.aclose\(\) returned NoneType"):
+        await pool.aclose()
