@@ -11,6 +11,7 @@ import math
 import numbers
 import sys
 import time
+import types
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -120,6 +121,23 @@ def on_this_stack(notes: Iterable[FrameNote]) -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+#: Frames that any thread or task may resume: a generator's (a ``with`` in it opens the block).
+_MOVABLE = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
+
+
+def opened_here(notes: tuple[FrameNote, ...], opener: object, here: object) -> bool:
+    """Whether the block noted by ``notes``, opened by thread or task ``opener``, is on this stack.
+
+    ``here`` is the calling thread or task.  A frame's id is reused once the
+    frame is gone, so a frame of the same code at that address on another
+    thread's or task's stack is not the opener's: only a generator's frame,
+    which any of them may resume, is looked for beyond its opener's stack.
+    """
+    if opener != here and not any(code.co_flags & _MOVABLE for _, code in notes):
+        return False
+    return on_this_stack(notes)
 
 
 class _State(enum.Enum):
@@ -298,7 +316,7 @@ class Scheduler:
         self._backend = backend
         self._backend_closed = False  # its aclose() has ended
         #: Open admit() and stream() blocks: the frames whose block it is, and its request.
-        self._blocks: dict[object, tuple[tuple[FrameNote, ...], _Entry]] = {}
+        self._blocks: dict[object, tuple[tuple[FrameNote, ...], _Entry, int]] = {}
         self._backend_closing: anyio.Event | None = None  # set once its aclose() has ended
         self._close_when_idle = False  # aclose()'s wait was cancelled: the last request closes it
         self._predictor = predictor
@@ -524,18 +542,29 @@ class Scheduler:
             return
         self._close_when_idle = False
         self._backend_closing = anyio.Event()
+        closing = self._close_backend_bounded(self._backend, self._backend_closing)
+        asyncio = _running_asyncio()
+        if asyncio is not None:
+            # asyncio's own cancellation (task.cancel(), asyncio.timeout) passes anyio's
+            # shield: the close runs as a task of its own, which that leaves running.
+            with anyio.CancelScope(shield=True):  # anyio's waits for it, as on trio
+                await asyncio.shield(asyncio.ensure_future(closing))
+        else:
+            await closing
+
+    async def _close_backend_bounded(self, backend: Backend, closed: anyio.Event) -> None:
         try:
             with anyio.move_on_after(_SHIELDED_CLOSE_SECONDS, shield=True) as scope:
-                await close_backend(self._backend)
+                await close_backend(backend)
             if scope.cancelled_caught:
                 logger.warning(
                     "closing the %s took more than %g s: given up",
-                    type(self._backend).__name__,
+                    type(backend).__name__,
                     _SHIELDED_CLOSE_SECONDS,
                 )
         finally:
             self._backend_closed = True
-            self._backend_closing.set()
+            closed.set()
 
     async def _close_backend_if_left(self) -> None:
         """After a request ended: close the backend if a cancelled :meth:`aclose` left that to it.
@@ -556,7 +585,7 @@ class Scheduler:
     def _hold(self, entry: _Entry) -> object:
         """Note, for :meth:`aclose`, the frames whose block holds ``entry``'s slot; undo with the key."""
         key = object()
-        self._blocks[key] = (block_openers(asynchronous=True), entry)
+        self._blocks[key] = (block_openers(asynchronous=True), entry, anyio.get_current_task().id)
         return key
 
     def _holds_a_request(self) -> bool:
@@ -569,9 +598,16 @@ class Scheduler:
         """
         if any(s is self and e.state is EntryState.RUNNING for s, e in _holding.get()):
             return True
+        blocks = list(self._blocks.values())
+        if not blocks:
+            return False
+        try:
+            task: int | None = anyio.get_current_task().id
+        except RuntimeError:  # a thread of the sync facade's caller: no task is its own
+            task = None
         return any(
-            entry.state is EntryState.RUNNING and on_this_stack(openers)
-            for openers, entry in list(self._blocks.values())
+            entry.state is EntryState.RUNNING and opened_here(openers, opener, task)
+            for openers, entry, opener in blocks
         )
 
     # ------------------------------------------------------------ public calls
@@ -646,18 +682,22 @@ class Scheduler:
     async def _settle(self, stream: ChunkStream, exc: BaseException | None) -> None:
         """Close the backend stream if still open, free the slot, count the outcome."""
         stream._settled = True
-        await stream._close()
-        entry = stream._entry
-        if stream._completion is not None:
-            # Read to its end: the answer is whole, whatever the rest of the block did
-            # (the caller's own exception, or a timeout, still propagates).
-            self._complete(entry, stream._completion)
-        elif exc is not None:
-            self._end(entry, _outcome_of(exc))
-        elif stream._error is not None:  # the caller swallowed our BackendError
-            self._end(entry, "failed")
-        else:  # abandoned before the end
-            self._end(entry, "cancelled")
+        try:
+            # Shielded from anyio's cancellation; asyncio's own (task.cancel(), asyncio.timeout)
+            # can still interrupt it, and the request must end all the same.
+            await stream._close()
+        finally:
+            entry = stream._entry
+            if stream._completion is not None:
+                # Read to its end: the answer is whole, whatever the rest of the block did
+                # (the caller's own exception, or a timeout, still propagates).
+                self._complete(entry, stream._completion)
+            elif exc is not None:
+                self._end(entry, _outcome_of(exc))
+            elif stream._error is not None:  # the caller swallowed our BackendError
+                self._end(entry, "failed")
+            else:  # abandoned before the end (or its close interrupted)
+                self._end(entry, "cancelled")
         if self._close_when_idle:
             await self._close_backend_if_left()
 
@@ -1212,6 +1252,17 @@ def _holds_nan(key: object) -> bool:
     if isinstance(key, tuple):
         return any(_holds_nan(part) for part in key)
     return isinstance(key, numbers.Real) and bool(key != key)
+
+
+def _running_asyncio() -> types.ModuleType | None:
+    """The ``asyncio`` module where this runs in an asyncio task (``None`` under trio)."""
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None:
+        return None
+    try:
+        return asyncio if asyncio.current_task() is not None else None
+    except RuntimeError:  # no asyncio loop running in this thread
+        return None
 
 
 def _outcome_of(exc: BaseException) -> str:

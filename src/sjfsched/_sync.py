@@ -30,7 +30,7 @@ from ._scheduler import (
     SchedulerStatistics,
     Ticket,
     block_openers,
-    on_this_stack,
+    opened_here,
 )
 
 if TYPE_CHECKING:
@@ -402,8 +402,9 @@ class SyncScheduler:
         """
         with self._handing_over:
             blocks = list(self._blocks.values())
-        for openers, entry, what, _ in blocks:
-            if entry.state is EntryState.RUNNING and on_this_stack(openers):
+        me = threading.get_ident()
+        for openers, entry, what, opener in blocks:
+            if entry.state is EntryState.RUNNING and opened_here(openers, opener, me):
                 return what
         return None
 

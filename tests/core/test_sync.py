@@ -318,6 +318,39 @@ def test_close_from_another_thread_than_the_blocks_waits_for_it(async_backend: s
     assert sched.closed and sched.statistics().completed == 1
 
 
+def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    """A helper of the kind programs have (logging, retrying): it calls a function."""
+    return fn(*args)
+
+
+def test_close_through_a_helper_whose_frame_takes_a_gone_openers_address_waits() -> None:
+    """A block opened through a helper that returned is waited for, though a new frame of
+    the helper's code, on the closing thread, often takes the gone frame's address."""
+    outcomes = []
+    for _ in range(5):
+        sched = SyncScheduler(CallableBackend(echo))
+        stack = contextlib.ExitStack()
+        _call(stack.enter_context, sched.admit("x"))
+        outcome: list[str] = []
+
+        def closer(sched: SyncScheduler = sched, outcome: list[str] = outcome) -> None:
+            try:
+                _call(sched.close)
+                outcome.append("waited")
+            except RuntimeError as exc:
+                outcome.append(f"refused: {exc}")
+
+        thread = threading.Thread(target=closer)
+        thread.start()
+        threading.Event().wait(0.1)
+        stack.close()
+        thread.join(10)
+        if not sched.closed:
+            sched.close()
+        outcomes.append(outcome[0] if outcome else "hung")
+    assert outcomes == ["waited"] * 5
+
+
 def test_a_call_that_races_close_gets_scheduler_closed(monkeypatch: pytest.MonkeyPatch) -> None:
     """Closed between its check and its call into the event loop: SchedulerClosed, not the portal's error."""
     sched = SyncScheduler(CallableBackend(echo))

@@ -1,0 +1,68 @@
+"""asyncio's own cancellation (task.cancel(), asyncio.wait_for), which anyio's shields do not hold off."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import anyio
+
+from sjfsched import Chunk, Request, Scheduler
+from sjfsched.predictors import ConstantPredictor
+
+
+class _SlowToClose:
+    """A backend whose stream and whose own close take a moment to end (telling a server, joining)."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def stream(self, request: Request, /) -> AsyncIterator[Chunk]:
+        try:
+            for _ in range(100):
+                await anyio.sleep(0.01)
+                yield Chunk("x")
+        finally:
+            await anyio.sleep(0.3)
+
+    async def aclose(self) -> None:
+        await anyio.sleep(0.3)
+        self.closed = True
+
+
+def test_a_stream_whose_close_an_asyncio_timeout_interrupts_still_ends() -> None:
+    async def main() -> tuple[int, int, bool]:
+        sched = Scheduler(_SlowToClose(), predictor=ConstantPredictor())
+
+        async def read() -> None:
+            async with sched.stream("x") as chunks:
+                async for _ in chunks:
+                    break  # left early: the timeout fires as the backend's stream closes
+
+        async with sched:
+            with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+                await asyncio.wait_for(read(), 0.1)
+            stats = sched.statistics()
+        return stats.running, stats.cancelled, sched.closed
+
+    assert asyncio.run(asyncio.wait_for(main(), 10)) == (0, 1, True)
+
+
+def test_leaving_the_block_by_an_asyncio_timeout_still_closes_the_backend() -> None:
+    backend = _SlowToClose()
+
+    async def main() -> tuple[bool, bool]:
+        sched = Scheduler(backend, predictor=ConstantPredictor())
+
+        async def use() -> None:
+            async with sched:
+                await asyncio.sleep(0.05)
+
+        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+            await asyncio.wait_for(use(), 0.1)
+        at_once = backend.closed
+        await asyncio.sleep(0.5)
+        return at_once, backend.closed
+
+    assert asyncio.run(main()) == (False, True)  # the close went on after the timeout
