@@ -446,6 +446,58 @@ async def test_our_stop_string_seen_after_the_end_of_generation_counts_no_end_to
     assert "sample" not in vars(tiny_llm)  # the sampler's recorder is gone with the stream
 
 
+def _forcing_ids(pieces: list[int | bytes], llm: Llama) -> LogitsProcessorList:
+    """A logits processor that makes the model sample these tokens (bytes: their tokens), then stay."""
+    ids: list[int] = []
+    for piece in pieces:
+        ids.extend(llm.tokenize(piece, add_bos=False, special=False) if isinstance(piece, bytes) else [piece])
+    calls = [0]
+
+    def force(_: npt.NDArray[np.intc], scores: npt.NDArray[np.single]) -> npt.NDArray[np.single]:
+        wanted = ids[min(calls[0], len(ids) - 1)]
+        calls[0] += 1
+        scores = np.full_like(scores, -np.inf)
+        scores[wanted] = 0.0
+        return scores
+
+    return LogitsProcessorList([force])
+
+
+# Answers whose first bytes are not plain text, or that start with the BOS: llama.cpp drops a
+# space that starts the printed bytes after a BOS, and only that one.
+_EDGES: dict[str, tuple[str, list[Any], list[str] | None, int]] = {
+    # empty prompt (the answer starts with the BOS), then a token that prints nothing
+    "unk-first": ("", [0, b" and on the d"], ["on t"], 12),
+    # empty prompt, a first byte that is no UTF-8 text, then a space llama.cpp keeps
+    "invalid-first": ("", [b"\xe2", b" c c"], None, 3),
+    # the model samples the BOS first
+    "bos-first": ("Hi", ["bos", b" Once upon a"], [" Once"], 12),
+    "bos-first-no-stop": ("Hi", ["bos", b" Once upon a"], None, 8),
+    # a stop string only there when an invalid byte is left out of the text
+    "stop-across-invalid": ("Once upon a time", [b" m sa", b"\xe2", b" g Once"], ["a g "], 10),
+}
+
+
+@pytest.mark.parametrize("case", list(_EDGES), ids=list(_EDGES))
+async def test_forced_answers_are_llama_cpp_pythons_own(
+    backend: LlamaCppBackend, tiny_llm: Llama, case: str
+) -> None:
+    prompt, pieces, stop, max_tokens = _EDGES[case]
+    forced = [tiny_llm.token_bos() if p == "bos" else p for p in pieces]
+    options: dict[str, Any] = {"temperature": 0, "stop": stop}
+    request = Request(
+        prompt, max_tokens=max_tokens, options={**options, "logits_processor": _forcing_ids(forced, tiny_llm)}
+    )
+    chunks = await collect(backend, request)
+    model: Any = tiny_llm
+    expected = model.create_completion(
+        prompt, max_tokens=max_tokens, logits_processor=_forcing_ids(forced, tiny_llm), **options
+    )
+    got = ("".join(c.text for c in chunks), sum(c.tokens for c in chunks), chunks[-1].finish_reason)
+    choice = expected["choices"][0]
+    assert got == (choice["text"], expected["usage"]["completion_tokens"], choice["finish_reason"])
+
+
 def _stop_at_sample(n: int) -> Any:
     """Stopping criteria that say stop at the n-th sample (llama.cpp then drops that sample)."""
     from llama_cpp import StoppingCriteriaList

@@ -197,6 +197,10 @@ class _StopStrings:
     :class:`_StopFound` out of it; with the caller's stopping criteria,
     which llama-cpp-python asks after the sample and which drop it when they
     say stop, :meth:`criteria` raises it after asking them instead.
+
+    With no stop strings it only learns :attr:`first_raw` (whether the
+    answer's text starts with a space llama.cpp drops, see
+    :attr:`drops_leading_space`), then stops decoding.
     """
 
     def __init__(self, llm: Llama, stops: tuple[str, ...], counter: TokenCounter) -> None:
@@ -213,6 +217,10 @@ class _StopStrings:
         # first BOS goes), so the bytes grow by each new token's alone; any other tokenizer
         # (an HF one given to the Llama) is asked for the whole answer, as llama-cpp-python asks.
         self._text = b""
+        #: The first byte the answer's tokens print, before the rule that drops a space
+        #: there when they start with the BOS (None: none yet, or not llama.cpp's tokenizer).
+        self.first_raw: int | None = None
+        self._bos = llm.token_bos()
         self._looked = 0
         self._longest = max((len(s) for s in self._stops), default=1)
         tokenizer = getattr(llm, "tokenizer_", None)
@@ -238,11 +246,22 @@ class _StopStrings:
         """Look for a stop string once ``token`` is part of the answer."""
         if _is_end_of_generation(self._llm, token):
             return  # llama-cpp-python ends here, before its own look
+        if not self._stops and (self.first_raw is not None or not self._by_token):
+            return  # nothing more to learn
         self._tokens.append(token)
-        if self._by_token and len(self._tokens) > 2:  # past a first BOS and the token after it
-            self._text += self._llm.detokenize([token])
+        if self._by_token:
+            # llama.cpp's tokenizer decodes token by token; its one context rule: a space
+            # that starts the printed bytes goes when the tokens start with the BOS.
+            piece = self._llm.detokenize([token])
+            if self.first_raw is None and piece:
+                self.first_raw = piece[0]
+                if self._tokens[0] == self._bos and piece[0] == 0x20:
+                    piece = piece[1:]
+            self._text += piece
         else:
             self._text = self._llm.detokenize(self._tokens, prev_tokens=self._counter.prompt_ids)
+        if not self._stops:
+            return
         text = self._text
         # llama-cpp-python's wait for the rest of a character (Llama._create_completion),
         # as it is: the first byte of a 2-, 3- or 4-byte character among the last three.
@@ -264,6 +283,29 @@ class _StopStrings:
                 if not self._criteria:
                     raise _StopFound(self._found)
                 return
+
+    @property
+    def drops_leading_space(self) -> bool | None:
+        """Whether llama.cpp drops a space the answer's text starts with (None: not known).
+
+        It does when the answer's tokens start with the BOS (an empty prompt's
+        answer does, or a model's first sample) and the first byte they print
+        is a space; llama-cpp-python's stream keeps that space.
+        """
+        if self.first_raw is None:
+            return None
+        return self._tokens[0] == self._bos and self.first_raw == 0x20
+
+    def last_look(self) -> bytes | None:
+        """At the end of the generation: the answer's bytes before the first stop string, if any.
+
+        A wait for the rest of a character skips the looks after the samples
+        in it; at the end, llama-cpp-python's stream looks once more in what
+        it has not handed out yet, in the bytes, and cuts the answer there.
+        """
+        start = max(0, self._looked - self._longest + 1)
+        found = [at for at in (self._text.find(stop, start) for stop in self._stops) if at >= 0]
+        return self._text[: min(found)] if found else None
 
 
 def counting_processors(counter: TokenCounter, extra: Any) -> Any:
@@ -433,9 +475,7 @@ class LlamaCppBackend:
     def __repr__(self) -> str:
         return f"LlamaCppBackend({getattr(self._llm, 'model_path', self._llm)!r})"
 
-    def _arguments(
-        self, request: Request, counter: TokenCounter
-    ) -> tuple[dict[str, Any], _StopStrings | None]:
+    def _arguments(self, request: Request, counter: TokenCounter) -> tuple[dict[str, Any], _StopStrings]:
         params = self._chat_params if request.messages is not None else self._completion_params
         options = dict(request.options)
         reserved = sorted(_RESERVED.intersection(options))
@@ -465,8 +505,9 @@ class LlamaCppBackend:
         if options.get("stopping_criteria") is not None:
             options["stopping_criteria"] = counter.watch(options["stopping_criteria"])
         stops = _stop_strings(options.pop("stop", None))
-        watcher = _StopStrings(self._llm, stops, counter) if stops else None
-        if watcher is not None and options.get("stopping_criteria") is not None:
+        # With no stop strings too: it tells whether llama.cpp drops a leading space.
+        watcher = _StopStrings(self._llm, stops, counter)
+        if stops and options.get("stopping_criteria") is not None:
             options["stopping_criteria"] = watcher.criteria(options["stopping_criteria"])
         options["stream"] = True
         return options, watcher
@@ -483,18 +524,17 @@ class LlamaCppBackend:
             raise BackendError("this LlamaCppBackend is closed")
         counter = TokenCounter(starts_with_bos=request.messages is None and not request.prompt)
         arguments, watcher = self._arguments(request, counter)
-        stops = watcher.stops if watcher is not None else ()
         await acquire_thread_lock(self._lock)
         try:
             if self._llm_closed:  # closed while this waited for the model
                 raise BackendError("this LlamaCppBackend is closed")
-            with recording_samples(self._llm, counter, None if watcher is None else watcher.sampled):
+            with recording_samples(self._llm, counter, watcher.sampled):
                 try:
                     iterator = await anyio.to_thread.run_sync(self._start, request, arguments)
                 except Exception as exc:
                     raise BackendError(f"llama.cpp failed: {exc}") from exc
                 try:
-                    async with aclosing(self._chunks(iterator, counter, stops)) as chunks:
+                    async with aclosing(self._chunks(iterator, counter, watcher)) as chunks:
                         async for chunk in chunks:
                             yield chunk
                 finally:
@@ -507,7 +547,7 @@ class LlamaCppBackend:
             self._lock.release()
 
     async def _chunks(
-        self, iterator: Iterator[Any], counter: TokenCounter, stops: tuple[str, ...]
+        self, iterator: Iterator[Any], counter: TokenCounter, watcher: _StopStrings
     ) -> AsyncGenerator[Chunk, None]:
         # A chunk's tokens are counted one sample late: the newest sampled
         # token may turn out to be the end-of-generation token (not part of
@@ -518,10 +558,13 @@ class LlamaCppBackend:
         sent = 0  # characters handed out
         pending = ""  # text held back: it may be the start of a stop string
         finish: str | None = None
-        # llama.cpp's detokenizer drops a space right after the BOS token, so
-        # the unstreamed answer to an empty prompt (which starts with the BOS)
-        # has none there; llama-cpp-python's stream hands the BOS out alone.
-        leading_space = counter.starts_with_bos
+        stops = watcher.stops
+        # llama.cpp's detokenizer drops a space that starts the printed bytes
+        # when the answer's tokens start with the BOS (an empty prompt's do),
+        # so the unstreamed answer has none there; llama-cpp-python's stream
+        # keeps it.  Only a space that was the first byte goes: the stream's
+        # text drops bytes that are no UTF-8 text.
+        leading_space = True
         while True:
             try:
                 item: Any = await anyio.to_thread.run_sync(next, iterator, _DONE)
@@ -537,25 +580,27 @@ class LlamaCppBackend:
             except Exception as exc:
                 raise BackendError(f"llama.cpp failed: {exc}") from exc
             if item is _DONE:
+                before = watcher.last_look() if stops else None
+                if before is not None:
+                    # The generation ended (an end of generation, max_tokens) while
+                    # llama.cpp's wait for the rest of a character skipped the look
+                    # in the bytes: the answer ends before the stop string there.
+                    pending, finish = before.decode("utf-8", errors="ignore")[sent:], "stop"
                 break
             text, reason = _chunk_text(item)
             if leading_space and text:
                 leading_space = False
-                text = text.removeprefix(" ")
+                drops = watcher.drops_leading_space
+                if drops or (drops is None and counter.starts_with_bos):  # None: as for llama.cpp's
+                    text = text.removeprefix(" ")
             pending += text
-            if stops:
-                cut = _find_stop(pending, stops)
-                if cut is not None:
-                    # Our stop string in the text of llama.cpp's last flush:
-                    # the generation ended (an end of generation, max_tokens)
-                    # while llama.cpp's wait for the rest of a character
-                    # skipped the look in the bytes.  The text ends before it.
-                    pending, finish = pending[:cut], "stop"
-                    break
             if reason is not None:
                 finish = reason
                 continue  # the last chunk goes out below, with the exact count
             ready = len(pending) - _held_back(pending, stops)
+            before = watcher.last_look() if stops else None
+            if before is not None:  # in the bytes a wait for a character's rest kept the looks from
+                ready = min(ready, max(0, len(before.decode("utf-8", errors="ignore")) - sent))
             settled = max(reported, counter.sampled - 1)
             if not ready and settled == reported:
                 continue
@@ -647,12 +692,6 @@ def _stop_strings(value: object) -> tuple[str, ...]:
             "so the answer would be empty: leave it out"
         )
     return tuple(stops)
-
-
-def _find_stop(text: str, stops: tuple[str, ...]) -> int | None:
-    """Where the first stop string starts in ``text``, or None."""
-    found = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return min(found) if found else None
 
 
 def _held_back(text: str, stops: tuple[str, ...]) -> int:
