@@ -58,6 +58,33 @@ def test_train_refuses_a_card_that_would_overwrite_the_model(tmp_path: Path) -> 
     assert (tmp_path / "new" / "card.md").read_text().startswith("# Model card")
 
 
+def test_train_and_evaluate_on_tiny_or_empty_logs_say_what_is_wrong(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _records(tmp_path / "ten.jsonl", 10)
+    for out in (".", "/"):  # no file name: pathlib's "has an empty name" escaped
+        assert main(["train", str(data), "--out", out]) == 2
+        assert f"sjfsched train: --out {out} is a directory" in capsys.readouterr().err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    assert main(["train", str(empty), "--out", str(tmp_path / "m.onnx")]) == 1
+    assert (
+        f"no records in {empty} (empty, or blank lines only)" in capsys.readouterr().err
+    )  # not "after filtering"
+    assert main(["train", str(data), "--include", "nothing*", "--out", str(tmp_path / "m.onnx")]) == 1
+    assert "the options kept none of the 10 in" in capsys.readouterr().err
+    # The held-out split leaves one prompt to train on: --fit-all fits all ten instead of failing.
+    fit_all = ["train", str(data), "--fit-all", "--test-fraction", "0.9", "--out", str(tmp_path / "m.onnx")]
+    assert main(fit_all) == 0
+    assert "nothing held out, the model is fitted on all of them" in capsys.readouterr().err
+    assert (tmp_path / "m.onnx").stat().st_size > 0
+    # An empty test split is an error that says so, not a header-only table.
+    five = _records(tmp_path / "five.jsonl", 5)
+    assert main(["evaluate", str(five), "--test-fraction", "0.01"]) == 1
+    assert "the test split is empty" in capsys.readouterr().err
+    assert main(["evaluate", str(five), "--split", "all"]) == 0
+
+
 @pytest.mark.parametrize("load", ["-1", "0", "nan", "1.5"])
 def test_demo_refuses_a_load_outside_zero_to_one(load: str) -> None:
     assert main(["demo", "--load", load]) == 2

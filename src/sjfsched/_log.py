@@ -55,6 +55,11 @@ class RequestLog:
     logged with their finish reason, their length being only a lower bound;
     ``skip_truncated=True`` leaves them out.  Safe to call from several threads; the file is flushed
     after every line.
+
+    An existing file that is not such a log (a CSV, a compressed log not
+    named ``.gz``, a plain one named ``.gz``) raises :class:`ValueError`
+    saying why, here and before anything is written to it: a log only ever
+    appends to its own kind.
     """
 
     def __init__(
@@ -68,6 +73,9 @@ class RequestLog:
         if not isinstance(source, str) or not source:
             raise ValueError("RequestLog.source must be a non-empty string")
         self.path = Path(path)
+        why = _not_a_log(self.path)
+        if why is not None:
+            raise ValueError(f"{self.path} is not a request log: {why}")
         self.model = model
         self.source = source
         self.skip_truncated = skip_truncated
@@ -78,6 +86,9 @@ class RequestLog:
     def _open(self) -> IO[bytes]:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            why = _not_a_log(self.path)  # again: it may have been replaced since
+            if why is not None:
+                raise ValueError(f"{self.path} is not a request log: {why}")
             _finish_tail(self.path)
             self._file = self.path.open("ab")
         return self._file
@@ -143,6 +154,38 @@ class RequestLog:
 _DROPPED = "%s: dropped %d bytes of an unfinished last line (left by a crash)"
 
 
+def _not_a_log(path: Path) -> str | None:
+    """Why the file at ``path`` is no log to append to (``None``: it is one, or empty, or absent)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(1 << 16)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if not head:
+        return None
+    compressed = head[:2] == b"\x1f\x8b"
+    if path.suffix == ".gz":
+        return None if compressed else "it is not gzip-compressed (a plain log's name does not end in .gz)"
+    if compressed:
+        return "it is gzip-compressed (a compressed log's name ends in .gz)"
+    end = head.find(b"\n")
+    first = head if end < 0 else head[:end]
+    if end < 0 and not first.strip(b"\x00"):  # a crash's zeros, and nothing else yet
+        return None
+    if not first.lstrip().startswith(b"{"):
+        return "its first line is not a JSON object"
+    if end >= 0:
+        try:
+            whole = isinstance(json.loads(first), dict)
+        except (ValueError, RecursionError):
+            whole = False
+        if not whole:
+            return "its first line is not a JSON object"
+    return None
+
+
 def _finish_tail(path: Path) -> None:
     """Drop an unfinished last line (or gzip member) that a crash left, before appending.
 
@@ -163,6 +206,11 @@ def _finish_tail(path: Path) -> None:
             with path.open("ab") as f:
                 f.write(b"\n")
         elif keep < size:
+            with path.open("rb") as f:
+                f.seek(keep)
+                start = f.read(1 << 12).lstrip(b"\x00")[:1]  # a crash may leave zeros
+            if start not in (b"{", b""):  # no JSON line a crash cut short: not ours to drop
+                raise ValueError(f"{path} is not a request log: its last line is not a JSON object")
             logger.warning(
                 "%s: dropped %d bytes of an unfinished last line (left by a crash)", path, size - keep
             )

@@ -117,6 +117,34 @@ def test_a_log_reopened_after_a_crash_keeps_every_whole_line(
     assert [r.output_tokens for r in records] == [10, 11, 12, 13, 14, 20, 21, 22, 23, 24]
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "why"),
+    [
+        ("notes.csv", b"id,text\n1,first row\n2,last row", "its first line is not a JSON object"),
+        ("requests.jsonl", gzip.compress(b'{"prompt": "a"}\n'), "it is gzip-compressed"),
+        ("requests.jsonl.gz", b'{"prompt": "a", "output_tokens": 1}\n', "it is not gzip-compressed"),
+    ],
+)
+def test_a_file_that_is_no_log_is_refused_and_left_as_it_was(
+    tmp_path: Path, name: str, content: bytes, why: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"{name} is not a request log: {why}"):
+        RequestLog(path)
+    assert path.read_bytes() == content
+
+
+def test_a_last_line_that_is_no_json_is_not_dropped_as_a_crash_would_leave(tmp_path: Path) -> None:
+    path = tmp_path / "requests.jsonl"
+    log = RequestLog(path)
+    content = b'{"prompt": "a", "output_tokens": 1}\nsomething else'
+    path.write_bytes(content)  # after the log was made: found when it opens the file to append
+    with pytest.raises(ValueError, match="its last line is not a JSON object"):
+        log(_done("x", 3))
+    assert path.read_bytes() == content
+
+
 def test_a_whole_last_line_without_its_newline_is_kept(tmp_path: Path) -> None:
     path = tmp_path / "mine.jsonl"
     path.write_text('{"prompt": "a", "output_tokens": 3}\n{"prompt": "b", "output_tokens": 4}')

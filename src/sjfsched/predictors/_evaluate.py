@@ -800,7 +800,7 @@ def _option_problem(args: argparse.Namespace) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ._train import select_records, split_records
+    from ._train import no_records, select_records, split_records
 
     if not 0.0 < args.test_fraction < 1.0:
         print("sjfsched evaluate: --test-fraction must be within (0, 1)", file=sys.stderr)
@@ -819,9 +819,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"sjfsched evaluate: --word-vectors: {exc}", file=sys.stderr)
             return 2
         table["lexical-vectors"] = _lexical_with(vectors=vectors, vector_weight=args.word_vector_weight)
-    records = select_records(load_records(args.data), include=args.include, exclude=args.exclude)
+    loaded = load_records(args.data)
+    records = select_records(loaded, include=args.include, exclude=args.exclude)
     if not records:
-        print("sjfsched evaluate: no records", file=sys.stderr)
+        print(f"sjfsched evaluate: {no_records(args.data, loaded)}", file=sys.stderr)
         return 1
 
     def log(line: str) -> None:
@@ -851,6 +852,15 @@ def run(args: argparse.Namespace) -> int:
         return 0
     train, test = split_records(records, args.test_fraction, args.seed)
     chosen = {"test": test, "train": train, "all": records}[args.split]
+    if not chosen:
+        ids = len({(r.corpus, r.prompt_id) for r in records})
+        print(
+            f"sjfsched evaluate: the {args.split} split is empty: --test-fraction {args.test_fraction:g} "
+            f"(seed {args.seed}) splits the {ids:,} prompt id{'' if ids == 1 else 's'} so; "
+            "--split all evaluates every answer",
+            file=sys.stderr,
+        )
+        return 1
     texts = [r.prompt for r in chosen]
     if args.predictor == "length":
         scores = np.array([float(len(t)) for t in texts])

@@ -127,6 +127,14 @@ def select_records(
     return out
 
 
+def no_records(data: Sequence[Path], loaded: Sequence[LengthRecord]) -> str:
+    """Why there is nothing to work on: the inputs hold no record, or the options kept none."""
+    where = ", ".join(str(p) for p in data)
+    if not loaded:
+        return f"no records in {where} (empty, or blank lines only)"
+    return f"no records left after filtering: the options kept none of the {len(loaded):,} in {where}"
+
+
 def load_holdout_prompts(paths: Sequence[Path]) -> frozenset[str]:
     """The prompt ids of every ``"prompt"`` in these JSON-lines files.
 
@@ -734,6 +742,9 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.test_fraction < 1.0:
         print("sjfsched train: --test-fraction must be within [0, 1)", file=sys.stderr)
         return 2
+    if not args.out.name:  # ".", "/": no file name to put the card beside
+        print(f"sjfsched train: --out {args.out} is a directory: give the model's file name", file=sys.stderr)
+        return 2
     card_path = args.card if args.card is not None else args.out.with_suffix(".md")
     if card_path.resolve() == args.out.resolve():
         print(f"sjfsched train: the card would overwrite the model {args.out}: pass --card", file=sys.stderr)
@@ -781,9 +792,17 @@ def run(args: argparse.Namespace) -> int:
     records = select_records(records, holdout=holdout)
     held_back -= len(records)
     if not records:
-        print("sjfsched train: no records left after filtering", file=sys.stderr)
+        print(f"sjfsched train: {no_records(args.data, loaded)}", file=sys.stderr)
         return 1
     train, test = split_records(records, args.test_fraction, args.seed)
+    if args.fit_all and test and len({r.prompt for r in train}) < 2 <= len({r.prompt for r in records}):
+        # Too few prompts to hold some out and still train; --fit-all trains on them all anyway.
+        print(
+            f"sjfsched train: --test-fraction {args.test_fraction:g} leaves fewer than 2 prompts to train "
+            "on: nothing held out, the model is fitted on all of them (--fit-all)",
+            file=sys.stderr,
+        )
+        train, test = records, []
     print(f"{len(records):,} answers: {len(train):,} to train on, {len(test):,} held out", file=sys.stderr)
     meta = {"sjfsched.trained_on": json.dumps(sorted({r.source for r in records}))}
     if holdout:
