@@ -259,6 +259,25 @@ def test_truncated_model_file(tmp_path: Path) -> None:
         LexicalPredictor(path)
 
 
+def test_a_model_cut_at_the_end_of_a_metadata_entry_is_refused(tmp_path: Path) -> None:
+    """Cut where an entry ends, the file still parses, without the last entries (the target's map)."""
+    model = onnx.load(str(bundled_model_path()))
+    props = list(model.metadata_props)
+    sizes = []
+    for keep in (len(props) - 2, len(props) - 4):  # from sjfsched.trained_on on; from sjfsched.target on
+        del model.metadata_props[:]
+        model.metadata_props.extend(props[:keep])
+        path = tmp_path / f"cut{keep}.onnx"
+        path.write_bytes(model.SerializeToString())
+        sizes.append(path.stat().st_size)
+        lost = {p.key for p in props[keep:]} & {"sjfsched.target", "sjfsched.trained_on"}
+        assert lost, "the test cuts off an entry the loader needs"
+        with pytest.raises(PredictorError, match=rf"cut{keep}\.onnx: model metadata lacks .*cut short"):
+            LexicalPredictor(path)
+    cut = (tmp_path / f"cut{len(props) - 2}.onnx").read_bytes()
+    assert bundled_model_path().read_bytes()[: sizes[0]] == cut  # the bundled file, cut short
+
+
 def test_a_model_path_that_is_not_a_regular_file(tmp_path: Path) -> None:
     fifo = tmp_path / "pipe.onnx"
     os.mkfifo(fifo)  # reading it would wait for a writer for ever

@@ -101,6 +101,33 @@ def test_a_calibration_takes_no_number_it_cannot_fit(tmp_path: Path) -> None:
     assert again.offset == calibration.offset
 
 
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"sx": 1e300}, r"\|sx\| > 1e6 s0"),
+        ({"s0": 0.0, "sx": 1e6, "sxx": 0.0}, r"\|sx\| > 1e6 s0"),
+        ({"sy": -5.0}, "sy outside"),
+        ({"sr": 1e9}, "sr > 25 s0"),
+        ({"s0": 1e6}, "s0 > n"),
+    ],
+)
+def test_a_state_whose_sums_no_observations_give_is_refused(
+    tmp_path: Path, change: dict[str, float], why: str
+) -> None:
+    """Finite numbers that no run of observe() makes: they loaded, and put 0 tokens on every prompt."""
+    predictor = LexicalPredictor(calibration_path=tmp_path / "good.json")
+    for i in range(50):
+        request = Request(f"question number {i}: explain topic {i % 7}")
+        predictor.observe(request, predictor.predict(request), 100 + 20 * (i % 7))
+    predictor.save_calibration()
+    good = json.loads((tmp_path / "good.json").read_text())
+    LexicalPredictor(calibration_path=tmp_path / "good.json")  # the real state loads
+    good["state"].update(change)
+    (tmp_path / "bad.json").write_text(json.dumps(good))
+    with pytest.raises(PredictorError, match=f"bad.json: .*numbers no observations give \\({why}"):
+        LexicalPredictor(calibration_path=tmp_path / "bad.json")
+
+
 def test_several_writers_of_one_state_file_never_collide(tmp_path: Path) -> None:
     path = tmp_path / "shared.json"
     errors: list[BaseException] = []

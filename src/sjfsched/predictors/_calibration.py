@@ -149,6 +149,9 @@ class LengthCalibration:
             values[key] < 0 for key in ("s0", "sxx", "sr", "n")
         ):
             raise ValueError(f"{where}: calibration state holds invalid numbers")
+        why = _impossible(values)
+        if why is not None:
+            raise ValueError(f"{where}: calibration state holds numbers no observations give ({why})")
         # Fit a copy first: a state that cannot be fit leaves this one as it was.
         trial = LengthCalibration(
             center=self.center, spread=self.spread, sigma=self.sigma0,
@@ -164,6 +167,27 @@ class LengthCalibration:
         for key in _STATE_KEYS:
             setattr(self, key, getattr(trial, key))
         self._refit()
+
+
+def _impossible(v: dict[str, float]) -> str | None:
+    """What in a state's sums no run of :meth:`LengthCalibration.observe` could give, if anything.
+
+    Each observation adds weight 1 (then decays), a score within
+    ``_MAX_RAW`` of 0, a log length within ``[0, _MAX_Y]`` and a squared
+    residual of at most 25: the sums are bounded by their weight ``s0``.
+    A little slack is left for rounding.
+    """
+    s0 = v["s0"] * (1 + 1e-9) + 1e-12
+    checks = (
+        (v["s0"] <= v["n"] + 1e-9, "s0 > n"),
+        (abs(v["sx"]) <= _MAX_RAW * s0, "|sx| > 1e6 s0"),
+        (-1e-12 <= v["sy"] <= _MAX_Y * s0, "sy outside [0, log(1e6) s0]"),
+        (v["sxx"] <= _MAX_RAW * _MAX_RAW * s0, "sxx > 1e12 s0"),
+        (v["sx"] * v["sx"] <= v["sxx"] * s0 * (1 + 1e-6) + 1e-12, "sx^2 > sxx s0"),
+        (abs(v["sxy"]) <= _MAX_RAW * _MAX_Y * s0, "|sxy| > 1e6 log(1e6) s0"),
+        (v["sr"] <= 25.0 * s0, "sr > 25 s0"),
+    )
+    return next((why for ok, why in checks if not ok), None)
 
 
 def write_state(path: str | os.PathLike[str], data: Any) -> None:

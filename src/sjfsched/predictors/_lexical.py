@@ -175,6 +175,14 @@ def _read(path: Path) -> _Model:
         center, spread, sigma = float(stats["center"]), float(stats["spread"]), float(stats["sigma"])
     except (KeyError, ValueError, TypeError, OverflowError) as exc:
         raise PredictorError(f"{path}: model metadata is missing or malformed ({exc!r})") from exc
+    # Written last (`sjfsched train` writes its own keys after the model's): a file cut short
+    # at an entry's end still parses, without them.
+    lost = [key for key in ("sjfsched.target", "sjfsched.trained_on") if key not in meta]
+    if lost:
+        raise PredictorError(
+            f"{path}: model metadata lacks {', '.join(lost)}: the file is cut short, or was not "
+            "written by `sjfsched train`"
+        )
     if version != FEATURE_VERSION:
         raise PredictorError(
             f"{path}: model was trained with feature version {version}, this sjfsched "
