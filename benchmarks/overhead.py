@@ -33,7 +33,7 @@ import anyio
 import anyio.lowlevel
 
 from sjfsched import Chunk, Request, Scheduler
-from sjfsched._cli import at_least_one
+from sjfsched._cli import at_least_one, machine_summary
 from sjfsched.predictors import ConstantPredictor
 
 
@@ -129,6 +129,7 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", default=["asyncio", "trio"])
     parser.add_argument("--memory", action="store_true", help="also trace memory (slow at 100,000)")
     args = parser.parse_args()
+    print(f"machine: {machine_summary()}")
     print(
         f"{'loop':<8}{'depth':>9}{'total us/req':>14}{'no-scheduler':>14}{'scheduler':>11}"
         + (f"{'KiB/waiting':>13}" if args.memory else "")

@@ -32,8 +32,6 @@ import argparse
 import gc
 import gzip
 import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -42,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from sjfsched import Request
-from sjfsched._cli import at_least_one
+from sjfsched._cli import at_least_one, machine_summary
 from sjfsched.predictors import ClairvoyantPredictor, HeuristicPredictor, LexicalPredictor, Predictor
 from sjfsched.predictors._lexical import bundled_model_path
 
@@ -138,9 +136,7 @@ def main() -> None:
     requests = [Request(p) for p in prompts]
     lengths = [len(p) for p in prompts]
     print(f"prompts: {where}; median {statistics.median(lengths):.0f} characters")
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    cpu = platform.processor() or platform.machine()
-    print(f"machine: {cpu}, {os.cpu_count()} CPUs, load average {load:.2f}")
+    print(f"machine: {machine_summary()}")
     if model is None:
         print(f"bundled model: {bundled_model_path().stat().st_size / 1e6:.2f} MB")
     else:

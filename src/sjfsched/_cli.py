@@ -48,6 +48,18 @@ def same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def machine_summary() -> str:
+    """The machine a benchmark runs on, for its output: processor, cores, memory, load average."""
+    import platform
+
+    try:
+        memory = f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB"
+    except (AttributeError, OSError, ValueError):  # not a POSIX system
+        memory = "memory unknown"
+    load = f"load average {os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "load unknown"
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {memory}, {load}"
+
+
 def at_least_one(text: str) -> int:
     """An argparse type (the bench options, the scripts in benchmarks/): a whole number of 1 or more.
 

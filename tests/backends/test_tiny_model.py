@@ -112,7 +112,8 @@ def test_command_line_writes_and_measures(tmp_path: Path, capsys: pytest.Capture
     assert "m.gguf" in capsys.readouterr().out
     assert gguf.GGUFReader(tmp_path / "m.gguf").fields["llama.block_count"].contents() == 1
     assert main(["speed", "--preset", "tiny", "--tokens", "8", "--repeat", "1"]) == 0
-    table = capsys.readouterr().out.splitlines()
+    machine, *table = capsys.readouterr().out.splitlines()
+    assert machine.startswith("machine: ") and " CPUs, " in machine and "GiB" in machine
     assert table[0].split()[:3] == ["preset", "size", "MB"]
     name, size, per_token, cpu, per_prompt_token = table[1].split()
     assert float(size) > 0

@@ -73,7 +73,10 @@ def _measure(
 
 
 def _speed(args: argparse.Namespace) -> int:
+    from .._cli import machine_summary
+
     names = [args.preset] if args.preset else list(PRESETS)
+    print(f"machine: {machine_summary()}")
     print(
         f"{'preset':<8} {'size MB':>8} {'ms/token':>9} {'CPU ms/token':>13} {'ms/prompt token':>16}"
         f"  (threads={args.threads}, threads_batch={args.threads_batch or args.threads},"
