@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import enum
 import functools
 import inspect
 import sys
@@ -12,7 +13,7 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, final
 
 import anyio.from_thread
 import attrs
@@ -35,6 +36,7 @@ from ._scheduler import (
 
 if TYPE_CHECKING:
     from .backends._base import Backend
+    from .predictors._base import Predictor
 
 __all__ = ["SyncScheduler", "SyncStream"]
 
@@ -42,6 +44,15 @@ T = TypeVar("T")
 
 #: What a read after its block says, in the words of ChunkStream's.
 _LEFT_EARLY = LEFT_EARLY.format(block="with")
+
+
+class _Unset(enum.Enum):
+    """A knob not given to :class:`SyncScheduler`: the scheduler class's own default applies."""
+
+    UNSET = "the scheduler's default"
+
+
+_UNSET: Final = _Unset.UNSET
 
 
 @final
@@ -167,9 +178,10 @@ class SyncScheduler:
     It runs an event loop in a background thread (an anyio blocking portal)
     and is safe to call from any number of threads at once: each call waits
     its turn shortest-job-first, exactly as with the async scheduler.  The
-    arguments are the :class:`Scheduler`'s; ``async_backend`` picks the event
-    loop (``"asyncio"`` or ``"trio"``) and ``scheduler_class`` a subclass with
-    your own policy.
+    arguments are the :class:`Scheduler`'s (a knob left out keeps the
+    scheduler class's default); ``async_backend`` picks the event loop
+    (``"asyncio"`` or ``"trio"``) and ``scheduler_class`` a subclass with
+    your own policy, to which any further keyword arguments go.
 
     ::
 
@@ -189,8 +201,33 @@ class SyncScheduler:
         *,
         async_backend: str = "asyncio",
         scheduler_class: type[Scheduler] = Scheduler,
+        predictor: Predictor | _Unset | None = _UNSET,
+        concurrency: int | _Unset | None = _UNSET,
+        aging: float | _Unset = _UNSET,
+        cap: float | _Unset | None = _UNSET,
+        max_wait: float | _Unset | None = _UNSET,
+        max_queue: int | _Unset | None = _UNSET,
+        prefill_rate: float | _Unset = _UNSET,
+        decode_rate: float | _Unset = _UNSET,
+        learn_rates: bool | _Unset = _UNSET,
+        on_complete: Callable[[Completion], object] | _Unset | None = _UNSET,
         **options: Any,
     ) -> None:
+        # The Scheduler's knobs, typed here for the caller's type checker; only those given
+        # are passed on, so a scheduler_class keeps its own defaults (and its own options).
+        given = {
+            "predictor": predictor,
+            "concurrency": concurrency,
+            "aging": aging,
+            "cap": cap,
+            "max_wait": max_wait,
+            "max_queue": max_queue,
+            "prefill_rate": prefill_rate,
+            "decode_rate": decode_rate,
+            "learn_rates": learn_rates,
+            "on_complete": on_complete,
+        }
+        options = {**{k: v for k, v in given.items() if v is not _UNSET}, **options}
         loops = anyio.get_all_backends()  # ("asyncio", "trio")
         if not isinstance(async_backend, str) or async_backend not in loops:
             raise ValueError(

@@ -12,7 +12,16 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from sjfsched import BackendError, Chunk, Completion, Request, SchedulerClosed, SyncScheduler, SyncStream
+from sjfsched import (
+    BackendError,
+    Chunk,
+    Completion,
+    Request,
+    Scheduler,
+    SchedulerClosed,
+    SyncScheduler,
+    SyncStream,
+)
 from sjfsched.backends import CallableBackend
 
 from ._util import TablePredictor, job
@@ -75,6 +84,24 @@ def test_custom_scheduler_class() -> None:
     ) as sched:
         assert isinstance(sched.scheduler, DeadlineScheduler)
         assert sched.complete(job(3, metadata={"deadline": 5})).text == "job 3 "
+
+
+def test_only_the_knobs_given_reach_the_scheduler_class() -> None:
+    """The typed knobs left out keep the class's own defaults; other keywords go to the class."""
+    seen: dict[str, Any] = {}
+
+    class Narrow(Scheduler):
+        def __init__(self, backend: Any, *, aging: float = 0.5, tag: str = "") -> None:
+            seen.update(aging=aging, tag=tag)
+            super().__init__(backend, aging=aging, predictor=TablePredictor())
+
+    with SyncScheduler(CallableBackend(echo), scheduler_class=Narrow, tag="mine") as sched:
+        assert sched.scheduler.aging == 0.5
+    with SyncScheduler(CallableBackend(echo), scheduler_class=Narrow, aging=0.25):
+        pass
+    assert seen == {"aging": 0.25, "tag": ""}
+    with pytest.raises(TypeError, match="unexpected keyword argument 'prefill_rate'"):
+        SyncScheduler(CallableBackend(echo), scheduler_class=Narrow, prefill_rate=100.0)
 
 
 def test_stream_admit_and_close() -> None:

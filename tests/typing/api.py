@@ -175,3 +175,10 @@ def records_fields_are_typed() -> None:
     Prediction("many")  # type: ignore[arg-type]
     Prediction(1.0, prompt_tokens="3")  # type: ignore[arg-type]
     Chunk("a", tokens=1.5)  # type: ignore[arg-type]
+
+
+def sync_knobs_are_typed() -> None:
+    SyncScheduler(aging=0.1, cap=None, max_queue=10, predictor=HeuristicPredictor(), learn_rates=False)
+    SyncScheduler(aging="fast")  # type: ignore[arg-type]
+    SyncScheduler(predictor=Request("x"))  # type: ignore[arg-type]
+    SyncScheduler(max_queue=1.5)  # type: ignore[arg-type]
