@@ -642,7 +642,8 @@ def test_a_pool_worker_that_read_a_stream_last_may_call_the_model(tiny_path: Pat
         stream = w("Once upon a time", max_tokens=20, temperature=0, stream=True)
         text = worker.submit(next, stream).result()["choices"][0]["text"]  # the worker read it last
         later = worker.submit(lambda: w("The little dog", max_tokens=5, temperature=0))
-        time.sleep(0.3)  # the worker's call asks first
+        while w.scheduler.statistics().waiting < 1:  # the worker's call asks first
+            time.sleep(0.01)
         text += "".join(chunk["choices"][0]["text"] for chunk in stream)  # this thread reads it on
         answer = later.result(timeout=30)
         print("pool call:", answer["choices"][0]["text"] == alone)

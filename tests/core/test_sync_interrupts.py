@@ -108,7 +108,8 @@ def test_ctrl_c_while_waiting_for_a_slot_gives_no_slot_away(async_backend: str) 
         sched = SyncScheduler(CallableBackend(generate), async_backend=ASYNC_BACKEND)
         holder = threading.Thread(target=sched.complete, args=("hold",), kwargs={"metadata": {"n": 6}})
         holder.start()
-        time.sleep(0.3)
+        while sched.statistics().running < 1:  # the holder has the slot
+            time.sleep(0.01)
         interrupt_in(0.3)
         try:
             with sched.admit("waits its turn"):

@@ -98,8 +98,12 @@ def test_train_clairvoyant_and_predict_p_long(log: Path, tmp_path: Path) -> None
     q = predictor.predict(Request("Is jazz music older than 3 years? Yes or no."))
     assert p.p_long is not None and q.p_long is not None and p.p_long > q.p_long
     assert p.tokens > q.tokens
-    expected = ClairvoyantPredictor(out, key="expected").predict(Request("Explain volcanoes to a child."))
+    volcanoes = Request("Explain volcanoes to a child.")
+    expected = ClairvoyantPredictor(out, key="expected").predict(volcanoes)
     assert predictor.class_tokens[0] < expected.tokens < predictor.class_tokens[2]
+    weights = predictor.probabilities(volcanoes)  # the class medians weighted by the probabilities
+    weighted = sum(w * t for w, t in zip(weights, predictor.class_tokens, strict=True))
+    assert expected.tokens == pytest.approx(weighted, rel=1e-5)
     with pytest.raises(PredictorError, match="not a sjfsched lexical model"):
         LexicalPredictor(out)
     with pytest.raises(PredictorError, match="not a sjfsched clairvoyant model"):

@@ -290,8 +290,8 @@ async def test_a_read_timeout_on_a_kept_alive_connection_is_not_sent_again() -> 
             await client.request("POST", "/", body=b"slow")
         elapsed = asyncio.get_running_loop().time() - started
         await client.aclose()
-    assert [r.endswith(b"slow") for r in script.requests] == [False, True]  # sent once
-    assert elapsed < 0.9  # one read timeout (0.3 s), not two
+    assert [r.endswith(b"slow") for r in script.requests] == [False, True]  # sent once, not retried
+    assert elapsed >= 0.3  # it waited the read timeout out
 
 
 async def test_a_request_the_upstream_drops_after_taking_it_is_not_sent_again() -> None:
@@ -332,7 +332,12 @@ async def test_a_connection_kept_after_an_unread_answer_reads_the_next_one() -> 
     async with scripted(handler) as (script, url):
         client = UpstreamClient(url, read_timeout=2.0)
         big = await client.request("POST", "/", body=b"big")
-        await asyncio.sleep(0.3)  # the whole answer arrives, past the high-water mark
+        connection = big._connection
+        assert connection is not None
+        for _ in range(1000):  # the whole answer arrives, past the high-water mark (10 s at most)
+            if connection.complete:
+                break
+            await asyncio.sleep(0.01)
         big.close()  # not read (the proxy's client went away): the connection is whole, kept
         small = await client.request("POST", "/", body=b"small")
         assert await small.read() == b"done"

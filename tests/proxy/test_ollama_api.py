@@ -172,8 +172,9 @@ def test_streaming_arrives_as_produced(ollama: OllamaServer, ollama_proxy: Runni
         contentful = [t for t, line in arrivals if '"done": true' not in line and "[DONE]" not in line]
         assert len(contentful) >= 4, arrivals
         before, after = contentful[:3], contentful[3:]
-        # The first three pieces arrived long before the pause ended (no buffering in the proxy).
-        assert min(after) - max(before) > 0.8, arrivals
+        # The first three pieces arrived long before the pause ended (no buffering in the proxy;
+        # a buffered answer comes at once), with slack for a loaded machine.
+        assert min(after) - max(before) > 0.5, arrivals
         assert min(after) >= 1.0, arrivals
 
 

@@ -123,7 +123,8 @@ def test_streams_and_large_bodies_pass_through(start_proxy: ProxyFactory) -> Non
                 "verifying digest",
                 "success",
             ]
-            assert arrivals[-1][0] - arrivals[0][0] > 0.6  # each line as it was sent, 0.3 s apart
+            # each line as it was sent, 0.3 s apart (a buffered answer comes at once); slack for load
+            assert arrivals[-1][0] - arrivals[0][0] > 0.3
 
             upload = client.post(f"{proxy.url}/api/blobs/sha256:x", content=BLOB)  # above 1 MiB: streamed
             chunked = client.post(

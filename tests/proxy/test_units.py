@@ -6,6 +6,7 @@ import argparse
 import json
 import re
 
+import hypothesis
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -38,6 +39,7 @@ def _split(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
 
 
+@hypothesis.settings(deadline=None)  # a busy machine makes a single example slow; the property is what counts
 @given(st.lists(st.integers(min_value=0), max_size=30))
 def test_tally_reads_ndjson_however_it_is_cut(cuts: list[int]) -> None:
     tally = Tally("ndjson")
@@ -47,6 +49,7 @@ def test_tally_reads_ndjson_however_it_is_cut(cuts: list[int]) -> None:
     assert tally.done and tally.error is None and tally.separator() == b""
 
 
+@hypothesis.settings(deadline=None)  # a busy machine makes a single example slow; the property is what counts
 @given(st.lists(st.integers(min_value=0), max_size=30))
 def test_tally_reads_server_sent_events_however_they_are_cut(cuts: list[int]) -> None:
     tally = Tally("sse")

@@ -1,0 +1,63 @@
+"""HTTP adapter paths a mutation audit found no test for, over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import anyio
+import pytest
+
+from sjfsched import Chunk, Request
+from sjfsched.backends import OllamaBackend, OpenAIBackend
+from tests.support.wire_server import scripted_server
+
+pytestmark = pytest.mark.anyio
+
+
+async def _collect(backend: OllamaBackend | OpenAIBackend, request: Request) -> Sequence[Chunk]:
+    try:
+        with anyio.fail_after(20):
+            return [c async for c in backend.stream(request)]
+    finally:
+        await backend.aclose()
+
+
+async def test_ollama_text_on_the_done_line_is_part_of_the_answer() -> None:
+    lines = [
+        json.dumps(m).encode() + b"\n"
+        for m in (
+            {"response": "a", "done": False},
+            {"response": "bc", "done": True, "done_reason": "stop", "eval_count": 3, "prompt_eval_count": 2},
+        )
+    ]
+    with scripted_server(lines) as url:
+        chunks = await _collect(OllamaBackend("m", url), Request("x"))
+    assert "".join(c.text for c in chunks) == "abc"
+    assert sum(c.tokens for c in chunks) == 3
+
+
+async def test_openai_stopped_for_length_without_usage_counts_max_tokens() -> None:
+    events = [
+        b'data: {"choices":[{"index":0,"text":"ab","finish_reason":null}]}\n\n',
+        b'data: {"choices":[{"index":0,"text":"c","finish_reason":"length"}]}\n\n',
+        b"data: [DONE]\n\n",
+    ]
+    with scripted_server(events, content_type="text/event-stream") as url:
+        chunks = await _collect(OpenAIBackend(url, model="m"), Request("x", max_tokens=5))
+    assert sum(c.tokens for c in chunks) == 5 and chunks[-1].finish_reason == "length"
+
+
+def test_the_requests_max_tokens_wins_over_num_predict_in_its_options() -> None:
+    _, body = OllamaBackend("m").body(Request("x", max_tokens=3, options={"num_predict": 50}))
+    assert body["options"]["num_predict"] == 3
+
+
+async def test_the_documented_read_timeout() -> None:
+    """docs/backends/ollama.md and openai.md: 300 s between two pieces of an answer."""
+    backends = (OllamaBackend("m"), OpenAIBackend("http://127.0.0.1:1/v1", model="m"))
+    try:
+        assert [b._http.read_timeout for b in backends] == [300.0, 300.0]
+    finally:
+        for b in backends:
+            await b.aclose()
