@@ -547,8 +547,13 @@ class Scheduler:
         if asyncio is not None:
             # asyncio's own cancellation (task.cancel(), asyncio.timeout) passes anyio's
             # shield: the close runs as a task of its own, which that leaves running.
-            with anyio.CancelScope(shield=True):  # anyio's waits for it, as on trio
-                await asyncio.shield(asyncio.ensure_future(closing))
+            task = asyncio.ensure_future(closing)
+            try:
+                with anyio.CancelScope(shield=True):  # anyio's waits for it, as on trio
+                    await asyncio.shield(task)
+            except BaseException:
+                task.add_done_callback(_log_close_failure)  # no one is left to raise it to
+                raise
         else:
             await closing
 
@@ -1252,6 +1257,12 @@ def _holds_nan(key: object) -> bool:
     if isinstance(key, tuple):
         return any(_holds_nan(part) for part in key)
     return isinstance(key, numbers.Real) and bool(key != key)
+
+
+def _log_close_failure(task: Any) -> None:
+    """A backend's close that went on after asyncio cancelled its caller: log how it failed."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("closing the backend failed", exc_info=task.exception())
 
 
 def _running_asyncio() -> types.ModuleType | None:

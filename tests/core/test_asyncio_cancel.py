@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import anyio
+import pytest
 
 from sjfsched import Chunk, Request, Scheduler
 from sjfsched.predictors import ConstantPredictor
@@ -66,3 +67,26 @@ def test_leaving_the_block_by_an_asyncio_timeout_still_closes_the_backend() -> N
         return at_once, backend.closed
 
     assert asyncio.run(main()) == (False, True)  # the close went on after the timeout
+
+
+def test_a_close_that_goes_on_after_an_asyncio_timeout_logs_its_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class FailsToClose(_SlowToClose):
+        async def aclose(self) -> None:
+            await anyio.sleep(0.3)
+            raise OSError("the disk went away")
+
+    async def main() -> None:
+        sched = Scheduler(FailsToClose(), predictor=ConstantPredictor())
+
+        async def use() -> None:
+            async with sched:
+                await asyncio.sleep(0.05)
+
+        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+            await asyncio.wait_for(use(), 0.1)
+        await asyncio.sleep(0.5)
+
+    asyncio.run(main())
+    assert "closing the backend failed" in caplog.text and "the disk went away" in caplog.text
