@@ -163,26 +163,28 @@ def _not_a_log(path: Path) -> str | None:
         return None
     except OSError as exc:
         return exc.strerror or str(exc)
-    if not head:
+    data = head.lstrip(b"\x00")  # a crash may leave zeros where data was
+    if not data:
         return None
-    compressed = head[:2] == b"\x1f\x8b"
+    compressed = data[:2] == b"\x1f\x8b"
     if path.suffix == ".gz":
         return None if compressed else "it is not gzip-compressed (a plain log's name does not end in .gz)"
     if compressed:
         return "it is gzip-compressed (a compressed log's name ends in .gz)"
-    end = head.find(b"\n")
-    first = head if end < 0 else head[:end]
-    if end < 0 and not first.strip(b"\x00"):  # a crash's zeros, and nothing else yet
-        return None
-    if not first.lstrip().startswith(b"{"):
-        return "its first line is not a JSON object"
-    if end >= 0:
-        try:
-            whole = isinstance(json.loads(first), dict)
-        except (ValueError, RecursionError):
-            whole = False
-        if not whole:
+    lines = data.split(b"\n")
+    for i, line in enumerate(lines):
+        if not line.strip(b" \t\r\x00"):
+            continue  # blank lines, which the reader skips too
+        if not line.lstrip().startswith(b"{"):
             return "its first line is not a JSON object"
+        if i < len(lines) - 1:  # a whole line (a last one may be cut by the read)
+            try:
+                whole = isinstance(json.loads(line), dict)
+            except (ValueError, RecursionError):
+                whole = False
+            if not whole:
+                return "its first line is not a JSON object"
+        break
     return None
 
 

@@ -552,7 +552,8 @@ class Scheduler:
                 with anyio.CancelScope(shield=True):  # anyio's waits for it, as on trio
                     await asyncio.shield(task)
             except BaseException:
-                task.add_done_callback(_log_close_failure)  # no one is left to raise it to
+                if not task.done():  # this caller was cancelled: the close goes on, unheard
+                    task.add_done_callback(_log_close_failure)
                 raise
         else:
             await closing
@@ -703,8 +704,8 @@ class Scheduler:
                 self._end(entry, "failed")
             else:  # abandoned before the end (or its close interrupted)
                 self._end(entry, "cancelled")
-        if self._close_when_idle:
-            await self._close_backend_if_left()
+            if self._close_when_idle:  # the last request closes the backend, even so
+                await self._close_backend_if_left()
 
     @asynccontextmanager
     async def admit(self, request: Request | str | None = None, /, **fields: Any) -> AsyncIterator[Ticket]:

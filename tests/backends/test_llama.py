@@ -498,6 +498,36 @@ async def test_forced_answers_are_llama_cpp_pythons_own(
     assert got == (choice["text"], expected["usage"]["completion_tokens"], choice["finish_reason"])
 
 
+@pytest.mark.parametrize("stop", [["sa", "zzzz"], ["a", "zzzz"], ["sa"]])
+async def test_a_sample_the_callers_criteria_drop_ends_no_stop_string(
+    backend: LlamaCppBackend, tiny_llm: Llama, stop: list[str]
+) -> None:
+    """The criteria stop on the sample that completes our stop string: llama.cpp drops that sample."""
+    pieces: list[int | bytes] = [b" the", b" sa", b" c"]
+    options: dict[str, Any] = {"temperature": 0, "stop": stop}
+    request = Request(
+        "Once upon a time",
+        max_tokens=10,
+        options={
+            **options,
+            "logits_processor": _forcing_ids(pieces, tiny_llm),
+            "stopping_criteria": _stop_at_sample(7),
+        },
+    )
+    chunks = await collect(backend, request)
+    model: Any = tiny_llm
+    expected = model.create_completion(
+        "Once upon a time",
+        max_tokens=10,
+        logits_processor=_forcing_ids(pieces, tiny_llm),
+        stopping_criteria=_stop_at_sample(7),
+        **options,
+    )
+    got = ("".join(c.text for c in chunks), sum(c.tokens for c in chunks), chunks[-1].finish_reason)
+    choice = expected["choices"][0]
+    assert got == (choice["text"], expected["usage"]["completion_tokens"], choice["finish_reason"])
+
+
 def _stop_at_sample(n: int) -> Any:
     """Stopping criteria that say stop at the n-th sample (llama.cpp then drops that sample)."""
     from llama_cpp import StoppingCriteriaList

@@ -90,3 +90,47 @@ def test_a_close_that_goes_on_after_an_asyncio_timeout_logs_its_failure(
 
     asyncio.run(main())
     assert "closing the backend failed" in caplog.text and "the disk went away" in caplog.text
+
+
+def test_a_failing_close_reaches_its_caller_once_and_is_not_logged_too(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Fails(_SlowToClose):
+        async def aclose(self) -> None:
+            raise ValueError("close failed")
+
+    async def main() -> None:
+        with pytest.raises(ValueError, match="close failed"):
+            async with Scheduler(Fails(), predictor=ConstantPredictor()):
+                pass
+
+    asyncio.run(main())
+    assert "closing the backend failed" not in caplog.text
+
+
+def test_the_last_request_closes_the_backend_though_asyncio_interrupts_its_streams_close() -> None:
+    """aclose() gave the close to the last request; asyncio's timeout interrupts that stream's close."""
+    backend = _SlowToClose()
+
+    async def main() -> tuple[int, bool]:
+        sched = Scheduler(backend, predictor=ConstantPredictor())
+        await sched.__aenter__()
+        gate = asyncio.Event()
+
+        async def read() -> None:
+            async with sched.stream("x") as chunks:
+                async for _ in chunks:
+                    await gate.wait()
+                    break  # left early: the backend's stream closes (0.3 s), and the timeout fires
+
+        reader = asyncio.ensure_future(asyncio.wait_for(read(), 0.3))
+        await asyncio.sleep(0.05)
+        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+            await asyncio.wait_for(sched.aclose(), 0.05)  # gives up: the last request closes the backend
+        gate.set()
+        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+            await reader
+        await asyncio.sleep(0.5)
+        return sched.statistics().running, backend.closed
+
+    assert asyncio.run(main()) == (0, True)

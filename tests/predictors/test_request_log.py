@@ -135,6 +135,23 @@ def test_a_file_that_is_no_log_is_refused_and_left_as_it_was(
     assert path.read_bytes() == content
 
 
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("requests.jsonl", b'\n  \n{"prompt": "a", "output_tokens": 1}\n'),  # blank lines first
+        ("requests.jsonl.gz", bytes(64)),  # a crash's zeros where the data was
+        ("requests.jsonl.gz", bytes(64) + gzip.compress(b'{"prompt": "a", "output_tokens": 1}\n')),
+    ],
+)
+def test_a_log_the_reader_reads_is_a_log(tmp_path: Path, name: str, content: bytes) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    before = len(load_records([path]))
+    with RequestLog(path) as log:
+        log(_done("appended", 7))
+    assert [r.output_tokens for r in load_records([path])][before:] == [7]
+
+
 def test_a_last_line_that_is_no_json_is_not_dropped_as_a_crash_would_leave(tmp_path: Path) -> None:
     path = tmp_path / "requests.jsonl"
     log = RequestLog(path)

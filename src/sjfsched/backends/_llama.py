@@ -217,6 +217,7 @@ class _StopStrings:
         # first BOS goes), so the bytes grow by each new token's alone; any other tokenizer
         # (an HF one given to the Llama) is asked for the whole answer, as llama-cpp-python asks.
         self._text = b""
+        self._last_at: int | None = None  # where the newest sample's bytes start in _text
         #: The first byte the answer's tokens print, before the rule that drops a space
         #: there when they start with the BOS (None: none yet, or not llama.cpp's tokenizer).
         self.first_raw: int | None = None
@@ -234,7 +235,9 @@ class _StopStrings:
 
         def stopping(input_ids: Any, logits: Any) -> bool:
             if callers(input_ids, logits):
-                self._found = None  # llama-cpp-python drops the sample: its stop string never was
+                # llama-cpp-python drops the sample: its bytes, and a stop string they end, never were
+                self._found = None
+                self._drop_last()
                 return True
             if self._found is not None:
                 raise _StopFound(self._found)
@@ -249,6 +252,7 @@ class _StopStrings:
         if not self._stops and (self.first_raw is not None or not self._by_token):
             return  # nothing more to learn
         self._tokens.append(token)
+        self._last_at = len(self._text)
         if self._by_token:
             # llama.cpp's tokenizer decodes token by token; its one context rule: a space
             # that starts the printed bytes goes when the tokens start with the BOS.
@@ -283,6 +287,14 @@ class _StopStrings:
                 if not self._criteria:
                     raise _StopFound(self._found)
                 return
+
+    def _drop_last(self) -> None:
+        """Forget the newest sample (the caller's stopping criteria made llama.cpp drop it)."""
+        if self._last_at is None:
+            return
+        self._text = self._text[: self._last_at]
+        self._looked = min(self._looked, len(self._text))
+        self._last_at = None
 
     @property
     def drops_leading_space(self) -> bool | None:
@@ -507,7 +519,7 @@ class LlamaCppBackend:
         stops = _stop_strings(options.pop("stop", None))
         # With no stop strings too: it tells whether llama.cpp drops a leading space.
         watcher = _StopStrings(self._llm, stops, counter)
-        if stops and options.get("stopping_criteria") is not None:
+        if options.get("stopping_criteria") is not None:
             options["stopping_criteria"] = watcher.criteria(options["stopping_criteria"])
         options["stream"] = True
         return options, watcher
