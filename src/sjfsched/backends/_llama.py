@@ -250,7 +250,8 @@ class _StopStrings:
         if _is_end_of_generation(self._llm, token):
             return  # llama-cpp-python ends here, before its own look
         if not self._stops and (self.first_raw is not None or not self._by_token):
-            return  # nothing more to learn
+            self._last_at = None  # nothing more to learn, nor to forget
+            return
         self._tokens.append(token)
         self._last_at = len(self._text)
         if self._by_token:
