@@ -11,11 +11,10 @@ import math
 import numbers
 import sys
 import time
-import types
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from types import CodeType, FrameType, TracebackType
+from types import CodeType, FrameType, ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any, cast, final
 
 import anyio
@@ -315,7 +314,8 @@ class Scheduler:
 
         self._backend = backend
         self._backend_closed = False  # its aclose() has ended
-        #: Open admit() and stream() blocks: the frames whose block it is, and its request.
+        #: Open admit() and stream() blocks: the frames whose block it is, its request, the task
+        #: that opened it (see opened_here).
         self._blocks: dict[object, tuple[tuple[FrameNote, ...], _Entry, int]] = {}
         self._backend_closing: anyio.Event | None = None  # set once its aclose() has ended
         self._close_when_idle = False  # aclose()'s wait was cancelled: the last request closes it
@@ -768,8 +768,9 @@ class Scheduler:
         ``None`` if the request is not waiting (never submitted, running or
         ended).  A request submitted with fields (``complete(request,
         max_tokens=...)``) waits as a copy with them; it is found by the
-        request you passed.  Positions can change as requests arrive and age.  This sorts
-        the queue, O(n log n): fine for a status page, not for a hot loop.
+        request you passed.  Positions can change as requests arrive and
+        age.  This sorts the queue, O(n log n): fine for a status page, not
+        for a hot loop.
         """
         entries = self._by_request.get(request)
         if not entries:
@@ -1266,7 +1267,7 @@ def _log_close_failure(task: Any) -> None:
         logger.error("closing the backend failed", exc_info=task.exception())
 
 
-def _running_asyncio() -> types.ModuleType | None:
+def _running_asyncio() -> ModuleType | None:
     """The ``asyncio`` module where this runs in an asyncio task (``None`` under trio)."""
     asyncio = sys.modules.get("asyncio")
     if asyncio is None:
