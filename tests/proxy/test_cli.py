@@ -200,10 +200,32 @@ def test_shutdown_timeout_bounds_the_drain(ollama: OllamaServer) -> None:
             assert proxy.wait(15) == 0
             assert time.monotonic() - t0 < 10  # bounded by the 0.5 s timeout, not the 30 s stall
     assert "requests still running after --shutdown-timeout 0.5 s are cut" in proxy.output
+    # said once, not again as an application error with a traceback per request cut
+    assert "Exception in ASGI application" not in proxy.output and "Traceback" not in proxy.output
     deadline = time.monotonic() + 10
     while [r.outcome for r in ollama.records if r.headers.get("x-test-run") == run] != ["client_gone"]:
         assert time.monotonic() < deadline, "the upstream request was not closed"
         time.sleep(0.02)
+
+
+def test_a_second_signal_stops_at_once_without_a_traceback(ollama: OllamaServer) -> None:
+    with serve("--upstream", ollama.url, "--listen", "127.0.0.1:0") as proxy:
+        url = proxy.url
+        started = threading.Event()
+        body = {"model": MODEL, "prompt": "Hello", "options": {"num_predict": 6}}
+        headers = {"X-Test-Fault": "stall:1:30", "X-Test-Run": uuid.uuid4().hex}
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(_stream_lines, f"{url}/api/generate", body, headers, started)
+            assert started.wait(30)
+            proxy.process.send_signal(signal.SIGINT)  # a drain of up to 30 s begins
+            proxy.wait_for_line("SIGINT: shutting down", 10)
+            proxy.process.send_signal(signal.SIGINT)  # Ctrl-C again: at once
+            with pytest.raises(httpx.HTTPError):
+                running.result(30)
+            assert proxy.wait(15) == 130
+    assert "SIGINT again: stopping at once" in proxy.output
+    assert "stopped at once (a second signal)" in proxy.output
+    assert "Traceback" not in proxy.output and "Exception in ASGI application" not in proxy.output
 
 
 def test_an_idle_proxy_stops_at_once_on_sigint(ollama: OllamaServer) -> None:
@@ -251,6 +273,16 @@ def test_an_idle_proxy_stops_at_once_on_sigint(ollama: OllamaServer) -> None:
             ("--upstream", "http://127.0.0.1:1", "--upstream-api", "vllm"),
             {},
             "sjfsched serve: --upstream-api: upstream_api must be one of auto, ollama, openai; got 'vllm'",
+        ),
+        (  # read as host ":" and port 1, it failed to bind, status 1, naming no flag
+            ("--upstream", "http://127.0.0.1:1", "--listen", "::1"),
+            {},
+            "argument --listen: an IPv6 address goes in brackets, before the port (e.g. [::1]:8080)",
+        ),
+        (
+            ("--upstream", "http://127.0.0.1:1"),
+            {"SJFSCHED_LISTEN": "::1"},
+            "sjfsched serve: SJFSCHED_LISTEN: an IPv6 address goes in brackets",
         ),
     ],
 )

@@ -128,6 +128,9 @@ def run(args: argparse.Namespace) -> int:
             if server.started:
                 raise
             return 1
+        except KeyboardInterrupt:  # a second Ctrl-C: uvicorn stopped at once and raises it after
+            print("sjfsched serve: stopped at once (a second signal)", file=sys.stderr)
+            return 130
         if not server.started:
             return 1
     return 0

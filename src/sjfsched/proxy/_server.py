@@ -7,7 +7,7 @@ import logging
 import signal
 import socket
 from types import FrameType
-from typing import Any
+from typing import Any, Final
 
 import uvicorn
 
@@ -45,6 +45,11 @@ class ProxyServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         loop = self._loop
         if self._drain_requested or loop is None or not self.started or self.should_exit:
+            if self._drain_requested:  # a second signal: what still runs is cut, said once
+                logger.warning(
+                    "%s again: stopping at once, cutting what still runs", signal.Signals(sig).name
+                )
+                logging.getLogger("uvicorn.error").addFilter(_quiet_cut)
             super().handle_exit(sig, frame)
             return
         self._drain_requested = True
@@ -69,7 +74,20 @@ class ProxyServer(uvicorn.Server):
             logger.warning(
                 "requests still running after --shutdown-timeout %g s are cut", self.shutdown_timeout
             )
+            # uvicorn cancels them and logs each as an application error: said once above.
+            logging.getLogger("uvicorn.error").addFilter(_quiet_cut)
         self.should_exit = True
+
+
+_CUT: Final = "timeout graceful shutdown exceeded"  # in uvicorn's log line and cancel message
+
+
+def _quiet_cut(record: logging.LogRecord) -> bool:
+    """Keep uvicorn's log of a shutdown except its lines about cutting what still ran."""
+    if _CUT in str(record.msg):  # "Cancel N running task(s), timeout graceful shutdown exceeded"
+        return False
+    error = record.exc_info[1] if record.exc_info else None
+    return not (isinstance(error, asyncio.CancelledError) and _CUT in str(error))
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -214,8 +214,9 @@ def _parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.strip().rpartition(":")
     if not sep or not host:
         raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:8080), got {text!r}")
-    host = host.strip("[]")  # [::1]:8080
-    return host, _parse_int(port)
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):  # ::1 read as ":" port 1
+        raise ValueError(f"an IPv6 address goes in brackets, before the port (e.g. [::1]:8080), got {text!r}")
+    return host.strip("[]"), _parse_int(port)
 
 
 def _parse_bytes(text: str) -> int:
