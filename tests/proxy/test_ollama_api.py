@@ -206,3 +206,16 @@ def test_concurrency_bounds_what_the_upstream_sees(start_proxy: ProxyFactory) ->
     assert upstream.max_running == 2
     proxy.wait_until(lambda s: s.running == 0 and s.waiting == 0)
     assert proxy.stats().completed == 8
+
+
+def test_invalid_utf8_in_a_string_is_read_as_ollama_reads_it(
+    ollama: OllamaServer, ollama_proxy: RunningProxy
+) -> None:
+    """Go's encoding/json (Ollama's) reads it as U+FFFD; the proxy answered 400 'not valid JSON'."""
+    body = b'{"model": "%s", "prompt": "Hi \xff\xfe there", "stream": false, "options": {"num_predict": 2}}'
+    raw = body % MODEL.encode()
+    with httpx.Client(timeout=30) as client:
+        direct = client.post(f"{ollama.url}/api/generate", content=raw)
+        proxied = client.post(f"{ollama_proxy.url}/api/generate", content=raw)
+    assert direct.status_code == proxied.status_code == 200, proxied.text
+    assert proxied.json()["eval_count"] == direct.json()["eval_count"] == 2

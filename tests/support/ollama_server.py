@@ -304,7 +304,8 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length else b""
         if not raw:
             raise ValueError("missing request body")
-        return json.loads(raw)
+        # Go's encoding/json, which Ollama uses, reads invalid UTF-8 in a string as U+FFFD.
+        return json.loads(raw.decode("utf-8", errors="replace"))
 
     def _start_stream(self) -> None:
         self.send_response(200)

@@ -104,7 +104,9 @@ def parse_scheduled(
     if not raw.strip():
         raise BadRequest("the request body is empty; expected a JSON object")
     try:
-        body = json.loads(raw)
+        # Invalid UTF-8 in a string reads as U+FFFD, as Go's encoding/json (Ollama's) reads it;
+        # the body goes upstream as it came, for the upstream to judge.
+        body = json.loads(raw.decode("utf-8", errors="replace"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
     except RecursionError:
