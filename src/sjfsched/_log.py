@@ -163,18 +163,19 @@ def _not_a_log(path: Path) -> str | None:
         return None
     except OSError as exc:
         return exc.strerror or str(exc)
-    data = head.lstrip(b"\x00")  # a crash may leave zeros where data was
-    if not data:
-        return None
-    compressed = data[:2] == b"\x1f\x8b"
     if path.suffix == ".gz":
-        return None if compressed else "it is not gzip-compressed (a plain log's name does not end in .gz)"
-    if compressed:
+        data = head.lstrip(b"\x00")  # a crash's zeros before members: the reader skips them
+        if not data or data[:2] == b"\x1f\x8b":
+            return None
+        return "it is not gzip-compressed (a plain log's name does not end in .gz)"
+    if head[:2] == b"\x1f\x8b":
         return "it is gzip-compressed (a compressed log's name ends in .gz)"
-    lines = data.split(b"\n")
+    lines = head.split(b"\n")
     for i, line in enumerate(lines):
-        if not line.strip(b" \t\r\x00"):
+        if not line.strip():
             continue  # blank lines, which the reader skips too
+        if i == len(lines) - 1 and not line.strip(b"\x00"):
+            return None  # a crash's zeros at the end, and nothing else: dropped before appending
         if not line.lstrip().startswith(b"{"):
             return "its first line is not a JSON object"
         if i < len(lines) - 1:  # a whole line (a last one may be cut by the read)

@@ -551,9 +551,11 @@ class Scheduler:
             try:
                 with anyio.CancelScope(shield=True):  # anyio's waits for it, as on trio
                     await asyncio.shield(task)
-            except BaseException:
+            except BaseException as exc:
                 if not task.done():  # this caller was cancelled: the close goes on, unheard
                     task.add_done_callback(_log_close_failure)
+                elif not task.cancelled() and task.exception() not in (None, exc):
+                    _log_close_failure(task)  # it failed as its caller was cancelled: unheard too
                 raise
         else:
             await closing

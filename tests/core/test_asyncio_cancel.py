@@ -134,3 +134,25 @@ def test_the_last_request_closes_the_backend_though_asyncio_interrupts_its_strea
         return sched.statistics().running, backend.closed
 
     assert asyncio.run(main()) == (0, True)
+
+
+def test_a_close_failing_as_its_caller_is_cancelled_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """The close ends (failing) in the loop step that cancels its caller: asyncio.shield drops it."""
+    callers: list[asyncio.Task[None]] = []
+
+    class FailsAsCallerGoes(_SlowToClose):
+        async def aclose(self) -> None:
+            asyncio.get_running_loop().call_soon(callers[0].cancel)  # runs before shield hears
+            raise OSError("the disk went away")
+
+    async def use() -> None:
+        callers.append(asyncio.current_task())  # type: ignore[arg-type]
+        async with Scheduler(FailsAsCallerGoes(), predictor=ConstantPredictor()):
+            pass
+
+    async def main() -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.ensure_future(use())
+
+    asyncio.run(main())
+    assert "closing the backend failed" in caplog.text and "the disk went away" in caplog.text

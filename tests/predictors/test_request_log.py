@@ -123,6 +123,8 @@ def test_a_log_reopened_after_a_crash_keeps_every_whole_line(
         ("notes.csv", b"id,text\n1,first row\n2,last row", "its first line is not a JSON object"),
         ("requests.jsonl", gzip.compress(b'{"prompt": "a"}\n'), "it is gzip-compressed"),
         ("requests.jsonl.gz", b'{"prompt": "a", "output_tokens": 1}\n', "it is not gzip-compressed"),
+        # zeros before a plain log's first line: its reader refuses them, so nothing appended would read
+        ("requests.jsonl", bytes(8) + b'{"prompt": "a", "output_tokens": 1}\n', "its first line is not"),
     ],
 )
 def test_a_file_that_is_no_log_is_refused_and_left_as_it_was(

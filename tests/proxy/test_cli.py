@@ -284,6 +284,11 @@ def test_an_idle_proxy_stops_at_once_on_sigint(ollama: OllamaServer) -> None:
             {"SJFSCHED_LISTEN": "::1"},
             "sjfsched serve: SJFSCHED_LISTEN: an IPv6 address goes in brackets",
         ),
+        (  # it listened on 0.0.0.0
+            ("--upstream", "http://127.0.0.1:1", "--listen", "[]:0"),
+            {},
+            "argument --listen: expected HOST:PORT (e.g. 127.0.0.1:8080), got '[]:0'",
+        ),
     ],
 )
 def test_bad_configuration_exits_2_naming_the_setting(

@@ -285,3 +285,55 @@ async def test_the_fcfs_predictor_serves_in_arrival_order_whatever_the_output_li
                 await anyio.wait_all_tasks_blocked()
             gate.set()
     assert served == ["first", "then 0", "then 1", "then 2", "then 3"]
+
+
+@pytest.mark.parametrize(
+    "encoding",
+    ["utf-8-sig", "utf-16", "utf-16-le", "utf-32"],  # JSON's own encodings, as FastAPI reads them
+)
+def test_json_in_any_of_its_encodings_is_read_on_every_route(encoding: str) -> None:
+    text = json.dumps({"model": "m", "prompt": "Hi", "messages": [{"role": "user", "content": "Hi"}]})
+    for path in ("/api/generate", "/v1/completions", "/v1/chat/completions"):
+        assert _parse(path, text.encode(encoding)).request.text == "Hi"
+
+
+def test_invalid_utf8_in_a_string_reads_as_ollama_reads_it_and_is_refused_on_openai_routes() -> None:
+    """Ollama's Go reader takes it as U+FFFD; FastAPI servers (llama_cpp.server, vLLM) fail on it."""
+    raw = b'{"model": "m", "prompt": "Hi \xff there", "priority": 1}'
+    assert _parse("/api/generate", raw).request.text == "Hi \ufffd there"
+    for body in (raw, raw.replace(b', "priority": 1', b"")):  # the same with the proxy's fields or not
+        with pytest.raises(BadRequest, match="not valid JSON"):
+            _parse("/v1/completions", body)
+
+
+def test_a_signal_once_the_drain_has_ended_does_not_force_the_exit() -> None:
+    """Forced, uvicorn skips the app's shutdown (the predictor's state unsaved) and prints tracebacks."""
+    import signal
+
+    from sjfsched.proxy import ProxyApp, make_server
+
+    server = make_server(ProxyApp(ProxySettings(upstream="http://127.0.0.1:1")))
+    server._drain_requested = True
+    server.should_exit = True  # the drain has ended: uvicorn is stopping
+    server.handle_exit(signal.SIGINT, None)
+    assert not server.force_exit
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # uvicorn runs on asyncio
+async def test_the_cut_filter_leaves_the_uvicorn_logger_as_the_server_found_it(anyio_backend: str) -> None:
+    import logging
+
+    import anyio
+
+    from sjfsched.proxy import ProxyApp, make_server
+    from sjfsched.proxy._server import _quiet_cut
+
+    settings = ProxySettings(upstream="http://127.0.0.1:1", upstream_api="ollama", host="127.0.0.1", port=0)
+    server = make_server(ProxyApp(settings), log_config=None)
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    uvicorn_log.addFilter(_quiet_cut)  # as a cut at the end of the drain adds it
+    server.should_exit = True
+    with anyio.fail_after(10):
+        await server.serve()
+    assert _quiet_cut not in uvicorn_log.filters

@@ -104,9 +104,14 @@ def parse_scheduled(
     if not raw.strip():
         raise BadRequest("the request body is empty; expected a JSON object")
     try:
-        # Invalid UTF-8 in a string reads as U+FFFD, as Go's encoding/json (Ollama's) reads it;
-        # the body goes upstream as it came, for the upstream to judge.
-        body = json.loads(raw.decode("utf-8", errors="replace"))
+        try:
+            body = json.loads(raw)  # UTF-8 (with or without a BOM), UTF-16 or UTF-32, as JSON allows
+        except UnicodeDecodeError:
+            if endpoint.style != "ollama":
+                raise
+            # Ollama's Go JSON reader takes invalid UTF-8 in a string as U+FFFD; the body goes
+            # upstream as it came (re-encoded, with U+FFFD, where the proxy's own fields go).
+            body = json.loads(raw.decode("utf-8", errors="replace"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
     except RecursionError:

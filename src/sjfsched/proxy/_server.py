@@ -40,10 +40,23 @@ class ProxyServer(uvicorn.Server):
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
-        await super().serve(sockets)
+        try:
+            await super().serve(sockets)
+        finally:
+            # Requests uvicorn cut end (and are logged) after it returns: wait for them, then
+            # leave the process's uvicorn logger as it was (it is not this server's).
+            pending = [task for task in self.server_state.tasks if not task.done()]
+            if pending:
+                await asyncio.wait(pending, timeout=_FINAL_GRACE_SECONDS)
+            logging.getLogger("uvicorn.error").removeFilter(_quiet_cut)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         loop = self._loop
+        if self._drain_requested and self.should_exit:
+            # The drain has ended and the server is stopping (a second or so, then the app's own
+            # shutdown, which saves the predictor's state): forcing it would skip that.
+            logger.info("%s: already stopping", signal.Signals(sig).name)
+            return
         if self._drain_requested or loop is None or not self.started or self.should_exit:
             if self._drain_requested:  # a second signal: what still runs is cut, said once
                 logger.warning(

@@ -216,7 +216,10 @@ def _parse_listen(text: str) -> tuple[str, int]:
         raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:8080), got {text!r}")
     if ":" in host and not (host.startswith("[") and host.endswith("]")):  # ::1 read as ":" port 1
         raise ValueError(f"an IPv6 address goes in brackets, before the port (e.g. [::1]:8080), got {text!r}")
-    return host.strip("[]"), _parse_int(port)
+    host = host.strip("[]")
+    if not host:  # "[]:8080"
+        raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:8080), got {text!r}")
+    return host, _parse_int(port)
 
 
 def _parse_bytes(text: str) -> int:
