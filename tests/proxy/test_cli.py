@@ -361,3 +361,41 @@ def test_make_server_listens_on_the_settings_host_and_port(ollama: OllamaServer)
         server.should_exit = True
         thread.join(30)
     assert not thread.is_alive()
+
+
+def test_an_embedded_server_cancelled_with_a_request_in_flight_stops_at_once_and_cleans_up(
+    ollama: OllamaServer,
+) -> None:
+    """Its serve() waited a second for requests nobody cut, and left its log filter on uvicorn's logger."""
+    import asyncio
+    import functools
+    import logging
+
+    import anyio
+
+    from sjfsched.proxy import ProxyApp, ProxySettings, make_server
+    from sjfsched.proxy._server import _quiet_cut, bind
+
+    async def main() -> float:
+        settings = ProxySettings(upstream=ollama.url, upstream_api="ollama", log_level="warning")
+        server = make_server(ProxyApp(settings), log_config=None)
+        body = {"model": MODEL, "prompt": "Hello", "options": {"num_predict": 6}}
+        with bind("127.0.0.1", 0) as sock:
+            url = f"http://127.0.0.1:{sock.getsockname()[1]}/api/generate"
+            async with anyio.create_task_group() as tg, httpx.AsyncClient(timeout=30) as client:
+                tg.start_soon(functools.partial(server.serve, sockets=[sock]))
+                while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
+                    await anyio.sleep(0.01)
+                headers = {"X-Test-Fault": "stall:1:30", "X-Test-Run": uuid.uuid4().hex}
+                tg.start_soon(functools.partial(client.post, url, json=body, headers=headers))
+                while not server.server_state.tasks:  # noqa: ASYNC110 - the request is in flight
+                    await anyio.sleep(0.01)
+                logging.getLogger("uvicorn.error").addFilter(_quiet_cut)  # as a cut adds it
+                server._cut = True
+                started = anyio.current_time()
+                tg.cancel_scope.cancel()  # the embedding program stops it
+            return anyio.current_time() - started
+
+    elapsed = asyncio.run(main())
+    assert elapsed < 0.5
+    assert _quiet_cut not in logging.getLogger("uvicorn.error").filters

@@ -337,3 +337,28 @@ async def test_the_cut_filter_leaves_the_uvicorn_logger_as_the_server_found_it(a
     with anyio.fail_after(10):
         await server.serve()
     assert _quiet_cut not in uvicorn_log.filters
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # uvicorn runs on asyncio
+async def test_a_cancelled_serve_leaves_the_uvicorn_logger_as_it_found_it_at_once(anyio_backend: str) -> None:
+    import functools
+    import logging
+
+    import anyio
+
+    from sjfsched.proxy import ProxyApp, make_server
+    from sjfsched.proxy._server import _quiet_cut, bind
+
+    settings = ProxySettings(upstream="http://127.0.0.1:1", upstream_api="ollama", host="127.0.0.1", port=0)
+    server = make_server(ProxyApp(settings), log_config=None)
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    with anyio.fail_after(10), bind("127.0.0.1", 0) as sock:  # a cancelled uvicorn leaves its own open
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(functools.partial(server.serve, sockets=[sock]))
+            while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
+                await anyio.sleep(0.01)
+            uvicorn_log.addFilter(_quiet_cut)  # as a cut adds it
+            server._cut = True
+            tg.cancel_scope.cancel()  # an embedding program stops it (its own timeout, say)
+    assert _quiet_cut not in uvicorn_log.filters

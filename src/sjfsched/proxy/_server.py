@@ -37,17 +37,17 @@ class ProxyServer(uvicorn.Server):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain: asyncio.Task[None] | None = None
         self._drain_requested = False
+        self._cut = False  # requests were cut: _quiet_cut is on uvicorn's logger
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         try:
             await super().serve(sockets)
-        finally:
-            # Requests uvicorn cut end (and are logged) after it returns: wait for them, then
-            # leave the process's uvicorn logger as it was (it is not this server's).
-            pending = [task for task in self.server_state.tasks if not task.done()]
-            if pending:
-                await asyncio.wait(pending, timeout=_FINAL_GRACE_SECONDS)
+            if self._cut:  # the requests uvicorn cut end (and are logged) after it returns
+                pending = [task for task in self.server_state.tasks if not task.done()]
+                if pending:
+                    await asyncio.wait(pending, timeout=_FINAL_GRACE_SECONDS)
+        finally:  # the process's uvicorn logger is not this server's: leave it as it was
             logging.getLogger("uvicorn.error").removeFilter(_quiet_cut)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -63,6 +63,7 @@ class ProxyServer(uvicorn.Server):
                     "%s again: stopping at once, cutting what still runs", signal.Signals(sig).name
                 )
                 logging.getLogger("uvicorn.error").addFilter(_quiet_cut)
+                self._cut = True
             super().handle_exit(sig, frame)
             return
         self._drain_requested = True
@@ -89,6 +90,7 @@ class ProxyServer(uvicorn.Server):
             )
             # uvicorn cancels them and logs each as an application error: said once above.
             logging.getLogger("uvicorn.error").addFilter(_quiet_cut)
+            self._cut = True
         self.should_exit = True
 
 
