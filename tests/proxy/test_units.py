@@ -321,27 +321,11 @@ def test_a_signal_once_the_drain_has_ended_does_not_force_the_exit() -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])  # uvicorn runs on asyncio
-async def test_the_cut_filter_leaves_the_uvicorn_logger_as_the_server_found_it(anyio_backend: str) -> None:
-    import logging
-
-    import anyio
-
-    from sjfsched.proxy import ProxyApp, make_server
-    from sjfsched.proxy._server import _quiet_cut
-
-    settings = ProxySettings(upstream="http://127.0.0.1:1", upstream_api="ollama", host="127.0.0.1", port=0)
-    server = make_server(ProxyApp(settings), log_config=None)
-    uvicorn_log = logging.getLogger("uvicorn.error")
-    uvicorn_log.addFilter(_quiet_cut)  # as a cut at the end of the drain adds it
-    server.should_exit = True
-    with anyio.fail_after(10):
-        await server.serve()
-    assert _quiet_cut not in uvicorn_log.filters
-
-
-@pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # uvicorn runs on asyncio
-async def test_a_cancelled_serve_leaves_the_uvicorn_logger_as_it_found_it_at_once(anyio_backend: str) -> None:
+@pytest.mark.parametrize("ended_by", ["should_exit", "cancellation"])
+async def test_the_cut_filter_leaves_the_uvicorn_logger_as_the_server_found_it(
+    anyio_backend: str, ended_by: str
+) -> None:
+    """However its serve() ends: by itself, or cancelled by an embedding program (its own timeout)."""
     import functools
     import logging
 
@@ -360,5 +344,8 @@ async def test_a_cancelled_serve_leaves_the_uvicorn_logger_as_it_found_it_at_onc
                 await anyio.sleep(0.01)
             uvicorn_log.addFilter(_quiet_cut)  # as a cut adds it
             server._cut = True
-            tg.cancel_scope.cancel()  # an embedding program stops it (its own timeout, say)
+            if ended_by == "should_exit":
+                server.should_exit = True
+            else:
+                tg.cancel_scope.cancel()
     assert _quiet_cut not in uvicorn_log.filters
