@@ -290,10 +290,11 @@ class ScheduledLlama:
             messages = bound.arguments["messages"] = list(messages)
         limit = _max_tokens(values.get("max_tokens"))
         try:
+            if messages is None:
+                raise TypeError("got None")
             # llama.cpp answers an empty chat (from the template alone); so does the wrapper
-            request = (
-                Request(messages=messages, max_tokens=limit) if messages else Request("", max_tokens=limit)
-            )
+            empty = isinstance(messages, (list, tuple)) and not messages
+            request = Request("", max_tokens=limit) if empty else Request(messages=messages, max_tokens=limit)
         except TypeError as exc:
             raise TypeError(
                 "create_chat_completion(messages=...) under wrap(): the wrapper reads the chat to rank "

@@ -275,6 +275,18 @@ def test_an_empty_chat_is_answered_as_llama_answers_it(wrapped: Any, tiny_llm: L
     assert ours["choices"][0]["message"] == theirs["choices"][0]["message"]
 
 
+@pytest.mark.parametrize("messages", [None, "", b"", 0, {}, 5])
+def test_a_chat_that_is_no_list_of_messages_is_refused_by_name_before_it_queues(
+    wrapped: Any, messages: Any
+) -> None:
+    """wrap.md: anything but a list of message dicts is a TypeError naming messages=; an empty
+    or false value went through as an empty chat (a bare TypeError from llama-cpp-python, or an answer)."""
+    with pytest.raises(TypeError, match=r"create_chat_completion\(messages=\.\.\.\) under wrap\(\)"):
+        wrapped.create_chat_completion(messages, max_tokens=3)
+    stats = wrapped.scheduler.statistics()
+    assert (stats.completed, stats.failed) == (0, 0)  # nothing ran
+
+
 # ------------------------------------------------- the reviewer's four defects
 
 
