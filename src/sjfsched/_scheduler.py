@@ -11,7 +11,7 @@ import math
 import numbers
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from types import CodeType, FrameType, ModuleType, TracebackType
@@ -109,19 +109,6 @@ def block_openers(*, asynchronous: bool) -> tuple[FrameNote, ...]:
     return tuple(openers)
 
 
-def on_this_stack(notes: Iterable[FrameNote]) -> bool:
-    """Whether one of the noted frames runs now, on this thread's stack (awaiting coroutines included)."""
-    wanted = set(notes)
-    if not wanted:
-        return False
-    frame: FrameType | None = sys._getframe(1)
-    while frame is not None:
-        if (id(frame), frame.f_code) in wanted:
-            return True
-        frame = frame.f_back
-    return False
-
-
 #: Frames that any thread or task may resume: a generator's (a ``with`` in it opens the block).
 _MOVABLE = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
 
@@ -129,14 +116,22 @@ _MOVABLE = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
 def opened_here(notes: tuple[FrameNote, ...], opener: object, here: object) -> bool:
     """Whether the block noted by ``notes``, opened by thread or task ``opener``, is on this stack.
 
-    ``here`` is the calling thread or task.  A frame's id is reused once the
-    frame is gone, so a frame of the same code at that address on another
-    thread's or task's stack is not the opener's: only a generator's frame,
-    which any of them may resume, is looked for beyond its opener's stack.
+    ``here`` is the calling thread or task; one of the noted frames must run
+    now, on this thread's stack (awaiting coroutines included).  A frame's
+    id is reused once the frame is gone, so a frame of the same code at that
+    address on another thread's or task's stack is not the opener's: only a
+    generator's frame, which any of them may resume, is looked for beyond
+    its opener's stack.
     """
-    if opener != here and not any(code.co_flags & _MOVABLE for _, code in notes):
+    if not notes or (opener != here and not any(code.co_flags & _MOVABLE for _, code in notes)):
         return False
-    return on_this_stack(notes)
+    wanted = set(notes)
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if (id(frame), frame.f_code) in wanted:
+            return True
+        frame = frame.f_back
+    return False
 
 
 class _State(enum.Enum):

@@ -290,7 +290,7 @@ class SyncScheduler:
                 "close() from the scheduler's own event loop thread (on_complete, or a backend's code "
                 "run in the loop) would block the loop that closing needs: close it from another thread"
             )
-        if self._closed and self._opened_here():
+        if self._closed and self._opened_a_block_here():
             # Closed already, by another call; waiting for that one to end would wait for this
             # thread's own request (its block, or a stream it reads between reads).
             return
@@ -445,7 +445,7 @@ class SyncScheduler:
                 return what
         return None
 
-    def _opened_here(self) -> bool:
+    def _opened_a_block_here(self) -> bool:
         """Whether this thread opened a block of a running request still open (on its stack or not)."""
         me = threading.get_ident()
         with self._handing_over:
