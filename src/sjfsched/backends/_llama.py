@@ -208,7 +208,8 @@ class _StopStrings:
         self.stops = stops
         self._stops = [s.encode("utf-8") for s in stops]
         self._counter = counter
-        self._tokens: list[int] = [llm.token_bos()] if counter.starts_with_bos else []
+        self._bos = llm.token_bos()
+        self._tokens: list[int] = [self._bos] if counter.starts_with_bos else []
         self._multibyte = 0
         self._criteria = False
         self._found: bytes | None = None
@@ -221,7 +222,6 @@ class _StopStrings:
         #: The first byte the answer's tokens print, before the rule that drops a space
         #: there when they start with the BOS (None: none yet, or not llama.cpp's tokenizer).
         self.first_raw: int | None = None
-        self._bos = llm.token_bos()
         self._looked = 0
         self._longest = max((len(s) for s in self._stops), default=1)
         tokenizer = getattr(llm, "tokenizer_", None)
@@ -588,7 +588,7 @@ class LlamaCppBackend:
                 # stream hands out whole characters, and what may begin a stop
                 # string is held back), so the rest follows; the count below
                 # is every sampled token (the one completing the stop is text).
-                pending, finish = found.text.decode("utf-8", errors="ignore")[sent:], "stop"
+                pending, finish = _as_text(found.text)[sent:], "stop"
                 break
             except Exception as exc:
                 raise BackendError(f"llama.cpp failed: {exc}") from exc
@@ -598,7 +598,7 @@ class LlamaCppBackend:
                     # The generation ended (an end of generation, max_tokens) while
                     # llama.cpp's wait for the rest of a character skipped the look
                     # in the bytes: the answer ends before the stop string there.
-                    pending, finish = before.decode("utf-8", errors="ignore")[sent:], "stop"
+                    pending, finish = _as_text(before)[sent:], "stop"
                 break
             text, reason = _chunk_text(item)
             if leading_space and text:
@@ -613,7 +613,7 @@ class LlamaCppBackend:
             ready = len(pending) - _held_back(pending, stops)
             before = watcher.last_look() if stops else None
             if before is not None:  # in the bytes a wait for a character's rest kept the looks from
-                ready = min(ready, max(0, len(before.decode("utf-8", errors="ignore")) - sent))
+                ready = min(ready, max(0, len(_as_text(before)) - sent))
             settled = max(reported, counter.sampled - 1)
             if not ready and settled == reported:
                 continue
@@ -705,6 +705,11 @@ def _stop_strings(value: object) -> tuple[str, ...]:
             "so the answer would be empty: leave it out"
         )
     return tuple(stops)
+
+
+def _as_text(answer: bytes) -> str:
+    """The answer's bytes as llama-cpp-python's text has them: what is no UTF-8 text left out."""
+    return answer.decode("utf-8", errors="ignore")
 
 
 def _held_back(text: str, stops: tuple[str, ...]) -> int:
