@@ -62,8 +62,7 @@ class ProxyServer(uvicorn.Server):
                 logger.warning(
                     "%s again: stopping at once, cutting what still runs", signal.Signals(sig).name
                 )
-                logging.getLogger("uvicorn.error").addFilter(_quiet_cut)
-                self._cut = True
+                self._quiet_the_cut()
             super().handle_exit(sig, frame)
             return
         self._drain_requested = True
@@ -88,10 +87,13 @@ class ProxyServer(uvicorn.Server):
             logger.warning(
                 "requests still running after --shutdown-timeout %g s are cut", self.shutdown_timeout
             )
-            # uvicorn cancels them and logs each as an application error: said once above.
-            logging.getLogger("uvicorn.error").addFilter(_quiet_cut)
-            self._cut = True
+            self._quiet_the_cut()
         self.should_exit = True
+
+    def _quiet_the_cut(self) -> None:
+        """uvicorn cancels what still runs and logs each as an application error: said once already."""
+        logging.getLogger("uvicorn.error").addFilter(_quiet_cut)
+        self._cut = True
 
 
 _CUT: Final = "timeout graceful shutdown exceeded"  # in uvicorn's log line and cancel message

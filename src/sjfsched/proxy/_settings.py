@@ -212,12 +212,10 @@ def _parse_bool(text: str) -> bool:
 
 def _parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.strip().rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:8080), got {text!r}")
     if ":" in host and not (host.startswith("[") and host.endswith("]")):  # ::1 read as ":" port 1
         raise ValueError(f"an IPv6 address goes in brackets, before the port (e.g. [::1]:8080), got {text!r}")
     host = host.strip("[]")
-    if not host:  # "[]:8080"
+    if not sep or not host:  # no port, no host ("[]:8080" too)
         raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:8080), got {text!r}")
     return host, _parse_int(port)
 
