@@ -73,9 +73,7 @@ class RequestLog:
         if not isinstance(source, str) or not source:
             raise ValueError("RequestLog.source must be a non-empty string")
         self.path = Path(path)
-        why = _not_a_log(self.path)
-        if why is not None:
-            raise ValueError(f"{self.path} is not a request log: {why}")
+        _refuse_unless_a_log(self.path)
         self.model = model
         self.source = source
         self.skip_truncated = skip_truncated
@@ -86,9 +84,7 @@ class RequestLog:
     def _open(self) -> IO[bytes]:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            why = _not_a_log(self.path)  # again: it may have been replaced since
-            if why is not None:
-                raise ValueError(f"{self.path} is not a request log: {why}")
+            _refuse_unless_a_log(self.path)  # again: it may have been replaced since
             _finish_tail(self.path)
             self._file = self.path.open("ab")
         return self._file
@@ -174,19 +170,26 @@ def _not_a_log(path: Path) -> str | None:
     for i, line in enumerate(lines):
         if not line.strip():
             continue  # blank lines, which the reader skips too
-        if i == len(lines) - 1 and not line.strip(b"\x00"):
+        last = i == len(lines) - 1  # may be cut by the read, or by a crash
+        if last and not line.strip(b"\x00"):
             return None  # a crash's zeros at the end, and nothing else: dropped before appending
-        if not line.lstrip().startswith(b"{"):
-            return "its first line is not a JSON object"
-        if i < len(lines) - 1:  # a whole line (a last one may be cut by the read)
-            try:
-                whole = isinstance(json.loads(line), dict)
-            except (ValueError, RecursionError):
-                whole = False
-            if not whole:
-                return "its first line is not a JSON object"
-        break
+        if line.lstrip().startswith(b"{") and (last or _is_a_json_object(line)):
+            return None
+        return "its first line is not a JSON object"
     return None
+
+
+def _is_a_json_object(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except (ValueError, RecursionError):
+        return False
+
+
+def _refuse_unless_a_log(path: Path) -> None:
+    why = _not_a_log(path)
+    if why is not None:
+        raise ValueError(f"{path} is not a request log: {why}")
 
 
 def _finish_tail(path: Path) -> None:
