@@ -255,3 +255,37 @@ def test_zero_counts_are_refused_naming_the_option(
         main(["bench", "sim", "--traces", "sharegpt", option, "0"])
     assert info.value.code == 2
     assert f"argument {option}: must be 1 or more, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("nothing_runs")
+def test_results_over_a_built_in_traces_corpus_are_refused(tmp_path: Path) -> None:
+    """`bench sim --data D --traces sharegpt --results D/sharegpt_natural.jsonl.gz` replaced the corpus."""
+    data = sharegpt_like(tmp_path / "data", n=30)
+    corpus = data / "sharegpt_natural.jsonl.gz"
+    before = corpus.read_bytes()
+    for argv in (
+        ["--traces", "sharegpt", "--policies", "fcfs", "--results", str(corpus)],
+        ["--traces", "sharegpt/fresh", "--policies", "fcfs", "--results", str(corpus)],
+        # an unseen policy trains on every corpus of --data
+        ["--traces", "sharegpt", "--policies", "plain-unseen", "--results", str(data / "oasst1.jsonl.gz")],
+    ):
+        got = _exit_message(["bench", "sim", "--data", str(data), "--scenarios", "burst5", *argv])
+        assert got.startswith(f"sjfsched bench: --results {argv[-1]} is an input of this run"), got
+    for results in (corpus, data / "oasst1.jsonl.gz"):  # bench all trains the unseen predictor
+        got = _exit_message(
+            ["bench", "all", "--data", str(data), "--traces", "sharegpt", "--out", str(tmp_path / "docs"),
+             "--results", str(results), "--no-progress"]
+        )  # fmt: skip
+        assert got.startswith(f"sjfsched bench: --results {results} is an input of this run"), got
+    assert corpus.read_bytes() == before
+
+
+@pytest.mark.usefixtures("no_model_loads")
+def test_bench_real_refuses_results_over_its_built_in_traces_corpus(tmp_path: Path) -> None:
+    data = sharegpt_like(tmp_path / "data", n=30)
+    corpus = data / "sharegpt_natural.jsonl.gz"
+    got = _exit_message(
+        ["bench", "real", "--data", str(data), "--trace", "sharegpt", "--requests", "4",
+         "--results", str(corpus)]
+    )  # fmt: skip
+    assert got.startswith(f"sjfsched bench real: --results {corpus} is an input of this run"), got

@@ -15,6 +15,7 @@ from typing import Any
 from .._cli import TRAIN_MODULES, at_least_one, missing_module, needs_extra, same_file
 from .._scheduler import DEFAULT_AGING, DEFAULT_MAX_WAIT
 from .._version import __version__
+from ..predictors._corpus import DATA_PATTERNS
 from ._policies import (
     ALIASES,
     STANDARD_POLICIES,
@@ -185,6 +186,11 @@ def _data_dir(args: argparse.Namespace, traces: Sequence[str] = ()) -> Path:
     return data
 
 
+def _corpora(args: argparse.Namespace) -> Path | None:
+    """The corpora directory a run would read (``--data`` or the default), None if there is none."""
+    return args.data if args.data is not None else default_data_dir()
+
+
 def _check_traces(traces: Sequence[str]) -> None:
     for t in traces:
         if not is_trace_name(t):
@@ -290,13 +296,29 @@ def _check_run_options(
             )
 
 
-def input_files(traces: Iterable[str], policies: Iterable[str] = ()) -> list[Path]:
-    """The files a run reads: its trace files and the models its ``lexical:PATH`` policies load."""
-    files = [Path(split_file_trace(base_name(t))[0]) for t in traces if is_file_trace(t)]
+def input_files(
+    traces: Iterable[str], policies: Iterable[str] = (), data: Path | None = None, *, trains: bool = False
+) -> list[Path]:
+    """The files a run reads: its trace files, the corpus file in ``data`` of each built-in
+    trace, and the models its ``lexical:PATH`` policies load.
+
+    Where the run trains the unseen predictor (``trains``, or an ``unseen`` policy), every
+    corpus file in ``data`` is read too.
+    """
+    policies = list(policies)
+    files: list[Path] = []
+    for t in traces:
+        if is_file_trace(t):
+            files.append(Path(split_file_trace(base_name(t))[0]))
+        elif data is not None and base_name(t) in TRACES:
+            files.append(data / TRACES[base_name(t)].file)
     for policy in policies:
-        predictor = policy.split("@", 1)[0]
+        predictor = ALIASES.get(policy, policy).split("@", 1)[0]
         if predictor.startswith("lexical:"):
             files.append(Path(predictor.removeprefix("lexical:")))
+        trains = trains or predictor == "unseen"
+    if trains and data is not None and data.is_dir():
+        files += sorted(found for pattern in DATA_PATTERNS for found in data.glob(pattern))
     return files
 
 
@@ -355,7 +377,8 @@ def _run_sim(args: argparse.Namespace) -> int:
     traces, profiles, scenario_names = _split(args.traces), _split(args.profiles), _split(args.scenarios)
     _check_run_options(args, traces, profiles, scenario_names)
     if args.results is not None:
-        check_results_path(args.results, inputs=input_files(traces, _split(args.policies)))
+        inputs = input_files(traces, _policies(args.policies), _corpora(args))
+        check_results_path(args.results, inputs=inputs)
     _check_traces(traces)
     data = _data_dir(args, traces)
     scenarios = [_scenario(s, args) for s in scenario_names]
@@ -464,7 +487,7 @@ def _run_all(args: argparse.Namespace) -> int:
 
     traces = _split(args.traces)
     _check_run_options(args, traces, _split(args.profiles))
-    check_results_path(args.results)
+    check_results_path(args.results, inputs=input_files(traces, data=_corpora(args), trains=True))
     _check_out(args.out, "bench all")
     files = [t for t in traces if is_file_trace(t)]
     if files or any(not is_trace_name(t) for t in traces):

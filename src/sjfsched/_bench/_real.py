@@ -254,7 +254,8 @@ def run(args: argparse.Namespace) -> int:
     _check_arguments(args)
     if args.results is None and not is_file_trace(args.trace):
         args.results = DEFAULT_RESULTS  # the published run's file, for the shared data's traces
-    inputs = input_files([args.trace], _policies(args.policies)) + ([args.model] if args.model else [])
+    data = args.data if args.data is not None else default_data_dir()
+    inputs = input_files([args.trace], _policies(args.policies), data) + ([args.model] if args.model else [])
     if args.results is not None:
         check_results_path(args.results, "bench real", inputs)
     items = _sample(args)
