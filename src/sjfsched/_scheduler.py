@@ -958,6 +958,23 @@ class Scheduler:
         if self._running == 0 and self._idle is not None:
             self._idle.set()
 
+    @staticmethod
+    def _observed_tokens(entry: _Entry, completion: Completion) -> int:
+        """The answer's length as the predictor learns it.
+
+        An answer cut short at the request's ``max_tokens`` would have been at
+        least that long, and how much longer nobody knows: the predictor is
+        told the longer of the cut length and its own prediction, so a cut
+        never teaches it that a prompt answers shorter than it said.
+        """
+        tokens = completion.output_tokens
+        cap = entry.request.max_tokens
+        if completion.finish_reason == "length" and cap is not None and tokens >= cap:
+            predicted = entry.prediction.tokens
+            if predicted > tokens:
+                return math.ceil(predicted)
+        return tokens
+
     def _complete(self, entry: _Entry, completion: Completion) -> None:
         self._end(entry, "completed")
         prompt_tokens = (
@@ -981,7 +998,9 @@ class Scheduler:
                 )
             if self._observe is not None:
                 try:
-                    result = self._observe(entry.request, entry.prediction, completion.output_tokens)
+                    result = self._observe(
+                        entry.request, entry.prediction, self._observed_tokens(entry, completion)
+                    )
                     if inspect.iscoroutine(result):  # a plain function that returns a coroutine
                         result.close()  # never awaited: dropped without a "never awaited" warning
                         raise TypeError("observe() returned a coroutine: it is called, never awaited")

@@ -391,6 +391,19 @@ async def test_observe_gets_the_real_output_length() -> None:
     assert predictor.observed == [("job 10", 10.0, 37), ("job 5", 5.0, 2)]
 
 
+async def test_an_answer_cut_at_max_tokens_never_teaches_a_shorter_length() -> None:
+    """A cut answer was at least its cut length: the predictor learns the longer of it and its prediction."""
+    predictor = RecordingPredictor()
+    async with scheduler(predictor=predictor) as sched:
+        cut = await sched.complete(job(100, actual=2000, max_tokens=20))  # predicted longer than the cut
+        short = await sched.complete(job(5, actual=2000, max_tokens=20))  # predicted shorter than the cut
+        uncut = await sched.complete(job(100, actual=7, max_tokens=20))  # ended by itself
+        exact = await sched.complete(job(100.4, actual=20, max_tokens=30))  # below its cap: not cut
+    assert [c.output_tokens for c in (cut, short, uncut, exact)] == [20, 20, 7, 20]
+    assert [c.finish_reason for c in (cut, short, uncut, exact)] == ["length", "length", "stop", "stop"]
+    assert [n for _, _, n in predictor.observed] == [100, 20, 7, 20]
+
+
 async def test_queue_full_is_immediate() -> None:
     async with scheduler(max_queue=2) as sched:
         async with anyio.create_task_group() as tg:

@@ -177,3 +177,135 @@ def test_a_changed_model_file_replaces_its_cached_copy(tmp_path: Path) -> None:
 def test_a_model_path_with_a_nul_byte_is_a_predictor_error() -> None:
     with pytest.raises(PredictorError, match="not a usable model path"):
         LexicalPredictor("bad\x00name.onnx")
+
+
+def _b64_floats(*values: float) -> str:
+    import base64
+
+    import numpy as np
+
+    return base64.b64encode(np.array(values, "<f4").tobytes()).decode("ascii")
+
+
+def _b64_doubles(*values: float) -> str:
+    import base64
+
+    import numpy as np
+
+    return base64.b64encode(np.array(values, "<f8").tobytes()).decode("ascii")
+
+
+@pytest.mark.parametrize(
+    ("edit", "why"),
+    [
+        # finite, but beyond any learnt correction: it loaded, predicted a million tokens for
+        # every prompt, and the next observe() made the state NaN for good
+        ({"correction.bias": 50.0}, "weight or bias of 50"),
+        ({"correction.bias": 1e300}, "weight or bias of 1e\\+300"),
+        ({"correction.rows": "AAAAAA==", "correction.weights": _b64_floats(3e38)}, "of 3e\\+38"),
+        (
+            {
+                "correction.replay.lengths": "AAAAAA==",  # one entry of no rows
+                "correction.replay.rows": "",
+                "correction.replay.values": "",
+                "correction.replay.residuals": _b64_doubles(1e300),
+            },
+            "replay buffer is inconsistent",
+        ),
+        # numbers JSON did not write as numbers, and counts that are not whole
+        ({"state.sx": "0.5"}, "sx must be a number, got '0.5'"),
+        ({"state.n": 20.5}, "n must be a whole number"),
+        ({"correction.observations": 2.7}, "observations must be a whole number, got 2.7"),
+        ({"correction.observations": True}, "observations must be a whole number, got True"),
+        ({"correction.bias": True}, "bias must be a number, got True"),
+        ({"correction.observations": 0}, "weights but no observations"),
+    ],
+)
+def test_a_state_with_numbers_no_learning_gives_is_refused(
+    tmp_path: Path, edit: dict[str, object], why: str
+) -> None:
+    path = _saved(tmp_path, **edit)
+    predictor = _learnt(5)
+    before = predictor.predict(PROMPT)
+    with pytest.raises(PredictorError, match=f"state\\.json: cannot load calibration .*{why}"):
+        predictor.load_calibration(path)
+    assert predictor.predict(PROMPT) == before
+    predictor.observe(PROMPT, before, 50)
+    assert math.isfinite(predictor.predict(PROMPT).tokens)
+
+
+def test_no_observation_makes_the_correction_non_finite() -> None:
+    """The correction's residuals are clipped to its targets' span: it stays finite and bounded."""
+    predictor = LexicalPredictor()
+    correction = predictor.correction
+    assert correction is not None and 3.0 < correction.limit < 6.0  # the bundled model's span + 1
+    for i in range(300):
+        request = Request(f"prompt {i} " + "x" * (i % 37))
+        predictor.observe(request, predictor.predict(request), 0 if i % 2 else 10**7)
+    assert correction.weights is not None
+    assert abs(correction.bias) <= correction.limit
+    assert float(abs(correction.weights).max()) <= correction.limit
+    assert all(math.isfinite(predictor.predict(Request(f"q {i}")).tokens) for i in range(20))
+
+
+def test_a_correction_without_a_target_map_clips_its_target() -> None:
+    from sjfsched.predictors._adapt import ScoreCorrection
+
+    correction = ScoreCorrection(4)
+    assert correction.target(1e300) == correction.target(1e6) == math.log1p(1e6)
+    import numpy as np
+
+    for _ in range(50):
+        correction.learn(np.array([1], np.int32), np.array([1.0], np.float32), -1e300, 5.0)
+    assert abs(correction.bias) <= correction.limit  # the residual of 1e300 counted as its limit
+    assert correction.value(np.array([1], np.int32), np.array([1.0], np.float32)) <= 2 * correction.limit
+
+
+def test_a_state_that_json_cannot_hold_is_refused_before_the_file_is_touched(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    path.write_text('{"old": 1}')
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        write_state(path, {"x": math.nan})
+    assert path.read_text() == '{"old": 1}'
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_saving_keeps_the_files_mode_and_follows_a_link(tmp_path: Path) -> None:
+    real = tmp_path / "real.json"
+    predictor = _learnt(5)
+    predictor.save_calibration(real)
+    os.chmod(real, 0o600)
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    predictor.observe(PROMPT, predictor.predict(PROMPT), 77)
+    predictor.save_calibration(link)
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    assert oct(real.stat().st_mode & 0o777) == oct(0o600)
+    assert json.loads(real.read_text())["state"]["n"] == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "real.json"]
+
+
+@pytest.mark.parametrize(
+    ("where", "why"),
+    [
+        ("a directory", "it is a directory"),
+        ("missing/state.json", "No such file or directory"),
+        ("", "it is a directory"),  # Path("") is "."
+    ],
+)
+def test_a_state_that_cannot_be_saved_is_a_predictor_error_naming_the_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, why: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a directory").mkdir()
+    predictor = _learnt(3)
+    with pytest.raises(PredictorError, match=f"cannot save calibration \\({why}\\)") as caught:
+        predictor.save_calibration(where)
+    assert str(Path(where)) in str(caught.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a directory"]
+
+
+def test_observe_names_a_request_that_is_not_one() -> None:
+    predictor = LexicalPredictor()
+    with pytest.raises(TypeError, match="observe\\(\\) takes the completed Request first, got 'hello'"):
+        predictor.observe("hello", predictor.predict(PROMPT), 10)  # type: ignore[arg-type]

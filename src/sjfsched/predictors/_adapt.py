@@ -34,6 +34,8 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
+from ._calibration import saved_count, saved_number
+
 __all__ = ["ScoreCorrection", "TargetMap"]
 
 
@@ -55,6 +57,14 @@ def _floats(values: Sequence[float]) -> tuple[float, ...]:
 STEP: Final = 0.1
 REPLAYS: Final = 3
 BUFFER: Final = 512
+#: The longest answer a target is made from, without a target map (as the calibration's cap).
+_MAX_TOKENS: Final = 1e6
+#: How far beyond its targets' span a residual may reach: the model's score is kept
+#: within its targets' range widened by 0.5 on each side (``SCORE_MARGIN``).
+_RESIDUAL_SLACK: Final = 1.0
+#: A saved bias or weight beyond this many times :attr:`ScoreCorrection.limit` is
+#: refused: no run of observations comes near it (they stay within about 0.5 of it).
+_SAVED_BOUND: Final = 4.0
 
 
 @attrs.frozen
@@ -133,6 +143,11 @@ class ScoreCorrection:
             maxlen=buffer
         )
         self._random = random.Random(seed)
+        #: The largest residual an observation gives (larger ones are clipped to it):
+        #: its target's span on the score scale plus the score's margin.
+        self.limit = (
+            target_map.ys[-1] - target_map.ys[0] if target_map is not None else math.log1p(_MAX_TOKENS)
+        ) + _RESIDUAL_SLACK
         #: One weight per row of the model's table; ``None`` until something is learnt.
         self.weights: npt.NDArray[np.float32] | None = None
         self.bias = 0.0
@@ -161,7 +176,7 @@ class ScoreCorrection:
         """The answer's length on the model's score scale, as its training target was made."""
         if self.target_map is not None:
             return self.target_map(output_tokens)
-        return math.log1p(output_tokens)
+        return math.log1p(min(output_tokens, _MAX_TOKENS))
 
     def learn(
         self,
@@ -182,7 +197,8 @@ class ScoreCorrection:
             summed = np.bincount(inverse, weights=values).astype(np.float32)
         else:
             rows, summed = ids, values
-        residual = self.target(output_tokens) - base_score
+        limit = self.limit
+        residual = min(max(self.target(output_tokens) - base_score, -limit), limit)
         entry = (rows, summed, residual)
         self._update(*entry)
         buffer = self._buffer
@@ -200,6 +216,8 @@ class ScoreCorrection:
             w = self.weights = np.zeros(self.size, np.float32)
         error = residual - (float(np.dot(w.take(rows), summed)) + self.bias)
         gain = self.step * error / (float(np.dot(summed, summed)) + 1.0)
+        if not math.isfinite(gain):  # cannot happen from a state this class made or loaded
+            return
         w[rows] += np.float32(gain) * summed
         self.bias += gain
 
@@ -233,9 +251,9 @@ class ScoreCorrection:
     def load_dict(self, data: Any, *, where: str = "correction") -> None:
         """Take a state written by :meth:`to_dict`; raises ValueError if it does not fit this model."""
         try:
-            size = int(data["size"])
-            observations = int(data["observations"])
-            bias = float(data["bias"])
+            size = saved_count(data["size"], "size")
+            observations = saved_count(data["observations"], "observations")
+            bias = saved_number(data["bias"], "bias")
             rows = np.frombuffer(base64.b64decode(data["rows"], validate=True), "<i4")
             weights = np.frombuffer(base64.b64decode(data["weights"], validate=True), "<f4")
             replay = data.get("replay")
@@ -260,6 +278,7 @@ class ScoreCorrection:
                 or len(replay_rows) != len(values)
                 or (len(replay_rows) and (replay_rows.min() < 0 or replay_rows.max() >= size))
                 or not (np.isfinite(values).all() and np.isfinite(residuals).all())
+                or (len(residuals) and float(np.abs(residuals).max()) > self.limit * (1 + 1e-9))
             ):
                 raise ValueError(f"{where}: correction's replay buffer is inconsistent")
             ends = np.cumsum(lengths)
@@ -277,6 +296,15 @@ class ScoreCorrection:
             raise ValueError(f"{where}: correction rows are inconsistent")
         if not (math.isfinite(bias) and np.isfinite(weights).all()) or observations < 0:
             raise ValueError(f"{where}: correction holds invalid numbers")
+        if not observations and (len(rows) or bias):
+            raise ValueError(f"{where}: correction holds weights but no observations")
+        bound = _SAVED_BOUND * self.limit
+        largest = max(abs(bias), float(np.abs(weights).max()) if len(weights) else 0.0)
+        if largest > bound:
+            raise ValueError(
+                f"{where}: correction holds a weight or bias of {largest:.3g}, beyond any learnt one "
+                f"(at most {bound:.3g} on the log-length scale)"
+            )
         self.reset()
         if observations:
             self.weights = np.zeros(size, np.float32)

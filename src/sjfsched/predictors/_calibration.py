@@ -5,9 +5,11 @@ corpora: a terse 1B model answers shorter, a chatty 70B model longer.  A
 :class:`LengthCalibration` fits ``log(1 + actual) ~ offset + slope * raw``
 over the deployment's completed requests (``raw`` is the model's log-length
 score), with exponential forgetting so it follows a model that changes, and
-a prior (the identity map, worth ``prior_weight`` observations) so a handful
-of observations cannot throw it far.  It also tracks the spread of the
-residuals, which gives ``p_long``.
+a prior (the identity map, worth ``prior_weight`` observations) so the first
+few observations do not decide it.  It is a least-squares fit: a few absurd
+lengths (a miscount, counted as at most a million tokens) still move every
+prediction until a few hundred later requests have outweighed them.  It
+also tracks the spread of the residuals, which gives ``p_long``.
 
 The slope is kept within ``[0.1, 3]``: positive, so calibration never changes
 the ranking of two prompts, only the lengths put on them.
@@ -21,10 +23,11 @@ import math
 import numbers
 import os
 import secrets
+import stat
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LengthCalibration", "read_state", "require_length", "write_state"]
+__all__ = ["LengthCalibration", "read_state", "require_length", "saved_count", "saved_number", "write_state"]
 
 #: An observed length counts as at most this many tokens' log (one answer of
 #: a billion tokens, or a miscount, must not throw the fit off for hours).
@@ -142,7 +145,8 @@ class LengthCalibration:
             if data.get("version") != 1:
                 raise ValueError(f"unknown version {data.get('version')!r}")
             state = data["state"]
-            values = {key: float(state[key]) for key in _STATE_KEYS}
+            values = {key: saved_number(state[key], key) for key in _STATE_KEYS}
+            saved_count(state["n"], "n")
         except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ValueError(f"{where}: not a sjfsched calibration ({exc})") from exc
         if not all(math.isfinite(v) for v in values.values()) or any(
@@ -191,20 +195,58 @@ def _impossible(v: dict[str, float]) -> str | None:
 
 
 def write_state(path: str | os.PathLike[str], data: Any) -> None:
-    """Write a predictor's state as JSON, atomically (a temporary file beside it, then a rename)."""
-    path = Path(path)
+    """Write a predictor's state as JSON, atomically and durably.
+
+    The JSON goes to a temporary file beside the state, is flushed to disk,
+    then renamed over it, so a crash at any point leaves the old state or
+    the new one, whole.  A symbolic link is followed (its target is
+    replaced), and a file that exists keeps its permissions.  A state with
+    a number JSON cannot hold (NaN, an infinity) raises ``ValueError``
+    before any file is touched.
+    """
+    path = Path(os.path.realpath(path))
+    text = json.dumps(data, indent=1, allow_nan=False)
     # A temporary file of its own (created exclusively, with the umask's mode):
     # several writers of one path, processes or predictors sharing a state
     # file, must not write into each other's.
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
     try:
         with tmp.open("x", encoding="utf-8") as f:
-            f.write(json.dumps(data, indent=1))
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    _sync_directory(path.parent)
+
+
+def _sync_directory(directory: Path) -> None:
+    """Flush a directory's entries to disk (the rename), where the system allows it."""
+    with contextlib.suppress(OSError, AttributeError):  # Windows opens no directory so
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def saved_number(value: object, name: str) -> float:
+    """A number read from a saved state: ``TypeError`` naming it unless JSON wrote it as one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
+def saved_count(value: object, name: str) -> int:
+    """A count read from a saved state: ``TypeError`` naming it unless it is a whole number."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a whole number, got {value!r}")
+    return value
 
 
 def require_length(output_tokens: object) -> None:

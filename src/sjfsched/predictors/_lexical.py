@@ -487,6 +487,8 @@ class LexicalPredictor:
         correction needs its features): the calibration takes the score the
         predictor gives now, then the correction learns from the request.
         """
+        if not isinstance(request, Request):
+            raise TypeError(f"observe() takes the completed Request first, got {request!r}")
         require_length(output_tokens)
         if not self._calibrate:
             return
@@ -511,18 +513,27 @@ class LexicalPredictor:
         """Write the calibration, and the correction if adapting, as JSON to ``path``.
 
         ``path`` defaults to ``calibration_path``.  The file is replaced
-        atomically (written beside it, then renamed).  Safe to call from any
-        thread while the scheduler observes: the state is taken whole.
+        atomically and durably (written beside it, flushed to disk, then
+        renamed; a symbolic link's target is replaced, an existing file keeps
+        its permissions).  Safe to call from any thread while the scheduler
+        observes: the state is taken whole.  Raises
+        :class:`~sjfsched.PredictorError` naming the file if it cannot be
+        written.
         """
         target = self._calibration_path if path is None else Path(path)
         if target is None:
             raise ValueError("no path given and no calibration_path set")
+        if target.is_dir():
+            raise PredictorError(f"{target}: cannot save calibration (it is a directory)")
         with self._state_lock:
             data = self._calibration.to_dict()
             data["model"] = self._fingerprint
             if self._correction is not None:
                 data["correction"] = self._correction.to_dict()
-        write_state(target, data)
+        try:
+            write_state(target, data)
+        except OSError as exc:
+            raise PredictorError(f"{target}: cannot save calibration ({exc.strerror or exc})") from exc
 
     def load_calibration(self, path: str | os.PathLike[str]) -> None:
         """Replace the calibration (and correction) with one saved by :meth:`save_calibration`.
