@@ -289,3 +289,40 @@ def test_bench_real_refuses_results_over_its_built_in_traces_corpus(tmp_path: Pa
          "--results", str(corpus)]
     )  # fmt: skip
     assert got.startswith(f"sjfsched bench real: --results {corpus} is an input of this run"), got
+
+
+@pytest.mark.usefixtures("nothing_runs")
+@pytest.mark.parametrize(
+    ("policy", "why"),
+    [
+        ("sjfsched@aging=-1", "aging must be a finite number >= 0, got -1.0"),
+        ("sjfsched@max_wait=-5", "max_wait must be a number of seconds >= 0"),
+        ("unseen@aging=-1", "aging must be a finite number >= 0, got -1.0"),
+        ("heuristic@adapt=0", "adapt=0 applies to the lexical predictors only"),
+        ("lexical:{tmp}/missing.onnx", "model file not found"),
+        ("sjfsched@warm=5", "warm=N needs a NAME/fresh trace"),
+    ],
+)
+def test_bench_sim_refuses_a_policy_it_cannot_build_before_running(
+    tmp_path: Path, policy: str, why: str
+) -> None:
+    """`--policies fcfs,sjfsched,sjfsched@aging=-1` ran fcfs and sjfsched, then failed naming no policy."""
+    policy = policy.format(tmp=tmp_path)
+    data = sharegpt_like(tmp_path / "data", n=30)
+    got = _exit_message(
+        ["bench", "sim", "--data", str(data), "--traces", "sharegpt", "--scenarios", "burst5",
+         "--policies", f"fcfs,sjfsched,{policy}", "--no-progress"]
+    )  # fmt: skip
+    on = " on sharegpt" if "warm=" in policy else ""
+    assert got.startswith(f"sjfsched bench: cannot run --policies {policy}{on}: "), got
+    assert why in got
+
+
+@pytest.mark.usefixtures("nothing_runs")
+def test_bench_sim_checks_warm_policies_on_each_kind_of_trace(tmp_path: Path) -> None:
+    data = sharegpt_like(tmp_path / "data", n=30)
+    argv = ["bench", "sim", "--data", str(data), "--scenarios", "burst5", "--no-progress"]
+    got = _exit_message([*argv, "--traces", "sharegpt/fresh,sharegpt", "--policies", "sjfsched@warm=5"])
+    assert got.startswith("sjfsched bench: cannot run --policies sjfsched@warm=5 on sharegpt: "), got
+    with pytest.raises(AssertionError, match="trained or ran"):  # on /fresh alone it is built, then runs
+        main([*argv, "--traces", "sharegpt/fresh", "--policies", "sjfsched@warm=5"])

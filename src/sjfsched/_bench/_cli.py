@@ -400,6 +400,7 @@ def _run_sim(args: argparse.Namespace) -> int:
         for pol in policies
         if not (pol in unseen and t in files)
     ]
+    _check_policies(units)
     if any(u.policy in unseen for u in units):
         _check_training("sim", f", or leave {', '.join(sorted(unseen))} out of --policies")
     if files and unseen:
@@ -443,6 +444,40 @@ def _run_sim(args: argparse.Namespace) -> int:
     if args.results is not None:
         _save(results, args.results, meta)
     return 0
+
+
+def _check_policies(units: Sequence[Unit]) -> None:
+    """Build each policy of ``units`` once, in front of a simulated backend, so that one that
+    cannot be built (``aging=-1``, a missing ``lexical:PATH``, ``warm=N`` on a trace without
+    ``/fresh``...) fails at once in one line naming it, not after the others ran.
+
+    The unseen policies are built with the bundled model standing in for the one trained later.
+    A ``warm=N`` policy on a ``/fresh`` trace learns from a one-prompt history here.
+    """
+    from .._errors import PredictorError
+    from ..backends import SimulatedBackend
+    from ..predictors._lexical import bundled_model_path
+    from ._policies import PolicyContext
+    from ._traces import FRESH, TraceItem
+
+    history = (TraceItem("a prompt", 1, 1),)
+    checked: set[tuple[str, bool]] = set()
+    for unit in units:
+        fresh = unit.trace.endswith(FRESH)
+        if (unit.policy, fresh) in checked:
+            continue
+        checked.add((unit.policy, fresh))
+        context = PolicyContext(
+            short_latency=1.0,
+            unseen_model=str(bundled_model_path()),
+            history=history if fresh else (),
+        )
+        try:
+            policy_named(unit.policy).make(SimulatedBackend(), context)
+        except (ValueError, OSError, PredictorError) as exc:
+            on = f" on {unit.trace}" if re.search(r"[@,]warm=", unit.policy) and not fresh else ""
+            why = str(exc) or type(exc).__name__
+            raise SystemExit(f"sjfsched bench: cannot run --policies {unit.policy}{on}: {why}") from None
 
 
 def all_units(args: argparse.Namespace) -> list[Unit]:

@@ -178,9 +178,15 @@ def run_units(
         else:
             with ProcessPoolExecutor(max_workers=jobs) as pool:
                 futures = {pool.submit(_run_unit_job, data, unit, seed, models): unit for unit in units}
-                for future in as_completed(futures):
-                    results.append(future.result())
-                    bar.update(futures[future].requests)
+                try:
+                    for future in as_completed(futures):
+                        results.append(future.result())
+                        bar.update(futures[future].requests)
+                except BaseException:
+                    # A unit failed (or ^C): the run is lost, so the units not started yet
+                    # would only delay the error; the running ones are waited for.
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
     order = {unit: i for i, unit in enumerate(units)}
     results.sort(key=lambda r: order[r.unit])
     return results
