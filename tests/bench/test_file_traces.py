@@ -169,3 +169,25 @@ def test_file_trace_errors_name_the_problem(log_file: Path, tmp_path: Path) -> N
         main(["bench", "sim", "--traces", "requests.csv", "--no-progress"])
     with pytest.raises(SystemExit):  # argparse: unknown trace for bench real
         main(["bench", "real", "--trace", "requests.csv"])
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ('"output_tokens": 1e300', "'output_tokens' must be at most 1,000,000,000, got 1e+300"),
+        (f'"output_tokens": {10**30}', "'output_tokens' must be at most 1,000,000,000, got 1e+30"),
+        ('"output_tokens": 5, "input_tokens": 1e300', "'input_tokens' must be a finite number up to"),
+        ('"output_tokens": 5, "input_tokens": Infinity', "'input_tokens' must be a finite number up to"),
+        ('"output_tokens": 5, "input_tokens": NaN', "'input_tokens' must be a finite number up to"),
+    ],
+)
+def test_a_length_too_large_to_simulate_is_refused_naming_its_line(
+    tmp_path: Path, record: str, message: str
+) -> None:
+    """An output_tokens of 1e300 ended in an OverflowError traceback once the simulation ran."""
+    trace = tmp_path / "t.jsonl"
+    trace.write_text('{"prompt": "fine", "output_tokens": 5}\n{"prompt": "x", ' + record + "}\n")
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "sim", "--traces", str(trace), "--profiles", "gpu", "--scenarios", "burst2",
+              "--policies", "fcfs", "--repetitions", "1", "--no-progress"])  # fmt: skip
+    assert str(info.value.code).startswith(f"sjfsched bench: {trace}:2: {message}"), info.value.code

@@ -277,7 +277,7 @@ def _read(path: Path, model: str, sources: Sequence[str]) -> list[TraceItem]:
     keep = set(sources)
     items: list[TraceItem] = []
     seen: set[str] = set()
-    for _, record in iter_json_lines(path):
+    for line, record in iter_json_lines(path):
         if not isinstance(record, dict):
             continue
         if record.get("model") != model or (keep and record.get("source") not in keep):
@@ -291,13 +291,29 @@ def _read(path: Path, model: str, sources: Sequence[str]) -> list[TraceItem]:
         if key in seen:
             continue
         seen.add(key)
-        items.append(_item(record, prompt, output, str(record.get("source", ""))))
+        items.append(_item(record, prompt, output, str(record.get("source", "")), f"{path}:{line}"))
     return items
 
 
-def _item(record: dict[str, Any], prompt: str, output: float, source: str) -> TraceItem:
+#: The most tokens an answer or a prompt of a trace may have: far above any model's context,
+#: and far below what would overflow the simulation's 64-bit token counts.
+MAX_TOKENS: Final = 10**9
+
+
+def _item(record: dict[str, Any], prompt: str, output: float, source: str, where: str) -> TraceItem:
+    """A trace item of ``record`` (line ``where``); a :class:`ValueError` names the line if a
+    length is out of bounds."""
+    if output > MAX_TOKENS:
+        raise ValueError(f"{where}: 'output_tokens' must be at most {MAX_TOKENS:,}, got {_shown(output)}")
     prompt_tokens = record.get("input_tokens")
-    if isinstance(prompt_tokens, bool) or not isinstance(prompt_tokens, (int, float)) or prompt_tokens <= 0:
+    if isinstance(prompt_tokens, bool) or not isinstance(prompt_tokens, (int, float)):
+        prompt_tokens = None
+    elif not (math.isfinite(prompt_tokens) and prompt_tokens <= MAX_TOKENS):
+        raise ValueError(
+            f"{where}: 'input_tokens' must be a finite number up to {MAX_TOKENS:,}, "
+            f"got {_shown(prompt_tokens)}"
+        )
+    if prompt_tokens is None or prompt_tokens <= 0:
         prompt_tokens = math.ceil(len(prompt) / 4)
     return TraceItem(
         prompt=prompt,
@@ -307,11 +323,19 @@ def _item(record: dict[str, Any], prompt: str, output: float, source: str) -> Tr
     )
 
 
+def _shown(tokens: float) -> str:
+    """A token count for a message (an integer of hundreds of digits is not printed)."""
+    if isinstance(tokens, int) and tokens.bit_length() > 100:
+        return "a number too large"
+    return f"{tokens:g}" if isinstance(tokens, float) else str(tokens)
+
+
 def _load_file(name: str) -> Trace:
     """A trace from a JSON-lines file of your own (see the module docstring).
 
     Every line must be a record with a string ``prompt`` and a finite
-    ``output_tokens`` >= 0 (a :class:`ValueError` names the line otherwise);
+    ``output_tokens`` >= 0 and at most :data:`MAX_TOKENS`, and ``input_tokens``, if a number,
+    finite and at most :data:`MAX_TOKENS` (a :class:`ValueError` names the line otherwise);
     records without ``model`` count as model ``"unknown"``.  As for the
     built-in traces, a prompt answered more than once gives one item (its
     first answer).  A file with answers of several models needs
@@ -334,7 +358,7 @@ def _load_file(name: str) -> Trace:
         if (record.model, record.prompt_id) in seen:
             continue
         seen.add((record.model, record.prompt_id))
-        item = _item(raw, record.prompt, record.output_tokens, record.source)
+        item = _item(raw, record.prompt, record.output_tokens, record.source, f"{path}:{line}")
         by_model.setdefault(record.model, []).append(item)
     models = sorted(by_model)
     if not separator and len(models) > 1:
