@@ -326,3 +326,23 @@ def test_bench_sim_checks_warm_policies_on_each_kind_of_trace(tmp_path: Path) ->
     assert got.startswith("sjfsched bench: cannot run --policies sjfsched@warm=5 on sharegpt: "), got
     with pytest.raises(AssertionError, match="trained or ran"):  # on /fresh alone it is built, then runs
         main([*argv, "--traces", "sharegpt/fresh", "--policies", "sjfsched@warm=5"])
+
+
+@pytest.mark.usefixtures("nothing_runs")
+@pytest.mark.parametrize(
+    ("scenario", "why"),
+    [
+        ("burst0", "a burst needs 1 request or more"),
+        ("burst000", "a burst needs 1 request or more"),
+        ("poisson0.0", "the load RHO of poissonRHO must be above 0 and below 1"),
+        ("poisson.0", "the load RHO of poissonRHO must be above 0 and below 1"),
+        ("wave", "use burstN or poissonRHO"),
+    ],
+)
+def test_a_scenario_that_cannot_run_is_refused_naming_it(tmp_path: Path, scenario: str, why: str) -> None:
+    """`--scenarios burst0` said 'Scenario.size and Scenario.repetitions must be >= 1', naming neither."""
+    data = sharegpt_like(tmp_path / "data", n=30)
+    got = _exit_message(
+        ["bench", "sim", "--data", str(data), "--traces", "sharegpt", "--scenarios", f"burst5,{scenario}"]
+    )
+    assert got.startswith(f"sjfsched bench: bad scenario {scenario!r} in --scenarios: {why}"), got

@@ -140,13 +140,18 @@ def _sim_options(p: argparse.ArgumentParser, *, matrix: bool = True, files: bool
 
 
 def _scenario(name: str, args: argparse.Namespace) -> Scenario:
+    bad = f"sjfsched bench: bad scenario {name!r} in --scenarios"
     m = re.fullmatch(r"burst(\d+)", name)
     if m:
+        if int(m.group(1)) < 1:
+            raise SystemExit(f"{bad}: a burst needs 1 request or more (burstN with N >= 1)")
         return Scenario("burst", int(m.group(1)), args.repetitions)
     m = re.fullmatch(r"poisson(0?\.\d+)", name)
     if m:
+        if float(m.group(1)) == 0:
+            raise SystemExit(f"{bad}: the load RHO of poissonRHO must be above 0 and below 1")
         return Scenario("poisson", args.poisson_requests, args.seeds, rho=float(m.group(1)), warmup=0.1)
-    raise SystemExit(f"sjfsched bench: bad scenario {name!r}: use burstN or poissonRHO (e.g. poisson0.74)")
+    raise SystemExit(f"{bad}: use burstN or poissonRHO (e.g. poisson0.74)")
 
 
 def _policies(text: str) -> list[str]:
