@@ -346,3 +346,20 @@ def test_a_scenario_that_cannot_run_is_refused_naming_it(tmp_path: Path, scenari
         ["bench", "sim", "--data", str(data), "--traces", "sharegpt", "--scenarios", f"burst5,{scenario}"]
     )
     assert got.startswith(f"sjfsched bench: bad scenario {scenario!r} in --scenarios: {why}"), got
+
+
+@pytest.mark.usefixtures("no_model_loads")
+@pytest.mark.parametrize("requests", [["--requests", "10"], []])  # the default is 36
+def test_bench_real_refuses_more_requests_than_its_trace_has_naming_the_option(
+    tmp_path: Path, requests: list[str]
+) -> None:
+    """It said "trace 't.jsonl' has 4 items, cannot draw 10", naming neither the option nor the command."""
+    trace = _trace(tmp_path / "t.jsonl", [10, 50, 300, 900])
+    got = _exit_message(
+        ["bench", "real", "--trace", str(trace), "--results", str(tmp_path / "r.json"), *requests]
+    )
+    n = requests[1] if requests else "36"
+    assert got == (
+        f"sjfsched bench real: --requests {n} is more than trace {str(trace)!r} has (4 prompts): "
+        "take --requests 4 or fewer"
+    )

@@ -140,6 +140,11 @@ def _sample(args: argparse.Namespace) -> list[TraceItem]:
         trace = load_trace(args.trace, data if data is not None else Path.cwd())
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"sjfsched bench real: {exc}") from None
+    if args.requests > len(trace):
+        raise SystemExit(
+            f"sjfsched bench real: --requests {args.requests} is more than trace {trace.name!r} has "
+            f"({len(trace)} prompts): take --requests {len(trace)} or fewer"
+        )
     rng = random.Random(f"real/{args.seed}/{trace.name}")
     items = trace.sample(args.requests, rng)
     return [
