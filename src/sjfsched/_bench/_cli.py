@@ -136,7 +136,11 @@ def _sim_options(p: argparse.ArgumentParser, *, matrix: bool = True, files: bool
     p.add_argument("--seeds", type=at_least_one, default=5, help="Poisson runs per scenario (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
     p.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (there is none either where stderr is not a terminal)",
+    )
 
 
 def _scenario(name: str, args: argparse.Namespace) -> Scenario:

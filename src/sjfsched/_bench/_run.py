@@ -150,6 +150,9 @@ def run_units(
 ) -> list[Result]:
     """Run every unit (in ``jobs`` processes) with a progress bar over requests.
 
+    The bar (``progress``) shows only where stderr is a terminal: in a log it would be a
+    line of carriage returns per update.
+
     ``models`` are the pinned models to use (see :func:`prepare_models`);
     without them they are prepared (and pinned) here.  Their SHA-1 digests go
     into ``info`` if given.
@@ -170,7 +173,8 @@ def run_units(
 
     total = sum(u.requests for u in units)
     results: list[Result] = []
-    with tqdm(total=total, unit="req", disable=not progress, smoothing=0.05, dynamic_ncols=True) as bar:
+    bar_shown = progress and _is_terminal(sys.stderr)
+    with tqdm(total=total, unit="req", disable=not bar_shown, smoothing=0.05, dynamic_ncols=True) as bar:
         if jobs <= 1:
             for unit in units:
                 bar.set_postfix_str(f"{unit.trace} {unit.profile} {unit.scenario.name} {unit.policy}")
@@ -190,6 +194,14 @@ def run_units(
     order = {unit: i for i, unit in enumerate(units)}
     results.sort(key=lambda r: order[r.unit])
     return results
+
+
+def _is_terminal(stream: Any) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty()) if isatty is not None else False
+    except (OSError, ValueError):  # closed or detached
+        return False
 
 
 def pin_models(directory: str | Path, unseen: Mapping[str, str]) -> PinnedModels:
