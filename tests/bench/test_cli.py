@@ -99,3 +99,18 @@ def test_all_writes_every_figure_and_the_ranking(tmp_path: Path, capsys: pytest.
     ]
     _, meta = load_results(tmp_path / "sim.json")
     assert 0.0 <= meta["ranking"]["sharegpt"]["noisy1"] <= 1.0
+
+
+def test_a_trace_profile_or_scenario_named_twice_runs_once(tmp_path: Path) -> None:
+    """`--traces t,t --profiles gpu,gpu --scenarios burst2,burst2` ran (and saved) each unit 8 times."""
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("".join(f'{{"prompt": "q{i}", "output_tokens": {10 + 100 * i}}}\n' for i in range(4)))
+    results = tmp_path / "r.json"
+    main(
+        ["bench", "sim", "--traces", f"{trace},{trace}", "--profiles", "gpu,gpu",
+         "--scenarios", "burst2,burst2,burst02,poisson0.5,poisson0.50,poisson.5", "--policies", "fcfs,fcfs",
+         "--repetitions", "1", "--seeds", "1", "--poisson-requests", "5", "--no-progress",
+         "--results", str(results)]
+    )  # fmt: skip
+    runs, _ = load_results(results)
+    assert sorted(r.unit.scenario.name for r in runs) == ["burst2", "poisson0.5"]

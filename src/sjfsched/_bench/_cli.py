@@ -180,7 +180,8 @@ def _policies(text: str) -> list[str]:
 
 
 def _split(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
+    """The names of a comma-separated list, each once."""
+    return list(dict.fromkeys(x.strip() for x in text.split(",") if x.strip()))
 
 
 def _data_dir(args: argparse.Namespace, traces: Sequence[str] = ()) -> Path:
@@ -390,7 +391,7 @@ def _run_sim(args: argparse.Namespace) -> int:
         check_results_path(args.results, inputs=inputs)
     _check_traces(traces)
     data = _data_dir(args, traces)
-    scenarios = [_scenario(s, args) for s in scenario_names]
+    scenarios = list(dict.fromkeys(_scenario(s, args) for s in scenario_names))  # poisson0.74 = poisson0.740
     policies = _policies(args.policies)
     if not policies:
         raise SystemExit("sjfsched bench: --policies names nothing to run")
