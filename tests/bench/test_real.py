@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,3 +63,50 @@ def test_bench_real_compares_real_and_simulated_runs(
     assert report["stats"]["real"]["fcfs"]["n"] == report["stats"]["sim"]["fcfs"]["n"]
     assert report["models_sha1"]["bundled lexical"]
     assert "short-request P50 gain" in capsys.readouterr().out
+
+
+def test_the_replay_builds_its_policies_as_the_real_run_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Clairvoyant's tau started at 3 x 1 s in the real run and at 3 x the sample's mean short
+    service time in its replay, so the agreement check compared two different policies.
+
+    The "real" run here is a simulation (no model loads); the test compares what the real run
+    and the replay build each policy with.
+    """
+    from sjfsched._bench import _real
+    from sjfsched._bench._policies import PolicyContext
+    from sjfsched._bench._profiles import Profile
+    from sjfsched._bench._sim import burst_arrivals, simulate
+
+    real: dict[str, PolicyContext] = {}
+    replay: dict[str, PolicyContext] = {}
+
+    def simulated_real_run(args: Any, items: Any, policies: Any, pinned: Any, tmp: Any) -> Any:
+        context = _real._real_context(pinned)  # what _run_real builds the policies with
+        real.update({p.name: context for p in policies})
+        batch = [(items, burst_arrivals(len(items)))]
+        return {p.name: simulate(p, Profile("fixed", 2000.0, 20.0), batch, context)[0][0] for p in policies}
+
+    def replayed(policy: Any, profile: Any, batches: Any, context: PolicyContext, **kwargs: Any) -> Any:
+        replay[policy.name] = context
+        return simulate(policy, profile, batches, context, **kwargs)
+
+    monkeypatch.setattr(_real, "_run_real", simulated_real_run)
+    monkeypatch.setattr(_real, "simulate", replayed)
+    trace = tmp_path / "t.jsonl"
+    lengths = [20, 30, 60, 150, 190, 400, 700, 900, 1200, 1500, 40, 80]
+    trace.write_text(
+        "".join(
+            json.dumps({"prompt": f"question {i} " * (1 + 7 * i % 13), "output_tokens": n}) + "\n"
+            for i, n in enumerate(lengths)
+        )
+    )
+    main(
+        ["bench", "real", "--trace", str(trace), "--requests", "12", "--scale", "1",
+         "--policies", "fcfs,clairvoyant", "--results", str(tmp_path / "real.json")]
+    )  # fmt: skip
+    assert set(replay) == set(real) == {"fcfs", "clairvoyant"}
+    for name in real:
+        assert replay[name].short_latency == real[name].short_latency  # Clairvoyant's tau starts here
+        assert replay[name] == real[name]

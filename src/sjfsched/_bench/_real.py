@@ -289,16 +289,7 @@ def run(args: argparse.Namespace) -> int:
             for item, c in zip(items, first, strict=True)
         ]
         profile = Profile("measured", prefill, decode)
-        shorts = [
-            profile.service_time(i.prompt_tokens, i.output_tokens)
-            for i in sim_items
-            if _class(i.output_tokens, args.scale) == "short"
-        ]
-        context = PolicyContext(
-            short_latency=sum(shorts) / len(shorts) if shorts else 1.0,
-            bundled_model=pinned.bundled,
-            clairvoyant_model=pinned.clairvoyant,
-        )
+        context = _real_context(pinned)  # the policies as the real runs built them
         sim: dict[str, list[Completion]] = {}
         for policy in policies:
             batch = [(sim_items, burst_arrivals(len(sim_items)))]
@@ -323,9 +314,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _real_context(pinned: PinnedModels) -> PolicyContext:
-    """What the policies of the real runs are built with.
+    """What the policies of the real runs, and of their replay in virtual time, are built with.
 
-    Clairvoyant's tau starts at 3 x 1 s here and then follows the short answers' service time.
+    Clairvoyant's tau starts at 3 x 1 s here and then follows the short answers' service time
+    (the rates, and so the sample's short service time, are known only once the real runs
+    are over; the replay starts it where the real runs did, so that both run one policy).
     No unseen model and no history: bench real trains none and draws from no ``/fresh`` half.
     """
     return PolicyContext(
