@@ -195,6 +195,7 @@ async def test_cancelled_while_waiting_in_the_pool_leaves_nothing_behind(server:
         assert pool.statistics().busy == 1
     assert pool.statistics().busy == 0
     assert len(server.records) == 1  # the waiter never reached the server
+    await pool.aclose()  # its connection is kept for the next request until then
 
 
 async def test_mixed_in_process_and_http_backends(tiny_llm: Llama, server: OllamaServer) -> None:

@@ -274,3 +274,29 @@ async def test_the_line_splitter_on_awkward_reads() -> None:
     assert await lines(b"x\r\r\ny\n\n") == ["x", "", "y", ""]
     long = b"z" * 1_000_000
     assert await lines(*(long[i : i + 4096] for i in range(0, len(long), 4096)), b"\n") == [long.decode()]
+
+
+@pytest.mark.parametrize("service", ["ollama", "openai"])
+async def test_one_connection_serves_requests_one_after_another(service: str) -> None:
+    """Keep-alive: the body is read to its end after the last message, so httpx pools the connection.
+
+    It stopped at the last message and closed the response half-read: a new
+    TCP connection (and TLS handshake) for every request.
+    """
+    if service == "ollama":
+        pieces = ndjson(
+            {"response": "a", "done": False},
+            {"response": "", "done": True, "done_reason": "stop", "eval_count": 1, "prompt_eval_count": 1},
+        )
+        content_type = "application/x-ndjson"
+    else:
+        pieces = [*sse(completion("a", "stop")), b"data: [DONE]\n\n"]
+        content_type = SSE
+    connections: list[object] = []
+    with scripted_server(pieces, content_type=content_type, connections=connections) as url:
+        backend = OllamaBackend("m", url) if service == "ollama" else OpenAIBackend(url, model="m")
+        async with Scheduler(backend, predictor=ConstantPredictor()) as sched:
+            with anyio.fail_after(20):
+                answers = [await sched.complete(f"question {i}") for i in range(5)]
+    assert [a.text for a in answers] == ["a"] * 5
+    assert len(connections) == 1

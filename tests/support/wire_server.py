@@ -26,11 +26,20 @@ def scripted_server(
     content_type: str = "application/x-ndjson",
     headers: Sequence[tuple[str, str]] = (),
     pause: float = 0.01,
+    connections: list[object] | None = None,
 ) -> Iterator[str]:
-    """Serve ``pieces`` to every GET and POST on 127.0.0.1; yields the base URL."""
+    """Serve ``pieces`` to every GET and POST on 127.0.0.1; yields the base URL.
+
+    ``connections``: a list that gets one item per TCP connection accepted.
+    """
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            if connections is not None:
+                connections.append(self.client_address)
 
         def log_message(self, format: str, *args: object) -> None:
             pass

@@ -41,6 +41,12 @@ DEFAULT_READ_TIMEOUT = 300.0
 #: (streams and model lookups at once), and idle ones kept alive for reuse.
 _MIN_CONNECTIONS = 100
 _MIN_KEEPALIVE = 20
+#: After a stream's last message, what is left of the body is read (the chunked
+#: encoding's end, a blank line) so that its connection goes back to the pool:
+#: at most this many lines, for at most this many seconds; past either the
+#: connection is closed instead, as on an early exit.
+_TAIL_LINES = 16
+_TAIL_SECONDS = 1.0
 
 
 def import_httpx(backend: str, extra: str) -> Any:
@@ -194,6 +200,21 @@ class HttpSettings:
                     with contextlib.suppress(Exception):
                         async for _ in lines:
                             pass
+
+    async def read_tail(self, lines: AsyncIterator[str]) -> None:
+        """Read what is left of a stream whose last message has come (see :data:`_TAIL_LINES`).
+
+        httpx puts a connection back in its pool only once its response was
+        read to the end; closing it before that closes the connection, so a
+        new one would be opened (and a TLS handshake made) for every request.
+        A failure here is not the answer's: it is complete already.
+        """
+        with anyio.move_on_after(_TAIL_SECONDS), contextlib.suppress(Exception):
+            left = _TAIL_LINES
+            async for _ in lines:
+                left -= 1
+                if left <= 0:
+                    return
 
     async def get_json(self, path: str) -> Any:
         url = f"{self.base_url}{path}"

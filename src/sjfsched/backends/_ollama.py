@@ -210,7 +210,9 @@ class OllamaBackend:
                 message = _parse_line(line)
                 text, thinking = _text_of(message, chat)
                 if message.get("done") is True:
-                    yield _final_chunk(message, text, counted)
+                    final = _final_chunk(message, text, counted)
+                    await self._http.read_tail(lines)  # so the connection is kept for the next
+                    yield final
                     return
                 if text or thinking:
                     counted += 1

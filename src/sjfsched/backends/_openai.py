@@ -170,6 +170,7 @@ class OpenAIBackend:
             async for data in events:
                 if data == "[DONE]":
                     done = True
+                    await self._http.read_tail(lines)  # so the connection is kept for the next
                     break
                 event = _parse_event(data)
                 if isinstance(event.get("usage"), Mapping):
