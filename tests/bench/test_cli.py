@@ -114,3 +114,49 @@ def test_a_trace_profile_or_scenario_named_twice_runs_once(tmp_path: Path) -> No
     )  # fmt: skip
     runs, _ = load_results(results)
     assert sorted(r.unit.scenario.name for r in runs) == ["burst2", "poisson0.5"]
+
+
+def test_bench_alone_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench"]) == 2
+    usage = capsys.readouterr().err
+    assert "{sim,all,plots,tables,traces,ranking,real}" in usage
+
+
+def test_bench_all_calls_a_typo_an_unknown_trace(tmp_path: Path) -> None:
+    """`bench all --traces foo` said it runs built-in traces only, because of the unseen predictor."""
+    data = sharegpt_like(tmp_path / "data", n=30)
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "all", "--data", str(data), "--traces", "sharegpt,foo", "--results",
+              str(tmp_path / "r.json"), "--out", str(tmp_path / "docs"), "--no-progress"])  # fmt: skip
+    assert str(info.value.code).startswith("sjfsched bench: unknown trace 'foo'; choose from")
+
+
+def test_plots_and_tables_say_when_the_results_hold_nothing_they_show(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Plots of results without burst100, poisson0.74 or a sweep wrote nothing, silently, exit 0;
+    tables of an empty file printed a header alone; those of other scenarios, empty Targets tables."""
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("".join(f'{{"prompt": "q{i}", "output_tokens": {10 + 300 * i}}}\n' for i in range(6)))
+    results = tmp_path / "r.json"
+    main(
+        ["bench", "sim", "--traces", str(trace), "--profiles", "gpu", "--scenarios", "burst5",
+         "--policies", "fcfs,sjfsched,oracle", "--repetitions", "2", "--no-progress",
+         "--results", str(results)]
+    )  # fmt: skip
+    assert "Targets" not in capsys.readouterr().out
+    assert main(["bench", "tables", "--results", str(results)]) == 0
+    tables = capsys.readouterr().out
+    assert "### Summary, gpu backend, burst5" in tables and "Targets" not in tables
+    out = tmp_path / "docs"
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "plots", "--results", str(results), "--out", str(out)])
+    assert str(info.value.code).startswith(
+        f"sjfsched bench plots: --results {results} has none of the runs the figures draw"
+    )
+    empty = tmp_path / "empty.json"
+    empty.write_text('{"results": []}\n')
+    for command, more in (("plots", ["--out", str(out)]), ("tables", [])):
+        with pytest.raises(SystemExit) as info:
+            main(["bench", command, "--results", str(empty), *more])
+        assert info.value.code == f"sjfsched bench {command}: --results {empty} holds no results"

@@ -262,9 +262,10 @@ def _print_tables(results: Sequence[Result], policies: Sequence[str], out: Any =
         "plain-oracle",
         "clairvoyant",
     ):
-        if any(r.unit.policy == policy for r in results):
+        table = target_table(results, policy) if any(r.unit.policy == policy for r in results) else ""
+        if table.count("\n") > 1:  # a row beyond the head: the run has a target's scenarios
             print(f"\n### Targets: {policy} against FCFS\n", file=out)
-            print(target_table(results, policy), file=out)
+            print(table, file=out)
     sweeps = [p for p in policies if p in swept]
     if sweeps:
         for profile, scenario in cells:
@@ -534,8 +535,9 @@ def _run_all(args: argparse.Namespace) -> int:
     _check_run_options(args, traces, _split(args.profiles))
     check_results_path(args.results, inputs=input_files(traces, data=_corpora(args), trains=True))
     _check_out(args.out, "bench all")
+    _check_traces(traces)  # a typo is an unknown trace, not a file
     files = [t for t in traces if is_file_trace(t)]
-    if files or any(not is_trace_name(t) for t in traces):
+    if files:
         raise SystemExit(
             f"sjfsched bench all: built-in traces only ({', '.join(TRACES)}), because its tables "
             f"include the unseen predictor ({UNSEEN_BUILT_IN_ONLY}); run `sjfsched bench sim` on your "
@@ -582,10 +584,25 @@ def _print_ranking(meta: dict[str, Any]) -> None:
 def _run_plots(args: argparse.Namespace) -> int:
     from ._plots import draw_all
 
-    results, _ = load_results(args.results)
-    for path in draw_all(results, args.out / "img"):
+    results, _ = _load(args.results, "plots")
+    written = draw_all(results, args.out / "img")
+    if not written:
+        raise SystemExit(
+            f"sjfsched bench plots: --results {args.results} has none of the runs the figures draw "
+            "(fcfs in burst100 or poisson0.74, an aging sweep at poisson0.74 or poisson0.9, a max_wait "
+            "sweep in burst100 or poisson0.9); nothing drawn"
+        )
+    for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def _load(path: Path, command: str) -> tuple[list[Result], dict[str, Any]]:
+    """The results saved at ``path`` and their meta; a file that holds none fails in one line."""
+    results, meta = load_results(path)
+    if not results:
+        raise SystemExit(f"sjfsched bench {command}: --results {path} holds no results")
+    return results, meta
 
 
 def _run_traces(args: argparse.Namespace) -> int:
@@ -651,7 +668,7 @@ def run(args: argparse.Namespace) -> int:
     if command == "plots":
         return _run_plots(args)
     if command == "tables":
-        results, meta = load_results(args.results)
+        results, meta = _load(args.results, "tables")
         print(f"<!-- from {args.results}: {meta.get('command')} on {meta.get('date')} -->")
         _print_ranking(meta)
         _print_tables(results, list(dict.fromkeys(r.unit.policy for r in results)))
@@ -665,7 +682,7 @@ def run(args: argparse.Namespace) -> int:
 
         return run_real(args)
     print(
-        "usage: sjfsched bench {sim,all,plots,tables,traces,real} ... (see sjfsched bench -h)",
+        "usage: sjfsched bench {sim,all,plots,tables,traces,ranking,real} ... (see sjfsched bench -h)",
         file=sys.stderr,
     )
     return 2
