@@ -126,7 +126,7 @@ def main() -> None:
     parser.add_argument(
         "--repeat", type=at_least_one, default=3, help="cycles per depth; the median is shown"
     )
-    parser.add_argument("--backends", nargs="+", default=["asyncio", "trio"])
+    parser.add_argument("--backends", nargs="+", choices=["asyncio", "trio"], default=["asyncio", "trio"])
     parser.add_argument("--memory", action="store_true", help="also trace memory (slow at 100,000)")
     args = parser.parse_args()
     print(f"machine: {machine_summary()}")

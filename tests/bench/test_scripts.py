@@ -40,6 +40,11 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
             "argument --model-requests: must be 1 or more, got 0",
         ),
         ("overhead.py", ["--repeat", "two"], "argument --repeat: not a whole number: 'two'"),
+        (  # it failed with a LookupError once the asyncio part had run
+            "overhead.py",
+            ["--depths", "1", "--repeat", "1", "--backends", "asyncio", "foo"],
+            "argument --backends: invalid choice: 'foo' (choose from 'asyncio', 'trio')",
+        ),
     ],
 )
 def test_a_count_below_one_is_refused_naming_the_option(
