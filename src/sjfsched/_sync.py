@@ -10,6 +10,8 @@ import functools
 import inspect
 import sys
 import threading
+import warnings
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
@@ -251,6 +253,12 @@ class SyncScheduler:
         except BaseException:
             self._stop_portal()
             raise
+        # Dropped without close(), it would keep its loop thread, and the backend, for good.
+        # Not at exit: a scheduler never closed does not hold up the interpreter's exit.
+        self._abandoned = weakref.finalize(
+            self, _close_abandoned, self._portal, self._scheduler, type(self).__name__
+        )
+        self._abandoned.atexit = False
 
     @property
     def scheduler(self) -> Scheduler:
@@ -302,6 +310,7 @@ class SyncScheduler:
                 f"close() from inside {what} of this scheduler would wait for that request, "
                 f"which waits for close(): close it after the block"
             )
+        self._abandoned.detach()
         with self._handing_over:
             first = not self._closed
             self._closed = True
@@ -531,6 +540,29 @@ async def _call_complete(
     scheduler: Scheduler, request: Request | str | None, fields: dict[str, Any]
 ) -> Completion:
     return await scheduler.complete(request, **fields)
+
+
+def _close_abandoned(portal: anyio.from_thread.BlockingPortal, scheduler: Scheduler, name: str) -> None:
+    """Close a scheduler whose :class:`SyncScheduler` was dropped without ``close()``.
+
+    Run by the garbage collector, in whatever thread it runs (the loop's
+    own, perhaps): the closing goes to a thread of its own.  Nothing waits
+    for its requests (a call in flight keeps its SyncScheduler alive).
+    """
+
+    def close() -> None:
+        with contextlib.suppress(Exception):
+            portal.call(scheduler.aclose)
+        with contextlib.suppress(Exception):
+            portal.call(portal.stop, True)
+
+    threading.Thread(target=close, name="sjfsched-close-abandoned", daemon=True).start()
+    warnings.warn(
+        f"a {name} was dropped without close(): closed now; close it yourself (or use it in a "
+        "with block), so that its backend closes when you choose",
+        ResourceWarning,
+        stacklevel=2,
+    )
 
 
 def _start_portal(async_backend: str) -> tuple[anyio.from_thread.BlockingPortal, threading.Thread]:

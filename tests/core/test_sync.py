@@ -690,3 +690,41 @@ def test_close_inside_ones_own_class_wrapper_of_admit_is_refused() -> None:
     thread.join(20)
     assert outcome and "from inside a `with sched.admit(...)` block" in outcome[0]
     sched.close()
+
+
+@pytest.mark.parametrize("async_backend", ["asyncio", "trio"])
+def test_a_scheduler_dropped_without_close_is_closed_with_a_warning(async_backend: str) -> None:
+    """It kept its loop thread (and its backend, and 3 file descriptors) until the process ended."""
+    import gc
+    import warnings
+
+    closed = threading.Event()
+
+    class Backend:
+        async def stream(self, request: Request, /) -> AsyncIterator[Chunk]:
+            yield Chunk("ok")
+
+        async def aclose(self) -> None:
+            closed.set()
+
+    sched = SyncScheduler(Backend(), async_backend=async_backend)
+    assert sched.complete("hi").text == "ok"
+    loop = sched._thread
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del sched
+        gc.collect()
+    assert [str(w.message)[:50] for w in caught] == ["a SyncScheduler was dropped without close(): close"]
+    assert caught[0].category is ResourceWarning
+    loop.join(10)
+    assert not loop.is_alive()
+    assert closed.is_set()
+
+
+def test_a_closed_scheduler_dropped_gives_no_warning() -> None:
+    import gc
+
+    sched = SyncScheduler(CallableBackend(echo))
+    sched.close()
+    del sched
+    gc.collect()  # a ResourceWarning here would fail the test (warnings are errors)
