@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import gzip
 import json
 import statistics
 import time
@@ -42,6 +41,7 @@ import numpy as np
 from sjfsched import Request
 from sjfsched._cli import at_least_one, machine_summary
 from sjfsched.predictors import ClairvoyantPredictor, HeuristicPredictor, LexicalPredictor, Predictor
+from sjfsched.predictors._corpus import iter_json_lines, parse_record
 from sjfsched.predictors._lexical import bundled_model_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,10 +53,9 @@ CLAIRVOYANT_MODEL = ROOT / "benchmarks" / "models" / "clairvoyant.onnx"
 def load_prompts(data: Path, limit: int | None) -> tuple[list[str], str]:
     prompts: dict[str, None] = {}
     files = sorted(data.glob("*.jsonl.gz")) if data.is_dir() else []
-    for path in files:
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            for line in f:
-                prompts.setdefault(json.loads(line)["prompt"], None)
+    for path in files:  # read as the library reads corpora: a damaged file fails naming its line
+        for i, raw in iter_json_lines(path):
+            prompts.setdefault(parse_record(raw, path, i).prompt, None)
     where = f"{len(prompts):,} distinct prompts of {data}"
     if not prompts:
         for line in DEMO_TRACE.read_text(encoding="utf-8").splitlines():
@@ -131,8 +130,13 @@ def main() -> None:
     )
     args = parser.parse_args()
     model = args.model
+    if model is not None and not model.is_file():
+        parser.error(f"--model {model}: no such file")
 
-    prompts, where = load_prompts(args.data, args.limit)
+    try:
+        prompts, where = load_prompts(args.data, args.limit)
+    except ValueError as exc:
+        parser.error(f"--data {args.data}: {exc}")
     requests = [Request(p) for p in prompts]
     lengths = [len(p) for p in prompts]
     print(f"prompts: {where}; median {statistics.median(lengths):.0f} characters")

@@ -40,6 +40,8 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
             "argument --model-requests: must be 1 or more, got 0",
         ),
         ("overhead.py", ["--repeat", "two"], "argument --repeat: not a whole number: 'two'"),
+        # a FileNotFoundError traceback once the prompts were read
+        ("predictor.py", ["--model", "missing.onnx"], "--model missing.onnx: no such file"),
         (  # it failed with a LookupError once the asyncio part had run
             "overhead.py",
             ["--depths", "1", "--repeat", "1", "--backends", "asyncio", "foo"],
@@ -81,3 +83,20 @@ def test_the_scripts_start_without_the_bench_extra(tmp_path: Path, script: str) 
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_predictor_py_names_a_damaged_corpus_and_its_line(tmp_path: Path) -> None:
+    """It read the corpora with gzip and json itself: a BadGzipFile or KeyError traceback."""
+    if not (BENCHMARKS / "predictor.py").is_file():
+        pytest.skip("the benchmarks/ scripts are not in this tree")
+    (tmp_path / "mine.jsonl.gz").write_text('{"prompt": "hi"}\n')
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "predictor.py"), "--data", str(tmp_path), "--repeat", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "mine.jsonl.gz: corrupt gzip data after line 0" in done.stderr.strip().splitlines()[-1]
