@@ -959,21 +959,20 @@ class Scheduler:
             self._idle.set()
 
     @staticmethod
-    def _observed_tokens(entry: _Entry, completion: Completion) -> int:
-        """The answer's length as the predictor learns it.
+    def _observed_tokens(entry: _Entry, completion: Completion) -> int | None:
+        """The answer's length as the predictor learns it (``None``: it learns nothing).
 
-        An answer cut short at the request's ``max_tokens`` would have been at
-        least that long, and how much longer nobody knows: the predictor is
-        told the longer of the cut length and its own prediction, so a cut
-        never teaches it that a prompt answers shorter than it said.
+        An answer cut short at the request's ``max_tokens`` would have run at
+        least that long, and how much longer nobody knows: if the prediction
+        said longer, the cut tells it nothing and it is not observed; if it
+        said shorter, the cut length (a lower bound) is observed.  So a cap
+        never teaches the predictor that a prompt answers shorter than it
+        said, and what it learns from cut answers never passes the caps.
         """
         tokens = completion.output_tokens
         cap = entry.request.max_tokens
-        if completion.finish_reason == "length" and cap is not None and tokens >= cap:
-            predicted = entry.prediction.tokens
-            if predicted > tokens:
-                return math.ceil(predicted)
-        return tokens
+        cut = completion.finish_reason == "length" and cap is not None and tokens >= cap
+        return None if cut and entry.prediction.tokens > tokens else tokens
 
     def _complete(self, entry: _Entry, completion: Completion) -> None:
         self._end(entry, "completed")
@@ -996,11 +995,10 @@ class Scheduler:
                     start if entry.one_piece else completion.first_token,
                     completion.finished,
                 )
-            if self._observe is not None:
+            observed = self._observed_tokens(entry, completion)
+            if self._observe is not None and observed is not None:
                 try:
-                    result = self._observe(
-                        entry.request, entry.prediction, self._observed_tokens(entry, completion)
-                    )
+                    result = self._observe(entry.request, entry.prediction, observed)
                     if inspect.iscoroutine(result):  # a plain function that returns a coroutine
                         result.close()  # never awaited: dropped without a "never awaited" warning
                         raise TypeError("observe() returned a coroutine: it is called, never awaited")

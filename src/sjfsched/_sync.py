@@ -558,10 +558,10 @@ def _close_abandoned(portal: anyio.from_thread.BlockingPortal, scheduler: Schedu
 
     threading.Thread(target=close, name="sjfsched-close-abandoned", daemon=True).start()
     warnings.warn(
-        f"a {name} was dropped without close(): closed now; close it yourself (or use it in a "
-        "with block), so that its backend closes when you choose",
+        f"a {name} (yours, or the one of a wrap()) was dropped without close(): closed now; close "
+        "it yourself (or use it in a with block), so that its backend closes when you choose",
         ResourceWarning,
-        stacklevel=2,
+        stacklevel=1,  # no caller's line to point at: the garbage collector runs this
     )
 
 

@@ -300,3 +300,24 @@ async def test_one_connection_serves_requests_one_after_another(service: str) ->
                 answers = [await sched.complete(f"question {i}") for i in range(5)]
     assert [a.text for a in answers] == ["a"] * 5
     assert len(connections) == 1
+
+
+@pytest.mark.parametrize("service", ["ollama", "openai"])
+async def test_a_server_slow_to_end_the_body_does_not_hold_the_answer(service: str) -> None:
+    """The rest of the body is read after the last chunk is given, and only briefly (0.1 s).
+
+    Read for up to a second before the last chunk, it held every answer of
+    a server that keeps the body open after its last message that long.
+    """
+    if service == "ollama":
+        pieces = ndjson({"response": "a", "done": True, "done_reason": "stop", "eval_count": 1})
+        content_type = "application/x-ndjson"
+    else:
+        pieces = [sse(completion("a", "stop"))[0] + b"data: [DONE]\n\n"]
+        content_type = SSE
+    with scripted_server(pieces, content_type=content_type, pause=3.0) as url:  # the end 3 s later
+        backend = OllamaBackend("m", url) if service == "ollama" else OpenAIBackend(url, model="m")
+        async with Scheduler(backend, predictor=ConstantPredictor()) as sched:
+            with anyio.fail_after(0.9):
+                answer = await sched.complete("question")
+    assert (answer.text, answer.finish_reason) == ("a", "stop")

@@ -392,16 +392,43 @@ async def test_observe_gets_the_real_output_length() -> None:
 
 
 async def test_an_answer_cut_at_max_tokens_never_teaches_a_shorter_length() -> None:
-    """A cut answer was at least its cut length: the predictor learns the longer of it and its prediction."""
+    """A cut answer was at least its cut length: observed only where the prediction said less.
+
+    It was observed at its cut length (requests capped short made the
+    predictor predict too short for the others); then at the prediction
+    itself, whose mean the correction learnt upward without end.
+    """
     predictor = RecordingPredictor()
     async with scheduler(predictor=predictor) as sched:
-        cut = await sched.complete(job(100, actual=2000, max_tokens=20))  # predicted longer than the cut
-        short = await sched.complete(job(5, actual=2000, max_tokens=20))  # predicted shorter than the cut
+        cut = await sched.complete(job(100, actual=2000, max_tokens=20))  # predicted longer: not observed
+        short = await sched.complete(job(5, actual=2000, max_tokens=20))  # predicted shorter: a lower bound
         uncut = await sched.complete(job(100, actual=7, max_tokens=20))  # ended by itself
         exact = await sched.complete(job(100.4, actual=20, max_tokens=30))  # below its cap: not cut
+        stats = sched.statistics()
     assert [c.output_tokens for c in (cut, short, uncut, exact)] == [20, 20, 7, 20]
     assert [c.finish_reason for c in (cut, short, uncut, exact)] == ["length", "length", "stop", "stop"]
-    assert [n for _, _, n in predictor.observed] == [100, 20, 7, 20]
+    assert [(text, n) for text, _, n in predictor.observed] == [
+        ("job 5", 20),
+        ("job 100", 7),
+        ("job 100.4", 20),
+    ]
+    assert (stats.completed, stats.predictor_errors) == (4, 0)
+
+
+async def test_capped_answers_do_not_run_the_default_predictor_away() -> None:
+    """Every request capped well below its answer: the predictions stay below the cap's reach."""
+    from sjfsched.predictors import LexicalPredictor
+
+    predictor = LexicalPredictor()
+    prompts = [f"Write a long essay about topic number {i}, in detail." for i in range(300)]
+    first = predictor.predict(Request(prompts[0])).tokens
+    async with scheduler(predictor=predictor) as sched:
+        for prompt in prompts:
+            await sched.complete(
+                Request(prompt, max_tokens=64, metadata={"output_tokens": 3000, "prompt_tokens": 0})
+            )
+    after = predictor.predict(Request(prompts[0])).tokens
+    assert after <= max(first, 64) * 1.5, (first, after)
 
 
 async def test_queue_full_is_immediate() -> None:

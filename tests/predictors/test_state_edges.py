@@ -200,7 +200,7 @@ def _b64_doubles(*values: float) -> str:
     [
         # finite, but beyond any learnt correction: it loaded, predicted a million tokens for
         # every prompt, and the next observe() made the state NaN for good
-        ({"correction.bias": 50.0}, "weight or bias of 50"),
+        ({"correction.bias": 2e4}, "weight or bias of 2e\\+04"),
         ({"correction.bias": 1e300}, "weight or bias of 1e\\+300"),
         ({"correction.rows": "AAAAAA==", "correction.weights": _b64_floats(3e38)}, "of 3e\\+38"),
         (

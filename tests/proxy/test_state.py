@@ -68,3 +68,22 @@ def test_predictor_state_settings(tmp_path: Path) -> None:
         ProxySettings(upstream="http://h:1", predictor="heuristic", predictor_state=path)
     with pytest.raises(ValueError, match=r"its directory .* does not exist"):
         ProxySettings(upstream="http://h:1", predictor_state=str(tmp_path / "no" / "s.json"))
+
+
+def test_a_state_that_cannot_be_saved_at_shutdown_is_logged(
+    ollama: OllamaServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The folder gone while the proxy ran: the failed save is logged and shutdown goes on.
+
+    The predictor's save raises PredictorError now, not OSError, which went
+    past the proxy's handler and out of its shutdown.
+    """
+    folder = tmp_path / "states"
+    folder.mkdir()
+    state = folder / "predictor.json"
+    with running_proxy(ollama.url, predictor_state=str(state)) as proxy:
+        _ask(proxy.url, ["Hi"])
+        folder.rmdir()
+        proxy.app.save_predictor_state()  # what shutdown does
+    assert "could not save the predictor's state to" in caplog.text
+    assert "cannot save calibration (No such file or directory)" in caplog.text

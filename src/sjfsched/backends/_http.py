@@ -41,12 +41,13 @@ DEFAULT_READ_TIMEOUT = 300.0
 #: (streams and model lookups at once), and idle ones kept alive for reuse.
 _MIN_CONNECTIONS = 100
 _MIN_KEEPALIVE = 20
-#: After a stream's last message, what is left of the body is read (the chunked
-#: encoding's end, a blank line) so that its connection goes back to the pool:
-#: at most this many lines, for at most this many seconds; past either the
-#: connection is closed instead, as on an early exit.
+#: After a stream's last message (and its last chunk given to the caller), what
+#: is left of the body is read (the chunked encoding's end, a blank line) so
+#: that its connection goes back to the pool: at most this many lines, for at
+#: most this many seconds (the servers send it with the last message); past
+#: either the connection is closed instead, as on an early exit.
 _TAIL_LINES = 16
-_TAIL_SECONDS = 1.0
+_TAIL_SECONDS = 0.1
 
 
 def import_httpx(backend: str, extra: str) -> Any:

@@ -210,9 +210,8 @@ class OllamaBackend:
                 message = _parse_line(line)
                 text, thinking = _text_of(message, chat)
                 if message.get("done") is True:
-                    final = _final_chunk(message, text, counted)
-                    await self._http.read_tail(lines)  # so the connection is kept for the next
-                    yield final
+                    yield _final_chunk(message, text, counted)
+                    await self._http.read_tail(lines)  # after the answer: so the connection is kept
                     return
                 if text or thinking:
                     counted += 1

@@ -170,7 +170,6 @@ class OpenAIBackend:
             async for data in events:
                 if data == "[DONE]":
                     done = True
-                    await self._http.read_tail(lines)  # so the connection is kept for the next
                     break
                 event = _parse_event(data)
                 if isinstance(event.get("usage"), Mapping):
@@ -188,6 +187,19 @@ class OpenAIBackend:
                     if text or reasoning:
                         counted += 1
                         yield Chunk(text)
+            yield self._last_chunk(path, done, finish, usage, max_tokens, counted)
+            await self._http.read_tail(lines)  # after the answer: so the connection is kept for the next
+
+    def _last_chunk(
+        self,
+        path: str,
+        done: bool,
+        finish: str | None,
+        usage: Mapping[str, Any],
+        max_tokens: object,
+        counted: int,
+    ) -> Chunk:
+        """The stream's last chunk, with the token counts; raises if the answer did not end whole."""
         if finish is None:
             if not done:
                 raise BackendUnavailable(
@@ -208,7 +220,7 @@ class OpenAIBackend:
             total = max_tokens
         else:
             total = counted
-        yield Chunk(
+        return Chunk(
             "",
             tokens=max(0, total - counted),
             prompt_tokens=_count(usage.get("prompt_tokens")),

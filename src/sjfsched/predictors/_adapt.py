@@ -62,9 +62,11 @@ _MAX_TOKENS: Final = 1e6
 #: How far beyond its targets' span a residual may reach: the model's score is kept
 #: within its targets' range widened by 0.5 on each side (``SCORE_MARGIN``).
 _RESIDUAL_SLACK: Final = 1.0
-#: A saved bias or weight beyond this many times :attr:`ScoreCorrection.limit` is
-#: refused: no run of observations comes near it (they stay within about 0.5 of it).
-_SAVED_BOUND: Final = 4.0
+#: A saved bias or weight larger than this is refused: far beyond what learning
+#: gives (a weight grows with the residual over its feature's value, which can be
+#: 1/28 for a byte 4-gram of a long prompt: tens, in a long run of near-identical
+#: prompts), and small enough that a prompt's correction cannot overflow.
+_SAVED_BOUND: Final = 1e4
 
 
 @attrs.frozen
@@ -298,7 +300,7 @@ class ScoreCorrection:
             raise ValueError(f"{where}: correction holds invalid numbers")
         if not observations and (len(rows) or bias):
             raise ValueError(f"{where}: correction holds weights but no observations")
-        bound = _SAVED_BOUND * self.limit
+        bound = _SAVED_BOUND
         largest = max(abs(bias), float(np.abs(weights).max()) if len(weights) else 0.0)
         if largest > bound:
             raise ValueError(

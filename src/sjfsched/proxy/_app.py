@@ -22,7 +22,7 @@ from typing import Any, final
 import anyio
 import anyio.abc
 
-from .._errors import QueueFull, SchedulerClosed
+from .._errors import PredictorError, QueueFull, SchedulerClosed
 from .._scheduler import Scheduler, Ticket
 from ..predictors import Predictor
 from ._apis import (
@@ -192,7 +192,7 @@ class ProxyApp:
             return
         try:
             save()
-        except OSError as exc:
+        except (OSError, PredictorError) as exc:  # PredictorError: LexicalPredictor's, naming the file
             logger.error("could not save the predictor's state to %s: %s", self.settings.predictor_state, exc)
 
     # ------------------------------------------------------------- ASGI
