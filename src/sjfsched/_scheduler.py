@@ -962,17 +962,21 @@ class Scheduler:
     def _observed_tokens(entry: _Entry, completion: Completion) -> int | None:
         """The answer's length as the predictor learns it (``None``: it learns nothing).
 
-        An answer cut short at the request's ``max_tokens`` would have run at
-        least that long, and how much longer nobody knows: if the prediction
-        said longer, the cut tells it nothing and it is not observed; if it
-        said shorter, the cut length (a lower bound) is observed.  So a cap
-        never teaches the predictor that a prompt answers shorter than it
-        said, and what it learns from cut answers never passes the caps.
+        A request whose prediction was longer than its ``max_tokens`` is not
+        observed, however it ended: its answer was cut at the cap (it would
+        have run at least that long, how much longer nobody knows), or it
+        ended below it.  Observing the ones that ended and not the cut ones
+        would teach the predictor shorter lengths with every capped request;
+        observing the cut ones at their cut length, or at the prediction,
+        would pull it down to the caps, or up without end.  The choice is
+        made on the prediction alone, before the answer.  A request
+        predicted within its cap is observed as it ended (cut at the cap: a
+        lower bound, at least its prediction).
         """
-        tokens = completion.output_tokens
         cap = entry.request.max_tokens
-        cut = completion.finish_reason == "length" and cap is not None and tokens >= cap
-        return None if cut and entry.prediction.tokens > tokens else tokens
+        if cap is not None and entry.prediction.tokens > cap:
+            return None
+        return completion.output_tokens
 
     def _complete(self, entry: _Entry, completion: Completion) -> None:
         self._end(entry, "completed")

@@ -293,7 +293,7 @@ async def test_one_connection_serves_requests_one_after_another(service: str) ->
         pieces = [*sse(completion("a", "stop")), b"data: [DONE]\n\n"]
         content_type = SSE
     connections: list[object] = []
-    with scripted_server(pieces, content_type=content_type, connections=connections) as url:
+    with scripted_server(pieces, content_type=content_type, connections=connections, pause=0.0) as url:
         backend = OllamaBackend("m", url) if service == "ollama" else OpenAIBackend(url, model="m")
         async with Scheduler(backend, predictor=ConstantPredictor()) as sched:
             with anyio.fail_after(20):
@@ -304,7 +304,7 @@ async def test_one_connection_serves_requests_one_after_another(service: str) ->
 
 @pytest.mark.parametrize("service", ["ollama", "openai"])
 async def test_a_server_slow_to_end_the_body_does_not_hold_the_answer(service: str) -> None:
-    """The rest of the body is read after the last chunk is given, and only briefly (0.1 s).
+    """The rest of the body is read after the last chunk is given, and only briefly (0.02 s).
 
     Read for up to a second before the last chunk, it held every answer of
     a server that keeps the body open after its last message that long.

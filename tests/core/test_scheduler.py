@@ -391,44 +391,52 @@ async def test_observe_gets_the_real_output_length() -> None:
     assert predictor.observed == [("job 10", 10.0, 37), ("job 5", 5.0, 2)]
 
 
-async def test_an_answer_cut_at_max_tokens_never_teaches_a_shorter_length() -> None:
-    """A cut answer was at least its cut length: observed only where the prediction said less.
+async def test_a_request_predicted_past_its_max_tokens_is_not_observed() -> None:
+    """Whether it was cut or ended below its cap: the choice is made on the prediction alone.
 
-    It was observed at its cut length (requests capped short made the
-    predictor predict too short for the others); then at the prediction
-    itself, whose mean the correction learnt upward without end.
+    A cut answer was observed at its cut length (requests capped short made
+    the predictor predict short for every prompt); then at the prediction
+    (its mean ran the correction away); then a cut answer was skipped where
+    predicted longer, but the capped answers that ended short were observed
+    (the predictor heard only "shorter" from capped traffic).
     """
     predictor = RecordingPredictor()
     async with scheduler(predictor=predictor) as sched:
-        cut = await sched.complete(job(100, actual=2000, max_tokens=20))  # predicted longer: not observed
-        short = await sched.complete(job(5, actual=2000, max_tokens=20))  # predicted shorter: a lower bound
-        uncut = await sched.complete(job(100, actual=7, max_tokens=20))  # ended by itself
-        exact = await sched.complete(job(100.4, actual=20, max_tokens=30))  # below its cap: not cut
+        cut = await sched.complete(job(100, actual=2000, max_tokens=20))  # predicted past its cap
+        ended = await sched.complete(job(100, actual=7, max_tokens=20))  # the same, ended below the cap
+        within = await sched.complete(
+            job(5, actual=2000, max_tokens=20)
+        )  # predicted within: cut, a lower bound
+        short = await sched.complete(job(10, actual=7, max_tokens=20))  # predicted within, ended by itself
+        free = await sched.complete(job(100, actual=2000))  # no cap
         stats = sched.statistics()
-    assert [c.output_tokens for c in (cut, short, uncut, exact)] == [20, 20, 7, 20]
-    assert [c.finish_reason for c in (cut, short, uncut, exact)] == ["length", "length", "stop", "stop"]
+    answers = (cut, ended, within, short, free)
+    assert [c.output_tokens for c in answers] == [20, 7, 20, 7, 2000]
+    assert [c.finish_reason for c in answers] == ["length", "stop", "length", "stop", "stop"]
     assert [(text, n) for text, _, n in predictor.observed] == [
         ("job 5", 20),
-        ("job 100", 7),
-        ("job 100.4", 20),
+        ("job 10", 7),
+        ("job 100", 2000),
     ]
-    assert (stats.completed, stats.predictor_errors) == (4, 0)
+    assert (stats.completed, stats.predictor_errors) == (5, 0)
 
 
-async def test_capped_answers_do_not_run_the_default_predictor_away() -> None:
-    """Every request capped well below its answer: the predictions stay below the cap's reach."""
+@pytest.mark.parametrize("lengths", [(3000,), (5, 3000)], ids=["all-cut", "half-cut"])
+async def test_capped_traffic_moves_the_default_predictor_little(lengths: tuple[int, ...]) -> None:
+    """Every request capped below its prediction: the predictor neither runs away nor sinks to the cap."""
     from sjfsched.predictors import LexicalPredictor
 
     predictor = LexicalPredictor()
     prompts = [f"Write a long essay about topic number {i}, in detail." for i in range(300)]
-    first = predictor.predict(Request(prompts[0])).tokens
+    probe = Request("Write a long essay about the history of topic 9999, in detail.")
+    before = predictor.predict(probe).tokens
+    assert before > 64
     async with scheduler(predictor=predictor) as sched:
-        for prompt in prompts:
-            await sched.complete(
-                Request(prompt, max_tokens=64, metadata={"output_tokens": 3000, "prompt_tokens": 0})
-            )
-    after = predictor.predict(Request(prompts[0])).tokens
-    assert after <= max(first, 64) * 1.5, (first, after)
+        for i, prompt in enumerate(prompts):
+            metadata = {"output_tokens": lengths[i % len(lengths)], "prompt_tokens": 0}
+            await sched.complete(Request(prompt, max_tokens=64, metadata=metadata))
+    after = predictor.predict(probe).tokens
+    assert 0.8 * before <= after <= 1.25 * before, (before, after)
 
 
 async def test_queue_full_is_immediate() -> None:

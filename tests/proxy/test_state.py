@@ -20,12 +20,18 @@ pytestmark = pytest.mark.slow
 MODEL = "tiny"
 
 
-def _ask(url: str, prompts: list[str]) -> None:
+def _ask(url: str, prompts: list[str], num_predict: int = 300) -> None:
+    """Ask each prompt; a cap above the predictions (~180-240 tokens): capped below, none is learnt from."""
     with httpx.Client(timeout=60) as client:
         for prompt in prompts:
             reply = client.post(
                 f"{url}/api/generate",
-                json={"model": MODEL, "prompt": prompt, "stream": False, "options": {"num_predict": 3}},
+                json={
+                    "model": MODEL,
+                    "prompt": prompt,
+                    "stream": False,
+                    "options": {"num_predict": num_predict},
+                },
             )
             assert reply.status_code == 200, reply.text
 

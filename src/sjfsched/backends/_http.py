@@ -44,10 +44,11 @@ _MIN_KEEPALIVE = 20
 #: After a stream's last message (and its last chunk given to the caller), what
 #: is left of the body is read (the chunked encoding's end, a blank line) so
 #: that its connection goes back to the pool: at most this many lines, for at
-#: most this many seconds (the servers send it with the last message); past
-#: either the connection is closed instead, as on an early exit.
+#: most this many seconds (the servers send it with the last message, within a
+#: millisecond; the request keeps its slot meanwhile); past either the
+#: connection is closed instead, as on an early exit.
 _TAIL_LINES = 16
-_TAIL_SECONDS = 0.1
+_TAIL_SECONDS = 0.02
 
 
 def import_httpx(backend: str, extra: str) -> Any:
