@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import dataclasses
 import enum
 import inspect
 import logging
@@ -803,12 +804,12 @@ class Scheduler:
 
     def _estimate(self, request: Request, prediction: Prediction) -> float:
         """``estimate()``, or the default estimate of a neutral prediction where it is not finite."""
-        estimate = self.estimate(request, prediction)
-        try:
-            if math.isfinite(estimate):
-                return estimate
-        except TypeError:  # not a number at all
-            pass
+        estimate: object = self.estimate(request, prediction)
+        # A real number (not a bool, a Decimal or a string) that is finite.
+        if not isinstance(estimate, bool) and isinstance(estimate, numbers.Real):
+            value = float(estimate)
+            if math.isfinite(value):
+                return value
         neutral = Scheduler.estimate(self, request, Prediction(self._mean_tokens))
         logger.error(
             "%s.estimate returned %r, not a finite number: the request is ranked by a neutral "
@@ -1273,10 +1274,31 @@ def _is_async(fn: Callable[..., object]) -> bool:
 
 
 def _holds_nan(key: object) -> bool:
-    """Whether a sort key is, or holds in a tuple, a NaN (which breaks a heap's order)."""
-    if isinstance(key, tuple):
-        return any(_holds_nan(part) for part in key)
-    return isinstance(key, numbers.Real) and bool(key != key)
+    """Whether a sort key is, or holds, a NaN (which breaks a heap's order).
+
+    Looked for in tuples and lists, and in the fields of dataclass and attrs
+    instances (``order=True`` classes compare as tuples of their fields).
+    """
+    if type(key) is float:  # the default key's types (a tuple of them): no ABC check
+        return key != key
+    if type(key) is int:
+        return False
+    if isinstance(key, (tuple, list)):
+        for part in key:
+            if type(part) is float:
+                if part != part:
+                    return True
+            elif _holds_nan(part):
+                return True
+        return False
+    if isinstance(key, numbers.Real):
+        return bool(key != key)
+    if dataclasses.is_dataclass(key) and not isinstance(key, type):
+        return any(_holds_nan(getattr(key, f.name)) for f in dataclasses.fields(key))
+    kind = type(key)
+    if attrs.has(kind):
+        return any(_holds_nan(getattr(key, a.name)) for a in attrs.fields(cast(Any, kind)))
+    return False
 
 
 def _log_close_failure(task: Any) -> None:

@@ -11,15 +11,19 @@ time; worker threads do not, so keep virtual-time runs free of real work.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 import selectors
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import anyio
 from typing_extensions import TypeVarTuple, Unpack
 
 __all__ = ["VirtualEventLoop", "run_virtual"]
+
+#: The longest wait asyncio asks of its selector (``base_events.MAXIMUM_SELECT_TIMEOUT``).
+_LONGEST_SELECT = 24 * 3600
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
@@ -35,9 +39,10 @@ class _Clock:
 class _VirtualSelector(selectors.BaseSelector):
     """Delegates to a real selector, but turns timed waits into clock jumps."""
 
-    def __init__(self, clock: _Clock) -> None:
+    def __init__(self, clock: _Clock, next_timer: Callable[[], float | None]) -> None:
         self._real = selectors.DefaultSelector()
         self._clock = clock
+        self._next_timer = next_timer
 
     def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
         return self._real.register(fileobj, events, data)
@@ -55,6 +60,12 @@ class _VirtualSelector(selectors.BaseSelector):
         if timeout is None:  # no timer at all: only real I/O can wake us
             return self._real.select(None)
         target = self._clock.now + timeout
+        if timeout >= _LONGEST_SELECT:
+            # asyncio waits at most a day at a time: a timer further off (a sleep of
+            # years, a rate near zero) would take a loop pass per virtual day.
+            when = self._next_timer()
+            if when is not None and when > target:
+                target = when
         if target + 1e-9 == target:
             # From 2**24 s on the loop's 1 ns resolution is lost in rounding, and a
             # timer due "now" would never count as due: land two steps past it.
@@ -73,11 +84,22 @@ class _VirtualSelector(selectors.BaseSelector):
 
 
 class VirtualEventLoop(asyncio.SelectorEventLoop):
-    """An asyncio event loop whose clock starts at 0 and jumps when idle."""
+    """An asyncio event loop whose clock starts at 0 and jumps when idle.
+
+    Prefer :func:`run_virtual`: it also waits for the default executor's
+    threads before the loop ends, which ``asyncio.run(...,
+    loop_factory=VirtualEventLoop)`` on Python 3.13 gives up on at once
+    (its 300 s of loop time pass in no time).
+    """
 
     def __init__(self) -> None:
         self._virtual_clock = _Clock()
-        super().__init__(_VirtualSelector(self._virtual_clock))
+        super().__init__(_VirtualSelector(self._virtual_clock, self._next_timer))
+
+    def _next_timer(self) -> float | None:
+        """When the earliest timer is due (``None``: none); a cancelled one is no later than the next."""
+        scheduled = getattr(self, "_scheduled", None)  # asyncio's heap of timers
+        return float(scheduled[0].when()) if scheduled else None
 
     def time(self) -> float:
         return self._virtual_clock.now
@@ -88,7 +110,13 @@ def run_virtual(fn: Callable[[Unpack[Ts]], Awaitable[T]], *args: Unpack[Ts]) -> 
 
     async def main() -> T:
         try:
-            return await fn(*args)
+            result: Any = fn(*args)
+            if not inspect.isawaitable(result):
+                kind = "an async generator" if inspect.isasyncgen(result) else repr(result)
+                raise TypeError(
+                    f"run_virtual() runs an async function: {fn!r} returned {kind}, not an awaitable"
+                )
+            return cast("T", await result)
         finally:
             # Joined here, with no timeout: the runner's own shutdown (Python 3.13)
             # waits 300 s of loop time for it, which virtual time skips at once.

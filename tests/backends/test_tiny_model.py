@@ -129,6 +129,11 @@ def test_command_line_writes_and_measures(tmp_path: Path, capsys: pytest.Capture
         (["speed", "--preset", "tiny", "--repeat", "0"], 2, "--repeat must be at least 1"),
         (["speed", "--preset", "tiny", "--tokens", "1"], 2, "--tokens must be at least 2"),
         (["write", "{tmp}/m.gguf", "--n-ctx", "5000000000"], 1, "n_ctx must be an int from 1 to 2**32 - 1"),
+        # a numpy MemoryError traceback; a segfault in llama.cpp; silently fewer tokens than asked
+        (["write", "{tmp}/m.gguf", "--n-embd", "2147483644", "--n-head", "2"], 1, "not enough memory for it"),
+        (["speed", "--threads", "100000"], 2, "--threads must be at most 1024"),
+        (["speed", "--threads-batch", "100000"], 2, "--threads-batch must be at most 1024"),
+        (["speed", "--tokens", "1000"], 2, "--tokens must be at most 400"),
     ],
 )
 def test_command_line_errors_are_one_line(

@@ -14,7 +14,7 @@ import anyio.from_thread
 import pytest
 
 from sjfsched import BackendError, Chunk, Completion, Job, Prediction, QueueFull, Request, Scheduler
-from sjfsched.backends import BackendPool, BackendUnavailable, CallableBackend
+from sjfsched.backends import BackendPool, BackendUnavailable, CallableBackend, SimulatedBackend
 
 from ._util import TablePredictor, backend, job, scheduler
 
@@ -166,6 +166,117 @@ class _NoSlots(_StreamOnly):
 def test_bad_arguments_name_what_is_wrong(make: Any, error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
         make()
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: SimulatedBackend(output_tokens=5), "output_tokens must be a function of the request, got 5"),  # type: ignore[arg-type]
+        (lambda: SimulatedBackend(prompt_tokens="x"), "prompt_tokens must be a function of the request"),  # type: ignore[arg-type]
+    ],
+)
+def test_a_simulated_backend_takes_functions_for_its_lengths(make: Any, message: str) -> None:
+    """It took them and failed every request with "'int' object is not callable"."""
+    with pytest.raises(TypeError, match=message):
+        make()
+
+
+@pytest.mark.parametrize(
+    ("returned", "outcome"),
+    [(math.nan, "error"), ("many", "error"), (True, "error"), (-3, 0), (2.6, 3), (4, 4)],
+)
+async def test_a_simulated_backends_length_function_is_read_as_metadata_is(
+    returned: Any, outcome: Any
+) -> None:
+    """A bad value names the function (it failed as 'delay must be a non-negative number', or worse)."""
+    sim = SimulatedBackend(output_tokens=lambda request: returned, prompt_tokens=lambda request: 0)
+    async with Scheduler(sim, predictor=job_predictor()) as sched:
+        if outcome == "error":
+            with pytest.raises(BackendError, match=r"output_tokens\(request\) must return a finite number"):
+                await sched.complete("x")
+            with pytest.raises(ValueError, match="must return a finite number"):
+                sim.service_time(Request("x"))
+        else:
+            assert (await sched.complete("x")).output_tokens == outcome
+            assert sim.service_time(Request("x")) == outcome / sim.decode_rate
+
+
+def test_a_virtual_sleep_of_years_takes_no_time() -> None:
+    """asyncio waits at most a day per loop pass: a sleep of 1e12 s took 22 s of wall time, 1e30 forever."""
+    import time
+
+    from sjfsched import run_virtual
+
+    async def main() -> float:
+        await anyio.sleep(1e12)  # noqa: ASYNC116 - a long sleep is the point
+        return anyio.current_time()
+
+    started = time.perf_counter()
+    assert run_virtual(main) >= 1e12
+    assert time.perf_counter() - started < 5
+
+
+@pytest.mark.parametrize(
+    ("fn", "message"),
+    [
+        (lambda: 42, r"returned 42, not an awaitable"),
+        (lambda: (x async for x in _nothing()), r"returned an async generator, not an awaitable"),
+    ],
+)
+def test_run_virtual_names_a_function_that_is_not_async(fn: Any, message: str) -> None:
+    from sjfsched import run_virtual
+
+    with pytest.raises(TypeError, match=f"run_virtual\\(\\) runs an async function: .*{message}"):
+        run_virtual(fn)
+
+
+async def _nothing() -> AsyncIterator[int]:
+    return
+    yield
+
+
+@pytest.mark.parametrize("kind", ["list", "dataclass", "attrs"])
+async def test_a_sort_key_holding_nan_in_a_list_or_class_is_refused(kind: str) -> None:
+    """The NaN check looked only into tuples: a NaN in a list or an order=True class scrambled the queue."""
+    import dataclasses
+
+    import attrs
+
+    @dataclasses.dataclass(order=True)
+    class DataKey:
+        first: int
+        second: float
+
+    @attrs.define(order=True)
+    class AttrsKey:
+        first: int
+        second: float
+
+    make = {"list": lambda a, b: [a, b], "dataclass": DataKey, "attrs": AttrsKey}[kind]
+
+    class Keys(Scheduler):
+        def sort_key(self, job: Job) -> Any:
+            return make(0, math.nan if job.request.metadata.get("nan") else job.estimate)
+
+    async with Keys(backend(), predictor=TablePredictor()) as sched:
+        with pytest.raises(ValueError, match="holding a NaN"):
+            await sched.complete(job(5, metadata={"nan": True}))
+        assert (await sched.complete(job(5))).output_tokens == 5
+
+
+async def test_an_estimate_that_is_not_a_real_number_is_logged_and_replaced(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Decimal passed math.isfinite and failed every request in the default sort_key."""
+    from decimal import Decimal
+
+    class DecimalEstimates(Scheduler):
+        def estimate(self, request: Request, prediction: Prediction) -> float:
+            return Decimal("1.5")  # type: ignore[return-value]
+
+    async with DecimalEstimates(backend(), predictor=TablePredictor()) as sched:
+        assert (await sched.complete(job(5))).output_tokens == 5
+    assert "DecimalEstimates.estimate returned Decimal('1.5'), not a finite number" in caplog.text
 
 
 def job_predictor() -> Any:

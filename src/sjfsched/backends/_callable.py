@@ -52,6 +52,11 @@ class CallableBackend:
     own tests with::
 
         backend = CallableBackend(lambda request: request.text.upper())
+
+    In virtual time (:func:`~sjfsched.run_virtual`, trio's ``MockClock``)
+    pass ``in_thread=False`` for a sync function, or use an async one: a
+    worker thread runs in real time while the virtual clock jumps ahead, so
+    requests would seem to take as long as the next timer is away.
     """
 
     def __init__(

@@ -29,6 +29,17 @@ def _metadata_tokens(request: Request, key: str) -> int | None:
     return max(0, round(number))
 
 
+def _tokens(value: object, name: str) -> int:
+    """What a length function returned, as ``request.metadata`` counts are taken (a negative is 0)."""
+    try:
+        number = math.nan if isinstance(value, bool) or not isinstance(value, numbers.Real) else float(value)
+    except OverflowError:  # an int past float's range
+        number = math.nan
+    if not math.isfinite(number):
+        raise ValueError(f"{name}(request) must return a finite number of tokens, got {value!r}")
+    return max(0, round(number))
+
+
 def _metadata_output_tokens(request: Request) -> int:
     tokens = _metadata_tokens(request, "output_tokens")
     if tokens is None:
@@ -81,6 +92,9 @@ class SimulatedBackend:
                 raise ValueError(f"{name} must be a positive number of tokens per second, got {rate!r}")
         if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
             raise ValueError(f"slots must be an int >= 1, got {slots!r}")
+        for name, fn in (("output_tokens", output_tokens), ("prompt_tokens", prompt_tokens)):
+            if not callable(fn):
+                raise TypeError(f"{name} must be a function of the request, got {fn!r}")
         self.prefill_rate = float(prefill_rate)
         self.decode_rate = float(decode_rate)
         self.slots = slots
@@ -93,10 +107,10 @@ class SimulatedBackend:
         return p / self.prefill_rate + n / self.decode_rate
 
     def _lengths(self, request: Request) -> tuple[int, int]:
-        n = self._output_tokens(request)
+        n = _tokens(self._output_tokens(request), "output_tokens")
         if request.max_tokens is not None:
             n = min(n, request.max_tokens)
-        return n, self._prompt_tokens(request)
+        return n, _tokens(self._prompt_tokens(request), "prompt_tokens")
 
     async def stream(self, request: Request, /) -> AsyncIterator[Chunk]:
         try:

@@ -19,6 +19,13 @@ from typing import Any
 
 from ._tiny_llama import PRESETS, write_tiny_llama
 
+#: The context ``speed`` measures in, and the most tokens it generates there (its prompts,
+#: in the tiny models' byte vocabulary, take about 100 of it).
+_N_CTX = 512
+_MAX_TOKENS = 400
+#: The most threads ``speed`` asks llama.cpp for (it crashes on absurd counts).
+_MAX_THREADS = 1024
+
 
 def _write(args: argparse.Namespace) -> int:
     options: dict[str, Any] = dict(PRESETS[args.preset])
@@ -46,7 +53,9 @@ def _measure(
             "measuring needs llama-cpp-python: pip install 'sjfsched[llama]'", name="llama_cpp"
         ) from exc
 
-    llm = Llama(str(path), n_ctx=512, n_threads=threads, n_threads_batch=threads_batch, verbose=False, seed=0)
+    llm = Llama(
+        str(path), n_ctx=_N_CTX, n_threads=threads, n_threads_batch=threads_batch, verbose=False, seed=0
+    )
     try:
         llm.create_completion("warm up", max_tokens=4)
         decode: list[float] = []
@@ -119,15 +128,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "speed":
         if args.tokens < 2:  # ms/token is timed between tokens: one token times nothing
             parser.error("--tokens must be at least 2")
+        if args.tokens > _MAX_TOKENS:  # the context holds the prompt too: more would be cut silently
+            parser.error(f"--tokens must be at most {_MAX_TOKENS} (the measuring context holds {_N_CTX})")
         for name in ("repeat", "threads"):
             if getattr(args, name) < 1:
                 parser.error(f"--{name} must be at least 1")
+        for name in ("threads", "threads_batch"):
+            value = getattr(args, name)
+            if value is not None and value > _MAX_THREADS:  # llama.cpp crashes on 100,000
+                parser.error(f"--{name.replace('_', '-')} must be at most {_MAX_THREADS}")
         if args.threads_batch is not None and args.threads_batch < 1:
             parser.error("--threads-batch must be at least 1")
     try:
         result: int = args.run(args)
     except (OSError, ValueError) as exc:  # a bad shape, a path that cannot be written: one line
         parser.exit(1, f"python -m sjfsched.testing {args.command}: {exc}\n")
+    except MemoryError as exc:  # a shape too large to hold: one line
+        parser.exit(1, f"python -m sjfsched.testing {args.command}: not enough memory for it ({exc})\n")
     except ImportError as exc:  # without the llama extra: one line naming it
         parser.exit(2, f"python -m sjfsched.testing {args.command}: {exc}\n")
     return result
