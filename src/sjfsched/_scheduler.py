@@ -805,9 +805,13 @@ class Scheduler:
     def _estimate(self, request: Request, prediction: Prediction) -> float:
         """``estimate()``, or the default estimate of a neutral prediction where it is not finite."""
         estimate: object = self.estimate(request, prediction)
-        # A real number (not a bool, a Decimal or a string) that is finite.
-        if not isinstance(estimate, bool) and isinstance(estimate, numbers.Real):
-            value = float(estimate)
+        # Anything float() takes as a number (a numpy scalar or 0-d array, a Decimal), not a
+        # bool or a string, that is finite; kept as a float, which any key can use.
+        if not isinstance(estimate, (bool, str, bytes)):
+            try:
+                value = float(cast(Any, estimate))
+            except (TypeError, ValueError, OverflowError):
+                value = math.nan
             if math.isfinite(value):
                 return value
         neutral = Scheduler.estimate(self, request, Prediction(self._mean_tokens))
@@ -1273,31 +1277,38 @@ def _is_async(fn: Callable[..., object]) -> bool:
     return any(inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f) for f in (fn, method))
 
 
-def _holds_nan(key: object) -> bool:
+#: How deep :func:`_holds_nan` looks into a sort key's tuples, lists and dataclasses.
+_NAN_DEPTH = 8
+
+
+def _holds_nan(key: object, depth: int = 0) -> bool:
     """Whether a sort key is, or holds, a NaN (which breaks a heap's order).
 
-    Looked for in tuples and lists, and in the fields of dataclass and attrs
-    instances (``order=True`` classes compare as tuples of their fields).
+    Looked for in tuples and lists, and in the compared fields of an
+    ``order=True`` dataclass (which compares as the tuple of them), down to
+    :data:`_NAN_DEPTH` levels (a key that holds itself ends there).
     """
     if type(key) is float:  # the default key's types (a tuple of them): no ABC check
         return key != key
-    if type(key) is int:
+    if type(key) is int or depth >= _NAN_DEPTH:
         return False
     if isinstance(key, (tuple, list)):
         for part in key:
             if type(part) is float:
                 if part != part:
                     return True
-            elif _holds_nan(part):
+            elif _holds_nan(part, depth + 1):
                 return True
         return False
     if isinstance(key, numbers.Real):
         return bool(key != key)
-    if dataclasses.is_dataclass(key) and not isinstance(key, type):
-        return any(_holds_nan(getattr(key, f.name)) for f in dataclasses.fields(key))
-    kind = type(key)
-    if attrs.has(kind):
-        return any(_holds_nan(getattr(key, a.name)) for a in attrs.fields(cast(Any, kind)))
+    params = getattr(type(key), "__dataclass_params__", None)
+    if params is not None and getattr(params, "order", False):
+        return any(
+            _holds_nan(getattr(key, f.name, None), depth + 1)
+            for f in dataclasses.fields(cast(Any, key))
+            if f.compare
+        )
     return False
 
 

@@ -55,7 +55,10 @@ class _VirtualSelector(selectors.BaseSelector):
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         ready = self._real.select(0)
-        if ready or timeout == 0:
+        if ready:
+            return ready
+        if timeout == 0:
+            self._unstick()
             return ready
         if timeout is None:  # no timer at all: only real I/O can wake us
             return self._real.select(None)
@@ -64,7 +67,7 @@ class _VirtualSelector(selectors.BaseSelector):
             # asyncio waits at most a day at a time: a timer further off (a sleep of
             # years, a rate near zero) would take a loop pass per virtual day.
             when = self._next_timer()
-            if when is not None and when > target:
+            if when is not None and target < when < math.inf:  # never to a sleep without end
                 target = when
         if target + 1e-9 == target:
             # From 2**24 s on the loop's 1 ns resolution is lost in rounding, and a
@@ -72,6 +75,20 @@ class _VirtualSelector(selectors.BaseSelector):
             target = math.nextafter(math.nextafter(target, math.inf), math.inf)
         self._clock.now = target
         return []
+
+    def _unstick(self) -> None:
+        """Make a timer due that the loop cannot see as due: far on, ``now + 1 ns`` rounds to ``now``.
+
+        asyncio counts a timer due once it is before ``now`` plus its clock
+        resolution; from about 2**24 s on that sum rounds to ``now``, and a
+        timer that rounded to ``now`` itself would wait with a timeout of 0
+        for ever.  The clock moves two steps past it (time is that coarse
+        there anyway).
+        """
+        now = self._clock.now
+        when = self._next_timer()
+        if when is not None and when <= now and now + 1e-9 == now:
+            self._clock.now = math.nextafter(math.nextafter(now, math.inf), math.inf)
 
     def close(self) -> None:
         self._real.close()

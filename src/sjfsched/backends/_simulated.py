@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import AsyncIterator, Callable
-from typing import final
+from typing import Any, cast, final
 
 import anyio
 
@@ -32,8 +32,8 @@ def _metadata_tokens(request: Request, key: str) -> int | None:
 def _tokens(value: object, name: str) -> int:
     """What a length function returned, as ``request.metadata`` counts are taken (a negative is 0)."""
     try:
-        number = math.nan if isinstance(value, bool) or not isinstance(value, numbers.Real) else float(value)
-    except OverflowError:  # an int past float's range
+        number = math.nan if isinstance(value, bool) else float(cast(Any, value))
+    except (TypeError, ValueError, OverflowError):  # not a number; an int past float's range
         number = math.nan
     if not math.isfinite(number):
         raise ValueError(f"{name}(request) must return a finite number of tokens, got {value!r}")
