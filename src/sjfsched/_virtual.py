@@ -86,8 +86,10 @@ class _VirtualSelector(selectors.BaseSelector):
         there anyway).
         """
         now = self._clock.now
+        if now + 1e-9 != now:  # the usual case, checked first: every busy loop pass comes here
+            return
         when = self._next_timer()
-        if when is not None and when <= now and now + 1e-9 == now:
+        if when is not None and when <= now:
             self._clock.now = math.nextafter(math.nextafter(now, math.inf), math.inf)
 
     def close(self) -> None:

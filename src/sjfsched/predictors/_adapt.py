@@ -300,12 +300,11 @@ class ScoreCorrection:
             raise ValueError(f"{where}: correction holds invalid numbers")
         if not observations and (len(rows) or bias):
             raise ValueError(f"{where}: correction holds weights but no observations")
-        bound = _SAVED_BOUND
         largest = max(abs(bias), float(np.abs(weights).max()) if len(weights) else 0.0)
-        if largest > bound:
+        if largest > _SAVED_BOUND:
             raise ValueError(
                 f"{where}: correction holds a weight or bias of {largest:.3g}, beyond any learnt one "
-                f"(at most {bound:.3g} on the log-length scale)"
+                f"(at most {_SAVED_BOUND:.3g} on the log-length scale)"
             )
         self.reset()
         if observations:
