@@ -52,20 +52,25 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 def test_a_count_below_one_is_refused_naming_the_option(
     tmp_path: Path, script: str, argv: list[str], refusal: str
 ) -> None:
-    if not (BENCHMARKS / script).is_file():
-        pytest.skip("the benchmarks/ scripts are not in this tree")
     if script == "predictor.py":
         argv = [*argv, "--data", str(tmp_path)]  # no corpora: the bundled demo trace's prompts
+    assert _refusal(script, argv, tmp_path) == f"{script}: error: {refusal}"
+
+
+def _refusal(script: str, argv: list[str], cwd: Path) -> str:
+    """The last line of what ``script argv`` printed, checking it exited 2 without a traceback."""
+    if not (BENCHMARKS / script).is_file():
+        pytest.skip("the benchmarks/ scripts are not in this tree")
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), *argv],
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=tmp_path,
+        cwd=cwd,
     )
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1] == f"{script}: error: {refusal}"
+    return done.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize("script", ["predictor.py", "proxy_overhead.py", "overhead.py"])
@@ -87,16 +92,6 @@ def test_the_scripts_start_without_the_bench_extra(tmp_path: Path, script: str) 
 
 def test_predictor_py_names_a_damaged_corpus_and_its_line(tmp_path: Path) -> None:
     """It read the corpora with gzip and json itself: a BadGzipFile or KeyError traceback."""
-    if not (BENCHMARKS / "predictor.py").is_file():
-        pytest.skip("the benchmarks/ scripts are not in this tree")
     (tmp_path / "mine.jsonl.gz").write_text('{"prompt": "hi"}\n')
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "predictor.py"), "--data", str(tmp_path), "--repeat", "1"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
-    assert done.returncode == 2, done.stderr
-    assert "Traceback" not in done.stderr
-    assert "mine.jsonl.gz: corrupt gzip data after line 0" in done.stderr.strip().splitlines()[-1]
+    last = _refusal("predictor.py", ["--data", str(tmp_path), "--repeat", "1"], tmp_path)
+    assert "mine.jsonl.gz: corrupt gzip data after line 0" in last
