@@ -810,7 +810,7 @@ class Scheduler:
         if not isinstance(estimate, (bool, str, bytes)):
             try:
                 value = float(cast(Any, estimate))
-            except (TypeError, ValueError, OverflowError):
+            except Exception:  # not a number; past float's range; a tensor of many (RuntimeError)
                 value = math.nan
             if math.isfinite(value):
                 return value
@@ -1285,8 +1285,9 @@ def _holds_nan(key: object, depth: int = 0) -> bool:
     """Whether a sort key is, or holds, a NaN (which breaks a heap's order).
 
     Looked for in tuples and lists, and in the compared fields of an
-    ``order=True`` dataclass (which compares as the tuple of them), down to
-    :data:`_NAN_DEPTH` levels (a key that holds itself ends there).
+    ``order=True`` dataclass or attrs class (which compare as the tuple of
+    them), down to :data:`_NAN_DEPTH` levels (a key that holds itself ends
+    there).
     """
     if type(key) is float:  # the default key's types (a tuple of them): no ABC check
         return key != key
@@ -1302,14 +1303,28 @@ def _holds_nan(key: object, depth: int = 0) -> bool:
         return False
     if isinstance(key, numbers.Real):
         return bool(key != key)
-    params = getattr(type(key), "__dataclass_params__", None)
+    kind = type(key)
+    params = getattr(kind, "__dataclass_params__", None)
     if params is not None and getattr(params, "order", False):
         return any(
             _holds_nan(getattr(key, f.name, None), depth + 1)
             for f in dataclasses.fields(cast(Any, key))
             if f.compare
         )
+    if attrs.has(kind) and _attrs_made(getattr(kind, "__lt__", None)):
+        return any(
+            _holds_nan(getattr(key, a.name, None), depth + 1)
+            for a in attrs.fields(cast(Any, kind))
+            if a.order
+        )
     return False
+
+
+def _attrs_made(method: object) -> bool:
+    """Whether ``method`` was written by attrs (an ``order=True`` class's, not one of its own)."""
+    made_in = getattr(sys.modules.get("attr._make"), "__file__", None)
+    code = getattr(method, "__code__", None)
+    return made_in is not None and getattr(code, "co_filename", None) == made_in
 
 
 def _log_close_failure(task: Any) -> None:

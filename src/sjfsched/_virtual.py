@@ -89,7 +89,7 @@ class _VirtualSelector(selectors.BaseSelector):
         if now + 1e-9 != now:  # the usual case, checked first: every busy loop pass comes here
             return
         when = self._next_timer()
-        if when is not None and when <= now:
+        if when == now:  # one before now is due as it is
             self._clock.now = math.nextafter(math.nextafter(now, math.inf), math.inf)
 
     def close(self) -> None:

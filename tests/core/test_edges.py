@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 import anyio.from_thread
+import attrs
 import numpy as np
 import pytest
 
@@ -268,16 +269,21 @@ async def _nothing() -> AsyncIterator[int]:
     yield
 
 
-@pytest.mark.parametrize("kind", ["list", "dataclass"])
-async def test_a_sort_key_holding_nan_in_a_list_or_ordered_dataclass_is_refused(kind: str) -> None:
-    """The check looked only into tuples: a NaN in a list or an order=True dataclass scrambled the queue."""
+@pytest.mark.parametrize("kind", ["list", "dataclass", "attrs"])
+async def test_a_sort_key_holding_nan_in_a_list_or_ordered_class_is_refused(kind: str) -> None:
+    """The check looked only into tuples: a NaN in a list or an order=True class scrambled the queue."""
 
     @dataclasses.dataclass(order=True)
     class DataKey:
         first: int
         second: float
 
-    make = {"list": lambda a, b: [a, b], "dataclass": DataKey}[kind]
+    @attrs.define(order=True)
+    class AttrsKey:
+        first: int
+        second: float
+
+    make = {"list": lambda a, b: [a, b], "dataclass": DataKey, "attrs": AttrsKey}[kind]
 
     class Keys(Scheduler):
         def sort_key(self, job: Job) -> Any:
@@ -324,7 +330,16 @@ def _with_parent(estimate: float) -> _Noted:
     return key
 
 
-@pytest.mark.parametrize("make", [_Noted, _OwnOrder, _holding_itself, _deep, _with_parent])
+@attrs.define
+class _AttrsOwnOrder:
+    estimate: float
+    junk: float = math.nan
+
+    def __lt__(self, other: _AttrsOwnOrder) -> bool:
+        return self.estimate < other.estimate
+
+
+@pytest.mark.parametrize("make", [_Noted, _OwnOrder, _AttrsOwnOrder, _holding_itself, _deep, _with_parent])
 async def test_keys_whose_nan_is_never_compared_or_that_hold_themselves_are_served(make: Any) -> None:
     """The first list/dataclass check refused these (a field not compared; RecursionError on a cycle)."""
 
@@ -336,6 +351,11 @@ async def test_keys_whose_nan_is_never_compared_or_that_hold_themselves_are_serv
         assert [(await sched.complete(job(n))).output_tokens for n in (3, 1)] == [3, 1]
 
 
+class _ManyElements:
+    def __float__(self) -> float:
+        raise RuntimeError("a Tensor with 2 elements cannot be converted to Scalar")
+
+
 @pytest.mark.parametrize(
     ("returned", "logged"),
     [
@@ -343,6 +363,7 @@ async def test_keys_whose_nan_is_never_compared_or_that_hold_themselves_are_serv
         (np.array(2.5), False),  # a 0-d array, as numpy returns: taken
         (10**400, True),  # past float's range: it raised OverflowError to the caller
         ("1.5", True),
+        (_ManyElements(), True),  # float() raises as a tensor of many does (RuntimeError)
     ],
 )
 async def test_an_estimate_float_takes_is_used_and_others_are_logged_and_replaced(
