@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from sjfsched.proxy._client import (
+    _HIGH_WATER,
     STALE_CLOSE_WINDOW,
     AnswerBroken,
     ConnectFailed,
@@ -326,7 +327,9 @@ async def test_a_connection_kept_after_an_unread_answer_reads_the_next_one() -> 
         s: Scripted, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
     ) -> None:
         while (request := await s.read_request(reader)) is not None:
-            writer.write(_ok(b"x" * 300_000 if b"big" in request else b"done"))
+            # One byte past the high-water mark: reading pauses only once the whole body is
+            # in (300,000 bytes paused it mid-answer whenever they came in small reads).
+            writer.write(_ok(b"x" * (_HIGH_WATER + 1) if b"big" in request else b"done"))
             await writer.drain()
 
     async with scripted(handler) as (script, url):
@@ -338,6 +341,7 @@ async def test_a_connection_kept_after_an_unread_answer_reads_the_next_one() -> 
             if connection.complete:
                 break
             await asyncio.sleep(0.01)
+        assert connection.complete and connection._read_paused
         big.close()  # not read (the proxy's client went away): the connection is whole, kept
         small = await client.request("POST", "/", body=b"small")
         assert await small.read() == b"done"
