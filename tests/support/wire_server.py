@@ -30,6 +30,7 @@ def scripted_server(
 ) -> Iterator[str]:
     """Serve ``pieces`` to every GET and POST on 127.0.0.1; yields the base URL.
 
+    ``pause`` 0 sends the whole body in one write, its end included.
     ``connections``: a list that gets one item per TCP connection accepted.
     """
 
@@ -52,9 +53,14 @@ def scripted_server(
             for name, value in headers:
                 self.send_header(name, value)
             self.end_headers()
+            chunks = [b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces]
             with contextlib.suppress(OSError):
-                for piece in pieces:
-                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                if not pause:  # all at once, the body's end with the last piece (as servers send it)
+                    self.wfile.write(b"".join(chunks) + b"0\r\n\r\n")
+                    self.wfile.flush()
+                    return
+                for chunk in chunks:
+                    self.wfile.write(chunk)
                     self.wfile.flush()
                     time.sleep(pause)
                 self.wfile.write(b"0\r\n\r\n")
