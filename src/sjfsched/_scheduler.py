@@ -805,6 +805,8 @@ class Scheduler:
     def _estimate(self, request: Request, prediction: Prediction) -> float:
         """``estimate()``, or the default estimate of a neutral prediction where it is not finite."""
         estimate: object = self.estimate(request, prediction)
+        if type(estimate) is float and math.isfinite(estimate):  # the default's: no conversion
+            return estimate
         # Anything float() takes as a number (a numpy scalar or 0-d array, a Decimal), not a
         # bool or a string, that is finite; kept as a float, which any key can use.
         if not isinstance(estimate, (bool, str, bytes)):

@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 
-import anyio
 import pytest
 
-from sjfsched import Chunk, Request
+from sjfsched import Request
 from sjfsched.backends import OllamaBackend, OpenAIBackend
 from tests.support.wire_server import scripted_server
 
+from .test_wire import collect
+
 pytestmark = pytest.mark.anyio
-
-
-async def _collect(backend: OllamaBackend | OpenAIBackend, request: Request) -> Sequence[Chunk]:
-    try:
-        with anyio.fail_after(20):
-            return [c async for c in backend.stream(request)]
-    finally:
-        await backend.aclose()
 
 
 async def test_ollama_text_on_the_done_line_is_part_of_the_answer() -> None:
@@ -32,7 +24,7 @@ async def test_ollama_text_on_the_done_line_is_part_of_the_answer() -> None:
         )
     ]
     with scripted_server(lines) as url:
-        chunks = await _collect(OllamaBackend("m", url), Request("x"))
+        chunks = await collect(OllamaBackend("m", url), Request("x"))
     assert "".join(c.text for c in chunks) == "abc"
     assert sum(c.tokens for c in chunks) == 3
 
@@ -44,7 +36,7 @@ async def test_openai_stopped_for_length_without_usage_counts_max_tokens() -> No
         b"data: [DONE]\n\n",
     ]
     with scripted_server(events, content_type="text/event-stream") as url:
-        chunks = await _collect(OpenAIBackend(url, model="m"), Request("x", max_tokens=5))
+        chunks = await collect(OpenAIBackend(url, model="m"), Request("x", max_tokens=5))
     assert sum(c.tokens for c in chunks) == 5 and chunks[-1].finish_reason == "length"
 
 

@@ -269,6 +269,16 @@ async def _nothing() -> AsyncIterator[int]:
     yield
 
 
+def _keyed(key: Any) -> Scheduler:
+    """A scheduler ordering by ``key(job)``, over the table predictor and a simulated backend."""
+
+    class Keys(Scheduler):
+        def sort_key(self, job: Job) -> Any:
+            return key(job)
+
+    return Keys(backend(), predictor=TablePredictor())
+
+
 @pytest.mark.parametrize("kind", ["list", "dataclass", "attrs"])
 async def test_a_sort_key_holding_nan_in_a_list_or_ordered_class_is_refused(kind: str) -> None:
     """The check looked only into tuples: a NaN in a list or an order=True class scrambled the queue."""
@@ -285,11 +295,9 @@ async def test_a_sort_key_holding_nan_in_a_list_or_ordered_class_is_refused(kind
 
     make = {"list": lambda a, b: [a, b], "dataclass": DataKey, "attrs": AttrsKey}[kind]
 
-    class Keys(Scheduler):
-        def sort_key(self, job: Job) -> Any:
-            return make(0, math.nan if job.request.metadata.get("nan") else job.estimate)
-
-    async with Keys(backend(), predictor=TablePredictor()) as sched:
+    async with _keyed(
+        lambda job: make(0, math.nan if job.request.metadata.get("nan") else job.estimate)
+    ) as sched:
         with pytest.raises(ValueError, match="holding a NaN"):
             await sched.complete(job(5, metadata={"nan": True}))
         assert (await sched.complete(job(5))).output_tokens == 5
@@ -343,11 +351,7 @@ class _AttrsOwnOrder:
 async def test_keys_whose_nan_is_never_compared_or_that_hold_themselves_are_served(make: Any) -> None:
     """The first list/dataclass check refused these (a field not compared; RecursionError on a cycle)."""
 
-    class Keys(Scheduler):
-        def sort_key(self, job: Job) -> Any:
-            return make(job.estimate)
-
-    async with Keys(backend(), predictor=TablePredictor()) as sched:
+    async with _keyed(lambda job: make(job.estimate)) as sched:
         assert [(await sched.complete(job(n))).output_tokens for n in (3, 1)] == [3, 1]
 
 

@@ -33,7 +33,7 @@ from ._traces import (
     TRACES,
     UNSEEN_BUILT_IN_ONLY,
     base_name,
-    default_data_dir,
+    corpora_dir,
     is_file_trace,
     is_trace_name,
     load_trace,
@@ -186,7 +186,7 @@ def _split(text: str) -> list[str]:
 
 def _data_dir(args: argparse.Namespace, traces: Sequence[str] = ()) -> Path:
     """The corpora directory; only trace files (``traces``) need none."""
-    data: Path | None = args.data if args.data is not None else default_data_dir()
+    data = corpora_dir(args.data)
     if data is None or not data.is_dir():
         if traces and all(is_file_trace(t) for t in traces) and args.data is None:
             return Path.cwd()
@@ -194,11 +194,6 @@ def _data_dir(args: argparse.Namespace, traces: Sequence[str] = ()) -> Path:
             "sjfsched bench: no corpora directory; pass --data (the ../shared/data of the repository)"
         )
     return data
-
-
-def _corpora(args: argparse.Namespace) -> Path | None:
-    """The corpora directory a run would read (``--data`` or the default), None if there is none."""
-    return args.data if args.data is not None else default_data_dir()
 
 
 def _check_traces(traces: Sequence[str]) -> None:
@@ -388,7 +383,7 @@ def _run_sim(args: argparse.Namespace) -> int:
     traces, profiles, scenario_names = _split(args.traces), _split(args.profiles), _split(args.scenarios)
     _check_run_options(args, traces, profiles, scenario_names)
     if args.results is not None:
-        inputs = input_files(traces, _policies(args.policies), _corpora(args))
+        inputs = input_files(traces, _policies(args.policies), corpora_dir(args.data))
         check_results_path(args.results, inputs=inputs)
     _check_traces(traces)
     data = _data_dir(args, traces)
@@ -533,7 +528,7 @@ def _run_all(args: argparse.Namespace) -> int:
 
     traces = _split(args.traces)
     _check_run_options(args, traces, _split(args.profiles))
-    check_results_path(args.results, inputs=input_files(traces, data=_corpora(args), trains=True))
+    check_results_path(args.results, inputs=input_files(traces, data=corpora_dir(args.data), trains=True))
     _check_out(args.out, "bench all")
     _check_traces(traces)  # a typo is an unknown trace, not a file
     files = [t for t in traces if is_file_trace(t)]

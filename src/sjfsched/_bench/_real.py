@@ -44,7 +44,7 @@ from ._traces import (
     SHORT_TOKENS,
     TRACES,
     TraceItem,
-    default_data_dir,
+    corpora_dir,
     is_file_trace,
     is_trace_name,
     load_trace,
@@ -133,7 +133,7 @@ def _trace_name(name: str) -> str:
 
 
 def _sample(args: argparse.Namespace) -> list[TraceItem]:
-    data = args.data if args.data is not None else default_data_dir()
+    data = corpora_dir(args.data)
     if data is None and not is_file_trace(args.trace):
         raise SystemExit("sjfsched bench real: no corpora directory; pass --data")
     try:
@@ -259,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
     _check_arguments(args)
     if args.results is None and not is_file_trace(args.trace):
         args.results = DEFAULT_RESULTS  # the published run's file, for the shared data's traces
-    data = args.data if args.data is not None else default_data_dir()
+    data = corpora_dir(args.data)
     inputs = input_files([args.trace], _policies(args.policies), data) + ([args.model] if args.model else [])
     if args.results is not None:
         check_results_path(args.results, "bench real", inputs)

@@ -187,6 +187,11 @@ def default_data_dir() -> Path | None:
     return None
 
 
+def corpora_dir(given: Path | None) -> Path | None:
+    """``--data`` where given, else :func:`default_data_dir` (None where there is none)."""
+    return given if given is not None else default_data_dir()
+
+
 #: Suffix of a trace name that splits its prompts in two halves (see :func:`load_trace`).
 FRESH: Final = "/fresh"
 
