@@ -67,6 +67,9 @@ def test_train_lexical_writes_a_model_and_a_card(
     card = out.with_suffix(".md").read_text()
     assert "`synthetic`" in card and "unknown (your own data" in card
     assert f"sjfsched train {log} --out {out}" in card
+    import onnx
+
+    assert onnx.load(str(out)).graph.node[0].op_type == "GatherElements"  # the quick gather
     predictor = LexicalPredictor(out, calibrate=False)
     long = predictor.predict(
         Request("Write a detailed 3000-word essay about the Roman empire, with sections.")

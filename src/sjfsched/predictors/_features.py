@@ -448,20 +448,28 @@ class LexicalFeaturizer:
         quantity = _quantity(raw, words)
         if quantity >= 0:
             rest.append(off + quantity)
-        framed = _FRAME + raw + _FRAME
-        nb = max(len(framed) - 3, 0)
-        ids = np.empty(nb + len(rest), np.int32)
-        if nb:
-            grams = np.ndarray((nb,), dtype="<u4", buffer=framed, strides=(1,))
-            np.right_shift(grams * _HASH_MULT, self._shift, out=ids[:nb].view(np.uint32))
-        ids[nb:] = rest
-        values = np.full(len(ids), 1.0, np.float32)
-        if nb:
+        nb = len(raw) - 1  # the framed text's 4-grams
+        if nb > 0:  # hashed in place, in the ids' own memory
+            n = nb + len(rest)
+            ids = np.empty(n, np.int32)
+            hashed = ids[:nb].view(np.uint32)
+            grams = np.ndarray((nb,), dtype="<u4", buffer=_FRAME + raw + _FRAME, strides=(1,))
+            np.multiply(grams, _HASH_MULT, out=hashed)
+            np.right_shift(hashed, self._shift, out=hashed)
+            ids[nb:] = rest
+            values = np.empty(n, np.float32)
             values[:nb] = 1.0 / math.sqrt(nb)
+        else:
+            nb = 0
+            ids = np.array(rest, np.int32)
+            values = np.empty(len(rest), np.float32)
+        end = nb + nw
         if nw:
-            values[nb : nb + nw] = 1.0 / math.sqrt(nw)
+            values[nb:end] = 1.0 / math.sqrt(nw)
         if npooled:
-            values[nb + nw : nb + nw + npooled] = 1.0 / npooled
+            values[end : end + npooled] = 1.0 / npooled
+            end += npooled
+        values[end:] = 1.0  # the signals
         return ids, values
 
     def encode_many(
