@@ -107,11 +107,13 @@ def test_predict_many_matches_predict(calibrated: bool) -> None:
         assert predictor.calibration.slope != 1.0
     texts = [*SHORT_ASKS, *LONG_ASKS, "", "a", "ab", "abc", "日本語の文章です。" * 50, "x" * 5000, "\x00\xff"]
     requests = [Request(t) for t in texts]
-    many = predictor.predict_many(requests)
-    for request, prediction in zip(requests, many, strict=True):
-        single = predictor.predict(request)
-        assert prediction.tokens == pytest.approx(single.tokens, rel=1e-5)
-        assert prediction.p_long == pytest.approx(single.p_long, rel=1e-5, abs=1e-9)
+    assert len(requests) > _lexical._SMALL_BATCH  # encoded as one batch
+    for batch in (requests, requests[:3], requests[:1], []):  # small ones are predicted one by one
+        many = predictor.predict_many(batch)
+        for request, prediction in zip(batch, many, strict=True):
+            single = predictor.predict(request)
+            assert prediction.tokens == pytest.approx(single.tokens, rel=1e-5)
+            assert prediction.p_long == pytest.approx(single.p_long, rel=1e-5, abs=1e-9)
 
 
 def test_cost_is_bounded_by_the_read_window(predictor: LexicalPredictor) -> None:

@@ -42,6 +42,10 @@ _CONTRIBUTIONS: Final = ["contributions"]
 #: the oldest are dropped _FORGET_BATCH at a time once there are more.
 RECENT_SCORES: Final = 4096
 _FORGET_BATCH: Final = 512
+#: Below this many requests predict_many() predicts one by one: encoding a
+#: batch has a fixed cost of some forty numpy calls, which a batch this small
+#: does not earn back (benchmarks/predictor.py, batches of 1).
+_SMALL_BATCH: Final = 8
 #: How far beyond its training targets' range a score may go (log scale: a factor of e**0.5);
 #: every prompt of the training corpora scores within it, a run of one character need not.
 SCORE_MARGIN: Final = 0.5
@@ -456,6 +460,8 @@ class LexicalPredictor:
             pass
 
     def predict_many(self, requests: Sequence[Request], /) -> list[Prediction]:
+        if len(requests) < _SMALL_BATCH:  # a batch's fixed cost outweighs what it saves
+            return [self.predict(r) for r in requests]
         raw = self.scores([r.text for r in requests])
         if self._remember:
             last = requests[-RECENT_SCORES:]
