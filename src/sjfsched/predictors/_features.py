@@ -54,7 +54,16 @@ FEATURE_VERSION: Final = 1
 HEAD_CHARS: Final = 512
 TAIL_CHARS: Final = 256
 
-_HASH_MULT: Final = np.uint32(0x9E3779B1)  # Knuth's multiplicative hash
+#: Knuth's multiplicative hash.  Numbers given to numpy as 0-d arrays, and
+#: arguments by position: on the per-prompt path numpy parses each call's
+#: arguments, and these are the quickest to parse (a numpy scalar costs
+#: about half as much again per call).
+_HASH_MULT: Final = np.array(0x9E3779B1, np.uint32)
+_I32: Final = np.dtype(np.int32)
+_U32: Final = np.dtype(np.uint32)
+_F32: Final = np.dtype(np.float32)
+_LE_U32: Final = np.dtype("<u4")
+_ONE_BYTE: Final = (1,)
 _FRAME: Final = b"\xff"
 _NO_IDS: Final[npt.NDArray[np.int32]] = np.zeros(0, dtype=np.int32)
 #: Bytes that belong to words: ASCII letters, digits, ``_``, and every byte of
@@ -311,7 +320,7 @@ class LexicalFeaturizer:
         words = [w.encode("utf-8", "surrogatepass") for w in self.unigrams]
         self.bigrams = [(int(a), int(b)) for a, b in bigrams]
         self.byte_bits = byte_bits
-        self._shift = np.uint32(32 - byte_bits)
+        self._shift = np.array(32 - byte_bits, np.uint32)
         n = len(self.unigrams)
         for i, j in self.bigrams:
             if not (0 <= i < n and 0 <= j < n):
@@ -451,25 +460,25 @@ class LexicalFeaturizer:
         nb = len(raw) - 1  # the framed text's 4-grams
         if nb > 0:  # hashed in place, in the ids' own memory
             n = nb + len(rest)
-            ids = np.empty(n, np.int32)
-            hashed = ids[:nb].view(np.uint32)
-            grams = np.ndarray((nb,), dtype="<u4", buffer=_FRAME + raw + _FRAME, strides=(1,))
-            np.multiply(grams, _HASH_MULT, out=hashed)
-            np.right_shift(hashed, self._shift, out=hashed)
+            ids = np.empty(n, _I32)
+            hashed = ids[:nb].view(_U32)
+            grams = np.ndarray((nb,), _LE_U32, _FRAME + raw + _FRAME, 0, _ONE_BYTE)
+            np.multiply(grams, _HASH_MULT, hashed)
+            np.right_shift(hashed, self._shift, hashed)
             ids[nb:] = rest
-            values = np.empty(n, np.float32)
-            values[:nb] = 1.0 / math.sqrt(nb)
+            values = np.empty(n, _F32)
+            values[:nb].fill(1.0 / math.sqrt(nb))
         else:
             nb = 0
-            ids = np.array(rest, np.int32)
-            values = np.empty(len(rest), np.float32)
+            ids = np.array(rest, _I32)
+            values = np.empty(len(rest), _F32)
         end = nb + nw
         if nw:
-            values[nb:end] = 1.0 / math.sqrt(nw)
+            values[nb:end].fill(1.0 / math.sqrt(nw))
         if npooled:
-            values[end : end + npooled] = 1.0 / npooled
+            values[end : end + npooled].fill(1.0 / npooled)
             end += npooled
-        values[end:] = 1.0  # the signals
+        values[end:].fill(1.0)  # the signals
         return ids, values
 
     def encode_many(
