@@ -28,6 +28,7 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
         ("overhead.py", ["--depths", "10", "--repeat", "0"], "argument --repeat: must be 1 or more, got 0"),
         ("predictor.py", ["--limit", "0", "--repeat", "1"], "argument --limit: must be 1 or more, got 0"),
         ("predictor.py", ["--limit", "20", "--repeat", "0"], "argument --repeat: must be 1 or more, got 0"),
+        ("gather.py", ["--limit", "0"], "argument --limit: must be 1 or more, got 0"),
         (
             "proxy_overhead.py",
             ["--requests", "0", "--no-model"],
@@ -52,7 +53,7 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 def test_a_count_below_one_is_refused_naming_the_option(
     tmp_path: Path, script: str, argv: list[str], refusal: str
 ) -> None:
-    if script == "predictor.py":
+    if script in ("predictor.py", "gather.py"):
         argv = [*argv, "--data", str(tmp_path)]  # no corpora: the bundled demo trace's prompts
     assert _refusal(script, argv, tmp_path) == f"{script}: error: {refusal}"
 
@@ -95,3 +96,32 @@ def test_predictor_py_names_a_damaged_corpus_and_its_line(tmp_path: Path) -> Non
     (tmp_path / "mine.jsonl.gz").write_text('{"prompt": "hi"}\n')
     last = _refusal("predictor.py", ["--data", str(tmp_path), "--repeat", "1"], tmp_path)
     assert "mine.jsonl.gz: corrupt gzip data after line 0" in last
+
+
+def test_gather_py_times_both_graphs_on_the_same_scores(tmp_path: Path) -> None:
+    """benchmarks/gather.py (docs/performance.md) runs the shipped graph and a Gather copy."""
+    if not (BENCHMARKS / "gather.py").is_file():
+        pytest.skip("the benchmarks/ scripts are not in this tree")
+    done = subprocess.run(  # no corpora in tmp_path: the bundled demo trace's prompts
+        [
+            sys.executable,
+            str(BENCHMARKS / "gather.py"),
+            "--data",
+            str(tmp_path),
+            "--limit",
+            "30",
+            "--repeat",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "same scores for all 30 prompts" in done.stdout
+    rows = {
+        line.split()[0]: line.split()[-2:] for line in done.stdout.splitlines() if line.startswith("Gather")
+    }
+    assert set(rows) == {"GatherElements", "Gather"}
+    assert all(float(x) > 0 for cells in rows.values() for x in cells)
