@@ -8,11 +8,14 @@ alternating between the two so that a machine whose speed drifts treats both
 alike, and prints:
 
 - one prompt's run (the ids and values :meth:`LexicalFeaturizer.encode`
-  gives), median over prompts, microseconds;
-- a batch's run (``predict_many``'s one run over the rows of many prompts),
-  nanoseconds per row, best of ``--repeat``.
+  gives), the median over every prompt's run in ``--repeat`` passes,
+  microseconds;
+- a batch's run (``predict_many``'s one run over the rows of all the
+  prompts), nanoseconds per row, best of ``--repeat`` (the graph that goes
+  first alternates from one pass to the next).
 
-It also checks that both give the same scores.
+It also checks that both give the same scores and the same per-row
+contributions.
 
     python benchmarks/gather.py [--data DIR] [--limit N] [--repeat 5]
 
@@ -79,9 +82,12 @@ def main() -> None:
                 one[name].append(time.perf_counter_ns() - t0)
     batch = next(iter(models.values()))._features.encode_batch(prompts)
     rows = {"ids": batch.ids, "values": np.ones(len(batch.ids), np.float32)}
+    first, second = (run(_CONTRIBUTIONS, rows)[0] for run in runs.values())
+    if not np.array_equal(first, second):
+        raise SystemExit("the two graphs disagree on a batch")
     per_row: dict[str, float] = {name: float("inf") for name in runs}
-    for _ in range(args.repeat):
-        for name, run in runs.items():
+    for i in range(args.repeat):
+        for name, run in list(runs.items())[:: 1 if i % 2 == 0 else -1]:
             t0 = time.perf_counter_ns()
             run(_CONTRIBUTIONS, rows)
             per_row[name] = min(per_row[name], (time.perf_counter_ns() - t0) / len(batch.ids))

@@ -116,6 +116,17 @@ def test_predict_many_matches_predict(calibrated: bool) -> None:
             assert prediction.p_long == pytest.approx(single.p_long, rel=1e-5, abs=1e-9)
 
 
+@pytest.mark.parametrize("adapt", [True, False])
+@pytest.mark.parametrize("size", [3, 12])
+def test_predict_many_takes_any_iterable(adapt: bool, size: int) -> None:
+    """A generator was scored, then sliced (a TypeError) when scores were remembered (adapt=False)."""
+    predictor = LexicalPredictor(adapt=adapt)
+    requests = [Request(t) for t in [*SHORT_ASKS, *LONG_ASKS, "a", "b"][:size]]
+    from_generator = predictor.predict_many(r for r in requests)
+    assert from_generator == predictor.predict_many(requests)
+    assert len(from_generator) == size
+
+
 def test_cost_is_bounded_by_the_read_window(predictor: LexicalPredictor) -> None:
     """A 1 MB prompt is read as a head and a tail, so it costs what a short one does."""
     features = predictor._features

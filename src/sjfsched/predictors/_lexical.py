@@ -11,7 +11,7 @@ import re
 import stat
 import threading
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources
 from itertools import islice
 from pathlib import Path
@@ -309,7 +309,7 @@ class LexicalPredictor:
     requests' prompts and real lengths (:attr:`correction`): which of *this*
     deployment's prompts answer long, which the training corpora may not
     have shown.  It is saved and loaded with the calibration; a prediction
-    costs about 4 µs more once it has learnt something.  ``adapt=False``
+    costs several microseconds more once it has learnt something.  ``adapt=False``
     keeps the model's ranking as shipped.
 
     ``Prediction.tokens`` is the expected number of output tokens (the mean
@@ -459,7 +459,9 @@ class LexicalPredictor:
         except RuntimeError:  # another thread changed it meanwhile: trim next time
             pass
 
-    def predict_many(self, requests: Sequence[Request], /) -> list[Prediction]:
+    def predict_many(self, requests: Iterable[Request], /) -> list[Prediction]:
+        if not isinstance(requests, (list, tuple)):  # read once, whatever iterable it is
+            requests = list(requests)
         if len(requests) < _SMALL_BATCH:  # a batch's fixed cost outweighs what it saves
             return [self.predict(r) for r in requests]
         raw = self.scores([r.text for r in requests])

@@ -382,7 +382,7 @@ def lexical_onnx(fit: LexicalFit, metadata: dict[str, str]) -> Any:
     graph = helper.make_graph(
         [
             # GatherElements, not Gather: the same on one axis, and onnxruntime's
-            # kernel for it is several times quicker per row (benchmarks/predictor.py).
+            # kernel for it is several times quicker per row (benchmarks/gather.py).
             helper.make_node("GatherElements", ["weights", "ids"], ["gathered"]),
             helper.make_node("Mul", ["gathered", "values"], ["contributions"]),
             helper.make_node("ReduceSum", ["contributions"], ["total"], keepdims=0),
