@@ -94,8 +94,9 @@ _FRAMES: Final = _FRAME + _FRAME
 _SEPARATOR: Final = b" \xff "
 _SEPARATOR_WORD: Final = b"\xff"
 _SEPARATOR_ROW: Final = -1
+_CODE_MARKS: Final = b"({=;"
 _IS_CODE_MARK: Final = np.zeros(256, bool)
-_IS_CODE_MARK[[ord("("), ord("{"), ord("="), ord(";")]] = True
+_IS_CODE_MARK[list(_CODE_MARKS)] = True
 
 
 def clip_text(text: str) -> str:
@@ -202,9 +203,8 @@ class EncodedBatch:
 
 
 def _code(raw: bytes) -> int:
-    return _CODE_BASE + min(
-        (raw.count(b"(") + raw.count(b"{") + raw.count(b"=") + raw.count(b";")).bit_length(), 10
-    )
+    marks = len(raw) - len(raw.translate(None, _CODE_MARKS))  # one pass, not four counts
+    return _CODE_BASE + min(marks.bit_length(), 10)
 
 
 def _quantity(raw: bytes, words: list[bytes]) -> int:
