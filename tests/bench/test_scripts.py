@@ -120,6 +120,13 @@ def test_gather_py_times_both_graphs_on_the_same_scores(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "same scores for all 30 prompts" in done.stdout
+    graphs = {
+        line.split(" graph: ")[0]: line.split(" graph: ")[1].split()
+        for line in done.stdout.splitlines()
+        if " graph: " in line
+    }
+    assert graphs["shipped"][0] == "GatherElements" and graphs["copy"][0] == "Gather"  # the two it times
+    assert graphs["shipped"][1:] == graphs["copy"][1:]  # and only that op differs
     rows = {
         line.split()[0]: line.split()[-2:] for line in done.stdout.splitlines() if line.startswith("Gather")
     }

@@ -308,8 +308,8 @@ class LexicalPredictor:
     learns a sparse correction to the model's score from the completed
     requests' prompts and real lengths (:attr:`correction`): which of *this*
     deployment's prompts answer long, which the training corpora may not
-    have shown.  It is saved and loaded with the calibration; a prediction
-    costs several microseconds more once it has learnt something.  ``adapt=False``
+    have shown.  It is saved and loaded with the calibration; once it has
+    learnt something a prediction gathers its weights too.  ``adapt=False``
     keeps the model's ranking as shipped.
 
     ``Prediction.tokens`` is the expected number of output tokens (the mean
