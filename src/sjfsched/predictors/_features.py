@@ -40,6 +40,8 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
+from ._wordtable import WordTable
+
 __all__ = [
     "FEATURE_VERSION",
     "HEAD_CHARS",
@@ -301,6 +303,7 @@ class LexicalFeaturizer:
         "_signal_offset",
         "_unigram",
         "_unit_rows",
+        "_word_table",
         "bigrams",
         "byte_bits",
         "pooled",
@@ -345,6 +348,9 @@ class LexicalFeaturizer:
         if all(u in self._unigram for u in _UNIT_WORDS):
             self._unit_rows = np.zeros(self.table_size, bool)
             self._unit_rows[[self._unigram[u] for u in _UNIT_WORDS]] = True
+        #: the vocabulary as numpy arrays for encode_batch, built at its first call
+        #: (None: not built yet, False: this vocabulary uses the dict)
+        self._word_table: WordTable | bool | None = None
 
     @property
     def pooled_offset(self) -> int:
@@ -488,6 +494,17 @@ class LexicalFeaturizer:
         batch = self.encode_batch(texts)
         return batch.ids, batch.values, batch.texts
 
+    def _build_word_table(self) -> WordTable | bool:
+        """The vocabulary as a :class:`WordTable`, where words are looked up one by one only.
+
+        Pairs and pooled words are looked up in dicts by the words
+        themselves, and so are quantities when a unit word has no row:
+        those vocabularies split the words as before.
+        """
+        if self._bigram or self._pooled or self._unit_rows is None:
+            return False
+        return WordTable.build(self._unigram) or False
+
     def encode_batch(self, texts: Sequence[str]) -> EncodedBatch:
         """:meth:`encode` of many texts at once, without a Python loop over them.
 
@@ -509,10 +526,19 @@ class LexicalFeaturizer:
         ends = np.cumsum(lengths + 2)  # where each framed text ends in `framed`
         byte_ids, byte_counts = self._hash_framed(framed, lengths, ends)
 
-        # Words: one split of all texts, separated by a word no text has.
-        words = _SEPARATOR.join(raws).translate(_TO_SPACE).split()
-        nwords = len(words)
-        unigram_ids = np.fromiter(map(self._unigram.get, words, itertools.repeat(0)), np.int32, nwords)
+        # Words: all texts' at once, separated by a word no text has.
+        spaced = _SEPARATOR.join(raws).translate(_TO_SPACE)
+        table = self._word_table
+        if table is None:
+            table = self._word_table = self._build_word_table()
+        words: Sequence[bytes]
+        if isinstance(table, WordTable):  # found in numpy, read from the bytes only where needed
+            unigram_ids, words = table.lookup(spaced)
+            nwords = len(unigram_ids)
+        else:
+            words = spaced.split()
+            nwords = len(words)
+            unigram_ids = np.fromiter(map(self._unigram.get, words, itertools.repeat(0)), np.int32, nwords)
         word_texts = np.cumsum(unigram_ids == _SEPARATOR_ROW)
         known = unigram_ids > 0
         word_block = unigram_ids[known]
