@@ -549,7 +549,8 @@ def test_observe_reuses_the_score_of_the_prediction() -> None:
         return run(names, feed)
 
     predictor._run = counting
-    requests = [Request(p) for p in SHORT_ASKS + LONG_ASKS]
+    requests = [Request(p) for p in SHORT_ASKS + LONG_ASKS + ["one more", "and another"]]
+    assert len(requests) - 1 >= _lexical._SMALL_BATCH  # the rest go in one batch
     single = requests[0]
     predictions = [predictor.predict(single), *predictor.predict_many(requests[1:])]
     assert len(runs) == 2

@@ -45,7 +45,7 @@ _FORGET_BATCH: Final = 512
 #: Below this many requests predict_many() predicts one by one: encoding a
 #: batch has a fixed cost of some forty numpy calls, which a batch this small
 #: does not earn back (benchmarks/predictor.py, batches of 1).
-_SMALL_BATCH: Final = 8
+_SMALL_BATCH: Final = 10
 #: How far beyond its training targets' range a score may go (log scale: a factor of e**0.5);
 #: every prompt of the training corpora scores within it, a run of one character need not.
 SCORE_MARGIN: Final = 0.5
