@@ -284,7 +284,7 @@ class LexicalPredictor:
     (:attr:`Request.text`): byte 4-grams, words, its lines and code marks
     and any quantity it asks for (``"in 500 words"``), through a linear ONNX
     model that returns a log-length score.  One prediction costs a few tens
-    of microseconds, a batch through :meth:`predict_many` about 20 a prompt
+    of microseconds, a batch through :meth:`predict_many` 10 to 20 a prompt
     (``benchmarks/predictor.py``); only the first 512 and last 256
     characters are read, so a huge prompt costs what a 770-character one
     does.
