@@ -119,3 +119,21 @@ def test_words_whose_hash_collides_are_told_apart_by_their_bytes(monkeypatch: py
     spaced = b"cd ab " + b"y" * 12 + b" " + b"x" * 12 + b" " + b"x" * 8 + b"yyyy"
     rows, _ = table.lookup(spaced)
     assert rows.tolist() == [0, 1, 0, 2, 0] == _dict_rows(vocabulary, spaced)
+
+
+def test_a_large_vocabulary_gets_tables_large_enough() -> None:
+    """Tables of 2 x 65,536 slots could not hold 70,000 words: they are sized by the vocabulary."""
+    vocabulary = {f"w{i}x".encode(): i + 5 for i in range(70_000)}
+    table = WordTable.build(vocabulary)
+    assert table is not None
+    rows, _ = table.lookup(b" ".join(vocabulary))
+    assert rows.tolist() == list(vocabulary.values())
+
+
+def test_a_featurizer_from_before_the_table_builds_one() -> None:
+    """One unpickled from an older version has no _word_table slot set."""
+    features = LexicalFeaturizer.learn(["write 500 words", "10 examples please"], byte_bits=12, min_count=1)
+    del features._word_table
+    batch = features.encode_batch(["write 500 words", "ten examples"])
+    assert isinstance(features._word_table, WordTable)
+    assert batch.word_counts.tolist() == [3, 1]

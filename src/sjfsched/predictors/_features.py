@@ -528,7 +528,7 @@ class LexicalFeaturizer:
 
         # Words: all texts' at once, separated by a word no text has.
         spaced = _SEPARATOR.join(raws).translate(_TO_SPACE)
-        table = self._word_table
+        table = getattr(self, "_word_table", None)  # a featurizer pickled before it had one: None
         if table is None:
             table = self._word_table = self._build_word_table()
         words: Sequence[bytes]

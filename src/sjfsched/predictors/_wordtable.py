@@ -10,12 +10,17 @@ vocabulary, and then compares the word's length and every chunk with the
 vocabulary word in that slot: a word is found only if its bytes are the
 vocabulary word's, so the result is the dict's exactly (hash collisions
 cannot give a wrong row, only cost a comparison).
+
+The tables are sized by the vocabulary (each at least four slots per word)
+and built on the first batch; vocabularies the table cannot hold (a word
+with a space, an empty word, a word over :data:`MAX_WORD_BYTES`, two words
+with one hash) keep the dict.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Final, overload
+from typing import Any, Final, Literal, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -30,7 +35,6 @@ _MASK64: Final = (1 << 64) - 1
 MAX_WORD_BYTES: Final = 256
 _LENGTH_MULT: Final = 0x9E3779B97F4A7C15
 _MIX: Final = 0xBF58476D1CE4E5B9
-_SLOT_BITS: Final = 16
 
 
 def _chunk_mults(n: int) -> list[int]:
@@ -80,6 +84,7 @@ class WordTable:
         "_rows",
         "_slot1",
         "_slot2",
+        "_slot_bits",
     )
 
     def __init__(
@@ -88,13 +93,14 @@ class WordTable:
         rows: npt.NDArray[np.int32],
         lengths: npt.NDArray[np.int64],
         chunks: npt.NDArray[np.uint64],
-        slot1: npt.NDArray[np.int64],
-        slot2: npt.NDArray[np.int64],
+        slots: tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]],
         mults: npt.NDArray[np.uint64],
     ) -> None:
         self._hashes, self._rows, self._lengths, self._chunks = hashes, rows, lengths, chunks
         self._first = np.ascontiguousarray(chunks[:, 0])
-        self._slot1, self._slot2, self._mults = slot1, slot2, mults
+        self._slot1, self._slot2 = slots
+        self._slot_bits = len(self._slot1).bit_length() - 1
+        self._mults = mults
         self._nchunks = chunks.shape[1]
 
     @classmethod
@@ -102,37 +108,37 @@ class WordTable:
         """The table of ``vocabulary`` (word -> row), or ``None`` where it cannot be built.
 
         ``None`` when a word is empty, holds a space or is longer than
-        :data:`MAX_WORD_BYTES`, when two words share a hash, or when the
-        cuckoo placement fails: the caller keeps using the dict.
+        :data:`MAX_WORD_BYTES`, or when two words share a hash: the caller
+        keeps using the dict.  Each of the two tables has at least four
+        slots per word, so the cuckoo placement all but never fails; where
+        it does, the tables are doubled and it is tried again.
         """
         words = list(vocabulary)
         if not words or any(not w or b" " in w or len(w) > MAX_WORD_BYTES for w in words):
             return None
         nchunks = max(1, -(-max(map(len, words)) // 8))
-        mults = _chunk_mults(nchunks)
-        chunk_rows = []
-        hashes = []
-        for w in words:
-            padded = w.ljust(8 * nchunks, b"\0")
-            chunk_row = [int.from_bytes(padded[8 * j : 8 * j + 8], "little") for j in range(nchunks)]
-            chunk_rows.append(chunk_row)
-            hashes.append(_hash(len(w), chunk_row, mults))
-        if len(set(hashes)) != len(hashes):
+        mults = np.array(_chunk_mults(nchunks), np.uint64)
+        # The words hashed exactly as lookup() hashes a buffer's words.
+        hashes, _, lengths, chunks = _hash_words(b" ".join(words), nchunks, mults, all_chunks=True)
+        if len(np.unique(hashes)) != len(words):
             return None
-        size = 1 << _SLOT_BITS
-        empty = len(words)  # the sentinel row: length -1, never matched
-        table = [[empty] * size, [empty] * size]
-        for index in range(len(words)):
-            if not _place(table, hashes, index, empty):
-                return None
+        hash_list = hashes.tolist()
+        bits = max(_MIN_SLOT_BITS, (4 * len(words) - 1).bit_length())
+        for _ in range(3):
+            placed = _place_all(hash_list, bits)
+            if placed is not None:
+                break
+            bits += 1
+        else:
+            return None
+        # Row len(words), the empty slots' index, is a sentinel: length -1, never matched.
         return cls(
-            np.array([*hashes, 0], np.uint64),
+            np.append(hashes, np.uint64(0)),
             np.array([*(vocabulary[w] for w in words), 0], np.int32),
-            np.array([*map(len, words), -1], np.int64),
-            np.array([*chunk_rows, [0] * nchunks], np.uint64),
-            np.array(table[0], np.int64),
-            np.array(table[1], np.int64),
-            np.array(mults, np.uint64),
+            np.append(lengths, -1),
+            np.vstack([chunks, np.zeros((1, nchunks), np.uint64)]),
+            (np.array(placed[0], np.int32), np.array(placed[1], np.int32)),
+            mults,
         )
 
     def lookup(self, joined: bytes) -> tuple[npt.NDArray[np.int32], WordSpans]:
@@ -142,43 +148,78 @@ class WordTable:
         spaces, as ``bytes.split()`` of it would find them given that no
         other whitespace byte occurs.
         """
-        n = len(joined)
-        nchunks = self._nchunks
-        buf = np.frombuffer(joined + bytes(8 * nchunks + 8), np.uint8)
-        is_word = buf[:n] != _SPACE
-        edges = np.flatnonzero(is_word[1:] != is_word[:-1]) + 1
-        if n and is_word[0]:
-            edges = np.concatenate([np.zeros(1, np.int64), edges])
-        if n and is_word[-1]:
-            edges = np.concatenate([edges, np.full(1, n, np.int64)])
-        starts, ends = edges[0::2], edges[1::2]
+        h, (starts, ends), lengths, longer = _hash_words(joined, self._nchunks, self._mults)
         spans = WordSpans(joined, starts, ends)
-        if not len(starts):
+        if not len(h):
             return np.zeros(0, np.int32), spans
-        lengths = ends - starts
-        grams = np.ndarray((n + 8 * nchunks + 1,), _LE_U64, buf, 0, _ONE_BYTE)  # 8 bytes at every offset
-        first = grams[starts] & _masks(lengths)
-        mults = self._mults
-        h = lengths.astype(np.uint64) * np.uint64(_LENGTH_MULT)
-        h ^= first * mults[0]
-        longer: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.uint64]]] = []
-        which = np.flatnonzero(lengths > 8)
-        for j in range(1, nchunks):
-            which = which[lengths[which] > 8 * j]
-            if not len(which):
-                break
-            chunk = grams[starts[which] + 8 * j] & _masks(lengths[which] - 8 * j)
-            h[which] ^= chunk * mults[j]
-            longer.append((which, chunk))
-        h = _mix(h)
-        slot = (h >> np.uint64(64 - _SLOT_BITS)).astype(np.int64)
-        index = self._slot1[slot]
-        other = self._slot2[(h & np.uint64((1 << _SLOT_BITS) - 1)).astype(np.int64)]
+        bits = self._slot_bits
+        index = self._slot1[(h >> np.uint64(64 - bits)).astype(np.intp)]
+        other = self._slot2[(h & np.uint64((1 << bits) - 1)).astype(np.intp)]
         index = np.where(self._hashes[index] == h, index, other)
-        found = (self._hashes[index] == h) & (self._lengths[index] == lengths) & (self._first[index] == first)
-        for j, (which, chunk) in enumerate(longer, 1):
+        found = (self._hashes[index] == h) & (self._lengths[index] == lengths)
+        first, rest = longer
+        found &= self._first[index] == first
+        for j, (which, chunk) in enumerate(rest, 1):
             found[which] &= self._chunks[index[which], j] == chunk
         return np.where(found, self._rows[index], 0).astype(np.int32, copy=False), spans
+
+
+_MIN_SLOT_BITS: Final = 10
+_Chunks = tuple[npt.NDArray[np.uint64], list[tuple[npt.NDArray[np.intp], npt.NDArray[np.uint64]]]]
+
+
+@overload
+def _hash_words(
+    joined: bytes, nchunks: int, mults: npt.NDArray[np.uint64], *, all_chunks: Literal[True]
+) -> tuple[npt.NDArray[np.uint64], tuple[Any, Any], npt.NDArray[np.int64], npt.NDArray[np.uint64]]: ...
+@overload
+def _hash_words(
+    joined: bytes, nchunks: int, mults: npt.NDArray[np.uint64], *, all_chunks: Literal[False] = ...
+) -> tuple[npt.NDArray[np.uint64], tuple[Any, Any], npt.NDArray[np.int64], _Chunks]: ...
+def _hash_words(
+    joined: bytes, nchunks: int, mults: npt.NDArray[np.uint64], *, all_chunks: bool = False
+) -> tuple[npt.NDArray[np.uint64], tuple[Any, Any], npt.NDArray[np.int64], Any]:
+    """The hash of each word of ``joined``, where the words are, their lengths, and their chunks.
+
+    A word is read as 8-byte little-endian chunks (bytes past its end are
+    0) through an overlapping view of the buffer; its hash mixes its length
+    and its first ``nchunks`` chunks.  The chunks come back as the first
+    chunk of every word and, for each later chunk, the words that reach it
+    and its value (``all_chunks``: a words x ``nchunks`` matrix instead).
+    """
+    n = len(joined)
+    buf = np.frombuffer(joined + bytes(8 * nchunks + 8), np.uint8)
+    is_word = buf[:n] != _SPACE
+    edges = np.flatnonzero(is_word[1:] != is_word[:-1]) + 1
+    if n and is_word[0]:
+        edges = np.concatenate([np.zeros(1, np.intp), edges])
+    if n and is_word[-1]:
+        edges = np.concatenate([edges, np.full(1, n, np.intp)])
+    starts, ends = edges[0::2], edges[1::2]
+    lengths = (ends - starts).astype(np.int64)
+    grams = np.ndarray((n + 8 * nchunks + 1,), _LE_U64, buf, 0, _ONE_BYTE)  # 8 bytes at every offset
+    first = grams[starts] & _masks(lengths)
+    h = lengths.astype(np.uint64) * np.uint64(_LENGTH_MULT)
+    h ^= first * mults[0]
+    rest: list[tuple[npt.NDArray[np.intp], npt.NDArray[np.uint64]]] = []
+    which = np.flatnonzero(lengths > 8)
+    for j in range(1, nchunks):
+        which = which[lengths[which] > 8 * j]
+        if not len(which):
+            break
+        chunk = grams[starts[which] + 8 * j] & _masks(lengths[which] - 8 * j)
+        h[which] ^= chunk * mults[j]
+        rest.append((which, chunk))
+    h ^= h >> np.uint64(29)
+    h *= np.uint64(_MIX)
+    h ^= h >> np.uint64(32)
+    if not all_chunks:
+        return h, (starts, ends), lengths, (first, rest)
+    matrix = np.zeros((len(starts), nchunks), np.uint64)
+    matrix[:, 0] = first
+    for j, (which, chunk) in enumerate(rest, 1):
+        matrix[which, j] = chunk
+    return h, (starts, ends), lengths, matrix
 
 
 def _masks(lengths: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
@@ -189,32 +230,26 @@ def _masks(lengths: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
 _BYTE_MASKS: Final = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [_MASK64], np.uint64)
 
 
-def _hash(length: int, chunks: Sequence[int], mults: Sequence[int]) -> int:
-    """What :meth:`WordTable.lookup` computes for a word, in Python (for building)."""
-    h = length * _LENGTH_MULT & _MASK64
-    for chunk, mult in zip(chunks, mults, strict=False):
-        if chunk:
-            h ^= chunk * mult & _MASK64
-    h ^= h >> 29
-    h = h * _MIX & _MASK64
-    return h ^ (h >> 32)
+def _place_all(hashes: list[int], bits: int, kicks: int = 500) -> tuple[list[int], list[int]] | None:
+    """Two cuckoo tables of ``2**bits`` slots holding every word (by index), or ``None``.
 
-
-def _mix(h: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
-    h ^= h >> np.uint64(29)
-    h *= np.uint64(_MIX)
-    h ^= h >> np.uint64(32)
-    return h
-
-
-def _place(table: list[list[int]], hashes: list[int], index: int, empty: int, kicks: int = 500) -> bool:
-    """Cuckoo insertion of vocabulary word ``index``: its slot in either table, evicting as needed."""
-    size_bits = _SLOT_BITS
-    for k in range(kicks):
-        h = hashes[index]
-        side = k % 2
-        slot = h >> (64 - size_bits) if side == 0 else h & ((1 << size_bits) - 1)
-        index, table[side][slot] = table[side][slot], index
-        if index == empty:
-            return True
-    return False
+    A word's slot is the top ``bits`` bits of its hash in the first table,
+    the bottom ``bits`` in the second; an empty slot holds ``len(hashes)``.
+    """
+    empty = len(hashes)
+    size = 1 << bits
+    tables = ([empty] * size, [empty] * size)
+    low = size - 1
+    for start in range(len(hashes)):
+        index = start
+        for k in range(kicks):
+            h = hashes[index]
+            side = k % 2  # a word evicted from one table goes to its slot in the other
+            slot = h >> (64 - bits) if side == 0 else h & low
+            table = tables[side]
+            index, table[slot] = table[slot], index
+            if index == empty:
+                break
+        else:
+            return None
+    return tables
