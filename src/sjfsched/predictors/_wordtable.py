@@ -103,6 +103,12 @@ class WordTable:
         self._mults = mults
         self._nchunks = chunks.shape[1]
 
+    @property
+    def nbytes(self) -> int:
+        """The memory its arrays hold."""
+        arrays = (self._hashes, self._rows, self._lengths, self._chunks, self._first, self._mults)
+        return sum(a.nbytes for a in arrays) + self._slot1.nbytes + self._slot2.nbytes
+
     @classmethod
     def build(cls, vocabulary: Mapping[bytes, int]) -> WordTable | None:
         """The table of ``vocabulary`` (word -> row), or ``None`` where it cannot be built.
