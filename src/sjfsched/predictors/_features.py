@@ -509,9 +509,11 @@ class LexicalFeaturizer:
         """:meth:`encode` of many texts at once, without a Python loop over them.
 
         The texts are clipped, lowercased and encoded one by one, then joined:
-        their bytes are hashed in one go, their words split and looked up in
+        their bytes are hashed in one go, their words found and looked up in
         one pass (a separator word that no text can contain marks where each
-        text ends), and the signals counted over the joined bytes.  Only the
+        text ends; in numpy through a :class:`WordTable` where the vocabulary
+        allows, else split and looked up in the dict), and the signals
+        counted over the joined bytes.  Only the
         words that name a unit with a number before them ("500 words") take
         a step of their own.
         """
