@@ -146,11 +146,11 @@ def main() -> None:
         print(f"bundled model: {bundled_model_path().stat().st_size / 1e6:.2f} MB")
     else:
         print(f"model {model}: {model.stat().st_size / 1e6:.2f} MB")
-    print()
-
     adapted = LexicalPredictor(model)
     for i, request in enumerate(requests[:1000]):  # lengths do not matter to the cost
         adapted.observe(request, adapted.predict(request), 20 + (37 * i) % 1500)
+    print(f"adapted: after observing {min(len(requests), 1000):,} completed requests")
+    print()
     predictors: list[tuple[str, Predictor]] = [
         ("LexicalPredictor", LexicalPredictor(model)),
         ("  adapted", adapted),
@@ -212,7 +212,7 @@ def main() -> None:
     del encoded, predictions, calibrating
     gc.collect()
 
-    sizes = [1, 100, 1000, len(requests)]
+    sizes = [s for s in (1, 100, 1000) if s < len(requests)] + [len(requests)]  # none past the prompts
     print("predict_many(), prompts per second, by batch size")
     print(f"{'predictor':<22} " + " ".join(f"{s:>9,}" for s in sizes))
     for name, predictor in predictors:
