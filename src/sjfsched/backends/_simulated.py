@@ -18,25 +18,17 @@ __all__ = ["SimulatedBackend"]
 def _metadata_tokens(request: Request, key: str) -> int | None:
     """``request.metadata[key]`` as a number of tokens (a negative one is 0), or None if absent."""
     value = request.metadata.get(key)
-    if value is None:
-        return None
-    try:
-        number = math.nan if isinstance(value, bool) else float(value)
-    except (TypeError, ValueError, OverflowError):
-        number = math.nan
-    if not math.isfinite(number):
-        raise ValueError(f"request.metadata[{key!r}] must be a finite number of tokens, got {value!r}")
-    return max(0, round(number))
+    return None if value is None else _tokens(value, f"request.metadata[{key!r}] must be")
 
 
-def _tokens(value: object, name: str) -> int:
-    """What a length function returned, as ``request.metadata`` counts are taken (a negative is 0)."""
+def _tokens(value: object, what: str) -> int:
+    """``value`` as a whole number of tokens (a negative one is 0); ``what``: how the error begins."""
     try:
         number = math.nan if isinstance(value, bool) else float(cast(Any, value))
     except (TypeError, ValueError, OverflowError):  # not a number; an int past float's range
         number = math.nan
     if not math.isfinite(number):
-        raise ValueError(f"{name}(request) must return a finite number of tokens, got {value!r}")
+        raise ValueError(f"{what} a finite number of tokens, got {value!r}")
     return max(0, round(number))
 
 
@@ -107,10 +99,10 @@ class SimulatedBackend:
         return p / self.prefill_rate + n / self.decode_rate
 
     def _lengths(self, request: Request) -> tuple[int, int]:
-        n = _tokens(self._output_tokens(request), "output_tokens")
+        n = _tokens(self._output_tokens(request), "output_tokens(request) must return")
         if request.max_tokens is not None:
             n = min(n, request.max_tokens)
-        return n, _tokens(self._prompt_tokens(request), "prompt_tokens")
+        return n, _tokens(self._prompt_tokens(request), "prompt_tokens(request) must return")
 
     async def stream(self, request: Request, /) -> AsyncIterator[Chunk]:
         try:
