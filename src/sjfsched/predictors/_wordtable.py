@@ -20,7 +20,7 @@ with one hash) keep the dict.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, Literal, overload
+from typing import Any, Final, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -125,7 +125,7 @@ class WordTable:
         nchunks = max(1, -(-max(map(len, words)) // 8))
         mults = np.array(_chunk_mults(nchunks), np.uint64)
         # The words hashed exactly as lookup() hashes a buffer's words.
-        hashes, _, lengths, chunks = _hash_words(b" ".join(words), nchunks, mults, all_chunks=True)
+        hashes, _, lengths, (first, rest) = _hash_words(b" ".join(words), nchunks, mults)
         if len(np.unique(hashes)) != len(words):
             return None
         hash_list = hashes.tolist()
@@ -142,7 +142,7 @@ class WordTable:
             np.append(hashes, np.uint64(0)),
             np.array([*(vocabulary[w] for w in words), 0], np.int32),
             np.append(lengths, -1),
-            np.vstack([chunks, np.zeros((1, nchunks), np.uint64)]),
+            _chunk_matrix(first, rest, nchunks),
             (np.array(placed[0], np.int32), np.array(placed[1], np.int32)),
             mults,
         )
@@ -174,24 +174,16 @@ _MIN_SLOT_BITS: Final = 10
 _Chunks = tuple[npt.NDArray[np.uint64], list[tuple[npt.NDArray[np.intp], npt.NDArray[np.uint64]]]]
 
 
-@overload
 def _hash_words(
-    joined: bytes, nchunks: int, mults: npt.NDArray[np.uint64], *, all_chunks: Literal[True]
-) -> tuple[npt.NDArray[np.uint64], tuple[Any, Any], npt.NDArray[np.int64], npt.NDArray[np.uint64]]: ...
-@overload
-def _hash_words(
-    joined: bytes, nchunks: int, mults: npt.NDArray[np.uint64], *, all_chunks: Literal[False] = ...
-) -> tuple[npt.NDArray[np.uint64], tuple[Any, Any], npt.NDArray[np.int64], _Chunks]: ...
-def _hash_words(
-    joined: bytes, nchunks: int, mults: npt.NDArray[np.uint64], *, all_chunks: bool = False
-) -> tuple[npt.NDArray[np.uint64], tuple[Any, Any], npt.NDArray[np.int64], Any]:
+    joined: bytes, nchunks: int, mults: npt.NDArray[np.uint64]
+) -> tuple[npt.NDArray[np.uint64], tuple[Any, Any], npt.NDArray[np.int64], _Chunks]:
     """The hash of each word of ``joined``, where the words are, their lengths, and their chunks.
 
     A word is read as 8-byte little-endian chunks (bytes past its end are
     0) through an overlapping view of the buffer; its hash mixes its length
     and its first ``nchunks`` chunks.  The chunks come back as the first
     chunk of every word and, for each later chunk, the words that reach it
-    and its value (``all_chunks``: a words x ``nchunks`` matrix instead).
+    and its value.
     """
     n = len(joined)
     buf = np.frombuffer(joined + bytes(8 * nchunks + 8), np.uint8)
@@ -219,13 +211,20 @@ def _hash_words(
     h ^= h >> np.uint64(29)
     h *= np.uint64(_MIX)
     h ^= h >> np.uint64(32)
-    if not all_chunks:
-        return h, (starts, ends), lengths, (first, rest)
-    matrix = np.zeros((len(starts), nchunks), np.uint64)
-    matrix[:, 0] = first
+    return h, (starts, ends), lengths, (first, rest)
+
+
+def _chunk_matrix(
+    first: npt.NDArray[np.uint64],
+    rest: list[tuple[npt.NDArray[np.intp], npt.NDArray[np.uint64]]],
+    nchunks: int,
+) -> npt.NDArray[np.uint64]:
+    """Every word's chunks as rows (0 past its end), and a last row of zeros for the sentinel."""
+    matrix = np.zeros((len(first) + 1, nchunks), np.uint64)
+    matrix[:-1, 0] = first
     for j, (which, chunk) in enumerate(rest, 1):
         matrix[which, j] = chunk
-    return h, (starts, ends), lengths, matrix
+    return matrix
 
 
 def _masks(lengths: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
