@@ -193,8 +193,44 @@ def test_batch_encoding_matches_one_by_one(texts: list[str]) -> None:
     assert with_units._unit_rows is None  # not every unit word has a row: the slower lookup
     learnt = LexicalFeaturizer.learn(["write 500 words", "10 examples please"], byte_bits=12, min_count=1)
     assert learnt._unit_rows is not None  # learn gives every unit word a row: found by row
-    for features in (with_units, learnt):
+    # with word-vector rows (a second row per word), with and without pairs
+    vectors = LexicalFeaturizer.learn(
+        ["write 500 words"], byte_bits=12, vector_words=["steps", "日本語", "word"]
+    )
+    paired = LexicalFeaturizer.learn(
+        ["write 500 words", "write 500 words"], byte_bits=12, max_bigrams=5, vector_words=["steps", "abc12"]
+    )
+    assert vectors.vector_rows and paired.vector_rows and paired.bigrams
+    for features in (with_units, learnt, vectors, paired):
         _assert_batch_matches_one_by_one(features, texts)
+
+
+def test_word_vector_rows() -> None:
+    """Vector words join the vocabulary; each known word adds its row shifted, valued 1/#words."""
+    f = LexicalFeaturizer.learn(
+        ["write a poem", "write a story", "a poem"],
+        byte_bits=8,
+        min_count=2,
+        max_bigrams=10,
+        vector_words=["novel", "poem", "stanza"],
+    )
+    assert f.vector_rows
+    assert {"novel", "poem", "stanza", "write", "a"} <= set(f.unigrams)
+    assert "story" not in f.unigrams  # one prompt only: not learnt, and no vector
+    words = [f.unigrams[i] for pair in f.bigrams for i in pair]
+    assert "novel" not in words and ("write", "a") in [(f.unigrams[i], f.unigrams[j]) for i, j in f.bigrams]
+    assert f.table_size == f.vector_offset + len(f.unigrams)
+    ids, values = f.encode("Write a novel, a NOVEL!")
+    row = {w: f.word_offset + i for i, w in enumerate(f.unigrams)}
+    word_rows = [row[w] for w in ("write", "a", "novel", "a", "novel")]
+    vector_rows = [r - f.word_offset + f.vector_offset for r in word_rows]
+    found = ids[values == np.float32(1 / 5)].tolist()
+    assert found == vector_rows  # every occurrence, each 1/5: the words' mean
+    assert all(r in ids.tolist() for r in word_rows)
+    plain = LexicalFeaturizer(f.unigrams, f.bigrams, f.byte_bits)
+    plain_ids, _ = plain.encode("Write a novel, a NOVEL!")
+    assert not plain.vector_rows and len(ids) == len(plain_ids) + 5
+    assert (f.encode("")[0] < f.vector_offset).all()  # no words, no vector rows
 
 
 def _signal_names(text: str) -> list[str]:
@@ -376,6 +412,27 @@ def test_model_whose_table_does_not_fit_its_vocabulary(tmp_path: Path) -> None:
     size = int(meta["sjfsched.table_size"])
     path = _edited(tmp_path, "short.onnx", {"sjfsched.table_size": str(size + 1)})
     with pytest.raises(PredictorError, match=r"short\.onnx: weight table has"):
+        LexicalPredictor(path)
+
+
+def test_model_with_pooled_words_of_an_earlier_version_is_refused(tmp_path: Path) -> None:
+    """Word vectors were folded in as a second vocabulary before: such a file says to retrain."""
+    path = _edited(tmp_path, "pooled.onnx", {"sjfsched.pooled_words": '["novel"]'})
+    with pytest.raises(PredictorError, match=r"pooled\.onnx: .*pooled words.*sjfsched train --word-vectors"):
+        LexicalPredictor(path)
+
+
+@pytest.mark.parametrize("raw", ['"yes"', "1", "[", "null"])
+def test_malformed_vector_rows_flag(tmp_path: Path, raw: str) -> None:
+    path = _edited(tmp_path, "flag.onnx", {"sjfsched.vector_rows": raw})
+    with pytest.raises(PredictorError, match=r"flag\.onnx: model (vocabulary )?metadata is"):
+        LexicalPredictor(path)
+
+
+def test_vector_rows_flag_that_does_not_fit_the_table(tmp_path: Path) -> None:
+    """A model without vector rows flagged as having them needs a larger table than it has."""
+    path = _edited(tmp_path, "flagged.onnx", {"sjfsched.vector_rows": "true"})
+    with pytest.raises(PredictorError, match=r"flagged\.onnx: weight table has"):
         LexicalPredictor(path)
 
 

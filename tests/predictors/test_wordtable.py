@@ -91,15 +91,15 @@ def test_encode_batch_with_and_without_the_table_agree() -> None:
     texts = [*prompts, "", "write 500 words", "1,000 words", "日本語" * 300, "x" * 100_000, "\udcff"]
     with_table = features.encode_batch(texts)
     assert isinstance(features._word_table, WordTable)
-    dict_only = LexicalFeaturizer(features.unigrams, features.bigrams, features.byte_bits, features.pooled)
+    dict_only = LexicalFeaturizer(features.unigrams, features.bigrams, features.byte_bits)
     dict_only._word_table = False
     without = dict_only.encode_batch(texts)
-    for name in ("ids", "byte_counts", "word_counts", "signal_texts", "pooled_counts"):
+    for name in ("ids", "byte_counts", "word_counts", "signal_texts"):
         assert np.array_equal(getattr(with_table, name), getattr(without, name)), name
     assert _SEPARATOR.translate(_TO_SPACE).split() == [b"\xff"]  # the separator is one word, never a text's
 
 
-def test_vocabularies_with_pairs_or_pooled_words_keep_the_dict() -> None:
+def test_vocabularies_with_pairs_keep_the_dict() -> None:
     pairs = LexicalFeaturizer.learn(
         ["write 500 words", "write 10 examples"], byte_bits=12, min_count=1, max_bigrams=5
     )

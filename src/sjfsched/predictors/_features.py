@@ -123,11 +123,11 @@ _CODE_BASE: Final = _SIGNAL_INDEX["code0"]
 
 @attrs.frozen
 class EncodedBatch:
-    """Many texts encoded: four blocks of rows (4-grams, words and pairs, pooled words, signals).
+    """Many texts encoded: four blocks of rows (4-grams, words and pairs, word vectors, signals).
 
-    In the 4-gram, word and pooled-word blocks each text's rows are
+    In the 4-gram, word and word-vector blocks each text's rows are
     contiguous, in text order, and share one value (``byte_scale``,
-    ``word_scale``, ``pooled_scale``), so a caller can sum the plain weights
+    ``word_scale``, ``vector_scale``), so a caller can sum the plain weights
     of each run at once and scale the sums: cheaper than a value per row.
     The signals (value 1) follow, with the text of each in ``signal_texts``.
     """
@@ -138,8 +138,8 @@ class EncodedBatch:
     word_counts: npt.NDArray[np.int64]
     #: per row of the signal block: the text it belongs to
     signal_texts: npt.NDArray[np.int64]
-    #: per text: how many rows of the pooled-word block are its
-    pooled_counts: npt.NDArray[np.int64]
+    #: per text: how many rows of the word-vector block are its
+    vector_counts: npt.NDArray[np.int64]
 
     @property
     def byte_scale(self) -> npt.NDArray[np.float64]:
@@ -150,8 +150,8 @@ class EncodedBatch:
         return 1.0 / np.sqrt(np.maximum(self.word_counts, 1))
 
     @property
-    def pooled_scale(self) -> npt.NDArray[np.float64]:
-        return 1.0 / np.maximum(self.pooled_counts, 1)
+    def vector_scale(self) -> npt.NDArray[np.float64]:
+        return 1.0 / np.maximum(self.vector_counts, 1)
 
     @property
     def texts(self) -> npt.NDArray[np.int64]:
@@ -161,7 +161,7 @@ class EncodedBatch:
             [
                 np.repeat(index, self.byte_counts),
                 np.repeat(index, self.word_counts),
-                np.repeat(index, self.pooled_counts),
+                np.repeat(index, self.vector_counts),
                 self.signal_texts,
             ]
         )
@@ -173,7 +173,7 @@ class EncodedBatch:
             [
                 np.repeat(self.byte_scale.astype(np.float32), self.byte_counts),
                 np.repeat(self.word_scale.astype(np.float32), self.word_counts),
-                np.repeat(self.pooled_scale.astype(np.float32), self.pooled_counts),
+                np.repeat(self.vector_scale.astype(np.float32), self.vector_counts),
                 np.ones(len(self.signal_texts), np.float32),
             ]
         )
@@ -181,13 +181,13 @@ class EncodedBatch:
     def totals(self, weights: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
         """Per text: the sum of ``weights`` (one per row) times the rows' values.
 
-        A text's 4-grams, its words and its pooled words are three contiguous
+        A text's 4-grams, its words and its word-vector rows are three contiguous
         runs: the runs tile the start of ``weights``, so one ``add.reduceat``
         over the starts of the runs that have rows sums them all; each sum is
         then scaled.  The few signals are counted with their texts.
         """
         n = len(self.byte_counts)
-        counts = np.concatenate([self.byte_counts, self.word_counts, self.pooled_counts])
+        counts = np.concatenate([self.byte_counts, self.word_counts, self.vector_counts])
         starts = np.zeros(len(counts), np.int64)
         np.cumsum(counts[:-1], out=starts[1:])
         end = int(starts[-1] + counts[-1]) if n else 0
@@ -198,7 +198,7 @@ class EncodedBatch:
         out: npt.NDArray[np.float64] = (
             sums[:n] * self.byte_scale
             + sums[n : 2 * n] * self.word_scale
-            + sums[2 * n :] * self.pooled_scale
+            + sums[2 * n :] * self.vector_scale
             + np.bincount(self.signal_texts, weights=weights[end:], minlength=n)
         )
         return out
@@ -286,28 +286,28 @@ class LexicalFeaturizer:
 
     The weight table has, in order: ``2**byte_bits`` byte 4-gram buckets; the
     vocabulary's ``unigrams``; its ``bigrams`` (adjacent word pairs, each a
-    pair of indices into ``unigrams``); the fixed :data:`SIGNALS`; the
-    ``pooled`` words.  A text's score is ``bias + sum(weight[row] * value)``
-    where each byte 4-gram has value ``1/sqrt(#4-grams)``, each known word or
-    pair ``1/sqrt(#words and pairs)``, each signal 1, and each occurrence of
-    a pooled word ``1/#occurrences of pooled words``: their weights are
-    averaged (a model trained with word vectors gives each the projection of
-    its vector, see ``fit_lexical``).
+    pair of indices into ``unigrams``); the fixed :data:`SIGNALS`; with
+    ``vector_rows``, a second row per unigram.  A text's score is ``bias +
+    sum(weight[row] * value)`` where each byte 4-gram has value
+    ``1/sqrt(#4-grams)``, each known word or pair ``1/sqrt(#words and
+    pairs)``, each signal 1, and each known word's second row ``1/#words``:
+    those weights are averaged (a model trained with word vectors gives each
+    the projection of the word's vector, see ``fit_lexical``).  The second
+    row is the word's row shifted by a constant, so a word is looked up once.
     """
 
     __slots__ = (
         "_bigram",
-        "_pooled",
-        "_pooled_offset",
         "_shift",
         "_signal_offset",
         "_unigram",
         "_unit_rows",
+        "_vector_delta",
         "_word_table",
         "bigrams",
         "byte_bits",
-        "pooled",
         "unigrams",
+        "vector_rows",
     )
 
     def __init__(
@@ -315,7 +315,7 @@ class LexicalFeaturizer:
         unigrams: Sequence[str],
         bigrams: Sequence[tuple[int, int]],
         byte_bits: int,
-        pooled: Sequence[str] = (),
+        vector_rows: bool = False,
     ) -> None:
         if not 8 <= byte_bits <= 24:
             raise ValueError(f"byte_bits must be within [8, 24], got {byte_bits}")
@@ -334,15 +334,9 @@ class LexicalFeaturizer:
         self._unigram[_SEPARATOR_WORD] = _SEPARATOR_ROW  # only ever in batches: see encode_batch
         self._bigram = {(words[i], words[j]): off + n + k for k, (i, j) in enumerate(self.bigrams)}
         self._signal_offset = off + n + len(self.bigrams)
-        self.pooled = [str(w) for w in pooled]
-        self._pooled_offset = self._signal_offset + len(SIGNALS)
-        self._pooled = {
-            w.encode("utf-8", "surrogatepass"): self._pooled_offset + i for i, w in enumerate(self.pooled)
-        }
-        if len(self._pooled) != len(self.pooled):
-            raise ValueError("pooled words repeat")
-        if _SEPARATOR_WORD in self._pooled:
-            raise ValueError("a pooled word is the batch separator")
+        self.vector_rows = bool(vector_rows)
+        #: a unigram's row plus this is its word-vector row
+        self._vector_delta = np.array(self.vector_offset - off, np.int32)
         #: which rows are unit words ("words", "examples"), when all of them have one
         self._unit_rows: npt.NDArray[np.bool_] | None = None
         if all(u in self._unigram for u in _UNIT_WORDS):
@@ -353,14 +347,19 @@ class LexicalFeaturizer:
         self._word_table: WordTable | bool | None = None
 
     @property
-    def pooled_offset(self) -> int:
-        """The first row of the pooled words (the table's last block)."""
-        return self._pooled_offset
+    def word_offset(self) -> int:
+        """The first row of the unigrams (the table's second block)."""
+        return 1 << self.byte_bits
+
+    @property
+    def vector_offset(self) -> int:
+        """The first of the unigrams' word-vector rows (the table's last block), or the table's size."""
+        return self._signal_offset + len(SIGNALS)
 
     @property
     def table_size(self) -> int:
         """Rows of the model's weight table."""
-        return self._pooled_offset + len(self.pooled)
+        return self.vector_offset + (len(self.unigrams) if self.vector_rows else 0)
 
     # ------------------------------------------------------------- training
 
@@ -373,12 +372,15 @@ class LexicalFeaturizer:
         min_count: int = 2,
         max_unigrams: int = 60_000,
         max_bigrams: int = 0,
-        pooled: Sequence[str] = (),
+        vector_words: Iterable[str] = (),
     ) -> LexicalFeaturizer:
         """Build the vocabulary from training prompts.
 
         A word or a pair is kept when at least ``min_count`` prompts contain
         it; the most frequent are kept when there are more than the caps.
+        With ``vector_words`` (the words of a model's word vectors), those
+        words join the vocabulary as well, and every word gets a word-vector
+        row.
         """
         word_lists = [_prompt_parts(t)[1] for t in texts]
         df: Counter[bytes] = Counter()
@@ -386,14 +388,19 @@ class LexicalFeaturizer:
             df.update(set(words))
         # The unit words of requested quantities always get a row (encode_batch finds them by it).
         unigrams = sorted({w for w, c in df.most_common(max_unigrams) if c >= min_count} | _UNIT_WORDS)
+        extra = {w.encode("utf-8", "surrogatepass") for w in vector_words}
+        if extra:  # the pairs stay those of the learnt words
+            learnt = set(unigrams)
+            unigrams = sorted(learnt | extra)
         index = {w: i for i, w in enumerate(unigrams)}
+        paired = index if not extra else {w: i for w, i in index.items() if w in learnt}
         pair_df: Counter[tuple[int, int]] = Counter()
         for words in word_lists:
             pair_df.update(
-                {(index[a], index[b]) for a, b in itertools.pairwise(words) if a in index and b in index}
+                {(paired[a], paired[b]) for a, b in itertools.pairwise(words) if a in paired and b in paired}
             )
         bigrams = sorted(p for p, c in pair_df.most_common(max_bigrams) if c >= min_count)
-        return cls([w.decode("utf-8", "surrogatepass") for w in unigrams], bigrams, byte_bits, pooled)
+        return cls([w.decode("utf-8", "surrogatepass") for w in unigrams], bigrams, byte_bits, bool(extra))
 
     # ------------------------------------------------------------ inference
 
@@ -451,12 +458,10 @@ class LexicalFeaturizer:
         raw = text.lower().encode("utf-8", "replace")
         words = raw.translate(_TO_SPACE).split()
         rest = list(filter(None, map(self._unigram.get, words)))
+        nv = len(rest) if self.vector_rows else 0  # the words' vector rows go last
         if self._bigram:
             rest.extend(filter(None, map(self._bigram.get, itertools.pairwise(words))))
         nw = len(rest)
-        if self._pooled:
-            rest.extend(filter(None, map(self._pooled.get, words)))
-        npooled = len(rest) - nw
         off = self._signal_offset
         rest.append(off + min(raw.count(b"\n").bit_length(), 10))
         rest.append(off + _code(raw))
@@ -465,26 +470,28 @@ class LexicalFeaturizer:
             rest.append(off + quantity)
         nb = len(raw) - 1  # the framed text's 4-grams
         if nb > 0:  # hashed in place, in the ids' own memory
-            n = nb + len(rest)
-            ids = np.empty(n, _I32)
+            m = nb + len(rest)
+            ids = np.empty(m + nv, _I32)
             hashed = ids[:nb].view(_U32)
             grams = np.ndarray((nb,), _LE_U32, _FRAME + raw + _FRAME, 0, _ONE_BYTE)
             np.multiply(grams, _HASH_MULT, hashed)
             np.right_shift(hashed, self._shift, hashed)
-            ids[nb:] = rest
-            values = np.empty(n, _F32)
+            ids[nb:m] = rest
+            values = np.empty(m + nv, _F32)
             values[:nb].fill(1.0 / math.sqrt(nb))
         else:
             nb = 0
-            ids = np.array(rest, _I32)
-            values = np.empty(len(rest), _F32)
+            m = len(rest)
+            ids = np.empty(m + nv, _I32)
+            ids[:m] = rest
+            values = np.empty(m + nv, _F32)
         end = nb + nw
         if nw:
             values[nb:end].fill(1.0 / math.sqrt(nw))
-        if npooled:
-            values[end : end + npooled].fill(1.0 / npooled)
-            end += npooled
-        values[end:].fill(1.0)  # the signals
+        values[end:m].fill(1.0)  # the signals
+        if nv:  # each word's vector row: its row shifted, the words' mean
+            np.add(ids[nb : nb + nv], self._vector_delta, ids[m:])
+            values[m:].fill(1.0 / nv)
         return ids, values
 
     def encode_many(
@@ -497,11 +504,11 @@ class LexicalFeaturizer:
     def _build_word_table(self) -> WordTable | bool:
         """The vocabulary as a :class:`WordTable`, where words are looked up one by one only.
 
-        Pairs and pooled words are looked up in dicts by the words
-        themselves, and so are quantities when a unit word has no row:
-        those vocabularies split the words as before.
+        Pairs are looked up in a dict by the words themselves, and so are
+        quantities when a unit word has no row: those vocabularies split the
+        words as before.
         """
-        if self._bigram or self._pooled or self._unit_rows is None:
+        if self._bigram or self._unit_rows is None:
             return False
         return WordTable.build(self._unigram) or False
 
@@ -545,6 +552,11 @@ class LexicalFeaturizer:
         known = unigram_ids > 0
         word_block = unigram_ids[known]
         word_block_texts = word_texts[known]
+        if self.vector_rows:  # each known word's vector row: its row shifted
+            vector_block = word_block + self._vector_delta
+            vector_counts = np.bincount(word_block_texts, minlength=n)
+        else:
+            vector_block, vector_counts = _NO_IDS, np.zeros(n, np.int64)
         if self._bigram and nwords > 1:
             pair_ids = np.fromiter(
                 map(self._bigram.get, itertools.pairwise(words), itertools.repeat(0)), np.int32, nwords - 1
@@ -554,13 +566,6 @@ class LexicalFeaturizer:
             order = np.argsort(word_block_texts, kind="stable")  # each text's rows together
             word_block = np.concatenate([word_block, pair_ids[known]])[order]
         word_counts = np.bincount(word_block_texts, minlength=n)
-        if self._pooled:
-            pooled_ids = np.fromiter(map(self._pooled.get, words, itertools.repeat(0)), np.int32, nwords)
-            known = pooled_ids > 0
-            pooled_block = pooled_ids[known]
-            pooled_counts = np.bincount(word_texts[known], minlength=n)
-        else:
-            pooled_block, pooled_counts = _NO_IDS, np.zeros(n, np.int64)
 
         # Signals: newlines and code marks counted over the joined bytes.
         joined = np.frombuffer(framed, np.uint8)
@@ -585,5 +590,5 @@ class LexicalFeaturizer:
         if quantities:
             signal_ids.append(off + np.fromiter(quantities.values(), np.int64, len(quantities)))
             signal_texts.append(np.fromiter(quantities, np.int64, len(quantities)))
-        ids = np.concatenate([byte_ids, word_block, pooled_block, *signal_ids], dtype=np.int32)
-        return EncodedBatch(ids, byte_counts, word_counts, np.concatenate(signal_texts), pooled_counts)
+        ids = np.concatenate([byte_ids, word_block, vector_block, *signal_ids], dtype=np.int32)
+        return EncodedBatch(ids, byte_counts, word_counts, np.concatenate(signal_texts), vector_counts)

@@ -172,7 +172,7 @@ def _read(path: Path) -> _Model:
         byte_bits = int(meta["sjfsched.byte_bits"])
         unigrams = json.loads(meta["sjfsched.unigrams"])
         flat = json.loads(meta["sjfsched.bigrams"])
-        pooled = json.loads(meta.get("sjfsched.pooled_words", "[]"))  # models trained with word vectors
+        vector_rows = json.loads(meta.get("sjfsched.vector_rows", "false"))  # trained with word vectors
         table_size = int(meta["sjfsched.table_size"])
         signals = json.loads(meta["sjfsched.signals"])
         stats = json.loads(meta["sjfsched.score_stats"])
@@ -187,6 +187,11 @@ def _read(path: Path) -> _Model:
             f"{path}: model metadata lacks {', '.join(lost)}: the file is cut short, or was not "
             "written by `sjfsched train`"
         )
+    if "sjfsched.pooled_words" in meta:
+        raise PredictorError(
+            f"{path}: model folds word vectors in as an earlier development version of sjfsched did "
+            "(pooled words); retrain it with `sjfsched train --word-vectors`"
+        )
     if version != FEATURE_VERSION:
         raise PredictorError(
             f"{path}: model was trained with feature version {version}, this sjfsched "
@@ -198,12 +203,12 @@ def _read(path: Path) -> _Model:
         not isinstance(unigrams, list)
         or not isinstance(flat, list)
         or len(flat) % 2
-        or not isinstance(pooled, list)
+        or not isinstance(vector_rows, bool)
     ):
         raise PredictorError(f"{path}: model vocabulary metadata is malformed")
     try:
         features = LexicalFeaturizer(
-            unigrams, list(zip(flat[::2], flat[1::2], strict=True)), byte_bits, pooled
+            unigrams, list(zip(flat[::2], flat[1::2], strict=True)), byte_bits, vector_rows
         )
     except (ValueError, TypeError) as exc:
         raise PredictorError(f"{path}: model vocabulary is inconsistent ({exc})") from exc

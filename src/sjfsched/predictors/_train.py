@@ -311,44 +311,52 @@ def fit_lexical(
     ``target``: ``"rank"`` or ``"log"``, with ``target_percentiles`` for
     ``"log"`` (see :func:`answer_targets`).
 
-    With ``vectors``, a second ridge regression (penalty 1) fits the target
-    on the mean vector of each prompt's words that have one, and the two
-    are blended: the lexical score plus ``vector_weight`` times the second,
-    scaled to the first's spread on the training prompts (both centred).
-    The second is linear in the words' vectors, so it folds into the weight
-    table as one weight per word of the vectors (the "pooled" words, whose
-    weights a prompt averages).
+    With ``vectors``, the vectors' words join the vocabulary (those the
+    training prompts do not teach get no weight from the first regression,
+    but count among a prompt's words), a second ridge regression (penalty
+    1) fits the target on the mean vector of each prompt's words (a word
+    without a vector counting as zeros), and the two are blended: the
+    lexical score plus ``vector_weight`` times the second, scaled to the
+    first's spread on the training prompts (both centred).  The second is
+    linear in the words' vectors, so it folds into the weight table as a
+    second row per word (its vector's projection), which a prompt averages.
     """
+    import scipy.sparse as sp
     from sklearn.linear_model import Ridge
 
     prompts, members = group_by_prompt(records)
     if len(prompts) < 2:
         raise ValueError(f"need at least 2 distinct prompts to train, got {len(prompts)}")
     y, target_map = prompt_targets(records, members, target, target_percentiles)
-    featurizer = LexicalFeaturizer.learn(
-        prompts,
-        byte_bits=byte_bits,
-        min_count=min_count,
-        max_bigrams=max_bigrams,
-        pooled=() if vectors is None else vectors.words,
-    )
+    if vectors is not None and not (math.isfinite(vector_weight) and vector_weight >= 0):
+        raise ValueError(f"vector_weight must be a finite number >= 0, got {vector_weight!r}")
+    options: dict[str, Any] = {"byte_bits": byte_bits, "min_count": min_count, "max_bigrams": max_bigrams}
+    featurizer = LexicalFeaturizer.learn(prompts, **options)
+    if vectors is not None:
+        taught = featurizer.unigrams  # the words the prompts teach
+        featurizer = LexicalFeaturizer.learn(prompts, **options, vector_words=vectors.words)
     matrix = lexical_matrix(featurizer, prompts)
-    split = featurizer.pooled_offset
-    lexical = matrix[:, :split] if vectors is not None else matrix
+    lexical = matrix
+    if vectors is not None:  # the first regression: the words the prompts teach, not the vectors' own
+        rows = {w: featurizer.word_offset + i for i, w in enumerate(featurizer.unigrams)}
+        learnt = np.ones(featurizer.vector_offset)
+        learnt[featurizer.word_offset : featurizer.word_offset + len(rows)] = 0.0
+        learnt[[rows[w] for w in taught]] = 1.0
+        lexical = matrix[:, : featurizer.vector_offset] @ sp.diags(learnt)
     model = Ridge(alpha=alpha).fit(lexical, y)
     coef = np.asarray(model.coef_, np.float64)
     bias = float(model.intercept_)
     note = None
     if vectors is not None:
-        if not (math.isfinite(vector_weight) and vector_weight >= 0):
-            raise ValueError(f"vector_weight must be a finite number >= 0, got {vector_weight!r}")
-        mean_vectors = matrix[:, split:] @ vectors.matrix  # a prompt's words' mean vector (0: none)
+        table = np.zeros((len(rows), vectors.matrix.shape[1]))  # each word's vector, in row order
+        table[[rows[w] - featurizer.word_offset for w in vectors.words]] = vectors.matrix
+        mean_vectors = matrix[:, featurizer.vector_offset :] @ table  # a prompt's words' mean vector
         semantic = Ridge(alpha=1.0).fit(mean_vectors, y)
         first = lexical @ coef + bias
         second = mean_vectors @ semantic.coef_ + semantic.intercept_
         spread = float(np.std(second))
         beta = vector_weight * float(np.std(first)) / spread if spread > 0 else 0.0
-        coef = np.concatenate([coef, beta * (vectors.matrix @ semantic.coef_)])
+        coef = np.concatenate([coef, beta * (table @ semantic.coef_)])
         bias += beta * (float(semantic.intercept_) - float(np.mean(second)))
         note = f"{vectors.source}, blended with weight {vector_weight:g}"
     weights = coef.astype(np.float32)
@@ -420,7 +428,7 @@ def lexical_onnx(fit: LexicalFit, metadata: dict[str, str]) -> Any:
         "sjfsched.signals": json.dumps(list(SIGNALS)),
         "sjfsched.unigrams": json.dumps(f.unigrams, ensure_ascii=False),
         "sjfsched.bigrams": json.dumps([x for pair in f.bigrams for x in pair]),
-        **({"sjfsched.pooled_words": json.dumps(f.pooled, ensure_ascii=False)} if f.pooled else {}),
+        **({"sjfsched.vector_rows": "true"} if f.vector_rows else {}),
         **({"sjfsched.word_vectors": fit.vectors} if fit.vectors else {}),
         "sjfsched.score_stats": json.dumps({"center": fit.center, "spread": fit.spread, "sigma": fit.sigma}),
         "sjfsched.target": fit.describe_target(),
