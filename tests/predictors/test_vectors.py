@@ -172,3 +172,59 @@ def test_train_and_evaluate_take_word_vectors(tmp_path: Path, capsys: pytest.Cap
     assert main(args) == 2
     assert "lexical-vectors needs --word-vectors" in capsys.readouterr().err
     assert main(["train", str(data), "--out", str(out), "--word-vectors", str(tmp_path / "none.txt")]) == 2
+
+
+def test_evaluate_compares_the_vectors_by_default_when_given_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "mine.jsonl"
+    medium = [(f"answer about topic{i} {i}", 400) for i in range(40)]  # Clairvoyant's model needs all three
+    rows = [(r.prompt, r.output_tokens) for r in _records()] + medium
+    data.write_text("".join(json.dumps({"prompt": p, "output_tokens": t}) + "\n" for p, t in rows))
+    vectors = str(_vectors_file(tmp_path))
+    args = ["evaluate", str(data), "--compare", "--test-fraction", "0.3", "--word-vectors", vectors]
+    assert main(args) == 0
+    header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| corpus"))
+    assert header.split(" | ")[1:] == [
+        "length",
+        "clairvoyant-xgb",
+        "ridge-ngrams",
+        "lexical",
+        "lexical-vectors |",
+    ]
+    assert main(["evaluate", str(data), "--adaptation", "--word-vectors", vectors]) == 2
+    assert "--word-vectors is for --adaptation --loco" in capsys.readouterr().err
+
+
+def test_adaptation_left_out_trains_with_the_vectors(tmp_path: Path) -> None:
+    """`evaluate --adaptation --loco --word-vectors`: the model without a corpus knows its words' meaning."""
+    from sjfsched.predictors._evaluate import adaptation_report
+
+    rng = random.Random(3)
+    records = []
+    # the training corpus asks with some words, the corpus left out with the others only
+    for corpus, long_words, short_words in (
+        ("sharegpt-natural", _LONG_SEEN, _SHORT_SEEN),
+        ("oasst1", _LONG_UNSEEN, _SHORT_UNSEEN),
+    ):
+        for i in range(160):
+            topic = rng.choice(_TOPICS)
+            if i % 2:
+                prompt, tokens = f"{rng.choice(long_words)} about {topic} {i}", rng.randint(900, 1500)
+            else:
+                prompt, tokens = f"{rng.choice(short_words)} about {topic} {i}", rng.randint(10, 60)
+            records.append(LengthRecord(prompt, float(tokens), prompt_id_of(prompt), corpus, "m"))
+    vectors = load_word_vectors(_vectors_file(tmp_path))
+    reports = {
+        name: adaptation_report(
+            records, None, loco=True, steps=(10,), min_answers=100, vectors=v, vector_weight=1.0
+        )
+        for name, v in (("plain", None), ("vectors", vectors))
+    }
+    alone = {
+        name: float(next(line for line in report.splitlines() if line.startswith("oasst1 / m")).split()[5])
+        for name, report in reports.items()
+    }
+    assert alone["vectors"] > 0.85 and alone["plain"] < 0.6, alone
+    assert "with word vectors (vectors.txt" in reports["vectors"]
+    assert "with word vectors" not in reports["plain"]

@@ -87,10 +87,40 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=",".join(DEFAULT_RANKING_PREDICTORS),
         help="comma-separated predictor names (default: %(default)s)",
     )
+    _word_vectors_option(ranking)
 
     from ._real import configure as configure_real
 
     configure_real(sub.add_parser("real", help="FCFS against sjfsched on a real llama.cpp model, wall clock"))
+
+
+def _word_vectors_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--word-vectors",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="train the unseen predictor with these word vectors (`sjfsched train --word-vectors`), as "
+        "the bundled model was trained (scripts/fetch_word_vectors.sh fetches them); without, it has none",
+    )
+
+
+def _unseen_vectors(args: argparse.Namespace, command: str) -> Path | None:
+    """The --word-vectors file, checked before anything runs; a note where the bundled model has them."""
+    path: Path | None = args.word_vectors
+    if path is None:
+        from ..predictors import LexicalPredictor
+
+        if LexicalPredictor(calibrate=False).metadata.get("sjfsched.vector_rows") == "true":
+            print(
+                f"sjfsched bench {command}: the unseen predictor is trained without word vectors, the "
+                "bundled model with them: pass --word-vectors FILE to train it as the bundled model was",
+                file=sys.stderr,
+            )
+        return None
+    if not path.is_file():
+        raise SystemExit(f"sjfsched bench {command}: --word-vectors {path}: no such file")
+    return path.resolve()
 
 
 def _sim_options(p: argparse.ArgumentParser, *, matrix: bool = True, files: bool = True) -> None:
@@ -136,6 +166,7 @@ def _sim_options(p: argparse.ArgumentParser, *, matrix: bool = True, files: bool
     p.add_argument("--seeds", type=at_least_one, default=5, help="Poisson runs per scenario (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
     p.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    _word_vectors_option(p)
     p.add_argument(
         "--no-progress",
         action="store_true",
@@ -407,8 +438,10 @@ def _run_sim(args: argparse.Namespace) -> int:
         if not (pol in unseen and t in files)
     ]
     _check_policies(units)
+    vectors = None
     if any(u.policy in unseen for u in units):
         _check_training("sim", f", or leave {', '.join(sorted(unseen))} out of --policies")
+        vectors = _unseen_vectors(args, "sim")
     if files and unseen:
         if not units:
             raise SystemExit(
@@ -442,7 +475,13 @@ def _run_sim(args: argparse.Namespace) -> int:
     meta = _meta(args, data)
     try:
         results = run_units(
-            units, data, seed=args.seed, jobs=args.jobs, progress=not args.no_progress, info=meta
+            units,
+            data,
+            seed=args.seed,
+            jobs=args.jobs,
+            progress=not args.no_progress,
+            info=meta,
+            word_vectors=vectors,
         )
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"sjfsched bench: {exc}") from None
@@ -539,11 +578,12 @@ def _run_all(args: argparse.Namespace) -> int:
             "own files"
         )
     _check_training("all")
+    vectors = _unseen_vectors(args, "all")
     data = _data_dir(args)
     units = all_units(args)
     meta = _meta(args, data)
     with tempfile.TemporaryDirectory(prefix="sjfsched-bench-") as tmp:
-        models = prepare_models(traces, data, tmp, progress=not args.no_progress)
+        models = prepare_models(traces, data, tmp, progress=not args.no_progress, word_vectors=vectors)
         meta["ranking"] = ranking_table(models, data, traces=traces)
         results = run_units(
             units,
@@ -638,10 +678,12 @@ def _run_ranking(args: argparse.Namespace) -> int:
     names = _split(args.predictors)
     if not names:
         raise SystemExit("sjfsched bench: --predictors names nothing to run")
+    vectors = None
     if "unseen" in names:
         _check_training("ranking", ", or leave unseen out of --predictors")
+        vectors = _unseen_vectors(args, "ranking")
     with tempfile.TemporaryDirectory(prefix="sjfsched-bench-") as tmp:
-        models = prepare_models(TRACES if "unseen" in names else (), data, tmp)
+        models = prepare_models(TRACES if "unseen" in names else (), data, tmp, word_vectors=vectors)
         table = ranking_table(models, data, names)
     print(_RANKING_NOTE)
     print(format_ranking(table))

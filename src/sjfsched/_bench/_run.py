@@ -117,15 +117,23 @@ def _run_unit_job(data_dir: str, unit: Unit, seed: int, models: PinnedModels) ->
 
 
 def prepare_models(
-    traces: Iterable[str], data_dir: str | Path, directory: str | Path, *, progress: bool = False
+    traces: Iterable[str],
+    data_dir: str | Path,
+    directory: str | Path,
+    *,
+    progress: bool = False,
+    word_vectors: str | Path | None = None,
 ) -> PinnedModels:
-    """Train the ``unseen`` predictors of ``traces`` and pin every model a run uses into ``directory``."""
+    """Train the ``unseen`` predictors of ``traces`` and pin every model a run uses into ``directory``.
+
+    ``word_vectors``: what the unseen predictors are trained with (``sjfsched train --word-vectors``).
+    """
     names = sorted(set(traces))
     unseen: dict[str, str] = {}
     if names:
         if progress:
             print(f"training the unseen predictors for {', '.join(names)} ...", file=sys.stderr)
-        unseen = train_unseen_models(names, data_dir, directory)
+        unseen = train_unseen_models(names, data_dir, directory, word_vectors)
     return pin_models(directory, unseen)
 
 
@@ -147,6 +155,7 @@ def run_units(
     progress: bool = True,
     info: dict[str, Any] | None = None,
     models: PinnedModels | None = None,
+    word_vectors: str | Path | None = None,
 ) -> list[Result]:
     """Run every unit (in ``jobs`` processes) with a progress bar over requests.
 
@@ -154,8 +163,9 @@ def run_units(
     line of carriage returns per update.
 
     ``models`` are the pinned models to use (see :func:`prepare_models`);
-    without them they are prepared (and pinned) here.  Their SHA-1 digests go
-    into ``info`` if given.
+    without them they are prepared (and pinned) here, the unseen predictors
+    trained with ``word_vectors`` if given.  Their SHA-1 digests go into
+    ``info`` if given.
     """
     data = str(data_dir)
     for unit in units:  # fail early on bad names
@@ -165,7 +175,7 @@ def run_units(
     if models is None:
         needs_unseen = {u.trace for u in units if policy_named(u.policy).family == "unseen"}
         with tempfile.TemporaryDirectory(prefix="sjfsched-bench-") as tmp:
-            pinned = prepare_models(needs_unseen, data, tmp, progress=progress)
+            pinned = prepare_models(needs_unseen, data, tmp, progress=progress, word_vectors=word_vectors)
             return run_units(units, data, seed=seed, jobs=jobs, progress=progress, info=info, models=pinned)
     if info is not None:
         info["models_sha1"] = model_digests(models)

@@ -3,9 +3,11 @@
 sjfsched's bundled :class:`~sjfsched.predictors.LexicalPredictor` was
 trained on the corpora the traces come from, so on them it ranks better than
 on a deployment's own traffic.  For each trace the benchmarks also train the
-same model (``sjfsched train --bundled-sources --fit-all``) with the trace's
-corpus left out (``TraceSpec.holdout``) and schedule with it: the figures a
-user whose prompts look like none of the training corpora can expect.
+same model (``sjfsched train --bundled-sources --fit-all``, with
+``--word-vectors`` where the run is given them, as the bundled model was)
+with the trace's corpus left out (``TraceSpec.holdout``) and schedule with
+it: the figures a user whose prompts look like none of the training corpora
+can expect.
 """
 
 from __future__ import annotations
@@ -26,8 +28,12 @@ def _model_name(spec: TraceSpec) -> str:
     return f"unseen-{digest}.onnx"
 
 
-def train_unseen_models(traces: Iterable[str], data_dir: str | Path, out_dir: str | Path) -> dict[str, str]:
+def train_unseen_models(
+    traces: Iterable[str], data_dir: str | Path, out_dir: str | Path, word_vectors: str | Path | None = None
+) -> dict[str, str]:
     """Train one model per distinct hold-out set of ``traces`` into ``out_dir``; trace -> model path.
+
+    ``word_vectors``: the file ``sjfsched train --word-vectors`` folds in (None: none).
 
     Traces that share a hold-out set (both CASTILLO traces, both Arena
     traces) share the model.  Raises :class:`ValueError` with the trainer's
@@ -46,6 +52,8 @@ def train_unseen_models(traces: Iterable[str], data_dir: str | Path, out_dir: st
         if not path.is_file():
             command = [sys.executable, "-m", "sjfsched", "train", str(data_dir), "--out", str(path)]
             command += ["--bundled-sources", "--fit-all"]
+            if word_vectors is not None:
+                command += ["--word-vectors", str(word_vectors)]
             for pattern in spec.holdout:
                 command += ["--exclude", pattern]
             done = subprocess.run(command, capture_output=True, text=True, check=False)

@@ -36,6 +36,7 @@ import numpy.typing as npt
 from ._base import LONG_TOKENS, SHORT_TOKENS
 from ._corpus import LengthRecord, group_by_prompt, load_records
 from ._vectors import DEFAULT_WEIGHT as VECTOR_WEIGHT
+from ._vectors import WordVectors
 
 __all__ = [
     "ReportRow",
@@ -542,6 +543,8 @@ def adaptation_report(
     steps: Sequence[int] = ADAPTATION_STEPS,
     min_answers: int = 400,
     log: Callable[[str], None] = lambda s: None,
+    vectors: WordVectors | None = None,
+    vector_weight: float = VECTOR_WEIGHT,
 ) -> str:
     """Does adaptation on one answering model's answers rank its held-back prompts better?
 
@@ -552,8 +555,9 @@ def adaptation_report(
     score the second half: ranking accuracy (short against long answers;
     ``-`` with fewer than 5 of either) and Kendall's tau.  With ``loco`` the
     model is the bundled model's recipe trained without the group's corpus
-    (``sjfsched train --bundled-sources --fit-all --exclude CORPUS``): a
-    deployment whose prompts the model never saw.
+    (``sjfsched train --bundled-sources --fit-all --exclude CORPUS``, with
+    ``vectors`` folded in if given): a deployment whose prompts the model
+    never saw.
 
     Sizes are checked before any training: with ``loco``, a corpus whose
     leave-out leaves too little to train on is skipped, with a line to
@@ -615,7 +619,8 @@ def adaptation_report(
 
                     log(f"training without {corpus} ...")
                     path = Path(tmp) / f"without-{len(paths)}.onnx"
-                    onnx.save(lexical_onnx(fit_lexical(rests[corpus]), {"sjfsched.trained_on": "[]"}), path)
+                    fit = fit_lexical(rests[corpus], vectors=vectors, vector_weight=vector_weight)
+                    onnx.save(lexical_onnx(fit, {"sjfsched.trained_on": "[]"}), path)
                     paths[corpus] = path
             observed = [r for r in rs if not is_test(r.prompt_id, 0.5, seed=7)]
             held = [r for r in rs if is_test(r.prompt_id, 0.5, seed=7)]
@@ -653,6 +658,8 @@ def adaptation_report(
         lines.append("Not evaluated, too little to train on without the corpus:")
         lines.extend(f"  {c}: {why}" for c, why in skipped.items())
     where = "trained without the corpus (--loco)" if loco else "the model as given"
+    if loco and vectors is not None:
+        where += f", with word vectors ({vectors.source})"
     lines.append(f"Model: {where}; adaptation after 0, {', '.join(map(str, steps))} observed answers.")
     return "\n".join(lines) + "\n"
 
@@ -722,14 +729,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--methods",
         help=f"with --compare: comma-separated subset of {', '.join(ALL_METHODS)} "
-        f"(and lexical-vectors, with --word-vectors; default: {','.join(METHODS)})",
+        f"(and lexical-vectors, with --word-vectors; default: {','.join(METHODS)}, and "
+        "lexical-vectors with --word-vectors)",
     )
     parser.add_argument(
         "--word-vectors",
         type=Path,
         metavar="FILE",
         help="with --compare: word vectors for the method lexical-vectors (the lexical model "
-        "trained with `sjfsched train --word-vectors FILE`)",
+        "trained with `sjfsched train --word-vectors FILE`, as the bundled model is); with "
+        "--adaptation --loco: the models trained without each corpus fold them in",
     )
     parser.add_argument(
         "--word-vector-weight",
@@ -761,7 +770,7 @@ def _option_problem(args: argparse.Namespace) -> str | None:
     used_by: list[tuple[str, bool, tuple[str | None, ...]]] = [
         ("--loco", args.loco, ("--compare", "--adaptation")),
         ("--methods", args.methods is not None, ("--compare",)),
-        ("--word-vectors", args.word_vectors is not None, ("--compare",)),
+        ("--word-vectors", args.word_vectors is not None, ("--compare", "--adaptation")),
         ("--train-permissive-only", args.train_permissive_only, ("--compare",)),
         ("--train-bundled-sources", args.train_bundled_sources, ("--compare",)),
         ("--train-exclude", bool(args.train_exclude), ("--compare",)),
@@ -782,8 +791,10 @@ def _option_problem(args: argparse.Namespace) -> str | None:
             return "--model does nothing with --adaptation --loco (it trains a model without each corpus)"
         if mode is None and args.predictor == "length":
             return "--model does nothing with --predictor length (it ranks by prompt length)"
+    if mode == "--adaptation" and args.word_vectors is not None and not args.loco:
+        return "--word-vectors is for --adaptation --loco (it trains with them), not for a model as given"
     if mode == "--compare":
-        methods = method_names(args.methods)
+        methods = _methods(args)
         known = [*ALL_METHODS, "lexical-vectors"]
         unknown = [m for m in methods if m not in known]
         if unknown:
@@ -799,6 +810,13 @@ def _option_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _methods(args: argparse.Namespace) -> list[str]:
+    """The --methods to compare: by default, and lexical-vectors where --word-vectors are given."""
+    if args.methods is None and args.word_vectors is not None:
+        return [*METHODS, "lexical-vectors"]
+    return method_names(args.methods)
+
+
 def run(args: argparse.Namespace) -> int:
     from ._train import no_records, select_records, split_records
 
@@ -810,6 +828,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"sjfsched evaluate: {problem}", file=sys.stderr)
         return 2
     table = dict(ALL_METHODS)
+    vectors = None
     if args.word_vectors is not None:
         from ._vectors import load_word_vectors
 
@@ -832,13 +851,21 @@ def run(args: argparse.Namespace) -> int:
         print(calibration_report(records, args.model), end="")
         return 0
     if args.adaptation:
-        print(adaptation_report(records, args.model, loco=args.loco, log=log), end="")
+        report = adaptation_report(
+            records,
+            args.model,
+            loco=args.loco,
+            log=log,
+            vectors=vectors,
+            vector_weight=args.word_vector_weight,
+        )
+        print(report, end="")
         return 0
     if args.compare:
         print(
             compare(
                 records,
-                methods=method_names(args.methods),
+                methods=_methods(args),
                 test_fraction=args.test_fraction,
                 seed=args.seed,
                 loco=args.loco,
