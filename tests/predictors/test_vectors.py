@@ -156,6 +156,7 @@ def test_train_and_evaluate_take_word_vectors(tmp_path: Path, capsys: pytest.Cap
     )
     card = out.with_suffix(".md").read_text()
     assert "--word-vectors" in card and "word vectors folded in: vectors.txt" in card
+    assert "Word vectors folded in: `vectors.txt`: its license is as its provider states" in card
     assert LexicalPredictor(out).predict(Request("a novel about topic1")).tokens > 0
     capsys.readouterr()
     args = [

