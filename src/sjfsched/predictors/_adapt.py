@@ -15,7 +15,7 @@ Cost (``benchmarks/predictor.py``): ``observe()`` with adaptation a tenth
 to a quarter of a millisecond per completed request on the machines it ran
 on (the prompt is encoded and scored afresh, then four learning steps); a
 prediction gathers the correction's weights too once something was learnt.
-Memory: one float32 per row of the model's weight table (273,557 rows, 1.1 MB,
+Memory: one float32 per row of the model's weight table (368,313 rows, 1.5 MB,
 for the bundled model), allocated at the first completion, and the replay
 buffer.
 """
