@@ -229,3 +229,49 @@ def test_adaptation_left_out_trains_with_the_vectors(tmp_path: Path) -> None:
     assert alone["vectors"] > 0.85 and alone["plain"] < 0.6, alone
     assert "with word vectors (vectors.txt" in reports["vectors"]
     assert "with word vectors" not in reports["plain"]
+
+
+def test_the_first_regression_learns_only_the_words_the_prompts_teach(tmp_path: Path) -> None:
+    """A vector word in fewer than min_count training prompts gets no weight of its own, only its vector's."""
+    records = _records()
+    once = "novel"  # a vector word, in one training prompt only
+    records.append(
+        LengthRecord(f"write a {once} about topic1 999", 1200.0, prompt_id_of(f"{once} 999"), "mine", "m")
+    )
+    fit = fit_lexical(records, vectors=load_word_vectors(_vectors_file(tmp_path)), vector_weight=1.0)
+    f = fit.featurizer
+    row = {w: f.word_offset + i for i, w in enumerate(f.unigrams)}
+    assert fit.weights[row[once]] == 0.0  # not taught: no weight of its own
+    assert fit.weights[row[once] - f.word_offset + f.vector_offset] != 0.0  # its vector's projection
+    assert fit.weights[row["essay"]] != 0.0  # taught by many prompts
+
+
+def test_no_word_vectors_at_all_are_refused() -> None:
+    from sjfsched.predictors._vectors import WordVectors
+
+    empty = WordVectors([], np.zeros((0, 4)), "empty.txt")
+    with pytest.raises(ValueError, match=r"empty\.txt: no word vectors to fold in"):
+        fit_lexical(_records(), vectors=empty)
+
+
+def test_evaluate_adaptation_left_out_hands_the_vectors_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sjfsched.predictors import _evaluate
+
+    seen: list[object] = []
+
+    def report(*args: object, vectors: object = None, **kwargs: object) -> str:
+        seen.append(vectors)
+        return ""
+
+    monkeypatch.setattr(_evaluate, "adaptation_report", report)
+    data = tmp_path / "mine.jsonl"
+    data.write_text(
+        "".join(json.dumps({"prompt": r.prompt, "output_tokens": r.output_tokens}) + "\n" for r in _records())
+    )
+    vectors = _vectors_file(tmp_path)
+    assert main(["evaluate", str(data), "--adaptation", "--loco", "--word-vectors", str(vectors)]) == 0
+    assert main(["evaluate", str(data), "--adaptation", "--loco"]) == 0
+    assert [None if v is None else v.words[:2] for v in seen] == [["essay", "report"], None]
+    assert "trained without word vectors, the bundled model with them" in capsys.readouterr().err

@@ -105,6 +105,12 @@ def _word_vectors_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+_NO_UNSEEN_VECTORS = (
+    "sjfsched bench {}: --word-vectors is for training the unseen predictor, and no unseen policy or "
+    "predictor runs here: it would do nothing"
+)
+
+
 def _unseen_vectors(args: argparse.Namespace, command: str) -> Path | None:
     """The --word-vectors file, checked before anything runs; a note where the bundled model has them."""
     path: Path | None = args.word_vectors
@@ -442,6 +448,8 @@ def _run_sim(args: argparse.Namespace) -> int:
     if any(u.policy in unseen for u in units):
         _check_training("sim", f", or leave {', '.join(sorted(unseen))} out of --policies")
         vectors = _unseen_vectors(args, "sim")
+    elif args.word_vectors is not None:
+        raise SystemExit(_NO_UNSEEN_VECTORS.format("sim"))
     if files and unseen:
         if not units:
             raise SystemExit(
@@ -682,6 +690,8 @@ def _run_ranking(args: argparse.Namespace) -> int:
     if "unseen" in names:
         _check_training("ranking", ", or leave unseen out of --predictors")
         vectors = _unseen_vectors(args, "ranking")
+    elif args.word_vectors is not None:
+        raise SystemExit(_NO_UNSEEN_VECTORS.format("ranking"))
     with tempfile.TemporaryDirectory(prefix="sjfsched-bench-") as tmp:
         models = prepare_models(TRACES if "unseen" in names else (), data, tmp, word_vectors=vectors)
         table = ranking_table(models, data, names)

@@ -337,6 +337,8 @@ def fit_lexical(
     y, target_map = prompt_targets(records, members, target, target_percentiles)
     if vectors is not None and not (math.isfinite(vector_weight) and vector_weight >= 0):
         raise ValueError(f"vector_weight must be a finite number >= 0, got {vector_weight!r}")
+    if vectors is not None and not vectors.words:
+        raise ValueError(f"{vectors.source}: no word vectors to fold in")
     options: dict[str, Any] = {"byte_bits": byte_bits, "min_count": min_count, "max_bigrams": max_bigrams}
     featurizer = LexicalFeaturizer.learn(prompts, **options)
     if vectors is not None:
