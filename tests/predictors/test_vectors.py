@@ -14,7 +14,7 @@ from sjfsched._cli import main
 from sjfsched.predictors import LexicalPredictor
 from sjfsched.predictors._corpus import LengthRecord, prompt_id_of
 from sjfsched.predictors._train import fit_lexical, lexical_onnx
-from sjfsched.predictors._vectors import load_word_vectors
+from sjfsched.predictors._vectors import WordVectors, load_word_vectors
 
 # Two directions of meaning: long-form writing, and brevity. The training
 # prompts use some words of each; the test prompts only the others.
@@ -247,8 +247,6 @@ def test_the_first_regression_learns_only_the_words_the_prompts_teach(tmp_path: 
 
 
 def test_no_word_vectors_at_all_are_refused() -> None:
-    from sjfsched.predictors._vectors import WordVectors
-
     empty = WordVectors([], np.zeros((0, 4)), "empty.txt")
     with pytest.raises(ValueError, match=r"empty\.txt: no word vectors to fold in"):
         fit_lexical(_records(), vectors=empty)
@@ -259,9 +257,9 @@ def test_evaluate_adaptation_left_out_hands_the_vectors_on(
 ) -> None:
     from sjfsched.predictors import _evaluate
 
-    seen: list[object] = []
+    seen: list[WordVectors | None] = []
 
-    def report(*args: object, vectors: object = None, **kwargs: object) -> str:
+    def report(*args: object, vectors: WordVectors | None = None, **kwargs: object) -> str:
         seen.append(vectors)
         return ""
 
