@@ -531,7 +531,7 @@ def _card(
         f"- Size: {size / 1e6:.2f} MB; trained in {seconds:.0f} s.",
         "- Target: "
         + (
-            f"{target}, one weight per prompt; ridge regression."
+            f"{target}."
             if args.features == "lexical"
             else "Clairvoyant's classes (short < 200, medium, long >= 800 output tokens), one row per answer."
         ),
@@ -847,7 +847,7 @@ def run(args: argparse.Namespace) -> int:
         if args.fit_all:
             fit = fit_lexical(records, **options)
         proto = lexical_onnx(fit, meta)
-        target = fit.describe_target()
+        target = fit.describe_target() + ", one weight per prompt; ridge regression"
         if fit.vectors:
             target += f"; word vectors folded in: {fit.vectors}"
     else:
