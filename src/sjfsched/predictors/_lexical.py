@@ -286,9 +286,11 @@ class LexicalPredictor:
     """Predicts answer length from the prompt's words and byte n-grams.
 
     The model (see ``docs/predictor.md``) reads only the prompt's text
-    (:attr:`Request.text`): byte 4-grams, words, its lines and code marks
-    and any quantity it asks for (``"in 500 words"``), through a linear ONNX
-    model that returns a log-length score.  One prediction costs a few tens
+    (:attr:`Request.text`): byte 4-grams, words (and, for a model trained
+    with word vectors, as the bundled one is, their vectors' projections,
+    averaged), its lines and code marks and any quantity it asks for
+    (``"in 500 words"``), through a linear ONNX model that returns a
+    log-length score.  One prediction costs a few tens
     of microseconds, a batch through :meth:`predict_many` 10 to 20 a prompt
     (``benchmarks/predictor.py``); only the first 512 and last 256
     characters are read, so a huge prompt costs what a 770-character one
