@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from sjfsched import Prediction, PredictorError, Request, Scheduler
 from sjfsched.predictors import HeuristicPredictor, LexicalPredictor, _default, _lexical, default_predictor
 from sjfsched.predictors._features import HEAD_CHARS, SIGNALS, TAIL_CHARS, LexicalFeaturizer, _prompt_parts
-from sjfsched.predictors._lexical import bundled_model_path
+from sjfsched.predictors._lexical import bundled_model_has_vectors, bundled_model_path
 
 SHORT_ASKS = [
     "What is 2+2?",
@@ -431,8 +431,7 @@ def test_malformed_vector_rows_flag(tmp_path: Path, raw: str) -> None:
 
 def test_vector_rows_flag_that_does_not_fit_the_table(tmp_path: Path) -> None:
     """A model's vector rows flag says how large its table is: the wrong one does not fit it."""
-    has_rows = LexicalPredictor(calibrate=False).metadata.get("sjfsched.vector_rows") == "true"
-    assert has_rows  # the bundled model folds word vectors in
+    assert bundled_model_has_vectors()  # the bundled model folds word vectors in
     path = _edited(tmp_path, "flagged.onnx", {"sjfsched.vector_rows": "false"})
     with pytest.raises(PredictorError, match=r"flagged\.onnx: weight table has"):
         LexicalPredictor(path)

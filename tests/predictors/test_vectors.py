@@ -36,16 +36,23 @@ def _vectors_file(tmp_path: Path) -> Path:
     return path
 
 
-def _records() -> list[LengthRecord]:
-    rng = random.Random(1)
+def _records(
+    n: int = 240,
+    *,
+    seed: int = 1,
+    corpus: str = "mine",
+    long_ask: tuple[str, list[str]] = ("write a {} about", _LONG_SEEN),
+    short_ask: tuple[str, list[str]] = ("give a {} answer about", _SHORT_SEEN),
+) -> list[LengthRecord]:
+    """Prompts asking for long answers (odd ones) and short ones, each with one of its words."""
+    rng = random.Random(seed)
     out = []
-    for i in range(240):
+    for i in range(n):
         topic = rng.choice(_TOPICS)
-        if i % 2:
-            prompt, tokens = f"write a {rng.choice(_LONG_SEEN)} about {topic} {i}", rng.randint(900, 1500)
-        else:
-            prompt, tokens = f"give a {rng.choice(_SHORT_SEEN)} answer about {topic} {i}", rng.randint(10, 60)
-        out.append(LengthRecord(prompt, float(tokens), prompt_id_of(prompt), "mine", "m"))
+        form, words = long_ask if i % 2 else short_ask
+        prompt = f"{form.format(rng.choice(words))} {topic} {i}"
+        tokens = rng.randint(900, 1500) if i % 2 else rng.randint(10, 60)
+        out.append(LengthRecord(prompt, float(tokens), prompt_id_of(prompt), corpus, "m"))
     return out
 
 
@@ -201,20 +208,13 @@ def test_adaptation_left_out_trains_with_the_vectors(tmp_path: Path) -> None:
     """`evaluate --adaptation --loco --word-vectors`: the model without a corpus knows its words' meaning."""
     from sjfsched.predictors._evaluate import adaptation_report
 
-    rng = random.Random(3)
-    records = []
     # the training corpus asks with some words, the corpus left out with the others only
-    for corpus, long_words, short_words in (
-        ("sharegpt-natural", _LONG_SEEN, _SHORT_SEEN),
-        ("oasst1", _LONG_UNSEEN, _SHORT_UNSEEN),
-    ):
-        for i in range(160):
-            topic = rng.choice(_TOPICS)
-            if i % 2:
-                prompt, tokens = f"{rng.choice(long_words)} about {topic} {i}", rng.randint(900, 1500)
-            else:
-                prompt, tokens = f"{rng.choice(short_words)} about {topic} {i}", rng.randint(10, 60)
-            records.append(LengthRecord(prompt, float(tokens), prompt_id_of(prompt), corpus, "m"))
+    records = [
+        *_records(160, seed=3, corpus="sharegpt-natural", long_ask=("{} about", _LONG_SEEN),
+                  short_ask=("{} about", _SHORT_SEEN)),
+        *_records(160, seed=4, corpus="oasst1", long_ask=("{} about", _LONG_UNSEEN),
+                  short_ask=("{} about", _SHORT_UNSEEN)),
+    ]  # fmt: skip
     vectors = load_word_vectors(_vectors_file(tmp_path))
     reports = {
         name: adaptation_report(

@@ -115,9 +115,9 @@ def _unseen_vectors(args: argparse.Namespace, command: str) -> Path | None:
     """The --word-vectors file, checked before anything runs; a note where the bundled model has them."""
     path: Path | None = args.word_vectors
     if path is None:
-        from ..predictors import LexicalPredictor
+        from ..predictors._lexical import bundled_model_has_vectors
 
-        if LexicalPredictor(calibrate=False).metadata.get("sjfsched.vector_rows") == "true":
+        if bundled_model_has_vectors():
             print(
                 f"sjfsched bench {command}: the unseen predictor is trained without word vectors, the "
                 "bundled model with them: pass --word-vectors FILE to train it as the bundled model was",

@@ -810,12 +810,6 @@ def _option_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _bundled_has_vectors() -> bool:
-    from ._lexical import LexicalPredictor
-
-    return LexicalPredictor(calibrate=False).metadata.get("sjfsched.vector_rows") == "true"
-
-
 def _methods(args: argparse.Namespace) -> list[str]:
     """The --methods to compare: by default, and lexical-vectors where --word-vectors are given."""
     if args.methods is None and args.word_vectors is not None:
@@ -857,7 +851,9 @@ def run(args: argparse.Namespace) -> int:
         print(calibration_report(records, args.model), end="")
         return 0
     if args.adaptation:
-        if args.loco and vectors is None and _bundled_has_vectors():
+        from ._lexical import bundled_model_has_vectors
+
+        if args.loco and vectors is None and bundled_model_has_vectors():
             log(
                 "sjfsched evaluate: the models left out are trained without word vectors, the bundled "
                 "model with them: pass --word-vectors FILE to train them as it was"

@@ -552,9 +552,9 @@ class LexicalFeaturizer:
         known = unigram_ids > 0
         word_block = unigram_ids[known]
         word_block_texts = word_texts[known]
+        unigram_counts = np.bincount(word_block_texts, minlength=n)
         if self.vector_rows:  # each known word's vector row: its row shifted
-            vector_block = word_block + self._vector_delta
-            vector_counts = np.bincount(word_block_texts, minlength=n)
+            vector_block, vector_counts = word_block + self._vector_delta, unigram_counts
         else:
             vector_block, vector_counts = _NO_IDS, np.zeros(n, np.int64)
         if self._bigram and nwords > 1:
@@ -565,7 +565,7 @@ class LexicalFeaturizer:
             word_block_texts = np.concatenate([word_block_texts, word_texts[:-1][known]])
             order = np.argsort(word_block_texts, kind="stable")  # each text's rows together
             word_block = np.concatenate([word_block, pair_ids[known]])[order]
-        word_counts = np.bincount(word_block_texts, minlength=n)
+        word_counts = np.bincount(word_block_texts, minlength=n) if self._bigram else unigram_counts
 
         # Signals: newlines and code marks counted over the joined bytes.
         joined = np.frombuffer(framed, np.uint8)

@@ -28,7 +28,13 @@ from ._base import LONG_TOKENS
 from ._calibration import LengthCalibration, read_state, require_length, write_state
 from ._features import FEATURE_VERSION, SIGNALS, LexicalFeaturizer
 
-__all__ = ["LONG_TOKENS", "LexicalPredictor", "bundled_model_path", "open_session"]
+__all__ = [
+    "LONG_TOKENS",
+    "LexicalPredictor",
+    "bundled_model_has_vectors",
+    "bundled_model_path",
+    "open_session",
+]
 
 #: The length Clairvoyant calls long; ``Prediction.p_long`` is P(tokens >= this).
 _LOG_LONG: Final = math.log1p(LONG_TOKENS)
@@ -54,6 +60,11 @@ SCORE_MARGIN: Final = 0.5
 def bundled_model_path() -> Path:
     """Where the model that ships inside the package lives."""
     return Path(str(resources.files("sjfsched") / "data" / _BUNDLED))
+
+
+def bundled_model_has_vectors() -> bool:
+    """Whether the bundled model was trained with word vectors (``sjfsched train --word-vectors``)."""
+    return _load(bundled_model_path()).features.vector_rows
 
 
 def open_session(path: Path, data: bytes | None = None) -> Any:
