@@ -191,3 +191,16 @@ def test_a_length_too_large_to_simulate_is_refused_naming_its_line(
         main(["bench", "sim", "--traces", str(trace), "--profiles", "gpu", "--scenarios", "burst2",
               "--policies", "fcfs", "--repetitions", "1", "--no-progress"])  # fmt: skip
     assert str(info.value.code).startswith(f"sjfsched bench: {trace}:2: {message}"), info.value.code
+
+
+def test_prompts_sharing_a_conversation_id_each_count(tmp_path: Path) -> None:
+    """An id of one's own per conversation (as predictor.md suggests) kept one prompt of each."""
+    path = tmp_path / "conversations.jsonl"
+    rows = [
+        {"prompt_id": f"conv-{i // 5}", "prompt": f"turn {i} of the chat", "model": "m", "output_tokens": 10 + i}
+        for i in range(20)
+    ]
+    rows.append(dict(rows[3], output_tokens=999))  # the same prompt answered again: counts once
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    trace = load_trace(str(path), "/nonexistent")
+    assert [i.output_tokens for i in trace.items] == [10 + i for i in range(20)]

@@ -130,3 +130,14 @@ def test_ranking_accuracy_counts_pairs_and_half_ties() -> None:
     # shorts scored 1 and 3, longs scored 2 and 3: pairs (1,2) right, (1,3) right, (3,2) wrong, (3,3) tie.
     assert ranking_accuracy([1, 3, 2, 3, 5], [10, 100, 900, 1000, 500]) == pytest.approx(2.5 / 4)
     assert math.isnan(ranking_accuracy([1, 2], [10, 500]))
+
+
+def test_a_built_in_trace_keeps_each_prompt_of_a_shared_id(tmp_path: Path) -> None:
+    rows = [
+        {"source": "s", "prompt_id": "conv", "prompt": "first turn", "model": "m", "output_tokens": 5},
+        {"source": "s", "prompt_id": "conv", "prompt": "second turn", "model": "m", "output_tokens": 900},
+        {"source": "s", "prompt_id": "conv", "prompt": "first turn", "model": "m", "output_tokens": 7},
+    ]
+    write_corpus(tmp_path / "c.jsonl.gz", rows)
+    trace = load_trace(TraceSpec("t", "c.jsonl.gz", "m"), tmp_path)
+    assert [(i.prompt, i.output_tokens) for i in trace.items] == [("first turn", 5), ("second turn", 900)]

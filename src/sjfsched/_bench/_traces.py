@@ -281,7 +281,7 @@ def load_trace(spec: TraceSpec | str, data_dir: Path | str) -> Trace:
 def _read(path: Path, model: str, sources: Sequence[str]) -> list[TraceItem]:
     keep = set(sources)
     items: list[TraceItem] = []
-    seen: set[str] = set()
+    seen: set[tuple[object, str]] = set()
     for line, record in iter_json_lines(path):
         if not isinstance(record, dict):
             continue
@@ -291,8 +291,9 @@ def _read(path: Path, model: str, sources: Sequence[str]) -> list[TraceItem]:
         output = record.get("output_tokens")
         if not isinstance(prompt, str) or not prompt.strip() or not isinstance(output, (int, float)):
             continue
-        # One item per prompt: a trace is one deployment answering each prompt once.
-        key = record.get("prompt_id") or prompt
+        # One item per prompt: a trace is one deployment answering each prompt once.  The id
+        # with the text: an id may name a conversation, whose prompts all differ.
+        key = (record.get("prompt_id"), prompt)
         if key in seen:
             continue
         seen.add(key)
@@ -342,8 +343,9 @@ def _load_file(name: str) -> Trace:
     ``output_tokens`` >= 0 and at most :data:`MAX_TOKENS`, and ``input_tokens``, if a number,
     finite and at most :data:`MAX_TOKENS` (a :class:`ValueError` names the line otherwise);
     records without ``model`` count as model ``"unknown"``.  As for the
-    built-in traces, a prompt answered more than once gives one item (its
-    first answer).  A file with answers of several models needs
+    built-in traces, a prompt answered more than once (the same ``prompt_id``
+    and text) gives one item (its first answer); prompts that share an id
+    (one per conversation, say) are each kept.  A file with answers of several models needs
     ``#MODEL``: mixing them would mix deployments.
     """
     path_text, chosen = split_file_trace(name)
@@ -352,7 +354,7 @@ def _load_file(name: str) -> Trace:
     if not path.is_file():
         raise FileNotFoundError(f"trace file {path} does not exist")
     by_model: dict[str, list[TraceItem]] = {}
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[str, str, str]] = set()
     for line, raw in iter_json_lines(path):
         record = parse_record(raw, path, line)
         if not record.prompt.strip():
@@ -360,9 +362,12 @@ def _load_file(name: str) -> Trace:
         if separator and record.model != model:
             by_model.setdefault(record.model, [])
             continue
-        if (record.model, record.prompt_id) in seen:
+        # A prompt answered again (the same id and text) counts once; an id that names a
+        # conversation keeps each of its prompts.
+        key = (record.model, record.prompt_id, record.prompt)
+        if key in seen:
             continue
-        seen.add((record.model, record.prompt_id))
+        seen.add(key)
         item = _item(raw, record.prompt, record.output_tokens, record.source, f"{path}:{line}")
         by_model.setdefault(record.model, []).append(item)
     models = sorted(by_model)
