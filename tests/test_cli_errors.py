@@ -80,9 +80,12 @@ def test_train_and_evaluate_on_tiny_or_empty_logs_say_what_is_wrong(
     assert (tmp_path / "m.onnx").stat().st_size > 0
     # An empty test split is an error that says so, not a header-only table.
     five = _records(tmp_path / "five.jsonl", 5)
-    assert main(["evaluate", str(five), "--test-fraction", "0.01"]) == 1
+    assert main(["evaluate", str(five), "--test-fraction", "0.01", "--split", "test"]) == 1
     assert "the test split is empty" in capsys.readouterr().err
     assert main(["evaluate", str(five), "--split", "all"]) == 0
+    # The bundled model never saw these: by default every answer is scored.
+    assert main(["evaluate", str(five), "--test-fraction", "0.01"]) == 0
+    assert "on every answer (none is of a source it was trained on): 5 answers" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("load", ["-1", "0", "nan", "1.5"])

@@ -197,7 +197,7 @@ def test_prompts_sharing_a_conversation_id_each_count(tmp_path: Path) -> None:
     """An id of one's own per conversation (as predictor.md suggests) kept one prompt of each."""
     path = tmp_path / "conversations.jsonl"
     rows = [
-        {"prompt_id": f"conv-{i // 5}", "prompt": f"turn {i} of the chat", "model": "m", "output_tokens": 10 + i}
+        {"prompt_id": f"conv-{i // 5}", "prompt": f"turn {i}", "model": "m", "output_tokens": 10 + i}
         for i in range(20)
     ]
     rows.append(dict(rows[3], output_tokens=999))  # the same prompt answered again: counts once

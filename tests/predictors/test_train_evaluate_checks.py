@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import sjfsched
 from sjfsched import Request
 from sjfsched._cli import main
 from sjfsched.predictors import LexicalPredictor
@@ -431,3 +432,48 @@ def test_evaluate_options_each_report_uses_are_taken(
     capsys.readouterr()
     assert main(["evaluate", str(log), "--model", str(model), "--seed", "1"]) == 0
     assert capsys.readouterr().out.startswith(f"lexical {model} on test split:")
+
+
+def test_evaluate_scores_what_the_model_was_not_trained_on_by_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`evaluate FILE` scored the held-out 20% of every file, even one of a source the model never
+    saw, and called the bundled model's figures on its own sources a test split."""
+    mine = _write_log(tmp_path / "mine.jsonl", source="mine")
+    other = _write_log(tmp_path / "other.jsonl", source="other")
+    n_mine, n_other = len(load_records([mine])), len(load_records([other]))
+    model = tmp_path / "m.onnx"
+    assert main(["train", str(mine), "--out", str(model)]) == 0
+    capsys.readouterr()
+    held = len(split_records(load_records([mine]), 0.2, 0)[1])
+    assert 0 < held < n_mine
+    # Trained on `mine` (its test split held out), never on `other`: both parts, with a note.
+    assert main(["evaluate", str(mine), str(other), "--model", str(model), "--corpora-only"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(
+        f"lexical {model} on test split and the {n_other:,} answers of sources it was not trained on: "
+        f"{held + n_other:,} answers"
+    )
+    assert f"{held:,} of these answers are of sources the model was trained on (mine)" in err
+    assert main(["evaluate", str(other), "--model", str(model)]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"lexical {model} on every answer") and f": {n_other:,} answers" in out
+    assert not err
+    # The bundled model was fitted on every prompt of its sources but the demo trace's: of an
+    # oasst1 file, only the demo's prompts are unseen.
+    demo_text = (Path(sjfsched.__file__).parent / "data" / "demo_trace.jsonl").read_text(encoding="utf-8")
+    demo = [json.loads(line) for line in demo_text.splitlines()]
+    unseen = [r["prompt"] for r in demo if r["source"] == "oasst1"][:3]
+    rows = [{"source": "oasst1", "prompt": p, "output_tokens": 50 * (i + 1)} for i, p in enumerate(unseen)]
+    rows += [
+        {"source": "oasst1", "prompt": f"{topic}, question {i}", "output_tokens": 900}
+        for i, topic in enumerate(TOPICS)
+    ]
+    shared = tmp_path / "oasst1-like.jsonl"
+    shared.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["evaluate", str(shared), "--corpora-only"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("lexical (bundled) on the answers it was not trained on") and ": 3 answers" in out
+    assert main(["evaluate", str(shared), "--split", "all"]) == 0
+    err = capsys.readouterr().err
+    assert "are of sources the bundled model was fitted on, every prompt of them (oasst1)" in err

@@ -9,8 +9,10 @@ Two measures, per corpus and per answering model:
 - **Kendall's tau** (tau-b) between the prediction and the real length, over
   all answers.
 
-``sjfsched evaluate DATA --model M.onnx`` scores one model on the held-out
-part of the grouped split (``--split all`` for every record).
+``sjfsched evaluate DATA --model M.onnx`` scores one model on the answers it
+was not trained on, as its metadata says: all of a source it was not trained
+on, the held-out part of the grouped split of the others (``--split test``
+for that part alone, ``--split all`` for every record).
 ``sjfsched evaluate DATA --compare [--loco]`` trains and compares, on the same
 splits, prompt length alone, Clairvoyant's 19 features with its XGBoost, a
 plain ridge regression on hashed word and character n-grams, and the lexical
@@ -21,6 +23,7 @@ leave-one-corpus-out (train on the other corpora, test on the one left out).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -678,9 +681,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--split",
-        choices=("test", "train", "all"),
-        default="test",
-        help="which records to score: the held-out part of the grouped split (default), the rest, or all",
+        choices=("auto", "test", "train", "all"),
+        default="auto",
+        help="which records to score: auto (default): every answer the model was not trained on, as "
+        "its metadata says (of the sources it was trained on, the grouped split's held-out part); "
+        "test: the held-out part; train: the rest; all",
     )
     parser.add_argument("--test-fraction", type=float, default=0.2, help="share of prompts held out (0.2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the grouped split (0)")
@@ -775,7 +780,7 @@ def _option_problem(args: argparse.Namespace) -> str | None:
         ("--train-bundled-sources", args.train_bundled_sources, ("--compare",)),
         ("--train-exclude", bool(args.train_exclude), ("--compare",)),
         (f"--predictor {args.predictor}", args.predictor != "lexical", (None,)),
-        (f"--split {args.split}", args.split != "test", (None,)),
+        (f"--split {args.split}", args.split != "auto", (None,)),
         ("--corpora-only", args.corpora_only, (None,)),
         ("--test-fraction", args.test_fraction != 0.2, (None, "--compare")),
         ("--seed", args.seed != 0, (None, "--compare")),
@@ -884,30 +889,131 @@ def run(args: argparse.Namespace) -> int:
             )
         )
         return 0
+    score: Callable[[Sequence[str]], npt.NDArray[np.float64]]
+    metadata: Mapping[str, str] | None = None
+    if args.predictor == "length":
+        score = _length(())
+    elif args.predictor == "clairvoyant":
+        from ._clairvoyant import ClairvoyantPredictor
+        from ._lexical import open_session
+
+        clairvoyant = ClairvoyantPredictor(args.model)
+        metadata = open_session(args.model).get_modelmeta().custom_metadata_map
+
+        def score(texts: Sequence[str]) -> npt.NDArray[np.float64]:
+            return np.asarray(clairvoyant.probabilities_many(texts)[:, 2], np.float64)
+    else:
+        from ._lexical import LexicalPredictor
+
+        predictor = LexicalPredictor(args.model, calibrate=False)
+        metadata = predictor.metadata
+        score = predictor.scores
     train, test = split_records(records, args.test_fraction, args.seed)
-    chosen = {"test": test, "train": train, "all": records}[args.split]
+    learnt = None if args.predictor == "length" else _learnt_from(metadata)
+    # The bundled model is fitted on every prompt of its sources but those of its holdout.
+    bundled = args.model is None and args.predictor == "lexical"
+    if args.split == "auto" and args.predictor == "length":
+        chosen, split = list(records), "every answer (prompt length learns nothing)"
+    elif args.split == "auto":
+        chosen, split = _unseen_part(records, test, learnt, fitted_on_all=bundled)
+    else:
+        chosen, split = {"test": test, "train": train, "all": records}[args.split], f"{args.split} split"
     if not chosen:
         ids = len({(r.corpus, r.prompt_id) for r in records})
         print(
-            f"sjfsched evaluate: the {args.split} split is empty: --test-fraction {args.test_fraction:g} "
+            f"sjfsched evaluate: the {'test' if args.split == 'auto' else args.split} split is empty: "
+            f"--test-fraction {args.test_fraction:g} "
             f"(seed {args.seed}) splits the {ids:,} prompt id{'' if ids == 1 else 's'} so; "
             "--split all evaluates every answer",
             file=sys.stderr,
         )
         return 1
-    texts = [r.prompt for r in chosen]
-    if args.predictor == "length":
-        scores = np.array([float(len(t)) for t in texts])
-    elif args.predictor == "clairvoyant":
-        from ._clairvoyant import ClairvoyantPredictor
-
-        scores = ClairvoyantPredictor(args.model).probabilities_many(texts)[:, 2]
-    else:
-        from ._lexical import LexicalPredictor
-
-        predictor = LexicalPredictor(args.model, calibrate=False)
-        scores = predictor.scores(texts)
+    if learnt is not None:
+        note = _trained_note(chosen, learnt, bundled=bundled)
+        if note:
+            log(f"sjfsched evaluate: {note}")
+    scores = score([r.prompt for r in chosen])
     model = "" if args.predictor == "length" else f" {args.model or '(bundled)'}"
-    print(f"{args.predictor}{model} on {args.split} split: {len(chosen):,} answers")
+    print(f"{args.predictor}{model} on {split}: {len(chosen):,} answers")
     print(format_report(report_rows(chosen, scores, per_model=not args.corpora_only)), end="")
     return 0
+
+
+def _learnt_from(metadata: Mapping[str, str] | None) -> tuple[frozenset[str], frozenset[str]] | None:
+    """The sources a model was trained on and the prompt ids it was kept from, from its
+    metadata (``None``: it does not say)."""
+    if metadata is None or "sjfsched.trained_on" not in metadata:
+        return None
+    try:
+        sources = json.loads(metadata["sjfsched.trained_on"])
+        holdout = json.loads(metadata.get("sjfsched.holdout_prompts", "[]"))
+    except ValueError:
+        return None
+    if not (isinstance(sources, list) and isinstance(holdout, list)):
+        return None
+    return frozenset(map(str, sources)), frozenset(map(str, holdout))
+
+
+def _is_learnt(record: LengthRecord, learnt: tuple[frozenset[str], frozenset[str]]) -> bool:
+    """Whether a model with ``learnt`` (:func:`_learnt_from`) may have been trained on ``record``."""
+    from ._corpus import prompt_id_of
+
+    sources, holdout = learnt
+    if record.source not in sources:
+        return False
+    return not holdout or (record.prompt_id not in holdout and prompt_id_of(record.prompt) not in holdout)
+
+
+def _unseen_part(
+    records: Sequence[LengthRecord],
+    test: Sequence[LengthRecord],
+    learnt: tuple[frozenset[str], frozenset[str]] | None,
+    *,
+    fitted_on_all: bool,
+) -> tuple[list[LengthRecord], str]:
+    """``--split auto``: the answers the model did not learn from, as far as it says, and how
+    the header names them.
+
+    Every answer where nothing was learnt (prompt length) or where the model's
+    metadata says it was not trained on it (another source, a prompt it was
+    kept from); of the sources it was trained on, the grouped split's test
+    part (what ``sjfsched train`` holds out with the same ``--seed`` and
+    ``--test-fraction``), unless the model was ``fitted_on_all`` of them (the
+    bundled one), where that part is taken only if nothing else is left.  A
+    model that does not say: the test part.
+    """
+    if learnt is None:
+        return list(test), "test split"
+    unseen = [r for r in records if not _is_learnt(r, learnt)]
+    if len(unseen) == len(records):
+        return unseen, "every answer (none is of a source it was trained on)"
+    if fitted_on_all:
+        if unseen:
+            return unseen, "the answers it was not trained on (of other sources, or prompts it was kept from)"
+        return list(test), "test split"
+    held = {id(r) for r in test}
+    chosen = [r for r in records if id(r) in held or not _is_learnt(r, learnt)]
+    if not unseen:
+        return chosen, "test split"
+    return chosen, f"test split and the {len(unseen):,} answers of sources it was not trained on"
+
+
+def _trained_note(
+    chosen: Sequence[LengthRecord], learnt: tuple[frozenset[str], frozenset[str]], *, bundled: bool
+) -> str:
+    """What to make of scored answers of sources the model was trained on ('' if none)."""
+    sources = sorted({r.source for r in chosen if _is_learnt(r, learnt)})
+    if not sources:
+        return ""
+    count = sum(1 for r in chosen if _is_learnt(r, learnt))
+    listed = ", ".join(sources[:5]) + (", ..." if len(sources) > 5 else "")
+    if bundled:
+        return (
+            f"{count:,} of these answers are of sources the bundled model was fitted on, every prompt "
+            f"of them ({listed}): their figures are in-distribution, not held out"
+        )
+    return (
+        f"{count:,} of these answers are of sources the model was trained on ({listed}): they are held "
+        "out only if it was trained by `sjfsched train` with this --seed and --test-fraction and "
+        "without --fit-all"
+    )
