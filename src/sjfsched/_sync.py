@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import concurrent.futures
 import contextlib
@@ -46,6 +47,17 @@ T = TypeVar("T")
 
 #: What a read after its block says, in the words of ChunkStream's.
 _LEFT_EARLY = LEFT_EARLY.format(block="with")
+#: What a request running when an interrupted close() stopped the event loop ends with.
+_TORN_DOWN = (
+    "the scheduler was closed while this request ran: its close() was interrupted (Ctrl-C), "
+    "so it stopped the event loop without waiting for the request"
+)
+#: Why a trio SyncScheduler refuses a thread that runs trio.
+_TRIO_THREAD = (
+    "a SyncScheduler(async_backend='trio') cannot be called from a thread that runs a trio event "
+    "loop: trio does not let a blocking call wait there. In trio code use sjfsched.Scheduler, or "
+    "call this from a worker thread (trio.to_thread.run_sync)"
+)
 
 
 class _Unset(enum.Enum):
@@ -74,9 +86,16 @@ class SyncStream:
     :class:`RuntimeError`, the slot being gone.
     """
 
-    def __init__(self, portal: anyio.from_thread.BlockingPortal, stream: ChunkStream | None = None) -> None:
+    def __init__(
+        self,
+        portal: anyio.from_thread.BlockingPortal,
+        stream: ChunkStream | None = None,
+        *,
+        torn_down: threading.Event | None = None,
+    ) -> None:
         self._portal = portal
         self._stream = stream
+        self._torn_down = torn_down  # set as the scheduler's loop is stopped (close())
         # Filled by the pump (in the loop's thread), emptied by the reader: a
         # deque's append and popleft are atomic.
         self._results: collections.deque[tuple[str, Any]] = collections.deque()
@@ -169,6 +188,9 @@ class SyncStream:
                     self._reading = False
                 self._put("chunk", chunk)
         except cancelled:
+            if self._torn_down is not None and self._torn_down.is_set():
+                # Not the block being left: close() was interrupted and stopped the loop.
+                self._put("error", SchedulerClosed(_TORN_DOWN))
             self._stop()  # the block is being left; a reader in another thread stops waiting
             raise
 
@@ -238,6 +260,12 @@ class SyncScheduler:
             )
         if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, Scheduler)):
             raise TypeError(f"scheduler_class must be Scheduler or a subclass of it, got {scheduler_class!r}")
+        self._trio = async_backend == "trio"
+        if self._trio and _runs_trio():
+            raise RuntimeError(_TRIO_THREAD)
+        #: Set as close() stops the loop: a request still running then (an interrupted close)
+        #: ends with SchedulerClosed rather than the loop's own cancellation.
+        self._torn_down = threading.Event()
         self._handing_over = threading.Condition()
         self._handovers = 0
         self._closed = False
@@ -290,6 +318,16 @@ class SyncScheduler:
         request) or from the scheduler's own event loop thread
         (``on_complete``), it raises :class:`RuntimeError` at once, changing
         nothing: it could only wait for itself.
+
+        Interrupted (Ctrl-C) while it waits for the running requests, it stops
+        the event loop at once: their calls end with :class:`SchedulerClosed`
+        (the statistics count them as cancelled), and an :meth:`admit`
+        block's own call, which the scheduler does not run, goes on to its end.
+
+        A scheduler on trio (``async_backend="trio"``) is not called, nor
+        made or closed, from a thread that runs a trio event loop: trio does
+        not let a blocking call wait there.  It raises :class:`RuntimeError`
+        saying so (use :class:`~sjfsched.Scheduler` in trio code).
         """
         if self._on_loop_thread():
             if self._closed:  # being closed: nothing more to do from here
@@ -298,6 +336,7 @@ class SyncScheduler:
                 "close() from the scheduler's own event loop thread (on_complete, or a backend's code "
                 "run in the loop) would block the loop that closing needs: close it from another thread"
             )
+        self._check_thread()
         if self._closed and self._opened_a_block_here():
             # Closed already, by another call; waiting for that one to end would wait for this
             # thread's own request (its block, or a stream it reads between reads).
@@ -324,6 +363,7 @@ class SyncScheduler:
             try:
                 self._portal.call(self._scheduler.aclose)
             finally:
+                self._torn_down.set()
                 self._stop_portal()
         finally:
             self._close_ended.set()
@@ -360,6 +400,11 @@ class SyncScheduler:
         """Whether :meth:`close` has been called."""
         return self._closed
 
+    def _check_thread(self) -> None:
+        """Refuse a call from a thread that runs trio, for a trio loop (trio would refuse it, or hang)."""
+        if self._trio and not self._on_loop_thread() and _runs_trio():
+            raise RuntimeError(_TRIO_THREAD)
+
     def _check_open(self, *, request: bool = True) -> None:
         if self._closed:
             if request:  # a request refused: as the async scheduler counts it
@@ -369,7 +414,9 @@ class SyncScheduler:
 
     @contextlib.contextmanager
     def _portal_open(self, *, request: bool = True) -> Iterator[None]:
-        """Turn the portal's refusal after a concurrent :meth:`close` into :class:`SchedulerClosed`."""
+        """Turn the portal's refusal after a concurrent :meth:`close`, and the loop's cancelling
+        of a request an interrupted close left running, into :class:`SchedulerClosed`."""
+        self._check_thread()
         self._check_open(request=request)
         try:
             yield
@@ -379,6 +426,10 @@ class SyncScheduler:
             stopped = ("portal is not running", "has already finished", "is not active")
             if self._closed and (isinstance(exc, finished) or any(s in str(exc) for s in stopped)):
                 raise SchedulerClosed("the scheduler is closed") from exc
+            raise
+        except BaseException as exc:
+            if self._torn_down.is_set() and _is_loop_cancellation(exc):
+                raise SchedulerClosed(_TORN_DOWN) from exc
             raise
 
     def complete(self, request: Request | str | None = None, /, **fields: Any) -> Completion:
@@ -394,7 +445,7 @@ class SyncScheduler:
         """Blocking :meth:`Scheduler.stream`: a context manager of a chunk iterator."""
         with contextlib.ExitStack() as stack:
             with self._portal_open():
-                chunks = SyncStream(self._portal)
+                chunks = SyncStream(self._portal, torn_down=self._torn_down)
                 stack.callback(chunks._stop)  # pushed first: runs once the block is left
                 context = _LoopContext(
                     self._portal,
@@ -470,6 +521,8 @@ class SyncScheduler:
 
     def statistics(self) -> SchedulerStatistics:
         """Blocking :meth:`Scheduler.statistics`; from any thread, ``on_complete`` too."""
+        if not self._closed:
+            self._check_thread()
         if self._closed or self._on_loop_thread():
             stats = self._scheduler.statistics()
         else:
@@ -487,6 +540,7 @@ class SyncScheduler:
         """Blocking :meth:`Scheduler.position`; from any thread, ``on_complete`` too."""
         if self._closed:
             return None
+        self._check_thread()
         if self._on_loop_thread():
             return self._scheduler.position(request)
         try:
@@ -563,6 +617,26 @@ def _close_abandoned(portal: anyio.from_thread.BlockingPortal, scheduler: Schedu
         ResourceWarning,
         stacklevel=1,  # no caller's line to point at: the garbage collector runs this
     )
+
+
+def _runs_trio() -> bool:
+    """Whether this thread runs a trio event loop."""
+    trio = sys.modules.get("trio")
+    if trio is None:  # nothing runs trio without importing it
+        return False
+    try:
+        trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _is_loop_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` is an event loop's cancellation (asyncio's, or trio's)."""
+    if isinstance(exc, asyncio.CancelledError):
+        return True
+    trio = sys.modules.get("trio")
+    return trio is not None and isinstance(exc, trio.Cancelled)
 
 
 def _start_portal(async_backend: str) -> tuple[anyio.from_thread.BlockingPortal, threading.Thread]:

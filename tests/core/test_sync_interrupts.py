@@ -262,3 +262,98 @@ def test_reading_on_after_a_caught_ctrl_c_loses_no_chunk(async_backend: str) -> 
     )
     assert result["consistent"] and not result["cut"]
     assert (result["got"], result["completed"]) == (10, 1)
+
+
+@BACKENDS
+def test_ctrl_c_in_close_ends_the_running_requests_with_scheduler_closed(async_backend: str) -> None:
+    """Ctrl-C while close() waited for running requests handed their threads the event loop's own
+    cancellation (asyncio.CancelledError, trio.Cancelled), or a stream's "left before its end"."""
+    result = run(
+        """
+        from sjfsched import SchedulerClosed
+        sched = SyncScheduler(CallableBackend(generate), async_backend=ASYNC_BACKEND, concurrency=2)
+        got = {}
+
+        def complete():
+            try:
+                sched.complete("write an essay")
+                got["complete"] = "returned"
+            except BaseException as exc:
+                got["complete"] = type(exc).__name__
+
+        def stream():
+            try:
+                with sched.stream("write a story") as chunks:
+                    for _ in chunks:
+                        pass
+                got["stream"] = "ended"
+            except BaseException as exc:
+                got["stream"] = type(exc).__name__
+
+        workers = [threading.Thread(target=complete), threading.Thread(target=stream)]
+        for w in workers:
+            w.start()
+        time.sleep(0.6)
+        interrupt_in(0.3)
+        try:
+            sched.close()
+        except KeyboardInterrupt:
+            got["close"] = "interrupted"
+        for w in workers:
+            w.join(10)
+        print(json.dumps({**got, "alive": sum(w.is_alive() for w in workers)}))
+        """,
+        async_backend,
+    )
+    assert result == {
+        "complete": "SchedulerClosed",
+        "stream": "SchedulerClosed",
+        "close": "interrupted",
+        "alive": 0,
+    }
+
+
+def test_a_trio_sync_scheduler_refuses_a_thread_that_runs_trio() -> None:
+    """Made, used or closed from inside trio, a trio SyncScheduler hung for ever in close() (trio
+    refuses to let a blocking call wait in its thread) or failed with trio's own message."""
+    result = run(
+        """
+        import trio
+        from sjfsched import wrap
+        outside = SyncScheduler(CallableBackend(generate), async_backend="trio")
+        got = {}
+
+        class Model:  # what wrap() needs of a llama_cpp.Llama to start
+            def create_completion(self, prompt): ...
+            def create_chat_completion(self, messages): ...
+
+        async def main():
+            for name, call in [
+                ("make", lambda: SyncScheduler(async_backend="trio")),
+                ("wrap", lambda: wrap(Model(), async_backend="trio")),
+                ("complete", lambda: outside.complete("hi", metadata={"n": 1})),
+                ("statistics", outside.statistics),
+                ("close", outside.close),
+            ]:
+                try:
+                    call()
+                    got[name] = "returned"
+                except RuntimeError as exc:
+                    refused = "from a thread that runs a trio event loop" in str(exc)
+                    got[name] = "refused" if refused else str(exc)
+            # From a worker thread it works.
+            hi = lambda: outside.complete("hi", metadata={"n": 1}).text
+            got["worker"] = await trio.to_thread.run_sync(hi)
+
+        trio.run(main)
+        outside.close()
+        got["closed"] = outside.closed
+        print(json.dumps(got))
+        """,
+        "trio",
+    )
+    assert result == {
+        **dict.fromkeys(["make", "wrap", "complete", "statistics", "close"], "refused"),
+        "worker": "tok ",
+        "closed": True,
+    }
