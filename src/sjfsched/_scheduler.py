@@ -11,6 +11,7 @@ import logging
 import math
 import numbers
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -331,6 +332,8 @@ class Scheduler:
         self._on_complete = on_complete
 
         self._state = _State.UNOPENED
+        #: the thread whose event loop the scheduler's first request ran in: its loop's, for good
+        self._loop_thread: int | None = None
         self._queue = WaitQueue(self._max_wait)
         #: waiting entries by request (equal requests share a list), for position()
         self._by_request: dict[Request, list[_Entry]] = {}
@@ -833,6 +836,15 @@ class Scheduler:
         :meth:`position` finds the entry by it (``request`` may be a copy
         with the call's fields).
         """
+        thread = threading.get_ident()
+        if self._loop_thread is None:
+            self._loop_thread = thread
+        elif thread != self._loop_thread:
+            # Its waits are the first loop's events: from another loop a request would wait for ever.
+            raise RuntimeError(
+                "this Scheduler serves the event loop of another thread, where its first request ran; "
+                "one Scheduler serves one event loop: from other threads use sjfsched.SyncScheduler"
+            )
         await anyio.lowlevel.checkpoint_if_cancelled()
         if self._state is _State.CLOSED:
             self._counts["rejected"] += 1
@@ -1226,9 +1238,25 @@ class Ticket:
         return self._entry.promoted
 
     def first_token(self) -> None:
-        """Note that the first output token has arrived (for rate learning)."""
+        """Note that the first output token has arrived (for rate learning).
+
+        Call it in the scheduler's event loop or from one of its worker
+        threads (a sync client run with ``anyio.to_thread.run_sync``); from
+        another thread it raises :class:`RuntimeError` (a
+        :class:`~sjfsched.SyncScheduler`'s tickets take any thread).
+        """
         if self._first_token is None:
-            self._first_token = self._clock()
+            try:
+                now = self._clock()
+            except RuntimeError:  # not in the loop's thread: anyio's worker threads can reach it
+                try:
+                    now = anyio.from_thread.run_sync(self._clock)
+                except RuntimeError as exc:
+                    raise RuntimeError(
+                        "Ticket.first_token() reads the scheduler's clock: call it in the event loop, "
+                        "or from a worker thread of it (anyio.to_thread.run_sync), not from this thread"
+                    ) from exc
+            self._first_token = now
 
     def report(self, output_tokens: int, prompt_tokens: int | None = None) -> None:
         """Tell the scheduler how long the answer was, in tokens."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -941,3 +942,67 @@ async def test_a_block_whose_context_manager_is_dropped_gives_its_slot_back() ->
                 gc.collect()
                 await anyio.sleep(0.05)
             assert (await sched.complete(job(1))).text == "ok"
+
+
+async def test_a_tickets_first_token_from_a_worker_thread() -> None:
+    """A sync client run in a worker thread calling ticket.first_token() failed the request with
+    anyio's NoEventLoopError; from a thread that cannot reach the loop the error says so."""
+    import threading
+
+    done: list[Completion] = []
+    async with Scheduler(predictor=HeuristicPredictor(), on_complete=done.append) as sched:
+        async with sched.admit("x") as ticket:
+            before = anyio.current_time()
+            await anyio.to_thread.run_sync(ticket.first_token)
+            ticket.report(3)
+        async with sched.admit("y") as ticket:
+            errors: list[BaseException] = []
+
+            def foreign() -> None:
+                try:
+                    ticket.first_token()
+                except BaseException as exc:
+                    errors.append(exc)
+
+            thread = threading.Thread(target=foreign)
+            thread.start()
+            await anyio.to_thread.run_sync(thread.join)
+            ticket.report(3)
+    assert done[0].first_token is not None and before <= done[0].first_token <= done[0].finished
+    assert len(errors) == 1 and isinstance(errors[0], RuntimeError)
+    assert "from a worker thread of it (anyio.to_thread.run_sync)" in str(errors[0])
+    assert done[1].first_token is None
+
+
+def test_a_scheduler_refuses_a_second_event_loops_thread() -> None:
+    """One Scheduler shared by two threads that each ran their own event loop: the second
+    caller's request waited for ever on the first loop's event (found by a reviewer)."""
+    import asyncio
+    import threading
+
+    async def slow(request: Request) -> AsyncIterator[Chunk]:
+        await anyio.sleep(0.2)
+        yield Chunk("x", tokens=1)
+
+    sched = Scheduler(CallableBackend(slow), predictor=HeuristicPredictor())
+    results: dict[str, str] = {}
+
+    def worker(name: str) -> None:
+        async def go() -> None:
+            try:
+                results[name] = (await sched.complete(name)).text
+            except RuntimeError as exc:
+                results[name] = str(exc)
+
+        asyncio.run(go())
+
+    first = threading.Thread(target=worker, args=("first",), daemon=True)
+    first.start()
+    time.sleep(0.05)  # the first request runs
+    second = threading.Thread(target=worker, args=("second",), daemon=True)
+    second.start()
+    for t in (first, second):
+        t.join(10)
+    assert not first.is_alive() and not second.is_alive()
+    assert results["first"] == "x"
+    assert "from other threads use sjfsched.SyncScheduler" in results["second"]
