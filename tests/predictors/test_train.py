@@ -301,3 +301,37 @@ def test_evaluate_calibration_report(log: Path, tmp_path: Path, capsys: pytest.C
     small = next(row for row in rows if row.split()[2] == "small").split()
     assert float(small[6]) < float(small[5])
     assert "calibration lowered the held-back log-RMSE for" in text
+
+
+def test_a_file_read_as_an_evaluator_writes_it(tmp_path: Path) -> None:
+    """Found by a reviewer playing an evaluator with files of their own: a UTF-8 BOM was refused;
+    a line cut short inside a string blamed a control character "at" nothing; a file without
+    `source` fields took its name up to the first dot (`logs.app1.jsonl`, `logs.app2.jsonl`: one
+    source); and --calibration on small models printed an empty report with exit status 0."""
+    bom = tmp_path / "logs.app1.jsonl"
+    bom.write_bytes(
+        b'\xef\xbb\xbf{"prompt": "hi", "output_tokens": 3}\n{"prompt": "ho", "output_tokens": 4}\n'
+    )
+    other = tmp_path / "logs.app2.jsonl.gz"
+    write_gz = __import__("gzip").open
+    with write_gz(other, "wt") as f:
+        f.write('{"prompt": "yo", "output_tokens": 5}\n')
+    records = load_records([bom, other])
+    assert [(r.prompt, r.source) for r in records] == [
+        ("hi", "logs.app1"),
+        ("ho", "logs.app1"),
+        ("yo", "logs.app2"),
+    ]
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text('{"prompt": "x", "output_tokens": 5}\n{"prompt": "x", "output_tok\n{"prompt": "y"}\n')
+    with pytest.raises(
+        ValueError, match=r"cut\.jsonl:2: not JSON \(Unterminated string starting at column 17\)"
+    ):
+        load_records([cut])
+    cut.write_text('{"prompt": "x" "output_tokens": 5}\n')
+    with pytest.raises(ValueError, match=r"cut\.jsonl:1: not JSON \(Expecting ',' delimiter at column 16\)"):
+        load_records([cut])
+    small = tmp_path / "small.jsonl"
+    small.write_text("".join(f'{{"prompt": "q{i}", "output_tokens": {i}}}\n' for i in range(120)))
+    with pytest.raises(SystemExit, match="nothing to evaluate: no answering model has >= 200 answers"):
+        main(["evaluate", str(small), "--calibration"])

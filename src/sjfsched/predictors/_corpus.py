@@ -9,8 +9,9 @@ gzip-compressed (the schema of the project's shared data and of
 
 Only ``prompt`` and ``output_tokens`` are required.  ``prompt_id`` defaults to
 the first 16 hex digits of ``sha1(prompt.strip())``, ``source`` to the file's
-name, ``model`` to ``"unknown"``.  Records of the same ``prompt_id`` always
-land on the same side of a split; records of one ``prompt_id`` with different
+name without ``.gz`` and ``.jsonl`` (:func:`source_of_file`), ``model`` to
+``"unknown"``.  Records of the same ``prompt_id`` always land on the same
+side of a split; records of one ``prompt_id`` with different
 prompts are still trained on as different prompts (:func:`group_by_prompt`).
 """
 
@@ -134,12 +135,18 @@ def _a_line_begun(data: bytes) -> bool:
 
 
 def _loads(line: bytes, path: Path, i: int) -> Any:
+    if i == 1 and line.startswith(codecs.BOM_UTF8):  # what some Windows tools begin a file with
+        line = line[len(codecs.BOM_UTF8) :]
+    # Without its line end: a line cut short inside a string reads "unterminated", not as a
+    # control character.
+    line = line.rstrip(b"\r\n")
     try:
         return json.loads(line.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}:{i}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}:{i}: not JSON ({exc.msg})") from exc
+        where = "column" if exc.msg.endswith(" at") else "at column"
+        raise ValueError(f"{path}:{i}: not JSON ({exc.msg} {where} {exc.colno})") from exc
     except RecursionError as exc:
         raise ValueError(f"{path}:{i}: not JSON (nested too deeply)") from exc
     except ValueError as exc:  # e.g. an integer of more digits than int() takes
@@ -226,9 +233,19 @@ def parse_record(raw: Any, path: Path, line: int) -> LengthRecord:
         prompt=prompt,
         output_tokens=float(tokens),
         prompt_id=str(prompt_id) if prompt_id else prompt_id_of(prompt),
-        source=str(source) if source else path.name.split(".")[0],
+        source=str(source) if source else source_of_file(path),
         model=str(model) if model else "unknown",
     )
+
+
+def source_of_file(path: Path) -> str:
+    """The source of a record that names none: its file's name without ``.gz`` and the JSON
+    suffix (``logs.app1.jsonl.gz``: ``logs.app1``)."""
+    name = path.name
+    for suffix in (".gz", ".jsonl", ".ndjson", ".json"):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+    return name
 
 
 def load_records(paths: Iterable[str | Path]) -> list[LengthRecord]:

@@ -476,7 +476,8 @@ def calibration_report(
 ) -> str:
     """Does online calibration on one answering model help on its held-back answers?
 
-    For each (corpus, answering model) with at least ``min_answers`` answers:
+    For each (corpus, answering model) with at least ``min_answers`` answers
+    (and 50 in each half; :class:`ValueError` if none has):
     split its prompts in halves (grouped by prompt id), let a fresh
     :class:`LexicalPredictor` observe up to ``observe`` answers of the first
     half in shuffled order, and compare on the second half the error before
@@ -522,6 +523,12 @@ def calibration_report(
         lines.append(
             f"{label:<48} {min(len(observed), observe):8d} {len(held):6d} {before:15.3f} {after:7.3f} "
             f"{ratio_before:21.2f} {ratio_after:6.2f}"
+        )
+    if not total:
+        sizes = [len(rs) for rs in groups.values()]
+        raise ValueError(
+            f"nothing to evaluate: no answering model has >= {min_answers} answers in one corpus, "
+            f"with >= 50 prompts' answers in each half (the largest has {max(sizes, default=0):,})"
         )
     lines.append(f"calibration lowered the held-back log-RMSE for {improved} of {total} answering models")
     return "\n".join(lines) + "\n"
