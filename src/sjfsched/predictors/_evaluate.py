@@ -993,7 +993,7 @@ def _unseen_part(
         return list(test), "test split"
     unseen = [r for r in records if not _is_learnt(r, learnt)]
     if len(unseen) == len(records):
-        return unseen, "every answer (none is of a source it was trained on)"
+        return unseen, "every answer (it was trained on none: other sources, or prompts it was kept from)"
     if fitted_on_all:
         if unseen:
             return unseen, "the answers it was not trained on (of other sources, or prompts it was kept from)"
