@@ -63,7 +63,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_ff": 128},
     # About a millisecond per token on one core.
     "small": {"n_layer": 4, "n_embd": 256, "n_head": 8, "n_ff": 768},
-    # About 20 ms per token on one core: a slow local model, for benchmarks.
+    # About 10 ms per token on one idle core (40 on a busy one): a slow local model, for benchmarks.
     "medium": {"n_layer": 12, "n_embd": 768, "n_head": 12, "n_ff": 2048, "dtype": "f16"},
 }
 
@@ -92,7 +92,7 @@ def write_tiny_llama(
     ``"f16"`` or ``"q8_0"`` (norms stay f32).  A bigger model costs more per
     token; the defaults give a model of about 0.5 MB that generates a token
     in a fraction of a millisecond on one CPU core.  :data:`PRESETS` holds
-    bigger shapes (about 1 ms and 20 ms of CPU per token); ``python -m
+    bigger shapes (under 1 ms and about 10 ms per token on an idle core); ``python -m
     sjfsched.testing speed`` measures them on your machine.
 
     ``logit_scale`` is the standard deviation of the logits of the printable
