@@ -366,6 +366,11 @@ def compare(
 
     # ---- plan: which tables and rows can be evaluated
     whole, test = split_records(records, test_fraction, seed)
+    # A prompt text under another id (or in another corpus) would be trained on and tested:
+    # training sets leave out every prompt they are tested on.
+    whole, shared = _without_prompts_of(whole, test)
+    if shared:
+        log(f"in-distribution: {shared:,} training answers left out, their prompts being among those tested")
     train = training(whole)
     corpora = sorted({r.corpus for r in records})
     if not test:
@@ -384,7 +389,9 @@ def compare(
             held = [r for r in records if r.corpus == c]
             if sum(r.output_tokens >= LONG_TOKENS for r in held) < min_long:
                 continue
-            others = [r for r in records if r.corpus != c]
+            others, shared = _without_prompts_of([r for r in records if r.corpus != c], held)
+            if shared:
+                log(f"leave out {c}: {shared:,} answers of other corpora to its prompts left out of training")
             rest = training(others)
             why = problem(others, rest)
             if why is not None:
@@ -456,6 +463,18 @@ def compare(
         "[mean ranking accuracy over answering models with >= 5 short and >= 5 long answers].\n"
     )
     return "\n".join(out) + legend
+
+
+def _without_prompts_of(
+    records: Sequence[LengthRecord], tested: Sequence[LengthRecord]
+) -> tuple[list[LengthRecord], int]:
+    """``records`` but those whose prompt text is one of ``tested``'s, and how many those were."""
+    from ._corpus import prompt_id_of
+
+    texts = {prompt_id_of(p) for p in {r.prompt for r in tested}}
+    clash = {p for p in {r.prompt for r in records} if prompt_id_of(p) in texts}
+    kept = [r for r in records if r.prompt not in clash]
+    return kept, len(records) - len(kept)
 
 
 # ----------------------------------------------------------------- calibration
