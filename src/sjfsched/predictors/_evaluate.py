@@ -615,7 +615,13 @@ def adaptation_report(
         from ._train import select_records
 
         for corpus in sorted({c for c, _ in chosen}):
-            rest = select_records([r for r in records if r.corpus != corpus], bundled_sources=True)
+            held = [r for r in records if r.corpus == corpus]
+            others, shared = _without_prompts_of([r for r in records if r.corpus != corpus], held)
+            if shared:
+                log(
+                    f"leave out {corpus}: {shared:,} answers of other corpora to its prompts left out of training"
+                )
+            rest = select_records(others, bundled_sources=True)
             prompts = _distinct_prompts(rest)
             if prompts < MIN_TRAIN_PROMPTS:
                 skipped[corpus] = (
