@@ -618,9 +618,7 @@ def adaptation_report(
             held = [r for r in records if r.corpus == corpus]
             others, shared = _without_prompts_of([r for r in records if r.corpus != corpus], held)
             if shared:
-                log(
-                    f"leave out {corpus}: {shared:,} answers of other corpora to its prompts left out of training"
-                )
+                log(f"leave out {corpus}: {shared:,} answers to its prompts in other corpora left out")
             rest = select_records(others, bundled_sources=True)
             prompts = _distinct_prompts(rest)
             if prompts < MIN_TRAIN_PROMPTS:
