@@ -11,7 +11,7 @@ import types
 import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, final
 
 from typing_extensions import Self
 
@@ -20,8 +20,26 @@ from ._records import Request
 from ._sync import SyncScheduler
 from .backends._llama import TokenCounter, counting_processors, llama_lock, recording_samples
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
 if TYPE_CHECKING:
     from llama_cpp import Llama
+
+    def _typed_as(
+        method: Callable[Concatenate[Llama, _P], _R], /
+    ) -> Callable[[Callable[..., Any]], Callable[Concatenate[ScheduledLlama, _P], _R]]:
+        """For type checkers: the decorated method takes and returns what ``method`` does."""
+        ...
+
+    _create_completion = Llama.create_completion
+    _create_chat_completion = Llama.create_chat_completion
+else:
+
+    def _typed_as(method: object, /) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        return lambda f: f  # at run time the wrapper checks the arguments against the Llama's own
+
+    _create_completion = _create_chat_completion = None
 
 
 __all__ = ["ScheduledLlama", "wrap"]
@@ -266,6 +284,7 @@ class ScheduledLlama:
 
     # ----------------------------------------------------------- the calls
 
+    @_typed_as(_create_completion)
     def create_completion(self, *args: Any, **kwargs: Any) -> Any:
         """``Llama.create_completion``, admitted shortest-first."""
         bound = self._completion_signature.bind(*args, **kwargs)
@@ -280,6 +299,7 @@ class ScheduledLlama:
         bos = len(values["prompt"]) == 0
         return self._run(self._llm.create_completion, bound, request, bool(values.get("stream")), bos)
 
+    @_typed_as(_create_chat_completion)
     def create_chat_completion(self, *args: Any, **kwargs: Any) -> Any:
         """``Llama.create_chat_completion``, admitted shortest-first."""
         bound = self._chat_signature.bind(*args, **kwargs)
@@ -303,6 +323,7 @@ class ScheduledLlama:
             ) from exc
         return self._run(self._llm.create_chat_completion, bound, request, bool(values.get("stream")))
 
+    @_typed_as(_create_completion)
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """``Llama.__call__`` (which is ``create_completion``), admitted shortest-first."""
         return self.create_completion(*args, **kwargs)

@@ -240,7 +240,12 @@ async def test_a_logits_processor_not_in_a_list_is_refused_naming_the_option(
         await collect(backend, Request("x", max_tokens=3, options={"logits_processor": [_unlisted, "hot"]}))
     # wrap()'s streams count tokens through the same processor list.
     with sjfsched.wrap(tiny_llm) as wrapped:
-        stream = wrapped.create_completion("x", max_tokens=3, stream=True, logits_processor=_unlisted)
+        stream: Any = wrapped.create_completion(
+            "x",
+            max_tokens=3,
+            stream=True,
+            logits_processor=_unlisted,  # type: ignore[arg-type]  # the wrong input under test
+        )
         with pytest.raises(TypeError, match="'logits_processor' must be a list of processors"):
             next(stream)
     assert not llama_lock(tiny_llm).locked()

@@ -181,7 +181,7 @@ def test_a_call_stopped_by_a_stop_string_reports_llama_cpps_count(tiny_llm: Llam
     assert direct["choices"][0]["finish_reason"] == "stop"
     completions: list[Any] = []
     with sjfsched.wrap(tiny_llm, predictor=HeuristicPredictor(), on_complete=completions.append) as w:
-        got = w.create_completion("Once upon a time", stream=stream, **options)
+        got: Any = w.create_completion("Once upon a time", stream=stream, **options)
         if stream:
             got = list(got)
     assert [c.output_tokens for c in completions] == [direct["usage"]["completion_tokens"]]
@@ -194,7 +194,7 @@ def test_an_empty_prompt_reports_llama_cpps_count(tiny_llm: Llama, stream: bool)
     direct: Any = tiny_llm.create_completion("", max_tokens=10, **GREEDY)
     completions: list[Any] = []
     with sjfsched.wrap(tiny_llm, predictor=HeuristicPredictor(), on_complete=completions.append) as w:
-        got = w.create_completion("", max_tokens=10, stream=stream, **GREEDY)
+        got: Any = w.create_completion("", max_tokens=10, stream=stream, **GREEDY)
         if stream:
             got = list(got)
     assert [c.output_tokens for c in completions] == [direct["usage"]["completion_tokens"]]
@@ -368,7 +368,7 @@ def test_a_llama_method_that_uses_the_model_waits_for_the_running_call(
         done.set()
 
     with sjfsched.wrap(llm, predictor=HeuristicPredictor()) as wrapped:
-        holder = wrapped.create_completion("Once upon a time", max_tokens=12, stream=True, **GREEDY)
+        holder: Any = wrapped.create_completion("Once upon a time", max_tokens=12, stream=True, **GREEDY)
         try:
             text = next(holder)["choices"][0]["text"]
             worker = threading.Thread(target=call, daemon=True)

@@ -5,9 +5,16 @@ If a change to the public API breaks this file, it breaks users' type checks too
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
+from llama_cpp import Llama
+from llama_cpp.llama_types import (
+    CreateChatCompletionResponse,
+    CreateChatCompletionStreamResponse,
+    CreateCompletionResponse,
+    CreateCompletionStreamResponse,
+)
 from typing_extensions import assert_type
 
 import sjfsched
@@ -127,6 +134,20 @@ def adapters(llm: Any) -> None:
     wrapped.create_completion("hi", max_tokens=3)
     wrapped.create_chat_completion(messages=[{"role": "user", "content": "hi"}])
     del usable
+
+
+def wrapped_as_the_llama(llm: Llama) -> None:
+    """wrap()'s calls take and return what the Llama's do (an Any before)."""
+    wrapped = sjfsched.wrap(llm)
+    completion = CreateCompletionResponse | Iterator[CreateCompletionStreamResponse]
+    assert_type(wrapped.create_completion("hi", max_tokens=3), completion)
+    assert_type(wrapped("hi", max_tokens=3), completion)
+    wrapped.create_completion("hi", max_tokenz=3)  # type: ignore[call-arg]  # a misspelt keyword is caught
+    chat = wrapped.create_chat_completion(messages=[{"role": "user", "content": "hi"}])
+    assert_type(
+        chat,
+        CreateChatCompletionResponse | Iterator[CreateChatCompletionStreamResponse],
+    )
 
 
 def learned(path: str) -> None:
