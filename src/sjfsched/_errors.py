@@ -48,11 +48,12 @@ class BackendError(SchedulerError):
 
 
 class BackendUnavailable(BackendError):
-    """The backend could not serve anything: unreachable, gone, timed out or 5xx.
+    """The backend could not serve anything: unreachable, gone, timed out, 5xx or 429.
 
     A :class:`BackendError` for faults of the server or the network rather
     than of the request: connection refused or lost, a timeout, a malformed
-    stream, a 5xx answer.  :class:`~sjfsched.backends.BackendPool` takes a
+    stream, a 5xx answer, a 429 (too many requests: a rate limit, a full
+    queue).  :class:`~sjfsched.backends.BackendPool` takes a
     backend that raises it out of rotation for a while.
     """
 

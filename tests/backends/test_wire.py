@@ -321,3 +321,36 @@ async def test_a_server_slow_to_end_the_body_does_not_hold_the_answer(service: s
             with anyio.fail_after(0.9):
                 answer = await sched.complete("question")
     assert (answer.text, answer.finish_reason) == ("a", "stop")
+
+
+@pytest.mark.parametrize("service", ["ollama", "openai"])
+async def test_a_429_is_the_servers_load_and_a_pool_fails_over(service: str) -> None:
+    """A 429 (a rate limit; another sjfsched proxy's full queue, on its OpenAI API) was taken for
+    the request's fault: a pool neither failed over nor took the member out of rotation."""
+    from sjfsched.backends import BackendPool
+
+    busy_body = json.dumps({"error": {"message": "too many requests are waiting", "code": "queue_full"}})
+    answer = (
+        ndjson({"response": "ok", "done": True, "done_reason": "stop", "eval_count": 1})
+        if service == "ollama"
+        else sse(completion("ok", "stop"), "[DONE]")
+    )
+    kind = "application/x-ndjson" if service == "ollama" else SSE
+    with (
+        scripted_server([busy_body.encode()], status=429, content_type="application/json") as busy,
+        scripted_server(answer, content_type=kind) as free,
+    ):
+
+        def backend(url: str) -> OllamaBackend | OpenAIBackend:
+            return OllamaBackend("m", url) if service == "ollama" else OpenAIBackend(url, model="m")
+
+        with pytest.raises(BackendUnavailable, match=r"429 .*too many requests are waiting") as caught:
+            await collect(backend(busy), Request("x"))
+        assert caught.value.status_code == 429
+        pool = BackendPool([backend(busy), backend(free)], retry_after=30)
+        with anyio.fail_after(20):
+            chunks = [chunk async for chunk in pool.stream(Request("x"))]
+        assert "".join(c.text for c in chunks) == "ok"
+        stats = pool.statistics()
+        assert stats.failovers == 1 and not stats.members[0].healthy
+        await pool.aclose()

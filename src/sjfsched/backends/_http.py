@@ -176,7 +176,7 @@ class HttpSettings:
                 status_code=response.status_code,
             )
         message = error_message(response.content) or response.reason_phrase
-        error_class = BackendUnavailable if response.status_code >= 500 else BackendError
+        error_class = BackendUnavailable if server_busy(response.status_code) else BackendError
         raise error_class(
             f"{self.service} answered {response.status_code} for {path}: {message}",
             status_code=response.status_code,
@@ -277,12 +277,18 @@ def error_message(content: bytes) -> str:
     return text[:500]
 
 
+def server_busy(status_code: int) -> bool:
+    """Whether an HTTP status is the server's fault or its load, not the request's: a 5xx, or a
+    429 (too many requests: a rate limit, a full queue such as ``sjfsched serve``'s)."""
+    return status_code >= 500 or status_code == 429
+
+
 def is_unavailable(exc: BaseException) -> bool:
     """Whether a failure says the backend (not the request) is at fault."""
     if isinstance(exc, BackendUnavailable):
         return True
     if isinstance(exc, BackendError):
-        return exc.status_code is not None and exc.status_code >= 500
+        return exc.status_code is not None and server_busy(exc.status_code)
     return isinstance(exc, (OSError, TimeoutError))
 
 

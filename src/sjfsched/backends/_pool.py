@@ -104,7 +104,7 @@ class BackendPool:
 
     **Health.**  A backend that fails with
     :class:`~sjfsched.backends.BackendUnavailable` (connection refused or lost,
-    timeout, malformed stream), a ``BackendError`` with a 5xx status, or an
+    timeout, malformed stream, a 429), a ``BackendError`` with a 5xx status, or an
     ``OSError`` is taken out of rotation for ``retry_after`` seconds (default
     5), doubling with each further failure up to ``max_retry_after`` (default
     60).  When that time has passed, one request at a time is sent to it as a
