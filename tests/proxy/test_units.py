@@ -349,3 +349,29 @@ async def test_the_cut_filter_leaves_the_uvicorn_logger_as_the_server_found_it(
             else:
                 tg.cancel_scope.cancel()
     assert _quiet_cut not in uvicorn_log.filters
+
+
+def test_max_completion_tokens_goes_upstream_as_max_tokens_too() -> None:
+    """Ollama and llama-cpp-python's server read max_tokens only: a call ranked by its
+    max_completion_tokens ran unbounded there."""
+    chat = {"model": "m", "messages": [{"role": "user", "content": "Hi"}]}
+    newer = _parse("/v1/chat/completions", {**chat, "max_completion_tokens": 7})
+    assert newer.request.max_tokens == 7
+    assert json.loads(newer.body) == {**chat, "max_completion_tokens": 7, "max_tokens": 7}
+    # Both given: sent as they came; servers differ in which they read, so the larger ranks it.
+    both = json.dumps({**chat, "max_completion_tokens": 7, "max_tokens": 30}).encode()
+    assert _parse("/v1/chat/completions", both).body == both
+    assert _parse("/v1/chat/completions", both).request.max_tokens == 30
+    unlimited = _parse("/v1/chat/completions", {**chat, "max_completion_tokens": 7, "max_tokens": -1})
+    assert unlimited.request.max_tokens is None
+    # No limit (0 or less): nothing added.
+    zero = json.dumps({**chat, "max_completion_tokens": 0}).encode()
+    assert _parse("/v1/chat/completions", zero).body == zero
+
+
+def test_tally_counts_ollamas_reasoning_deltas() -> None:
+    """Ollama's /v1 streams a thinking model's reasoning as delta.reasoning: not counted before."""
+    tally = Tally("sse")
+    for delta in [{"reasoning": "hmm"}] * 3 + [{"content": "ok"}]:
+        tally.feed(b"data: " + json.dumps({"choices": [{"index": 0, "delta": delta}]}).encode() + b"\n\n")
+    assert tally.pieces == 4 and tally.output_tokens == 4

@@ -805,11 +805,11 @@ class _Generation:
 
 
 def _openai_options(body: Mapping[str, Any]) -> dict[str, Any]:
-    """Ollama's mapping of OpenAI request fields to its options."""
+    """Ollama's mapping of OpenAI request fields to its options (openai/openai.go: it reads
+    ``max_tokens``, not OpenAI's newer ``max_completion_tokens``)."""
     options: dict[str, Any] = {}
     for source, target in (
         ("max_tokens", "num_predict"),
-        ("max_completion_tokens", "num_predict"),
         ("temperature", "temperature"),
         ("top_p", "top_p"),
         ("seed", "seed"),

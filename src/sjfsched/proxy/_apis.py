@@ -121,9 +121,17 @@ def parse_scheduled(
 
     priority = _priority(body, priority_header)
     tenant = _tenant(body, tenant_header)
-    if any(f in body for f in PROXY_FIELDS):
-        for f in PROXY_FIELDS:
-            body.pop(f, None)
+    changed = any(f in body for f in PROXY_FIELDS)
+    for f in PROXY_FIELDS:
+        body.pop(f, None)
+    if endpoint.style == "openai" and "max_tokens" not in body and "max_completion_tokens" in body:
+        # OpenAI's newer name for the limit, which Ollama and llama-cpp-python's server do not
+        # read: sent on as max_tokens too, so the limit the call is ranked by holds upstream.
+        limit = _openai_limit({"max_completion_tokens": body["max_completion_tokens"]})
+        if limit is not None:
+            body["max_tokens"] = limit
+            changed = True
+    if changed:
         text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
         try:
             raw = text.encode()
@@ -222,6 +230,9 @@ def _ollama_limit(body: Mapping[str, Any]) -> int | None:
 
 
 def _openai_limit(body: Mapping[str, Any]) -> int | None:
+    """The output limit of an OpenAI call (``None``: none).  With both ``max_tokens`` and
+    ``max_completion_tokens``, servers differ in which they read: the larger counts."""
+    limits: list[int | None] = []
     for name in ("max_completion_tokens", "max_tokens"):
         value = body.get(name)
         if value is None:
@@ -230,10 +241,11 @@ def _openai_limit(body: Mapping[str, Any]) -> int | None:
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise BadRequest(f"{name} must be an integer, got {json.dumps(value)}", param=name)
-        if value <= 0:  # llama-cpp-python: no limit (0 too); Ollama: num_predict -1. The upstream judges it
-            return None
-        return value
-    return None
+        # <= 0: llama-cpp-python: no limit (0 too); Ollama: num_predict -1. The upstream judges it
+        limits.append(value if value > 0 else None)
+    if not limits or None in limits:
+        return None
+    return max(limit for limit in limits if limit is not None)
 
 
 def _ollama_generate(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -506,7 +518,12 @@ class Tally:
                 delta = choice.get("delta") or choice.get("message")
                 text = choice.get("text")
                 if not text and isinstance(delta, Mapping):
-                    text = delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls")
+                    text = (
+                        delta.get("content")
+                        or delta.get("reasoning_content")  # vLLM, llama-server
+                        or delta.get("reasoning")  # Ollama's /v1
+                        or delta.get("tool_calls")
+                    )
                 if text:
                     self.pieces += 1
         usage = obj.get("usage")
