@@ -131,6 +131,14 @@ def _content_text(content: object) -> str:
     return ""
 
 
+def _chat_text(messages: Sequence[Mapping[str, Any]]) -> str:
+    """:attr:`Request.text` of a chat: its last user turn, else every message joined by newlines."""
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return _content_text(message.get("content"))
+    return "\n".join(_content_text(m.get("content")) for m in messages)
+
+
 def _check_max_tokens(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is None:
         return
@@ -186,10 +194,19 @@ class Request:
     tenant: str | None = attrs.field(default=None, validator=_check_optional_str, kw_only=True)
     options: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_options, kw_only=True)
     metadata: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_metadata, kw_only=True)
+    # text and input_chars of a chat, made once: a predictor reads them several times a request,
+    # and a chat of many parts or turns costs in proportion to join.
+    _text: str = attrs.field(init=False, default="", repr=False)
+    _input_chars: int = attrs.field(init=False, default=0, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of Request.prompt or Request.messages")
+        if self.messages is not None:
+            object.__setattr__(self, "_text", _chat_text(self.messages))
+            object.__setattr__(
+                self, "_input_chars", sum(len(_content_text(m.get("content"))) for m in self.messages)
+            )
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Pickled and deep-copied by its fields (its frozen mappings cannot be pickled);
@@ -213,11 +230,7 @@ class Request:
         """
         if self.prompt is not None:
             return self.prompt
-        assert self.messages is not None
-        for message in reversed(self.messages):
-            if message.get("role") == "user":
-                return _content_text(message.get("content"))
-        return "\n".join(_content_text(m.get("content")) for m in self.messages)
+        return self._text
 
     @property
     def input_chars(self) -> int:
@@ -228,8 +241,7 @@ class Request:
         """
         if self.prompt is not None:
             return len(self.prompt)
-        assert self.messages is not None
-        return sum(len(_content_text(m.get("content"))) for m in self.messages)
+        return self._input_chars
 
 
 def _rebuild_request(prompt: str | None, fields: dict[str, Any]) -> Request:

@@ -309,3 +309,137 @@ def test_observe_names_a_request_that_is_not_one() -> None:
     predictor = LexicalPredictor()
     with pytest.raises(TypeError, match="observe\\(\\) takes the completed Request first, got 'hello'"):
         predictor.observe("hello", predictor.predict(PROMPT), 10)  # type: ignore[arg-type]
+
+
+# ---- found by a reviewer (stop 21), each with a reproducer
+
+
+def test_a_model_whose_metadata_is_not_utf8_is_a_predictor_error(tmp_path: Path) -> None:
+    """One flipped byte in a metadata string raised UnicodeDecodeError, which the default
+    predictor's fallback to HeuristicPredictor does not catch."""
+    data = bytearray(bundled_model_path().read_bytes())
+    at = data.rindex(b"sjfsched.trained_on")
+    data[data.index(b"arena", at)] = 0x9B  # not UTF-8
+    damaged = tmp_path / "damaged.onnx"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(PredictorError, match=r"damaged\.onnx: the model's metadata cannot be read"):
+        LexicalPredictor(model_path=damaged)
+
+
+def _paused_before(method: object, marker: str, call: object, meanwhile: object) -> dict[str, object]:
+    """Run ``call()`` in a thread paused at the line of ``method`` holding ``marker``, run
+    ``meanwhile()`` here, then let it go on: a forced interleaving, no code of sjfsched changed."""
+    import inspect
+    import sys
+
+    code = method.__code__  # type: ignore[attr-defined]
+    lines, first = inspect.getsourcelines(method)  # type: ignore[arg-type]
+    stop = first + next(i for i, line in enumerate(lines) if marker in line)
+    paused, resume = threading.Event(), threading.Event()
+
+    def tracer(frame: object, event: str, arg: object) -> object:
+        if getattr(frame, "f_code", None) is not code:
+            return None
+
+        def local(frame: object, event: str, arg: object) -> object:
+            if event == "line" and getattr(frame, "f_lineno", 0) == stop and not paused.is_set():
+                paused.set()
+                resume.wait(5)
+            return local
+
+        return local
+
+    result: dict[str, object] = {}
+
+    def run() -> None:
+        sys.settrace(tracer)  # type: ignore[arg-type]
+        try:
+            result["value"] = call()  # type: ignore[operator]
+        except Exception as exc:
+            result["error"] = exc
+        finally:
+            sys.settrace(None)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert paused.wait(5)
+    meanwhile()  # type: ignore[operator]
+    resume.set()
+    thread.join(10)
+    return result
+
+
+def test_predict_survives_a_reset_from_another_thread() -> None:
+    """predict() takes no lock: the correction's weights were read twice, and a reset between
+    the two (reset_calibration, load_calibration) failed it with an AttributeError."""
+    from sjfsched.predictors._adapt import ScoreCorrection
+
+    p = LexicalPredictor()
+    r = Request("Write a poem about the sea")
+    p.observe(r, p.predict(r), 300)  # something learnt: predictions add the correction
+    one = _paused_before(ScoreCorrection.value, "np.dot", lambda: p.predict(r), p.reset_calibration)
+    assert "error" not in one and math.isfinite(one["value"].tokens)  # type: ignore[attr-defined]
+    p.observe(r, p.predict(r), 300)
+    many = _paused_before(
+        ScoreCorrection.row_weights, "weights.take", lambda: p.predict_many([r] * 12), p.reset_calibration
+    )
+    assert "error" not in many and len(many["value"]) == 12  # type: ignore[arg-type]
+
+
+def test_a_calibration_weight_past_what_its_decay_allows_is_refused(tmp_path: Path) -> None:
+    """s0 is bounded by 1 / (1 - decay) (500 at the default 0.998): a state rescaled past it
+    loaded, and froze the calibration against every later answer."""
+    p = LexicalPredictor(adapt=False)
+    for i in range(50):
+        r = Request(f"question {i}")
+        p.observe(r, p.predict(r), 40)
+    path = tmp_path / "state.json"
+    p.save_calibration(path)
+    state = read_state(path)
+    scale = 1e9 / state["state"]["s0"]
+    for key in ("s0", "sx", "sy", "sxx", "sxy", "sr"):
+        state["state"][key] *= scale
+    state["state"]["n"] = 10**10
+    write_state(path, state)
+    with pytest.raises(PredictorError, match=r"s0 > 1 / \(1 - decay\) = 500"):
+        LexicalPredictor(adapt=False, calibration_path=path)
+
+
+def test_predictors_name_what_is_not_a_request() -> None:
+    from sjfsched.predictors import HeuristicPredictor
+
+    lexical = LexicalPredictor()
+    for call in (
+        lambda: lexical.predict("hello"),  # type: ignore[arg-type]
+        lambda: lexical.predict_many(["hello"] * 20),  # type: ignore[list-item]
+        lambda: HeuristicPredictor().predict("hello"),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(TypeError, match=r"takes Request objects, got str 'hello'.*Request\(prompt\)"):
+            call()
+    with pytest.raises(TypeError, match="scores\\(\\) takes a sequence of texts, got one str"):
+        lexical.scores("hello world")
+
+
+def test_a_chats_text_is_made_once() -> None:
+    """Request.text joined a chat's parts on every read (a predictor reads it two or three
+    times a request): a user turn of 100,000 parts cost 30 ms a prediction."""
+    parts = [{"type": "text", "text": f"part {i}"} for i in range(1000)]
+    chat = Request(messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": parts}])
+    assert chat.text is chat.text
+    assert chat.text == "\n".join(f"part {i}" for i in range(1000))
+    assert chat.input_chars == len("Be brief.") + len(chat.text)
+
+
+def test_predict_many_keeps_a_repredicted_request_among_the_latest() -> None:
+    """With adapt=False, a request predicted again through predict_many() kept its first place
+    among the remembered scores, and was forgotten while still among the latest."""
+    from sjfsched.predictors._lexical import _FORGET_BATCH, RECENT_SCORES
+
+    p = LexicalPredictor(adapt=False)
+    r = Request("the request of interest")
+    p.predict(r)
+    fillers = [Request(f"filler {i}") for i in range(RECENT_SCORES)]
+    p.predict_many(fillers[: RECENT_SCORES - 100])
+    p.predict_many([r, *fillers[-20:-9]])  # predicted again, in a batch of 12
+    p.predict_many([Request(f"later {i}") for i in range(_FORGET_BATCH + 200)])
+    assert id(r) in p._recent

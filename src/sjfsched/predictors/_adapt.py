@@ -163,17 +163,23 @@ class ScoreCorrection:
         self.observations = 0
         self._buffer.clear()
 
+    # value() and row_weights() run in predict(), which takes no lock: they read the weights
+    # once, as reset() (from load_calibration or reset_calibration in another thread) may
+    # drop them at any moment.
+
     def value(self, ids: npt.NDArray[np.int32], values: npt.NDArray[np.float32]) -> float:
         """The correction for one text's feature rows (as ``LexicalFeaturizer.encode`` gives them)."""
-        if self.weights is None:
+        weights = self.weights
+        if weights is None:
             return 0.0
-        return float(np.dot(self.weights.take(ids), values)) + self.bias
+        return float(np.dot(weights.take(ids), values)) + self.bias
 
     def row_weights(self, ids: npt.NDArray[np.int32]) -> npt.NDArray[np.float32]:
         """The weight of each row in ``ids`` (zeros before anything is learnt)."""
-        if self.weights is None:
+        weights = self.weights
+        if weights is None:
             return np.zeros(len(ids), np.float32)
-        return self.weights.take(ids)
+        return weights.take(ids)
 
     def target(self, output_tokens: float) -> float:
         """The answer's length on the model's score scale, as its training target was made."""
@@ -228,13 +234,30 @@ class ScoreCorrection:
 
     def to_dict(self) -> dict[str, Any]:
         """The learnt state (nonzero weights, base64 of little-endian int32 rows and float32 values)."""
-        weights = np.zeros(0, np.float32) if self.weights is None else self.weights
+        return self.encode(self.snapshot())
+
+    def snapshot(self) -> tuple[Any, ...]:
+        """A copy of the learnt state, quick to take (under the lock :meth:`observe` waits for);
+        :meth:`encode` makes it the dict of :meth:`to_dict`, outside it."""
+        weights = np.zeros(0, np.float32) if self.weights is None else self.weights.copy()
+        return (
+            self.size,
+            self.observations,
+            self.bias,
+            weights,
+            list(self._buffer),
+            _random_state(self._random),
+        )
+
+    @staticmethod
+    def encode(snapshot: tuple[Any, ...]) -> dict[str, Any]:
+        """The dict of :meth:`to_dict`, from a :meth:`snapshot`."""
+        size, observations, bias, weights, entries, randomness = snapshot
         rows = np.flatnonzero(weights).astype("<i4")
-        entries = list(self._buffer)
         return {
-            "size": self.size,
-            "observations": self.observations,
-            "bias": self.bias,
+            "size": size,
+            "observations": observations,
+            "bias": bias,
             "rows": _b64(rows),
             "weights": _b64(weights[rows].astype("<f4")),
             # the replay buffer, so that a restart learns on as it would have
@@ -247,7 +270,7 @@ class ScoreCorrection:
                     np.concatenate([e[1] for e in entries] or [np.zeros(0, np.float32)]).astype("<f4")
                 ),
                 "residuals": _b64(np.array([e[2] for e in entries], "<f8")),
-                "random": _random_state(self._random),
+                "random": randomness,
             },
         }
 

@@ -7,12 +7,32 @@ from typing import Protocol, runtime_checkable
 
 from .._records import Prediction, Request
 
-__all__ = ["LONG_TOKENS", "SHORT_TOKENS", "Predictor", "SupportsObserve"]
+__all__ = ["LONG_TOKENS", "SHORT_TOKENS", "Predictor", "SupportsObserve", "texts_of"]
 
 #: Clairvoyant's answer-length classes, used by ranking accuracy, the
 #: benchmarks and ``p_long``: short below 200 output tokens, long from 800 on.
 SHORT_TOKENS = 200
 LONG_TOKENS = 800
+
+
+def texts_of(method: str, requests: Sequence[Request]) -> list[str]:
+    """The ``text`` of each request; a :class:`TypeError` naming ``method`` for anything else."""
+    try:
+        return [r.text for r in requests]
+    except AttributeError:
+        for r in requests:
+            if not isinstance(r, Request):
+                raise _not_a_request(method, r) from None
+        raise
+
+
+def _not_a_request(method: str, value: object) -> TypeError:
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return TypeError(
+        f"{method} takes Request objects, got {type(value).__name__} {shown}: make a prompt "
+        f"one with Request(prompt)"
+    )
 
 
 @runtime_checkable

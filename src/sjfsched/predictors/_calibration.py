@@ -153,7 +153,10 @@ class LengthCalibration:
             values[key] < 0 for key in ("s0", "sxx", "sr", "n")
         ):
             raise ValueError(f"{where}: calibration state holds invalid numbers")
-        why = _impossible(values)
+        decay = data.get("decay", self.decay)  # what the state was learnt with
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 < decay <= 1.0:
+            raise ValueError(f"{where}: calibration decay must be within (0, 1], got {decay!r}")
+        why = _impossible(values, float(decay))
         if why is not None:
             raise ValueError(f"{where}: calibration state holds numbers no observations give ({why})")
         # Fit a copy first: a state that cannot be fit leaves this one as it was.
@@ -173,17 +176,20 @@ class LengthCalibration:
         self._refit()
 
 
-def _impossible(v: dict[str, float]) -> str | None:
+def _impossible(v: dict[str, float], decay: float = 1.0) -> str | None:
     """What in a state's sums no run of :meth:`LengthCalibration.observe` could give, if anything.
 
-    Each observation adds weight 1 (then decays), a score within
+    Each observation adds weight 1 (then decays by ``decay``, so the weight
+    never reaches ``1 / (1 - decay)``), a score within
     ``_MAX_RAW`` of 0, a log length within ``[0, _MAX_Y]`` and a squared
     residual of at most 25: the sums are bounded by their weight ``s0``.
     A little slack is left for rounding.
     """
     s0 = v["s0"] * (1 + 1e-9) + 1e-12
+    most = 1.0 / (1.0 - decay) if decay < 1.0 else math.inf
     checks = (
         (v["s0"] <= v["n"] + 1e-9, "s0 > n"),
+        (v["s0"] <= most * (1 + 1e-9), f"s0 > 1 / (1 - decay) = {most:g}"),
         (abs(v["sx"]) <= _MAX_RAW * s0, "|sx| > 1e6 s0"),
         (-1e-12 <= v["sy"] <= _MAX_Y * s0, "sy outside [0, log(1e6) s0]"),
         (v["sxx"] <= _MAX_RAW * _MAX_RAW * s0, "sxx > 1e12 s0"),

@@ -925,10 +925,10 @@ def run(args: argparse.Namespace) -> int:
         score = _length(())
     elif args.predictor == "clairvoyant":
         from ._clairvoyant import ClairvoyantPredictor
-        from ._lexical import open_session
+        from ._lexical import _metadata, open_session
 
         clairvoyant = ClairvoyantPredictor(args.model)
-        metadata = open_session(args.model).get_modelmeta().custom_metadata_map
+        metadata = _metadata(open_session(args.model), args.model, "clairvoyant")
 
         def score(texts: Sequence[str]) -> npt.NDArray[np.float64]:
             return np.asarray(clairvoyant.probabilities_many(texts)[:, 2], np.float64)

@@ -24,7 +24,7 @@ import numpy.typing as npt
 from .._errors import PredictorError
 from .._records import Prediction, Request
 from ._adapt import ScoreCorrection, TargetMap
-from ._base import LONG_TOKENS
+from ._base import LONG_TOKENS, _not_a_request, texts_of
 from ._calibration import LengthCalibration, read_state, require_length, write_state
 from ._features import FEATURE_VERSION, SIGNALS, LexicalFeaturizer
 
@@ -90,7 +90,10 @@ def open_session(path: Path, data: bytes | None = None) -> Any:
 
 
 def _metadata(session: Any, path: Path, kind: str) -> Mapping[str, str]:
-    meta: Mapping[str, str] = session.get_modelmeta().custom_metadata_map
+    try:
+        meta: Mapping[str, str] = session.get_modelmeta().custom_metadata_map
+    except Exception as exc:  # a damaged file: its strings are not UTF-8 (UnicodeDecodeError), say
+        raise PredictorError(f"{path}: the model's metadata cannot be read ({exc})") from exc
     found = meta.get("sjfsched.kind")
     if found != kind:
         raise PredictorError(
@@ -423,6 +426,10 @@ class LexicalPredictor:
 
     def scores(self, texts: Sequence[str]) -> npt.NDArray[np.float64]:
         """Raw scores of many texts, with one model run (see :meth:`score`)."""
+        if isinstance(texts, str):
+            raise TypeError(
+                "scores() takes a sequence of texts, got one str: use score(text) or scores([text])"
+            )
         n = len(texts)
         if n == 0:
             return np.zeros(0)
@@ -458,7 +465,13 @@ class LexicalPredictor:
         return Prediction(tokens, min(max(p_long, 0.0), 1.0))
 
     def predict(self, request: Request, /) -> Prediction:
-        raw = self.score(request.text)
+        try:
+            text = request.text
+        except AttributeError:
+            if isinstance(request, Request):
+                raise
+            raise _not_a_request("predict()", request) from None
+        raw = self.score(text)
         if self._remember:
             recent = self._recent
             key = id(request)
@@ -482,13 +495,16 @@ class LexicalPredictor:
             requests = list(requests)
         if len(requests) < _SMALL_BATCH:  # a batch's fixed cost outweighs what it saves
             return [self.predict(r) for r in requests]
-        raw = self.scores([r.text for r in requests])
+        raw = self.scores(texts_of("predict_many()", requests))
         if self._remember:
             last = requests[-RECENT_SCORES:]
             recent = self._recent
+            keys = list(map(id, last))
+            for key in keys:  # a reused id goes to the end, as in predict()
+                recent.pop(key, None)
             recent.update(
                 zip(
-                    map(id, last),
+                    keys,
                     zip(map(weakref.ref, last), raw[-RECENT_SCORES:].tolist(), strict=True),
                     strict=True,
                 )
@@ -551,11 +567,12 @@ class LexicalPredictor:
             raise ValueError("no path given and no calibration_path set")
         if target.is_dir():
             raise PredictorError(f"{target}: cannot save calibration (it is a directory)")
-        with self._state_lock:
+        with self._state_lock:  # copied under the lock; encoded outside it
             data = self._calibration.to_dict()
-            data["model"] = self._fingerprint
-            if self._correction is not None:
-                data["correction"] = self._correction.to_dict()
+            learnt = None if self._correction is None else self._correction.snapshot()
+        data["model"] = self._fingerprint
+        if learnt is not None:
+            data["correction"] = ScoreCorrection.encode(learnt)
         try:
             write_state(target, data)
         except OSError as exc:

@@ -10,6 +10,7 @@ from typing import final
 import attrs
 
 from .._records import Prediction, Request
+from ._base import _not_a_request
 
 __all__ = ["ConstantPredictor", "HeuristicPredictor"]
 
@@ -70,7 +71,12 @@ class HeuristicPredictor:
         _finite("cap", self.cap, "> 0", lambda x: x > 0)
 
     def predict(self, request: Request, /) -> Prediction:
-        prompt_tokens = len(request.text) / 4.0
+        try:
+            prompt_tokens = len(request.text) / 4.0
+        except AttributeError:
+            if isinstance(request, Request):
+                raise
+            raise _not_a_request("predict()", request) from None
         return Prediction(min(self.cap, self.base + self.per_prompt_token * prompt_tokens))
 
     def predict_many(self, requests: Sequence[Request], /) -> list[Prediction]:
