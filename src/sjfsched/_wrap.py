@@ -18,7 +18,7 @@ from typing_extensions import Self
 from ._errors import SchedulerClosed
 from ._records import Request
 from ._sync import SyncScheduler
-from .backends._llama import TokenCounter, counting_processors, llama_lock, recording_samples
+from .backends._llama import TokenCounter, counting_processors, llama_closed, llama_lock, recording_samples
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -291,6 +291,7 @@ class ScheduledLlama:
         values = _with_defaults(bound)
         prompt = values["prompt"]
         if not isinstance(prompt, str):  # a list of token ids
+            self._check_open_llm()
             tokens = list(prompt)
             _check_token_ids(tokens, self._llm.n_vocab())  # llama.cpp aborts the process on a bad one
             prompt = self._llm.detokenize(tokens).decode("utf-8", errors="replace")
@@ -372,6 +373,7 @@ class ScheduledLlama:
         """
         self._refuse_reentry(call)
         with self._lock:
+            self._check_open_llm()
             holding = _Holding(self, held or call, opened)
             with _HOLDING_GUARD:
                 _HOLDING[self._llm] = holding
@@ -381,6 +383,15 @@ class ScheduledLlama:
                 with _HOLDING_GUARD:
                     if _HOLDING.get(self._llm) is holding:
                         del _HOLDING[self._llm]
+
+    def _check_open_llm(self) -> None:
+        """Refuse a closed ``Llama`` (closed by the program, or by a ``LlamaCppBackend(close_llm=True)``
+        over it): a call on it would crash the process."""
+        if llama_closed(self._llm):
+            raise RuntimeError(
+                "the llama_cpp.Llama under this wrap() is closed (close() was called on it, or on a "
+                "LlamaCppBackend(close_llm=True) over it); make a new one"
+            )
 
     def _locked(self, name: str, method: Callable[..., Any], *, generator: bool) -> Callable[..., Any]:
         """The ``Llama``'s method ``name``, run under the model's lock (a generator: while it is open)."""

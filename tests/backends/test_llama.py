@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -724,3 +725,88 @@ async def test_an_empty_prompt_counts_and_reads_as_llama_cpps_usage(tiny_llm: Ll
     finally:
         if llm is not tiny_llm:
             llm.close()
+
+
+async def test_a_cancelled_request_stops_while_the_stream_hands_out_nothing(tiny_llm: Llama) -> None:
+    """After a byte that is no whole character, llama-cpp-python's stream hands out nothing until
+    the generation ends, so one read ran to the end of the context: a request cancelled then went
+    on generating, and held the model, for all of it (found by a reviewer: 38 s after a 0.5 s
+    deadline on a slower model)."""
+    byte_ff = next(i for i in range(tiny_llm.n_vocab()) if tiny_llm.detokenize([i]) == b"\xff")
+    counts = {"samples": 0, "after": 0}
+    cancelled = threading.Event()
+
+    def invalid_first(
+        input_ids: npt.NDArray[np.intc], scores: npt.NDArray[np.single]
+    ) -> npt.NDArray[np.single]:
+        counts["samples"] += 1
+        if cancelled.is_set():
+            counts["after"] += 1
+        if counts["samples"] == 1:
+            forced = np.full_like(scores, -1e9)
+            forced[byte_ff] = 0.0
+            return forced
+        return scores
+
+    options = {"logits_processor": LogitsProcessorList([invalid_first]), "temperature": 0.0}
+    async with Scheduler(LlamaCppBackend(tiny_llm), predictor=ConstantPredictor()) as sched:
+        with anyio.CancelScope() as scope:
+
+            async def cancel_after_a_few_samples() -> None:
+                while counts["samples"] < 5:  # noqa: ASYNC110  # counted in llama's thread
+                    await anyio.sleep(0.0005)
+                cancelled.set()
+                scope.cancel()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(cancel_after_a_few_samples)
+                async with sched.stream("Once", options=options) as chunks:
+                    async for _ in chunks:
+                        pass
+        assert scope.cancelled_caught
+        assert counts["after"] <= 20, counts  # the context holds hundreds more
+        # The model is free for the next request.
+        with anyio.fail_after(30):
+            answer = await sched.complete("Once", max_tokens=3)
+    assert answer.output_tokens == 3
+
+
+def test_a_closed_llama_is_refused_not_a_crash(tiny_path: Path) -> None:
+    """A Llama closed by a LlamaCppBackend(close_llm=True) crashed the process (a segmentation
+    fault) at the next call through another backend or a wrap() over it. In a child interpreter,
+    so that the old crash fails this test and not the run."""
+    code = textwrap.dedent(
+        f"""
+        import json, anyio, llama_cpp, sjfsched
+        from sjfsched import Scheduler
+        from sjfsched.backends import LlamaCppBackend
+        from sjfsched.predictors import ConstantPredictor
+
+        llm = llama_cpp.Llama({str(tiny_path)!r}, n_ctx=256, n_threads=1, verbose=False)
+        got = {{}}
+
+        async def main():
+            async with Scheduler(LlamaCppBackend(llm, close_llm=True), predictor=ConstantPredictor()) as s:
+                await s.complete("Once", max_tokens=2)
+            async with Scheduler(LlamaCppBackend(llm), predictor=ConstantPredictor()) as s:
+                try:
+                    await s.complete("Once", max_tokens=2)
+                except sjfsched.BackendError as exc:
+                    got["backend"] = str(exc)
+
+        anyio.run(main)
+        with sjfsched.wrap(llm, predictor=ConstantPredictor()) as wrapped:
+            try:
+                wrapped("Once", max_tokens=2)
+            except RuntimeError as exc:
+                got["wrap"] = str(exc)
+        print(json.dumps(got))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "the llama_cpp.Llama is closed" in got["backend"]
+    assert "the llama_cpp.Llama under this wrap() is closed" in got["wrap"]

@@ -170,6 +170,58 @@ def _is_end_of_generation(llm: Llama, token: int) -> bool:
     return token == llm.token_eos()  # pragma: no cover - llama-cpp-python before 0.3.6
 
 
+class _Cancelled(Exception):
+    """Raised inside llama.cpp's generation, at its next sample, once the caller was cancelled."""
+
+
+async def _next(iterator: Iterator[Any], watcher: _StopStrings) -> Any:
+    """``next(iterator, _DONE)`` in a worker thread; cancelled, it ends at the next sample.
+
+    One ``next()`` on llama-cpp-python's stream runs until it has text to hand
+    out: many samples when they are bytes of no whole character.  So the call
+    is given up at once when the caller is cancelled, and the generation told
+    to end at its next sample, which is waited for (shielded) before the
+    cancellation goes on: the model is free when this returns.
+    """
+    done = threading.Event()
+
+    def step() -> Any:
+        try:
+            return next(iterator, _DONE)
+        finally:
+            done.set()
+
+    try:
+        return await anyio.to_thread.run_sync(step, abandon_on_cancel=True)
+    except anyio.get_cancelled_exc_class():
+        watcher.cancelled = True
+        with anyio.CancelScope(shield=True):
+            while not done.is_set():  # noqa: ASYNC110  # set by the worker thread: polled
+                await anyio.sleep(0.002)
+        raise
+
+
+def llama_closed(llm: object) -> bool:
+    """Whether a ``Llama`` was closed (``close()`` frees its context and model; a call on it
+    then crashes the process)."""
+    context = getattr(llm, "_ctx", None)
+    model = getattr(llm, "_model", None)
+    return getattr(context, "ctx", True) is None or getattr(model, "model", True) is None
+
+
+def closed_llama_error(where: str) -> BackendError:
+    return BackendError(
+        f"{where}: the llama_cpp.Llama is closed (close() was called on it, or on a "
+        "LlamaCppBackend(close_llm=True) over it); make a new one"
+    )
+
+
+def failure(exc: BaseException) -> str:
+    """What a ``BackendError`` says of llama-cpp-python's own exception (its type where its
+    message says nothing)."""
+    return str(exc) or type(exc).__name__
+
+
 class _StopFound(Exception):
     """Raised inside llama.cpp's generation when one of our stop strings is complete: it ends there."""
 
@@ -218,6 +270,9 @@ class _StopStrings:
         # first BOS goes), so the bytes grow by each new token's alone; any other tokenizer
         # (an HF one given to the Llama) is asked for the whole answer, as llama-cpp-python asks.
         self._text = b""
+        #: Set when the caller is cancelled: the next sample ends the generation (a call of
+        #: ``next()`` on llama-cpp-python's stream can run for many samples).
+        self.cancelled = False
         self._last_at: int | None = None  # where the newest sample's bytes start in _text
         #: The first byte the answer's tokens print, before the rule that drops a space
         #: there when they start with the BOS (None: none yet, or not llama.cpp's tokenizer).
@@ -247,6 +302,8 @@ class _StopStrings:
 
     def sampled(self, token: int) -> None:
         """Look for a stop string once ``token`` is part of the answer."""
+        if self.cancelled:
+            raise _Cancelled
         if _is_end_of_generation(self._llm, token):
             return  # llama-cpp-python ends here, before its own look
         if not self._stops and (self.first_raw is not None or not self._by_token):
@@ -541,11 +598,13 @@ class LlamaCppBackend:
         try:
             if self._llm_closed:  # closed while this waited for the model
                 raise BackendError("this LlamaCppBackend is closed")
+            if llama_closed(self._llm):  # by its owner (another backend, the program)
+                raise closed_llama_error("LlamaCppBackend")
             with recording_samples(self._llm, counter, watcher.sampled):
                 try:
                     iterator = await anyio.to_thread.run_sync(self._start, request, arguments)
                 except Exception as exc:
-                    raise BackendError(f"llama.cpp failed: {exc}") from exc
+                    raise BackendError(f"llama.cpp failed: {failure(exc)}") from exc
                 try:
                     async with aclosing(self._chunks(iterator, counter, watcher)) as chunks:
                         async for chunk in chunks:
@@ -580,7 +639,7 @@ class LlamaCppBackend:
         leading_space = True
         while True:
             try:
-                item: Any = await anyio.to_thread.run_sync(next, iterator, _DONE)
+                item: Any = await _next(iterator, watcher)
             except _StopFound as found:
                 # Our own stop string, found in the sampled tokens' bytes: the
                 # answer is the text before it, decoded as llama-cpp-python
@@ -591,7 +650,7 @@ class LlamaCppBackend:
                 pending, finish = _as_text(found.text)[sent:], "stop"
                 break
             except Exception as exc:
-                raise BackendError(f"llama.cpp failed: {exc}") from exc
+                raise BackendError(f"llama.cpp failed: {failure(exc)}") from exc
             if item is _DONE:
                 before = watcher.last_look() if stops else None
                 if before is not None:
