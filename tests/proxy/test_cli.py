@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -399,3 +400,33 @@ def test_an_embedded_server_cancelled_with_a_request_in_flight_stops_at_once_and
     elapsed = asyncio.run(main())
     assert elapsed < 0.5
     assert _quiet_cut not in logging.getLogger("uvicorn.error").filters
+
+
+def test_a_client_still_sending_its_body_does_not_hold_the_drain(ollama: OllamaServer) -> None:
+    """A scheduled call whose body was still arriving held a drain for the whole
+    --shutdown-timeout with nothing running, and one refused as the scheduler closed went
+    uncounted (found by a reviewer)."""
+    with serve("--upstream", ollama.url, "--listen", "127.0.0.1:0", "--shutdown-timeout", "20") as proxy:
+        host, port = proxy.url.removeprefix("http://").split(":")
+        body = json.dumps({"model": MODEL, "prompt": "Hello", "options": {"num_predict": 2}}).encode()
+        head = f"POST /api/generate HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n\r\n"
+        with (
+            socket.create_connection((host, int(port))) as slow,
+            socket.create_connection((host, int(port))) as late,
+        ):
+            slow.sendall(head.encode() + body[:-5])  # never finished
+            late.sendall(head.encode() + body[:-5])  # finished after the drain began
+            time.sleep(0.3)
+            t0 = time.monotonic()
+            proxy.process.send_signal(signal.SIGTERM)
+            proxy.wait_for_line("SIGTERM: shutting down", 10)
+            late.sendall(body[-5:])
+            late.settimeout(10)
+            answer = b""
+            while b"shutting down" not in answer and (part := late.recv(4096)):
+                answer += part
+            assert answer.startswith(b"HTTP/1.1 503") and b"the proxy is shutting down" in answer
+            assert proxy.wait(15) == 0
+            assert time.monotonic() - t0 < 10  # not the 20 s of --shutdown-timeout
+    assert "request(s) still sending their body are cut" in proxy.output
+    assert "Traceback" not in proxy.output and "Exception in ASGI application" not in proxy.output

@@ -208,7 +208,10 @@ def test_upstream_dying_mid_stream_ends_the_stream_with_an_error(
     ollama_proxy.wait_until(lambda s: s.running == 0 and s.waiting == 0)
     stats = ollama_proxy.stats()
     assert (stats.failed, stats.completed, stats.running) == (4, 0, 0)
-    assert ollama_proxy.metrics()['sjfsched_upstream_errors_total{kind="midstream"}'] == 4
+    metrics = ollama_proxy.metrics()
+    # Three answers cut; the whole one died before its head (the metric's "connect": before an answer).
+    assert metrics['sjfsched_upstream_errors_total{kind="midstream"}'] == 3
+    assert metrics['sjfsched_upstream_errors_total{kind="connect"}'] == 1
 
 
 def test_upstream_errors_pass_through_and_count_as_failed(ollama_proxy: RunningProxy) -> None:
@@ -469,3 +472,107 @@ def test_an_openai_stream_ending_without_a_finish_reason_counts_as_failed(ollama
     )
     after = ollama_proxy.stats()
     assert (after.completed - before.completed, after.failed - before.failed) == (0, 2)
+
+
+# ------------------------------------------------------------------ found by a reviewer (stop 21)
+
+
+def test_a_drain_counts_the_call_it_refuses_once_its_body_arrives(
+    ollama: OllamaServer, start_proxy: ProxyFactory
+) -> None:
+    """The 503 of a call whose body arrived after the drain began (the scheduler closed) was
+    counted nowhere; and a drain waited for a body still arriving, with nothing running."""
+    proxy = start_proxy(ollama.url)
+    body = json.dumps({"model": MODEL, "prompt": "Hello", "options": {"num_predict": 2}}).encode()
+    host, port = proxy.url.removeprefix("http://").split(":")
+    head = f"POST /api/generate HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n\r\n"
+    with socket.create_connection((host, int(port))) as late:
+        late.sendall(head.encode() + body[:-5])
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        assert proxy.run(lambda: proxy.app.drain(20), timeout=30) is True
+        assert time.monotonic() - t0 < 10  # not the 20 s grace
+        late.sendall(body[-5:])
+        late.settimeout(10)
+        answer = b""
+        while b"shutting down" not in answer and (part := late.recv(4096)):
+            answer += part
+    assert answer.startswith(b"HTTP/1.1 503")
+    assert proxy.app.metrics.rejected["shutting_down"] == 1
+
+
+def _upstream_once(answer: bytes) -> tuple[str, Callable[[], None]]:
+    """A loopback upstream that reads a request and sends ``answer`` (b"" : closes at once)."""
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                data = b""
+                while b"\r\n\r\n" not in data and (part := conn.recv(65536)):
+                    data += part
+                if answer:
+                    conn.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    def close() -> None:
+        stop.set()
+        thread.join(5)
+        server.close()
+
+    return f"http://127.0.0.1:{server.getsockname()[1]}", close
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind"),
+    [
+        (
+            b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n"
+            + b'{"model":"m","response":"Once upon a ti',
+            "json",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 36\r\n\r\n"
+            b"<html>502 from some middlebox</html>",
+            "json",
+        ),
+        (b"", "none"),
+    ],
+    ids=["cut-short", "not-json", "closed-before-answering"],
+)
+def test_a_whole_answer_that_is_no_answer_counts_as_failed(
+    start_proxy: ProxyFactory, answer: bytes, kind: str
+) -> None:
+    """A "stream": false answer cut short, or no JSON at all, was counted completed (and its
+    time taught the Retry-After estimate); an upstream that closed before answering was counted
+    as a mid-answer failure, not the 'connect' kind the metric's help names."""
+    url, close = _upstream_once(answer)
+    try:
+        proxy = start_proxy(url, upstream_api="ollama")
+        with httpx.Client(timeout=30) as client:
+            got = client.post(
+                f"{proxy.url}/api/generate", json={"model": MODEL, "prompt": "Hi", "stream": False}
+            )
+        proxy.wait_until(lambda s: s.running == 0)
+        metrics = proxy.metrics()
+        assert proxy.stats().failed == 1 and proxy.stats().completed == 0
+        if kind == "json":
+            assert got.status_code == 200  # passed on as it came
+            assert metrics['sjfsched_upstream_errors_total{kind="midstream"}'] == 1
+        else:
+            assert got.status_code == 502
+            assert metrics['sjfsched_upstream_errors_total{kind="connect"}'] == 1
+            assert metrics['sjfsched_upstream_errors_total{kind="midstream"}'] == 0
+    finally:
+        close()

@@ -110,6 +110,9 @@ class ProxyApp:
         self._learner: Predictor | None = predictor
         self._draining = False
         self._inflight = 0
+        #: of those, scheduled calls still reading their body: a drain does not wait for them
+        #: (once read, they are refused), or a client trickling its body would hold the exit
+        self._reading = 0
         self._idle: anyio.Event | None = None
         self._service_seconds: float | None = None
 
@@ -160,17 +163,24 @@ class ProxyApp:
         await scheduler.__aenter__()
         self._scheduler = scheduler
 
+    @property
+    def reading(self) -> int:
+        """Scheduled calls still reading their request body (a drain does not wait for them)."""
+        return self._reading
+
     async def drain(self, grace: float) -> bool:
         """Shut down gently: new requests get 503, waiting ones get 503, running ones finish.
 
         Returns ``True`` if every request in flight ended within ``grace``
-        seconds, ``False`` if some were still running.
+        seconds, ``False`` if some were still running.  Scheduled calls still
+        reading their body are not waited for: once read, they would be
+        refused.
         """
         self._draining = True
         with anyio.move_on_after(grace):
             if self._scheduler is not None:
                 await self._scheduler.aclose()
-            while self._inflight:
+            while self._inflight > self._reading:
                 self._idle = anyio.Event()
                 await self._idle.wait()
             return True
@@ -205,11 +215,14 @@ class ProxyApp:
                 await self._http(scope, receive, send)
             finally:
                 self._inflight -= 1
-                if not self._inflight and self._idle is not None:
-                    self._idle.set()
+                self._maybe_idle()
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         # Nothing else (websockets) is served.
+
+    def _maybe_idle(self) -> None:
+        if self._inflight <= self._reading and self._idle is not None:
+            self._idle.set()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         await receive()  # lifespan.startup
@@ -281,7 +294,11 @@ class ProxyApp:
         try:
             if length is not None and _int(length) > limit:
                 raise _TooLarge
-            raw = await _read_body(receive, limit)
+            self._reading += 1
+            try:
+                raw = await _read_body(receive, limit)
+            finally:
+                self._reading -= 1
         except _TooLarge:
             self.metrics.rejected["body_too_large"] += 1
             message = f"the request body is larger than {limit} bytes (the proxy's --max-body-bytes)"
@@ -332,6 +349,7 @@ class ProxyApp:
                     extra=[(b"retry-after", str(self._retry_after()).encode())],
                 )
         except SchedulerClosed:
+            self.metrics.rejected["shutting_down"] += 1
             exchange.complete = True
             await _error(send, 503, style, "the proxy is shutting down", kind="server_error")
         except _Failed:
@@ -365,7 +383,7 @@ class ProxyApp:
         try:
             response = await client.request("POST", _target(scope), headers, body)
         except UpstreamError as exc:
-            await self._unreachable(send, style, exc, ours, exchange)
+            await self._unreachable(send, style, exc, ours, exchange, answered=False)
             raise _Failed from exc
         try:
             status = response.status
@@ -380,11 +398,23 @@ class ProxyApp:
                 try:
                     answer = await response.read()
                 except UpstreamError as exc:
-                    await self._unreachable(send, style, exc, ours, exchange)
+                    await self._unreachable(send, style, exc, ours, exchange, answered=True)
                     raise _Failed from exc
                 metrics.first_byte[klass].observe(anyio.current_time() - arrival)
                 tally.feed_whole(answer)
-                failed = status >= 400 or tally.error is not None
+                # A whole answer is one JSON object with Ollama's "done": true or an OpenAI
+                # finish_reason; anything else (cut short, empty, a middlebox's page) broke off.
+                unfinished = status < 400 and not (tally.done or tally.finished)
+                if unfinished:
+                    metrics.upstream_errors["midstream"] += 1
+                    logger.warning(
+                        "the upstream %s answered %d with no whole answer (%d bytes: cut short, or "
+                        "not the API's JSON); passed on as it came, counted as failed",
+                        self._base,
+                        status,
+                        len(answer),
+                    )
+                failed = status >= 400 or tally.error is not None or unfinished
                 if not failed:
                     self._report(ticket, tally, klass, arrival, started)
                 out.append((b"content-length", str(len(answer)).encode()))
@@ -457,13 +487,16 @@ class ProxyApp:
         exc: UpstreamError,
         extra: Sequence[tuple[bytes, bytes]],
         exchange: _Exchange,
+        *,
+        answered: bool,
     ) -> None:
-        """A 502 for an upstream that could not be reached or broke off before answering."""
+        """A 502 for an upstream that could not be reached, or broke off before its answer
+        (``answered``: after the answer's head, in its body)."""
+        # The metric's kinds: connect, before an answer (its head); midstream, an answer cut.
+        self.metrics.upstream_errors["midstream" if answered else "connect"] += 1
         if isinstance(exc, ConnectFailed):
-            self.metrics.upstream_errors["connect"] += 1
             message = f"the upstream {self._base} could not be reached: {exc}"
         else:
-            self.metrics.upstream_errors["midstream"] += 1
             message = f"the upstream {self._base} broke off its answer: {exc}"
         logger.warning("%s", message)
         exchange.complete = True
@@ -533,7 +566,7 @@ class ProxyApp:
         except _ClientGone:
             return
         except UpstreamError as exc:
-            await self._unreachable(send, style, exc, (), exchange)
+            await self._unreachable(send, style, exc, (), exchange, answered=False)
             return
         try:
             await self._pass_answer(response, send, exchange)

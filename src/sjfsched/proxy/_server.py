@@ -88,6 +88,11 @@ class ProxyServer(uvicorn.Server):
                 "requests still running after --shutdown-timeout %g s are cut", self.shutdown_timeout
             )
             self._quiet_the_cut()
+        elif self.app.reading:
+            logger.info(
+                "%d request(s) still sending their body are cut (they would be refused)", self.app.reading
+            )
+            self._quiet_the_cut()
         self.should_exit = True
 
     def _quiet_the_cut(self) -> None:
