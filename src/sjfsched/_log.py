@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import logging
 import os
+import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, final
+
+if sys.platform != "win32":  # Windows has no flock: one writer per log there
+    import fcntl
 
 from ._gzlines import Cut, cut_member_data, scan_gzip
 from ._records import Completion
@@ -54,7 +60,14 @@ class RequestLog:
     Answers cut off by ``max_tokens`` (``finish_reason == "length"``) are
     logged with their finish reason, their length being only a lower bound;
     ``skip_truncated=True`` leaves them out.  Safe to call from several threads; the file is flushed
-    after every line.
+    after every line.  Several logs (in one process or several) may append to one path: each line
+    is written under an exclusive lock on the file (``flock``; not on Windows), so a line
+    being written is never taken for a crash's remnant.  A line that cannot be written whole (a
+    full disk) is taken back and the call raises :class:`OSError`: a failed call wrote nothing
+    (the scheduler logs ``on_complete``'s exceptions and goes on).
+
+    A path that cannot be written (a read-only directory or file system) raises
+    :class:`PermissionError` here.
 
     An existing file that is not such a log (a CSV, a compressed log not
     named ``.gz``, a plain one named ``.gz``) raises :class:`ValueError`
@@ -74,6 +87,7 @@ class RequestLog:
             raise ValueError("RequestLog.source must be a non-empty string")
         self.path = Path(path)
         _refuse_unless_a_log(self.path)
+        _refuse_unless_writable(self.path)
         self.model = model
         self.source = source
         self.skip_truncated = skip_truncated
@@ -85,8 +99,14 @@ class RequestLog:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             _refuse_unless_a_log(self.path)  # again: it may have been replaced since
-            _finish_tail(self.path)
-            self._file = self.path.open("ab")
+            f = self.path.open("ab", buffering=0)  # unbuffered: a failed write leaves nothing behind
+            try:
+                with _exclusive(f):  # another writer's line under way is no crash's remnant
+                    _finish_tail(self.path)
+            except BaseException:
+                f.close()
+                raise
+            self._file = f
         return self._file
 
     def record(self, completion: Completion) -> dict[str, Any] | None:
@@ -130,15 +150,25 @@ class RequestLog:
             data = gzip.compress(data)
         with self._lock:
             f = self._open()
-            f.write(data)
-            f.flush()
+            with _exclusive(f):
+                start = os.fstat(f.fileno()).st_size
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[f.write(view) or 0 :]
+                except BaseException:
+                    # Part of the line may be on disk (a full disk): take it back, so the next
+                    # line is not glued to it and a failed call wrote nothing.
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(f.fileno(), start)
+                    raise
             self.written += 1
 
     def close(self) -> None:
         with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+            f, self._file = self._file, None
+            if f is not None:
+                f.close()
 
     def __enter__(self) -> RequestLog:
         return self
@@ -190,6 +220,31 @@ def _refuse_unless_a_log(path: Path) -> None:
     why = _not_a_log(path)
     if why is not None:
         raise ValueError(f"{path} is not a request log: {why}")
+
+
+@contextlib.contextmanager
+def _exclusive(f: IO[bytes]) -> Iterator[None]:
+    """An exclusive advisory lock on the open file ``f`` for the block (none on Windows)."""
+    if sys.platform == "win32":  # pragma: no cover
+        yield
+        return
+    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _refuse_unless_writable(path: Path) -> None:
+    """:class:`PermissionError` if the log at ``path`` could not be written (or created)."""
+    target = path
+    while not target.exists():  # the nearest existing folder, which mkdir starts from
+        if target.parent == target:
+            return
+        target = target.parent
+    if not os.access(target, os.W_OK):
+        what = "the file" if target == path else f"the folder {target}"
+        raise PermissionError(f"RequestLog: cannot write {path}: {what} is not writable")
 
 
 def _finish_tail(path: Path) -> None:

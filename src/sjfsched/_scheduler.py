@@ -1216,6 +1216,7 @@ class Ticket:
         #: the scheduler's clock, callable where first_token() is (SyncScheduler: any thread)
         self._clock = clock
         self._output_tokens: int | None = None
+        self._finish_reason: str | None = None
         self._prompt_tokens: int | None = None
         self._first_token: float | None = None
 
@@ -1258,11 +1259,21 @@ class Ticket:
                     ) from exc
             self._first_token = now
 
-    def report(self, output_tokens: int, prompt_tokens: int | None = None) -> None:
-        """Tell the scheduler how long the answer was, in tokens."""
+    def report(
+        self, output_tokens: int, prompt_tokens: int | None = None, *, finish_reason: str | None = None
+    ) -> None:
+        """Tell the scheduler how long the answer was, in tokens.
+
+        ``finish_reason``, if you know it, goes into the :class:`Completion`
+        (``"length"``: cut off by ``max_tokens``, which a :class:`RequestLog`
+        records and ``skip_truncated`` leaves out).
+        """
         output = _token_count("output_tokens", output_tokens)
         prompt = None if prompt_tokens is None else _token_count("prompt_tokens", prompt_tokens)
+        if finish_reason is not None and not isinstance(finish_reason, str):
+            raise TypeError(f"Ticket.report: finish_reason must be a str or None, got {finish_reason!r}")
         self._output_tokens, self._prompt_tokens = output, prompt
+        self._finish_reason = finish_reason
 
     def _completion(self, now: float) -> Completion:
         e = self._entry
@@ -1280,6 +1291,7 @@ class Ticket:
             started=e.started,
             first_token=first,
             finished=now,
+            finish_reason=self._finish_reason,
             promoted=e.promoted,
         )
 

@@ -447,7 +447,11 @@ class ScheduledLlama:
             completion_tokens = usage.get("completion_tokens")
             if isinstance(completion_tokens, int):
                 prompt_tokens = usage.get("prompt_tokens")
-                ticket.report(completion_tokens, prompt_tokens if isinstance(prompt_tokens, int) else None)
+                ticket.report(
+                    completion_tokens,
+                    prompt_tokens if isinstance(prompt_tokens, int) else None,
+                    finish_reason=_finish_reason(result),
+                )
             return result
 
     def _stream(
@@ -473,11 +477,13 @@ class ScheduledLlama:
         ):
             iterator = iter(method(*bound.args, **bound.kwargs))
             first = True
+            finish: str | None = None
             try:
                 for chunk in iterator:
                     if first:
                         first = False
                         ticket.first_token()  # reads the scheduler's clock through its loop
+                    finish = _finish_reason(chunk) or finish
                     yield chunk
                     holding.thread = threading.get_ident()  # whoever reads it now
             finally:
@@ -486,7 +492,7 @@ class ScheduledLlama:
                     close()
             # What llama.cpp's usage would say: the sampled tokens, less an
             # end of generation (a stop string's last token is answer text).
-            ticket.report(counter.answer_tokens(self._llm), counter.prompt_tokens)
+            ticket.report(counter.answer_tokens(self._llm), counter.prompt_tokens, finish_reason=finish)
 
 
 def _closable(inner: Generator[Any, Any, Any], opened: _Opened) -> Generator[Any, Any, Any]:
@@ -501,6 +507,15 @@ def _closable(inner: Generator[Any, Any, Any], opened: _Opened) -> Generator[Any
     if opened.cut:
         raise SchedulerClosed(_CUT)
     return result
+
+
+def _finish_reason(answer: object) -> str | None:
+    """The finish reason of a llama-cpp-python answer or stream chunk, if it has one."""
+    choices = answer.get("choices") if isinstance(answer, Mapping) else None
+    if isinstance(choices, Sequence) and choices and isinstance(choices[0], Mapping):
+        reason = choices[0].get("finish_reason")
+        return reason if isinstance(reason, str) else None
+    return None
 
 
 def _with_defaults(bound: inspect.BoundArguments) -> dict[str, Any]:

@@ -757,3 +757,28 @@ def test_a_chat_given_as_an_iterator_is_answered_and_a_bad_chat_names_the_argume
         TypeError, match=r"create_chat_completion\(messages=...\) under wrap\(\).*list of message dicts"
     ):
         wrapped.create_chat_completion([{"role": "user", "content": 5}], max_tokens=4)
+
+
+def test_an_answer_cut_by_max_tokens_is_logged_as_such(tiny_llm: Llama, tmp_path: Path) -> None:
+    """wrap() reported no finish reason (Ticket.report took none), so a RequestLog recorded
+    answers cut off by max_tokens as whole ones, and skip_truncated skipped nothing."""
+    import json
+
+    direct: Any = tiny_llm.create_completion("Once upon a time", max_tokens=3, **GREEDY)
+    assert direct["choices"][0]["finish_reason"] == "length"  # the tiny model goes on past 3
+    logged = tmp_path / "all.jsonl"
+    kept = tmp_path / "whole-only.jsonl"
+    with sjfsched.RequestLog(logged) as everything, sjfsched.RequestLog(kept, skip_truncated=True) as whole:
+
+        def both(completion: sjfsched.Completion) -> None:
+            everything(completion)
+            whole(completion)
+
+        with sjfsched.wrap(tiny_llm, predictor=HeuristicPredictor(), on_complete=both) as w:
+            w.create_completion("Once upon a time", max_tokens=3, **GREEDY)
+            stream: Any = w.create_completion("Once upon a time", max_tokens=3, stream=True, **GREEDY)
+            for _ in stream:
+                pass
+    lines = [json.loads(line) for line in logged.read_text().splitlines()]
+    assert [line["finish_reason"] for line in lines] == ["length", "length"]
+    assert not kept.exists() or kept.read_text() == ""

@@ -308,3 +308,113 @@ def test_reopening_a_log_never_removes_a_line_reading_returned(tmp_path: Path) -
             with RequestLog(path) as log:
                 log(_done("new", 77))
             assert _tokens(path) == [*read, 77], (cut, zeros)
+
+
+# ---- found by a reviewer (stop 21), each with a reproducer
+
+
+def _completion(text: str, tokens: int = 5) -> Completion:
+    return Completion(
+        request=Request(text),
+        text="y",
+        output_tokens=tokens,
+        prompt_tokens=3,
+        prediction=Prediction(10.0),
+        estimate=1.0,
+        submitted=0.0,
+        started=0.0,
+        first_token=None,
+        finished=1.0,
+    )
+
+
+@pytest.mark.parametrize("name", ["shared.jsonl", "shared.jsonl.gz"])
+def test_a_log_opened_while_another_writes_loses_none_of_its_lines(tmp_path: Path, name: str) -> None:
+    """A second RequestLog on the same path took the first one's line under way for a crash's
+    remnant and truncated it away, with every line appended since (25 of 40 large lines lost)."""
+    import threading
+
+    path = tmp_path / name
+    blob = "x" * 2_000_000  # a line long enough to be caught half-written
+    stop = threading.Event()
+    reopened = [0]
+
+    def reopen() -> None:
+        while not stop.is_set():
+            with RequestLog(path) as log:
+                log(_completion(f"small {reopened[0]}"))
+            reopened[0] += 1
+
+    thread = threading.Thread(target=reopen)
+    thread.start()
+    try:
+        with RequestLog(path) as big:
+            for i in range(15):
+                big(_completion(f"big {i} {blob}"))
+    finally:
+        stop.set()
+        thread.join(60)
+    prompts = [r.prompt for r in load_records([path])]
+    assert sorted(p.split(" ", 2)[1] for p in prompts if p.startswith("big ")) == sorted(
+        str(i) for i in range(15)
+    )
+    assert sum(p.startswith("small ") for p in prompts) == reopened[0] > 0
+
+
+def test_a_line_that_cannot_be_written_whole_is_taken_back(tmp_path: Path) -> None:
+    """A full disk (here a file size limit, in a child interpreter): the calls that failed wrote
+    part of their line anyway, glued to the next, or wrote it later from Python's buffer, and a
+    close() that failed left the log unusable."""
+    import subprocess
+    import sys
+    import textwrap
+
+    path = tmp_path / "full.jsonl"
+    code = textwrap.dedent(
+        f"""
+        import json, resource, signal
+        from sjfsched import Completion, Prediction, Request, RequestLog
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3000, 3000))
+        log = RequestLog({str(path)!r})
+        failed = []
+        for i in range(30):
+            c = Completion(request=Request(f"prompt {{i}} " + "z" * 200), text="y", output_tokens=5,
+                           prompt_tokens=3, prediction=Prediction(10.0), estimate=1.0, submitted=0.0,
+                           started=0.0, first_token=None, finished=1.0)
+            try:
+                log(c)
+            except OSError:
+                failed.append(i)
+        log.close()
+        print(json.dumps({{"failed": failed, "written": log.written}}))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["failed"], "the limit was never reached"
+    lines = path.read_bytes().split(b"\n")
+    assert lines[-1] == b""  # ends with a whole line
+    kept = [json.loads(line)["prompt"].split()[1] for line in lines[:-1]]
+    assert kept == [str(i) for i in range(30) if i not in result["failed"]]
+    assert result["written"] == len(kept)
+
+
+def test_an_unwritable_log_is_refused_at_once(tmp_path: Path) -> None:
+    import os
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        if os.access(folder, os.W_OK):
+            pytest.skip("running as a user who may write anywhere (root): no read-only folder to test")
+        with pytest.raises(
+            PermissionError, match=r"cannot write .*log\.jsonl: the folder .*ro is not writable"
+        ):
+            RequestLog(folder / "log.jsonl")
+    finally:
+        folder.chmod(0o700)
