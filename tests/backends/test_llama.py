@@ -8,6 +8,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -810,3 +811,43 @@ def test_a_closed_llama_is_refused_not_a_crash(tiny_path: Path) -> None:
     got = json.loads(done.stdout.strip().splitlines()[-1])
     assert "the llama_cpp.Llama is closed" in got["backend"]
     assert "the llama_cpp.Llama under this wrap() is closed" in got["wrap"]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_a_read_cancelled_before_its_thread_starts_returns_and_never_reads(anyio_backend: str) -> None:
+    """The shielded wait for a cancelled read waited for the worker thread to finish a read it
+    never started (anyio drops a job cancelled before it runs): it hung for ever, holding the
+    model (found by a reviewer, in 4 runs of 4 on asyncio)."""
+    from sjfsched.backends._llama import _next
+
+    class Watcher:
+        cancelled = False
+
+    reads: list[int] = []
+
+    def iterator() -> Iterator[int]:
+        reads.append(1)
+        yield 1
+
+    busy = threading.Event()
+    limiter = anyio.to_thread.current_default_thread_limiter()
+    before = limiter.total_tokens
+    limiter.total_tokens = 1
+    try:
+        async with anyio.create_task_group() as tg:
+
+            async def hold_the_worker() -> None:
+                await anyio.to_thread.run_sync(busy.wait)
+
+            tg.start_soon(hold_the_worker)  # takes the only worker
+            await anyio.sleep(0.1)
+            watcher = Watcher()
+            with anyio.fail_after(5), anyio.move_on_after(0.2) as scope:
+                await _next(iterator(), watcher)  # type: ignore[arg-type]
+            assert scope.cancelled_caught and watcher.cancelled
+            busy.set()
+        await anyio.sleep(0.1)
+        assert reads == []  # the read that was given up never ran
+    finally:
+        busy.set()
+        limiter.total_tokens = before

@@ -181,23 +181,38 @@ async def _next(iterator: Iterator[Any], watcher: _StopStrings) -> Any:
     out: many samples when they are bytes of no whole character.  So the call
     is given up at once when the caller is cancelled, and the generation told
     to end at its next sample, which is waited for (shielded) before the
-    cancellation goes on: the model is free when this returns.
+    cancellation goes on: the model is free when this returns.  A call not
+    started yet when the cancellation comes (anyio may never start it) never
+    touches the model.
     """
+    guard = threading.Lock()
+    phase = ["queued"]  # queued -> running -> done, or queued -> given up
     done = threading.Event()
 
     def step() -> Any:
+        with guard:
+            if phase[0] == "given up":
+                return _DONE
+            phase[0] = "running"
         try:
             return next(iterator, _DONE)
         finally:
+            with guard:
+                phase[0] = "done"
             done.set()
 
     try:
         return await anyio.to_thread.run_sync(step, abandon_on_cancel=True)
     except anyio.get_cancelled_exc_class():
         watcher.cancelled = True
-        with anyio.CancelScope(shield=True):
-            while not done.is_set():  # noqa: ASYNC110  # set by the worker thread: polled
-                await anyio.sleep(0.002)
+        with guard:
+            running = phase[0] == "running"
+            if phase[0] == "queued":
+                phase[0] = "given up"
+        if running:
+            with anyio.CancelScope(shield=True):
+                while not done.is_set():  # noqa: ASYNC110  # set by the worker thread: polled
+                    await anyio.sleep(0.002)
         raise
 
 
