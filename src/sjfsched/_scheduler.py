@@ -332,7 +332,8 @@ class Scheduler:
         self._on_complete = on_complete
 
         self._state = _State.UNOPENED
-        #: the thread whose event loop the scheduler's first request ran in: its loop's, for good
+        #: the thread whose event loop the scheduler's latest requests ran in (another may take
+        #: it over once nothing runs or waits)
         self._loop_thread: int | None = None
         self._queue = WaitQueue(self._max_wait)
         #: waiting entries by request (equal requests share a list), for position()
@@ -837,14 +838,15 @@ class Scheduler:
         with the call's fields).
         """
         thread = threading.get_ident()
-        if self._loop_thread is None:
-            self._loop_thread = thread
-        elif thread != self._loop_thread:
-            # Its waits are the first loop's events: from another loop a request would wait for ever.
-            raise RuntimeError(
-                "this Scheduler serves the event loop of another thread, where its first request ran; "
-                "one Scheduler serves one event loop: from other threads use sjfsched.SyncScheduler"
-            )
+        if thread != self._loop_thread:
+            if self._running or self._queue:
+                # Its waits are that loop's events: from another loop a request would wait for ever.
+                raise RuntimeError(
+                    "this Scheduler is serving requests in the event loop of another thread; one "
+                    "Scheduler serves one event loop at a time: from other threads use "
+                    "sjfsched.SyncScheduler"
+                )
+            self._loop_thread = thread  # idle: a loop of another thread may take it over
         await anyio.lowlevel.checkpoint_if_cancelled()
         if self._state is _State.CLOSED:
             self._counts["rejected"] += 1

@@ -1006,3 +1006,8 @@ def test_a_scheduler_refuses_a_second_event_loops_thread() -> None:
     assert not first.is_alive() and not second.is_alive()
     assert results["first"] == "x"
     assert "from other threads use sjfsched.SyncScheduler" in results["second"]
+    # Idle again: a loop of yet another thread takes it over (as before the check).
+    third = threading.Thread(target=worker, args=("third",), daemon=True)
+    third.start()
+    third.join(10)
+    assert results["third"] == "x"
