@@ -32,7 +32,16 @@ class QueueFull(SchedulerError):
 
 
 class SchedulerClosed(SchedulerError):
-    """The scheduler is closed, or closed while this request was waiting."""
+    """The scheduler is closed, or closed while this request was waiting.
+
+    ``waited``: the request was accepted and waiting when the scheduler
+    closed (its statistics count it ``closed``); ``False``: it was refused
+    on arrival (counted ``rejected``).
+    """
+
+    def __init__(self, message: str, *, waited: bool = False) -> None:
+        super().__init__(message)
+        self.waited = waited
 
 
 class BackendError(SchedulerError):

@@ -911,7 +911,7 @@ class Scheduler:
                 self._counts["cancelled"] += 1
             raise
         if entry.state is EntryState.CLOSED:
-            raise SchedulerClosed("the scheduler closed while this request was waiting")
+            raise SchedulerClosed("the scheduler closed while this request was waiting", waited=True)
         entry.state = EntryState.RUNNING
         return entry
 

@@ -576,3 +576,24 @@ def test_a_whole_answer_that_is_no_answer_counts_as_failed(
             assert metrics['sjfsched_upstream_errors_total{kind="midstream"}'] == 0
     finally:
         close()
+
+
+def test_a_drained_waiting_request_is_counted_closed_not_also_rejected(
+    ollama: OllamaServer, start_proxy: ProxyFactory
+) -> None:
+    """Counting the drain's refusals counted a request that had waited in the queue twice:
+    closed, and rejected as if refused on arrival."""
+    proxy = start_proxy(ollama.url)
+    body = json.dumps({"model": MODEL, "prompt": "Hello", "options": {"num_predict": 2}}).encode()
+    with proxy.hold_slot():
+        waiting = _raw_request(proxy.url, "/api/generate", body, {})
+        proxy.wait_until(lambda s: s.waiting == 1)
+        assert proxy.run(lambda: proxy.app.drain(0.5), timeout=30) is False  # the held slot runs on
+        waiting.settimeout(10)
+        answer = b""
+        while b"shutting down" not in answer and (part := waiting.recv(4096)):
+            answer += part
+        waiting.close()
+    assert answer.startswith(b"HTTP/1.1 503")
+    assert proxy.stats().closed == 1
+    assert proxy.app.metrics.rejected["shutting_down"] == 0

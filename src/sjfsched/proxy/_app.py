@@ -348,8 +348,9 @@ class ProxyApp:
                     code="queue_full",
                     extra=[(b"retry-after", str(self._retry_after()).encode())],
                 )
-        except SchedulerClosed:
-            self.metrics.rejected["shutting_down"] += 1
+        except SchedulerClosed as exc:
+            if not exc.waited:  # one that waited is counted closed, with the requests
+                self.metrics.rejected["shutting_down"] += 1
             exchange.complete = True
             await _error(send, 503, style, "the proxy is shutting down", kind="server_error")
         except _Failed:
