@@ -219,3 +219,15 @@ def test_invalid_utf8_in_a_string_is_read_as_ollama_reads_it(
         proxied = client.post(f"{ollama_proxy.url}/api/generate", content=raw)
     assert direct.status_code == proxied.status_code == 200, proxied.text
     assert proxied.json()["eval_count"] == direct.json()["eval_count"] == 2
+
+
+def test_max_completion_tokens_holds_on_ollama_as_it_is_ranked(ollama_proxy: RunningProxy) -> None:
+    """Ollama's /v1 reads max_tokens, not OpenAI's newer max_completion_tokens: a call ranked by
+    it as a 5-token job generated on past it (found by a reviewer). The proxy sends it as both."""
+    with openai.OpenAI(base_url=f"{ollama_proxy.url}/v1", api_key="unused", max_retries=0) as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=[{"role": "user", "content": "Tell me a story"}], max_completion_tokens=5
+        )
+        chat = raw.parse()
+    assert raw.headers["x-predicted-tokens"] == "5.0"
+    assert chat.usage is not None and chat.usage.completion_tokens == 5

@@ -101,7 +101,9 @@ def test_tally_reads_other_servers_errors_in_event_streams(tail: bytes, message:
 
 def _parse(path: str, body: object, priority: bytes | None = None, tenant: bytes | None = None) -> Parsed:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return parse_scheduled(OLLAMA[path], raw, priority_header=priority, tenant_header=tenant)
+    return parse_scheduled(
+        OLLAMA[path], raw, priority_header=priority, tenant_header=tenant, upstream="ollama"
+    )
 
 
 def test_what_the_scheduler_is_told() -> None:
@@ -352,8 +354,7 @@ async def test_the_cut_filter_leaves_the_uvicorn_logger_as_the_server_found_it(
 
 
 def test_max_completion_tokens_goes_upstream_as_max_tokens_too() -> None:
-    """Ollama and llama-cpp-python's server read max_tokens only: a call ranked by its
-    max_completion_tokens ran unbounded there."""
+    """Ollama reads max_tokens only: a call ranked by its max_completion_tokens ran unbounded there."""
     chat = {"model": "m", "messages": [{"role": "user", "content": "Hi"}]}
     newer = _parse("/v1/chat/completions", {**chat, "max_completion_tokens": 7})
     assert newer.request.max_tokens == 7
@@ -375,3 +376,20 @@ def test_tally_counts_ollamas_reasoning_deltas() -> None:
     for delta in [{"reasoning": "hmm"}] * 3 + [{"content": "ok"}]:
         tally.feed(b"data: " + json.dumps({"choices": [{"index": 0, "delta": delta}]}).encode() + b"\n\n")
     assert tally.pieces == 4 and tally.output_tokens == 4
+
+
+def test_max_completion_tokens_alone_does_not_rank_a_call_for_an_openai_server() -> None:
+    """In front of an OpenAI-compatible server the body goes as it came (OpenAI's own refuses
+    max_tokens for some models), and the newer limit, which llama-cpp-python's server does not
+    read, does not rank the call: ranked by it, a call jumped the queue and ran unbounded."""
+    endpoint = scheduled_endpoints("openai")["/v1/chat/completions"]
+    raw = json.dumps(
+        {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "max_completion_tokens": 7}
+    )
+    parsed = parse_scheduled(
+        endpoint, raw.encode(), priority_header=None, tenant_header=None, upstream="openai"
+    )
+    assert parsed.body == raw.encode() and parsed.request.max_tokens is None
+    bad = raw.replace("7", '"seven"').encode()
+    with pytest.raises(BadRequest, match="max_completion_tokens must be an integer"):
+        parse_scheduled(endpoint, bad, priority_header=None, tenant_header=None, upstream="openai")

@@ -98,9 +98,22 @@ class Parsed:
 
 
 def parse_scheduled(
-    endpoint: Endpoint, raw: bytes, *, priority_header: bytes | None, tenant_header: bytes | None
+    endpoint: Endpoint,
+    raw: bytes,
+    *,
+    priority_header: bytes | None,
+    tenant_header: bytes | None,
+    upstream: Literal["ollama", "openai"] = "openai",
 ) -> Parsed:
-    """Read a scheduled call's body; raise :class:`BadRequest` naming what is wrong."""
+    """Read a scheduled call's body; raise :class:`BadRequest` naming what is wrong.
+
+    ``upstream``: the API the upstream speaks.  Ollama reads an OpenAI call's
+    ``max_tokens`` and not ``max_completion_tokens``, so in front of Ollama a
+    call limited by ``max_completion_tokens`` alone gets the same
+    ``max_tokens`` too; in front of an OpenAI-compatible server the body goes
+    as it came, and that limit does not rank the call (llama-cpp-python's
+    server does not read it; OpenAI's refuses ``max_tokens`` for some models).
+    """
     if not raw.strip():
         raise BadRequest("the request body is empty; expected a JSON object")
     try:
@@ -124,9 +137,10 @@ def parse_scheduled(
     changed = any(f in body for f in PROXY_FIELDS)
     for f in PROXY_FIELDS:
         body.pop(f, None)
-    if endpoint.style == "openai" and "max_tokens" not in body and "max_completion_tokens" in body:
-        # OpenAI's newer name for the limit, which Ollama and llama-cpp-python's server do not
-        # read: sent on as max_tokens too, so the limit the call is ranked by holds upstream.
+    newer_only = endpoint.style == "openai" and "max_tokens" not in body and "max_completion_tokens" in body
+    if newer_only and upstream == "ollama":
+        # OpenAI's newer name for the limit, which Ollama does not read: sent on as max_tokens
+        # too, so the limit the call is ranked by holds upstream.
         limit = _openai_limit({"max_completion_tokens": body["max_completion_tokens"]})
         if limit is not None:
             body["max_tokens"] = limit
@@ -147,6 +161,8 @@ def parse_scheduled(
         fields = _openai_chat(body)
     else:
         fields = _openai_completions(body)
+    if newer_only and upstream != "ollama":
+        fields["max_tokens"] = None  # a limit the upstream may not read: ranked by the prediction
     model = body.get("model")
     try:
         request = Request(

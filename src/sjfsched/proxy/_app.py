@@ -307,7 +307,13 @@ class ProxyApp:
         except _ClientGone:
             return
         try:
-            parsed = parse_scheduled(endpoint, raw, priority_header=priority, tenant_header=tenant)
+            parsed = parse_scheduled(
+                endpoint,
+                raw,
+                priority_header=priority,
+                tenant_header=tenant,
+                upstream="ollama" if self._api == "ollama" else "openai",
+            )
         except BadRequest as exc:
             self.metrics.rejected["bad_request"] += 1
             await _error(send, 400, style, exc.message, param=exc.param)
