@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import weakref
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, SupportsFloat, SupportsIndex
@@ -194,19 +195,10 @@ class Request:
     tenant: str | None = attrs.field(default=None, validator=_check_optional_str, kw_only=True)
     options: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_options, kw_only=True)
     metadata: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_metadata, kw_only=True)
-    # text and input_chars of a chat, made once: a predictor reads them several times a request,
-    # and a chat of many parts or turns costs in proportion to join.
-    _text: str = attrs.field(init=False, default="", repr=False)
-    _input_chars: int = attrs.field(init=False, default=0, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of Request.prompt or Request.messages")
-        if self.messages is not None:
-            object.__setattr__(self, "_text", _chat_text(self.messages))
-            object.__setattr__(
-                self, "_input_chars", sum(len(_content_text(m.get("content"))) for m in self.messages)
-            )
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Pickled and deep-copied by its fields (its frozen mappings cannot be pickled);
@@ -230,7 +222,7 @@ class Request:
         """
         if self.prompt is not None:
             return self.prompt
-        return self._text
+        return _chat_reading(self)[0]
 
     @property
     def input_chars(self) -> int:
@@ -241,7 +233,23 @@ class Request:
         """
         if self.prompt is not None:
             return len(self.prompt)
-        return self._input_chars
+        return _chat_reading(self)[1]
+
+
+#: A chat's text and input characters, made at their first read: a predictor reads them several
+#: times a request, and a chat of many parts or turns costs in proportion to join.  Kept beside
+#: the request (weakly), not in it, so that its attrs fields stay its own.
+_CHAT_READINGS: weakref.WeakKeyDictionary[Request, tuple[str, int]] = weakref.WeakKeyDictionary()
+
+
+def _chat_reading(request: Request) -> tuple[str, int]:
+    reading = _CHAT_READINGS.get(request)
+    if reading is None:
+        messages = request.messages
+        assert messages is not None
+        chars = sum(len(_content_text(m.get("content"))) for m in messages)
+        reading = _CHAT_READINGS[request] = (_chat_text(messages), chars)
+    return reading
 
 
 def _rebuild_request(prompt: str | None, fields: dict[str, Any]) -> Request:
