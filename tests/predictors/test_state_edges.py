@@ -428,6 +428,13 @@ def test_a_chats_text_is_made_once() -> None:
     assert chat.text is chat.text
     assert chat.text == "\n".join(f"part {i}" for i in range(1000))
     assert chat.input_chars == len("Be brief.") + len(chat.text)
+    # Kept beside the request, not in it: its attrs fields are its own (a first try added two).
+    import attrs
+
+    names = [f.name for f in attrs.fields(Request)]
+    assert names == ["prompt", "messages", "max_tokens", "priority", "tenant", "options", "metadata"]
+    copy = Request(**attrs.asdict(chat, recurse=False))
+    assert copy.text == chat.text and copy is not chat
 
 
 def test_predict_many_keeps_a_repredicted_request_among_the_latest() -> None:
