@@ -354,3 +354,14 @@ async def test_a_429_is_the_servers_load_and_a_pool_fails_over(service: str) -> 
         stats = pool.statistics()
         assert stats.failovers == 1 and not stats.members[0].healthy
         await pool.aclose()
+
+
+async def test_a_429_in_an_openai_streams_error_event_is_the_servers_load_too() -> None:
+    """An error event carrying code 429 was the request's fault (a BackendError), though a 429
+    status is the server's load."""
+    busy = b'data: {"error": {"message": "rate limited", "type": "rate_limit_error", "code": 429}}\n\n'
+    events = [*sse(completion("a")), busy]
+    with scripted_server(events, content_type=SSE) as url:
+        with pytest.raises(BackendUnavailable, match="rate limited") as caught:
+            await collect(OpenAIBackend(url, model="m"), Request("x"))
+    assert caught.value.status_code == 429

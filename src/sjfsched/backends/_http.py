@@ -160,7 +160,7 @@ class HttpSettings:
         return None if self._owns_client else self.headers
 
     def _raise_for_status(self, response: httpx.Response, path: str) -> None:
-        """An error answer as :class:`BackendError` (3xx, 4xx) or :class:`BackendUnavailable` (5xx).
+        """An error answer as :class:`BackendError` (3xx, 4xx) or :class:`BackendUnavailable` (5xx, 429).
 
         A redirect is an error too: the answer is not the stream, and
         following it silently would hide a wrong ``base_url``.

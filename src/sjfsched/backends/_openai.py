@@ -290,10 +290,13 @@ def _raise_server_error(data: str, *, only_if_error: bool = False) -> None:
         code = error.get("code") if isinstance(error, Mapping) else None
     else:
         message = data.strip()[:500]
-    if isinstance(code, int) and not isinstance(code, bool) and 400 <= code < 500:
+    if isinstance(code, int) and not isinstance(code, bool) and 400 <= code < 500 and code != 429:
         # The request's fault (llama.cpp's server: "exceeds the available
         # context size", code 400), as a 400 status would say: the server is fine.
         raise BackendError(f"the server refused the request: {message or '(no message)'}", status_code=code)
+    if code == 429:  # too many requests: the server's load, as a 429 status is
+        busy = f"the server refused the request: {message or '(no message)'}"
+        raise BackendUnavailable(busy, status_code=429)
     raise BackendUnavailable(f"the server failed while generating: {message or '(no message)'}")
 
 
