@@ -335,6 +335,7 @@ class Scheduler:
         #: the thread whose event loop the scheduler's latest requests ran in (another may take
         #: it over once nothing runs or waits)
         self._loop_thread: int | None = None
+        self._admitting = threading.RLock()  # see _acquire
         self._queue = WaitQueue(self._max_wait)
         #: waiting entries by request (equal requests share a list), for position()
         self._by_request: dict[Request, list[_Entry]] = {}
@@ -837,6 +838,47 @@ class Scheduler:
         :meth:`position` finds the entry by it (``request`` may be a copy
         with the call's fields).
         """
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        # From the thread check to the slot taken or the place in the queue, under a lock: a loop
+        # of another thread must not find the scheduler idle between this loop's check and its
+        # taking a slot (both would run on one slot, and one wait for ever on the other's event).
+        with self._admitting:
+            entry, runs_now = self._admit(request, handle)
+        if runs_now:
+            try:
+                await anyio.lowlevel.cancel_shielded_checkpoint()
+            except BaseException:  # pragma: no cover - shielded; defensive
+                self._end(entry, "cancelled")
+                raise
+            return entry
+        assert entry.event is not None  # queued: _admit gave it its event
+        try:
+            await entry.event.wait()
+        except BaseException:
+            if entry.state is EntryState.WAITING:
+                entry.state = EntryState.CANCELLED
+                self._unindex(entry)
+                self._queue.discard(entry)
+                self._counts["cancelled"] += 1
+            elif entry.state is EntryState.GRANTED:
+                # Handed a slot at the moment it was cancelled: pass it on.
+                self._end(entry, "cancelled")
+                if self._close_when_idle:
+                    await self._close_backend_if_left()
+            elif entry.state is EntryState.CLOSED:
+                # Closed out at the moment it was cancelled: the caller sees the
+                # cancellation, so that is how it ended.
+                entry.state = EntryState.CANCELLED
+                self._counts["closed"] -= 1
+                self._counts["cancelled"] += 1
+            raise
+        if entry.state is EntryState.CLOSED:
+            raise SchedulerClosed("the scheduler closed while this request was waiting", waited=True)
+        entry.state = EntryState.RUNNING
+        return entry
+
+    def _admit(self, request: Request, handle: object) -> tuple[_Entry, bool]:
+        """:meth:`_acquire`'s part without a wait: the request given a slot (``True``) or queued."""
         thread = threading.get_ident()
         if thread != self._loop_thread:
             if self._running or self._queue:
@@ -847,7 +889,6 @@ class Scheduler:
                     "sjfsched.SyncScheduler"
                 )
             self._loop_thread = thread  # idle: a loop of another thread may take it over
-        await anyio.lowlevel.checkpoint_if_cancelled()
         if self._state is _State.CLOSED:
             self._counts["rejected"] += 1
             raise SchedulerClosed("the scheduler is closed")
@@ -880,40 +921,12 @@ class Scheduler:
             self._free -= 1
             self._running += 1
             entry.state = EntryState.RUNNING
-            try:
-                await anyio.lowlevel.cancel_shielded_checkpoint()
-            except BaseException:  # pragma: no cover - shielded; defensive
-                self._end(entry, "cancelled")
-                raise
-            return entry
+            return entry, True
 
         self._queue.push(entry)
         entry.event = anyio.Event()
         self._by_request.setdefault(entry.handle, []).append(entry)
-        try:
-            await entry.event.wait()
-        except BaseException:
-            if entry.state is EntryState.WAITING:
-                entry.state = EntryState.CANCELLED
-                self._unindex(entry)
-                self._queue.discard(entry)
-                self._counts["cancelled"] += 1
-            elif entry.state is EntryState.GRANTED:
-                # Handed a slot at the moment it was cancelled: pass it on.
-                self._end(entry, "cancelled")
-                if self._close_when_idle:
-                    await self._close_backend_if_left()
-            elif entry.state is EntryState.CLOSED:
-                # Closed out at the moment it was cancelled: the caller sees the
-                # cancellation, so that is how it ended.
-                entry.state = EntryState.CANCELLED
-                self._counts["closed"] -= 1
-                self._counts["cancelled"] += 1
-            raise
-        if entry.state is EntryState.CLOSED:
-            raise SchedulerClosed("the scheduler closed while this request was waiting", waited=True)
-        entry.state = EntryState.RUNNING
-        return entry
+        return entry, False
 
     def _unindex(self, entry: _Entry) -> None:
         """Drop a no longer waiting entry from the by-request index."""
