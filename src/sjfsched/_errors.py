@@ -35,8 +35,9 @@ class SchedulerClosed(SchedulerError):
     """The scheduler is closed, or closed while this request was waiting.
 
     ``waited``: the request was accepted and waiting when the scheduler
-    closed (its statistics count it ``closed``); ``False``: it was refused
-    on arrival (counted ``rejected``).
+    closed (its statistics count it ``closed``).  ``False`` for the others:
+    refused on arrival (counted ``rejected``), or cut short while it ran by
+    a ``SyncScheduler`` or ``wrap()`` closing (counted ``cancelled``).
     """
 
     def __init__(self, message: str, *, waited: bool = False) -> None:

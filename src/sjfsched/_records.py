@@ -238,17 +238,25 @@ class Request:
 
 #: A chat's text and input characters, made at their first read: a predictor reads them several
 #: times a request, and a chat of many parts or turns costs in proportion to join.  Kept beside
-#: the request (weakly), not in it, so that its attrs fields stay its own.
-_CHAT_READINGS: weakref.WeakKeyDictionary[Request, tuple[str, int]] = weakref.WeakKeyDictionary()
+#: the request, not in it, so that its attrs fields stay its own; by identity (a subclass may
+#: compare by value, and hash what cannot be hashed), dropped when the request goes.
+_CHAT_READINGS: dict[int, tuple[weakref.ref[Request], tuple[str, int]]] = {}
 
 
 def _chat_reading(request: Request) -> tuple[str, int]:
-    reading = _CHAT_READINGS.get(request)
-    if reading is None:
-        messages = request.messages
-        assert messages is not None
-        chars = sum(len(_content_text(m.get("content"))) for m in messages)
-        reading = _CHAT_READINGS[request] = (_chat_text(messages), chars)
+    key = id(request)
+    held = _CHAT_READINGS.get(key)
+    if held is not None and held[0]() is request:
+        return held[1]
+    messages = request.messages
+    assert messages is not None
+    chars = sum(len(_content_text(m.get("content"))) for m in messages)
+    reading = (_chat_text(messages), chars)
+
+    def forget(_: weakref.ref[Request]) -> None:
+        _CHAT_READINGS.pop(key, None)
+
+    _CHAT_READINGS[key] = (weakref.ref(request, forget), reading)
     return reading
 
 

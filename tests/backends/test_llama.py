@@ -851,3 +851,52 @@ async def test_a_read_cancelled_before_its_thread_starts_returns_and_never_reads
     finally:
         busy.set()
         limiter.total_tokens = before
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "trio"])
+def test_ctrl_c_mid_read_leaves_the_model_only_once_its_work_ended(tiny_path: Path, loop: str) -> None:
+    """On trio Ctrl-C ends the wait for a read running in the worker thread without trio's
+    cancellation: the stream then closed llama's generator while it ran (ValueError 'generator
+    already executing' replaced the KeyboardInterrupt) and gave the model's lock back while the
+    thread still sampled (found by a reviewer). In a child interpreter: a real SIGINT."""
+    code = textwrap.dedent(
+        f"""
+        import json, os, signal, threading, time, anyio
+        from llama_cpp import Llama, LogitsProcessorList
+        from sjfsched import Request
+        from sjfsched.backends import LlamaCppBackend
+        from sjfsched.backends._llama import llama_lock
+
+        llm = Llama({str(tiny_path)!r}, n_ctx=256, n_threads=1, verbose=False)
+        lock = llama_lock(llm)
+        samples = []
+
+        def slow(input_ids, scores):
+            time.sleep(0.2)  # the worker thread stays inside llama's next()
+            samples.append((time.monotonic(), lock.locked()))
+            return scores
+
+        request = Request("Once", max_tokens=30, options={{"logits_processor": LogitsProcessorList([slow])}})
+        threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+
+        async def main():
+            async for _ in LlamaCppBackend(llm).stream(request):
+                pass
+
+        try:
+            anyio.run(main, backend={loop!r})
+            ended = "returned"
+        except BaseException as exc:
+            ended = type(exc).__name__
+        at = time.monotonic()
+        time.sleep(0.6)
+        print(json.dumps({{"ended": ended, "after": sum(t > at for t, _ in samples),
+                          "unlocked": sum(not held for _, held in samples), "locked_now": lock.locked()}}))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"ended": "KeyboardInterrupt", "after": 0, "unlocked": 0, "locked_now": False}

@@ -436,6 +436,13 @@ def test_a_chats_text_is_made_once() -> None:
     copy = Request(**attrs.asdict(chat, recurse=False))
     assert copy.text == chat.text and copy is not chat
 
+    @attrs.frozen  # compares by value: its hash would take the unhashable messages
+    class Tagged(Request):
+        user: str = "someone"
+
+    tagged = Tagged(messages=[{"role": "user", "content": "hi"}])
+    assert (tagged.text, tagged.input_chars) == ("hi", 2)
+
 
 def test_predict_many_keeps_a_repredicted_request_among_the_latest() -> None:
     """With adapt=False, a request predicted again through predict_many() kept its first place

@@ -203,7 +203,7 @@ async def _next(iterator: Iterator[Any], watcher: _StopStrings) -> Any:
 
     try:
         return await anyio.to_thread.run_sync(step, abandon_on_cancel=True)
-    except anyio.get_cancelled_exc_class():
+    except BaseException:  # cancelled; or Ctrl-C, which trio delivers by abandoning the wait too
         watcher.cancelled = True
         with guard:
             running = phase[0] == "running"
