@@ -155,7 +155,10 @@ class RequestLog:
                 try:
                     view = memoryview(data)
                     while view:
-                        view = view[f.write(view) or 0 :]
+                        written = f.write(view)
+                        if not written:  # a regular file takes some of it, or raises
+                            raise OSError(f"{self.path}: the file took none of a line")
+                        view = view[written:]
                 except BaseException:
                     # Part of the line may be on disk (a full disk): take it back, so the next
                     # line is not glued to it and a failed call wrote nothing.
