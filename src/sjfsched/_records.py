@@ -132,14 +132,6 @@ def _content_text(content: object) -> str:
     return ""
 
 
-def _chat_text(messages: Sequence[Mapping[str, Any]]) -> str:
-    """:attr:`Request.text` of a chat: its last user turn, else every message joined by newlines."""
-    for message in reversed(messages):
-        if message.get("role") == "user":
-            return _content_text(message.get("content"))
-    return "\n".join(_content_text(m.get("content")) for m in messages)
-
-
 def _check_max_tokens(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is None:
         return
@@ -250,8 +242,10 @@ def _chat_reading(request: Request) -> tuple[str, int]:
         return held[1]
     messages = request.messages
     assert messages is not None
-    chars = sum(len(_content_text(m.get("content"))) for m in messages)
-    reading = (_chat_text(messages), chars)
+    texts = [_content_text(m.get("content")) for m in messages]  # each message's, read once
+    users = [t for m, t in zip(messages, texts, strict=True) if m.get("role") == "user"]
+    # The last user turn, else every message joined by newlines; and every message's characters.
+    reading = (users[-1] if users else "\n".join(texts), sum(map(len, texts)))
 
     def forget(_: weakref.ref[Request]) -> None:
         _CHAT_READINGS.pop(key, None)

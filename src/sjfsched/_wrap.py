@@ -18,7 +18,14 @@ from typing_extensions import Self
 from ._errors import SchedulerClosed
 from ._records import Request
 from ._sync import SyncScheduler
-from .backends._llama import TokenCounter, counting_processors, llama_closed, llama_lock, recording_samples
+from .backends._llama import (
+    CLOSED_LLAMA,
+    TokenCounter,
+    counting_processors,
+    llama_closed,
+    llama_lock,
+    recording_samples,
+)
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -388,10 +395,7 @@ class ScheduledLlama:
         """Refuse a closed ``Llama`` (closed by the program, or by a ``LlamaCppBackend(close_llm=True)``
         over it): a call on it would crash the process."""
         if llama_closed(self._llm):
-            raise RuntimeError(
-                "the llama_cpp.Llama under this wrap() is closed (close() was called on it, or on a "
-                "LlamaCppBackend(close_llm=True) over it); make a new one"
-            )
+            raise RuntimeError(f"wrap(): {CLOSED_LLAMA}")
 
     def _locked(self, name: str, method: Callable[..., Any], *, generator: bool) -> Callable[..., Any]:
         """The ``Llama``'s method ``name``, run under the model's lock (a generator: while it is open)."""

@@ -10,7 +10,7 @@ import threading
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 import anyio
 import anyio.to_thread
@@ -204,12 +204,12 @@ async def _next(iterator: Iterator[Any], watcher: _StopStrings) -> Any:
     try:
         return await anyio.to_thread.run_sync(step, abandon_on_cancel=True)
     except BaseException:  # cancelled; or Ctrl-C, which trio delivers by abandoning the wait too
-        watcher.cancelled = True
         with guard:
             running = phase[0] == "running"
             if phase[0] == "queued":
                 phase[0] = "given up"
-        if running:
+        if running:  # the wait was given up while the read runs: end it at its next sample
+            watcher.cancelled = True
             with anyio.CancelScope(shield=True):
                 while not done.is_set():  # noqa: ASYNC110  # set by the worker thread: polled
                     await anyio.sleep(0.002)
@@ -224,11 +224,11 @@ def llama_closed(llm: object) -> bool:
     return getattr(context, "ctx", True) is None or getattr(model, "model", True) is None
 
 
-def closed_llama_error(where: str) -> BackendError:
-    return BackendError(
-        f"{where}: the llama_cpp.Llama is closed (close() was called on it, or on a "
-        "LlamaCppBackend(close_llm=True) over it); make a new one"
-    )
+#: Why a closed ``Llama`` is refused (by a backend, or by a ``wrap()`` over it).
+CLOSED_LLAMA: Final = (
+    "the llama_cpp.Llama is closed (close() was called on it, or on a "
+    "LlamaCppBackend(close_llm=True) over it); make a new one"
+)
 
 
 def failure(exc: BaseException) -> str:
@@ -614,7 +614,7 @@ class LlamaCppBackend:
             if self._llm_closed:  # closed while this waited for the model
                 raise BackendError("this LlamaCppBackend is closed")
             if llama_closed(self._llm):  # by its owner (another backend, the program)
-                raise closed_llama_error("LlamaCppBackend")
+                raise BackendError(f"LlamaCppBackend: {CLOSED_LLAMA}")
             with recording_samples(self._llm, counter, watcher.sampled):
                 try:
                     iterator = await anyio.to_thread.run_sync(self._start, request, arguments)

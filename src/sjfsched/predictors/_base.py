@@ -7,12 +7,22 @@ from typing import Protocol, runtime_checkable
 
 from .._records import Prediction, Request
 
-__all__ = ["LONG_TOKENS", "SHORT_TOKENS", "Predictor", "SupportsObserve", "texts_of"]
+__all__ = ["LONG_TOKENS", "SHORT_TOKENS", "Predictor", "SupportsObserve", "text_of", "texts_of"]
 
 #: Clairvoyant's answer-length classes, used by ranking accuracy, the
 #: benchmarks and ``p_long``: short below 200 output tokens, long from 800 on.
 SHORT_TOKENS = 200
 LONG_TOKENS = 800
+
+
+def text_of(method: str, request: Request) -> str:
+    """``request.text``; a :class:`TypeError` naming ``method`` if it is no request."""
+    try:
+        return request.text
+    except AttributeError:
+        if isinstance(request, Request):
+            raise
+        raise _not_a_request(method, request) from None
 
 
 def texts_of(method: str, requests: Sequence[Request]) -> list[str]:

@@ -940,12 +940,14 @@ def run(args: argparse.Namespace) -> int:
         score = predictor.scores
     train, test = split_records(records, args.test_fraction, args.seed)
     learnt = None if args.predictor == "length" else _learnt_from(metadata)
+    # The answers the model may have been trained on (ids of the records), worked out once.
+    trained = None if learnt is None else {id(r) for r in records if _is_learnt(r, learnt)}
     # The bundled model is fitted on every prompt of its sources but those of its holdout.
     bundled = args.model is None and args.predictor == "lexical"
     if args.split == "auto" and args.predictor == "length":
         chosen, split = list(records), "every answer (prompt length learns nothing)"
     elif args.split == "auto":
-        chosen, split = _unseen_part(records, test, learnt, fitted_on_all=bundled)
+        chosen, split = _unseen_part(records, test, trained, fitted_on_all=bundled)
     else:
         chosen, split = {"test": test, "train": train, "all": records}[args.split], f"{args.split} split"
     if not chosen:
@@ -958,8 +960,8 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    if learnt is not None:
-        note = _trained_note(chosen, learnt, bundled=bundled)
+    if trained is not None:
+        note = _trained_note(chosen, trained, bundled=bundled)
         if note:
             log(f"sjfsched evaluate: {note}")
     scores = score([r.prompt for r in chosen])
@@ -997,7 +999,7 @@ def _is_learnt(record: LengthRecord, learnt: tuple[frozenset[str], frozenset[str
 def _unseen_part(
     records: Sequence[LengthRecord],
     test: Sequence[LengthRecord],
-    learnt: tuple[frozenset[str], frozenset[str]] | None,
+    trained: set[int] | None,
     *,
     fitted_on_all: bool,
 ) -> tuple[list[LengthRecord], str]:
@@ -1009,12 +1011,13 @@ def _unseen_part(
     kept from); of the sources it was trained on, the grouped split's test
     part (what ``sjfsched train`` holds out with the same ``--seed`` and
     ``--test-fraction``), unless the model was ``fitted_on_all`` of them (the
-    bundled one), where that part is taken only if nothing else is left.  A
-    model that does not say: the test part.
+    bundled one), where that part is taken only if nothing else is left.
+    ``trained``: the ids of the records the model may have been trained on
+    (``None``: it does not say; then the test part).
     """
-    if learnt is None:
+    if trained is None:
         return list(test), "test split"
-    unseen = [r for r in records if not _is_learnt(r, learnt)]
+    unseen = [r for r in records if id(r) not in trained]
     if len(unseen) == len(records):
         return unseen, "every answer (it was trained on none: other sources, or prompts it was kept from)"
     if fitted_on_all:
@@ -1022,20 +1025,20 @@ def _unseen_part(
             return unseen, "the answers it was not trained on (of other sources, or prompts it was kept from)"
         return list(test), "test split"
     held = {id(r) for r in test}
-    chosen = [r for r in records if id(r) in held or not _is_learnt(r, learnt)]
+    chosen = [r for r in records if id(r) in held or id(r) not in trained]
     if not unseen:
         return chosen, "test split"
     return chosen, f"test split and the {len(unseen):,} answers of sources it was not trained on"
 
 
-def _trained_note(
-    chosen: Sequence[LengthRecord], learnt: tuple[frozenset[str], frozenset[str]], *, bundled: bool
-) -> str:
-    """What to make of scored answers of sources the model was trained on ('' if none)."""
-    sources = sorted({r.source for r in chosen if _is_learnt(r, learnt)})
-    if not sources:
+def _trained_note(chosen: Sequence[LengthRecord], trained: set[int], *, bundled: bool) -> str:
+    """What to make of scored answers the model may have been trained on (``trained``: their
+    records' ids; '' if none)."""
+    learnt = [r for r in chosen if id(r) in trained]
+    if not learnt:
         return ""
-    count = sum(1 for r in chosen if _is_learnt(r, learnt))
+    sources = sorted({r.source for r in learnt})
+    count = len(learnt)
     listed = ", ".join(sources[:5]) + (", ..." if len(sources) > 5 else "")
     if bundled:
         return (

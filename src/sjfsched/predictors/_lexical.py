@@ -24,7 +24,7 @@ import numpy.typing as npt
 from .._errors import PredictorError
 from .._records import Prediction, Request
 from ._adapt import ScoreCorrection, TargetMap
-from ._base import LONG_TOKENS, _not_a_request, texts_of
+from ._base import LONG_TOKENS, text_of, texts_of
 from ._calibration import LengthCalibration, read_state, require_length, write_state
 from ._features import FEATURE_VERSION, SIGNALS, LexicalFeaturizer
 
@@ -465,13 +465,7 @@ class LexicalPredictor:
         return Prediction(tokens, min(max(p_long, 0.0), 1.0))
 
     def predict(self, request: Request, /) -> Prediction:
-        try:
-            text = request.text
-        except AttributeError:
-            if isinstance(request, Request):
-                raise
-            raise _not_a_request("predict()", request) from None
-        raw = self.score(text)
+        raw = self.score(text_of("predict()", request))
         if self._remember:
             recent = self._recent
             key = id(request)

@@ -10,7 +10,7 @@ from typing import final
 import attrs
 
 from .._records import Prediction, Request
-from ._base import _not_a_request
+from ._base import text_of
 
 __all__ = ["ConstantPredictor", "HeuristicPredictor"]
 
@@ -71,12 +71,7 @@ class HeuristicPredictor:
         _finite("cap", self.cap, "> 0", lambda x: x > 0)
 
     def predict(self, request: Request, /) -> Prediction:
-        try:
-            prompt_tokens = len(request.text) / 4.0
-        except AttributeError:
-            if isinstance(request, Request):
-                raise
-            raise _not_a_request("predict()", request) from None
+        prompt_tokens = len(text_of("predict()", request)) / 4.0
         return Prediction(min(self.cap, self.base + self.per_prompt_token * prompt_tokens))
 
     def predict_many(self, requests: Sequence[Request], /) -> list[Prediction]:

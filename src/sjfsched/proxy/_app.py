@@ -215,14 +215,11 @@ class ProxyApp:
                 await self._http(scope, receive, send)
             finally:
                 self._inflight -= 1
-                self._maybe_idle()
+                if self._inflight <= self._reading and self._idle is not None:
+                    self._idle.set()
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         # Nothing else (websockets) is served.
-
-    def _maybe_idle(self) -> None:
-        if self._inflight <= self._reading and self._idle is not None:
-            self._idle.set()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         await receive()  # lifespan.startup
