@@ -18,7 +18,7 @@ if sys.platform != "win32":  # Windows has no flock: one writer per log there
 
 from ._gzlines import Cut, cut_member_data, scan_gzip
 from ._records import Completion
-from .predictors._corpus import prompt_id_of
+from .predictors._corpus import cut_short, prompt_id_of
 
 __all__ = ["RequestLog"]
 
@@ -272,9 +272,11 @@ def _finish_tail(path: Path) -> None:
         elif keep < size:
             with path.open("rb") as f:
                 f.seek(keep)
-                start = f.read(1 << 12).lstrip(b"\x00")[:1]  # a crash may leave zeros
-            if start not in (b"{", b""):  # no JSON line a crash cut short: not ours to drop
-                raise ValueError(f"{path} is not a request log: its last line is not a JSON object")
+                tail = f.read()
+            if not cut_short(tail):  # not a JSON line a crash cut short: not ours to drop
+                raise ValueError(
+                    f"{path} is not a request log: its last line is neither JSON nor a line cut short"
+                )
             logger.warning(
                 "%s: dropped %d bytes of an unfinished last line (left by a crash)", path, size - keep
             )

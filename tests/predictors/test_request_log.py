@@ -12,7 +12,7 @@ from sjfsched import Completion, Prediction, Request, RequestLog, Scheduler
 from sjfsched._cli import main
 from sjfsched.backends import CallableBackend
 from sjfsched.predictors import LexicalPredictor
-from sjfsched.predictors._corpus import load_records, prompt_id_of
+from sjfsched.predictors._corpus import cut_short, load_records, prompt_id_of
 
 pytestmark = pytest.mark.anyio
 
@@ -159,7 +159,7 @@ def test_a_last_line_that_is_no_json_is_not_dropped_as_a_crash_would_leave(tmp_p
     log = RequestLog(path)
     content = b'{"prompt": "a", "output_tokens": 1}\nsomething else'
     path.write_bytes(content)  # after the log was made: found when it opens the file to append
-    with pytest.raises(ValueError, match="its last line is not a JSON object"):
+    with pytest.raises(ValueError, match="its last line is neither JSON nor a line cut short"):
         log(_done("x", 3))
     assert path.read_bytes() == content
 
@@ -207,6 +207,48 @@ def test_a_plain_log_cut_in_its_last_line_reads_up_to_it(
     path.write_bytes(b'{"prompt": "a", "output_tokens": 3}\nnot json\n{"prompt": "b", "output_tokens": 4}\n')
     with pytest.raises(ValueError, match=r"cut\.jsonl:2: not JSON"):
         load_records([path])  # a bad line in the middle is an error, not a crash's remnant
+
+
+def test_a_plain_log_cut_at_any_byte_of_its_last_line_reads_up_to_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "cut.jsonl"
+    first = b'{"prompt": "a", "output_tokens": 3}\n'
+    text = 'say "hi" {not a brace} [x] \u00e9t\u00e9 \\'
+    extra = {"a": [1, {"b": "}"}], "c": {}}
+    last = json.dumps({"prompt": text, "extra": extra, "output_tokens": 5}, ensure_ascii=False).encode()
+    for keep in range(1, len(last)):
+        path.write_bytes(first + last[:keep] + bytes(keep % 3))  # a crash may leave zeros after it
+        assert cut_short(last[:keep]), last[:keep]
+        assert len(load_records([path])) == 1, last[:keep]
+
+
+@pytest.mark.parametrize(
+    "last",
+    [
+        b'{"prompt": "b", "output_tokens": 4,}',  # a trailing comma
+        b"{'prompt': 'b', 'output_tokens': 4}",  # single quotes
+        b'{"prompt": "b", "output_tokens": 4}}',
+        b'{"prompt": "b", "output_tokens": 4} and more',
+        b'{"prompt": "b"}\r{"prompt": "c"}',  # old Mac line ends
+        b"prompt,output_tokens",
+    ],
+)
+def test_a_last_line_written_whole_with_a_mistake_is_an_error_not_a_crash(
+    tmp_path: Path, last: bytes
+) -> None:
+    # Hand-written files often end without a newline: a typo there is named, not skipped as a
+    # crash's remnant; and RequestLog refuses to append to such a file rather than delete the line.
+    path = tmp_path / "hand.jsonl"
+    content = b'{"prompt": "a", "output_tokens": 3}\n' + last
+    path.write_bytes(content)
+    assert not cut_short(last)
+    with pytest.raises(ValueError, match=r"hand\.jsonl:2: not JSON"):
+        load_records([path])
+    log = RequestLog(path)
+    with pytest.raises(ValueError, match=r"hand\.jsonl is not a request log: its last line is neither JSON"):
+        log(_done("x", 3))
+    assert path.read_bytes() == content
 
 
 def test_lines_that_break_the_json_reader_name_their_line(tmp_path: Path) -> None:

@@ -22,9 +22,10 @@ import hashlib
 import json
 import logging
 import math
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import attrs
 
@@ -34,6 +35,7 @@ __all__ = [
     "DATA_PATTERNS",
     "LengthRecord",
     "corpus_of",
+    "cut_short",
     "group_by_prompt",
     "is_test",
     "iter_json_lines",
@@ -134,6 +136,38 @@ def _a_line_begun(data: bytes) -> bool:
     return True
 
 
+_JSON_TOKENS: Final = re.compile(rb'"(?:[^"\\]|\\.)*(")?|[][{}]')
+
+
+def cut_short(line: bytes) -> bool:
+    """Whether ``line``, a last line without its newline that is not JSON, is a JSON object cut
+    before its end (what a crash while writing leaves), not one written whole with a mistake.
+
+    It is cut if it begins an object that it never closes (inside a string, or with brackets
+    still open at its end); one whose brackets close, a typo such as a trailing comma, is not.
+    Zeros a crash may leave around it, and a byte-order mark, are read past.
+    """
+    text = line.strip(b"\x00 \t\r\n")
+    if text.startswith(codecs.BOM_UTF8):
+        text = text[len(codecs.BOM_UTF8) :].lstrip()
+    if not text:
+        return True
+    if not text.startswith(b"{"):
+        return False
+    depth = 0
+    for token in _JSON_TOKENS.finditer(text):
+        if token[0][:1] == b'"':
+            if token[1] is None:  # a string still open at the end
+                return True
+        elif token[0] in b"[{":
+            depth += 1
+        else:
+            depth -= 1
+            if depth <= 0:  # the object closed: the line was written whole
+                return False
+    return True
+
+
 def _loads(line: bytes, path: Path, i: int) -> Any:
     if i == 1 and line.startswith(codecs.BOM_UTF8):  # what some Windows tools begin a file with
         line = line[len(codecs.BOM_UTF8) :]
@@ -195,6 +229,8 @@ def iter_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
             try:
                 value = _loads(item, path, i)
             except ValueError:
+                if not cut_short(item):  # a whole line with a mistake in it, not a crash's
+                    raise
                 logger.warning(_CUT_SHORT, path, i - 1)
                 return
             yield i, value
