@@ -68,6 +68,9 @@ _SHIELDED_CLOSE_SECONDS = 10.0
 #: another context, would stay behind in the caller's.
 _holding: ContextVar[tuple[tuple[Scheduler, _Entry], ...]] = ContextVar("sjfsched_holding", default=())
 
+#: What holds a slot, for the messages that say so.
+_HOLDERS = "a block (an admit() or stream() block, or the backend's code for a request)"
+
 _OWN_MODULES = frozenset({__name__, "sjfsched._sync", "contextlib"})
 
 
@@ -605,19 +608,33 @@ class Scheduler:
         request, wherever that runs (a task or worker thread of its own, a call
         back into the loop).
         """
-        if any(s is self and e.state is EntryState.RUNNING for s, e in _holding.get()):
-            return True
+        return bool(self._held_here())
+
+    def _held_here(self) -> set[int]:
+        """The ids of the running requests whose slots the code running now holds (as above)."""
+        held = {id(e) for s, e in _holding.get() if s is self and e.state is EntryState.RUNNING}
         blocks = list(self._blocks.values())
-        if not blocks:
-            return False
-        try:
-            task: int | None = anyio.get_current_task().id
-        except RuntimeError:  # a thread of the sync facade's caller: no task is its own
-            task = None
-        return any(
-            entry.state is EntryState.RUNNING and opened_here(openers, opener, task)
-            for openers, entry, opener in blocks
-        )
+        if blocks:
+            try:
+                task: int | None = anyio.get_current_task().id
+            except RuntimeError:  # a thread of the sync facade's caller: no task is its own
+                task = None
+            held.update(
+                id(entry)
+                for openers, entry, opener in blocks
+                if entry.state is EntryState.RUNNING and opened_here(openers, opener, task)
+            )
+        return held
+
+    def _refuse_waiting_for_itself(self, held: int, where: str) -> None:
+        """A request from code that holds every slot could only wait for itself: refuse it."""
+        if held >= self._concurrency:
+            slots = "the only slot" if self._concurrency == 1 else f"all {self._concurrency} slots"
+            raise RuntimeError(
+                f"a request from inside {where} that holds {slots} of this scheduler would wait "
+                f"for that block, which waits for the request: make the call after the block, or "
+                f"give the scheduler more concurrency"
+            )
 
     # ------------------------------------------------------------ public calls
 
@@ -627,7 +644,10 @@ class Scheduler:
         Pass a :class:`Request`, or a prompt string, or ``messages=[...]``;
         keyword ``fields`` fill in (or, with a Request, replace) the request's
         fields.  Raises :class:`QueueFull`, :class:`SchedulerClosed` or
-        :class:`BackendError`.
+        :class:`BackendError`; and :class:`RuntimeError` from code that holds
+        every slot (inside an :meth:`admit` or :meth:`stream` block, or the
+        backend's code for a request, with ``concurrency=1``): it could only
+        wait for itself.
         """
         stream = await self._open_stream(request, fields)
         # Only the backend's code runs in this call: it holds the slot throughout (one note
@@ -893,6 +913,8 @@ class Scheduler:
             self._counts["rejected"] += 1
             raise SchedulerClosed("the scheduler is closed")
         runs_now = self._free > 0 and not self._queue
+        if not runs_now:
+            self._refuse_waiting_for_itself(len(self._held_here()), _HOLDERS)
         if not runs_now and self._max_queue is not None and len(self._queue) >= self._max_queue:
             # Refused before it is predicted: its estimate stays out of the median's window.
             self._counts["rejected"] += 1

@@ -26,6 +26,7 @@ from ._errors import SchedulerClosed
 from ._queue import EntryState, _Entry
 from ._records import Chunk, Completion, Request
 from ._scheduler import (
+    _HOLDERS,
     LEFT_EARLY,
     ChunkStream,
     FrameNote,
@@ -418,6 +419,8 @@ class SyncScheduler:
         of a request an interrupted close left running, into :class:`SchedulerClosed`."""
         self._check_thread()
         self._check_open(request=request)
+        if request:
+            self._refuse_waiting_for_itself()
         try:
             yield
         except RuntimeError as exc:
@@ -504,6 +507,31 @@ class SyncScheduler:
             if entry.state is EntryState.RUNNING and opened_here(openers, opener, me):
                 return what
         return None
+
+    def _refuse_waiting_for_itself(self) -> None:
+        """A request that could only wait for the code making it raises :class:`RuntimeError`.
+
+        From the event loop thread (``on_complete``) a blocking call would
+        block the loop that runs it; from code holding every slot (its
+        blocks, or the backend's code for a request), it would wait for
+        that code.
+        """
+        if self._on_loop_thread():
+            raise RuntimeError(
+                "a blocking request from the scheduler's own event loop thread (on_complete, or a "
+                "backend's code run in the loop) would block the loop that runs it: make it from "
+                "another thread"
+            )
+        with self._handing_over:
+            blocks = list(self._blocks.values())
+        me = threading.get_ident()
+        held = self._scheduler._held_here()
+        held.update(
+            id(entry)
+            for openers, entry, _, opener in blocks
+            if entry.state is EntryState.RUNNING and opened_here(openers, opener, me)
+        )
+        self._scheduler._refuse_waiting_for_itself(len(held), _HOLDERS)
 
     def _opened_a_block_here(self) -> bool:
         """Whether this thread opened a block of a running request still open (on its stack or not)."""

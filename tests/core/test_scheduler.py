@@ -634,6 +634,67 @@ async def test_aclose_from_inside_a_block_that_holds_a_slot_raises_at_once_and_c
     assert sched.closed
 
 
+@pytest.mark.parametrize("where", ["admit", "stream", "complete's backend", "nested admits"])
+async def test_a_request_from_code_that_holds_every_slot_is_refused_not_left_waiting(where: str) -> None:
+    # An agent's tool call made through the scheduler from inside the agent's own turn: with
+    # every slot held by the code making it, it could only wait for itself (it hung for ever).
+    refused: list[BaseException] = []
+
+    async def answer(request: Request) -> AsyncIterator[Chunk]:
+        if request.metadata.get("nested"):  # the backend's code for this request asks again
+            with pytest.raises(RuntimeError) as caught:
+                await sched.complete(job(1))
+            refused.append(caught.value)
+        yield Chunk("ok")
+
+    slots = 2 if where == "nested admits" else 1
+    sched = Scheduler(CallableBackend(answer, slots=slots), predictor=TablePredictor())
+    async with sched:
+        with anyio.fail_after(60):
+            if where == "admit":
+                async with sched.admit(job(1)) as ticket:
+                    with pytest.raises(RuntimeError) as caught:
+                        await sched.complete(job(1))
+                    refused.append(caught.value)
+                    ticket.report(1)
+            elif where == "stream":
+                async with sched.stream(job(1)) as chunks:
+                    with pytest.raises(RuntimeError) as caught:
+                        async with sched.stream(job(1)):
+                            pass
+                    refused.append(caught.value)
+                    assert [c.text async for c in chunks] == ["ok"]
+            elif where == "complete's backend":
+                assert (await sched.complete(job(1, metadata={"nested": True}))).text == "ok"
+            else:  # two slots: the first nested call runs on the second; a third is refused
+                async with sched.admit(job(1)) as outer:
+                    async with sched.admit(job(1)) as inner:
+                        with pytest.raises(RuntimeError) as caught:
+                            await sched.complete(job(1))
+                        refused.append(caught.value)
+                        inner.report(1)
+                    assert (await sched.complete(job(1))).text == "ok"  # a slot is free again
+                    outer.report(1)
+        (error,) = refused
+        held = "all 2 slots" if slots == 2 else "the only slot"
+        assert f"holds {held} of this scheduler would wait for that block" in str(error)
+        stats = sched.statistics()
+        assert (stats.rejected, stats.waiting, stats.running, stats.failed) == (0, 0, 0, 0)
+        assert stats.completed == stats.predictor_calls  # the refused call was never accepted
+        assert (await sched.complete(job(1))).text == "ok"
+
+
+async def test_a_task_started_inside_a_block_waits_for_the_slot_as_documented() -> None:
+    sched = scheduler()
+    async with sched, anyio.create_task_group() as tg:
+        async with sched.admit(job(1)) as ticket:
+            tg.start_soon(sched.complete, job(1))  # its own task: it waits for the block to end
+            await anyio.sleep(1)
+            assert sched.statistics().waiting == 1
+            ticket.report(1)
+    assert sched.statistics().completed == 2
+
+
 async def test_aclose_from_a_task_that_holds_no_slot_still_waits_for_the_running_ones() -> None:
     sched = scheduler()
     async with anyio.create_task_group() as tg:

@@ -327,6 +327,82 @@ def test_close_from_the_loops_thread_raises_at_once_and_changes_nothing(
 
 
 @pytest.mark.parametrize("async_backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("where", ["admit", "stream", "my own context manager", "the backend's function"])
+def test_a_request_from_code_that_holds_the_only_slot_is_refused_not_left_waiting(
+    async_backend: str, where: str
+) -> None:
+    """An agent's tool call through the scheduler from inside its own turn: it blocked for ever."""
+    refused: list[str] = []
+
+    def answer(request: Request) -> str:
+        if request.metadata.get("nested"):
+            with pytest.raises(RuntimeError) as caught:
+                sched.complete("tool call")
+            refused.append(str(caught.value))
+        return "ok"
+
+    sched = SyncScheduler(CallableBackend(answer), async_backend=async_backend)
+
+    def body() -> None:
+        if where == "admit":
+            with sched.admit("mine") as ticket:
+                ticket.report(1)
+                with pytest.raises(RuntimeError) as caught:
+                    sched.complete("tool call")
+            refused.append(str(caught.value))
+        elif where == "stream":
+            with sched.stream("mine") as chunks:
+                with pytest.raises(RuntimeError) as caught, sched.stream("tool call"):
+                    pass
+                assert [c.text for c in chunks] == ["ok"]
+            refused.append(str(caught.value))
+        elif where == "my own context manager":
+            with my_admit(sched), pytest.raises(RuntimeError) as caught:
+                sched.complete("tool call")
+            refused.append(str(caught.value))
+        else:
+            assert sched.complete("mine", metadata={"nested": True}).text == "ok"
+        assert sched.complete("next").text == "ok"  # nothing changed
+
+    with sched:
+        in_a_thread(body)
+    (error,) = refused
+    assert "holds the only slot of this scheduler would wait for that block" in error
+    stats = sched.statistics()
+    assert (stats.completed, stats.rejected, stats.failed) == (2, 0, 0)
+
+
+@pytest.mark.parametrize("async_backend", ["asyncio", "trio"])
+def test_a_request_from_on_complete_is_refused_with_a_reason(async_backend: str) -> None:
+    refused: list[str] = []
+
+    def ask_again(completion: Completion) -> None:
+        if completion.request.text == "first":
+            with pytest.raises(RuntimeError) as caught:
+                sched.complete("again")
+            refused.append(str(caught.value))
+
+    with SyncScheduler(CallableBackend(echo), async_backend=async_backend, on_complete=ask_again) as sched:
+        in_a_thread(lambda: sched.complete("first"))
+    (error,) = refused
+    assert error.startswith("a blocking request from the scheduler's own event loop thread (on_complete")
+
+
+@pytest.mark.parametrize("async_backend", ["asyncio", "trio"])
+def test_a_thread_started_inside_a_block_waits_for_the_slot(async_backend: str) -> None:
+    with SyncScheduler(CallableBackend(echo), async_backend=async_backend) as sched:
+        answers: list[str] = []
+        with sched.admit("mine") as ticket:
+            other = threading.Thread(target=lambda: answers.append(sched.complete("other thread").text))
+            other.start()
+            other.join(0.3)
+            assert other.is_alive() and sched.statistics().waiting == 1
+            ticket.report(1)
+        other.join(10)
+    assert answers == ["other thread "]
+
+
+@pytest.mark.parametrize("async_backend", ["asyncio", "trio"])
 def test_close_from_another_thread_than_the_blocks_waits_for_it(async_backend: str) -> None:
     sched = SyncScheduler(CallableBackend(echo), async_backend=async_backend)
     closing: list[threading.Thread] = []
