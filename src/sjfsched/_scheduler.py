@@ -28,7 +28,7 @@ from ._errors import BackendError, PredictorError, QueueFull, SchedulerClosed
 from ._queue import EntryState, WaitQueue, _Entry
 from ._rates import DEFAULT_DECODE_RATE, DEFAULT_PREFILL_RATE, RateEstimator
 from ._records import Chunk, Completion, Prediction, Request, _as_float, _as_int
-from ._service import check_backend, close_backend, needs_an_instance, service_started
+from ._service import check_backend, close_backend, is_async, needs_an_instance, service_started
 
 if TYPE_CHECKING:
     from .backends._base import Backend
@@ -290,7 +290,7 @@ class Scheduler:
             check_backend(backend)
         if on_complete is not None and not callable(on_complete):
             raise TypeError(f"on_complete must be a callable or None, got {type(on_complete).__name__}")
-        if on_complete is not None and _is_async(on_complete):
+        if on_complete is not None and is_async(on_complete):
             raise TypeError(
                 f"on_complete must be a plain function: it is called, not awaited, as each request "
                 f"ends, so an async one would never run; got {on_complete!r}"
@@ -306,7 +306,7 @@ class Scheduler:
             raise TypeError(f"predictor must have a predict(request) method, got {type(predictor).__name__}")
         for method in ("predict", "observe"):
             fn = getattr(predictor, method, None)
-            if callable(fn) and _is_async(fn):
+            if callable(fn) and is_async(fn):
                 raise TypeError(
                     f"{type(predictor).__name__}.{method}() must be a plain method: the scheduler "
                     f"calls it and never awaits it, so an async one would never run"
@@ -1348,12 +1348,6 @@ def _max_wait(value: object) -> float | None:
     if not isinstance(seconds, float) or math.isnan(seconds) or seconds < 0:
         raise ValueError(f"max_wait must be a number of seconds >= 0 or None, got {value!r}")
     return seconds
-
-
-def _is_async(fn: Callable[..., object]) -> bool:
-    """Whether calling ``fn`` gives a coroutine or an async generator (an async callable object too)."""
-    method: object = type(fn).__call__
-    return any(inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f) for f in (fn, method))
 
 
 #: How deep :func:`_holds_nan` looks into a sort key's tuples, lists and dataclasses.

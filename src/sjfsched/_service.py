@@ -1,15 +1,16 @@
-"""What the scheduler and the backends that hold backends share: the backend check, the service-start mark."""
+"""What the scheduler and the backends that hold backends share: backend checks, the service-start mark."""
 
 from __future__ import annotations
 
 import inspect
 import types
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, TypeGuard
 
 import anyio
 
-__all__ = ["check_backend", "close_backend", "mark_service_started", "service_started"]
+__all__ = ["check_backend", "close_backend", "is_async", "mark_service_started", "service_started"]
 
 #: When a backend that makes requests wait inside it (a pool whose usable
 #: slots are taken, or a member out of rotation) began serving the current
@@ -23,6 +24,12 @@ service_started: ContextVar[float | None] = ContextVar("sjfsched_service_started
 def mark_service_started() -> None:
     """Note that the request being streamed in this task starts being served now."""
     service_started.set(anyio.current_time())
+
+
+def is_async(fn: Callable[..., object]) -> bool:
+    """Whether calling ``fn`` gives a coroutine or an async generator (an async callable object too)."""
+    method: object = type(fn).__call__
+    return any(inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f) for f in (fn, method))
 
 
 def check_backend(backend: object) -> None:

@@ -147,3 +147,23 @@ async def test_the_backend_of_a_pool_with_a_plain_aclose_is_named() -> None:
     pool = BackendPool([backend(), _SyncClose()])  # type: ignore[list-item]
     with pytest.raises(TypeError, match=r"_SyncClose\.aclose\(\) returned NoneType"):
         await pool.aclose()
+
+
+class _AsyncClient:
+    """The usual shape of a client wrapper: an object with an async ``__call__``."""
+
+    async def __call__(self, request: Request) -> str:
+        await anyio.sleep(1.0)
+        return "hi"
+
+
+async def test_an_async_callable_object_is_awaited_in_the_loop_not_called_in_a_thread() -> None:
+    # Taken for a plain function, it was called in a worker thread: in virtual time the call
+    # then lasted until the program's next timer (here 500 s), not the 1 s it sleeps.
+    async with Scheduler(CallableBackend(_AsyncClient()), predictor=ConstantPredictor(1)) as sched:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.sleep, 500.0)  # some other timer of the program's
+            completion = await sched.complete("x")
+            tg.cancel_scope.cancel()
+    assert completion.text == "hi"
+    assert completion.latency == pytest.approx(1.0)

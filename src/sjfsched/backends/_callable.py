@@ -12,6 +12,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from .._records import Chunk, Request
+from .._service import is_async
 
 __all__ = ["CallableBackend"]
 
@@ -25,7 +26,8 @@ _DONE = object()
 class CallableBackend:
     """Makes a :class:`Backend` of a function ``fn(request)``.
 
-    The function may be sync or async and may return:
+    The function may be sync or async (an object with an ``async def __call__`` is
+    async too) and may return:
 
     - a ``str``: the whole answer, counted as ``ceil(len / 4)`` tokens
       (at least 1) when not empty;
@@ -74,7 +76,7 @@ class CallableBackend:
             raise TypeError(f"in_thread must be True or False, got {in_thread!r}")
         self._fn = fn
         self.slots = slots
-        self._is_async = inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
+        self._is_async = is_async(fn)  # an object with an async __call__ too
         self._in_thread = in_thread and not self._is_async
 
     def __repr__(self) -> str:
