@@ -51,6 +51,7 @@ class _Entry:
         "request",
         "seq",
         "service_started",
+        "stand_in",
         "started",
         "state",
         "submitted",
@@ -78,6 +79,8 @@ class _Entry:
         #: pool that had it wait for a slot): see ``_service.service_started``
         self.service_started: float | None = None
         self.promoted = False
+        #: its prediction is the scheduler's neutral stand-in (the predictor failed): not observed
+        self.stand_in = False
         #: its answer came in one piece (the first chunk held every token): the
         #: first token's time says nothing of prompt evaluation
         self.one_piece = False

@@ -757,7 +757,7 @@ class Scheduler:
                 await self._close_backend_if_left()
             raise
         else:
-            self._complete(entry, ticket._completion(anyio.current_time()))
+            self._complete(entry, ticket._completion(anyio.current_time()), known=ticket._reported)
             if self._close_when_idle:
                 await self._close_backend_if_left()
         finally:
@@ -805,7 +805,8 @@ class Scheduler:
 
     # ------------------------------------------------------------- internals
 
-    def _predict(self, request: Request) -> Prediction:
+    def _predict(self, request: Request) -> tuple[Prediction, bool]:
+        """The predictor's prediction, or a neutral stand-in where it failed (``True``)."""
         counts = self._counts
         counts["predictor_calls"] += 1
         t0 = time.perf_counter()
@@ -823,9 +824,10 @@ class Scheduler:
                 type(self._predictor).__name__,
                 exc_info=True,
             )
-            prediction = Prediction(self._mean_tokens)
+            self._predictor_seconds += time.perf_counter() - t0
+            return Prediction(self._mean_tokens), True
         self._predictor_seconds += time.perf_counter() - t0
-        return prediction
+        return prediction, False
 
     def _estimate(self, request: Request, prediction: Prediction) -> float:
         """``estimate()``, or the default estimate of a neutral prediction where it is not finite."""
@@ -919,7 +921,7 @@ class Scheduler:
             # Refused before it is predicted: its estimate stays out of the median's window.
             self._counts["rejected"] += 1
             raise QueueFull(f"{len(self._queue)} requests are waiting (max_queue={self._max_queue})")
-        prediction = self._predict(request)
+        prediction, stand_in = self._predict(request)
         estimate = self._estimate(request, prediction)
         now = anyio.current_time()
         # The cap sort_key reads already counts this estimate; a request it refuses takes it back.
@@ -936,6 +938,7 @@ class Scheduler:
             raise
         self._seq += 1
         entry = _Entry(request, prediction, estimate, key, now, self._seq)
+        entry.stand_in = stand_in
         if isinstance(handle, Request):
             entry.handle = handle
 
@@ -1034,7 +1037,9 @@ class Scheduler:
             return None
         return completion.output_tokens
 
-    def _complete(self, entry: _Entry, completion: Completion) -> None:
+    def _complete(self, entry: _Entry, completion: Completion, *, known: bool = True) -> None:
+        """Count a request completed and learn from it (``known``: its output length is known,
+        as a stream's is and a ticket's once reported; an answer of 0 tokens too)."""
         self._end(entry, "completed")
         prompt_tokens = (
             completion.prompt_tokens
@@ -1055,8 +1060,10 @@ class Scheduler:
                     start if entry.one_piece else completion.first_token,
                     completion.finished,
                 )
+        if known and not entry.stand_in and self._observe is not None:
+            # Learnt from with the prediction made for it (none was, where the predictor failed).
             observed = self._observed_tokens(entry, completion)
-            if self._observe is not None and observed is not None:
+            if observed is not None:
                 try:
                     result = self._observe(entry.request, entry.prediction, observed)
                     if inspect.iscoroutine(result):  # a plain function that returns a coroutine
@@ -1311,6 +1318,11 @@ class Ticket:
             raise TypeError(f"Ticket.report: finish_reason must be a str or None, got {finish_reason!r}")
         self._output_tokens, self._prompt_tokens = output, prompt
         self._finish_reason = finish_reason
+
+    @property
+    def _reported(self) -> bool:
+        """Whether :meth:`report` was called: the answer's length is known (0 too)."""
+        return self._output_tokens is not None
 
     def _completion(self, now: float) -> Completion:
         e = self._entry

@@ -167,3 +167,43 @@ async def test_an_async_callable_object_is_awaited_in_the_loop_not_called_in_a_t
             tg.cancel_scope.cancel()
     assert completion.text == "hi"
     assert completion.latency == pytest.approx(1.0)
+
+
+class _Recording:
+    """A predictor that fails for prompts holding "fail" and records what it is taught."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, float, int]] = []
+
+    def predict(self, request: Request, /) -> Prediction:
+        if "fail" in request.text:
+            raise RuntimeError("no prediction for this one")
+        return Prediction(7.0)
+
+    def predict_many(self, requests: Any, /) -> list[Prediction]:
+        return [self.predict(r) for r in requests]
+
+    def observe(self, request: Request, prediction: Prediction, output_tokens: int, /) -> None:
+        self.seen.append((request.text, prediction.tokens, output_tokens))
+
+
+async def test_observe_gets_known_lengths_zero_included_and_only_predictions_made() -> None:
+    async def answer(request: Request) -> AsyncIterator[Chunk]:
+        n = int(request.text.split()[-1])
+        if n == 0:  # an empty answer, known to be one
+            yield Chunk("", tokens=0, finish_reason="stop")
+        for _ in range(n):
+            yield Chunk("t")
+
+    predictor = _Recording()
+    async with Scheduler(CallableBackend(answer), predictor=predictor) as sched:
+        for text in ("a 3", "b 0", "fail 2", "c 2"):
+            await sched.complete(text)
+        async with sched.admit("reported 0") as ticket:
+            ticket.report(0)
+        async with sched.admit("never reported"):
+            pass
+        stats = sched.statistics()
+    # "fail 2" was ranked by the scheduler's stand-in, a prediction the predictor never made
+    assert predictor.seen == [("a 3", 7.0, 3), ("b 0", 7.0, 0), ("c 2", 7.0, 2), ("reported 0", 7.0, 0)]
+    assert (stats.completed, stats.predictor_errors) == (6, 1)

@@ -68,7 +68,10 @@ class SupportsObserve(Protocol):
     """The optional half of a predictor: learn from a finished request.
 
     The scheduler calls ``observe`` after every request that completed with a
-    known output length, with the prediction it made before running it.
+    known output length (0 included: a stream read to its end, an
+    :meth:`~sjfsched.Scheduler.admit` ticket once reported), with the
+    prediction it made before running it; a request whose ``predict()``
+    failed (ranked by a neutral stand-in) is not observed.
     Exceptions raised here are counted as predictor errors and never fail the
     request.
     """
