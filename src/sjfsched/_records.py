@@ -193,17 +193,19 @@ class Request:
             raise ValueError("give exactly one of Request.prompt or Request.messages")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Pickled and deep-copied by its fields (its frozen mappings cannot be pickled);
-        # the copy is another request, as requests are compared by identity.
-        fields = {
+        # Pickled and deep-copied by its fields (its frozen mappings cannot be pickled), a
+        # subclass's own too; the copy is another request, as requests are compared by identity.
+        thawed = {
             "messages": None if self.messages is None else [dict(m) for m in self.messages],
-            "max_tokens": self.max_tokens,
-            "priority": self.priority,
-            "tenant": self.tenant,
             "options": dict(self.options),
             "metadata": dict(self.metadata),
         }
-        return (_rebuild_request, (self.prompt, fields))
+        fields = {
+            field.alias: thawed[field.name] if field.name in thawed else getattr(self, field.name)
+            for field in attrs.fields(type(self))
+            if field.init
+        }
+        return (_rebuild_request, (type(self), fields))
 
     @property
     def text(self) -> str:
@@ -254,8 +256,10 @@ def _chat_reading(request: Request) -> tuple[str, int]:
     return reading
 
 
-def _rebuild_request(prompt: str | None, fields: dict[str, Any]) -> Request:
-    return Request(prompt, **fields)
+def _rebuild_request(kind: type[Request] | str | None, fields: dict[str, Any]) -> Request:
+    if isinstance(kind, type):
+        return kind(**fields)
+    return Request(kind, **fields)  # pickled by an earlier version: the prompt, and the other fields
 
 
 def _number(name: str, value: object) -> None:

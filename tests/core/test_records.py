@@ -9,6 +9,14 @@ import numpy as np
 import pytest
 
 from sjfsched import Chunk, Completion, Prediction, Request
+from sjfsched._records import _rebuild_request
+
+
+@attrs.frozen(eq=False)
+class _TracedRequest(Request):
+    """A user's request with a field of its own (module level: pickle finds it by name)."""
+
+    trace_id: str = attrs.field(default="", kw_only=True)
 
 
 class TestRequest:
@@ -87,6 +95,22 @@ class TestRequest:
             assert (dict(again.options), dict(again.metadata)) == ({"stop": ["x"]}, {"k": 1})
             assert (copy_of.text, copy_of.prediction, copy_of.latency) == ("ok", prediction, 0.2)
         assert pickle.loads(pickle.dumps(Request("plain"))).prompt == "plain"
+
+    def test_a_subclass_keeps_its_class_and_its_own_fields_when_copied_or_pickled(self) -> None:
+        r = _TracedRequest(messages=[{"role": "user", "content": "hi"}], metadata={"k": 1}, trace_id="t-1")
+        for again in (copy.copy(r), copy.deepcopy(r), pickle.loads(pickle.dumps(r))):
+            assert type(again) is _TracedRequest and again is not r
+            assert (again.trace_id, again.text, dict(again.metadata)) == ("t-1", "hi", {"k": 1})
+
+    def test_a_request_pickled_by_the_earlier_version_still_loads(self) -> None:
+        # Its pickle named the prompt and the other fields, not the class.
+        again = _rebuild_request("plain", {"max_tokens": 5, "metadata": {"k": 1}})
+        assert (type(again), again.prompt, again.max_tokens, dict(again.metadata)) == (
+            Request,
+            "plain",
+            5,
+            {"k": 1},
+        )
 
     def test_numpy_integers_are_taken_as_ints(self) -> None:
         r = Request("x", max_tokens=np.int64(5), priority=np.int32(-2))
