@@ -16,7 +16,7 @@ import sjfsched
 from sjfsched import Request
 from sjfsched._cli import main
 from sjfsched.predictors import LexicalPredictor
-from sjfsched.predictors._corpus import LengthRecord, group_by_prompt, load_records, prompt_id_of
+from sjfsched.predictors._corpus import LengthRecord, group_by_prompt, is_test, load_records, prompt_id_of
 from sjfsched.predictors._evaluate import compare
 from sjfsched.predictors._train import split_records
 
@@ -451,8 +451,8 @@ def test_evaluate_scores_what_the_model_was_not_trained_on_by_default(
     assert main(["evaluate", str(mine), str(other), "--model", str(model), "--corpora-only"]) == 0
     out, err = capsys.readouterr()
     assert out.startswith(
-        f"lexical {model} on test split and the {n_other:,} answers of sources it was not trained on: "
-        f"{held + n_other:,} answers"
+        f"lexical {model} on test split and the {n_other:,} answers it was not trained on (of other "
+        f"sources, or prompts it was kept from): {held + n_other:,} answers"
     )
     assert f"{held:,} of these answers are of sources the model was trained on (mine)" in err
     assert main(["evaluate", str(other), "--model", str(model)]) == 0
@@ -499,3 +499,83 @@ def test_compare_trains_on_no_prompt_it_tests(tmp_path: Path) -> None:
         line.startswith("in-distribution: ") and "left out, their prompts being among those tested" in line
         for line in seen
     )
+
+
+def test_train_holds_a_prompt_out_under_every_id_it_has(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With an id per request (or conversation) a prompt asked three times fell on both sides of
+    the split: the held-out figures were in-sample (a reviewer's: 1.000 against 0.742)."""
+    rows = [json.loads(line) for line in _write_log(tmp_path / "base.jsonl").read_text().splitlines()]
+    log = tmp_path / "requests.jsonl"
+    log.write_text("".join(json.dumps({**r, "prompt_id": f"req-{i}"}) + "\n" for i, r in enumerate(rows)))
+    records = load_records([log])
+    train, test = split_records(records, 0.2, 0)
+    tested = {r.prompt for r in test}
+    shared = sum(r.prompt in tested for r in train)
+    assert shared > 0  # the case: the same text on both sides of the split by prompt_id
+    assert main(["train", str(log), "--out", str(tmp_path / "m.onnx")]) == 0
+    err = capsys.readouterr().err
+    assert f"{shared:,} answers left out of training: their prompt is held out under another prompt_id" in err
+    assert f"{len(records):,} answers: {len(train) - shared:,} to train on, {len(test):,} held out" in err
+
+
+def test_train_says_when_its_split_leaves_too_few_prompts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seed = next(s for s in range(100) if sum(is_test(i, 0.5, s) for i in ("a", "b")) == 1)
+    path = tmp_path / "two.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"prompt_id": i, "prompt": f"prompt {i}", "output_tokens": 10}) + "\n" for i in "ab"
+        )
+    )
+    argv = [
+        "train",
+        str(path),
+        "--out",
+        str(tmp_path / "m.onnx"),
+        "--test-fraction",
+        "0.5",
+        "--seed",
+        str(seed),
+    ]
+    message = _refused(argv, capsys)
+    assert message == (
+        "sjfsched train: --test-fraction 0.5 leaves fewer than 2 prompts to train on: lower it, "
+        "or pass --fit-all"
+    )
+
+
+def test_evaluate_scores_what_a_model_held_out_as_its_metadata_says(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model fitted on all of its data (--fit-all), or split with another --test-fraction or
+    --seed than evaluate's, was scored on answers it had learnt from, called a test split."""
+    mine = _write_log(tmp_path / "mine.jsonl", source="mine")
+    other = _write_log(tmp_path / "other.jsonl", source="other")
+    n_other = len(load_records([other]))
+    fitted = tmp_path / "fitted.onnx"
+    assert main(["train", str(mine), "--out", str(fitted), "--fit-all"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(mine), str(other), "--model", str(fitted)]) == 0
+    out, err = capsys.readouterr()
+    assert (
+        out.startswith(f"lexical {fitted} on the answers it was not trained on")
+        and f": {n_other:,} answers" in out
+    )
+    assert main(["evaluate", str(mine), "--model", str(fitted)]) == 0  # nothing else to score
+    err = capsys.readouterr().err
+    assert (
+        "of sources the model was fitted on, every prompt of them (mine): their figures are in-distribution"
+        in err
+    )
+    split = tmp_path / "split.onnx"
+    assert main(["train", str(mine), "--out", str(split), "--test-fraction", "0.3", "--seed", "5"]) == 0
+    capsys.readouterr()
+    held = len(split_records(load_records([mine]), 0.3, 5)[1])
+    assert held != len(split_records(load_records([mine]), 0.2, 0)[1])
+    assert main(["evaluate", str(mine), "--model", str(split)]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"lexical {split} on test split: {held:,} answers")
+    assert "the part its training held out (--test-fraction 0.3, --seed 5, as its metadata says)" in err

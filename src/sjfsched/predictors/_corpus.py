@@ -42,6 +42,7 @@ __all__ = [
     "load_records",
     "parse_record",
     "prompt_id_of",
+    "without_prompts_of",
 ]
 
 logger = logging.getLogger("sjfsched")
@@ -329,3 +330,14 @@ def group_by_prompt(records: Sequence[LengthRecord]) -> tuple[list[str], list[li
             members.append([])
         members[j].append(i)
     return prompts, members
+
+
+def without_prompts_of(
+    records: Sequence[LengthRecord], tested: Sequence[LengthRecord]
+) -> tuple[list[LengthRecord], int]:
+    """``records`` but those whose prompt text is one of ``tested``'s (under any ``prompt_id``),
+    and how many those were: a prompt is trained on or tested, not both."""
+    texts = {prompt_id_of(p) for p in {r.prompt for r in tested}}
+    clash = {p for p in {r.prompt for r in records} if prompt_id_of(p) in texts}
+    kept = [r for r in records if r.prompt not in clash]
+    return kept, len(records) - len(kept)

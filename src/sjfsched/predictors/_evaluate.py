@@ -37,7 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._base import LONG_TOKENS, SHORT_TOKENS
-from ._corpus import LengthRecord, group_by_prompt, load_records
+from ._corpus import LengthRecord, group_by_prompt, load_records, without_prompts_of
 from ._vectors import DEFAULT_WEIGHT as VECTOR_WEIGHT
 from ._vectors import WordVectors
 
@@ -368,7 +368,7 @@ def compare(
     whole, test = split_records(records, test_fraction, seed)
     # A prompt text under another id (or in another corpus) would be trained on and tested:
     # training sets leave out every prompt they are tested on.
-    whole, shared = _without_prompts_of(whole, test)
+    whole, shared = without_prompts_of(whole, test)
     if shared:
         log(f"in-distribution: {shared:,} training answers left out, their prompts being among those tested")
     train = training(whole)
@@ -389,7 +389,7 @@ def compare(
             held = [r for r in records if r.corpus == c]
             if sum(r.output_tokens >= LONG_TOKENS for r in held) < min_long:
                 continue
-            others, shared = _without_prompts_of([r for r in records if r.corpus != c], held)
+            others, shared = without_prompts_of([r for r in records if r.corpus != c], held)
             if shared:
                 log(f"leave out {c}: {shared:,} answers of other corpora to its prompts left out of training")
             rest = training(others)
@@ -463,18 +463,6 @@ def compare(
         "[mean ranking accuracy over answering models with >= 5 short and >= 5 long answers].\n"
     )
     return "\n".join(out) + legend
-
-
-def _without_prompts_of(
-    records: Sequence[LengthRecord], tested: Sequence[LengthRecord]
-) -> tuple[list[LengthRecord], int]:
-    """``records`` but those whose prompt text is one of ``tested``'s, and how many those were."""
-    from ._corpus import prompt_id_of
-
-    texts = {prompt_id_of(p) for p in {r.prompt for r in tested}}
-    clash = {p for p in {r.prompt for r in records} if prompt_id_of(p) in texts}
-    kept = [r for r in records if r.prompt not in clash]
-    return kept, len(records) - len(kept)
 
 
 # ----------------------------------------------------------------- calibration
@@ -616,7 +604,7 @@ def adaptation_report(
 
         for corpus in sorted({c for c, _ in chosen}):
             held = [r for r in records if r.corpus == corpus]
-            others, shared = _without_prompts_of([r for r in records if r.corpus != corpus], held)
+            others, shared = without_prompts_of([r for r in records if r.corpus != corpus], held)
             if shared:
                 log(f"leave out {corpus}: {shared:,} answers to its prompts in other corpora left out")
             rest = select_records(others, bundled_sources=True)
@@ -938,16 +926,27 @@ def run(args: argparse.Namespace) -> int:
         predictor = LexicalPredictor(args.model, calibrate=False)
         metadata = predictor.metadata
         score = predictor.scores
-    train, test = split_records(records, args.test_fraction, args.seed)
     learnt = None if args.predictor == "length" else _learnt_from(metadata)
+    # How `sjfsched train` split the model's data, where its metadata says (older models do not)
+    model_split = None if args.predictor == "length" else _split_of(metadata)
+    own = model_split if args.split == "auto" else None  # --split auto scores what it held out
+    fraction, seed = (args.test_fraction, args.seed) if own is None else own[:2]
+    given = (args.test_fraction, args.seed)
+    if own is not None and given != (0.2, 0) and given != (fraction, seed):  # asked for another split
+        log(
+            f"sjfsched evaluate: the model's own split is used (--test-fraction {fraction:g}, --seed "
+            f"{seed}, as its metadata says); --split test scores another"
+        )
+    train, test = split_records(records, fraction, seed)
     # The answers the model may have been trained on (ids of the records), worked out once.
     trained = None if learnt is None else {id(r) for r in records if _is_learnt(r, learnt)}
     # The bundled model is fitted on every prompt of its sources but those of its holdout.
     bundled = args.model is None and args.predictor == "lexical"
+    fitted_on_all = bundled or (model_split is not None and model_split[2])
     if args.split == "auto" and args.predictor == "length":
         chosen, split = list(records), "every answer (prompt length learns nothing)"
     elif args.split == "auto":
-        chosen, split = _unseen_part(records, test, trained, fitted_on_all=bundled)
+        chosen, split = _unseen_part(records, test, trained, fitted_on_all=fitted_on_all)
     else:
         chosen, split = {"test": test, "train": train, "all": records}[args.split], f"{args.split} split"
     if not chosen:
@@ -961,7 +960,8 @@ def run(args: argparse.Namespace) -> int:
         )
         return 1
     if trained is not None:
-        note = _trained_note(chosen, trained, bundled=bundled)
+        who = "the bundled model" if bundled else "the model"
+        note = _trained_note(chosen, trained, who, fitted_on_all=fitted_on_all, split=own)
         if note:
             log(f"sjfsched evaluate: {note}")
     scores = score([r.prompt for r in chosen])
@@ -984,6 +984,20 @@ def _learnt_from(metadata: Mapping[str, str] | None) -> tuple[frozenset[str], fr
     if not (isinstance(sources, list) and isinstance(holdout, list)):
         return None
     return frozenset(map(str, sources)), frozenset(map(str, holdout))
+
+
+def _split_of(metadata: Mapping[str, str] | None) -> tuple[float, int, bool] | None:
+    """How ``sjfsched train`` split the model's data: ``(test_fraction, seed, fitted_on_all)``,
+    from its metadata (``None``: it does not say)."""
+    try:
+        split = json.loads((metadata or {})["sjfsched.split"])
+        fraction, seed, fitted = split["test_fraction"], split["seed"], split["fitted_on_all"]
+    except (KeyError, TypeError, ValueError):
+        return None
+    numbers = isinstance(fraction, (int, float)) and isinstance(seed, int) and isinstance(fitted, bool)
+    if not numbers or isinstance(fraction, bool) or isinstance(seed, bool) or not 0 <= fraction < 1:
+        return None
+    return float(fraction), seed, fitted
 
 
 def _is_learnt(record: LengthRecord, learnt: tuple[frozenset[str], frozenset[str]]) -> bool:
@@ -1028,25 +1042,40 @@ def _unseen_part(
     chosen = [r for r in records if id(r) in held or id(r) not in trained]
     if not unseen:
         return chosen, "test split"
-    return chosen, f"test split and the {len(unseen):,} answers of sources it was not trained on"
+    return chosen, (
+        f"test split and the {len(unseen):,} answers it was not trained on (of other sources, or "
+        "prompts it was kept from)"
+    )
 
 
-def _trained_note(chosen: Sequence[LengthRecord], trained: set[int], *, bundled: bool) -> str:
+def _trained_note(
+    chosen: Sequence[LengthRecord],
+    trained: set[int],
+    who: str,
+    *,
+    fitted_on_all: bool,
+    split: tuple[float, int, bool] | None,
+) -> str:
     """What to make of scored answers the model may have been trained on (``trained``: their
-    records' ids; '' if none)."""
+    records' ids; '' if none); ``split``: how its training split them, where it says."""
     learnt = [r for r in chosen if id(r) in trained]
     if not learnt:
         return ""
     sources = sorted({r.source for r in learnt})
     count = len(learnt)
     listed = ", ".join(sources[:5]) + (", ..." if len(sources) > 5 else "")
-    if bundled:
+    if fitted_on_all:
         return (
-            f"{count:,} of these answers are of sources the bundled model was fitted on, every prompt "
+            f"{count:,} of these answers are of sources {who} was fitted on, every prompt "
             f"of them ({listed}): their figures are in-distribution, not held out"
         )
+    if split is not None:
+        return (
+            f"{count:,} of these answers are of sources {who} was trained on ({listed}): the part its "
+            f"training held out (--test-fraction {split[0]:g}, --seed {split[1]}, as its metadata says)"
+        )
     return (
-        f"{count:,} of these answers are of sources the model was trained on ({listed}): they are held "
+        f"{count:,} of these answers are of sources {who} was trained on ({listed}): they are held "
         "out only if it was trained by `sjfsched train` with this --seed and --test-fraction and "
         "without --fit-all"
     )

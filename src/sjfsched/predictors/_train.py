@@ -51,6 +51,7 @@ from ._corpus import (
     iter_json_lines,
     load_records,
     prompt_id_of,
+    without_prompts_of,
 )
 from ._features import FEATURE_VERSION, SIGNALS, LexicalFeaturizer
 from ._licenses import (
@@ -818,7 +819,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"sjfsched train: {no_records(args.data, loaded)}", file=sys.stderr)
         return 1
     train, test = split_records(records, args.test_fraction, args.seed)
-    if args.fit_all and test and len({r.prompt for r in train}) < 2 <= len({r.prompt for r in records}):
+    train, clashed = without_prompts_of(train, test)
+    if clashed:  # the split is by prompt_id: an id per conversation or request repeats texts
+        print(
+            f"sjfsched train: {clashed:,} answers left out of training: their prompt is held out "
+            "under another prompt_id (a prompt is trained on or held out, not both)",
+            file=sys.stderr,
+        )
+    few = len({r.prompt for r in train}) < 2 <= len({r.prompt for r in records})
+    if few and not args.fit_all:
+        print(
+            f"sjfsched train: --test-fraction {args.test_fraction:g} leaves fewer than 2 prompts to train "
+            "on: lower it, or pass --fit-all",
+            file=sys.stderr,
+        )
+        return 1
+    if args.fit_all and test and few:
         # Too few prompts to hold some out and still train; --fit-all trains on them all anyway.
         print(
             f"sjfsched train: --test-fraction {args.test_fraction:g} leaves fewer than 2 prompts to train "
@@ -827,7 +843,17 @@ def run(args: argparse.Namespace) -> int:
         )
         train, test = records, []
     print(f"{len(records):,} answers: {len(train):,} to train on, {len(test):,} held out", file=sys.stderr)
-    meta = {"sjfsched.trained_on": json.dumps(sorted({r.source for r in records}))}
+    meta = {
+        "sjfsched.trained_on": json.dumps(sorted({r.source for r in records})),
+        # what `evaluate` needs to score only what the final model did not learn from
+        "sjfsched.split": json.dumps(
+            {
+                "test_fraction": args.test_fraction,
+                "seed": args.seed,
+                "fitted_on_all": bool(args.fit_all or not test),
+            }
+        ),
+    }
     if holdout:
         meta["sjfsched.holdout_prompts"] = json.dumps(sorted(holdout))
     if args.features == "lexical":
