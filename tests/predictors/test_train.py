@@ -134,6 +134,15 @@ def test_bad_input_files(tmp_path: Path) -> None:
     bad.write_text('{"prompt": "hi", "output_tokens": 3}\n{"prompt": "x", "output_tokens": "many"}\n')
     with pytest.raises(ValueError, match=r"bad\.jsonl:2: 'output_tokens' must be a finite number"):
         load_records([bad])
+    # One absurd length (a unit slip, a corrupt counter) made every prediction of a model
+    # trained on it 1,000,000 tokens: refused, naming the line.
+    bad.write_text('{"prompt": "hi", "output_tokens": 3}\n{"prompt": "x", "output_tokens": 1e100}\n')
+    with pytest.raises(
+        ValueError, match=r"bad\.jsonl:2: 'output_tokens' must be at most 10,000,000 .*got 1e\+100"
+    ):
+        load_records([bad])
+    bad.write_text('{"prompt": "hi", "output_tokens": 10000000}\n')
+    assert [r.output_tokens for r in load_records([bad])] == [10_000_000]
     bad.write_text("not json\n")
     with pytest.raises(ValueError, match=r"bad\.jsonl:1: not JSON"):
         load_records([bad])

@@ -33,6 +33,7 @@ from .._gzlines import Cut, Damaged, scan_gzip
 
 __all__ = [
     "DATA_PATTERNS",
+    "MAX_OUTPUT_TOKENS",
     "LengthRecord",
     "corpus_of",
     "cut_short",
@@ -46,6 +47,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("sjfsched")
+
+#: The longest answer a record may give, in tokens: more than any model's context window.
+MAX_OUTPUT_TOKENS: Final = 10_000_000
 
 #: The files :func:`load_records` reads in a directory it is given.
 DATA_PATTERNS = ("*.jsonl", "*.jsonl.gz")
@@ -263,6 +267,11 @@ def parse_record(raw: Any, path: Path, line: int) -> LengthRecord:
         raise ValueError(f"{where}: 'output_tokens' must be a finite number, got {shown}")
     if tokens < 0:
         raise ValueError(f"{where}: 'output_tokens' must be >= 0, got {tokens!r}")
+    if tokens > MAX_OUTPUT_TOKENS:  # one such record throws every prediction of a model trained on it
+        raise ValueError(
+            f"{where}: 'output_tokens' must be at most {MAX_OUTPUT_TOKENS:,} (more than any model's "
+            f"context), got {tokens:.4g}"
+        )
     prompt_id = raw.get("prompt_id")
     source = raw.get("source")
     model = raw.get("model")
