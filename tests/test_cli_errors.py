@@ -69,7 +69,8 @@ def test_train_and_evaluate_on_tiny_or_empty_logs_say_what_is_wrong(
     empty.write_text("\n\n")
     assert main(["train", str(empty), "--out", str(tmp_path / "m.onnx")]) == 1
     assert (
-        f"no records in {empty} (empty, or blank lines only)" in capsys.readouterr().err
+        f"no records in {empty} (empty, blank lines only, or a folder without *.jsonl files)"
+        in capsys.readouterr().err
     )  # not "after filtering"
     assert main(["train", str(data), "--include", "nothing*", "--out", str(tmp_path / "m.onnx")]) == 1
     assert "the options kept none of the 10 in" in capsys.readouterr().err

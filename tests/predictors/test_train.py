@@ -150,6 +150,25 @@ def test_bad_input_files(tmp_path: Path) -> None:
         load_records([tmp_path / "missing.jsonl"])
 
 
+def test_a_folder_names_what_it_does_not_read_and_no_file_is_read_twice(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "logs"
+    (folder / "sub").mkdir(parents=True)
+    line = '{"prompt": "hi", "output_tokens": 3}\n'
+    for name in ("a.jsonl", "B.JSONL", "c.ndjson", "d.json", "sub/e.jsonl", "notes.md", ".hidden.jsonl.swp"):
+        (folder / name).write_text(line)
+    records = load_records([folder, folder / "a.jsonl", f"{folder}/./a.jsonl"])
+    assert len(records) == 1  # a.jsonl, read once
+    text = caplog.text
+    assert (
+        f"{folder}: only its *.jsonl and *.jsonl.gz files are read, not B.JSONL, c.ndjson, d.json, sub/"
+        in text
+    )
+    assert "notes.md" not in text and ".hidden" not in text
+    assert f"{folder / 'a.jsonl'} is named again (as {folder / 'a.jsonl'}): read once" in text
+
+
 def test_train_filters(log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", str(log), "--out", str(tmp_path / "m.onnx"), "--exclude", "synth*"]) == 1
     assert "no records left" in capsys.readouterr().err

@@ -297,23 +297,54 @@ def source_of_file(path: Path) -> str:
 def load_records(paths: Iterable[str | Path]) -> list[LengthRecord]:
     """Read every record of the given JSONL files (``.gz`` or plain).
 
-    A directory stands for every ``*.jsonl`` and ``*.jsonl.gz`` file in it.
-    Blank lines are skipped; a malformed line raises :class:`ValueError`
-    naming the file and line.
+    A directory stands for every ``*.jsonl`` and ``*.jsonl.gz`` file in it
+    (files of other JSON-lines names in it, ``.ndjson``, ``.json``, another
+    case, and folders, are named in a warning, not read).  A file named twice
+    (or by a directory too) is read once.  Blank lines are skipped; a
+    malformed line raises :class:`ValueError` naming the file and line.
     """
     files: list[Path] = []
     for p in paths:
         path = Path(p)
         if path.is_dir():
-            files.extend(sorted(found for pattern in DATA_PATTERNS for found in path.glob(pattern)))
+            found = sorted(found for pattern in DATA_PATTERNS for found in path.glob(pattern))
+            _note_unread(path, set(found))
+            files.extend(found)
         elif path.exists():
             files.append(path)
         else:
             raise FileNotFoundError(f"no such file or directory: {path}")
     records: list[LengthRecord] = []
+    read: dict[Path, Path] = {}
     for path in files:
+        again = read.setdefault(path.resolve(), path)
+        if again is not path:
+            logger.warning("%s is named again (as %s): read once", again, path)
+            continue
         records.extend(parse_record(raw, path, i) for i, raw in iter_json_lines(path))
     return records
+
+
+#: Names that look like JSON lines, which a directory's files are told apart by (any case).
+_DATA_LIKE: Final = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".json", ".json.gz")
+
+
+def _note_unread(directory: Path, found: set[Path]) -> None:
+    """Warn of what in ``directory`` looks like data but is not read (not ``found``)."""
+    unread = sorted(
+        f"{entry.name}/" if entry.is_dir() else entry.name
+        for entry in directory.iterdir()
+        if entry not in found
+        and not entry.name.startswith(".")
+        and (entry.is_dir() or entry.name.lower().endswith(_DATA_LIKE))
+    )
+    if unread:
+        shown = ", ".join(unread[:5]) + (f" and {len(unread) - 5} more" if len(unread) > 5 else "")
+        logger.warning(
+            "%s: only its *.jsonl and *.jsonl.gz files are read, not %s (name them to read them)",
+            directory,
+            shown,
+        )
 
 
 def group_by_prompt(records: Sequence[LengthRecord]) -> tuple[list[str], list[list[int]]]:

@@ -139,7 +139,7 @@ def no_records(data: Sequence[Path], loaded: Sequence[LengthRecord]) -> str:
     """Why there is nothing to work on: the inputs hold no record, or the options kept none."""
     where = ", ".join(str(p) for p in data)
     if not loaded:
-        return f"no records in {where} (empty, or blank lines only)"
+        return f"no records in {where} (empty, blank lines only, or a folder without *.jsonl files)"
     return f"no records left after filtering: the options kept none of the {len(loaded):,} in {where}"
 
 
