@@ -143,7 +143,13 @@ M2 = {"prompt": "b", "output_tokens": 9, "model": "m2"}
         ([M1, "{not json"], "", r"t\.jsonl:2: not JSON"),
         ([{"prompt": "a", "output_tokens": -3}], "", r"t\.jsonl:1: 'output_tokens' must be >= 0"),
         ([{"prompt": "a", "output_tokens": "many"}], "", r"t\.jsonl:1: 'output_tokens' must be a finite"),
-        ([{"output_tokens": 3}], "", r"t\.jsonl:1: 'prompt' must be a string"),
+        ([{"output_tokens": 3}], "", r"t\.jsonl:1: no 'prompt'$"),
+        ([{"prompt": ["a"], "output_tokens": 3}], "", r"t\.jsonl:1: 'prompt' must be a string, got list"),
+        (
+            [{"messages": [{"role": "user", "content": "a"}], "output_tokens": 3}],
+            "",
+            r"t\.jsonl:1: no 'prompt' \(a chat's 'messages' are not read: give the text to rank by",
+        ),
         ([{"prompt": "  ", "output_tokens": 3}], "", r"t\.jsonl:1: 'prompt' is empty"),
         ([], "", r"t\.jsonl has no records"),
     ],
@@ -174,8 +180,14 @@ def test_file_trace_errors_name_the_problem(log_file: Path, tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("record", "message"),
     [
-        ('"output_tokens": 1e300', "'output_tokens' must be at most 1,000,000,000, got 1e+300"),
-        (f'"output_tokens": {10**30}', "'output_tokens' must be at most 1,000,000,000, got 1e+30"),
+        (
+            '"output_tokens": 1e300',
+            "'output_tokens' must be at most 10,000,000 (more than any model's context), got 1e+300",
+        ),
+        (
+            f'"output_tokens": {10**30}',
+            "'output_tokens' must be at most 10,000,000 (more than any model's context), got 1e+30",
+        ),
         ('"output_tokens": 5, "input_tokens": 1e300', "'input_tokens' must be a finite number up to"),
         ('"output_tokens": 5, "input_tokens": Infinity', "'input_tokens' must be a finite number up to"),
         ('"output_tokens": 5, "input_tokens": NaN', "'input_tokens' must be a finite number up to"),

@@ -23,7 +23,7 @@ import attrs
 
 from .._records import Request
 from ..predictors._base import LONG_TOKENS, SHORT_TOKENS
-from ..predictors._corpus import is_test, iter_json_lines, parse_record, prompt_id_of
+from ..predictors._corpus import MAX_OUTPUT_TOKENS, is_test, iter_json_lines, parse_record, prompt_id_of
 
 __all__ = [
     "LONG_TOKENS",
@@ -301,9 +301,9 @@ def _read(path: Path, model: str, sources: Sequence[str]) -> list[TraceItem]:
     return items
 
 
-#: The most tokens an answer or a prompt of a trace may have: far above any model's context,
-#: and far below what would overflow the simulation's 64-bit token counts.
-MAX_TOKENS: Final = 10**9
+#: The most tokens an answer or a prompt of a trace may have: above any model's context (the
+#: bound records are read with), and far below what would overflow the simulation's counts.
+MAX_TOKENS: Final = MAX_OUTPUT_TOKENS
 
 
 def _item(record: dict[str, Any], prompt: str, output: float, source: str, where: str) -> TraceItem:
@@ -340,7 +340,7 @@ def _load_file(name: str) -> Trace:
     """A trace from a JSON-lines file of your own (see the module docstring).
 
     Every line must be a record with a string ``prompt`` and a finite
-    ``output_tokens`` >= 0 and at most :data:`MAX_TOKENS`, and ``input_tokens``, if a number,
+    ``output_tokens`` >= 0 and at most :data:`MAX_TOKENS` (10,000,000), and ``input_tokens``, if a number,
     finite and at most :data:`MAX_TOKENS` (a :class:`ValueError` names the line otherwise);
     records without ``model`` count as model ``"unknown"``.  As for the
     built-in traces, a prompt answered more than once (the same ``prompt_id``

@@ -259,7 +259,12 @@ def parse_record(raw: Any, path: Path, line: int) -> LengthRecord:
         raise ValueError(f"{where}: expected a JSON object, got {type(raw).__name__}")
     prompt = raw.get("prompt")
     if not isinstance(prompt, str):
-        raise ValueError(f"{where}: 'prompt' must be a string")
+        if "prompt" in raw:
+            raise ValueError(f"{where}: 'prompt' must be a string, got {type(prompt).__name__}")
+        chat = (
+            " (a chat's 'messages' are not read: give the text to rank by, its last user turn, as 'prompt')"
+        )
+        raise ValueError(f"{where}: no 'prompt'" + (chat if "messages" in raw else ""))
     tokens = raw.get("output_tokens")
     if isinstance(tokens, bool) or not isinstance(tokens, (int, float)) or not _finite(tokens):
         large = isinstance(tokens, int) and tokens.bit_length() > 100
