@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import shutil
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -187,6 +190,49 @@ async def test_refused_connection() -> None:
     client = UpstreamClient(f"http://127.0.0.1:{port}")
     with pytest.raises(ConnectFailed, match=f"cannot connect to 127.0.0.1:{port}: Connection refused"):
         await client.request("GET", "/")
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
+    """A TLS server context with a self-signed certificate for 127.0.0.1 (made by openssl)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command to make a self-signed certificate with")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+@pytest.mark.parametrize("server", ["self-signed TLS", "plain HTTP"])
+async def test_a_failed_tls_connection_says_why(server: str, self_signed: ssl.SSLContext) -> None:
+    """A certificate that does not verify, or https:// to a plain-HTTP server, read "Operation
+    not permitted" (the TLS error's errno taken for the OS's)."""
+
+    async def plain(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def tls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    handler, context = (tls, self_signed) if server == "self-signed TLS" else (plain, None)
+    listening = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=context)
+    port = listening.sockets[0].getsockname()[1]
+    client = UpstreamClient(f"https://127.0.0.1:{port}", connect_timeout=10)
+    why = "certificate verify failed: self-signed certificate" if context else "wrong version number"
+    try:
+        with pytest.raises(ConnectFailed, match=f"cannot connect to 127.0.0.1:{port}: TLS: {why}"):
+            await client.request("GET", "/")
+    finally:
+        await client.aclose()
+        listening.close()
 
 
 async def _read_all(client: UpstreamClient, *, partial: bytes | None) -> bytes:

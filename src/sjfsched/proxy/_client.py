@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast, final
@@ -456,9 +457,7 @@ class UpstreamClient:
         except asyncio.TimeoutError:
             raise ConnectFailed(f"connecting to {where} timed out after {self.connect_timeout:g} s") from None
         except OSError as exc:
-            # asyncio words a refused connection "Connect call failed"; say why, as the OS does.
-            reason = os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
-            raise ConnectFailed(f"cannot connect to {where}: {reason}") from exc
+            raise ConnectFailed(f"cannot connect to {where}: {_why(exc)}") from exc
         assert isinstance(protocol, _Connection)
         return protocol
 
@@ -490,3 +489,15 @@ class UpstreamClient:
             connection.abort()
         if idle:
             await asyncio.sleep(0)  # let the transports close their sockets before the loop stops
+
+
+def _why(exc: OSError) -> str:
+    """Why a connection failed, in words: the OS's for a refusal (asyncio words it "Connect call
+    failed"), the resolver's for a host name, TLS's own for a handshake."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS: certificate verify failed: {exc.verify_message or exc.reason}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {(exc.reason or str(exc)).replace('_', ' ').lower()}"
+    if isinstance(exc, socket.gaierror) or not (exc.errno and exc.errno > 0):
+        return exc.strerror or str(exc) or type(exc).__name__
+    return os.strerror(exc.errno)
