@@ -16,9 +16,12 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 
+from sjfsched.proxy import ProxyApp, ProxySettings
+from sjfsched.proxy._upstream import UpstreamUnavailable
 from tests.support.ollama_server import OllamaServer
 
 from .harness import free_port, parse_metrics
@@ -323,6 +326,60 @@ def test_unreachable_upstream_at_start_exits_1() -> None:
     ) in result.stderr
     assert "Connection refused" in result.stderr
     assert "--upstream-api ollama|openai" in result.stderr
+
+
+@contextlib.contextmanager
+def _silent_upstream() -> Iterator[socket.socket]:
+    """A loopback socket that takes connections and never answers (a server stuck loading)."""
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(8)
+        yield listening
+
+
+def test_ctrl_c_while_asking_the_upstream_what_it_is_ends_in_one_line() -> None:
+    """It printed a KeyboardInterrupt traceback through asyncio.run and exited -2."""
+    with (
+        _silent_upstream() as upstream,
+        serve("--upstream", f"http://127.0.0.1:{upstream.getsockname()[1]}") as proxy,
+    ):
+        upstream.settimeout(30)
+        asked, _ = upstream.accept()  # it is asking now
+        with asked:
+            proxy.process.send_signal(signal.SIGINT)
+            assert proxy.wait(30) == 130
+    assert proxy.output.endswith("sjfsched serve: interrupted while asking the upstream what it is"), (
+        proxy.output
+    )
+    assert "Traceback" not in proxy.output
+
+
+def test_asking_a_silent_upstream_what_it_is_waits_no_longer_than_the_read_timeout() -> None:
+    """It waited 30 s a question whatever --read-timeout said (60 s, then an error naming 30 s)."""
+    with _silent_upstream() as upstream:
+        port = upstream.getsockname()[1]
+        started = time.monotonic()
+        result = _run(
+            "--upstream", f"http://127.0.0.1:{port}", "--listen", "127.0.0.1:0", "--read-timeout", "1"
+        )
+        took = time.monotonic() - started
+    assert result.returncode == 1, result
+    assert "/api/tags: the upstream sent nothing for 1 s (the read timeout)" in result.stderr, result.stderr
+    assert took < 20, took
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the proxy runs on asyncio
+async def test_an_embedded_proxy_asks_a_silent_upstream_for_a_bounded_time(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the default read_timeout (none), startup() (make_server's lifespan) waited for ever."""
+    monkeypatch.setattr("sjfsched.proxy._upstream.DETECT_READ_TIMEOUT", 0.5)
+    with _silent_upstream() as upstream:
+        port = upstream.getsockname()[1]
+        app = ProxyApp(ProxySettings(upstream=f"http://127.0.0.1:{port}"))
+        with anyio.fail_after(20), pytest.raises(UpstreamUnavailable, match=r"sent nothing for 0\.5 s"):
+            await app.startup()
 
 
 def test_help_lists_every_flag_with_its_variable() -> None:

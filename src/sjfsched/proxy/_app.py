@@ -148,7 +148,7 @@ class ProxyApp:
         if self._client is None:
             self._client = make_client(self._base, settings.connect_timeout, settings.read_timeout)
         if self._api is None:
-            self._api = await detect_api(self._client)
+            self._api = await detect_api(self._base, settings.connect_timeout, settings.read_timeout)
             logger.info("the upstream %s speaks the %s API", self._base, self._api)
         self._scheduled = scheduled_endpoints(self._api)
         predictor = TimedPredictor(self._learner, self.metrics.predictor)

@@ -108,10 +108,13 @@ def run(args: argparse.Namespace) -> int:
     with sock:
         if settings.upstream_api == "auto":
             try:
-                api = detect_api_sync(settings.upstream, settings.connect_timeout)
+                api = detect_api_sync(settings.upstream, settings.connect_timeout, settings.read_timeout)
             except UpstreamUnavailable as exc:
                 print(f"sjfsched serve: {exc}", file=sys.stderr)
                 return 1
+            except KeyboardInterrupt:
+                print("sjfsched serve: interrupted while asking the upstream what it is", file=sys.stderr)
+                return 130
             settings = attrs.evolve(settings, upstream_api=api)
             sources["upstream_api"] = (api, "detected")
         host, port = sock.getsockname()[:2]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from ._client import UpstreamClient, UpstreamError
 
@@ -140,14 +140,28 @@ async def _probe(client: UpstreamClient, api: Api, path: str) -> bool | str:
     return f"JSON without a {key!r} list"
 
 
-async def detect_api(client: UpstreamClient) -> Api:
-    """Ask the upstream what it is: Ollama answers ``GET /api/tags``, others ``GET /v1/models``."""
+#: The longest the upstream may stay silent when asked what API it speaks (or ``read_timeout``,
+#: if shorter): a server that takes connections and never answers is not one to start in front of.
+DETECT_READ_TIMEOUT: Final = 30.0
+
+
+async def detect_api(upstream: str, connect_timeout: float | None, read_timeout: float | None) -> Api:
+    """Ask the upstream what it is: Ollama answers ``GET /api/tags``, others ``GET /v1/models``.
+
+    Each question waits at most :data:`DETECT_READ_TIMEOUT` seconds for an answer, or
+    ``read_timeout`` if shorter.
+    """
+    silence = DETECT_READ_TIMEOUT if read_timeout is None else min(read_timeout, DETECT_READ_TIMEOUT)
+    client = UpstreamClient(upstream, connect_timeout=connect_timeout, read_timeout=silence)
     failures: list[str] = []
-    for api, path in _PROBES:
-        result = await _probe(client, api, path)
-        if result is True:
-            return api
-        failures.append(f"{path}: {result}")
+    try:
+        for api, path in _PROBES:
+            result = await _probe(client, api, path)
+            if result is True:
+                return api
+            failures.append(f"{path}: {result}")
+    finally:
+        await client.aclose()
     raise UpstreamUnavailable(
         f"{client.base_url} answered neither GET /api/tags (Ollama) nor GET /v1/models "
         f"(OpenAI-compatible): {'; '.join(failures)}. Start the upstream first, or name its API "
@@ -155,14 +169,6 @@ async def detect_api(client: UpstreamClient) -> Api:
     )
 
 
-def detect_api_sync(upstream: str, connect_timeout: float | None) -> Api:
+def detect_api_sync(upstream: str, connect_timeout: float | None, read_timeout: float | None) -> Api:
     """:func:`detect_api` for the command line, before the server's event loop starts."""
-
-    async def detect() -> Api:
-        client = UpstreamClient(upstream, connect_timeout=connect_timeout, read_timeout=30.0)
-        try:
-            return await detect_api(client)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(detect())
+    return asyncio.run(detect_api(upstream, connect_timeout, read_timeout))
