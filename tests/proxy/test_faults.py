@@ -597,3 +597,33 @@ def test_a_drained_waiting_request_is_counted_closed_not_also_rejected(
     assert answer.startswith(b"HTTP/1.1 503")
     assert proxy.stats().closed == 1
     assert proxy.app.metrics.rejected["shutting_down"] == 0
+
+
+_LINE = b'{"model": "m", "response": "Once", "done": false}\n'
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.0 200 OK\r\nContent-Type: application/x-ndjson\r\n\r\n" + _LINE * 2,
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"%x\r\n%s\r\n0\r\n\r\n" % (len(_LINE), _LINE),
+    ],
+    ids=["closed", "chunked-end"],
+)
+def test_a_streamed_answer_cut_short_counts_as_an_upstream_error_as_a_whole_one_does(
+    start_proxy: ProxyFactory, answer: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Counted failed, but not in upstream_errors{kind="midstream"} (a whole answer cut short was)."""
+    url, close = _upstream_once(answer)
+    try:
+        proxy = start_proxy(url, upstream_api="ollama")
+        with httpx.Client(timeout=30) as client:
+            got = client.post(f"{proxy.url}/api/generate", json={"model": MODEL, "prompt": "Hi"})
+        proxy.wait_until(lambda s: s.running == 0)
+        assert got.status_code == 200 and got.content == _LINE * got.content.count(b"\n")
+        assert proxy.stats().failed == 1 and proxy.stats().completed == 0
+        assert proxy.metrics()['sjfsched_upstream_errors_total{kind="midstream"}'] == 1
+        assert 'ended a streamed answer without its end ("done": true)' in caplog.text
+    finally:
+        close()

@@ -459,13 +459,22 @@ class ProxyApp:
                 # An OpenAI stream ends with a finish_reason; one without it broke off (Ollama's
                 # /v1 after an error) or was cut short ([DONE] with no finish_reason).
                 unfinished = not tally.done if framing == "ndjson" else not tally.finished
-                if unfinished and framing == "sse" and tally.done:
-                    logger.warning(
-                        "the upstream %s ended an answer with [DONE] and no finish_reason: it was cut "
-                        "short (llama_cpp.server does that for another request unless started with "
-                        "--interrupt_requests False); counted as failed, not learnt from",
-                        self._base,
-                    )
+                if unfinished and status < 400:  # cut short, as a whole answer can be
+                    metrics.upstream_errors["midstream"] += 1
+                    if framing == "sse" and tally.done:
+                        logger.warning(
+                            "the upstream %s ended an answer with [DONE] and no finish_reason: it was "
+                            "cut short (llama_cpp.server does that for another request unless started "
+                            "with --interrupt_requests False); counted as failed, not learnt from",
+                            self._base,
+                        )
+                    else:
+                        logger.warning(
+                            "the upstream %s ended a streamed answer without its end (%s): cut short; "
+                            "passed on as it came, counted as failed",
+                            self._base,
+                            '"done": true' if framing == "ndjson" else "a finish_reason",
+                        )
                 failed = status >= 400 or tally.error is not None or unfinished
                 if not failed:
                     self._report(ticket, tally, klass, arrival, started)
