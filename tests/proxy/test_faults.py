@@ -627,3 +627,18 @@ def test_a_streamed_answer_cut_short_counts_as_an_upstream_error_as_a_whole_one_
         assert 'ended a streamed answer without its end ("done": true)' in caplog.text
     finally:
         close()
+
+
+def test_calls_passed_through_during_a_drain_are_not_counted_as_refused_requests(
+    ollama: OllamaServer, start_proxy: ProxyFactory
+) -> None:
+    """A client's GET /api/tags polling during the drain counted in rejected{shutting_down},
+    which counts the scheduled requests refused."""
+    proxy = start_proxy(ollama.url)
+    assert proxy.run(lambda: proxy.app.drain(5), timeout=30) is True
+    with httpx.Client(timeout=30) as client:
+        assert client.get(f"{proxy.url}/api/tags").status_code == 503
+        assert client.get(f"{proxy.url}/api/ps").status_code == 503
+        refused = client.post(f"{proxy.url}/api/generate", json={"model": MODEL, "prompt": "Hi"})
+    assert refused.status_code == 503
+    assert proxy.app.metrics.rejected["shutting_down"] == 1

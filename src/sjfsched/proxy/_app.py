@@ -248,11 +248,12 @@ class ProxyApp:
         if self._scheduler is None or self._client is None:
             await _error(send, 503, style_of(path), "the proxy has not started yet", kind="server_error")
             return
+        endpoint = self._scheduled.get(path) if method == "POST" else None
         if self._draining:
-            self.metrics.rejected["shutting_down"] += 1
+            if endpoint is not None:  # a scheduled request refused (a pass-through call is not one)
+                self.metrics.rejected["shutting_down"] += 1
             await _error(send, 503, style_of(path), "the proxy is shutting down", kind="server_error")
             return
-        endpoint = self._scheduled.get(path) if method == "POST" else None
         if endpoint is None:
             await self._passthrough(scope, receive, send)
         else:
