@@ -228,6 +228,14 @@ def test_settings_come_from_flags_then_environment_then_defaults() -> None:
         with pytest.raises(ValueError, match="upstream path must be ASCII without spaces"):
             ProxySettings(upstream=url)
     assert ProxySettings(upstream="http://h:1/my%20models/").upstream == "http://h:1/my%20models"
+    # An empty host listened on every interface, exposing the model (the CLI refused it; the
+    # library did not): 0.0.0.0 says so.
+    for host in ("", " 127.0.0.1", None):
+        with pytest.raises(
+            ValueError, match=r"listen host must be an address or host name \(0\.0\.0\.0 for every"
+        ):
+            ProxySettings(upstream="http://h:1", host=host)  # type: ignore[arg-type]
+    assert ProxySettings(upstream="http://h:1", host="0.0.0.0").host == "0.0.0.0"
     assert (
         ProxySettings(upstream="https://ollama.example/prefix/").upstream == "https://ollama.example/prefix"
     )

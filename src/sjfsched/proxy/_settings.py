@@ -76,6 +76,14 @@ def _check_predictor_state(instance: Any, attribute: object, value: object) -> N
         raise ValueError(f"predictor_state {value!r}: its directory {str(parent)!r} does not exist")
 
 
+def _check_host(instance: object, attribute: object, value: object) -> None:
+    # An empty host makes the server listen on every interface: say 0.0.0.0 if that is meant.
+    if not isinstance(value, str) or not value or value != value.strip():
+        raise ValueError(
+            f"listen host must be an address or host name (0.0.0.0 for every interface), got {value!r}"
+        )
+
+
 def _check_port(instance: object, attribute: object, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
         raise ValueError(f"listen port must be an integer from 0 to 65535, got {value!r}")
@@ -130,7 +138,7 @@ class ProxySettings:
     """
 
     upstream: str = attrs.field(converter=normalize_upstream)
-    host: str = "127.0.0.1"
+    host: str = attrs.field(default="127.0.0.1", validator=_check_host)
     port: int = attrs.field(default=8080, validator=_check_port)
     upstream_api: UpstreamApi = attrs.field(
         default="auto", validator=_one_of("upstream_api", ("auto", "ollama", "openai"))
