@@ -247,3 +247,30 @@ def test_a_back_off_timed_on_an_earlier_event_loop_is_due_on_the_next(second: st
         return pool.statistics().members[0].retry_in
 
     assert anyio.run(retry_in, backend=second) == 0.0
+
+
+def test_statistics_outside_an_event_loop_says_so() -> None:
+    """It raised trio's "must be called from async context", or ModuleNotFoundError without trio."""
+    pool = BackendPool([CallableBackend(down, in_thread=False)])
+    with pytest.raises(RuntimeError, match=r"BackendPool\.statistics\(\) must be called in an event loop"):
+        pool.statistics()
+
+
+@pytest.mark.parametrize("second", ["asyncio", "trio"])
+def test_statistics_under_another_event_loop_change_nothing(second: str) -> None:
+    """Reading the statistics from another loop (a metrics thread's) reset every back-off."""
+    pool = BackendPool([CallableBackend(down, in_thread=False)], retry_after=3600.0)
+
+    async def fail_once() -> float | None:
+        with pytest.raises(BackendUnavailable):
+            await collect(pool, Request("x"))
+        return pool._members[0].down_until
+
+    down_until = anyio.run(fail_once, backend="trio")
+    assert down_until is not None
+
+    async def read() -> float:
+        return pool.statistics().members[0].retry_in
+
+    assert anyio.run(read, backend=second) == 0.0  # shown due, as the pool would take it there
+    assert pool._members[0].down_until == down_until  # and left as it was

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from contextlib import aclosing
 from typing import TYPE_CHECKING, final
@@ -176,9 +177,11 @@ class BackendPool:
     def statistics(self) -> PoolStatistics:
         """Slots, load and health of every backend.
 
-        Call it from the event loop the pool runs in (it reads the loop's clock).
+        Call it from an event loop (it reads the loop's clock): under another
+        loop than the pool's own, a backend out of rotation is shown due now,
+        as the pool would take it, and nothing changes.
         """
-        self._adopt_loop()
+        same_loop = _event_loop("BackendPool.statistics()") is self._loop
         now = anyio.current_time()
         members = tuple(
             PoolMemberStatistics(
@@ -187,7 +190,7 @@ class BackendPool:
                 busy=m.busy,
                 healthy=m.down_until is None,
                 failures=m.failures,
-                retry_in=0.0 if m.down_until is None else max(0.0, m.down_until - now),
+                retry_in=0.0 if m.down_until is None or not same_loop else max(0.0, m.down_until - now),
                 served=m.served,
             )
             for m in self._members
@@ -265,7 +268,7 @@ class BackendPool:
 
     def _adopt_loop(self) -> None:
         """Back-offs are times on one loop's clock: under another loop (the pool outlived one), due now."""
-        loop = _event_loop()
+        loop = _event_loop("BackendPool.stream()")
         if loop is not self._loop:
             self._loop = loop
             now = anyio.current_time()
@@ -408,13 +411,18 @@ async def _aiter(iterator: AsyncIterator[Chunk]) -> AsyncGenerator[Chunk, None]:
             await aclose()
 
 
-def _event_loop() -> object:
-    """The running event loop (asyncio's loop, or trio's run), whose clock ``anyio.current_time`` reads."""
+def _event_loop(caller: str) -> object:
+    """The running event loop (asyncio's loop, or trio's run), whose clock ``anyio.current_time``
+    reads; a :class:`RuntimeError` naming ``caller`` outside any."""
     import asyncio
 
     try:
         return asyncio.get_running_loop()
-    except RuntimeError:  # not asyncio: anyio's other backend is trio
-        import trio
-
-        return trio.lowlevel.current_trio_token()
+    except RuntimeError:  # not asyncio: anyio's other backend is trio, if it is in use
+        trio = sys.modules.get("trio")
+        if trio is not None:
+            try:
+                return trio.lowlevel.current_trio_token()
+            except RuntimeError:
+                pass
+    raise RuntimeError(f"{caller} must be called in an event loop (the one the pool runs in)")
