@@ -273,6 +273,11 @@ def test_an_idle_proxy_stops_at_once_on_sigint(ollama: OllamaServer) -> None:
             {},
             "argument --max-body-bytes: expected a number of bytes (e.g. 10485760, 10MiB), got 'lots'",
         ),
+        (  # the last one named was used, silently
+            ("--upstream", "http://127.0.0.1:1", "--upstream", "http://127.0.0.1:2"),
+            {},
+            "--upstream given twice: the proxy forwards to one upstream server",
+        ),
         (
             ("--upstream", "http://127.0.0.1:1", "--upstream-api", "vllm"),
             {},

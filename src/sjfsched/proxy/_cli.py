@@ -58,7 +58,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
                 type=_argument_type(option.parse),
                 default=argparse.SUPPRESS,  # absent, not None: "--cap none" is a value that wins
                 help=help_text,
+                action=_OneUpstream if option.name == "upstream" else "store",
             )
+
+
+class _OneUpstream(argparse.Action):
+    """``--upstream`` given twice is refused: the proxy forwards to one server, not the last named."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:  # fmt: skip
+        if hasattr(namespace, self.dest):
+            parser.error(
+                f"{option_string} given twice: the proxy forwards to one upstream server (to spread "
+                "requests over several, see BackendPool in docs/backends/pool.md)"
+            )
+        setattr(namespace, self.dest, values)
 
 
 def _print_settings(settings: ProxySettings, sources: dict[str, tuple[Any, str]]) -> None:
