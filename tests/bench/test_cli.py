@@ -51,6 +51,23 @@ def test_sim_prints_tables_saves_results_and_plots(
     ]
 
 
+def test_a_policy_named_on_its_own_gets_its_row_even_if_a_sweep_has_its_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--policies fcfs,sjfsched@max_wait=3600` printed only fcfs's row: 3600 is a sweep value,
+    and the policy showed under a sweep heading the user never asked for."""
+    data = sharegpt_like(tmp_path / "data")
+    argv = ["bench", "sim", "--data", str(data), "--traces", "sharegpt", "--profiles", "gpu", "--scenarios",
+            "burst20", "--repetitions", "2", "--no-progress", "--policies"]  # fmt: skip
+    assert main([*argv, "fcfs,sjfsched@max_wait=3600"]) == 0
+    out = capsys.readouterr().out
+    assert "| sjfsched@max_wait=3600 |" in out.split("### Summary")[0]  # its per-trace row
+    assert "### Sweep" not in out
+    assert main([*argv, "sweep:max_wait"]) == 0  # from a sweep: shown as one
+    out = capsys.readouterr().out
+    assert "| sjfsched@max_wait=3600 |" not in out.split("### Summary")[0] and "### Sweep" in out
+
+
 def test_bad_names_fail_clearly(tmp_path: Path) -> None:
     data = sharegpt_like(tmp_path / "data")
     with pytest.raises(SystemExit, match="unknown trace"):
@@ -71,6 +88,61 @@ def test_bad_names_fail_clearly(tmp_path: Path) -> None:
                 "--no-progress",
             ]
         )
+
+
+def test_bad_options_are_named_in_their_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a reviewer: errors that did not name the option at fault, or misled."""
+    data = sharegpt_like(tmp_path / "data")
+    sim = [
+        "bench",
+        "sim",
+        "--data",
+        str(data),
+        "--traces",
+        "sharegpt",
+        "--scenarios",
+        "burst5",
+        "--no-progress",
+    ]
+
+    def message(argv: list[str]) -> str:
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        return str(info.value.code)
+
+    assert message([*sim, "--policies", "fcfs,bogus"]).startswith(
+        "sjfsched bench: --policies: unknown predictor 'bogus'"
+    )
+    for policy in ("fcfs@max_wait=60", "clairvoyant@aging=0"):  # were "unknown predictor 'fcfs'"
+        assert message([*sim, "--policies", policy]).startswith(
+            f"sjfsched bench: --policies: {policy.partition('@')[0]} takes no @options"
+        )
+    trace = tmp_path / "requests.jsonl"
+    trace.write_text('{"prompt": "a", "output_tokens": 3}\n{"prompt": "b", "output_tokens": 9}\n')
+    missing = tmp_path / "nowhere"
+    assert message(["bench", "sim", "--data", str(missing), "--traces", str(trace), "--no-progress"]) == (
+        f"sjfsched bench: --data {missing} is not a directory"  # was "no corpora directory; pass --data"
+    )
+    monkeypatch.chdir(tmp_path)  # not the repository root: the default --results is not here
+    assert message(["bench", "tables"]) == (
+        "sjfsched bench tables: --results benchmarks/results/sim.json: no such file (the default, "
+        "read from the repository root: pass --results)"
+    )
+    real = tmp_path / "real.json"
+    real.write_text('{"table": "| policy |", "agree": true, "runs": []}\n')
+    assert message(["bench", "tables", "--results", str(real)]).startswith(
+        f"sjfsched bench tables: --results {real}: the report of `bench real`"
+    )
+    results = tmp_path / "r.json"
+    assert main([*sim, "--policies", "fcfs,sjfsched", "--repetitions", "1", "--results", str(results)]) == 0
+    a_file = tmp_path / "afile"
+    a_file.write_text("")
+    assert message(["bench", "plots", "--results", str(results), "--out", str(a_file)]) == (
+        f"sjfsched bench plots: --out {a_file}: {a_file} is a file, not a directory"
+    )
+    assert message(["bench", "real", "--model", str(missing / "m.gguf")]) == (
+        f"sjfsched bench real: --model {missing / 'm.gguf'}: no such file"
+    )
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -195,8 +196,8 @@ def _scenario(name: str, args: argparse.Namespace) -> Scenario:
     raise SystemExit(f"{bad}: use burstN or poissonRHO (e.g. poisson0.74)")
 
 
-def _policies(text: str) -> list[str]:
-    names: list[str] = []
+def _policy_parts(text: str) -> list[str]:
+    """The names of a ``--policies`` list as written (``standard`` and sweeps not expanded)."""
     parts: list[str] = []
     for piece in filter(None, (x.strip() for x in text.split(","))):
         # "sjfsched@cap=250,aging=0.05": a key=value piece continues the name before it.
@@ -204,7 +205,12 @@ def _policies(text: str) -> list[str]:
             parts[-1] += "," + piece
         else:
             parts.append(piece)
-    for name in parts:
+    return parts
+
+
+def _policies(text: str) -> list[str]:
+    names: list[str] = []
+    for name in _policy_parts(text):
         if name == "standard":
             names += STANDARD_POLICIES
         elif name == "sweep" or name.startswith("sweep:"):
@@ -225,7 +231,9 @@ def _data_dir(args: argparse.Namespace, traces: Sequence[str] = ()) -> Path:
     """The corpora directory; only trace files (``traces``) need none."""
     data = corpora_dir(args.data)
     if data is None or not data.is_dir():
-        if traces and all(is_file_trace(t) for t in traces) and args.data is None:
+        if args.data is not None:
+            raise SystemExit(f"sjfsched bench: --data {args.data} is not a directory")
+        if traces and all(is_file_trace(t) for t in traces):
             return Path.cwd()
         raise SystemExit(
             "sjfsched bench: no corpora directory; pass --data (the ../shared/data of the repository)"
@@ -267,14 +275,18 @@ def _meta(args: argparse.Namespace, data: Path) -> dict[str, Any]:
     }
 
 
-def _print_tables(results: Sequence[Result], policies: Sequence[str], out: Any = None) -> None:
+def _print_tables(
+    results: Sequence[Result], policies: Sequence[str], out: Any = None, *, named: Sequence[str] = ()
+) -> None:
+    """The tables of a run; ``named``: policies named on their own, shown in full even where a
+    sweep has one of their names (the rest of a sweep's are shown as a sweep)."""
     out = sys.stdout if out is None else out
     cells: dict[tuple[str, str], list[str]] = {}
     for r in results:
         cells.setdefault((r.unit.profile, r.unit.scenario.name), [])
         if r.unit.trace not in cells[(r.unit.profile, r.unit.scenario.name)]:
             cells[(r.unit.profile, r.unit.scenario.name)].append(r.unit.trace)
-    swept = set(all_sweep_names())
+    swept = set(all_sweep_names()) - set(named)
     standard = [p for p in policies if p not in swept]
     for (profile, scenario), traces in cells.items():
         for trace in traces:
@@ -430,9 +442,13 @@ def _run_sim(args: argparse.Namespace) -> int:
         raise SystemExit("sjfsched bench: --policies names nothing to run")
     files = [t for t in traces if is_file_trace(t)]
     try:
+        families = {p: policy_named(p).family for p in policies}
+    except ValueError as exc:
+        raise SystemExit(f"sjfsched bench: --policies: {exc}") from None
+    unseen = {p for p, family in families.items() if family == "unseen"}
+    try:
         for t in files:  # a bad file fails before anything runs (and is read once here)
             cached_trace(str(data), t)
-        unseen = {p for p in policies if policy_named(p).family == "unseen"}
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"sjfsched bench: {exc}") from None
     units = [
@@ -493,7 +509,9 @@ def _run_sim(args: argparse.Namespace) -> int:
         )
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"sjfsched bench: {exc}") from None
-    _print_tables(results, policies)  # first: a late failure to save loses nothing
+    _print_tables(
+        results, policies, named=_policy_parts(args.policies)
+    )  # first: a late failure to save loses nothing
     if args.results is not None:
         _save(results, args.results, meta)
     return 0
@@ -628,6 +646,7 @@ def _run_plots(args: argparse.Namespace) -> int:
     from ._plots import draw_all
 
     results, _ = _load(args.results, "plots")
+    _check_out(args.out, "bench plots")
     written = draw_all(results, args.out / "img")
     if not written:
         raise SystemExit(
@@ -642,7 +661,21 @@ def _run_plots(args: argparse.Namespace) -> int:
 
 def _load(path: Path, command: str) -> tuple[list[Result], dict[str, Any]]:
     """The results saved at ``path`` and their meta; a file that holds none fails in one line."""
-    results, meta = load_results(path)
+    where = f"sjfsched bench {command}: --results {path}"
+    if not path.exists():
+        default = " (the default, read from the repository root: pass --results)"
+        raise SystemExit(f"{where}: no such file{default if path == DEFAULT_RESULTS else ''}")
+    if not path.is_file():
+        raise SystemExit(f"{where}: not a file")
+    try:
+        results, meta = load_results(path)
+    except ValueError:
+        if _real_report(path):
+            raise SystemExit(
+                f"{where}: the report of `bench real` (its table is in it); {command} reads what "
+                "`bench sim` or `bench all` saved"
+            ) from None
+        raise
     if not results:
         raise SystemExit(f"sjfsched bench {command}: --results {path} holds no results")
     return results, meta
@@ -733,3 +766,12 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 2
+
+
+def _real_report(path: Path) -> bool:
+    """Whether ``path`` holds what ``bench real --results`` writes."""
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and "agree" in report and "table" in report

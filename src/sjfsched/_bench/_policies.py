@@ -354,7 +354,9 @@ def warmed(predictor: Predictor, history: Sequence[TraceItem], n: int) -> Predic
         raise ValueError("warm=N needs a NAME/fresh trace (its other half is the history learnt from)")
     observe = getattr(predictor, "observe", None)
     if observe is None:
-        raise ValueError(f"warm=N needs a predictor that learns (observe); {predictor!r} does not")
+        raise ValueError(
+            f"warm=N needs a predictor that learns (observe); {type(predictor).__name__} does not"
+        )
     rng = random.Random(f"warm/{n}")
     for item in rng.choices(history, k=n):
         request = item.request()
@@ -396,6 +398,8 @@ def policy_named(name: str) -> Policy:
         _, real = clairvoyant_predictor()
         return Policy("clairvoyant", _clairvoyant, "clairvoyant", 0.0, None, faithful=real)
     base, _, params = ALIASES.get(name, name).partition("@")
+    if base in ("fcfs", "clairvoyant"):
+        raise ValueError(f"{base} takes no @options (it is a policy of its own, not a predictor): {name!r}")
     predictor = predictor_factory(base)
     aging: float = DEFAULT_AGING
     max_wait: float | None = DEFAULT_MAX_WAIT

@@ -244,6 +244,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
             raise SystemExit(f"sjfsched bench real: --{name} must be at least {least}, got {value}")
     if args.prompt_chars < 1:
         raise SystemExit(f"sjfsched bench real: --prompt-chars must be at least 1, got {args.prompt_chars}")
+    if args.model is not None and not Path(args.model).is_file():
+        raise SystemExit(f"sjfsched bench real: --model {args.model}: no such file")
     if not (args.scale > 0 and math.isfinite(args.scale)):
         raise SystemExit(f"sjfsched bench real: --scale must be a positive number, got {args.scale}")
 
