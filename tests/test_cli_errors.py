@@ -113,8 +113,9 @@ def test_bench_sim_refuses_what_it_would_run_wrongly(tmp_path: Path) -> None:
     )
     assert "--scenarios names nothing" in _exit_message([*sim, "--traces", str(ten), "--scenarios", ""])
     assert _exit_message([*sim, "--traces", str(ten), "--scenarios", "burst0"]).startswith("sjfsched bench: ")
-    assert _exit_message(["bench", "tables", "--results", str(tmp_path / "missing.json")]).startswith(
-        "sjfsched bench: "
+    missing = tmp_path / "missing.json"
+    assert _exit_message(["bench", "tables", "--results", str(missing)]) == (
+        f"sjfsched bench tables: --results {missing}: no such file"
     )
 
 
