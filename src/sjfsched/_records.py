@@ -194,18 +194,16 @@ class Request:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Pickled and deep-copied by its fields (its frozen mappings cannot be pickled), a
-        # subclass's own too; the copy is another request, as requests are compared by identity.
-        thawed = {
-            "messages": None if self.messages is None else [dict(m) for m in self.messages],
-            "options": dict(self.options),
-            "metadata": dict(self.metadata),
-        }
-        fields = {
-            field.alias: thawed[field.name] if field.name in thawed else getattr(self, field.name)
-            for field in attrs.fields(type(self))
-            if field.init
-        }
-        return (_rebuild_request, (type(self), fields))
+        # subclass's own too, and its instance dict if it has one; rebuilt without calling a
+        # subclass's __init__ (which may take other arguments). The copy is another request,
+        # as requests are compared by identity.
+        fields = {field.name: getattr(self, field.name) for field in attrs.fields(type(self))}
+        fields.update(
+            messages=None if self.messages is None else [dict(m) for m in self.messages],
+            options=dict(self.options),
+            metadata=dict(self.metadata),
+        )
+        return (_rebuild_request, (type(self), fields, getattr(self, "__dict__", None)))
 
     @property
     def text(self) -> str:
@@ -256,10 +254,26 @@ def _chat_reading(request: Request) -> tuple[str, int]:
     return reading
 
 
-def _rebuild_request(kind: type[Request] | str | None, fields: dict[str, Any]) -> Request:
-    if isinstance(kind, type):
-        return kind(**fields)
-    return Request(kind, **fields)  # pickled by an earlier version: the prompt, and the other fields
+def _rebuild_request(
+    kind: type[Request] | str | None, fields: dict[str, Any], extra: dict[str, Any] | None = None
+) -> Request:
+    if not isinstance(kind, type):  # pickled by an earlier version: the prompt, and the other fields
+        return Request(kind, **fields)
+    # The Request part made as Request makes it (its converters freeze the mappings), then
+    # given the subclass's class, its own fields and its instance dict as they were.
+    base = {f.name for f in attrs.fields(Request)}
+    made = Request(**{name: fields[name] for name in base})
+    if kind is Request:
+        return made
+    request = object.__new__(kind)
+    for name in base:
+        object.__setattr__(request, name, getattr(made, name))
+    for name, value in fields.items():
+        if name not in base:
+            object.__setattr__(request, name, value)
+    if extra:
+        request.__dict__.update(extra)
+    return request
 
 
 def _number(name: str, value: object) -> None:

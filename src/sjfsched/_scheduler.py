@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import collections
 import dataclasses
@@ -60,13 +61,16 @@ _NEUTRAL_TOKENS = 256.0
 
 _SHIELDED_CLOSE_SECONDS = 10.0
 
+#: A note of the backend's code: the scheduler, the request and the task that reads it.
+_Note = tuple["Scheduler", _Entry, int | None]
+
 #: The running requests whose slot the backend's code running now holds, for aclose(), which
 #: could only wait for itself there: ``(scheduler, entry)``, noted for each read of the
 #: backend's stream (for a whole ``complete()``), so seen wherever that code runs (the tasks
 #: and worker threads it starts copy the context).  Blocks are noted by frame instead
 #: (:func:`block_openers`): a context variable set in a block that a finaliser leaves, in
 #: another context, would stay behind in the caller's.
-_holding: ContextVar[tuple[tuple[Scheduler, _Entry], ...]] = ContextVar("sjfsched_holding", default=())
+_holding: ContextVar[tuple[_Note, ...]] = ContextVar("sjfsched_holding", default=())
 
 #: What holds a slot, for the messages that say so.
 _HOLDERS = "a block (an admit() or stream() block, or the backend's code for a request)"
@@ -118,6 +122,29 @@ def block_openers(*, asynchronous: bool) -> tuple[FrameNote, ...]:
 _MOVABLE = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
 
 
+def _current_task_id() -> int | None:
+    """``id()`` of the task running now (anyio's ``TaskInfo.id``); None in a thread without one.
+
+    Cheaper than :func:`anyio.get_current_task`, which it agrees with.
+    """
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no asyncio loop in this thread: trio's, or none
+        trio = sys.modules.get("trio")
+        if trio is None:
+            return None
+        try:
+            return id(trio.lowlevel.current_task())
+        except RuntimeError:
+            return None
+    return None if task is None else id(task)
+
+
+def _movable(notes: tuple[FrameNote, ...]) -> bool:
+    """Whether a generator's frame opened the block: any task may resume it (see below)."""
+    return any(code.co_flags & _MOVABLE for _, code in notes)
+
+
 def opened_here(notes: tuple[FrameNote, ...], opener: object, here: object) -> bool:
     """Whether the block noted by ``notes``, opened by thread or task ``opener``, is on this stack.
 
@@ -128,7 +155,7 @@ def opened_here(notes: tuple[FrameNote, ...], opener: object, here: object) -> b
     generator's frame, which any of them may resume, is looked for beyond
     its opener's stack.
     """
-    if not notes or (opener != here and not any(code.co_flags & _MOVABLE for _, code in notes)):
+    if not notes or (opener != here and not _movable(notes)):
         return False
     wanted = set(notes)
     frame: FrameType | None = sys._getframe(1)
@@ -316,7 +343,11 @@ class Scheduler:
         self._backend_closed = False  # its aclose() has ended
         #: Open admit() and stream() blocks: the frames whose block it is, its request, the task
         #: that opened it (see opened_here).
-        self._blocks: dict[object, tuple[tuple[FrameNote, ...], _Entry, int]] = {}
+        self._blocks: dict[object, tuple[tuple[FrameNote, ...], _Entry, int | None]] = {}
+        #: open blocks by the task that opened them, and those a generator's frame opened
+        #: (any task may resume it): the self-wait check's cheap bound
+        self._opened_by: dict[int | None, int] = {}
+        self._movable_blocks = 0
         self._backend_closing: anyio.Event | None = None  # set once its aclose() has ended
         self._close_when_idle = False  # aclose()'s wait was cancelled: the last request closes it
         self._predictor = predictor
@@ -595,10 +626,26 @@ class Scheduler:
         return self._state is _State.CLOSED
 
     def _hold(self, entry: _Entry) -> object:
-        """Note, for :meth:`aclose`, the frames whose block holds ``entry``'s slot; undo with the key."""
+        """Note the frames whose block holds ``entry``'s slot (for :meth:`aclose` and the
+        self-wait check); undo with :meth:`_unhold` and the key."""
         key = object()
-        self._blocks[key] = (block_openers(asynchronous=True), entry, anyio.get_current_task().id)
+        openers = block_openers(asynchronous=True)
+        task = _current_task_id()
+        self._blocks[key] = (openers, entry, task)
+        self._opened_by[task] = self._opened_by.get(task, 0) + 1
+        if _movable(openers):
+            self._movable_blocks += 1
         return key
+
+    def _unhold(self, key: object) -> None:
+        openers, _, task = self._blocks.pop(key)
+        left = self._opened_by[task] - 1
+        if left:
+            self._opened_by[task] = left
+        else:
+            del self._opened_by[task]
+        if _movable(openers):
+            self._movable_blocks -= 1
 
     def _holds_a_request(self) -> bool:
         """Whether the code running now holds the slot of one of its running requests.
@@ -610,21 +657,41 @@ class Scheduler:
         """
         return bool(self._held_here())
 
-    def _held_here(self) -> set[int]:
-        """The ids of the running requests whose slots the code running now holds (as above)."""
-        held = {id(e) for s, e in _holding.get() if s is self and e.state is EntryState.RUNNING}
+    def _held_here(self, *, own_notes: bool = False) -> set[int]:
+        """The ids of the running requests whose slots the code running now holds (as above).
+
+        ``own_notes``: a note from the backend's code counts only in the task that made it, or
+        in a worker thread (which its task waits for), not in a task it started and left
+        running, which may wait for the slot (for the self-wait check; :meth:`aclose` counts
+        every note).
+        """
+        task = _current_task_id()
+        held = {
+            id(e)
+            for s, e, t in _holding.get()
+            if s is self and e.state is EntryState.RUNNING and (not own_notes or task is None or t == task)
+        }
         blocks = list(self._blocks.values())
-        if blocks:
-            try:
-                task: int | None = anyio.get_current_task().id
-            except RuntimeError:  # a thread of the sync facade's caller: no task is its own
-                task = None
-            held.update(
-                id(entry)
-                for openers, entry, opener in blocks
-                if entry.state is EntryState.RUNNING and opened_here(openers, opener, task)
-            )
+        held.update(
+            id(entry)
+            for openers, entry, opener in blocks
+            if entry.state is EntryState.RUNNING and opened_here(openers, opener, task)
+        )
         return held
+
+    def _check_not_waiting_for_itself(self) -> None:
+        """Refuse a request that would wait for a slot the code making it holds, every slot.
+
+        Cheap where it cannot be so (the request's own task holds fewer blocks and notes
+        than there are slots); else the frames are looked at.
+        """
+        notes = _holding.get()
+        task = _current_task_id()
+        bound = self._opened_by.get(task, 0) + self._movable_blocks
+        if notes:
+            bound += sum(1 for s, _, t in notes if s is self and (task is None or t == task))
+        if bound >= self._concurrency:
+            self._refuse_waiting_for_itself(len(self._held_here(own_notes=True)), _HOLDERS)
 
     def _refuse_waiting_for_itself(self, held: int, where: str) -> None:
         """A request from code that holds every slot could only wait for itself: refuse it."""
@@ -696,7 +763,7 @@ class Scheduler:
         else:
             await self._settle(stream, None)
         finally:
-            del self._blocks[held]
+            self._unhold(held)
 
     async def _open_stream(self, request: Request | str | None, fields: Mapping[str, Any]) -> ChunkStream:
         backend = self._backend
@@ -761,7 +828,7 @@ class Scheduler:
             if self._close_when_idle:
                 await self._close_backend_if_left()
         finally:
-            del self._blocks[held]
+            self._unhold(held)
 
     def statistics(self) -> SchedulerStatistics:
         """A snapshot of the queue, the counters and the learned rates."""
@@ -915,8 +982,8 @@ class Scheduler:
             self._counts["rejected"] += 1
             raise SchedulerClosed("the scheduler is closed")
         runs_now = self._free > 0 and not self._queue
-        if not runs_now:
-            self._refuse_waiting_for_itself(len(self._held_here()), _HOLDERS)
+        if not runs_now and len(_holding.get()) + len(self._blocks) >= self._concurrency:
+            self._check_not_waiting_for_itself()  # blocks or notes enough to hold every slot
         if not runs_now and self._max_queue is not None and len(self._queue) >= self._max_queue:
             # Refused before it is predicted: its estimate stays out of the median's window.
             self._counts["rejected"] += 1
@@ -1104,9 +1171,9 @@ class ChunkStream:
     def __init__(self, entry: _Entry, backend: Backend, scheduler: Scheduler) -> None:
         self._entry = entry
         #: what the backend's code holds as it runs for this request (for Scheduler.aclose)
-        self._held = (scheduler, entry)
-        self._outer: tuple[tuple[Scheduler, _Entry], ...] | None = None
-        self._inner: tuple[tuple[Scheduler, _Entry], ...] = ()
+        self._held = (scheduler, entry, _current_task_id())
+        self._outer: tuple[_Note, ...] | None = None
+        self._inner: tuple[_Note, ...] = ()
         self._noted = False  # the caller noted _held for the whole stream (Scheduler.complete)
         self._backend_name = type(backend).__name__
         self._iterator: AsyncIterator[Chunk] | None = None
@@ -1199,7 +1266,7 @@ class ChunkStream:
             self._finish_reason = chunk.finish_reason
         return chunk
 
-    def _note(self) -> tuple[tuple[Scheduler, _Entry], ...]:
+    def _note(self) -> tuple[_Note, ...]:
         """Note the code about to run as the backend's for this request; returns the notes to restore.
 
         :meth:`Scheduler.aclose` sees the note from the backend's code wherever

@@ -525,7 +525,7 @@ class SyncScheduler:
         with self._handing_over:
             blocks = list(self._blocks.values())
         me = threading.get_ident()
-        held = self._scheduler._held_here()
+        held = self._scheduler._held_here(own_notes=True)
         held.update(
             id(entry)
             for openers, entry, _, opener in blocks

@@ -19,6 +19,16 @@ class _TracedRequest(Request):
     trace_id: str = attrs.field(default="", kw_only=True)
 
 
+class _UserRequest(Request):
+    """A subclass with an ``__init__`` of its own (another signature) and an instance dict."""
+
+    def __init__(self, prompt: str, user: str) -> None:
+        super().__init__(prompt, tenant=user, metadata={"user": user})
+        self.__dict__["note"] = "n"
+
+    note: str
+
+
 class TestRequest:
     def test_prompt(self) -> None:
         r = Request("hello", max_tokens=5, priority=-1, tenant="alice", options={"seed": 1})
@@ -101,6 +111,17 @@ class TestRequest:
         for again in (copy.copy(r), copy.deepcopy(r), pickle.loads(pickle.dumps(r))):
             assert type(again) is _TracedRequest and again is not r
             assert (again.trace_id, again.text, dict(again.metadata)) == ("t-1", "hi", {"k": 1})
+
+    def test_a_subclass_with_an_init_of_its_own_is_copied_without_calling_it(self) -> None:
+        r = _UserRequest("hi", "bob")
+        for again in (copy.copy(r), copy.deepcopy(r), pickle.loads(pickle.dumps(r))):
+            assert type(again) is _UserRequest and again is not r
+            assert (again.prompt, again.tenant, dict(again.metadata), again.note) == (
+                "hi",
+                "bob",
+                {"user": "bob"},
+                "n",
+            )
 
     def test_a_request_pickled_by_the_earlier_version_still_loads(self) -> None:
         # Its pickle named the prompt and the other fields, not the class.

@@ -684,6 +684,30 @@ async def test_a_request_from_code_that_holds_every_slot_is_refused_not_left_wai
         assert (await sched.complete(job(1))).text == "ok"
 
 
+async def test_a_task_the_backends_code_starts_and_leaves_running_waits_for_the_slot() -> None:
+    """It inherits the code's note (a copied context) but does not hold the slot: it was refused."""
+    answers: list[str] = []
+    answered = anyio.Event()
+    async with anyio.create_task_group() as app:
+
+        async def follow_up() -> None:
+            answers.append((await sched.complete(job(1, metadata={"name": "follow-up"}))).text)
+            answered.set()
+
+        async def answer(request: Request) -> AsyncIterator[Chunk]:
+            if request.metadata.get("name") == "first":
+                app.start_soon(follow_up)  # fire and forget
+                await anyio.sleep(0.05)
+            yield Chunk(str(request.metadata["name"]))
+
+        sched = Scheduler(CallableBackend(answer), predictor=TablePredictor())
+        async with sched:
+            assert (await sched.complete(job(1, metadata={"name": "first"}))).text == "first"
+            with anyio.fail_after(60):
+                await answered.wait()
+    assert answers == ["follow-up"]
+
+
 async def test_a_task_started_inside_a_block_waits_for_the_slot_as_documented() -> None:
     sched = scheduler()
     async with sched, anyio.create_task_group() as tg:

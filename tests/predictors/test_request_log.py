@@ -221,6 +221,13 @@ def test_a_plain_log_cut_at_any_byte_of_its_last_line_reads_up_to_it(
         path.write_bytes(first + last[:keep] + bytes(keep % 3))  # a crash may leave zeros after it
         assert cut_short(last[:keep]), last[:keep]
         assert len(load_records([path])) == 1, last[:keep]
+    # Whole but for its newline, lost with the page a crash filled with zeros (a reviewer's case)
+    path.write_bytes(first + last + bytes(16))
+    assert cut_short(last + bytes(16))
+    assert len(load_records([path])) == 1
+    with RequestLog(path) as log:  # dropped as a crash's remnant; the log appends after it
+        log(_done("after", 4))
+    assert [r.output_tokens for r in load_records([path])] == [3, 4]
 
 
 @pytest.mark.parametrize(

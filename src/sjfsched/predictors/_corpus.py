@@ -150,8 +150,11 @@ def cut_short(line: bytes) -> bool:
 
     It is cut if it begins an object that it never closes (inside a string, or with brackets
     still open at its end); one whose brackets close, a typo such as a trailing comma, is not.
-    Zeros a crash may leave around it, and a byte-order mark, are read past.
+    Zeros a crash may leave around it, and a byte-order mark, are read past; a line ending in
+    zeros is a crash's, whole or not (its newline was lost with the page the zeros fill).
     """
+    if line.rstrip(b" \t\r\n").endswith(b"\x00"):
+        return True
     text = line.strip(b"\x00 \t\r\n")
     if text.startswith(codecs.BOM_UTF8):
         text = text[len(codecs.BOM_UTF8) :].lstrip()
