@@ -127,17 +127,17 @@ def _current_task_id() -> int | None:
 
     Cheaper than :func:`anyio.get_current_task`, which it agrees with.
     """
+    loop = asyncio._get_running_loop()  # None, not an exception, outside asyncio: cheap on trio
+    if loop is not None:
+        task = asyncio.current_task(loop)
+        return None if task is None else id(task)
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return None
     try:
-        task = asyncio.current_task()
-    except RuntimeError:  # no asyncio loop in this thread: trio's, or none
-        trio = sys.modules.get("trio")
-        if trio is None:
-            return None
-        try:
-            return id(trio.lowlevel.current_task())
-        except RuntimeError:
-            return None
-    return None if task is None else id(task)
+        return id(trio.lowlevel.current_task())
+    except RuntimeError:  # no event loop in this thread
+        return None
 
 
 def _movable(notes: tuple[FrameNote, ...]) -> bool:
