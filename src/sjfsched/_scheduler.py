@@ -61,11 +61,11 @@ _NEUTRAL_TOKENS = 256.0
 
 _SHIELDED_CLOSE_SECONDS = 10.0
 
-#: A note of the backend's code: the scheduler, the request and the task that reads it.
+#: A note of the backend's code: the scheduler, the request and the task that made the request.
 _Note = tuple["Scheduler", _Entry, int | None]
 
 #: The running requests whose slot the backend's code running now holds, for aclose(), which
-#: could only wait for itself there: ``(scheduler, entry)``, noted for each read of the
+#: could only wait for itself there: ``(scheduler, entry, task)`` (see _Note), noted for each read of the
 #: backend's stream (for a whole ``complete()``), so seen wherever that code runs (the tasks
 #: and worker threads it starts copy the context).  Blocks are noted by frame instead
 #: (:func:`block_openers`): a context variable set in a block that a finaliser leaves, in
