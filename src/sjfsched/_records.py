@@ -304,12 +304,15 @@ def _check_tokens(instance: object, attribute: attrs.Attribute[Any], value: floa
         raise ValueError(f"Prediction.tokens must be finite and >= 0, got {value!r}")
 
 
+def _p_long(value: SupportsFloat | None) -> float | None:
+    if value is None or type(value) is float:  # the common cases, without the ABC check
+        return value
+    _number("p_long", value)
+    return float(value)
+
+
 def _check_p_long(instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is None:
-        return
-    if type(value) is not float:
-        _number("p_long", value)
-    if not (0.0 <= value <= 1.0):
+    if value is not None and not (0.0 <= value <= 1.0):
         raise ValueError(f"Prediction.p_long must be within [0, 1], got {value!r}")
 
 
@@ -325,7 +328,7 @@ class Prediction:
     """
 
     tokens: float = attrs.field(converter=_tokens, validator=_check_tokens)
-    p_long: float | None = attrs.field(default=None, validator=_check_p_long)
+    p_long: float | None = attrs.field(default=None, converter=_p_long, validator=_check_p_long)
     prompt_tokens: float | None = attrs.field(default=None, converter=_prompt_tokens, kw_only=True)
 
 

@@ -305,7 +305,8 @@ async def test_event_loop_stays_responsive_while_generating(backend: LlamaCppBac
 
 
 async def test_from_path_owns_and_closes_its_llama(tiny_path: Any) -> None:
-    backend = LlamaCppBackend.from_path(str(tiny_path), n_ctx=128, n_threads=1, n_threads_batch=1)
+    # A Path, as write_tiny_llama() returns (it failed deep inside llama_cpp: no .encode)
+    backend = LlamaCppBackend.from_path(Path(tiny_path), n_ctx=128, n_threads=1, n_threads_batch=1)
     chunks = await collect(backend, Request("abc", max_tokens=3))
     assert sum(c.tokens for c in chunks) == 3
     await backend.aclose()

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 import pickle
+from typing import Any
 
 import attrs
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 
 from sjfsched import Chunk, Completion, Prediction, Request
 from sjfsched._records import _rebuild_request
+from sjfsched.predictors import ConstantPredictor
 
 
 @attrs.frozen(eq=False)
@@ -198,6 +201,21 @@ class TestPrediction:
     def test_bad_prompt_tokens(self) -> None:
         with pytest.raises(ValueError, match=r"Prediction\.prompt_tokens"):
             Prediction(1.0, prompt_tokens=-2)
+
+    def test_every_number_is_kept_as_a_float(self) -> None:
+        """p_long kept a numpy scalar (not JSON-serialisable) or an int, unlike its neighbours."""
+        p = Prediction(np.float32(300.0), p_long=np.float32(0.25), prompt_tokens=np.int64(12))
+        assert [type(x) for x in (p.tokens, p.p_long, p.prompt_tokens)] == [float, float, float]
+        assert type(Prediction(3.0, p_long=1).p_long) is float
+        assert json.dumps(attrs.asdict(p)) == '{"tokens": 300.0, "p_long": 0.25, "prompt_tokens": 12.0}'
+
+    @pytest.mark.parametrize(("tokens", "error"), [(True, TypeError), ("5", TypeError), (-1.0, ValueError)])
+    def test_a_constant_predictor_refuses_what_is_no_length(
+        self, tokens: Any, error: type[Exception]
+    ) -> None:
+        # True was taken (every request then failed its prediction and ran on the stand-in)
+        with pytest.raises(error, match=r"ConstantPredictor\.tokens must be"):
+            ConstantPredictor(tokens)
 
     @pytest.mark.parametrize(
         ("kwargs", "field"),

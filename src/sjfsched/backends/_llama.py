@@ -6,6 +6,7 @@ import contextlib
 import difflib
 import functools
 import inspect
+import os
 import threading
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Mapping
@@ -534,8 +535,9 @@ class LlamaCppBackend:
         self._chat_params = _keyword_names(llm.create_chat_completion)
 
     @classmethod
-    def from_path(cls, model_path: str, /, **llama_options: Any) -> LlamaCppBackend:
-        """Load ``model_path`` into a new ``Llama`` that the backend owns and closes.
+    def from_path(cls, model_path: str | os.PathLike[str], /, **llama_options: Any) -> LlamaCppBackend:
+        """Load ``model_path`` (a ``str`` or a path) into a new ``Llama`` that the backend owns
+        and closes.
 
         ``llama_options`` go to ``llama_cpp.Llama`` (``n_ctx``, ``n_threads``,
         ``n_gpu_layers``, ...); ``verbose`` defaults to false.  A name
@@ -550,7 +552,7 @@ class LlamaCppBackend:
             ) from exc
         _check_llama_options(Llama, llama_options)
         llama_options.setdefault("verbose", False)
-        return cls(Llama(model_path, **llama_options), close_llm=True)
+        return cls(Llama(os.fspath(model_path), **llama_options), close_llm=True)
 
     @property
     def llm(self) -> Llama:

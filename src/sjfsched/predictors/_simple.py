@@ -32,8 +32,12 @@ class ConstantPredictor:
     tokens: float = 256.0
 
     def __attrs_post_init__(self) -> None:
-        if not math.isfinite(self.tokens) or self.tokens < 0:
-            raise ValueError(f"ConstantPredictor.tokens must be finite and >= 0, got {self.tokens!r}")
+        tokens: object = self.tokens
+        if isinstance(tokens, bool) or not isinstance(tokens, numbers.Real):  # True read as 1 token
+            shown = f"{type(tokens).__name__} {tokens!r}"
+            raise TypeError(f"ConstantPredictor.tokens must be a number, got {shown}")
+        if not math.isfinite(tokens) or tokens < 0:
+            raise ValueError(f"ConstantPredictor.tokens must be finite and >= 0, got {tokens!r}")
 
     def predict(self, request: Request, /) -> Prediction:
         return Prediction(self.tokens, prompt_tokens=0.0)
