@@ -16,11 +16,11 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, final
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, final, overload
 
 import anyio.from_thread
 import attrs
-from typing_extensions import Self
+from typing_extensions import Self, TypeVarTuple, Unpack
 
 from ._errors import SchedulerClosed
 from ._queue import EntryState, _Entry
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = ["SyncScheduler", "SyncStream"]
 
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 #: What a read after its block says, in the words of ChunkStream's.
 _LEFT_EARLY = LEFT_EARLY.format(block="with")
@@ -578,7 +579,13 @@ class SyncScheduler:
                 return None
             raise
 
-    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+    @overload
+    def call(self, fn: Callable[[Unpack[Ts]], Awaitable[T]], /, *args: Unpack[Ts]) -> T: ...
+
+    @overload
+    def call(self, fn: Callable[[Unpack[Ts]], T], /, *args: Unpack[Ts]) -> T: ...
+
+    def call(self, fn: Callable[[Unpack[Ts]], Any], /, *args: Unpack[Ts]) -> Any:
         """Run ``fn(*args)`` (sync or async) in the scheduler's event loop.
 
         From the loop's own thread (``on_complete``) a plain function is

@@ -120,6 +120,13 @@ def use_sync() -> None:
                 assert_type(chunk, Chunk)
         with sched.admit("x") as ticket:
             ticket.report(1)
+        assert_type(sched.call(_twice, 21), int)  # an async function's result (was Any)
+        assert_type(sched.call(len, "abc"), int)
+        sched.call(_twice, "21")  # type: ignore[arg-type]
+
+
+async def _twice(n: int) -> int:
+    return 2 * n
 
 
 def adapters(llm: Any) -> None:
