@@ -323,6 +323,11 @@ async def test_cancelling_the_caller_closes_the_stream_and_stops_the_server(
         assert completion.output_tokens == 3
 
 
+def test_credentials_in_the_url_are_not_shown() -> None:
+    backend = OllamaBackend("m", "http://alice:s3cr3t@127.0.0.1:1")
+    assert repr(backend) == "OllamaBackend('m', 'http://***@127.0.0.1:1', slots=1)"
+
+
 def test_bad_arguments_are_refused_by_name() -> None:
     with pytest.raises(ValueError, match="model"):
         OllamaBackend("")

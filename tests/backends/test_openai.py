@@ -91,6 +91,27 @@ async def test_a_callers_client_sends_the_key_and_headers_on_every_request(ollam
     assert gets[0]["x-team"] == ollama.records[-1].headers["x-team"] == "a"
 
 
+async def test_credentials_in_the_url_are_sent_and_never_shown(ollama: OllamaServer) -> None:
+    """httpx sends a URL's user:password@ as basic auth; repr(), errors and a pool's statistics
+    printed the password."""
+    host = ollama.url.removeprefix("http://")
+    backend = OpenAIBackend(f"http://alice:s3cr3t@{host}/v1", model="tiny")
+    assert sum(c.tokens for c in await collect(backend, Request("Hi", max_tokens=2))) == 2
+    await backend.aclose()
+    ollama.wait_idle()
+    assert ollama.records[-1].headers["authorization"] == "Basic YWxpY2U6czNjcjN0"  # alice:s3cr3t
+    assert repr(backend) == f"OpenAIBackend('http://***@{host}/v1', model='tiny', slots=1)"
+    assert backend.base_url == f"http://alice:s3cr3t@{host}/v1"  # the attribute is the URL given
+    dead = OpenAIBackend(f"http://alice:s3cr3t@127.0.0.1:{free_port()}/v1", model="m")
+    with pytest.raises(BackendUnavailable) as refused:
+        await collect(dead, Request("Hi"))
+    await dead.aclose()
+    assert "s3cr3t" not in str(refused.value) and "http://***@127.0.0.1:" in str(refused.value)
+    with pytest.raises(ValueError, match=r"got 'http://\*\*\*@'") as bad:
+        OpenAIBackend("http://alice:s3cr3t@", model="m")
+    assert "s3cr3t" not in str(bad.value)
+
+
 async def test_usage_from_the_server_makes_counts_exact(
     via_ollama: OpenAIBackend, ollama: OllamaServer
 ) -> None:

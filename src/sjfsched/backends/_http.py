@@ -15,7 +15,7 @@ import re
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 
@@ -68,14 +68,25 @@ def check_timeout(name: str, value: float | None) -> float | None:
     return float(value)
 
 
+def shown_url(url: str) -> str:
+    """``url`` as messages and ``repr()`` show it: credentials in it (``user:password@``, which
+    httpx sends as basic auth) replaced by ``***``."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+
+
 def check_base_url(base_url: object) -> None:
-    """:class:`ValueError` quoting ``base_url`` as given, unless it is an http(s) URL with a host."""
+    """:class:`ValueError` quoting ``base_url`` as given (credentials hidden), unless it is an
+    http(s) URL with a host."""
     if (
         not isinstance(base_url, str)
         or not base_url.startswith(("http://", "https://"))
         or not urlsplit(base_url).hostname
     ):
-        raise ValueError(f"base_url must be an http:// or https:// URL with a host, got {base_url!r}")
+        shown = shown_url(base_url) if isinstance(base_url, str) else base_url
+        raise ValueError(f"base_url must be an http:// or https:// URL with a host, got {shown!r}")
 
 
 class HttpSettings:
@@ -108,6 +119,7 @@ class HttpSettings:
         self.service = service
         self.extra = extra
         self.base_url = base_url.rstrip("/")
+        self.shown_url = shown_url(self.base_url)  # for messages and repr()
         self.slots = slots
         self.connect_timeout = check_timeout("connect_timeout", connect_timeout)
         self.read_timeout = check_timeout("read_timeout", read_timeout)
@@ -148,7 +160,7 @@ class HttpSettings:
         """POST ``body`` as JSON and yield the streaming response (status checked)."""
         url = f"{self.base_url}{path}"
         headers = self._request_headers()
-        async with map_http_errors(self, url):
+        async with map_http_errors(self, f"{self.shown_url}{path}"):
             async with self.client().stream("POST", url, json=body, headers=headers) as response:
                 if response.status_code >= 300:
                     await response.aread()
@@ -220,7 +232,7 @@ class HttpSettings:
 
     async def get_json(self, path: str) -> Any:
         url = f"{self.base_url}{path}"
-        async with map_http_errors(self, url):
+        async with map_http_errors(self, f"{self.shown_url}{path}"):
             response = await self.client().get(url, headers=self._request_headers())
             self._raise_for_status(response, path)
             try:

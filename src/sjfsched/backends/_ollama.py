@@ -156,7 +156,7 @@ class OllamaBackend:
         return self._http.base_url
 
     def __repr__(self) -> str:
-        return f"OllamaBackend({self.model!r}, {self.base_url!r}, slots={self.slots})"
+        return f"OllamaBackend({self.model!r}, {self._http.shown_url!r}, slots={self.slots})"
 
     def body(self, request: Request) -> tuple[str, dict[str, Any]]:
         """The endpoint and JSON body Ollama gets for ``request``."""
@@ -217,7 +217,7 @@ class OllamaBackend:
                     counted += 1
                     yield Chunk(text)
         raise BackendUnavailable(
-            f"Ollama at {self.base_url} ended the stream before its final line (done: true)"
+            f"Ollama at {self._http.shown_url} ended the stream before its final line (done: true)"
         )
 
     async def models(self) -> list[str]:
@@ -225,7 +225,7 @@ class OllamaBackend:
         tags = await self._http.get_json("/api/tags")
         models = tags.get("models") if isinstance(tags, Mapping) else None
         if not isinstance(models, list):
-            raise BackendUnavailable(f"Ollama at {self.base_url} sent an unexpected /api/tags answer")
+            raise BackendUnavailable(f"Ollama at {self._http.shown_url} sent an unexpected /api/tags answer")
         return [m["name"] for m in models if isinstance(m, Mapping) and isinstance(m.get("name"), str)]
 
     async def aclose(self) -> None:

@@ -120,21 +120,21 @@ class OpenAIBackend:
         return self._http.base_url
 
     def __repr__(self) -> str:
-        return f"OpenAIBackend({self.base_url!r}, model={self.model!r}, slots={self.slots})"
+        return f"OpenAIBackend({self._http.shown_url!r}, model={self.model!r}, slots={self.slots})"
 
     async def models(self) -> list[str]:
         """The ids of the served models (``GET /models``)."""
         answer = await self._http.get_json("/models")
         data = answer.get("data") if isinstance(answer, Mapping) else None
         if not isinstance(data, list):
-            raise BackendUnavailable(f"{self.base_url}/models sent an unexpected answer")
+            raise BackendUnavailable(f"{self._http.shown_url}/models sent an unexpected answer")
         return [m["id"] for m in data if isinstance(m, Mapping) and isinstance(m.get("id"), str)]
 
     async def _model(self) -> str:
         if self.model is None:
             models = await self.models()
             if not models:
-                raise BackendError(f"{self.base_url}/models lists no model; pass model=...")
+                raise BackendError(f"{self._http.shown_url}/models lists no model; pass model=...")
             self.model = models[0]
         return self.model
 
@@ -203,13 +203,13 @@ class OpenAIBackend:
         if finish is None:
             if not done:
                 raise BackendUnavailable(
-                    f"{self.base_url}{path} ended the stream before the answer was complete"
+                    f"{self._http.shown_url}{path} ended the stream before the answer was complete"
                 )
             # [DONE] with no finish_reason: the server stopped this answer for another
             # request (llama_cpp.server does unless started with --interrupt_requests False).
             # The server is fine; the answer is not whole.
             raise BackendError(
-                f"{self.base_url}{path} ended the stream ([DONE]) without a finish_reason: the answer "
+                f"{self._http.shown_url}{path} ended the stream ([DONE]) without a finish_reason: the answer "
                 f"was cut short (llama_cpp.server cuts a running stream short when another request "
                 f"arrives, unless started with --interrupt_requests False)"
             )
