@@ -8,7 +8,7 @@ import time
 import pytest
 
 from sjfsched import Prediction, Request
-from sjfsched.predictors import Predictor, SupportsObserve
+from sjfsched.predictors import Predictor, SupportsObserve, SupportsPredictMany
 
 from .cases import PREDICTOR_CASES, PredictorCase
 
@@ -64,6 +64,7 @@ def test_predict_many_matches_predict(predictor: Predictor) -> None:
         Request("What is 2+2?"),
         Request("Write a detailed, multi-chapter story about a dragon."),
     ]
+    assert isinstance(predictor, SupportsPredictMany)  # every predictor of ours batches
     many = predictor.predict_many(requests)
     assert len(many) == len(requests)
     for request, batch_prediction in zip(requests, many, strict=True):

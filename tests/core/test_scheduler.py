@@ -1002,7 +1002,7 @@ class _StaticBackend:
 
 async def test_a_class_of_static_methods_serves_as_predictor_and_backend() -> None:
     """The class-for-instance check refused these, which need no instance."""
-    async with Scheduler(_StaticBackend, predictor=_StaticPredictor) as sched:  # type: ignore[arg-type]
+    async with Scheduler(_StaticBackend, predictor=_StaticPredictor) as sched:
         assert (await sched.complete("hi")).text == "ok"
     assert sched.statistics().predictor_errors == 0
 

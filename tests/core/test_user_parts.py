@@ -10,7 +10,7 @@ import pytest
 
 from sjfsched import BackendError, Chunk, Prediction, QueueFull, Request, Scheduler, SchedulerClosed
 from sjfsched.backends import CallableBackend
-from sjfsched.predictors import ConstantPredictor
+from sjfsched.predictors import ConstantPredictor, predict_all
 
 from ._util import backend, job, scheduler
 
@@ -207,3 +207,21 @@ async def test_observe_gets_known_lengths_zero_included_and_only_predictions_mad
     # "fail 2" was ranked by the scheduler's stand-in, a prediction the predictor never made
     assert predictor.seen == [("a 3", 7.0, 3), ("b 0", 7.0, 0), ("c 2", 7.0, 2), ("reported 0", 7.0, 0)]
     assert (stats.completed, stats.predictor_errors) == (6, 1)
+
+
+def test_predict_all_batches_where_a_predictor_can_and_loops_where_not() -> None:
+    class ByLength:
+        def predict(self, request: Request, /) -> Prediction:
+            return Prediction(float(len(request.text)))
+
+    class Batching(ByLength):
+        batches = 0
+
+        def predict_many(self, requests: Any, /) -> list[Prediction]:
+            self.batches += 1
+            return [self.predict(r) for r in requests]
+
+    requests = [Request("a"), Request("abc")]
+    assert [p.tokens for p in predict_all(ByLength(), requests)] == [1.0, 3.0]
+    batching = Batching()
+    assert [p.tokens for p in predict_all(batching, requests)] == [1.0, 3.0] and batching.batches == 1

@@ -50,6 +50,8 @@ from sjfsched.predictors import (
     LexicalPredictor,
     Predictor,
     SupportsObserve,
+    SupportsPredictMany,
+    predict_all,
 )
 from sjfsched.proxy import ProxyApp, ProxyServer, ProxySettings, make_server
 
@@ -80,8 +82,19 @@ class MyScheduler(Scheduler):
         return (job.request.priority, job.estimate)
 
 
+class ByLength:
+    """The least a predictor needs: predict (a batch and observe are optional)."""
+
+    def predict(self, request: Request, /) -> Prediction:
+        return Prediction(len(request.text) / 4)
+
+
 predictor: Predictor = MyPredictor()
 observer: SupportsObserve = MyPredictor()
+batcher: SupportsPredictMany = MyPredictor()
+just_predict: Predictor = ByLength()  # it needed predict_many, which the scheduler never calls
+Scheduler(MyBackend(), predictor=ByLength())
+assert_type(predict_all(ByLength(), [Request("x")]), list[Prediction])
 backend: Backend = MyBackend()
 predictors: list[Predictor] = [ConstantPredictor(), HeuristicPredictor(), MyPredictor()]
 backends: list[Backend] = [CallableBackend(lambda r: r.text), SimulatedBackend(), MyBackend()]

@@ -29,7 +29,7 @@ import attrs
 from .._records import Completion, Prediction, Request
 from .._scheduler import DEFAULT_AGING, DEFAULT_CAP, DEFAULT_MAX_WAIT, Job, Scheduler
 from ..backends import Backend
-from ..predictors import ConstantPredictor, HeuristicPredictor, Predictor, default_predictor
+from ..predictors import ConstantPredictor, HeuristicPredictor, Predictor, default_predictor, predict_all
 from ._traces import LONG_TOKENS, SHORT_TOKENS, TraceItem
 
 __all__ = [
@@ -331,7 +331,7 @@ class FrozenPredictor:
         return self.predictor.predict(request)
 
     def predict_many(self, requests: Sequence[Request], /) -> list[Prediction]:
-        return list(self.predictor.predict_many(requests))
+        return predict_all(self.predictor, requests)
 
 
 def _without_adaptation(predictor: Predictor) -> Predictor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..predictors import predict_all
 from ..predictors._evaluate import ranking_accuracy
 from ._policies import PolicyContext, clairvoyant_predictor, predictor_factory
 from ._sim import PinnedModels
@@ -41,11 +42,11 @@ def ranking_table(
             if predictor_name == "clairvoyant":
                 predictor, _ = clairvoyant_predictor(models.clairvoyant)
                 scores = [
-                    p.p_long if p.p_long is not None else p.tokens for p in predictor.predict_many(requests)
+                    p.p_long if p.p_long is not None else p.tokens for p in predict_all(predictor, requests)
                 ]
             else:
                 predictor = predictor_factory(predictor_name)(context)
-                scores = [p.tokens for p in predictor.predict_many(requests)]
+                scores = [p.tokens for p in predict_all(predictor, requests)]
             row[predictor_name] = ranking_accuracy(scores, lengths)
         table[name] = row
     return table

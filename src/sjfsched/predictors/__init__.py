@@ -1,6 +1,8 @@
 """Predictors: what a request's answer will cost, before it runs.
 
-- :class:`Predictor` / :class:`SupportsObserve`: the protocols.
+- :class:`Predictor` (``predict``), with the optional :class:`SupportsObserve`
+  (``observe``) and :class:`SupportsPredictMany` (``predict_many``): the
+  protocols; :func:`predict_all` predicts a batch with any predictor.
 - :class:`LexicalPredictor`: the learned default (lexical features, ONNX
   model bundled with the package, online calibration).
 - :class:`ClairvoyantPredictor`: Clairvoyant's 19 features and 3-class model,
@@ -12,6 +14,8 @@
 
 from ._base import Predictor as Predictor
 from ._base import SupportsObserve as SupportsObserve
+from ._base import SupportsPredictMany as SupportsPredictMany
+from ._base import predict_all as predict_all
 from ._calibration import LengthCalibration as LengthCalibration
 from ._clairvoyant import ClairvoyantPredictor as ClairvoyantPredictor
 from ._default import default_predictor as default_predictor
@@ -28,6 +32,8 @@ __all__ = [
     "LexicalPredictor",
     "Predictor",
     "SupportsObserve",
+    "SupportsPredictMany",
     "default_predictor",
     "default_predictor_fallbacks",
+    "predict_all",
 ]

@@ -7,7 +7,16 @@ from typing import Protocol, runtime_checkable
 
 from .._records import Prediction, Request
 
-__all__ = ["LONG_TOKENS", "SHORT_TOKENS", "Predictor", "SupportsObserve", "text_of", "texts_of"]
+__all__ = [
+    "LONG_TOKENS",
+    "SHORT_TOKENS",
+    "Predictor",
+    "SupportsObserve",
+    "SupportsPredictMany",
+    "predict_all",
+    "text_of",
+    "texts_of",
+]
 
 #: Clairvoyant's answer-length classes, used by ranking accuracy, the
 #: benchmarks and ``p_long``: short below 200 output tokens, long from 800 on.
@@ -47,20 +56,34 @@ def _not_a_request(method: str, value: object) -> TypeError:
 
 @runtime_checkable
 class Predictor(Protocol):
-    """Predicts the output length of requests.
+    """Predicts the output length of requests: one verb, ``predict``.
 
     ``predict`` gets one frozen :class:`~sjfsched.Request` and returns one
-    frozen :class:`~sjfsched.Prediction`; ``predict_many`` does the same for a
-    batch (implement it when batching is cheaper, else loop).  Both run on the
-    event loop, so keep them fast (microseconds) and non-blocking.
+    frozen :class:`~sjfsched.Prediction`.  It runs on the event loop, so keep
+    it fast (microseconds) and non-blocking.
 
     A predictor may also implement :class:`SupportsObserve` to learn from
-    completed requests.
+    completed requests, and :class:`SupportsPredictMany` to predict a batch
+    at once; :func:`predict_all` uses it where there is one.
     """
 
     def predict(self, request: Request, /) -> Prediction: ...
 
+
+@runtime_checkable
+class SupportsPredictMany(Protocol):
+    """The optional batch half of a predictor: ``predict_many`` does what ``predict`` does for
+    each of a batch of requests, in order (implement it where batching is cheaper)."""
+
     def predict_many(self, requests: Sequence[Request], /) -> list[Prediction]: ...
+
+
+def predict_all(predictor: Predictor, requests: Sequence[Request]) -> list[Prediction]:
+    """The predictions of ``requests``: with ``predictor.predict_many`` where it has one, else
+    one by one."""
+    if isinstance(predictor, SupportsPredictMany):
+        return list(predictor.predict_many(requests))
+    return [predictor.predict(r) for r in requests]
 
 
 @runtime_checkable

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import final
 
 from .._records import Prediction, Request
-from ..predictors import ConstantPredictor, HeuristicPredictor, Predictor, default_predictor
+from ..predictors import ConstantPredictor, HeuristicPredictor, Predictor, default_predictor, predict_all
 from ._metrics import Histogram
 
 __all__ = ["TimedPredictor", "make_predictor"]
@@ -62,4 +62,4 @@ class TimedPredictor:
             self._histogram.observe(time.perf_counter() - t0)
 
     def predict_many(self, requests: Sequence[Request], /) -> list[Prediction]:
-        return self.inner.predict_many(requests)
+        return predict_all(self.inner, requests)
