@@ -337,6 +337,11 @@ def _check_chunk_text(instance: object, attribute: attrs.Attribute[Any], value: 
         raise TypeError(f"Chunk.text must be a str, got {type(value).__name__}")
 
 
+def _check_finish_reason(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and type(value) is not str and not isinstance(value, str):
+        raise TypeError(f"Chunk.finish_reason must be a str or None, got {type(value).__name__} {value!r}")
+
+
 def _check_chunk_tokens(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"Chunk.{attribute.name} must be an int >= 0, got {value!r}")
@@ -364,7 +369,7 @@ class Chunk:
     prompt_tokens: int | None = attrs.field(
         default=None, converter=_opt_int, validator=_check_opt_count, kw_only=True
     )
-    finish_reason: str | None = attrs.field(default=None, kw_only=True)
+    finish_reason: str | None = attrs.field(default=None, kw_only=True, validator=_check_finish_reason)
 
 
 @attrs.frozen

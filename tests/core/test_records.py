@@ -251,6 +251,12 @@ class TestChunk:
         with pytest.raises(ValueError, match=r"Chunk\.tokens"):
             Chunk("x", tokens=tokens)  # type: ignore[arg-type]
 
+    def test_a_finish_reason_is_a_string(self) -> None:
+        # 3 was taken, where every other field of a chunk is checked
+        with pytest.raises(TypeError, match=r"Chunk\.finish_reason must be a str or None, got int 3"):
+            Chunk("x", finish_reason=3)  # type: ignore[arg-type]
+        assert Chunk("x", finish_reason="stop").finish_reason == "stop"
+
 
 def test_completion_durations() -> None:
     c = Completion(

@@ -289,8 +289,9 @@ def test_default_falls_back_to_heuristic_and_says_so(
 
 def test_missing_model_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.onnx"
-    with pytest.raises(PredictorError, match=r"nope\.onnx: model file not found"):
+    with pytest.raises(PredictorError, match=r"nope\.onnx: model file not found") as missing:
         LexicalPredictor(path)
+    assert isinstance(missing.value.__cause__, FileNotFoundError)  # the original kept, as at every boundary
 
 
 def test_corrupt_model_file(tmp_path: Path) -> None:

@@ -156,10 +156,10 @@ def _load(path: Path) -> _Model:
     try:
         st = path.stat()
         where = str(path.resolve())
-    except OSError:
-        raise PredictorError(f"{path}: model file not found") from None
+    except OSError as exc:
+        raise PredictorError(f"{path}: model file not found") from exc
     except ValueError as exc:  # a path with a NUL byte
-        raise PredictorError(f"{path!r}: not a usable model path ({exc})") from None
+        raise PredictorError(f"{path!r}: not a usable model path ({exc})") from exc
     if not stat.S_ISREG(st.st_mode):  # a directory, a pipe, /dev/zero: reading it would hang or fill memory
         raise PredictorError(f"{path}: not a regular file")
     version = (st.st_mtime_ns, st.st_size)
@@ -175,8 +175,8 @@ def _load(path: Path) -> _Model:
 def _read(path: Path) -> _Model:
     try:
         data = path.read_bytes()
-    except FileNotFoundError:
-        raise PredictorError(f"{path}: model file not found") from None
+    except FileNotFoundError as exc:
+        raise PredictorError(f"{path}: model file not found") from exc
     except OSError as exc:
         raise PredictorError(f"{path}: cannot read the model file ({exc})") from exc
     session = open_session(path, data)

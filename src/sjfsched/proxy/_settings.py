@@ -134,7 +134,7 @@ class ProxySettings:
     """Everything ``sjfsched serve`` can be told; every field has a default but ``upstream``.
 
     See ``docs/proxy.md`` for the meaning of each; the command line flag and
-    environment variable of a field are listed in :data:`OPTIONS`.
+    environment variable of a field are listed in ``sjfsched serve --help`` and docs/proxy.md.
     """
 
     upstream: str = attrs.field(converter=normalize_upstream)
