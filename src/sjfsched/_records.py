@@ -8,6 +8,7 @@ without breaking code that builds or reads them by keyword.
 
 from __future__ import annotations
 
+import copyreg
 import math
 import numbers
 import weakref
@@ -194,16 +195,38 @@ class Request:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Pickled and deep-copied by its fields (its frozen mappings cannot be pickled), a
-        # subclass's own too, and its instance dict if it has one; rebuilt without calling a
-        # subclass's __init__ (which may take other arguments). The copy is another request,
-        # as requests are compared by identity.
+        # subclass's own too, and its other attributes (instance dict, slots); rebuilt without
+        # calling a subclass's __init__ (which may take other arguments). The copy is another
+        # request, as requests are compared by identity.
+        return (_rebuild_request, (type(self), *self._state()))
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Its fields by name (mappings thawed) and a subclass's other attributes (or None)."""
         fields = {field.name: getattr(self, field.name) for field in attrs.fields(type(self))}
         fields.update(
             messages=None if self.messages is None else [dict(m) for m in self.messages],
             options=dict(self.options),
             metadata=dict(self.metadata),
         )
-        return (_rebuild_request, (type(self), fields, getattr(self, "__dict__", None)))
+        if type(self) is Request:
+            return fields, None
+        extra = dict(getattr(self, "__dict__", {}))
+        for name in copyreg._slotnames(type(self)):  # type: ignore[attr-defined]
+            if name not in fields and name not in ("__dict__", "__weakref__") and hasattr(self, name):
+                extra[name] = getattr(self, name)
+        return fields, extra or None
+
+    def _replace(self, changes: Mapping[str, Any]) -> Request:
+        """A copy with ``changes`` (init arguments) applied, checked as :class:`Request` checks
+        them; a subclass keeps its class and attributes without its ``__init__`` being called."""
+        fields, extra = self._state()
+        names = {f.alias: f.name for f in attrs.fields(type(self)) if f.init}
+        unknown = sorted(set(changes) - set(names))
+        if unknown:
+            known = ", ".join(names)
+            raise TypeError(f"{type(self).__name__} has no field {unknown[0]!r}; its fields: {known}")
+        fields.update({names[key]: value for key, value in changes.items()})
+        return _rebuild_request(type(self), fields, extra)
 
     @property
     def text(self) -> str:
@@ -259,8 +282,8 @@ def _rebuild_request(
 ) -> Request:
     if not isinstance(kind, type):  # pickled by an earlier version: the prompt, and the other fields
         return Request(kind, **fields)
-    # The Request part made as Request makes it (its converters freeze the mappings), then
-    # given the subclass's class, its own fields and its instance dict as they were.
+    # The Request part made as Request makes it (its converters and checks), then given the
+    # subclass's class, its own fields and its other attributes as they were.
     base = {f.name for f in attrs.fields(Request)}
     made = Request(**{name: fields[name] for name in base})
     if kind is Request:
@@ -268,11 +291,9 @@ def _rebuild_request(
     request = object.__new__(kind)
     for name in base:
         object.__setattr__(request, name, getattr(made, name))
-    for name, value in fields.items():
+    for name, value in (*fields.items(), *(extra or {}).items()):
         if name not in base:
             object.__setattr__(request, name, value)
-    if extra:
-        request.__dict__.update(extra)
     return request
 
 

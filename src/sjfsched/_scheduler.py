@@ -130,7 +130,9 @@ def _current_task_id() -> int | None:
     loop = asyncio._get_running_loop()  # None, not an exception, outside asyncio: cheap on trio
     if loop is not None:
         task = asyncio.current_task(loop)
-        return None if task is None else id(task)
+        if task is not None:
+            return id(task)
+        # no asyncio task: a callback of the loop, or trio run as a guest on it
     trio = sys.modules.get("trio")
     if trio is None:
         return None
@@ -1273,6 +1275,10 @@ class ChunkStream:
         that runs: the tasks and worker threads it starts copy the context.
         """
         held = _holding.get()
+        task = _current_task_id()
+        if task != self._held[2]:  # another task reads the stream: the backend's code runs in it
+            self._held = (self._held[0], self._held[1], task)
+            self._outer = None
         if held is not self._outer:  # the same notes as at the last read, mostly
             self._outer, self._inner = held, (*held, self._held)
         _holding.set(self._inner)
@@ -1504,7 +1510,7 @@ def _outcome_of(exc: BaseException) -> str:
 
 def _coerce_request(request: Request | str | None, fields: Mapping[str, Any]) -> Request:
     if isinstance(request, Request):
-        return attrs.evolve(request, **fields) if fields else request
+        return request._replace(fields) if fields else request
     if isinstance(request, str):
         return Request(request, **fields)
     if request is None:

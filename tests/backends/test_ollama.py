@@ -326,6 +326,15 @@ async def test_cancelling_the_caller_closes_the_stream_and_stops_the_server(
 def test_credentials_in_the_url_are_not_shown() -> None:
     backend = OllamaBackend("m", "http://alice:s3cr3t@127.0.0.1:1")
     assert repr(backend) == "OllamaBackend('m', 'http://***@127.0.0.1:1', slots=1)"
+    # Without a scheme, or with an unencoded "#" in the password (read as a port "s3": refused
+    # now), the error quoted the password.
+    for url, shown in (
+        ("admin:s3cret@localhost:11434", "***@localhost:11434"),
+        ("http://admin:s3#cret@127.0.0.1:9", "http://***@127.0.0.1:9"),
+    ):
+        with pytest.raises(ValueError, match="URL with a host") as refused:
+            OllamaBackend("m", url)
+        assert str(refused.value).endswith(f"got {shown!r}")
 
 
 def test_bad_arguments_are_refused_by_name() -> None:

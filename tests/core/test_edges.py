@@ -811,3 +811,37 @@ def test_a_sync_iterator_in_its_thread_stops_at_the_next_piece_when_cancelled(lo
     assert pieces == ["a"]  # the piece being made when it was cancelled, and no more
     assert closed.is_set()
     assert (stats.cancelled, stats.running) == (1, 0)
+
+
+def test_the_task_a_block_is_told_by_is_trios_in_guest_mode_too() -> None:
+    """trio run as a guest on an asyncio loop: the task id was None in every trio task (the host
+    loop runs, with no asyncio task), so a task started by the backend's code was refused."""
+    import asyncio
+
+    import trio
+
+    from sjfsched._scheduler import _current_task_id
+
+    async def trio_main() -> list[tuple[int | None, int]]:
+        seen: list[tuple[int | None, int]] = []
+
+        async def child() -> None:
+            seen.append((_current_task_id(), anyio.get_current_task().id))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(child)
+        seen.append((_current_task_id(), anyio.get_current_task().id))
+        return seen
+
+    async def host() -> list[tuple[int | None, int]]:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+        trio.lowlevel.start_guest_run(
+            trio_main, run_sync_soon_threadsafe=loop.call_soon_threadsafe, done_callback=done.set_result
+        )
+        outcome = await done
+        result: list[tuple[int | None, int]] = outcome.unwrap()
+        return result
+
+    seen = asyncio.run(host())
+    assert len(seen) == 2 and all(mine == anyio_id for mine, anyio_id in seen)

@@ -10,7 +10,7 @@ import attrs
 import numpy as np
 import pytest
 
-from sjfsched import Chunk, Completion, Prediction, Request
+from sjfsched import Chunk, Completion, Prediction, Request, Scheduler
 from sjfsched._records import _rebuild_request
 from sjfsched.predictors import ConstantPredictor
 
@@ -30,6 +30,18 @@ class _UserRequest(Request):
         self.__dict__["note"] = "n"
 
     note: str
+
+
+class _SlottedRequest(Request):
+    """A subclass with slots of its own and its own __init__."""
+
+    __slots__ = ("user_id",)
+
+    def __init__(self, prompt: str, user_id: int) -> None:
+        super().__init__(prompt)
+        object.__setattr__(self, "user_id", user_id)
+
+    user_id: int
 
 
 class TestRequest:
@@ -125,6 +137,29 @@ class TestRequest:
                 {"user": "bob"},
                 "n",
             )
+
+    def test_a_subclass_with_slots_of_its_own_keeps_them(self) -> None:
+        r = _SlottedRequest("hi", 7)
+        for again in (copy.copy(r), copy.deepcopy(r), pickle.loads(pickle.dumps(r))):
+            assert (type(again), again.prompt, again.user_id) == (_SlottedRequest, "hi", 7)
+
+    @pytest.mark.anyio
+    async def test_fields_given_with_a_subclass_request_do_not_call_its_init(self) -> None:
+        # complete(request, max_tokens=...) evolved it through UserRequest.__init__: TypeError
+        seen: list[Request] = []
+        async with Scheduler(None, predictor=ConstantPredictor()) as sched:
+            async with sched.admit(_UserRequest("hi", "bob"), max_tokens=5) as ticket:
+                seen.append(ticket.request)
+                ticket.report(1)
+            with pytest.raises(TypeError, match="_UserRequest has no field 'max_token'; its fields: prompt"):
+                async with sched.admit(_UserRequest("hi", "bob"), max_token=5):
+                    pass
+            with pytest.raises(ValueError, match=r"Request\.max_tokens must be at least 1"):
+                async with sched.admit(_UserRequest("hi", "bob"), max_tokens=0):
+                    pass
+        (got,) = seen
+        assert isinstance(got, _UserRequest)
+        assert (type(got), got.max_tokens, got.tenant, got.note) == (_UserRequest, 5, "bob", "n")
 
     def test_a_request_pickled_by_the_earlier_version_still_loads(self) -> None:
         # Its pickle named the prompt and the other fields, not the class.

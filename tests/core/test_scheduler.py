@@ -708,6 +708,31 @@ async def test_a_task_the_backends_code_starts_and_leaves_running_waits_for_the_
     assert answers == ["follow-up"]
 
 
+async def test_the_backends_code_run_by_another_task_reading_the_stream_is_refused_too() -> None:
+    """The note named the task that made the request, not the one reading: it hung."""
+    refused: list[BaseException] = []
+
+    async def answer(request: Request) -> AsyncIterator[Chunk]:
+        if request.metadata.get("nested"):
+            with pytest.raises(RuntimeError) as caught:
+                await sched.complete(job(1))
+            refused.append(caught.value)
+        yield Chunk("ok")
+
+    sched = Scheduler(CallableBackend(answer), predictor=TablePredictor())
+    async with sched:
+        read: list[str] = []
+
+        async def reader(chunks: Any) -> None:
+            read.extend([c.text async for c in chunks])
+
+        with anyio.fail_after(60):
+            async with sched.stream(job(1, metadata={"nested": True})) as chunks:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(reader, chunks)
+    assert read == ["ok"] and len(refused) == 1
+
+
 async def test_a_task_started_inside_a_block_waits_for_the_slot_as_documented() -> None:
     sched = scheduler()
     async with sched, anyio.create_task_group() as tg:

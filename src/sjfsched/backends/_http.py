@@ -15,7 +15,7 @@ import re
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import anyio
 
@@ -69,22 +69,27 @@ def check_timeout(name: str, value: float | None) -> float | None:
 
 
 def shown_url(url: str) -> str:
-    """``url`` as messages and ``repr()`` show it: credentials in it (``user:password@``, which
-    httpx sends as basic auth) replaced by ``***``."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+    """``url`` as messages and ``repr()`` show it: what may be credentials in it (``user:password@``,
+    which httpx sends as basic auth) replaced by ``***``: all from the scheme (or the start) to its
+    last ``@``, which also hides a password with an unencoded ``/``, ``?`` or ``#`` in it."""
+    at = url.rfind("@")
+    scheme, sep, _ = url.partition("://")
+    start = len(scheme) + len(sep) if sep else 0
+    return url if at < start else url[:start] + "***" + url[at:]
 
 
 def check_base_url(base_url: object) -> None:
     """:class:`ValueError` quoting ``base_url`` as given (credentials hidden), unless it is an
-    http(s) URL with a host."""
-    if (
-        not isinstance(base_url, str)
-        or not base_url.startswith(("http://", "https://"))
-        or not urlsplit(base_url).hostname
-    ):
+    http(s) URL with a host (and a port that is a number, if it names one)."""
+    problem = not isinstance(base_url, str) or not base_url.startswith(("http://", "https://"))
+    if not problem:
+        parts = urlsplit(str(base_url))
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+        except ValueError:
+            problem = True
+        problem = problem or not parts.hostname
+    if problem:
         shown = shown_url(base_url) if isinstance(base_url, str) else base_url
         raise ValueError(f"base_url must be an http:// or https:// URL with a host, got {shown!r}")
 
