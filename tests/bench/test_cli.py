@@ -93,17 +93,8 @@ def test_bad_names_fail_clearly(tmp_path: Path) -> None:
 def test_bad_options_are_named_in_their_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Found by a reviewer: errors that did not name the option at fault, or misled."""
     data = sharegpt_like(tmp_path / "data")
-    sim = [
-        "bench",
-        "sim",
-        "--data",
-        str(data),
-        "--traces",
-        "sharegpt",
-        "--scenarios",
-        "burst5",
-        "--no-progress",
-    ]
+    sim = ["bench", "sim", "--data", str(data), "--traces", "sharegpt", "--scenarios", "burst5",
+           "--no-progress"]  # fmt: skip
 
     def message(argv: list[str]) -> str:
         with pytest.raises(SystemExit) as info:
