@@ -164,6 +164,39 @@ def test_an_http_backend_without_httpx_fails_when_made_naming_its_extra(construc
     assert done.stdout == f"ImportError: {message}\n"
 
 
+@pytest.mark.parametrize("missing", ["httptools", "uvicorn"])
+def test_the_proxy_without_its_extra_names_it(missing: str) -> None:
+    # It raised a bare ModuleNotFoundError for httptools.
+    script = (
+        "import sys\n"
+        f"sys.modules[{missing!r}] = None  # as if not installed\n"
+        "try:\n"
+        "    import sjfsched.proxy\n"
+        "except ImportError as exc:\n"
+        "    print(f'{type(exc).__name__}: {exc}')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    needs = f"sjfsched.proxy needs the proxy extra ({missing} is missing)"
+    assert done.stdout == f"ImportError: {needs}: pip install 'sjfsched[proxy]'\n"
+
+
+def test_the_default_predictor_says_why_it_fell_back_even_for_a_blank_error(tmp_path: Path) -> None:
+    # onnxruntime built for numpy 1 under numpy 2 raises an ImportError with no message: "()".
+    (tmp_path / "onnxruntime.py").write_text("raise ImportError()\n")
+    script = (
+        "import logging, sys\n"
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        "logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format='%(message)s')\n"
+        "from sjfsched.predictors import default_predictor\n"
+        "print(type(default_predictor()).__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "the bundled LexicalPredictor could not be loaded (ImportError); falling back" in done.stdout
+    assert done.stdout.endswith("HeuristicPredictor\n")
+
+
 class _SignatureOnlyLlama:
     """Enough of a ``llama_cpp.Llama`` for LlamaCppBackend to read which options it takes."""
 

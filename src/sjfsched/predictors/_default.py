@@ -36,7 +36,7 @@ def default_predictor() -> Predictor:
         logger.warning(
             "the bundled LexicalPredictor could not be loaded (%s); falling back to "
             "HeuristicPredictor (prompt length), which ranks answers far worse",
-            exc,
+            f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,  # some say nothing
         )
         return HeuristicPredictor()
 

@@ -12,9 +12,17 @@ extra: ``pip install "sjfsched[proxy]"``.
 - :class:`ProxyServer` / :func:`make_server`: uvicorn with a graceful drain.
 """
 
-from ._app import ProxyApp as ProxyApp
-from ._server import ProxyServer as ProxyServer
-from ._server import make_server as make_server
-from ._settings import ProxySettings as ProxySettings
+try:
+    from ._app import ProxyApp as ProxyApp
+    from ._server import ProxyServer as ProxyServer
+    from ._server import make_server as make_server
+    from ._settings import ProxySettings as ProxySettings
+except ModuleNotFoundError as exc:  # uvicorn or httptools: the proxy extra
+    if exc.name not in ("uvicorn", "httptools"):
+        raise
+    raise ImportError(
+        f"sjfsched.proxy needs the proxy extra ({exc.name} is missing): pip install 'sjfsched[proxy]'",
+        name=exc.name,
+    ) from exc
 
 __all__ = ["ProxyApp", "ProxyServer", "ProxySettings", "make_server"]
