@@ -143,6 +143,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(2, needs_extra(args.command, missing, EXTRAS[args.command]) + "\n")
     try:
         return int(modules[args.command].run(args))
+    except KeyboardInterrupt:
+        # Ctrl-C: one line, as for a user error, not a traceback through the command's workers
+        if os.environ.get("SJFSCHED_TRACEBACK"):
+            raise
+        print(f"sjfsched {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (OSError, ValueError, PredictorError) as exc:
         # A missing or malformed input, a bad value: one line naming it, not a traceback
         # (SJFSCHED_TRACEBACK=1 shows the traceback, for bug reports).
