@@ -227,6 +227,7 @@ def test_plots_and_tables_say_when_the_results_hold_nothing_they_show(
 
 def test_ctrl_c_ends_a_run_in_one_line(tmp_path: Path) -> None:
     """With --jobs 2 it printed a KeyboardInterrupt traceback through the workers."""
+    import contextlib
     import os
     import signal
     import subprocess
@@ -240,8 +241,13 @@ def test_ctrl_c_ends_a_run_in_one_line(tmp_path: Path) -> None:
          "--no-progress", "--policies", "fcfs,oracle"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
-    time.sleep(4)  # under way
-    os.killpg(run.pid, signal.SIGINT)  # as Ctrl-C does: to the run and its workers
-    _, err = run.communicate(timeout=60)
+    try:
+        time.sleep(4)  # under way
+        os.killpg(run.pid, signal.SIGINT)  # as Ctrl-C does: to the run and its workers
+        _, err = run.communicate(timeout=60)
+    finally:  # never leave the run or its workers behind, whatever failed
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)
+        run.wait(30)
     assert run.returncode == 130, err
     assert err.strip().splitlines()[-1] == "sjfsched bench: interrupted" and "Traceback" not in err
