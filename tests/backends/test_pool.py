@@ -98,20 +98,20 @@ async def test_back_off_doubles_and_a_probe_brings_a_backend_back(
     port = free_port()
     pool = BackendPool(
         [OllamaBackend("tiny", f"http://127.0.0.1:{port}"), OllamaBackend("tiny", server.url)],
-        retry_after=0.2,
+        retry_after=2.0,  # long against the real generation between failure and reading (a busy CI)
     )
     await collect(pool, Request("one", max_tokens=2))
     first = pool.statistics().members[0]
     assert (first.healthy, first.failures) == (False, 1)
-    assert 0.1 < first.retry_in <= 0.2
-    await anyio.sleep(0.25)
+    assert 1.0 < first.retry_in <= 2.0
+    await anyio.sleep(2.05)
     await collect(pool, Request("two", max_tokens=2))  # probes the dead one, fails, fails over
     second = pool.statistics().members[0]
     assert second.failures == 2
-    assert 0.3 < second.retry_in <= 0.4  # the back-off doubled
+    assert 3.0 < second.retry_in <= 4.0  # the back-off doubled
     # The server comes up on that port; after the back-off a probe finds it.
     with running_ollama_server({"tiny": tiny_path}, port=port) as revived:
-        await anyio.sleep(0.45)
+        await anyio.sleep(4.05)
         await collect(pool, Request("three", max_tokens=2))
         back = pool.statistics().members[0]
         assert (back.healthy, back.failures) == (True, 0)
