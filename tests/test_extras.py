@@ -147,38 +147,30 @@ def test_measuring_tokens_without_llama_cpp_names_the_llama_extra(
 )
 def test_an_http_backend_without_httpx_fails_when_made_naming_its_extra(construct: str, message: str) -> None:
     # It used to be made, and then every request failed with a BackendError in an ExceptionGroup.
-    script = (
-        "import sys\n"
-        "sys.modules['httpx'] = None  # as if not installed\n"
-        "import sjfsched\n"
-        "from sjfsched.backends import OllamaBackend, OpenAIBackend\n"
-        "try:\n"
-        f"    {construct}\n"
-        "except ImportError as exc:\n"
-        "    print(f'{type(exc).__name__}: {exc}')\n"
-        "else:\n"
-        "    print('made')\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout == f"ImportError: {message}\n"
+    setup = "import sjfsched\nfrom sjfsched.backends import OllamaBackend, OpenAIBackend\n"
+    assert _import_error_without("httpx", setup, construct) == f"ImportError: {message}"
 
 
 @pytest.mark.parametrize("missing", ["httptools", "uvicorn"])
 def test_the_proxy_without_its_extra_names_it(missing: str) -> None:
     # It raised a bare ModuleNotFoundError for httptools.
+    needs = f"sjfsched.proxy needs the proxy extra ({missing} is missing)"
+    assert _import_error_without(missing, "", "import sjfsched.proxy") == (
+        f"ImportError: {needs}: pip install 'sjfsched[proxy]'"
+    )
+
+
+def _import_error_without(module: str, setup: str, statement: str) -> str:
+    """What ``statement`` raises (``Type: message``; ``made`` if nothing) in a fresh interpreter
+    where ``module`` cannot be imported, after ``setup``."""
     script = (
-        "import sys\n"
-        f"sys.modules[{missing!r}] = None  # as if not installed\n"
-        "try:\n"
-        "    import sjfsched.proxy\n"
-        "except ImportError as exc:\n"
-        "    print(f'{type(exc).__name__}: {exc}')\n"
+        f"import sys\nsys.modules[{module!r}] = None  # as if not installed\n{setup}"
+        f"try:\n    {statement}\nexcept ImportError as exc:\n    print(f'{{type(exc).__name__}}: {{exc}}')\n"
+        "else:\n    print('made')\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
-    needs = f"sjfsched.proxy needs the proxy extra ({missing} is missing)"
-    assert done.stdout == f"ImportError: {needs}: pip install 'sjfsched[proxy]'\n"
+    return done.stdout.rstrip("\n")
 
 
 def test_the_default_predictor_says_why_it_fell_back_even_for_a_blank_error(tmp_path: Path) -> None:
