@@ -223,31 +223,3 @@ def test_plots_and_tables_say_when_the_results_hold_nothing_they_show(
         with pytest.raises(SystemExit) as info:
             main(["bench", command, "--results", str(empty), *more])
         assert info.value.code == f"sjfsched bench {command}: --results {empty} holds no results"
-
-
-def test_ctrl_c_ends_a_run_in_one_line(tmp_path: Path) -> None:
-    """With --jobs 2 it printed a KeyboardInterrupt traceback through the workers."""
-    import contextlib
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    data = sharegpt_like(tmp_path / "data")
-    run = subprocess.Popen(
-        [sys.executable, "-m", "sjfsched", "bench", "sim", "--data", str(data), "--traces", "sharegpt",
-         "--profiles", "gpu", "--scenarios", "burst20", "--repetitions", "100000", "--jobs", "2",
-         "--no-progress", "--policies", "fcfs,oracle"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
-    try:
-        time.sleep(4)  # under way
-        os.killpg(run.pid, signal.SIGINT)  # as Ctrl-C does: to the run and its workers
-        _, err = run.communicate(timeout=60)
-    finally:  # never leave the run or its workers behind, whatever failed
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(run.pid, signal.SIGKILL)
-        run.wait(30)
-    assert run.returncode == 130, err
-    assert err.strip().splitlines()[-1] == "sjfsched bench: interrupted" and "Traceback" not in err
