@@ -1,8 +1,10 @@
 """Shortest-job-first in front of an in-process llama.cpp model.
 
 Six requests arrive at once at one ``llama_cpp.Llama``; the scheduler runs
-the short ones first (the model only ever runs one at a time).  Then one
-more request, a chat, is streamed as it is written.
+the short ones first (the model only ever runs one at a time): the first to
+arrive found the model free and started, and is paused for them (it goes on
+later from where it stopped).  Then one more request, a chat, is streamed as
+it is written.
 
     python examples/llama_cpp_backend.py --model path/to/model.gguf
 
@@ -48,7 +50,7 @@ async def main(model: Path) -> None:
         for c in done:
             print(
                 f"  {c.output_tokens:4d} tokens  waited {c.wait:6.3f}s  latency {c.latency:6.3f}s"
-                f"  prompt {c.prompt_tokens} tokens: {c.request.text[:40]}"
+                f"  paused {c.preemptions}  prompt {c.prompt_tokens} tokens: {c.request.text[:40]}"
             )
 
         print("\nstreaming a chat answer:")

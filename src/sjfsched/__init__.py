@@ -27,6 +27,7 @@ from ._records import Request as Request
 from ._scheduler import DEFAULT_AGING as DEFAULT_AGING
 from ._scheduler import DEFAULT_CAP as DEFAULT_CAP
 from ._scheduler import DEFAULT_MAX_WAIT as DEFAULT_MAX_WAIT
+from ._scheduler import DEFAULT_PREEMPT as DEFAULT_PREEMPT
 from ._scheduler import ChunkStream as ChunkStream
 from ._scheduler import Job as Job
 from ._scheduler import Scheduler as Scheduler
@@ -45,6 +46,7 @@ __all__ = [
     "DEFAULT_CAP",
     "DEFAULT_DECODE_RATE",
     "DEFAULT_MAX_WAIT",
+    "DEFAULT_PREEMPT",
     "DEFAULT_PREFILL_RATE",
     "BackendError",
     "BackendUnavailable",

@@ -11,6 +11,7 @@ amortised.
 
 from __future__ import annotations
 
+import bisect
 import enum
 import heapq
 import logging
@@ -46,6 +47,7 @@ class _Entry:
         "handle",
         "key",
         "one_piece",
+        "pauses",
         "prediction",
         "promoted",
         "request",
@@ -84,6 +86,8 @@ class _Entry:
         #: its answer came in one piece (the first chunk held every token): the
         #: first token's time says nothing of prompt evaluation
         self.one_piece = False
+        #: times it was paused for a request ranked before it (preemption)
+        self.pauses = 0
         #: what ``position()`` finds it by: the caller's Request, which the
         #: queued ``request`` is a copy of when fields were given with it
         self.handle = request
@@ -136,6 +140,34 @@ class WaitQueue:
             heapq.heappush(self._heap, self._item(entry))
         except Exception as exc:  # keys that do not compare
             self._turn_lenient(exc)
+
+    def requeue(self, entry: _Entry) -> None:
+        """Put back a paused entry (its state WAITING again), in its place by arrival.
+
+        Its earlier heap item is gone (popped); a dead copy of it may linger in
+        the FIFO, which would come to life with its state: it is dropped first.
+        """
+        rest = [e for e in self._fifo if e is not entry]
+        rest.insert(bisect.bisect(rest, entry.seq, key=lambda e: e.seq), entry)  # by arrival
+        self._fifo = deque(rest)
+        self._live += 1
+        try:
+            heapq.heappush(self._heap, self._item(entry))
+        except Exception as exc:  # keys that do not compare
+            self._turn_lenient(exc)
+
+    def peek_key(self) -> tuple[bool, Any]:
+        """``(True, key)`` of the waiting entry with the lowest key, or ``(False, None)``."""
+        heap = self._heap
+        try:
+            while heap and heap[0][2].state is not EntryState.WAITING:
+                heapq.heappop(heap)  # dead: pop() would skip it anyway
+        except Exception as exc:  # keys that do not compare
+            self._turn_lenient(exc)  # rebuilt from the live entries
+            heap = self._heap
+        if not heap:
+            return False, None
+        return True, heap[0][2].key
 
     def _item(self, entry: _Entry) -> tuple[Any, int, _Entry]:
         key = _Lenient(entry.key, entry.seq) if self._lenient else entry.key

@@ -416,6 +416,8 @@ class Completion:
     finish_reason: str | None = None
     #: True when the request ran because it had waited longer than ``max_wait``.
     promoted: bool = False
+    #: Times the answer was paused for a request ranked before it (``Scheduler(preempt=True)``).
+    preemptions: int = 0
 
     @property
     def wait(self) -> float:

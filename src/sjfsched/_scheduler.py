@@ -32,13 +32,14 @@ from ._records import Chunk, Completion, Prediction, Request, _as_float, _as_int
 from ._service import check_backend, close_backend, is_async, needs_an_instance, service_started
 
 if TYPE_CHECKING:
-    from .backends._base import Backend
+    from .backends._base import Backend, Resumable
     from .predictors._base import Predictor
 
 __all__ = [
     "DEFAULT_AGING",
     "DEFAULT_CAP",
     "DEFAULT_MAX_WAIT",
+    "DEFAULT_PREEMPT",
     "ChunkStream",
     "Job",
     "Scheduler",
@@ -56,6 +57,8 @@ DEFAULT_CAP: float | None = 1.0
 CAP_WINDOW = 200
 #: Seconds after which a waiting request runs next, whatever its estimate.
 DEFAULT_MAX_WAIT: float | None = None
+#: Whether a running answer is paused for a request ranked before it (where the backend can resume).
+DEFAULT_PREEMPT = True
 #: Output tokens assumed when the predictor fails, until real lengths are seen.
 _NEUTRAL_TOKENS = 256.0
 
@@ -197,7 +200,8 @@ class SchedulerStatistics:
     that has ended (``closed``: waiting requests ended by closing the
     scheduler); ``rejected`` counts requests refused with :class:`QueueFull`
     or :class:`SchedulerClosed` before they were accepted.  ``promoted`` counts
-    requests that ran because they had waited ``max_wait``.
+    requests that ran because they had waited ``max_wait``.  A paused
+    request (``preempt``) counts as waiting until it goes on.
     """
 
     waiting: int
@@ -220,6 +224,8 @@ class SchedulerStatistics:
     #: cap it gives (``cap`` times it; ``None`` without a cap or before any request).
     median_estimate: float | None = None
     estimate_cap: float | None = None
+    #: Times a running answer was paused for a request ranked before it (``preempt``).
+    preempted: int = 0
 
 
 class Scheduler:
@@ -263,6 +269,17 @@ class Scheduler:
     :class:`SchedulerClosed`, waits for running ones to finish and closes the
     backend.  A closed scheduler cannot be reopened.
 
+    ``preempt`` (default ``True``): when a request arrives that ranks before
+    a running one, the running answer is paused at its next chunk, and goes
+    on from where it stopped once its turn comes again, if the backend can
+    resume it (:class:`~sjfsched.backends.Resumable`: the simulated and
+    llama.cpp backends, OpenAI-compatible completions; see
+    ``docs/design.md``).  The running request ranks by what is left of it:
+    :meth:`sort_key` of its job with the estimate of the rest of its
+    predicted answer plus reading its prompt and answer so far again, never
+    after its own key.  Requests promoted by ``max_wait`` and requests run
+    from :meth:`admit` are never paused.
+
     ``max_queue`` bounds the waiting requests (default ``None``: unbounded);
     beyond it a request fails at once with :class:`QueueFull`.
 
@@ -283,6 +300,7 @@ class Scheduler:
         cap: float | None = DEFAULT_CAP,
         max_wait: float | None = DEFAULT_MAX_WAIT,
         max_queue: int | None = None,
+        preempt: bool = DEFAULT_PREEMPT,
         prefill_rate: float = DEFAULT_PREFILL_RATE,
         decode_rate: float = DEFAULT_DECODE_RATE,
         learn_rates: bool = True,
@@ -315,6 +333,8 @@ class Scheduler:
             raise ValueError(f"max_queue must be an int >= 0 or None, got {max_queue!r}")
         if not isinstance(learn_rates, bool):
             raise TypeError(f"learn_rates must be True or False, got {learn_rates!r}")
+        if not isinstance(preempt, bool):
+            raise TypeError(f"preempt must be True or False, got {preempt!r}")
         if backend is not None:
             check_backend(backend)
         if on_complete is not None and not callable(on_complete):
@@ -363,6 +383,7 @@ class Scheduler:
         self._recent_sorted: list[float] = []
         self._max_wait = max_wait_value
         self._max_queue = max_queue_value
+        self._preempt = preempt
         self._rates = RateEstimator(prefill_rate, decode_rate)
         self._learn_rates = learn_rates
         self._on_complete = on_complete
@@ -388,6 +409,7 @@ class Scheduler:
                 "closed",
                 "rejected",
                 "promoted",
+                "preempted",
                 "predictor_errors",
                 "predictor_calls",
             ),
@@ -444,6 +466,11 @@ class Scheduler:
     def max_wait(self, value: float | None) -> None:
         self._max_wait = _max_wait(value)
         self._queue.max_wait = self._max_wait
+
+    @property
+    def preempt(self) -> bool:
+        """Whether running answers are paused for requests ranked before them (see the class)."""
+        return self._preempt
 
     @property
     def max_queue(self) -> int | None:
@@ -524,6 +551,10 @@ class Scheduler:
         if self._state is not _State.CLOSED:
             self._state = _State.CLOSED
             for entry in self._queue.drain():
+                if entry.pauses:  # paused midway: a running request, which goes on
+                    entry.state = EntryState.WAITING
+                    self._queue.requeue(entry)
+                    continue
                 entry.state = EntryState.CLOSED
                 self._unindex(entry)
                 self._counts["closed"] += 1
@@ -845,6 +876,7 @@ class Scheduler:
             closed=c["closed"],
             rejected=c["rejected"],
             promoted=c["promoted"],
+            preempted=c["preempted"],
             predictor_errors=c["predictor_errors"],
             predictor_calls=c["predictor_calls"],
             predictor_seconds=self._predictor_seconds,
@@ -942,7 +974,18 @@ class Scheduler:
                 self._end(entry, "cancelled")
                 raise
             return entry
-        assert entry.event is not None  # queued: _admit gave it its event
+        await self._wait_turn(entry)
+        if entry.state is EntryState.CLOSED:
+            raise SchedulerClosed("the scheduler closed while this request was waiting", waited=True)
+        return entry
+
+    async def _wait_turn(self, entry: _Entry) -> None:
+        """Wait in the queue until ``entry`` is handed a slot (or closed out); RUNNING after.
+
+        Cancelled meanwhile, it ends as cancelled (a paused one too: its state
+        says so, and ending it later changes nothing).
+        """
+        assert entry.event is not None  # queued: it was given its event
         try:
             await entry.event.wait()
         except BaseException:
@@ -963,10 +1006,8 @@ class Scheduler:
                 self._counts["closed"] -= 1
                 self._counts["cancelled"] += 1
             raise
-        if entry.state is EntryState.CLOSED:
-            raise SchedulerClosed("the scheduler closed while this request was waiting", waited=True)
-        entry.state = EntryState.RUNNING
-        return entry
+        if entry.state is not EntryState.CLOSED:
+            entry.state = EntryState.RUNNING
 
     def _admit(self, request: Request, handle: object) -> tuple[_Entry, bool]:
         """:meth:`_acquire`'s part without a wait: the request given a slot (``True``) or queued."""
@@ -1057,6 +1098,53 @@ class Scheduler:
             recent.appendleft(pushed_out)
             bisect.insort(ordered, pushed_out)
 
+    def _should_pause(self, stream: ChunkStream) -> bool:
+        """Whether a running answer should give its slot to the request ranked first (``preempt``)."""
+        entry = stream._entry
+        if not self._queue or self._free > 0 or entry.promoted:
+            return False
+        if self._max_wait is not None and anyio.current_time() - entry.submitted >= self._max_wait:
+            return False  # it would run next again
+        found, first = self._queue.peek_key()
+        try:
+            if not found or not first < entry.key:
+                return False
+            key = self._key_of_rest(stream)
+            if not first < key:
+                return False
+            if key < entry.key:
+                entry.key = key
+        except Exception:  # keys that do not compare, a sort_key that fails: it runs on
+            return False
+        return True
+
+    def _key_of_rest(self, stream: ChunkStream) -> Any:
+        """The key of what is left of a running answer: :meth:`sort_key` of its job with the
+        estimate of the rest of its predicted answer plus reading its prompt and answer again."""
+        entry = stream._entry
+        done = stream._output_tokens
+        predicted = entry.prediction.tokens
+        if entry.request.max_tokens is not None:
+            predicted = min(predicted, float(entry.request.max_tokens))
+        prompt: float | None = stream._prompt_tokens
+        if prompt is None:
+            prompt = entry.prediction.prompt_tokens
+        if prompt is None:
+            prompt = entry.request.input_chars / 4.0
+        rest = self._rates.service_time(prompt + done, max(predicted - done, 0.0))
+        return self.sort_key(Job(entry.request, entry.prediction, rest, entry.submitted))
+
+    def _requeue(self, entry: _Entry) -> None:
+        """Pause a running request: back in the queue (by its key), its slot handed on."""
+        entry.pauses += 1
+        self._counts["preempted"] += 1
+        entry.state = EntryState.WAITING
+        entry.event = anyio.Event()
+        self._queue.requeue(entry)
+        self._running -= 1
+        self._free += 1
+        self._dispatch()
+
     def _dispatch(self) -> None:
         """Hand free slots to waiting requests (work-conserving)."""
         queue = self._queue
@@ -1065,10 +1153,11 @@ class Scheduler:
             entry = queue.pop(now)
             assert entry is not None
             self._unindex(entry)
-            if entry.promoted:
+            if entry.promoted:  # once: a promoted request is never paused
                 self._counts["promoted"] += 1
+            if entry.pauses == 0:  # a paused request goes on: it started earlier
+                entry.started = now
             entry.state = EntryState.GRANTED
-            entry.started = now
             self._free -= 1
             self._running += 1
             assert entry.event is not None
@@ -1076,8 +1165,8 @@ class Scheduler:
 
     def _end(self, entry: _Entry, outcome: str) -> None:
         """Free the slot of a running (or granted) request and count it."""
-        if entry.state is EntryState.DONE:
-            return
+        if entry.state is EntryState.DONE or entry.state is EntryState.CANCELLED:
+            return  # ended already (CANCELLED: a paused request cancelled as it waited)
         entry.state = EntryState.DONE
         self._counts[outcome] += 1
         self._running -= 1
@@ -1117,7 +1206,7 @@ class Scheduler:
         )
         if completion.output_tokens > 0:
             self._mean_tokens = 0.95 * self._mean_tokens + 0.05 * completion.output_tokens
-            if self._learn_rates:
+            if self._learn_rates and not entry.pauses:  # a paused answer's times hold the pauses
                 # Where the backend made it wait before serving it, from then.
                 start = max(completion.started, entry.service_started or completion.started)
                 self._rates.observe(
@@ -1190,6 +1279,9 @@ class ChunkStream:
         self._error: BaseException | None = None
         self._settled = False  # its block was left: the slot is gone
         self._interrupted = False  # a read was cancelled midway: the backend's stream is spent
+        self._scheduler = scheduler
+        #: the backend can pause and resume this request (see Scheduler(preempt=))
+        self._resumable = scheduler.preempt and _resumable(backend, entry.request)
 
     @property
     def job(self) -> Job:
@@ -1231,6 +1323,9 @@ class ChunkStream:
                         f"async iterator (an async generator: async def with yield)"
                     )
                 self._iterator = cast("AsyncIterator[Chunk]", iterator)
+            elif self._resumable and self._scheduler._should_pause(self):
+                await self._pause()
+            assert self._iterator is not None
             if self._noted:  # complete(): noted for the whole call
                 chunk = await self._iterator.__anext__()
             else:  # the backend's code holds the slot as it reads
@@ -1262,11 +1357,33 @@ class ChunkStream:
             self._entry.service_started = service_started.get()
         self._parts.append(chunk.text)
         self._output_tokens += chunk.tokens
-        if chunk.prompt_tokens is not None:
+        if chunk.prompt_tokens is not None and not self._entry.pauses:  # a resumed one's holds the answer
             self._prompt_tokens = chunk.prompt_tokens
         if chunk.finish_reason is not None:
             self._finish_reason = chunk.finish_reason
         return chunk
+
+    async def _pause(self) -> None:
+        """Close the backend's stream, give the slot to the request ranked first, wait, resume."""
+        entry, scheduler = self._entry, self._scheduler
+        await self._close()
+        scheduler._requeue(entry)
+        try:
+            await scheduler._wait_turn(entry)
+        except BaseException:
+            self._interrupted = True  # cancelled as it waited: the answer cannot go on
+            raise
+        iterator: object = cast("Resumable", self._backend).resume(
+            entry.request, "".join(self._parts), self._output_tokens
+        )
+        if not hasattr(iterator, "__anext__"):
+            if inspect.iscoroutine(iterator):
+                iterator.close()
+            raise TypeError(
+                f"{self._backend_name}.resume() returned {type(iterator).__name__}, not an "
+                f"async iterator (an async generator: async def with yield)"
+            )
+        self._iterator = cast("AsyncIterator[Chunk]", iterator)
 
     def _note(self) -> tuple[_Note, ...]:
         """Note the code about to run as the backend's for this request; returns the notes to restore.
@@ -1300,6 +1417,7 @@ class ChunkStream:
             finished=anyio.current_time(),
             finish_reason=self._finish_reason,
             promoted=e.promoted,
+            preemptions=e.pauses,
         )
 
     async def _close(self) -> None:
@@ -1506,6 +1624,18 @@ def _outcome_of(exc: BaseException) -> str:
     if isinstance(exc, (anyio.get_cancelled_exc_class(), GeneratorExit, KeyboardInterrupt)):
         return "cancelled"
     return "failed"
+
+
+def _resumable(backend: object, request: Request) -> bool:
+    """Whether ``backend`` can pause and resume ``request`` (:class:`Resumable`); a failure: no."""
+    check = getattr(backend, "resumable", None)
+    if not callable(check) or not callable(getattr(backend, "resume", None)):
+        return False
+    try:
+        return check(request) is True
+    except Exception:
+        logger.warning("%s.resumable() failed: not paused", type(backend).__name__, exc_info=True)
+        return False
 
 
 def _coerce_request(request: Request | str | None, fields: Mapping[str, Any]) -> Request:

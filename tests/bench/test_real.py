@@ -11,6 +11,7 @@ import pytest
 from sjfsched import Request
 from sjfsched._bench._real import TraceLengthBackend
 from sjfsched._cli import main
+from sjfsched.backends import CallableBackend, SimulatedBackend
 
 from ._data import sharegpt_like
 
@@ -40,6 +41,31 @@ async def test_each_request_generates_exactly_its_trace_length(tiny_model: Path)
             assert tokens == n
             assert request.max_tokens is None  # the scheduler's request is left as it was
             assert prompt_tokens is not None and prompt_tokens <= 20 + 2  # the model read 20 characters
+    finally:
+        await backend.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_paused_request_resumes_to_exactly_its_trace_length(tiny_model: Path) -> None:
+    """The real run's sjfsched policy pauses answers: the wrapper resumes them through llama.cpp."""
+    from sjfsched.backends import LlamaCppBackend
+
+    backend = TraceLengthBackend(LlamaCppBackend.from_path(str(tiny_model), n_ctx=1024), prompt_chars=20)
+    try:
+        request = Request("a long prompt " * 20, metadata={"output_tokens": 30})
+        assert backend.resumable(request)
+        stream = backend.stream(request)
+        text, tokens = "", 0
+        async for chunk in stream:
+            text, tokens = text + chunk.text, tokens + chunk.tokens
+            if tokens >= 6:
+                break
+        await stream.aclose()  # type: ignore[attr-defined]
+        rest = [chunk async for chunk in backend.resume(request, text, tokens)]
+        assert tokens + sum(c.tokens for c in rest) == 30
+        assert rest[-1].finish_reason == "length"
+        assert TraceLengthBackend(SimulatedBackend()).resumable(request)  # as the inner one says
+        assert not TraceLengthBackend(CallableBackend(lambda r: "x")).resumable(request)
     finally:
         await backend.aclose()
 

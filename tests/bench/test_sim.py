@@ -40,12 +40,28 @@ def test_fcfs_serves_a_burst_in_arrival_order() -> None:
 
 
 def test_sjf_with_true_lengths_serves_shortest_first() -> None:
-    done = run("oracle", [30, 20, 10, 5])
+    done = run("oracle@preempt=0", [30, 20, 10, 5])
     # The first runs at once (the server was idle); then 5, 10, 20 tokens.
     starts = {n: w for n, w, _ in done}
     assert starts[30] == pytest.approx(0.0, abs=1e-6)
     assert starts[5] == pytest.approx(3.0, abs=1e-5)
     assert starts[10] == pytest.approx(3.5, abs=1e-5)
+    assert starts[20] == pytest.approx(4.5, abs=1e-5)
+
+
+def test_sjf_with_preemption_pauses_the_first_for_the_shorter_ones() -> None:
+    done = run("oracle", [30, 20, 10, 5])
+    # The first runs at once and is paused after its first token (0.1 s: the others are
+    # waiting); 5 and 10 tokens run.  Then the rest of the first (29 tokens, ~0.97 s at the
+    # scheduler's starting 30 tokens/s), capped now at the median estimate of the four
+    # (0.5 s), ranks before the 20-token one (0.67 s, capped as it arrived at 0.83 s): it
+    # goes on at 1.6 s and ends at 4.5 s.
+    starts = {n: w for n, w, _ in done}
+    latencies = {n: lat for n, _, lat in done}
+    assert starts[30] == pytest.approx(0.0, abs=1e-6)
+    assert starts[5] == pytest.approx(0.1, abs=1e-5)
+    assert starts[10] == pytest.approx(0.6, abs=1e-5)
+    assert latencies[30] == pytest.approx(1.6 + 2.9, abs=1e-5)
     assert starts[20] == pytest.approx(4.5, abs=1e-5)
 
 

@@ -38,8 +38,10 @@ def backend(decode_rate: float = 10.0, slots: int = 1) -> SimulatedBackend:
 
 
 def scheduler(**options: Any) -> Scheduler:
-    """A scheduler with the plain key (no cap) unless ``cap`` is given; the cap has tests of its own."""
+    """A scheduler with the plain key (no cap) unless ``cap`` is given, not preempting unless
+    ``preempt`` is given; the cap and preemption have tests of their own."""
     options.setdefault("cap", None)
+    options.setdefault("preempt", False)
     options.setdefault("predictor", TablePredictor())
     options.setdefault("decode_rate", 10.0)
     options.setdefault("learn_rates", False)

@@ -41,6 +41,7 @@ from sjfsched.backends import (
     LlamaCppBackend,
     OllamaBackend,
     OpenAIBackend,
+    Resumable,
     SimulatedBackend,
 )
 from sjfsched.predictors import (
@@ -77,6 +78,14 @@ class MyBackend:
         pass
 
 
+class MyResumable(MyBackend):
+    def resumable(self, request: Request, /) -> bool:
+        return request.prompt is not None
+
+    async def resume(self, request: Request, answer: str, tokens: int, /) -> AsyncIterator[Chunk]:
+        yield Chunk("rest", finish_reason="stop")
+
+
 class MyScheduler(Scheduler):
     def sort_key(self, job: Job) -> Any:
         return (job.request.priority, job.estimate)
@@ -98,15 +107,24 @@ assert_type(predict_all(ByLength(), [Request("x")]), list[Prediction])
 backend: Backend = MyBackend()
 predictors: list[Predictor] = [ConstantPredictor(), HeuristicPredictor(), MyPredictor()]
 backends: list[Backend] = [CallableBackend(lambda r: r.text), SimulatedBackend(), MyBackend()]
+resumables: list[Resumable] = [SimulatedBackend(chunk_tokens=8), MyResumable()]
+
+
+def resumable_adapters(llm: Llama) -> list[Resumable]:
+    return [LlamaCppBackend(llm), OpenAIBackend("http://127.0.0.1:8080/v1")]
 
 
 async def use_async() -> None:
-    async with Scheduler(backend, predictor=predictor, aging=0.1, max_wait=None, max_queue=10) as sched:
+    async with Scheduler(
+        backend, predictor=predictor, aging=0.1, max_wait=None, max_queue=10, preempt=False
+    ) as sched:
+        assert_type(sched.preempt, bool)
         assert_type(sched, Scheduler)
         completion = await sched.complete("hello", max_tokens=5, priority=-1, tenant="t")
         assert_type(completion, Completion)
         assert_type(completion.wait, float)
         assert_type(completion.time_to_first_token, float | None)
+        assert_type(completion.preemptions, int)
         request = Request(messages=[{"role": "user", "content": "hi"}], options={"seed": 1})
         await sched.complete(request)
         async with sched.stream(request) as chunks:
@@ -119,6 +137,7 @@ async def use_async() -> None:
             ticket.report(output_tokens=3, prompt_tokens=2)
         stats = sched.statistics()
         assert_type(stats, SchedulerStatistics)
+        assert_type(stats.preempted, int)
         assert_type(sched.position(request), int | None)
         sched.max_wait = 60.0
     async with MyScheduler() as custom:

@@ -27,7 +27,7 @@ from typing import Any
 import attrs
 
 from .._records import Completion, Prediction, Request
-from .._scheduler import DEFAULT_AGING, DEFAULT_CAP, DEFAULT_MAX_WAIT, Job, Scheduler
+from .._scheduler import DEFAULT_AGING, DEFAULT_CAP, DEFAULT_MAX_WAIT, DEFAULT_PREEMPT, Job, Scheduler
 from ..backends import Backend
 from ..predictors import ConstantPredictor, HeuristicPredictor, Predictor, default_predictor, predict_all
 from ._traces import LONG_TOKENS, SHORT_TOKENS, TraceItem
@@ -192,6 +192,7 @@ class ClairvoyantScheduler(Scheduler):
             predictor=predictor,
             aging=0.0,
             max_wait=tau_factor * short_latency,
+            preempt=False,  # Clairvoyant runs each request to its end
             on_complete=self._on_complete,
             **options,
         )
@@ -309,7 +310,7 @@ def predictor_factory(name: str) -> PredictorFactory:
 
 
 def _fcfs(backend: Backend, context: PolicyContext) -> Scheduler:
-    return Scheduler(backend, predictor=ConstantPredictor(), max_wait=None)
+    return Scheduler(backend, predictor=ConstantPredictor(), max_wait=None, preempt=False)
 
 
 def _clairvoyant(backend: Backend, context: PolicyContext) -> Scheduler:
@@ -383,7 +384,8 @@ def policy_named(name: str) -> Policy:
     ``plain-oracle``, or ``<predictor>`` optionally followed by
     ``@key=value,...`` with keys ``aging``, ``max_wait`` (seconds or
     ``none``), ``cap`` (multiple of the median estimate, or ``none``),
-    ``adapt`` (``0``: a lexical predictor without adaptation) and ``warm``
+    ``adapt`` (``0``: a lexical predictor without adaptation), ``preempt``
+    (``0``: running answers are never paused; ``1``, the default: they are) and ``warm``
     (``N``: the predictor first learns from ``N`` completions of a
     ``NAME/fresh`` trace's other half, then stops learning).
     The predictor is ``sjfsched`` (the default predictor), ``unseen``,
@@ -405,6 +407,7 @@ def policy_named(name: str) -> Policy:
     max_wait: float | None = DEFAULT_MAX_WAIT
     cap: float | None = DEFAULT_CAP
     adapt = True
+    preempt = DEFAULT_PREEMPT
     warm = 0
     for part in filter(None, params.split(",")):
         key, sep, value = part.partition("=")
@@ -423,12 +426,16 @@ def policy_named(name: str) -> Policy:
                 if value not in ("0", "1"):
                     raise ValueError("adapt must be 0 or 1")
                 adapt = value == "1"
+            elif key == "preempt":
+                if value not in ("0", "1"):
+                    raise ValueError("preempt must be 0 or 1")
+                preempt = value == "1"
             elif key == "warm":
                 warm = int(value)
                 if warm < 1:
                     raise ValueError("warm must be an int >= 1")
             else:
-                raise ValueError(f"unknown key {key!r} (aging, max_wait, cap, adapt, warm)")
+                raise ValueError(f"unknown key {key!r} (aging, max_wait, cap, adapt, preempt, warm)")
         except ValueError as exc:
             raise ValueError(f"bad policy name {name!r}: {part!r}: {exc}") from None
 
@@ -443,7 +450,7 @@ def policy_named(name: str) -> Policy:
             chosen = _without_adaptation(chosen)
         if warm:
             chosen = warmed(chosen, context.history, warm)
-        return Scheduler(backend, predictor=chosen, aging=aging, cap=cap, max_wait=max_wait)
+        return Scheduler(backend, predictor=chosen, aging=aging, cap=cap, max_wait=max_wait, preempt=preempt)
 
     return Policy(name, make, base, aging, max_wait, cap)
 

@@ -7,7 +7,11 @@ import attrs
 from ..backends import SimulatedBackend
 from ._traces import Trace
 
-__all__ = ["PROFILES", "Profile"]
+__all__ = ["CHUNK_SECONDS", "PROFILES", "Profile"]
+
+#: Seconds of decoding per chunk the simulated server streams where answers may be paused
+#: (``Scheduler(preempt=True)``): a pause comes at most this long after the request causing it.
+CHUNK_SECONDS = 0.25
 
 
 @attrs.frozen
@@ -42,8 +46,19 @@ class Profile:
             return self.service_time(0, 100)
         return sum(self.service_time(i.prompt_tokens, i.output_tokens) for i in shorts) / len(shorts)
 
-    def backend(self) -> SimulatedBackend:
-        return SimulatedBackend(prefill_rate=self.prefill_rate, decode_rate=self.decode_rate)
+    @property
+    def chunk_tokens(self) -> int:
+        """Tokens per streamed chunk for a scheduler that may pause answers: a chunk every
+        CHUNK_SECONDS (a real server streams every token; fewer chunks keep runs fast)."""
+        return max(1, round(self.decode_rate * CHUNK_SECONDS))
+
+    def backend(self, *, chunked: bool = False) -> SimulatedBackend:
+        """The simulated server; ``chunked``: streaming a chunk every CHUNK_SECONDS (see above)."""
+        return SimulatedBackend(
+            prefill_rate=self.prefill_rate,
+            decode_rate=self.decode_rate,
+            chunk_tokens=self.chunk_tokens if chunked else None,
+        )
 
 
 #: See docs/benchmarks.md ("Backend rates") for where these numbers come from.

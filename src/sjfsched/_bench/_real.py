@@ -23,9 +23,10 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import attrs
@@ -33,7 +34,7 @@ import attrs
 from .._errors import PredictorError
 from .._records import Chunk, Completion, Request
 from .._scheduler import Scheduler
-from ..backends import Backend, SimulatedBackend
+from ..backends import Backend, Resumable, SimulatedBackend
 from ._metrics import gain
 from ._policies import Policy, PolicyContext, policy_named
 from ._profiles import Profile
@@ -115,12 +116,30 @@ class TraceLengthBackend:
     prompt_chars: int = 200
     slots: int = 1
 
-    async def stream(self, request: Request, /) -> AsyncIterator[Chunk]:
+    def _sent(self, request: Request) -> Request:
         n = int(request.metadata["output_tokens"])
         prompt = (request.prompt or request.text)[: self.prompt_chars]
-        sent = attrs.evolve(request, prompt=prompt, messages=None, max_tokens=max(1, n))
-        async for chunk in self.inner.stream(sent):
-            yield chunk
+        return attrs.evolve(request, prompt=prompt, messages=None, max_tokens=max(1, n))
+
+    async def stream(self, request: Request, /) -> AsyncIterator[Chunk]:
+        sent = cast("AsyncGenerator[Chunk, None]", self.inner.stream(self._sent(request)))
+        async with aclosing(sent) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    def resumable(self, request: Request, /) -> bool:
+        """As the inner backend says for the request it gets (``Scheduler(preempt=True)``)."""
+        check = getattr(self.inner, "resumable", None)
+        if not callable(check) or not callable(getattr(self.inner, "resume", None)):
+            return False
+        return check(self._sent(request)) is True
+
+    async def resume(self, request: Request, answer: str, tokens: int, /) -> AsyncIterator[Chunk]:
+        inner = cast("Resumable", self.inner)
+        rest = cast("AsyncGenerator[Chunk, None]", inner.resume(self._sent(request), answer, tokens))
+        async with aclosing(rest) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     async def aclose(self) -> None:
         await self.inner.aclose()

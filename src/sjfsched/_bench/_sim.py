@@ -178,7 +178,10 @@ def simulate(
     results: list[tuple[list[Completion], float | None]] = []
 
     async def main() -> None:
-        scheduler = policy.make(profile.backend(), context)
+        backend = profile.backend()
+        scheduler = policy.make(backend, context)
+        if scheduler.preempt:  # streamed in chunks, so that answers can be paused midway
+            backend.chunk_tokens = profile.chunk_tokens
         async with scheduler:
             for items, arrivals in batches:
                 if len(items) != len(arrivals):

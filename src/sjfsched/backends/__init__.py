@@ -1,6 +1,7 @@
 """Backends: what generates the answers.
 
-- :class:`Backend`: the protocol.
+- :class:`Backend`: the protocol; :class:`Resumable`: the optional half a
+  backend has when answers can be paused and resumed (preemption).
 - :class:`CallableBackend`: any sync or async function (the test double).
 - :class:`SimulatedBackend`: a serial server simulated with sleeps.
 - :class:`LlamaCppBackend`: an in-process ``llama_cpp.Llama`` (extra ``llama``).
@@ -18,6 +19,7 @@ when used, so this module imports without them.
 
 from .._errors import BackendUnavailable as BackendUnavailable
 from ._base import Backend as Backend
+from ._base import Resumable as Resumable
 from ._callable import CallableBackend as CallableBackend
 from ._llama import LlamaCppBackend as LlamaCppBackend
 from ._ollama import OllamaBackend as OllamaBackend
@@ -37,5 +39,6 @@ __all__ = [
     "OpenAIBackend",
     "PoolMemberStatistics",
     "PoolStatistics",
+    "Resumable",
     "SimulatedBackend",
 ]

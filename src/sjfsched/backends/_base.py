@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Protocol, runtime_checkable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
+from typing import Any, Protocol, cast, runtime_checkable
+
+import attrs
 
 from .._records import Chunk, Request
 
-__all__ = ["Backend"]
+__all__ = ["Backend", "Resumable", "continuation", "resume_by_continuation"]
 
 
 @runtime_checkable
@@ -34,3 +37,73 @@ class Backend(Protocol):
     def stream(self, request: Request, /) -> AsyncIterator[Chunk]: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Resumable(Protocol):
+    """A backend that can pause an answer and go on with it later (``Scheduler(preempt=True)``).
+
+    When a request that ranks before a running one arrives, the scheduler
+    closes the running request's stream at a chunk's end, serves the other,
+    and later calls ``resume(request, answer, tokens)``: a stream of the rest
+    of the answer to ``request``, whose first ``tokens`` tokens, ``answer``,
+    were generated already (a server reads the prompt and ``answer`` again,
+    then goes on).  Its chunks' ``tokens`` count only the new tokens.
+
+    ``resumable(request)`` says whether this backend can do that for a
+    request (a chat request cannot be continued through every API); it is
+    asked once, as the request starts.  A backend without these methods is
+    never paused.
+    """
+
+    def resumable(self, request: Request, /) -> bool: ...
+
+    def resume(self, request: Request, answer: str, tokens: int, /) -> AsyncIterator[Chunk]: ...
+
+
+def continuation(request: Request, answer: str, tokens: int) -> Request | None:
+    """The request that goes on with ``answer``: a prompt request whose prompt is the
+    request's followed by the answer so far, with ``max_tokens`` less the ``tokens``
+    written; ``None`` where ``max_tokens`` is reached (nothing is left to write).
+
+    A model continuing its own text this way reads the same tokens it wrote, or the
+    same text tokenized again (which a sampler may continue differently): as close as
+    a completion API comes to resuming.  Chat requests have no such form.
+    """
+    if request.messages is not None or request.prompt is None:
+        raise ValueError("only a prompt request can be continued")
+    fields: dict[str, Any] = {"prompt": request.prompt + answer}
+    if request.max_tokens is not None:
+        left = request.max_tokens - tokens
+        if left <= 0:
+            return None
+        fields["max_tokens"] = left
+    return request._replace(fields)
+
+
+async def resume_by_continuation(
+    stream: Callable[[Request], AsyncIterator[Chunk]],
+    request: Request,
+    answer: str,
+    tokens: int,
+    *,
+    written: int | None = None,
+) -> AsyncGenerator[Chunk, None]:
+    """:meth:`Resumable.resume` for a completion API: ``stream`` the :func:`continuation`.
+
+    ``written``: the tokens the answer so far really holds, where the backend
+    can tell and they are more than the ``tokens`` its chunks counted (a
+    stream that counts a token one chunk late); the first chunk counts the
+    difference.
+    """
+    written = tokens if written is None else max(written, tokens)
+    extra = written - tokens
+    rest = continuation(request, answer, written)
+    if rest is None:
+        yield Chunk("", tokens=extra, finish_reason="length")
+        return
+    async with aclosing(cast("AsyncGenerator[Chunk, None]", stream(rest))) as chunks:
+        async for chunk in chunks:
+            if extra:
+                chunk, extra = attrs.evolve(chunk, tokens=chunk.tokens + extra), 0
+            yield chunk

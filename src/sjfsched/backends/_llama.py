@@ -19,6 +19,7 @@ import attrs
 
 from .._errors import BackendError
 from .._records import Chunk, Request
+from ._base import resume_by_continuation
 
 if TYPE_CHECKING:
     import numpy as np
@@ -634,6 +635,32 @@ class LlamaCppBackend:
                         close()
         finally:
             self._lock.release()
+
+    def resumable(self, request: Request, /) -> bool:
+        """A prompt request can be paused and resumed (a chat request cannot: see :meth:`resume`)."""
+        return request.messages is None
+
+    async def resume(self, request: Request, answer: str, tokens: int, /) -> AsyncIterator[Chunk]:
+        """The rest of the answer to a prompt request: the prompt followed by ``answer`` is read
+        again and the model goes on (``max_tokens`` less the tokens written).
+
+        ``Scheduler(preempt=True)`` pauses an answer this way for a request
+        ranked before it.  The model reads its own text again, tokenized anew,
+        so a sampler (even greedy) may go on differently from an answer never
+        paused, and a ``stop`` string begun before the pause is not seen.  A
+        chat request is not paused: llama-cpp-python's chat API cannot go on
+        with an assistant's answer.
+        """
+        written = tokens
+        if answer:
+            try:  # the stream counts a token one chunk late: the answer's own count
+                written = len(self._llm.tokenize(answer.encode("utf-8"), add_bos=False))
+            except Exception:  # pragma: no cover - a closed Llama: stream() says so next
+                written = tokens
+        rest = resume_by_continuation(self.stream, request, answer, tokens, written=written)
+        async with aclosing(rest) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     async def _chunks(
         self, iterator: Iterator[Any], counter: TokenCounter, watcher: _StopStrings

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from .._errors import BackendError
 from .._records import Chunk, Request
+from ._base import resume_by_continuation
 from ._http import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_READ_TIMEOUT,
@@ -189,6 +190,23 @@ class OpenAIBackend:
                         yield Chunk(text)
             yield self._last_chunk(path, done, finish, usage, max_tokens, counted)
             await self._http.read_tail(lines)  # after the answer: so the connection is kept for the next
+
+    def resumable(self, request: Request, /) -> bool:
+        """A ``/completions`` request can be paused and resumed; a chat request cannot (the API
+        has no way to go on with an assistant's answer)."""
+        return request.messages is None
+
+    async def resume(self, request: Request, answer: str, tokens: int, /) -> AsyncIterator[Chunk]:
+        """The rest of the answer to a ``/completions`` request: the prompt followed by
+        ``answer``, with ``max_tokens`` less the ``tokens`` written (``Scheduler(preempt=True)``).
+
+        The server reads the answer so far again, tokenized anew, so it may go
+        on differently from an answer never paused, and a ``stop`` string
+        begun before the pause is not seen.
+        """
+        async with aclosing(resume_by_continuation(self.stream, request, answer, tokens)) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     def _last_chunk(
         self,

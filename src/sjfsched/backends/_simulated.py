@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
 from typing import Any, cast, final
 
 import anyio
@@ -63,6 +64,14 @@ class SimulatedBackend:
     Run it under a virtual clock (trio's ``MockClock`` or
     :func:`sjfsched.run_virtual`) to replay hours of traffic in a second.
     ``slots`` requests are served at once, each at the full rate.
+
+    The answer comes as a chunk with the first token, then (``chunk_tokens``
+    ``None``, the default) one chunk with the rest, or chunks of
+    ``chunk_tokens`` tokens each.  It is :class:`~sjfsched.backends.Resumable`:
+    a paused answer goes on after reading its prompt and the tokens so far
+    again (``(prompt_tokens + tokens) / prefill_rate`` seconds), so a
+    scheduler can pause it at a chunk's end (give it ``chunk_tokens`` for that
+    to happen midway).
     """
 
     def __init__(
@@ -71,6 +80,7 @@ class SimulatedBackend:
         prefill_rate: float = 2000.0,
         decode_rate: float = 30.0,
         slots: int = 1,
+        chunk_tokens: int | None = None,
         output_tokens: Callable[[Request], int] = _metadata_output_tokens,
         prompt_tokens: Callable[[Request], int] = _metadata_prompt_tokens,
     ) -> None:
@@ -84,12 +94,17 @@ class SimulatedBackend:
                 raise ValueError(f"{name} must be a positive number of tokens per second, got {rate!r}")
         if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
             raise ValueError(f"slots must be an int >= 1, got {slots!r}")
+        if chunk_tokens is not None and (
+            isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1
+        ):
+            raise ValueError(f"chunk_tokens must be an int >= 1 or None, got {chunk_tokens!r}")
         for name, fn in (("output_tokens", output_tokens), ("prompt_tokens", prompt_tokens)):
             if not callable(fn):
                 raise TypeError(f"{name} must be a function of the request, got {fn!r}")
         self.prefill_rate = float(prefill_rate)
         self.decode_rate = float(decode_rate)
         self.slots = slots
+        self.chunk_tokens = chunk_tokens
         self._output_tokens = output_tokens
         self._prompt_tokens = prompt_tokens
 
@@ -104,23 +119,53 @@ class SimulatedBackend:
             n = min(n, request.max_tokens)
         return n, _tokens(self._prompt_tokens(request), "prompt_tokens(request) must return")
 
-    async def stream(self, request: Request, /) -> AsyncIterator[Chunk]:
+    def _checked_lengths(self, request: Request) -> tuple[int, int]:
         try:
-            n, p = self._lengths(request)
+            return self._lengths(request)
         except ValueError as exc:  # a bad metadata["output_tokens"] or ["prompt_tokens"]
             raise BackendError(f"SimulatedBackend: {exc}") from exc
-        reason = "length" if request.max_tokens is not None and n >= request.max_tokens else "stop"
+
+    async def stream(self, request: Request, /) -> AsyncIterator[Chunk]:
+        n, p = self._checked_lengths(request)
+        async with aclosing(self._answer(n, p, p, self._reason(request, n))) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    def resumable(self, request: Request, /) -> bool:
+        """Every request can be paused and resumed."""
+        return True
+
+    async def resume(self, request: Request, answer: str, tokens: int, /) -> AsyncIterator[Chunk]:
+        """The rest of the answer, after reading the prompt and the ``tokens`` so far again."""
+        n, p = self._checked_lengths(request)
+        done = min(max(int(tokens), 0), n)
+        async with aclosing(self._answer(n - done, p + done, None, self._reason(request, n))) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    @staticmethod
+    def _reason(request: Request, n: int) -> str:
+        return "length" if request.max_tokens is not None and n >= request.max_tokens else "stop"
+
+    async def _answer(self, n: int, read: int, p: int | None, reason: str) -> AsyncGenerator[Chunk, None]:
+        """``n`` tokens after reading ``read`` tokens; ``p``: the prompt tokens the first chunk reports."""
         if n == 0:
-            await anyio.sleep(p / self.prefill_rate)
+            await anyio.sleep(read / self.prefill_rate)
             yield Chunk("", tokens=0, prompt_tokens=p, finish_reason=reason)
             return
-        await anyio.sleep(p / self.prefill_rate + 1 / self.decode_rate)
+        await anyio.sleep(read / self.prefill_rate + 1 / self.decode_rate)
         if n == 1:
             yield Chunk("", tokens=1, prompt_tokens=p, finish_reason=reason)
             return
         yield Chunk("", tokens=1, prompt_tokens=p)
-        await anyio.sleep((n - 1) / self.decode_rate)
-        yield Chunk("", tokens=n - 1, finish_reason=reason)
+        left = n - 1
+        step = left if self.chunk_tokens is None else self.chunk_tokens
+        while left > step:
+            await anyio.sleep(step / self.decode_rate)
+            left -= step
+            yield Chunk("", tokens=step)
+        await anyio.sleep(left / self.decode_rate)
+        yield Chunk("", tokens=left, finish_reason=reason)
 
     async def aclose(self) -> None:
         """Nothing to release."""

@@ -1,0 +1,166 @@
+"""Pausing and resuming answers on real llama.cpp generation: in process and over HTTP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+from llama_cpp import Llama
+
+from sjfsched import Chunk, Completion, Prediction, Request, Scheduler
+from sjfsched.backends import LlamaCppBackend, OllamaBackend, OpenAIBackend, Resumable
+from sjfsched.backends._base import continuation
+from tests.support.models import STORIES_SKIP_REASON, stories_model
+
+pytestmark = pytest.mark.anyio
+
+#: llama_cpp.server's defaults differ from Llama.create_completion's: pin them.
+SAME: dict[str, Any] = {"temperature": 0.0, "repeat_penalty": 1.0, "top_p": 0.95, "min_p": 0.05, "top_k": 40}
+
+
+class ByMaxTokens:
+    """Predicts each request's ``max_tokens``."""
+
+    def predict(self, request: Request, /) -> Prediction:
+        return Prediction(float(request.max_tokens or 256), prompt_tokens=1.0)
+
+
+def reference(llm: Llama, request: Request) -> tuple[str, int]:
+    """What llama-cpp-python itself writes for a prompt request, not streamed, and its length."""
+    model: Any = llm
+    answer = model.create_completion(request.prompt, max_tokens=request.max_tokens, **request.options)
+    return str(answer["choices"][0]["text"]), int(answer["usage"]["completion_tokens"])
+
+
+def reference_text(llm: Llama, request: Request) -> str:
+    return reference(llm, request)[0]
+
+
+async def read_until(chunks: Any, tokens: int) -> tuple[str, int]:
+    text, counted = "", 0
+    async for chunk in chunks:
+        text += chunk.text
+        counted += chunk.tokens
+        if counted >= tokens:
+            break
+    return text, counted
+
+
+async def test_llama_cpp_goes_on_with_a_closed_answer_as_llama_cpp_writes_the_continuation(
+    tiny_llm: Llama,
+) -> None:
+    backend = LlamaCppBackend(tiny_llm)
+    request = Request("Once upon a time", max_tokens=30, options={"temperature": 0})
+    assert isinstance(backend, Resumable) and backend.resumable(request)
+    with anyio.fail_after(60):
+        stream = backend.stream(request)
+        text, counted = await read_until(stream, 8)
+        await stream.aclose()  # type: ignore[attr-defined]
+        rest = [chunk async for chunk in backend.resume(request, text, counted)]
+    written = len(tiny_llm.tokenize(text.encode(), add_bos=False))
+    expected = continuation(request, text, written)
+    assert expected is not None and expected.max_tokens == 30 - written
+    assert "".join(c.text for c in rest) == reference_text(tiny_llm, expected)
+    assert counted + sum(c.tokens for c in rest) == 30  # to max_tokens, the uncounted token too
+    assert rest[-1].finish_reason == "length"
+
+
+async def test_llama_cpp_does_not_pause_a_chat_request(tiny_llm: Llama) -> None:
+    backend = LlamaCppBackend(tiny_llm)
+    assert not backend.resumable(Request(messages=[{"role": "user", "content": "hi"}]))
+
+
+async def test_a_resumed_answer_at_max_tokens_ends_without_generating(tiny_llm: Llama) -> None:
+    backend = LlamaCppBackend(tiny_llm)
+    request = Request("Once upon a time", max_tokens=3, options={"temperature": 0})
+    rest = [chunk async for chunk in backend.resume(request, "", 3)]
+    assert rest == [Chunk("", tokens=0, finish_reason="length")]
+
+
+async def scheduled_long_and_short(
+    backend: Any, long: Request, short: Request
+) -> tuple[str, int, Completion, Completion]:
+    """Stream ``long``; after its first 5 tokens submit ``short``; read ``long`` to its end.
+
+    The model writes only as a stream is read, so the short request is waiting when the
+    long one's next chunk is asked for: there the long one is paused.  Returns the long
+    one's text and counted tokens before the pause, and both completions.
+    """
+    done: dict[str, Completion] = {}
+    before, counted, submitted = "", 0, False
+    async with Scheduler(backend, predictor=ByMaxTokens(), learn_rates=False) as sched:
+
+        async def short_one() -> None:
+            done["short"] = await sched.complete(short)
+
+        async with anyio.create_task_group() as tg:
+            with anyio.fail_after(120):
+                async with sched.stream(long) as chunks:
+                    async for chunk in chunks:
+                        if submitted:
+                            continue
+                        before += chunk.text
+                        counted += chunk.tokens
+                        if counted >= 5:
+                            submitted = True
+                            tg.start_soon(short_one)
+                            await anyio.sleep(0.2)  # queued, and ranked first
+                done["long"] = chunks.completion
+    return before, counted, done["long"], done["short"]
+
+
+async def test_a_scheduled_llama_cpp_answer_is_paused_for_a_shorter_one_and_completed() -> None:
+    path = stories_model()
+    if path is None:
+        pytest.skip(STORIES_SKIP_REASON)
+    llm = Llama(str(path), n_ctx=512, n_threads=1, n_threads_batch=1, verbose=False)
+    try:
+        long = Request("Once upon a time", max_tokens=120, options={"temperature": 0})
+        short = Request("Lily and Tom", max_tokens=5, options={"temperature": 0})
+        before, _, done_long, done_short = await scheduled_long_and_short(LlamaCppBackend(llm), long, short)
+        assert done_long.preemptions == 1
+        assert done_short.finished < done_long.finished
+        assert done_short.text == reference_text(llm, short)
+        written = len(llm.tokenize(before.encode(), add_bos=False))
+        rest = continuation(long, before, written)
+        assert rest is not None
+        rest_text, rest_tokens = reference(llm, rest)
+        assert done_long.text == before + rest_text
+        assert "Lily" in done_long.text  # the real model, going on with its story
+        assert done_long.output_tokens == written + rest_tokens
+        assert done_long.prompt_tokens == len(llm.tokenize(b"Once upon a time"))
+    finally:
+        llm.close()
+
+
+async def test_an_openai_completions_answer_is_paused_over_http_and_completed(
+    openai_url: str, tiny_llm: Llama
+) -> None:
+    backend = OpenAIBackend(openai_url, model="tiny")
+    long = Request("Once upon a time", max_tokens=40, options=SAME)
+    short = Request("Hello", max_tokens=3, options=SAME)
+    assert backend.resumable(long)
+    assert not backend.resumable(Request(messages=[{"role": "user", "content": "hi"}]))
+    try:
+        before, counted, done_long, done_short = await scheduled_long_and_short(backend, long, short)
+    finally:
+        await backend.aclose()
+    assert done_long.preemptions == 1
+    assert done_short.finished < done_long.finished
+    assert done_short.text == reference_text(tiny_llm, short)
+    # The server counts a token a chunk (no usage): the answer so far was counted whole.
+    assert counted == 5
+    rest = continuation(long, before, counted)
+    assert rest is not None
+    assert done_long.text == before + reference_text(tiny_llm, rest)
+    assert done_long.output_tokens == 40
+
+
+async def test_ollama_answers_are_not_paused() -> None:
+    """Ollama's /api/generate applies the model's template to the prompt: an answer cannot be
+    continued through it, so the backend is not Resumable."""
+    backend = OllamaBackend("tiny", "http://127.0.0.1:1")
+    seen: object = backend
+    assert not isinstance(seen, Resumable)
+    await backend.aclose()

@@ -1,0 +1,415 @@
+"""Preemption: a running answer paused for a request ranked before it, and resumed (virtual time)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+import anyio
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sjfsched import Chunk, Completion, Job, Request, Scheduler
+from sjfsched.backends import CallableBackend, Resumable, SimulatedBackend
+
+from ._util import TablePredictor, job, run_virtual, scheduler
+
+pytestmark = pytest.mark.anyio
+
+
+class Counting:
+    """A serial server that writes ``"0 1 2 ..."``, one token (0.1 s) a chunk, and resumes.
+
+    It checks that a resumed answer is handed back exactly as it was streamed,
+    and records how many answers were being generated at once.
+    """
+
+    def __init__(self, *, slots: int = 1, resumable: bool = True) -> None:
+        self.slots = slots
+        self._resumable = resumable
+        self.active = 0
+        self.most_active = 0
+        self.resumed: list[tuple[str, int]] = []
+
+    def resumable(self, request: Request, /) -> bool:
+        return self._resumable
+
+    async def stream(self, request: Request, /) -> AsyncIterator[Chunk]:
+        async with aclosing(self._tokens(request, 0)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    async def resume(self, request: Request, answer: str, tokens: int, /) -> AsyncIterator[Chunk]:
+        assert answer == "".join(f"{i} " for i in range(tokens))
+        self.resumed.append((request.prompt or "", tokens))
+        async with aclosing(self._tokens(request, tokens)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    async def _tokens(self, request: Request, start: int) -> AsyncGenerator[Chunk, None]:
+        n = int(request.metadata["output_tokens"])
+        self.active += 1
+        self.most_active = max(self.most_active, self.active)
+        try:
+            for i in range(start, n):
+                await anyio.sleep(0.1)
+                yield Chunk(f"{i} ", tokens=1, finish_reason="stop" if i == n - 1 else None)
+        finally:
+            self.active -= 1
+
+    async def aclose(self) -> None:
+        pass
+
+
+def chunked(chunk_tokens: int = 5, prefill_rate: float = 1e9) -> SimulatedBackend:
+    return SimulatedBackend(prefill_rate=prefill_rate, decode_rate=10.0, chunk_tokens=chunk_tokens)
+
+
+async def submit_later(sched: Scheduler, request: Request, delay: float, done: dict[str, Completion]) -> None:
+    await anyio.sleep(delay)
+    done[str(request.metadata.get("name", request.prompt))] = await sched.complete(request)
+
+
+async def long_then_short(
+    sched: Scheduler, short_at: float = 1.0, **long_fields: Any
+) -> dict[str, Completion]:
+    """A 100-token request, then a 5-token one ``short_at`` seconds later."""
+    done: dict[str, Completion] = {}
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(submit_later, sched, job(100, metadata={"name": "long", **long_fields}), 0.0, done)
+        tg.start_soon(submit_later, sched, job(5, metadata={"name": "short"}), short_at, done)
+    return done
+
+
+async def test_a_shorter_request_pauses_the_running_answer_which_goes_on_after_it() -> None:
+    # The long one reads a 50-token prompt at 100 tokens/s: first token at 0.6 s, then chunks
+    # of 5 at 1.1 s, 1.6 s, ...  The short one arrives at 1.0 s and runs at the next chunk's
+    # end (1.1 s, 6 tokens written) for 0.5 s; the long one then reads its prompt and its 6
+    # tokens again (0.56 s) and writes its other 94 tokens (9.4 s).
+    async with scheduler(backend=chunked(prefill_rate=100.0), preempt=True) as sched:
+        done = await long_then_short(sched, prompt_tokens=50)
+        stats = sched.statistics()
+    long, short = done["long"], done["short"]
+    assert short.latency == pytest.approx(0.6)
+    assert short.preemptions == 0
+    assert long.preemptions == 1
+    assert long.output_tokens == 100
+    assert long.prompt_tokens == 50  # the first read's: a resumed read counts the answer too
+    assert long.latency == pytest.approx(0.5 + 10.0 + 0.5 + 0.56)
+    assert long.started == pytest.approx(long.submitted)  # its first start, not its resumption
+    assert (stats.preempted, stats.completed, stats.running, stats.waiting) == (1, 2, 0, 0)
+
+
+async def test_without_preempt_the_short_request_waits_for_the_whole_answer() -> None:
+    async with scheduler(backend=chunked(prefill_rate=100.0), preempt=False) as sched:
+        done = await long_then_short(sched, prompt_tokens=50)
+        assert sched.statistics().preempted == 0
+    assert done["short"].latency == pytest.approx(0.5 + 10.0 - 1.0 + 0.5)
+    assert done["long"].preemptions == 0
+
+
+async def test_the_default_is_to_preempt() -> None:
+    sched = Scheduler(chunked(), predictor=TablePredictor(), cap=None, decode_rate=10.0, learn_rates=False)
+    assert sched.preempt is True
+    async with sched:
+        done = await long_then_short(sched)
+    assert done["long"].preemptions == 1
+
+
+async def test_a_request_ranked_after_the_running_one_does_not_pause_it() -> None:
+    async with scheduler(backend=chunked(), preempt=True) as sched:
+        done: dict[str, Completion] = {}
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(submit_later, sched, job(30, metadata={"name": "first"}), 0.0, done)
+            tg.start_soon(submit_later, sched, job(50, metadata={"name": "second"}), 1.0, done)
+        assert sched.statistics().preempted == 0
+    assert done["second"].started == pytest.approx(done["first"].finished)
+
+
+async def test_an_answer_nearly_done_by_its_prediction_is_not_paused() -> None:
+    # At 9.65 s the long one has 96 tokens: 0.4 s left, less than the 2 s of the newcomer.
+    async with scheduler(backend=chunked(chunk_tokens=1), preempt=True) as sched:
+        done: dict[str, Completion] = {}
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(submit_later, sched, job(100, metadata={"name": "long"}), 0.0, done)
+            tg.start_soon(submit_later, sched, job(20, metadata={"name": "later"}), 9.65, done)
+    assert done["long"].preemptions == 0
+    assert done["later"].started == pytest.approx(10.0)
+
+
+async def test_an_answer_longer_than_predicted_can_be_paused_by_the_cost_of_resuming() -> None:
+    # Predicted 100, really 300: past its prediction, only re-reading its 40-token prompt and its
+    # answer so far (at the scheduler's 400 tokens/s) ranks it, and that grows as it writes.
+    backend = SimulatedBackend(prefill_rate=1e9, decode_rate=10.0, chunk_tokens=5)
+    async with scheduler(backend=backend, preempt=True, aging=0.0) as sched:
+        done: dict[str, Completion] = {}
+        async with anyio.create_task_group() as tg:
+            long = job(100, 300, metadata={"name": "long", "prompt_tokens": 40})
+            tg.start_soon(submit_later, sched, long, 0.0, done)
+            # at 15 s: 150 tokens written, (40 + 150) / 400 = 0.475 s to resume: a 4-token request
+            # (0.4 s) goes first, a 5-token one (0.5 s) does not
+            tg.start_soon(submit_later, sched, job(5, metadata={"name": "five"}), 15.0, done)
+            tg.start_soon(submit_later, sched, job(4, metadata={"name": "four"}), 15.02, done)
+    assert done["long"].preemptions == 1
+    assert done["four"].started < done["five"].started
+    assert done["five"].started >= done["long"].finished - 1e-9
+
+
+async def test_a_backend_that_cannot_resume_is_never_paused() -> None:
+    async def writes(request: Request) -> AsyncIterator[Chunk]:
+        for _ in range(int(request.metadata["output_tokens"])):
+            await anyio.sleep(0.1)
+            yield Chunk("x", tokens=1)
+
+    for backend in (Counting(resumable=False), CallableBackend(writes)):
+        async with scheduler(backend=backend, preempt=True) as sched:
+            done = await long_then_short(sched, output_tokens=100)
+            assert sched.statistics().preempted == 0
+        assert done["long"].preemptions == 0
+
+
+async def test_a_failing_resumable_check_means_not_paused(caplog: pytest.LogCaptureFixture) -> None:
+    class Failing(Counting):
+        def resumable(self, request: Request, /) -> bool:
+            raise RuntimeError("cannot tell")
+
+    async with scheduler(backend=Failing(), preempt=True) as sched:
+        done = await long_then_short(sched)
+    assert done["long"].preemptions == 0
+    assert done["short"].started == pytest.approx(done["long"].finished)
+    assert "Failing.resumable() failed: not paused" in caplog.text
+
+
+async def test_the_text_goes_on_where_it_stopped_and_one_answer_is_generated_at_a_time() -> None:
+    backend = Counting()
+    assert isinstance(backend, Resumable)
+    async with scheduler(backend=backend, preempt=True) as sched:
+        done: dict[str, Completion] = {}
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(submit_later, sched, job(100, metadata={"name": "long"}), 0.0, done)
+            for k in range(5):  # between two of the long one's chunks (one every 0.1 s)
+                tg.start_soon(submit_later, sched, job(5, metadata={"name": f"short{k}"}), 1.05 + 2 * k, done)
+        stats = sched.statistics()
+    long = done["long"]
+    assert long.text == "".join(f"{i} " for i in range(100))
+    assert long.output_tokens == 100
+    assert long.finish_reason == "stop"
+    assert long.preemptions == 5 == stats.preempted
+    # paused at the chunk after each arrival: 11 tokens at 1.1 s, 15 more each 2 s after (0.5 s paused)
+    assert [tokens for _, tokens in backend.resumed] == [11, 26, 41, 56, 71]
+    assert backend.most_active == 1
+    assert [done[f"short{k}"].latency for k in range(5)] == pytest.approx([0.55] * 5)
+
+
+async def test_a_stream_block_reads_the_paused_answer_to_its_end() -> None:
+    backend = Counting()
+    async with scheduler(backend=backend, preempt=True) as sched:
+        done: dict[str, Completion] = {}
+        texts: list[str] = []
+
+        async def read_long() -> None:
+            async with sched.stream(job(30)) as chunks:
+                texts.extend([chunk.text async for chunk in chunks])
+            done["long"] = chunks.completion
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read_long)
+            tg.start_soon(submit_later, sched, job(5, metadata={"name": "short"}), 1.0, done)
+    assert "".join(texts) == "".join(f"{i} " for i in range(30))
+    assert done["long"].preemptions == 1
+
+
+async def test_a_request_promoted_by_max_wait_is_not_paused() -> None:
+    async with scheduler(backend=chunked(), preempt=True, max_wait=1.0) as sched:
+        done: dict[str, Completion] = {}
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(submit_later, sched, job(50, metadata={"name": "first"}), 0.0, done)
+            # waits 5 s, past max_wait: promoted, then never paused
+            tg.start_soon(submit_later, sched, job(100, metadata={"name": "promoted"}), 0.05, done)
+            tg.start_soon(submit_later, sched, job(5, metadata={"name": "short"}), 7.0, done)
+        stats = sched.statistics()
+    assert done["promoted"].promoted
+    assert done["promoted"].preemptions == 0
+    assert done["short"].started == pytest.approx(done["promoted"].finished)
+    assert stats.promoted == sum(c.promoted for c in done.values()) == 2  # the short one waited 8 s
+
+
+async def test_a_paused_request_goes_on_once_it_has_waited_max_wait_and_is_not_paused_again() -> None:
+    async with scheduler(backend=chunked(), preempt=True, max_wait=3.0) as sched:
+        done: dict[str, Completion] = {}
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(submit_later, sched, job(100, metadata={"name": "long"}), 0.0, done)
+            for k in range(40):  # a 0.5 s request every 0.4 s: SJF alone would starve the long one
+                tg.start_soon(submit_later, sched, job(5, metadata={"name": f"s{k}"}), 1.0 + 0.4 * k, done)
+        stats = sched.statistics()
+    long = done["long"]
+    # Paused at 1.1 s with 11 tokens; shorter ones run back to back until 3.1 s, when it has
+    # waited past max_wait: promoted, it goes on (89 tokens, 8.9 s) and is not paused again.
+    assert long.preemptions == 1
+    assert long.promoted
+    assert stats.promoted == sum(c.promoted for c in done.values())  # counted once each
+    assert long.wait == 0.0  # its wait is before its first start
+    assert long.latency == pytest.approx(3.1 + 8.9)
+    assert stats.completed == 41
+
+
+async def test_cancelled_while_paused_it_ends_once_and_the_slots_add_up() -> None:
+    async with scheduler(backend=chunked(), preempt=True) as sched:
+        done: dict[str, Completion] = {}
+
+        async def long_with_timeout() -> None:
+            with anyio.move_on_after(1.3):  # paused at 1.1 s, cancelled at 1.3 s as it waits
+                await sched.complete(job(100))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(long_with_timeout)
+            tg.start_soon(submit_later, sched, job(5, metadata={"name": "short"}), 1.0, done)
+        stats = sched.statistics()
+        assert (stats.completed, stats.cancelled, stats.preempted) == (1, 1, 1)
+        assert (stats.running, stats.waiting) == (0, 0)
+        t0 = anyio.current_time()
+        after = await sched.complete(job(5))
+        assert after.started == pytest.approx(t0)  # the slot is free
+    assert done["short"].latency == pytest.approx(0.6)
+
+
+async def test_closing_lets_a_paused_answer_finish() -> None:
+    sched = scheduler(backend=Counting(), preempt=True)
+    done: dict[str, Completion] = {}
+    async with anyio.create_task_group() as tg:
+        async with sched:
+            tg.start_soon(submit_later, sched, job(30, metadata={"name": "long"}), 0.0, done)
+            tg.start_soon(submit_later, sched, job(5, metadata={"name": "short"}), 1.05, done)
+            await anyio.sleep(1.2)  # the long one is paused
+            assert sched.statistics().preempted == 1
+        # leaving the block waited for both: the paused one was not closed out
+    assert set(done) == {"long", "short"}
+    assert done["long"].text == "".join(f"{i} " for i in range(30))
+    stats = sched.statistics()
+    assert (stats.completed, stats.closed) == (2, 0)
+
+
+async def test_rates_are_not_learnt_from_a_paused_answer() -> None:
+    # The paused answer's times hold a 0.5 s pause and a second reading of its prompt: the
+    # rates learn from the short answer alone, as a scheduler that saw only that one does.
+    async with scheduler(backend=chunked(), preempt=True, learn_rates=True, decode_rate=30.0) as sched:
+        done = await long_then_short(sched)
+        assert done["long"].preemptions == 1
+        learnt = sched.statistics().decode_rate
+    async with scheduler(backend=chunked(), learn_rates=True, decode_rate=30.0) as sched:
+        await sched.complete(job(5))
+        assert learnt == pytest.approx(sched.statistics().decode_rate, rel=1e-9)
+        assert learnt != pytest.approx(30.0)
+
+
+async def test_a_sort_key_that_fails_for_the_rest_leaves_the_answer_running() -> None:
+    class Picky(Scheduler):
+        def sort_key(self, job: Job) -> Any:
+            if job.estimate < 9.5 and job.request.metadata.get("name") == "long":
+                raise ValueError("no")
+            return super().sort_key(job)
+
+    sched = Picky(chunked(), predictor=TablePredictor(), cap=None, decode_rate=10.0, learn_rates=False)
+    async with sched:
+        done = await long_then_short(sched)
+    assert done["long"].preemptions == 0
+
+
+async def test_preempt_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match="preempt must be True or False, got 1"):
+        Scheduler(chunked(), preempt=1)  # type: ignore[arg-type]
+
+
+async def test_the_simulated_backend_streams_chunks_and_resumes() -> None:
+    backend = chunked(chunk_tokens=4, prefill_rate=10.0)
+    request = job(10, metadata={"prompt_tokens": 5})
+    t0 = anyio.current_time()
+    chunks = [(c.tokens, c.prompt_tokens, c.finish_reason) async for c in backend.stream(request)]
+    assert chunks == [(1, 5, None), (4, None, None), (4, None, None), (1, None, "stop")]
+    assert anyio.current_time() - t0 == pytest.approx(0.5 + 1.0)
+    assert backend.resumable(request)
+    t0 = anyio.current_time()
+    rest = [(c.tokens, c.prompt_tokens, c.finish_reason) async for c in backend.resume(request, "", 6)]
+    assert rest == [(1, None, None), (3, None, "stop")]
+    assert anyio.current_time() - t0 == pytest.approx((5 + 6) / 10.0 + 0.4)
+    capped = job(10, max_tokens=8)
+    last = [(c.tokens, c.finish_reason) async for c in backend.resume(capped, "", 8)]
+    assert last == [(0, "length")]
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, True, "4"])
+async def test_the_simulated_backend_refuses_a_bad_chunk_size(value: object) -> None:
+    with pytest.raises(ValueError, match="chunk_tokens must be an int >= 1 or None"):
+        SimulatedBackend(chunk_tokens=value)  # type: ignore[arg-type]
+
+
+async def test_the_queue_stays_small_under_steady_preemption() -> None:
+    async with scheduler(backend=chunked(chunk_tokens=1), preempt=True, max_wait=5.0) as sched:
+        largest = 0
+        async with anyio.create_task_group() as tg:
+            for i in range(600):  # 3 s and two 0.5 s jobs every 4.5 s
+                tg.start_soon(sched.complete, job(30 if i % 3 == 0 else 5))
+                await anyio.sleep(1.5)
+                largest = max(largest, sched._queue.storage_size())
+        stats = sched.statistics()
+    assert stats.completed == 600
+    assert stats.preempted > 50
+    assert largest <= 2 * (64 + 8)
+
+
+@pytest.mark.parametrize("async_backend", ["asyncio", "trio"])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    concurrency=st.integers(1, 3),
+    aging=st.floats(0, 1),
+    max_wait=st.one_of(st.none(), st.floats(0.5, 20)),
+    jobs=st.lists(
+        st.tuples(st.integers(1, 60), st.integers(1, 60), st.floats(0, 20), st.booleans()),
+        min_size=1,
+        max_size=25,
+    ),
+)
+def test_every_request_ends_once_whole_with_at_most_concurrency_generating(
+    async_backend: str,
+    concurrency: int,
+    aging: float,
+    max_wait: float | None,
+    jobs: list[tuple[int, int, float, bool]],
+) -> None:
+    """Random arrivals, predictions off by any factor, some callers giving up: each answer that
+    completes is whole and in order, the counters add up, and no more answers are generated at
+    once than there are slots."""
+    backend = Counting(slots=concurrency)
+
+    async def main() -> tuple[list[tuple[Request, Completion | None]], Any]:
+        sched = Scheduler(
+            backend, predictor=TablePredictor(), aging=aging, max_wait=max_wait, decode_rate=10.0, cap=None
+        )
+        results: list[tuple[Request, Completion | None]] = []
+
+        async def one(r: Request, at: float, give_up: bool) -> None:
+            await anyio.sleep(at)
+            with anyio.move_on_after(2.5 if give_up else 1e9):
+                results.append((r, await sched.complete(r)))
+                return
+            results.append((r, None))
+
+        async with sched, anyio.create_task_group() as tg:
+            for predicted, actual, at, give_up in jobs:
+                tg.start_soon(one, job(predicted, actual), at, give_up)
+        return results, sched.statistics()
+
+    results, stats = run_virtual(main, async_backend)
+    assert len(results) == len(jobs)
+    for request, completion in results:
+        if completion is not None:
+            n = int(request.metadata["output_tokens"])
+            assert completion.text == "".join(f"{i} " for i in range(n))
+            assert completion.output_tokens == n
+    completed = sum(c is not None for _, c in results)
+    assert (stats.completed, stats.cancelled) == (completed, len(jobs) - completed)
+    assert (stats.running, stats.waiting, stats.failed, stats.closed) == (0, 0, 0, 0)
+    assert backend.most_active <= concurrency
+    assert backend.active == 0
