@@ -156,6 +156,15 @@ class WaitQueue:
         except Exception as exc:  # keys that do not compare
             self._turn_lenient(exc)
 
+    def has_overdue(self, now: float) -> bool:
+        """Whether :meth:`pop` would take an overdue entry (one that has waited ``max_wait``)."""
+        if self.max_wait is None:
+            return False
+        fifo = self._fifo
+        while fifo and fifo[0].state is not EntryState.WAITING:
+            fifo.popleft()  # dead: pop() would drop it anyway
+        return bool(fifo) and now - fifo[0].submitted >= self.max_wait
+
     def peek_key(self) -> tuple[bool, Any]:
         """``(True, key)`` of the waiting entry with the lowest key, or ``(False, None)``."""
         heap = self._heap

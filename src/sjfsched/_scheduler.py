@@ -508,7 +508,10 @@ class Scheduler:
 
         This is the hook for custom policies.  It is called once, when the
         request arrives, and must return a value comparable with the keys of
-        every other request (tuples of numbers are best).  The default is::
+        every other request (tuples of numbers are best).  With ``preempt``
+        it is also called for what is left of a running answer, as a request
+        ranked before it waits (its job's ``estimate`` is then that of the
+        rest; see the class); should it raise there, the answer is not paused.  The default is::
 
             (job.request.priority, min(job.estimate, self.estimate_cap) + self.aging * job.submitted)
 
@@ -565,7 +568,8 @@ class Scheduler:
         """Close: refuse new requests, end waiting ones, let running ones finish.
 
         Waiting requests fail with :class:`SchedulerClosed`.  Running ones are
-        not interrupted; this waits for them, then closes the backend.  Calling
+        not interrupted (a paused one, which had started, goes on to its end);
+        this waits for them, then closes the backend.  Calling
         it again does nothing more (while the backend is being closed, it
         waits for that).
 
@@ -1006,7 +1010,7 @@ class Scheduler:
                 self._counts["closed"] -= 1
                 self._counts["cancelled"] += 1
             raise
-        if entry.state is not EntryState.CLOSED:
+        if entry.state is EntryState.GRANTED:
             entry.state = EntryState.RUNNING
 
     def _admit(self, request: Request, handle: object) -> tuple[_Entry, bool]:
@@ -1103,8 +1107,10 @@ class Scheduler:
         entry = stream._entry
         if not self._queue or self._free > 0 or entry.promoted:
             return False
-        if self._max_wait is not None and anyio.current_time() - entry.submitted >= self._max_wait:
-            return False  # it would run next again
+        if self._max_wait is not None:
+            now = anyio.current_time()
+            if now - entry.submitted >= self._max_wait or self._queue.has_overdue(now):
+                return False  # it would run next again; an overdue request, ranked or not, would
         found, first = self._queue.peek_key()
         try:
             if not found or not first < entry.key:
@@ -1114,7 +1120,14 @@ class Scheduler:
                 return False
             if key < entry.key:
                 entry.key = key
-        except Exception:  # keys that do not compare, a sort_key that fails: it runs on
+        except Exception:  # keys that do not compare, a sort_key or estimate that fails
+            stream._resumable = False  # it runs on to its end
+            logger.warning(
+                "%s: the key of what is left of a running answer could not be taken or compared "
+                "with a waiting one's: it is not paused",
+                type(self).__name__,
+                exc_info=True,
+            )
             return False
         return True
 
@@ -1123,15 +1136,17 @@ class Scheduler:
         estimate of the rest of its predicted answer plus reading its prompt and answer again."""
         entry = stream._entry
         done = stream._output_tokens
-        predicted = entry.prediction.tokens
-        if entry.request.max_tokens is not None:
-            predicted = min(predicted, float(entry.request.max_tokens))
+        prediction = entry.prediction
         prompt: float | None = stream._prompt_tokens
         if prompt is None:
-            prompt = entry.prediction.prompt_tokens
+            prompt = prediction.prompt_tokens
         if prompt is None:
             prompt = entry.request.input_chars / 4.0
-        rest = self._rates.service_time(prompt + done, max(predicted - done, 0.0))
+        predicted = prediction.tokens
+        if entry.request.max_tokens is not None:  # the rest is within what max_tokens leaves
+            predicted = min(predicted, float(entry.request.max_tokens))
+        left = attrs.evolve(prediction, tokens=max(predicted - done, 0.0), prompt_tokens=prompt + done)
+        rest = self._estimate(entry.request, left)
         return self.sort_key(Job(entry.request, entry.prediction, rest, entry.submitted))
 
     def _requeue(self, entry: _Entry) -> None:
@@ -1141,6 +1156,7 @@ class Scheduler:
         entry.state = EntryState.WAITING
         entry.event = anyio.Event()
         self._queue.requeue(entry)
+        self._by_request.setdefault(entry.handle, []).append(entry)
         self._running -= 1
         self._free += 1
         self._dispatch()
@@ -1167,6 +1183,14 @@ class Scheduler:
         """Free the slot of a running (or granted) request and count it."""
         if entry.state is EntryState.DONE or entry.state is EntryState.CANCELLED:
             return  # ended already (CANCELLED: a paused request cancelled as it waited)
+        if entry.state is EntryState.WAITING:  # paused, and its block left: it holds no slot
+            entry.state = EntryState.CANCELLED
+            self._unindex(entry)
+            self._queue.discard(entry)
+            self._counts[outcome] += 1
+            assert entry.event is not None
+            entry.event.set()  # a read waiting for its turn sees the block was left
+            return
         entry.state = EntryState.DONE
         self._counts[outcome] += 1
         self._running -= 1
@@ -1282,6 +1306,7 @@ class ChunkStream:
         self._scheduler = scheduler
         #: the backend can pause and resume this request (see Scheduler(preempt=))
         self._resumable = scheduler.preempt and _resumable(backend, entry.request)
+        self._paused_at = 0  # tokens written at the latest pause
 
     @property
     def job(self) -> Job:
@@ -1308,24 +1333,35 @@ class ChunkStream:
                 "a read of this stream was cancelled (Ctrl-C, a timeout), which ended the backend's "
                 "stream: the rest of the answer is lost; leave the block (it counts as cancelled)"
             )
+        if (
+            self._resumable
+            and self._iterator is not None
+            and self._finish_reason is None  # an answer that has ended is not paused
+            and self._scheduler._should_pause(self)
+        ):
+            await self._pause()
         try:
             if self._iterator is None:
-                # Cleared once, as the backend's stream starts: a backend may mark the
-                # start of service on any read before the first token (a pool after a
-                # chunk that only counts the prompt), and that mark must survive.
-                service_started.set(None)
-                iterator: object = self._backend.stream(self._entry.request)
+                if self._entry.pauses:  # paused: the backend goes on with the answer so far
+                    iterator: object = cast("Resumable", self._backend).resume(
+                        self._entry.request, "".join(self._parts), self._output_tokens
+                    )
+                    what = "resume"
+                else:
+                    # Cleared once, as the backend's stream starts: a backend may mark the
+                    # start of service on any read before the first token (a pool after a
+                    # chunk that only counts the prompt), and that mark must survive.
+                    service_started.set(None)
+                    iterator = self._backend.stream(self._entry.request)
+                    what = "stream"
                 if not hasattr(iterator, "__anext__"):
                     if inspect.iscoroutine(iterator):
                         iterator.close()  # an async def that returns: dropped without a warning
                     raise TypeError(
-                        f"{self._backend_name}.stream() returned {type(iterator).__name__}, not an "
+                        f"{self._backend_name}.{what}() returned {type(iterator).__name__}, not an "
                         f"async iterator (an async generator: async def with yield)"
                     )
                 self._iterator = cast("AsyncIterator[Chunk]", iterator)
-            elif self._resumable and self._scheduler._should_pause(self):
-                await self._pause()
-            assert self._iterator is not None
             if self._noted:  # complete(): noted for the whole call
                 chunk = await self._iterator.__anext__()
             else:  # the backend's code holds the slot as it reads
@@ -1357,33 +1393,30 @@ class ChunkStream:
             self._entry.service_started = service_started.get()
         self._parts.append(chunk.text)
         self._output_tokens += chunk.tokens
-        if chunk.prompt_tokens is not None and not self._entry.pauses:  # a resumed one's holds the answer
-            self._prompt_tokens = chunk.prompt_tokens
+        if chunk.prompt_tokens is not None:
+            if not self._entry.pauses:
+                self._prompt_tokens = chunk.prompt_tokens
+            elif self._prompt_tokens is None:  # a resumed stream's count holds the answer before
+                self._prompt_tokens = max(0, chunk.prompt_tokens - self._paused_at)
         if chunk.finish_reason is not None:
             self._finish_reason = chunk.finish_reason
         return chunk
 
     async def _pause(self) -> None:
-        """Close the backend's stream, give the slot to the request ranked first, wait, resume."""
+        """Close the backend's stream, give the slot to the request ranked first, wait for the
+        turn again (the next read resumes)."""
         entry, scheduler = self._entry, self._scheduler
-        await self._close()
-        scheduler._requeue(entry)
+        self._paused_at = self._output_tokens
         try:
+            await self._close()
+            scheduler._requeue(entry)
             await scheduler._wait_turn(entry)
         except BaseException:
             self._interrupted = True  # cancelled as it waited: the answer cannot go on
             raise
-        iterator: object = cast("Resumable", self._backend).resume(
-            entry.request, "".join(self._parts), self._output_tokens
-        )
-        if not hasattr(iterator, "__anext__"):
-            if inspect.iscoroutine(iterator):
-                iterator.close()
-            raise TypeError(
-                f"{self._backend_name}.resume() returned {type(iterator).__name__}, not an "
-                f"async iterator (an async generator: async def with yield)"
-            )
-        self._iterator = cast("AsyncIterator[Chunk]", iterator)
+        if entry.state is not EntryState.RUNNING:  # its block was left while it waited
+            self._interrupted = True
+            raise RuntimeError(LEFT_EARLY.format(block="async with"))
 
     def _note(self) -> tuple[_Note, ...]:
         """Note the code about to run as the backend's for this request; returns the notes to restore.

@@ -233,6 +233,7 @@ class SyncScheduler:
         cap: float | _Unset | None = _UNSET,
         max_wait: float | _Unset | None = _UNSET,
         max_queue: int | _Unset | None = _UNSET,
+        preempt: bool | _Unset = _UNSET,
         prefill_rate: float | _Unset = _UNSET,
         decode_rate: float | _Unset = _UNSET,
         learn_rates: bool | _Unset = _UNSET,
@@ -248,6 +249,7 @@ class SyncScheduler:
             "cap": cap,
             "max_wait": max_wait,
             "max_queue": max_queue,
+            "preempt": preempt,
             "prefill_rate": prefill_rate,
             "decode_rate": decode_rate,
             "learn_rates": learn_rates,
@@ -309,8 +311,9 @@ class SyncScheduler:
     def close(self) -> None:
         """Close the scheduler and stop its event loop thread.
 
-        Waiting requests end with :class:`SchedulerClosed`; this waits for the
-        running ones, then closes the backend.  A second call (from another
+        Waiting requests end with :class:`SchedulerClosed` (a paused one,
+        which had started, goes on to its end); this waits for the running
+        ones, then closes the backend.  A second call (from another
         thread, say) waits for the first to end, except from a thread with a
         block of its own still open, which the first may be waiting for: there
         it returns at once.

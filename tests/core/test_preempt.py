@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sjfsched import Chunk, Completion, Job, Request, Scheduler
+from sjfsched import Chunk, Completion, Job, Prediction, Request, Scheduler
 from sjfsched.backends import CallableBackend, Resumable, SimulatedBackend
 
 from ._util import TablePredictor, job, run_virtual, scheduler
@@ -304,7 +304,9 @@ async def test_rates_are_not_learnt_from_a_paused_answer() -> None:
         assert learnt != pytest.approx(30.0)
 
 
-async def test_a_sort_key_that_fails_for_the_rest_leaves_the_answer_running() -> None:
+async def test_a_sort_key_that_fails_for_the_rest_leaves_the_answer_running(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     class Picky(Scheduler):
         def sort_key(self, job: Job) -> Any:
             if job.estimate < 9.5 and job.request.metadata.get("name") == "long":
@@ -315,6 +317,7 @@ async def test_a_sort_key_that_fails_for_the_rest_leaves_the_answer_running() ->
     async with sched:
         done = await long_then_short(sched)
     assert done["long"].preemptions == 0
+    assert caplog.text.count("is not paused") == 1  # said once: the answer then runs on
 
 
 async def test_preempt_must_be_a_bool() -> None:
@@ -413,3 +416,105 @@ def test_every_request_ends_once_whole_with_at_most_concurrency_generating(
     assert (stats.running, stats.waiting, stats.failed, stats.closed) == (0, 0, 0, 0)
     assert backend.most_active <= concurrency
     assert backend.active == 0
+
+
+async def test_an_answer_whose_last_chunk_was_read_is_not_paused() -> None:
+    # The long one's last chunk (with its finish_reason) comes at 2.5 s; the short one arrives at
+    # 2.3 s and ranks before the cost of reading the long one's 1,000-token prompt again.  Paused
+    # before the read that only ends the stream, the long one would wait and read it all again.
+    backend = SimulatedBackend(prefill_rate=2000.0, decode_rate=30.0, chunk_tokens=10)
+    async with scheduler(backend=backend, preempt=True, aging=0.0, decode_rate=30.0) as sched:
+        done: dict[str, Completion] = {}
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                submit_later, sched, job(60, metadata={"name": "long", "prompt_tokens": 1000}), 0, done
+            )
+            tg.start_soon(
+                submit_later, sched, job(3, metadata={"name": "short", "prompt_tokens": 10}), 2.3, done
+            )
+    assert done["long"].preemptions == 0
+    assert done["long"].latency == pytest.approx(1000 / 2000 + 60 / 30)
+    assert done["short"].started == pytest.approx(2.5)
+
+
+async def test_leaving_a_stream_block_while_its_reader_is_paused_ends_it_once() -> None:
+    with anyio.fail_after(60):  # a slot counted free twice would leave the scheduler's close waiting
+        await leave_a_paused_stream_block()
+
+
+async def leave_a_paused_stream_block() -> None:
+    async with scheduler(backend=chunked(), preempt=True) as sched:
+        done: dict[str, Completion] = {}
+        errors: list[BaseException] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(submit_later, sched, job(5, metadata={"name": "short"}), 1.0, done)
+            async with sched.stream(job(100)) as chunks:
+
+                async def reader() -> None:
+                    try:
+                        async for _ in chunks:
+                            pass
+                    except RuntimeError as exc:
+                        errors.append(exc)
+
+                tg.start_soon(reader)
+                await anyio.sleep(1.15)  # paused at 1.1 s for the short one
+                assert sched.statistics().waiting == 1
+            stats = sched.statistics()
+            assert (stats.cancelled, stats.running, stats.waiting) == (1, 1, 0)  # the short one runs
+        stats = sched.statistics()
+        assert (stats.completed, stats.cancelled, stats.running, stats.waiting) == (1, 1, 0, 0)
+        after = await sched.complete(job(5))  # the slot is free, once
+        assert after.wait == 0.0
+    assert len(errors) == 1 and "left before its end" in str(errors[0])
+    assert done["short"].latency == pytest.approx(0.6)
+
+
+async def test_no_pause_while_an_overdue_request_would_take_the_slot() -> None:
+    # One slot, max_wait 5 s.  Z runs 0-3 s; O (8 s) arrives at 0.1 s, A (5 s) at 2 s and runs
+    # from 3 s; O is overdue from 5.1 s.  S (0.5 s) arrives at 5.2 s and ranks before A, but the
+    # slot A would give up goes to O, overdue: A is not paused for it.
+    async with scheduler(preempt=True, max_wait=5.0, aging=0.0, backend=chunked()) as sched:
+        done: dict[str, Completion] = {}
+        async with anyio.create_task_group() as tg:
+            for name, n, at in (("Z", 30, 0.0), ("O", 80, 0.1), ("A", 50, 2.0), ("S", 5, 5.2)):
+                tg.start_soon(submit_later, sched, job(n, metadata={"name": name}), at, done)
+    assert done["A"].preemptions == 0
+    assert done["A"].finished == pytest.approx(8.0)
+    assert done["O"].started == pytest.approx(8.0)
+
+
+async def test_a_paused_request_has_a_position() -> None:
+    async with scheduler(backend=chunked(), preempt=True) as sched:
+        long = job(100, metadata={"name": "long"})
+        third = job(150, metadata={"name": "third"})
+        done: dict[str, Completion] = {}
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(submit_later, sched, long, 0.0, done)
+            tg.start_soon(submit_later, sched, job(20, metadata={"name": "short"}), 1.0, done)
+            tg.start_soon(submit_later, sched, third, 1.5, done)
+            await anyio.sleep(2.0)
+            assert sched.statistics().waiting == 2
+            assert sched.position(long) == 0
+            assert sched.position(third) == 1
+    assert sched.position(long) is None
+
+
+async def test_the_rest_of_an_answer_is_estimated_through_the_estimate_hook() -> None:
+    class Scaled(Scheduler):
+        """Every estimate ten times over: no order changes (no cap, no aging)."""
+
+        def estimate(self, request: Request, prediction: Prediction) -> float:
+            return 10.0 * super().estimate(request, prediction)
+
+    for kind in (Scheduler, Scaled):
+        sched = kind(
+            chunked(), predictor=TablePredictor(), cap=None, aging=0.0, decode_rate=10.0, learn_rates=False
+        )
+        async with sched:
+            done: dict[str, Completion] = {}
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(submit_later, sched, job(100, metadata={"name": "long"}), 0.0, done)
+                tg.start_soon(submit_later, sched, job(20, metadata={"name": "short"}), 1.0, done)
+        assert done["long"].preemptions == 1, kind
+        assert done["short"].latency == pytest.approx(2.1), kind

@@ -187,7 +187,9 @@ class OpenAIBackend:
                         finish = reason
                     if text or reasoning:
                         counted += 1
-                        yield Chunk(text)
+                        # With the reason where the server gave it, the scheduler knows the
+                        # answer has ended and does not pause it (preempt) for the last chunk.
+                        yield Chunk(text, finish_reason=finish)
             yield self._last_chunk(path, done, finish, usage, max_tokens, counted)
             await self._http.read_tail(lines)  # after the answer: so the connection is kept for the next
 
