@@ -159,7 +159,8 @@ def _sim_options(p: argparse.ArgumentParser, *, matrix: bool = True, files: bool
             help="comma-separated policy names, 'standard' (" + ", ".join(STANDARD_POLICIES) + "), "
             "'sweep' (every sweep) or 'sweep:KIND' (aging, plain-aging, max_wait, noise); a name is "
             "fcfs, clairvoyant, " + ", ".join(ALIASES) + " or PREDICTOR[@aging=A,max_wait=W,cap=C,adapt=0|1,"
-            "warm=N] with PREDICTOR sjfsched, unseen, oracle, heuristic, lexical, lexical:PATH or noisySIGMA",
+            "preempt=0|1,warm=N] with PREDICTOR sjfsched, unseen, oracle, heuristic, lexical, "
+            "lexical:PATH or noisySIGMA",
         )
         p.add_argument("--results", type=Path, default=None, help="also save the results as JSON here")
     else:
