@@ -135,6 +135,10 @@ class WaitQueue:
     def push(self, entry: _Entry) -> None:
         """Add a waiting entry."""
         self._fifo.append(entry)
+        self._push_heap(entry)
+
+    def _push_heap(self, entry: _Entry) -> None:
+        """Count ``entry`` live and push it on the heap (it is in the FIFO already)."""
         self._live += 1
         try:
             heapq.heappush(self._heap, self._item(entry))
@@ -150,20 +154,21 @@ class WaitQueue:
         rest = [e for e in self._fifo if e is not entry]
         rest.insert(bisect.bisect(rest, entry.seq, key=lambda e: e.seq), entry)  # by arrival
         self._fifo = deque(rest)
-        self._live += 1
-        try:
-            heapq.heappush(self._heap, self._item(entry))
-        except Exception as exc:  # keys that do not compare
-            self._turn_lenient(exc)
+        self._push_heap(entry)
 
     def has_overdue(self, now: float) -> bool:
         """Whether :meth:`pop` would take an overdue entry (one that has waited ``max_wait``)."""
         if self.max_wait is None:
             return False
+        oldest = self._oldest()
+        return oldest is not None and now - oldest.submitted >= self.max_wait
+
+    def _oldest(self) -> _Entry | None:
+        """The oldest waiting entry (dead ones before it are dropped from the FIFO)."""
         fifo = self._fifo
         while fifo and fifo[0].state is not EntryState.WAITING:
-            fifo.popleft()  # dead: pop() would drop it anyway
-        return bool(fifo) and now - fifo[0].submitted >= self.max_wait
+            fifo.popleft()
+        return fifo[0] if fifo else None
 
     def peek_key(self) -> tuple[bool, Any]:
         """``(True, key)`` of the waiting entry with the lowest key, or ``(False, None)``."""
@@ -225,12 +230,10 @@ class WaitQueue:
         """
         if self._live == 0:
             return None
-        fifo = self._fifo
         if self.max_wait is not None:
-            while fifo and fifo[0].state is not EntryState.WAITING:
-                fifo.popleft()
-            if fifo and now - fifo[0].submitted >= self.max_wait:
-                entry = fifo.popleft()
+            oldest = self._oldest()
+            if oldest is not None and now - oldest.submitted >= self.max_wait:
+                entry = self._fifo.popleft()
                 entry.promoted = True
                 self._took_one()
                 return entry
