@@ -33,7 +33,7 @@ import attrs
 
 from .._errors import PredictorError
 from .._records import Chunk, Completion, Request
-from .._scheduler import Scheduler
+from .._scheduler import Scheduler, _resumable
 from ..backends import Backend, Resumable, SimulatedBackend
 from ._metrics import gain
 from ._policies import Policy, PolicyContext, policy_named
@@ -129,10 +129,7 @@ class TraceLengthBackend:
 
     def resumable(self, request: Request, /) -> bool:
         """As the inner backend says for the request it gets (``Scheduler(preempt=True)``)."""
-        check = getattr(self.inner, "resumable", None)
-        if not callable(check) or not callable(getattr(self.inner, "resume", None)):
-            return False
-        return check(self._sent(request)) is True
+        return _resumable(self.inner, self._sent(request))
 
     async def resume(self, request: Request, answer: str, tokens: int, /) -> AsyncIterator[Chunk]:
         inner = cast("Resumable", self.inner)
