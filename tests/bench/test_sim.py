@@ -106,3 +106,31 @@ def test_the_first_token_comes_a_prefill_and_one_decode_step_after_the_start_as_
     backends = " ".join(docs.read_text(encoding="utf-8").split("### Backends", 1)[1][:800].split())
     assert "streams its first token after the prefill and one decode step" in backends
     assert "`prompt_tokens / prefill_rate + 1 / decode_rate`" in backends
+
+
+def test_a_chunk_at_each_arrival_pauses_as_streaming_every_token_would(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The simulated server streams a chunk at the first token after each arrival and at
+    # least every CHUNK_SECONDS.  With true lengths no answer runs past its prediction, so the
+    # running answer's rank only changes when a request arrives: every pause comes when it
+    # would if every token were streamed, and each request starts and ends at the same times.
+    from sjfsched._bench import _profiles
+
+    profile = Profile("test", prefill_rate=200.0, decode_rate=10.0)
+    rng = random.Random(3)
+    batch = [TraceItem(f"request {i}", rng.choice([3, 8, 20, 45, 90]), rng.randint(1, 60)) for i in range(60)]
+    arrivals = poisson_arrivals(len(batch), 0.9 / 3.5, rng)
+
+    def timeline() -> list[tuple[float, float, int]]:
+        [(done, _)] = simulate(policy_named("oracle"), profile, [(batch, arrivals)], CONTEXT)
+        return [(c.started - c.submitted, c.finished - c.submitted, c.preemptions) for c in done]
+
+    chunked = timeline()
+    monkeypatch.setattr(_profiles, "CHUNK_SECONDS", 1e-9)  # a chunk every token
+    every_token = timeline()
+    assert sum(p for *_, p in every_token) >= 5  # answers were paused
+    assert [p for *_, p in chunked] == [p for *_, p in every_token]
+    for (s1, f1, _), (s2, f2, _) in zip(chunked, every_token, strict=True):
+        assert s1 == pytest.approx(s2, abs=1e-6)
+        assert f1 == pytest.approx(f2, abs=1e-6)

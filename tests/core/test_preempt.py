@@ -342,6 +342,40 @@ async def test_the_simulated_backend_streams_chunks_and_resumes() -> None:
     assert last == [(0, "length")]
 
 
+async def test_the_simulated_backend_streams_a_chunk_at_the_first_token_after_each_given_time() -> None:
+    backend = SimulatedBackend(prefill_rate=1e9, decode_rate=10.0)  # tokens at 0.1 s, 0.2 s, ...
+    t0 = anyio.current_time()
+    backend.chunk_after([t0 + 2.05, t0 + 0.35, t0 + 0.35, t0 - 5.0])  # any order; past times idle
+    stream = backend.stream(job(30))
+    chunks = [(c.tokens, round(anyio.current_time() - t0, 6), c.finish_reason) async for c in stream]
+    assert chunks == [(1, 0.1, None), (3, 0.4, None), (17, 2.1, None), (9, 3.0, "stop")]
+    backend.chunk_tokens = 5  # both: the given times and every 5 tokens
+    backend.chunk_after([anyio.current_time() + 0.25])
+    t0 = anyio.current_time()
+    sizes = [c.tokens async for c in backend.stream(job(12))]
+    assert sizes == [1, 2, 5, 4]
+    assert anyio.current_time() - t0 == pytest.approx(1.2)
+
+
+async def test_chunk_after_refuses_nan() -> None:
+    with pytest.raises(ValueError, match="chunk_after\\(\\) times must be numbers, not NaN"):
+        SimulatedBackend().chunk_after([1.0, float("nan")])
+
+
+async def test_a_chunk_after_the_arrival_lets_the_newcomer_pause_an_answer_streamed_in_one_piece() -> None:
+    # As in the first test, without chunk_tokens: the long answer's first token comes at 0.6 s,
+    # the short request at 1.05 s, and the answer is paused at its next token (1.1 s, 6 written).
+    backend = SimulatedBackend(prefill_rate=100.0, decode_rate=10.0)
+    backend.chunk_after([anyio.current_time() + 1.05])
+    async with scheduler(backend=backend, preempt=True) as sched:
+        done = await long_then_short(sched, short_at=1.05, prompt_tokens=50)
+    long, short = done["long"], done["short"]
+    assert short.latency == pytest.approx(0.05 + 0.5)
+    assert long.preemptions == 1
+    assert long.output_tokens == 100
+    assert long.latency == pytest.approx(1.1 + 0.5 + 0.56 + 9.4)
+
+
 @pytest.mark.parametrize("value", [0, -1, 2.5, True, "4"])
 async def test_the_simulated_backend_refuses_a_bad_chunk_size(value: object) -> None:
     with pytest.raises(ValueError, match="chunk_tokens must be an int >= 1 or None"):

@@ -9,9 +9,12 @@ from ._traces import Trace
 
 __all__ = ["CHUNK_SECONDS", "PROFILES", "Profile"]
 
-#: Seconds of decoding per chunk the simulated server streams where answers may be paused
-#: (``Scheduler(preempt=True)``): a pause comes at most this long after the request causing it.
-CHUNK_SECONDS = 0.25
+#: Most seconds of decoding between two chunks of the simulated server where answers may be
+#: paused (``Scheduler(preempt=True)``).  It also streams a chunk at the first token after each
+#: arrival (``SimulatedBackend.chunk_after``), so an arriving request is ranked against a running
+#: answer at once; as keys are fixed at arrival, these periodic chunks only matter for an answer
+#: running past its prediction, whose rest (reading its text again) grows as it goes on.
+CHUNK_SECONDS = 2.0
 
 
 @attrs.frozen
@@ -53,7 +56,7 @@ class Profile:
         return max(1, round(self.decode_rate * CHUNK_SECONDS))
 
     def backend(self, *, chunked: bool = False) -> SimulatedBackend:
-        """The simulated server; ``chunked``: streaming a chunk every CHUNK_SECONDS (see above)."""
+        """The simulated server; ``chunked``: streaming a chunk at least every CHUNK_SECONDS (see above)."""
         return SimulatedBackend(
             prefill_rate=self.prefill_rate,
             decode_rate=self.decode_rate,

@@ -188,6 +188,8 @@ def simulate(
                     raise ValueError("items and arrivals differ in length")
                 requests = [item.request() for item in items]
                 offset = anyio.current_time() + 1.0
+                if scheduler.preempt:  # a chunk at each arrival: paused as soon as at a token's pace
+                    backend.chunk_after(offset + a for a in arrivals)
                 completions = await _replay(scheduler, requests, arrivals, offset)
                 results.append((completions, scheduler.max_wait))
                 if progress is not None:

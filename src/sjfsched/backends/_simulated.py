@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 import numbers
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from contextlib import aclosing
 from typing import Any, cast, final
 
@@ -67,11 +68,12 @@ class SimulatedBackend:
 
     The answer comes as a chunk with the first token, then (``chunk_tokens``
     ``None``, the default) one chunk with the rest, or chunks of
-    ``chunk_tokens`` tokens each.  It is :class:`~sjfsched.backends.Resumable`:
+    ``chunk_tokens`` tokens each (and one at the first token after each time
+    given to :meth:`chunk_after`).  It is :class:`~sjfsched.backends.Resumable`:
     a paused answer goes on after reading its prompt and the tokens so far
     again (``(prompt_tokens + tokens) / prefill_rate`` seconds), so a
-    scheduler can pause it at a chunk's end (give it ``chunk_tokens`` for that
-    to happen midway).
+    scheduler can pause it at a chunk's end (give it ``chunk_tokens`` or
+    :meth:`chunk_after` for that to happen midway).
     """
 
     def __init__(
@@ -105,6 +107,7 @@ class SimulatedBackend:
         self.decode_rate = float(decode_rate)
         self.slots = slots
         self.chunk_tokens = chunk_tokens
+        self._arrivals: list[float] = []
         self._output_tokens = output_tokens
         self._prompt_tokens = prompt_tokens
 
@@ -159,13 +162,35 @@ class SimulatedBackend:
             return
         yield Chunk("", tokens=1, prompt_tokens=p)
         left = n - 1
-        step = left if self.chunk_tokens is None else self.chunk_tokens
-        while left > step:
+        while left > 0:
+            step = self._step(left)
             await anyio.sleep(step / self.decode_rate)
             left -= step
-            yield Chunk("", tokens=step)
-        await anyio.sleep(left / self.decode_rate)
-        yield Chunk("", tokens=left, finish_reason=reason)
+            yield Chunk("", tokens=step, finish_reason=reason if left == 0 else None)
+
+    def chunk_after(self, times: Iterable[float], /) -> None:
+        """Stream a chunk at an answer's first token after each of ``times`` (clock times,
+        replacing those given before), besides the ``chunk_tokens`` chunks.
+
+        A scheduler that pauses answers (``Scheduler(preempt=True)``) decides
+        as it reads a chunk: given the times requests arrive, it sees each
+        arrival at the next token, as with a server streaming every token,
+        for one chunk an arrival.  The benchmarks run this way.
+        """
+        arrivals = sorted(float(t) for t in times)
+        if any(math.isnan(t) for t in arrivals):
+            raise ValueError("chunk_after() times must be numbers, not NaN")
+        self._arrivals = arrivals
+
+    def _step(self, left: int) -> int:
+        """Tokens in the next chunk, ``left`` tokens from the answer's end (1 to ``left``)."""
+        step = left if self.chunk_tokens is None else min(self.chunk_tokens, left)
+        if self._arrivals:
+            now = anyio.current_time()
+            i = bisect.bisect_left(self._arrivals, now)
+            if i < len(self._arrivals):  # up to the first token boundary after that arrival
+                step = min(step, math.floor((self._arrivals[i] - now) * self.decode_rate) + 1)
+        return step
 
     async def aclose(self) -> None:
         """Nothing to release."""
