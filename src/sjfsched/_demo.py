@@ -69,6 +69,9 @@ async def _replay(
 
         async with anyio.create_task_group() as tg:
             start = anyio.current_time()
+            # a chunk at each arrival, so that an answer can be paused for it (preempt=True) as
+            # with a server streaming every token
+            backend.chunk_after(start + at for at in arrivals)
             for request, at in zip(requests, arrivals, strict=True):
                 delay = start + at - anyio.current_time()
                 if delay > 0:
@@ -129,7 +132,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     trace = load_demo_trace()
     rng = random.Random(args.seed)
-    backend = SimulatedBackend(prefill_rate=args.prefill_rate, decode_rate=args.decode_rate)
+    backend = SimulatedBackend(
+        prefill_rate=args.prefill_rate,
+        decode_rate=args.decode_rate,
+        chunk_tokens=max(1, round(2 * args.decode_rate)),  # and at least every 2 s
+    )
     mean_service = sum(backend.service_time(r) for r in trace) / len(trace)
 
     burst = rng.sample(trace, 100)

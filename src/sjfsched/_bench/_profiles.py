@@ -51,8 +51,8 @@ class Profile:
 
     @property
     def chunk_tokens(self) -> int:
-        """Tokens per streamed chunk for a scheduler that may pause answers: a chunk every
-        CHUNK_SECONDS (a real server streams every token; fewer chunks keep runs fast)."""
+        """Most tokens per streamed chunk for a scheduler that may pause answers: CHUNK_SECONDS
+        of decoding (a real server streams every token; fewer chunks keep runs fast)."""
         return max(1, round(self.decode_rate * CHUNK_SECONDS))
 
     def backend(self, *, chunked: bool = False) -> SimulatedBackend:
