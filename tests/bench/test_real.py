@@ -136,3 +136,22 @@ def test_the_replay_builds_its_policies_as_the_real_run_does(
     for name in real:
         assert replay[name].short_latency == real[name].short_latency  # Clairvoyant's tau starts here
         assert replay[name] == real[name]
+
+
+def test_the_measured_rates_leave_out_answers_that_were_paused() -> None:
+    # A paused answer's time from its first token to its end holds the answers run while it
+    # waited: counted, it made the decode rate of a preemptive run 30% too low (the replay's
+    # times 40% too long), though the real run's gain came out right.
+    from sjfsched._bench._policies import PolicyContext, policy_named
+    from sjfsched._bench._profiles import Profile
+    from sjfsched._bench._real import _measured_rates
+    from sjfsched._bench._sim import burst_arrivals, simulate
+    from sjfsched._bench._traces import TraceItem
+
+    profile = Profile("test", prefill_rate=100.0, decode_rate=10.0)
+    batch = [TraceItem(f"request {i} of {n} tokens", n, 20) for i, n in enumerate([60, 5, 8, 3, 40])]
+    context = PolicyContext(short_latency=1.0)
+    [(done, _)] = simulate(policy_named("oracle"), profile, [(batch, burst_arrivals(len(batch)))], context)
+    assert any(c.preemptions for c in done)
+    _, decode = _measured_rates(done)
+    assert decode == pytest.approx(10.0)

@@ -199,10 +199,11 @@ def _stats(completions: Sequence[Completion], scale: float) -> dict[str, Any]:
 
 
 def _measured_rates(completions: Sequence[Completion]) -> tuple[float, float]:
-    """Prompt and output tokens per second over all real completions."""
+    """Prompt and output tokens per second over the real completions that ran in one piece
+    (a paused answer's time from its first token to its end holds the answers run meanwhile)."""
     p_tok = p_sec = d_tok = d_sec = 0.0
     for c in completions:
-        if c.first_token is None:
+        if c.first_token is None or c.preemptions:
             continue
         p_tok += c.prompt_tokens or 0
         p_sec += c.first_token - c.started
