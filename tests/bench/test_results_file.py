@@ -80,3 +80,27 @@ def test_tables_refuses_a_file_that_is_not_results(tmp_path: Path, monkeypatch: 
         message = str(info.value.code)
         assert message.startswith(f"sjfsched bench: {path}: not results written by sjfsched bench (")
         assert "\n" not in message
+
+
+def test_tables_merges_the_runs_of_several_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = _trace(tmp_path, monkeypatch)
+    files = []
+    for name, policies in (("a.json", "fcfs,oracle"), ("b.json", "fcfs,oracle@preempt=0")):
+        files.append(tmp_path / name)
+        options = ["--profiles", "gpu", "--scenarios", "burst5", "--repetitions", "2", "--no-progress"]
+        argv = ["bench", "sim", "--traces", str(trace), "--policies", policies, *options]
+        assert main([*argv, "--results", str(files[-1])]) == 0
+    capsys.readouterr()
+    assert main(["bench", "tables", "--results", str(files[0]), "--results", str(files[1])]) == 0
+    out = capsys.readouterr().out
+    assert [line.split(":")[0] for line in out.splitlines() if line.startswith("<!--")] == [
+        f"<!-- from {files[0]}",
+        f"<!-- from {files[1]}",
+    ]
+    full = out.split("### tiny.jsonl, gpu backend, burst5 (latency in seconds)")[1].split("###")[0]
+    rows = [line.split(" | ")[0] for line in full.splitlines() if line.startswith("| ")][1:]
+    assert rows == ["| fcfs", "| oracle", "| oracle@preempt=0"]  # fcfs once: the first file's
+    with_, without = (float(r.split(" | ")[1]) for r in full.splitlines() if r.startswith("| oracle"))
+    assert with_ < without  # the two runs differ: preemption pauses the burst's first request

@@ -71,7 +71,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
     tables = sub.add_parser("tables", help="print the tables again from saved results")
-    tables.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="JSON written by sim or all")
+    tables.add_argument(
+        "--results",
+        type=Path,
+        action="append",
+        default=None,
+        help="JSON written by sim or all (default benchmarks/results/sim.json); given more than once, "
+        "the runs of every file in one set of tables (a run in two files: the first file's)",
+    )
 
     traces = sub.add_parser("traces", help="list the traces and their length classes")
     traces.add_argument("--data", type=Path, default=None, help="the corpora directory (../shared/data)")
@@ -682,6 +689,23 @@ def _load(path: Path, command: str) -> tuple[list[Result], dict[str, Any]]:
     return results, meta
 
 
+def _run_tables(paths: Sequence[Path]) -> int:
+    """Print the tables of the results saved in ``paths``, merged (the first file's run of a unit)."""
+    merged: dict[tuple[str, str, str, str], Result] = {}
+    first_meta: dict[str, Any] | None = None
+    for path in paths:
+        results, meta = _load(path, "tables")
+        print(f"<!-- from {path}: {meta.get('command')} on {meta.get('date')} -->")
+        first_meta = meta if first_meta is None else first_meta
+        for r in results:
+            merged.setdefault((r.unit.trace, r.unit.profile, r.unit.scenario.name, r.unit.policy), r)
+    assert first_meta is not None
+    _print_ranking(first_meta)
+    every = list(merged.values())
+    _print_tables(every, list(dict.fromkeys(r.unit.policy for r in every)))
+    return 0
+
+
 def _run_traces(args: argparse.Namespace) -> int:
     names = _split(args.traces)
     if not names:
@@ -749,11 +773,7 @@ def run(args: argparse.Namespace) -> int:
     if command == "plots":
         return _run_plots(args)
     if command == "tables":
-        results, meta = _load(args.results, "tables")
-        print(f"<!-- from {args.results}: {meta.get('command')} on {meta.get('date')} -->")
-        _print_ranking(meta)
-        _print_tables(results, list(dict.fromkeys(r.unit.policy for r in results)))
-        return 0
+        return _run_tables(args.results or [DEFAULT_RESULTS])
     if command == "traces":
         return _run_traces(args)
     if command == "ranking":
