@@ -357,9 +357,12 @@ async def test_the_simulated_backend_streams_a_chunk_at_the_first_token_after_ea
     assert anyio.current_time() - t0 == pytest.approx(1.2)
 
 
-async def test_chunk_after_refuses_nan() -> None:
-    with pytest.raises(ValueError, match="chunk_after\\(\\) times must be numbers, not NaN"):
-        SimulatedBackend().chunk_after([1.0, float("nan")])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), "3", None, True])
+async def test_chunk_after_refuses_what_is_no_finite_number(value: object) -> None:
+    backend = SimulatedBackend()
+    with pytest.raises(ValueError, match=f"chunk_after\\(\\) times must be finite numbers, got {value!r}"):
+        backend.chunk_after([1.0, value])  # type: ignore[list-item]
+    assert [c.tokens async for c in backend.stream(job(3))] == [1, 2]  # the times before stand
 
 
 async def test_a_chunk_after_the_arrival_lets_the_newcomer_pause_an_answer_streamed_in_one_piece() -> None:

@@ -177,10 +177,12 @@ class SimulatedBackend:
         arrival at the next token, as with a server streaming every token,
         for one chunk an arrival.  The benchmarks run this way.
         """
-        arrivals = sorted(float(t) for t in times)
-        if any(math.isnan(t) for t in arrivals):
-            raise ValueError("chunk_after() times must be numbers, not NaN")
-        self._arrivals = arrivals
+        arrivals = []
+        for t in cast("Iterable[object]", times):  # checked: a caller's list may hold anything
+            if isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(t):
+                raise ValueError(f"chunk_after() times must be finite numbers, got {t!r}")
+            arrivals.append(float(t))
+        self._arrivals = sorted(arrivals)
 
     def _step(self, left: int) -> int:
         """Tokens in the next chunk, ``left`` tokens from the answer's end (1 to ``left``)."""
