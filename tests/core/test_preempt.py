@@ -357,6 +357,20 @@ async def test_the_simulated_backend_streams_a_chunk_at_the_first_token_after_ea
     assert anyio.current_time() - t0 == pytest.approx(1.2)
 
 
+async def test_chunk_after_streams_strictly_after_a_time_on_a_token_boundary() -> None:
+    # Found by a reviewer: a time on a token's end (0.5 s, 0.6 s, ...) gave, by rounding, a chunk
+    # at that very time for some, so whether the pause came then depended on which task woke first.
+    backend = SimulatedBackend(prefill_rate=1e9, decode_rate=10.0)  # tokens at 0.1 s, 0.2 s, ...
+    for k in range(2, 29):  # (after 2.9 s comes the last token, which ends the answer)
+        t0 = anyio.current_time()
+        at = t0 + k / 10
+        backend.chunk_after([at, t0 + 1e308])  # and a time far off, which changes nothing
+        ends = [anyio.current_time() async for _ in backend.stream(job(30))]
+        assert len(ends) == 3
+        assert at < ends[1] <= at + 0.1 + 1e-9  # after the time (the clock's order), a token at most
+        assert ends[2] - t0 == pytest.approx(3.0)
+
+
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), "3", None, True])
 async def test_chunk_after_refuses_what_is_no_finite_number(value: object) -> None:
     backend = SimulatedBackend()

@@ -190,8 +190,14 @@ class SimulatedBackend:
         if self._arrivals:
             now = anyio.current_time()
             i = bisect.bisect_left(self._arrivals, now)
-            if i < len(self._arrivals):  # up to the first token boundary after that arrival
-                step = min(step, math.floor((self._arrivals[i] - now) * self.decode_rate) + 1)
+            if i < len(self._arrivals):  # up to the first token that ends after that arrival
+                arrival = self._arrivals[i]
+                gap = (arrival - now) * self.decode_rate
+                if gap < step:  # (a time far off would overflow the floor)
+                    k = math.floor(gap) + 1
+                    if now + k / self.decode_rate <= arrival:  # rounding: strictly after, never at it
+                        k += 1
+                    step = min(step, k)
         return step
 
     async def aclose(self) -> None:
