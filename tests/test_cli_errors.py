@@ -97,6 +97,19 @@ def test_demo_refuses_a_load_outside_zero_to_one(load: str) -> None:
     assert main(["demo", "--load", load]) == 2
 
 
+@pytest.mark.parametrize("rate", ["nan", "0"])
+def test_demo_names_a_bad_decode_rate(rate: str) -> None:
+    # Found by a reviewer: with NaN the demo's chunk size was worked out first and the message
+    # was "cannot convert float NaN to integer".
+    with pytest.raises(SystemExit, match="sjfsched demo: decode_rate must be a positive number of tokens"):
+        main(["demo", "--decode-rate", rate])
+
+
+def test_demo_runs_with_a_huge_decode_rate(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--decode-rate", "1e308"]) == 0
+    assert "Poisson arrivals" in capsys.readouterr().out
+
+
 def test_bench_sim_refuses_what_it_would_run_wrongly(tmp_path: Path) -> None:
     ten = _records(tmp_path / "ten.jsonl", 10)
     one = _records(tmp_path / "one.jsonl", 1)

@@ -132,11 +132,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     trace = load_demo_trace()
     rng = random.Random(args.seed)
-    backend = SimulatedBackend(
-        prefill_rate=args.prefill_rate,
-        decode_rate=args.decode_rate,
-        chunk_tokens=max(1, round(2 * args.decode_rate)),  # and at least every 2 s
-    )
+    backend = SimulatedBackend(prefill_rate=args.prefill_rate, decode_rate=args.decode_rate)
+    backend.chunk_tokens = max(1, int(min(2 * backend.decode_rate, 1e9)))  # and at least every 2 s
     mean_service = sum(backend.service_time(r) for r in trace) / len(trace)
 
     burst = rng.sample(trace, 100)

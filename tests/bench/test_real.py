@@ -155,3 +155,23 @@ def test_the_measured_rates_leave_out_answers_that_were_paused() -> None:
     assert any(c.preemptions for c in done)
     _, decode = _measured_rates(done)
     assert decode == pytest.approx(10.0)
+
+
+def test_the_measured_rates_when_every_answer_was_paused_or_none_can_tell() -> None:
+    # Found by a reviewer: with no answer run in one piece the measurement divided by zero,
+    # after the whole real run.
+    from sjfsched._bench._policies import PolicyContext, policy_named
+    from sjfsched._bench._profiles import Profile
+    from sjfsched._bench._real import _measured_rates
+    from sjfsched._bench._sim import burst_arrivals, simulate
+    from sjfsched._bench._traces import TraceItem
+
+    profile = Profile("test", prefill_rate=100.0, decode_rate=10.0)
+    batch = [TraceItem("a long one", 60, 20), TraceItem("a short one", 5, 20)]
+    context = PolicyContext(short_latency=1.0)
+    [(done, _)] = simulate(policy_named("oracle"), profile, [(batch, burst_arrivals(2))], context)
+    paused = [c for c in done if c.preemptions]
+    assert paused
+    assert _measured_rates(paused)[1] < 10.0  # the paused answers' rate, for want of better
+    with pytest.raises(ValueError, match="no answer of more than one token to measure the rates on"):
+        _measured_rates([])

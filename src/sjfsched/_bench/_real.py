@@ -201,14 +201,19 @@ def _stats(completions: Sequence[Completion], scale: float) -> dict[str, Any]:
 def _measured_rates(completions: Sequence[Completion]) -> tuple[float, float]:
     """Prompt and output tokens per second over the real completions that ran in one piece
     (a paused answer's time from its first token to its end holds the answers run meanwhile)."""
+    timed = [c for c in completions if c.first_token is not None]
+    whole = [c for c in timed if not c.preemptions]
+    if any(c.output_tokens > 1 for c in whole):
+        timed = whole  # else (every answer paused) the rates of them all, too low, for want of better
     p_tok = p_sec = d_tok = d_sec = 0.0
-    for c in completions:
-        if c.first_token is None or c.preemptions:
-            continue
+    for c in timed:
+        assert c.first_token is not None
         p_tok += c.prompt_tokens or 0
         p_sec += c.first_token - c.started
         d_tok += max(0, c.output_tokens - 1)
         d_sec += c.finished - c.first_token
+    if not (p_sec > 0 and d_sec > 0 and p_tok > 0 and d_tok > 0):
+        raise ValueError("sjfsched bench real: no answer of more than one token to measure the rates on")
     return p_tok / p_sec, d_tok / d_sec
 
 
