@@ -104,3 +104,24 @@ def test_tables_merges_the_runs_of_several_files(
     assert rows == ["| fcfs", "| oracle", "| oracle@preempt=0"]  # fcfs once: the first file's
     with_, without = (float(r.split(" | ")[1]) for r in full.splitlines() if r.startswith("| oracle"))
     assert with_ < without  # the two runs differ: preemption pauses the burst's first request
+
+
+def test_tables_refuses_to_merge_runs_that_do_not_compare(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Found by a reviewer: a run of 5 bursts was shown "vs FCFS" against a run of 2.
+    trace = _trace(tmp_path, monkeypatch)
+    files = []
+    for name, policies, reps in (("a.json", "fcfs,oracle", "2"), ("b.json", "fcfs,oracle@preempt=0", "5")):
+        files.append(tmp_path / name)
+        options = ["--profiles", "gpu", "--scenarios", "burst5", "--repetitions", reps, "--no-progress"]
+        argv = ["bench", "sim", "--traces", str(trace), "--policies", policies, *options]
+        assert main([*argv, "--results", str(files[-1])]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "tables", "--results", str(files[0]), "--results", str(files[1])])
+    assert str(info.value.code) == (
+        f"sjfsched bench tables: {files[1]} and {files[0]} ran tiny.jsonl, gpu, burst5 differently "
+        "(repetitions, requests, seed or the profile's rates): their rows would not compare"
+    )
+    assert capsys.readouterr().out == ""  # nothing printed before

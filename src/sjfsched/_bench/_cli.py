@@ -692,14 +692,26 @@ def _load(path: Path, command: str) -> tuple[list[Result], dict[str, Any]]:
 def _run_tables(paths: Sequence[Path]) -> int:
     """Print the tables of the results saved in ``paths``, merged (the first file's run of a unit)."""
     merged: dict[tuple[str, str, str, str], Result] = {}
+    #: (trace, profile, scenario) -> how the first file to hold it ran it, and that file
+    runs: dict[tuple[str, str, str], tuple[object, Path]] = {}
     first_meta: dict[str, Any] | None = None
-    for path in paths:
-        results, meta = _load(path, "tables")
-        print(f"<!-- from {path}: {meta.get('command')} on {meta.get('date')} -->")
+    loaded = [(path, *_load(path, "tables")) for path in paths]  # every file read before a line
+    for path, results, meta in loaded:
         first_meta = meta if first_meta is None else first_meta
         for r in results:
-            merged.setdefault((r.unit.trace, r.unit.profile, r.unit.scenario.name, r.unit.policy), r)
+            u = r.unit
+            how = (u.scenario, meta.get("seed"), (meta.get("profiles") or {}).get(u.profile))
+            seen = runs.setdefault((u.trace, u.profile, u.scenario.name), (how, path))
+            if seen[0] != how:
+                raise SystemExit(
+                    f"sjfsched bench tables: {path} and {seen[1]} ran {u.trace}, {u.profile}, "
+                    f"{u.scenario.name} differently (repetitions, requests, seed or the profile's "
+                    "rates): their rows would not compare"
+                )
+            merged.setdefault((u.trace, u.profile, u.scenario.name, u.policy), r)
     assert first_meta is not None
+    for path, _, meta in loaded:
+        print(f"<!-- from {path}: {meta.get('command')} on {meta.get('date')} -->")
     _print_ranking(first_meta)
     every = list(merged.values())
     _print_tables(every, list(dict.fromkeys(r.unit.policy for r in every)))
