@@ -373,10 +373,11 @@ async def test_chunk_after_streams_strictly_after_a_time_on_a_token_boundary() -
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), "3", None, True])
 async def test_chunk_after_refuses_what_is_no_finite_number(value: object) -> None:
-    backend = SimulatedBackend()
+    backend = SimulatedBackend(prefill_rate=1e9, decode_rate=10.0)  # tokens at 0.1 s, 0.2 s, ...
+    backend.chunk_after([anyio.current_time() + 0.15])
     with pytest.raises(ValueError, match=f"chunk_after\\(\\) times must be finite numbers, got {value!r}"):
         backend.chunk_after([1.0, value])  # type: ignore[list-item]
-    assert [c.tokens async for c in backend.stream(job(3))] == [1, 2]  # the times before stand
+    assert [c.tokens async for c in backend.stream(job(3))] == [1, 1, 1]  # the times before stand
 
 
 async def test_a_chunk_after_the_arrival_lets_the_newcomer_pause_an_answer_streamed_in_one_piece() -> None:

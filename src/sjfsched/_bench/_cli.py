@@ -694,10 +694,8 @@ def _run_tables(paths: Sequence[Path]) -> int:
     merged: dict[tuple[str, str, str, str], Result] = {}
     #: (trace, profile, scenario) -> how the first file to hold it ran it, and that file
     runs: dict[tuple[str, str, str], tuple[object, Path]] = {}
-    first_meta: dict[str, Any] | None = None
     loaded = [(path, *_load(path, "tables")) for path in paths]  # every file read before a line
     for path, results, meta in loaded:
-        first_meta = meta if first_meta is None else first_meta
         for r in results:
             u = r.unit
             how = (u.scenario, meta.get("seed"), (meta.get("profiles") or {}).get(u.profile))
@@ -709,10 +707,9 @@ def _run_tables(paths: Sequence[Path]) -> int:
                     "rates): their rows would not compare"
                 )
             merged.setdefault((u.trace, u.profile, u.scenario.name, u.policy), r)
-    assert first_meta is not None
     for path, _, meta in loaded:
         print(f"<!-- from {path}: {meta.get('command')} on {meta.get('date')} -->")
-    _print_ranking(first_meta)
+    _print_ranking(loaded[0][2])  # the ranking of the first file's predictors
     every = list(merged.values())
     _print_tables(every, list(dict.fromkeys(r.unit.policy for r in every)))
     return 0

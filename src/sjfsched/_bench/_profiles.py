@@ -55,13 +55,10 @@ class Profile:
         of decoding (a real server streams every token; fewer chunks keep runs fast)."""
         return max(1, round(self.decode_rate * CHUNK_SECONDS))
 
-    def backend(self, *, chunked: bool = False) -> SimulatedBackend:
-        """The simulated server; ``chunked``: streaming a chunk at least every CHUNK_SECONDS (see above)."""
-        return SimulatedBackend(
-            prefill_rate=self.prefill_rate,
-            decode_rate=self.decode_rate,
-            chunk_tokens=self.chunk_tokens if chunked else None,
-        )
+    def backend(self) -> SimulatedBackend:
+        """The simulated server, streaming each answer in one piece after its first token (a
+        pausing scheduler's run gives it :attr:`chunk_tokens` and the arrival times)."""
+        return SimulatedBackend(prefill_rate=self.prefill_rate, decode_rate=self.decode_rate)
 
 
 #: See docs/benchmarks.md ("Backend rates") for where these numbers come from.
