@@ -10,9 +10,12 @@ import asyncio
 import contextlib
 import hashlib
 import shutil
+import socket
 import ssl
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -475,3 +478,52 @@ async def test_path_prefix_and_cancellation_close_the_connection() -> None:
         await asyncio.wait_for(closed.wait(), 5)
         await client.aclose()
     assert script.requests[0].startswith(b"GET /ollama/api/tags HTTP/1.1\r\n")
+
+
+async def test_a_cancellation_as_the_connection_is_made_is_not_lost(monkeypatch: pytest.MonkeyPatch) -> None:
+    """asyncio.wait_for (before Python 3.12) returned the connection and dropped a cancellation that
+    came as the connection was made: Ctrl-C while ``sjfsched serve`` asked a silent upstream what it
+    is went unheard, and the proxy waited out the read timeout (CI saw it: 30 s with no exit)."""
+    loop = asyncio.get_running_loop()
+    connect = loop.create_connection
+    made: list[asyncio.BaseTransport] = []
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+
+        async def connect_then_cancel(*args: Any, **kwargs: Any) -> tuple[asyncio.BaseTransport, object]:
+            transport, protocol = await connect(*args, **kwargs)
+            made.append(transport)
+            asking.cancel()  # the connection is made: it was asking as the cancellation came
+            return transport, protocol
+
+        monkeypatch.setattr(loop, "create_connection", connect_then_cancel)
+        client = UpstreamClient(f"http://127.0.0.1:{silent.getsockname()[1]}", read_timeout=2)
+        asking = asyncio.ensure_future(client.request("GET", "/api/tags"))
+        await asyncio.wait((asking,), timeout=10)
+        assert asking.done()
+        assert asking.cancelled(), asking.exception()
+        await asyncio.sleep(0)
+        assert len(made) == 1 and made[0].is_closing()  # not left open
+        await client.aclose()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fills a listening socket's queue as Linux does")
+async def test_a_connection_that_is_never_made_times_out() -> None:
+    """An upstream whose accept queue is full (Linux drops the connection requests) times out."""
+    with socket.socket() as listening, contextlib.ExitStack() as stack:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(0)
+        address = listening.getsockname()
+        for _ in range(4):  # more than the queue holds
+            waiting = stack.enter_context(socket.socket())
+            waiting.setblocking(False)
+            waiting.connect_ex(address)
+        client = UpstreamClient(f"http://127.0.0.1:{address[1]}", connect_timeout=0.5)
+        started = asyncio.get_running_loop().time()
+        timed_out = rf"connecting to 127\.0\.0\.1:{address[1]} timed out after 0\.5 s"
+        with pytest.raises(ConnectFailed, match=timed_out):
+            await client.request("GET", "/")
+        loop_time = asyncio.get_running_loop().time()
+        assert 0.4 < loop_time - started < 5
+        await client.aclose()

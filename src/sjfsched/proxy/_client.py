@@ -443,19 +443,27 @@ class UpstreamClient:
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
         where = f"{self.host}:{self.port}"
-        try:
-            _, protocol = await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: _Connection(loop),
-                    self.host,
-                    self.port,
-                    ssl=self._ssl,
-                    server_hostname=self.host if self._ssl is not None else None,
-                ),
-                self.connect_timeout,
+        # Not asyncio.wait_for: before Python 3.12 it returns the connection, and drops a
+        # cancellation (Ctrl-C, a client gone), when the cancellation comes as the connection is made.
+        attempt = loop.create_task(
+            loop.create_connection(
+                lambda: _Connection(loop),
+                self.host,
+                self.port,
+                ssl=self._ssl,
+                server_hostname=self.host if self._ssl is not None else None,
             )
-        except asyncio.TimeoutError:
-            raise ConnectFailed(f"connecting to {where} timed out after {self.connect_timeout:g} s") from None
+        )
+        try:
+            done, _ = await asyncio.wait((attempt,), timeout=self.connect_timeout)
+        except BaseException:
+            _abandon(attempt)
+            raise
+        if not done:
+            _abandon(attempt)
+            raise ConnectFailed(f"connecting to {where} timed out after {self.connect_timeout:g} s")
+        try:
+            _, protocol = attempt.result()
         except OSError as exc:
             raise ConnectFailed(f"cannot connect to {where}: {_why(exc)}") from exc
         assert isinstance(protocol, _Connection)
@@ -489,6 +497,17 @@ class UpstreamClient:
             connection.abort()
         if idle:
             await asyncio.sleep(0)  # let the transports close their sockets before the loop stops
+
+
+def _abandon(attempt: asyncio.Task[tuple[asyncio.Transport, Any]]) -> None:
+    """Stop a connection attempt no one waits for; close the connection if it was made all the same."""
+
+    def close(task: asyncio.Task[tuple[asyncio.Transport, Any]]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            task.result()[0].abort()
+
+    attempt.cancel()
+    attempt.add_done_callback(close)
 
 
 def _why(exc: OSError) -> str:
