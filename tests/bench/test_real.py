@@ -88,6 +88,14 @@ def test_bench_real_compares_real_and_simulated_runs(
     assert set(report["stats"]["real"]) == set(report["stats"]["sim"]) == {"fcfs", "sjfsched"}
     assert report["stats"]["real"]["fcfs"]["n"] == report["stats"]["sim"]["fcfs"]["n"]
     assert report["models_sha1"]["bundled lexical"]
+    for kind in ("real", "sim"):  # answers paused: none first-come-first-served, the same in the table
+        assert report["stats"][kind]["fcfs"]["pauses"] == 0
+        paused = report["stats"][kind]["sjfsched"]["pauses"]
+        assert isinstance(paused, int) and paused >= 0
+        assert f"| sjfsched | {kind} |" in report["table"]
+        row = next(line for line in report["table"].splitlines() if line.startswith(f"| sjfsched | {kind} |"))
+        assert row.endswith(f"| {paused} |")
+    assert "| makespan | pauses |" in report["table"]
     assert "short-request P50 gain" in capsys.readouterr().out
 
 

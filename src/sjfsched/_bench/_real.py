@@ -194,6 +194,7 @@ def _stats(completions: Sequence[Completion], scale: float) -> dict[str, Any]:
         "long_p95": _percentile(by["long"], 95),
         "mean": sum(every) / len(every),
         "makespan": max(c.finished for c in completions) - min(c.submitted for c in completions),
+        "pauses": sum(c.preemptions for c in completions),
         "n": {k: len(v) for k, v in by.items()},
     }
 
@@ -434,8 +435,8 @@ def _report(
         f"{wall:.0f} s in all",
         "",
         f"| policy | run | short P50 (s) | vs {label} | medium P50 | long P50 | long P95 | vs {label} "
-        "| mean | makespan |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| mean | makespan | pauses |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     gains: dict[str, dict[str, float]] = {"real": {}, "sim": {}}
     for name in names:
@@ -449,8 +450,8 @@ def _report(
             dv = "" if name == base else _signed(d)
             lines.append(
                 f"| {name} | {kind} | {_seconds(s['short_p50'])} | {vs} | {_seconds(s['medium_p50'])} "
-                f"| {_seconds(s['long_p50'])} "
-                f"| {_seconds(s['long_p95'])} | {dv} | {s['mean']:.1f} | {s['makespan']:.0f} |"
+                f"| {_seconds(s['long_p50'])} | {_seconds(s['long_p95'])} | {dv} | {s['mean']:.1f} "
+                f"| {s['makespan']:.0f} | {s['pauses']} |"
             )
     agree = True
     lines.append("")
