@@ -405,6 +405,14 @@ def test_group_by_prompt_keys_on_corpus_id_and_text() -> None:
             ["--predictor", "length", "--model", "m.onnx"],
             "--model does nothing with --predictor length (it ranks by prompt length)",
         ),
+        (
+            ["--predictor", "other-answers", "--model", "m.onnx"],
+            "--model does nothing with --predictor other-answers (it ranks by other answers to a prompt)",
+        ),
+        (
+            ["--compare", "--predictor", "other-answers"],
+            "--predictor other-answers is for scoring one model, not --compare",
+        ),
         (["--predictor", "clairvoyant"], "--predictor clairvoyant needs --model"),
     ],
 )

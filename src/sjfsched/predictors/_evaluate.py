@@ -18,6 +18,9 @@ splits, prompt length alone, Clairvoyant's 19 features with its XGBoost, a
 plain ridge regression on hashed word and character n-grams, and the lexical
 model: in-distribution (grouped by ``prompt_id``) and, with ``--loco``,
 leave-one-corpus-out (train on the other corpora, test on the one left out).
+``sjfsched evaluate DATA --predictor other-answers`` scores each answer by
+the other answers to its prompt: how much of the length the prompt decides,
+about the most any predictor that reads only the prompt can rank.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ __all__ = [
     "format_report",
     "kendall_tau",
     "late_imports",
+    "other_answers",
     "ranking_accuracy",
     "report_rows",
     "run",
@@ -120,6 +124,28 @@ def report_rows(
             )
         )
     return rows
+
+
+def other_answers(records: Sequence[LengthRecord]) -> tuple[list[LengthRecord], npt.NDArray[np.float64]]:
+    """Each answer scored by the mean ``log(1 + tokens)`` of the other answers to its prompt.
+
+    What a predictor that knew each prompt's typical answer length from
+    other answers (other models, or the same model another time) would
+    score: about the most any predictor reading only the prompt can rank.
+    Prompts are told apart by corpus and ``prompt_id``; answers to a prompt
+    answered once have no other answers and are left out.  Returns the
+    answers kept, in their order, and their scores.
+    """
+    logs = np.log1p(np.array([r.output_tokens for r in records], np.float64))
+    index: dict[tuple[str, str], int] = {}
+    group = np.array([index.setdefault((r.corpus, r.prompt_id), len(index)) for r in records], np.int64)
+    if not len(group):
+        return [], np.zeros(0)
+    sums = np.bincount(group, logs)
+    counts = np.bincount(group)[group]
+    keep = counts > 1
+    scores = (sums[group] - logs) / np.maximum(counts - 1, 1)
+    return [r for r, k in zip(records, keep.tolist(), strict=True) if k], scores[keep]
 
 
 def _num(x: float) -> str:
@@ -693,9 +719,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, help="ONNX model to score (default: the bundled lexical model)")
     parser.add_argument(
         "--predictor",
-        choices=("lexical", "clairvoyant", "length"),
+        choices=("lexical", "clairvoyant", "length", "other-answers"),
         default="lexical",
-        help="how to read --model: lexical (default), clairvoyant (ranks by P(Long)), or prompt length",
+        help="how to read --model: lexical (default), clairvoyant (ranks by P(Long)); or no model: "
+        "prompt length, or other-answers (each answer ranked by the mean log length of the other "
+        "answers to its prompt: about the most a predictor reading only the prompt can do)",
     )
     parser.add_argument(
         "--split",
@@ -814,6 +842,10 @@ def _option_problem(args: argparse.Namespace) -> str | None:
             return "--model does nothing with --adaptation --loco (it trains a model without each corpus)"
         if mode is None and args.predictor == "length":
             return "--model does nothing with --predictor length (it ranks by prompt length)"
+        if mode is None and args.predictor == "other-answers":
+            return (
+                "--model does nothing with --predictor other-answers (it ranks by other answers to a prompt)"
+            )
     if mode == "--adaptation" and args.word_vectors is not None and not args.loco:
         return "--word-vectors is for --adaptation --loco (it trains with them), not for a model as given"
     if mode == "--compare":
@@ -907,6 +939,8 @@ def run(args: argparse.Namespace) -> int:
             )
         )
         return 0
+    if args.predictor == "other-answers":
+        return _run_other_answers(args, records)
     score: Callable[[Sequence[str]], npt.NDArray[np.float64]]
     metadata: Mapping[str, str] | None = None
     if args.predictor == "length":
@@ -967,6 +1001,35 @@ def run(args: argparse.Namespace) -> int:
     scores = score([r.prompt for r in chosen])
     model = "" if args.predictor == "length" else f" {args.model or '(bundled)'}"
     print(f"{args.predictor}{model} on {split}: {len(chosen):,} answers")
+    print(format_report(report_rows(chosen, scores, per_model=not args.corpora_only)), end="")
+    return 0
+
+
+def _run_other_answers(args: argparse.Namespace, records: Sequence[LengthRecord]) -> int:
+    """``--predictor other-answers``: each answer ranked by the other answers to its prompt."""
+    from ._train import split_records
+
+    if args.split == "auto":  # nothing is learnt, so nothing is held out
+        pool, split = list(records), "every answer"
+    else:
+        train, test = split_records(records, args.test_fraction, args.seed)
+        pool, split = {"test": test, "train": train, "all": list(records)}[args.split], f"{args.split} split"
+    chosen, scores = other_answers(pool)
+    if not chosen:
+        where = "the data" if args.split in ("auto", "all") else f"the {args.split} split"
+        print(
+            f"sjfsched evaluate: no prompt has two answers or more in {where} ({len(pool):,} "
+            f"answer{'' if len(pool) == 1 else 's'}): --predictor other-answers ranks an answer by "
+            "the other answers to its prompt",
+            file=sys.stderr,
+        )
+        return 1
+    alone = len(pool) - len(chosen)
+    left_out = f" ({alone:,} answer{'' if alone == 1 else 's'} to prompts answered once left out)"
+    print(
+        f"other-answers on {split}: {len(chosen):,} answers, each ranked by the mean log length of the "
+        "other answers to its prompt" + (left_out if alone else "")
+    )
     print(format_report(report_rows(chosen, scores, per_model=not args.corpora_only)), end="")
     return 0
 
