@@ -93,6 +93,17 @@ def is_test(prompt_id: str, test_fraction: float, seed: int = 0) -> bool:
     return int.from_bytes(digest[:8], "big") / 2.0**64 < test_fraction
 
 
+def in_sample(prompt_id: str, fraction: float, seed: int = 0) -> bool:
+    """Whether a prompt is in a sample of about ``fraction`` of all prompts.
+
+    Decided by a hash of ``(seed, prompt_id)``, apart from :func:`is_test`'s,
+    so the sample is the same on every machine and every run, and with one
+    seed a smaller fraction's prompts are among a larger one's.
+    """
+    digest = hashlib.sha1(f"sample:{seed}:{prompt_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < fraction
+
+
 _CUT_SHORT = "%s is cut short after line %d (being written, or damaged): read up to there"
 
 

@@ -40,7 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._base import LONG_TOKENS, SHORT_TOKENS
-from ._corpus import LengthRecord, group_by_prompt, load_records, without_prompts_of
+from ._corpus import LengthRecord, group_by_prompt, in_sample, load_records, without_prompts_of
 from ._vectors import DEFAULT_WEIGHT as VECTOR_WEIGHT
 from ._vectors import WordVectors
 
@@ -355,6 +355,7 @@ def compare(
     train_permissive_only: bool = False,
     train_bundled_sources: bool = False,
     train_exclude: Sequence[str] = (),
+    train_fraction: float = 1.0,
     min_long: int = 20,
     log: Callable[[str], None] = lambda s: None,
     table: Mapping[str, Method] = ALL_METHODS,
@@ -367,22 +368,33 @@ def compare(
     table when its training or held-out part is too small: each with a line
     to ``log`` and one in the report naming it.  When nothing at all can be
     evaluated, :class:`ValueError` says why, before any training.
+
+    ``train_fraction``: every training set keeps a sample of about that
+    share of its prompts (by a hash of the prompt id and ``seed``; with one
+    seed a smaller share's prompts are among a larger one's), for a
+    learning curve; the test sets stay whole.
     """
     from ._train import select_records, split_records
 
+    if not 0.0 < train_fraction <= 1.0:
+        raise ValueError(f"train_fraction must be within (0, 1], got {train_fraction!r}")
     filters = [
         *(["--train-permissive-only"] if train_permissive_only else []),
         *(["--train-bundled-sources"] if train_bundled_sources else []),
         *(f"--train-exclude {pattern}" for pattern in train_exclude),
+        *([f"--train-fraction {train_fraction:g}"] if train_fraction < 1.0 else []),
     ]
 
     def training(rs: Sequence[LengthRecord]) -> list[LengthRecord]:
-        return select_records(
+        kept = select_records(
             rs,
             permissive_only=train_permissive_only,
             bundled_sources=train_bundled_sources,
             exclude=train_exclude,
         )
+        if train_fraction < 1.0:
+            kept = [r for r in kept if in_sample(r.prompt_id, train_fraction, seed)]
+        return kept
 
     def problem(before: Sequence[LengthRecord], after: Sequence[LengthRecord]) -> str | None:
         why = _training_problem(after, methods)
@@ -484,6 +496,8 @@ def compare(
         out.append("Trained on the bundled model's sources only.\n")
     if train_exclude:
         out.append(f"Training sets without the sources {', '.join(train_exclude)}.\n")
+    if train_fraction < 1.0:
+        out.append(f"Training sets: a sample of {train_fraction:.0%} of their prompts (seed {seed}).\n")
     legend = (
         "Cells: ranking accuracy over all answers of the corpus (τ: Kendall's tau-b) "
         "[mean ranking accuracy over answering models with >= 5 short and >= 5 long answers].\n"
@@ -778,6 +792,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "(tests stay the same; repeatable)",
     )
     parser.add_argument(
+        "--train-fraction",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="with --compare: train on a sample of this share of each training set's prompts, for a "
+        "learning curve (tests stay the same; the sample depends on --seed; 1: all)",
+    )
+    parser.add_argument(
         "--methods",
         help=f"with --compare: comma-separated subset of {', '.join(ALL_METHODS)} "
         f"(and lexical-vectors, with --word-vectors; default: {','.join(METHODS)}, and "
@@ -813,6 +835,8 @@ def _option_problem(args: argparse.Namespace) -> str | None:
     if len(modes) > 1:
         return f"{' and '.join(modes)} are separate reports: choose one"
     mode = modes[0] if modes else None
+    if not (math.isfinite(args.train_fraction) and 0.0 < args.train_fraction <= 1.0):
+        return "--train-fraction must be within (0, 1]"
     if not (math.isfinite(args.word_vector_weight) and args.word_vector_weight >= 0):
         return "--word-vector-weight must be a number >= 0"
     if args.methods is not None and not method_names(args.methods):
@@ -825,6 +849,7 @@ def _option_problem(args: argparse.Namespace) -> str | None:
         ("--train-permissive-only", args.train_permissive_only, ("--compare",)),
         ("--train-bundled-sources", args.train_bundled_sources, ("--compare",)),
         ("--train-exclude", bool(args.train_exclude), ("--compare",)),
+        ("--train-fraction", args.train_fraction != 1.0, ("--compare",)),
         (f"--predictor {args.predictor}", args.predictor != "lexical", (None,)),
         (f"--split {args.split}", args.split != "auto", (None,)),
         ("--corpora-only", args.corpora_only, (None,)),
@@ -934,6 +959,7 @@ def run(args: argparse.Namespace) -> int:
                 train_permissive_only=args.train_permissive_only,
                 train_bundled_sources=args.train_bundled_sources,
                 train_exclude=args.train_exclude,
+                train_fraction=args.train_fraction,
                 log=log,
                 table=table,
             )
