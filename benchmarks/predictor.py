@@ -182,8 +182,8 @@ def main() -> None:
         ids, values = features.encode(text)
         return run(["log_tokens"], {"ids": ids, "values": values})
 
-    # The two in turn, as predict() runs them: each evicts some of the other's
-    # data from the caches, so together they cost more than apart.
+    # The two in turn, as predict() runs them: together they cost more than
+    # apart, most likely as each leaves the processor's caches less ready for the other.
     r_both = per_call(features_then_run, prompts, args.repeat)  # type: ignore[arg-type]
     print(f"{'  of which features':<22} {r_feat['median']:8.1f} {r_feat['p90']:8.1f} {r_feat['p99']:8.1f}")
     print(f"{'  of which ONNX run':<22} {r_run['median']:8.1f} {r_run['p90']:8.1f} {r_run['p99']:8.1f}")
