@@ -51,6 +51,8 @@ __all__ = [
     "kendall_tau",
     "late_imports",
     "other_answers",
+    "other_answers_accuracy",
+    "plot_compare",
     "ranking_accuracy",
     "report_rows",
     "run",
@@ -146,6 +148,79 @@ def other_answers(records: Sequence[LengthRecord]) -> tuple[list[LengthRecord], 
     keep = counts > 1
     scores = (sums[group] - logs) / np.maximum(counts - 1, 1)
     return [r for r, k in zip(records, keep.tolist(), strict=True) if k], scores[keep]
+
+
+def other_answers_accuracy(records: Sequence[LengthRecord], *, at_least: int = 20) -> float:
+    """Ranking accuracy of :func:`other_answers` over ``records``.
+
+    ``nan`` unless the answers it can score (those to prompts answered more
+    than once) hold at least ``at_least`` short and ``at_least`` long ones.
+    """
+    kept, scores = other_answers(records)
+    tokens = np.array([r.output_tokens for r in kept], np.float64)
+    if (tokens < SHORT_TOKENS).sum() < at_least or (tokens >= LONG_TOKENS).sum() < at_least:
+        return float("nan")
+    return ranking_accuracy(scores, tokens)
+
+
+#: Bar colours of ``--plot``, by method (others take matplotlib's cycle).
+_METHOD_COLORS: Final = {
+    "length": "#9e9e9e",
+    "clairvoyant-xgb": "#d62728",
+    "ridge-ngrams": "#ff7f0e",
+    "lexical": "#9ecae1",
+    "lexical-vectors": "#1f77b4",
+}
+
+#: One panel of ``--plot``: its title, then per corpus each method's (accuracy, per model, tau)
+#: and the accuracy of the prompt's other answers.
+Panel = tuple[str, dict[str, dict[str, tuple[float, float, float]]], dict[str, float]]
+
+
+def plot_compare(path: Path, panels: Sequence[Panel], methods: Sequence[str]) -> None:
+    """The tables of :func:`compare` as grouped bars, one panel a table (PNG, matplotlib).
+
+    Each corpus gets a bar per method (ranking accuracy over all its
+    answers), and a black mark where its prompts' other answers rank
+    (:func:`other_answers_accuracy`, where it has enough answers): about the
+    most a predictor reading only the prompt can do.  A dashed line marks
+    chance (0.5).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [(title, results, ceilings) for title, results, ceilings in panels if results]
+    fig, axes = plt.subplots(
+        1, max(len(shown), 1), figsize=(6.4 * max(len(shown), 1), 4.2), squeeze=False, sharey=True
+    )
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    width = 0.8 / max(len(methods), 1)
+    for ax, (title, results, ceilings) in zip(axes[0], shown, strict=False):
+        corpora = [c for c in results if not all(np.isnan(results[c][m][0]) for m in methods)]
+        x = np.arange(len(corpora))
+        for k, m in enumerate(methods):
+            heights = [results[c][m][0] for c in corpora]
+            color = _METHOD_COLORS.get(m, cycle[k % len(cycle)])
+            ax.bar(x - 0.4 + width * (k + 0.5), heights, width, label=m, color=color)
+        marks = [(i, ceilings[c]) for i, c in enumerate(corpora) if not np.isnan(ceilings.get(c, np.nan))]
+        if marks:
+            ax.scatter(
+                [i for i, _ in marks], [v for _, v in marks], marker="_", s=900, linewidths=2.5,
+                color="black", zorder=3, label="the prompt's other answers",
+            )  # fmt: skip
+        ax.axhline(0.5, color="black", linewidth=0.8, linestyle="--")
+        ax.set_xticks(x, corpora, rotation=15)
+        ax.set_ylim(0.3, 1.0)
+        ax.set_title(title.split(":")[0], fontsize=11)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("ranking accuracy (long above short; 0.5: chance)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _num(x: float) -> str:
@@ -272,6 +347,17 @@ def late_imports(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(dict.fromkeys(needed))
 
 
+def _plot_unavailable(args: argparse.Namespace) -> str | None:
+    """Why ``--plot`` cannot draw (matplotlib, of the bench extra, missing), or ``None``."""
+    if args.plot is None:
+        return None
+    from .._cli import missing_module
+
+    if missing_module(["matplotlib"]) is None:
+        return None
+    return "--plot needs matplotlib (No module named 'matplotlib'): pip install 'sjfsched[bench]'"
+
+
 def _distinct_prompts(records: Sequence[LengthRecord]) -> int:
     return len(group_by_prompt(records)[0])
 
@@ -359,6 +445,7 @@ def compare(
     min_long: int = 20,
     log: Callable[[str], None] = lambda s: None,
     table: Mapping[str, Method] = ALL_METHODS,
+    plot: Path | None = None,
 ) -> str:
     """The comparison tables of ``methods``: in-distribution, and with ``loco`` leave-one-corpus-out.
 
@@ -373,6 +460,8 @@ def compare(
     share of its prompts (by a hash of the prompt id and ``seed``; with one
     seed a smaller share's prompts are among a larger one's), for a
     learning curve; the test sets stay whole.
+
+    ``plot``: also draw the tables there (see :func:`plot_compare`).
     """
     from ._train import select_records, split_records
 
@@ -456,6 +545,7 @@ def compare(
 
     # ---- evaluate
     out = []
+    panels: list[Panel] = []
     title = f"In-distribution: held-out {test_fraction:.0%} of prompts (grouped by prompt_id, seed {seed})"
     if skip_in is None:
         results: dict[str, dict[str, tuple[float, float, float]]] = {c: {} for c in corpora}
@@ -467,6 +557,9 @@ def compare(
                 results[c][m] = _measure([test[i] for i in idx], s[idx])
             log(f"in-distribution {m}: {time.perf_counter() - t0:.0f} s")
         out.append(_table(title, results, methods))
+        if plot is not None:
+            ceilings = {c: other_answers_accuracy([r for r in test if r.corpus == c]) for c in corpora}
+            panels.append((title, results, ceilings))
     else:
         out.append(f"## {title}\n\nNot evaluated: {skip_in}.\n")
     if loco:
@@ -484,6 +577,9 @@ def compare(
         section = (
             _table(loco_title, results, methods) if results else f"## {loco_title}\n\nNo corpus evaluated.\n"
         )
+        if plot is not None:
+            ceilings = {c: other_answers_accuracy(held) for c, held, _ in planned}
+            panels.append((loco_title, results, ceilings))
         if skipped:
             section += "\nNot left out, too little to train on without the corpus:\n\n"
             section += "".join(f"- {c}: {why}\n" for c, why in skipped) + "\n"
@@ -498,6 +594,9 @@ def compare(
         out.append(f"Training sets without the sources {', '.join(train_exclude)}.\n")
     if train_fraction < 1.0:
         out.append(f"Training sets: a sample of {train_fraction:.0%} of their prompts (seed {seed}).\n")
+    if plot is not None:
+        plot_compare(plot, panels, methods)
+        log(f"wrote {plot}")
     legend = (
         "Cells: ranking accuracy over all answers of the corpus (τ: Kendall's tau-b) "
         "[mean ranking accuracy over answering models with >= 5 short and >= 5 long answers].\n"
@@ -800,6 +899,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "learning curve (tests stay the same; the sample depends on --seed; 1: all)",
     )
     parser.add_argument(
+        "--plot",
+        type=Path,
+        metavar="FILE",
+        help="with --compare: also draw its tables as a PNG there, with the mark of each corpus's "
+        "other answers (needs matplotlib: the bench extra)",
+    )
+    parser.add_argument(
         "--methods",
         help=f"with --compare: comma-separated subset of {', '.join(ALL_METHODS)} "
         f"(and lexical-vectors, with --word-vectors; default: {','.join(METHODS)}, and "
@@ -850,6 +956,7 @@ def _option_problem(args: argparse.Namespace) -> str | None:
         ("--train-bundled-sources", args.train_bundled_sources, ("--compare",)),
         ("--train-exclude", bool(args.train_exclude), ("--compare",)),
         ("--train-fraction", args.train_fraction != 1.0, ("--compare",)),
+        ("--plot", args.plot is not None, ("--compare",)),
         (f"--predictor {args.predictor}", args.predictor != "lexical", (None,)),
         (f"--split {args.split}", args.split != "auto", (None,)),
         ("--corpora-only", args.corpora_only, (None,)),
@@ -887,6 +994,10 @@ def _option_problem(args: argparse.Namespace) -> str | None:
         return "--word-vector-weight is for --word-vectors: it does nothing without them"
     if mode is None and args.predictor == "clairvoyant" and args.model is None:
         return "--predictor clairvoyant needs --model"
+    if args.plot is not None and args.plot.is_dir():
+        return f"--plot {args.plot}: is a directory; give the PNG file to write"
+    if args.plot is not None and not args.plot.parent.is_dir():
+        return f"--plot {args.plot}: no folder {args.plot.parent} to write it in"
     return None
 
 
@@ -903,7 +1014,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 < args.test_fraction < 1.0:
         print("sjfsched evaluate: --test-fraction must be within (0, 1)", file=sys.stderr)
         return 2
-    problem = _option_problem(args)
+    problem = _option_problem(args) or _plot_unavailable(args)
     if problem is not None:
         print(f"sjfsched evaluate: {problem}", file=sys.stderr)
         return 2
@@ -962,6 +1073,7 @@ def run(args: argparse.Namespace) -> int:
                 train_fraction=args.train_fraction,
                 log=log,
                 table=table,
+                plot=args.plot,
             )
         )
         return 0
