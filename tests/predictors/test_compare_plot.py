@@ -93,3 +93,10 @@ def test_plot_without_matplotlib_names_the_extra(
         "pip install 'sjfsched[bench]'\n"
     )
     assert not (tmp_path / "x.png").exists()
+
+
+def test_no_table_to_draw_still_writes_a_figure(tmp_path: Path) -> None:
+    from sjfsched.predictors._evaluate import plot_compare
+
+    plot_compare(tmp_path / "none.png", [], ["length"])  # an empty legend once raised in matplotlib
+    assert _png_size(tmp_path / "none.png")[0] > 0

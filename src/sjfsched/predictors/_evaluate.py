@@ -217,7 +217,7 @@ def plot_compare(path: Path, panels: Sequence[Panel], methods: Sequence[str]) ->
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("ranking accuracy (long above short; 0.5: chance)")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), frameon=False)
+    fig.legend(handles, labels, loc="lower center", ncol=max(1, min(len(labels), 6)), frameon=False)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
