@@ -107,13 +107,52 @@ def test_no_prompt_answered_twice_is_one_line_and_exit_1(
     assert main(["evaluate", str(data), "--predictor", "other-answers"]) == 1
     err = capsys.readouterr().err
     assert err == (
-        "sjfsched evaluate: no prompt has two answers or more in the data (2 answers): "
-        "--predictor other-answers ranks an answer by the other answers to its prompt\n"
+        "sjfsched evaluate: no prompt has two answers or more in the data (2 answers; prompts are told "
+        "apart by corpus, prompt_id and text): --predictor other-answers ranks an answer by the other "
+        "answers to its prompt\n"
     )
     # A prompt answered twice, on the training side of the grouped split: none in the test split.
     prompt = next(p for p in (f"prompt {i}" for i in range(100)) if not is_test(prompt_id_of(p), 0.2, 0))
     data = _write(tmp_path / "split.jsonl", [("c", prompt, "m1", 5), ("c", prompt, "m2", 900)])
     assert main(["evaluate", str(data), "--predictor", "other-answers", "--split", "test"]) == 1
-    assert "no prompt has two answers or more in the test split (0 answers)" in capsys.readouterr().err
+    assert "no prompt has two answers or more in the test split (0 answers; " in capsys.readouterr().err
     assert main(["evaluate", str(data), "--predictor", "other-answers", "--split", "train"]) == 0
     assert capsys.readouterr().out.startswith("other-answers on train split: 2 answers, ")
+
+
+def test_one_id_for_different_prompts_keeps_them_apart(tmp_path: Path) -> None:
+    """An id given per conversation: its two different prompts are two prompts, as in training."""
+    rows = []
+    for i in range(3):
+        rows += [("c", f"Write an essay, conversation {i}.", "m1", 1200), ("c", f"Yes or no, {i}?", "m1", 20)]
+        rows += [("c", f"Write an essay, conversation {i}.", "m2", 1000), ("c", f"Yes or no, {i}?", "m2", 30)]
+    data = tmp_path / "conversations.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps(
+                {"source": s, "prompt": p, "model": m, "output_tokens": t, "prompt_id": f"conv{p[-3]}"}
+            )
+            + "\n"
+            for s, p, m, t in rows
+        ),
+        encoding="utf-8",
+    )
+    scored = _scored(load_records([data]))
+    assert len(scored) == 12
+    assert scored[("Write an essay, conversation 0.", "m1")] == pytest.approx(math.log1p(1000))
+    assert scored[("Yes or no, 0?", "m1")] == pytest.approx(math.log1p(30))
+
+
+@pytest.mark.parametrize("predictor", ["other-answers", "length"])
+@pytest.mark.parametrize(("option", "value"), [("--test-fraction", "0.5"), ("--seed", "3")])
+def test_split_options_without_a_split_are_refused(
+    predictor: str, option: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["evaluate", str(tmp_path / "nope.jsonl"), "--predictor", predictor, option, value]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"sjfsched evaluate: {option} does nothing with --predictor {predictor} and --split auto "
+        "(nothing is learnt, every answer is scored): add --split test, train or all\n"
+    )
+    data = _write(tmp_path / "d.jsonl", [("c", "a", "m1", 5), ("c", "a", "m2", 900)])
+    assert main(["evaluate", str(data), "--predictor", predictor, option, value, "--split", "all"]) == 0

@@ -44,18 +44,26 @@ def _records(tmp_path: Path) -> list[LengthRecord]:
 def test_training_sets_are_sampled_and_test_sets_are_not(tmp_path: Path) -> None:
     records = _records(tmp_path)
     trained: list[int] = []
+    scored: list[list[str]] = []
     length = ALL_METHODS["length"]
 
     def counting(train: Sequence[LengthRecord]) -> Callable[[Sequence[str]], Any]:
         trained.append(len({r.prompt_id for r in train}))
-        return length(train)
+        score = length(train)
+
+        def scoring(texts: Sequence[str]) -> Any:
+            scored.append(sorted(texts))
+            return score(texts)
+
+        return scoring
 
     table = {"counting": counting}
     full = compare(
         records, methods=["counting"], test_fraction=0.2, seed=0, loco=True, table=table, min_long=1
     )
-    whole = list(trained)
+    whole, tested = list(trained), list(scored)
     trained.clear()
+    scored.clear()
     half = compare(
         records, methods=["counting"], test_fraction=0.2, seed=0, loco=True, table=table, min_long=1,
         train_fraction=0.5,
@@ -63,12 +71,17 @@ def test_training_sets_are_sampled_and_test_sets_are_not(tmp_path: Path) -> None
     # in-distribution, then each corpus left out (trained on the other one's 200 prompts)
     assert whole[1:] == [200, 200]
     assert all(0.35 < got / of < 0.65 for got, of in zip(trained, whole, strict=True)), (trained, whole)
+    assert scored == tested and len(tested) == 3  # every test set scored whole, as without a sample
     assert "Training sets: a sample of 50% of their prompts (seed 0)." in half
     assert "sample" not in full
     # the tables' rows are the same corpora, tested on the same answers
     assert [line.split("|")[1] for line in half.splitlines() if line.startswith("| ")] == [
         line.split("|")[1] for line in full.splitlines() if line.startswith("| ")
     ]
+    tiny = compare(
+        records, methods=["length"], test_fraction=0.2, seed=0, loco=True, min_long=1, train_fraction=0.004,
+    )  # fmt: skip
+    assert "Training sets: a sample of 0.4% of their prompts (seed 0)." in tiny
     with pytest.raises(ValueError, match=r"train_fraction must be within \(0, 1\], got 0"):
         compare(records, methods=["length"], test_fraction=0.2, seed=0, loco=False, train_fraction=0)
 

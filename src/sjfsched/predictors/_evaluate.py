@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from collections import defaultdict
@@ -134,13 +135,17 @@ def other_answers(records: Sequence[LengthRecord]) -> tuple[list[LengthRecord], 
     What a predictor that knew each prompt's typical answer length from
     other answers (other models, or the same model another time) would
     score: about the most any predictor reading only the prompt can rank.
-    Prompts are told apart by corpus and ``prompt_id``; answers to a prompt
-    answered once have no other answers and are left out.  Returns the
-    answers kept, in their order, and their scores.
+    Prompts are told apart as :func:`group_by_prompt` tells them: by
+    corpus, ``prompt_id`` and text (an id given per conversation does not
+    make its different prompts one).  Answers to a prompt answered once have
+    no other answers and are left out.  Returns the answers kept, in their
+    order, and their scores.
     """
     logs = np.log1p(np.array([r.output_tokens for r in records], np.float64))
-    index: dict[tuple[str, str], int] = {}
-    group = np.array([index.setdefault((r.corpus, r.prompt_id), len(index)) for r in records], np.int64)
+    index: dict[tuple[str, str, str], int] = {}
+    group = np.array(
+        [index.setdefault((r.corpus, r.prompt_id, r.prompt.strip()), len(index)) for r in records], np.int64
+    )
     if not len(group):
         return [], np.zeros(0)
     sums = np.bincount(group, logs)
@@ -172,55 +177,67 @@ _METHOD_COLORS: Final = {
     "lexical-vectors": "#1f77b4",
 }
 
+#: The legend entry of the marks of :func:`other_answers_accuracy` in ``--plot``.
+OTHER_ANSWERS_LABEL: Final = "the prompt's other answers"
+
 #: One panel of ``--plot``: its title, then per corpus each method's (accuracy, per model, tau)
 #: and the accuracy of the prompt's other answers.
 Panel = tuple[str, dict[str, dict[str, tuple[float, float, float]]], dict[str, float]]
 
 
-def plot_compare(path: Path, panels: Sequence[Panel], methods: Sequence[str]) -> None:
+def plot_compare(path: Path, panels: Sequence[Panel], methods: Sequence[str]) -> list[str]:
     """The tables of :func:`compare` as grouped bars, one panel a table (PNG, matplotlib).
 
     Each corpus gets a bar per method (ranking accuracy over all its
     answers), and a black mark where its prompts' other answers rank
     (:func:`other_answers_accuracy`, where it has enough answers): about the
     most a predictor reading only the prompt can do.  A dashed line marks
-    chance (0.5).
+    chance (0.5).  Drawn on a figure of its own (matplotlib's global backend
+    and pyplot's figures are left alone).  Returns the legend's labels.
     """
-    import matplotlib
+    import textwrap
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib
+    from matplotlib.figure import Figure
 
     shown = [(title, results, ceilings) for title, results, ceilings in panels if results]
-    fig, axes = plt.subplots(
-        1, max(len(shown), 1), figsize=(6.4 * max(len(shown), 1), 4.2), squeeze=False, sharey=True
-    )
-    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    n = max(len(shown), 1)
+    fig = Figure(figsize=(6.4 * n, 4.4))
+    axes = fig.subplots(1, n, squeeze=False, sharey=True)[0]
+    cycle = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     width = 0.8 / max(len(methods), 1)
-    for ax, (title, results, ceilings) in zip(axes[0], shown, strict=False):
+    lowest = 0.5
+    for ax, (title, results, ceilings) in zip(axes, shown, strict=False):
         corpora = [c for c in results if not all(np.isnan(results[c][m][0]) for m in methods)]
         x = np.arange(len(corpora))
         for k, m in enumerate(methods):
             heights = [results[c][m][0] for c in corpora]
+            lowest = min([lowest, *(h for h in heights if not np.isnan(h))])
             color = _METHOD_COLORS.get(m, cycle[k % len(cycle)])
             ax.bar(x - 0.4 + width * (k + 0.5), heights, width, label=m, color=color)
         marks = [(i, ceilings[c]) for i, c in enumerate(corpora) if not np.isnan(ceilings.get(c, np.nan))]
         if marks:
+            lowest = min([lowest, *(v for _, v in marks)])
             ax.scatter(
                 [i for i, _ in marks], [v for _, v in marks], marker="_", s=900, linewidths=2.5,
-                color="black", zorder=3, label="the prompt's other answers",
+                color="black", zorder=3, label=OTHER_ANSWERS_LABEL,
             )  # fmt: skip
         ax.axhline(0.5, color="black", linewidth=0.8, linestyle="--")
-        ax.set_xticks(x, corpora, rotation=15)
-        ax.set_ylim(0.3, 1.0)
+        ax.set_xticks(x, [textwrap.fill(c, 16) for c in corpora], fontsize=9)
         ax.set_title(title.split(":")[0], fontsize=11)
         ax.grid(axis="y", alpha=0.3)
-    axes[0][0].set_ylabel("ranking accuracy (long above short; 0.5: chance)")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=max(1, min(len(labels), 6)), frameon=False)
+    for ax in axes:
+        ax.set_ylim(0.3 if lowest >= 0.32 else max(0.0, lowest - 0.05), 1.02)
+    axes[0].set_ylabel("ranking accuracy\n(long above short; 0.5: chance)")
+    handles: dict[str, Any] = {}
+    for ax in axes:  # every panel's entries: a mark may be drawn in one panel only
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=max(1, min(len(handles), 6)),
+               frameon=False)  # fmt: skip
     fig.tight_layout(rect=(0, 0.08, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.savefig(path, dpi=110, format="png")
+    return list(handles)
 
 
 def _num(x: float) -> str:
@@ -445,7 +462,7 @@ def compare(
     min_long: int = 20,
     log: Callable[[str], None] = lambda s: None,
     table: Mapping[str, Method] = ALL_METHODS,
-    plot: Path | None = None,
+    panels: list[Panel] | None = None,
 ) -> str:
     """The comparison tables of ``methods``: in-distribution, and with ``loco`` leave-one-corpus-out.
 
@@ -461,7 +478,8 @@ def compare(
     seed a smaller share's prompts are among a larger one's), for a
     learning curve; the test sets stay whole.
 
-    ``plot``: also draw the tables there (see :func:`plot_compare`).
+    ``panels``: a list to add each table to, as :func:`plot_compare`
+    draws it (with the accuracy of each corpus's other answers).
     """
     from ._train import select_records, split_records
 
@@ -545,7 +563,6 @@ def compare(
 
     # ---- evaluate
     out = []
-    panels: list[Panel] = []
     title = f"In-distribution: held-out {test_fraction:.0%} of prompts (grouped by prompt_id, seed {seed})"
     if skip_in is None:
         results: dict[str, dict[str, tuple[float, float, float]]] = {c: {} for c in corpora}
@@ -557,7 +574,7 @@ def compare(
                 results[c][m] = _measure([test[i] for i in idx], s[idx])
             log(f"in-distribution {m}: {time.perf_counter() - t0:.0f} s")
         out.append(_table(title, results, methods))
-        if plot is not None:
+        if panels is not None:
             ceilings = {c: other_answers_accuracy([r for r in test if r.corpus == c]) for c in corpora}
             panels.append((title, results, ceilings))
     else:
@@ -577,7 +594,7 @@ def compare(
         section = (
             _table(loco_title, results, methods) if results else f"## {loco_title}\n\nNo corpus evaluated.\n"
         )
-        if plot is not None:
+        if panels is not None:
             ceilings = {c: other_answers_accuracy(held) for c, held, _ in planned}
             panels.append((loco_title, results, ceilings))
         if skipped:
@@ -593,10 +610,7 @@ def compare(
     if train_exclude:
         out.append(f"Training sets without the sources {', '.join(train_exclude)}.\n")
     if train_fraction < 1.0:
-        out.append(f"Training sets: a sample of {train_fraction:.0%} of their prompts (seed {seed}).\n")
-    if plot is not None:
-        plot_compare(plot, panels, methods)
-        log(f"wrote {plot}")
+        out.append(f"Training sets: a sample of {train_fraction * 100:g}% of their prompts (seed {seed}).\n")
     legend = (
         "Cells: ranking accuracy over all answers of the corpus (τ: Kendall's tau-b) "
         "[mean ranking accuracy over answering models with >= 5 short and >= 5 long answers].\n"
@@ -994,10 +1008,29 @@ def _option_problem(args: argparse.Namespace) -> str | None:
         return "--word-vector-weight is for --word-vectors: it does nothing without them"
     if mode is None and args.predictor == "clairvoyant" and args.model is None:
         return "--predictor clairvoyant needs --model"
-    if args.plot is not None and args.plot.is_dir():
-        return f"--plot {args.plot}: is a directory; give the PNG file to write"
-    if args.plot is not None and not args.plot.parent.is_dir():
-        return f"--plot {args.plot}: no folder {args.plot.parent} to write it in"
+    if args.plot is not None:
+        return _plot_path_problem(args.plot)
+    if mode is None and args.predictor in ("length", "other-answers") and args.split == "auto":
+        for option, given in (("--test-fraction", args.test_fraction != 0.2), ("--seed", args.seed != 0)):
+            if given:
+                return (
+                    f"{option} does nothing with --predictor {args.predictor} and --split auto "
+                    "(nothing is learnt, every answer is scored): add --split test, train or all"
+                )
+    return None
+
+
+def _plot_path_problem(path: Path) -> str | None:
+    """Why ``--plot PATH`` could not be written, checked before any work, or ``None``."""
+    if path.suffix.lower() != ".png":
+        return f"--plot {path}: give a file name ending in .png (it writes a PNG)"
+    if path.is_dir():
+        return f"--plot {path}: is a directory; give the PNG file to write"
+    folder = path.parent
+    if not folder.is_dir():
+        return f"--plot {path}: no folder {folder} to write it in"
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return f"--plot {path}: not allowed to write there"
     return None
 
 
@@ -1060,6 +1093,7 @@ def run(args: argparse.Namespace) -> int:
         print(report, end="")
         return 0
     if args.compare:
+        panels: list[Panel] | None = [] if args.plot is not None else None
         print(
             compare(
                 records,
@@ -1073,9 +1107,13 @@ def run(args: argparse.Namespace) -> int:
                 train_fraction=args.train_fraction,
                 log=log,
                 table=table,
-                plot=args.plot,
-            )
+                panels=panels,
+            ),
+            flush=True,
         )
+        if panels is not None and args.plot is not None:  # after the report: a failure here loses none of it
+            plot_compare(args.plot, panels, _methods(args))
+            log(f"sjfsched evaluate: wrote {args.plot}")
         return 0
     if args.predictor == "other-answers":
         return _run_other_answers(args, records)
@@ -1157,16 +1195,19 @@ def _run_other_answers(args: argparse.Namespace, records: Sequence[LengthRecord]
         where = "the data" if args.split in ("auto", "all") else f"the {args.split} split"
         print(
             f"sjfsched evaluate: no prompt has two answers or more in {where} ({len(pool):,} "
-            f"answer{'' if len(pool) == 1 else 's'}): --predictor other-answers ranks an answer by "
-            "the other answers to its prompt",
+            f"answer{'' if len(pool) == 1 else 's'}; prompts are told apart by corpus, prompt_id and "
+            "text): --predictor other-answers ranks an answer by the other answers to its prompt",
             file=sys.stderr,
         )
         return 1
     alone = len(pool) - len(chosen)
-    left_out = f" ({alone:,} answer{'' if alone == 1 else 's'} to prompts answered once left out)"
+    left_out = f"{alone:,} answer{'' if alone == 1 else 's'} to prompts answered once left out"
+    gone = sorted({r.corpus for r in pool} - {r.corpus for r in chosen})
+    if gone:
+        left_out += f"; no prompt answered more than once in {', '.join(gone)}"
     print(
         f"other-answers on {split}: {len(chosen):,} answers, each ranked by the mean log length of the "
-        "other answers to its prompt" + (left_out if alone else "")
+        "other answers to its prompt" + (f" ({left_out})" if alone else "")
     )
     print(format_report(report_rows(chosen, scores, per_model=not args.corpora_only)), end="")
     return 0
