@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 #: The optional extra each command needs beyond the core dependencies.
 EXTRAS: Final = {"train": "train", "evaluate": "train", "bench": "bench", "serve": "proxy"}
+#: Modules a command may import late that come with another extra than the command's own.
+MODULE_EXTRAS: Final = {"matplotlib": "bench"}  # evaluate --plot
 #: What ``sjfsched train --features F`` imports of the ``train`` extra (the ``bench``
 #: extra has the lexical ones: the benchmarks train the unseen predictor).
 TRAIN_MODULES: Final[dict[str, tuple[str, ...]]] = {
@@ -140,7 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     late = LATE_IMPORTS.get(args.command)
     missing = missing_module(late(args)) if late is not None else None
     if missing is not None:
-        parser.exit(2, needs_extra(args.command, missing, EXTRAS[args.command]) + "\n")
+        extra = MODULE_EXTRAS.get(missing, EXTRAS[args.command])
+        parser.exit(2, needs_extra(args.command, missing, extra) + "\n")
     try:
         return int(modules[args.command].run(args))
     except KeyboardInterrupt:

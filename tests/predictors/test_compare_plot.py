@@ -145,10 +145,12 @@ def test_plot_without_matplotlib_names_the_extra(
 ) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
     argv = ["evaluate", str(tmp_path / "nope.jsonl"), "--compare", "--plot", str(tmp_path / "x.png")]
-    assert main(argv) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
     assert capsys.readouterr().err == (
-        "sjfsched evaluate: --plot needs matplotlib (No module named 'matplotlib'): "
-        "pip install 'sjfsched[bench]'\n"
+        "sjfsched evaluate: not available (No module named 'matplotlib'); "
+        "it needs its extra: pip install 'sjfsched[bench]'\n"
     )
     assert not (tmp_path / "x.png").exists()
 

@@ -115,7 +115,7 @@ def test_no_prompt_answered_twice_is_one_line_and_exit_1(
     prompt = next(p for p in (f"prompt {i}" for i in range(100)) if not is_test(prompt_id_of(p), 0.2, 0))
     data = _write(tmp_path / "split.jsonl", [("c", prompt, "m1", 5), ("c", prompt, "m2", 900)])
     assert main(["evaluate", str(data), "--predictor", "other-answers", "--split", "test"]) == 1
-    assert "no prompt has two answers or more in the test split (0 answers; " in capsys.readouterr().err
+    assert "sjfsched evaluate: the test split is empty: " in capsys.readouterr().err
     assert main(["evaluate", str(data), "--predictor", "other-answers", "--split", "train"]) == 0
     assert capsys.readouterr().out.startswith("other-answers on train split: 2 answers, ")
 

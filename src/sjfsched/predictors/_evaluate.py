@@ -326,6 +326,9 @@ VARIANTS: dict[str, Method] = {
     "lexical-bigrams": _lexical_with(max_bigrams=20_000),
 }
 ALL_METHODS: dict[str, Method] = {**METHODS, **VARIANTS}
+#: ``--predictor`` choices that read no model: nothing is learnt, so ``--split auto`` scores
+#: every answer.
+_NO_MODEL: Final = ("length", "other-answers")
 #: Methods that learn nothing from the training set.
 UNTRAINED: Final = frozenset({"length"})
 #: Distinct prompts a training set needs at the least (the lexical model's minimum).
@@ -352,8 +355,9 @@ def late_imports(args: argparse.Namespace) -> tuple[str, ...]:
 
     The command line checks them before running (see ``sjfsched._cli.LATE_IMPORTS``),
     so that a missing one ends in one line at once, not in a traceback after the work:
-    scipy always (Kendall's tau); with ``--compare`` what the ``--methods`` need;
-    with ``--adaptation --loco`` what training and writing a lexical model need.
+    scipy always (Kendall's tau); with ``--compare`` what the ``--methods`` need,
+    and matplotlib with ``--plot``; with ``--adaptation --loco`` what training
+    and writing a lexical model need.
     """
     needed = ["scipy"]
     if args.compare:
@@ -361,18 +365,9 @@ def late_imports(args: argparse.Namespace) -> tuple[str, ...]:
             needed += METHOD_MODULES.get(m, LEXICAL_MODULES)
     if args.adaptation and args.loco:
         needed += ["sklearn", "onnx"]
+    if args.compare and args.plot is not None:
+        needed.append("matplotlib")  # of the bench extra (``sjfsched._cli.MODULE_EXTRAS``)
     return tuple(dict.fromkeys(needed))
-
-
-def _plot_unavailable(args: argparse.Namespace) -> str | None:
-    """Why ``--plot`` cannot draw (matplotlib, of the bench extra, missing), or ``None``."""
-    if args.plot is None:
-        return None
-    from .._cli import missing_module
-
-    if missing_module(["matplotlib"]) is None:
-        return None
-    return "--plot needs matplotlib (No module named 'matplotlib'): pip install 'sjfsched[bench]'"
 
 
 def _distinct_prompts(records: Sequence[LengthRecord]) -> int:
@@ -1008,9 +1003,9 @@ def _option_problem(args: argparse.Namespace) -> str | None:
         return "--word-vector-weight is for --word-vectors: it does nothing without them"
     if mode is None and args.predictor == "clairvoyant" and args.model is None:
         return "--predictor clairvoyant needs --model"
-    if args.plot is not None:
-        return _plot_path_problem(args.plot)
-    if mode is None and args.predictor in ("length", "other-answers") and args.split == "auto":
+    if args.plot is not None and (why := _plot_path_problem(args.plot)) is not None:
+        return why
+    if mode is None and args.predictor in _NO_MODEL and args.split == "auto":
         for option, given in (("--test-fraction", args.test_fraction != 0.2), ("--seed", args.seed != 0)):
             if given:
                 return (
@@ -1047,7 +1042,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 < args.test_fraction < 1.0:
         print("sjfsched evaluate: --test-fraction must be within (0, 1)", file=sys.stderr)
         return 2
-    problem = _option_problem(args) or _plot_unavailable(args)
+    problem = _option_problem(args)
     if problem is not None:
         print(f"sjfsched evaluate: {problem}", file=sys.stderr)
         return 2
@@ -1093,7 +1088,7 @@ def run(args: argparse.Namespace) -> int:
         print(report, end="")
         return 0
     if args.compare:
-        panels: list[Panel] | None = [] if args.plot is not None else None
+        panels: list[Panel] = []
         print(
             compare(
                 records,
@@ -1107,17 +1102,15 @@ def run(args: argparse.Namespace) -> int:
                 train_fraction=args.train_fraction,
                 log=log,
                 table=table,
-                panels=panels,
+                panels=None if args.plot is None else panels,
             ),
             flush=True,
         )
-        if panels is not None and args.plot is not None:  # after the report: a failure here loses none of it
+        if args.plot is not None:  # after the report: a failure here loses none of it
             plot_compare(args.plot, panels, _methods(args))
             log(f"sjfsched evaluate: wrote {args.plot}")
         return 0
-    if args.predictor == "other-answers":
-        return _run_other_answers(args, records)
-    score: Callable[[Sequence[str]], npt.NDArray[np.float64]]
+    score: Callable[[Sequence[str]], npt.NDArray[np.float64]] | None = None  # other-answers: none
     metadata: Mapping[str, str] | None = None
     if args.predictor == "length":
         score = _length(())
@@ -1130,15 +1123,15 @@ def run(args: argparse.Namespace) -> int:
 
         def score(texts: Sequence[str]) -> npt.NDArray[np.float64]:
             return np.asarray(clairvoyant.probabilities_many(texts)[:, 2], np.float64)
-    else:
+    elif args.predictor == "lexical":
         from ._lexical import LexicalPredictor
 
         predictor = LexicalPredictor(args.model, calibrate=False)
         metadata = predictor.metadata
         score = predictor.scores
-    learnt = None if args.predictor == "length" else _learnt_from(metadata)
+    learnt = None if args.predictor in _NO_MODEL else _learnt_from(metadata)
     # How `sjfsched train` split the model's data, where its metadata says (older models do not)
-    model_split = None if args.predictor == "length" else _split_of(metadata)
+    model_split = None if args.predictor in _NO_MODEL else _split_of(metadata)
     own = model_split if args.split == "auto" else None  # --split auto scores what it held out
     fraction, seed = (args.test_fraction, args.seed) if own is None else own[:2]
     given = (args.test_fraction, args.seed)
@@ -1155,6 +1148,8 @@ def run(args: argparse.Namespace) -> int:
     fitted_on_all = bundled or (model_split is not None and model_split[2])
     if args.split == "auto" and args.predictor == "length":
         chosen, split = list(records), "every answer (prompt length learns nothing)"
+    elif args.split == "auto" and args.predictor == "other-answers":
+        chosen, split = list(records), "every answer"
     elif args.split == "auto":
         chosen, split = _unseen_part(records, test, trained, fitted_on_all=fitted_on_all)
     else:
@@ -1174,6 +1169,8 @@ def run(args: argparse.Namespace) -> int:
         note = _trained_note(chosen, trained, who, fitted_on_all=fitted_on_all, split=own)
         if note:
             log(f"sjfsched evaluate: {note}")
+    if score is None:
+        return _report_other_answers(args, chosen, split)
     scores = score([r.prompt for r in chosen])
     model = "" if args.predictor == "length" else f" {args.model or '(bundled)'}"
     print(f"{args.predictor}{model} on {split}: {len(chosen):,} answers")
@@ -1181,15 +1178,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_other_answers(args: argparse.Namespace, records: Sequence[LengthRecord]) -> int:
-    """``--predictor other-answers``: each answer ranked by the other answers to its prompt."""
-    from ._train import split_records
-
-    if args.split == "auto":  # nothing is learnt, so nothing is held out
-        pool, split = list(records), "every answer"
-    else:
-        train, test = split_records(records, args.test_fraction, args.seed)
-        pool, split = {"test": test, "train": train, "all": list(records)}[args.split], f"{args.split} split"
+def _report_other_answers(args: argparse.Namespace, pool: Sequence[LengthRecord], split: str) -> int:
+    """``--predictor other-answers`` on the answers ``pool`` chosen by ``--split``."""
     chosen, scores = other_answers(pool)
     if not chosen:
         where = "the data" if args.split in ("auto", "all") else f"the {args.split} split"
