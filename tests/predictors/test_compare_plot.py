@@ -113,13 +113,10 @@ def test_the_report_is_printed_before_the_plot_is_drawn(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--plot", "x.png"], "--plot is for --compare"),
-        (["--calibration", "--plot", "x.png"], "--plot is for --compare, not --calibration"),
         (
             ["--compare", "--plot", "{tmp}/d.png"],
             "--plot {tmp}/d.png: is a directory; give the PNG file to write",
         ),
-        (["--compare", "--plot", "-"], "--plot -: give a file name ending in .png (it writes a PNG)"),
         (
             ["--compare", "--plot", "{tmp}/x.pdf"],
             "--plot {tmp}/x.pdf: give a file name ending in .png (it writes a PNG)",

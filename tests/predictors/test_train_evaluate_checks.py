@@ -377,6 +377,13 @@ def test_group_by_prompt_keys_on_corpus_id_and_text() -> None:
         (["--compare", "--calibration"], "--compare and --calibration are separate reports: choose one"),
         (["--methods", "length"], "--methods is for --compare"),
         (["--train-exclude", "x*"], "--train-exclude is for --compare"),
+        (["--compare", "--train-fraction", "0"], "--train-fraction must be within (0, 1]"),
+        (["--compare", "--train-fraction", "1.5"], "--train-fraction must be within (0, 1]"),
+        (["--compare", "--train-fraction", "nan"], "--train-fraction must be within (0, 1]"),
+        (["--train-fraction", "0.5"], "--train-fraction is for --compare"),
+        (["--plot", "x.png"], "--plot is for --compare"),
+        (["--calibration", "--plot", "x.png"], "--plot is for --compare, not --calibration"),
+        (["--compare", "--plot", "-"], "--plot -: give a file name ending in .png (it writes a PNG)"),
         (
             ["--adaptation", "--train-bundled-sources"],
             "--train-bundled-sources is for --compare, not --adaptation",

@@ -104,23 +104,6 @@ def test_a_sample_too_small_to_train_on_says_so(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["--compare", "--train-fraction", "0"], "--train-fraction must be within (0, 1]"),
-        (["--compare", "--train-fraction", "1.5"], "--train-fraction must be within (0, 1]"),
-        (["--compare", "--train-fraction", "nan"], "--train-fraction must be within (0, 1]"),
-        (["--train-fraction", "0.5"], "--train-fraction is for --compare"),
-    ],
-)
-def test_bad_or_unused_fractions_are_refused_before_reading_data(
-    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert main(["evaluate", str(tmp_path / "nope.jsonl"), *argv]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"sjfsched evaluate: {message}") and err.count("\n") == 1, err
-
-
 def test_a_learning_curve_rises_with_the_share_of_prompts_trained_on(tmp_path: Path) -> None:
     """Prompts whose length follows their topic word: a tenth of them teaches fewer topics."""
     rng = np.random.default_rng(0)
