@@ -494,8 +494,9 @@ def compare(
             bundled_sources=train_bundled_sources,
             exclude=train_exclude,
         )
-        if train_fraction < 1.0:
-            kept = [r for r in kept if in_sample(r.prompt_id, train_fraction, seed)]
+        if train_fraction < 1.0:  # decided once a prompt id, not once an answer
+            sampled = {pid for pid in {r.prompt_id for r in kept} if in_sample(pid, train_fraction, seed)}
+            kept = [r for r in kept if r.prompt_id in sampled]
         return kept
 
     def problem(before: Sequence[LengthRecord], after: Sequence[LengthRecord]) -> str | None:
