@@ -856,11 +856,13 @@ class Scheduler:
         try:
             yield ticket
         except BaseException as exc:
+            ticket._ended = True
             self._end(entry, _outcome_of(exc))
             if self._close_when_idle:
                 await self._close_backend_if_left()
             raise
         else:
+            ticket._ended = True
             self._complete(entry, ticket._completion(anyio.current_time()), known=ticket._reported)
             if self._close_when_idle:
                 await self._close_backend_if_left()
@@ -1476,7 +1478,9 @@ class Ticket:
     """Your turn to run, from :meth:`Scheduler.admit`.
 
     Call :meth:`report` with the output length once you know it, and
-    :meth:`first_token` when the first token arrives if you stream.
+    :meth:`first_token` when the first token arrives if you stream, both
+    inside the ``admit()`` block: once it has ended the request is complete,
+    and they raise :class:`RuntimeError` rather than be lost.
     """
 
     def __init__(self, entry: _Entry, clock: Callable[[], float] = anyio.current_time) -> None:
@@ -1487,6 +1491,8 @@ class Ticket:
         self._finish_reason: str | None = None
         self._prompt_tokens: int | None = None
         self._first_token: float | None = None
+        #: set when the admit() block has ended: the request's Completion is made
+        self._ended = False
 
     @property
     def request(self) -> Request:
@@ -1514,6 +1520,7 @@ class Ticket:
         another thread it raises :class:`RuntimeError` (a
         :class:`~sjfsched.SyncScheduler`'s tickets take any thread).
         """
+        self._check_open("first_token")
         if self._first_token is None:
             try:
                 now = self._clock()
@@ -1536,12 +1543,20 @@ class Ticket:
         (``"length"``: cut off by ``max_tokens``, which a :class:`RequestLog`
         records and ``skip_truncated`` leaves out).
         """
+        self._check_open("report")
         output = _token_count("output_tokens", output_tokens)
         prompt = None if prompt_tokens is None else _token_count("prompt_tokens", prompt_tokens)
         if finish_reason is not None and not isinstance(finish_reason, str):
             raise TypeError(f"Ticket.report: finish_reason must be a str or None, got {finish_reason!r}")
         self._output_tokens, self._prompt_tokens = output, prompt
         self._finish_reason = finish_reason
+
+    def _check_open(self, method: str) -> None:
+        if self._ended:
+            raise RuntimeError(
+                f"Ticket.{method}() after its admit() block ended: the request has completed "
+                f"already, so this would be lost; call it inside the block"
+            )
 
     @property
     def _reported(self) -> bool:
@@ -1571,7 +1586,9 @@ class Ticket:
 
 def _token_count(name: str, value: object) -> int:
     """A count for :meth:`Ticket.report`: an int >= 0 (numpy's integers too), as an ``int``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"Ticket.report: {name} must be an int >= 0, got {type(value).__name__} {value!r}")
+    if value < 0:
         raise ValueError(f"Ticket.report: {name} must be an int >= 0, got {value!r}")
     return int(value)
 

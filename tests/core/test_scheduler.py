@@ -1121,3 +1121,30 @@ def test_a_scheduler_refuses_a_second_event_loops_thread() -> None:
     third.start()
     third.join(10)
     assert results["third"] == "x"
+
+
+async def test_a_ticket_used_after_its_block_raises_instead_of_being_lost() -> None:
+    done: list[Completion] = []
+    async with Scheduler(predictor=ConstantPredictor(), on_complete=done.append) as sched:
+        async with sched.admit("x") as ticket:
+            ticket.report(3)
+        with pytest.raises(RuntimeError, match=r"Ticket.report\(\) after its admit\(\) block ended"):
+            ticket.report(57)
+        with pytest.raises(RuntimeError, match=r"Ticket.first_token\(\) after its admit\(\) block ended"):
+            ticket.first_token()
+        with pytest.raises(KeyError):
+            async with sched.admit("y") as failed:
+                raise KeyError("the caller's own")
+        with pytest.raises(RuntimeError, match="after its admit"):
+            failed.report(1)
+    assert [c.output_tokens for c in done] == [3]  # the late report changed nothing
+
+
+async def test_a_ticket_count_of_the_wrong_type_is_a_type_error() -> None:
+    async with Scheduler(predictor=ConstantPredictor()) as sched:
+        async with sched.admit("x") as ticket:
+            with pytest.raises(TypeError, match=r"output_tokens must be an int >= 0, got str '12'"):
+                ticket.report("12")  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match="prompt_tokens"):
+                ticket.report(1, prompt_tokens=2.0)  # type: ignore[arg-type]
+            ticket.report(1)
