@@ -110,6 +110,11 @@ def _freeze_messages(messages: Sequence[Mapping[str, Any]] | None) -> tuple[Mapp
                 f"Request.messages[{i}]['content'] must be a str or a list of parts, "
                 f"got {type(content).__name__}"
             )
+        if content is None and role != "assistant":  # only an assistant's turn may be tool calls alone
+            raise ValueError(
+                f"Request.messages[{i}] ({role!r}) has no 'content': every message but an "
+                "assistant's (which may hold only 'tool_calls') needs its text"
+            )
         frozen.append(MappingProxyType({k: _copied(v) for k, v in message.items()}))
     if not frozen:
         raise ValueError("Request.messages must hold at least one message")

@@ -201,6 +201,12 @@ class TestRequest:
             ({"messages": [["user", "hi"]]}, TypeError, "Request.messages[0]"),
             ({"messages": [{"content": "hi"}]}, TypeError, "['role']"),
             ({"messages": [{"role": "user", "content": 3}]}, TypeError, "['content']"),
+            ({"messages": [{"role": "user"}]}, ValueError, "messages[0] ('user') has no 'content'"),
+            (
+                {"messages": [{"role": "assistant", "tool_calls": []}, {"role": "tool", "content": None}]},
+                ValueError,
+                "messages[1] ('tool') has no 'content'",
+            ),
             ({"prompt": "x", "max_tokens": -1}, ValueError, "Request.max_tokens"),
             ({"prompt": "x", "max_tokens": 0}, ValueError, "Request.max_tokens"),
             ({"prompt": "x", "max_tokens": 2.5}, TypeError, "Request.max_tokens"),
