@@ -230,3 +230,14 @@ def test_an_option_another_server_names_says_what_llama_cpp_takes_instead(
     with pytest.raises(BackendError) as info:
         anyio.run(first_chunk)
     assert str(info.value) == message
+
+
+def test_serve_without_its_extra_says_what_to_install_once(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in [m for m in sys.modules if m == "sjfsched.proxy" or m.startswith("sjfsched.proxy.")]:
+        monkeypatch.delitem(sys.modules, name)  # imported afresh, without httptools
+    monkeypatch.setitem(sys.modules, "httptools", None)
+    message = _exit_message(["serve", "--help"], capsys)
+    assert message.startswith("sjfsched serve: not available: "), message
+    assert message.count("pip install 'sjfsched[proxy]'") == 1, message

@@ -131,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ImportError as exc:
             extra = EXTRAS.get(name)
             hint = f": pip install 'sjfsched[{extra}]'" if extra else ""
+            if extra and f"sjfsched[{extra}]" in str(exc):  # the package's own error says it already
+                parser.exit(2, f"sjfsched {name}: not available: {exc}\n")
             parser.exit(2, f"sjfsched {name}: not available ({exc}); it needs its extra{hint}\n")
         module.configure(command_parser)
         modules[name] = module
