@@ -4,7 +4,10 @@ Subclass Scheduler and override sort_key(), the one method that orders the
 queue.  Here each request may carry a deadline (seconds from now) in its
 metadata; the request with the least slack (deadline minus estimated service
 time) runs first, and requests without a deadline fall back to plain
-shortest-job-first behind them.
+shortest-job-first behind them.  The simulated server can pause an answer,
+so a deadline request that arrives pauses the one running (``preempt=True``,
+the default where the backend can resume): its line says how often it was
+paused, and its time in all counts the pauses.
 
 Runs in virtual time against a simulated server, no model needed:
 
@@ -50,8 +53,11 @@ async def main() -> None:
             c = await sched.complete(request)
             deadline = request.metadata.get("deadline", math.inf)
             met = "met" if c.latency <= deadline else "MISSED"
+            # latency: from submission to the end, pauses included; waited: before its first turn
+            paused = f"paused {c.preemptions}x" if c.preemptions else ""
             print(
-                f"t={c.finished:6.1f}s  waited {c.wait:5.1f}s  {request.text[:45]:<45}"
+                f"t={c.finished:6.1f}s  in all {c.latency:5.1f}s  waited {c.wait:5.1f}s  {paused:<10}"
+                f"{request.text[:45]:<45}"
                 + (f"  deadline {deadline:.0f}s {met}" if deadline != math.inf else "")
             )
 
