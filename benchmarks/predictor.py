@@ -14,7 +14,8 @@ For each predictor it prints:
   requests, its learnt correction adds a gather and a dot product);
 - for the lexical model, the two halves of a prediction: its features
   (:meth:`LexicalFeaturizer.encode`) and the ONNX run, each timed alone and
-  the two in turn (as ``predict()`` runs them), and the median cost
+  the two in turn (as ``predict()`` runs them), the two in turn and the
+  whole ``predict()`` by the prompt's length, and the median cost
   of ``observe()`` of a request just predicted (what the scheduler does after
   every completed request), adapting (the default) and with ``adapt=False``;
 - ``predict_many()``: prompts per second, in batches of 1, 100, 1,000 and
@@ -33,6 +34,7 @@ import argparse
 import gc
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -43,6 +45,7 @@ from sjfsched import Request
 from sjfsched._cli import at_least_one, machine_summary
 from sjfsched.predictors import ClairvoyantPredictor, HeuristicPredictor, LexicalPredictor, Predictor
 from sjfsched.predictors._corpus import iter_json_lines, parse_record
+from sjfsched.predictors._features import HEAD_CHARS, TAIL_CHARS
 from sjfsched.predictors._lexical import bundled_model_path
 from sjfsched.predictors._wordtable import WordTable
 
@@ -50,6 +53,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 DEMO_TRACE = ROOT / "src" / "sjfsched" / "data" / "demo_trace.jsonl"
 CLAIRVOYANT_MODEL = ROOT / "benchmarks" / "models" / "clairvoyant.onnx"
+#: One character more than the part of a prompt the features read: longer prompts cost the same.
+CLIPPED = HEAD_CHARS + TAIL_CHARS + 1
+LENGTH_BANDS = ((0, 100), (101, 200), (201, 400), (401, CLIPPED - 1), (CLIPPED, sys.maxsize))
 
 
 def load_prompts(data: Path, limit: int | None) -> tuple[list[str], str]:
@@ -188,6 +194,19 @@ def main() -> None:
     print(f"{'  of which features':<22} {r_feat['median']:8.1f} {r_feat['p90']:8.1f} {r_feat['p99']:8.1f}")
     print(f"{'  of which ONNX run':<22} {r_run['median']:8.1f} {r_run['p90']:8.1f} {r_run['p99']:8.1f}")
     print(f"{'  the two in turn':<22} {r_both['median']:8.1f} {r_both['p90']:8.1f} {r_both['p99']:8.1f}")
+    print()
+    # What a prediction costs grows with the prompt, up to the part read (HEAD_CHARS + TAIL_CHARS).
+    print("by prompt length: median microseconds, the two in turn and the whole predict()")
+    print(f"{'characters':<22} {'prompts':>8} {'in turn':>8} {'predict':>8}")
+    for low, high in LENGTH_BANDS:
+        band = [p for p in prompts if low <= len(p) <= high]
+        if not band:
+            continue
+        turn = per_call(features_then_run, band, args.repeat)  # type: ignore[arg-type]
+        whole = per_call(lexical.predict, [Request(p) for p in band], args.repeat)  # type: ignore[arg-type]
+        label = f"{low:,}-{high:,}" if high < CLIPPED else f"{low:,} and more (read {CLIPPED - 1:,})"
+        print(f"{label:<22} {len(band):8,} {turn['median']:8.1f} {whole['median']:8.1f}")
+    print()
     # predict_many's word table: built once per process, at the first batch.
     builds = []
     for _ in range(args.repeat):
