@@ -241,3 +241,22 @@ def test_serve_without_its_extra_says_what_to_install_once(
     message = _exit_message(["serve", "--help"], capsys)
     assert message.startswith("sjfsched serve: not available: "), message
     assert message.count("pip install 'sjfsched[proxy]'") == 1, message
+
+
+def test_bench_help_needs_no_extra_and_a_bench_run_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in [m for m in sys.modules if m == "sjfsched._bench" or m.startswith("sjfsched._bench.")]:
+        monkeypatch.delitem(sys.modules, name)  # imported afresh, without the extra
+    for missing in ("trio", "trio.testing", "tqdm", "matplotlib"):
+        monkeypatch.setitem(sys.modules, missing, None)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "sim", "--help"])
+    assert exit_info.value.code == 0
+    assert "--scenarios" in capsys.readouterr().out
+    log = _records(tmp_path / "requests.jsonl", 12)
+    argv = ["bench", "sim", "--traces", str(log), "--profiles", "gpu", "--scenarios", "burst10"]
+    assert _exit_message(argv, capsys) == (
+        "sjfsched bench: not available (No module named 'trio'); "
+        "it needs its extra: pip install 'sjfsched[bench]'"
+    )

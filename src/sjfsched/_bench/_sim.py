@@ -14,7 +14,6 @@ from collections.abc import Callable, Mapping, Sequence
 import anyio
 import attrs
 import numpy as np
-import trio.testing
 
 from .._records import Completion, Request
 from .._scheduler import Scheduler
@@ -137,6 +136,8 @@ def poisson_arrivals(n: int, rate: float, rng: random.Random) -> list[float]:
 
 
 def _clock_options() -> dict[str, object]:
+    import trio.testing  # the bench extra: imported here, so `sjfsched bench --help` needs none
+
     return {"clock": trio.testing.MockClock(autojump_threshold=0)}
 
 
