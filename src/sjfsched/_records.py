@@ -14,7 +14,7 @@ import numbers
 import weakref
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, SupportsFloat, SupportsIndex
+from typing import Any, Final, SupportsFloat, SupportsIndex
 
 import attrs
 
@@ -368,9 +368,16 @@ def _check_finish_reason(instance: object, attribute: attrs.Attribute[Any], valu
         raise TypeError(f"Chunk.finish_reason must be a str or None, got {type(value).__name__} {value!r}")
 
 
+#: The most tokens one answer or prompt is taken to have: a count past it is a mistake (a
+#: float's range is not far beyond: 10**309 tokens would break the learnt rates).
+MAX_TOKEN_COUNT: Final = 1_000_000_000
+
+
 def _check_chunk_tokens(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"Chunk.{attribute.name} must be an int >= 0, got {value!r}")
+    if value > MAX_TOKEN_COUNT:
+        raise ValueError(f"Chunk.{attribute.name} must be at most {MAX_TOKEN_COUNT:,}, got {value!r}")
 
 
 def _check_opt_count(instance: object, attribute: attrs.Attribute[Any], value: int | None) -> None:

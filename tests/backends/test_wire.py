@@ -365,3 +365,27 @@ async def test_a_429_in_an_openai_streams_error_event_is_the_servers_load_too() 
         with pytest.raises(BackendUnavailable, match="rate limited") as caught:
             await collect(OpenAIBackend(url, model="m"), Request("x"))
     assert caught.value.status_code == 429
+
+
+async def test_counts_no_answer_could_have_are_ignored_and_counted_here() -> None:
+    """A server's count past any answer's (or a float's range) is treated as missing, not trusted."""
+    ollama_lines = ndjson(
+        {"response": "a", "done": False},
+        {
+            "response": "b",
+            "done": True,
+            "done_reason": "stop",
+            "eval_count": 10**12,
+            "prompt_eval_count": 10**400,
+        },
+    )
+    with scripted_server(ollama_lines) as url:
+        chunks = await collect(OllamaBackend("m", url), Request("x"))
+    assert [(c.text, c.tokens, c.prompt_tokens) for c in chunks] == [("a", 1, None), ("b", 1, None)]
+    usage = {"choices": [], "usage": {"prompt_tokens": 10**400, "completion_tokens": 10**12}}
+    with scripted_server(
+        [*sse(completion("a"), completion("b", "stop"), usage), b"data: [DONE]\n\n"], content_type=SSE
+    ) as url:
+        chunks = await collect(OpenAIBackend(url, model="m"), Request("x"))
+    assert sum(c.tokens for c in chunks) == 2
+    assert all(c.prompt_tokens is None for c in chunks)

@@ -1148,3 +1148,19 @@ async def test_a_ticket_count_of_the_wrong_type_is_a_type_error() -> None:
             with pytest.raises(TypeError, match="prompt_tokens"):
                 ticket.report(1, prompt_tokens=2.0)  # type: ignore[arg-type]
             ticket.report(1)
+
+
+async def test_a_count_past_any_answer_is_refused_before_it_skews_the_rates() -> None:
+    done: list[Completion] = []
+    async with Scheduler(predictor=ConstantPredictor(), on_complete=done.append) as sched:
+        async with sched.admit("x") as ticket:
+            for count in (10**9 + 1, 10**40, 10**400):
+                with pytest.raises(ValueError, match=r"output_tokens must be at most 1,000,000,000"):
+                    ticket.report(count)
+            with pytest.raises(ValueError, match="prompt_tokens must be at most"):
+                ticket.report(1, prompt_tokens=10**10)
+            ticket.report(10**9)  # the bound itself is a count
+        assert sched.statistics().completed == 1
+    assert [c.output_tokens for c in done] == [10**9]
+    with pytest.raises(ValueError, match=r"Chunk.tokens must be at most 1,000,000,000"):
+        Chunk("x", tokens=10**309)

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, final
 
 from .._errors import BackendError
-from .._records import Chunk, Request
+from .._records import MAX_TOKEN_COUNT, Chunk, Request
 from ._http import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_READ_TIMEOUT,
@@ -260,7 +260,9 @@ def _text_of(message: Mapping[str, Any], chat: bool) -> tuple[str, bool]:
 
 
 def _count(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+    """A token count the server sent, or ``None`` for one no answer could have (then counted here)."""
+    usable = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKEN_COUNT
+    return value if usable else None  # type: ignore[return-value]
 
 
 def _final_chunk(message: Mapping[str, Any], text: str, counted: int) -> Chunk:

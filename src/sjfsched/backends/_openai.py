@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, final
 from urllib.parse import urlsplit
 
 from .._errors import BackendError
-from .._records import Chunk, Request
+from .._records import MAX_TOKEN_COUNT, Chunk, Request
 from ._base import resume_by_continuation
 from ._http import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -345,4 +345,6 @@ def _choice_text(choice: Mapping[str, Any], chat: bool) -> tuple[str, bool]:
 
 
 def _count(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+    """A token count the server sent, or ``None`` for one no answer could have (then counted here)."""
+    usable = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKEN_COUNT
+    return value if usable else None  # type: ignore[return-value]
