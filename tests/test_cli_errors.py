@@ -31,7 +31,7 @@ def test_train_and_evaluate_name_the_bad_input(tmp_path: Path) -> None:
     assert _exit_message(["train", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "m.onnx")]) == (
         f"sjfsched train: no such file or directory: {tmp_path / 'nope.jsonl'}"
     )
-    assert "bad.jsonl:1: 'output_tokens' must be a finite number" in _exit_message(
+    assert "bad.jsonl:1: no 'output_tokens'" in _exit_message(
         ["train", str(bad), "--out", str(tmp_path / "m.onnx")]
     )
     assert _exit_message(["evaluate", str(bad)]).startswith("sjfsched evaluate: ")
@@ -165,3 +165,98 @@ def test_a_compressed_request_log_reads_while_open_and_after_a_crash(
     junk.write_bytes(gzip.compress(b'{"prompt": "a", "output_tokens": 3}\n') + bytes(damaged))
     with pytest.raises(ValueError, match=r"junk\.jsonl\.gz: corrupt gzip data after line 1"):
         load_records([junk])
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            ["--features", "clairvoyant", "--alpha", "3"],
+            "--alpha: for the lexical model, not --features clairvoyant",
+        ),
+        (
+            ["--features", "clairvoyant", "--target", "log", "--byte-bits", "10", "--min-count", "7"],
+            "--byte-bits, --min-count, --target: for the lexical model, not --features clairvoyant",
+        ),
+        (
+            ["--target-percentiles", "5", "95"],
+            "--target-percentiles is for --target log (the rank target clips nothing)",
+        ),
+        (["--word-vector-weight", "0.5"], "--word-vector-weight: for --word-vectors, which is not given"),
+        (
+            ["--word-vector-limit", "100", "--word-vector-weight", "0.5"],
+            "--word-vector-limit, --word-vector-weight: for --word-vectors, which is not given",
+        ),
+        (["--alpha", "-1"], "--alpha must be a number > 0, got -1"),
+        (["--alpha", "nan"], "--alpha must be a number > 0, got nan"),
+        (["--byte-bits", "40"], "--byte-bits must be within [8, 24], got 40"),
+        (["--min-count", "0"], "--min-count must be at least 1, got 0"),
+        (["--max-bigrams", "-5"], "--max-bigrams must be 0 or more, got -5"),
+    ],
+)
+def test_train_refuses_options_its_model_would_ignore_or_cannot_take_before_reading_data(
+    options: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The data does not exist: the options are checked first.
+    argv = ["train", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "m.onnx"), *options]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == f"sjfsched train: {message}"
+
+
+def test_train_takes_a_lexical_option_passed_at_its_default_with_clairvoyant(tmp_path: Path) -> None:
+    data = _records(tmp_path / "ok.jsonl", 50)
+    argv = [
+        "train",
+        str(data),
+        "--out",
+        str(tmp_path / "m.onnx"),
+        "--features",
+        "clairvoyant",
+        "--alpha",
+        "1",
+    ]
+    assert main(argv) == 0
+
+
+def test_train_refuses_answers_all_of_one_length(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    same = tmp_path / "same.jsonl"
+    same.write_text(
+        "".join(json.dumps({"prompt": f"question {i}", "output_tokens": 100}) + "\n" for i in range(40))
+    )
+    assert main(["train", str(same), "--out", str(tmp_path / "m.onnx")]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "sjfsched train: every one of the 40 answers has the same length (100 tokens): there is no order "
+        "to learn; train on answers of different lengths"
+    )
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_train_says_how_many_answers_were_cut_off_and_the_card_records_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "requests.jsonl"
+    lines = [
+        {
+            "prompt": f"question {i} about {i % 7}",
+            "output_tokens": 150 if i % 3 else 10 + i,
+            "finish_reason": "length" if i % 3 else "stop",
+        }
+        for i in range(60)
+    ]
+    log.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert main(["train", str(log), "--out", str(tmp_path / "m.onnx"), "--fit-all"]) == 0
+    assert (
+        'sjfsched train: 40 of the 60 answers were cut off at their max_tokens ("finish_reason": "length"): '
+        "their lengths are lower bounds" in capsys.readouterr().err
+    )
+    card = (tmp_path / "m.md").read_text()
+    assert 'Cut off at their max_tokens (`"finish_reason": "length"`): 40 of the 60 training answers' in card
+
+
+def test_a_record_without_output_tokens_is_named_as_missing(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "hi", "tokens": 12}) + "\n")
+    with pytest.raises(
+        ValueError, match=r"bad.jsonl:1: no 'output_tokens' \(the length of the answer, in tokens\)"
+    ):
+        load_records([bad])

@@ -542,7 +542,8 @@ def test_train_says_when_its_split_leaves_too_few_prompts(
     path = tmp_path / "two.jsonl"
     path.write_text(
         "".join(
-            json.dumps({"prompt_id": i, "prompt": f"prompt {i}", "output_tokens": 10}) + "\n" for i in "ab"
+            json.dumps({"prompt_id": i, "prompt": f"prompt {i}", "output_tokens": n}) + "\n"
+            for i, n in (("a", 10), ("b", 900))
         )
     )
     argv = [
@@ -594,3 +595,50 @@ def test_evaluate_scores_what_a_model_held_out_as_its_metadata_says(
     out, err = capsys.readouterr()
     assert out.startswith(f"lexical {split} on test split: {held:,} answers")
     assert "the part its training held out (--test-fraction 0.3, --seed 5, as its metadata says)" in err
+
+
+def test_an_empty_split_names_the_split_used_the_models_own(
+    log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "all.onnx"
+    assert main(["train", str(log), "--out", str(out), "--test-fraction", "0"]) == 0
+    capsys.readouterr()
+    assert _refused(["evaluate", str(log), "--model", str(out)], capsys) == (
+        "sjfsched evaluate: the test split is empty: --test-fraction 0 (seed 0) (the model's own split, "
+        "as its metadata says) splits the 90 prompt ids so; --split all evaluates every answer"
+    )
+
+
+def test_calibration_and_adaptation_say_when_the_model_was_trained_on_the_answers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = random.Random(1)
+    rows = [
+        {
+            "source": "support",
+            "prompt": text,
+            "model": "small",
+            "output_tokens": round(typical * rng.uniform(0.8, 1.25)),
+        }
+        for i in range(150)
+        for text, typical in (
+            (f"Write a detailed essay about {TOPICS[i % 10]}, with sections, part {i}.", 1300),
+            (f"What is {TOPICS[i % 10]}? Answer in one sentence, number {i}.", 40),
+            (f"Explain {TOPICS[i % 10]} to a child, take {i}.", 350),
+        )
+    ]
+    log = tmp_path / "requests.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "mine.onnx"
+    assert main(["train", str(log), "--out", str(out), "--fit-all"]) == 0
+    capsys.readouterr()
+    note = (
+        "sjfsched evaluate: 450 of these 450 answers are of sources the model was trained on (support): "
+        "this report runs it on every answer, so its figures on them are in-distribution, not held out"
+    )
+    for report in ("--calibration", "--adaptation"):
+        assert main(["evaluate", str(log), "--model", str(out), report]) == 0
+        assert note in capsys.readouterr().err.splitlines()
+    # The bundled model never saw these: nothing to say.
+    assert main(["evaluate", str(log), "--calibration"]) == 0
+    assert "in-distribution" not in capsys.readouterr().err

@@ -273,3 +273,11 @@ def test_evaluate_adaptation_left_out_hands_the_vectors_on(
     assert main(["evaluate", str(data), "--adaptation", "--loco"]) == 0
     assert [None if v is None else v.words[:2] for v in seen] == [["essay", "report"], None]
     assert "trained without word vectors, the bundled model with them" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["nope.json", "nope.txt"])
+def test_a_missing_vectors_file_is_named_as_missing(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ValueError, match=rf"{name}: no such file$"):
+        load_word_vectors(tmp_path / name)
+    with pytest.raises(ValueError, match="a directory, not a word vectors file"):
+        load_word_vectors(tmp_path)

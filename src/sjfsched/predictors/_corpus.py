@@ -64,6 +64,9 @@ class LengthRecord:
     prompt_id: str
     source: str
     model: str
+    #: the answer was cut off at its max_tokens (``"finish_reason": "length"``): its length is a
+    #: lower bound
+    cut: bool = False
 
     @property
     def corpus(self) -> str:
@@ -279,6 +282,8 @@ def parse_record(raw: Any, path: Path, line: int) -> LengthRecord:
             " (a chat's 'messages' are not read: give the text to rank by, its last user turn, as 'prompt')"
         )
         raise ValueError(f"{where}: no 'prompt'" + (chat if "messages" in raw else ""))
+    if "output_tokens" not in raw:
+        raise ValueError(f"{where}: no 'output_tokens' (the length of the answer, in tokens)")
     tokens = raw.get("output_tokens")
     if isinstance(tokens, bool) or not isinstance(tokens, (int, float)) or not _finite(tokens):
         large = isinstance(tokens, int) and tokens.bit_length() > 100
@@ -300,6 +305,7 @@ def parse_record(raw: Any, path: Path, line: int) -> LengthRecord:
         prompt_id=str(prompt_id) if prompt_id else prompt_id_of(prompt),
         source=str(source) if source else source_of_file(path),
         model=str(model) if model else "unknown",
+        cut=raw.get("finish_reason") == "length",
     )
 
 

@@ -1067,6 +1067,10 @@ def run(args: argparse.Namespace) -> int:
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
+    if args.calibration or (args.adaptation and not args.loco):
+        note = _whole_data_note(records, args.model)  # both run the model on every answer
+        if note:
+            log(f"sjfsched evaluate: {note}")
     if args.calibration:
         print(calibration_report(records, args.model), end="")
         return 0
@@ -1159,8 +1163,9 @@ def run(args: argparse.Namespace) -> int:
         ids = len({(r.corpus, r.prompt_id) for r in records})
         print(
             f"sjfsched evaluate: the {'test' if args.split == 'auto' else args.split} split is empty: "
-            f"--test-fraction {args.test_fraction:g} "
-            f"(seed {args.seed}) splits the {ids:,} prompt id{'' if ids == 1 else 's'} so; "
+            f"--test-fraction {fraction:g} (seed {seed})"
+            + (" (the model's own split, as its metadata says)" if own is not None else "")
+            + f" splits the {ids:,} prompt id{'' if ids == 1 else 's'} so; "
             "--split all evaluates every answer",
             file=sys.stderr,
         )
@@ -1278,6 +1283,26 @@ def _unseen_part(
     return chosen, (
         f"test split and the {len(unseen):,} answers it was not trained on (of other sources, or "
         "prompts it was kept from)"
+    )
+
+
+def _whole_data_note(records: Sequence[LengthRecord], model: Path | None) -> str:
+    """What to make of ``--calibration`` and ``--adaptation`` figures over answers that the lexical
+    ``model`` (``None``: the bundled one) was trained on ('' if none, or it does not say)."""
+    from ._lexical import LexicalPredictor
+
+    learnt = _learnt_from(LexicalPredictor(model, calibrate=False).metadata)
+    if learnt is None:
+        return ""
+    seen = [r for r in records if _is_learnt(r, learnt)]
+    if not seen:
+        return ""
+    sources = sorted({r.source for r in seen})
+    listed = ", ".join(sources[:5]) + (", ..." if len(sources) > 5 else "")
+    who = "the bundled model" if model is None else "the model"
+    return (
+        f"{len(seen):,} of these {len(records):,} answers are of sources {who} was trained on ({listed}): "
+        "this report runs it on every answer, so its figures on them are in-distribution, not held out"
     )
 
 

@@ -32,7 +32,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import attrs
 import numpy as np
@@ -95,6 +95,10 @@ RANK_KNOTS = 65
 TARGET_PERCENTILES = (10.0, 99.0)
 #: Word pairs the lexical model's vocabulary keeps at most.
 MAX_BIGRAMS = 0
+#: The lexical model's ridge penalty, byte 4-gram buckets (log2) and a word's prompts to be kept.
+ALPHA = 1.0
+BYTE_BITS = 18
+MIN_COUNT = 2
 
 
 # ---------------------------------------------------------------- the data
@@ -553,6 +557,13 @@ def _card(
     ]
     if credits:
         lines += ["", "Sources and attribution:", "", *credits]
+    cut = sum(r.cut for r in train)
+    if cut:
+        lines += [
+            "",
+            f'Cut off at their max_tokens (`"finish_reason": "length"`): {cut:,} of the '
+            f"{len(train):,} training answers; their lengths are lower bounds, trained on as they are.",
+        ]
     if args.word_vectors is not None:
         name = Path(args.word_vectors).name
         known = VECTOR_ATTRIBUTIONS.get(name, "its license is as its provider states")
@@ -712,7 +723,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="after evaluating, refit on all the data (held-out part included)",
     )
-    parser.add_argument("--alpha", type=float, default=1.0, help="ridge penalty of the lexical model (1.0)")
+    parser.add_argument(
+        "--alpha", type=float, default=ALPHA, help=f"ridge penalty of the lexical model ({ALPHA:g})"
+    )
     parser.add_argument(
         "--word-vectors",
         type=Path,
@@ -732,9 +745,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=VECTOR_WEIGHT,
         help=f"with --word-vectors: their regression's weight in the blend ({VECTOR_WEIGHT:g})",
     )
-    parser.add_argument("--byte-bits", type=int, default=18, help="log2 of the byte 4-gram buckets (18)")
     parser.add_argument(
-        "--min-count", type=int, default=2, help="prompts a word needs to enter the vocabulary (2)"
+        "--byte-bits", type=int, default=BYTE_BITS, help=f"log2 of the byte 4-gram buckets ({BYTE_BITS})"
+    )
+    parser.add_argument(
+        "--min-count",
+        type=int,
+        default=MIN_COUNT,
+        help=f"prompts a word needs to enter the vocabulary ({MIN_COUNT})",
     )
     parser.add_argument(
         "--max-bigrams",
@@ -760,6 +778,47 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
+#: The lexical model's options: flag, attribute, default.
+_LEXICAL_OPTIONS: Final = (
+    ("--alpha", "alpha", ALPHA),
+    ("--byte-bits", "byte_bits", BYTE_BITS),
+    ("--min-count", "min_count", MIN_COUNT),
+    ("--max-bigrams", "max_bigrams", MAX_BIGRAMS),
+    ("--target", "target", TARGET),
+    ("--target-percentiles", "target_percentiles", list(TARGET_PERCENTILES)),
+)
+_VECTOR_OPTIONS: Final = (
+    ("--word-vector-limit", "word_vector_limit", VECTOR_LIMIT),
+    ("--word-vector-weight", "word_vector_weight", VECTOR_WEIGHT),
+)
+
+
+def _option_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the model's options, checked before any data is read: a value out of
+    range, or an option the chosen model would ignore (a default value passed again is no harm)."""
+    if args.features != "lexical":
+        given = [flag for flag, name, default in _LEXICAL_OPTIONS if getattr(args, name) != default]
+        if given:
+            return f"{', '.join(given)}: for the lexical model, not --features {args.features}"
+    elif args.target != "log" and list(args.target_percentiles) != list(TARGET_PERCENTILES):
+        return f"--target-percentiles is for --target log (the {args.target} target clips nothing)"
+    if args.word_vectors is None:
+        given = [flag for flag, name, default in _VECTOR_OPTIONS if getattr(args, name) != default]
+        if given:
+            return f"{', '.join(given)}: for --word-vectors, which is not given"
+    if not (math.isfinite(args.alpha) and args.alpha > 0):
+        return f"--alpha must be a number > 0, got {args.alpha:g}"
+    if not 8 <= args.byte_bits <= 24:
+        return f"--byte-bits must be within [8, 24], got {args.byte_bits}"
+    if args.min_count < 1:
+        return f"--min-count must be at least 1, got {args.min_count}"
+    if args.max_bigrams < 0:
+        return f"--max-bigrams must be 0 or more, got {args.max_bigrams}"
+    if args.word_vector_limit < 1:
+        return f"--word-vector-limit must be at least 1, got {args.word_vector_limit}"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from ._evaluate import format_report, report_rows
 
@@ -783,6 +842,10 @@ def run(args: argparse.Namespace) -> int:
     low, high = args.target_percentiles
     if not 0 <= low < high <= 100:
         print("sjfsched train: --target-percentiles needs 0 <= LOW < HIGH <= 100", file=sys.stderr)
+        return 2
+    problem = _option_problem(args)
+    if problem is not None:
+        print(f"sjfsched train: {problem}", file=sys.stderr)
         return 2
     started = time.perf_counter()
     target = ""
@@ -818,6 +881,22 @@ def run(args: argparse.Namespace) -> int:
     if not records:
         print(f"sjfsched train: {no_records(args.data, loaded)}", file=sys.stderr)
         return 1
+    lengths = {r.output_tokens for r in records}
+    if len(lengths) == 1:  # a model would learn one constant, and rank nothing
+        print(
+            f"sjfsched train: every one of the {len(records):,} answers has the same length "
+            f"({lengths.pop():g} tokens): there is no order to learn; train on answers of different lengths",
+            file=sys.stderr,
+        )
+        return 1
+    cut = sum(r.cut for r in records)
+    if cut:
+        print(
+            f"sjfsched train: {cut:,} of the {len(records):,} answers were cut off at their max_tokens "
+            '("finish_reason": "length"): their lengths are lower bounds, trained on as they are '
+            "(a RequestLog(skip_truncated=True) leaves such answers out of a log)",
+            file=sys.stderr,
+        )
     train, test = split_records(records, args.test_fraction, args.seed)
     train, clashed = without_prompts_of(train, test)
     if clashed:  # the split is by prompt_id: an id per conversation or request repeats texts

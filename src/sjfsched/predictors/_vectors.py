@@ -67,6 +67,10 @@ def load_word_vectors(path: Path, *, limit: int = DEFAULT_LIMIT) -> WordVectors:
     if limit < 1:
         raise ValueError(f"the word vector limit must be >= 1, got {limit}")
     path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path}: no such file")
+    if path.is_dir():
+        raise ValueError(f"{path}: a directory, not a word vectors file")
     if path.suffix == ".json":
         words, rows = _read_wink(path, limit)
     else:
