@@ -401,6 +401,11 @@ class Scheduler:
         self._seq = 0
         self._idle: anyio.Event | None = None
         self._mean_tokens = _NEUTRAL_TOKENS
+        #: What a failure of the caller's code run by the scheduler (the predictor, on_complete)
+        #: may raise and be logged: any exception; a SyncScheduler, whose event loop runs in a
+        #: thread of its own, adds SystemExit and KeyboardInterrupt (as a thread's SystemExit ends
+        #: only that thread, there they would end the loop and every request with it).
+        self._caller_errors: tuple[type[BaseException], ...] = (Exception,)
         self._counts = dict.fromkeys(
             (
                 "completed",
@@ -924,7 +929,7 @@ class Scheduler:
                     f"{type(self._predictor).__name__}.predict returned "
                     f"{type(prediction).__name__}, not a Prediction"
                 )
-        except Exception:
+        except self._caller_errors:
             counts["predictor_errors"] += 1
             logger.warning(
                 "predictor %s failed; using a neutral prediction",
@@ -1253,13 +1258,13 @@ class Scheduler:
                     if inspect.iscoroutine(result):  # a plain function that returns a coroutine
                         result.close()  # never awaited: dropped without a "never awaited" warning
                         raise TypeError("observe() returned a coroutine: it is called, never awaited")
-                except Exception:
+                except self._caller_errors:
                     self._counts["predictor_errors"] += 1
                     logger.warning("predictor observe() failed", exc_info=True)
         if self._on_complete is not None:
             try:
                 result = self._on_complete(completion)
-            except Exception:
+            except self._caller_errors:
                 logger.warning("on_complete callback failed", exc_info=True)
             else:
                 if inspect.iscoroutine(result):  # a plain function that returns a coroutine

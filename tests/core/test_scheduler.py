@@ -1164,3 +1164,12 @@ async def test_a_count_past_any_answer_is_refused_before_it_skews_the_rates() ->
     assert [c.output_tokens for c in done] == [10**9]
     with pytest.raises(ValueError, match=r"Chunk.tokens must be at most 1,000,000,000"):
         Chunk("x", tokens=10**309)
+
+
+async def test_in_your_own_loop_a_callbacks_system_exit_propagates() -> None:
+    def on_complete(completion: Completion) -> None:
+        raise SystemExit(3)
+
+    with pytest.raises(SystemExit):
+        async with Scheduler(SimulatedBackend(), on_complete=on_complete) as sched:
+            await sched.complete("hello")

@@ -16,6 +16,7 @@ from sjfsched import (
     BackendError,
     Chunk,
     Completion,
+    Prediction,
     Request,
     Scheduler,
     SchedulerClosed,
@@ -807,3 +808,46 @@ def test_a_closed_scheduler_dropped_gives_no_warning() -> None:
     sched.close()
     del sched
     gc.collect()  # a ResourceWarning here would fail the test (warnings are errors)
+
+
+class _ExitingPredictor:
+    """Raises what it is given on one prompt, predicts 10 tokens for the others."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def predict(self, request: Request) -> Prediction:
+        if "exit" in request.text:
+            raise self.error
+        return Prediction(10.0)
+
+
+@pytest.mark.parametrize("async_backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("error", [SystemExit(3), KeyboardInterrupt()])
+def test_a_callbacks_system_exit_is_logged_not_the_end_of_the_loop(
+    async_backend: str, error: BaseException, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The loop's thread is the scheduler's own: SystemExit or KeyboardInterrupt from the caller's
+    code run there (on_complete, the predictor) would stop the loop, and every other request with it."""
+    seen: list[str] = []
+
+    def on_complete(completion: Completion) -> None:
+        seen.append(completion.request.text)
+        if "exit" in completion.request.text:
+            raise error
+
+    sched = SyncScheduler(
+        CallableBackend(echo),
+        async_backend=async_backend,
+        predictor=_ExitingPredictor(error),
+        on_complete=on_complete,
+    )
+    with ThreadPoolExecutor(5) as pool:
+        texts = list(pool.map(lambda i: sched.complete(f"{'exit' if i == 2 else 'stay'} {i}").text, range(5)))
+    stats = sched.statistics()
+    sched.close()
+    assert sorted(texts) == sorted(f"{'exit' if i == 2 else 'stay'} {i} " for i in range(5))
+    assert sorted(seen) == sorted(t.strip() for t in texts)
+    assert (stats.completed, stats.running, stats.waiting, stats.predictor_errors) == (5, 0, 0, 1)
+    assert "on_complete callback failed" in caplog.text
+    assert sched.closed
