@@ -75,10 +75,11 @@ def test_a_state_nested_too_deeply_is_refused_naming_the_file(tmp_path: Path) ->
 
 
 def test_one_absurd_length_does_not_throw_the_calibration_off() -> None:
-    """A miscount of 1e300 tokens weighs as a million; a count past float's range is ignored."""
+    """A miscount of 1e300 tokens weighs as a million; a count past float's range is refused."""
     predictor = _learnt(50)
     before = predictor.predict(PROMPT).tokens
-    predictor.observe(PROMPT, predictor.predict(PROMPT), 10**400)
+    with pytest.raises(ValueError, match="past a float's range"):
+        predictor.observe(PROMPT, predictor.predict(PROMPT), 10**400)
     assert predictor.calibration.observations == 50
     predictor.observe(PROMPT, predictor.predict(PROMPT), 1e300)  # type: ignore[arg-type]
     after = predictor.predict(PROMPT).tokens
@@ -156,9 +157,11 @@ def test_several_writers_of_one_state_file_never_collide(tmp_path: Path) -> None
 def test_rejected_observations_do_not_rewrite_the_state(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
     predictor = LexicalPredictor(calibration_path=path, save_every=5)
-    for _ in range(10):
-        predictor.observe(PROMPT, predictor.predict(PROMPT), -1)  # refused: nothing learnt
+    for bad in (-1, -0.5, math.nan, math.inf, 10**400) * 2:
+        with pytest.raises(ValueError, match="output_tokens must be a finite number >= 0, got "):
+            predictor.observe(PROMPT, predictor.predict(PROMPT), bad)  # type: ignore[arg-type]  # refused
     assert not path.exists()
+    assert predictor.calibration.observations == 0
 
 
 def test_a_changed_model_file_replaces_its_cached_copy(tmp_path: Path) -> None:
@@ -457,3 +460,32 @@ def test_predict_many_keeps_a_repredicted_request_among_the_latest() -> None:
     p.predict_many([r, *fillers[-20:-9]])  # predicted again, in a batch of 12
     p.predict_many([Request(f"later {i}") for i in range(_FORGET_BATCH + 200)])
     assert id(r) in p._recent
+
+
+def test_a_predictor_that_does_not_adapt_saves_a_states_correction_back(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    adapting = _learnt(50)
+    adapting.save_calibration(path)
+    learnt = json.loads(path.read_text())["correction"]
+    for plain in (
+        LexicalPredictor(calibration_path=path, adapt=False),
+        LexicalPredictor(calibration_path=path, calibrate=False),
+    ):
+        plain.save_calibration(path)
+        assert json.loads(path.read_text())["correction"] == learnt  # not dropped
+    again = LexicalPredictor(calibration_path=path)
+    assert again.predict(PROMPT) == adapting.predict(PROMPT)
+    plain = LexicalPredictor(calibration_path=path, adapt=False)
+    plain.reset_calibration()  # forgets everything, the correction it kept too
+    plain.save_calibration(path)
+    assert "correction" not in json.loads(path.read_text())
+
+
+def test_calibration_paths_and_save_every_that_could_never_work_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(PredictorError, match="not a usable calibration path"):
+        LexicalPredictor(calibration_path=str(tmp_path / "state\x00.json"), save_every=1)
+    with pytest.raises(ValueError, match="calibrate=False learns nothing"):
+        LexicalPredictor(calibration_path=tmp_path / "state.json", save_every=1, calibrate=False)
+    predictor = LexicalPredictor()
+    with pytest.raises(PredictorError, match="cannot save calibration"):
+        predictor.save_calibration(str(tmp_path / "x\x00.json"))

@@ -87,7 +87,7 @@ class LengthCalibration:
         """Add one completed request: the model's raw score and the real length.
 
         A length that is not a number (a string, a bool) raises ``TypeError``;
-        a negative, NaN or infinite one is ignored.
+        a negative, NaN or infinite one ``ValueError``.
         """
         require_length(output_tokens)
         try:
@@ -256,9 +256,16 @@ def saved_count(value: object, name: str) -> int:
 
 
 def require_length(output_tokens: object) -> None:
-    """``TypeError`` unless ``output_tokens`` is a real number (a bool, a string or bytes is not)."""
+    """``TypeError`` unless ``output_tokens`` is a real number (a bool, a string or bytes is not);
+    ``ValueError`` for a negative, NaN or infinite one, or one past a float's range."""
     if isinstance(output_tokens, (bool, str, bytes)) or not isinstance(output_tokens, numbers.Real):
         raise TypeError(f"output_tokens must be a number of tokens, got {output_tokens!r}")
+    try:
+        tokens = float(output_tokens)
+    except OverflowError:  # an int past a float's range
+        raise ValueError("output_tokens must be a finite number >= 0, got one past a float's range") from None
+    if not (math.isfinite(tokens) and tokens >= 0):
+        raise ValueError(f"output_tokens must be a finite number >= 0, got {output_tokens!r}")
 
 
 def read_state(path: str | os.PathLike[str]) -> Any:

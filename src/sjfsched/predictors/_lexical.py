@@ -354,6 +354,10 @@ class LexicalPredictor:
             raise ValueError(f"save_every must be an int >= 1 or None, got {save_every!r}")
         if save_every is not None and calibration_path is None:
             raise ValueError("save_every needs a calibration_path to save to")
+        if save_every is not None and not calibrate:
+            raise ValueError("save_every saves what observe() learns, and calibrate=False learns nothing")
+        if calibration_path is not None and "\x00" in os.fspath(calibration_path):
+            raise PredictorError(f"{calibration_path!r}: not a usable calibration path (it holds a NUL byte)")
         self._path = path
         model = _load(path)
         self._fingerprint = model.fingerprint
@@ -383,6 +387,9 @@ class LexicalPredictor:
         self._calibration = LengthCalibration(center=model.center, spread=model.spread, sigma=model.sigma)
         self._calibration_path = None if calibration_path is None else Path(calibration_path)
         self._save_every = save_every
+        #: A loaded state's correction, kept as read where this predictor does not adapt, so that
+        #: saving does not drop what an adapting one learnt
+        self._kept_correction: Any = None
         if self._calibration_path is not None and self._calibration_path.exists():
             self.load_calibration(self._calibration_path)
         #: The model file's metadata (training sources, feature version, ...).
@@ -567,10 +574,14 @@ class LexicalPredictor:
         data["model"] = self._fingerprint
         if learnt is not None:
             data["correction"] = ScoreCorrection.encode(learnt)
+        elif self._kept_correction is not None:  # an adapting predictor's, written back as it was
+            data["correction"] = self._kept_correction
         try:
             write_state(target, data)
         except OSError as exc:
             raise PredictorError(f"{target}: cannot save calibration ({exc.strerror or exc})") from exc
+        except ValueError as exc:  # a path the system takes no file by (a NUL byte)
+            raise PredictorError(f"{target!r}: cannot save calibration ({exc})") from exc
 
     def load_calibration(self, path: str | os.PathLike[str]) -> None:
         """Replace the calibration (and correction) with one saved by :meth:`save_calibration`.
@@ -605,6 +616,8 @@ class LexicalPredictor:
                 else:
                     self._correction.load_dict(saved, where=str(path))
             self._calibration.load_dict(data, where=str(path))
+            if self._correction is None:
+                self._kept_correction = data.get("correction")
         except (OSError, ValueError, OverflowError) as exc:
             raise PredictorError(f"{path}: cannot load calibration ({exc})") from exc
 
@@ -612,5 +625,6 @@ class LexicalPredictor:
         """Forget what :meth:`observe` learnt: back to the training scale and the model's ranking."""
         with self._state_lock:
             self._calibration.reset()
+            self._kept_correction = None
             if self._correction is not None:
                 self._correction.reset()
