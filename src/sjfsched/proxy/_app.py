@@ -111,8 +111,12 @@ class ProxyApp:
         self._draining = False
         self._inflight = 0
         #: of those, scheduled calls still reading their body: a drain does not wait for them
-        #: (once read, they are refused), or a client trickling its body would hold the exit
+        #: (once read, they are refused), or a client trickling its body would hold the exit;
+        #: it refuses them at once, with 503, through their scopes (``_readers``)
         self._reading = 0
+        self._readers: set[anyio.CancelScope] = set()
+        #: of those, pass-through calls (a drain waits for them: an upload, a model's pull)
+        self._passing = 0
         self._idle: anyio.Event | None = None
         self._service_seconds: float | None = None
 
@@ -164,6 +168,11 @@ class ProxyApp:
         self._scheduler = scheduler
 
     @property
+    def passing(self) -> int:
+        """Pass-through calls in flight (a drain waits for them, as for running requests)."""
+        return self._passing
+
+    @property
     def reading(self) -> int:
         """Scheduled calls still reading their request body (a drain does not wait for them)."""
         return self._reading
@@ -177,10 +186,14 @@ class ProxyApp:
         refused.
         """
         self._draining = True
+        refused = list(self._readers)
+        for reader in refused:  # refused now (503), not cut at the exit
+            reader.cancel()
         with anyio.move_on_after(grace):
             if self._scheduler is not None:
                 await self._scheduler.aclose()
-            while self._inflight > self._reading:
+            # Until those have left their read (then they answer 503 and end as any request).
+            while self._inflight > self._reading or not self._readers.isdisjoint(refused):
                 self._idle = anyio.Event()
                 await self._idle.wait()
             return True
@@ -293,10 +306,20 @@ class ProxyApp:
             if length is not None and _int(length) > limit:
                 raise _TooLarge
             self._reading += 1
+            reader = anyio.CancelScope()
+            self._readers.add(reader)
             try:
-                raw = await _read_body(receive, limit)
+                with reader:
+                    raw = await _read_body(receive, limit)
             finally:
                 self._reading -= 1
+                self._readers.discard(reader)
+                if reader.cancel_called and self._idle is not None:  # a drain waits for it to leave
+                    self._idle.set()
+            if reader.cancelled_caught:  # the proxy began to shut down while the client sent it
+                self.metrics.rejected["shutting_down"] += 1
+                await _error(send, 503, style, "the proxy is shutting down", kind="server_error", close=True)
+                return
         except _TooLarge:
             self.metrics.rejected["body_too_large"] += 1
             message = f"the request body is larger than {limit} bytes (the proxy's --max-body-bytes)"
@@ -542,6 +565,13 @@ class ProxyApp:
 
     async def _passthrough(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.metrics.passthrough += 1
+        self._passing += 1
+        try:
+            await self._pass(scope, receive, send)
+        finally:
+            self._passing -= 1
+
+    async def _pass(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers, _, _, length = request_headers(scope["headers"], scheduled=False)
         chunked = any(name == b"transfer-encoding" for name, _ in scope["headers"])
         exchange = _Exchange()

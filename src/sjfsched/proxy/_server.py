@@ -75,10 +75,12 @@ class ProxyServer(uvicorn.Server):
     async def _drain_then_exit(self, sig: int) -> None:
         name = signal.Signals(sig).name
         stats = self.app.scheduler.statistics()
+        passing = self.app.passing
         logger.info(
-            "%s: shutting down; %d running request(s) may take up to %g s to finish, %d waiting get 503",
+            "%s: shutting down; %d running request(s)%s may take up to %g s to finish, %d waiting get 503",
             name,
             stats.running,
+            f" and {passing} passed-through call(s)" if passing else "",
             self.shutdown_timeout,
             stats.waiting,
         )
