@@ -489,3 +489,20 @@ def test_calibration_paths_and_save_every_that_could_never_work_are_refused(tmp_
     predictor = LexicalPredictor()
     with pytest.raises(PredictorError, match="cannot save calibration"):
         predictor.save_calibration(str(tmp_path / "x\x00.json"))
+
+
+def test_a_correction_for_another_table_size_says_so_and_the_file_is_named_once(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    _learnt(5).save_calibration(path)
+    state = json.loads(path.read_text())
+    assert state["correction"].get("replay") is not None  # the check that used to come first
+    state["correction"]["size"] = 1000
+    path.write_text(json.dumps(state))
+    with pytest.raises(PredictorError) as caught:
+        LexicalPredictor(calibration_path=path)
+    message = str(caught.value)
+    assert message.endswith(
+        "cannot load calibration (correction is for a model with 1000 rows, this one has "
+        f"{LexicalPredictor()._features.table_size})"
+    )
+    assert message.count(str(path)) == 1

@@ -295,6 +295,8 @@ class ScoreCorrection:
                 )
         except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as exc:
             raise ValueError(f"{where}: not a sjfsched score correction ({exc!r})") from exc
+        if size != self.size:  # first: the replay's rows are checked against the size
+            raise ValueError(f"{where}: correction is for a model with {size} rows, this one has {self.size}")
         entries = []
         if replay is not None:
             if (
@@ -316,8 +318,6 @@ class ScoreCorrection:
                 )
                 for n, end, r in zip(lengths.tolist(), ends.tolist(), residuals.tolist(), strict=True)
             ]
-        if size != self.size:
-            raise ValueError(f"{where}: correction is for a model with {size} rows, this one has {self.size}")
         if len(rows) != len(weights) or (len(rows) and (rows.min() < 0 or rows.max() >= size)):
             raise ValueError(f"{where}: correction rows are inconsistent")
         if not (math.isfinite(bias) and np.isfinite(weights).all()) or observations < 0:

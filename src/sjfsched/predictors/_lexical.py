@@ -619,7 +619,8 @@ class LexicalPredictor:
             if self._correction is None:
                 self._kept_correction = data.get("correction")
         except (OSError, ValueError, OverflowError) as exc:
-            raise PredictorError(f"{path}: cannot load calibration ({exc})") from exc
+            reason = str(exc).removeprefix(f"{path}: ")  # the parts' checks name the file too
+            raise PredictorError(f"{path}: cannot load calibration ({reason})") from exc
 
     def reset_calibration(self) -> None:
         """Forget what :meth:`observe` learnt: back to the training scale and the model's ranking."""
