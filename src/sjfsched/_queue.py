@@ -218,7 +218,10 @@ class WaitQueue:
         # memory stays O(live) under steady traffic, not only on cancellation.
         if len(self._heap) > 64 and len(self._heap) > 2 * live:
             self._heap = [item for item in self._heap if item[2].state is EntryState.WAITING]
-            heapq.heapify(self._heap)
+            try:
+                heapq.heapify(self._heap)
+            except Exception as exc:  # keys that do not compare, met here first
+                self._turn_lenient(exc)
         if len(self._fifo) > 64 and len(self._fifo) > 2 * live:
             self._fifo = deque(e for e in self._fifo if e.state is EntryState.WAITING)
 

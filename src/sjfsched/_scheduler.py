@@ -360,6 +360,12 @@ class Scheduler:
                     f"{type(predictor).__name__}.{method}() must be a plain method: the scheduler "
                     f"calls it and never awaits it, so an async one would never run"
                 )
+        for method in ("sort_key", "estimate"):  # a policy's: every key would be a coroutine
+            if is_async(getattr(self, method)):
+                raise TypeError(
+                    f"{type(self).__name__}.{method}() must be a plain method: the scheduler calls "
+                    f"it and never awaits it, so an async one would rank by a coroutine"
+                )
 
         self._backend = backend
         self._backend_closed = False  # its aclose() has ended
@@ -404,7 +410,8 @@ class Scheduler:
         #: What a failure of the caller's code run by the scheduler (the predictor, on_complete)
         #: may raise and be logged: any exception; a SyncScheduler, whose event loop runs in a
         #: thread of its own, adds SystemExit and KeyboardInterrupt (as a thread's SystemExit ends
-        #: only that thread, there they would end the loop and every request with it).
+        #: only that thread, there they would end the loop and every request with it); Exception
+        #: first: ``[1:]`` is what the policy's own code (sort_key, estimate) raising is refused for.
         self._caller_errors: tuple[type[BaseException], ...] = (Exception,)
         self._counts = dict.fromkeys(
             (
@@ -1043,7 +1050,10 @@ class Scheduler:
             self._counts["rejected"] += 1
             raise QueueFull(f"{len(self._queue)} requests are waiting (max_queue={self._max_queue})")
         prediction, stand_in = self._predict(request)
-        estimate = self._estimate(request, prediction)
+        try:
+            estimate = self._estimate(request, prediction)
+        except self._caller_errors[1:] as exc:  # a SyncScheduler's: see _exit_in_loop
+            raise _exit_in_loop(f"{type(self).__name__}.estimate", exc) from exc
         now = anyio.current_time()
         # The cap sort_key reads already counts this estimate; a request it refuses takes it back.
         pushed_out = self._remember(estimate)
@@ -1054,8 +1064,10 @@ class Scheduler:
                     f"{type(self).__name__}.sort_key returned {key!r}: a key holding a NaN compares "
                     f"neither below nor above any other, so the queue could not keep its order"
                 )
-        except BaseException:
+        except BaseException as exc:
             self._forget(estimate, pushed_out)
+            if isinstance(exc, self._caller_errors[1:]):
+                raise _exit_in_loop(f"{type(self).__name__}.sort_key", exc) from exc
             raise
         self._seq += 1
         entry = _Entry(request, prediction, estimate, key, now, self._seq)
@@ -1127,7 +1139,7 @@ class Scheduler:
                 return False
             if key < entry.key:
                 entry.key = key
-        except Exception:  # keys that do not compare, a sort_key or estimate that fails
+        except self._caller_errors:  # keys that do not compare, a sort_key or estimate that fails
             stream._resumable = False  # it runs on to its end
             logger.warning(
                 "%s: the key of what is left of a running answer could not be taken or compared "
@@ -1587,6 +1599,15 @@ class Ticket:
             finish_reason=self._finish_reason,
             promoted=e.promoted,
         )
+
+
+def _exit_in_loop(where: str, exc: BaseException) -> RuntimeError:
+    """What the caller gets for a SystemExit or KeyboardInterrupt that policy code raised in a
+    SyncScheduler's event loop thread, where it would end the loop and every request with it."""
+    return RuntimeError(
+        f"{where} raised {exc!r} in the SyncScheduler's event loop thread (where it would end "
+        "the loop, and every other request with it): the request is refused"
+    )
 
 
 def _token_count(name: str, value: object) -> int:

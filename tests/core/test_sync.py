@@ -16,6 +16,7 @@ from sjfsched import (
     BackendError,
     Chunk,
     Completion,
+    Job,
     Prediction,
     Request,
     Scheduler,
@@ -851,3 +852,34 @@ def test_a_callbacks_system_exit_is_logged_not_the_end_of_the_loop(
     assert (stats.completed, stats.running, stats.waiting, stats.predictor_errors) == (5, 0, 0, 1)
     assert "on_complete callback failed" in caplog.text
     assert sched.closed
+
+
+class _ExitingPolicy(Scheduler):
+    """Its sort_key (or estimate) raises what it is given on a prompt with ``exit`` in it."""
+
+    def __init__(self, *args: Any, error: BaseException, where: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.error, self.where = error, where
+
+    def sort_key(self, job: Job) -> Any:
+        if self.where == "sort_key" and "exit" in job.request.text:
+            raise self.error
+        return super().sort_key(job)
+
+    def estimate(self, request: Request, prediction: Prediction) -> float:
+        if self.where == "estimate" and "exit" in request.text:
+            raise self.error
+        return super().estimate(request, prediction)
+
+
+@pytest.mark.parametrize("where", ["sort_key", "estimate"])
+@pytest.mark.parametrize("error", [SystemExit(3), KeyboardInterrupt()])
+def test_a_policys_system_exit_refuses_its_request_not_the_loop(where: str, error: BaseException) -> None:
+    sched = SyncScheduler(CallableBackend(echo), scheduler_class=_ExitingPolicy, error=error, where=where)
+    assert sched.complete("stay 1").text == "stay 1 "
+    with pytest.raises(RuntimeError, match=rf"_ExitingPolicy.{where} raised {type(error).__name__}"):
+        sched.complete("exit now")
+    assert sched.complete("stay 2").text == "stay 2 "  # the loop goes on
+    stats = sched.statistics()
+    sched.close()
+    assert (stats.completed, stats.waiting, stats.running) == (2, 0, 0)
