@@ -187,11 +187,12 @@ class WaitQueue:
         key = _Lenient(entry.key, entry.seq) if self._lenient else entry.key
         return (key, entry.seq, entry)
 
-    def _turn_lenient(self, exc: Exception) -> None:
+    def _turn_lenient(self, exc: Exception, entries: list[_Entry] | None = None) -> None:
         """Keys that do not compare were found: from now on such pairs go by arrival.
 
         A failed sift may have half-moved the heap (and lost the entry being
-        popped), so it is rebuilt from the FIFO, which holds every waiting entry.
+        popped), so it is rebuilt from the FIFO, which holds every waiting entry;
+        or from ``entries``, where the heap is whole but not yet in order (a sweep's).
         """
         if not self._lenient:
             logger.error(
@@ -200,7 +201,9 @@ class WaitQueue:
                 exc,
             )
         self._lenient = True
-        self._heap = [self._item(e) for e in self._fifo if e.state is EntryState.WAITING]
+        if entries is None:
+            entries = [e for e in self._fifo if e.state is EntryState.WAITING]
+        self._heap = [self._item(e) for e in entries]
         heapq.heapify(self._heap)
 
     def discard(self, entry: _Entry) -> None:
@@ -221,7 +224,9 @@ class WaitQueue:
             try:
                 heapq.heapify(self._heap)
             except Exception as exc:  # keys that do not compare, met here first
-                self._turn_lenient(exc)
+                # From the swept heap, not the FIFO: an entry being popped is still in the FIFO,
+                # and still waiting, but out of the heap; rebuilt from the FIFO it would be in twice.
+                self._turn_lenient(exc, [e for _, _, e in self._heap])
         if len(self._fifo) > 64 and len(self._fifo) > 2 * live:
             self._fifo = deque(e for e in self._fifo if e.state is EntryState.WAITING)
 

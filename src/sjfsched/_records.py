@@ -110,10 +110,12 @@ def _freeze_messages(messages: Sequence[Mapping[str, Any]] | None) -> tuple[Mapp
                 f"Request.messages[{i}]['content'] must be a str or a list of parts, "
                 f"got {type(content).__name__}"
             )
-        if content is None and role != "assistant":  # only an assistant's turn may be tool calls alone
+        # A message of nothing but its role: an assistant's may be (its turn's tool calls alone,
+        # or none); another needs its text, or something else to carry ('images', say).
+        if content is None and role != "assistant" and not set(message) - {"role", "content", "name"}:
             raise ValueError(
                 f"Request.messages[{i}] ({role!r}) has no 'content': every message but an "
-                "assistant's (which may hold only 'tool_calls') needs its text"
+                "assistant's needs its text (or another part, such as 'images')"
             )
         frozen.append(MappingProxyType({k: _copied(v) for k, v in message.items()}))
     if not frozen:
@@ -373,11 +375,18 @@ def _check_finish_reason(instance: object, attribute: attrs.Attribute[Any], valu
 MAX_TOKEN_COUNT: Final = 1_000_000_000
 
 
+def shown_count(value: int) -> str:
+    """A count for an error message: its digits, unless there are too many to print (10**5000)."""
+    return repr(value) if value.bit_length() <= 256 else f"a number of {value.bit_length():,} bits"
+
+
 def _check_chunk_tokens(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"Chunk.{attribute.name} must be an int >= 0, got {value!r}")
     if value > MAX_TOKEN_COUNT:
-        raise ValueError(f"Chunk.{attribute.name} must be at most {MAX_TOKEN_COUNT:,}, got {value!r}")
+        raise ValueError(
+            f"Chunk.{attribute.name} must be at most {MAX_TOKEN_COUNT:,}, got {shown_count(value)}"
+        )
 
 
 def _check_opt_count(instance: object, attribute: attrs.Attribute[Any], value: int | None) -> None:

@@ -28,7 +28,7 @@ from typing_extensions import Self
 from ._errors import BackendError, PredictorError, QueueFull, SchedulerClosed
 from ._queue import EntryState, WaitQueue, _Entry
 from ._rates import DEFAULT_DECODE_RATE, DEFAULT_PREFILL_RATE, RateEstimator
-from ._records import MAX_TOKEN_COUNT, Chunk, Completion, Prediction, Request, _as_float, _as_int
+from ._records import MAX_TOKEN_COUNT, Chunk, Completion, Prediction, Request, _as_float, _as_int, shown_count
 from ._service import check_backend, close_backend, is_async, needs_an_instance, service_started
 
 if TYPE_CHECKING:
@@ -1618,7 +1618,9 @@ def _token_count(name: str, value: object) -> int:
     if count < 0:
         raise ValueError(f"Ticket.report: {name} must be an int >= 0, got {value!r}")
     if count > MAX_TOKEN_COUNT:
-        raise ValueError(f"Ticket.report: {name} must be at most {MAX_TOKEN_COUNT:,}, got {value!r}")
+        raise ValueError(
+            f"Ticket.report: {name} must be at most {MAX_TOKEN_COUNT:,}, got {shown_count(count)}"
+        )
     return count
 
 

@@ -915,3 +915,44 @@ def test_an_async_policy_method_is_refused_when_the_scheduler_is_made(method: st
     policy = type("AsyncPolicy", (Scheduler,), {method: coroutine})
     with pytest.raises(TypeError, match=rf"AsyncPolicy.{method}\(\) must be a plain method"):
         policy(predictor=TablePredictor())
+
+
+def test_a_queue_turning_lenient_in_a_sweep_holds_each_waiting_entry_once() -> None:
+    """The sweep's fallback rebuilt the heap from the FIFO while pop() took an entry: the FIFO
+    still held it, waiting, so once paused and put back it was in the heap twice (counted twice by
+    ordered(), drained twice on close). Found by a reviewer; seed 1029 reaches it."""
+    from sjfsched._queue import EntryState, WaitQueue, _Entry
+
+    rng = random.Random(1029)
+    queue = WaitQueue(None)
+    waiting: list[_Entry] = []
+    taken = None
+    for seq in range(1, 601):
+        op = rng.random()
+        if op < 0.5 or not waiting:
+            key = (rng.randint(0, 3), None if rng.random() < 0.02 else rng.random())
+            entry = _Entry(Request(f"q{seq}"), Prediction(1.0), 1.0, key, 0.0, seq)
+            queue.push(entry)
+            waiting.append(entry)
+        elif op < 0.9:
+            entry = waiting.pop(rng.randrange(len(waiting)))
+            entry.state = EntryState.CANCELLED
+            queue.discard(entry)
+        else:
+            was_lenient = queue._lenient
+            taken = queue.pop(0.0)
+            assert taken is not None
+            taken.state = EntryState.RUNNING
+            waiting.remove(taken)
+            if queue._lenient and not was_lenient:  # the keys' first failure came in this pop
+                break
+    else:
+        raise AssertionError("the seed no longer reaches the case")  # pragma: no cover
+    assert taken is not None
+    taken.state = EntryState.WAITING  # paused, and put back, as preemption does
+    queue.requeue(taken)
+    waiting.append(taken)
+    ordered = queue.ordered(0.0)
+    assert len({id(e) for e in ordered}) == len(ordered) == len(queue) == len(waiting)
+    drained = queue.drain()
+    assert len({id(e) for e in drained}) == len(drained) == len(waiting)

@@ -63,6 +63,10 @@ class TestRequest:
         assert r.text == "second"
         assert r.input_chars == len("Be brief.") + len("first question") + len("an answer") + len("second")
 
+    def test_a_message_with_images_and_no_content_is_a_message(self) -> None:
+        r = Request(messages=[{"role": "user", "images": ["aGVsbG8="]}])  # Ollama's image-only turn
+        assert r.messages is not None and r.messages[0]["images"] == ["aGVsbG8="]
+
     def test_messages_without_user_turn(self) -> None:
         r = Request(messages=[{"role": "system", "content": "a"}, {"role": "assistant", "content": "b"}])
         assert r.text == "a\nb"

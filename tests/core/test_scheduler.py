@@ -1154,7 +1154,7 @@ async def test_a_count_past_any_answer_is_refused_before_it_skews_the_rates() ->
     done: list[Completion] = []
     async with Scheduler(predictor=ConstantPredictor(), on_complete=done.append) as sched:
         async with sched.admit("x") as ticket:
-            for count in (10**9 + 1, 10**40, 10**400):
+            for count in (10**9 + 1, 10**40, 10**400, 10**5000):  # past what int() prints too
                 with pytest.raises(ValueError, match=r"output_tokens must be at most 1,000,000,000"):
                     ticket.report(count)
             with pytest.raises(ValueError, match="prompt_tokens must be at most"):
@@ -1164,6 +1164,8 @@ async def test_a_count_past_any_answer_is_refused_before_it_skews_the_rates() ->
     assert [c.output_tokens for c in done] == [10**9]
     with pytest.raises(ValueError, match=r"Chunk.tokens must be at most 1,000,000,000"):
         Chunk("x", tokens=10**309)
+    with pytest.raises(ValueError, match=r"must be at most 1,000,000,000, got a number of 16,610 bits"):
+        Chunk("x", tokens=10**5000)
 
 
 async def test_in_your_own_loop_a_callbacks_system_exit_propagates() -> None:

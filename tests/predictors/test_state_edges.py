@@ -462,22 +462,22 @@ def test_predict_many_keeps_a_repredicted_request_among_the_latest() -> None:
     assert id(r) in p._recent
 
 
-def test_a_predictor_that_does_not_adapt_saves_a_states_correction_back(tmp_path: Path) -> None:
+def test_a_predictor_that_does_not_calibrate_saves_a_states_correction_back(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
     adapting = _learnt(50)
     adapting.save_calibration(path)
     learnt = json.loads(path.read_text())["correction"]
-    for plain in (
-        LexicalPredictor(calibration_path=path, adapt=False),
-        LexicalPredictor(calibration_path=path, calibrate=False),
-    ):
-        plain.save_calibration(path)
-        assert json.loads(path.read_text())["correction"] == learnt  # not dropped
+    fixed = LexicalPredictor(calibration_path=path, calibrate=False)  # its calibration stays as read
+    fixed.save_calibration(path)
+    assert json.loads(path.read_text())["correction"] == learnt  # not dropped: it still fits
     again = LexicalPredictor(calibration_path=path)
     assert again.predict(PROMPT) == adapting.predict(PROMPT)
-    plain = LexicalPredictor(calibration_path=path, adapt=False)
-    plain.reset_calibration()  # forgets everything, the correction it kept too
-    plain.save_calibration(path)
+    fixed.reset_calibration()  # forgets everything, the correction it kept too
+    fixed.save_calibration(path)
+    assert "correction" not in json.loads(path.read_text())
+    # adapt=False goes on calibrating on uncorrected scores: the correction would not fit it
+    adapting.save_calibration(path)
+    LexicalPredictor(calibration_path=path, adapt=False).save_calibration(path)
     assert "correction" not in json.loads(path.read_text())
 
 

@@ -242,6 +242,7 @@ def test_upstream_errors_pass_through_and_count_as_failed(ollama_proxy: RunningP
 
 OLLAMA_BAD = [
     ("/api/generate", b"{not json", "the request body is not valid JSON"),
+    ("/api/chat", b'{"model": "tiny", "messages": [{"role": "user"}]}', "messages[0] has no content"),
     ("/api/generate", b"", "the request body is empty; expected a JSON object"),
     ("/api/generate", b"\xff\xfe", "the request body is not valid JSON"),
     ("/api/generate", b"[1, 2]", "the request body must be a JSON object, got a JSON array"),
@@ -265,6 +266,12 @@ OLLAMA_BAD = [
 ]
 OPENAI_BAD = [
     ("/v1/chat/completions", b"{not json", "the request body is not valid JSON", None),
+    (
+        "/v1/chat/completions",
+        b'{"model": "tiny", "messages": [{"role": "user"}]}',
+        "messages[0] has no content",
+        "messages",
+    ),
     ("/v1/chat/completions", b'{"model": "tiny"}', "messages is required", "messages"),
     (
         "/v1/chat/completions",
@@ -642,3 +649,24 @@ def test_calls_passed_through_during_a_drain_are_not_counted_as_refused_requests
         refused = client.post(f"{proxy.url}/api/generate", json={"model": MODEL, "prompt": "Hi"})
     assert refused.status_code == 503
     assert proxy.app.metrics.rejected["shutting_down"] == 1
+
+
+def test_an_upstreams_count_no_answer_could_have_is_left_out_not_a_failure(start_proxy: ProxyFactory) -> None:
+    """Past MAX_TOKEN_COUNT the proxy's report of it was refused, and a whole answer became a 500
+    (found by a reviewer of the cap)."""
+    body = json.dumps(
+        {"model": "m", "response": "hello", "done": True, "done_reason": "stop", "eval_count": 10**12}
+    ).encode()
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    url, close = _upstream_once(head.encode() + body)
+    try:
+        proxy = start_proxy(url, upstream_api="ollama")
+        with httpx.Client(timeout=30) as client:
+            got = client.post(
+                f"{proxy.url}/api/generate", json={"model": MODEL, "prompt": "Hi", "stream": False}
+            )
+        proxy.wait_until(lambda s: s.running == 0)
+        assert got.status_code == 200 and got.json()["response"] == "hello"
+        assert (proxy.stats().completed, proxy.stats().failed) == (1, 0)
+    finally:
+        close()

@@ -387,8 +387,10 @@ class LexicalPredictor:
         self._calibration = LengthCalibration(center=model.center, spread=model.spread, sigma=model.sigma)
         self._calibration_path = None if calibration_path is None else Path(calibration_path)
         self._save_every = save_every
-        #: A loaded state's correction, kept as read where this predictor does not adapt, so that
-        #: saving does not drop what an adapting one learnt
+        #: A loaded state's correction, kept as read where this predictor does not calibrate (its
+        #: calibration stays as loaded), so that saving does not drop what an adapting one learnt;
+        #: with ``adapt=False`` alone the calibration goes on fitting uncorrected scores, and the
+        #: correction, which would no longer fit it, is left out of its saves
         self._kept_correction: Any = None
         if self._calibration_path is not None and self._calibration_path.exists():
             self.load_calibration(self._calibration_path)
@@ -616,7 +618,7 @@ class LexicalPredictor:
                 else:
                     self._correction.load_dict(saved, where=str(path))
             self._calibration.load_dict(data, where=str(path))
-            if self._correction is None:
+            if not self._calibrate:  # its calibration stays as read: the correction still fits it
                 self._kept_correction = data.get("correction")
         except (OSError, ValueError, OverflowError) as exc:
             reason = str(exc).removeprefix(f"{path}: ")  # the parts' checks name the file too

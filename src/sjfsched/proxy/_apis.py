@@ -19,7 +19,7 @@ from typing import Any, Literal, final
 
 import attrs
 
-from .._records import Request
+from .._records import MAX_TOKEN_COUNT, Request
 
 __all__ = [
     "BadRequest",
@@ -307,6 +307,13 @@ def _messages(body: Mapping[str, Any], *, required: bool, parts_allowed: bool) -
                 f"messages[{i}].content must be {expected}, got a JSON {_json_type(content)}",
                 param="messages",
             )
+        # As Request takes them: a message of its role alone (but an assistant's) says nothing.
+        if (
+            content is None
+            and message["role"] != "assistant"
+            and not set(message) - {"role", "content", "name"}
+        ):
+            raise BadRequest(f"messages[{i}] has no content", param="messages")
     return messages
 
 
@@ -547,7 +554,8 @@ class Tally:
             self._counts(usage.get("completion_tokens"), usage.get("prompt_tokens"))
 
     def _counts(self, output: object, prompt: object) -> None:
-        if isinstance(output, int) and not isinstance(output, bool) and output >= 0:
+        # A count no answer could have is left out (the pieces are counted), as the backends do.
+        if isinstance(output, int) and not isinstance(output, bool) and 0 <= output <= MAX_TOKEN_COUNT:
             self.exact = output
-        if isinstance(prompt, int) and not isinstance(prompt, bool) and prompt >= 0:
+        if isinstance(prompt, int) and not isinstance(prompt, bool) and 0 <= prompt <= MAX_TOKEN_COUNT:
             self.prompt_tokens = prompt
