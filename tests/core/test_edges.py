@@ -18,17 +18,8 @@ import attrs
 import numpy as np
 import pytest
 
-from sjfsched import (
-    BackendError,
-    Chunk,
-    Completion,
-    Job,
-    Prediction,
-    QueueFull,
-    Request,
-    Scheduler,
-    run_virtual,
-)
+import sjfsched
+from sjfsched import BackendError, Chunk, Completion, Job, Prediction, QueueFull, Request, Scheduler
 from sjfsched.backends import BackendPool, BackendUnavailable, CallableBackend, SimulatedBackend
 
 from ._util import TablePredictor, backend, job, scheduler
@@ -902,7 +893,7 @@ def test_keys_that_first_fail_to_compare_in_a_sweep_of_the_queue_lose_nothing() 
             stats = sched.statistics()
         assert (stats.completed, stats.waiting, stats.running) == (100, 0, 0)
 
-    run_virtual(main)
+    sjfsched.run_virtual(main)
     assert failures == []
     assert len(done) == 100
 

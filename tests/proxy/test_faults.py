@@ -541,6 +541,15 @@ def _upstream_once(answer: bytes) -> tuple[str, Callable[[], None]]:
     return f"http://127.0.0.1:{server.getsockname()[1]}", close
 
 
+def _generate_once(start_proxy: ProxyFactory, url: str) -> tuple[RunningProxy, httpx.Response]:
+    """A proxy in front of ``url`` (Ollama's API), and its answer to one whole /api/generate."""
+    proxy = start_proxy(url, upstream_api="ollama")
+    with httpx.Client(timeout=30) as client:
+        got = client.post(f"{proxy.url}/api/generate", json={"model": MODEL, "prompt": "Hi", "stream": False})
+    proxy.wait_until(lambda s: s.running == 0)
+    return proxy, got
+
+
 @pytest.mark.parametrize(
     ("answer", "kind"),
     [
@@ -566,12 +575,7 @@ def test_a_whole_answer_that_is_no_answer_counts_as_failed(
     as a mid-answer failure, not the 'connect' kind the metric's help names."""
     url, close = _upstream_once(answer)
     try:
-        proxy = start_proxy(url, upstream_api="ollama")
-        with httpx.Client(timeout=30) as client:
-            got = client.post(
-                f"{proxy.url}/api/generate", json={"model": MODEL, "prompt": "Hi", "stream": False}
-            )
-        proxy.wait_until(lambda s: s.running == 0)
+        proxy, got = _generate_once(start_proxy, url)
         metrics = proxy.metrics()
         assert proxy.stats().failed == 1 and proxy.stats().completed == 0
         if kind == "json":
@@ -660,12 +664,7 @@ def test_an_upstreams_count_no_answer_could_have_is_left_out_not_a_failure(start
     head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     url, close = _upstream_once(head.encode() + body)
     try:
-        proxy = start_proxy(url, upstream_api="ollama")
-        with httpx.Client(timeout=30) as client:
-            got = client.post(
-                f"{proxy.url}/api/generate", json={"model": MODEL, "prompt": "Hi", "stream": False}
-            )
-        proxy.wait_until(lambda s: s.running == 0)
+        proxy, got = _generate_once(start_proxy, url)
         assert got.status_code == 200 and got.json()["response"] == "hello"
         assert (proxy.stats().completed, proxy.stats().failed) == (1, 0)
     finally:
