@@ -389,3 +389,16 @@ async def test_counts_no_answer_could_have_are_ignored_and_counted_here() -> Non
         chunks = await collect(OpenAIBackend(url, model="m"), Request("x"))
     assert sum(c.tokens for c in chunks) == 2
     assert all(c.prompt_tokens is None for c in chunks)
+
+
+async def test_a_max_tokens_past_any_answer_is_no_count_of_a_cut_answer() -> None:
+    """A server without usage that stops for "length" is counted max_tokens; a max_tokens past
+    MAX_TOKEN_COUNT made that count a Chunk refused, and a whole answer failed (a reviewer's)."""
+    events = [*sse(completion("hello "), completion("world", "length")), b"data: [DONE]\n\n"]
+    for max_tokens, total in ((5, 5), (10**12, 2)):
+        with scripted_server(events, content_type=SSE) as url:
+            chunks = await collect(
+                OpenAIBackend(url, model="m", include_usage=False), Request("x", max_tokens=max_tokens)
+            )
+        assert "".join(c.text for c in chunks) == "hello world"
+        assert sum(c.tokens for c in chunks) == total

@@ -236,8 +236,8 @@ class OpenAIBackend:
         completion_tokens = _count(usage.get("completion_tokens"))
         if completion_tokens is not None:
             total = completion_tokens
-        elif finish == "length" and isinstance(max_tokens, int):
-            total = max_tokens
+        elif finish == "length" and isinstance(max_tokens, int) and max_tokens <= MAX_TOKEN_COUNT:
+            total = max_tokens  # (a max_tokens past any answer's length is no count: the pieces are)
         else:
             total = counted
         return Chunk(
