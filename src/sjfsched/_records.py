@@ -381,8 +381,10 @@ def shown_count(value: int) -> str:
 
 
 def _check_chunk_tokens(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"Chunk.{attribute.name} must be an int >= 0, got {value!r}")
+    if value < 0:
+        raise ValueError(f"Chunk.{attribute.name} must be an int >= 0, got {shown_count(value)}")
     if value > MAX_TOKEN_COUNT:
         raise ValueError(
             f"Chunk.{attribute.name} must be at most {MAX_TOKEN_COUNT:,}, got {shown_count(value)}"

@@ -1616,7 +1616,7 @@ def _token_count(name: str, value: object) -> int:
         raise TypeError(f"Ticket.report: {name} must be an int >= 0, got {type(value).__name__} {value!r}")
     count = int(value)
     if count < 0:
-        raise ValueError(f"Ticket.report: {name} must be an int >= 0, got {value!r}")
+        raise ValueError(f"Ticket.report: {name} must be an int >= 0, got {shown_count(count)}")
     if count > MAX_TOKEN_COUNT:
         raise ValueError(
             f"Ticket.report: {name} must be at most {MAX_TOKEN_COUNT:,}, got {shown_count(count)}"

@@ -1157,6 +1157,8 @@ async def test_a_count_past_any_answer_is_refused_before_it_skews_the_rates() ->
             for count in (10**9 + 1, 10**40, 10**400, 10**5000):  # past what int() prints too
                 with pytest.raises(ValueError, match=r"output_tokens must be at most 1,000,000,000"):
                     ticket.report(count)
+            with pytest.raises(ValueError, match=r"output_tokens must be an int >= 0, got a number of"):
+                ticket.report(-(10**5000))
             with pytest.raises(ValueError, match="prompt_tokens must be at most"):
                 ticket.report(1, prompt_tokens=10**10)
             ticket.report(10**9)  # the bound itself is a count
@@ -1166,6 +1168,8 @@ async def test_a_count_past_any_answer_is_refused_before_it_skews_the_rates() ->
         Chunk("x", tokens=10**309)
     with pytest.raises(ValueError, match=r"must be at most 1,000,000,000, got a number of 16,610 bits"):
         Chunk("x", tokens=10**5000)
+    with pytest.raises(ValueError, match=r"must be an int >= 0, got a number of 16,610 bits"):
+        Chunk("x", tokens=-(10**5000))
 
 
 async def test_in_your_own_loop_a_callbacks_system_exit_propagates() -> None:
