@@ -110,9 +110,7 @@ def _freeze_messages(messages: Sequence[Mapping[str, Any]] | None) -> tuple[Mapp
                 f"Request.messages[{i}]['content'] must be a str or a list of parts, "
                 f"got {type(content).__name__}"
             )
-        # A message of nothing but its role: an assistant's may be (its turn's tool calls alone,
-        # or none); another needs its text, or something else to carry ('images', say).
-        if content is None and role != "assistant" and not set(message) - {"role", "content", "name"}:
+        if role_only(message):  # another part ('images', say) may stand in for the text
             raise ValueError(
                 f"Request.messages[{i}] ({role!r}) has no 'content': every message but an "
                 "assistant's needs its text (or another part, such as 'images')"
@@ -373,6 +371,23 @@ def _check_finish_reason(instance: object, attribute: attrs.Attribute[Any], valu
 #: The most tokens one answer or prompt is taken to have: a count past it is a mistake (a
 #: float's range is not far beyond: 10**309 tokens would break the learnt rates).
 MAX_TOKEN_COUNT: Final = 1_000_000_000
+
+
+def usable_count(value: object) -> int | None:
+    """A token count a server or model sent, or ``None`` for one no answer could have (not an
+    int >= 0, or past :data:`MAX_TOKEN_COUNT`): then the pieces are counted instead."""
+    usable = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKEN_COUNT
+    return value if usable else None  # type: ignore[return-value]
+
+
+def role_only(message: Mapping[str, Any]) -> bool:
+    """Whether a chat message says nothing: no content and nothing else but its role (and name),
+    and not an assistant's (whose turn may be tool calls alone, or none)."""
+    return (
+        message.get("content") is None
+        and message.get("role") != "assistant"
+        and not set(message) - {"role", "content", "name"}
+    )
 
 
 def shown_count(value: int) -> str:

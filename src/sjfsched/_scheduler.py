@@ -407,12 +407,11 @@ class Scheduler:
         self._seq = 0
         self._idle: anyio.Event | None = None
         self._mean_tokens = _NEUTRAL_TOKENS
-        #: What a failure of the caller's code run by the scheduler (the predictor, on_complete)
-        #: may raise and be logged: any exception; a SyncScheduler, whose event loop runs in a
-        #: thread of its own, adds SystemExit and KeyboardInterrupt (as a thread's SystemExit ends
-        #: only that thread, there they would end the loop and every request with it); Exception
-        #: first: ``[1:]`` is what the policy's own code (sort_key, estimate) raising is refused for.
-        self._caller_errors: tuple[type[BaseException], ...] = (Exception,)
+        #: What ends the event loop if the caller's code run there raises it, and must not: none
+        #: in the caller's own loop; in a SyncScheduler's, whose thread is its own, SystemExit and
+        #: KeyboardInterrupt (a thread's SystemExit ends only that thread; there they would end the
+        #: loop and every request with it).  See _caller_errors and _exit_in_loop.
+        self._loop_exits: tuple[type[BaseException], ...] = ()
         self._counts = dict.fromkeys(
             (
                 "completed",
@@ -924,6 +923,12 @@ class Scheduler:
 
     # ------------------------------------------------------------- internals
 
+    @property
+    def _caller_errors(self) -> tuple[type[BaseException], ...]:
+        """What a failure of the caller's code run by the scheduler (the predictor, on_complete)
+        may raise and be logged; read only as such a failure is being caught."""
+        return (Exception, *self._loop_exits)
+
     def _predict(self, request: Request) -> tuple[Prediction, bool]:
         """The predictor's prediction, or a neutral stand-in where it failed (``True``)."""
         counts = self._counts
@@ -1052,7 +1057,7 @@ class Scheduler:
         prediction, stand_in = self._predict(request)
         try:
             estimate = self._estimate(request, prediction)
-        except self._caller_errors[1:] as exc:  # a SyncScheduler's: see _exit_in_loop
+        except self._loop_exits as exc:  # a SyncScheduler's: see _exit_in_loop
             raise _exit_in_loop(f"{type(self).__name__}.estimate", exc) from exc
         now = anyio.current_time()
         # The cap sort_key reads already counts this estimate; a request it refuses takes it back.
@@ -1066,7 +1071,7 @@ class Scheduler:
                 )
         except BaseException as exc:
             self._forget(estimate, pushed_out)
-            if isinstance(exc, self._caller_errors[1:]):
+            if isinstance(exc, self._loop_exits):
                 raise _exit_in_loop(f"{type(self).__name__}.sort_key", exc) from exc
             raise
         self._seq += 1

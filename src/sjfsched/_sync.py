@@ -283,7 +283,7 @@ class SyncScheduler:
             self._scheduler = self._portal.call(_make_scheduler, scheduler_class, backend, options)
             # Its loop's thread is its own: a callback's SystemExit or KeyboardInterrupt (no signal
             # reaches that thread: the caller's code raised it) is logged, as any failure there.
-            self._scheduler._caller_errors = (Exception, SystemExit, KeyboardInterrupt)
+            self._scheduler._loop_exits = (SystemExit, KeyboardInterrupt)
             self._portal.call(self._scheduler.__aenter__)
         except BaseException:
             self._stop_portal()

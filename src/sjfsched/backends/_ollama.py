@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, final
 
 from .._errors import BackendError
-from .._records import MAX_TOKEN_COUNT, Chunk, Request
+from .._records import Chunk, Request, usable_count
 from ._http import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_READ_TIMEOUT,
@@ -259,19 +259,13 @@ def _text_of(message: Mapping[str, Any], chat: bool) -> tuple[str, bool]:
     return (content if isinstance(content, str) else ""), bool(thinking)
 
 
-def _count(value: object) -> int | None:
-    """A token count the server sent, or ``None`` for one no answer could have (then counted here)."""
-    usable = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKEN_COUNT
-    return value if usable else None  # type: ignore[return-value]
-
-
 def _final_chunk(message: Mapping[str, Any], text: str, counted: int) -> Chunk:
-    eval_count = _count(message.get("eval_count"))
+    eval_count = usable_count(message.get("eval_count"))
     tokens = (1 if text else 0) if eval_count is None else max(0, eval_count - counted)
     reason = message.get("done_reason")
     return Chunk(
         text,
         tokens=tokens,
-        prompt_tokens=_count(message.get("prompt_eval_count")),
+        prompt_tokens=usable_count(message.get("prompt_eval_count")),
         finish_reason=reason if isinstance(reason, str) else "stop",
     )

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, final
 from urllib.parse import urlsplit
 
 from .._errors import BackendError
-from .._records import MAX_TOKEN_COUNT, Chunk, Request
+from .._records import Chunk, Request, usable_count
 from ._base import resume_by_continuation
 from ._http import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -233,17 +233,17 @@ class OpenAIBackend:
                 f"was cut short (llama_cpp.server cuts a running stream short when another request "
                 f"arrives, unless started with --interrupt_requests False)"
             )
-        completion_tokens = _count(usage.get("completion_tokens"))
+        completion_tokens = usable_count(usage.get("completion_tokens"))
         if completion_tokens is not None:
             total = completion_tokens
-        elif finish == "length" and isinstance(max_tokens, int) and max_tokens <= MAX_TOKEN_COUNT:
-            total = max_tokens  # (a max_tokens past any answer's length is no count: the pieces are)
+        elif finish == "length" and (limit := usable_count(max_tokens)) is not None:
+            total = limit  # (a max_tokens past any answer's length is no count: the pieces are)
         else:
             total = counted
         return Chunk(
             "",
             tokens=max(0, total - counted),
-            prompt_tokens=_count(usage.get("prompt_tokens")),
+            prompt_tokens=usable_count(usage.get("prompt_tokens")),
             finish_reason=finish or "stop",
         )
 
@@ -342,9 +342,3 @@ def _choice_text(choice: Mapping[str, Any], chat: bool) -> tuple[str, bool]:
     else:
         content, reasoning = choice.get("text"), None
     return (content if isinstance(content, str) else ""), bool(reasoning)
-
-
-def _count(value: object) -> int | None:
-    """A token count the server sent, or ``None`` for one no answer could have (then counted here)."""
-    usable = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKEN_COUNT
-    return value if usable else None  # type: ignore[return-value]

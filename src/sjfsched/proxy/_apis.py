@@ -19,7 +19,7 @@ from typing import Any, Literal, final
 
 import attrs
 
-from .._records import MAX_TOKEN_COUNT, Request
+from .._records import Request, role_only, usable_count
 
 __all__ = [
     "BadRequest",
@@ -307,12 +307,7 @@ def _messages(body: Mapping[str, Any], *, required: bool, parts_allowed: bool) -
                 f"messages[{i}].content must be {expected}, got a JSON {_json_type(content)}",
                 param="messages",
             )
-        # As Request takes them: a message of its role alone (but an assistant's) says nothing.
-        if (
-            content is None
-            and message["role"] != "assistant"
-            and not set(message) - {"role", "content", "name"}
-        ):
+        if role_only(message):  # refused as Request refuses it, in the API's shape
             raise BadRequest(f"messages[{i}] has no content", param="messages")
     return messages
 
@@ -555,7 +550,7 @@ class Tally:
 
     def _counts(self, output: object, prompt: object) -> None:
         # A count no answer could have is left out (the pieces are counted), as the backends do.
-        if isinstance(output, int) and not isinstance(output, bool) and 0 <= output <= MAX_TOKEN_COUNT:
-            self.exact = output
-        if isinstance(prompt, int) and not isinstance(prompt, bool) and 0 <= prompt <= MAX_TOKEN_COUNT:
-            self.prompt_tokens = prompt
+        if (exact := usable_count(output)) is not None:
+            self.exact = exact
+        if (prompt_tokens := usable_count(prompt)) is not None:
+            self.prompt_tokens = prompt_tokens

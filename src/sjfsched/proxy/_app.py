@@ -112,8 +112,7 @@ class ProxyApp:
         self._inflight = 0
         #: of those, scheduled calls still reading their body: a drain does not wait for them
         #: (once read, they are refused), or a client trickling its body would hold the exit;
-        #: it refuses them at once, with 503, through their scopes (``_readers``)
-        self._reading = 0
+        #: it refuses them at once, with 503, through their scopes
         self._readers: set[anyio.CancelScope] = set()
         #: of those, pass-through calls (a drain waits for them: an upload, a model's pull)
         self._passing = 0
@@ -175,7 +174,7 @@ class ProxyApp:
     @property
     def reading(self) -> int:
         """Scheduled calls still reading their request body (a drain does not wait for them)."""
-        return self._reading
+        return len(self._readers)
 
     async def drain(self, grace: float) -> bool:
         """Shut down gently: new requests get 503, waiting ones get 503, running ones finish.
@@ -193,7 +192,7 @@ class ProxyApp:
             if self._scheduler is not None:
                 await self._scheduler.aclose()
             # Until those have left their read (then they answer 503 and end as any request).
-            while self._inflight > self._reading or not self._readers.isdisjoint(refused):
+            while self._inflight > len(self._readers) or not self._readers.isdisjoint(refused):
                 self._idle = anyio.Event()
                 await self._idle.wait()
             return True
@@ -228,7 +227,7 @@ class ProxyApp:
                 await self._http(scope, receive, send)
             finally:
                 self._inflight -= 1
-                if self._inflight <= self._reading and self._idle is not None:
+                if self._inflight <= len(self._readers) and self._idle is not None:
                     self._idle.set()
         elif kind == "lifespan":
             await self._lifespan(receive, send)
@@ -305,14 +304,12 @@ class ProxyApp:
         try:
             if length is not None and _int(length) > limit:
                 raise _TooLarge
-            self._reading += 1
             reader = anyio.CancelScope()
             self._readers.add(reader)
             try:
                 with reader:
                     raw = await _read_body(receive, limit)
             finally:
-                self._reading -= 1
                 self._readers.discard(reader)
                 if reader.cancel_called and self._idle is not None:  # a drain waits for it to leave
                     self._idle.set()
