@@ -363,6 +363,20 @@ def _check_chunk_text(instance: object, attribute: attrs.Attribute[Any], value: 
         raise TypeError(f"Chunk.text must be a str, got {type(value).__name__}")
 
 
+def _check_thinking(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"Chunk.thinking must be a str, got {type(value).__name__}")
+
+
+def _tool_calls(value: object) -> tuple[Mapping[str, Any], ...]:
+    """Tool calls as a tuple of mappings (a list is taken; anything else is a TypeError)."""
+    if type(value) is tuple and not value:
+        return ()
+    if not isinstance(value, (list, tuple)) or not all(isinstance(call, Mapping) for call in value):
+        raise TypeError(f"Chunk.tool_calls must be a sequence of dicts (the calls), got {value!r:.200}")
+    return tuple(value)
+
+
 def _check_finish_reason(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None and type(value) is not str and not isinstance(value, str):
         raise TypeError(f"Chunk.finish_reason must be a str or None, got {type(value).__name__} {value!r}")
@@ -421,6 +435,15 @@ class Chunk:
     knows the prompt's length in tokens reports it in ``prompt_tokens`` on any
     chunk, and the reason generation stopped in ``finish_reason`` (``"stop"``,
     ``"length"``) on the last one.
+
+    ``thinking`` is a reasoning model's thinking that came with the piece
+    (Ollama's ``thinking``, an OpenAI-compatible server's
+    ``reasoning_content``), apart from the answer's ``text``.  ``tool_calls``
+    are whole tool calls the model made, each in the server's own shape, the
+    one to send back in the assistant's message (Ollama's ``{"function":
+    {"name": ..., "arguments": {...}}}``; OpenAI's ``{"id": ..., "type":
+    "function", "function": {"name": ..., "arguments": "<JSON text>"}}``,
+    put together from the streamed pieces and given on the last chunk).
     """
 
     text: str = attrs.field(validator=_check_chunk_text)
@@ -429,6 +452,8 @@ class Chunk:
         default=None, converter=_opt_int, validator=_check_opt_count, kw_only=True
     )
     finish_reason: str | None = attrs.field(default=None, kw_only=True, validator=_check_finish_reason)
+    thinking: str = attrs.field(default="", kw_only=True, validator=_check_thinking)
+    tool_calls: tuple[Mapping[str, Any], ...] = attrs.field(default=(), kw_only=True, converter=_tool_calls)
 
 
 @attrs.frozen
@@ -456,6 +481,10 @@ class Completion:
     promoted: bool = False
     #: Times the answer was paused for a request ranked before it (``Scheduler(preempt=True)``).
     preemptions: int = 0
+    #: A reasoning model's thinking, apart from the answer (the chunks' ``thinking``).
+    thinking: str = ""
+    #: The tool calls the model made, in the server's own shape (the chunks' ``tool_calls``).
+    tool_calls: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def wait(self) -> float:

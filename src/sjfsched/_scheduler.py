@@ -1318,6 +1318,8 @@ class ChunkStream:
         self._iterator: AsyncIterator[Chunk] | None = None
         self._backend = backend
         self._parts: list[str] = []
+        self._thinking: list[str] = []
+        self._tool_calls: list[Mapping[str, Any]] = []
         self._output_tokens = 0
         self._prompt_tokens: int | None = None
         self._finish_reason: str | None = None
@@ -1416,6 +1418,10 @@ class ChunkStream:
             self._first_tokens = chunk.tokens
             self._entry.service_started = service_started.get()
         self._parts.append(chunk.text)
+        if chunk.thinking:
+            self._thinking.append(chunk.thinking)
+        if chunk.tool_calls:
+            self._tool_calls.extend(chunk.tool_calls)
         self._output_tokens += chunk.tokens
         if chunk.prompt_tokens is not None:
             if not self._entry.pauses:
@@ -1475,6 +1481,8 @@ class ChunkStream:
             finish_reason=self._finish_reason,
             promoted=e.promoted,
             preemptions=e.pauses,
+            thinking="".join(self._thinking),
+            tool_calls=tuple(self._tool_calls),
         )
 
     async def _close(self) -> None:

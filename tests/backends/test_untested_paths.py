@@ -29,17 +29,6 @@ async def test_ollama_text_on_the_done_line_is_part_of_the_answer() -> None:
     assert sum(c.tokens for c in chunks) == 3
 
 
-async def test_openai_stopped_for_length_without_usage_counts_max_tokens() -> None:
-    events = [
-        b'data: {"choices":[{"index":0,"text":"ab","finish_reason":null}]}\n\n',
-        b'data: {"choices":[{"index":0,"text":"c","finish_reason":"length"}]}\n\n',
-        b"data: [DONE]\n\n",
-    ]
-    with scripted_server(events, content_type="text/event-stream") as url:
-        chunks = await collect(OpenAIBackend(url, model="m"), Request("x", max_tokens=5))
-    assert sum(c.tokens for c in chunks) == 5 and chunks[-1].finish_reason == "length"
-
-
 def test_the_requests_max_tokens_wins_over_num_predict_in_its_options() -> None:
     _, body = OllamaBackend("m").body(Request("x", max_tokens=3, options={"num_predict": 50}))
     assert body["options"]["num_predict"] == 3

@@ -59,6 +59,7 @@ import hashlib
 import json
 import os
 import queue
+import re
 import socket
 import sys
 import threading
@@ -299,6 +300,15 @@ class _Handler(BaseHTTPRequestHandler):
     def _error(self, status: int, message: str) -> None:
         self._send_json(status, {"error": message})
 
+    def _no_route(self) -> None:
+        """Ollama's answer to a path it has no route for (gin's default: plain text)."""
+        data = b"404 page not found"
+        self.send_response(404)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def _read_body(self) -> Any:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
@@ -398,12 +408,12 @@ class _Handler(BaseHTTPRequestHandler):
             ]
             self._send_json(200, {"models": models})
         else:
-            self._error(404, "404 page not found")
+            self._no_route()
 
     def do_POST(self) -> None:
         openai = self.path in ("/v1/chat/completions", "/v1/completions")
         if self.path not in ("/api/generate", "/api/chat", "/api/show") and not openai:
-            self._error(404, "404 page not found")
+            self._no_route()
             return
         try:
             body = self._read_body()
@@ -466,6 +476,11 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(options, dict):
             record.outcome = "error"
             self._fail(openai, 400, "options must be an object")
+            return
+        refused = None if openai else _refused_by_ollama(body, options, chat)
+        if refused is not None:
+            record.outcome = "error"
+            self._fail(openai, *refused)
             return
         if chat:
             messages = body.get("messages") or []
@@ -802,6 +817,40 @@ class _Generation:
         if first:
             self.t_prompt_done = self.t_end
         self.record.done_reason = self.reason
+
+
+#: A Go duration (``time.ParseDuration``), the form of Ollama's ``keep_alive`` strings.
+_GO_DURATION = re.compile(r"[+-]?(0|((\d+(\.\d*)?|\.\d+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h))+)")
+
+
+def _refused_by_ollama(
+    body: Mapping[str, Any], options: Mapping[str, Any], chat: bool
+) -> tuple[int, str] | None:
+    """The status and error Ollama answers a body with that it refuses, as its source does.
+
+    ``api/types.go``: a message's ``content`` is a Go string (the JSON
+    decoder's 400), ``keep_alive`` a duration string or a number (400), a
+    slice option such as ``stop`` must be a JSON array (``Options.FromMap``,
+    answered 500); ``server/routes.go``: ``raw`` with ``system``,
+    ``template`` or ``context`` is a 400.
+    """
+    if chat and isinstance(body.get("messages"), list):
+        for m in body["messages"]:
+            if isinstance(m, dict) and "content" in m and not isinstance(m["content"], str):
+                kind = "array" if isinstance(m["content"], list) else type(m["content"]).__name__
+                return 400, (
+                    f"json: cannot unmarshal {kind} into Go struct field "
+                    "Message.messages.content of type string"
+                )
+    keep_alive = body.get("keep_alive")
+    if isinstance(keep_alive, str) and not _GO_DURATION.fullmatch(keep_alive):
+        return 400, f'time: missing unit in duration "{keep_alive}"'
+    stop = options.get("stop")
+    if stop is not None and not isinstance(stop, list):
+        return 500, 'option "stop" must be of type array'
+    if not chat and body.get("raw") and (body.get("system") or body.get("template") or body.get("context")):
+        return 400, "raw mode does not support template, system, or context"
+    return None
 
 
 def _openai_options(body: Mapping[str, Any]) -> dict[str, Any]:

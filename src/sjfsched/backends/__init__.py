@@ -12,6 +12,10 @@
   checks and fail-over.
 - :class:`BackendUnavailable`: the :class:`~sjfsched.BackendError` of a
   server that cannot be reached or failed (not the request's fault).
+- For writing backends: :func:`resume_by_continuation` and
+  :func:`continuation` (pausing a completion API's answer),
+  :class:`ToolCallPieces` (tool calls streamed in pieces, put together),
+  ``CallableResult`` (what a :class:`CallableBackend` function returns).
 
 The adapters import their optional dependency (llama-cpp-python, httpx) only
 when used, so this module imports without them.
@@ -20,7 +24,11 @@ when used, so this module imports without them.
 from .._errors import BackendUnavailable as BackendUnavailable
 from ._base import Backend as Backend
 from ._base import Resumable as Resumable
+from ._base import ToolCallPieces as ToolCallPieces
+from ._base import continuation as continuation
+from ._base import resume_by_continuation as resume_by_continuation
 from ._callable import CallableBackend as CallableBackend
+from ._callable import CallableResult as CallableResult
 from ._llama import LlamaCppBackend as LlamaCppBackend
 from ._ollama import OllamaBackend as OllamaBackend
 from ._openai import OpenAIBackend as OpenAIBackend
@@ -34,6 +42,7 @@ __all__ = [
     "BackendPool",
     "BackendUnavailable",
     "CallableBackend",
+    "CallableResult",
     "LlamaCppBackend",
     "OllamaBackend",
     "OpenAIBackend",
@@ -41,4 +50,7 @@ __all__ = [
     "PoolStatistics",
     "Resumable",
     "SimulatedBackend",
+    "ToolCallPieces",
+    "continuation",
+    "resume_by_continuation",
 ]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+import json
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import aclosing
 from typing import Any, Protocol, cast, runtime_checkable
 
@@ -107,3 +108,52 @@ async def resume_by_continuation(
             if extra:
                 chunk, extra = attrs.evolve(chunk, tokens=chunk.tokens + extra), 0
             yield chunk
+
+
+class ToolCallPieces:
+    """Tool calls streamed in pieces the OpenAI way, put together.
+
+    Each piece (an item of a delta's ``tool_calls``) names its call by
+    ``index``; a call's first piece brings its ``id``, ``type`` and
+    function ``name`` (later ones may repeat them), and the pieces'
+    ``function.arguments`` strings join into the arguments' JSON text.  A
+    server that sends each call whole, in one piece, gives the same calls.
+    """
+
+    __slots__ = ("_calls",)
+
+    def __init__(self) -> None:
+        self._calls: dict[object, dict[str, Any]] = {}
+
+    def add(self, pieces: object) -> bool:
+        """Take a delta's ``tool_calls``; whether it held any."""
+        if not isinstance(pieces, list) or not pieces:
+            return False
+        for piece in pieces:
+            if not isinstance(piece, Mapping):
+                continue
+            index = piece.get("index")
+            call = self._calls.setdefault(len(self._calls) if index is None else index, {})
+            for key in ("id", "type"):
+                value = piece.get(key)
+                if isinstance(value, str) and value and key not in call:
+                    call[key] = value
+            function = piece.get("function")
+            if isinstance(function, Mapping):
+                whole = call.setdefault("function", {"name": "", "arguments": ""})
+                name = function.get("name")
+                if isinstance(name, str) and not whole["name"]:  # (llama-cpp-python repeats it)
+                    whole["name"] = name
+                arguments = function.get("arguments")
+                if isinstance(arguments, str):
+                    whole["arguments"] += arguments
+                elif isinstance(arguments, Mapping):  # sent as an object, not as JSON text
+                    whole["arguments"] += json.dumps(arguments)
+        return True
+
+    def __bool__(self) -> bool:
+        return bool(self._calls)
+
+    def calls(self) -> tuple[dict[str, Any], ...]:
+        """The calls put together, in their order."""
+        return tuple({"type": "function", **call} for call in self._calls.values())

@@ -12,7 +12,7 @@ import contextlib
 import json
 import math
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -193,15 +193,23 @@ class HttpSettings:
                 status_code=response.status_code,
             )
         message = error_message(response.content) or response.reason_phrase
+        if response.status_code == 404 and not _error_body(response.content):
+            # No error of the API's own (a model it does not have): the path is not there.
+            message += f" (is base_url {self.shown_url!r} the API's root?)"
         error_class = BackendUnavailable if server_busy(response.status_code) else BackendError
         raise error_class(
-            f"{self.service} answered {response.status_code} for {path}: {message}",
+            f"{self.service} answered {response.status_code} for {self.shown_url}{path}: {message}",
             status_code=response.status_code,
         )
 
     @asynccontextmanager
-    async def stream_lines(self, path: str, body: Mapping[str, Any]) -> AsyncIterator[AsyncIterator[str]]:
+    async def stream_lines(
+        self, path: str, body: Mapping[str, Any], *, not_streams: Collection[str] = ()
+    ) -> AsyncIterator[AsyncIterator[str]]:
         """POST ``body`` and yield the response's lines; closes everything on exit.
+
+        An answer of a media type in ``not_streams`` (a whole JSON answer, an
+        HTML page) is refused with :class:`BackendError` saying so.
 
         Leaving early (the caller was cancelled, or stopped reading) closes
         the response, which closes the connection, so the server sees the
@@ -210,6 +218,17 @@ class HttpSettings:
         rather than left to the garbage collector, which trio warns about.
         """
         async with self.stream(path, body) as response:
+            media = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+            if media in not_streams:
+                raise BackendError(
+                    f"{self.service} at {self.shown_url}{path} answered with {media}, not a stream: "
+                    + (
+                        "an HTML page, so base_url is not the API's"
+                        if media == "text/html"
+                        else "a whole answer, so the server ignores stream=true"
+                    ),
+                    status_code=response.status_code,
+                )
             lines = _lines(response.aiter_bytes())
             try:
                 yield lines
@@ -292,6 +311,16 @@ def error_message(content: bytes) -> str:
         if detail is not None:
             return detail if isinstance(detail, str) else json.dumps(detail)[:500]
     return text[:500]
+
+
+def _error_body(content: bytes) -> bool:
+    """Whether an error answer is a JSON error of an API (``{"error": ...}``, ``{"detail": ...}``)."""
+    try:
+        body = json.loads(content)
+    except ValueError:
+        return False
+    # FastAPI's {"detail": "Not Found"} is its answer to a path it does not have.
+    return isinstance(body, Mapping) and ("error" in body or body.get("detail", "Not Found") != "Not Found")
 
 
 def server_busy(status_code: int) -> bool:

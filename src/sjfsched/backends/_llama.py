@@ -19,7 +19,7 @@ import attrs
 
 from .._errors import BackendError
 from .._records import Chunk, Request
-from ._base import resume_by_continuation
+from ._base import ToolCallPieces, resume_by_continuation
 
 if TYPE_CHECKING:
     import numpy as np
@@ -681,6 +681,7 @@ class LlamaCppBackend:
         # keeps it.  Only a space that was the first byte goes: the stream's
         # text drops bytes that are no UTF-8 text.
         leading_space = True
+        tools = ToolCallPieces()  # a chat's, with tools (llama-cpp-python's chat formats that call them)
         while True:
             try:
                 item: Any = await _next(iterator, watcher)
@@ -703,7 +704,8 @@ class LlamaCppBackend:
                     # in the bytes: the answer ends before the stop string there.
                     pending, finish = _as_text(before)[sent:], "stop"
                 break
-            text, reason = _chunk_text(item)
+            text, reason, pieces = _chunk_text(item)
+            tools.add(pieces)
             if leading_space and text:
                 leading_space = False
                 drops = watcher.drops_leading_space
@@ -731,6 +733,7 @@ class LlamaCppBackend:
             tokens=max(0, counter.answer_tokens(self._llm) - reported),
             prompt_tokens=None if sent_prompt else counter.prompt_tokens,
             finish_reason=finish or "stop",
+            tool_calls=tools.calls(),
         )
 
     async def aclose(self) -> None:
@@ -826,18 +829,18 @@ def _held_back(text: str, stops: tuple[str, ...]) -> int:
     return keep
 
 
-def _chunk_text(item: Mapping[str, Any]) -> tuple[str, str | None]:
-    """The text and finish reason of a llama-cpp-python stream chunk."""
+def _chunk_text(item: Mapping[str, Any]) -> tuple[str, str | None, object]:
+    """The text, finish reason and tool call pieces of a llama-cpp-python stream chunk."""
     choices = item.get("choices") or ()
     if not choices:
-        return "", None
+        return "", None, None
     choice = choices[0]
     reason = choice.get("finish_reason")
     if "delta" in choice:
         content = choice["delta"].get("content")
-        return (content if isinstance(content, str) else ""), reason
+        return (content if isinstance(content, str) else ""), reason, choice["delta"].get("tool_calls")
     text = choice.get("text")
-    return (text if isinstance(text, str) else ""), reason
+    return (text if isinstance(text, str) else ""), reason, None
 
 
 def _keyword_names(method: Any, *, named_only: bool = False) -> frozenset[str] | None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
+import re
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, final
+
+import attrs
 
 from .._errors import BackendError
 from .._records import Chunk, Request, usable_count
@@ -56,6 +60,8 @@ _CHAT_ONLY = {
     "tools": "send the request as a chat (Request.messages) for tool calling",
 }
 _RESERVED = frozenset({"model", "prompt", "messages", "stream"})
+#: A Go duration, as Ollama's ``keep_alive`` strings are parsed (``time.ParseDuration``).
+_GO_DURATION = re.compile(r"[+-]?(0|((\d+(\.\d*)?|\.\d+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h))+)")
 
 
 @final
@@ -136,6 +142,12 @@ class OllamaBackend:
             raise ValueError(
                 f"keep_alive must be a duration string or a number of seconds, got {keep_alive!r}"
             )
+        if isinstance(keep_alive, str) and not _GO_DURATION.fullmatch(keep_alive):
+            # Ollama parses a string as a Go duration and answers 400 to every request otherwise.
+            raise ValueError(
+                f"keep_alive {keep_alive!r} is not a duration Ollama reads: give a number and a unit "
+                '("10m", "1h30m", "-1m" for ever) or a number of seconds (-1 for ever)'
+            )
         import_httpx("OllamaBackend", "ollama")  # without the ollama extra: fail here, not on every request
         self.model = model
         self.slots = slots
@@ -163,7 +175,7 @@ class OllamaBackend:
         body: dict[str, Any] = {"model": self.model}
         if request.messages is not None:
             path = "/api/chat"
-            body["messages"] = [dict(m) for m in request.messages]
+            body["messages"] = [_message(m, i) for i, m in enumerate(request.messages)]
         else:
             path = "/api/generate"
             body["prompt"] = request.prompt
@@ -183,7 +195,7 @@ class OllamaBackend:
                         f"OllamaBackend: {key!r} is a field of /api/chat, not of /api/generate "
                         f"(Request.prompt), which would ignore it; {_CHAT_ONLY[key]}"
                     )
-                body[key] = value
+                body[key] = _images(value) if key == "images" else value
             elif key == "options" and isinstance(value, Mapping):
                 options.update(value)
             elif key == "max_tokens":
@@ -192,6 +204,8 @@ class OllamaBackend:
                 options[key] = value
         if request.max_tokens is not None:
             options["num_predict"] = request.max_tokens
+        if isinstance(options.get("stop"), str):  # Ollama takes a list only (500 for a string)
+            options["stop"] = [options["stop"]]
         if options:
             body["options"] = options
         if self.keep_alive is not None:
@@ -208,14 +222,15 @@ class OllamaBackend:
                 if not line:
                     continue
                 message = _parse_line(line)
-                text, thinking = _text_of(message, chat)
+                text, thinking, tool_calls = _text_of(message, chat)
                 if message.get("done") is True:
-                    yield _final_chunk(message, text, counted)
+                    final = _final_chunk(message, text, counted)
+                    yield attrs.evolve(final, thinking=thinking, tool_calls=tool_calls)
                     await self._http.read_tail(lines)  # after the answer: so the connection is kept
                     return
-                if text or thinking:
+                if text or thinking or tool_calls:
                     counted += 1
-                    yield Chunk(text)
+                    yield Chunk(text, thinking=thinking, tool_calls=tool_calls)
         raise BackendUnavailable(
             f"Ollama at {self._http.shown_url} ended the stream before its final line (done: true)"
         )
@@ -233,6 +248,66 @@ class OllamaBackend:
         await self._http.aclose()
 
 
+def _message(message: Mapping[str, Any], i: int) -> dict[str, Any]:
+    """One chat message as Ollama reads it: content as a string, images as base64.
+
+    Ollama's ``content`` is a string: a list of OpenAI-style parts is sent as
+    its text parts joined by newlines, its images (``data:`` URLs) in the
+    message's ``images``.  Anything else Ollama cannot take is refused here.
+    """
+    out = dict(message)
+    where = f"Request.messages[{i}]"
+    content = out.get("content")
+    images = _images(out["images"]) if "images" in out else None
+    if isinstance(content, (list, tuple)):
+        texts: list[str] = []
+        found: list[object] = []
+        for part in content:
+            if isinstance(part, str):
+                texts.append(part)
+                continue
+            kind = part.get("type") if isinstance(part, Mapping) else None
+            if isinstance(part, Mapping) and kind in ("text", None) and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            elif isinstance(part, Mapping) and kind == "image_url":
+                found.append(_data_url(part.get("image_url"), where))
+            else:
+                raise BackendError(
+                    f"OllamaBackend: {where} has a content part Ollama cannot take "
+                    f"({kind!r}); Ollama reads text and images only"
+                )
+        out["content"] = "\n".join(texts)
+        if found:
+            images = [*images, *found] if isinstance(images, (list, tuple)) else found
+    if images is not None:
+        out["images"] = images
+    return out
+
+
+def _data_url(value: object, where: str) -> str:
+    """The base64 data of an ``image_url`` part (a ``data:`` URL), which is what Ollama takes."""
+    url = value.get("url") if isinstance(value, Mapping) else value
+    if isinstance(url, str) and url.startswith("data:") and ";base64," in url:
+        return url.partition(";base64,")[2]
+    shown = url[:60] if isinstance(url, str) else type(url).__name__
+    raise BackendError(
+        f"OllamaBackend: {where} has an image_url Ollama cannot fetch ({shown!r}): Ollama takes "
+        "images as base64 data, so give a data: URL or the image's bytes in the message's 'images'"
+    )
+
+
+def _images(value: object) -> object:
+    """Images for Ollama: bytes become base64 text (Ollama's JSON carries them so); others as given."""
+    if not isinstance(value, (list, tuple)):
+        return value  # Ollama's 400 says what it wants
+    return [
+        base64.b64encode(bytes(image)).decode("ascii")
+        if isinstance(image, (bytes, bytearray, memoryview))
+        else image
+        for image in value
+    ]
+
+
 def _parse_line(line: str) -> Mapping[str, Any]:
     try:
         message = json.loads(line)
@@ -247,16 +322,20 @@ def _parse_line(line: str) -> Mapping[str, Any]:
     return message
 
 
-def _text_of(message: Mapping[str, Any], chat: bool) -> tuple[str, bool]:
-    """The answer text of one line, and whether it carries thinking instead."""
+def _text_of(message: Mapping[str, Any], chat: bool) -> tuple[str, str, tuple[Mapping[str, Any], ...]]:
+    """The answer text of one line, its thinking, and its tool calls (whole, as Ollama sends them)."""
     if chat:
         body = message.get("message")
         if not isinstance(body, Mapping):
-            return "", False
-        content, thinking = body.get("content"), body.get("thinking")
+            return "", "", ()
+        content, thinking, calls = body.get("content"), body.get("thinking"), body.get("tool_calls")
     else:
-        content, thinking = message.get("response"), message.get("thinking")
-    return (content if isinstance(content, str) else ""), bool(thinking)
+        content, thinking, calls = message.get("response"), message.get("thinking"), None
+    return (
+        content if isinstance(content, str) else "",
+        thinking if isinstance(thinking, str) else "",
+        tuple(c for c in calls if isinstance(c, Mapping)) if isinstance(calls, list) else (),
+    )
 
 
 def _final_chunk(message: Mapping[str, Any], text: str, counted: int) -> Chunk:

@@ -8,9 +8,11 @@ from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, final
 from urllib.parse import urlsplit
 
+import attrs
+
 from .._errors import BackendError
 from .._records import Chunk, Request, usable_count
-from ._base import resume_by_continuation
+from ._base import ToolCallPieces, resume_by_continuation
 from ._http import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_READ_TIMEOUT,
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
 __all__ = ["OpenAIBackend"]
 
 _RESERVED = frozenset({"model", "prompt", "messages", "stream"})
+#: What a 200 answer to a streamed request may not be: a whole JSON answer, a web page.
+_NOT_STREAMS = frozenset({"application/json", "text/html"})
 
 
 @final
@@ -45,14 +49,17 @@ class OpenAIBackend:
     becomes ``max_tokens``; ``Request.options`` (``temperature``, ``seed``,
     ``stop``, ``top_p``, ``logit_bias``, ...) go into the body unchanged,
     except ``model``, ``prompt``, ``messages`` and ``stream``, which the
-    backend sets (a request that sets one fails with ``BackendError``).
+    backend sets (a request that sets one fails with ``BackendError``, and so
+    does ``n`` or ``best_of`` above 1: one answer is read a request); a
+    ``stream_options`` of your own gets ``include_usage`` added.
 
     Token counts: the body asks for ``stream_options: {"include_usage":
     true}``, and the usage the server sends at the end (``prompt_tokens``,
     ``completion_tokens``) makes the chunks' sum exact.  A server that sends
     no usage (``llama_cpp.server`` does not) is counted one token per
-    streamed chunk, and exactly ``max_tokens`` when it stopped for
-    ``"length"``.  Pass ``include_usage=False`` for a server that rejects
+    streamed chunk, and as ``max_tokens`` when it stopped for ``"length"``
+    with at least half that many chunks (fewer: the context filled up, and
+    the chunks are the count).  Pass ``include_usage=False`` for a server that rejects
     ``stream_options``.
 
     Errors reach the caller as :class:`~sjfsched.BackendError` with the
@@ -154,6 +161,13 @@ class OpenAIBackend:
         for key, value in request.options.items():
             if key in _RESERVED:
                 raise BackendError(f"OpenAIBackend sets {key!r} itself; remove it from Request.options")
+            if key in ("n", "best_of") and value not in (None, 1):
+                raise BackendError(
+                    f"OpenAIBackend reads one answer a request, and {key}={value!r} asks for more "
+                    "(the others' tokens would be counted, their text lost): send the request again instead"
+                )
+            if key == "stream_options" and isinstance(value, Mapping) and self.include_usage:
+                value = {"include_usage": True, **value}  # the caller's own options, and the usage
             body[key] = value
         if request.max_tokens is not None:
             body["max_tokens"] = request.max_tokens
@@ -167,7 +181,11 @@ class OpenAIBackend:
         finish: str | None = None
         usage: Mapping[str, Any] = {}
         done = False
-        async with self._http.stream_lines(path, body) as lines, aclosing(_sse_data(lines)) as events:
+        tools = ToolCallPieces()
+        async with (
+            self._http.stream_lines(path, body, not_streams=_NOT_STREAMS) as lines,
+            aclosing(_sse_data(lines)) as events,
+        ):
             async for data in events:
                 if data == "[DONE]":
                     done = True
@@ -181,16 +199,17 @@ class OpenAIBackend:
                 for choice in choices:
                     if not isinstance(choice, Mapping) or choice.get("index", 0) != 0:
                         continue
-                    text, reasoning = _choice_text(choice, chat)
+                    text, thinking, pieces = _choice_text(choice, chat)
                     reason = choice.get("finish_reason")
                     if isinstance(reason, str):
                         finish = reason
-                    if text or reasoning:
+                    if tools.add(pieces) or text or thinking:
                         counted += 1
                         # With the reason where the server gave it, the scheduler knows the
                         # answer has ended and does not pause it (preempt) for the last chunk.
-                        yield Chunk(text, finish_reason=finish)
-            yield self._last_chunk(path, done, finish, usage, max_tokens, counted)
+                        yield Chunk(text, finish_reason=finish, thinking=thinking)
+            last = self._last_chunk(path, done, finish, usage, max_tokens, counted)
+            yield attrs.evolve(last, tool_calls=tools.calls()) if tools else last
             await self._http.read_tail(lines)  # after the answer: so the connection is kept for the next
 
     def resumable(self, request: Request, /) -> bool:
@@ -220,6 +239,11 @@ class OpenAIBackend:
         counted: int,
     ) -> Chunk:
         """The stream's last chunk, with the token counts; raises if the answer did not end whole."""
+        if finish in ("abort", "error"):  # vLLM's: the engine gave up on this answer
+            raise BackendUnavailable(
+                f"{self._http.shown_url}{path} ended the answer with finish_reason {finish!r}: "
+                "it is not whole"
+            )
         if finish is None:
             if not done:
                 raise BackendUnavailable(
@@ -236,8 +260,12 @@ class OpenAIBackend:
         completion_tokens = usable_count(usage.get("completion_tokens"))
         if completion_tokens is not None:
             total = completion_tokens
-        elif finish == "length" and (limit := usable_count(max_tokens)) is not None:
-            total = limit  # (a max_tokens past any answer's length is no count: the pieces are)
+        elif finish == "length" and (limit := usable_count(max_tokens)) is not None and limit <= 2 * counted:
+            # Cut at max_tokens: that many, though a piece may have held more than one (a
+            # character of several tokens, text held back for a stop string).  A "length" far
+            # short of it is the context filling up (or a max_tokens past any answer's length):
+            # the pieces are the count.
+            total = limit
         else:
             total = counted
         return Chunk(
@@ -332,13 +360,19 @@ def _parse_event(data: str) -> Mapping[str, Any]:
     return event
 
 
-def _choice_text(choice: Mapping[str, Any], chat: bool) -> tuple[str, bool]:
-    if chat:
-        delta = choice.get("delta")
-        if not isinstance(delta, Mapping):
-            return "", False
-        content = delta.get("content")
-        reasoning = delta.get("reasoning_content") or delta.get("reasoning") or delta.get("tool_calls")
-    else:
-        content, reasoning = choice.get("text"), None
-    return (content if isinstance(content, str) else ""), bool(reasoning)
+def _choice_text(choice: Mapping[str, Any], chat: bool) -> tuple[str, str, object]:
+    """A streamed choice's text, thinking (``reasoning_content`` of llama-server and DeepSeek,
+    ``reasoning`` of vLLM and Ollama) and tool call pieces."""
+    if not chat:
+        text = choice.get("text")
+        return (text if isinstance(text, str) else ""), "", None
+    delta = choice.get("delta")
+    if not isinstance(delta, Mapping):
+        return "", "", None
+    content = delta.get("content")
+    thinking = delta.get("reasoning_content") or delta.get("reasoning")
+    return (
+        content if isinstance(content, str) else "",
+        thinking if isinstance(thinking, str) else "",
+        delta.get("tool_calls"),
+    )

@@ -1,0 +1,205 @@
+"""What real Ollama and OpenAI-compatible servers refuse or send, and the backends' answers to it.
+
+Over real HTTP on 127.0.0.1: the Ollama-API test server (real llama.cpp
+generation, refusing what Ollama's source refuses), ``llama_cpp.server``,
+and scripted servers for what another server sends (vLLM's ``abort``, a
+whole JSON answer, a web page).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from sjfsched import BackendError, Request
+from sjfsched.backends import BackendUnavailable, OllamaBackend, OpenAIBackend
+from tests.support.ollama_server import OllamaServer
+from tests.support.wire_server import scripted_server
+
+from .test_wire import collect
+
+pytestmark = pytest.mark.anyio
+
+
+async def post(server: OllamaServer, path: str, body: dict[str, Any]) -> httpx.Response:
+    """The test server's answer to a body sent as it is, without a backend."""
+    async with httpx.AsyncClient() as client:
+        return await client.post(f"{server.url}{path}", json={"model": "tiny", **body}, timeout=30)
+
+
+# ------------------------------------------------------------------ Ollama
+
+
+async def test_the_test_server_refuses_what_ollama_refuses(ollama: OllamaServer) -> None:
+    """api/types.go and server/routes.go: what Ollama answers these bodies (so the tests below mean
+    something: a backend sending them as they were would fail against it as against Ollama)."""
+    stop = await post(ollama, "/api/generate", {"prompt": "x", "options": {"stop": "\n"}})
+    assert (stop.status_code, stop.json()) == (500, {"error": 'option "stop" must be of type array'})
+    parts = [{"type": "text", "text": "hi"}]
+    chat = await post(ollama, "/api/chat", {"messages": [{"role": "user", "content": parts}]})
+    assert chat.status_code == 400 and "of type string" in chat.json()["error"]
+    keep = await post(ollama, "/api/generate", {"prompt": "x", "keep_alive": "-1"})
+    assert (keep.status_code, keep.json()) == (400, {"error": 'time: missing unit in duration "-1"'})
+    raw = await post(ollama, "/api/generate", {"prompt": "x", "raw": True, "system": "s"})
+    assert raw.status_code == 400 and "raw mode" in raw.json()["error"]
+    fine = await post(
+        ollama,
+        "/api/generate",
+        {"prompt": "x", "stream": False, "keep_alive": "-1m", "options": {"stop": ["\n"], "num_predict": 2}},
+    )
+    assert fine.status_code == 200 and fine.json()["done"] is True
+
+
+async def test_a_stop_string_goes_to_ollama_as_a_list(ollama: OllamaServer) -> None:
+    backend = OllamaBackend("tiny", ollama.url)
+    assert backend.body(Request("x", options={"stop": "\n"}))[1]["options"]["stop"] == ["\n"]
+    assert backend.body(Request("x", options={"options": {"stop": "."}}))[1]["options"]["stop"] == ["."]
+    assert backend.body(Request("x", options={"stop": ["a", "b"]}))[1]["options"]["stop"] == ["a", "b"]
+    chunks = await collect(backend, Request("Once upon a time", max_tokens=8, options={"stop": "zzz"}))
+    assert chunks[-1].finish_reason == "length" and sum(c.tokens for c in chunks) == 8
+
+
+async def test_content_parts_go_to_ollama_as_text_and_images(ollama: OllamaServer) -> None:
+    png = b"\x89PNG\r\n\x1a\n fake"
+    data_url = "data:image/png;base64," + base64.b64encode(png).decode()
+    message = {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "Tell me"},
+            {"type": "image_url", "image_url": {"url": data_url}},
+            {"type": "text", "text": "a story"},
+        ],
+    }
+    backend = OllamaBackend("tiny", ollama.url)
+    sent = backend.body(Request(messages=[message]))[1]["messages"][0]
+    assert sent == {"role": "user", "content": "Tell me\na story", "images": [base64.b64encode(png).decode()]}
+    chunks = await collect(backend, Request(messages=[message], max_tokens=4))
+    assert sum(c.tokens for c in chunks) == 4  # the test server, as Ollama, takes the body
+
+
+async def test_what_ollama_cannot_take_in_a_message_is_refused_by_name() -> None:
+    backend = OllamaBackend("tiny")
+    remote = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+    with pytest.raises(BackendError, match=r"messages\[1\] has an image_url Ollama cannot fetch"):
+        backend.body(
+            Request(messages=[{"role": "system", "content": "s"}, {"role": "user", "content": [remote]}])
+        )
+    audio = {"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}
+    with pytest.raises(BackendError, match=r"messages\[0\] has a content part .*'input_audio'"):
+        backend.body(Request(messages=[{"role": "user", "content": [audio]}]))
+
+
+def test_image_bytes_go_to_ollama_as_base64() -> None:
+    backend = OllamaBackend("tiny")
+    _, body = backend.body(Request("what is this?", options={"images": [b"\x00\x01", "AAE="]}))
+    assert body["images"] == ["AAE=", "AAE="]
+    _, chat = backend.body(Request(messages=[{"role": "user", "content": "what?", "images": [b"\xff"]}]))
+    assert chat["messages"][0]["images"] == ["/w=="]
+    json.dumps(body), json.dumps(chat)  # what the HTTP client will do with them
+
+
+def test_a_keep_alive_ollama_cannot_read_is_refused_when_the_backend_is_made() -> None:
+    for fine in ("10m", "1h30m", "-1m", "0", "1.5h", 300, -1):
+        assert OllamaBackend("m", keep_alive=fine).keep_alive == fine
+    with pytest.raises(ValueError, match=r"keep_alive '-1' is not a duration Ollama reads"):
+        OllamaBackend("m", keep_alive="-1")
+    with pytest.raises(ValueError, match="keep_alive '10 minutes'"):
+        OllamaBackend("m", keep_alive="10 minutes")
+
+
+async def test_a_404_for_a_wrong_base_url_names_the_url(ollama: OllamaServer) -> None:
+    with pytest.raises(BackendError) as wrong:
+        await collect(OllamaBackend("tiny", ollama.url + "/v1"), Request("x", max_tokens=1))
+    assert wrong.value.status_code == 404
+    assert f"{ollama.url}/v1/api/generate" in str(wrong.value) and "the API's root" in str(wrong.value)
+    with pytest.raises(BackendError) as missing:  # the API's own 404: its message, no hint
+        await collect(OllamaBackend("nope", ollama.url), Request("x", max_tokens=1))
+    assert "model 'nope' not found" in str(missing.value) and "root" not in str(missing.value)
+
+
+# ------------------------------------------------------------------ OpenAI-compatible
+
+
+def sse(*events: dict[str, Any]) -> list[bytes]:
+    return [b"data: " + json.dumps(e).encode() + b"\n\n" for e in events] + [b"data: [DONE]\n\n"]
+
+
+def piece(text: str, finish: str | None = None) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "text": text, "finish_reason": finish}]}
+
+
+async def test_cut_at_max_tokens_without_usage_counts_max_tokens() -> None:
+    """A piece may hold several tokens (a character of several, text held back for a stop string)."""
+    with scripted_server(
+        sse(piece("ab"), piece("c"), piece("d", "length")), content_type="text/event-stream"
+    ) as url:
+        chunks = await collect(OpenAIBackend(url, model="m"), Request("x", max_tokens=5))
+    assert sum(c.tokens for c in chunks) == 5 and chunks[-1].finish_reason == "length"
+
+
+async def test_cut_by_the_context_counts_the_pieces() -> None:
+    """A "length" far short of max_tokens: the context filled up, and the pieces are the count."""
+    events = sse(*(piece("a") for _ in range(9)), piece("b", "length"))
+    with scripted_server(events, content_type="text/event-stream", pause=0) as url:
+        chunks = await collect(OpenAIBackend(url, model="m"), Request("x", max_tokens=100_000))
+    assert sum(c.tokens for c in chunks) == 10
+
+
+async def test_llama_cpp_server_cut_by_its_context_is_counted_as_generated(openai_url: str) -> None:
+    """llama_cpp.server (no usage in its streams) stops at its context (512 here) with "length"."""
+    backend = OpenAIBackend(openai_url, model="tiny")
+    with anyio.fail_after(120):
+        chunks = await collect(backend, Request("Once", max_tokens=100_000, options={"temperature": 0}))
+    total = sum(c.tokens for c in chunks)
+    assert chunks[-1].finish_reason == "length"
+    assert total == len([c for c in chunks if c.text]) <= 512
+
+
+def test_n_above_one_is_refused_and_stream_options_keep_the_usage() -> None:
+    backend = OpenAIBackend("http://127.0.0.1:1/v1", model="m")
+    for key in ("n", "best_of"):
+        with pytest.raises(BackendError, match=f"reads one answer a request, and {key}=2"):
+            backend.body(Request("x", options={key: 2}), "m")
+        assert backend.body(Request("x", options={key: 1}), "m")[1][key] == 1
+    own = {"stream_options": {"continuous_usage_stats": True}}
+    assert backend.body(Request("x", options=own), "m")[1]["stream_options"] == {
+        "include_usage": True,
+        "continuous_usage_stats": True,
+    }
+    off = OpenAIBackend("http://127.0.0.1:1/v1", model="m", include_usage=False)
+    assert off.body(Request("x", options=own), "m")[1]["stream_options"] == {"continuous_usage_stats": True}
+
+
+@pytest.mark.parametrize("reason", ["abort", "error"])
+async def test_an_answer_the_engine_gave_up_on_is_no_answer(reason: str) -> None:
+    """vLLM's finish reasons "abort" and "error": the text so far is not the whole answer."""
+    with scripted_server(
+        sse(piece("Half an ans"), piece("", reason)), content_type="text/event-stream"
+    ) as url:
+        with pytest.raises(BackendUnavailable, match=f"finish_reason '{reason}': it is not whole"):
+            await collect(OpenAIBackend(url, model="m"), Request("x"))
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "says"),
+    [
+        (
+            "application/json",
+            b'{"choices": [{"text": "whole", "finish_reason": "stop"}]}',
+            "ignores stream=true",
+        ),
+        ("text/html; charset=utf-8", b"<html><body>Open WebUI</body></html>", "base_url is not the API's"),
+    ],
+)
+async def test_an_answer_that_is_not_a_stream_is_named(content_type: str, body: bytes, says: str) -> None:
+    with scripted_server([body], content_type=content_type) as url:
+        with pytest.raises(
+            BackendError, match=f"answered with {content_type.split(';')[0]}, not a stream"
+        ) as caught:
+            await collect(OpenAIBackend(url, model="m"), Request("x"))
+    assert says in str(caught.value) and not isinstance(caught.value, BackendUnavailable)

@@ -1,0 +1,163 @@
+"""Tool calls and a reasoning model's thinking reach the caller: on the chunks and the completion.
+
+Over real llama.cpp (llama-cpp-python's function-calling chat format, a
+forced tool choice) and real HTTP on 127.0.0.1 (what Ollama and
+OpenAI-compatible servers send, as their docs show it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from llama_cpp import Llama
+
+from sjfsched import Chunk, Request, Scheduler
+from sjfsched.backends import LlamaCppBackend, OllamaBackend, OpenAIBackend
+from sjfsched.predictors import ConstantPredictor
+from tests.support.wire_server import scripted_server
+
+pytestmark = pytest.mark.anyio
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+def test_a_chunk_takes_thinking_and_tool_calls_and_refuses_other_types() -> None:
+    call = {"function": {"name": "f", "arguments": {}}}
+    chunk = Chunk("", thinking="hmm", tool_calls=[call])
+    assert chunk.tool_calls == (call,) and chunk.thinking == "hmm"
+    assert Chunk("x").tool_calls == () and Chunk("x").thinking == ""
+    with pytest.raises(TypeError, match=r"Chunk\.thinking must be a str"):
+        Chunk("", thinking=None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"Chunk\.tool_calls must be a sequence of dicts"):
+        Chunk("", tool_calls=call)
+    with pytest.raises(TypeError, match=r"Chunk\.tool_calls must be a sequence of dicts"):
+        Chunk("", tool_calls=["f"])
+
+
+async def complete(backend: Any, request: Request) -> Any:
+    async with Scheduler(backend, predictor=ConstantPredictor()) as scheduler:
+        return await scheduler.complete(request)
+
+
+async def test_ollamas_thinking_and_tool_calls_reach_the_completion() -> None:
+    """docs/api.md: a thinking model streams ``message.thinking`` before its content; a tool call
+    comes whole in a message's ``tool_calls``, arguments as an object."""
+    call = {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    lines = [
+        {"message": {"role": "assistant", "content": "", "thinking": "The user "}, "done": False},
+        {"message": {"role": "assistant", "content": "", "thinking": "wants weather."}, "done": False},
+        {"message": {"role": "assistant", "content": "", "tool_calls": [call]}, "done": False},
+        {
+            "message": {"role": "assistant", "content": ""},
+            "done": True,
+            "done_reason": "stop",
+            "eval_count": 9,
+        },
+    ]
+    with scripted_server([json.dumps(m).encode() + b"\n" for m in lines]) as url:
+        request = Request(
+            messages=[{"role": "user", "content": "Weather in Paris?"}], options={"tools": [WEATHER]}
+        )
+        done = await complete(OllamaBackend("qwen3", url), request)
+    assert done.thinking == "The user wants weather."
+    assert done.tool_calls == (call,) and done.text == "" and done.output_tokens == 9
+
+
+async def test_openai_tool_call_pieces_are_put_together() -> None:
+    """The OpenAI reference: a call's first delta has its id and name, the arguments follow in
+    pieces, by index; ``reasoning_content`` (llama-server, DeepSeek) carries the thinking."""
+
+    def delta(**fields: Any) -> bytes:
+        return b"data: " + json.dumps({"choices": [{"index": 0, "delta": fields}]}).encode() + b"\n\n"
+
+    first = {
+        "index": 0,
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": ""},
+    }
+    events = [
+        delta(role="assistant", reasoning_content="Need the "),
+        delta(reasoning_content="weather."),
+        delta(tool_calls=[first]),
+        delta(tool_calls=[{"index": 0, "function": {"arguments": '{"city": '}}]),
+        delta(tool_calls=[{"index": 0, "function": {"arguments": '"Paris"}'}}]),
+        delta(
+            tool_calls=[
+                {
+                    "index": 1,
+                    "id": "call_2",
+                    "type": "function",
+                    "function": {"name": "now", "arguments": "{}"},
+                }
+            ]
+        ),
+        b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}\n\n',
+        b'data: {"choices": [], "usage": {"prompt_tokens": 20, "completion_tokens": 17}}\n\n',
+        b"data: [DONE]\n\n",
+    ]
+    with scripted_server(events, content_type="text/event-stream") as url:
+        request = Request(messages=[{"role": "user", "content": "Weather?"}], options={"tools": [WEATHER]})
+        done = await complete(OpenAIBackend(url, model="m"), request)
+    assert done.thinking == "Need the weather." and done.finish_reason == "tool_calls"
+    assert done.tool_calls == (
+        {
+            "type": "function",
+            "id": "call_1",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+        },
+        {"type": "function", "id": "call_2", "function": {"name": "now", "arguments": "{}"}},
+    )
+    assert done.output_tokens == 17
+
+
+async def test_llama_cpp_tool_calls_streamed_are_the_unstreamed_ones(tiny_path: Path) -> None:
+    """llama-cpp-python's chatml-function-calling with a forced tool choice, greedy: the call the
+    backend streams and puts together is the one the unstreamed call returns."""
+    llm = Llama(str(tiny_path), n_ctx=512, verbose=False, seed=0, chat_format="chatml-function-calling")
+    try:
+        messages = [{"role": "user", "content": "Weather in Paris?"}]
+        options = {
+            "tools": [WEATHER],
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+            "temperature": 0,
+        }
+        whole: Any = llm.create_chat_completion(messages, max_tokens=24, **options)  # type: ignore[arg-type]
+        expected = whole["choices"][0]["message"]["tool_calls"][0]["function"]
+        done = await complete(
+            LlamaCppBackend(llm), Request(messages=messages, max_tokens=24, options=options)
+        )
+    finally:
+        llm.close()
+    assert done.finish_reason == "tool_calls"
+    [call] = done.tool_calls
+    assert call["function"] == {"name": "get_weather", "arguments": expected["arguments"]}
+    assert call["type"] == "function" and call["id"].startswith("call_")
+
+
+async def test_tool_calls_and_thinking_are_on_the_streamed_chunks() -> None:
+    async def backend(request: Request) -> AsyncIterator[Chunk]:
+        yield Chunk("", thinking="a")
+        yield Chunk("b", tool_calls=[{"function": {"name": "f"}}])
+        yield Chunk("c", thinking="d", tool_calls=({"function": {"name": "g"}},), finish_reason="stop")
+
+    from sjfsched.backends import CallableBackend
+
+    async with Scheduler(CallableBackend(backend), predictor=ConstantPredictor()) as scheduler:
+        async with scheduler.stream("x") as stream:
+            chunks = [chunk async for chunk in stream]
+        done = stream.completion
+    assert [c.thinking for c in chunks] == ["a", "", "d"]
+    assert (done.text, done.thinking) == ("bc", "ad")
+    assert [c["function"]["name"] for c in done.tool_calls] == ["f", "g"]
