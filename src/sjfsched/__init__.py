@@ -24,6 +24,7 @@ from ._records import Chunk as Chunk
 from ._records import Completion as Completion
 from ._records import Prediction as Prediction
 from ._records import Request as Request
+from ._records import RequestFields as RequestFields
 from ._scheduler import DEFAULT_AGING as DEFAULT_AGING
 from ._scheduler import DEFAULT_CAP as DEFAULT_CAP
 from ._scheduler import DEFAULT_MAX_WAIT as DEFAULT_MAX_WAIT
@@ -58,6 +59,7 @@ __all__ = [
     "PredictorError",
     "QueueFull",
     "Request",
+    "RequestFields",
     "RequestLog",
     "Scheduler",
     "SchedulerClosed",

@@ -22,6 +22,15 @@ DEFAULT_DECODE_RATE = 30.0
 _DECAY = 0.9
 
 
+def _rate(value: float) -> float:
+    return _as_float(value)  # type: ignore[return-value]  # an int, numpy's numbers too; others: the check
+
+
+def _check_rate(instance: object, attribute: attrs.Attribute[float], value: object) -> None:
+    if not (isinstance(value, float) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{attribute.name} must be a positive number of tokens per second, got {value!r}")
+
+
 @final
 @attrs.define
 class RateEstimator:
@@ -34,20 +43,16 @@ class RateEstimator:
     memory of about ten requests).
     """
 
-    prefill_rate: float = DEFAULT_PREFILL_RATE
-    decode_rate: float = DEFAULT_DECODE_RATE
+    # Checked when made and when set (Scheduler.rates is this object: a rate of 0 set there
+    # would fail every later estimate with a ZeroDivisionError).
+    prefill_rate: float = attrs.field(default=DEFAULT_PREFILL_RATE, converter=_rate, validator=_check_rate)
+    decode_rate: float = attrs.field(default=DEFAULT_DECODE_RATE, converter=_rate, validator=_check_rate)
     _prefill_tokens: float = attrs.field(init=False)
     _prefill_seconds: float = attrs.field(init=False)
     _decode_tokens: float = attrs.field(init=False)
     _decode_seconds: float = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        for name in ("prefill_rate", "decode_rate"):
-            given = getattr(self, name)
-            value = _as_float(given)  # an int, numpy's numbers too
-            if not (isinstance(value, float) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number of tokens per second, got {given!r}")
-            setattr(self, name, value)
         # The starting rates count as one second of observed work each.
         self._prefill_tokens, self._prefill_seconds = self.prefill_rate, 1.0
         self._decode_tokens, self._decode_seconds = self.decode_rate, 1.0

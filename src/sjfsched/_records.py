@@ -17,8 +17,9 @@ from types import MappingProxyType
 from typing import Any, Final, SupportsFloat, SupportsIndex
 
 import attrs
+from typing_extensions import TypedDict
 
-__all__ = ["Chunk", "Completion", "Prediction", "Request"]
+__all__ = ["Chunk", "Completion", "Prediction", "Request", "RequestFields"]
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -155,6 +156,25 @@ def _check_priority(instance: object, attribute: attrs.Attribute[Any], value: ob
 def _check_optional_str(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None and not isinstance(value, str):
         raise TypeError(f"Request.{attribute.name} must be a str or None, got {type(value).__name__}")
+
+
+class RequestFields(TypedDict, total=False):
+    """The fields of a :class:`Request` given as keywords to ``complete()``, ``stream()`` and
+    ``admit()`` (of :class:`Scheduler` and :class:`SyncScheduler`), for type checkers.
+
+    A misspelt field (``max_token=``) or a value of the wrong type is then
+    found before the program runs.  At run time a subclass of ``Request``
+    may be given its own fields this way too; type checkers know only these
+    (set a subclass's own with ``attrs.evolve`` before passing the request).
+    """
+
+    prompt: str | None
+    messages: Sequence[Mapping[str, Any]] | None
+    max_tokens: int | None
+    priority: int
+    tenant: str | None
+    options: Mapping[str, Any]
+    metadata: Mapping[str, Any]
 
 
 @attrs.frozen(eq=False)
@@ -410,8 +430,8 @@ def shown_count(value: int) -> str:
 
 
 def _check_chunk_tokens(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"Chunk.{attribute.name} must be an int >= 0, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int):  # a wrong type, as Request's checks say
+        raise TypeError(f"Chunk.{attribute.name} must be an int >= 0, got {type(value).__name__} {value!r}")
     if value < 0:
         raise ValueError(f"Chunk.{attribute.name} must be an int >= 0, got {shown_count(value)}")
     if value > MAX_TOKEN_COUNT:

@@ -23,12 +23,22 @@ from typing import TYPE_CHECKING, Any, cast, final
 import anyio
 import anyio.lowlevel
 import attrs
-from typing_extensions import Self
+from typing_extensions import Self, Unpack
 
 from ._errors import BackendError, PredictorError, QueueFull, SchedulerClosed
 from ._queue import EntryState, WaitQueue, _Entry
 from ._rates import DEFAULT_DECODE_RATE, DEFAULT_PREFILL_RATE, RateEstimator
-from ._records import MAX_TOKEN_COUNT, Chunk, Completion, Prediction, Request, _as_float, _as_int, shown_count
+from ._records import (
+    MAX_TOKEN_COUNT,
+    Chunk,
+    Completion,
+    Prediction,
+    Request,
+    RequestFields,
+    _as_float,
+    _as_int,
+    shown_count,
+)
 from ._service import check_backend, close_backend, is_async, needs_an_instance, service_started
 
 if TYPE_CHECKING:
@@ -753,7 +763,9 @@ class Scheduler:
 
     # ------------------------------------------------------------ public calls
 
-    async def complete(self, request: Request | str | None = None, /, **fields: Any) -> Completion:
+    async def complete(
+        self, request: Request | str | None = None, /, **fields: Unpack[RequestFields]
+    ) -> Completion:
         """Run a request when its turn comes and return the whole answer.
 
         Pass a :class:`Request`, or a prompt string, or ``messages=[...]``;
@@ -783,7 +795,7 @@ class Scheduler:
 
     @asynccontextmanager
     async def stream(
-        self, request: Request | str | None = None, /, **fields: Any
+        self, request: Request | str | None = None, /, **fields: Unpack[RequestFields]
     ) -> AsyncIterator[ChunkStream]:
         """Wait for a slot, then stream the answer chunk by chunk.
 
@@ -846,7 +858,9 @@ class Scheduler:
                 await self._close_backend_if_left()
 
     @asynccontextmanager
-    async def admit(self, request: Request | str | None = None, /, **fields: Any) -> AsyncIterator[Ticket]:
+    async def admit(
+        self, request: Request | str | None = None, /, **fields: Unpack[RequestFields]
+    ) -> AsyncIterator[Ticket]:
         """Wait for a slot, then run your own inference call inside the block.
 
         ::

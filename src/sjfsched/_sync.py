@@ -24,7 +24,7 @@ from typing_extensions import Self, TypeVarTuple, Unpack
 
 from ._errors import SchedulerClosed
 from ._queue import EntryState, _Entry
-from ._records import Chunk, Completion, Request
+from ._records import Chunk, Completion, Request, RequestFields
 from ._scheduler import (
     _HOLDERS,
     LEFT_EARLY,
@@ -442,7 +442,9 @@ class SyncScheduler:
                 raise SchedulerClosed(_TORN_DOWN) from exc
             raise
 
-    def complete(self, request: Request | str | None = None, /, **fields: Any) -> Completion:
+    def complete(
+        self, request: Request | str | None = None, /, **fields: Unpack[RequestFields]
+    ) -> Completion:
         """Blocking :meth:`Scheduler.complete`."""
         with self._portal_open():
             completion: Completion = _call_interruptibly(
@@ -451,7 +453,9 @@ class SyncScheduler:
         return completion
 
     @contextlib.contextmanager
-    def stream(self, request: Request | str | None = None, /, **fields: Any) -> Iterator[SyncStream]:
+    def stream(
+        self, request: Request | str | None = None, /, **fields: Unpack[RequestFields]
+    ) -> Iterator[SyncStream]:
         """Blocking :meth:`Scheduler.stream`: a context manager of a chunk iterator."""
         with contextlib.ExitStack() as stack:
             with self._portal_open():
@@ -470,7 +474,9 @@ class SyncScheduler:
             yield chunks
 
     @contextlib.contextmanager
-    def admit(self, request: Request | str | None = None, /, **fields: Any) -> Iterator[Ticket]:
+    def admit(
+        self, request: Request | str | None = None, /, **fields: Unpack[RequestFields]
+    ) -> Iterator[Ticket]:
         """Blocking :meth:`Scheduler.admit`: run your own call inside the block.
 
         The ticket's :meth:`~Ticket.first_token` may be called from this

@@ -12,6 +12,7 @@ import pytest
 
 from sjfsched import Chunk, Completion, Prediction, Request, Scheduler
 from sjfsched._records import _rebuild_request
+from sjfsched.backends import CallableBackend
 from sjfsched.predictors import ConstantPredictor
 
 
@@ -156,7 +157,7 @@ class TestRequest:
                 seen.append(ticket.request)
                 ticket.report(1)
             with pytest.raises(TypeError, match="_UserRequest has no field 'max_token'; its fields: prompt"):
-                async with sched.admit(_UserRequest("hi", "bob"), max_token=5):
+                async with sched.admit(_UserRequest("hi", "bob"), max_token=5):  # type: ignore[call-arg]
                     pass
             with pytest.raises(ValueError, match=r"Request\.max_tokens must be at least 1"):
                 async with sched.admit(_UserRequest("hi", "bob"), max_tokens=0):
@@ -291,10 +292,12 @@ class TestChunk:
         c = Chunk("hi")
         assert (c.text, c.tokens, c.prompt_tokens, c.finish_reason) == ("hi", 1, None, None)
 
-    @pytest.mark.parametrize("tokens", [-1, 1.5, True])
-    def test_bad_tokens(self, tokens: object) -> None:
-        with pytest.raises(ValueError, match=r"Chunk\.tokens"):
-            Chunk("x", tokens=tokens)  # type: ignore[arg-type]
+    def test_bad_tokens(self) -> None:
+        with pytest.raises(ValueError, match=r"Chunk\.tokens must be an int >= 0, got -1"):
+            Chunk("x", tokens=-1)
+        for wrong in (1.5, True, "3"):  # a wrong type is a TypeError, as for Request (design.md)
+            with pytest.raises(TypeError, match=r"Chunk\.tokens must be an int >= 0, got (float|bool|str)"):
+                Chunk("x", tokens=wrong)  # type: ignore[arg-type]
 
     def test_a_finish_reason_is_a_string(self) -> None:
         # 3 was taken, where every other field of a chunk is checked
@@ -317,3 +320,15 @@ def test_completion_durations() -> None:
         finished=20.0,
     )
     assert (c.wait, c.latency, c.time_to_first_token) == (2.5, 10.0, 3.0)
+
+
+def test_a_learnt_rate_set_to_what_no_estimate_can_use_is_refused() -> None:
+    """Scheduler.rates is the scheduler's own estimator: a rate of 0 set there failed every later
+    request with a ZeroDivisionError (a typed-API reviewer's)."""
+    scheduler = Scheduler(CallableBackend(lambda request: "ok"), predictor=ConstantPredictor())
+    for wrong in (0.0, -5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="decode_rate must be a positive number of tokens per second"):
+            scheduler.rates.decode_rate = wrong
+    scheduler.rates.prefill_rate = np.float32(200)
+    assert scheduler.rates.prefill_rate == 200.0 and type(scheduler.rates.prefill_rate) is float
+    assert scheduler.rates.decode_rate == 30.0

@@ -5,7 +5,7 @@ If a change to the public API breaks this file, it breaks users' type checks too
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
 from llama_cpp import Llama
@@ -125,6 +125,11 @@ async def use_async() -> None:
         assert_type(completion.wait, float)
         assert_type(completion.time_to_first_token, float | None)
         assert_type(completion.preemptions, int)
+        assert_type(completion.tool_calls, tuple[Mapping[str, Any], ...])
+        assert_type(completion.thinking, str)
+        await sched.complete("hello", max_token=5)  # type: ignore[call-arg]  # a misspelt field
+        await sched.complete("hello", max_tokens="5")  # type: ignore[arg-type]
+        await sched.complete(messages=[{"role": "user", "content": "hi"}], options={"tools": []})
         request = Request(messages=[{"role": "user", "content": "hi"}], options={"seed": 1})
         await sched.complete(request)
         async with sched.stream(request) as chunks:
@@ -152,6 +157,7 @@ def use_sync() -> None:
                 assert_type(chunk, Chunk)
         with sched.admit("x") as ticket:
             ticket.report(1)
+        sched.complete("hi", priorty=1)  # type: ignore[call-arg]
         assert_type(sched.call(_twice, 21), int)  # an async function's result (was Any)
         assert_type(sched.call(len, "abc"), int)
         sched.call(_twice, "21")  # type: ignore[arg-type]

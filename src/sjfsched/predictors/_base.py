@@ -75,7 +75,7 @@ class SupportsPredictMany(Protocol):
     """The optional batch half of a predictor: ``predict_many`` does what ``predict`` does for
     each of a batch of requests, in order (implement it where batching is cheaper)."""
 
-    def predict_many(self, requests: Sequence[Request], /) -> list[Prediction]: ...
+    def predict_many(self, requests: Sequence[Request], /) -> Sequence[Prediction]: ...
 
 
 def predict_all(predictor: Predictor, requests: Sequence[Request]) -> list[Prediction]:
