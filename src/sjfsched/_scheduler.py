@@ -370,11 +370,12 @@ class Scheduler:
                     f"{type(predictor).__name__}.{method}() must be a plain method: the scheduler "
                     f"calls it and never awaits it, so an async one would never run"
                 )
-        for method in ("sort_key", "estimate"):  # a policy's: every key would be a coroutine
+        for method in ("sort_key", "estimate", "on_complete"):  # a policy's
             if is_async(getattr(self, method)):
                 raise TypeError(
                     f"{type(self).__name__}.{method}() must be a plain method: the scheduler calls "
-                    f"it and never awaits it, so an async one would rank by a coroutine"
+                    "it and never awaits it, so an async one would "
+                    + ("never run" if method == "on_complete" else "rank by a coroutine")
                 )
 
         self._backend = backend
@@ -760,6 +761,18 @@ class Scheduler:
                 f"for that block, which waits for the request: make the call after the block, or "
                 f"give the scheduler more concurrency"
             )
+
+    def on_complete(self, completion: Completion, /) -> None:
+        """Called with every :class:`Completion` as its request ends; calls the ``on_complete``
+        given to the constructor, if any.
+
+        A subclass may override it (call ``super().on_complete(completion)`` to
+        keep the constructor's): a plain method, quick, run in the event loop;
+        its exceptions are logged and ignored, and an ``async def`` one is
+        refused with ``TypeError`` when the scheduler is made.
+        """
+        if self._on_complete is not None:
+            _not_awaited("on_complete", self._on_complete(completion))
 
     # ------------------------------------------------------------ public calls
 
@@ -1292,18 +1305,20 @@ class Scheduler:
                 except self._caller_errors:
                     self._counts["predictor_errors"] += 1
                     logger.warning("predictor observe() failed", exc_info=True)
-        if self._on_complete is not None:
+        if self._on_complete is not None or type(self).on_complete is not Scheduler.on_complete:
+            on_complete: Callable[[Completion], object] = self.on_complete  # a subclass's may return
             try:
-                result = self._on_complete(completion)
+                _not_awaited("on_complete", on_complete(completion))
             except self._caller_errors:
                 logger.warning("on_complete callback failed", exc_info=True)
-            else:
-                if inspect.iscoroutine(result):  # a plain function that returns a coroutine
-                    result.close()  # not awaited: dropped without a "never awaited" warning
-                    logger.error(
-                        "on_complete returned %r, which is not awaited: on_complete must be a plain function",
-                        result,
-                    )
+
+
+def _not_awaited(name: str, result: object) -> None:
+    """Drop (and log) a coroutine that a plain function called as ``name`` returned: it is not
+    awaited (closed here, so without a "never awaited" warning)."""
+    if inspect.iscoroutine(result):
+        result.close()
+        logger.error("%s returned %r, which is not awaited: %s must be a plain function", name, result, name)
 
 
 #: What a read of a stream after its block was left says (``block``: how the block is opened).

@@ -225,3 +225,39 @@ def test_predict_all_batches_where_a_predictor_can_and_loops_where_not() -> None
     assert [p.tokens for p in predict_all(ByLength(), requests)] == [1.0, 3.0]
     batching = Batching()
     assert [p.tokens for p in predict_all(batching, requests)] == [1.0, 3.0] and batching.batches == 1
+
+
+async def test_a_policys_on_complete_method_is_called_with_every_completion() -> None:
+    """A subclass's on_complete method (a natural guess, and what a learning policy needs) was
+    never called: only the constructor's callback was (a typed-API reviewer's)."""
+    seen: list[str] = []
+
+    class Learning(Scheduler):
+        def on_complete(self, completion: Any, /) -> None:
+            seen.append("method " + completion.text)
+            super().on_complete(completion)
+
+    async with Learning(
+        CallableBackend(lambda r: str(r.prompt).upper()),
+        predictor=ConstantPredictor(),
+        on_complete=lambda c: seen.append("callback " + c.text),
+    ) as sched:
+        await sched.complete("a")
+        await sched.complete("b")
+    assert seen == ["method A", "callback A", "method B", "callback B"]
+
+    class Failing(Scheduler):
+        def on_complete(self, completion: Any, /) -> None:
+            raise RuntimeError("policy bug")
+
+    async with Failing(CallableBackend(lambda r: "ok"), predictor=ConstantPredictor()) as failing:
+        assert (await failing.complete("x")).text == "ok"  # logged, not the caller's
+
+
+def test_an_async_on_complete_method_is_refused_as_it_would_never_run() -> None:
+    class Async(Scheduler):
+        async def on_complete(self, completion: Any, /) -> None:  # type: ignore[override]
+            pass
+
+    with pytest.raises(TypeError, match=r"Async\.on_complete\(\) must be a plain method.*never run"):
+        Async(CallableBackend(lambda r: "ok"), predictor=ConstantPredictor())

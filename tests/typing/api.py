@@ -90,6 +90,14 @@ class MyScheduler(Scheduler):
     def sort_key(self, job: Job) -> Any:
         return (job.request.priority, job.estimate)
 
+    def on_complete(self, completion: Completion, /) -> None:
+        super().on_complete(completion)
+
+
+class AsyncHook(Scheduler):
+    async def on_complete(self, completion: Completion, /) -> None:  # type: ignore[override]
+        pass  # refused at run time: the checker says so first
+
 
 class ByLength:
     """The least a predictor needs: predict (a batch and observe are optional)."""
