@@ -307,8 +307,10 @@ def _messages(body: Mapping[str, Any], *, required: bool, parts_allowed: bool) -
                 f"messages[{i}].content must be {expected}, got a JSON {_json_type(content)}",
                 param="messages",
             )
-        if role_only(message):  # refused as Request refuses it, in the API's shape
+        if role_only(message) and parts_allowed:  # refused as Request refuses it, in the API's shape
             raise BadRequest(f"messages[{i}] has no content", param="messages")
+    if not parts_allowed:  # Ollama's: a message's content is a string, "" when left out (api/types.go)
+        return [{**m, "content": ""} if role_only(m) else m for m in messages]
     return messages
 
 
