@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, final, overload
 import anyio.from_thread
 import attrs
 from typing_extensions import Self, TypeVarTuple, Unpack
+from typing_extensions import TypeVar as DefaultedTypeVar
 
 from ._errors import SchedulerClosed
 from ._queue import EntryState, _Entry
@@ -197,8 +198,12 @@ class SyncStream:
             raise
 
 
+#: The scheduler class of a :class:`SyncScheduler` (``scheduler_class``): :attr:`SyncScheduler.scheduler`.
+_S = DefaultedTypeVar("_S", bound=Scheduler, default=Scheduler)
+
+
 @final
-class SyncScheduler:
+class SyncScheduler(Generic[_S]):
     """A :class:`Scheduler` for threaded code: every call blocks.
 
     It runs an event loop in a background thread (an anyio blocking portal)
@@ -226,7 +231,7 @@ class SyncScheduler:
         backend: Backend | None = None,
         *,
         async_backend: str = "asyncio",
-        scheduler_class: type[Scheduler] = Scheduler,
+        scheduler_class: type[_S] = Scheduler,  # type: ignore[assignment]  # _S's default is Scheduler
         predictor: Predictor | _Unset | None = _UNSET,
         concurrency: int | _Unset | None = _UNSET,
         aging: float | _Unset = _UNSET,
@@ -296,7 +301,7 @@ class SyncScheduler:
         self._abandoned.atexit = False
 
     @property
-    def scheduler(self) -> Scheduler:
+    def scheduler(self) -> _S:
         """The async scheduler underneath (runs in the portal's thread)."""
         return self._scheduler
 
@@ -632,8 +637,8 @@ def _loop_time(portal: anyio.from_thread.BlockingPortal, loop_thread: threading.
 
 
 def _make_scheduler(
-    scheduler_class: type[Scheduler], backend: Backend | None, options: dict[str, Any]
-) -> Scheduler:
+    scheduler_class: type[_S], backend: Backend | None, options: dict[str, Any]
+) -> _S:
     return scheduler_class(backend, **options)
 
 

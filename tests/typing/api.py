@@ -158,7 +158,10 @@ async def use_async() -> None:
 
 
 def use_sync() -> None:
+    with SyncScheduler(backend) as plain:
+        assert_type(plain.scheduler, Scheduler)
     with SyncScheduler(backend, scheduler_class=MyScheduler, aging=0.0) as sched:
+        assert_type(sched.scheduler, MyScheduler)  # the policy's own attributes, typed
         assert_type(sched.complete("hi"), Completion)
         with sched.stream("hi") as chunks:
             for chunk in chunks:
