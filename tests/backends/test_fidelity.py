@@ -203,3 +203,30 @@ async def test_an_answer_that_is_not_a_stream_is_named(content_type: str, body: 
         ) as caught:
             await collect(OpenAIBackend(url, model="m"), Request("x"))
     assert says in str(caught.value) and not isinstance(caught.value, BackendUnavailable)
+
+
+@pytest.mark.parametrize(
+    ("body", "hint"),
+    [
+        (
+            b'{"error": {"code": 404, "message": "File Not Found", "type": "not_found_error"}}',
+            True,
+        ),  # llama-server
+        (b'{"detail": "Not Found"}', True),  # FastAPI (llama_cpp.server, vLLM)
+        (b'{"object": "error", "message": "The model `x` does not exist.", "code": 404}', False),  # vLLM's
+        (b'{"error": {"message": "model \'x\' not found", "type": "api_error"}}', False),
+    ],
+)
+async def test_a_404_asks_about_base_url_only_for_a_path_the_server_does_not_have(
+    body: bytes, hint: bool
+) -> None:
+    with scripted_server([body], status=404, content_type="application/json") as url:
+        with pytest.raises(BackendError) as caught:
+            await collect(OpenAIBackend(url, model="x"), Request("x"))
+    assert ("the API's root" in str(caught.value)) is hint
+
+
+def test_a_keep_alive_with_digits_go_does_not_read_is_refused() -> None:
+    for digits in ("\u0665m", "\uff15m"):  # Arabic-Indic and fullwidth five: \d, not Go's digits
+        with pytest.raises(ValueError, match="is not a duration Ollama reads"):
+            OllamaBackend("m", keep_alive=digits)

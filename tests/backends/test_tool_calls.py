@@ -161,3 +161,81 @@ async def test_tool_calls_and_thinking_are_on_the_streamed_chunks() -> None:
     assert [c.thinking for c in chunks] == ["a", "", "d"]
     assert (done.text, done.thinking) == ("bc", "ad")
     assert [c["function"]["name"] for c in done.tool_calls] == ["f", "g"]
+
+
+# ------------------------------------------------------------------ a reviewer's edge cases
+
+
+def test_tool_call_pieces_put_together_whatever_their_index() -> None:
+    from sjfsched.backends import ToolCallPieces
+
+    pieces = ToolCallPieces()
+    pieces.add([{"index": 1, "id": "b", "function": {"name": "second", "arguments": "{}"}}])
+    pieces.add([{"index": "0", "id": "a", "function": {"name": "first", "arguments": '{"x":'}}])
+    pieces.add([{"function": {"arguments": " 1}"}}])  # no index: the latest call goes on
+    pieces.add([{"id": "c", "function": {"name": "third", "arguments": {"y": 2}}}])  # a new id: a new call
+    pieces.add([{"id": "c", "function": {"arguments": {"y": 2}}}])  # sent whole again: the same text
+    pieces.add([{"index": 9, "id": "d"}])  # an id alone
+    calls = pieces.calls()
+    assert [c.get("id") for c in calls] == ["a", "b", "c", "d"]  # in the order of their index
+    assert [c["function"] for c in calls] == [
+        {"name": "first", "arguments": '{"x": 1}'},
+        {"name": "second", "arguments": "{}"},
+        {"name": "third", "arguments": '{"y": 2}'},
+        {"name": "", "arguments": ""},
+    ]
+    assert all(c["type"] == "function" for c in calls)
+
+
+def llama_cpp_pieces(arguments: list[str]) -> list[bytes]:
+    """A forced call as llama_cpp.server streams it: the id and name on every piece, the arguments
+    in pieces, a last piece of empty arguments, no usage."""
+    call = {"index": 0, "id": "call_0", "type": "function"}
+
+    def event(args: str, finish: str | None = None) -> bytes:
+        delta = {"tool_calls": [{**call, "function": {"name": "get_weather", "arguments": args}}]}
+        return (
+            b"data: "
+            + json.dumps({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}).encode()
+        )
+
+    return [event(a) + b"\n\n" for a in arguments] + [event("", "tool_calls") + b"\n\n", b"data: [DONE]\n\n"]
+
+
+async def test_a_last_piece_of_empty_arguments_is_no_token() -> None:
+    """llama-cpp-python ends a forced call with a piece of empty arguments: a token too many was
+    counted, in the backend and in the proxy's tally (a reviewer's: 13 for its 12)."""
+    from sjfsched.proxy._apis import Tally
+
+    events = llama_cpp_pieces(['{"city": ', '"Pa', 'ris"}'])
+    with scripted_server(events, content_type="text/event-stream") as url:
+        request = Request(messages=[{"role": "user", "content": "Weather?"}], options={"tools": [WEATHER]})
+        done = await complete(OpenAIBackend(url, model="m", include_usage=False), request)
+    assert done.output_tokens == 3
+    assert done.tool_calls[0]["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    tally = Tally("sse")
+    tally.feed(b"".join(events))
+    assert tally.pieces == 3
+
+
+async def test_llama_cpp_stop_strings_of_a_chat_with_tools_are_llama_cpps(tiny_path: Path) -> None:
+    """With tools, llama-cpp-python runs completions of its own (writing the arguments): a stop
+    string is its to apply there; the backend's own took the arguments for the answer's text."""
+    llm = Llama(str(tiny_path), n_ctx=512, verbose=False, seed=0, chat_format="chatml-function-calling")
+    try:
+        messages = [{"role": "user", "content": "Weather in Paris?"}]
+        options = {
+            "tools": [WEATHER],
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+            "temperature": 0,
+            "stop": ['"'],
+        }
+        whole: Any = llm.create_chat_completion(messages, max_tokens=24, **options)  # type: ignore[arg-type]
+        expected = whole["choices"][0]["message"]
+        done = await complete(
+            LlamaCppBackend(llm), Request(messages=messages, max_tokens=24, options=options)
+        )
+    finally:
+        llm.close()
+    assert done.text == (expected["content"] or "")
+    assert [c["function"] for c in done.tool_calls] == [c["function"] for c in expected["tool_calls"]]

@@ -820,7 +820,7 @@ class _Generation:
 
 
 #: A Go duration (``time.ParseDuration``), the form of Ollama's ``keep_alive`` strings.
-_GO_DURATION = re.compile(r"[+-]?(0|((\d+(\.\d*)?|\.\d+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h))+)")
+_GO_DURATION = re.compile(r"[+-]?(0|(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h))+)")
 
 
 def _refused_by_ollama(

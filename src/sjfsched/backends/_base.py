@@ -118,42 +118,75 @@ class ToolCallPieces:
     function ``name`` (later ones may repeat them), and the pieces'
     ``function.arguments`` strings join into the arguments' JSON text.  A
     server that sends each call whole, in one piece, gives the same calls.
+    A piece without an index goes on with the latest call, unless it brings
+    an ``id`` of its own (a new call); arguments sent as an object, not as
+    JSON text, are that text.
     """
 
-    __slots__ = ("_calls",)
+    __slots__ = ("_calls", "_latest")
 
     def __init__(self) -> None:
-        self._calls: dict[object, dict[str, Any]] = {}
+        self._calls: dict[int, dict[str, Any]] = {}
+        self._latest: int | None = None
 
     def add(self, pieces: object) -> bool:
-        """Take a delta's ``tool_calls``; whether it held any."""
-        if not isinstance(pieces, list) or not pieces:
+        """Take a delta's ``tool_calls``; whether they wrote anything (a new call, argument text)."""
+        if not isinstance(pieces, list):
             return False
+        wrote = False
         for piece in pieces:
             if not isinstance(piece, Mapping):
                 continue
-            index = piece.get("index")
-            call = self._calls.setdefault(len(self._calls) if index is None else index, {})
+            index = _index(piece.get("index"))
+            new_id = piece.get("id")
+            if index is None:
+                latest = self._calls.get(self._latest) if self._latest is not None else None
+                if latest is None or (
+                    isinstance(new_id, str) and new_id and latest.get("id") not in (None, new_id)
+                ):
+                    index = max(self._calls, default=-1) + 1  # a new call
+                else:
+                    index = self._latest
+            assert index is not None
+            self._latest = index
+            if index not in self._calls:
+                self._calls[index] = {"function": {"name": "", "arguments": ""}}
+                wrote = True
+            call = self._calls[index]
             for key in ("id", "type"):
                 value = piece.get(key)
                 if isinstance(value, str) and value and key not in call:
                     call[key] = value
             function = piece.get("function")
             if isinstance(function, Mapping):
-                whole = call.setdefault("function", {"name": "", "arguments": ""})
+                whole = call["function"]
                 name = function.get("name")
-                if isinstance(name, str) and not whole["name"]:  # (llama-cpp-python repeats it)
+                if isinstance(name, str) and name and not whole["name"]:  # (llama-cpp-python repeats it)
                     whole["name"] = name
+                    wrote = True
                 arguments = function.get("arguments")
-                if isinstance(arguments, str):
+                if isinstance(arguments, str) and arguments:
                     whole["arguments"] += arguments
-                elif isinstance(arguments, Mapping):  # sent as an object, not as JSON text
-                    whole["arguments"] += json.dumps(arguments)
-        return True
+                    wrote = True
+                elif isinstance(arguments, Mapping):  # sent whole, as an object: its JSON text
+                    whole["arguments"] = json.dumps(arguments)
+                    wrote = True
+        return wrote
 
     def __bool__(self) -> bool:
         return bool(self._calls)
 
     def calls(self) -> tuple[dict[str, Any], ...]:
-        """The calls put together, in their order."""
-        return tuple({"type": "function", **call} for call in self._calls.values())
+        """The calls put together, in the order of their index."""
+        return tuple({"type": "function", **self._calls[i]} for i in sorted(self._calls))
+
+
+def _index(value: object) -> int | None:
+    """A tool call piece's ``index`` as an int (a numeric string too), or None for none usable."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None

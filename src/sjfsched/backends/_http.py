@@ -319,8 +319,14 @@ def _error_body(content: bytes) -> bool:
         body = json.loads(content)
     except ValueError:
         return False
-    # FastAPI's {"detail": "Not Found"} is its answer to a path it does not have.
-    return isinstance(body, Mapping) and ("error" in body or body.get("detail", "Not Found") != "Not Found")
+    if not isinstance(body, Mapping):
+        return False
+    error = body.get("error")
+    message = error.get("message") if isinstance(error, Mapping) else error
+    if message in ("Not Found", "File Not Found") or body.get("detail") == "Not Found":
+        return False  # FastAPI's and llama-server's answer to a path they do not have
+    # Ollama's {"error": ...}, OpenAI's {"error": {...}}, vLLM's flat {"object": "error", ...}
+    return error is not None or "detail" in body or body.get("object") == "error"
 
 
 def server_busy(status_code: int) -> bool:

@@ -592,7 +592,14 @@ class LlamaCppBackend:
             raise BackendError(f"option {exc}") from exc
         if options.get("stopping_criteria") is not None:
             options["stopping_criteria"] = counter.watch(options["stopping_criteria"])
-        stops = _stop_strings(options.pop("stop", None))
+        if request.messages is not None and (options.get("tools") or options.get("functions")):
+            # A chat that may call tools: llama-cpp-python's chat format runs completions of its
+            # own (deciding to call, writing the arguments), where its stop strings belong; ours,
+            # looking at every sampled byte, would take the arguments for the answer's text.
+            _stop_strings(options.get("stop"))  # checked all the same
+            stops: tuple[str, ...] = ()
+        else:
+            stops = _stop_strings(options.pop("stop", None))
         # With no stop strings too: it tells whether llama.cpp drops a leading space.
         watcher = _StopStrings(self._llm, stops, counter)
         if options.get("stopping_criteria") is not None:

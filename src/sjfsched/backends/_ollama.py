@@ -61,7 +61,7 @@ _CHAT_ONLY = {
 }
 _RESERVED = frozenset({"model", "prompt", "messages", "stream"})
 #: A Go duration, as Ollama's ``keep_alive`` strings are parsed (``time.ParseDuration``).
-_GO_DURATION = re.compile(r"[+-]?(0|((\d+(\.\d*)?|\.\d+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h))+)")
+_GO_DURATION = re.compile(r"[+-]?(0|(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h))+)")
 
 
 @final

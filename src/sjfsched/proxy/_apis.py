@@ -20,6 +20,7 @@ from typing import Any, Literal, final
 import attrs
 
 from .._records import Request, role_only, usable_count
+from ..backends._base import ToolCallPieces
 
 __all__ = [
     "BadRequest",
@@ -408,6 +409,7 @@ class Tally:
         "_framing",
         "_skip",
         "_tail",
+        "_tools",
         "done",
         "error",
         "exact",
@@ -421,6 +423,7 @@ class Tally:
         self._buffer = b""
         self._skip = False
         self._tail = b"\n\n"
+        self._tools = ToolCallPieces()
         #: Pieces of output seen (one per streamed token, as servers stream them).
         self.pieces = 0
         #: The server's own output count, when it gave one.
@@ -542,7 +545,7 @@ class Tally:
                         delta.get("content")
                         or delta.get("reasoning_content")  # vLLM, llama-server
                         or delta.get("reasoning")  # Ollama's /v1
-                        or delta.get("tool_calls")
+                        or self._tools.add(delta.get("tool_calls"))  # a new call or argument text
                     )
                 if text:
                     self.pieces += 1
