@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 from typing import final
 
-import attrs
-
 from ._records import _as_float
 
 __all__ = ["DEFAULT_DECODE_RATE", "DEFAULT_PREFILL_RATE", "RateEstimator"]
@@ -22,17 +20,14 @@ DEFAULT_DECODE_RATE = 30.0
 _DECAY = 0.9
 
 
-def _rate(value: float) -> float:
-    return _as_float(value)  # type: ignore[return-value]  # an int, numpy's numbers too; others: the check
-
-
-def _check_rate(instance: object, attribute: attrs.Attribute[float], value: object) -> None:
+def _checked(name: str, given: object) -> float:
+    value = _as_float(given)  # an int, numpy's numbers too
     if not (isinstance(value, float) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{attribute.name} must be a positive number of tokens per second, got {value!r}")
+        raise ValueError(f"{name} must be a positive number of tokens per second, got {given!r}")
+    return value
 
 
 @final
-@attrs.define
 class RateEstimator:
     """Tokens per second for prefill and decode, learned from finished requests.
 
@@ -40,26 +35,55 @@ class RateEstimator:
     so long requests weigh more than short ones.  The starting rate counts as
     one second of observed work, so real observations take over within a
     request or two; each observation keeps 90% of the weight of the past (a
-    memory of about ten requests).
+    memory of about ten requests).  A rate set by hand holds until the next
+    observation; one that no estimate could use (0, negative, not finite) is
+    refused with :class:`ValueError`.
     """
 
-    # Checked when made and when set (Scheduler.rates is this object: a rate of 0 set there
-    # would fail every later estimate with a ZeroDivisionError).
-    prefill_rate: float = attrs.field(default=DEFAULT_PREFILL_RATE, converter=_rate, validator=_check_rate)
-    decode_rate: float = attrs.field(default=DEFAULT_DECODE_RATE, converter=_rate, validator=_check_rate)
-    _prefill_tokens: float = attrs.field(init=False)
-    _prefill_seconds: float = attrs.field(init=False)
-    _decode_tokens: float = attrs.field(init=False)
-    _decode_seconds: float = attrs.field(init=False)
+    __slots__ = (
+        "_decode_rate",
+        "_decode_seconds",
+        "_decode_tokens",
+        "_prefill_rate",
+        "_prefill_seconds",
+        "_prefill_tokens",
+    )
 
-    def __attrs_post_init__(self) -> None:
+    def __init__(
+        self, prefill_rate: float = DEFAULT_PREFILL_RATE, decode_rate: float = DEFAULT_DECODE_RATE
+    ) -> None:
+        self._prefill_rate = _checked("prefill_rate", prefill_rate)
+        self._decode_rate = _checked("decode_rate", decode_rate)
         # The starting rates count as one second of observed work each.
-        self._prefill_tokens, self._prefill_seconds = self.prefill_rate, 1.0
-        self._decode_tokens, self._decode_seconds = self.decode_rate, 1.0
+        self._prefill_tokens, self._prefill_seconds = self._prefill_rate, 1.0
+        self._decode_tokens, self._decode_seconds = self._decode_rate, 1.0
+
+    # Checked when set (Scheduler.rates is this object: a rate of 0 set there would fail every
+    # later estimate with a ZeroDivisionError); the learning below sets them unchecked.
+    @property
+    def prefill_rate(self) -> float:
+        """Prompt tokens read per second."""
+        return self._prefill_rate
+
+    @prefill_rate.setter
+    def prefill_rate(self, value: float) -> None:
+        self._prefill_rate = _checked("prefill_rate", value)
+
+    @property
+    def decode_rate(self) -> float:
+        """Output tokens written per second (one request)."""
+        return self._decode_rate
+
+    @decode_rate.setter
+    def decode_rate(self, value: float) -> None:
+        self._decode_rate = _checked("decode_rate", value)
+
+    def __repr__(self) -> str:
+        return f"RateEstimator(prefill_rate={self._prefill_rate!r}, decode_rate={self._decode_rate!r})"
 
     def service_time(self, prompt_tokens: float, output_tokens: float) -> float:
         """Seconds to read ``prompt_tokens`` and write ``output_tokens``."""
-        return prompt_tokens / self.prefill_rate + output_tokens / self.decode_rate
+        return prompt_tokens / self._prefill_rate + output_tokens / self._decode_rate
 
     def observe(
         self,
@@ -83,9 +107,9 @@ class RateEstimator:
         if prompt_tokens > 0 and prefill > 1e-6:
             self._prefill_tokens = _DECAY * self._prefill_tokens + prompt_tokens
             self._prefill_seconds = _DECAY * self._prefill_seconds + prefill
-            self.prefill_rate = self._prefill_tokens / self._prefill_seconds
+            self._prefill_rate = self._prefill_tokens / self._prefill_seconds
         decode = finished - first_token
         if output_tokens > 1 and decode > 1e-6:
             self._decode_tokens = _DECAY * self._decode_tokens + (output_tokens - 1)
             self._decode_seconds = _DECAY * self._decode_seconds + decode
-            self.decode_rate = self._decode_tokens / self._decode_seconds
+            self._decode_rate = self._decode_tokens / self._decode_seconds
