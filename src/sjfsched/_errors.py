@@ -49,12 +49,16 @@ class BackendError(SchedulerError):
     """The backend failed to serve a request.
 
     The backend's own exception, if any, is ``__cause__``.  ``status_code`` is
-    set when an HTTP server answered with an error status.
+    set when an HTTP server answered with an error status, ``retry_after``
+    (seconds) when it also said when to come back (``Retry-After``).
     """
 
-    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, status_code: int | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
+        self.retry_after = retry_after
 
 
 class BackendUnavailable(BackendError):

@@ -230,3 +230,37 @@ def test_a_keep_alive_with_digits_go_does_not_read_is_refused() -> None:
     for digits in ("\u0665m", "\uff15m"):  # Arabic-Indic and fullwidth five: \d, not Go's digits
         with pytest.raises(ValueError, match="is not a duration Ollama reads"):
             OllamaBackend("m", keep_alive=digits)
+
+
+async def test_retry_after_is_read_and_a_pool_keeps_the_backend_out_that_long() -> None:
+    """A 429 or 503 with Retry-After (seconds, or an HTTP date): the error says it and carries it
+    (retry_after), and a BackendPool keeps that server out of rotation as long, within its bound."""
+    from datetime import datetime, timedelta, timezone
+    from email.utils import format_datetime
+
+    from sjfsched.backends import BackendPool
+
+    busy = b'{"error": {"message": "server busy", "type": "server_error"}}'
+    with scripted_server(
+        [busy], status=429, content_type="application/json", headers=[("Retry-After", "30")]
+    ) as url:
+        pool = BackendPool([OpenAIBackend(url, model="m")], retry_after=1, max_retry_after=60)
+        with pytest.raises(BackendUnavailable) as caught:
+            await collect(pool, Request("x"))  # type: ignore[arg-type]
+        assert caught.value.retry_after == 30.0 and "(retry after 30 s)" in str(caught.value)
+        assert 29 < pool.statistics().members[0].retry_in <= 30  # not the pool's own 1 s
+    later = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=120), usegmt=True)
+    with scripted_server(
+        [busy], status=503, content_type="application/json", headers=[("Retry-After", later)]
+    ) as url:
+        pool = BackendPool([OpenAIBackend(url, model="m")], retry_after=1, max_retry_after=60)
+        with pytest.raises(BackendUnavailable) as caught:
+            await collect(pool, Request("x"))  # type: ignore[arg-type]
+        assert caught.value.retry_after is not None and 115 < caught.value.retry_after <= 120
+        assert 59 < pool.statistics().members[0].retry_in <= 60  # within the pool's bound
+    with scripted_server(
+        [busy], status=503, content_type="application/json", headers=[("Retry-After", "soon")]
+    ) as url:
+        with pytest.raises(BackendUnavailable) as caught:
+            await collect(OpenAIBackend(url, model="m"), Request("x"))
+        assert caught.value.retry_after is None  # no wait it could read

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import datetime
+import email.utils
 import json
 import math
 import re
@@ -197,9 +199,13 @@ class HttpSettings:
             # No error of the API's own (a model it does not have): the path is not there.
             message += f" (is base_url {self.shown_url!r} the API's root?)"
         error_class = BackendUnavailable if server_busy(response.status_code) else BackendError
+        retry_after = retry_after_seconds(response.headers.get("retry-after"))
+        if retry_after is not None:
+            message += f" (retry after {retry_after:g} s)"
         raise error_class(
             f"{self.service} answered {response.status_code} for {self.shown_url}{path}: {message}",
             status_code=response.status_code,
+            retry_after=retry_after,
         )
 
     @asynccontextmanager
@@ -311,6 +317,27 @@ def error_message(content: bytes) -> str:
         if detail is not None:
             return detail if isinstance(detail, str) else json.dumps(detail)[:500]
     return text[:500]
+
+
+#: The longest wait a Retry-After is taken at (a day): a larger one, or a date far ahead, is this.
+_MAX_RETRY_AFTER = 86_400.0
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A ``Retry-After`` header's wait in seconds (a number of seconds or an HTTP date), or None."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), _MAX_RETRY_AFTER)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    wait = (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+    return min(max(0.0, round(wait, 3)), _MAX_RETRY_AFTER)
 
 
 def _error_body(content: bytes) -> bool:

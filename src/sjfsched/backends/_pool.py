@@ -108,7 +108,8 @@ class BackendPool:
     timeout, malformed stream, a 429), a ``BackendError`` with a 5xx status, or an
     ``OSError`` is taken out of rotation for ``retry_after`` seconds (default
     5), doubling with each further failure up to ``max_retry_after`` (default
-    60).  When that time has passed, one request at a time is sent to it as a
+    60), or for as long as the server's ``Retry-After`` asked, within that
+    same bound.  When that time has passed, one request at a time is sent to it as a
     probe: if the backend answers, it is back in rotation.  Other errors (a
     404 for an unknown model, a bad option) are the request's fault: they
     reach the caller and leave the backend in rotation.
@@ -235,7 +236,8 @@ class BackendPool:
                         yield chunk
             except Exception as exc:
                 unavailable = is_unavailable(exc)
-                self._release(member, probe, failed=unavailable, answered=not unavailable)
+                wait = getattr(exc, "retry_after", None) if unavailable else None
+                self._release(member, probe, failed=unavailable, answered=not unavailable, wait=wait)
                 if streamed or not unavailable or not self.failover:
                     raise
                 last_error = exc
@@ -378,7 +380,9 @@ class BackendPool:
             member.failures = 0
             self._dispatch()
 
-    def _release(self, member: _Member, probe: bool, *, failed: bool, answered: bool) -> None:
+    def _release(
+        self, member: _Member, probe: bool, *, failed: bool, answered: bool, wait: float | None = None
+    ) -> None:
         member.busy -= 1
         if probe:  # only the probe's end says whether another may try
             member.probing = False
@@ -389,6 +393,8 @@ class BackendPool:
                 member.failures += 1
                 exponent = min(member.failures - 1, 64)  # 2**64 * retry_after is past any cap
                 backoff = min(self.max_retry_after, self.retry_after * 2.0**exponent)
+                if wait is not None:  # the server's Retry-After, within the pool's longest
+                    backoff = max(backoff, min(wait, self.max_retry_after))
                 member.down_until = anyio.current_time() + backoff
                 self._dispatch(wake_all=True)
                 return
