@@ -636,9 +636,7 @@ def _loop_time(portal: anyio.from_thread.BlockingPortal, loop_thread: threading.
     return float(portal.call(anyio.current_time))
 
 
-def _make_scheduler(
-    scheduler_class: type[_S], backend: Backend | None, options: dict[str, Any]
-) -> _S:
+def _make_scheduler(scheduler_class: type[_S], backend: Backend | None, options: dict[str, Any]) -> _S:
     return scheduler_class(backend, **options)
 
 
