@@ -13,9 +13,11 @@ generation.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import math
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from typing import Any, final
 
@@ -65,6 +67,10 @@ class _ClientGone(Exception):
     pass
 
 
+class _SlowClient(_ClientGone):
+    """The client sent nothing of its body for ``--client-timeout`` seconds."""
+
+
 class _TooLarge(Exception):
     pass
 
@@ -101,6 +107,8 @@ class ProxyApp:
         """``predictor``: one made already from ``settings`` (``sjfsched serve`` makes it before it
         listens, so a bad state file fails at once); by default it is made at start-up."""
         self.settings = settings
+        #: Listening on this machine only: requests naming another host are refused (see _http).
+        self._loopback_only = listens_on_loopback(settings.host)
         self.metrics = Metrics()
         self._base = settings.upstream
         self._api: Api | None = None if settings.upstream_api == "auto" else settings.upstream_api
@@ -251,6 +259,12 @@ class ProxyApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         method: str = scope["method"]
+        if self._loopback_only and not host_allowed(_header(scope, b"host")):
+            # A page in a browser whose name now points at 127.0.0.1 (DNS rebinding) reaches a
+            # proxy listening there, and the proxy sends the upstream its own Host: so the check
+            # the upstream would make (Ollama's) is made here, as Ollama makes it.
+            await _error(send, 403, style_of(path), "the Host of this request is not this machine's")
+            return
         if path == "/healthz" and method in ("GET", "HEAD"):
             await self._health(send)
             return
@@ -308,7 +322,7 @@ class ProxyApp:
             self._readers.add(reader)
             try:
                 with reader:
-                    raw = await _read_body(receive, limit)
+                    raw = await _read_body(receive, limit, self.settings.client_timeout)
             finally:
                 self._readers.discard(reader)
                 if reader.cancel_called and self._idle is not None:  # a drain waits for it to leave
@@ -321,6 +335,9 @@ class ProxyApp:
             self.metrics.rejected["body_too_large"] += 1
             message = f"the request body is larger than {limit} bytes (the proxy's --max-body-bytes)"
             await _error(send, 413, style, message, close=True)
+            return
+        except _SlowClient:
+            await self._too_slow(send, style)
             return
         except _ClientGone:
             return
@@ -340,8 +357,18 @@ class ProxyApp:
         exchange = _Exchange()
         async with anyio.create_task_group() as tg:
             tg.start_soon(_watch, receive, tg.cancel_scope, exchange)
-            await self._admit(style, scope, send, headers, parsed, arrival, exchange)
+            bounded = _bounded_send(send, self.settings.client_timeout, tg.cancel_scope)
+            await self._admit(style, scope, bounded, headers, parsed, arrival, exchange)
             tg.cancel_scope.cancel()
+
+    async def _too_slow(self, send: Send, style: Style, *, scheduled: bool = True) -> None:
+        if scheduled:
+            self.metrics.rejected["client_timeout"] += 1
+        timeout = self.settings.client_timeout
+        message = (
+            f"the client sent nothing of its request body for {timeout:g} s (the proxy's --client-timeout)"
+        )
+        await _error(send, 408, style, message, close=True)
 
     async def _admit(
         self,
@@ -572,6 +599,7 @@ class ProxyApp:
         headers, _, _, length = request_headers(scope["headers"], scheduled=False)
         chunked = any(name == b"transfer-encoding" for name, _ in scope["headers"])
         exchange = _Exchange()
+        timeout = self.settings.client_timeout
         async with anyio.create_task_group() as tg:
             content: bytes | AsyncIterator[bytes] | None
             if length is None and not chunked:
@@ -579,13 +607,19 @@ class ProxyApp:
                 tg.start_soon(_watch, receive, tg.cancel_scope, exchange)
             elif length is not None and _int(length) <= _SMALL_BODY:
                 try:
-                    content = await _read_body(receive, None)
+                    content = await _read_body(receive, None, timeout)
+                except _SlowClient:
+                    await self._too_slow(
+                        send, "ollama" if self._api == "ollama" else "openai", scheduled=False
+                    )
+                    return
                 except _ClientGone:
                     return
                 tg.start_soon(_watch, receive, tg.cancel_scope, exchange)
             else:
-                content = _stream_body(receive, tg, exchange)
-            await self._forward(scope, send, headers, content, length, exchange)
+                content = _stream_body(receive, tg, exchange, timeout)
+            bounded = _bounded_send(send, timeout, tg.cancel_scope)
+            await self._forward(scope, bounded, headers, content, length, exchange)
             tg.cancel_scope.cancel()
 
     async def _forward(
@@ -661,11 +695,40 @@ async def _watch(receive: Receive, scope: anyio.CancelScope, exchange: _Exchange
             return
 
 
-async def _read_body(receive: Receive, limit: int | None) -> bytes:
+async def _receive(receive: Receive, patience: float | None) -> Message:
+    """The next message from the client, which may take at most ``patience`` seconds to send it."""
+    with anyio.move_on_after(patience) as waited:
+        return await receive()
+    assert waited.cancelled_caught
+    raise _SlowClient
+
+
+def _bounded_send(send: Send, timeout: float | None, scope: anyio.CancelScope) -> Send:
+    """``send``, but a client that reads nothing of its answer for ``timeout`` seconds has its
+    request cancelled (``scope``), as if it had hung up: its slot does not stay taken for ever."""
+    if timeout is None:
+        return send
+
+    async def bounded(message: Message) -> None:
+        with anyio.move_on_after(timeout) as waited:
+            await send(message)
+        if waited.cancelled_caught:
+            logger.warning(
+                "a client read nothing of its answer for %g s (--client-timeout): its request is "
+                "cancelled and its connection closed",
+                timeout,
+            )
+            scope.cancel()
+            await anyio.lowlevel.checkpoint()  # raises the cancellation here
+
+    return bounded
+
+
+async def _read_body(receive: Receive, limit: int | None, patience: float | None) -> bytes:
     parts: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
+        message = await _receive(receive, patience)
         if message["type"] == "http.disconnect":
             raise _ClientGone
         part: bytes = message.get("body", b"")
@@ -679,11 +742,11 @@ async def _read_body(receive: Receive, limit: int | None) -> bytes:
 
 
 async def _stream_body(
-    receive: Receive, tg: anyio.abc.TaskGroup, exchange: _Exchange
+    receive: Receive, tg: anyio.abc.TaskGroup, exchange: _Exchange, patience: float | None
 ) -> AsyncIterator[bytes]:
     """The request body as it arrives; the disconnect watcher starts once it is all read."""
     while True:
-        message = await receive()
+        message = await _receive(receive, patience)
         if message["type"] == "http.disconnect":
             raise _ClientGone
         part: bytes = message.get("body", b"")
@@ -692,6 +755,46 @@ async def _stream_body(
         if not message.get("more_body", False):
             break
     tg.start_soon(_watch, receive, tg.cancel_scope, exchange)
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+def listens_on_loopback(host: str) -> bool:
+    """Whether the proxy listens only on this machine (a loopback address, or ``localhost``)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def host_allowed(value: bytes | None) -> bool:
+    """Whether a request's Host names this machine, as Ollama decides it for a server listening
+    on a loopback address (``allowedHostsMiddleware`` in its server/routes.go): an IP address
+    that is loopback, private or unspecified; ``localhost``, this machine's name, or a name
+    under ``.localhost``, ``.local`` or ``.internal``; or no Host at all."""
+    if not value:
+        return True
+    host = value.decode("latin-1").strip().lower()
+    if host.startswith("["):  # [::1]:8080
+        host = host[1 : host.find("]")] if "]" in host else host[1:]
+    elif host.count(":") == 1:  # name:port (a bare IPv6 address has more than one colon)
+        host = host.partition(":")[0]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return address.is_loopback or address.is_private or address.is_unspecified
+    if host in ("", "localhost", socket.gethostname().lower()):
+        return True
+    return host.endswith((".localhost", ".local", ".internal"))
 
 
 def _target(scope: Scope) -> str:

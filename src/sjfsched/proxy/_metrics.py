@@ -111,7 +111,9 @@ class Metrics:
         self.latency = {c: Histogram(TIME_BUCKETS) for c in CLASSES}
         self.first_byte = {c: Histogram(TIME_BUCKETS) for c in CLASSES}
         self.predictor = Histogram(PREDICTOR_BUCKETS)
-        self.rejected = dict.fromkeys(("queue_full", "shutting_down", "bad_request", "body_too_large"), 0)
+        self.rejected = dict.fromkeys(
+            ("queue_full", "shutting_down", "bad_request", "body_too_large", "client_timeout"), 0
+        )
         self.upstream_errors = dict.fromkeys(("connect", "midstream", "status"), 0)
         self.passthrough = 0
         self.output_tokens = 0

@@ -10,6 +10,7 @@ from types import FrameType
 from typing import Any, Final
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ._app import ProxyApp
 
@@ -19,6 +20,78 @@ logger = logging.getLogger("sjfsched.proxy")
 
 #: After the drain, seconds uvicorn gives connections still open before cancelling them.
 _FINAL_GRACE_SECONDS = 1
+#: The largest request head (request line and headers) taken; a larger one is answered 431.
+MAX_HEAD_BYTES: Final = 64 * 1024
+
+
+def bounded_protocol(head_timeout: float | None) -> type[HttpToolsProtocol]:
+    """uvicorn's HTTP protocol with a bound on a request head's size and on the time it takes.
+
+    uvicorn's httptools protocol takes a head of any size, and a head sent a
+    byte at a time keeps its connection for ever (its keep-alive timer stops
+    at the first byte): one client could fill the memory or the file
+    descriptors.  A head past :data:`MAX_HEAD_BYTES` is answered 431, and one
+    not complete ``head_timeout`` seconds after it began, 408; both close
+    the connection.
+    """
+
+    class BoundedHttpToolsProtocol(HttpToolsProtocol):
+        _head_bytes = 0
+        _refusal: tuple[int, bytes] | None = None
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._head_bytes = 0
+            if head_timeout is not None:
+                self._head_timer = self.loop.call_later(head_timeout, self._head_too_slow)
+
+        def on_url(self, url: bytes) -> None:
+            self._count(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count(len(name) + len(value) + 4)
+            super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            self._stop_head_timer()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._stop_head_timer()
+            super().connection_lost(exc)
+
+        def _count(self, size: int) -> None:
+            self._head_bytes += size
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refusal = (431, b"Request Header Fields Too Large")
+                raise ValueError("request head too large")  # the parser's error: answered below
+
+        def _stop_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_too_slow(self) -> None:
+            self._head_timer = None
+            if not self.transport.is_closing():
+                self._refusal = (408, b"Request Timeout")
+                self.send_400_response("")
+
+        def send_400_response(self, msg: str) -> None:
+            if self._refusal is None:
+                super().send_400_response(msg)
+                return
+            status, reason = self._refusal
+            body = reason + b"\n"
+            self.transport.write(
+                b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (status, reason, len(body), body)
+            )
+            self.transport.close()
+
+    return BoundedHttpToolsProtocol
 
 
 class ProxyServer(uvicorn.Server):
@@ -151,6 +224,7 @@ def make_server(app: ProxyApp, **config: Any) -> ProxyServer:
         "date_header": False,
         "proxy_headers": False,
         "timeout_graceful_shutdown": _FINAL_GRACE_SECONDS,
+        "http": bounded_protocol(settings.client_timeout),
     }
     options.update(config)
     return ProxyServer(uvicorn.Config(app, **options), app, settings.shutdown_timeout)

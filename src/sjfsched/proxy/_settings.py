@@ -21,6 +21,8 @@ PredictorName = Literal["default", "heuristic", "fcfs"]
 DEFAULT_MAX_QUEUE = 512
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
+#: Seconds a client may keep the proxy waiting: sending its request, or reading its answer.
+DEFAULT_CLIENT_TIMEOUT = 60.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
 
 
@@ -166,6 +168,10 @@ class ProxySettings:
     )
     shutdown_timeout: float = attrs.field(
         default=DEFAULT_SHUTDOWN_TIMEOUT, validator=_number("shutdown_timeout", unit=" of seconds")
+    )
+    client_timeout: float | None = attrs.field(
+        default=DEFAULT_CLIENT_TIMEOUT,
+        validator=_number("client_timeout", positive=True, optional=True, unit=" of seconds"),
     )
     log_level: str = attrs.field(
         default="info", validator=_one_of("log_level", ("critical", "error", "warning", "info", "debug"))
@@ -329,6 +335,11 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "shutdown_timeout", "--shutdown-timeout", "SJFSCHED_SHUTDOWN_TIMEOUT", _parse_float, "SECONDS",
         "on SIGTERM/SIGINT, how long running requests may take to finish", str(DEFAULT_SHUTDOWN_TIMEOUT),
+    ),
+    Option(
+        "client_timeout", "--client-timeout", "SJFSCHED_CLIENT_TIMEOUT", _none_or(_parse_float),
+        "SECONDS|none", "bound on a client's silence as it sends its request (head or body) and "
+        "on its not reading its answer; then its connection is closed", str(DEFAULT_CLIENT_TIMEOUT),
     ),
     Option(
         "log_level", "--log-level", "SJFSCHED_LOG_LEVEL", _lower, "LEVEL",

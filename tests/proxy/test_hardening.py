@@ -1,0 +1,189 @@
+"""Clients that misbehave, and pages that are not this machine's: the proxy stays whole.
+
+Real sockets on 127.0.0.1 against the proxy as ``sjfsched serve`` runs it
+(uvicorn, the bounded protocol, the app), in front of a stub upstream that
+answers as Ollama does, quickly and at length.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from sjfsched.proxy._app import host_allowed, listens_on_loopback
+from sjfsched.proxy._server import MAX_HEAD_BYTES
+
+from .conftest import ProxyFactory
+
+#: Lines of the stub's streamed answer: 20 MB, more than a client's socket buffers take.
+LINES = 20_000
+LINE = json.dumps({"model": "m", "response": "x" * 1000, "done": False}).encode() + b"\n"
+
+
+@contextlib.contextmanager
+def long_answers() -> Iterator[str]:
+    """An upstream answering every /api/generate with 20 MB of NDJSON, then its "done" line."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-ndjson")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            done = (
+                json.dumps({"model": "m", "response": "", "done": True, "eval_count": LINES}).encode() + b"\n"
+            )
+            with contextlib.suppress(OSError):
+                for _ in range(LINES // 100):
+                    block = LINE * 100
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(block), block))
+                self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(done), done))
+                self.wfile.flush()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def answer_of(sock: socket.socket) -> bytes:
+    """Everything the proxy sends until it closes the connection (10 s at most)."""
+    sock.settimeout(10)
+    data = b""
+    with contextlib.suppress(OSError):
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+def test_a_request_head_past_the_bound_is_431(start_proxy: ProxyFactory) -> None:
+    """uvicorn's httptools protocol took a head of any size (a reviewer's 400 MiB of headers)."""
+    with long_answers() as upstream:
+        proxy = start_proxy(upstream, upstream_api="ollama")
+        with connect(proxy.url) as sock:
+            sock.sendall(b"GET /api/tags HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            with contextlib.suppress(OSError):  # the proxy may close before all of it is sent
+                for i in range(MAX_HEAD_BYTES // 1000 + 10):
+                    sock.sendall(b"X-Padding-%d: %s\r\n" % (i, b"a" * 1000))
+            assert answer_of(sock).startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+        assert httpx.get(f"{proxy.url}/healthz", timeout=10).status_code == 200  # and it goes on
+
+
+def test_a_head_sent_too_slowly_is_408(start_proxy: ProxyFactory) -> None:
+    """A head begun and never finished kept its connection for ever (slowloris)."""
+    with long_answers() as upstream:
+        proxy = start_proxy(upstream, upstream_api="ollama", client_timeout=0.5)
+        with connect(proxy.url) as sock:
+            began = time.monotonic()
+            sock.sendall(b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            answer = answer_of(sock)
+        assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+        assert 0.4 < time.monotonic() - began < 5
+
+
+def test_a_body_sent_too_slowly_is_408_and_counted(start_proxy: ProxyFactory) -> None:
+    with long_answers() as upstream:
+        proxy = start_proxy(upstream, upstream_api="ollama", client_timeout=0.5)
+        body = json.dumps({"model": "m", "prompt": "hi"}).encode()
+        with connect(proxy.url) as sock:
+            sock.sendall(
+                b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body[:5])
+            )
+            answer = answer_of(sock)
+        head, _, rest = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 ")
+        assert "--client-timeout" in json.loads(rest)["error"]
+        assert proxy.metrics()['sjfsched_rejected_total{reason="client_timeout"}'] == 1
+
+
+def test_a_client_that_reads_nothing_of_its_answer_gives_up_its_slot(start_proxy: ProxyFactory) -> None:
+    """It held the only slot as long as it stayed connected: every other request waited."""
+    with long_answers() as upstream:
+        proxy = start_proxy(upstream, upstream_api="ollama", client_timeout=1.0, concurrency=1)
+        body = json.dumps({"model": "m", "prompt": "a long one"}).encode()
+        with connect(proxy.url) as stuck:
+            stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            stuck.sendall(
+                b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(body), body)
+            )
+            proxy.wait_until(lambda s: s.running == 1)
+            began = time.monotonic()
+            with httpx.Client(timeout=30) as client:
+                other = client.post(f"{proxy.url}/api/generate", json={"model": "m", "prompt": "me too"})
+            assert other.status_code == 200 and other.text.endswith('"eval_count": 20000}\n')
+            assert time.monotonic() - began < 20
+        proxy.wait_until(lambda s: s.running == 0 and s.waiting == 0)
+        stats = proxy.stats()
+        assert (stats.cancelled, stats.completed) == (1, 1)
+
+
+def test_a_request_naming_another_host_is_refused(start_proxy: ProxyFactory) -> None:
+    """DNS rebinding: a page whose name now points at 127.0.0.1 reaches the proxy, which sends the
+    upstream its own Host; Ollama's check of the Host (allowedHostsMiddleware) is made here."""
+    with long_answers() as upstream:
+        proxy = start_proxy(upstream, upstream_api="ollama")
+        port = proxy.url.rsplit(":", 1)[1]
+        with httpx.Client(timeout=10) as client:
+            for path in ("/api/tags", "/metrics", "/healthz"):
+                refused = client.get(f"{proxy.url}{path}", headers={"Host": "evil.example"})
+                assert refused.status_code == 403, path
+            assert refused.json() == {"error": "the Host of this request is not this machine's"}
+            for host in (f"localhost:{port}", f"127.0.0.1:{port}", "my-box.local", "[::1]"):
+                assert client.get(f"{proxy.url}/healthz", headers={"Host": host}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [
+        (None, True),
+        (b"localhost", True),
+        (b"LOCALHOST:8080", True),
+        (b"127.0.0.1:8080", True),
+        (b"[::1]:8080", True),
+        (b"192.168.1.20:8080", True),  # a private address: this machine on its network
+        (b"0.0.0.0", True),
+        (b"app.localhost", True),
+        (b"box.local:8080", True),
+        (b"host.docker.internal", True),
+        (b"evil.example", False),
+        (b"evil.example:8080", False),
+        (b"8.8.8.8", False),
+        (b"localhost.evil.example", False),
+    ],
+)
+def test_which_hosts_are_this_machines(host: bytes | None, allowed: bool) -> None:
+    assert host_allowed(host) is allowed
+
+
+def test_only_a_proxy_listening_on_loopback_checks_the_host() -> None:
+    assert (
+        listens_on_loopback("127.0.0.1") and listens_on_loopback("::1") and listens_on_loopback("localhost")
+    )
+    assert not listens_on_loopback("0.0.0.0") and not listens_on_loopback("192.168.1.5")
