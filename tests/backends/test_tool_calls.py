@@ -122,9 +122,9 @@ async def test_openai_tool_call_pieces_are_put_together() -> None:
     assert done.output_tokens == 17
 
 
-async def test_llama_cpp_tool_calls_streamed_are_the_unstreamed_ones(tiny_path: Path) -> None:
-    """llama-cpp-python's chatml-function-calling with a forced tool choice, greedy: the call the
-    backend streams and puts together is the one the unstreamed call returns."""
+async def forced_call(tiny_path: Path, **extra: Any) -> tuple[Any, Any]:
+    """llama-cpp-python's chatml-function-calling with a forced tool choice, greedy: the message
+    the unstreamed call returns, and the completion the backend streams and puts together."""
     llm = Llama(str(tiny_path), n_ctx=512, verbose=False, seed=0, chat_format="chatml-function-calling")
     try:
         messages = [{"role": "user", "content": "Weather in Paris?"}]
@@ -132,17 +132,23 @@ async def test_llama_cpp_tool_calls_streamed_are_the_unstreamed_ones(tiny_path: 
             "tools": [WEATHER],
             "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
             "temperature": 0,
+            **extra,
         }
         whole: Any = llm.create_chat_completion(messages, max_tokens=24, **options)  # type: ignore[arg-type]
-        expected = whole["choices"][0]["message"]["tool_calls"][0]["function"]
-        done = await complete(
-            LlamaCppBackend(llm), Request(messages=messages, max_tokens=24, options=options)
-        )
+        request = Request(messages=messages, max_tokens=24, options=options)
+        return whole["choices"][0]["message"], await complete(LlamaCppBackend(llm), request)
     finally:
         llm.close()
+
+
+async def test_llama_cpp_tool_calls_streamed_are_the_unstreamed_ones(tiny_path: Path) -> None:
+    expected, done = await forced_call(tiny_path)
     assert done.finish_reason == "tool_calls"
     [call] = done.tool_calls
-    assert call["function"] == {"name": "get_weather", "arguments": expected["arguments"]}
+    assert call["function"] == {
+        "name": "get_weather",
+        "arguments": expected["tool_calls"][0]["function"]["arguments"],
+    }
     assert call["type"] == "function" and call["id"].startswith("call_")
 
 
@@ -221,21 +227,6 @@ async def test_a_last_piece_of_empty_arguments_is_no_token() -> None:
 async def test_llama_cpp_stop_strings_of_a_chat_with_tools_are_llama_cpps(tiny_path: Path) -> None:
     """With tools, llama-cpp-python runs completions of its own (writing the arguments): a stop
     string is its to apply there; the backend's own took the arguments for the answer's text."""
-    llm = Llama(str(tiny_path), n_ctx=512, verbose=False, seed=0, chat_format="chatml-function-calling")
-    try:
-        messages = [{"role": "user", "content": "Weather in Paris?"}]
-        options = {
-            "tools": [WEATHER],
-            "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
-            "temperature": 0,
-            "stop": ['"'],
-        }
-        whole: Any = llm.create_chat_completion(messages, max_tokens=24, **options)  # type: ignore[arg-type]
-        expected = whole["choices"][0]["message"]
-        done = await complete(
-            LlamaCppBackend(llm), Request(messages=messages, max_tokens=24, options=options)
-        )
-    finally:
-        llm.close()
+    expected, done = await forced_call(tiny_path, stop=['"'])
     assert done.text == (expected["content"] or "")
     assert [c["function"] for c in done.tool_calls] == [c["function"] for c in expected["tool_calls"]]

@@ -6,7 +6,7 @@ import contextlib
 import json
 import threading
 from collections.abc import Iterator, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import anyio
@@ -16,7 +16,7 @@ import pytest
 from sjfsched import BackendError, Chunk, Request, Scheduler
 from sjfsched.backends import BackendUnavailable, OllamaBackend, OpenAIBackend
 from sjfsched.predictors import ConstantPredictor
-from tests.support.wire_server import scripted_server
+from tests.support.wire_server import ChunkedAnswers, scripted_server
 
 pytestmark = pytest.mark.anyio
 
@@ -171,30 +171,21 @@ def holding_server(
     everyone = threading.Barrier(together)
     open_now, most = [0], [0]
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
+    class Handler(ChunkedAnswers):
         def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            self.send_response(200)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
+            self.begin(content_type)
             with lock:
                 open_now[0] += 1
                 most[0] = max(most[0], open_now[0])
             try:
                 with contextlib.suppress(OSError):
                     for piece in first:
-                        self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                        self.chunk(piece)
                     self.wfile.flush()
                     with contextlib.suppress(threading.BrokenBarrierError):
                         everyone.wait(hold)
                     for piece in last:
-                        self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                        self.chunk(piece)
                     self.wfile.write(b"0\r\n\r\n")
                     self.wfile.flush()
             finally:

@@ -13,13 +13,13 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 
 from sjfsched.proxy._app import host_allowed, listens_on_loopback
 from sjfsched.proxy._server import MAX_HEAD_BYTES
+from tests.support.wire_server import ChunkedAnswers, serving
 
 from .conftest import ProxyFactory
 
@@ -32,38 +32,19 @@ LINE = json.dumps({"model": "m", "response": "x" * 1000, "done": False}).encode(
 def long_answers() -> Iterator[str]:
     """An upstream answering every /api/generate with 20 MB of NDJSON, then its "done" line."""
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
+    class Handler(ChunkedAnswers):
         def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-ndjson")
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            done = (
-                json.dumps({"model": "m", "response": "", "done": True, "eval_count": LINES}).encode() + b"\n"
-            )
+            self.begin("application/x-ndjson")
+            done = {"model": "m", "response": "", "done": True, "eval_count": LINES}
             with contextlib.suppress(OSError):
                 for _ in range(LINES // 100):
-                    block = LINE * 100
-                    self.wfile.write(b"%x\r\n%s\r\n" % (len(block), block))
-                self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(done), done))
+                    self.chunk(LINE * 100)
+                self.chunk(json.dumps(done).encode() + b"\n")
+                self.wfile.write(b"0\r\n\r\n")
                 self.wfile.flush()
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serving(Handler) as url:
+        yield url
 
 
 def connect(url: str) -> socket.socket:
