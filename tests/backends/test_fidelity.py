@@ -264,3 +264,16 @@ async def test_retry_after_is_read_and_a_pool_keeps_the_backend_out_that_long() 
         with pytest.raises(BackendUnavailable) as caught:
             await collect(OpenAIBackend(url, model="m"), Request("x"))
         assert caught.value.retry_after is None  # no wait it could read
+
+
+def test_digits_that_are_not_ascii_are_no_count() -> None:
+    """str.isdigit() takes "²" and "５", which int() or float() then refuse (a reviewer's crash)."""
+    from sjfsched.backends import ToolCallPieces
+    from sjfsched.backends._http import retry_after_seconds
+
+    assert retry_after_seconds("\u00b2") is None and retry_after_seconds("\uff15") is None
+    assert retry_after_seconds("9" * 400) == 86_400.0 and retry_after_seconds(" 7 ") == 7.0
+    pieces = ToolCallPieces()
+    for index in ("\u00b2", "9" * 5000):
+        pieces.add([{"index": index, "id": f"c{len(index)}", "function": {"name": "f", "arguments": "{}"}}])
+    assert [c["id"] for c in pieces.calls()] == ["c1", "c5000"]  # each a call of its own

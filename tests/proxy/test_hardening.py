@@ -75,6 +75,27 @@ def test_a_request_head_past_the_bound_is_431(start_proxy: ProxyFactory) -> None
         assert httpx.get(f"{proxy.url}/healthz", timeout=10).status_code == 200  # and it goes on
 
 
+def test_one_header_past_the_bound_is_431_before_it_is_whole(start_proxy: ProxyFactory) -> None:
+    """httptools gathers a header whole before handing it on: the bytes are counted as they come."""
+    with long_answers() as upstream:
+        proxy = start_proxy(upstream, upstream_api="ollama")
+        with connect(proxy.url) as sock:
+            sock.sendall(b"GET /api/tags HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Huge: ")
+            with contextlib.suppress(OSError):
+                for _ in range(2 * MAX_HEAD_BYTES // 4096):
+                    sock.sendall(b"a" * 4096)
+            assert answer_of(sock).startswith(b"HTTP/1.1 431 ")
+
+
+def test_a_connection_that_sends_nothing_is_closed(start_proxy: ProxyFactory) -> None:
+    with long_answers() as upstream:
+        proxy = start_proxy(upstream, upstream_api="ollama", client_timeout=0.5)
+        with connect(proxy.url) as sock:
+            began = time.monotonic()
+            assert answer_of(sock).startswith(b"HTTP/1.1 408 ")
+        assert 0.4 < time.monotonic() - began < 5
+
+
 def test_a_head_sent_too_slowly_is_408(start_proxy: ProxyFactory) -> None:
     """A head begun and never finished kept its connection for ever (slowloris)."""
     with long_answers() as upstream:
@@ -198,3 +219,29 @@ def test_a_large_body_is_parsed_off_the_event_loop(
     assert bad.status_code == 400 and bad.json()["error"] == "messages[40000].role must be a string"
     loop_thread, *workers = threads
     assert loop_thread == "sjfsched-proxy" and len(workers) == 2 and "sjfsched-proxy" not in workers
+
+
+def test_a_streamed_pass_through_body_that_stops_coming_is_408(start_proxy: ProxyFactory) -> None:
+    """A chunked body is streamed upstream as it comes; when it stops, 408 (it was uvicorn's 500)."""
+    with long_answers() as upstream:
+        proxy = start_proxy(upstream, upstream_api="ollama", client_timeout=0.5)
+        with connect(proxy.url) as sock:
+            head = b"POST /api/create HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            sock.sendall(head + b"5\r\nhello\r\n")
+            assert answer_of(sock).startswith(b"HTTP/1.1 408 ")
+
+
+def test_names_a_reverse_proxy_passes_on_can_be_allowed(start_proxy: ProxyFactory) -> None:
+    """Caddy, and nginx with proxy_set_header Host, pass the client's Host on: --allowed-hosts."""
+    with long_answers() as upstream:
+        named = start_proxy(
+            upstream, upstream_api="ollama", allowed_hosts="Models.Example.com, other.example"
+        )
+        anyone = start_proxy(upstream, upstream_api="ollama", allowed_hosts="*")
+        with httpx.Client(timeout=10) as client:
+            assert (
+                client.get(f"{named.url}/healthz", headers={"Host": "models.example.com:443"}).status_code
+                == 200
+            )
+            assert client.get(f"{named.url}/healthz", headers={"Host": "evil.example"}).status_code == 403
+            assert client.get(f"{anyone.url}/healthz", headers={"Host": "evil.example"}).status_code == 200

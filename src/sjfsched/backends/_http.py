@@ -328,8 +328,8 @@ def retry_after_seconds(value: str | None) -> float | None:
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
-        return min(float(value), _MAX_RETRY_AFTER)
+    if value.isascii() and value.isdigit():
+        return min(float(value[:12]) if len(value) <= 12 else _MAX_RETRY_AFTER, _MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

@@ -213,13 +213,11 @@ class OpenAIBackend:
             await self._http.read_tail(lines)  # after the answer: so the connection is kept for the next
 
     def resumable(self, request: Request, /) -> bool:
-        """A ``/completions`` request with a ``max_tokens`` can be paused and resumed; a chat
+        """A ``/completions`` request with ``Request.max_tokens`` can be paused and resumed; a chat
         request cannot (the API has no way to go on with an assistant's answer), nor one without
         a limit: the server's own default (16 tokens for ``llama_cpp.server`` and vLLM) would
         apply again to the rest, and the answer could grow past what it would have been."""
-        return request.messages is None and (
-            request.max_tokens is not None or request.options.get("max_tokens") is not None
-        )
+        return request.messages is None and request.max_tokens is not None
 
     async def resume(self, request: Request, answer: str, tokens: int, /) -> AsyncIterator[Chunk]:
         """The rest of the answer to a ``/completions`` request: the prompt followed by

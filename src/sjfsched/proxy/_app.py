@@ -112,7 +112,8 @@ class ProxyApp:
         listens, so a bad state file fails at once); by default it is made at start-up."""
         self.settings = settings
         #: Listening on this machine only: requests naming another host are refused (see _http).
-        self._loopback_only = listens_on_loopback(settings.host)
+        self._allowed_hosts = frozenset(settings.allowed_hosts)
+        self._loopback_only = listens_on_loopback(settings.host) and "*" not in self._allowed_hosts
         self.metrics = Metrics()
         self._base = settings.upstream
         self._api: Api | None = None if settings.upstream_api == "auto" else settings.upstream_api
@@ -263,7 +264,7 @@ class ProxyApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         method: str = scope["method"]
-        if self._loopback_only and not host_allowed(_header(scope, b"host")):
+        if self._loopback_only and not host_allowed(_header(scope, b"host"), self._allowed_hosts):
             # A page in a browser whose name now points at 127.0.0.1 (DNS rebinding) reaches a
             # proxy listening there, and the proxy sends the upstream its own Host: so the check
             # the upstream would make (Ollama's) is made here, as Ollama makes it.
@@ -646,6 +647,9 @@ class ProxyApp:
             response = await client.request(
                 scope["method"], _target(scope), headers, content, content_length=length
             )
+        except _SlowClient:  # its body, streamed upstream as it came, stopped coming
+            await self._too_slow(send, style, scheduled=False)
+            return
         except _ClientGone:
             return
         except UpstreamError as exc:
@@ -799,11 +803,12 @@ def listens_on_loopback(host: str) -> bool:
         return False
 
 
-def host_allowed(value: bytes | None) -> bool:
+def host_allowed(value: bytes | None, allowed: frozenset[str] = frozenset()) -> bool:
     """Whether a request's Host names this machine, as Ollama decides it for a server listening
     on a loopback address (``allowedHostsMiddleware`` in its server/routes.go): an IP address
     that is loopback, private or unspecified; ``localhost``, this machine's name, or a name
-    under ``.localhost``, ``.local`` or ``.internal``; or no Host at all."""
+    under ``.localhost``, ``.local`` or ``.internal``; or no Host at all.  ``allowed``: more
+    names (``--allowed-hosts``, lowercase, without port), a name a reverse proxy in front passes on."""
     if not value:
         return True
     host = value.decode("latin-1").strip().lower()
@@ -817,7 +822,7 @@ def host_allowed(value: bytes | None) -> bool:
         pass
     else:
         return address.is_loopback or address.is_private or address.is_unspecified
-    if host in ("", "localhost", socket.gethostname().lower()):
+    if host in ("", "localhost", socket.gethostname().lower()) or host in allowed:
         return True
     return host.endswith((".localhost", ".local", ".internal"))
 

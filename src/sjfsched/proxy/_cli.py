@@ -82,8 +82,10 @@ def _print_settings(settings: ProxySettings, sources: dict[str, tuple[Any, str]]
             value: Any = f"{settings.host}:{settings.port}"
         else:
             value = getattr(settings, option.name)
-        if value is None:
+        if value is None or value == ():
             value = "none"
+        elif isinstance(value, tuple):  # host names
+            value = ",".join(value)
         elif value is True or value is False:
             value = "on" if value else "off"
         source = sources.get(option.name, (None, "default"))[1]

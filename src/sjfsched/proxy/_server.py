@@ -27,63 +27,74 @@ MAX_HEAD_BYTES: Final = 64 * 1024
 def bounded_protocol(head_timeout: float | None) -> type[HttpToolsProtocol]:
     """uvicorn's HTTP protocol with a bound on a request head's size and on the time it takes.
 
-    uvicorn's httptools protocol takes a head of any size, and a head sent a
-    byte at a time keeps its connection for ever (its keep-alive timer stops
-    at the first byte): one client could fill the memory or the file
-    descriptors.  A head past :data:`MAX_HEAD_BYTES` is answered 431, and one
-    not complete ``head_timeout`` seconds after it began, 408; both close
-    the connection.
+    uvicorn's httptools protocol takes a head of any size (httptools gathers
+    a header whole before handing it on), and a connection that sends
+    nothing, or a head a byte at a time, is kept for ever (its keep-alive
+    timer runs only between requests, and stops at the first byte): one
+    client could fill the memory or the file descriptors.  The bytes of a
+    head still coming are counted as they arrive, and past
+    :data:`MAX_HEAD_BYTES` the request is answered 431; a connection whose
+    next head is not complete ``head_timeout`` seconds after it opened (or
+    after that head began) is answered 408.  Both close the connection.
     """
 
     class BoundedHttpToolsProtocol(HttpToolsProtocol):
-        _head_bytes = 0
-        _refusal: tuple[int, bytes] | None = None
+        _pending = 0  # bytes received while a head was incomplete
+        _head_done = False  # the current request's head is complete (its body may be coming)
         _head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            counting = not self._head_done
+            super().data_received(data)
+            if counting and not self._head_done:
+                self._pending += len(data)
+                if self._pending > MAX_HEAD_BYTES and not self.transport.is_closing():
+                    self._refuse(431, b"Request Header Fields Too Large")
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self._head_bytes = 0
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._head_done, self._pending = True, 0
+            self._disarm()
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._head_done = False  # what comes next is the next request's head
+            super().on_message_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._disarm()
             if head_timeout is not None:
                 self._head_timer = self.loop.call_later(head_timeout, self._head_too_slow)
 
-        def on_url(self, url: bytes) -> None:
-            self._count(len(url))
-            super().on_url(url)
-
-        def on_header(self, name: bytes, value: bytes) -> None:
-            self._count(len(name) + len(value) + 4)
-            super().on_header(name, value)
-
-        def on_headers_complete(self) -> None:
-            self._stop_head_timer()
-            super().on_headers_complete()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._stop_head_timer()
-            super().connection_lost(exc)
-
-        def _count(self, size: int) -> None:
-            self._head_bytes += size
-            if self._head_bytes > MAX_HEAD_BYTES:
-                self._refusal = (431, b"Request Header Fields Too Large")
-                raise ValueError("request head too large")  # the parser's error: answered below
-
-        def _stop_head_timer(self) -> None:
+        def _disarm(self) -> None:
             if self._head_timer is not None:
                 self._head_timer.cancel()
                 self._head_timer = None
 
         def _head_too_slow(self) -> None:
             self._head_timer = None
-            if not self.transport.is_closing():
-                self._refusal = (408, b"Request Timeout")
-                self.send_400_response("")
-
-        def send_400_response(self, msg: str) -> None:
-            if self._refusal is None:
-                super().send_400_response(msg)
+            if self.transport.is_closing():
                 return
-            status, reason = self._refusal
+            if self.cycle is not None and not self.cycle.response_complete:
+                self._arm()  # an answer is being written: a 408 would land in its middle
+                return
+            self._refuse(408, b"Request Timeout")
+
+        def _refuse(self, status: int, reason: bytes) -> None:
+            if self.cycle is not None and not self.cycle.response_complete:
+                self.transport.close()  # an answer is being written: no room for another
+                return
             body = reason + b"\n"
             self.transport.write(
                 b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"

@@ -130,6 +130,14 @@ def normalize_upstream(url: object) -> str:
     return url
 
 
+def _host_names(value: object) -> tuple[str, ...]:
+    """Host names for ``allowed_hosts``: a comma-separated string or a sequence, lowercased."""
+    names = value.split(",") if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"allowed_hosts must be host names, got {value!r}")
+    return tuple(n.strip().lower() for n in names if n.strip())
+
+
 @final
 @attrs.frozen
 class ProxySettings:
@@ -169,6 +177,7 @@ class ProxySettings:
     shutdown_timeout: float = attrs.field(
         default=DEFAULT_SHUTDOWN_TIMEOUT, validator=_number("shutdown_timeout", unit=" of seconds")
     )
+    allowed_hosts: tuple[str, ...] = attrs.field(default=(), converter=_host_names)
     client_timeout: float | None = attrs.field(
         default=DEFAULT_CLIENT_TIMEOUT,
         validator=_number("client_timeout", positive=True, optional=True, unit=" of seconds"),
@@ -335,6 +344,11 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "shutdown_timeout", "--shutdown-timeout", "SJFSCHED_SHUTDOWN_TIMEOUT", _parse_float, "SECONDS",
         "on SIGTERM/SIGINT, how long running requests may take to finish", str(DEFAULT_SHUTDOWN_TIMEOUT),
+    ),
+    Option(
+        "allowed_hosts", "--allowed-hosts", "SJFSCHED_ALLOWED_HOSTS", _host_names, "NAMES",
+        "more host names a request's Host may give, comma-separated (a reverse proxy's name), "
+        "when the proxy listens on a loopback address; * turns the Host check off", "none",
     ),
     Option(
         "client_timeout", "--client-timeout", "SJFSCHED_CLIENT_TIMEOUT", _none_or(_parse_float),
