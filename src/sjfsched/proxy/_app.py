@@ -61,6 +61,10 @@ Send = Callable[[Message], Awaitable[None]]
 #: Pass-through bodies up to this size are read before forwarding; larger ones stream.
 _SMALL_BODY = 1 << 20
 _JSON = (b"content-type", b"application/json; charset=utf-8")
+#: The ASGI scope's extension through which the app can abort its connection (a client that
+#: reads nothing would keep a closed transport waiting for ever to write what it holds); the
+#: proxy's own HTTP protocol (``_server.bounded_protocol``) puts it there.
+ABORT_EXTENSION = "sjfsched.abort"
 #: Bodies larger than this are parsed in a worker thread (a 9 MiB chat: 0.8 s of parsing).
 _PARSE_IN_THREAD_BYTES = 256 * 1024
 #: Seconds an upstream may take to end its response after the answer's last event.
@@ -366,7 +370,7 @@ class ProxyApp:
         exchange = _Exchange()
         async with anyio.create_task_group() as tg:
             tg.start_soon(_watch, receive, tg.cancel_scope, exchange)
-            bounded = _bounded_send(send, self.settings.client_timeout, tg.cancel_scope)
+            bounded = _bounded_send(send, self.settings.client_timeout, tg.cancel_scope, scope)
             await self._admit(style, scope, bounded, headers, parsed, arrival, exchange)
             tg.cancel_scope.cancel()
 
@@ -627,7 +631,7 @@ class ProxyApp:
                 tg.start_soon(_watch, receive, tg.cancel_scope, exchange)
             else:
                 content = _stream_body(receive, tg, exchange, timeout)
-            bounded = _bounded_send(send, timeout, tg.cancel_scope)
+            bounded = _bounded_send(send, timeout, tg.cancel_scope, scope)
             await self._forward(scope, bounded, headers, content, length, exchange)
             tg.cancel_scope.cancel()
 
@@ -725,15 +729,18 @@ async def _receive(receive: Receive, patience: float | None) -> Message:
     raise _SlowClient
 
 
-def _bounded_send(send: Send, timeout: float | None, scope: anyio.CancelScope) -> Send:
+def _bounded_send(send: Send, timeout: float | None, scope: anyio.CancelScope, asgi: Scope) -> Send:
     """``send``, but a client that reads nothing of its answer for ``timeout`` seconds has its
     request cancelled (``scope``), as if it had hung up: its slot does not stay taken for ever.
 
     Timed with a timer of the event loop, as :func:`_receive` is (once for every piece sent).
+    The connection is aborted, not closed: a close waits for the client to take what was
+    written, which one that reads nothing never does (its socket would stay, and its buffers).
     """
     if timeout is None:
         return send
     loop = asyncio.get_running_loop()
+    abort = asgi.get("extensions", {}).get(ABORT_EXTENSION)
 
     def too_slow() -> None:
         logger.warning(
@@ -742,6 +749,8 @@ def _bounded_send(send: Send, timeout: float | None, scope: anyio.CancelScope) -
             timeout,
         )
         scope.cancel()
+        if callable(abort):
+            abort()
 
     async def bounded(message: Message) -> None:
         timer = loop.call_later(timeout, too_slow)
@@ -798,9 +807,11 @@ def listens_on_loopback(host: str) -> bool:
     if host.lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def host_allowed(value: bytes | None, allowed: frozenset[str] = frozenset()) -> bool:

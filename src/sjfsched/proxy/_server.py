@@ -12,7 +12,7 @@ from typing import Any, Final
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from ._app import ProxyApp
+from ._app import ABORT_EXTENSION, ProxyApp
 
 __all__ = ["ProxyServer", "bind", "make_server"]
 
@@ -29,18 +29,22 @@ def bounded_protocol(head_timeout: float | None) -> type[HttpToolsProtocol]:
 
     uvicorn's httptools protocol takes a head of any size (httptools gathers
     a header whole before handing it on), and a connection that sends
-    nothing, or a head a byte at a time, is kept for ever (its keep-alive
-    timer runs only between requests, and stops at the first byte): one
-    client could fill the memory or the file descriptors.  The bytes of a
-    head still coming are counted as they arrive, and past
-    :data:`MAX_HEAD_BYTES` the request is answered 431; a connection whose
-    next head is not complete ``head_timeout`` seconds after it opened (or
-    after that head began) is answered 408.  Both close the connection.
+    nothing, a head a byte at a time, or bytes after an answer, is kept for
+    ever (its keep-alive timer runs only after an answer, and stops at the
+    next byte): one client could fill the memory or the file descriptors.
+    Here a head's size is checked when it is whole, and the bytes of one
+    still coming are counted read by read (a read in which a head or a
+    request ended is not: it may hold a body, or other requests), so past
+    :data:`MAX_HEAD_BYTES` the request is answered 431; and a connection on
+    which no answer is being written and no head has become whole for
+    ``head_timeout`` seconds since it opened, since a head began or since
+    its last bytes came in, is answered 408.  Both close the connection.
     """
 
     class BoundedHttpToolsProtocol(HttpToolsProtocol):
-        _pending = 0  # bytes received while a head was incomplete
-        _head_done = False  # the current request's head is complete (its body may be coming)
+        _pending = 0  # bytes of reads in which a head was, and stayed, incomplete
+        _in_body = False  # between a head's end and its request's end
+        _ends = 0  # heads or requests that ended in the read being parsed
         _head_timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -48,29 +52,50 @@ def bounded_protocol(head_timeout: float | None) -> type[HttpToolsProtocol]:
             self._arm()
 
         def data_received(self, data: bytes) -> None:
-            counting = not self._head_done
+            in_head, self._ends = not self._in_body, 0
             super().data_received(data)
-            if counting and not self._head_done:
+            if self.transport.is_closing():
+                return
+            if in_head and not self._ends and not self._in_body:
                 self._pending += len(data)
-                if self._pending > MAX_HEAD_BYTES and not self.transport.is_closing():
+                if self._pending > MAX_HEAD_BYTES:
                     self._refuse(431, b"Request Header Fields Too Large")
+                    return
+            if self._head_timer is None and self._idle():
+                self._arm()  # bytes and no answer under way (a stray CRLF, an unread body)
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self._arm()
 
         def on_headers_complete(self) -> None:
-            self._head_done, self._pending = True, 0
+            self._ends += 1
+            self._in_body, self._pending = True, 0
+            size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+            if size > MAX_HEAD_BYTES:
+                self._refuse(431, b"Request Header Fields Too Large")
+                raise ValueError("request head too large")  # stops the parser (answered already)
             self._disarm()
             super().on_headers_complete()
+            scope: dict[str, Any] = self.scope  # type: ignore[assignment]
+            scope.setdefault("extensions", {})[ABORT_EXTENSION] = self.transport.abort  # for the app
 
         def on_message_complete(self) -> None:
-            self._head_done = False  # what comes next is the next request's head
+            self._ends += 1
+            self._in_body = False
             super().on_message_complete()
+
+        def send_400_response(self, msg: str) -> None:
+            if not self.transport.is_closing():  # not after a refusal of ours
+                super().send_400_response(msg)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             super().connection_lost(exc)
+
+        def _idle(self) -> bool:
+            """No answer is being written, none waits to be."""
+            return (self.cycle is None or self.cycle.response_complete) and not self.pipeline
 
         def _arm(self) -> None:
             self._disarm()
@@ -86,13 +111,13 @@ def bounded_protocol(head_timeout: float | None) -> type[HttpToolsProtocol]:
             self._head_timer = None
             if self.transport.is_closing():
                 return
-            if self.cycle is not None and not self.cycle.response_complete:
+            if not self._idle():
                 self._arm()  # an answer is being written: a 408 would land in its middle
                 return
             self._refuse(408, b"Request Timeout")
 
         def _refuse(self, status: int, reason: bytes) -> None:
-            if self.cycle is not None and not self.cycle.response_complete:
+            if not self._idle():
                 self.transport.close()  # an answer is being written: no room for another
                 return
             body = reason + b"\n"
