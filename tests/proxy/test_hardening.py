@@ -29,15 +29,16 @@ LINE = json.dumps({"model": "m", "response": "x" * 1000, "done": False}).encode(
 
 
 @contextlib.contextmanager
-def long_answers() -> Iterator[str]:
-    """An upstream answering every /api/generate with 20 MB of NDJSON, then its "done" line."""
+def long_answers(lines: int = LINES) -> Iterator[str]:
+    """An upstream answering every /api/generate with ``lines`` lines of 1 KB of NDJSON (20 MB),
+    then its "done" line."""
 
     class Handler(ChunkedAnswers):
         def do_POST(self) -> None:
             self.begin("application/x-ndjson")
-            done = {"model": "m", "response": "", "done": True, "eval_count": LINES}
+            done = {"model": "m", "response": "", "done": True, "eval_count": lines}
             with contextlib.suppress(OSError):
-                for _ in range(LINES // 100):
+                for _ in range(lines // 100):
                     self.chunk(LINE * 100)
                 self.chunk(json.dumps(done).encode() + b"\n")
                 self.wfile.write(b"0\r\n\r\n")
@@ -298,3 +299,37 @@ def test_one_large_header_in_one_read_is_answered_431(start_proxy: ProxyFactory)
         with connect(proxy.url) as sock:
             sock.sendall(b"GET /api/tags HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: %s\r\n\r\n" % (b"a" * 100_000))
             assert answer_of(sock).startswith(b"HTTP/1.1 431 ")
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the proxy runs on uvicorn's asyncio loop
+@pytest.mark.parametrize("reads", [True, False])
+@pytest.mark.anyio
+async def test_a_client_that_reads_slowly_but_steadily_is_waited_for(anyio_backend: str, reads: bool) -> None:
+    """A send waits while the socket's buffer (megabytes on loopback) drains enough to wake the
+    writer: timed whole, it cut a client reading steadily, if slowly (a reviewer's: 10 KiB/s at the
+    default 60 s). What is timed is whether what is left unsent shrinks. Here a send waits 0.6 s
+    with a bound of 0.1 s: while the bytes left go down it is waited for; if they do not, the
+    request is cancelled and the connection reset."""
+    import anyio
+
+    from sjfsched.proxy._app import ABORT_EXTENSION, UNSENT_EXTENSION, _bounded_send
+
+    left, aborted = [100_000], []
+    asgi = {"extensions": {UNSENT_EXTENSION: lambda: left[0], ABORT_EXTENSION: lambda: aborted.append(1)}}
+    written = anyio.Event()
+
+    async def send(message: object) -> None:
+        await written.wait()
+
+    async def client() -> None:
+        for _ in range(12):
+            await anyio.sleep(0.05)
+            if reads:
+                left[0] -= 1000
+        written.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(client)
+        with anyio.CancelScope() as scope:
+            await _bounded_send(send, 0.1, scope, asgi)({"type": "http.response.body", "body": b"x"})
+    assert scope.cancel_called is (not reads) and bool(aborted) is (not reads)

@@ -65,6 +65,9 @@ _JSON = (b"content-type", b"application/json; charset=utf-8")
 #: reads nothing would keep a closed transport waiting for ever to write what it holds); the
 #: proxy's own HTTP protocol (``_server.bounded_protocol``) puts it there.
 ABORT_EXTENSION = "sjfsched.abort"
+#: The ASGI scope's extension telling how many bytes written to the connection are not sent yet
+#: (None where the system does not say): how the app sees a slow client still read.
+UNSENT_EXTENSION = "sjfsched.unsent"
 #: Bodies larger than this are parsed in a worker thread (a 9 MiB chat: 0.8 s of parsing).
 _PARSE_IN_THREAD_BYTES = 256 * 1024
 #: Seconds an upstream may take to end its response after the answer's last event.
@@ -733,27 +736,44 @@ def _bounded_send(send: Send, timeout: float | None, scope: anyio.CancelScope, a
     """``send``, but a client that reads nothing of its answer for ``timeout`` seconds has its
     request cancelled (``scope``), as if it had hung up: its slot does not stay taken for ever.
 
-    Timed with a timer of the event loop, as :func:`_receive` is (once for every piece sent).
-    The connection is aborted, not closed: a close waits for the client to take what was
-    written, which one that reads nothing never does (its socket would stay, and its buffers).
+    A ``send()`` waits while the connection's buffers are full; a client that
+    reads, however slowly, drains them, and that is what is timed: each
+    ``timeout`` seconds a waiting send looks at what is left unsent (the
+    transport's buffer and, where the system tells it, the socket's), and
+    the client has stopped reading only if that has not shrunk.  (A send
+    timed whole would cut a steady but slow reader: the system's socket
+    buffer, megabytes on a fast link, wakes a writer only once much of it
+    has drained.)  Its connection is then reset, not closed: a close waits
+    for the client to take what was written, which it never does.
     """
     if timeout is None:
         return send
     loop = asyncio.get_running_loop()
-    abort = asgi.get("extensions", {}).get(ABORT_EXTENSION)
-
-    def too_slow() -> None:
-        logger.warning(
-            "a client read nothing of its answer for %g s (--client-timeout): its request is "
-            "cancelled and its connection closed",
-            timeout,
-        )
-        scope.cancel()
-        if callable(abort):
-            abort()
+    extensions = asgi.get("extensions", {})
+    abort = extensions.get(ABORT_EXTENSION)
+    unsent = extensions.get(UNSENT_EXTENSION)
 
     async def bounded(message: Message) -> None:
-        timer = loop.call_later(timeout, too_slow)
+        left: list[int | None] = [unsent() if callable(unsent) else None]
+        timer: asyncio.TimerHandle | None = None
+
+        def check() -> None:
+            nonlocal timer
+            now = unsent() if callable(unsent) else None
+            if now is not None and left[0] is not None and now < left[0]:
+                left[0] = now  # the client read some: wait on
+                timer = loop.call_later(timeout, check)
+                return
+            logger.warning(
+                "a client read nothing of its answer for %g s (--client-timeout): its request is "
+                "cancelled and its connection closed",
+                timeout,
+            )
+            scope.cancel()
+            if callable(abort):
+                abort()
+
+        timer = loop.call_later(timeout, check)
         try:
             await send(message)
         finally:

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import signal
 import socket
+import struct
 from types import FrameType
 from typing import Any, Final
 
 import uvicorn
+
+try:  # TIOCOUTQ: how much a socket has not sent (POSIX; Windows has neither)
+    import fcntl
+    import termios
+except ImportError:  # pragma: no cover - Windows
+    fcntl = termios = None  # type: ignore[assignment]
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from ._app import ABORT_EXTENSION, ProxyApp
+from ._app import ABORT_EXTENSION, UNSENT_EXTENSION, ProxyApp
 
 __all__ = ["ProxyServer", "bind", "make_server"]
 
@@ -22,6 +31,28 @@ logger = logging.getLogger("sjfsched.proxy")
 _FINAL_GRACE_SECONDS = 1
 #: The largest request head (request line and headers) taken; a larger one is answered 431.
 MAX_HEAD_BYTES: Final = 64 * 1024
+
+
+def _reset(transport: asyncio.Transport) -> None:
+    """Close a connection at once, dropping what it has not sent (a TCP reset), not after it."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+def _unsent(transport: asyncio.Transport) -> int | None:
+    """Bytes written to a connection and not sent yet: the transport's buffer and the socket's
+    (``TIOCOUTQ``, Linux); None where the system does not say how many the socket holds."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or fcntl is None or not hasattr(termios, "TIOCOUTQ"):
+        return None
+    try:
+        queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    except OSError:
+        return None
+    return int(queued) + transport.get_write_buffer_size()
 
 
 def bounded_protocol(head_timeout: float | None) -> type[HttpToolsProtocol]:
@@ -78,7 +109,9 @@ def bounded_protocol(head_timeout: float | None) -> type[HttpToolsProtocol]:
             self._disarm()
             super().on_headers_complete()
             scope: dict[str, Any] = self.scope  # type: ignore[assignment]
-            scope.setdefault("extensions", {})[ABORT_EXTENSION] = self.transport.abort  # for the app
+            extensions = scope.setdefault("extensions", {})  # for the app's bounds on the client
+            extensions[ABORT_EXTENSION] = functools.partial(_reset, self.transport)
+            extensions[UNSENT_EXTENSION] = functools.partial(_unsent, self.transport)
 
         def on_message_complete(self) -> None:
             self._ends += 1

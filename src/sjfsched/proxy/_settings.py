@@ -352,8 +352,9 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "client_timeout", "--client-timeout", "SJFSCHED_CLIENT_TIMEOUT", _none_or(_parse_float),
-        "SECONDS|none", "bound on a client's silence as it sends its request (head or body) and "
-        "on its not reading its answer; then its connection is closed", str(DEFAULT_CLIENT_TIMEOUT),
+        "SECONDS|none", "bound on the time a client takes to send a request's head, on its silence "
+        "as it sends the body, and on its not reading its answer; then its connection is closed",
+        str(DEFAULT_CLIENT_TIMEOUT),
     ),
     Option(
         "log_level", "--log-level", "SJFSCHED_LOG_LEVEL", _lower, "LEVEL",
