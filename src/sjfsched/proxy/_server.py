@@ -46,13 +46,16 @@ def _unsent(transport: asyncio.Transport) -> int | None:
     """Bytes written to a connection and not sent yet: the transport's buffer and the socket's
     (``TIOCOUTQ``, Linux); None where the system does not say how many the socket holds."""
     sock = transport.get_extra_info("socket")
-    if sock is None or fcntl is None or not hasattr(termios, "TIOCOUTQ"):
+    if sock is None or fcntl is None or not hasattr(termios, "TIOCOUTQ") or transport.is_closing():
         return None
     try:
-        queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
-    except OSError:
+        fd = sock.fileno()  # -1 once the connection is closed (the client went)
+        if fd < 0:
+            return None
+        queued = struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        return int(queued) + transport.get_write_buffer_size()
+    except (OSError, ValueError):
         return None
-    return int(queued) + transport.get_write_buffer_size()
 
 
 def bounded_protocol(head_timeout: float | None) -> type[HttpToolsProtocol]:
