@@ -122,7 +122,7 @@ def _freeze_messages(messages: Sequence[Mapping[str, Any]] | None) -> tuple[Mapp
     return tuple(frozen)
 
 
-def _content_text(content: object) -> str:
+def content_text(content: object) -> str:
     """The text of one message's content: a string, or the text parts of a list."""
     if isinstance(content, str):
         return content
@@ -290,7 +290,7 @@ def _chat_reading(request: Request) -> tuple[str, int]:
         return held[1]
     messages = request.messages
     assert messages is not None
-    texts = [_content_text(m.get("content")) for m in messages]  # each message's, read once
+    texts = [content_text(m.get("content")) for m in messages]  # each message's, read once
     users = [t for m, t in zip(messages, texts, strict=True) if m.get("role") == "user"]
     # The last user turn, else every message joined by newlines; and every message's characters.
     reading = (users[-1] if users else "\n".join(texts), sum(map(len, texts)))

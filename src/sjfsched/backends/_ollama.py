@@ -9,10 +9,8 @@ import re
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, final
 
-import attrs
-
 from .._errors import BackendError
-from .._records import Chunk, Request, usable_count
+from .._records import Chunk, Request, content_text, usable_count
 from ._http import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_READ_TIMEOUT,
@@ -224,8 +222,7 @@ class OllamaBackend:
                 message = _parse_line(line)
                 text, thinking, tool_calls = _text_of(message, chat)
                 if message.get("done") is True:
-                    final = _final_chunk(message, text, counted)
-                    yield attrs.evolve(final, thinking=thinking, tool_calls=tool_calls)
+                    yield _final_chunk(message, text, counted, thinking, tool_calls)
                     await self._http.read_tail(lines)  # after the answer: so the connection is kept
                     return
                 if text or thinking or tool_calls:
@@ -260,23 +257,21 @@ def _message(message: Mapping[str, Any], i: int) -> dict[str, Any]:
     content = out.get("content")
     images = _images(out["images"]) if "images" in out else None
     if isinstance(content, (list, tuple)):
-        texts: list[str] = []
         found: list[object] = []
         for part in content:
             if isinstance(part, str):
-                texts.append(part)
-                continue
-            kind = part.get("type") if isinstance(part, Mapping) else None
+                continue  # text: read below, as Request.text reads it
+            kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
             if isinstance(part, Mapping) and kind in ("text", None) and isinstance(part.get("text"), str):
-                texts.append(part["text"])
-            elif isinstance(part, Mapping) and kind == "image_url":
+                continue
+            if kind == "image_url":
                 found.append(_data_url(part.get("image_url"), where))
             else:
                 raise BackendError(
                     f"OllamaBackend: {where} has a content part Ollama cannot take "
                     f"({kind!r}); Ollama reads text and images only"
                 )
-        out["content"] = "\n".join(texts)
+        out["content"] = content_text(content)
         if found:
             images = [*images, *found] if isinstance(images, (list, tuple)) else found
     if images is not None:
@@ -338,7 +333,13 @@ def _text_of(message: Mapping[str, Any], chat: bool) -> tuple[str, str, tuple[Ma
     )
 
 
-def _final_chunk(message: Mapping[str, Any], text: str, counted: int) -> Chunk:
+def _final_chunk(
+    message: Mapping[str, Any],
+    text: str,
+    counted: int,
+    thinking: str,
+    tool_calls: tuple[Mapping[str, Any], ...],
+) -> Chunk:
     eval_count = usable_count(message.get("eval_count"))
     tokens = (1 if text else 0) if eval_count is None else max(0, eval_count - counted)
     reason = message.get("done_reason")
@@ -347,4 +348,6 @@ def _final_chunk(message: Mapping[str, Any], text: str, counted: int) -> Chunk:
         tokens=tokens,
         prompt_tokens=usable_count(message.get("prompt_eval_count")),
         finish_reason=reason if isinstance(reason, str) else "stop",
+        thinking=thinking,
+        tool_calls=tool_calls,
     )

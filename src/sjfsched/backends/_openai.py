@@ -8,8 +8,6 @@ from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, final
 from urllib.parse import urlsplit
 
-import attrs
-
 from .._errors import BackendError
 from .._records import Chunk, Request, usable_count
 from ._base import ToolCallPieces, resume_by_continuation
@@ -208,8 +206,7 @@ class OpenAIBackend:
                         # With the reason where the server gave it, the scheduler knows the
                         # answer has ended and does not pause it (preempt) for the last chunk.
                         yield Chunk(text, finish_reason=finish, thinking=thinking)
-            last = self._last_chunk(path, done, finish, usage, max_tokens, counted)
-            yield attrs.evolve(last, tool_calls=tools.calls()) if tools else last
+            yield self._last_chunk(path, done, finish, usage, max_tokens, counted, tools.calls())
             await self._http.read_tail(lines)  # after the answer: so the connection is kept for the next
 
     def resumable(self, request: Request, /) -> bool:
@@ -239,6 +236,7 @@ class OpenAIBackend:
         usage: Mapping[str, Any],
         max_tokens: object,
         counted: int,
+        tool_calls: tuple[Mapping[str, Any], ...],
     ) -> Chunk:
         """The stream's last chunk, with the token counts; raises if the answer did not end whole."""
         if finish in ("abort", "error"):  # vLLM's: the engine gave up on this answer
@@ -275,6 +273,7 @@ class OpenAIBackend:
             tokens=max(0, total - counted),
             prompt_tokens=usable_count(usage.get("prompt_tokens")),
             finish_reason=finish or "stop",
+            tool_calls=tool_calls,
         )
 
     async def aclose(self) -> None:

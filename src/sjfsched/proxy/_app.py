@@ -119,7 +119,7 @@ class ProxyApp:
         listens, so a bad state file fails at once); by default it is made at start-up."""
         self.settings = settings
         #: Listening on this machine only: requests naming another host are refused (see _http).
-        self._allowed_hosts = frozenset(settings.allowed_hosts)
+        self._allowed_hosts = frozenset((*settings.allowed_hosts, socket.gethostname().lower()))
         self._loopback_only = listens_on_loopback(settings.host) and "*" not in self._allowed_hosts
         self.metrics = Metrics()
         self._base = settings.upstream
@@ -625,9 +625,7 @@ class ProxyApp:
                 try:
                     content = await _read_body(receive, None, timeout)
                 except _SlowClient:
-                    await self._too_slow(
-                        send, "ollama" if self._api == "ollama" else "openai", scheduled=False
-                    )
+                    await self._too_slow(send, style_of(scope["path"]), scheduled=False)
                     return
                 except _ClientGone:
                     return
@@ -839,7 +837,8 @@ def host_allowed(value: bytes | None, allowed: frozenset[str] = frozenset()) -> 
     on a loopback address (``allowedHostsMiddleware`` in its server/routes.go): an IP address
     that is loopback, private or unspecified; ``localhost``, this machine's name, or a name
     under ``.localhost``, ``.local`` or ``.internal``; or no Host at all.  ``allowed``: more
-    names (``--allowed-hosts``, lowercase, without port), a name a reverse proxy in front passes on."""
+    names, lowercase, without port: the machine's name (looked up once, by the caller), and
+    ``--allowed-hosts``, a name a reverse proxy in front passes on."""
     if not value:
         return True
     host = value.decode("latin-1").strip().lower()
@@ -853,7 +852,7 @@ def host_allowed(value: bytes | None, allowed: frozenset[str] = frozenset()) -> 
         pass
     else:
         return address.is_loopback or address.is_private or address.is_unspecified
-    if host in ("", "localhost", socket.gethostname().lower()) or host in allowed:
+    if host in ("", "localhost") or host in allowed:
         return True
     return host.endswith((".localhost", ".local", ".internal"))
 
