@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 from types import ModuleType
 
 import pytest
@@ -35,3 +37,24 @@ def test_a_missing_extra_is_named(
     err = capsys.readouterr().err
     assert f"sjfsched {command}: not available (No module named 'something_optional')" in err
     assert f"pip install 'sjfsched[{extra}]'" in err
+
+
+def test_every_help_works_under_python_OO() -> None:
+    """``python -OO`` strips docstrings: no help text may be read from one."""
+    commands = [
+        ["sjfsched"],
+        *(["sjfsched", c] for c in ("demo", "train", "evaluate", "bench", "serve")),
+        ["sjfsched.testing"],
+        ["sjfsched.testing", "write"],
+        ["sjfsched.testing", "speed"],
+    ]
+    for module, *args in commands:
+        out = subprocess.run(
+            [sys.executable, "-OO", "-m", module, *args, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert out.returncode == 0, (module, args, out.stderr)
+        assert "usage:" in out.stdout

@@ -656,3 +656,42 @@ def test_uncalibrated_predictor_ignores_observations() -> None:
     before = predictor.predict(request)
     predictor.observe(request, before, 5)
     assert predictor.predict(request) == before
+
+
+def test_bundled_model_loads_when_the_package_is_imported_from_a_zip(tmp_path: Path) -> None:
+    """A zipapp or zipimport has no model file on disk: the model is read from the zip, not swapped
+    for the heuristic (which the scheduler's default would do, with only a warning)."""
+    import subprocess
+    import zipfile
+
+    import sjfsched
+
+    package = Path(str(sjfsched.__file__)).parent
+    archive = tmp_path / "sjfsched.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for file in sorted(package.rglob("*")):
+            if file.is_file() and "__pycache__" not in file.parts:
+                zf.write(file, Path("sjfsched") / file.relative_to(package))
+    prompt = "Write a detailed 2000-word essay on the French Revolution."
+    code = (
+        "import json, sys, warnings; warnings.simplefilter('error'); sys.path.insert(0, sys.argv[1])\n"
+        "import sjfsched\n"
+        "from sjfsched.predictors import LexicalPredictor\n"
+        "assert sjfsched.__file__.startswith(sys.argv[1]), sjfsched.__file__\n"
+        "p = LexicalPredictor(calibrate=False).predict(sjfsched.Request(sys.argv[2]))\n"
+        "print(json.dumps([p.tokens, type(sjfsched.Scheduler().predictor).__name__]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(archive), prompt],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    tokens, default = json.loads(out.stdout)
+    assert default == "LexicalPredictor"
+    assert tokens == LexicalPredictor(calibrate=False).predict(Request(prompt)).tokens

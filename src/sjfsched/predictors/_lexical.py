@@ -157,6 +157,10 @@ def _load(path: Path) -> _Model:
         st = path.stat()
         where = str(path.resolve())
     except OSError as exc:
+        if path == bundled_model_path():  # the package imported from a zip (a zipapp, zipimport)
+            zipped = _load_zipped(path)
+            if zipped is not None:
+                return zipped
         raise PredictorError(f"{path}: model file not found") from exc
     except ValueError as exc:  # a path with a NUL byte
         raise PredictorError(f"{path!r}: not a usable model path ({exc})") from exc
@@ -172,13 +176,38 @@ def _load(path: Path) -> _Model:
     return model
 
 
-def _read(path: Path) -> _Model:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise PredictorError(f"{path}: model file not found") from exc
-    except OSError as exc:
-        raise PredictorError(f"{path}: cannot read the model file ({exc})") from exc
+def _load_zipped(path: Path) -> _Model | None:
+    """The bundled model read from inside a zip, or None where the package has none there.
+
+    Its path names no file then; the package's resources read the bytes. A
+    zip does not change under a running program, so it is read once.
+    """
+    key = f"zip:{path}"
+    with _CACHE_LOCK:
+        cached = _CACHE.get(key)
+        if cached is not None:
+            return cached[1]
+        root = resources.files("sjfsched")
+        if isinstance(root, Path):  # a package on disk: the file is missing indeed
+            return None
+        try:
+            data = (root / "data" / _BUNDLED).read_bytes()
+        except OSError:
+            return None
+        model = _read(path, data)
+        _CACHE[key] = ((0, len(data)), model)
+    return model
+
+
+def _read(path: Path, data: bytes | None = None) -> _Model:
+    """The model of the file at ``path`` (or of ``data``, its bytes, where already read)."""
+    if data is None:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise PredictorError(f"{path}: model file not found") from exc
+        except OSError as exc:
+            raise PredictorError(f"{path}: cannot read the model file ({exc})") from exc
     session = open_session(path, data)
     meta = _metadata(session, path, "lexical")
     try:

@@ -108,7 +108,9 @@ def _speed(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sjfsched.testing", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m sjfsched.testing", description=(__doc__ or "").partition("\n")[0] or None
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     write = commands.add_parser("write", help="write a tiny random-weight Llama GGUF file")
     write.add_argument("path", type=Path)
