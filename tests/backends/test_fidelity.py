@@ -250,3 +250,44 @@ def test_digits_that_are_not_ascii_are_no_count() -> None:
     for index in ("\u00b2", "9" * 5000):
         pieces.add([{"index": index, "id": f"c{len(index)}", "function": {"name": "f", "arguments": "{}"}}])
     assert [c["id"] for c in pieces.calls()] == ["c1", "c5000"]  # each a call of its own
+
+
+# ------------------------------------------------------------------ proxies in the environment
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"HTTP_PROXY": "http://127.0.0.1:9"},
+        {"ALL_PROXY": "socks5://127.0.0.1:9", "NO_PROXY": "127.0.0.1,localhost"},
+    ],
+    ids=["http-proxy", "socks-proxy-with-no-proxy"],
+)
+async def test_a_server_on_this_machine_is_reached_past_the_environments_proxies(
+    env: dict[str, str], ollama: OllamaServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP_PROXY / ALL_PROXY (a corporate machine's) name proxies that cannot reach this
+    machine's loopback; a SOCKS one failed every request even with NO_PROXY saying loopback."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    chunks = await collect(OllamaBackend("tiny", ollama.url), Request("Once upon a time", max_tokens=4))
+    assert sum(c.tokens for c in chunks) == 4
+    events = sse(piece("a"), piece("b", "stop"))
+    with scripted_server(events, content_type="text/event-stream", pause=0) as url:
+        assert url.startswith("http://127.0.0.1:")
+        chunks = await collect(OpenAIBackend(url, model="m"), Request("x", max_tokens=10))
+    assert [c.text for c in chunks if c.text] == ["a", "b"]
+
+
+async def test_a_connection_that_fails_at_the_proxy_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through a proxy the environment names, "cannot connect to Ollama" blamed the server."""
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    backend = OllamaBackend("tiny", "http://ollama.sjfsched-test.invalid:11434")
+    with pytest.raises(
+        BackendUnavailable, match=r"through the proxy http://127\.0\.0\.1:9 .*trust_env=False"
+    ):
+        await collect(backend, Request("x", max_tokens=4))

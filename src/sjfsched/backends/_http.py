@@ -11,9 +11,11 @@ import codecs
 import contextlib
 import datetime
 import email.utils
+import ipaddress
 import json
 import math
 import re
+import urllib.request
 from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -78,6 +80,17 @@ def shown_url(url: str) -> str:
     scheme, sep, _ = url.partition("://")
     start = len(scheme) + len(sep) if sep else 0
     return url if at < start else url[:start] + "***" + url[at:]
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a URL's host names this machine's loopback: ``localhost`` or a loopback address."""
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def check_base_url(base_url: object) -> None:
@@ -147,8 +160,30 @@ class HttpSettings:
                 max_connections=max(self.slots, _MIN_CONNECTIONS),
                 max_keepalive_connections=max(self.slots, _MIN_KEEPALIVE),
             )
-            self._client = httpx.AsyncClient(timeout=timeout, limits=limits, headers=self.headers)
+            # A server on this machine is reached directly: a proxy named by HTTP_PROXY or
+            # ALL_PROXY cannot reach this machine's loopback (and a SOCKS one needs a package
+            # httpx lacks by default, which failed every request even where NO_PROXY said so).
+            self._client = httpx.AsyncClient(
+                timeout=timeout, limits=limits, headers=self.headers, trust_env=not self.loopback
+            )
         return self._client
+
+    @property
+    def loopback(self) -> bool:
+        """Whether the server is on this machine (localhost, 127.0.0.0/8, ::1)."""
+        return is_loopback_host(urlsplit(self.base_url).hostname or "")
+
+    def through_proxy(self) -> str | None:
+        """The environment's proxy our own client goes through to the server, or None."""
+        if not self._owns_client or self.loopback:
+            return None
+        parts = urlsplit(self.base_url)
+        proxies = urllib.request.getproxies_environment()
+        proxy = proxies.get(parts.scheme) or proxies.get("all")
+        bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]  # not in typeshed
+        if proxy and not bypass(parts.hostname or "", proxies):
+            return proxy
+        return None
 
     def timeouts(self) -> tuple[float | None, float | None]:
         """The connect and read timeouts in force: the caller's client's own if one was given."""
@@ -283,7 +318,14 @@ async def map_http_errors(settings: HttpSettings, url: str) -> AsyncIterator[Non
             f"connecting to {service} at {url} timed out after {settings.timeouts()[0]} s"
         ) from exc
     except httpx.ConnectError as exc:
-        raise BackendUnavailable(f"cannot connect to {service} at {url}: {exc}") from exc
+        proxy = settings.through_proxy()
+        via = (
+            ""
+            if proxy is None
+            else f" (through the proxy {shown_url(proxy)} the environment names, HTTP(S)_PROXY or "
+            "ALL_PROXY: set NO_PROXY, or pass client=httpx.AsyncClient(trust_env=False) to connect directly)"
+        )
+        raise BackendUnavailable(f"cannot connect to {service} at {url}{via}: {exc}") from exc
     except httpx.ReadTimeout as exc:
         raise BackendUnavailable(
             f"{service} at {url} sent nothing for {settings.timeouts()[1]} s (read timeout)"

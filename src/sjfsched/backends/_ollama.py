@@ -109,6 +109,9 @@ class OllamaBackend:
     request that does not set its own.  ``headers`` are added to every request
     (a proxy's ``Authorization``, say).  The backend's own HTTP client allows
     a connection for each of its ``slots`` (at least 100, httpx's default).
+    It honours the proxies the environment names (``HTTP_PROXY``, ``ALL_PROXY``,
+    ``NO_PROXY``) except for a server on this machine (``localhost``, a
+    loopback address), which it reaches directly.
     Pass your own ``httpx.AsyncClient`` as ``client`` to share a connection
     pool (it is not closed by :meth:`aclose`; the timeouts are then the
     client's, and so are its connection limits: let them allow ``slots``

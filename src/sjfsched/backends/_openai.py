@@ -72,7 +72,9 @@ class OpenAIBackend:
     ``slots`` is how many requests the server runs at once (llama.cpp's
     ``--parallel``, vLLM's batch): a :class:`~sjfsched.Scheduler` takes its
     concurrency from it, and the backend's own HTTP client allows a connection
-    for each (at least 100, httpx's default).  ``headers`` are added to every
+    for each (at least 100, httpx's default); it reaches a server on this
+    machine directly, past the environment's proxies, as
+    :class:`OllamaBackend` does.  ``headers`` are added to every
     request, and ``client`` is your own ``httpx.AsyncClient``, as for
     :class:`OllamaBackend`: its timeouts and connection limits are then the
     ones in force, so let them allow ``slots`` connections.
