@@ -1437,6 +1437,16 @@ class ChunkStream:
         except Exception as exc:  # anything else, our other errors too (an inner scheduler's QueueFull)
             self._error = exc
             raise BackendError(f"{self._backend_name} failed: {exc!r}") from exc
+        except self._scheduler._loop_exits as exc:  # a SyncScheduler's: see _exit_in_loop
+            # sys.exit() or KeyboardInterrupt from the backend's code (a stopping criterion, a
+            # tool): in the SyncScheduler's own thread it would end the loop and every request.
+            self._interrupted = True  # the stream cannot go on
+            error = BackendError(
+                f"{self._backend_name} raised {exc!r} in the SyncScheduler's event loop thread "
+                "(where it would end the loop, and every other request with it)"
+            )
+            self._error = error
+            raise error from exc
         except BaseException:
             # Cancelled (or interrupted) inside the backend: its stream cannot go on, and a
             # later read must not take its end for the answer's.

@@ -883,3 +883,40 @@ def test_a_policys_system_exit_refuses_its_request_not_the_loop(where: str, erro
     stats = sched.statistics()
     sched.close()
     assert (stats.completed, stats.waiting, stats.running) == (2, 0, 0)
+
+
+@pytest.mark.parametrize("async_backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("error", [SystemExit(3), KeyboardInterrupt()])
+@pytest.mark.parametrize("kind", ["sync-function", "async-generator"])
+def test_a_backends_system_exit_fails_its_request_not_the_loop(
+    async_backend: str, error: BaseException, kind: str
+) -> None:
+    """sys.exit() in a tool, a stopping criterion's KeyboardInterrupt: in the loop's own thread they
+    ended the loop, and every waiting caller got CancelledError, every later call a RuntimeError."""
+
+    def answer(request: Request) -> str:
+        if "exit" in request.text:
+            raise error
+        return "ok " + request.text
+
+    async def chunks(request: Request) -> AsyncIterator[str]:
+        yield "first "
+        yield answer(request)
+
+    fn: Any = answer if kind == "sync-function" else chunks
+    sched = SyncScheduler(CallableBackend(fn), async_backend=async_backend)
+    with ThreadPoolExecutor(4) as pool:
+        bad = pool.submit(sched.complete, "exit now")
+        others = [pool.submit(sched.complete, f"stay {i}") for i in range(3)]
+        with pytest.raises(
+            BackendError, match=rf"raised {type(error).__name__}.*event loop thread"
+        ) as caught:
+            bad.result(timeout=30)
+        assert sorted(f.result(timeout=30).text for f in others) == [
+            f"{'first ' if kind != 'sync-function' else ''}ok stay {i}" for i in range(3)
+        ]
+    assert caught.value.__cause__ is error
+    assert sched.complete("stay later").text.endswith("ok stay later")
+    stats = sched.statistics()
+    sched.close()
+    assert (stats.completed, stats.failed, stats.running, stats.waiting) == (4, 1, 0, 0)

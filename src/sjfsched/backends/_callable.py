@@ -157,12 +157,12 @@ async def _in_thread(fn: Callable[..., Any], *args: Any) -> Any:
     either way.
     """
     outcome: list[Any] = []
-    failure: list[Exception] = []
+    failure: list[BaseException] = []
 
     async def call() -> None:
         try:
             outcome.append(await anyio.to_thread.run_sync(fn, *args))
-        except Exception as exc:  # raised here, not as an exception group
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # raised here, not in an exception group
             failure.append(exc)
 
     async with anyio.create_task_group() as tg:
