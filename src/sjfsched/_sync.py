@@ -50,6 +50,9 @@ Ts = TypeVarTuple("Ts")
 
 #: What a read after its block says, in the words of ChunkStream's.
 _LEFT_EARLY = LEFT_EARLY.format(block="with")
+#: How often a thread waiting on the loop wakes: an exception raised in it from another thread
+#: (``PyThreadState_SetAsyncExc``, as thread-level timeouts do) is seen only when it runs.
+_WAKE_SECONDS: Final = 0.1
 #: What a request running when an interrupted close() stopped the event loop ends with.
 _TORN_DOWN = (
     "the scheduler was closed while this request ran: its close() was interrupted (Ctrl-C), "
@@ -136,7 +139,7 @@ class SyncStream:
         while not self._results:
             if self._stopped:  # left meanwhile (from another thread)
                 raise RuntimeError(_LEFT_EARLY)
-            self._arrived.wait(0.1)  # an interrupt while waiting takes nothing
+            self._arrived.wait(_WAKE_SECONDS)  # an interrupt while waiting takes nothing
             self._arrived.clear()
         head = self._results[0]  # looked at, not yet taken
         try:
@@ -817,7 +820,12 @@ class _LoopContext(Generic[T]):
     def __enter__(self) -> T:
         try:
             self._task = self._spawn(self._run)
-            return self._entered.result()
+            entered = self._entered
+            while not entered.done():
+                # Woken now and then: an exception another thread raises in this one (a
+                # thread-level timeout) arrives only between bytecodes, never in a lock's wait.
+                concurrent.futures.wait((entered,), _WAKE_SECONDS)
+            return entered.result()
         except BaseException as exc:
             self._give_up(exc)
             raise

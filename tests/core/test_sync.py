@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -920,3 +921,52 @@ def test_a_backends_system_exit_fails_its_request_not_the_loop(
     stats = sched.statistics()
     sched.close()
     assert (stats.completed, stats.failed, stats.running, stats.waiting) == (4, 1, 0, 0)
+
+
+@pytest.mark.parametrize("call", ["complete", "stream", "admit"])
+def test_an_exception_raised_in_a_waiting_thread_from_another_cancels_its_request(call: str) -> None:
+    """Thread-level timeouts (func_timeout, stopit) raise in the waiting thread from another one,
+    which Python delivers only between bytecodes: a wait for the turn that never woke took it only
+    once the request had run, for a caller that had gone."""
+    import ctypes
+
+    release = threading.Event()
+    ran: list[str] = []
+
+    def answer(request: Request) -> str:
+        ran.append(request.text)
+        if request.text == "long":
+            release.wait(30)
+        return "ok"
+
+    sched = SyncScheduler(CallableBackend(answer))
+    blocker = threading.Thread(target=sched.complete, args=("long",))
+    blocker.start()
+    while sched.statistics().running == 0:
+        time.sleep(0.01)
+    outcome: list[tuple[str, float]] = []
+
+    def waiter() -> None:
+        t0 = time.monotonic()
+        try:
+            if call == "complete":
+                sched.complete("short")
+            else:
+                with getattr(sched, call)("short"):
+                    pass
+        except BaseException as exc:  # the injected one
+            outcome.append((type(exc).__name__, time.monotonic() - t0))
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    while sched.statistics().waiting == 0:
+        time.sleep(0.01)
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(TimeoutError))
+    thread.join(10)
+    stats = sched.statistics()
+    release.set()
+    blocker.join(30)
+    sched.close()
+    assert outcome and outcome[0][0] == "TimeoutError" and outcome[0][1] < 5.0, outcome
+    assert (stats.waiting, stats.cancelled) == (0, 1)
+    assert ran == ["long"]  # the gone caller's request never ran
