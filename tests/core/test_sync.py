@@ -961,7 +961,9 @@ def test_an_exception_raised_in_a_waiting_thread_from_another_cancels_its_reques
     thread.start()
     while sched.statistics().waiting == 0:
         time.sleep(0.01)
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(TimeoutError))
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread.ident or 0), ctypes.py_object(TimeoutError)
+    )
     thread.join(10)
     stats = sched.statistics()
     release.set()
