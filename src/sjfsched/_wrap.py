@@ -24,6 +24,7 @@ from .backends._llama import (
     counting_processors,
     llama_closed,
     llama_lock,
+    processor_list,
     recording_samples,
 )
 
@@ -113,6 +114,22 @@ _HOLDING: weakref.WeakKeyDictionary[Any, _Holding] = weakref.WeakKeyDictionary()
 _HOLDING_GUARD = threading.Lock()
 
 
+def _ranked_messages(messages: Any) -> Any:
+    """The chat as the predictor reads it: a message whose ``content`` is ``None`` reads as empty.
+
+    llama-cpp-python's chat templates take a ``None`` content (a system
+    message left empty), and the wrapper hands the chat on as it is.
+    """
+    if not isinstance(messages, (list, tuple)) or not any(
+        isinstance(m, Mapping) and "content" in m and m["content"] is None for m in messages
+    ):
+        return messages
+    return [
+        {**m, "content": ""} if isinstance(m, Mapping) and "content" in m and m["content"] is None else m
+        for m in messages
+    ]
+
+
 def wrap(llm: Llama, /, **scheduler_options: Any) -> ScheduledLlama:
     """Make ``llm`` safe to call from many threads, shortest job first.
 
@@ -171,6 +188,12 @@ class ScheduledLlama:
     """
 
     def __init__(self, llm: Llama, /, **scheduler_options: Any) -> None:
+        given: object = llm  # typed a Llama: what untyped code passes may be anything
+        if isinstance(given, ScheduledLlama):
+            raise TypeError(
+                "wrap() needs a llama_cpp.Llama, got a wrap() of one already: use it as it is "
+                "(its .llm is the Llama)"
+            )
         if not callable(getattr(llm, "create_completion", None)) or not callable(
             getattr(llm, "create_chat_completion", None)
         ):
@@ -257,7 +280,14 @@ class ScheduledLlama:
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):  # not ours, and not to be forwarded (copy, pickle)
-            raise AttributeError(name)
+            if name.startswith("__") or name == "_llm":
+                raise AttributeError(name)
+            raise AttributeError(
+                f"{type(self).__name__} does not forward the Llama's private attributes ({name!r}): "
+                f"use .llm.{name}, which is the Llama's own, read outside the wrapper's lock",
+                name=name,
+                obj=self,
+            )
         value = getattr(self._llm, name)
         method = inspect.getattr_static(type(self._llm), name, None)
         if name in _READ_ONLY or not isinstance(method, types.FunctionType):
@@ -322,9 +352,13 @@ class ScheduledLlama:
                 raise TypeError("got None")
             # llama.cpp answers an empty chat (from the template alone); so does the wrapper
             empty = isinstance(messages, (list, tuple)) and not messages
-            request = Request("", max_tokens=limit) if empty else Request(messages=messages, max_tokens=limit)
-        except TypeError as exc:
-            raise TypeError(
+            request = (
+                Request("", max_tokens=limit)
+                if empty
+                else Request(messages=_ranked_messages(messages), max_tokens=limit)
+            )
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(
                 "create_chat_completion(messages=...) under wrap(): the wrapper reads the chat to rank "
                 f"the call, and needs a list of message dicts (a str 'role'; a str, or a list of parts, "
                 f"as 'content'): {exc}"
@@ -440,6 +474,10 @@ class ScheduledLlama:
         stream: bool,
         starts_with_bos: bool = False,
     ) -> Any:
+        if bound.arguments.get("logits_processor") is not None:
+            # Checked at the call, streamed or not; a list that keeps the caller's processors
+            # beside a logit_bias (llama-cpp-python's own list would drop both).
+            bound.arguments["logits_processor"] = processor_list(bound.arguments["logits_processor"])
         if stream:
             opened = _Opened()
             return _closable(self._stream(method, bound, request, opened, starts_with_bos), opened)

@@ -240,16 +240,16 @@ async def test_a_logits_processor_not_in_a_list_is_refused_naming_the_option(
         BackendError, match=r"'logits_processor' must be a list of processors.*'hot' at index 1"
     ):
         await collect(backend, Request("x", max_tokens=3, options={"logits_processor": [_unlisted, "hot"]}))
-    # wrap()'s streams count tokens through the same processor list.
+    # wrap() checks it at the call, streamed (whose tokens it counts through the same list) or not.
     with sjfsched.wrap(tiny_llm) as wrapped:
-        stream: Any = wrapped.create_completion(
-            "x",
-            max_tokens=3,
-            stream=True,
-            logits_processor=_unlisted,  # type: ignore[arg-type]  # the wrong input under test
-        )
-        with pytest.raises(TypeError, match="'logits_processor' must be a list of processors"):
-            next(stream)
+        for stream in (True, False):
+            with pytest.raises(TypeError, match="'logits_processor' must be a list of processors"):
+                wrapped.create_completion(
+                    "x",
+                    max_tokens=3,
+                    stream=stream,
+                    logits_processor=_unlisted,  # type: ignore[arg-type]  # the wrong input under test
+                )
     assert not llama_lock(tiny_llm).locked()
     chunks = await collect(backend, Request("x", max_tokens=3, options={"logits_processor": (_unlisted,)}))
     assert sum(c.tokens for c in chunks) == 3  # any sequence of processors is taken

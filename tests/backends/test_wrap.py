@@ -782,3 +782,58 @@ def test_an_answer_cut_by_max_tokens_is_logged_as_such(tiny_llm: Llama, tmp_path
     lines = [json.loads(line) for line in logged.read_text().splitlines()]
     assert [line["finish_reason"] for line in lines] == ["length", "length"]
     assert not kept.exists() or kept.read_text() == ""
+
+
+def test_a_logits_processor_and_a_logit_bias_both_apply_streamed_or_not(
+    wrapped: Any, tiny_llm: Llama
+) -> None:
+    """llama-cpp-python 0.3 drops both when given together (``processors = processors.extend(...)``);
+    a streamed wrap() call applied both and an unstreamed one neither: now both, either way."""
+    from llama_cpp import LogitsProcessorList
+
+    plain: Any = tiny_llm.create_completion("Once upon a time", max_tokens=1, **GREEDY)
+    first = tiny_llm.tokenize(plain["choices"][0]["text"].encode(), add_bos=False)[0]
+    calls: list[int] = []
+
+    def count(ids: Any, scores: Any) -> Any:
+        calls.append(len(ids))
+        return scores
+
+    def answer(stream: bool) -> str:
+        calls.clear()
+        result = wrapped.create_completion(
+            "Once upon a time",
+            max_tokens=4,
+            logit_bias={first: -100.0},
+            logits_processor=LogitsProcessorList([count]),
+            stream=stream,
+            **GREEDY,
+        )
+        text = "".join(c["choices"][0]["text"] for c in result) if stream else result["choices"][0]["text"]
+        assert len(calls) == 4  # the caller's processor ran at every sample
+        return str(text)
+
+    unstreamed, streamed = answer(False), answer(True)
+    assert unstreamed == streamed
+    assert tiny_llm.tokenize(unstreamed.encode(), add_bos=False)[0] != first  # the bias applied
+
+
+def test_what_the_wrapper_cannot_be_given_is_refused_by_name(wrapped: Any, tiny_llm: Llama) -> None:
+    with pytest.raises(TypeError, match=r"got a wrap\(\) of one already"):
+        sjfsched.wrap(wrapped)
+    with pytest.raises(AttributeError, match=r"private attributes \('_model'\): use \.llm\._model"):
+        wrapped._model  # noqa: B018
+    assert wrapped.llm._model is tiny_llm._model
+
+
+def test_a_chat_message_without_content_is_answered_as_llama_answers_it(
+    wrapped: Any, tiny_llm: Llama
+) -> None:
+    messages = [{"role": "system", "content": None}, {"role": "user", "content": "Hi!"}]
+    got = wrapped.create_chat_completion(messages=messages, max_tokens=6, **GREEDY)
+    direct: Any = tiny_llm.create_chat_completion(messages=messages, max_tokens=6, **GREEDY)  # type: ignore[arg-type]
+    assert got["choices"] == direct["choices"]
+    with pytest.raises(
+        ValueError, match=r"create_chat_completion\(messages=\.\.\.\) under wrap\(\).*no 'content'"
+    ):
+        wrapped.create_chat_completion(messages=[{"role": "user"}], max_tokens=2)

@@ -398,30 +398,43 @@ class _StopStrings:
 def counting_processors(counter: TokenCounter, extra: Any) -> Any:
     """A ``LogitsProcessorList``: the token counter, then the caller's own processors.
 
-    llama-cpp-python adds its ``logit_bias`` processor with ``processors =
-    processors.extend(...)``; ``list.extend`` returns ``None``, which would
-    drop every processor, the counter and the bias included.  This list's
-    ``extend`` returns the list.  ``extra`` not a list of processors (a bare
-    function) raises :class:`TypeError` saying so, where llama.cpp's own
-    error would say "'function' object is not iterable".
+    See :func:`processor_list` for what it checks and why its ``extend``
+    returns the list.
     """
     processors = _processor_list_class()([counter])
-    if extra is not None:
-        if isinstance(extra, (str, bytes, Mapping)) or not isinstance(extra, Iterable):
-            what = f"a function ({getattr(extra, '__name__', '?')})" if callable(extra) else repr(extra)
-            raise TypeError(
-                f"'logits_processor' must be a list of processors, as llama_cpp takes a "
-                f"LogitsProcessorList, got {what}: pass LogitsProcessorList([...])"
-            )
-        items = list(extra)
-        for i, item in enumerate(items):
-            if not callable(item):
-                raise TypeError(
-                    f"'logits_processor' must be a list of processors (functions of input_ids and "
-                    f"scores), got {item!r} at index {i}"
-                )
-        processors.extend(items)
+    own = processor_list(extra)
+    if own is not None:
+        processors.extend(own)
     return processors
+
+
+def processor_list(extra: Any) -> Any:
+    """The caller's ``logits_processor`` as a ``LogitsProcessorList`` whose ``extend`` returns it.
+
+    llama-cpp-python adds its ``logit_bias`` processor with ``processors =
+    processors.extend(...)``; ``list.extend`` returns ``None``, which drops
+    every processor, the caller's and the bias both (llama-cpp-python 0.3).
+    This list keeps them all.  ``extra`` not a list of processors (a bare
+    function) raises :class:`TypeError` saying so, where llama-cpp-python
+    would print each call's traceback and answer without it.  ``None``
+    stays ``None``.
+    """
+    if extra is None:
+        return None
+    if isinstance(extra, (str, bytes, Mapping)) or not isinstance(extra, Iterable):
+        what = f"a function ({getattr(extra, '__name__', '?')})" if callable(extra) else repr(extra)
+        raise TypeError(
+            f"'logits_processor' must be a list of processors, as llama_cpp takes a "
+            f"LogitsProcessorList, got {what}: pass LogitsProcessorList([...])"
+        )
+    items = list(extra)
+    for i, item in enumerate(items):
+        if not callable(item):
+            raise TypeError(
+                f"'logits_processor' must be a list of processors (functions of input_ids and "
+                f"scores), got {item!r} at index {i}"
+            )
+    return _processor_list_class()(items)
 
 
 @functools.cache
