@@ -506,3 +506,56 @@ def test_a_correction_for_another_table_size_says_so_and_the_file_is_named_once(
         f"{LexicalPredictor()._features.table_size})"
     )
     assert message.count(str(path)) == 1
+
+
+def test_a_load_in_another_thread_never_gives_a_prediction_of_one_state_and_the_other(tmp_path: Path) -> None:
+    """A load replaced the calibration and the correction one after the other, and reset the
+    correction before reading it: predictions made meanwhile matched neither file (a third of them
+    with one thread loading and one predicting)."""
+    states = {}
+    for name, scale in (("a", 1), ("b", 20)):
+        learnt = LexicalPredictor()
+        for i in range(40):
+            request = Request(f"Tell me about item {i}" + " please" * (i % 5))
+            learnt.observe(request, learnt.predict(request), scale * (50 + 10 * i))
+        states[name] = tmp_path / f"{name}.json"
+        learnt.save_calibration(states[name])
+    predictor = LexicalPredictor()
+    expected = set()
+    for path in states.values():
+        predictor.load_calibration(path)
+        expected.add(predictor.predict(PROMPT).tokens)
+    assert len(expected) == 2
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            for path in states.values():
+                predictor.load_calibration(path)
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    try:
+        seen = [predictor.predict(PROMPT).tokens for _ in range(20_000)]
+    finally:
+        stop.set()
+        loader.join()
+    assert set(seen) <= expected, f"{sum(t not in expected for t in seen)} of {len(seen)} matched neither"
+
+
+def test_a_state_file_another_predictor_wrote_meanwhile_is_warned_of_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two workers saving to one path: the last to save wins, silently, what the other learnt lost."""
+    path = tmp_path / "shared.json"
+    first = LexicalPredictor(calibration_path=path, save_every=5)
+    second = LexicalPredictor(calibration_path=path, save_every=5)
+    for i in range(20):  # one predictor alone saving again and again: nothing to warn of
+        first.observe(PROMPT, first.predict(PROMPT), 100 + i)
+    assert "written by another" not in caplog.text
+    for i in range(20):
+        second.observe(PROMPT, second.predict(PROMPT), 300 + i)
+        first.observe(PROMPT, first.predict(PROMPT), 100 + i)
+    warnings = [r for r in caplog.records if "written by another predictor or process" in r.getMessage()]
+    assert len(warnings) == 2  # once for each predictor
+    assert all("give each process its own calibration_path" in r.getMessage() for r in warnings)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -35,6 +37,8 @@ __all__ = [
     "bundled_model_path",
     "open_session",
 ]
+
+logger = logging.getLogger("sjfsched")
 
 #: The length Clairvoyant calls long; ``Prediction.p_long`` is P(tokens >= this).
 _LOG_LONG: Final = math.log1p(LONG_TOKENS)
@@ -414,7 +418,14 @@ class LexicalPredictor:
         # reference to it, to tell a reused id, and its score); oldest first.
         self._recent: dict[int, tuple[weakref.ref[Request], float]] = {}
         self._calibration = LengthCalibration(center=model.center, spread=model.spread, sigma=model.sigma)
+        #: the two parts of the learnt state as one value: predict() reads it once, so a load
+        #: from another thread (which puts both in place) never gives it one part of each
+        self._learnt = (self._calibration, self._correction)
         self._calibration_path = None if calibration_path is None else Path(calibration_path)
+        #: state files as this predictor last read or wrote them: (inode, mtime, size) by real path
+        self._state_files: dict[str, tuple[int, int, int]] = {}
+        self._warned_files: set[str] = set()
+        self._save_lock = threading.Lock()  # its own saves, one at a time, each noted as it wrote
         self._save_every = save_every
         #: A loaded state's correction, kept as read where this predictor does not calibrate (its
         #: calibration stays as loaded), so that saving does not drop what an adapting one learnt;
@@ -452,9 +463,11 @@ class LexicalPredictor:
         :data:`SCORE_MARGIN` on each side, plus the learnt :attr:`correction`
         once there is one (what it learnt from real lengths is not bounded).
         """
+        return self._score(text, self._learnt[1])
+
+    def _score(self, text: str, correction: ScoreCorrection | None) -> float:
         ids, values = self._features.encode(text)
         raw = self._bounded(float(self._run(_SCORE, {"ids": ids, "values": values})[0]))
-        correction = self._correction
         if correction is not None and correction.observations:
             raw += correction.value(ids, values)
         return raw
@@ -464,6 +477,9 @@ class LexicalPredictor:
 
     def scores(self, texts: Sequence[str]) -> npt.NDArray[np.float64]:
         """Raw scores of many texts, with one model run (see :meth:`score`)."""
+        return self._scores(texts, self._learnt[1])
+
+    def _scores(self, texts: Sequence[str], correction: ScoreCorrection | None) -> npt.NDArray[np.float64]:
         if isinstance(texts, str):
             raise TypeError(
                 "scores() takes a sequence of texts, got one str: use score(text) or scores([text])"
@@ -476,7 +492,6 @@ class LexicalPredictor:
         # The plain weights, summed per text and block, then scaled: a block's
         # rows share one value within a text.
         raw = np.clip(np.asarray(batch.totals(weights) + self._bias, np.float64), self._low, self._high)
-        correction = self._correction
         if correction is not None and correction.observations:  # one weight per row, summed alike
             raw += batch.totals(correction.row_weights(batch.ids)) + correction.bias
         return raw
@@ -489,21 +504,21 @@ class LexicalPredictor:
 
     # -------------------------------------------------------------- predict
 
-    def _mu_sigma(self, raw: Any) -> tuple[Any, float]:
+    def _mu_sigma(self, raw: Any, cal: LengthCalibration) -> tuple[Any, float]:
         """The typical log(1 + tokens) of raw score(s) (a float or an array) and its spread."""
-        cal = self._calibration
         if self._calibrate:
             return cal.log_length(raw), cal.sigma
         return raw, cal.sigma0
 
-    def _prediction(self, raw: float) -> Prediction:
-        mu, sigma = self._mu_sigma(raw)
+    def _prediction(self, raw: float, calibration: LengthCalibration) -> Prediction:
+        mu, sigma = self._mu_sigma(raw, calibration)
         tokens = math.expm1(min(max(mu + 0.5 * sigma * sigma, 0.0), _MAX_LOG))
         p_long = 0.5 * math.erfc((_LOG_LONG - mu) / (sigma * _SQRT2))
         return Prediction(tokens, min(max(p_long, 0.0), 1.0))
 
     def predict(self, request: Request, /) -> Prediction:
-        raw = self.score(text_of("predict()", request))
+        calibration, correction = self._learnt
+        raw = self._score(text_of("predict()", request), correction)
         if self._remember:
             recent = self._recent
             key = id(request)
@@ -511,7 +526,7 @@ class LexicalPredictor:
             recent[key] = (weakref.ref(request), raw)
             if len(recent) > RECENT_SCORES + _FORGET_BATCH:
                 self._forget(len(recent) - RECENT_SCORES)
-        return self._prediction(raw)
+        return self._prediction(raw, calibration)
 
     def _forget(self, n: int) -> None:
         """Drop the ``n`` oldest remembered scores."""
@@ -527,7 +542,8 @@ class LexicalPredictor:
             requests = list(requests)
         if len(requests) < _SMALL_BATCH:  # a batch's fixed cost outweighs what it saves
             return [self.predict(r) for r in requests]
-        raw = self.scores(texts_of("predict_many()", requests))
+        calibration, correction = self._learnt
+        raw = self._scores(texts_of("predict_many()", requests), correction)
         if self._remember:
             last = requests[-RECENT_SCORES:]
             recent = self._recent
@@ -543,7 +559,7 @@ class LexicalPredictor:
             )
             if len(recent) > RECENT_SCORES + _FORGET_BATCH:
                 self._forget(len(recent) - RECENT_SCORES)
-        mu, sigma = self._mu_sigma(raw)
+        mu, sigma = self._mu_sigma(raw, calibration)
         tokens = np.expm1(np.clip(mu + 0.5 * sigma * sigma, 0.0, _MAX_LOG)).tolist()
         z = ((_LOG_LONG - mu) * (1.0 / (sigma * _SQRT2))).tolist()
         p_long = np.clip(0.5 * np.fromiter(map(math.erfc, z), np.float64, len(z)), 0.0, 1.0).tolist()
@@ -608,7 +624,10 @@ class LexicalPredictor:
         elif self._kept_correction is not None:  # an adapting predictor's, written back as it was
             data["correction"] = self._kept_correction
         try:
-            write_state(target, data)
+            with self._save_lock:
+                self._warn_if_written_by_another(target)
+                write_state(target, data)
+                self._note_state_file(target)
         except OSError as exc:
             raise PredictorError(f"{target}: cannot save calibration ({exc.strerror or exc})") from exc
         except ValueError as exc:  # a path the system takes no file by (a NUL byte)
@@ -636,22 +655,49 @@ class LexicalPredictor:
                     f"it was learnt with another model (file sha1 {saved_for}...), this predictor "
                     f"runs {self._path} (sha1 {self._fingerprint}...); remove it to start afresh"
                 )
-            # Each part's load_dict checks everything before it changes anything; the
-            # calibration (a few numbers) is tried on a copy first, so that a file whose
-            # second part fails leaves this predictor as it was.
-            copy.deepcopy(self._calibration).load_dict(data, where=str(path))
-            if self._correction is not None:
+            # Read into copies, then put in place: a file whose second part fails leaves this
+            # predictor as it was, and predict(), which takes no lock, never sees one part
+            # read and the other half-read (or reset while it is read).
+            calibration = copy.deepcopy(self._calibration)
+            calibration.load_dict(data, where=str(path))
+            correction = self._correction
+            if correction is not None:
+                correction = copy.deepcopy(correction)
                 saved = data.get("correction")
                 if saved is None:
-                    self._correction.reset()
+                    correction.reset()
                 else:
-                    self._correction.load_dict(saved, where=str(path))
-            self._calibration.load_dict(data, where=str(path))
+                    correction.load_dict(saved, where=str(path))
+            self._calibration, self._correction = calibration, correction
+            self._learnt = (calibration, correction)
             if not self._calibrate:  # its calibration stays as read: the correction still fits it
                 self._kept_correction = data.get("correction")
+            self._note_state_file(path)
         except (OSError, ValueError, OverflowError) as exc:
             reason = str(exc).removeprefix(f"{path}: ")  # the parts' checks name the file too
             raise PredictorError(f"{path}: cannot load calibration ({reason})") from exc
+
+    def _note_state_file(self, path: str | os.PathLike[str]) -> None:
+        """Remember the state file as this predictor last read or wrote it."""
+        with contextlib.suppress(OSError, ValueError):
+            st = os.stat(path)
+            self._state_files[os.path.realpath(path)] = (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _warn_if_written_by_another(self, path: Path) -> None:
+        """Log once per file when it changed since this predictor last read or wrote it."""
+        where = os.path.realpath(path)
+        seen = self._state_files.get(where)
+        with contextlib.suppress(OSError, ValueError):
+            st = os.stat(where)
+            changed = seen is not None and seen != (st.st_ino, st.st_mtime_ns, st.st_size)
+            if changed and where not in self._warned_files:
+                self._warned_files.add(where)
+                logger.warning(
+                    "%s was written by another predictor or process since this one last read or "
+                    "wrote it; saving replaces what that one learnt: give each process its own "
+                    "calibration_path (see docs/predictor.md)",
+                    path,
+                )
 
     def reset_calibration(self) -> None:
         """Forget what :meth:`observe` learnt: back to the training scale and the model's ranking."""
