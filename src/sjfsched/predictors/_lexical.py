@@ -576,6 +576,9 @@ class LexicalPredictor:
         never, it does.  With adaptation the prompt is scored afresh (the
         correction needs its features): the calibration takes the score the
         predictor gives now, then the correction learns from the request.
+        With ``save_every``, the save it triggers may raise
+        :class:`~sjfsched.PredictorError` (a full disk): the request has been
+        learnt from by then, so do not observe it again.
         """
         if not isinstance(request, Request):
             raise TypeError(f"observe() takes the completed Request first, got {request!r}")
