@@ -211,7 +211,11 @@ class SchedulerStatistics:
     scheduler); ``rejected`` counts requests refused with :class:`QueueFull`
     or :class:`SchedulerClosed` before they were accepted.  ``promoted`` counts
     requests that ran because they had waited ``max_wait``.  A paused
-    request (``preempt``) counts as waiting until it goes on.
+    request (``preempt``) counts as waiting until it goes on.  The counts
+    never go down (a request is counted once, as its caller sees it end: a
+    waiting one closed out is counted as its caller wakes), so they export
+    as counters.  ``predictor_errors`` counts predictions that failed (a
+    neutral one was used) and learning steps (``observe()``) that failed.
     """
 
     waiting: int
@@ -580,9 +584,8 @@ class Scheduler:
                     entry.state = EntryState.WAITING
                     self._queue.requeue(entry)
                     continue
-                entry.state = EntryState.CLOSED
+                entry.state = EntryState.CLOSED  # counted as its caller wakes (see _acquire)
                 self._unindex(entry)
-                self._counts["closed"] += 1
                 assert entry.event is not None
                 entry.event.set()
 
@@ -1026,6 +1029,9 @@ class Scheduler:
             return entry
         await self._wait_turn(entry)
         if entry.state is EntryState.CLOSED:
+            # Counted here, not as it was closed out: a caller cancelled at that very moment
+            # ends cancelled, and a count once made never goes down (Prometheus counters).
+            self._counts["closed"] += 1
             raise SchedulerClosed("the scheduler closed while this request was waiting", waited=True)
         return entry
 
@@ -1051,9 +1057,8 @@ class Scheduler:
                     await self._close_backend_if_left()
             elif entry.state is EntryState.CLOSED:
                 # Closed out at the moment it was cancelled: the caller sees the
-                # cancellation, so that is how it ended.
+                # cancellation, so that is how it ended (not yet counted as closed).
                 entry.state = EntryState.CANCELLED
-                self._counts["closed"] -= 1
                 self._counts["cancelled"] += 1
             raise
         if entry.state is EntryState.GRANTED:

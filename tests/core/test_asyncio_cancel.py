@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import AsyncIterator
 
 import anyio
@@ -156,3 +157,55 @@ def test_a_close_failing_as_its_caller_is_cancelled_is_logged(caplog: pytest.Log
 
     asyncio.run(main())
     assert "closing the backend failed" in caplog.text and "the disk went away" in caplog.text
+
+
+def test_a_waiter_cancelled_as_the_scheduler_closes_never_takes_a_count_back() -> None:
+    """Closed out by aclose() and cancelled by its caller in the same step: it ends cancelled, as
+    its caller saw; the closed count it was given first went down again (a Prometheus counter the
+    proxy exports, which a scraper takes for a reset)."""
+    fields = ("completed", "failed", "cancelled", "closed", "rejected")
+
+    async def main() -> list[tuple[int, ...]]:
+        sched = Scheduler(concurrency=1, predictor=ConstantPredictor())
+        await sched.__aenter__()
+        release, held = asyncio.Event(), asyncio.Event()
+        snapshots: list[tuple[int, ...]] = []
+
+        def snap() -> None:
+            stats = sched.statistics()
+            snapshots.append(tuple(getattr(stats, f) for f in fields))
+
+        async def holder() -> None:
+            async with sched.admit("hold", max_tokens=1):
+                held.set()
+                await release.wait()
+
+        async def waiter() -> None:
+            async with sched.admit("wait", max_tokens=1):
+                pass
+
+        running = asyncio.create_task(holder())
+        await held.wait()
+        waiting = asyncio.create_task(waiter())
+        for _ in range(100):  # its task runs until it waits in the queue
+            if sched.statistics().waiting == 1:
+                break
+            await asyncio.sleep(0)
+        closing = asyncio.create_task(sched.aclose())
+        await asyncio.sleep(0)  # aclose() closes the waiter out...
+        snap()
+        waiting.cancel()  # ...and its caller goes away in the same step
+        await asyncio.sleep(0.01)
+        snap()
+        release.set()
+        await running
+        await closing
+        snap()
+        assert waiting.cancelled()
+        return snapshots
+
+    snapshots = asyncio.run(main())
+    for before, after in itertools.pairwise(snapshots):
+        assert all(a <= b for a, b in zip(before, after, strict=True)), (before, after)
+    final = dict(zip(fields, snapshots[-1], strict=True))
+    assert (final["completed"], final["cancelled"], final["closed"]) == (1, 1, 0)

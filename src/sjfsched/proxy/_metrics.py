@@ -208,7 +208,7 @@ class Metrics:
         single(
             "sjfsched_predictor_errors_total",
             "counter",
-            "Predictions that failed (a neutral one was used).",
+            "Predictions that failed (a neutral one was used) and learning steps that failed.",
             stats.predictor_errors,
         )
         single(
