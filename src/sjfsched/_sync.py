@@ -51,8 +51,13 @@ Ts = TypeVarTuple("Ts")
 #: What a read after its block says, in the words of ChunkStream's.
 _LEFT_EARLY = LEFT_EARLY.format(block="with")
 #: How often a thread waiting on the loop wakes: an exception raised in it from another thread
-#: (``PyThreadState_SetAsyncExc``, as thread-level timeouts do) is seen only when it runs.
-_WAKE_SECONDS: Final = 0.1
+#: (``PyThreadState_SetAsyncExc``, as thread-level timeouts do) is seen only when it runs.  A
+#: call's wait wakes after 0.05 s, then twice as long each time, up to once a second: a thousand
+#: threads queued for long cost a few wake-ups a second, not a third of a core.
+_FIRST_WAKE_SECONDS: Final = 0.05
+_WAKE_SECONDS: Final = 1.0
+#: A stream's reader, between two chunks, wakes this often.
+_STREAM_WAKE_SECONDS: Final = 0.1
 #: What a request running when an interrupted close() stopped the event loop ends with.
 _TORN_DOWN = (
     "the scheduler was closed while this request ran: its close() was interrupted (Ctrl-C), "
@@ -139,7 +144,7 @@ class SyncStream:
         while not self._results:
             if self._stopped:  # left meanwhile (from another thread)
                 raise RuntimeError(_LEFT_EARLY)
-            self._arrived.wait(_WAKE_SECONDS)  # an interrupt while waiting takes nothing
+            self._arrived.wait(_STREAM_WAKE_SECONDS)  # an interrupt while waiting takes nothing
             self._arrived.clear()
         head = self._results[0]  # looked at, not yet taken
         try:
@@ -821,10 +826,12 @@ class _LoopContext(Generic[T]):
         try:
             self._task = self._spawn(self._run)
             entered = self._entered
+            wake = _FIRST_WAKE_SECONDS
             while not entered.done():
                 # Woken now and then: an exception another thread raises in this one (a
                 # thread-level timeout) arrives only between bytecodes, never in a lock's wait.
-                concurrent.futures.wait((entered,), _WAKE_SECONDS)
+                concurrent.futures.wait((entered,), wake)
+                wake = min(2 * wake, _WAKE_SECONDS)
             return entered.result()
         except BaseException as exc:
             self._give_up(exc)

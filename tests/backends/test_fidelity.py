@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
+import ssl
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -17,6 +21,7 @@ import pytest
 
 from sjfsched import BackendError, Request
 from sjfsched.backends import BackendUnavailable, OllamaBackend, OpenAIBackend
+from sjfsched.backends._http import is_loopback_host
 from tests.support.ollama_server import OllamaServer
 from tests.support.wire_server import scripted_server
 
@@ -254,6 +259,12 @@ def test_digits_that_are_not_ascii_are_no_count() -> None:
 
 # ------------------------------------------------------------------ proxies in the environment
 
+_PROXY_VARIABLES = tuple(
+    case(name)
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+    for case in (str.upper, str.lower)
+)
+
 
 @pytest.mark.parametrize(
     "env",
@@ -268,7 +279,7 @@ async def test_a_server_on_this_machine_is_reached_past_the_environments_proxies
 ) -> None:
     """HTTP_PROXY / ALL_PROXY (a corporate machine's) name proxies that cannot reach this
     machine's loopback; a SOCKS one failed every request even with NO_PROXY saying loopback."""
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "all_proxy", "no_proxy"):
+    for name in _PROXY_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -283,11 +294,79 @@ async def test_a_server_on_this_machine_is_reached_past_the_environments_proxies
 
 async def test_a_connection_that_fails_at_the_proxy_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
     """Through a proxy the environment names, "cannot connect to Ollama" blamed the server."""
+    for name in _PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens on the discard port
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
     backend = OllamaBackend("tiny", "http://ollama.sjfsched-test.invalid:11434")
-    with pytest.raises(
-        BackendUnavailable, match=r"through the proxy http://127\.0\.0\.1:9 .*trust_env=False"
-    ):
+    says = r"the environment names the proxy http://127\.0\.0\.1:9, .*NO_PROXY.*trust_env=False"
+    with pytest.raises(BackendUnavailable, match=says):
         await collect(backend, Request("x", max_tokens=4))
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "localhost",
+        "LOCALHOST",
+        "localhost.",
+        "a.localhost",
+        "127.0.0.1",
+        "127.1",
+        "127.0.0.53",
+        "::1",
+        "[::1]",
+        "::ffff:127.0.0.1",
+        "0.0.0.0",
+        "::",
+        "2130706433",
+        "0x7f000001",
+        "ip6-localhost",
+    ],
+)
+def test_every_way_of_naming_this_machine_is_loopback(host: str) -> None:
+    """0.0.0.0 (what OLLAMA_HOST=0.0.0.0 suggests), 127.1, the mapped IPv6 form: all this machine."""
+    assert is_loopback_host(host)
+
+
+@pytest.mark.parametrize(
+    "host", ["ollama.lan", "10.0.0.1", "192.168.1.5", "example.com", "1", "localhost.example"]
+)
+def test_other_hosts_are_not_loopback(host: str) -> None:
+    assert not is_loopback_host(host)
+
+
+def _server_certificate(folder: Path) -> ssl.SSLContext:
+    """A server context for localhost and 127.0.0.1, signed by a CA of its own (``folder/ca.pem``)."""
+    (folder / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    key = "-newkey rsa:2048 -nodes -days 2"
+    for command in (
+        f"req -x509 {key} -keyout ca.key -out ca.pem -subj /CN=sjfsched-test-ca",
+        f"req {key} -keyout srv.key -out srv.csr -subj /CN=localhost",
+        "x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -out srv.pem"
+        " -extfile ext.cnf",
+    ):
+        run = ["openssl", *command.split()]
+        subprocess.run(run, cwd=folder, capture_output=True, check=True, timeout=60)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(folder / "srv.pem", folder / "srv.key")
+    return tls
+
+
+async def test_a_server_on_this_machine_over_https_is_verified_with_the_environments_certificates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reaching loopback past the proxies must not also drop SSL_CERT_FILE (httpx's trust_env=False
+    does both): a local HTTPS server with a private CA failed to verify."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed: no certificates to test with")
+    for name in _PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    tls = _server_certificate(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+    with scripted_server(
+        sse(piece("a"), piece("b", "stop")), content_type="text/event-stream", tls=tls
+    ) as url:
+        for base in (url, url.replace("127.0.0.1", "localhost")):
+            chunks = await collect(OpenAIBackend(base, model="m"), Request("x", max_tokens=10))
+            assert [c.text for c in chunks if c.text] == ["a", "b"]

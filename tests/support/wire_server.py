@@ -10,6 +10,7 @@ with a pause between, so the client reads them separately.
 from __future__ import annotations
 
 import contextlib
+import ssl
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -27,11 +28,13 @@ def scripted_server(
     headers: Sequence[tuple[str, str]] = (),
     pause: float = 0.01,
     connections: list[object] | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> Iterator[str]:
     """Serve ``pieces`` to every GET and POST on 127.0.0.1; yields the base URL.
 
     ``pause`` 0 sends the whole body in one write, its end included.
     ``connections``: a list that gets one item per TCP connection accepted.
+    ``tls``: a server context to serve HTTPS with.
     """
 
     class Handler(BaseHTTPRequestHandler):
@@ -68,7 +71,7 @@ def scripted_server(
 
         do_GET = do_POST = _answer
 
-    with serving(Handler) as url:
+    with serving(Handler, tls=tls) as url:
         yield url
 
 
@@ -93,14 +96,16 @@ class ChunkedAnswers(BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
-    """Serve ``handler`` on 127.0.0.1 (a free port) in a thread; yields the base URL."""
+def serving(handler: type[BaseHTTPRequestHandler], *, tls: ssl.SSLContext | None = None) -> Iterator[str]:
+    """Serve ``handler`` on 127.0.0.1 (a free port) in a thread; yields the base URL (HTTPS with ``tls``)."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"{'http' if tls is None else 'https'}://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()

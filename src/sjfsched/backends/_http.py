@@ -15,10 +15,11 @@ import ipaddress
 import json
 import math
 import re
+import socket
 import urllib.request
 from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 import anyio
@@ -82,15 +83,26 @@ def shown_url(url: str) -> str:
     return url if at < start else url[:start] + "***" + url[at:]
 
 
+_LOOPBACK_NAMES: Final = frozenset({"localhost", "ip6-localhost", "ip6-loopback"})
+
+
 def is_loopback_host(host: str) -> bool:
-    """Whether a URL's host names this machine's loopback: ``localhost`` or a loopback address."""
-    host = host.lower().rstrip(".")
-    if host == "localhost" or host.endswith(".localhost"):
+    """Whether a URL's host is this machine: ``localhost``, a loopback address (``127.1`` and the
+    other forms the system reads as one, ``::ffff:127.0.0.1``), or the unspecified address
+    (``0.0.0.0``, ``::``), which a connection takes for this machine."""
+    host = host.lower().rstrip(".").strip("[]")
+    if host in _LOOPBACK_NAMES or host.endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
-        return False
+        try:  # the shorter and numeric forms the system takes: 127.1, 2130706433, 0x7f000001
+            address = ipaddress.IPv4Address(socket.inet_aton(host))
+        except (OSError, ValueError):
+            return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback or address.is_unspecified
 
 
 def check_base_url(base_url: object) -> None:
@@ -160,12 +172,16 @@ class HttpSettings:
                 max_connections=max(self.slots, _MIN_CONNECTIONS),
                 max_keepalive_connections=max(self.slots, _MIN_KEEPALIVE),
             )
-            # A server on this machine is reached directly: a proxy named by HTTP_PROXY or
-            # ALL_PROXY cannot reach this machine's loopback (and a SOCKS one needs a package
-            # httpx lacks by default, which failed every request even where NO_PROXY said so).
-            self._client = httpx.AsyncClient(
-                timeout=timeout, limits=limits, headers=self.headers, trust_env=not self.loopback
-            )
+            if self.loopback:
+                # A server on this machine is reached directly: a proxy named by HTTP_PROXY or
+                # ALL_PROXY cannot reach this machine's loopback (and a SOCKS one needs a package
+                # httpx lacks by default, which failed every request even where NO_PROXY said
+                # so).  A transport of our own takes no proxy from the environment, and still
+                # reads its certificates (SSL_CERT_FILE), which trust_env=False would not.
+                transport = httpx.AsyncHTTPTransport(limits=limits)
+                self._client = httpx.AsyncClient(timeout=timeout, headers=self.headers, transport=transport)
+            else:
+                self._client = httpx.AsyncClient(timeout=timeout, limits=limits, headers=self.headers)
         return self._client
 
     @property
@@ -173,17 +189,12 @@ class HttpSettings:
         """Whether the server is on this machine (localhost, 127.0.0.0/8, ::1)."""
         return is_loopback_host(urlsplit(self.base_url).hostname or "")
 
-    def through_proxy(self) -> str | None:
-        """The environment's proxy our own client goes through to the server, or None."""
+    def env_proxy(self) -> str | None:
+        """The proxy the environment names for the server's scheme, where our own client may take it."""
         if not self._owns_client or self.loopback:
             return None
-        parts = urlsplit(self.base_url)
         proxies = urllib.request.getproxies_environment()
-        proxy = proxies.get(parts.scheme) or proxies.get("all")
-        bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]  # not in typeshed
-        if proxy and not bypass(parts.hostname or "", proxies):
-            return proxy
-        return None
+        return proxies.get(urlsplit(self.base_url).scheme) or proxies.get("all") or None
 
     def timeouts(self) -> tuple[float | None, float | None]:
         """The connect and read timeouts in force: the caller's client's own if one was given."""
@@ -318,12 +329,13 @@ async def map_http_errors(settings: HttpSettings, url: str) -> AsyncIterator[Non
             f"connecting to {service} at {url} timed out after {settings.timeouts()[0]} s"
         ) from exc
     except httpx.ConnectError as exc:
-        proxy = settings.through_proxy()
+        proxy = settings.env_proxy()
         via = (
             ""
             if proxy is None
-            else f" (through the proxy {shown_url(proxy)} the environment names, HTTP(S)_PROXY or "
-            "ALL_PROXY: set NO_PROXY, or pass client=httpx.AsyncClient(trust_env=False) to connect directly)"
+            else f" (the environment names the proxy {shown_url(proxy)}, HTTP(S)_PROXY or ALL_PROXY, "
+            "which httpx goes through unless NO_PROXY covers this host: to connect directly, set "
+            "NO_PROXY or pass client=httpx.AsyncClient(trust_env=False))"
         )
         raise BackendUnavailable(f"cannot connect to {service} at {url}{via}: {exc}") from exc
     except httpx.ReadTimeout as exc:
