@@ -213,8 +213,9 @@ class SchedulerStatistics:
     requests that ran because they had waited ``max_wait``.  A paused
     request (``preempt``) counts as waiting until it goes on.  The counts
     never go down (a request is counted once, as its caller sees it end: a
-    waiting one closed out is counted as its caller wakes), so they export
-    as counters.  ``predictor_errors`` counts predictions that failed (a
+    waiting one that closing ends counts as waiting until its caller wakes,
+    and :meth:`Scheduler.aclose` returns once every such caller has), so
+    they export as counters.  ``predictor_errors`` counts predictions that failed (a
     neutral one was used) and learning steps (``observe()``) that failed.
     """
 
@@ -421,6 +422,11 @@ class Scheduler:
         self._running = 0
         self._seq = 0
         self._idle: anyio.Event | None = None
+        #: Waiting requests closed out by aclose() whose callers have not woken yet: they count
+        #: as waiting until then (each is counted once, as its caller sees it end), and aclose()
+        #: waits for them (``_closed_out`` is set when none is left).
+        self._closing_out = 0
+        self._closed_out: anyio.Event | None = None
         self._mean_tokens = _NEUTRAL_TOKENS
         #: What ends the event loop if the caller's code run there raises it, and must not: none
         #: in the caller's own loop; in a SyncScheduler's, whose thread is its own, SystemExit and
@@ -585,6 +591,7 @@ class Scheduler:
                     self._queue.requeue(entry)
                     continue
                 entry.state = EntryState.CLOSED  # counted as its caller wakes (see _acquire)
+                self._closing_out += 1
                 self._unindex(entry)
                 assert entry.event is not None
                 entry.event.set()
@@ -617,17 +624,21 @@ class Scheduler:
                 "that request, which waits for aclose(): close it after the block"
             )
         self._stop_admitting()
-        if self._running:
-            if self._idle is None:
-                self._idle = anyio.Event()
-            try:
+        try:
+            if self._closing_out:  # the callers of the requests it closed out see it first
+                if self._closed_out is None:
+                    self._closed_out = anyio.Event()
+                await self._closed_out.wait()
+            if self._running:
+                if self._idle is None:
+                    self._idle = anyio.Event()
                 await self._idle.wait()
-            except BaseException:
-                # Cancelled (a timeout on leaving the block): the last running request
-                # closes the backend as it ends, or this, now, if they ended meanwhile.
-                self._close_when_idle = True
-                await self._close_backend_if_left()
-                raise
+        except BaseException:
+            # Cancelled (a timeout on leaving the block): the last running request
+            # closes the backend as it ends, or this, now, if they ended meanwhile.
+            self._close_when_idle = True
+            await self._close_backend_if_left()
+            raise
         await self._close_backend()
 
     async def _close_backend(self) -> None:
@@ -914,7 +925,7 @@ class Scheduler:
         """A snapshot of the queue, the counters and the learned rates."""
         c = self._counts
         return SchedulerStatistics(
-            waiting=len(self._queue),
+            waiting=len(self._queue) + self._closing_out,
             running=self._running,
             concurrency=self._concurrency,
             completed=c["completed"],
@@ -1031,7 +1042,7 @@ class Scheduler:
         if entry.state is EntryState.CLOSED:
             # Counted here, not as it was closed out: a caller cancelled at that very moment
             # ends cancelled, and a count once made never goes down (Prometheus counters).
-            self._counts["closed"] += 1
+            self._settle_closed_out("closed")
             raise SchedulerClosed("the scheduler closed while this request was waiting", waited=True)
         return entry
 
@@ -1059,10 +1070,18 @@ class Scheduler:
                 # Closed out at the moment it was cancelled: the caller sees the
                 # cancellation, so that is how it ended (not yet counted as closed).
                 entry.state = EntryState.CANCELLED
-                self._counts["cancelled"] += 1
+                self._settle_closed_out("cancelled")
             raise
         if entry.state is EntryState.GRANTED:
             entry.state = EntryState.RUNNING
+
+    def _settle_closed_out(self, outcome: str) -> None:
+        """A closed-out request's caller has woken: count how it ended; the last one wakes aclose()."""
+        self._counts[outcome] += 1
+        self._closing_out -= 1
+        if not self._closing_out and self._closed_out is not None:
+            self._closed_out.set()
+            self._closed_out = None
 
     def _admit(self, request: Request, handle: object) -> tuple[_Entry, bool]:
         """:meth:`_acquire`'s part without a wait: the request given a slot (``True``) or queued."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -1179,3 +1180,57 @@ async def test_in_your_own_loop_a_callbacks_system_exit_propagates() -> None:
     with pytest.raises(SystemExit):
         async with Scheduler(SimulatedBackend(), on_complete=on_complete) as sched:
             await sched.complete("hello")
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "trio"])
+def test_every_request_closing_ends_is_counted_when_aclose_returns(loop: str) -> None:
+    """A closed-out waiter was counted only as its caller woke, and trio may run aclose() first:
+    read right after aclose() returned, the counts fell short of the requests accepted (a quarter
+    of the trials on trio). Read at any moment, they always account for every request."""
+    waiters = 12
+
+    async def trial() -> list[int]:
+        sched = Scheduler(concurrency=1, predictor=ConstantPredictor())
+        go, held = anyio.Event(), anyio.Event()
+        sums: list[int] = []
+
+        def accounted() -> int:
+            s = sched.statistics()
+            return s.completed + s.failed + s.cancelled + s.closed + s.waiting + s.running
+
+        async def holder() -> None:
+            async with sched.admit("hold", max_tokens=1):
+                held.set()
+                await go.wait()
+
+        async def waiter() -> None:
+            with contextlib.suppress(SchedulerClosed):
+                async with sched.admit("wait", max_tokens=1):
+                    pass
+
+        async def watch() -> None:
+            while True:
+                sums.append(accounted())
+                await anyio.lowlevel.checkpoint()
+
+        async with anyio.create_task_group() as tg:
+            await sched.__aenter__()
+            tg.start_soon(holder)
+            await held.wait()
+            for _ in range(waiters):
+                tg.start_soon(waiter)
+            while sched.statistics().waiting < waiters:
+                await anyio.lowlevel.checkpoint()
+            tg.start_soon(watch)
+            go.set()
+            await anyio.lowlevel.checkpoint()  # the holder and this task woken in one step
+            await sched.aclose()
+            sums.append(accounted())
+            stats = sched.statistics()
+            assert (stats.waiting, stats.running, stats.completed + stats.closed) == (0, 0, waiters + 1)
+            tg.cancel_scope.cancel()
+        return sums
+
+    for _ in range(40):
+        sums = anyio.run(trial, backend=loop)
+        assert set(sums) == {waiters + 1}, sums
