@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import anyio
@@ -79,9 +80,9 @@ async def test_a_resumed_answer_at_max_tokens_ends_without_generating(tiny_llm: 
 
 
 async def scheduled_long_and_short(
-    backend: Any, long: Request, short: Request
+    backend: Any, long: Request, short: Request, pause_after: int = 5
 ) -> tuple[str, int, Completion, Completion]:
-    """Stream ``long``; after its first 5 tokens submit ``short``; read ``long`` to its end.
+    """Stream ``long``; after its first ``pause_after`` tokens submit ``short``; read ``long`` to its end.
 
     The model writes only as a stream is read, so the short request is waiting when the
     long one's next chunk is asked for: there the long one is paused.  Returns the long
@@ -102,7 +103,7 @@ async def scheduled_long_and_short(
                             continue
                         before += chunk.text
                         counted += chunk.tokens
-                        if counted >= 5:
+                        if counted >= pause_after:
                             submitted = True
                             tg.start_soon(short_one)
                             await anyio.sleep(0.2)  # queued, and ranked first
@@ -122,14 +123,21 @@ async def test_a_scheduled_llama_cpp_answer_is_paused_for_a_shorter_one_and_comp
         assert done_long.preemptions == 1
         assert done_short.finished < done_long.finished
         assert done_short.text == reference_text(llm, short)
-        written = len(llm.tokenize(before.encode(), add_bos=False))
+        # The tokens the answer so far adds after the prompt (stories260K's vocabulary puts a
+        # space before a text's first word: the answer tokenized alone counted one token more,
+        # and the whole answer came out a token short of max_tokens).
+        prompt = b"Once upon a time"
+        written = len(llm.tokenize(prompt + before.encode())) - len(llm.tokenize(prompt))
+        assert written < len(llm.tokenize(before.encode(), add_bos=False))
         rest = continuation(long, before, written)
         assert rest is not None
         rest_text, rest_tokens = reference(llm, rest)
         assert done_long.text == before + rest_text
         assert "Lily" in done_long.text  # the real model, going on with its story
-        assert done_long.output_tokens == written + rest_tokens
-        assert done_long.prompt_tokens == len(llm.tokenize(b"Once upon a time"))
+        assert done_long.output_tokens == written + rest_tokens == 120
+        # Greedy, without penalties: the answer paused and resumed is the answer never paused.
+        assert (done_long.text, done_long.output_tokens) == reference(llm, long)
+        assert done_long.prompt_tokens == len(llm.tokenize(prompt))
     finally:
         llm.close()
 
@@ -168,3 +176,68 @@ async def test_ollama_answers_are_not_paused() -> None:
     seen: object = backend
     assert not isinstance(seen, Resumable)
     await backend.aclose()
+
+
+def _stories(n_ctx: int = 512) -> Llama:
+    path = stories_model()
+    if path is None:
+        pytest.skip(STORIES_SKIP_REASON)
+    return Llama(str(path), n_ctx=n_ctx, n_threads=1, n_threads_batch=1, verbose=False)
+
+
+async def test_an_answer_paused_as_it_fills_the_context_ends_as_the_answer_never_paused() -> None:
+    """The continuation's prompt, the prompt and the whole answer so far, filled the context:
+    llama.cpp refused it (BackendError), where the answer never paused ends with "length"."""
+    llm = _stories(n_ctx=256)
+    try:
+        long = Request("Once upon a time", options={"temperature": 0})  # to the end of the context
+        short = Request("Lily and Tom", max_tokens=5, options={"temperature": 0})
+        text, tokens = reference(llm, long)
+        assert tokens > 240
+        _, _, done, _ = await scheduled_long_and_short(
+            LlamaCppBackend(llm), long, short, pause_after=tokens - 1
+        )
+        assert done.preemptions == 1
+        assert (done.text, done.output_tokens, done.finish_reason) == (text, tokens, "length")
+    finally:
+        llm.close()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"grammar": "G"},
+        {"suffix": " The end."},
+        {"repeat_penalty": 1.3},
+        {"frequency_penalty": 0.5},
+        {"presence_penalty": 0.5},
+    ],
+)
+async def test_what_a_new_call_over_the_text_so_far_cannot_go_on_with_is_not_paused(
+    tiny_llm: Llama, options: dict[str, Any]
+) -> None:
+    """A grammar would start over (a paused answer left its grammar), a suffix would come before the
+    text so far (the middle began again), a penalty would forget the earlier tokens."""
+    backend = LlamaCppBackend(tiny_llm)
+    assert not backend.resumable(Request("Once upon a time", max_tokens=30, options=options))
+    neutral = {"repeat_penalty": 1.0, "frequency_penalty": 0.0, "presence_penalty": 0.0, "suffix": None}
+    assert backend.resumable(Request("Once upon a time", max_tokens=30, options=neutral))
+
+
+async def test_a_grammar_answer_is_not_paused_and_stays_in_its_grammar() -> None:
+    from llama_cpp import LlamaGrammar
+
+    llm = _stories()
+    try:
+        grammar = LlamaGrammar.from_string(
+            'root ::= "[" word ("," word)* "]"\nword ::= [a-z]{3}', verbose=False
+        )
+        long = Request("Once upon a time", max_tokens=40, options={"temperature": 0, "grammar": grammar})
+        short = Request("Lily and Tom", max_tokens=5, options={"temperature": 0})
+        _, _, done, done_short = await scheduled_long_and_short(LlamaCppBackend(llm), long, short)
+        assert done.preemptions == 0 and done_short.finished > done.finished
+        assert re.fullmatch(r"\[[a-z]{3}(,[a-z]{3})*\]?|\[[a-z]{3}(,[a-z]{3})*,?[a-z]{0,2}", done.text), (
+            done.text
+        )
+    finally:
+        llm.close()

@@ -395,6 +395,11 @@ class _StopStrings:
         return self._text[: min(found)] if found else None
 
 
+#: Sampling options that weigh the answer's earlier tokens, at their neutral values: a resumed
+#: call would not know those tokens (llama.cpp's penalties remember only the call's own samples).
+_NEUTRAL_PENALTIES: Final = (("repeat_penalty", 1.0), ("frequency_penalty", 0.0), ("presence_penalty", 0.0))
+
+
 def counting_processors(counter: TokenCounter, extra: Any) -> Any:
     """A ``LogitsProcessorList``: the token counter, then the caller's own processors.
 
@@ -657,8 +662,19 @@ class LlamaCppBackend:
             self._lock.release()
 
     def resumable(self, request: Request, /) -> bool:
-        """A prompt request can be paused and resumed (a chat request cannot: see :meth:`resume`)."""
-        return request.messages is None
+        """A prompt request can be paused and resumed (a chat request cannot: see :meth:`resume`),
+        unless its options hold what a new call over the text so far cannot go on with: a
+        ``grammar`` (it would start over, and the answer leave it), a ``suffix`` (the text
+        so far would land before it), or a repetition penalty (it would forget the answer's
+        earlier tokens)."""
+        if request.messages is not None:
+            return False
+        options = request.options
+        return not (
+            options.get("grammar") is not None
+            or options.get("suffix")
+            or any(options.get(name, neutral) != neutral for name, neutral in _NEUTRAL_PENALTIES)
+        )
 
     async def resume(self, request: Request, answer: str, tokens: int, /) -> AsyncIterator[Chunk]:
         """The rest of the answer to a prompt request: the prompt followed by ``answer`` is read
@@ -673,8 +689,16 @@ class LlamaCppBackend:
         """
         written = tokens
         if answer:
-            try:  # the stream counts a token one chunk late: the answer's own count
-                written = len(self._llm.tokenize(answer.encode("utf-8"), add_bos=False))
+            try:
+                # The stream counts a token one chunk late: the answer's own count, as the
+                # tokens it adds after the prompt (tokenized alone, a vocabulary that puts a
+                # space before a text's first word would count one token more).
+                prompt = str(request.prompt).encode("utf-8")
+                whole = len(self._llm.tokenize(prompt + answer.encode("utf-8"), add_bos=True))
+                written = whole - len(self._llm.tokenize(prompt, add_bos=True))
+                if whole >= self._llm.n_ctx():  # the context is full: the answer ends there
+                    yield Chunk("", tokens=max(written - tokens, 0), finish_reason="length")
+                    return
             except Exception:  # pragma: no cover - a closed Llama: stream() says so next
                 written = tokens
         rest = resume_by_continuation(self.stream, request, answer, tokens, written=written)
