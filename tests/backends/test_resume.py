@@ -225,7 +225,7 @@ async def test_what_a_new_call_over_the_text_so_far_cannot_go_on_with_is_not_pau
 
 
 async def test_a_grammar_answer_is_not_paused_and_stays_in_its_grammar() -> None:
-    from llama_cpp import LlamaGrammar
+    from llama_cpp.llama_grammar import LlamaGrammar
 
     llm = _stories()
     try:
