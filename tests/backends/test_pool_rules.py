@@ -274,3 +274,64 @@ def test_statistics_under_another_event_loop_change_nothing(second: str) -> None
 
     assert anyio.run(read, backend=second) == 0.0  # shown due, as the pool would take it there
     assert pool._members[0].down_until == down_until  # and left as it was
+
+
+async def test_an_answer_begun_before_an_outage_does_not_bring_its_backend_back() -> None:
+    """A server finishing old work while it refuses new (a full queue: 503, Retry-After 30): the old
+    answer's first token put it back in rotation at once, the next request got 503 again."""
+    release, refused = anyio.Event(), anyio.Event()
+    calls: list[str] = []
+
+    async def server(request: Request) -> Any:
+        calls.append(request.text)
+        if request.text == "old":
+            await release.wait()
+            return "done"
+        refused.set()
+        error = BackendUnavailable("503: queue full")
+        error.retry_after = 30.0
+        raise error
+
+    pool = BackendPool([(CallableBackend(server), 2)], failover=False)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(collect, pool, Request("old"))
+        await anyio.wait_all_tasks_blocked()
+        with pytest.raises(BackendUnavailable):
+            await collect(pool, Request("new"))
+        assert not pool.statistics().members[0].healthy
+        release.set()
+    member = pool.statistics().members[0]
+    assert not member.healthy and member.retry_in > 25 and member.failures == 1
+    with pytest.raises(BackendUnavailable, match="out of rotation"):
+        await collect(pool, Request("next"))
+    assert calls == ["old", "new"]  # the next one never reached the refusing server
+
+
+async def test_with_every_backend_out_of_rotation_a_request_fails_at_once_while_a_probe_runs() -> None:
+    """Others waited for the probe, up to its read timeout (300 s by default), holding their slots."""
+    hang = anyio.Event()
+    probing = anyio.Event()
+
+    async def slow(request: Request) -> Any:
+        if request.text.startswith("fail"):
+            raise BackendUnavailable("connection refused")
+        probing.set()
+        await hang.wait()
+        return "back"
+
+    pool = BackendPool([(CallableBackend(slow), 2)], retry_after=0.0)
+    with pytest.raises(BackendUnavailable):
+        await collect(pool, Request("fail first"))  # out of rotation, due again at once
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(collect, pool, Request("probe"))
+        await probing.wait()
+        with anyio.fail_after(5):
+            with pytest.raises(BackendUnavailable, match="out of rotation"):
+                [chunk async for chunk in pool.stream(Request("waits?"))]
+        hang.set()
+
+
+def test_the_same_backend_listed_twice_is_refused() -> None:
+    backend = CallableBackend(lambda r: "ok")
+    with pytest.raises(ValueError, match="listed twice: give it more slots"):
+        BackendPool([(backend, 1), (backend, 1)])

@@ -39,7 +39,8 @@ class PoolMemberStatistics:
     failures: int
     #: Seconds until it may be tried again (``0.0`` when it may be now).
     retry_in: float
-    #: Requests it finished (completed or left by their caller).
+    #: Requests that ended on it other than by its failure: answered, left by their caller,
+    #: or refused for a fault of their own (a 400).
     served: int
 
 
@@ -68,6 +69,9 @@ class _Member:
     down_until: float | None = None
     probing: bool = False
     served: int = 0
+    #: How many times it went out of rotation: a request that took its slot before the latest
+    #: outage began says nothing, by answering, of whether the server is back.
+    outages: int = 0
 
 
 class _NoBackend(Exception):
@@ -146,6 +150,11 @@ class BackendPool:
             else:
                 backend, slots = item, getattr(item, "slots", 1)
             check_backend(backend)  # as the Scheduler checks its backend
+            if any(m.backend is backend for m in members):
+                raise ValueError(
+                    f"{backend!r} is listed twice: give it more slots instead (as two members it "
+                    "would be tried twice for one request, and be healthy and out of rotation at once)"
+                )
             if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
                 raise ValueError(f"slots of {backend!r} must be an int >= 1, got {slots!r}")
             members.append(_Member(len(members), backend, slots))
@@ -218,6 +227,7 @@ class BackendPool:
                 member, probe = await self._acquire(tried)
             except _NoBackend as exc:
                 no_backend = str(exc)
+            epoch = 0 if member is None else member.outages
             if member is None:
                 if last_error is not None:
                     raise last_error  # the backend's own error, its cause intact
@@ -232,20 +242,22 @@ class BackendPool:
                     async for chunk in chunks:
                         if not streamed:
                             streamed = True
-                            self._alive(member)
+                            self._alive(member, probe, epoch)
                         yield chunk
             except Exception as exc:
                 unavailable = is_unavailable(exc)
                 wait = getattr(exc, "retry_after", None) if unavailable else None
-                self._release(member, probe, failed=unavailable, answered=not unavailable, wait=wait)
+                self._release(
+                    member, probe, failed=unavailable, answered=not unavailable, wait=wait, epoch=epoch
+                )
                 if streamed or not unavailable or not self.failover:
                     raise
                 last_error = exc
                 continue
             except BaseException:
-                self._release(member, probe, failed=False, answered=streamed)
+                self._release(member, probe, failed=False, answered=streamed, epoch=epoch)
                 raise
-            self._release(member, probe, failed=False, answered=True)
+            self._release(member, probe, failed=False, answered=True, epoch=epoch)
             return
 
     async def aclose(self) -> None:
@@ -297,7 +309,9 @@ class BackendPool:
                 m.probing = True  # one request at a time finds out if it is back
                 m.busy += 1
                 return m, True
-        if not any(m.down_until is None or m.probing for m in candidates):
+        if not any(m.down_until is None for m in candidates):
+            # Every one is out of rotation (one's probe may be on its way): fail now, not after
+            # the probe, which may take as long as its read timeout.
             waits = [m.down_until - now for m in candidates if m.down_until is not None]
             raise _NoBackend(
                 f"all {len(candidates)} backend(s) of the pool are out of rotation after failures; "
@@ -373,15 +387,25 @@ class BackendPool:
             elif wake_all:
                 waiter.event.set()
 
-    def _alive(self, member: _Member) -> None:
-        """The backend answered: it is (back) in rotation."""
+    def _alive(self, member: _Member, probe: bool, epoch: int) -> None:
+        """The backend answered a request: it is (back) in rotation, unless the request took its
+        slot before the latest outage began (a server may finish old work and refuse new)."""
+        if not probe and epoch != member.outages:
+            return
         if member.down_until is not None or member.failures:
             member.down_until = None
             member.failures = 0
             self._dispatch()
 
     def _release(
-        self, member: _Member, probe: bool, *, failed: bool, answered: bool, wait: float | None = None
+        self,
+        member: _Member,
+        probe: bool,
+        *,
+        failed: bool,
+        answered: bool,
+        wait: float | None = None,
+        epoch: int | None = None,
     ) -> None:
         member.busy -= 1
         if probe:  # only the probe's end says whether another may try
@@ -396,11 +420,12 @@ class BackendPool:
                 if wait is not None:  # the server's Retry-After, within the pool's longest
                     backoff = max(backoff, min(wait, self.max_retry_after))
                 member.down_until = anyio.current_time() + backoff
+                member.outages += 1
                 self._dispatch(wake_all=True)
                 return
         else:
             member.served += 1
-            if answered:
+            if answered and (probe or epoch is None or epoch == member.outages):
                 member.down_until = None
                 member.failures = 0
         self._dispatch()
