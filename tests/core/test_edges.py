@@ -476,11 +476,15 @@ async def test_only_the_probe_ending_lets_another_request_probe() -> None:
         assert backend.active == ["old", "probe"]
         old.cancel()  # not the probe
         await anyio.sleep(0.05)
-        tg.start_soon(go, "second", 1.0)
-        await anyio.sleep(0.05)
-        assert backend.active == ["probe"]  # waits for the probe's outcome
+        with anyio.fail_after(0.5):  # out of rotation, its probe on its way: fails at once
+            with pytest.raises(BackendUnavailable, match="out of rotation"):
+                async for _ in pool.stream(Request("second", metadata={"do": 1.0})):
+                    pass
+        assert backend.active == ["probe"]  # no second probe
         await anyio.sleep(1.0)
-        assert backend.active == ["second"]  # the probe answered: back in rotation
+        tg.start_soon(go, "third", 1.0)
+        await anyio.sleep(0.05)
+        assert backend.active == ["third"]  # the probe answered: back in rotation
 
 
 async def test_a_wait_inside_a_pool_is_not_learnt_as_prefill_when_the_first_chunk_has_no_token() -> None:
