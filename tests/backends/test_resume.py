@@ -241,3 +241,27 @@ async def test_a_grammar_answer_is_not_paused_and_stays_in_its_grammar() -> None
         )
     finally:
         llm.close()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"grammar": "root ::= [a-z]+"},
+        {"json_schema": {"type": "object"}},
+        {"response_format": {"type": "json_object"}},
+        {"guided_regex": "[a-z]+"},
+        {"suffix": " The end."},
+        {"frequency_penalty": 0.5},
+        {"repeat_penalty": 1.1},
+        {"repetition_penalty": 1.2},
+    ],
+)
+def test_an_openai_completions_request_a_new_request_could_not_go_on_with_is_not_paused(
+    options: dict[str, Any],
+) -> None:
+    """As for llama.cpp in process: a form constraint would start over, a suffix would come before
+    the text so far, a penalty would forget the earlier tokens."""
+    backend = OpenAIBackend("http://127.0.0.1:9/v1", model="m")
+    assert not backend.resumable(Request("Once upon a time", max_tokens=30, options=options))
+    neutral = {"frequency_penalty": 0.0, "repeat_penalty": 1.0, "grammar": None, "suffix": ""}
+    assert backend.resumable(Request("Once upon a time", max_tokens=30, options=neutral))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, Final, final
 from urllib.parse import urlsplit
 
 from .._errors import BackendError
@@ -28,6 +28,27 @@ __all__ = ["OpenAIBackend"]
 _RESERVED = frozenset({"model", "prompt", "messages", "stream"})
 #: What a 200 answer to a streamed request may not be: a whole JSON answer, a web page.
 _NOT_STREAMS = frozenset({"application/json", "text/html"})
+
+
+#: Options that constrain the form of the answer (llama.cpp's server, vLLM, the OpenAI API): a
+#: new request over the text so far would start them over.
+_FORM_OPTIONS: Final = (
+    "grammar",
+    "json_schema",
+    "response_format",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
+    "structured_outputs",
+)
+#: Sampling options that weigh the answer's earlier tokens, at their neutral values.
+_NEUTRAL_PENALTIES: Final = (
+    ("frequency_penalty", 0.0),
+    ("presence_penalty", 0.0),
+    ("repeat_penalty", 1.0),
+    ("repetition_penalty", 1.0),
+)
 
 
 @final
@@ -215,8 +236,20 @@ class OpenAIBackend:
         """A ``/completions`` request with ``Request.max_tokens`` can be paused and resumed; a chat
         request cannot (the API has no way to go on with an assistant's answer), nor one without
         a limit: the server's own default (16 tokens for ``llama_cpp.server`` and vLLM) would
-        apply again to the rest, and the answer could grow past what it would have been."""
-        return request.messages is None and request.max_tokens is not None
+        apply again to the rest, and the answer could grow past what it would have been.  Nor
+        one whose options a new request over the text so far cannot go on with: a constraint on
+        the answer's form (``grammar``, ``json_schema``, ``response_format``, vLLM's
+        ``guided_*``), which would start over and the answer leave it; a ``suffix``, which the
+        text so far would come before; a repetition penalty, which would forget the earlier
+        tokens."""
+        if request.messages is not None or request.max_tokens is None:
+            return False
+        options = request.options
+        return not (
+            any(options.get(name) is not None for name in _FORM_OPTIONS)
+            or options.get("suffix")
+            or any(options.get(name, neutral) != neutral for name, neutral in _NEUTRAL_PENALTIES)
+        )
 
     async def resume(self, request: Request, answer: str, tokens: int, /) -> AsyncIterator[Chunk]:
         """The rest of the answer to a ``/completions`` request: the prompt followed by
