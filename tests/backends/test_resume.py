@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -13,6 +14,7 @@ from sjfsched import Chunk, Completion, Prediction, Request, Scheduler
 from sjfsched.backends import LlamaCppBackend, OllamaBackend, OpenAIBackend, Resumable
 from sjfsched.backends._base import continuation
 from tests.support.models import STORIES_SKIP_REASON, stories_model
+from tests.support.wire_server import scripted_server
 
 pytestmark = pytest.mark.anyio
 
@@ -265,3 +267,23 @@ def test_an_openai_completions_request_a_new_request_could_not_go_on_with_is_not
     assert not backend.resumable(Request("Once upon a time", max_tokens=30, options=options))
     neutral = {"frequency_penalty": 0.0, "repeat_penalty": 1.0, "grammar": None, "suffix": ""}
     assert backend.resumable(Request("Once upon a time", max_tokens=30, options=neutral))
+
+
+async def test_an_openai_answer_cut_by_a_stop_string_is_not_paused_after_its_last_text() -> None:
+    """llama_cpp.server, matching a stop string inside a token, sends the text before it and then
+    the finish in an event of its own: the answer was paused after that text (its end not yet
+    seen), and the rest went on past the stop string to max_tokens."""
+    events = [
+        b"data: "
+        + json.dumps({"choices": [{"index": 0, "text": "a", "finish_reason": None}]}).encode()
+        + b"\n\n"
+        for _ in range(6)
+    ]
+    events.append(b'data: {"choices": [{"index": 0, "text": "", "finish_reason": "stop"}]}\n\n')
+    events.append(b"data: [DONE]\n\n")
+    with scripted_server(events, content_type="text/event-stream") as url:
+        backend = OpenAIBackend(url, model="m")
+        long = Request("Once upon a time", max_tokens=30, options={"stop": ["play outside"]})
+        short = Request("Lily", max_tokens=2)
+        _, _, done, _ = await scheduled_long_and_short(backend, long, short, pause_after=6)
+    assert (done.preemptions, done.text, done.finish_reason) == (0, "aaaaaa", "stop")

@@ -8,6 +8,8 @@ from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, Final, final
 from urllib.parse import urlsplit
 
+import attrs
+
 from .._errors import BackendError
 from .._records import Chunk, Request, usable_count
 from ._base import ToolCallPieces, resume_by_continuation
@@ -203,6 +205,12 @@ class OpenAIBackend:
         usage: Mapping[str, Any] = {}
         done = False
         tools = ToolCallPieces()
+        # With stop strings, a server that matches one inside a token sends the text before it,
+        # then the finish in an event of its own: each chunk waits for the next event, so the
+        # chunk that ends the answer carries its finish and is never taken for one to pause
+        # after (the rest would go on past the stop string).
+        hold = not chat and bool(body.get("stop"))
+        held: Chunk | None = None
         async with (
             self._http.stream_lines(path, body, not_streams=_NOT_STREAMS) as lines,
             aclosing(_sse_data(lines)) as events,
@@ -228,7 +236,17 @@ class OpenAIBackend:
                         counted += 1
                         # With the reason where the server gave it, the scheduler knows the
                         # answer has ended and does not pause it (preempt) for the last chunk.
-                        yield Chunk(text, finish_reason=finish, thinking=thinking)
+                        chunk = Chunk(text, finish_reason=finish, thinking=thinking)
+                        if not hold:
+                            yield chunk
+                            continue
+                        if held is not None:
+                            yield held
+                        held = chunk
+                    elif held is not None and finish is not None and held.finish_reason is None:
+                        held = attrs.evolve(held, finish_reason=finish)
+            if held is not None:
+                yield held
             yield self._last_chunk(path, done, finish, usage, max_tokens, counted, tools.calls())
             await self._http.read_tail(lines)  # after the answer: so the connection is kept for the next
 
