@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from typing import Any
 
 import anyio
@@ -11,10 +12,10 @@ import pytest
 from llama_cpp import Llama
 
 from sjfsched import Chunk, Completion, Prediction, Request, Scheduler
-from sjfsched.backends import LlamaCppBackend, OllamaBackend, OpenAIBackend, Resumable
+from sjfsched.backends import BackendUnavailable, LlamaCppBackend, OllamaBackend, OpenAIBackend, Resumable
 from sjfsched.backends._base import continuation
 from tests.support.models import STORIES_SKIP_REASON, stories_model
-from tests.support.wire_server import scripted_server
+from tests.support.wire_server import ChunkedAnswers, scripted_server, serving
 
 pytestmark = pytest.mark.anyio
 
@@ -287,3 +288,29 @@ async def test_an_openai_answer_cut_by_a_stop_string_is_not_paused_after_its_las
         short = Request("Lily", max_tokens=2)
         _, _, done, _ = await scheduled_long_and_short(backend, long, short, pause_after=6)
     assert (done.preemptions, done.text, done.finish_reason) == (0, "aaaaaa", "stop")
+
+
+async def test_a_held_chunk_reaches_the_caller_before_the_connection_breaks() -> None:
+    """Holding each chunk for the next event (a stop option) dropped the last text the server sent
+    when the connection then broke: the caller got one piece less before the error."""
+
+    class Breaking(ChunkedAnswers):
+        def do_POST(self) -> None:
+            self.begin("text/event-stream")
+            for text in ("Hello", " world"):
+                piece = {"choices": [{"index": 0, "text": text, "finish_reason": None}]}
+                self.chunk(b"data: " + json.dumps(piece).encode() + b"\n\n")
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)  # gone, mid-answer
+
+    with serving(Breaking) as url:
+        backend = OpenAIBackend(url, model="m")
+        texts: list[str] = []
+
+        async def read() -> None:
+            async for chunk in backend.stream(Request("x", max_tokens=10, options={"stop": ["\n"]})):
+                texts.append(chunk.text)  # noqa: PERF401 - what came before the error counts
+
+        with pytest.raises(BackendUnavailable):
+            await read()
+    assert texts == ["Hello", " world"]

@@ -206,45 +206,52 @@ class OpenAIBackend:
         done = False
         tools = ToolCallPieces()
         # With stop strings, a server that matches one inside a token sends the text before it,
-        # then the finish in an event of its own: each chunk waits for the next event, so the
-        # chunk that ends the answer carries its finish and is never taken for one to pause
-        # after (the rest would go on past the stop string).
-        hold = not chat and bool(body.get("stop"))
+        # then the finish in an event of its own: in a request that may be paused, each chunk
+        # waits for the next piece of the answer or its finish, so the chunk that ends the
+        # answer carries its finish and is never taken for one to pause after (the rest would
+        # go on past the stop string).  A failure meanwhile passes the held chunk on first.
+        hold = bool(body.get("stop")) and self.resumable(request)
         held: Chunk | None = None
         async with (
             self._http.stream_lines(path, body, not_streams=_NOT_STREAMS) as lines,
             aclosing(_sse_data(lines)) as events,
         ):
-            async for data in events:
-                if data == "[DONE]":
-                    done = True
-                    break
-                event = _parse_event(data)
-                if isinstance(event.get("usage"), Mapping):
-                    usage = event["usage"]
-                choices = event.get("choices")
-                if not isinstance(choices, list):
-                    continue
-                for choice in choices:
-                    if not isinstance(choice, Mapping) or choice.get("index", 0) != 0:
+            try:
+                async for data in events:
+                    if data == "[DONE]":
+                        done = True
+                        break
+                    event = _parse_event(data)
+                    if isinstance(event.get("usage"), Mapping):
+                        usage = event["usage"]
+                    choices = event.get("choices")
+                    if not isinstance(choices, list):
                         continue
-                    text, thinking, pieces = _choice_text(choice, chat)
-                    reason = choice.get("finish_reason")
-                    if isinstance(reason, str):
-                        finish = reason
-                    if tools.add(pieces) or text or thinking:
-                        counted += 1
-                        # With the reason where the server gave it, the scheduler knows the
-                        # answer has ended and does not pause it (preempt) for the last chunk.
-                        chunk = Chunk(text, finish_reason=finish, thinking=thinking)
-                        if not hold:
-                            yield chunk
+                    for choice in choices:
+                        if not isinstance(choice, Mapping) or choice.get("index", 0) != 0:
                             continue
-                        if held is not None:
-                            yield held
-                        held = chunk
-                    elif held is not None and finish is not None and held.finish_reason is None:
-                        held = attrs.evolve(held, finish_reason=finish)
+                        text, thinking, pieces = _choice_text(choice, chat)
+                        reason = choice.get("finish_reason")
+                        if isinstance(reason, str):
+                            finish = reason
+                        if tools.add(pieces) or text or thinking:
+                            counted += 1
+                            # With the reason where the server gave it, the scheduler knows the
+                            # answer has ended and does not pause it (preempt) for the last chunk.
+                            chunk = Chunk(text, finish_reason=finish, thinking=thinking)
+                            if not hold:
+                                yield chunk
+                                continue
+                            if held is not None:
+                                yield held
+                            held = chunk
+                        elif held is not None and finish is not None and held.finish_reason is None:
+                            held = attrs.evolve(held, finish_reason=finish)
+            except Exception:
+                if held is not None:  # what the server sent before it failed reaches the caller
+                    chunk, held = held, None
+                    yield chunk
+                raise
             if held is not None:
                 yield held
             yield self._last_chunk(path, done, finish, usage, max_tokens, counted, tools.calls())
