@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any, Protocol, cast, runtime_checkable
 
@@ -60,6 +60,23 @@ class Resumable(Protocol):
     def resumable(self, request: Request, /) -> bool: ...
 
     def resume(self, request: Request, answer: str, tokens: int, /) -> AsyncIterator[Chunk]: ...
+
+
+def goes_on_as_it_was(
+    options: Mapping[str, Any], form: Sequence[str], penalties: Sequence[tuple[str, float]]
+) -> bool:
+    """Whether a new call over the prompt and the answer so far can go on with ``options``.
+
+    Not with a constraint on the answer's form (any of ``form`` set: it would
+    start over, and the answer leave it), a ``suffix`` (the text so far would
+    come before it), or a repetition penalty other than neutral (``penalties``:
+    names and neutral values; the new call would forget the earlier tokens).
+    """
+    return not (
+        any(options.get(name) is not None for name in form)
+        or options.get("suffix")
+        or any(options.get(name, neutral) != neutral for name, neutral in penalties)
+    )
 
 
 def continuation(request: Request, answer: str, tokens: int) -> Request | None:

@@ -19,7 +19,7 @@ import attrs
 
 from .._errors import BackendError
 from .._records import Chunk, Request
-from ._base import ToolCallPieces, resume_by_continuation
+from ._base import ToolCallPieces, goes_on_as_it_was, resume_by_continuation
 
 if TYPE_CHECKING:
     import numpy as np
@@ -667,13 +667,8 @@ class LlamaCppBackend:
         ``grammar`` (it would start over, and the answer leave it), a ``suffix`` (the text
         so far would land before it), or a repetition penalty (it would forget the answer's
         earlier tokens)."""
-        if request.messages is not None:
-            return False
-        options = request.options
-        return not (
-            options.get("grammar") is not None
-            or options.get("suffix")
-            or any(options.get(name, neutral) != neutral for name, neutral in _NEUTRAL_PENALTIES)
+        return request.messages is None and goes_on_as_it_was(
+            request.options, ("grammar",), _NEUTRAL_PENALTIES
         )
 
     async def resume(self, request: Request, answer: str, tokens: int, /) -> AsyncIterator[Chunk]:

@@ -12,7 +12,7 @@ import attrs
 
 from .._errors import BackendError
 from .._records import Chunk, Request, usable_count
-from ._base import ToolCallPieces, resume_by_continuation
+from ._base import ToolCallPieces, goes_on_as_it_was, resume_by_continuation
 from ._http import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_READ_TIMEOUT,
@@ -267,13 +267,10 @@ class OpenAIBackend:
         ``guided_*``), which would start over and the answer leave it; a ``suffix``, which the
         text so far would come before; a repetition penalty, which would forget the earlier
         tokens."""
-        if request.messages is not None or request.max_tokens is None:
-            return False
-        options = request.options
-        return not (
-            any(options.get(name) is not None for name in _FORM_OPTIONS)
-            or options.get("suffix")
-            or any(options.get(name, neutral) != neutral for name, neutral in _NEUTRAL_PENALTIES)
+        return (
+            request.messages is None
+            and request.max_tokens is not None
+            and goes_on_as_it_was(request.options, _FORM_OPTIONS, _NEUTRAL_PENALTIES)
         )
 
     async def resume(self, request: Request, answer: str, tokens: int, /) -> AsyncIterator[Chunk]:

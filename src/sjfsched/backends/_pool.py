@@ -387,10 +387,16 @@ class BackendPool:
             elif wake_all:
                 waiter.event.set()
 
+    @staticmethod
+    def _speaks_for(member: _Member, probe: bool, epoch: int) -> bool:
+        """Whether a request's answer tells that its backend is (back) in rotation: the probe's
+        does, and one begun since the latest outage; not one begun before it (a server may
+        finish old work while it refuses new)."""
+        return probe or epoch == member.outages
+
     def _alive(self, member: _Member, probe: bool, epoch: int) -> None:
-        """The backend answered a request: it is (back) in rotation, unless the request took its
-        slot before the latest outage began (a server may finish old work and refuse new)."""
-        if not probe and epoch != member.outages:
+        """The backend answered a request: it is (back) in rotation, if the request speaks for it."""
+        if not self._speaks_for(member, probe, epoch):
             return
         if member.down_until is not None or member.failures:
             member.down_until = None
@@ -404,8 +410,8 @@ class BackendPool:
         *,
         failed: bool,
         answered: bool,
+        epoch: int,
         wait: float | None = None,
-        epoch: int | None = None,
     ) -> None:
         member.busy -= 1
         if probe:  # only the probe's end says whether another may try
@@ -425,7 +431,7 @@ class BackendPool:
                 return
         else:
             member.served += 1
-            if answered and (probe or epoch is None or epoch == member.outages):
+            if answered and self._speaks_for(member, probe, epoch):
                 member.down_until = None
                 member.failures = 0
         self._dispatch()

@@ -406,7 +406,7 @@ class LexicalPredictor:
         # observe on its thread while the program saves on its own); predict() reads it as it is.
         self._state_lock = threading.RLock()
         # Learnt only when observe() runs, that is with calibrate too.
-        self._correction = (
+        correction = (
             ScoreCorrection(model.features.table_size, model.target_map) if calibrate and adapt else None
         )
         # predict() remembers raw scores for observe() only without adaptation:
@@ -417,10 +417,10 @@ class LexicalPredictor:
         # observe() need not run the model again: id(request) -> (a weak
         # reference to it, to tell a reused id, and its score); oldest first.
         self._recent: dict[int, tuple[weakref.ref[Request], float]] = {}
-        self._calibration = LengthCalibration(center=model.center, spread=model.spread, sigma=model.sigma)
+        calibration = LengthCalibration(center=model.center, spread=model.spread, sigma=model.sigma)
         #: the two parts of the learnt state as one value: predict() reads it once, so a load
         #: from another thread (which puts both in place) never gives it one part of each
-        self._learnt = (self._calibration, self._correction)
+        self._learnt: tuple[LengthCalibration, ScoreCorrection | None] = (calibration, correction)
         self._calibration_path = None if calibration_path is None else Path(calibration_path)
         #: state files as this predictor last read or wrote them: (inode, mtime, size) by real path
         self._state_files: dict[str, tuple[int, int, int]] = {}
@@ -443,6 +443,14 @@ class LexicalPredictor:
     @property
     def model_path(self) -> Path:
         return self._path
+
+    @property
+    def _calibration(self) -> LengthCalibration:
+        return self._learnt[0]
+
+    @property
+    def _correction(self) -> ScoreCorrection | None:
+        return self._learnt[1]
 
     @property
     def calibration(self) -> LengthCalibration:
@@ -671,7 +679,6 @@ class LexicalPredictor:
                     correction.reset()
                 else:
                     correction.load_dict(saved, where=str(path))
-            self._calibration, self._correction = calibration, correction
             self._learnt = (calibration, correction)
             if not self._calibrate:  # its calibration stays as read: the correction still fits it
                 self._kept_correction = data.get("correction")
