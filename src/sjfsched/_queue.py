@@ -1,17 +1,18 @@
 """The waiting room: a heap by ordering key plus a FIFO for overdue requests.
 
-Entries sit in a binary heap as ``(key, sequence, entry)`` tuples so entries
-themselves are never compared, and in a FIFO by arrival (for ``max_wait``,
-which may change at any time).  A request leaves either structure lazily: cancelling or granting it
-only flips its state, and dead entries are skipped when they reach the top (or
-swept out of either structure when they outnumber its live ones), so memory
-stays proportional to the waiting requests and every operation is O(log n)
-amortised.
+Entries sit in a binary heap as ``(key, sequence, ticket, entry)`` tuples so
+entries themselves are never compared, and in a FIFO by arrival (for
+``max_wait``, which may change at any time); an entry put back after a pause
+goes, in its place by arrival, into a second heap by arrival beside the FIFO.
+A request leaves each structure lazily: cancelling or granting it only flips
+its state, and dead entries (or copies from before a pause, whose ticket is
+old) are skipped when they reach the top, or swept out of a structure when
+they outnumber its live ones, so memory stays proportional to the waiting
+requests and every operation is O(log n) amortised.
 """
 
 from __future__ import annotations
 
-import bisect
 import enum
 import heapq
 import logging
@@ -57,6 +58,7 @@ class _Entry:
         "started",
         "state",
         "submitted",
+        "ticket",
     )
 
     def __init__(
@@ -88,9 +90,27 @@ class _Entry:
         self.one_piece = False
         #: times it was paused for a request ranked before it (preemption)
         self.pauses = 0
+        #: times it was put back in the queue after a pause: its arrival-order
+        #: copy is the FIFO's while 0, then the one in ``_returned`` with this ticket
+        self.ticket = 0
         #: what ``position()`` finds it by: the caller's Request, which the
         #: queued ``request`` is a copy of when fields were given with it
         self.handle = request
+
+
+def _first_copy_live(entry: _Entry) -> bool:
+    """Whether an entry's copy in the FIFO (its first, by arrival) is live."""
+    return entry.state is EntryState.WAITING and entry.ticket == 0
+
+
+def _returned_live(item: tuple[int, int, _Entry]) -> bool:
+    """Whether an item of the returned heap is its entry's live copy."""
+    return item[2].state is EntryState.WAITING and item[1] == item[2].ticket
+
+
+def _heap_live(item: tuple[Any, int, int, _Entry]) -> bool:
+    """Whether an item of the heap by key is its entry's live copy (not one from before a pause)."""
+    return item[3].state is EntryState.WAITING and item[2] == item[3].ticket
 
 
 @final
@@ -118,12 +138,16 @@ class _Lenient:
 class WaitQueue:
     """Waiting entries, popped by lowest key or, when overdue, oldest first."""
 
-    __slots__ = ("_fifo", "_heap", "_lenient", "_live", "max_wait")
+    __slots__ = ("_fifo", "_heap", "_lenient", "_live", "_returned", "max_wait")
 
     def __init__(self, max_wait: float | None) -> None:
         self.max_wait = max_wait
-        self._heap: list[tuple[Any, int, _Entry]] = []
+        self._heap: list[tuple[Any, int, int, _Entry]] = []
+        #: arrivals in order; an entry's copy here is live while it waits and was never put back
         self._fifo: deque[_Entry] = deque()
+        #: ``(seq, ticket, entry)`` of entries put back after a pause, a heap by arrival;
+        #: an item is live while its entry waits and still holds that ticket
+        self._returned: list[tuple[int, int, _Entry]] = []
         self._live = 0
         #: keys were found that do not compare: every key is wrapped in _Lenient since
         self._lenient = False
@@ -149,11 +173,11 @@ class WaitQueue:
         """Put back a paused entry (its state WAITING again), in its place by arrival.
 
         Its earlier heap item is gone (popped); a dead copy of it may linger in
-        the FIFO, which would come to life with its state: it is dropped first.
+        the FIFO or among the returned, which would come to life with its state:
+        a new ticket leaves them dead.  O(log n).
         """
-        rest = [e for e in self._fifo if e is not entry]
-        rest.insert(bisect.bisect(rest, entry.seq, key=lambda e: e.seq), entry)  # by arrival
-        self._fifo = deque(rest)
+        entry.ticket += 1
+        heapq.heappush(self._returned, (entry.seq, entry.ticket, entry))
         self._push_heap(entry)
 
     def has_overdue(self, now: float) -> bool:
@@ -164,34 +188,47 @@ class WaitQueue:
         return oldest is not None and now - oldest.submitted >= self.max_wait
 
     def _oldest(self) -> _Entry | None:
-        """The oldest waiting entry (dead ones before it are dropped from the FIFO)."""
-        fifo = self._fifo
-        while fifo and fifo[0].state is not EntryState.WAITING:
+        """The oldest waiting entry (dead ones before it are dropped from the FIFO and the returned)."""
+        fifo, returned = self._fifo, self._returned
+        while fifo and not _first_copy_live(fifo[0]):
             fifo.popleft()
-        return fifo[0] if fifo else None
+        while returned and not _returned_live(returned[0]):
+            heapq.heappop(returned)
+        if not returned:
+            return fifo[0] if fifo else None
+        if fifo and fifo[0].seq < returned[0][0]:
+            return fifo[0]
+        return returned[0][2]
+
+    def _take_oldest(self) -> _Entry:
+        """Remove and return :meth:`_oldest` (which must have found one) from its structure."""
+        fifo, returned = self._fifo, self._returned
+        if fifo and (not returned or fifo[0].seq < returned[0][0]):
+            return fifo.popleft()
+        return heapq.heappop(returned)[2]
 
     def peek_key(self) -> tuple[bool, Any]:
         """``(True, key)`` of the waiting entry with the lowest key, or ``(False, None)``."""
         heap = self._heap
         try:
-            while heap and heap[0][2].state is not EntryState.WAITING:
+            while heap and not _heap_live(heap[0]):
                 heapq.heappop(heap)  # dead: pop() would skip it anyway
         except Exception as exc:  # keys that do not compare
             self._turn_lenient(exc)  # rebuilt from the live entries
             heap = self._heap
         if not heap:
             return False, None
-        return True, heap[0][2].key
+        return True, heap[0][3].key
 
-    def _item(self, entry: _Entry) -> tuple[Any, int, _Entry]:
+    def _item(self, entry: _Entry) -> tuple[Any, int, int, _Entry]:
         key = _Lenient(entry.key, entry.seq) if self._lenient else entry.key
-        return (key, entry.seq, entry)
+        return (key, entry.seq, entry.ticket, entry)
 
     def _turn_lenient(self, exc: Exception, entries: list[_Entry] | None = None) -> None:
         """Keys that do not compare were found: from now on such pairs go by arrival.
 
         A failed sift may have half-moved the heap (and lost the entry being
-        popped), so it is rebuilt from the FIFO, which holds every waiting entry;
+        popped), so it is rebuilt from the FIFO and the returned, which hold every waiting entry;
         or from ``entries``, where the heap is whole but not yet in order (a sweep's).
         """
         if not self._lenient:
@@ -202,7 +239,8 @@ class WaitQueue:
             )
         self._lenient = True
         if entries is None:
-            entries = [e for e in self._fifo if e.state is EntryState.WAITING]
+            entries = [e for e in self._fifo if _first_copy_live(e)]
+            entries += [item[2] for item in self._returned if _returned_live(item)]
         self._heap = [self._item(e) for e in entries]
         heapq.heapify(self._heap)
 
@@ -216,19 +254,23 @@ class WaitQueue:
         if live == 0:  # only dead entries are left
             self._heap.clear()
             self._fifo.clear()
+            self._returned.clear()
             return
         # Sweep a structure once its dead entries outnumber the live ones, so
         # memory stays O(live) under steady traffic, not only on cancellation.
         if len(self._heap) > 64 and len(self._heap) > 2 * live:
-            self._heap = [item for item in self._heap if item[2].state is EntryState.WAITING]
+            self._heap = [item for item in self._heap if _heap_live(item)]
             try:
                 heapq.heapify(self._heap)
             except Exception as exc:  # keys that do not compare, met here first
                 # From the swept heap, not the FIFO: an entry being popped is still in the FIFO,
                 # and still waiting, but out of the heap; rebuilt from the FIFO it would be in twice.
-                self._turn_lenient(exc, [e for _, _, e in self._heap])
+                self._turn_lenient(exc, [item[3] for item in self._heap])
         if len(self._fifo) > 64 and len(self._fifo) > 2 * live:
-            self._fifo = deque(e for e in self._fifo if e.state is EntryState.WAITING)
+            self._fifo = deque(e for e in self._fifo if _first_copy_live(e))
+        if len(self._returned) > 64 and len(self._returned) > 2 * live:
+            self._returned = [item for item in self._returned if _returned_live(item)]
+            heapq.heapify(self._returned)  # (seq, ticket, entry): seqs are unique, entries never compared
 
     def pop(self, now: float) -> _Entry | None:
         """Remove and return the entry to run next, or None if none waits.
@@ -241,24 +283,25 @@ class WaitQueue:
         if self.max_wait is not None:
             oldest = self._oldest()
             if oldest is not None and now - oldest.submitted >= self.max_wait:
-                entry = self._fifo.popleft()
+                entry = self._take_oldest()
                 entry.promoted = True
                 self._took_one()
                 return entry
         while self._heap:
             try:
-                entry = heapq.heappop(self._heap)[2]
+                item = heapq.heappop(self._heap)
             except Exception as exc:  # keys that do not compare
                 self._turn_lenient(exc)
                 continue
-            if entry.state is EntryState.WAITING:
+            if _heap_live(item):
+                entry = item[3]
                 self._took_one()
                 return entry
         raise AssertionError("live count out of step with the heap")  # pragma: no cover
 
     def ordered(self, now: float) -> list[_Entry]:
         """Live entries in the order they would be dispatched if nothing changed."""
-        live = [e for _, _, e in self._heap if e.state is EntryState.WAITING]
+        live = [item[3] for item in self._heap if _heap_live(item)]
         if self.max_wait is None:
             overdue: list[_Entry] = []
         else:
@@ -276,13 +319,14 @@ class WaitQueue:
 
     def drain(self) -> list[_Entry]:
         """Remove and return every live entry (used on close)."""
-        live = [e for _, _, e in self._heap if e.state is EntryState.WAITING]
+        live = [item[3] for item in self._heap if _heap_live(item)]
         live.sort(key=lambda e: e.seq)
         self._heap.clear()
         self._fifo.clear()
+        self._returned.clear()
         self._live = 0
         return live
 
     def storage_size(self) -> int:
         """Entries held, dead ones included (for leak tests)."""
-        return len(self._heap) + len(self._fifo)
+        return len(self._heap) + len(self._fifo) + len(self._returned)

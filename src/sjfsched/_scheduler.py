@@ -262,7 +262,8 @@ class Scheduler:
     Order: a lower ``Request.priority`` class always goes first; within a
     class the lowest ``min(estimate, cap * median) - aging * seconds_waited``
     goes first.  ``median`` is the median estimate of the latest 200
-    accepted requests, so requests predicted shorter than is typical run
+    accepted requests (of an even count the higher middle one, as
+    ``statistics.median_high``), so requests predicted shorter than is typical run
     shortest first, and those predicted longer count as ``cap * median``
     and keep their arrival order among themselves while the median holds.
     The cap is taken when a request arrives and then fixed: after the
@@ -474,7 +475,10 @@ class Scheduler:
 
     @property
     def median_estimate(self) -> float | None:
-        """The median estimate (seconds) of the latest 200 accepted requests; ``None`` before any."""
+        """The median estimate (seconds) of the latest 200 accepted requests; ``None`` before any.
+
+        Of an even count, the higher of the two middle ones (``statistics.median_high``).
+        """
         ordered = self._recent_sorted
         return ordered[len(ordered) // 2] if ordered else None
 
