@@ -154,6 +154,17 @@ def main() -> None:
     else:
         print(f"model {model}: {model.stat().st_size / 1e6:.2f} MB")
     adapted = LexicalPredictor(model)
+    featurizer = adapted._features
+    print(
+        f"weight table: {featurizer.table_size:,} rows ({featurizer.table_size * 4 / 1e6:.1f} MB of "
+        f"float32); vocabulary: {len(featurizer.unigrams):,} words"
+    )
+    bare = LexicalPredictor(model, calibrate=False)
+    scores = bare.scores(prompts)
+    print(
+        f"score bound: {int((scores <= bare._low).sum()):,} of the {len(prompts):,} prompts at its "
+        f"low end, {int((scores >= bare._high).sum()):,} at its high end"
+    )
     for i, request in enumerate(requests[:1000]):  # lengths do not matter to the cost
         adapted.observe(request, adapted.predict(request), 20 + (37 * i) % 1500)
     print(f"adapted: after observing {min(len(requests), 1000):,} completed requests")

@@ -97,17 +97,22 @@ def test_demo_refuses_a_load_outside_zero_to_one(load: str) -> None:
     assert main(["demo", "--load", load]) == 2
 
 
-@pytest.mark.parametrize("rate", ["nan", "0"])
-def test_demo_names_a_bad_decode_rate(rate: str) -> None:
-    # Found by a reviewer: with NaN the demo's chunk size was worked out first and the message
-    # was "cannot convert float NaN to integer".
-    with pytest.raises(SystemExit, match="sjfsched demo: decode_rate must be a positive number of tokens"):
-        main(["demo", "--decode-rate", rate])
+@pytest.mark.parametrize("option", ["--decode-rate", "--prefill-rate"])
+@pytest.mark.parametrize("rate", ["nan", "0", "-5", "inf", "1e-3", "1e308"])
+def test_demo_names_a_bad_rate(option: str, rate: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # Found by reviewers: with NaN the demo's chunk size was worked out first ("cannot convert
+    # float NaN to integer"); then a bad rate was named by the backend's attribute
+    # ("prefill_rate must be ...", exit status 1); and 1e-3 ran, its table's columns run together.
+    assert main(["demo", option, rate]) == 2
+    assert f"sjfsched demo: {option} must be within [0.1, 1e+06] tokens a second" in capsys.readouterr().err
 
 
-def test_demo_runs_with_a_huge_decode_rate(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--decode-rate", "1e308"]) == 0
-    assert "Poisson arrivals" in capsys.readouterr().out
+def test_demo_runs_at_the_ends_of_its_rates(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--decode-rate", "1e6", "--prefill-rate", "0.1"]) == 0
+    out = capsys.readouterr().out
+    assert "Poisson arrivals" in out
+    rows = [line for line in out.splitlines() if line.startswith("  all mean")]
+    assert rows and all(len(row.split()) == 5 for row in rows)  # metric, FCFS, sjfsched, change
 
 
 def test_bench_sim_refuses_what_it_would_run_wrongly(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import random
 import sys
 from collections.abc import Sequence
 from importlib import resources
+from typing import Final
 
 import anyio
 import attrs
@@ -104,6 +105,12 @@ def _summary(results: Sequence[_Result]) -> dict[str, float]:
     }
 
 
+#: The simulated server's rates the demo takes (tokens a second): beyond them its table
+#: of seconds would not read (a burst at 0.001 tokens a second takes years).
+MIN_RATE: Final = 0.1
+MAX_RATE: Final = 1e6
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="arrival order and Poisson seed (default 0)")
     parser.add_argument(
@@ -130,6 +137,14 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 < args.load < 1.0:  # NaN fails this too
         print(f"sjfsched demo: --load must be within (0, 1), got {args.load}", file=sys.stderr)
         return 2
+    for option, value in (("--prefill-rate", args.prefill_rate), ("--decode-rate", args.decode_rate)):
+        if not MIN_RATE <= value <= MAX_RATE:  # NaN fails this too
+            print(
+                f"sjfsched demo: {option} must be within [{MIN_RATE:g}, {MAX_RATE:g}] tokens a second, "
+                f"got {value:g}",
+                file=sys.stderr,
+            )
+            return 2
     trace = load_demo_trace()
     rng = random.Random(args.seed)
     backend = SimulatedBackend(prefill_rate=args.prefill_rate, decode_rate=args.decode_rate)

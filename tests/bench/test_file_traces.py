@@ -145,6 +145,10 @@ M2 = {"prompt": "b", "output_tokens": 9, "model": "m2"}
         ([{"prompt": "a", "output_tokens": "many"}], "", r"t\.jsonl:1: 'output_tokens' must be a finite"),
         ([{"output_tokens": 3}], "", r"t\.jsonl:1: no 'prompt'$"),
         ([{"prompt": ["a"], "output_tokens": 3}], "", r"t\.jsonl:1: 'prompt' must be a string, got list"),
+        # these were turned into strings ("17", "{'x': 1}"), a record filed under the wrong name
+        ([{**M1, "source": 17}], "", r"t\.jsonl:1: 'source' must be a string, got int"),
+        ([{**M1, "model": {"x": 1}}], "", r"t\.jsonl:1: 'model' must be a string, got dict"),
+        ([{**M1, "prompt_id": [1, 2]}], "", r"t\.jsonl:1: 'prompt_id' must be a string or an int"),
         (
             [{"messages": [{"role": "user", "content": "a"}], "output_tokens": 3}],
             "",

@@ -7,7 +7,8 @@ gzip-compressed (the schema of the project's shared data and of
     {"source": "arena-hard-v0.1", "prompt_id": "aa8050bc3d8d3068",
      "prompt": "Tell me how to ...", "model": "gpt-4o", "output_tokens": 2086}
 
-Only ``prompt`` and ``output_tokens`` are required.  ``prompt_id`` defaults to
+Only ``prompt`` and ``output_tokens`` are required; ``source`` and ``model``,
+where given, are strings, ``prompt_id`` a string or an integer.  ``prompt_id`` defaults to
 the first 16 hex digits of ``sha1(prompt.strip())``, ``source`` to the file's
 name without ``.gz`` and ``.jsonl`` (:func:`source_of_file`), ``model`` to
 ``"unknown"``.  Records of the same ``prompt_id`` always land on the same
@@ -297,8 +298,14 @@ def parse_record(raw: Any, path: Path, line: int) -> LengthRecord:
             f"context), got {tokens:.4g}"
         )
     prompt_id = raw.get("prompt_id")
+    if prompt_id is not None and (isinstance(prompt_id, bool) or not isinstance(prompt_id, (str, int))):
+        got = type(prompt_id).__name__
+        raise ValueError(f"{where}: 'prompt_id' must be a string or an integer, got {got}")
     source = raw.get("source")
     model = raw.get("model")
+    for name, value in (("source", source), ("model", model)):
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"{where}: {name!r} must be a string, got {type(value).__name__}")
     return LengthRecord(
         prompt=prompt,
         output_tokens=float(tokens),
