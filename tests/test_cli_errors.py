@@ -38,10 +38,20 @@ def test_train_and_evaluate_name_the_bad_input(tmp_path: Path) -> None:
     assert main(["evaluate", str(_records(tmp_path / "ok.jsonl", 50)), "--test-fraction", "1.5"]) == 2
 
 
-def test_train_refuses_a_card_that_would_overwrite_the_model(tmp_path: Path) -> None:
+def test_train_refuses_a_card_that_would_overwrite_the_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = _records(tmp_path / "ok.jsonl", 200)
     assert main(["train", str(data), "--out", str(tmp_path / "model.md")]) == 2
     assert not (tmp_path / "model.md").exists()
+    assert "would overwrite the model" in capsys.readouterr().err
+    # Found by a reviewer: with --card given as the model's file, the message said "pass --card".
+    model = tmp_path / "x.onnx"
+    assert main(["train", str(data), "--out", str(model), "--card", str(model)]) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == f"sjfsched train: --card {model} is the model's file (--out {model})"
+    )
     assert (
         main(
             [

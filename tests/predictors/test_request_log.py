@@ -267,7 +267,13 @@ def test_lines_that_break_the_json_reader_name_their_line(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match=r"bad\.jsonl:1: 'output_tokens' must be a finite number"):
         load_records([path])
     path.write_bytes(b'{"prompt": "\xff", "output_tokens": 3}\n')
-    with pytest.raises(ValueError, match=r"bad\.jsonl:1: not UTF-8"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: not UTF-8 \(invalid start byte at byte 12\)$"):
+        load_records([path])
+    # Found by a reviewer: a gzip file named .jsonl said only "not UTF-8 (... at byte 1)".
+    path.write_bytes(gzip.compress(b'{"prompt": "a", "output_tokens": 3}\n'))
+    with pytest.raises(
+        ValueError, match=r"bad\.jsonl:1: not UTF-8 \(.*\): gzip data; name the file \.jsonl\.gz"
+    ):
         load_records([path])
 
 

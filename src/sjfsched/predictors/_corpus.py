@@ -200,7 +200,9 @@ def _loads(line: bytes, path: Path, i: int) -> Any:
     try:
         return json.loads(line.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}:{i}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+        gzipped = i == 1 and line.startswith(b"\x1f\x8b")
+        hint = ": gzip data; name the file .jsonl.gz" if gzipped else ""
+        raise ValueError(f"{path}:{i}: not UTF-8 ({exc.reason} at byte {exc.start}){hint}") from exc
     except json.JSONDecodeError as exc:
         where = "column" if exc.msg.endswith(" at") else "at column"
         raise ValueError(f"{path}:{i}: not JSON ({exc.msg} {where} {exc.colno})") from exc

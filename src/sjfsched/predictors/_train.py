@@ -830,7 +830,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     card_path = args.card if args.card is not None else args.out.with_suffix(".md")
     if card_path.resolve() == args.out.resolve():
-        print(f"sjfsched train: the card would overwrite the model {args.out}: pass --card", file=sys.stderr)
+        if args.card is not None:
+            print(
+                f"sjfsched train: --card {args.card} is the model's file (--out {args.out})", file=sys.stderr
+            )
+        else:  # --out ends in .md
+            print(
+                f"sjfsched train: the card ({card_path}, beside the model) would overwrite the model "
+                f"{args.out}: pass --card FILE",
+                file=sys.stderr,
+            )
         return 2
     # Where the model and its card go is checked before any data is read.
     card_name = f"--card {card_path}" if args.card is not None else f"the model card {card_path} (see --card)"
