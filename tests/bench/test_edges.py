@@ -81,6 +81,44 @@ def test_bench_real_refuses_bad_arguments_in_one_line(tmp_path: Path, argv: list
         main(["bench", "real", "--trace", str(trace), "--results", str(tmp_path / "x.json"), *argv])
 
 
+def test_bench_real_names_a_model_it_cannot_use(tmp_path: Path) -> None:
+    """Found by a reviewer: a directory was "no such file", a file that is not a model (or a cut
+    GGUF) failed as llama.cpp's bare "Failed to load model from file", and --preset with --model
+    was silently ignored."""
+    pytest.importorskip("llama_cpp")
+    from sjfsched.testing import write_tiny_llama
+
+    trace = _trace(tmp_path / "t.jsonl", [10, 50, 300, 900])
+    argv = ["bench", "real", "--trace", str(trace), "--results", str(tmp_path / "x.json"), "--requests", "4"]
+    text = tmp_path / "notes.txt"
+    text.write_text("not a model\n")
+    whole = write_tiny_llama(tmp_path / "m.gguf")
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(whole.read_bytes()[:4096])
+    for model, message in [
+        (tmp_path, f"--model {tmp_path}: not a file$"),
+        (tmp_path / "none.gguf", "none.gguf: no such file$"),
+        (text, "notes.txt: not a GGUF model"),
+        (cut, r"cut\.gguf: llama\.cpp could not load it \("),
+    ]:
+        with pytest.raises(SystemExit, match=message):
+            main([*argv, "--model", str(model)])
+    with pytest.raises(SystemExit, match="--preset small does nothing with --model"):
+        main([*argv, "--model", str(whole), "--preset", "small"])
+
+
+def test_bench_ranking_and_all_name_a_missing_corpus_before_training(tmp_path: Path) -> None:
+    """Found by a reviewer: with a --data folder without the corpora, both began training the
+    unseen predictor and failed with train's "no records in ..." under a long command line."""
+    vectors = tmp_path / "v.json"
+    vectors.write_text("{}")
+    missing = r"trace 'castillo-llama1b' needs .*castillo_code_and_instruct\.jsonl\.gz, which does not exist"
+    with pytest.raises(SystemExit, match=missing):
+        main(["bench", "ranking", "--data", str(tmp_path)])
+    with pytest.raises(SystemExit, match=missing):
+        main(["bench", "all", "--data", str(tmp_path), "--word-vectors", str(vectors), "--no-progress"])
+
+
 def test_bench_real_reports_no_long_p95_when_there_are_no_long_requests() -> None:
     def done(tokens: int, latency: float) -> Completion:
         return Completion(

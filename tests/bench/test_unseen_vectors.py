@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from sjfsched._bench._traces import TRACES
 from sjfsched._bench._unseen import train_unseen_models
 from sjfsched._cli import main
 from sjfsched.predictors import LexicalPredictor
@@ -91,6 +92,8 @@ def test_ranking_and_all_hand_the_vectors_to_the_training(
 
     monkeypatch.setattr(_run, "prepare_models", prepare)
     data = sharegpt_like(tmp_path / "data")
+    for spec in TRACES.values():  # every trace's corpus is there (checked before the models are made)
+        (data / spec.file).touch()
     vectors = _vectors(tmp_path / "vectors.txt")
     out = (
         ["--out", str(tmp_path / "docs"), "--results", str(tmp_path / "r.json")] if command == ["all"] else []

@@ -257,6 +257,16 @@ def _check_traces(traces: Sequence[str]) -> None:
             raise SystemExit(f"sjfsched bench: {unknown_trace(t)}")
 
 
+def _check_trace_files(traces: Iterable[str], data: Path) -> None:
+    """Each built-in trace's corpus file is in ``data``: said before anything is trained."""
+    for t in traces:
+        spec = TRACES.get(base_name(t))
+        if spec is not None and not (data / spec.file).is_file():
+            raise SystemExit(
+                f"sjfsched bench: trace {spec.name!r} needs {data / spec.file}, which does not exist"
+            )
+
+
 def _check_training(command: str, hint: str = "") -> None:
     """Fail at once, in one line, where the unseen predictor could not be trained (no scikit-learn...)."""
     missing = missing_module(TRAIN_MODULES["lexical"])
@@ -616,6 +626,7 @@ def _run_all(args: argparse.Namespace) -> int:
     _check_training("all")
     vectors = _unseen_vectors(args, "all")
     data = _data_dir(args)
+    _check_trace_files(traces, data)
     units = all_units(args)
     meta = _meta(args, data)
     with tempfile.TemporaryDirectory(prefix="sjfsched-bench-") as tmp:
@@ -761,6 +772,7 @@ def _run_ranking(args: argparse.Namespace) -> int:
         vectors = _unseen_vectors(args, "ranking")
     elif args.word_vectors is not None:
         raise SystemExit(_NO_UNSEEN_VECTORS.format("ranking"))
+    _check_trace_files(TRACES, data)  # the ranking reads every trace
     with tempfile.TemporaryDirectory(prefix="sjfsched-bench-") as tmp:
         models = prepare_models(TRACES if "unseen" in names else (), data, tmp, word_vectors=vectors)
         table = ranking_table(models, data, names)

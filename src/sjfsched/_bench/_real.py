@@ -78,7 +78,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--model", type=Path, default=None, help="a GGUF model (default: write the 'medium' tiny Llama)"
     )
     parser.add_argument(
-        "--preset", default="medium", help="write_tiny_llama preset when no --model (default medium)"
+        "--preset", default=None, help="write_tiny_llama preset when no --model (default medium)"
     )
     parser.add_argument(
         "--threads", type=int, default=1, help="llama.cpp threads (default 1: the cores are shared)"
@@ -258,6 +258,13 @@ def _model_path(args: argparse.Namespace, tmp: str, n_ctx: int) -> Path:
 def _check_arguments(args: argparse.Namespace) -> None:
     from ..testing._tiny_llama import PRESETS
 
+    if args.model is not None and args.preset is not None:
+        raise SystemExit(
+            f"sjfsched bench real: --preset {args.preset} does nothing with --model (it names the tiny "
+            "model written when no --model is given)"
+        )
+    if args.preset is None:
+        args.preset = "medium"
     if args.model is None and args.preset not in PRESETS:
         raise SystemExit(
             f"sjfsched bench real: unknown --preset {args.preset!r}; choose from {', '.join(PRESETS)}"
@@ -267,10 +274,26 @@ def _check_arguments(args: argparse.Namespace) -> None:
             raise SystemExit(f"sjfsched bench real: --{name} must be at least {least}, got {value}")
     if args.prompt_chars < 1:
         raise SystemExit(f"sjfsched bench real: --prompt-chars must be at least 1, got {args.prompt_chars}")
-    if args.model is not None and not Path(args.model).is_file():
-        raise SystemExit(f"sjfsched bench real: --model {args.model}: no such file")
+    if args.model is not None:
+        _check_model_file(Path(args.model))
     if not (args.scale > 0 and math.isfinite(args.scale)):
         raise SystemExit(f"sjfsched bench real: --scale must be a positive number, got {args.scale}")
+
+
+def _check_model_file(path: Path) -> None:
+    """A --model that is not a GGUF file fails in one line naming it, before anything runs."""
+    where = f"sjfsched bench real: --model {path}"
+    if not path.exists():
+        raise SystemExit(f"{where}: no such file")
+    if not path.is_file():
+        raise SystemExit(f"{where}: not a file")
+    try:
+        with path.open("rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise SystemExit(f"{where}: cannot be read ({exc.strerror or exc})") from None
+    if magic != b"GGUF":
+        raise SystemExit(f"{where}: not a GGUF model (it does not begin with GGUF's magic bytes)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -389,9 +412,18 @@ def _run_real(
 
     n_ctx = _context_size(args, items)
     path = _model_path(args, tmp, n_ctx)
-    llm = Llama(
-        str(path), n_ctx=n_ctx, n_threads=args.threads, n_threads_batch=args.threads, seed=0, verbose=False
-    )
+    try:
+        llm = Llama(
+            str(path),
+            n_ctx=n_ctx,
+            n_threads=args.threads,
+            n_threads_batch=args.threads,
+            seed=0,
+            verbose=False,
+        )
+    except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
+        shown = f"--model {path}" if args.model is not None else f"the tiny model {path}"
+        raise SystemExit(f"sjfsched bench real: {shown}: llama.cpp could not load it ({exc})") from None
     real: dict[str, list[Completion]] = {}
     try:
         llm.create_completion("warm up", max_tokens=8)
