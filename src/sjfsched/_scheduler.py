@@ -1195,7 +1195,7 @@ class Scheduler:
             if not found or not first < entry.key:
                 return False
             key = self._key_of_rest(stream)
-            if not first < key:
+            if key is None or not first < key:
                 return False
             if key < entry.key:
                 entry.key = key
@@ -1210,9 +1210,16 @@ class Scheduler:
             return False
         return True
 
-    def _key_of_rest(self, stream: ChunkStream) -> Any:
+    def _key_of_rest(self, stream: ChunkStream) -> Any | None:
         """The key of what is left of a running answer: :meth:`sort_key` of its job with the
-        estimate of the rest of its predicted answer plus reading its prompt and answer again."""
+        estimate of the rest of its predicted answer plus reading its prompt and answer again.
+
+        ``None`` where the answer has reached its prediction (or ``max_tokens``): what is left
+        of it is unknown, and it is not paused.  Ranked by the cost of resuming it alone, it
+        was paused for every request shorter than that, again and again as that cost grew,
+        and where a prompt is read only a few times faster than an answer is written the
+        pauses cost more than they saved.
+        """
         entry = stream._entry
         done = stream._output_tokens
         prediction = entry.prediction
@@ -1224,7 +1231,9 @@ class Scheduler:
         predicted = prediction.tokens
         if entry.request.max_tokens is not None:  # the rest is within what max_tokens leaves
             predicted = min(predicted, float(entry.request.max_tokens))
-        left = attrs.evolve(prediction, tokens=max(predicted - done, 0.0), prompt_tokens=prompt + done)
+        if done >= predicted:
+            return None
+        left = attrs.evolve(prediction, tokens=predicted - done, prompt_tokens=prompt + done)
         rest = self._estimate(entry.request, left)
         return self.sort_key(Job(entry.request, entry.prediction, rest, entry.submitted))
 
