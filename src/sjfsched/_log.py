@@ -85,6 +85,8 @@ class RequestLog:
     ) -> None:
         if not isinstance(source, str) or not source:
             raise ValueError("RequestLog.source must be a non-empty string")
+        if model is not None and not isinstance(model, str):
+            raise TypeError(f"RequestLog.model must be a string or None, got {type(model).__name__}")
         self.path = Path(path)
         _refuse_unless_a_log(self.path)
         _refuse_unless_writable(self.path)

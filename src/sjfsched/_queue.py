@@ -162,7 +162,7 @@ class WaitQueue:
         self._push_heap(entry)
 
     def _push_heap(self, entry: _Entry) -> None:
-        """Count ``entry`` live and push it on the heap (it is in the FIFO already)."""
+        """Count ``entry`` live and push it on the heap (it is in the FIFO or the returned already)."""
         self._live += 1
         try:
             heapq.heappush(self._heap, self._item(entry))
@@ -249,7 +249,7 @@ class WaitQueue:
         self._took_one()
 
     def _took_one(self) -> None:
-        """One live entry fewer: it left by one structure and lingers, dead, in the other."""
+        """One live entry fewer: it left by one structure and lingers, dead, in the others."""
         live = self._live = self._live - 1
         if live == 0:  # only dead entries are left
             self._heap.clear()

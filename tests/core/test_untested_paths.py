@@ -114,6 +114,12 @@ def test_a_request_log_refuses_an_empty_source(tmp_path: Path) -> None:
         RequestLog(tmp_path / "l.jsonl", source="")
 
 
+def test_a_request_log_refuses_a_model_that_is_not_a_string(tmp_path: Path) -> None:
+    # Found by a reviewer: model=3 was written as "model": 3, a line `sjfsched train` refuses.
+    with pytest.raises(TypeError, match=r"RequestLog\.model must be a string or None, got int"):
+        RequestLog(tmp_path / "l.jsonl", model=3)  # type: ignore[arg-type]
+
+
 async def test_a_request_logs_line_is_there_before_the_log_closes_with_its_prompt_tokens(
     tmp_path: Path,
 ) -> None:

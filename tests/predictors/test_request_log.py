@@ -473,3 +473,12 @@ def test_an_unwritable_log_is_refused_at_once(tmp_path: Path) -> None:
             RequestLog(folder / "log.jsonl")
     finally:
         folder.chmod(0o700)
+
+
+def test_an_integer_prompt_id_is_kept_zero_included(tmp_path: Path) -> None:
+    # Found by a reviewer: 0 was falsy, so two answers filed under prompt id 0 were each given
+    # their prompt's hash instead, and landed apart in a split by prompt id.
+    path = tmp_path / "ids.jsonl"
+    lines = [{"prompt": p, "output_tokens": 3, "prompt_id": i} for p, i in (("a", 0), ("b", 0), ("c", 17))]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert [r.prompt_id for r in load_records([path])] == ["0", "0", "17"]

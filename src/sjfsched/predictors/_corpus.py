@@ -311,7 +311,7 @@ def parse_record(raw: Any, path: Path, line: int) -> LengthRecord:
     return LengthRecord(
         prompt=prompt,
         output_tokens=float(tokens),
-        prompt_id=str(prompt_id) if prompt_id else prompt_id_of(prompt),
+        prompt_id=prompt_id_of(prompt) if prompt_id in (None, "") else str(prompt_id),
         source=str(source) if source else source_of_file(path),
         model=str(model) if model else "unknown",
         cut=raw.get("finish_reason") == "length",
