@@ -1195,7 +1195,7 @@ class Scheduler:
             if not found or not first < entry.key:
                 return False
             key = self._key_of_rest(stream)
-            if key is None or not first < key:
+            if not first < key:
                 return False
             if key < entry.key:
                 entry.key = key
@@ -1210,15 +1210,16 @@ class Scheduler:
             return False
         return True
 
-    def _key_of_rest(self, stream: ChunkStream) -> Any | None:
+    def _key_of_rest(self, stream: ChunkStream) -> Any:
         """The key of what is left of a running answer: :meth:`sort_key` of its job with the
         estimate of the rest of its predicted answer plus reading its prompt and answer again.
 
-        ``None`` where the answer has reached its prediction (or ``max_tokens``): what is left
-        of it is unknown, and it is not paused.  Ranked by the cost of resuming it alone, it
-        was paused for every request shorter than that, again and again as that cost grew,
-        and where a prompt is read only a few times faster than an answer is written the
-        pauses cost more than they saved.
+        Where the answer has reached its prediction (or ``max_tokens``) what is left of it is
+        unknown: its job's estimate is 0, so that only a request ranked before it for
+        something other than length (a priority class, a policy's deadline) pauses it.  Ranked
+        by the cost of resuming it, it was paused for every request shorter than that, again
+        and again as that cost grew, and where a prompt is read only a few times faster than
+        an answer is written the pauses cost more than they saved.
         """
         entry = stream._entry
         done = stream._output_tokens
@@ -1232,7 +1233,7 @@ class Scheduler:
         if entry.request.max_tokens is not None:  # the rest is within what max_tokens leaves
             predicted = min(predicted, float(entry.request.max_tokens))
         if done >= predicted:
-            return None
+            return self.sort_key(Job(entry.request, entry.prediction, 0.0, entry.submitted))
         left = attrs.evolve(prediction, tokens=predicted - done, prompt_tokens=prompt + done)
         rest = self._estimate(entry.request, left)
         return self.sort_key(Job(entry.request, entry.prediction, rest, entry.submitted))

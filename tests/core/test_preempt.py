@@ -165,6 +165,35 @@ async def test_an_answer_longer_than_predicted_is_not_paused() -> None:
     assert done["late four"].started < done["other"].finished
 
 
+async def test_an_answer_past_its_prediction_is_paused_for_a_higher_class_or_a_deadline() -> None:
+    # Found by a reviewer: once past its prediction an answer was not paused at all, so a
+    # priority-0 request (or a policy's deadline) waited for the whole of a priority-1 answer
+    # predicted at 50 tokens that wrote 2,000. Past its prediction it ranks as if nothing were
+    # left of it: its class still yields, its length no longer does.
+    class Deadlines(Scheduler):
+        def sort_key(self, job: Job) -> Any:
+            urgent = job.request.metadata.get("deadline") is not None
+            return (job.request.priority, 0 if urgent else 1, job.submitted)
+
+    for policy, fields in ((Scheduler, {"priority": 0}), (Deadlines, {"metadata": {"deadline": 5}})):
+        backend = SimulatedBackend(prefill_rate=1e9, decode_rate=10.0, chunk_tokens=5)
+        sched = policy(
+            backend, cap=None, preempt=True, predictor=TablePredictor(), decode_rate=10.0, learn_rates=False
+        )
+        async with sched:
+            done: dict[str, Completion] = {}
+            async with anyio.create_task_group() as tg:
+                long = job(50, 2000, priority=1, metadata={"name": "long"})
+                tg.start_soon(submit_later, sched, long, 0.0, done)
+                extra = dict(fields)
+                metadata = {"name": "urgent", **extra.pop("metadata", {})}
+                urgent = job(20, priority=extra.pop("priority", 1), metadata=metadata)
+                tg.start_soon(submit_later, sched, urgent, 10.0, done)  # 100 tokens written, 50 predicted
+        assert done["long"].preemptions == 1, policy
+        waited = done["urgent"].started - done["urgent"].submitted
+        assert waited < 0.6, policy  # to the next chunk, not the 190 s left of the long answer
+
+
 async def test_a_backend_that_cannot_resume_is_never_paused() -> None:
     async def writes(request: Request) -> AsyncIterator[Chunk]:
         for _ in range(int(request.metadata["output_tokens"])):
