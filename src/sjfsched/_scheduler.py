@@ -293,8 +293,11 @@ class Scheduler:
     ``docs/design.md``).  The running request ranks by what is left of it:
     :meth:`sort_key` of its job with the estimate of the rest of its
     predicted answer plus reading its prompt and answer so far again, never
-    after its own key.  Requests promoted by ``max_wait`` and requests run
-    from :meth:`admit` are never paused.
+    after its own key; past its prediction, with an estimate of 0 (what is
+    left of it is unknown: only a request ranked before it for something
+    other than length, a priority class or a policy's deadline, pauses it).
+    Requests promoted by ``max_wait`` and requests run from :meth:`admit`
+    are never paused.
 
     ``max_queue`` bounds the waiting requests (default ``None``: unbounded);
     beyond it a request fails at once with :class:`QueueFull`.
@@ -547,7 +550,8 @@ class Scheduler:
         every other request (tuples of numbers are best).  With ``preempt``
         it is also called for what is left of a running answer, as a request
         ranked before it waits (its job's ``estimate`` is then that of the
-        rest; see the class); should it raise there, the answer is not paused.  The default is::
+        rest, 0 past its prediction; see the class); should it raise there,
+        the answer is not paused.  The default is::
 
             (job.request.priority, min(job.estimate, self.estimate_cap) + self.aging * job.submitted)
 

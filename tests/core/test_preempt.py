@@ -175,7 +175,11 @@ async def test_an_answer_past_its_prediction_is_paused_for_a_higher_class_or_a_d
             urgent = job.request.metadata.get("deadline") is not None
             return (job.request.priority, 0 if urgent else 1, job.submitted)
 
-    for policy, fields in ((Scheduler, {"priority": 0}), (Deadlines, {"metadata": {"deadline": 5}})):
+    cases: list[tuple[type[Scheduler], int, dict[str, Any]]] = [
+        (Scheduler, 0, {}),
+        (Deadlines, 1, {"deadline": 5}),
+    ]
+    for policy, priority, fields in cases:
         backend = SimulatedBackend(prefill_rate=1e9, decode_rate=10.0, chunk_tokens=5)
         sched = policy(
             backend, cap=None, preempt=True, predictor=TablePredictor(), decode_rate=10.0, learn_rates=False
@@ -185,9 +189,7 @@ async def test_an_answer_past_its_prediction_is_paused_for_a_higher_class_or_a_d
             async with anyio.create_task_group() as tg:
                 long = job(50, 2000, priority=1, metadata={"name": "long"})
                 tg.start_soon(submit_later, sched, long, 0.0, done)
-                extra = dict(fields)
-                metadata = {"name": "urgent", **extra.pop("metadata", {})}
-                urgent = job(20, priority=extra.pop("priority", 1), metadata=metadata)
+                urgent = job(20, priority=priority, metadata={"name": "urgent", **fields})
                 tg.start_soon(submit_later, sched, urgent, 10.0, done)  # 100 tokens written, 50 predicted
         assert done["long"].preemptions == 1, policy
         waited = done["urgent"].started - done["urgent"].submitted

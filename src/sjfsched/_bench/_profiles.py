@@ -12,8 +12,8 @@ __all__ = ["CHUNK_SECONDS", "PROFILES", "Profile"]
 #: Most seconds of decoding between two chunks of the simulated server where answers may be
 #: paused (``Scheduler(preempt=True)``).  It also streams a chunk at the first token after each
 #: arrival (``SimulatedBackend.chunk_after``), so an arriving request is ranked against a running
-#: answer at once; as keys are fixed at arrival, these periodic chunks only matter for an answer
-#: running past its prediction, whose rest (reading its text again) grows as it goes on.
+#: answer at once; as keys are fixed at arrival, these periodic chunks matter only where what is
+#: left of an answer ranks later as it goes on (a prompt read more slowly than answers are written).
 CHUNK_SECONDS = 2.0
 
 
