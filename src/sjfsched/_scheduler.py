@@ -293,9 +293,10 @@ class Scheduler:
     ``docs/design.md``).  The running request ranks by what is left of it:
     :meth:`sort_key` of its job with the estimate of the rest of its
     predicted answer plus reading its prompt and answer so far again, never
-    after its own key; past its prediction, with an estimate of 0 (what is
-    left of it is unknown: only a request ranked before it for something
-    other than length, a priority class or a policy's deadline, pauses it).
+    after its own key; past its prediction, with the estimate of one token
+    (what is left of it is unknown: only a request ranked before it for
+    something other than length, a priority class or a policy's deadline,
+    pauses it).
     Requests promoted by ``max_wait`` and requests run from :meth:`admit`
     are never paused.
 
@@ -550,7 +551,7 @@ class Scheduler:
         every other request (tuples of numbers are best).  With ``preempt``
         it is also called for what is left of a running answer, as a request
         ranked before it waits (its job's ``estimate`` is then that of the
-        rest, 0 past its prediction; see the class); should it raise there,
+        rest, one token's past its prediction; see the class); should it raise there,
         the answer is not paused.  The default is::
 
             (job.request.priority, min(job.estimate, self.estimate_cap) + self.aging * job.submitted)
@@ -1219,8 +1220,9 @@ class Scheduler:
         estimate of the rest of its predicted answer plus reading its prompt and answer again.
 
         Where the answer has reached its prediction (or ``max_tokens``) what is left of it is
-        unknown: its job's estimate is 0, so that only a request ranked before it for
-        something other than length (a priority class, a policy's deadline) pauses it.  Ranked
+        unknown: its job's estimate is that of one token (the least it can still write), so
+        that only a request ranked before it for something other than length (a priority
+        class, a policy's deadline) pauses it.  Ranked
         by the cost of resuming it, it was paused for every request shorter than that, again
         and again as that cost grew, and where a prompt is read only a few times faster than
         an answer is written the pauses cost more than they saved.
@@ -1237,7 +1239,8 @@ class Scheduler:
         if entry.request.max_tokens is not None:  # the rest is within what max_tokens leaves
             predicted = min(predicted, float(entry.request.max_tokens))
         if done >= predicted:
-            return self.sort_key(Job(entry.request, entry.prediction, 0.0, entry.submitted))
+            least = self._estimate(entry.request, attrs.evolve(prediction, tokens=1.0, prompt_tokens=0.0))
+            return self.sort_key(Job(entry.request, entry.prediction, least, entry.submitted))
         left = attrs.evolve(prediction, tokens=predicted - done, prompt_tokens=prompt + done)
         rest = self._estimate(entry.request, left)
         return self.sort_key(Job(entry.request, entry.prediction, rest, entry.submitted))

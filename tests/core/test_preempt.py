@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any
@@ -175,9 +176,14 @@ async def test_an_answer_past_its_prediction_is_paused_for_a_higher_class_or_a_d
             urgent = job.request.metadata.get("deadline") is not None
             return (job.request.priority, 0 if urgent else 1, job.submitted)
 
+    class LogKey(Scheduler):  # a key that takes the log of the estimate: 0 would raise
+        def sort_key(self, job: Job) -> Any:
+            return (job.request.priority, math.log(job.estimate))
+
     cases: list[tuple[type[Scheduler], int, dict[str, Any]]] = [
         (Scheduler, 0, {}),
         (Deadlines, 1, {"deadline": 5}),
+        (LogKey, 0, {}),
     ]
     for policy, priority, fields in cases:
         backend = SimulatedBackend(prefill_rate=1e9, decode_rate=10.0, chunk_tokens=5)
