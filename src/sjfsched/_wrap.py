@@ -120,14 +120,13 @@ def _ranked_messages(messages: Any) -> Any:
     llama-cpp-python's chat templates take a ``None`` content (a system
     message left empty), and the wrapper hands the chat on as it is.
     """
-    if not isinstance(messages, (list, tuple)) or not any(
-        isinstance(m, Mapping) and "content" in m and m["content"] is None for m in messages
-    ):
+    if not isinstance(messages, (list, tuple)) or not any(map(_content_none, messages)):
         return messages
-    return [
-        {**m, "content": ""} if isinstance(m, Mapping) and "content" in m and m["content"] is None else m
-        for m in messages
-    ]
+    return [{**m, "content": ""} if _content_none(m) else m for m in messages]
+
+
+def _content_none(message: Any) -> bool:
+    return isinstance(message, Mapping) and "content" in message and message["content"] is None
 
 
 def wrap(llm: Llama, /, **scheduler_options: Any) -> ScheduledLlama:

@@ -39,6 +39,7 @@ from ._traces import (
     is_trace_name,
     load_trace,
     split_file_trace,
+    trace_file,
     unknown_trace,
 )
 
@@ -261,10 +262,11 @@ def _check_trace_files(traces: Iterable[str], data: Path) -> None:
     """Each built-in trace's corpus file is in ``data``: said before anything is trained."""
     for t in traces:
         spec = TRACES.get(base_name(t))
-        if spec is not None and not (data / spec.file).is_file():
-            raise SystemExit(
-                f"sjfsched bench: trace {spec.name!r} needs {data / spec.file}, which does not exist"
-            )
+        if spec is not None:
+            try:
+                trace_file(spec, data)
+            except FileNotFoundError as exc:
+                raise SystemExit(f"sjfsched bench: {exc}") from None
 
 
 def _check_training(command: str, hint: str = "") -> None:

@@ -37,6 +37,7 @@ __all__ = [
     "is_file_trace",
     "length_class",
     "load_trace",
+    "trace_file",
     "unknown_trace",
 ]
 
@@ -246,6 +247,14 @@ UNSEEN_BUILT_IN_ONLY: Final = (
 )
 
 
+def trace_file(spec: TraceSpec, data_dir: Path | str) -> Path:
+    """The corpus file a built-in trace is read from; :class:`FileNotFoundError` naming it if missing."""
+    path = Path(data_dir) / spec.file
+    if not path.is_file():
+        raise FileNotFoundError(f"trace {spec.name!r} needs {path}, which does not exist")
+    return path
+
+
 def load_trace(spec: TraceSpec | str, data_dir: Path | str) -> Trace:
     """Read a trace's records from ``data_dir``.
 
@@ -269,9 +278,7 @@ def load_trace(spec: TraceSpec | str, data_dir: Path | str) -> Trace:
         if spec not in TRACES:
             raise ValueError(unknown_trace(spec))
         spec = TRACES[spec]
-    path = Path(data_dir) / spec.file
-    if not path.is_file():
-        raise FileNotFoundError(f"trace {spec.name!r} needs {path}, which does not exist")
+    path = trace_file(spec, data_dir)
     items = _read(path, spec.model, spec.sources)
     if not items:
         raise ValueError(f"no record of {path} has model {spec.model!r} and source in {spec.sources}")
