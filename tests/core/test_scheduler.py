@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -1091,8 +1090,13 @@ def test_a_scheduler_refuses_a_second_event_loops_thread() -> None:
     import asyncio
     import threading
 
+    running = threading.Event()  # the first request has the slot
+    release = threading.Event()  # the test has seen the second caller refused
+
     async def slow(request: Request) -> AsyncIterator[Chunk]:
-        await anyio.sleep(0.2)
+        running.set()
+        while not release.is_set():  # noqa: ASYNC110 - a thread's event, set from the test's thread
+            await anyio.sleep(0.01)
         yield Chunk("x", tokens=1)
 
     sched = Scheduler(CallableBackend(slow), predictor=HeuristicPredictor())
@@ -1109,11 +1113,12 @@ def test_a_scheduler_refuses_a_second_event_loops_thread() -> None:
 
     first = threading.Thread(target=worker, args=("first",), daemon=True)
     first.start()
-    time.sleep(0.05)  # the first request runs
+    assert running.wait(10)  # the first request runs
     second = threading.Thread(target=worker, args=("second",), daemon=True)
     second.start()
-    for t in (first, second):
-        t.join(10)
+    second.join(10)
+    release.set()
+    first.join(10)
     assert not first.is_alive() and not second.is_alive()
     assert results["first"] == "x"
     assert "from other threads use sjfsched.SyncScheduler" in results["second"]

@@ -398,7 +398,11 @@ def test_a_thread_started_inside_a_block_waits_for_the_slot(async_backend: str) 
         with sched.admit("mine") as ticket:
             other = threading.Thread(target=lambda: answers.append(sched.complete("other thread").text))
             other.start()
-            other.join(0.3)
+            deadline = time.monotonic() + 10
+            while sched.statistics().waiting < 1:  # its call queued, behind this block
+                assert time.monotonic() < deadline, "the other thread's call never queued"
+                time.sleep(0.005)
+            other.join(0.1)
             assert other.is_alive() and sched.statistics().waiting == 1
             ticket.report(1)
         other.join(10)

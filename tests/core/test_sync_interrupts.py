@@ -190,7 +190,8 @@ def test_ctrl_c_while_the_block_is_handed_to_the_loop_leaves_nothing_queued(asyn
         sched = SyncScheduler(CallableBackend(generate), async_backend=ASYNC_BACKEND)
         holder = threading.Thread(target=sched.complete, args=("hold",), kwargs={"metadata": {"n": 8}})
         holder.start()
-        time.sleep(0.3)
+        while sched.statistics().running < 1:  # the holder has the slot
+            time.sleep(0.01)
         handing_over = sched._portal.start_task_soon
 
         def start_task_soon(fn, *args, **kwargs):

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from sjfsched import SchedulerStatistics
+from sjfsched import Completion, SchedulerStatistics
 from sjfsched.proxy import ProxyApp, ProxyServer, ProxySettings, make_server
 from sjfsched.proxy._server import bind
 
@@ -78,6 +78,22 @@ class RunningProxy:
             assert release is not None
             self.loop.call_soon_threadsafe(release.set)
             future.result(10)
+
+    @contextlib.contextmanager
+    def completions(self) -> Iterator[list[Completion]]:
+        """The requests the scheduler ends while the block runs, in the order it ends them.
+
+        Fills the constructor's ``on_complete`` slot, which the proxy leaves empty: a test
+        reads the order the proxy served in, not the order its client threads got to run.
+        """
+        scheduler = self.app.scheduler
+        assert scheduler._on_complete is None
+        ended: list[Completion] = []
+        scheduler._on_complete = ended.append
+        try:
+            yield ended
+        finally:
+            scheduler._on_complete = None
 
     def metrics(self) -> dict[str, float]:
         """``/metrics``, parsed strictly (see :func:`parse_metrics`)."""

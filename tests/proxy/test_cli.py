@@ -478,7 +478,7 @@ def test_a_client_still_sending_its_body_does_not_hold_the_drain(ollama: OllamaS
         ):
             slow.sendall(head.encode() + body[:-5])  # never finished
             late.sendall(head.encode() + body[:-5])  # finished after the drain began
-            time.sleep(0.3)
+            time.sleep(1.0)  # the proxy (another process) reads both heads
             t0 = time.monotonic()
             proxy.process.send_signal(signal.SIGTERM)
             proxy.wait_for_line("SIGTERM: shutting down", 10)
@@ -507,7 +507,7 @@ def test_the_shutdown_line_counts_the_passed_through_calls_it_waits_for(ollama: 
         head = f"POST /api/blobs/sha256:abc HTTP/1.1\r\nHost: {host}\r\nContent-Length: 100\r\n\r\n"
         with socket.create_connection((host, int(port))) as upload:
             upload.sendall(head.encode() + b"x" * 10)
-            time.sleep(0.3)
+            time.sleep(1.0)  # the proxy (another process) reads the head and starts passing it on
             proxy.process.send_signal(signal.SIGTERM)
             proxy.wait_for_line("SIGTERM: shutting down", 10)
         # The client gave up (its connection closed): the drain ends with it.

@@ -6,7 +6,7 @@ import json
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -494,7 +494,10 @@ def test_a_drain_counts_the_call_it_refuses_once_its_body_arrives(
     head = f"POST /api/generate HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n\r\n"
     with socket.create_connection((host, int(port))) as late:
         late.sendall(head.encode() + body[:-5])
-        time.sleep(0.3)
+        deadline = time.monotonic() + 10
+        while proxy.run(_reading(proxy)) < 1:  # the proxy has the head and waits for the body
+            assert time.monotonic() < deadline, "the proxy never read the request's head"
+            time.sleep(0.005)
         t0 = time.monotonic()
         assert proxy.run(lambda: proxy.app.drain(20), timeout=30) is True
         assert time.monotonic() - t0 < 10  # not the 20 s grace
@@ -505,6 +508,13 @@ def test_a_drain_counts_the_call_it_refuses_once_its_body_arrives(
             answer += part
     assert answer.startswith(b"HTTP/1.1 503")
     assert proxy.app.metrics.rejected["shutting_down"] == 1
+
+
+def _reading(proxy: RunningProxy) -> Callable[[], Coroutine[Any, Any, int]]:
+    async def read() -> int:
+        return proxy.app.reading
+
+    return read
 
 
 def _upstream_once(answer: bytes) -> tuple[str, Callable[[], None]]:

@@ -199,7 +199,10 @@ def test_concurrency_bounds_what_the_upstream_sees(start_proxy: ProxyFactory) ->
     upstream.max_running = 0
     proxy = start_proxy(upstream.url, concurrency=2)
     body = {"model": MODEL, "prompt": "Hello", "stream": False, "options": {"num_predict": 20}}
-    with httpx.Client(timeout=60) as client, ThreadPoolExecutor(8) as pool:
+    # Each answer pauses 0.3 s after its first token (the server's test fault), so two admitted
+    # together do overlap upstream, however fast the machine generates.
+    stall = {"X-Test-Fault": "stall:1:0.3"}
+    with httpx.Client(timeout=60, headers=stall) as client, ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(client.post, f"{proxy.url}/api/generate", json=body) for _ in range(8)]
         responses = [f.result(60) for f in futures]
     assert [r.status_code for r in responses] == [200] * 8

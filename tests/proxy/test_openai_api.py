@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -115,35 +114,38 @@ def test_concurrent_streams_run_one_at_a_time_shortest_first(
     proxy = start_proxy(openai_url, aging=0.0, cap=None)  # plain shortest-first: order checked exactly
     rng = random.Random(11)
     limits = [rng.randint(1, 12) for _ in range(24)]
-    finished: list[tuple[float, int, float, str | None]] = []
-    lock = threading.Lock()
+    reasons: list[str | None] = []
 
-    def one(i: int, client: openai.OpenAI) -> None:
+    def one(i: int, client: openai.OpenAI) -> float:
         raw = client.chat.completions.with_raw_response.create(
             model=MODEL,
             messages=[{"role": "user", "content": "Write something."}],
             max_tokens=limits[i],
             stream=True,
         )
-        predicted = float(raw.headers["x-predicted-tokens"])
         reason = None
         for chunk in raw.parse():
             if chunk.choices and chunk.choices[0].finish_reason:
                 reason = chunk.choices[0].finish_reason
-        with lock:
-            finished.append((time.monotonic(), i, predicted, reason))
+        reasons.append(reason)
+        return float(raw.headers["x-predicted-tokens"])
 
-    with _client(proxy) as client, ThreadPoolExecutor(len(limits)) as pool:
+    with proxy.completions() as ended, _client(proxy) as client, ThreadPoolExecutor(len(limits)) as pool:
         with proxy.hold_slot():
             futures = [pool.submit(one, i, client) for i in range(len(limits))]
             proxy.wait_until(lambda s: s.waiting == len(limits))
-        for future in futures:
-            future.result(60)
-    assert all(reason in ("length", "stop") for *_, reason in finished)  # every stream ran to its end
-    finished.sort()
-    order = [predicted for _, _, predicted, _ in finished]
-    assert order == sorted(order), "not served shortest-predicted first"
-    proxy.wait_until(lambda s: s.running == 0)
+        predicted = sorted(future.result(60) for future in futures)
+        proxy.wait_until(lambda s: s.running == 0)
+    assert reasons.count("length") + reasons.count("stop") == len(limits)  # every stream ran to its end
+    # In the order the proxy ended them (one at a time: the order it served them in), after the
+    # test's own holder of the slot; not the order the client threads noted (a thread that was
+    # not scheduled for a few milliseconds noted its end after the next stream's).
+    assert [c.request.text for c in ended[:1]] == ["the test holds this slot"]
+    # The same prompt each time, predicted longer than any limit: each is predicted its
+    # max_tokens, as the x-predicted-tokens headers say, and ranked by it.
+    assert predicted == sorted(float(limit) for limit in limits)
+    assert [c.request.max_tokens for c in ended[1:]] == sorted(limits), "not served shortest-predicted first"
+    assert [c.estimate for c in ended[1:]] == sorted(c.estimate for c in ended[1:])
     stats = proxy.stats()
     assert (stats.completed, stats.failed, stats.cancelled) == (len(limits) + 1, 0, 0)
 
