@@ -108,7 +108,9 @@ def test_ctrl_c_while_waiting_for_a_slot_gives_no_slot_away(async_backend: str) 
         sched = SyncScheduler(CallableBackend(generate), async_backend=ASYNC_BACKEND)
         holder = threading.Thread(target=sched.complete, args=("hold",), kwargs={"metadata": {"n": 6}})
         holder.start()
+        deadline = time.monotonic() + 10
         while sched.statistics().running < 1:  # the holder has the slot
+            assert time.monotonic() < deadline, "the holder never got the slot"
             time.sleep(0.01)
         interrupt_in(0.3)
         try:
@@ -190,7 +192,9 @@ def test_ctrl_c_while_the_block_is_handed_to_the_loop_leaves_nothing_queued(asyn
         sched = SyncScheduler(CallableBackend(generate), async_backend=ASYNC_BACKEND)
         holder = threading.Thread(target=sched.complete, args=("hold",), kwargs={"metadata": {"n": 8}})
         holder.start()
+        deadline = time.monotonic() + 10
         while sched.statistics().running < 1:  # the holder has the slot
+            assert time.monotonic() < deadline, "the holder never got the slot"
             time.sleep(0.01)
         handing_over = sched._portal.start_task_soon
 

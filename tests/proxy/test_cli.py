@@ -507,7 +507,10 @@ def test_the_shutdown_line_counts_the_passed_through_calls_it_waits_for(ollama: 
         head = f"POST /api/blobs/sha256:abc HTTP/1.1\r\nHost: {host}\r\nContent-Length: 100\r\n\r\n"
         with socket.create_connection((host, int(port))) as upload:
             upload.sendall(head.encode() + b"x" * 10)
-            time.sleep(1.0)  # the proxy (another process) reads the head and starts passing it on
+            deadline = time.monotonic() + 10
+            while "sjfsched_passthrough_requests_total 1" not in httpx.get(f"{proxy.url}/metrics").text:
+                assert time.monotonic() < deadline, "the proxy never passed the upload on"
+                time.sleep(0.01)
             proxy.process.send_signal(signal.SIGTERM)
             proxy.wait_for_line("SIGTERM: shutting down", 10)
         # The client gave up (its connection closed): the drain ends with it.

@@ -196,7 +196,7 @@ def test_response_headers_report_wait_and_prediction(ollama_proxy: RunningProxy)
 def test_concurrency_bounds_what_the_upstream_sees(start_proxy: ProxyFactory) -> None:
     """OLLAMA_NUM_PARALLEL=2 and a queue of 1 upstream: the proxy sends two at a time, so never a 503."""
     upstream = shared.ollama_server_parallel()
-    upstream.max_running = 0
+    upstream.max_running = upstream.max_pending = 0
     proxy = start_proxy(upstream.url, concurrency=2)
     body = {"model": MODEL, "prompt": "Hello", "stream": False, "options": {"num_predict": 20}}
     # Each answer pauses 0.3 s after its first token (the server's test fault), so two admitted
@@ -206,7 +206,8 @@ def test_concurrency_bounds_what_the_upstream_sees(start_proxy: ProxyFactory) ->
         futures = [pool.submit(client.post, f"{proxy.url}/api/generate", json=body) for _ in range(8)]
         responses = [f.result(60) for f in futures]
     assert [r.status_code for r in responses] == [200] * 8
-    assert upstream.max_running == 2
+    # Two at a time, not three: the upstream's queue of one would take a third without a 503.
+    assert upstream.max_running == upstream.max_pending == 2
     proxy.wait_until(lambda s: s.running == 0 and s.waiting == 0)
     assert proxy.stats().completed == 8
 

@@ -182,6 +182,8 @@ class OllamaServer:
         #: Generations running now, and the most that ever ran at once.
         self.running = 0
         self.max_running = 0
+        #: The most requests it had at once, running or queued (refused ones not counted).
+        self.max_pending = 0
         self._pending = 0
         self._pending_lock = threading.Lock()
         server = ThreadingHTTPServer((host, port), _Handler)
@@ -232,6 +234,7 @@ class OllamaServer:
             if self._pending >= self.num_parallel + self.max_queue:
                 return False
             self._pending += 1
+            self.max_pending = max(self.max_pending, self._pending)
             return True
 
     def _leave(self) -> None:
