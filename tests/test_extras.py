@@ -203,7 +203,7 @@ class _SignatureOnlyLlama:
     ("options", "message"),
     [
         (
-            {"num_predict": 5},
+            {"num_predict": None},
             "llama_cpp.Llama.create_completion takes no option(s) 'num_predict' "
             "(num_predict: use Request.max_tokens)",
         ),

@@ -78,8 +78,23 @@ def _freeze_mapping(value: object, field: str) -> Mapping[str, Any]:
     return MappingProxyType({k: _copied(v) for k, v in value.items()})
 
 
+#: Names servers give the output limit (Ollama, llama.cpp's server, OpenAI, Hugging Face).
+_OUTPUT_LIMITS: Final = ("max_tokens", "num_predict", "n_predict", "max_completion_tokens", "max_new_tokens")
+
+
 def _freeze_options(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    return _freeze_mapping(value, "options")
+    options = _freeze_mapping(value, "options")
+    nested = options.get("options")  # Ollama's own options, which OllamaBackend merges
+    for where, mapping in (("", options), ("['options']", nested if isinstance(nested, Mapping) else {})):
+        for key in _OUTPUT_LIMITS:
+            if mapping.get(key) is not None:
+                raise ValueError(
+                    f"Request.options{where} sets {key!r}: give the output limit as Request.max_tokens "
+                    f"(max_tokens={mapping[key]!r}), which the scheduler caps its prediction at and "
+                    "does not mistake answers cut by for whole ones; a limit in the options is hidden "
+                    "from it"
+                )
+    return options
 
 
 def _freeze_metadata(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -194,7 +209,9 @@ class Request:
     - ``tenant``: a free label (user, API key, application) for your own
       policies and metrics.
     - ``options``: backend generation options (temperature, seed, stop, ...),
-      passed to the backend unchanged.
+      passed to the backend unchanged.  Not the output limit (``max_tokens``,
+      ``num_predict``, ``max_completion_tokens``, ...: ``ValueError``), which is
+      ``max_tokens`` above, where the scheduler sees it.
     - ``metadata``: anything you like; passed through untouched.
 
     Requests compare and hash by identity: two requests with the same prompt

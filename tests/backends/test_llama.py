@@ -197,8 +197,8 @@ async def test_closing_the_stream_early_frees_the_model(backend: LlamaCppBackend
 
 
 async def test_bad_options_fail_with_a_clear_error(backend: LlamaCppBackend) -> None:
-    with pytest.raises(BackendError, match="'num_predict'"):
-        await collect(backend, Request("x", options={"num_predict": 3}))
+    with pytest.raises(BackendError, match="'num_ctx'"):
+        await collect(backend, Request("x", options={"num_ctx": 3}))
     with pytest.raises(BackendError, match="sets stream itself"):
         await collect(backend, Request("x", options={"stream": False}))
     with pytest.raises(BackendError, match="'stop' must be"):

@@ -108,7 +108,7 @@ def test_request_fields_and_options_land_where_ollama_expects_them() -> None:
         "options": {"temperature": 0.2, "stop": ["\n"], "num_predict": 7},
         "keep_alive": "10m",
     }
-    path, body = backend.body(Request(messages=[{"role": "user", "content": "x"}], options={"max_tokens": 3}))
+    path, body = backend.body(Request(messages=[{"role": "user", "content": "x"}], max_tokens=3))
     assert path == "/api/chat"
     assert body["options"] == {"num_predict": 3}
     with pytest.raises(BackendError, match="'model' itself"):

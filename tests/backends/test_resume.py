@@ -152,8 +152,6 @@ async def test_an_openai_completions_answer_is_paused_over_http_and_completed(
     long = Request("Once upon a time", max_tokens=40, options=SAME)
     short = Request("Hello", max_tokens=3, options=SAME)
     assert backend.resumable(long)
-    # A limit in the options would be asked again whole on resuming (only Request.max_tokens is lowered).
-    assert not backend.resumable(Request("x", options={"max_tokens": 40}))
     assert not backend.resumable(Request(messages=[{"role": "user", "content": "hi"}]))
     # Without a limit the server's default (16 for llama_cpp.server) would apply again to the rest.
     assert not backend.resumable(Request("Once upon a time"))

@@ -29,9 +29,13 @@ async def test_ollama_text_on_the_done_line_is_part_of_the_answer() -> None:
     assert sum(c.tokens for c in chunks) == 3
 
 
-def test_the_requests_max_tokens_wins_over_num_predict_in_its_options() -> None:
-    _, body = OllamaBackend("m").body(Request("x", max_tokens=3, options={"num_predict": 50}))
-    assert body["options"]["num_predict"] == 3
+def test_no_limit_in_the_options_is_sent_as_none() -> None:
+    """A limit in the options is refused by Request; None (no limit) is left out, not sent as null."""
+    for options in ({"max_tokens": None}, {"options": {"num_predict": None}}):
+        _, body = OllamaBackend("m").body(Request("x", options=options))
+        assert "options" not in body, options
+        _, body = OllamaBackend("m").body(Request("x", max_tokens=3, options=options))
+        assert body["options"] == {"num_predict": 3}, options
 
 
 async def test_the_documented_read_timeout() -> None:

@@ -72,6 +72,24 @@ class TestRequest:
         r = Request(messages=[{"role": "system", "content": "a"}, {"role": "assistant", "content": "b"}])
         assert r.text == "a\nb"
 
+    @pytest.mark.parametrize(
+        "options",
+        [
+            {"max_tokens": 5},
+            {"num_predict": 5},
+            {"n_predict": 5},
+            {"max_completion_tokens": 5},
+            {"max_new_tokens": 5},
+            {"options": {"num_predict": 5}},
+        ],
+    )
+    def test_an_output_limit_in_the_options_is_refused(self, options: dict[str, Any]) -> None:
+        """The scheduler caps a prediction at Request.max_tokens and learns from answers cut by it;
+        a limit in the options it could not see (found by a reviewer: OllamaBackend sent it on)."""
+        with pytest.raises(ValueError, match=r"give the output limit as Request.max_tokens \(max_tokens=5\)"):
+            Request("x", options=options)
+        assert Request("x", options={"max_tokens": None, "options": {"num_predict": None}}).max_tokens is None
+
     def test_frozen_and_copied(self) -> None:
         options = {"temperature": 0.5}
         messages = [{"role": "user", "content": "hi"}]

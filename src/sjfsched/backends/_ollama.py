@@ -74,9 +74,10 @@ class OllamaBackend:
     ``suffix``, ``images``, ``context``, ``tools``, ``logprobs``,
     ``top_logprobs``, ``truncate``, ``shift``) go into the request body; every other key (``temperature``,
     ``seed``, ``stop``, ``num_ctx``, ``top_k``, ...) goes into its ``options``,
-    unchanged (``max_tokens`` is accepted as ``num_predict``; an ``options``
-    mapping is merged into it).  ``model``, ``prompt``, ``messages`` and
-    ``stream`` are the backend's to set: a request that sets one fails with
+    unchanged (an ``options`` mapping is merged into it; the output limit is
+    ``Request.max_tokens``, and :class:`~sjfsched.Request` refuses one in its
+    options).  ``model``, ``prompt``, ``messages`` and ``stream`` are the
+    backend's to set: a request that sets one fails with
     ``BackendError``, and so does a chat that sets a field only
     ``/api/generate`` has (``system``, ``images``, ``template``, ``raw``,
     ``suffix``, ``context``), which ``/api/chat`` would ignore, and a
@@ -199,10 +200,10 @@ class OllamaBackend:
                 body[key] = _images(value) if key == "images" else value
             elif key == "options" and isinstance(value, Mapping):
                 options.update(value)
-            elif key == "max_tokens":
-                options["num_predict"] = value
-            else:
+            elif key != "max_tokens":  # None (no limit): Request refuses any other value
                 options[key] = value
+        if options.get("num_predict", 0) is None:  # no limit: Ollama's default
+            del options["num_predict"]
         if request.max_tokens is not None:
             options["num_predict"] = request.max_tokens
         if isinstance(options.get("stop"), str):  # Ollama takes a list only (500 for a string)
