@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from sjfsched import BackendError, Chunk, Request, Scheduler
-from sjfsched.backends import BackendUnavailable, OllamaBackend
+from sjfsched.backends import BackendPool, BackendUnavailable, OllamaBackend
 from sjfsched.predictors import ConstantPredictor
 from tests.support import shared
 from tests.support.models import free_port
@@ -388,3 +388,35 @@ def test_truncate_and_shift_are_request_fields_not_options(field: str) -> None:
         body = backend.body(request)[1]
         assert body[field] is False
         assert field not in body.get("options", {})
+
+
+@pytest.mark.parametrize(
+    ("options", "ollamas"),
+    [
+        ({"temperature": "hot"}, 'option "temperature" must be of type float32'),
+        ({"seed": True}, 'option "seed" must be of type integer'),
+        ({"use_mmap": 1}, 'option "use_mmap" must be of type boolean'),
+        ({"stop": 5}, 'option "stop" must be of type array'),
+        ({"options": {"stop": ["ok", 5]}}, 'option "stop" must be of an array of strings'),
+    ],
+)
+async def test_an_option_of_the_wrong_type_is_the_requests_fault_not_the_servers(
+    ollama: OllamaServer, options: dict[str, Any], ollamas: str
+) -> None:
+    """Ollama answers 500 for it (Options.FromMap), which reads as the server's fault: a pool
+    took every server out of rotation for one bad request (found by a reviewer)."""
+    request = Request("Once", max_tokens=4, options=options)
+    _, body = OllamaBackend("tiny").body(Request("Once", max_tokens=4))
+    body["options"].update(options.get("options", options))
+    async with httpx.AsyncClient(timeout=30) as client:  # what Ollama (the test server) answers
+        answer = await client.post(f"{ollama.url}/api/generate", json={**body, "stream": False})
+    assert (answer.status_code, answer.json()) == (500, {"error": ollamas})
+    pool = BackendPool([OllamaBackend("tiny", ollama.url), OllamaBackend("tiny", ollama.url)])
+    async with Scheduler(pool, predictor=ConstantPredictor()) as sched:
+        with pytest.raises(BackendError) as refused:
+            await sched.complete(request)
+        assert not isinstance(refused.value, BackendUnavailable)
+        key = ollamas.split('"')[1]
+        assert f"option {key!r} must be" in str(refused.value) and "500" in str(refused.value)
+        assert [m.healthy for m in pool.statistics().members] == [True, True]
+        assert (await sched.complete("Once", max_tokens=2)).output_tokens == 2

@@ -826,6 +826,27 @@ class _Generation:
 _GO_DURATION = re.compile(r"[+-]?(0|(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h))+)")
 
 
+#: api/types.go: the types of Options' and Runner's fields, by their JSON names.
+_OPTION_TYPES = {
+    **dict.fromkeys(
+        ("num_keep", "seed", "num_predict", "top_k", "repeat_last_n", "mirostat", "num_ctx",
+         "num_batch", "num_gpu", "main_gpu", "num_thread"),
+        "integer",
+    ),
+    **dict.fromkeys(
+        ("top_p", "min_p", "typical_p", "tfs_z", "temperature", "repeat_penalty", "presence_penalty",
+         "frequency_penalty", "mirostat_tau", "mirostat_eta"),
+        "float32",
+    ),
+    **dict.fromkeys(
+        ("numa", "low_vram", "f16_kv", "logits_all", "vocab_only", "use_mmap", "use_mlock",
+         "penalize_newline"),
+        "boolean",
+    ),
+    "stop": "array",
+}  # fmt: skip
+
+
 def _refused_by_ollama(
     body: Mapping[str, Any], options: Mapping[str, Any], chat: bool
 ) -> tuple[int, str] | None:
@@ -833,8 +854,8 @@ def _refused_by_ollama(
 
     ``api/types.go``: a message's ``content`` is a Go string (the JSON
     decoder's 400), ``keep_alive`` a duration string or a number (400), a
-    slice option such as ``stop`` must be a JSON array (``Options.FromMap``,
-    answered 500); ``server/routes.go``: ``raw`` with ``system``,
+    model option must have its field's type, a slice option such as ``stop`` a
+    JSON array of strings (``Options.FromMap``, answered 500); ``server/routes.go``: ``raw`` with ``system``,
     ``template`` or ``context`` is a 400.
     """
     if chat and isinstance(body.get("messages"), list):
@@ -848,9 +869,18 @@ def _refused_by_ollama(
     keep_alive = body.get("keep_alive")
     if isinstance(keep_alive, str) and not _GO_DURATION.fullmatch(keep_alive):
         return 400, f'time: missing unit in duration "{keep_alive}"'
-    stop = options.get("stop")
-    if stop is not None and not isinstance(stop, list):
-        return 500, 'option "stop" must be of type array'
+    for key, value in options.items():  # Options.FromMap (a 500: scheduleRunner's error)
+        wanted = _OPTION_TYPES.get(key)
+        if wanted is None or value is None:
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if wanted == "array":
+            if not isinstance(value, list):
+                return 500, f'option "{key}" must be of type array'
+            if not all(isinstance(item, str) for item in value):
+                return 500, f'option "{key}" must be of an array of strings'
+        elif (wanted == "boolean") != isinstance(value, bool) or (wanted != "boolean" and not number):
+            return 500, f'option "{key}" must be of type {wanted}'
     if not chat and body.get("raw") and (body.get("system") or body.get("template") or body.get("context")):
         return 400, "raw mode does not support template, system, or context"
     return None

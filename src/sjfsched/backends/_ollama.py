@@ -58,6 +58,46 @@ _CHAT_ONLY = {
     "tools": "send the request as a chat (Request.messages) for tool calling",
 }
 _RESERVED = frozenset({"model", "prompt", "messages", "stream"})
+#: The types of Ollama's model options (api/types.go: ``Options`` and ``Runner``).  Ollama's
+#: ``Options.FromMap`` refuses a value of another type with a 500, which would read as the
+#: server's fault (a pool would take it out of rotation); the backend refuses it first.
+_OPTION_TYPES: dict[str, str] = {
+    **dict.fromkeys(
+        ("num_keep", "seed", "num_predict", "top_k", "repeat_last_n", "mirostat", "num_ctx",
+         "num_batch", "num_gpu", "main_gpu", "num_thread"),
+        "integer",
+    ),
+    **dict.fromkeys(
+        ("top_p", "min_p", "typical_p", "tfs_z", "temperature", "repeat_penalty", "presence_penalty",
+         "frequency_penalty", "mirostat_tau", "mirostat_eta"),
+        "float32",
+    ),
+    **dict.fromkeys(
+        ("numa", "low_vram", "f16_kv", "logits_all", "vocab_only", "use_mmap", "use_mlock",
+         "penalize_newline"),
+        "boolean",
+    ),
+    "stop": "array",
+}  # fmt: skip
+
+
+def _check_option(key: str, value: object) -> None:
+    """Refuse what Ollama's ``Options.FromMap`` refuses, in its words (``None`` it skips)."""
+    kind = _OPTION_TYPES.get(key)
+    if kind is None or value is None:
+        return
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "array" and isinstance(value, (list, tuple)):  # JSON arrays both
+        if all(isinstance(item, str) for item in value):
+            return
+        fault = f"option {key!r} must be an array of strings"
+    elif isinstance(value, bool) if kind == "boolean" else (kind != "array" and number):
+        return
+    else:
+        fault = f"option {key!r} must be of type {kind}"
+    raise BackendError(f"OllamaBackend: {fault}, got {value!r} (Ollama would answer 500 for it)")
+
+
 #: A Go duration, as Ollama's ``keep_alive`` strings are parsed (``time.ParseDuration``).
 _GO_DURATION = re.compile(r"[+-]?(0|(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h))+)")
 
@@ -208,6 +248,8 @@ class OllamaBackend:
             options["num_predict"] = request.max_tokens
         if isinstance(options.get("stop"), str):  # Ollama takes a list only (500 for a string)
             options["stop"] = [options["stop"]]
+        for key, value in options.items():
+            _check_option(key, value)
         if options:
             body["options"] = options
         if self.keep_alive is not None:
