@@ -401,3 +401,21 @@ def test_max_completion_tokens_alone_does_not_rank_a_call_for_an_openai_server()
     bad = raw.replace("7", '"seven"').encode()
     with pytest.raises(BadRequest, match="max_completion_tokens must be an integer"):
         parse_scheduled(endpoint, bad, priority_header=None, tenant_header=None, upstream="openai")
+
+
+def test_ollamas_own_readings_of_a_limit() -> None:
+    """Found by a reviewer, each against Ollama's source: max_tokens null beside
+    max_completion_tokens is no limit to Ollama (it reads max_tokens only), so the call ranked
+    by max_completion_tokens ran unbounded; a fractional num_predict is its integer part to
+    Ollama (Options.FromMap), not a 400; an empty prompt with images only loads the model."""
+    chat = {"model": "m", "messages": [{"role": "user", "content": "Hi"}]}
+    null = _parse("/v1/chat/completions", {**chat, "max_tokens": None, "max_completion_tokens": 5})
+    assert null.request.max_tokens == 5
+    assert json.loads(null.body) == {**chat, "max_tokens": 5, "max_completion_tokens": 5}
+    for value, limit in ((2.5, 2), (7.9, 7), (0.5, None), (-1.5, None)):
+        body = {"model": "m", "prompt": "Hi", "options": {"num_predict": value}}
+        assert _parse("/api/generate", body).request.max_tokens == limit, value
+    with pytest.raises(BadRequest, match="num_predict must be an integer"):
+        _parse("/api/generate", b'{"model": "m", "prompt": "Hi", "options": {"num_predict": NaN}}')
+    load = _parse("/api/generate", {"model": "m", "prompt": "", "images": ["aGk="]}).request
+    assert (load.prompt, load.max_tokens) == ("", 1)

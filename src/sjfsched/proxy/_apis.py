@@ -14,6 +14,7 @@ OpenAI's ``{"error": {"message": ..., "type": ..., "param": ..., "code": ...}}``
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, final
 
@@ -138,7 +139,12 @@ def parse_scheduled(
     changed = any(f in body for f in PROXY_FIELDS)
     for f in PROXY_FIELDS:
         body.pop(f, None)
-    newer_only = endpoint.style == "openai" and "max_tokens" not in body and "max_completion_tokens" in body
+    # max_tokens null is no limit to Ollama (a *int) and to llama-cpp-python: as if absent.
+    newer_only = (
+        endpoint.style == "openai"
+        and body.get("max_tokens") is None
+        and body.get("max_completion_tokens") is not None
+    )
     if newer_only and upstream == "ollama":
         # OpenAI's newer name for the limit, which Ollama does not read: sent on as max_tokens
         # too, so the limit the call is ranked by holds upstream.
@@ -237,8 +243,8 @@ def _ollama_limit(body: Mapping[str, Any]) -> int | None:
     value = options.get("num_predict")
     if value is None:
         return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
+    if isinstance(value, float) and math.isfinite(value):
+        value = int(value)  # Ollama's Options.FromMap: a JSON number's integer part (2.5: 2)
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadRequest(f"options.num_predict must be an integer, got {json.dumps(value)}")
     if value <= 0:  # -1: no limit, -2: fill the context; 0: Ollama's runner stops only at a limit > 0
@@ -273,7 +279,7 @@ def _ollama_generate(body: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(prompt, str):
         raise BadRequest(f"prompt must be a string, got a JSON {_json_type(prompt)}")
     limit = _ollama_limit(body)
-    if not prompt and not body.get("images"):
+    if not prompt:  # with images too (server/routes.go: an empty prompt only loads the model)
         limit = 1  # loads (or unloads) the model: no generation
     return {"prompt": prompt, "max_tokens": limit}
 
