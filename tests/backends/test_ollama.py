@@ -420,3 +420,18 @@ async def test_an_option_of_the_wrong_type_is_the_requests_fault_not_the_servers
         assert f"option {key!r} must be" in str(refused.value) and "500" in str(refused.value)
         assert [m.healthy for m in pool.statistics().members] == [True, True]
         assert (await sched.complete("Once", max_tokens=2)).output_tokens == 2
+
+
+async def test_unloading_and_thinking_as_ollama_answers_them(ollama: OllamaServer) -> None:
+    """An empty prompt with a zero keep_alive ("0m" as much as 0) unloads the model; thinking
+    asked of a model that cannot think is a 400, the request's fault (Ollama's server/routes.go)."""
+    backend = OllamaBackend("tiny", ollama.url, keep_alive="0m")
+    try:
+        async with Scheduler(backend, predictor=ConstantPredictor()) as sched:
+            unloaded = await sched.complete("", max_tokens=1)
+            assert (unloaded.text, unloaded.output_tokens, unloaded.finish_reason) == ("", 0, "unload")
+            with pytest.raises(BackendError, match='"tiny" does not support thinking') as refused:
+                await sched.complete("Why?", max_tokens=3, options={"think": True})
+            assert refused.value.status_code == 400 and not isinstance(refused.value, BackendUnavailable)
+    finally:
+        await backend.aclose()

@@ -13,7 +13,10 @@ It follows Ollama's documented API (docs/api.md and docs.ollama.com/api):
   ``temperature``, ``top_k``, ``top_p``, ``min_p``, ``typical_p``,
   ``repeat_penalty``, ``presence_penalty``, ``frequency_penalty``, ``seed``,
   ``stop``, ``mirostat``, ``mirostat_tau``, ``mirostat_eta``; the others
-  (``num_ctx``, ``num_thread``, ...) are accepted and ignored.
+  (``num_ctx``, ``num_thread``, ...) are accepted and ignored.  An option
+  of the wrong type for its field is a 500 (``Options.FromMap``); ``think``
+  is a 400 (no test model thinks); an empty prompt loads the model, or
+  unloads it with a zero ``keep_alive`` (``0``, ``"0s"``, ``"0m"``, ...).
 - ``GET /api/tags``, ``POST /api/show``, ``GET /api/ps``,
   ``GET /api/version``, ``GET /`` ("Ollama is running").
 - Ollama's OpenAI compatibility: ``POST /v1/chat/completions`` and
@@ -511,7 +514,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.ollama._running(+1)
             try:
                 if empty:  # load (or unload) request
-                    reason = "unload" if body.get("keep_alive") in (0, "0", "0s") else "load"
+                    reason = "unload" if _zero_duration(body.get("keep_alive")) else "load"
                     record.outcome, record.done_reason = "done", reason
                     final = {"model": model.name, "created_at": _now(), "done": True, "done_reason": reason}
                     final.update(
@@ -847,6 +850,16 @@ _OPTION_TYPES = {
 }  # fmt: skip
 
 
+def _zero_duration(value: object) -> bool:
+    """Whether a ``keep_alive`` is zero, as Ollama's ``Duration.UnmarshalJSON`` reads it (a
+    number of seconds, or a Go duration string: "0", "0s", "0m", "0h0m" are all zero)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return int(value) == 0
+    if isinstance(value, str) and _GO_DURATION.fullmatch(value):
+        return not any(float(n) for n in re.findall(r"[0-9]*\.?[0-9]+", value))
+    return False
+
+
 def _refused_by_ollama(
     body: Mapping[str, Any], options: Mapping[str, Any], chat: bool
 ) -> tuple[int, str] | None:
@@ -881,6 +894,9 @@ def _refused_by_ollama(
                 return 500, f'option "{key}" must be of an array of strings'
         elif (wanted == "boolean") != isinstance(value, bool) or (wanted != "boolean" and not number):
             return 500, f'option "{key}" must be of type {wanted}'
+    think = body.get("think")
+    if think is True or (isinstance(think, str) and think):  # no test model thinks
+        return 400, f'"{body.get("model")}" does not support thinking'
     if not chat and body.get("raw") and (body.get("system") or body.get("template") or body.get("context")):
         return 400, "raw mode does not support template, system, or context"
     return None
