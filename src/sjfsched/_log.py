@@ -18,7 +18,7 @@ if sys.platform != "win32":  # Windows has no flock: one writer per log there
 
 from ._gzlines import Cut, cut_member_data, scan_gzip
 from ._records import Completion
-from .predictors._corpus import cut_short, prompt_id_of
+from .predictors._corpus import MAX_OUTPUT_TOKENS, cut_short, prompt_id_of
 
 __all__ = ["RequestLog"]
 
@@ -55,7 +55,11 @@ class RequestLog:
     file reads whole at every moment, even while it is written or after a
     crash.  Opening a log that a crash left with an unfinished last line
     (or gzip member) first drops that line, so the lines written after it
-    stay readable; a ``.gz`` log is read through once for this.  Requests
+    stay readable; a ``.gz`` log is read through once for this.  A plain log
+    that another writer of the same path left so while this one had it open
+    is mended the same way before the next line.  A log deleted or renamed
+    while open (by a rotation: ``logrotate``'s default, or ``copytruncate``)
+    goes on at its path, in a new file.  Requests
     with no output, or with no text (an image-only turn), are skipped.
     Answers cut off by ``max_tokens`` (``finish_reason == "length"``) are
     logged with their finish reason, their length being only a lower bound;
@@ -101,7 +105,9 @@ class RequestLog:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             _refuse_unless_a_log(self.path)  # again: it may have been replaced since
-            f = self.path.open("ab", buffering=0)  # unbuffered: a failed write leaves nothing behind
+            # Unbuffered: a failed write leaves nothing behind; readable: a writer that crashed
+            # mid-line since is seen by its last byte.
+            f = self.path.open("a+b", buffering=0)
             try:
                 with _exclusive(f):  # another writer's line under way is no crash's remnant
                     _finish_tail(self.path)
@@ -114,6 +120,14 @@ class RequestLog:
     def record(self, completion: Completion) -> dict[str, Any] | None:
         """The line a completion becomes (``None`` if it is skipped)."""
         if completion.output_tokens <= 0:
+            return None
+        if completion.output_tokens > MAX_OUTPUT_TOKENS:  # a miscount: training would refuse the log
+            logger.warning(
+                "%s: not logged: an answer of %d tokens (more than the %d training reads)",
+                self.path,
+                completion.output_tokens,
+                MAX_OUTPUT_TOKENS,
+            )
             return None
         if self.skip_truncated and completion.finish_reason == "length":
             return None
@@ -152,8 +166,17 @@ class RequestLog:
             data = gzip.compress(data)
         with self._lock:
             f = self._open()
+            if _replaced(f, self.path):  # deleted, or renamed by a rotation: a new file at the path
+                self._file = None
+                f.close()
+                f = self._open()
             with _exclusive(f):
                 start = os.fstat(f.fileno()).st_size
+                if start and self.path.suffix != ".gz" and _last_byte(f, start) not in (b"\n", None):
+                    # Another writer of this path crashed mid-line since it was opened: drop its
+                    # remnant, or this line would be glued to it and the log unreadable there.
+                    _finish_tail(self.path)
+                    start = os.fstat(f.fileno()).st_size
                 try:
                     view = memoryview(data)
                     while view:
@@ -185,6 +208,23 @@ class RequestLog:
 _DROPPED = "%s: dropped %d bytes of an unfinished last line (left by a crash)"
 
 
+def _last_byte(f: IO[bytes], size: int) -> bytes | None:
+    """The last byte of the open file ``f`` of ``size`` bytes (None on Windows: one writer there)."""
+    if sys.platform == "win32":  # pragma: no cover
+        return None
+    return os.pread(f.fileno(), 1, size - 1)
+
+
+def _replaced(f: IO[bytes], path: Path) -> bool:
+    """Whether ``path`` no longer names the open file ``f`` (removed, or another file there)."""
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return True
+    mine = os.fstat(f.fileno())
+    return (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino)
+
+
 def _not_a_log(path: Path) -> str | None:
     """Why the file at ``path`` is no log to append to (``None``: it is one, or empty, or absent)."""
     try:
@@ -201,7 +241,7 @@ def _not_a_log(path: Path) -> str | None:
         return "it is not gzip-compressed (a plain log's name does not end in .gz)"
     if head[:2] == b"\x1f\x8b":
         return "it is gzip-compressed (a compressed log's name ends in .gz)"
-    lines = head.split(b"\n")
+    lines = head.removeprefix(b"\xef\xbb\xbf").split(b"\n")  # a BOM, which the reader skips
     for i, line in enumerate(lines):
         if not line.strip():
             continue  # blank lines, which the reader skips too

@@ -482,3 +482,68 @@ def test_an_integer_prompt_id_is_kept_zero_included(tmp_path: Path) -> None:
     lines = [{"prompt": p, "output_tokens": 3, "prompt_id": i} for p, i in (("a", 0), ("b", 0), ("c", 17))]
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     assert [r.prompt_id for r in load_records([path])] == ["0", "0", "17"]
+
+
+def test_a_log_deleted_or_rotated_while_open_goes_on_at_its_path(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The log kept its file open: after a delete its lines went to the deleted file, after a
+    rename (logrotate's default) into the rotated one, silently (found by a reviewer)."""
+    path = tmp_path / "requests.jsonl"
+    with RequestLog(path) as log:
+        log(_done("first", 10))
+        path.rename(tmp_path / "requests.jsonl.1")  # rotated
+        log(_done("second", 11))
+        assert [r.output_tokens for r in load_records([path])] == [11]
+        path.unlink()  # deleted
+        log(_done("third", 12))
+        log(_done("fourth", 13))
+    assert [r.output_tokens for r in load_records([path])] == [12, 13]
+    assert [r.output_tokens for r in load_records([tmp_path / "requests.jsonl.1"])] == [10]
+    assert log.written == 4
+    # A folder of logs: the rotated one is named in the warning of what is not read.
+    caplog.clear()
+    assert [r.output_tokens for r in load_records([tmp_path])] == [12, 13]
+    assert "not requests.jsonl.1" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["requests.jsonl", "requests.jsonl.gz"])
+def test_another_writers_crash_mid_line_is_mended_before_the_next_line(
+    tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two writers of one path, one crashes mid-line: the other wrote straight after the half
+    line, and `sjfsched train` refused the whole log at that line (found by a reviewer)."""
+    path = tmp_path / name
+    with RequestLog(path) as log:
+        log(_done("before", 10))
+        with path.open("ab") as f:  # the other writer, cut off in the middle of its line
+            f.write(_unfinished(name))
+        log(_done("after", 11))
+        log(_done("later", 12))
+    assert [r.output_tokens for r in load_records([path])] == [10, 11, 12]
+    if name.endswith(".jsonl"):
+        assert "dropped" in caplog.text and "unfinished last line" in caplog.text
+
+
+def test_an_answer_of_more_tokens_than_training_reads_is_not_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A miscounted answer (20 million tokens: a backend may report up to a billion) was logged,
+    and `sjfsched train` then refused the whole log at its line (found by a reviewer)."""
+    path = tmp_path / "requests.jsonl"
+    with RequestLog(path) as log:
+        log(_done("fine", 10))
+        log(_done("miscounted", 20_000_000))
+        log(_done("fine again", 12))
+    assert log.written == 2 and "not logged: an answer of 20000000 tokens" in caplog.text
+    assert [r.output_tokens for r in load_records([path])] == [10, 12]
+
+
+def test_a_log_that_begins_with_a_byte_order_mark_is_appended_to(tmp_path: Path) -> None:
+    """The reader takes a log a Windows tool saved with a BOM; the log refused it, saying its
+    first line was not a JSON object (found by a reviewer)."""
+    path = tmp_path / "requests.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"prompt": "from a tool", "output_tokens": 7}\r\n')
+    with RequestLog(path) as log:
+        log(_done("mine", 8))
+    assert [r.output_tokens for r in load_records([path])] == [7, 8]

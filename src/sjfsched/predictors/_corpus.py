@@ -363,6 +363,10 @@ def load_records(paths: Iterable[str | Path]) -> list[LengthRecord]:
 _DATA_LIKE: Final = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".json", ".json.gz")
 
 
+#: A rotated log's name (``requests.jsonl.1``, ``requests.jsonl.2.gz``: logrotate's).
+_ROTATED: Final = re.compile(r"\.(jsonl|ndjson|json)\.\d+(\.gz)?$", re.IGNORECASE)
+
+
 def _note_unread(directory: Path, found: set[Path]) -> None:
     """Warn of what in ``directory`` looks like data but is not read (not ``found``)."""
     unread = sorted(
@@ -370,7 +374,7 @@ def _note_unread(directory: Path, found: set[Path]) -> None:
         for entry in directory.iterdir()
         if entry not in found
         and not entry.name.startswith(".")
-        and (entry.is_dir() or entry.name.lower().endswith(_DATA_LIKE))
+        and (entry.is_dir() or entry.name.lower().endswith(_DATA_LIKE) or _ROTATED.search(entry.name))
     )
     if unread:
         shown = ", ".join(unread[:5]) + (f" and {len(unread) - 5} more" if len(unread) > 5 else "")
