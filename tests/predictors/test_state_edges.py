@@ -559,3 +559,24 @@ def test_a_state_file_another_predictor_wrote_meanwhile_is_warned_of_once(
     warnings = [r for r in caplog.records if "written by another predictor or process" in r.getMessage()]
     assert len(warnings) == 2  # once for each predictor
     assert all("give each process its own calibration_path" in r.getMessage() for r in warnings)
+
+
+def test_the_first_save_over_another_workers_first_state_is_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two workers started before either state file existed: the second's first save replaced
+    the first's state without a word (found by a reviewer)."""
+    path = tmp_path / "shared.json"
+    first = LexicalPredictor(calibration_path=path)
+    second = LexicalPredictor(calibration_path=path)
+    first.observe(PROMPT, first.predict(PROMPT), 100)
+    first.save_calibration()
+    assert "written by another" not in caplog.text  # it was absent: nobody's to replace
+    second.observe(PROMPT, second.predict(PROMPT), 300)
+    second.save_calibration()
+    assert "written by another predictor or process" in caplog.text
+    alone = LexicalPredictor(calibration_path=tmp_path / "alone.json")
+    caplog.clear()
+    for _ in range(2):
+        alone.save_calibration()
+    assert "written by another" not in caplog.text

@@ -56,6 +56,8 @@ _FORGET_BATCH: Final = 512
 #: batch has a fixed cost of some forty numpy calls, which a batch this small
 #: does not earn back (benchmarks/predictor.py, batches of 1).
 _SMALL_BATCH: Final = 10
+#: What a state file's (inode, mtime, size) is remembered as when it was not there.
+_ABSENT: Final = (-1, -1, -1)
 #: How far beyond its training targets' range a score may go (log scale: a factor of e**0.5);
 #: every prompt of the training corpora scores within it, a run of one character need not.
 SCORE_MARGIN: Final = 0.5
@@ -434,6 +436,9 @@ class LexicalPredictor:
         self._kept_correction: Any = None
         if self._calibration_path is not None and self._calibration_path.exists():
             self.load_calibration(self._calibration_path)
+        elif self._calibration_path is not None:  # absent now: one there at a save is another's
+            with contextlib.suppress(OSError, ValueError):
+                self._state_files[os.path.realpath(self._calibration_path)] = _ABSENT
         #: The model file's metadata (training sources, feature version, ...).
         self.metadata: Mapping[str, str] = model.metadata
 
