@@ -1,6 +1,7 @@
 """Shortest-job-first in front of an OpenAI-compatible server.
 
-llama.cpp's ``llama-server`` (or ``python -m llama_cpp.server``), LM Studio,
+llama.cpp's ``llama-server`` (or ``python -m llama_cpp.server``, which needs
+``pip install "llama-cpp-python[server]"``), LM Studio,
 vLLM, LocalAI: anything that serves ``/v1/chat/completions`` and
 ``/v1/completions``.  A burst of prompts goes through the scheduler; the
 short ones finish first.

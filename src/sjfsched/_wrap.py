@@ -6,6 +6,7 @@ import contextlib
 import functools
 import inspect
 import operator
+import os
 import threading
 import types
 import weakref
@@ -196,7 +197,9 @@ class ScheduledLlama:
         if not callable(getattr(llm, "create_completion", None)) or not callable(
             getattr(llm, "create_chat_completion", None)
         ):
-            raise TypeError(f"wrap() needs a llama_cpp.Llama, got {type(llm).__name__}")
+            path = isinstance(llm, (str, os.PathLike))
+            hint = ": give llama_cpp.Llama(path, verbose=False)" if path else ""
+            raise TypeError(f"wrap() needs a llama_cpp.Llama, got {type(llm).__name__}{hint}")
         concurrency = scheduler_options.get("concurrency")
         if concurrency is not None and (isinstance(concurrency, bool) or concurrency != 1):
             raise ValueError(

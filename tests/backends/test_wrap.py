@@ -158,8 +158,15 @@ def test_other_attributes_are_the_llamas_and_close_stops_calls(tiny_llm: Llama) 
 
 
 def test_wrap_refuses_what_is_not_a_llama() -> None:
-    with pytest.raises(TypeError, match="needs a llama_cpp"):
+    with pytest.raises(TypeError, match=r"needs a llama_cpp\.Llama, got object$"):
         sjfsched.wrap(object())  # type: ignore[arg-type]
+    # A model's path, a newcomer's first try, says what to give instead.
+    with pytest.raises(TypeError, match=r"got str: give llama_cpp.Llama\(path, verbose=False\)"):
+        sjfsched.wrap("model.gguf")  # type: ignore[arg-type]
+    from sjfsched.backends import LlamaCppBackend
+
+    with pytest.raises(TypeError, match=r"got PosixPath: load it with LlamaCppBackend.from_path\(path\)"):
+        LlamaCppBackend(Path("model.gguf"))  # type: ignore[arg-type]
 
 
 def test_a_streamed_call_keeps_its_logit_bias(wrapped: Any, tiny_llm: Llama) -> None:

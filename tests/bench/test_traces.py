@@ -141,3 +141,24 @@ def test_a_built_in_trace_keeps_each_prompt_of_a_shared_id(tmp_path: Path) -> No
     write_corpus(tmp_path / "c.jsonl.gz", rows)
     trace = load_trace(TraceSpec("t", "c.jsonl.gz", "m"), tmp_path)
     assert [(i.prompt, i.output_tokens) for i in trace.items] == [("first turn", 5), ("second turn", 900)]
+
+
+def test_an_installed_copy_looks_for_the_corpora_beside_the_current_folder_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Installed in a virtual environment, it took any ../shared/data above the environment for
+    the project's corpora (found by a newcomer's review)."""
+    from sjfsched._bench import _traces
+
+    unrelated = tmp_path / "shared" / "data"
+    unrelated.mkdir(parents=True)
+    (unrelated / "README.md").write_text("someone else's")
+    site = tmp_path / "project" / "venv" / "lib" / "site-packages" / "sjfsched" / "_bench"
+    site.mkdir(parents=True)
+    monkeypatch.setattr(_traces, "__file__", str(site / "_traces.py"))
+    elsewhere = tmp_path / "home" / "work"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    assert default_data_dir() is None
+    monkeypatch.chdir(tmp_path / "project")  # ../shared/data beside the current folder: meant
+    assert default_data_dir() == unrelated.resolve()

@@ -247,7 +247,9 @@ def _data_dir(args: argparse.Namespace, traces: Sequence[str] = ()) -> Path:
         if traces and all(is_file_trace(t) for t in traces):
             return Path.cwd()
         raise SystemExit(
-            "sjfsched bench: no corpora directory; pass --data (the ../shared/data of the repository)"
+            "sjfsched bench: no corpora directory: pass --data DIR, a folder of JSON-lines corpora "
+            "(the project's own sits beside its repository as ../shared/data, not in it), or "
+            "--traces FILE.jsonl with a log of your own traffic (see docs/benchmarks.md)"
         )
     return data
 

@@ -178,10 +178,15 @@ class Trace:
 
 
 def default_data_dir() -> Path | None:
-    """``../shared/data`` next to the current directory or the source tree, if present."""
-    here = Path(__file__).resolve()
+    """``../shared/data`` next to the current directory or to this source checkout, if present.
+
+    Not next to any folder above an installed package (a virtual environment's): a folder of
+    that name there is someone else's.
+    """
     candidates = [Path.cwd() / ".." / "shared" / "data"]
-    candidates += [parent / ".." / "shared" / "data" for parent in here.parents]
+    checkout = Path(__file__).resolve().parents[3]  # src/sjfsched/_bench/_traces.py
+    if (checkout / "pyproject.toml").is_file() and (checkout / "src" / "sjfsched").is_dir():
+        candidates.append(checkout / ".." / "shared" / "data")
     for candidate in candidates:
         if (candidate / "README.md").is_file() or any(candidate.glob("*.jsonl.gz")):
             return candidate.resolve()

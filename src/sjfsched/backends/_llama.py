@@ -535,7 +535,12 @@ class LlamaCppBackend:
         if not callable(getattr(llm, "create_completion", None)) or not callable(
             getattr(llm, "create_chat_completion", None)
         ):
-            raise TypeError(f"LlamaCppBackend needs a llama_cpp.Llama, got {type(llm).__name__}")
+            hint = (
+                ": load it with LlamaCppBackend.from_path(path), or give llama_cpp.Llama(path)"
+                if isinstance(llm, (str, os.PathLike))
+                else ""
+            )
+            raise TypeError(f"LlamaCppBackend needs a llama_cpp.Llama, got {type(llm).__name__}{hint}")
         from .._wrap import ScheduledLlama  # here: _wrap imports this module
 
         given: object = llm  # typed as a Llama, but may be a wrap() of one
