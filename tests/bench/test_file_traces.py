@@ -220,3 +220,20 @@ def test_prompts_sharing_a_conversation_id_each_count(tmp_path: Path) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     trace = load_trace(str(path), "/nonexistent")
     assert [i.output_tokens for i in trace.items] == [10 + i for i in range(20)]
+
+
+def test_a_run_on_a_log_of_yours_shows_no_targets_of_the_project(
+    log_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The project's targets for its own traces (≥80% lower in a burst of 100...) were printed
+    for a user's log, where they mean nothing (found by a newcomer's review)."""
+    monkeypatch.chdir(tmp_path)
+    status = main(
+        [
+            "bench", "sim", "--traces", str(log_file), "--profiles", "gpu", "--scenarios", "poisson0.74",
+            "--repetitions", "1", "--policies", "fcfs,sjfsched", "--no-progress",
+        ]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert status == 0 and f"### {log_file}, gpu backend, poisson0.74" in out
+    assert "Targets" not in out

@@ -321,6 +321,8 @@ def _print_tables(
             f"\n### Summary, {profile} backend, {scenario}: short P50 and long P95 against FCFS\n", file=out
         )
         print(sweep_table(results, profile, scenario, standard), file=out)
+    # The project's own targets (docs/benchmarks.md), for its traces: nothing to a log of yours.
+    ours = any(not is_file_trace(r.unit.trace) for r in results)
     for policy in (
         "sjfsched",
         "unseen",
@@ -330,7 +332,8 @@ def _print_tables(
         "plain-oracle",
         "clairvoyant",
     ):
-        table = target_table(results, policy) if any(r.unit.policy == policy for r in results) else ""
+        shown = ours and any(r.unit.policy == policy for r in results)
+        table = target_table(results, policy) if shown else ""
         if table.count("\n") > 1:  # a row beyond the head: the run has a target's scenarios
             print(f"\n### Targets: {policy} against FCFS\n", file=out)
             print(table, file=out)
