@@ -87,12 +87,16 @@ def _freeze_options(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     nested = options.get("options")  # Ollama's own options, which OllamaBackend merges
     for where, mapping in (("", options), ("['options']", nested if isinstance(nested, Mapping) else {})):
         for key in _OUTPUT_LIMITS:
-            if mapping.get(key) is not None:
+            value = mapping.get(key)
+            # None, 0 or less: no limit (Ollama's -1 and -2 lift a Modelfile's num_predict).
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+                continue
+            if value is not None:
                 raise ValueError(
                     f"Request.options{where} sets {key!r}: give the output limit as Request.max_tokens "
-                    f"(max_tokens={mapping[key]!r}), which the scheduler caps its prediction at and "
-                    "does not mistake answers cut by for whole ones; a limit in the options is hidden "
-                    "from it"
+                    f"(max_tokens={value!r}), which the scheduler sees: it caps the prediction at it "
+                    "and knows an answer cut there for a lower bound; a limit in the options is hidden "
+                    "from it (none, 0 or less, or None, is allowed there)"
                 )
     return options
 

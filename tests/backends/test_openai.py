@@ -286,6 +286,18 @@ def test_bad_arguments() -> None:
         OpenAIBackend("http://h/v1", headers="abc")  # type: ignore[arg-type]
 
 
+def test_the_limit_goes_in_the_field_the_server_reads() -> None:
+    """A server that refuses max_tokens (OpenAI's own, for some models) gets
+    max_completion_tokens; a limit in the options, the only way before, is refused by Request."""
+    newer = OpenAIBackend("http://h/v1", model="m", limit_field="max_completion_tokens")
+    _, body = newer.body(Request("x", max_tokens=7), "m")
+    assert body["max_completion_tokens"] == 7 and "max_tokens" not in body
+    _, body = OpenAIBackend("http://h/v1").body(Request("x", max_tokens=7), "m")
+    assert body["max_tokens"] == 7 and "max_completion_tokens" not in body
+    with pytest.raises(ValueError, match="limit_field must be 'max_tokens' or 'max_completion_tokens'"):
+        OpenAIBackend("http://h/v1", limit_field="max_new_tokens")  # type: ignore[arg-type]
+
+
 def test_one_authorization_header_whatever_its_case() -> None:
     mine = OpenAIBackend("http://h/v1", api_key="NEW", headers={"authorization": "Bearer OLD"})
     assert [v for k, v in mine._http.headers.items() if k.lower() == "authorization"] == ["Bearer OLD"]

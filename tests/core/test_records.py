@@ -89,6 +89,9 @@ class TestRequest:
         with pytest.raises(ValueError, match=r"give the output limit as Request.max_tokens \(max_tokens=5\)"):
             Request("x", options=options)
         assert Request("x", options={"max_tokens": None, "options": {"num_predict": None}}).max_tokens is None
+        # No limit passes: Ollama's -1 and -2 lift a Modelfile's num_predict (found by a reviewer).
+        for none in ({"num_predict": -1}, {"options": {"num_predict": -2}}, {"max_tokens": 0}):
+            assert Request("x", options=none).options == none
 
     def test_frozen_and_copied(self) -> None:
         options = {"temperature": 0.5}

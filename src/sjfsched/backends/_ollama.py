@@ -240,7 +240,10 @@ class OllamaBackend:
                 body[key] = _images(value) if key == "images" else value
             elif key == "options" and isinstance(value, Mapping):
                 options.update(value)
-            elif key != "max_tokens":  # None (no limit): Request refuses any other value
+            elif key == "max_tokens":  # no limit (None, 0 or less): Request refuses a cap here
+                if value is not None:
+                    options["num_predict"] = value
+            else:
                 options[key] = value
         if options.get("num_predict", 0) is None:  # no limit: Ollama's default
             del options["num_predict"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, Literal, final
 from urllib.parse import urlsplit
 
 import attrs
@@ -67,7 +67,10 @@ class OpenAIBackend:
     ``model`` names the served model; ``None`` asks the server
     (``GET /models``) once and takes the first.  ``api_key``, if given, is
     sent as ``Authorization: Bearer <api_key>``.  ``Request.max_tokens``
-    becomes ``max_tokens``; ``Request.options`` (``temperature``, ``seed``,
+    becomes ``max_tokens`` (``limit_field="max_completion_tokens"``: that
+    field, OpenAI's newer name, for a server that refuses ``max_tokens``; the
+    limit belongs there, not in the options, where
+    :class:`~sjfsched.Request` refuses it); ``Request.options`` (``temperature``, ``seed``,
     ``stop``, ``top_p``, ``logit_bias``, ...) go into the body unchanged,
     except ``model``, ``prompt``, ``messages`` and ``stream``, which the
     backend sets (a request that sets one fails with ``BackendError``, and so
@@ -115,7 +118,12 @@ class OpenAIBackend:
         include_usage: bool = True,
         headers: Mapping[str, str] | None = None,
         client: httpx.AsyncClient | None = None,
+        limit_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens",
     ) -> None:
+        if limit_field not in ("max_tokens", "max_completion_tokens"):
+            raise ValueError(
+                f"limit_field must be 'max_tokens' or 'max_completion_tokens', got {limit_field!r}"
+            )
         if model is not None and (not isinstance(model, str) or not model):
             raise ValueError(f"model must be a non-empty str or None, got {model!r}")
         if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
@@ -135,6 +143,7 @@ class OpenAIBackend:
         self.model = model
         self.slots = slots
         self.include_usage = include_usage
+        self.limit_field = limit_field
         self._http = HttpSettings(
             service="the OpenAI-compatible server",
             extra="openai",
@@ -193,13 +202,13 @@ class OpenAIBackend:
                 value = {"include_usage": True, **value}  # the caller's own options, and the usage
             body[key] = value
         if request.max_tokens is not None:
-            body["max_tokens"] = request.max_tokens
+            body[self.limit_field] = request.max_tokens
         return path, body
 
     async def stream(self, request: Request, /) -> AsyncIterator[Chunk]:
         path, body = self.body(request, await self._model())
         chat = request.messages is not None
-        max_tokens = body.get("max_tokens")
+        max_tokens = body.get(self.limit_field)
         counted = 0
         finish: str | None = None
         usage: Mapping[str, Any] = {}
