@@ -92,8 +92,10 @@ class RequestLog:
         if model is not None and not isinstance(model, str):
             raise TypeError(f"RequestLog.model must be a string or None, got {type(model).__name__}")
         self.path = Path(path)
-        _refuse_unless_a_log(self.path)
-        _refuse_unless_writable(self.path)
+        #: Where it writes: the path made absolute now, so a later chdir() moves nothing.
+        self._where = Path(os.path.abspath(self.path))
+        _refuse_unless_a_log(self._where)
+        _refuse_unless_writable(self._where)
         self.model = model
         self.source = source
         self.skip_truncated = skip_truncated
@@ -103,14 +105,14 @@ class RequestLog:
 
     def _open(self) -> IO[bytes]:
         if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            _refuse_unless_a_log(self.path)  # again: it may have been replaced since
+            self._where.parent.mkdir(parents=True, exist_ok=True)
+            _refuse_unless_a_log(self._where)  # again: it may have been replaced since
             # Unbuffered: a failed write leaves nothing behind; readable: a writer that crashed
             # mid-line since is seen by its last byte.
-            f = self.path.open("a+b", buffering=0)
+            f = self._where.open("a+b", buffering=0)
             try:
                 with _exclusive(f):  # another writer's line under way is no crash's remnant
-                    _finish_tail(self.path)
+                    _finish_tail(self._where)
             except BaseException:
                 f.close()
                 raise
@@ -166,7 +168,7 @@ class RequestLog:
             data = gzip.compress(data)
         with self._lock:
             f = self._open()
-            if _replaced(f, self.path):  # deleted, or renamed by a rotation: a new file at the path
+            if _replaced(f, self._where):  # deleted, or renamed by a rotation: a new file at the path
                 self._file = None
                 f.close()
                 f = self._open()
@@ -175,7 +177,7 @@ class RequestLog:
                 if start and self.path.suffix != ".gz" and _last_byte(f, start) not in (b"\n", None):
                     # Another writer of this path crashed mid-line since it was opened: drop its
                     # remnant, or this line would be glued to it and the log unreadable there.
-                    _finish_tail(self.path)
+                    _finish_tail(self._where, foreign="end")
                     start = os.fstat(f.fileno()).st_size
                 try:
                     view = memoryview(data)
@@ -292,12 +294,15 @@ def _refuse_unless_writable(path: Path) -> None:
         raise PermissionError(f"RequestLog: cannot write {path}: {what} is not writable")
 
 
-def _finish_tail(path: Path) -> None:
+def _finish_tail(path: Path, *, foreign: str = "refuse") -> None:
     """Drop an unfinished last line (or gzip member) that a crash left, before appending.
 
     Only the unfinished line goes: a cut gzip member's whole lines are
     written again as a member of their own.  A last line without its newline
-    that is whole gets one.
+    that is whole gets one.  A plain log's last line that is neither JSON nor
+    JSON cut short (another program's) is refused (:class:`ValueError`), or
+    with ``foreign="end"`` (a log already open, writing on) ended with a
+    newline and a warning, so this writer's lines are not lost.
     """
     try:
         size = path.stat().st_size
@@ -316,9 +321,19 @@ def _finish_tail(path: Path) -> None:
                 f.seek(keep)
                 tail = f.read()
             if not cut_short(tail):  # not a JSON line a crash cut short: not ours to drop
-                raise ValueError(
-                    f"{path} is not a request log: its last line is neither JSON nor a line cut short"
+                if foreign != "end":
+                    raise ValueError(
+                        f"{path} is not a request log: its last line is neither JSON nor a line cut short"
+                    )
+                logger.warning(
+                    "%s: another program wrote %d bytes that are not a log line; ended them with a "
+                    "newline and logging on (reading the log stops at that line: remove it)",
+                    path,
+                    size - keep,
                 )
+                with path.open("ab") as f:
+                    f.write(b"\n")
+                return
             logger.warning(
                 "%s: dropped %d bytes of an unfinished last line (left by a crash)", path, size - keep
             )

@@ -37,9 +37,14 @@ def test_no_limit_in_the_options_is_sent_as_none() -> None:
         _, body = OllamaBackend("m").body(Request("x", max_tokens=3, options=options))
         assert body["options"] == {"num_predict": 3}, options
     # Ollama's "no limit" (-1; -2 fills the context) is sent on: it lifts a Modelfile's num_predict.
-    for options in ({"max_tokens": -1}, {"num_predict": -2}, {"options": {"num_predict": -1}}):
-        _, body = OllamaBackend("m").body(Request("x", options=options))
-        assert body["options"] == {"num_predict": options.get("num_predict", -1)}, options
+    unlimited: tuple[dict[str, object], ...] = (
+        {"max_tokens": -1},
+        {"num_predict": -2},
+        {"options": {"num_predict": -1}},
+    )
+    for given in unlimited:
+        _, body = OllamaBackend("m").body(Request("x", options=given))
+        assert body["options"] == {"num_predict": given.get("num_predict", -1)}, given
 
 
 async def test_the_documented_read_timeout() -> None:

@@ -223,3 +223,19 @@ def test_plots_and_tables_say_when_the_results_hold_nothing_they_show(
         with pytest.raises(SystemExit) as info:
             main(["bench", command, "--results", str(empty), *more])
         assert info.value.code == f"sjfsched bench {command}: --results {empty} holds no results"
+
+
+def test_without_corpora_only_the_commands_that_take_a_log_offer_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`bench ranking` offered --traces, which it does not take (found by a second-pass review)."""
+    from sjfsched._bench import _traces
+
+    monkeypatch.setattr(_traces, "default_data_dir", lambda: None)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="no corpora directory") as ranking:
+        main(["bench", "ranking"])
+    assert "--traces" not in str(ranking.value)
+    with pytest.raises(SystemExit, match="no corpora directory") as sim:
+        main(["bench", "sim", "--no-progress"])
+    assert "or --traces FILE.jsonl with a log of your own traffic" in str(sim.value)

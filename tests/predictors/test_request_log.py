@@ -547,3 +547,54 @@ def test_a_log_that_begins_with_a_byte_order_mark_is_appended_to(tmp_path: Path)
     with RequestLog(path) as log:
         log(_done("mine", 8))
     assert [r.output_tokens for r in load_records([path])] == [7, 8]
+
+
+def test_a_relative_log_path_stays_where_it_was_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checking the path before each line followed a later chdir() to another folder's file
+    (found by a second-pass review)."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    monkeypatch.chdir(first)
+    with RequestLog("requests.jsonl") as log:
+        log(_done("one", 10))
+        monkeypatch.chdir(second)
+        log(_done("two", 11))
+    assert [r.output_tokens for r in load_records([first / "requests.jsonl"])] == [10, 11]
+    assert not (second / "requests.jsonl").exists()
+
+
+def test_bytes_another_program_appended_do_not_stop_the_logging(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Foreign bytes without a newline at the end of an open log: every later line raised, and
+    nothing more was logged (found by a second-pass review). Opening such a log still refuses it."""
+    path = tmp_path / "requests.jsonl"
+    with RequestLog(path) as log:
+        log(_done("before", 10))
+        with path.open("ab") as f:
+            f.write(b"hello")
+        log(_done("after", 11))
+    assert "another program wrote 5 bytes that are not a log line" in caplog.text
+    lines = path.read_bytes().split(b"\n")
+    assert lines[1] == b"hello" and json.loads(lines[2])["output_tokens"] == 11
+    with path.open("ab") as f:
+        f.write(b"hello")
+    with pytest.raises(ValueError, match="is not a request log: its last line is neither JSON"):
+        RequestLog(path)(_done("refused", 12))
+
+
+@pytest.mark.parametrize(
+    "rotated",
+    ["requests.jsonl.1", "requests.jsonl.2.gz", "requests.jsonl-20240601", "requests.jsonl.2024-06-01"],
+)
+def test_rotated_logs_in_a_folder_are_named_as_not_read(
+    tmp_path: Path, rotated: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with RequestLog(tmp_path / "requests.jsonl") as log:
+        log(_done("kept", 10))
+    (tmp_path / rotated).write_bytes(b"")
+    assert [r.output_tokens for r in load_records([tmp_path])] == [10]
+    assert f"not {rotated}" in caplog.text

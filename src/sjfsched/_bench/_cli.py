@@ -246,10 +246,15 @@ def _data_dir(args: argparse.Namespace, traces: Sequence[str] = ()) -> Path:
             raise SystemExit(f"sjfsched bench: --data {args.data} is not a directory")
         if traces and all(is_file_trace(t) for t in traces):
             return Path.cwd()
+        own = (
+            ", or --traces FILE.jsonl with a log of your own traffic"
+            if getattr(args, "bench_command", None) in ("sim", "traces")
+            else ""
+        )
         raise SystemExit(
             "sjfsched bench: no corpora directory: pass --data DIR, a folder of JSON-lines corpora "
-            "(the project's own sits beside its repository as ../shared/data, not in it), or "
-            "--traces FILE.jsonl with a log of your own traffic (see docs/benchmarks.md)"
+            f"(the project's own sits beside its repository as ../shared/data, not in it){own} "
+            "(see docs/benchmarks.md)"
         )
     return data
 

@@ -363,8 +363,9 @@ def load_records(paths: Iterable[str | Path]) -> list[LengthRecord]:
 _DATA_LIKE: Final = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".json", ".json.gz")
 
 
-#: A rotated log's name (``requests.jsonl.1``, ``requests.jsonl.2.gz``: logrotate's).
-_ROTATED: Final = re.compile(r"\.(jsonl|ndjson|json)\.\d+(\.gz)?$", re.IGNORECASE)
+#: A rotated log's name: ``requests.jsonl.1``, ``.2.gz``, ``-20240601``, ``-20240601.gz``
+#: (logrotate's, with and without ``dateext``), ``.2024-06-01`` (Python's TimedRotatingFileHandler).
+_ROTATED: Final = re.compile(r"\.(jsonl|ndjson|json)[.-]\d[\w.-]*$", re.IGNORECASE)
 
 
 def _note_unread(directory: Path, found: set[Path]) -> None:
