@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from sjfsched import BackendError, Chunk, Request, Scheduler
-from sjfsched.backends import BackendPool, BackendUnavailable, OllamaBackend
+from sjfsched.backends import Backend, BackendPool, BackendUnavailable, OllamaBackend, OpenAIBackend
 from sjfsched.predictors import ConstantPredictor
 from tests.support import shared
 from tests.support.models import free_port
@@ -302,10 +302,20 @@ async def test_server_killed_mid_stream(server_process: tuple[subprocess.Popen[s
 # ------------------------------------------------------------- cancellation
 
 
-async def test_cancelling_the_caller_closes_the_stream_and_stops_the_server(ollama: OllamaServer) -> None:
+@pytest.mark.parametrize("api", ["ollama", "openai"])
+async def test_cancelling_the_caller_closes_the_stream_and_stops_the_server(
+    ollama: OllamaServer, api: str
+) -> None:
+    """OllamaBackend, and OpenAIBackend on Ollama's /v1: cancelling the caller closes the HTTP
+    stream, and the server stops generating."""
     # The server falls silent for 30 s after 5 tokens (its test fault): the answer is still
     # being written when the caller gives up, however fast the machine generates.
-    backend = OllamaBackend("tiny", ollama.url, headers={"X-Test-Fault": "stall:5:30"})
+    stall = {"X-Test-Fault": "stall:5:30"}
+    backend: Backend = (
+        OllamaBackend("tiny", ollama.url, headers=stall)
+        if api == "ollama"
+        else OpenAIBackend(f"{ollama.url}/v1", model="tiny", headers=stall)
+    )
     try:
         async with Scheduler(backend, predictor=ConstantPredictor()) as sched:
             with anyio.fail_after(20), anyio.CancelScope() as scope:

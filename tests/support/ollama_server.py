@@ -829,25 +829,21 @@ class _Generation:
 _GO_DURATION = re.compile(r"[+-]?(0|(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h))+)")
 
 
-#: api/types.go: the types of Options' and Runner's fields, by their JSON names.
+#: api/types.go: the fields of Options and Runner, as Go declares them (JSON name, Go type).
+_GO_OPTION_FIELDS = """
+    numa bool, num_ctx int, num_batch int, num_gpu int, main_gpu int, low_vram bool, f16_kv bool,
+    logits_all bool, vocab_only bool, use_mmap TriState, use_mlock bool, num_thread int,
+    num_keep int, seed int, num_predict int, top_k int, top_p float32, min_p float32,
+    tfs_z float32, typical_p float32, repeat_last_n int, temperature float32,
+    repeat_penalty float32, presence_penalty float32, frequency_penalty float32, mirostat int,
+    mirostat_tau float32, mirostat_eta float32, penalize_newline bool, stop []string
+"""
+#: What Options.FromMap names each Go type in its errors.
+_FROM_MAP_NAMES = {"int": "integer", "float32": "float32", "bool": "boolean", "TriState": "boolean"}
 _OPTION_TYPES = {
-    **dict.fromkeys(
-        ("num_keep", "seed", "num_predict", "top_k", "repeat_last_n", "mirostat", "num_ctx",
-         "num_batch", "num_gpu", "main_gpu", "num_thread"),
-        "integer",
-    ),
-    **dict.fromkeys(
-        ("top_p", "min_p", "typical_p", "tfs_z", "temperature", "repeat_penalty", "presence_penalty",
-         "frequency_penalty", "mirostat_tau", "mirostat_eta"),
-        "float32",
-    ),
-    **dict.fromkeys(
-        ("numa", "low_vram", "f16_kv", "logits_all", "vocab_only", "use_mmap", "use_mlock",
-         "penalize_newline"),
-        "boolean",
-    ),
-    "stop": "array",
-}  # fmt: skip
+    name: _FROM_MAP_NAMES.get(go, "array")
+    for name, go in (field.split() for field in _GO_OPTION_FIELDS.replace("\n", " ").split(","))
+}
 
 
 def _zero_duration(value: object) -> bool:
