@@ -254,7 +254,8 @@ def iter_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
             try:
                 value = _loads(item, path, i)
             except ValueError:
-                if not cut_short(item):  # a whole line with a mistake in it, not a crash's
+                gzipped = i == 1 and item.startswith(b"\x1f\x8b")  # all of a gzip file, no b"\n" in it
+                if gzipped or not cut_short(item):  # a whole line with a mistake in it, not a crash's
                     raise
                 logger.warning(_CUT_SHORT, path, i - 1)
                 return
