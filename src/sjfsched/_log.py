@@ -11,7 +11,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, final
+from typing import IO, Any, Literal, final
 
 if sys.platform != "win32":  # Windows has no flock: one writer per log there
     import fcntl
@@ -57,9 +57,11 @@ class RequestLog:
     (or gzip member) first drops that line, so the lines written after it
     stay readable; a ``.gz`` log is read through once for this.  A plain log
     that another writer of the same path left so while this one had it open
-    is mended the same way before the next line.  A log deleted or renamed
-    while open (by a rotation: ``logrotate``'s default, or ``copytruncate``)
-    goes on at its path, in a new file.  Requests
+    is mended the same way before the next line; bytes another program
+    appended without a newline are ended with one (a warning: reading the
+    log then fails at that line).  A log deleted or renamed while open
+    (``logrotate``'s default) goes on at its path, in a new file
+    (``copytruncate``: in the emptied one).  Requests
     with no output, or with no text (an image-only turn), are skipped.
     Answers cut off by ``max_tokens`` (``finish_reason == "length"``) are
     logged with their finish reason, their length being only a lower bound;
@@ -294,7 +296,7 @@ def _refuse_unless_writable(path: Path) -> None:
         raise PermissionError(f"RequestLog: cannot write {path}: {what} is not writable")
 
 
-def _finish_tail(path: Path, *, foreign: str = "refuse") -> None:
+def _finish_tail(path: Path, *, foreign: Literal["refuse", "end"] = "refuse") -> None:
     """Drop an unfinished last line (or gzip member) that a crash left, before appending.
 
     Only the unfinished line goes: a cut gzip member's whole lines are
@@ -327,7 +329,7 @@ def _finish_tail(path: Path, *, foreign: str = "refuse") -> None:
                     )
                 logger.warning(
                     "%s: another program wrote %d bytes that are not a log line; ended them with a "
-                    "newline and logging on (reading the log stops at that line: remove it)",
+                    "newline and logging on (reading the log fails at that line: remove it)",
                     path,
                     size - keep,
                 )

@@ -87,14 +87,14 @@ def _freeze_options(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     nested = options.get("options")  # Ollama's own options, which OllamaBackend merges
     for where, mapping in (("", options), ("['options']", nested if isinstance(nested, Mapping) else {})):
         for key in _OUTPUT_LIMITS:
-            value = mapping.get(key)
+            limit = mapping.get(key)
             # None, 0 or less: no limit (Ollama's -1 and -2 lift a Modelfile's num_predict).
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+            if isinstance(limit, (int, float)) and not isinstance(limit, bool) and limit <= 0:
                 continue
-            if value is not None:
+            if limit is not None:
                 raise ValueError(
                     f"Request.options{where} sets {key!r}: give the output limit as Request.max_tokens "
-                    f"(max_tokens={value!r}), which the scheduler sees: it caps the prediction at it "
+                    f"(max_tokens={limit!r}), which the scheduler sees: it caps the prediction at it "
                     "and knows an answer cut there for a lower bound; a limit in the options is hidden "
                     "from it (none, 0 or less, or None, is allowed there)"
                 )
@@ -213,9 +213,10 @@ class Request:
     - ``tenant``: a free label (user, API key, application) for your own
       policies and metrics.
     - ``options``: backend generation options (temperature, seed, stop, ...),
-      passed to the backend unchanged.  Not the output limit (``max_tokens``,
-      ``num_predict``, ``max_completion_tokens``, ...: ``ValueError``), which is
-      ``max_tokens`` above, where the scheduler sees it.
+      passed to the backend unchanged.  Not the output limit: a positive
+      ``max_tokens``, ``num_predict``, ``max_completion_tokens``, ... there is a
+      ``ValueError`` (it is ``max_tokens`` above, where the scheduler sees it);
+      none (``None``, 0 or less, such as Ollama's -1) passes.
     - ``metadata``: anything you like; passed through untouched.
 
     Requests compare and hash by identity: two requests with the same prompt

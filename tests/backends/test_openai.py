@@ -270,10 +270,17 @@ def test_the_limit_goes_in_the_field_the_server_reads() -> None:
     """A server that refuses max_tokens (OpenAI's own, for some models) gets
     max_completion_tokens; a limit in the options, the only way before, is refused by Request."""
     newer = OpenAIBackend("http://h/v1", model="m", limit_field="max_completion_tokens")
-    _, body = newer.body(Request("x", max_tokens=7), "m")
-    assert body["max_completion_tokens"] == 7 and "max_tokens" not in body
+    chat = Request(messages=[{"role": "user", "content": "x"}], max_tokens=7, options={"max_tokens": -1})
+    path, body = newer.body(chat, "m")
+    # Only the field the server reads: the options' "no limit" beside it would lift the limit.
+    assert (path, body["max_completion_tokens"]) == ("/chat/completions", 7) and "max_tokens" not in body
+    path, body = newer.body(Request("x", max_tokens=7), "m")  # /completions has max_tokens only
+    assert (path, body["max_tokens"]) == ("/completions", 7) and "max_completion_tokens" not in body
     _, body = OpenAIBackend("http://h/v1").body(Request("x", max_tokens=7), "m")
     assert body["max_tokens"] == 7 and "max_completion_tokens" not in body
+    unlimited = Request("x", max_tokens=7, options={"max_completion_tokens": 0})
+    _, body = OpenAIBackend("http://h/v1").body(unlimited, "m")
+    assert (body["max_tokens"], "max_completion_tokens" in body) == (7, False)
     with pytest.raises(ValueError, match="limit_field must be 'max_tokens' or 'max_completion_tokens'"):
         OpenAIBackend("http://h/v1", limit_field="max_new_tokens")  # type: ignore[arg-type]
 

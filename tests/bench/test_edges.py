@@ -223,3 +223,20 @@ def test_bench_real_refuses_a_scale_that_leaves_nothing_to_time_before_running(t
     with pytest.raises(SystemExit, match="makes every answer one token long"):
         main(["bench", "real", "--trace", str(trace), "--scale", "0.001", "--requests", "4",
               "--results", str(tmp_path / "x.json")])  # fmt: skip
+
+
+def test_in_a_run_of_both_the_targets_are_for_the_built_in_traces_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A log of one's own beside a built-in trace got a row of the project's targets too (found
+    by a read-through)."""
+    data = sharegpt_like(tmp_path / "data", n=60)
+    trace = _trace(tmp_path / "mine.jsonl", [50 + 20 * i for i in range(60)])
+    status = main(
+        ["bench", "sim", "--data", str(data), "--traces", f"sharegpt,{trace}", "--profiles", "gpu",
+         "--scenarios", "poisson0.74", "--policies", "fcfs,sjfsched", "--repetitions", "1", "--no-progress"]
+    )  # fmt: skip
+    assert status == 0
+    out = capsys.readouterr().out
+    targets = out.split("### Targets: sjfsched against FCFS")[1].split("###")[0]
+    assert "| sharegpt | gpu |" in targets and str(trace) not in targets

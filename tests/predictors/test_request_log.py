@@ -595,7 +595,14 @@ def test_bytes_another_program_appended_do_not_stop_the_logging(
 
 @pytest.mark.parametrize(
     "rotated",
-    ["requests.jsonl.1", "requests.jsonl.2.gz", "requests.jsonl-20240601", "requests.jsonl.2024-06-01"],
+    [
+        "requests.jsonl.1",
+        "requests.jsonl.2.gz",
+        "requests.jsonl-20240601",
+        "requests.jsonl.2024-06-01",
+        "requests.jsonl.gz.1",
+        "requests.jsonl.gz-20240601",
+    ],
 )
 def test_rotated_logs_in_a_folder_are_named_as_not_read(
     tmp_path: Path, rotated: str, caplog: pytest.LogCaptureFixture

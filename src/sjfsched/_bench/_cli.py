@@ -252,9 +252,8 @@ def _data_dir(args: argparse.Namespace, traces: Sequence[str] = ()) -> Path:
             else ""
         )
         raise SystemExit(
-            "sjfsched bench: no corpora directory: pass --data DIR, a folder of JSON-lines corpora "
-            f"(the project's own sits beside its repository as ../shared/data, not in it){own} "
-            "(see docs/benchmarks.md)"
+            "sjfsched bench: no corpora directory: pass --data DIR, the project's corpora (they sit "
+            f"beside its repository as ../shared/data, not in it){own} (see docs/benchmarks.md)"
         )
     return data
 
@@ -327,7 +326,7 @@ def _print_tables(
         )
         print(sweep_table(results, profile, scenario, standard), file=out)
     # The project's own targets (docs/benchmarks.md), for its traces: nothing to a log of yours.
-    ours = any(not is_file_trace(r.unit.trace) for r in results)
+    ours = [r for r in results if not is_file_trace(r.unit.trace)]
     for policy in (
         "sjfsched",
         "unseen",
@@ -337,8 +336,7 @@ def _print_tables(
         "plain-oracle",
         "clairvoyant",
     ):
-        shown = ours and any(r.unit.policy == policy for r in results)
-        table = target_table(results, policy) if shown else ""
+        table = target_table(ours, policy) if any(r.unit.policy == policy for r in ours) else ""
         if table.count("\n") > 1:  # a row beyond the head: the run has a target's scenarios
             print(f"\n### Targets: {policy} against FCFS\n", file=out)
             print(table, file=out)

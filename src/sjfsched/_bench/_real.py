@@ -151,7 +151,11 @@ def _trace_name(name: str) -> str:
 def _sample(args: argparse.Namespace) -> list[TraceItem]:
     data = corpora_dir(args.data)
     if data is None and not is_file_trace(args.trace):
-        raise SystemExit("sjfsched bench real: no corpora directory; pass --data")
+        raise SystemExit(
+            "sjfsched bench real: no corpora directory: pass --data DIR, the project's corpora "
+            "(they sit beside its repository as ../shared/data, not in it), or --trace FILE.jsonl "
+            "with a log of your own traffic (see docs/benchmarks.md)"
+        )
     try:
         trace = load_trace(args.trace, data if data is not None else Path.cwd())
     except (ValueError, FileNotFoundError) as exc:

@@ -536,7 +536,7 @@ class LlamaCppBackend:
             getattr(llm, "create_chat_completion", None)
         ):
             hint = (
-                ": load it with LlamaCppBackend.from_path(path), or give llama_cpp.Llama(path)"
+                ": load it with LlamaCppBackend.from_path(path), or give llama_cpp.Llama(path, verbose=False)"
                 if isinstance(llm, (str, os.PathLike))
                 else ""
             )

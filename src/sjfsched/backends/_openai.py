@@ -68,7 +68,8 @@ class OpenAIBackend:
     (``GET /models``) once and takes the first.  ``api_key``, if given, is
     sent as ``Authorization: Bearer <api_key>``.  ``Request.max_tokens``
     becomes ``max_tokens`` (``limit_field="max_completion_tokens"``: that
-    field, OpenAI's newer name, for a server that refuses ``max_tokens``; the
+    field, OpenAI's newer name, in chat requests, for a server that refuses
+    ``max_tokens`` there; ``/completions`` has ``max_tokens`` only.  The
     limit belongs there, not in the options, where
     :class:`~sjfsched.Request` refuses it); ``Request.options`` (``temperature``, ``seed``,
     ``stop``, ``top_p``, ``logit_bias``, ...) go into the body unchanged,
@@ -202,13 +203,20 @@ class OpenAIBackend:
                 value = {"include_usage": True, **value}  # the caller's own options, and the usage
             body[key] = value
         if request.max_tokens is not None:
-            body[self.limit_field] = request.max_tokens
+            # Only the field the server reads, so a "no limit" of the options' cannot stand beside it.
+            body.pop("max_tokens", None)
+            body.pop("max_completion_tokens", None)
+            body[self._limit_field(path)] = request.max_tokens
         return path, body
+
+    def _limit_field(self, path: str) -> str:
+        """Where the limit goes: ``limit_field`` for a chat; ``/completions`` has ``max_tokens`` only."""
+        return self.limit_field if path == "/chat/completions" else "max_tokens"
 
     async def stream(self, request: Request, /) -> AsyncIterator[Chunk]:
         path, body = self.body(request, await self._model())
         chat = request.messages is not None
-        max_tokens = body.get(self.limit_field)
+        max_tokens = body.get(self._limit_field(path))
         counted = 0
         finish: str | None = None
         usage: Mapping[str, Any] = {}

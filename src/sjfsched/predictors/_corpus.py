@@ -366,7 +366,7 @@ _DATA_LIKE: Final = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".json", ".
 
 #: A rotated log's name: ``requests.jsonl.1``, ``.2.gz``, ``-20240601``, ``-20240601.gz``
 #: (logrotate's, with and without ``dateext``), ``.2024-06-01`` (Python's TimedRotatingFileHandler).
-_ROTATED: Final = re.compile(r"\.(jsonl|ndjson|json)[.-]\d[\w.-]*$", re.IGNORECASE)
+_ROTATED: Final = re.compile(r"\.(jsonl|ndjson|json)(\.gz)?[.-]\d[\w.-]*$", re.IGNORECASE)
 
 
 def _note_unread(directory: Path, found: set[Path]) -> None:
