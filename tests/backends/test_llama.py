@@ -25,6 +25,7 @@ from sjfsched.backends import LlamaCppBackend
 from sjfsched.backends._llama import llama_lock
 from sjfsched.predictors import ConstantPredictor
 from tests.support.models import STORIES_SKIP_REASON, stories_model
+from tests.support.signals import ctrl_c_as_at_a_terminal
 
 pytestmark = pytest.mark.anyio
 
@@ -898,7 +899,12 @@ def test_ctrl_c_mid_read_leaves_the_model_only_once_its_work_ended(tiny_path: Pa
         """
     )
     done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        preexec_fn=ctrl_c_as_at_a_terminal,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])

@@ -13,6 +13,8 @@ import textwrap
 
 import pytest
 
+from tests.support.signals import ctrl_c_as_at_a_terminal
+
 PRELUDE = """
 import json, os, signal, threading, time
 import anyio
@@ -48,7 +50,12 @@ def report(sched, **extra):
 def run(body: str, async_backend: str) -> dict[str, int]:
     code = PRELUDE + textwrap.dedent(body).replace("ASYNC_BACKEND", repr(async_backend))
     done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        preexec_fn=ctrl_c_as_at_a_terminal,
     )
     assert done.returncode == 0, done.stderr
     result: dict[str, int] = json.loads(done.stdout.strip().splitlines()[-1])

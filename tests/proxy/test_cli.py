@@ -23,6 +23,7 @@ import pytest
 from sjfsched.proxy import ProxyApp, ProxySettings
 from sjfsched.proxy._upstream import UpstreamUnavailable
 from tests.support.ollama_server import OllamaServer
+from tests.support.signals import ctrl_c_as_at_a_terminal
 
 from .harness import free_port, parse_metrics
 
@@ -83,6 +84,7 @@ def serve(*args: str, env: dict[str, str] | None = None) -> Iterator[Serve]:
         stderr=subprocess.STDOUT,
         text=True,
         env=environment,
+        preexec_fn=ctrl_c_as_at_a_terminal,
     )
     try:
         yield Serve(process)
