@@ -25,7 +25,7 @@ from sjfsched.backends import LlamaCppBackend
 from sjfsched.backends._llama import llama_lock
 from sjfsched.predictors import ConstantPredictor
 from tests.support.models import STORIES_SKIP_REASON, stories_model
-from tests.support.signals import ctrl_c_as_at_a_terminal
+from tests.support.signals import run_python
 
 pytestmark = pytest.mark.anyio
 
@@ -898,14 +898,7 @@ def test_ctrl_c_mid_read_leaves_the_model_only_once_its_work_ended(tiny_path: Pa
                           "unlocked": sum(not held for _, held in samples), "locked_now": lock.locked()}}))
         """
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        preexec_fn=ctrl_c_as_at_a_terminal,
-    )
+    done = run_python(code, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result == {"ended": "KeyboardInterrupt", "after": 0, "unlocked": 0, "locked_now": False}

@@ -7,13 +7,11 @@ exit is a real exit.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
-from tests.support.signals import ctrl_c_as_at_a_terminal
+from tests.support.signals import run_python
 
 PRELUDE = """
 import json, os, signal, threading, time
@@ -49,14 +47,7 @@ def report(sched, **extra):
 
 def run(body: str, async_backend: str) -> dict[str, int]:
     code = PRELUDE + textwrap.dedent(body).replace("ASYNC_BACKEND", repr(async_backend))
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        preexec_fn=ctrl_c_as_at_a_terminal,
-    )
+    done = run_python(code, timeout=60)
     assert done.returncode == 0, done.stderr
     result: dict[str, int] = json.loads(done.stdout.strip().splitlines()[-1])
     return result

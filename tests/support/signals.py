@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 
 
 def ctrl_c_as_at_a_terminal() -> None:
@@ -14,3 +16,15 @@ def ctrl_c_as_at_a_terminal() -> None:
     nothing, and every Ctrl-C test would fail.
     """
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def run_python(code: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a child interpreter that a SIGINT interrupts; its output as text."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        preexec_fn=ctrl_c_as_at_a_terminal,
+    )
