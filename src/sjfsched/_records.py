@@ -273,7 +273,15 @@ class Request:
             known = ", ".join(names)
             raise TypeError(f"{type(self).__name__} has no field {unknown[0]!r}; its fields: {known}")
         fields.update({names[key]: value for key, value in changes.items()})
-        return _rebuild_request(type(self), fields, extra)
+        request = _rebuild_request(type(self), fields, extra)
+        own = {names[key] for key in changes} - {f.name for f in attrs.fields(Request)}
+        if own:  # the subclass's own fields: converted and checked as its __init__ would
+            for field in attrs.fields(type(self)):
+                if field.name in own and field.converter is not None:
+                    value = _convert(field, getattr(request, field.name), request)
+                    object.__setattr__(request, field.name, value)
+            attrs.validate(request)
+        return request
 
     @property
     def text(self) -> str:
@@ -324,6 +332,16 @@ def _chat_reading(request: Request) -> tuple[str, int]:
     return reading
 
 
+def _convert(field: attrs.Attribute[Any], value: object, instance: object) -> object:
+    """``value`` through ``field``'s converter, a plain callable or an ``attrs.Converter``."""
+    converter: Any = field.converter
+    kind = getattr(attrs, "Converter", None)  # attrs >= 24.1
+    if kind is not None and isinstance(converter, kind):
+        extra = ([instance] if converter.takes_self else []) + ([field] if converter.takes_field else [])
+        return converter.converter(value, *extra)
+    return converter(value)
+
+
 def _rebuild_request(
     kind: type[Request] | str | None, fields: dict[str, Any], extra: dict[str, Any] | None = None
 ) -> Request:
@@ -354,14 +372,23 @@ def _tokens(value: SupportsFloat) -> float:
     if type(value) is float:  # the common case, without the ABC check
         return value
     _number("tokens", value)
-    return float(value)
+    return _float("tokens", value)
+
+
+def _float(name: str, value: SupportsFloat) -> float:
+    """``float(value)``; an int past float's range is refused by name (as too large: not finite)."""
+    try:
+        return float(value)
+    except OverflowError:
+        bits = int(value).bit_length()  # type: ignore[call-overload]
+        raise ValueError(f"Prediction.{name} must be finite, got an int of {bits:,} bits") from None
 
 
 def _prompt_tokens(value: SupportsFloat | None) -> float | None:
     if value is None:
         return None
     _number("prompt_tokens", value)
-    number = float(value)
+    number = _float("prompt_tokens", value)
     if not (math.isfinite(number) and number >= 0):
         raise ValueError(f"Prediction.prompt_tokens must be finite and >= 0, got {value!r}")
     return number

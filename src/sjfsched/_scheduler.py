@@ -422,7 +422,9 @@ class Scheduler:
         self._admitting = threading.RLock()  # see _acquire
         self._queue = WaitQueue(self._max_wait)
         #: waiting entries by request (equal requests share a list), for position()
-        self._by_request: dict[Request, list[_Entry]] = {}
+        # Keyed by the caller's object's id (the entry holds it): a Request subclass may compare
+        # by value, and then it hashes its frozen mappings, which cannot be hashed.
+        self._by_request: dict[int, list[_Entry]] = {}
         self._free = self._concurrency
         self._running = 0
         self._seq = 0
@@ -869,7 +871,11 @@ class Scheduler:
             self._counts["rejected"] += 1
             raise SchedulerClosed("the scheduler is closed")
         entry = await self._acquire(_coerce_request(request, fields), request)
-        return ChunkStream(entry, backend, self)
+        try:
+            return ChunkStream(entry, backend, self)
+        except BaseException as exc:  # the backend's resumable() raised sys.exit() (own loop)
+            self._end(entry, _outcome_of(exc))
+            raise
 
     async def _settle(self, stream: ChunkStream, exc: BaseException | None) -> None:
         """Close the backend stream if still open, free the slot, count the outcome."""
@@ -963,7 +969,7 @@ class Scheduler:
         age.  This sorts the queue, O(n log n): fine for a status page, not
         for a hot loop.
         """
-        entries = self._by_request.get(request)
+        entries = self._by_request.get(id(request))
         if not entries:
             return None
         for i, e in enumerate(self._queue.ordered(anyio.current_time())):
@@ -1146,14 +1152,14 @@ class Scheduler:
             entry.state = EntryState.RUNNING
             return entry, True
 
+        self._by_request.setdefault(id(entry.handle), []).append(entry)
         self._queue.push(entry)
         entry.event = anyio.Event()
-        self._by_request.setdefault(entry.handle, []).append(entry)
         return entry, False
 
     def _unindex(self, entry: _Entry) -> None:
         """Drop a no longer waiting entry from the by-request index."""
-        entries = self._by_request.get(entry.handle)
+        entries = self._by_request.get(id(entry.handle))
         if entries is None:
             return
         for i, e in enumerate(entries):
@@ -1161,7 +1167,7 @@ class Scheduler:
                 del entries[i]
                 break
         if not entries:
-            del self._by_request[entry.handle]
+            del self._by_request[id(entry.handle)]
 
     def _remember(self, estimate: float) -> float | None:
         """Add a (finite) estimate to the window the median is taken over (O(window)).
@@ -1252,7 +1258,7 @@ class Scheduler:
         entry.state = EntryState.WAITING
         entry.event = anyio.Event()
         self._queue.requeue(entry)
-        self._by_request.setdefault(entry.handle, []).append(entry)
+        self._by_request.setdefault(id(entry.handle), []).append(entry)
         self._running -= 1
         self._free += 1
         self._dispatch()
@@ -1405,7 +1411,7 @@ class ChunkStream:
         self._interrupted = False  # a read was cancelled midway: the backend's stream is spent
         self._scheduler = scheduler
         #: the backend can pause and resume this request (see Scheduler(preempt=))
-        self._resumable = scheduler.preempt and _resumable(backend, entry.request)
+        self._resumable = scheduler.preempt and _resumable(backend, entry.request, scheduler._loop_exits)
         self._paused_at = 0  # tokens written at the latest pause
 
     @property
@@ -1583,7 +1589,7 @@ class ChunkStream:
                     await aclose()
                 finally:
                     _holding.set(held)
-            except Exception:
+            except self._scheduler._caller_errors:  # with a SyncScheduler's loop exits: see _exit_in_loop
                 logger.warning("closing the %s stream failed", self._backend_name, exc_info=True)
 
 
@@ -1799,19 +1805,34 @@ def _running_asyncio() -> ModuleType | None:
 
 
 def _outcome_of(exc: BaseException) -> str:
-    if isinstance(exc, (anyio.get_cancelled_exc_class(), GeneratorExit, KeyboardInterrupt)):
+    """``"cancelled"`` for a cancellation (or one only of those in an exception group: trio's
+    nurseries wrap Cancelled in one), ``"failed"`` for anything else."""
+    if _only_cancellations(exc, (anyio.get_cancelled_exc_class(), GeneratorExit, KeyboardInterrupt)):
         return "cancelled"
     return "failed"
 
 
-def _resumable(backend: object, request: Request) -> bool:
-    """Whether ``backend`` can pause and resume ``request`` (:class:`Resumable`); a failure: no."""
+def _only_cancellations(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> bool:
+    if isinstance(exc, kinds):
+        return True
+    leaves = getattr(exc, "exceptions", None)  # a BaseExceptionGroup (the backport's on 3.10)
+    if not isinstance(leaves, tuple) or not leaves or not hasattr(exc, "split"):
+        return False
+    return all(isinstance(leaf, BaseException) and _only_cancellations(leaf, kinds) for leaf in leaves)
+
+
+def _resumable(backend: object, request: Request, loop_exits: tuple[type[BaseException], ...] = ()) -> bool:
+    """Whether ``backend`` can pause and resume ``request`` (:class:`Resumable`); a failure: no.
+
+    ``loop_exits``: what a SyncScheduler's loop thread takes as a failure too (see _exit_in_loop).
+    """
     check = getattr(backend, "resumable", None)
     if not callable(check) or not callable(getattr(backend, "resume", None)):
         return False
+    caught: tuple[type[BaseException], ...] = (Exception, *loop_exits)
     try:
         return check(request) is True
-    except Exception:
+    except caught:
         logger.warning("%s.resumable() failed: not paused", type(backend).__name__, exc_info=True)
         return False
 

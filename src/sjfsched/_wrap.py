@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, final
 from typing_extensions import Self
 
 from ._errors import SchedulerClosed
-from ._records import Request
+from ._records import Request, _as_int
 from ._sync import SyncScheduler
 from .backends._llama import (
     CLOSED_LLAMA,
@@ -585,6 +585,7 @@ def _check_token_ids(tokens: list[Any], n_vocab: int) -> None:
 
 def _max_tokens(value: object) -> int | None:
     # llama.cpp: None, 0 or a negative number means "until the context is full".
+    value = _as_int(value)  # numpy's integers too, as Request takes them
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
     return None

@@ -335,3 +335,10 @@ def test_the_same_backend_listed_twice_is_refused() -> None:
     backend = CallableBackend(lambda r: "ok")
     with pytest.raises(ValueError, match="listed twice: give it more slots"):
         BackendPool([(backend, 1), (backend, 1)])
+
+
+@pytest.mark.parametrize("failover", ["no", 0, None])
+def test_failover_must_be_a_bool(failover: object) -> None:
+    # "no" was taken as true: the pool failed over all the same.
+    with pytest.raises(TypeError, match=rf"failover must be True or False, got {failover!r}"):
+        BackendPool([CallableBackend(lambda r: "ok")], failover=failover)  # type: ignore[arg-type]

@@ -137,6 +137,17 @@ def test_calls_are_admitted_shortest_first(tiny_llm: Llama) -> None:
     assert ended == ["Hold"] + ["A short one"] * 3 + ["A long one"] * 3
 
 
+def test_a_numpy_max_tokens_is_the_requests_limit(tiny_llm: Llama) -> None:
+    # Request takes numpy's integers; wrap() read only int's, and ranked such a call unlimited.
+    import numpy as np
+
+    seen: list[int | None] = []
+    with sjfsched.wrap(tiny_llm, on_complete=lambda c: seen.append(c.request.max_tokens)) as wrapped:
+        got = wrapped.create_completion("Once upon a time", max_tokens=np.int64(5), **GREEDY)
+    assert got["usage"]["completion_tokens"] <= 5
+    assert seen == [5]
+
+
 def test_an_abandoned_stream_frees_the_model(wrapped: Any, tiny_llm: Llama) -> None:
     stream = wrapped.create_completion("Never mind", max_tokens=300, stream=True)
     next(stream)

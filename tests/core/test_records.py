@@ -23,6 +23,13 @@ class _TracedRequest(Request):
     trace_id: str = attrs.field(default="", kw_only=True)
 
 
+@attrs.frozen(eq=False)
+class _DeadlineRequest(Request):
+    """A subclass whose own field has a converter and a validator."""
+
+    deadline: float = attrs.field(default=60.0, kw_only=True, converter=float, validator=attrs.validators.ge(0))
+
+
 class _UserRequest(Request):
     """A subclass with an ``__init__`` of its own (another signature) and an instance dict."""
 
@@ -187,6 +194,22 @@ class TestRequest:
         assert isinstance(got, _UserRequest)
         assert (type(got), got.max_tokens, got.tenant, got.note) == (_UserRequest, 5, "bob", "n")
 
+    @pytest.mark.anyio
+    async def test_a_subclass_field_given_as_a_keyword_is_converted_and_checked(self) -> None:
+        # Set as given, past the subclass's converter and validator.
+        seen: list[float] = []
+        async with Scheduler(None, predictor=ConstantPredictor()) as sched:
+            async with sched.admit(_DeadlineRequest("x"), deadline="7") as ticket:
+                assert isinstance(ticket.request, _DeadlineRequest)
+                seen.append(ticket.request.deadline)
+            for bad, error in (("-5", ValueError), ("soon", ValueError)):
+                with pytest.raises(error, match="deadline|could not convert"):
+                    async with sched.admit(_DeadlineRequest("x"), deadline=bad):  # type: ignore[call-arg]
+                        pass
+            stats = sched.statistics()
+        assert seen == [7.0]
+        assert (stats.completed, stats.waiting, stats.running) == (1, 0, 0)
+
     def test_a_request_pickled_by_the_earlier_version_still_loads(self) -> None:
         # Its pickle named the prompt and the other fields, not the class.
         again = _rebuild_request("plain", {"max_tokens": 5, "metadata": {"k": 1}})
@@ -268,6 +291,13 @@ class TestPrediction:
     def test_bad_prompt_tokens(self) -> None:
         with pytest.raises(ValueError, match=r"Prediction\.prompt_tokens"):
             Prediction(1.0, prompt_tokens=-2)
+
+    @pytest.mark.parametrize("kwargs", [{"tokens": 10**400}, {"tokens": 1.0, "prompt_tokens": 10**400}])
+    def test_an_int_past_floats_range_is_refused_by_name(self, kwargs: dict[str, Any]) -> None:
+        # float() raised OverflowError, naming nothing.
+        field = list(kwargs)[-1]
+        with pytest.raises(ValueError, match=rf"Prediction\.{field} must be finite, got an int of 1,329 bits"):
+            Prediction(**kwargs)
 
     def test_every_number_is_kept_as_a_float(self) -> None:
         """p_long kept a numpy scalar (not JSON-serialisable) or an int, unlike its neighbours."""

@@ -1187,6 +1187,61 @@ async def test_in_your_own_loop_a_callbacks_system_exit_propagates() -> None:
             await sched.complete("hello")
 
 
+async def test_in_your_own_loop_a_system_exit_from_resumable_propagates_and_frees_the_slot() -> None:
+    # resumable() is asked as the stream opens, after the slot was granted: the slot stayed held.
+    simulated = SimulatedBackend()
+
+    class Exiting:
+        stream, resume, aclose = simulated.stream, simulated.resume, simulated.aclose
+
+        def resumable(self, request: Request, /) -> bool:
+            if "exit" in request.text:
+                raise SystemExit(3)
+            return simulated.resumable(request)
+
+    with anyio.fail_after(60):  # the slot held, closing would wait for ever
+        async with Scheduler(Exiting(), preempt=True) as sched:
+            with pytest.raises(SystemExit):
+                await sched.complete("exit now")
+            assert (sched.statistics().running, sched.statistics().failed) == (0, 1)
+            await sched.complete("hello")
+            assert sched.statistics().completed == 1
+
+
+@pytest.mark.parametrize("call", ["admit", "complete", "stream"])
+def test_a_timeout_through_a_trio_nursery_counts_as_cancelled(call: str) -> None:
+    # trio's nurseries wrap Cancelled in a BaseExceptionGroup: such requests counted as failed.
+    import trio
+    import trio.testing
+
+    async def in_a_nursery() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.sleep, 10)
+            await trio.sleep(10)
+
+    async def answer(request: Request) -> AsyncIterator[Chunk]:
+        await in_a_nursery()
+        yield Chunk("never")
+
+    async def main() -> tuple[int, int]:
+        async with Scheduler(CallableBackend(answer), predictor=ConstantPredictor()) as sched:
+            with trio.move_on_after(1) as scope:
+                if call == "admit":
+                    async with sched.admit("a"):
+                        await in_a_nursery()
+                elif call == "complete":
+                    await sched.complete("c")
+                else:
+                    async with sched.stream("s") as chunks:
+                        async for _ in chunks:
+                            pass
+            assert scope.cancelled_caught
+            stats = sched.statistics()
+        return stats.cancelled, stats.failed
+
+    assert trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0)) == (1, 0)
+
+
 @pytest.mark.parametrize("loop", ["asyncio", "trio"])
 def test_every_request_closing_ends_is_counted_when_aclose_returns(loop: str) -> None:
     """A closed-out waiter was counted only as its caller woke, and trio may run aclose() first:

@@ -927,6 +927,56 @@ def test_a_backends_system_exit_fails_its_request_not_the_loop(
     assert (stats.completed, stats.failed, stats.running, stats.waiting) == (4, 1, 0, 0)
 
 
+class _ExitingResumableBackend:
+    """A resumable backend whose resumable(), or whose stream as it is closed, raises ``error``
+    on a prompt with ``exit`` in it."""
+
+    def __init__(self, error: BaseException, where: str) -> None:
+        self.error, self.where = error, where
+
+    async def stream(self, request: Request) -> AsyncIterator[Chunk]:
+        try:
+            yield Chunk("a ", tokens=1)
+            yield Chunk("b ", tokens=1)
+        finally:
+            if self.where == "close" and "exit" in request.text:
+                raise self.error
+
+    def resumable(self, request: Request) -> bool:
+        if self.where == "resumable" and "exit" in request.text:
+            raise self.error
+        return False
+
+    async def resume(self, request: Request, answer: str, tokens: int) -> AsyncIterator[Chunk]:
+        yield Chunk("")
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("async_backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("error", [SystemExit(3), KeyboardInterrupt()])
+@pytest.mark.parametrize("where", ["resumable", "close"])
+def test_a_backends_system_exit_outside_its_reads_is_logged_not_the_end_of_the_loop(
+    async_backend: str, error: BaseException, where: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """resumable() is asked as the stream opens, a stream left early is closed: SystemExit or
+    KeyboardInterrupt there ended the loop's thread (close), or left the slot held (resumable)."""
+    backend = _ExitingResumableBackend(error, where)
+    sched = SyncScheduler(backend, async_backend=async_backend, preempt=True)
+    if where == "resumable":  # not resumable, then: it runs to its end unpaused
+        assert sched.complete("exit now").text == "a b "
+        assert "resumable() failed: not paused" in caplog.text
+    else:
+        with sched.stream("exit now") as chunks:
+            assert next(iter(chunks)).text == "a "
+        assert "closing the _ExitingResumableBackend stream failed" in caplog.text
+    assert sched.complete("stay").text == "a b "  # the loop goes on, the slot was given back
+    stats = sched.statistics()
+    sched.close()
+    assert (stats.running, stats.waiting, stats.completed + stats.cancelled) == (0, 0, 2)
+
+
 @pytest.mark.parametrize("call", ["complete", "stream", "admit"])
 def test_an_exception_raised_in_a_waiting_thread_from_another_cancels_its_request(call: str) -> None:
     """Thread-level timeouts (func_timeout, stopit) raise in the waiting thread from another one,

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import attrs
 import pytest
 
 from sjfsched import BackendError, Chunk, Prediction, QueueFull, Request, Scheduler, SchedulerClosed
@@ -49,6 +50,47 @@ async def test_a_request_submitted_with_fields_is_found_by_the_request_passed() 
         assert sched.position(with_fields) is None  # ended
         assert not sched._by_request  # nothing left in the index
     assert positions == {"plain": 1, "with fields": 0}
+
+
+@attrs.frozen  # eq=True, attrs' default: compares by value, and hashing it raises
+class _ValueRequest(Request):
+    tag: str = attrs.field(default="", kw_only=True)
+
+
+async def test_a_request_subclass_that_compares_by_value_waits_and_ends_like_any_other() -> None:
+    # Its hash reads the frozen mappings: it was pushed into the queue, then the index raised,
+    # leaving a ghost entry that broke the next dispatch and aclose().
+    with pytest.raises(TypeError):
+        hash(_ValueRequest("x"))
+    async with scheduler() as sched:
+        first, second, third = (
+            _ValueRequest(f"job {n}", metadata={"predicted": n, "output_tokens": n}, tag=str(n))
+            for n in (50, 10, 5)
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sched.complete, first)
+            await anyio.sleep(0.01)
+            tg.start_soon(sched.complete, second)
+            await anyio.sleep(0.01)
+            assert (sched.position(second), sched.statistics().waiting) == (0, 1)
+        closed: list[str] = []
+
+        async def refused(request: Request) -> None:
+            with pytest.raises(SchedulerClosed):
+                await sched.complete(request)
+            closed.append(request.prompt or "")
+
+        with anyio.fail_after(10):  # one left waiting: closing ends it
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sched.complete, first)
+                await anyio.sleep(0.01)
+                tg.start_soon(refused, third)
+                await anyio.sleep(0.01)
+                await sched.aclose()
+        stats = sched.statistics()
+    assert closed == ["job 5"]
+    assert (stats.completed, stats.closed, stats.waiting, stats.running) == (3, 1, 0, 0)
+    assert not sched._by_request
 
 
 class _AsyncObserve:

@@ -167,6 +167,8 @@ class BackendPool:
                 or not (math.isfinite(value) and value >= 0)
             ):
                 raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+        if not isinstance(failover, bool):  # "no" would read as true
+            raise TypeError(f"failover must be True or False, got {failover!r}")
         self._members = members
         self.slots = sum(m.slots for m in members)
         self.retry_after = float(retry_after)
