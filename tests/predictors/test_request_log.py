@@ -280,6 +280,14 @@ def test_lines_that_break_the_json_reader_name_their_line(tmp_path: Path) -> Non
             ValueError, match=r"bad\.jsonl:1: not UTF-8 \(.*\): gzip data; name the file \.jsonl\.gz"
         ):
             load_records([path])
+    # The mirror case (a reviewer): plain lines named .gz said "corrupt gzip data after line 0".
+    named_gz = path.with_name("bad.jsonl.gz")
+    named_gz.write_bytes(b'{"prompt": "a", "output_tokens": 3}\n')
+    with pytest.raises(
+        ValueError,
+        match=r"bad\.jsonl\.gz: not gzip data; if it is plain JSON lines, name the file without \.gz$",
+    ):
+        load_records([named_gz])
 
 
 def _line(i: int) -> bytes:

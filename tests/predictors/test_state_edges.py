@@ -308,6 +308,20 @@ def test_a_state_that_cannot_be_saved_is_a_predictor_error_naming_the_path(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a directory"]
 
 
+def test_a_relative_calibration_path_stays_where_it_was_when_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It was read from the start-up folder and saved relative to a later chdir() (a daemon's).
+    (tmp_path / "app").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "app")
+    predictor = LexicalPredictor(calibration_path="state.json", save_every=1)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    predictor.observe(PROMPT, predictor.predict(PROMPT), 40)
+    assert not (tmp_path / "elsewhere" / "state.json").exists()
+    assert LexicalPredictor(calibration_path=tmp_path / "app" / "state.json").calibration.n == 1
+
+
 def test_observe_names_a_request_that_is_not_one() -> None:
     predictor = LexicalPredictor()
     with pytest.raises(TypeError, match="observe\\(\\) takes the completed Request first, got 'hello'"):
@@ -409,7 +423,7 @@ def test_a_calibration_weight_past_what_its_decay_allows_is_refused(tmp_path: Pa
 
 
 def test_predictors_name_what_is_not_a_request() -> None:
-    from sjfsched.predictors import HeuristicPredictor
+    from sjfsched.predictors import ConstantPredictor, HeuristicPredictor
 
     lexical = LexicalPredictor()
     for call in (
@@ -419,8 +433,20 @@ def test_predictors_name_what_is_not_a_request() -> None:
     ):
         with pytest.raises(TypeError, match=r"takes Request objects, got str 'hello'.*Request\(prompt\)"):
             call()
-    with pytest.raises(TypeError, match="scores\\(\\) takes a sequence of texts, got one str"):
+    with pytest.raises(TypeError, match=r"scores\(\) takes a sequence of texts \(str\).*, got one str"):
         lexical.scores("hello world")
+    # Found by a reviewer: bytes raised AttributeError, None and ints unrelated errors; one str
+    # given to predict_many() was named by its first character.
+    for value in (b"hello", None, 3):
+        with pytest.raises(TypeError, match=rf"score\(\) takes a str, got {type(value).__name__}"):
+            lexical.score(value)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=rf"scores\(\) takes texts \(str\), got {type(value).__name__}"):
+            lexical.scores(["fine", value] * 10)  # type: ignore[list-item]
+    for predictor in (lexical, HeuristicPredictor(), ConstantPredictor()):
+        with pytest.raises(
+            TypeError, match=r"predict_many\(\) takes a sequence of Requests, got one str: 'hello"
+        ):
+            predictor.predict_many("hello world, " * 20)  # type: ignore[arg-type]
 
 
 def test_a_chats_text_is_made_once() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -97,6 +98,14 @@ def test_a_bad_vectors_file_is_named(tmp_path: Path, text: str, message: str) ->
     [
         ({"dimensions": 2, "words": ["a"], "vectors": [[1, 2]]}, "not a wink-embeddings JSON file"),
         ({"dimensions": 2, "words": 3, "vectors": {}}, "not a wink-embeddings JSON file"),
+        # an infinity raised OverflowError (a traceback from the commands); 2.7 read as 2
+        *(
+            (
+                {"dimensions": d, "words": ["a"], "vectors": {"a": [1, 2]}},
+                rf"not a wink-embeddings JSON file \('dimensions' is {d!r}, not a whole",
+            )
+            for d in (math.inf, 2.7, True, "2", 0)
+        ),
         (
             {"dimensions": 2, "words": ["a"], "vectors": {"a": [1, "x"]}},
             "the vector of 'a' holds a non-number",
@@ -179,7 +188,10 @@ def test_train_and_evaluate_take_word_vectors(tmp_path: Path, capsys: pytest.Cap
     assert "lexical-vectors" in capsys.readouterr().out
     assert main(args) == 2
     assert "lexical-vectors needs --word-vectors" in capsys.readouterr().err
-    assert main(["train", str(data), "--out", str(out), "--word-vectors", str(tmp_path / "none.txt")]) == 2
+    # A missing input file: status 1, as for the data; a bad option value (above): 2.
+    assert main(["train", str(data), "--out", str(out), "--word-vectors", str(tmp_path / "none.txt")]) == 1
+    assert main([*args, "--word-vectors", str(tmp_path / "none.txt")]) == 1
+    assert "sjfsched evaluate: --word-vectors: " in capsys.readouterr().err
 
 
 def test_evaluate_compares_the_vectors_by_default_when_given_them(

@@ -45,6 +45,15 @@ def texts_of(method: str, requests: Sequence[Request]) -> list[str]:
         raise
 
 
+def refuse_one_text(method: str, given: object, wanted: str) -> None:
+    """A :class:`TypeError` for one ``str`` (or ``bytes``) given where a sequence is taken: it
+    would be read a character at a time."""
+    if isinstance(given, (str, bytes)):
+        raise TypeError(
+            f"{method} takes a sequence of {wanted}, got one {type(given).__name__}: {given!r:.60}"
+        )
+
+
 def _not_a_request(method: str, value: object) -> TypeError:
     shown = repr(value)
     shown = shown if len(shown) <= 60 else shown[:57] + "..."

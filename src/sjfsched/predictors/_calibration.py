@@ -27,7 +27,15 @@ import stat
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LengthCalibration", "read_state", "require_length", "saved_count", "saved_number", "write_state"]
+__all__ = [
+    "LengthCalibration",
+    "read_state",
+    "require_length",
+    "saved_count",
+    "saved_number",
+    "write_atomically",
+    "write_state",
+]
 
 #: An observed length counts as at most this many tokens' log (one answer of
 #: a billion tokens, or a miscount, must not throw the fit off for hours).
@@ -210,15 +218,20 @@ def write_state(path: str | os.PathLike[str], data: Any) -> None:
     a number JSON cannot hold (NaN, an infinity) raises ``ValueError``
     before any file is touched.
     """
+    write_atomically(path, json.dumps(data, indent=1, allow_nan=False).encode("utf-8"))
+
+
+def write_atomically(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash, or a full disk, leaves the old file or the new
+    one, whole (as :func:`write_state` does, which uses it; ``sjfsched train`` too)."""
     path = Path(os.path.realpath(path))
-    text = json.dumps(data, indent=1, allow_nan=False)
     # A temporary file of its own (created exclusively, with the umask's mode):
     # several writers of one path, processes or predictors sharing a state
     # file, must not write into each other's.
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
     try:
-        with tmp.open("x", encoding="utf-8") as f:
-            f.write(text)
+        with tmp.open("xb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         with contextlib.suppress(FileNotFoundError):

@@ -37,7 +37,7 @@ import numpy.typing as npt
 
 from .._errors import PredictorError
 from .._records import Prediction, Request
-from ._base import text_of, texts_of
+from ._base import refuse_one_text, text_of, texts_of
 from ._lexical import _metadata, open_session
 
 __all__ = ["CLAIRVOYANT_FEATURES", "ClairvoyantPredictor", "clairvoyant_features"]
@@ -210,4 +210,5 @@ class ClairvoyantPredictor:
         return self._prediction(self.probabilities_many([text_of("predict()", request)])[0])
 
     def predict_many(self, requests: Sequence[Request], /) -> list[Prediction]:
+        refuse_one_text("predict_many()", requests, "Requests")
         return [self._prediction(p) for p in self.probabilities_many(texts_of("predict_many()", requests))]

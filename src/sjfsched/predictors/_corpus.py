@@ -212,6 +212,14 @@ def _loads(line: bytes, path: Path, i: int) -> Any:
         raise ValueError(f"{path}:{i}: not JSON ({exc})") from exc
 
 
+def _starts_gzip(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return f.read(2) == b"\x1f\x8b"
+    except OSError:
+        return True  # it cannot be read again: keep the reader's own error
+
+
 def iter_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
     """``(line number, value)`` of each non-blank line of a JSON-lines file (``.gz`` too).
 
@@ -233,6 +241,10 @@ def iter_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
             # cut short. Data that does not read that way is corruption.
             data = item.unfinished
             if data is None or not _a_line_begun(data[data.rfind(b"\n") + 1 :]):
+                if i == 0 and not _starts_gzip(path):
+                    raise ValueError(
+                        f"{path}: not gzip data; if it is plain JSON lines, name the file without .gz"
+                    )
                 raise ValueError(f"{path}: corrupt gzip data after line {i} ({item.error})")
             for line in data.split(b"\n")[:-1]:
                 i += 1

@@ -1056,7 +1056,7 @@ def run(args: argparse.Namespace) -> int:
             vectors = load_word_vectors(args.word_vectors)
         except ValueError as exc:
             print(f"sjfsched evaluate: --word-vectors: {exc}", file=sys.stderr)
-            return 2
+            return 1  # a missing or malformed input, as for the data (2: a bad option value)
         table["lexical-vectors"] = _lexical_with(vectors=vectors, vector_weight=args.word_vector_weight)
     loaded = load_records(args.data)
     records = select_records(loaded, include=args.include, exclude=args.exclude)

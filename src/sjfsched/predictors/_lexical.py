@@ -26,7 +26,7 @@ import numpy.typing as npt
 from .._errors import PredictorError
 from .._records import Prediction, Request
 from ._adapt import ScoreCorrection, TargetMap
-from ._base import LONG_TOKENS, text_of, texts_of
+from ._base import LONG_TOKENS, refuse_one_text, text_of, texts_of
 from ._calibration import LengthCalibration, read_state, require_length, write_state
 from ._features import FEATURE_VERSION, SIGNALS, LexicalFeaturizer
 
@@ -357,7 +357,8 @@ class LexicalPredictor:
     ``Prediction.tokens`` drifts to that deployment's scale.  Give
     ``calibration_path`` to start from a saved state (if the file exists)
     and to save to it with :meth:`save_calibration`; ``save_every=N`` saves
-    after every N observations as well.  ``calibrate=False`` keeps the
+    after every N observations as well.  A relative path is taken from the
+    current directory when the predictor is made.  ``calibrate=False`` keeps the
     training scale and ignores :meth:`observe`.
 
     **Adaptation.**  With ``adapt=True`` (the default) :meth:`observe` also
@@ -423,7 +424,8 @@ class LexicalPredictor:
         #: the two parts of the learnt state as one value: predict() reads it once, so a load
         #: from another thread (which puts both in place) never gives it one part of each
         self._learnt: tuple[LengthCalibration, ScoreCorrection | None] = (calibration, correction)
-        self._calibration_path = None if calibration_path is None else Path(calibration_path)
+        # made absolute now, so a later chdir() (a daemon's) moves no save elsewhere
+        self._calibration_path = None if calibration_path is None else Path(os.path.abspath(calibration_path))
         #: state files as this predictor last read or wrote them: (inode, mtime, size) by real path
         self._state_files: dict[str, tuple[int, int, int]] = {}
         self._warned_files: set[str] = set()
@@ -476,6 +478,8 @@ class LexicalPredictor:
         :data:`SCORE_MARGIN` on each side, plus the learnt :attr:`correction`
         once there is one (what it learnt from real lengths is not bounded).
         """
+        if not isinstance(text, str):
+            raise TypeError(f"score() takes a str, got {type(text).__name__} {text!r:.60}")
         return self._score(text, self._learnt[1])
 
     def _score(self, text: str, correction: ScoreCorrection | None) -> float:
@@ -490,13 +494,13 @@ class LexicalPredictor:
 
     def scores(self, texts: Sequence[str]) -> npt.NDArray[np.float64]:
         """Raw scores of many texts, with one model run (see :meth:`score`)."""
+        refuse_one_text("scores()", texts, "texts (str): use score(text) or scores([text])")
+        for text in texts:
+            if not isinstance(text, str):
+                raise TypeError(f"scores() takes texts (str), got {type(text).__name__} {text!r:.60}")
         return self._scores(texts, self._learnt[1])
 
     def _scores(self, texts: Sequence[str], correction: ScoreCorrection | None) -> npt.NDArray[np.float64]:
-        if isinstance(texts, str):
-            raise TypeError(
-                "scores() takes a sequence of texts, got one str: use score(text) or scores([text])"
-            )
         n = len(texts)
         if n == 0:
             return np.zeros(0)
@@ -551,6 +555,7 @@ class LexicalPredictor:
             pass
 
     def predict_many(self, requests: Iterable[Request], /) -> list[Prediction]:
+        refuse_one_text("predict_many()", requests, "Requests")
         if not isinstance(requests, (list, tuple)):  # read once, whatever iterable it is
             requests = list(requests)
         if len(requests) < _SMALL_BATCH:  # a batch's fixed cost outweighs what it saves

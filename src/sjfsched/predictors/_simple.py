@@ -10,7 +10,7 @@ from typing import final
 import attrs
 
 from .._records import Prediction, Request
-from ._base import text_of
+from ._base import refuse_one_text, text_of
 
 __all__ = ["ConstantPredictor", "HeuristicPredictor"]
 
@@ -43,6 +43,7 @@ class ConstantPredictor:
         return Prediction(self.tokens, prompt_tokens=0.0)
 
     def predict_many(self, requests: Sequence[Request], /) -> list[Prediction]:
+        refuse_one_text("predict_many()", requests, "Requests")
         prediction = Prediction(self.tokens, prompt_tokens=0.0)
         return [prediction] * len(requests)
 
@@ -79,4 +80,5 @@ class HeuristicPredictor:
         return Prediction(min(self.cap, self.base + self.per_prompt_token * prompt_tokens))
 
     def predict_many(self, requests: Sequence[Request], /) -> list[Prediction]:
+        refuse_one_text("predict_many()", requests, "Requests")
         return [self.predict(r) for r in requests]

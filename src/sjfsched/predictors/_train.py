@@ -42,6 +42,7 @@ from .._cli import same_file
 from .._version import __version__
 from ._adapt import TargetMap
 from ._base import LONG_TOKENS, SHORT_TOKENS
+from ._calibration import write_atomically
 from ._clairvoyant import CLAIRVOYANT_FEATURES, clairvoyant_features
 from ._corpus import (
     DATA_PATTERNS,
@@ -304,6 +305,13 @@ class LexicalFit:
         return "mean over answering models of log(1 + output_tokens clipped to [{:g}, {:g}])".format(
             *self.target_tokens
         )
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        write_atomically(path, data)
+    except OSError as exc:  # a write's own error names no file
+        raise OSError(f"could not write {path}: {exc.strerror or exc}") from exc
 
 
 def fit_lexical(
@@ -862,7 +870,7 @@ def run(args: argparse.Namespace) -> int:
         holdout = load_holdout_prompts(args.holdout_prompts)
     except (OSError, ValueError) as exc:
         print(f"sjfsched train: --holdout-prompts: {exc}", file=sys.stderr)
-        return 2
+        return 1  # a missing or malformed input, as for the data (2: a bad option value)
     vectors = None
     if args.word_vectors is not None:
         if args.features != "lexical":
@@ -875,7 +883,7 @@ def run(args: argparse.Namespace) -> int:
             vectors = load_word_vectors(args.word_vectors, limit=args.word_vector_limit)
         except ValueError as exc:
             print(f"sjfsched train: --word-vectors: {exc}", file=sys.stderr)
-            return 2
+            return 1
     loaded = load_records(args.data)
     records = select_records(
         loaded,
@@ -977,7 +985,7 @@ def run(args: argparse.Namespace) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     card_path.parent.mkdir(parents=True, exist_ok=True)
     data = proto.SerializeToString()
-    args.out.write_bytes(data)
+    _write(args.out, data)  # a failure (a full disk) leaves a model already there whole
     card_train = records if args.fit_all else train
     card = _card(
         args,
@@ -991,7 +999,7 @@ def run(args: argparse.Namespace) -> int:
         held_back,
         target,
     )
-    card_path.write_text(card, encoding="utf-8")
+    _write(card_path, card.encode("utf-8"))
     print(report, end="")
     print(f"wrote {args.out} ({len(data) / 1e6:.2f} MB) and {card_path}", file=sys.stderr)
     return 0

@@ -87,12 +87,18 @@ def _read_wink(path: Path, limit: int) -> tuple[list[str], list[list[float]]]:
     try:
         with path.open(encoding="utf-8") as f:
             data: Any = json.load(f)
-        dims = int(data["dimensions"])
+        dims = data["dimensions"]
         order = data["words"]
         vectors = data["vectors"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: not a wink-embeddings JSON file ({exc!r})") from exc
-    if not isinstance(order, list) or not isinstance(vectors, dict) or dims < 1:
+    if isinstance(dims, float) and dims.is_integer():  # 100.0
+        dims = int(dims)
+    if isinstance(dims, bool) or not isinstance(dims, int) or dims < 1:
+        raise ValueError(
+            f"{path}: not a wink-embeddings JSON file ('dimensions' is {dims!r}, not a whole number >= 1)"
+        )
+    if not isinstance(order, list) or not isinstance(vectors, dict):
         raise ValueError(f"{path}: not a wink-embeddings JSON file ('words' a list, 'vectors' an object)")
     words: list[str] = []
     rows: list[list[float]] = []
