@@ -143,7 +143,7 @@ def test_a_numpy_max_tokens_is_the_requests_limit(tiny_llm: Llama) -> None:
 
     seen: list[int | None] = []
     with sjfsched.wrap(tiny_llm, on_complete=lambda c: seen.append(c.request.max_tokens)) as wrapped:
-        got = wrapped.create_completion("Once upon a time", max_tokens=np.int64(5), **GREEDY)
+        got: Any = wrapped.create_completion("Once upon a time", max_tokens=np.int64(5), **GREEDY)
     assert got["usage"]["completion_tokens"] <= 5
     assert seen == [5]
 

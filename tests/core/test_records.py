@@ -27,7 +27,9 @@ class _TracedRequest(Request):
 class _DeadlineRequest(Request):
     """A subclass whose own field has a converter and a validator."""
 
-    deadline: float = attrs.field(default=60.0, kw_only=True, converter=float, validator=attrs.validators.ge(0))
+    deadline: float = attrs.field(
+        default=60.0, kw_only=True, converter=float, validator=attrs.validators.ge(0)
+    )
 
 
 class _UserRequest(Request):
@@ -199,11 +201,11 @@ class TestRequest:
         # Set as given, past the subclass's converter and validator.
         seen: list[float] = []
         async with Scheduler(None, predictor=ConstantPredictor()) as sched:
-            async with sched.admit(_DeadlineRequest("x"), deadline="7") as ticket:
+            async with sched.admit(_DeadlineRequest("x"), deadline="7") as ticket:  # type: ignore[call-arg]
                 assert isinstance(ticket.request, _DeadlineRequest)
                 seen.append(ticket.request.deadline)
             for bad, error in (("-5", ValueError), ("soon", ValueError)):
-                with pytest.raises(error, match="deadline|could not convert"):
+                with pytest.raises(error, match=r"deadline|could not convert"):
                     async with sched.admit(_DeadlineRequest("x"), deadline=bad):  # type: ignore[call-arg]
                         pass
             stats = sched.statistics()
@@ -296,7 +298,9 @@ class TestPrediction:
     def test_an_int_past_floats_range_is_refused_by_name(self, kwargs: dict[str, Any]) -> None:
         # float() raised OverflowError, naming nothing.
         field = list(kwargs)[-1]
-        with pytest.raises(ValueError, match=rf"Prediction\.{field} must be finite, got an int of 1,329 bits"):
+        with pytest.raises(
+            ValueError, match=rf"Prediction\.{field} must be finite, got an int of 1,329 bits"
+        ):
             Prediction(**kwargs)
 
     def test_every_number_is_kept_as_a_float(self) -> None:
