@@ -51,14 +51,24 @@ class BackendError(SchedulerError):
     The backend's own exception, if any, is ``__cause__``.  ``status_code`` is
     set when an HTTP server answered with an error status, ``retry_after``
     (seconds) when it also said when to come back (``Retry-After``).
+    ``sent`` is ``False`` when the backend refused the request itself, before
+    anything reached the server (an option it cannot send): the error says
+    nothing of the server, and a :class:`~sjfsched.backends.BackendPool`
+    neither takes it for the server's answer nor for its failure.
     """
 
     def __init__(
-        self, message: str, *, status_code: int | None = None, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+        sent: bool = True,
     ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.retry_after = retry_after
+        self.sent = sent
 
 
 class BackendUnavailable(BackendError):

@@ -88,6 +88,28 @@ async def test_chat_goes_to_api_chat(backend: OllamaBackend, ollama: OllamaServe
     assert chunks[-1].prompt_tokens == answer["prompt_eval_count"]
 
 
+@pytest.mark.parametrize("loops", [("asyncio", "asyncio"), ("trio", "asyncio"), ("asyncio", "trio")])
+def test_a_backend_serves_a_later_event_loop_without_being_closed(
+    ollama: OllamaServer, loops: tuple[str, str]
+) -> None:
+    # Its client kept the first loop's kept-alive connection: the second anyio.run() failed with
+    # a bare RuntimeError ("Event loop is closed"). A pool outlives a loop by design.
+    import gc
+    import warnings
+
+    backend = OllamaBackend("tiny", ollama.url)
+
+    async def answer() -> int:
+        return sum([c.tokens async for c in backend.stream(Request("Hi", max_tokens=3))])
+
+    with warnings.catch_warnings():
+        # The first loop's connection cannot be closed once that loop is gone: it is dropped.
+        warnings.simplefilter("ignore", ResourceWarning)
+        assert [anyio.run(answer, backend=loop) for loop in loops] == [3, 3]
+        anyio.run(backend.aclose, backend=loops[1])
+        gc.collect()
+
+
 def test_request_fields_and_options_land_where_ollama_expects_them() -> None:
     backend = OllamaBackend("llama3.2", keep_alive="10m")
     path, body = backend.body(

@@ -151,6 +151,37 @@ async def test_request_errors_neither_fail_over_nor_mark_a_backend_down(
     await pool.aclose()
 
 
+async def test_a_request_the_backend_refuses_itself_is_no_probe_answer(server: OllamaServer) -> None:
+    # Refused before anything was sent (an option Ollama would answer 500 for), it was taken for
+    # the down server's answer: back in rotation, its back-off reset, the next request sent there.
+    pool = BackendPool([dead_backend(), OllamaBackend("tiny", server.url)], retry_after=0.3, failover=False)
+    with pytest.raises(BackendUnavailable):
+        await collect(pool, Request("one", max_tokens=2))
+    await anyio.sleep(0.35)  # due for a probe
+    with pytest.raises(BackendError, match="option 'temperature' must be of type float32") as info:
+        await collect(pool, Request("two", max_tokens=2, options={"temperature": "hot"}))
+    assert info.value.sent is False
+    dead = pool.statistics().members[0]
+    assert (dead.healthy, dead.failures) == (False, 1)
+    with pytest.raises(BackendUnavailable):  # still due: the next request is the probe, and fails
+        await collect(pool, Request("three", max_tokens=2))
+    dead = pool.statistics().members[0]
+    assert (dead.healthy, dead.failures) == (False, 2)
+    assert server.records == []
+    await pool.aclose()
+
+
+async def test_an_option_json_cannot_carry_is_refused_before_sending(server: OllamaServer) -> None:
+    # httpx's own ValueError ("Out of range float values") reached the caller, and a pool took it
+    # for the server's answer.
+    backend = OllamaBackend("tiny", server.url)
+    with pytest.raises(BackendError, match=r"cannot be sent as JSON .*Out of range float") as info:
+        await collect(BackendPool([backend]), Request("x", options={"temperature": float("nan")}))
+    assert info.value.sent is False
+    assert server.records == []
+    await backend.aclose()
+
+
 async def test_when_every_backend_is_down_requests_fail_fast() -> None:
     pool = BackendPool([dead_backend(), dead_backend()], retry_after=60)
     with pytest.raises(BackendUnavailable, match="cannot connect"):

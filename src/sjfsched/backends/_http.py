@@ -16,15 +16,18 @@ import json
 import math
 import re
 import socket
+import sys
 import urllib.request
-from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
 
 from .._errors import BackendError, BackendUnavailable
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     import httpx
@@ -158,9 +161,16 @@ class HttpSettings:
         self.headers = dict(headers or {})
         self._client: httpx.AsyncClient | None = client
         self._owns_client = client is None
+        self._client_loop: object = None  # the event loop our own client was made in
 
     def client(self) -> httpx.AsyncClient:
+        if self._owns_client and self._client is not None and _loop_or_none() is not self._client_loop:
+            # Made in an event loop since ended (a second anyio.run(), asyncio after trio): its
+            # kept-alive connections are that loop's, and any use of them fails ("Event loop is
+            # closed"). It cannot be closed from this loop: a new one takes its place.
+            self._client = None
         if self._client is None:
+            self._client_loop = _loop_or_none()
             httpx = import_httpx(self.service, self.extra)
             timeout = httpx.Timeout(
                 connect=self.connect_timeout,
@@ -205,20 +215,50 @@ class HttpSettings:
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
-        if client is not None and self._owns_client:
+        # Our own client, made in this loop: closed; one made in a loop since ended is dropped
+        # (its connections were that loop's, and cannot be closed from this one).
+        if client is not None and self._owns_client and _loop_or_none() is self._client_loop:
             await client.aclose()
 
     @asynccontextmanager
     async def stream(self, path: str, body: Mapping[str, Any]) -> AsyncIterator[httpx.Response]:
         """POST ``body`` as JSON and yield the streaming response (status checked)."""
         url = f"{self.base_url}{path}"
-        headers = self._request_headers()
-        async with map_http_errors(self, f"{self.shown_url}{path}"):
-            async with self.client().stream("POST", url, json=body, headers=headers) as response:
-                if response.status_code >= 300:
-                    await response.aread()
-                    self._raise_for_status(response, path)
-                yield response
+        headers = dict(self._request_headers() or {})
+        if not any(name.lower() == "content-type" for name in headers):
+            headers["Content-Type"] = "application/json"
+        try:  # as httpx's json= encodes it, checked before anything is sent
+            content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        except (TypeError, ValueError) as exc:  # a NaN, an object JSON has no form for
+            raise BackendError(
+                f"{self.service}: the request cannot be sent as JSON ({exc}); check Request.options",
+                sent=False,
+            ) from exc
+        async with map_http_errors(self, f"{self.shown_url}{path}"), contextlib.AsyncExitStack() as stack:
+            response = await self._post(stack, url, content, headers)
+            if response.status_code >= 300:
+                await response.aread()
+                self._raise_for_status(response, path)
+            yield response
+
+    async def _post(
+        self, stack: contextlib.AsyncExitStack, url: str, content: bytes, headers: dict[str, str]
+    ) -> httpx.Response:
+        """The streaming response to a POST, entered on ``stack``; sent a second time, on another
+        connection, where the server closed the first without answering (see below)."""
+        httpx = import_httpx(self.service, self.extra)
+        try:
+            return await stack.enter_async_context(
+                self.client().stream("POST", url, content=content, headers=headers)
+            )
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
+            # Disconnected, or reset, before any answer: most often a kept-alive connection the
+            # server had closed as the request went out (llama_cpp.server closes one after a
+            # stream it ended at once, and uvicorn idle ones after 5 s), which the pool could
+            # not tell was closed. Once more; a second failure is the server's.
+            return await stack.enter_async_context(
+                self.client().stream("POST", url, content=content, headers=headers)
+            )
 
     def _request_headers(self) -> dict[str, str] | None:
         """The headers to send with each request: none where our own client carries them already."""
@@ -414,6 +454,40 @@ def server_busy(status_code: int) -> bool:
     """Whether an HTTP status is the server's fault or its load, not the request's: a 5xx, or a
     429 (too many requests: a rate limit, a full queue such as ``sjfsched serve``'s)."""
     return status_code >= 500 or status_code == 429
+
+
+def refused_unsent(make: Callable[..., T], *args: Any) -> T:
+    """``make(*args)`` (a backend's ``body()``); a :class:`BackendError` it raises is marked
+    ``sent=False``: the backend refused the request before anything reached the server."""
+    try:
+        return make(*args)
+    except BackendError as exc:
+        exc.sent = False
+        raise
+
+
+def event_loop(caller: str, which: str = "") -> object:
+    """The running event loop (asyncio's loop, or trio's run); a :class:`RuntimeError` naming
+    ``caller`` (and ``which`` loop it needs) outside any."""
+    import asyncio
+
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # not asyncio: anyio's other backend is trio, if it is in use
+        trio = sys.modules.get("trio")
+        if trio is not None:
+            try:
+                return trio.lowlevel.current_trio_token()
+            except RuntimeError:
+                pass
+    raise RuntimeError(f"{caller} must be called in an event loop{which}")
+
+
+def _loop_or_none() -> object:
+    try:
+        return event_loop("")
+    except RuntimeError:
+        return None
 
 
 def is_unavailable(exc: BaseException) -> bool:

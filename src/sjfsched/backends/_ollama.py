@@ -17,6 +17,7 @@ from ._http import (
     BackendUnavailable,
     HttpSettings,
     import_httpx,
+    refused_unsent,
 )
 
 if TYPE_CHECKING:
@@ -260,7 +261,7 @@ class OllamaBackend:
         return path, body
 
     async def stream(self, request: Request, /) -> AsyncIterator[Chunk]:
-        path, body = self.body(request)
+        path, body = refused_unsent(self.body, request)
         chat = request.messages is not None
         async with self._http.stream_lines(path, body) as lines:
             counted = 0

@@ -20,6 +20,7 @@ from ._http import (
     HttpSettings,
     check_base_url,
     import_httpx,
+    refused_unsent,
 )
 
 if TYPE_CHECKING:
@@ -214,7 +215,7 @@ class OpenAIBackend:
         return self.limit_field if path == "/chat/completions" else "max_tokens"
 
     async def stream(self, request: Request, /) -> AsyncIterator[Chunk]:
-        path, body = self.body(request, await self._model())
+        path, body = refused_unsent(self.body, request, await self._model())
         chat = request.messages is not None
         max_tokens = body.get(self._limit_field(path))
         counted = 0
@@ -229,12 +230,14 @@ class OpenAIBackend:
         # go on past the stop string).  A failure meanwhile passes the held chunk on first.
         hold = bool(body.get("stop")) and self.resumable(request)
         held: Chunk | None = None
+        events_read = 0
         async with (
             self._http.stream_lines(path, body, not_streams=_NOT_STREAMS) as lines,
             aclosing(_sse_data(lines)) as events,
         ):
             try:
                 async for data in events:
+                    events_read += 1
                     if data == "[DONE]":
                         done = True
                         break
@@ -271,6 +274,13 @@ class OpenAIBackend:
                 raise
             if held is not None:
                 yield held
+            if not events_read:
+                # Ended whole (a broken connection raises before this), having sent nothing: the
+                # server refused this request, not failing itself.
+                raise BackendError(
+                    f"{self._http.shown_url}{path} ended the stream at once, sending nothing: the request "
+                    "was refused (llama_cpp.server does this for a prompt longer than its context, n_ctx)"
+                )
             yield self._last_chunk(path, done, finish, usage, max_tokens, counted, tools.calls())
             await self._http.read_tail(lines)  # after the answer: so the connection is kept for the next
 

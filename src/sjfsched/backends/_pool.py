@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from contextlib import aclosing
 from typing import TYPE_CHECKING, final
@@ -14,7 +13,7 @@ import attrs
 
 from .._records import Chunk, Request
 from .._service import check_backend, close_backend, mark_service_started
-from ._http import BackendUnavailable, is_unavailable
+from ._http import BackendUnavailable, event_loop, is_unavailable
 
 if TYPE_CHECKING:
     from ._base import Backend
@@ -249,9 +248,9 @@ class BackendPool:
             except Exception as exc:
                 unavailable = is_unavailable(exc)
                 wait = getattr(exc, "retry_after", None) if unavailable else None
-                self._release(
-                    member, probe, failed=unavailable, answered=not unavailable, wait=wait, epoch=epoch
-                )
+                # Refused by the backend itself (BackendError.sent False): the server said nothing.
+                answered = not unavailable and getattr(exc, "sent", True) is not False
+                self._release(member, probe, failed=unavailable, answered=answered, wait=wait, epoch=epoch)
                 if streamed or not unavailable or not self.failover:
                     raise
                 last_error = exc
@@ -451,17 +450,5 @@ async def _aiter(iterator: AsyncIterator[Chunk]) -> AsyncGenerator[Chunk, None]:
 
 
 def _event_loop(caller: str) -> object:
-    """The running event loop (asyncio's loop, or trio's run), whose clock ``anyio.current_time``
-    reads; a :class:`RuntimeError` naming ``caller`` outside any."""
-    import asyncio
-
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:  # not asyncio: anyio's other backend is trio, if it is in use
-        trio = sys.modules.get("trio")
-        if trio is not None:
-            try:
-                return trio.lowlevel.current_trio_token()
-            except RuntimeError:
-                pass
-    raise RuntimeError(f"{caller} must be called in an event loop (the one the pool runs in)")
+    """The running event loop, whose clock ``anyio.current_time`` reads (see :func:`event_loop`)."""
+    return event_loop(caller, " (the one the pool runs in)")
