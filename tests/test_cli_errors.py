@@ -275,3 +275,19 @@ def test_a_record_without_output_tokens_is_named_as_missing(tmp_path: Path) -> N
         ValueError, match=r"bad.jsonl:1: no 'output_tokens' \(the length of the answer, in tokens\)"
     ):
         load_records([bad])
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [(["bench", "sim", "--bogus"], "sjfsched bench sim"), (["demo", "--bogus"], "sjfsched demo")],
+)
+def test_an_unknown_option_is_named_by_its_commands_parser(
+    argv: list[str], command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # sjfsched's own parser said it, with its usage, not the command's options.
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert err.startswith(f"usage: {command} ")
+    assert f"{command}: error: unrecognized arguments: --bogus" in err

@@ -115,6 +115,16 @@ def needs_extra(command: str, missing: str, extra: str, why: str = "not availabl
     )
 
 
+def _innermost(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the (sub-)command ``args`` were parsed for: ``sjfsched bench sim``'s."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = action.choices.get(getattr(args, action.dest, None) or "")
+            if chosen is not None:
+                return _innermost(chosen, args)
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="sjfsched",
@@ -139,7 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.exit(2, f"sjfsched {name}: not available ({exc}); it needs its extra{hint}\n")
         module.configure(command_parser)
         modules[name] = module
-    args = parser.parse_args(args_list)
+    args, unknown = parser.parse_known_args(args_list)
+    if unknown:  # said by the command's own parser, with its usage (--port: serve has --listen)
+        _innermost(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     args.argv = args_list  # the command line as given, for the records a command keeps of itself
     if args.command is None:
         parser.print_help()

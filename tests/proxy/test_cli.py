@@ -300,6 +300,16 @@ def test_an_idle_proxy_stops_at_once_on_sigint(ollama: OllamaServer) -> None:
             {},
             "argument --listen: expected HOST:PORT (e.g. 127.0.0.1:8080), got '[]:0'",
         ),
+        (  # said by sjfsched's own parser, whose usage does not show serve's --listen
+            ("--upstream", "http://127.0.0.1:1", "--port", "8080"),
+            {},
+            "usage: sjfsched serve [-h] [--upstream URL] [--listen HOST:PORT]",
+        ),
+        (
+            ("--upstream", "http://127.0.0.1:1", "--port", "8080"),
+            {},
+            "sjfsched serve: error: unrecognized arguments: --port 8080",
+        ),
     ],
 )
 def test_bad_configuration_exits_2_naming_the_setting(
@@ -519,3 +529,13 @@ def test_the_shutdown_line_counts_the_passed_through_calls_it_waits_for(ollama: 
         assert proxy.wait(15) == 0
     line = "SIGTERM: shutting down; 0 running request(s) and 1 passed-through call(s) may take"
     assert line in proxy.output
+
+
+def test_the_settings_table_writes_an_ipv6_address_as_listen_takes_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # It printed ::1:8080, which --listen refuses (an IPv6 address goes in brackets).
+    from sjfsched.proxy._cli import _print_settings
+
+    _print_settings(ProxySettings(upstream="http://127.0.0.1:1", host="::1", port=8080), {})
+    assert "  listen             [::1]:8080 " in capsys.readouterr().out

@@ -78,8 +78,9 @@ class _OneUpstream(argparse.Action):
 def _print_settings(settings: ProxySettings, sources: dict[str, tuple[Any, str]]) -> None:
     print(f"sjfsched serve {__version__}", flush=True)
     for option in OPTIONS:
-        if option.name == "listen":
-            value: Any = f"{settings.host}:{settings.port}"
+        if option.name == "listen":  # as --listen takes it: an IPv6 address in brackets
+            host = f"[{settings.host}]" if ":" in settings.host else settings.host
+            value: Any = f"{host}:{settings.port}"
         else:
             value = getattr(settings, option.name)
         if value is None or value == ():
@@ -119,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         sock = bind(settings.host, settings.port)
     except OSError as exc:
-        print(f"sjfsched serve: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        print(f"sjfsched serve: cannot listen on {host}:{settings.port}: {exc}", file=sys.stderr)
         return 1
     with sock:
         if settings.upstream_api == "auto":
