@@ -95,7 +95,7 @@ def test_predictor_py_names_a_damaged_corpus_and_its_line(tmp_path: Path) -> Non
     """It read the corpora with gzip and json itself: a BadGzipFile or KeyError traceback."""
     (tmp_path / "mine.jsonl.gz").write_text('{"prompt": "hi"}\n')
     last = _refusal("predictor.py", ["--data", str(tmp_path), "--repeat", "1"], tmp_path)
-    assert "mine.jsonl.gz: corrupt gzip data after line 0" in last
+    assert "mine.jsonl.gz: not gzip data; if it is plain JSON lines, name the file without .gz" in last
 
 
 def test_gather_py_times_both_graphs_on_the_same_scores(tmp_path: Path) -> None:
