@@ -274,13 +274,19 @@ class Request:
             raise TypeError(f"{type(self).__name__} has no field {unknown[0]!r}; its fields: {known}")
         fields.update({names[key]: value for key, value in changes.items()})
         request = _rebuild_request(type(self), fields, extra)
+        if type(self) is Request:
+            return request
+        # A subclass: its own fields converted, its validators (which may read the changed
+        # fields of Request's) and its __attrs_post_init__ run, as its __init__ would.
         own = {names[key] for key in changes} - {f.name for f in attrs.fields(Request)}
-        if own:  # the subclass's own fields: converted and checked as its __init__ would
-            for field in attrs.fields(type(self)):
-                if field.name in own and field.converter is not None:
-                    value = _convert(field, getattr(request, field.name), request)
-                    object.__setattr__(request, field.name, value)
-            attrs.validate(request)
+        for field in attrs.fields(type(self)):
+            if field.name in own and field.converter is not None:
+                value = _convert(field, getattr(request, field.name), request)
+                object.__setattr__(request, field.name, value)
+        attrs.validate(request)
+        post_init = getattr(type(self), "__attrs_post_init__", None)
+        if post_init is not None and post_init is not Request.__attrs_post_init__:
+            post_init(request)
         return request
 
     @property

@@ -99,15 +99,39 @@ def test_a_backend_serves_a_later_event_loop_without_being_closed(
 
     backend = OllamaBackend("tiny", ollama.url)
 
-    async def answer() -> int:
-        return sum([c.tokens async for c in backend.stream(Request("Hi", max_tokens=3))])
+    async def answer(close: bool) -> int:
+        tokens = sum([c.tokens async for c in backend.stream(Request("Hi", max_tokens=3))])
+        if close:
+            await backend.aclose()
+        return tokens
 
     with warnings.catch_warnings():
         # The first loop's connection cannot be closed once that loop is gone: it is dropped.
         warnings.simplefilter("ignore", ResourceWarning)
-        assert [anyio.run(answer, backend=loop) for loop in loops] == [3, 3]
-        anyio.run(backend.aclose, backend=loops[1])
+        assert [
+            anyio.run(answer, close, backend=loop) for loop, close in zip(loops, (False, True), strict=True)
+        ] == [3, 3]
+        assert not backend._http._clients  # the first loop's dropped, the second's closed
         gc.collect()
+
+
+def test_two_sync_schedulers_may_share_one_backend(ollama: OllamaServer) -> None:
+    # Each loop's requests went through whichever loop's client was made last: "bound to a
+    # different event loop" at random. One client per loop, made under a lock.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sjfsched import SyncScheduler
+
+    backend = OllamaBackend("tiny", ollama.url)
+    schedulers = [SyncScheduler(backend, async_backend=loop) for loop in ("asyncio", "trio")]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(
+            pool.map(lambda i: schedulers[i % 2].complete(f"Hi {i}", max_tokens=2).output_tokens, range(24))
+        )
+    for sched in schedulers:
+        sched.close()
+    assert answers == [2] * 24
+    assert len(backend._http._clients) == 0  # each scheduler closed its loop's own
 
 
 def test_request_fields_and_options_land_where_ollama_expects_them() -> None:

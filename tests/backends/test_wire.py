@@ -394,3 +394,102 @@ async def test_a_max_tokens_past_any_answer_is_no_count_of_a_cut_answer() -> Non
             )
         assert "".join(c.text for c in chunks) == "hello world"
         assert sum(c.tokens for c in chunks) == total
+
+
+@contextlib.contextmanager
+def _unanswering_server(mode: str) -> Iterator[tuple[str, list[bytes]]]:
+    """A loopback server that reads each request whole, then closes the connection (``close``),
+    resets it (``reset``) or answers a malformed head (``garbage``); yields its URL and the
+    request bodies it received."""
+    import socket
+    import struct
+
+    received: list[bytes] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                )
+                while len(body) < length:
+                    body += conn.recv(65536)
+                received.append(body)
+                if mode == "reset":
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                elif mode == "garbage":
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", received
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("mode", ["close", "reset", "garbage"])
+async def test_a_request_the_server_got_is_not_sent_again(mode: str) -> None:
+    # A request refused on a new connection was sent once more: the server got the generation
+    # twice. Only a kept-alive connection closed under the request is tried again.
+    with _unanswering_server(mode) as (url, received):
+        backend = OllamaBackend("tiny", url)
+        with pytest.raises(BackendUnavailable, match="broke mid-response"):
+            await collect(backend, Request("Hi", max_tokens=2))
+        await backend.aclose()
+    assert len(received) == 1
+
+
+async def test_a_content_type_of_the_callers_own_is_kept() -> None:
+    # Encoding the JSON ourselves, we set Content-Type over one the caller gave (headers=, or
+    # their client's own), where httpx's json= kept it.
+    from http.server import BaseHTTPRequestHandler
+
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(self.headers["Content-Type"])
+            body = b'{"done": true}\n'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-ndjson")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    mine = "application/json; charset=utf-8"
+    own = httpx.AsyncClient(headers={"content-type": mine})
+    backends = [
+        OllamaBackend("tiny", url),
+        OllamaBackend("tiny", url, headers={"Content-Type": mine}),
+        OllamaBackend("tiny", url, client=own),
+    ]
+    try:
+        for backend in backends:
+            await collect(backend, Request("Hi"))
+            await backend.aclose()
+    finally:
+        await own.aclose()
+        server.shutdown()
+        server.server_close()
+    assert seen == ["application/json", mine, mine]

@@ -32,6 +32,23 @@ class _DeadlineRequest(Request):
     )
 
 
+@attrs.frozen(eq=False)
+class _BudgetRequest(Request):
+    """A subclass whose checks read Request's fields: a validator and an __attrs_post_init__."""
+
+    budget: int = attrs.field(default=100, kw_only=True)
+
+    @budget.validator
+    def _covers(self, attribute: object, value: int) -> None:
+        if self.max_tokens is not None and value < self.max_tokens:
+            raise ValueError(f"budget {value} < max_tokens {self.max_tokens}")
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        if self.priority > 5:
+            raise ValueError(f"priority {self.priority} > 5")
+
+
 class _UserRequest(Request):
     """A subclass with an ``__init__`` of its own (another signature) and an instance dict."""
 
@@ -211,6 +228,20 @@ class TestRequest:
             stats = sched.statistics()
         assert seen == [7.0]
         assert (stats.completed, stats.waiting, stats.running) == (1, 0, 0)
+
+    @pytest.mark.anyio
+    async def test_a_subclass_checks_what_fields_given_as_keywords_change(self) -> None:
+        # Its validators ran only when one of its own fields changed, its __attrs_post_init__ never.
+        async with Scheduler(None, predictor=ConstantPredictor()) as sched:
+            with pytest.raises(ValueError, match="budget 20 < max_tokens 50"):
+                async with sched.admit(_BudgetRequest("x", budget=20), max_tokens=50):
+                    pass
+            with pytest.raises(ValueError, match="priority 9 > 5"):
+                async with sched.admit(_BudgetRequest("x"), priority=9):
+                    pass
+            async with sched.admit(_BudgetRequest("x", budget=20), max_tokens=10) as ticket:
+                assert isinstance(ticket.request, _BudgetRequest)
+                assert (ticket.request.max_tokens, ticket.request.budget) == (10, 20)
 
     def test_a_request_pickled_by_the_earlier_version_still_loads(self) -> None:
         # Its pickle named the prompt and the other fields, not the class.

@@ -5,9 +5,12 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import os
 import random
+import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +106,21 @@ def test_a_failed_write_leaves_the_model_and_card_already_there_whole(log: Path,
     assert out.read_bytes() == model and out.with_suffix(".md").read_text() == card
     assert LexicalPredictor(out, calibrate=False).predict(Request("hi")).tokens > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.md", "mine.onnx"]  # no temporary left
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX's")
+def test_a_model_written_to_a_pipe_goes_through_it(log: Path, tmp_path: Path) -> None:
+    # Written atomically, a pipe (or /dev/null, as root) was replaced by a regular file.
+    pipe = tmp_path / "model.pipe"
+    os.mkfifo(pipe)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(pipe.read_bytes()), daemon=True)
+    reader.start()
+    args = ["train", str(log), "--out", str(pipe), "--card", str(tmp_path / "card.md"), "--fit-all"]
+    assert main(args) == 0
+    reader.join(30)
+    assert stat.S_ISFIFO(pipe.stat().st_mode)
+    assert got and got[0][4:12] == b"sjfsched"  # the ONNX model's producer, near its start
 
 
 def test_evaluate_a_trained_model(log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,6 +17,7 @@ import math
 import re
 import socket
 import sys
+import threading
 import urllib.request
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
@@ -49,6 +50,7 @@ DEFAULT_READ_TIMEOUT = 300.0
 #: (streams and model lookups at once), and idle ones kept alive for reuse.
 _MIN_CONNECTIONS = 100
 _MIN_KEEPALIVE = 20
+_KEEPALIVE_EXPIRY = 4.0  # seconds
 #: After a stream's last message (and its last chunk given to the caller), what
 #: is left of the body is read (the chunked encoding's end, a blank line) so
 #: that its connection goes back to the pool: at most this many lines, for at
@@ -159,40 +161,57 @@ class HttpSettings:
         self.connect_timeout = check_timeout("connect_timeout", connect_timeout)
         self.read_timeout = check_timeout("read_timeout", read_timeout)
         self.headers = dict(headers or {})
-        self._client: httpx.AsyncClient | None = client
+        # the caller's own client: used as it is, in any loop, never closed here
+        self._given: httpx.AsyncClient | None = client
         self._owns_client = client is None
-        self._client_loop: object = None  # the event loop our own client was made in
+        # Our own clients, one per event loop: a client's kept-alive connections belong to the
+        # loop that opened them, and fail in any other ("Event loop is closed", "bound to a
+        # different event loop").
+        self._clients: dict[object, httpx.AsyncClient] = {}
+        self._clients_lock = threading.Lock()  # SyncSchedulers' loops run in threads of their own
 
     def client(self) -> httpx.AsyncClient:
-        if self._owns_client and self._client is not None and _loop_or_none() is not self._client_loop:
-            # Made in an event loop since ended (a second anyio.run(), asyncio after trio): its
-            # kept-alive connections are that loop's, and any use of them fails ("Event loop is
-            # closed"). It cannot be closed from this loop: a new one takes its place.
-            self._client = None
-        if self._client is None:
-            self._client_loop = _loop_or_none()
-            httpx = import_httpx(self.service, self.extra)
-            timeout = httpx.Timeout(
-                connect=self.connect_timeout,
-                read=self.read_timeout,
-                write=self.read_timeout,
-                pool=self.connect_timeout,
+        if self._given is not None:
+            return self._given
+        loop = _loop_or_none()
+        with self._clients_lock:
+            client = self._clients.get(loop)
+            if client is None:
+                # Clients of loops since ended (a second anyio.run(), asyncio after trio) cannot
+                # be closed from this one: dropped.
+                for ended in [other for other in self._clients if not _loop_running(other)]:
+                    del self._clients[ended]
+                client = self._clients[loop] = self._new_client()
+        return client
+
+    def _new_client(self) -> httpx.AsyncClient:
+        hx = import_httpx(self.service, self.extra)
+        timeout = hx.Timeout(
+            connect=self.connect_timeout,
+            read=self.read_timeout,
+            write=self.read_timeout,
+            pool=self.connect_timeout,
+        )
+        limits = hx.Limits(
+            max_connections=max(self.slots, _MIN_CONNECTIONS),
+            max_keepalive_connections=max(self.slots, _MIN_KEEPALIVE),
+            # Shorter than the servers' own idle close (uvicorn's and llama.cpp's 5 s), so that
+            # a connection is seldom reused just as the server closes it.
+            keepalive_expiry=_KEEPALIVE_EXPIRY,
+        )
+        if self.loopback:
+            # A server on this machine is reached directly: a proxy named by HTTP_PROXY or
+            # ALL_PROXY cannot reach this machine's loopback (and a SOCKS one needs a package
+            # httpx lacks by default, which failed every request even where NO_PROXY said
+            # so).  A transport of our own takes no proxy from the environment, and still
+            # reads its certificates (SSL_CERT_FILE), which trust_env=False would not.
+            transport = hx.AsyncHTTPTransport(limits=limits)
+            client: httpx.AsyncClient = hx.AsyncClient(
+                timeout=timeout, headers=self.headers, transport=transport
             )
-            limits = httpx.Limits(
-                max_connections=max(self.slots, _MIN_CONNECTIONS),
-                max_keepalive_connections=max(self.slots, _MIN_KEEPALIVE),
-            )
-            if self.loopback:
-                # A server on this machine is reached directly: a proxy named by HTTP_PROXY or
-                # ALL_PROXY cannot reach this machine's loopback (and a SOCKS one needs a package
-                # httpx lacks by default, which failed every request even where NO_PROXY said
-                # so).  A transport of our own takes no proxy from the environment, and still
-                # reads its certificates (SSL_CERT_FILE), which trust_env=False would not.
-                transport = httpx.AsyncHTTPTransport(limits=limits)
-                self._client = httpx.AsyncClient(timeout=timeout, headers=self.headers, transport=transport)
-            else:
-                self._client = httpx.AsyncClient(timeout=timeout, limits=limits, headers=self.headers)
-        return self._client
+        else:
+            client = hx.AsyncClient(timeout=timeout, limits=limits, headers=self.headers)
+        return client
 
     @property
     def loopback(self) -> bool:
@@ -208,16 +227,16 @@ class HttpSettings:
 
     def timeouts(self) -> tuple[float | None, float | None]:
         """The connect and read timeouts in force: the caller's client's own if one was given."""
-        if self._owns_client or self._client is None:
+        if self._given is None:
             return self.connect_timeout, self.read_timeout
-        timeout = self._client.timeout
+        timeout = self._given.timeout
         return timeout.connect, timeout.read
 
     async def aclose(self) -> None:
-        client, self._client = self._client, None
-        # Our own client, made in this loop: closed; one made in a loop since ended is dropped
-        # (its connections were that loop's, and cannot be closed from this one).
-        if client is not None and self._owns_client and _loop_or_none() is self._client_loop:
+        """Close our own client of this event loop (the caller's own client is theirs to close)."""
+        with self._clients_lock:
+            client = self._clients.pop(_loop_or_none(), None)
+        if client is not None:
             await client.aclose()
 
     @asynccontextmanager
@@ -225,7 +244,11 @@ class HttpSettings:
         """POST ``body`` as JSON and yield the streaming response (status checked)."""
         url = f"{self.base_url}{path}"
         headers = dict(self._request_headers() or {})
-        if not any(name.lower() == "content-type" for name in headers):
+        # As httpx's json= does: a Content-Type of the caller's own (in headers=, or on their
+        # client) is kept.
+        if "content-type" not in self.client().headers and not any(
+            name.lower() == "content-type" for name in headers
+        ):
             headers["Content-Type"] = "application/json"
         try:  # as httpx's json= encodes it, checked before anything is sent
             content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
@@ -244,18 +267,31 @@ class HttpSettings:
     async def _post(
         self, stack: contextlib.AsyncExitStack, url: str, content: bytes, headers: dict[str, str]
     ) -> httpx.Response:
-        """The streaming response to a POST, entered on ``stack``; sent a second time, on another
-        connection, where the server closed the first without answering (see below)."""
+        """The streaming response to a POST, entered on ``stack``; sent once more, on a new
+        connection, where a kept-alive one was closed under it (see below)."""
         httpx = import_httpx(self.service, self.extra)
+        opened = False
+
+        async def trace(event: str, info: Mapping[str, Any]) -> None:
+            nonlocal opened
+            if event.startswith("connection.connect_"):  # connect_tcp, connect_unix_socket
+                opened = True
+
         try:
             return await stack.enter_async_context(
-                self.client().stream("POST", url, content=content, headers=headers)
+                self.client().stream(
+                    "POST", url, content=content, headers=headers, extensions={"trace": trace}
+                )
             )
-        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
-            # Disconnected, or reset, before any answer: most often a kept-alive connection the
-            # server had closed as the request went out (llama_cpp.server closes one after a
-            # stream it ended at once, and uvicorn idle ones after 5 s), which the pool could
-            # not tell was closed. Once more; a second failure is the server's.
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+            # A kept-alive connection the server closed as the request went out (llama_cpp.server
+            # closes one after a stream it ended at once; servers close idle ones), which the
+            # pool could not tell was closed: disconnected or reset before any answer. Sent once
+            # more, on a new connection. Not where the connection was new (the server got the
+            # request, or refused the connection outright), nor for a malformed answer.
+            said = str(exc)
+            if opened or (isinstance(exc, httpx.RemoteProtocolError) and "without sending" not in said):
+                raise
             return await stack.enter_async_context(
                 self.client().stream("POST", url, content=content, headers=headers)
             )
@@ -488,6 +524,20 @@ def _loop_or_none() -> object:
         return event_loop("")
     except RuntimeError:
         return None
+
+
+def _loop_running(loop: object) -> bool:
+    """Whether an event loop :func:`event_loop` gave has not ended (``None``: no loop, never)."""
+    if loop is None:
+        return True
+    is_closed = getattr(loop, "is_closed", None)  # asyncio's
+    if is_closed is not None:
+        return not is_closed()
+    try:  # trio's token: a run that has finished refuses work (trio.RunFinishedError)
+        loop.run_sync_soon(lambda: None)  # type: ignore[attr-defined]
+    except Exception:
+        return False
+    return True
 
 
 def is_unavailable(exc: BaseException) -> bool:

@@ -309,7 +309,10 @@ class LexicalFit:
 
 def _write(path: Path, data: bytes) -> None:
     try:
-        write_atomically(path, data)
+        if path.exists() and not path.is_file():  # /dev/null, a pipe: written to, not replaced
+            path.write_bytes(data)
+        else:
+            write_atomically(path, data)
     except OSError as exc:  # a write's own error names no file
         raise OSError(f"could not write {path}: {exc.strerror or exc}") from exc
 
