@@ -522,12 +522,24 @@ class ScheduledLlama:
             iterator = iter(method(*bound.args, **bound.kwargs))
             first = True
             finish: str | None = None
+            last: Any = None  # the chunk that ends the answer, held until the model is free
             try:
                 for chunk in iterator:
                     if first:
                         first = False
                         ticket.first_token()  # reads the scheduler's clock through its loop
-                    finish = _finish_reason(chunk) or finish
+                    if last is not None:  # more after a finish: it was not the last, then
+                        yield last
+                        last = None
+                    reason = _finish_reason(chunk)
+                    finish = reason or finish
+                    if reason is not None:
+                        # A reader that stops at the answer's end (breaks on finish_reason)
+                        # would leave the model held, and its next call wait for itself: the
+                        # stream is read to its end (llama-cpp-python saves its cache there)
+                        # before this chunk goes out.
+                        last = chunk
+                        continue
                     yield chunk
                     holding.thread = threading.get_ident()  # whoever reads it now
             finally:
@@ -537,6 +549,8 @@ class ScheduledLlama:
             # What llama.cpp's usage would say: the sampled tokens, less an
             # end of generation (a stop string's last token is answer text).
             ticket.report(counter.answer_tokens(self._llm), counter.prompt_tokens, finish_reason=finish)
+        if last is not None:
+            yield last
 
 
 def _closable(inner: Generator[Any, Any, Any], opened: _Opened) -> Generator[Any, Any, Any]:

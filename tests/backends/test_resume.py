@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import re
 import socket
+from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 from llama_cpp import Llama
 
-from sjfsched import Chunk, Completion, Prediction, Request, Scheduler
+from sjfsched import BackendError, Chunk, Completion, Prediction, Request, Scheduler
 from sjfsched.backends import BackendUnavailable, LlamaCppBackend, OllamaBackend, OpenAIBackend, Resumable
 from sjfsched.backends._base import continuation
 from tests.support.models import STORIES_SKIP_REASON, stories_model
@@ -78,8 +79,22 @@ async def test_llama_cpp_does_not_pause_a_chat_request(tiny_llm: Llama) -> None:
 async def test_a_resumed_answer_at_max_tokens_ends_without_generating(tiny_llm: Llama) -> None:
     backend = LlamaCppBackend(tiny_llm)
     request = Request("Once upon a time", max_tokens=3, options={"temperature": 0})
-    rest = [chunk async for chunk in backend.resume(request, "", 3)]
+    whole = "".join([chunk.text async for chunk in backend.stream(request)])
+    rest = [chunk async for chunk in backend.resume(request, whole, 3)]
     assert rest == [Chunk("", tokens=0, finish_reason="length")]
+
+
+async def test_tokens_counted_whose_text_was_held_back_are_written_again_and_counted_once(
+    tiny_llm: Llama,
+) -> None:
+    # Counted, but held back (they may begin a stop string): the resumed answer took them for
+    # written, and came out that many tokens short, though counted at max_tokens.
+    backend = LlamaCppBackend(tiny_llm)
+    request = Request("Once upon a time", max_tokens=3, options={"temperature": 0})
+    whole = "".join([chunk.text async for chunk in backend.stream(request)])
+    rest = [chunk async for chunk in backend.resume(request, "", 3)]
+    assert "".join(chunk.text for chunk in rest) == whole
+    assert sum(chunk.tokens for chunk in rest) == 0  # the 3 were counted before the pause
 
 
 async def scheduled_long_and_short(
@@ -143,6 +158,47 @@ async def test_a_scheduled_llama_cpp_answer_is_paused_for_a_shorter_one_and_comp
         assert done_long.prompt_tokens == len(llm.tokenize(prompt))
     finally:
         llm.close()
+
+
+@pytest.mark.parametrize(
+    ("prompt", "max_tokens", "stop", "pause_after"),
+    [
+        # An empty prompt's answer begins with the BOS, which llama-cpp-python counts: resumed,
+        # it was one token longer.
+        ("", 20, None, 5),
+        # Text held back as what may begin a stop string was counted, then taken for written:
+        # the resumed answer came out short; held back mid-token (" " of " little"), the
+        # continuation, tokenized anew, went elsewhere.
+        ("Once upon a time", 12, [", there is"], 1),
+        ("Once upon a time", 12, ["little boy"], 4),
+    ],
+)
+async def test_a_paused_llama_cpp_answer_is_the_answer_never_paused(
+    prompt: str, max_tokens: int, stop: list[str] | None, pause_after: int
+) -> None:
+    path = stories_model()
+    if path is None:
+        pytest.skip(STORIES_SKIP_REASON)
+    llm = Llama(str(path), n_ctx=512, n_threads=1, n_threads_batch=1, verbose=False)
+    options: dict[str, Any] = {"temperature": 0, **({"stop": stop} if stop else {})}
+    long = Request(prompt, max_tokens=max_tokens, options=options)
+    expected, expected_tokens = reference(llm, long)
+    _, _, done, _ = await scheduled_long_and_short(
+        LlamaCppBackend(llm), long, Request("Hi", max_tokens=2, options={"temperature": 0}), pause_after
+    )
+    assert done.text == expected
+    assert done.output_tokens == expected_tokens
+    llm.close()
+
+
+async def test_resuming_on_a_llama_closed_meanwhile_is_an_error_not_a_crash(tiny_path: Path) -> None:
+    # resume() tokenized on the closed Llama outside the model's lock: the process died (SIGSEGV).
+    llm = Llama(str(tiny_path), n_ctx=256, n_threads=1, verbose=False)
+    backend = LlamaCppBackend(llm)
+    llm.close()
+    with pytest.raises(BackendError, match=r"the llama_cpp\.Llama is closed"):
+        async for _ in backend.resume(Request("Once", max_tokens=8), " upon", 1):
+            pass
 
 
 async def test_an_openai_completions_answer_is_paused_over_http_and_completed(

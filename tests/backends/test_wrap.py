@@ -148,6 +148,28 @@ def test_a_numpy_max_tokens_is_the_requests_limit(tiny_llm: Llama) -> None:
     assert seen == [5]
 
 
+def test_a_stream_read_to_its_finish_reason_frees_the_model(tiny_llm: Llama) -> None:
+    # A reader breaking on the last chunk's finish_reason left llama's generator suspended,
+    # the model held: the same thread's next call waited for itself, for ever.
+    with sjfsched.wrap(tiny_llm) as wrapped:
+        result: list[Any] = []
+
+        def read_then_ask() -> None:
+            stream: Any = wrapped.create_completion("Once upon a time", max_tokens=6, stream=True, **GREEDY)
+            for chunk in stream:
+                if chunk["choices"][0]["finish_reason"]:
+                    break
+            answer: Any = wrapped("Next", max_tokens=2, **GREEDY)
+            result.append(answer["choices"][0]["finish_reason"])
+
+        thread = threading.Thread(target=read_then_ask, daemon=True)
+        thread.start()
+        thread.join(60)
+        assert result == ["length"]
+        stats = wrapped.scheduler.statistics()
+    assert (stats.completed, stats.running) == (2, 0)
+
+
 def test_an_abandoned_stream_frees_the_model(wrapped: Any, tiny_llm: Llama) -> None:
     stream = wrapped.create_completion("Never mind", max_tokens=300, stream=True)
     next(stream)

@@ -106,24 +106,34 @@ async def resume_by_continuation(
     tokens: int,
     *,
     written: int | None = None,
+    exact: bool = False,
 ) -> AsyncGenerator[Chunk, None]:
     """:meth:`Resumable.resume` for a completion API: ``stream`` the :func:`continuation`.
 
     ``written``: the tokens the answer so far really holds, where the backend
     can tell and they are more than the ``tokens`` its chunks counted (a
     stream that counts a token one chunk late); the first chunk counts the
-    difference.
+    difference.  With ``exact``, ``written`` counts even where it is fewer:
+    tokens counted whose text had not gone out (held back, as what may begin
+    a stop string) are written again, and the difference comes off the next
+    chunks' counts.
     """
-    written = tokens if written is None else max(written, tokens)
+    if written is None:
+        written = tokens
+    elif not exact:
+        written = max(written, tokens)
     extra = written - tokens
     rest = continuation(request, answer, written)
     if rest is None:
-        yield Chunk("", tokens=extra, finish_reason="length")
+        yield Chunk("", tokens=max(extra, 0), finish_reason="length")
         return
     async with aclosing(cast("AsyncGenerator[Chunk, None]", stream(rest))) as chunks:
         async for chunk in chunks:
-            if extra:
+            if extra > 0:
                 chunk, extra = attrs.evolve(chunk, tokens=chunk.tokens + extra), 0
+            elif extra < 0 and chunk.tokens:  # counted already
+                taken = min(-extra, chunk.tokens)
+                chunk, extra = attrs.evolve(chunk, tokens=chunk.tokens - taken), extra + taken
             yield chunk
 
 

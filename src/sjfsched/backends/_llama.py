@@ -687,21 +687,29 @@ class LlamaCppBackend:
         chat request is not paused: llama-cpp-python's chat API cannot go on
         with an assistant's answer.
         """
-        written = tokens
-        if answer:
-            try:
-                # The stream counts a token one chunk late: the answer's own count, as the
-                # tokens it adds after the prompt (tokenized alone, a vocabulary that puts a
-                # space before a text's first word would count one token more).
-                prompt = str(request.prompt).encode("utf-8")
-                whole = len(self._llm.tokenize(prompt + answer.encode("utf-8"), add_bos=True))
-                written = whole - len(self._llm.tokenize(prompt, add_bos=True))
-                if whole >= self._llm.n_ctx():  # the context is full: the answer ends there
-                    yield Chunk("", tokens=max(written - tokens, 0), finish_reason="length")
-                    return
-            except Exception:  # pragma: no cover - a closed Llama: stream() says so next
-                written = tokens
-        rest = resume_by_continuation(self.stream, request, answer, tokens, written=written)
+        await acquire_thread_lock(self._lock)  # a Llama closed meanwhile would crash tokenize()
+        try:
+            if self._llm_closed or self._closed:
+                raise BackendError("this LlamaCppBackend is closed")
+            if llama_closed(self._llm):
+                raise BackendError(f"LlamaCppBackend: {CLOSED_LLAMA}")
+            prompt = str(request.prompt).encode("utf-8")
+            base = len(self._llm.tokenize(prompt, add_bos=True))
+            whole = len(self._llm.tokenize(prompt + answer.encode("utf-8"), add_bos=True)) if answer else base
+            n_ctx = self._llm.n_ctx()
+        finally:
+            self._lock.release()
+        # The tokens the answer so far holds: those its text adds after the prompt (tokenized
+        # alone, a vocabulary that puts a space before a text's first word would count one
+        # more). The stream counts a token one chunk late, and counts tokens whose text it
+        # held back (it may begin a stop string): that text is written again, and counted once.
+        written = whole - base
+        if not request.prompt and answer:
+            written += 1  # llama-cpp-python counts an empty prompt's BOS among the answer's tokens
+        if answer and whole >= n_ctx:  # the context is full: the answer ends there
+            yield Chunk("", tokens=max(written - tokens, 0), finish_reason="length")
+            return
+        rest = resume_by_continuation(self.stream, request, answer, tokens, written=written, exact=True)
         async with aclosing(rest) as chunks:
             async for chunk in chunks:
                 yield chunk
@@ -717,6 +725,11 @@ class LlamaCppBackend:
         sent_prompt = False
         sent = 0  # characters handed out
         pending = ""  # text held back: it may be the start of a stop string
+        # Where each of llama-cpp-python's pieces (a token's text, mostly) ends in ``pending``:
+        # text goes out a whole piece at a time, so an answer paused and resumed
+        # (Scheduler(preempt=True)) never ends in part of a token, which, tokenized anew, the
+        # model would go on from differently.
+        ends: list[int] = []
         finish: str | None = None
         stops = watcher.stops
         # llama.cpp's detokenizer drops a space that starts the printed bytes
@@ -756,6 +769,8 @@ class LlamaCppBackend:
                 if drops or (drops is None and counter.starts_with_bos):  # None: as for llama.cpp's
                     text = text.removeprefix(" ")
             pending += text
+            if text:
+                ends.append(len(pending))
             if reason is not None:
                 finish = reason
                 continue  # the last chunk goes out below, with the exact count
@@ -763,6 +778,8 @@ class LlamaCppBackend:
             before = watcher.last_look() if stops else None
             if before is not None:  # in the bytes a wait for a character's rest kept the looks from
                 ready = min(ready, max(0, len(_as_text(before)) - sent))
+            if ready < len(pending):  # part held back: out up to the end of a whole piece
+                ready = max((end for end in ends if end <= ready), default=0)
             settled = max(reported, counter.sampled - 1)
             if not ready and settled == reported:
                 continue
@@ -771,6 +788,7 @@ class LlamaCppBackend:
             yield Chunk(pending[:ready], tokens=settled - reported, prompt_tokens=prompt_tokens)
             sent += ready
             pending = pending[ready:]
+            ends = [end - ready for end in ends if end > ready]
             reported = settled
         yield Chunk(
             pending,
