@@ -694,8 +694,13 @@ class LlamaCppBackend:
             if llama_closed(self._llm):
                 raise BackendError(f"LlamaCppBackend: {CLOSED_LLAMA}")
             prompt = str(request.prompt).encode("utf-8")
-            base = len(self._llm.tokenize(prompt, add_bos=True))
-            whole = len(self._llm.tokenize(prompt + answer.encode("utf-8"), add_bos=True)) if answer else base
+            # As llama-cpp-python tokenizes a prompt: special-token text ("</s>", "<|im_end|>") as one token.
+            base = len(self._llm.tokenize(prompt, add_bos=True, special=True))
+            whole = (
+                len(self._llm.tokenize(prompt + answer.encode("utf-8"), add_bos=True, special=True))
+                if answer
+                else base
+            )
             n_ctx = self._llm.n_ctx()
         finally:
             self._lock.release()
@@ -706,6 +711,13 @@ class LlamaCppBackend:
         written = whole - base
         if not request.prompt and answer:
             written += 1  # llama-cpp-python counts an empty prompt's BOS among the answer's tokens
+        if not request.prompt:
+            # llama-cpp-python's answer to an empty prompt holds its BOS, once in the context:
+            # at most n_ctx - 1 tokens, BOS included (the continuation's prompt would allow one more).
+            cap = n_ctx - 1
+            if request.max_tokens is None or request.max_tokens > cap:
+                request = request._replace({"max_tokens": cap})
+            n_ctx -= 1
         if answer and whole >= n_ctx:  # the context is full: the answer ends there
             yield Chunk("", tokens=max(written - tokens, 0), finish_reason="length")
             return
