@@ -102,9 +102,11 @@ def test_train_and_evaluate_on_tiny_or_empty_logs_say_what_is_wrong(
     )
 
 
-@pytest.mark.parametrize("load", ["-1", "0", "nan", "1.5"])
-def test_demo_refuses_a_load_outside_zero_to_one(load: str) -> None:
+@pytest.mark.parametrize("load", ["-1", "0", "nan", "1.5", "1e-16", "5e-324"])
+def test_demo_refuses_a_load_outside_zero_to_one(load: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # 1e-16 printed a short answer's median latency as 32768 s; 5e-324 divided by zero.
     assert main(["demo", "--load", load]) == 2
+    assert "--load must be within [0.01, 1)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("option", ["--decode-rate", "--prefill-rate"])

@@ -7,6 +7,7 @@ import gzip
 import json
 import logging
 import os
+import stat
 import sys
 import threading
 from collections.abc import Iterator
@@ -151,7 +152,14 @@ class RequestLog:
             "output_tokens": completion.output_tokens,
             "token_count": "backend",
         }
-        if completion.prompt_tokens is not None:
+        if completion.prompt_tokens is not None and completion.prompt_tokens > MAX_OUTPUT_TOKENS:
+            logger.warning(  # a miscount the benchmarks would refuse the log for: characters / 4 stand in
+                "%s: a prompt of %d tokens logged without its count (more than the %d the benchmarks read)",
+                self.path,
+                completion.prompt_tokens,
+                MAX_OUTPUT_TOKENS,
+            )
+        elif completion.prompt_tokens is not None:
             line["input_tokens"] = completion.prompt_tokens
         if completion.finish_reason is not None:
             line["finish_reason"] = completion.finish_reason
@@ -230,8 +238,13 @@ def _replaced(f: IO[bytes], path: Path) -> bool:
 
 
 def _not_a_log(path: Path) -> str | None:
-    """Why the file at ``path`` is no log to append to (``None``: it is one, or empty, or absent)."""
+    """Why the file at ``path`` is no log to append to (``None``: it is one, or empty, or absent).
+
+    A pipe, a terminal or a device (``/dev/stdout``) is written to as it is: reading its head
+    would wait for ever (for a writer, for input)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
         with path.open("rb") as f:
             head = f.read(1 << 16)
     except FileNotFoundError:

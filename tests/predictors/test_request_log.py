@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -550,6 +552,47 @@ def test_an_answer_of_more_tokens_than_training_reads_is_not_logged(
         log(_done("fine again", 12))
     assert log.written == 2 and "not logged: an answer of 20000000 tokens" in caplog.text
     assert [r.output_tokens for r in load_records([path])] == [10, 12]
+
+
+def test_a_prompt_count_the_benchmarks_would_refuse_is_left_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Logged as given, 20 million prompt tokens made `sjfsched bench` refuse the whole log.
+    import attrs
+
+    from sjfsched._bench._traces import load_trace
+
+    path = tmp_path / "requests.jsonl"
+    with RequestLog(path) as log:
+        for i in range(3):
+            prompt_tokens = 20_000_000 if i == 1 else 3
+            log(attrs.evolve(_completion(f"prompt {i}"), prompt_tokens=prompt_tokens))
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line.get("input_tokens") for line in lines] == [3, None, 3]
+    assert "a prompt of 20000000 tokens logged without its count" in caplog.text
+    assert len(load_trace(str(path), tmp_path).items) == 3
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX's")
+def test_a_log_on_a_pipe_is_written_through_it(tmp_path: Path) -> None:
+    # Its head was read to check it was a log: on a pipe (or /dev/stdout piped, a terminal) the
+    # read waited for ever, and the program hung as it made its RequestLog.
+    pipe = tmp_path / "requests.pipe"
+    os.mkfifo(pipe)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(pipe.read_bytes()), daemon=True)
+    reader.start()
+    done = threading.Event()
+
+    def write() -> None:
+        with RequestLog(pipe) as log:
+            log(_completion("through a pipe"))
+        done.set()
+
+    threading.Thread(target=write, daemon=True).start()
+    assert done.wait(30), "RequestLog on a pipe hung"
+    reader.join(30)
+    assert got and json.loads(got[0])["prompt"] == "through a pipe"
 
 
 def test_a_log_that_begins_with_a_byte_order_mark_is_appended_to(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .._cli import TRAIN_MODULES, at_least_one, missing_module, needs_extra, same_file
+from .._demo import MIN_LOAD
 from .._scheduler import DEFAULT_AGING, DEFAULT_MAX_WAIT
 from .._version import __version__
 from ..predictors._corpus import DATA_PATTERNS
@@ -199,8 +200,8 @@ def _scenario(name: str, args: argparse.Namespace) -> Scenario:
         return Scenario("burst", int(m.group(1)), args.repetitions)
     m = re.fullmatch(r"poisson(0?\.\d+)", name)
     if m:
-        if float(m.group(1)) == 0:
-            raise SystemExit(f"{bad}: the load RHO of poissonRHO must be above 0 and below 1")
+        if float(m.group(1)) < MIN_LOAD:
+            raise SystemExit(f"{bad}: the load RHO of poissonRHO must be from {MIN_LOAD:g} to below 1")
         return Scenario("poisson", args.poisson_requests, args.seeds, rho=float(m.group(1)), warmup=0.1)
     if re.fullmatch(r"poisson[0-9.]*", name):  # poisson1, poisson1.2: a load of 1 or more
         raise SystemExit(f"{bad}: the load RHO of poissonRHO must be above 0 and below 1 (e.g. poisson0.74)")
