@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from http.server import ThreadingHTTPServer
 from typing import Any
@@ -449,6 +450,85 @@ async def test_a_request_the_server_got_is_not_sent_again(mode: str) -> None:
             await collect(backend, Request("Hi", max_tokens=2))
         await backend.aclose()
     assert len(received) == 1
+
+
+@contextlib.contextmanager
+def _resetting_second_requests(delay: float) -> Iterator[tuple[str, list[bytes]]]:
+    """A loopback server that answers each connection's first request (keeping it alive) and,
+    ``delay`` seconds after reading its second, resets it; yields its URL and the bodies."""
+    import socket
+    import struct
+
+    received: list[bytes] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    answer = b'{"response": "ok", "done": true, "eval_count": 1}\n'
+
+    def read_request(conn: socket.socket) -> bytes:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            more = conn.recv(65536)
+            if not more:
+                return b""
+            data += more
+        head, _, body = data.partition(b"\r\n\r\n")
+        size = next(
+            int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")
+        )
+        while len(body) < size:
+            body += conn.recv(65536)
+        return body
+
+    def handle(conn: socket.socket) -> None:
+        with conn:
+            for n in (1, 2):
+                body = read_request(conn)
+                if not body:
+                    return
+                received.append(body)
+                if n == 1:
+                    head = (
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nContent-Length: %d\r\n\r\n"
+                    )
+                    conn.sendall(head % len(answer) + answer)
+                else:
+                    time.sleep(delay)
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", received
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize(("delay", "sent"), [(0.0, 3), (1.0, 2)])
+async def test_a_kept_alive_connection_reset_under_a_request_is_retried_only_at_once(
+    delay: float, sent: int
+) -> None:
+    # Reset at once: the connection's fault, sent again on a new one. Reset after the server had
+    # worked on it a while: it was sent again all the same, a generation run twice.
+    with _resetting_second_requests(delay) as (url, received):
+        backend = OllamaBackend("tiny", url)
+
+        async def answer(prompt: str) -> str:  # the backend kept open: its connection kept alive
+            return "".join([chunk.text async for chunk in backend.stream(Request(prompt))])
+
+        assert await answer("one") == "ok"
+        if sent == 3:
+            assert await answer("two") == "ok"
+        else:
+            with pytest.raises(BackendUnavailable, match="broke mid-response"):
+                await answer("two")
+        await backend.aclose()
+    assert len(received) == sent
 
 
 async def test_a_content_type_of_the_callers_own_is_kept() -> None:

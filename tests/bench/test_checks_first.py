@@ -338,8 +338,8 @@ def test_bench_sim_checks_warm_policies_on_each_kind_of_trace(tmp_path: Path) ->
         ("poisson.0", "the load RHO of poissonRHO must be from 0.01 to below 1"),
         # Far lower, arrival times grow past what a float resolves to the second.
         ("poisson0.000000000001", "the load RHO of poissonRHO must be from 0.01 to below 1"),
-        ("poisson1.2", "the load RHO of poissonRHO must be above 0 and below 1 (e.g. poisson0.74)"),
-        ("poisson1", "the load RHO of poissonRHO must be above 0 and below 1 (e.g. poisson0.74)"),
+        ("poisson1.2", "the load RHO of poissonRHO must be from 0.01 to below 1 (e.g. poisson0.74)"),
+        ("poisson1", "the load RHO of poissonRHO must be from 0.01 to below 1 (e.g. poisson0.74)"),
         ("wave", "use burstN or poissonRHO"),
     ],
 )

@@ -204,7 +204,9 @@ def _scenario(name: str, args: argparse.Namespace) -> Scenario:
             raise SystemExit(f"{bad}: the load RHO of poissonRHO must be from {MIN_LOAD:g} to below 1")
         return Scenario("poisson", args.poisson_requests, args.seeds, rho=float(m.group(1)), warmup=0.1)
     if re.fullmatch(r"poisson[0-9.]*", name):  # poisson1, poisson1.2: a load of 1 or more
-        raise SystemExit(f"{bad}: the load RHO of poissonRHO must be above 0 and below 1 (e.g. poisson0.74)")
+        raise SystemExit(
+            f"{bad}: the load RHO of poissonRHO must be from {MIN_LOAD:g} to below 1 (e.g. poisson0.74)"
+        )
     raise SystemExit(f"{bad}: use burstN or poissonRHO (e.g. poisson0.74)")
 
 

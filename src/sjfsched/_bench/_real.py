@@ -60,7 +60,8 @@ DEFAULT_RESULTS = Path("benchmarks") / "results" / "real.json"
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "Exit status 1 when a policy's short-request gain, real and simulated, is more than 10 "
-        "points apart (the results are written all the same); 0 when they agree."
+        "points apart (the results are written all the same), or on an error (said on stderr); "
+        "0 when they agree."
     )
     parser.add_argument(
         "--data", type=Path, default=None, help="the corpora directory (default: ../shared/data)"

@@ -18,6 +18,7 @@ import re
 import socket
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
@@ -51,6 +52,9 @@ DEFAULT_READ_TIMEOUT = 300.0
 _MIN_CONNECTIONS = 100
 _MIN_KEEPALIVE = 20
 _KEEPALIVE_EXPIRY = 4.0  # seconds
+#: Seconds after sending within which a kept-alive connection closed under a request is the
+#: connection's fault (the proxy's client takes the same).
+_RETRY_WINDOW = 0.5
 #: After a stream's last message (and its last chunk given to the caller), what
 #: is left of the body is read (the chunked encoding's end, a blank line) so
 #: that its connection goes back to the pool: at most this many lines, for at
@@ -127,7 +131,7 @@ def check_base_url(base_url: object) -> None:
 
 
 class HttpSettings:
-    """Base URL, timeouts, headers; makes the ``httpx.AsyncClient`` on first use.
+    """Base URL, timeouts, headers; makes an ``httpx.AsyncClient`` on first use in each event loop.
 
     The client it makes holds a connection open for each of the backend's
     ``slots`` (at least httpx's default of 100) and keeps as many alive
@@ -271,6 +275,7 @@ class HttpSettings:
         connection, where a kept-alive one was closed under it (see below)."""
         httpx = import_httpx(self.service, self.extra)
         opened = False
+        sent_at = time.monotonic()
 
         async def trace(event: str, info: Mapping[str, Any]) -> None:
             nonlocal opened
@@ -286,11 +291,13 @@ class HttpSettings:
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
             # A kept-alive connection the server closed as the request went out (llama_cpp.server
             # closes one after a stream it ended at once; servers close idle ones), which the
-            # pool could not tell was closed: disconnected or reset before any answer. Sent once
-            # more, on a new connection. Not where the connection was new (the server got the
-            # request, or refused the connection outright), nor for a malformed answer.
-            said = str(exc)
-            if opened or (isinstance(exc, httpx.RemoteProtocolError) and "without sending" not in said):
+            # pool could not tell was closed: disconnected or reset before any answer, within
+            # half a second (as the proxy's own client). Sent once more, on a new connection. Not
+            # where the connection was new (the server got the request, or refused the
+            # connection outright), nor later (the server has it), nor for a malformed answer.
+            late = time.monotonic() - sent_at > _RETRY_WINDOW  # the server had it, working on it
+            malformed = isinstance(exc, httpx.RemoteProtocolError) and "without sending" not in str(exc)
+            if opened or late or malformed:
                 raise
             return await stack.enter_async_context(
                 self.client().stream("POST", url, content=content, headers=headers)

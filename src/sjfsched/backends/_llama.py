@@ -681,11 +681,12 @@ class LlamaCppBackend:
         again and the model goes on (``max_tokens`` less the tokens written).
 
         ``Scheduler(preempt=True)`` pauses an answer this way for a request
-        ranked before it.  The model reads its own text again, tokenized anew,
-        so a sampler (even greedy) may go on differently from an answer never
-        paused, and a ``stop`` string begun before the pause is not seen.  A
-        chat request is not paused: llama-cpp-python's chat API cannot go on
-        with an assistant's answer.
+        ranked before it.  The model reads its own text again, tokenized anew
+        (so a sampler that is not greedy may go on differently from an answer
+        never paused); text held back as what may begin a ``stop`` string is
+        written again, and counted once, so the stop is still found.  A chat
+        request is not paused: llama-cpp-python's chat API cannot go on with
+        an assistant's answer.
         """
         await acquire_thread_lock(self._lock)  # a Llama closed meanwhile would crash tokenize()
         try:

@@ -291,7 +291,7 @@ class OllamaBackend:
         return [m["name"] for m in models if isinstance(m, Mapping) and isinstance(m.get("name"), str)]
 
     async def aclose(self) -> None:
-        """Close the HTTP client (unless it was passed in)."""
+        """Close this event loop's HTTP client of the backend's own (one passed in is yours to close)."""
         await self._http.aclose()
 
 

@@ -361,7 +361,7 @@ class OpenAIBackend:
         )
 
     async def aclose(self) -> None:
-        """Close the HTTP client (unless it was passed in)."""
+        """Close this event loop's HTTP client of the backend's own (one passed in is yours to close)."""
         await self._http.aclose()
 
 
