@@ -10,6 +10,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import anyio
 import httpx
 import ollama as ollama_client
 import openai
@@ -369,6 +370,24 @@ def test_oversized_bodies_are_413(ollama: OllamaServer, start_proxy: ProxyFactor
     assert "larger than 1000 bytes" in openai_style.json()["error"]["message"]
     assert fine.status_code == 200 and fine.json()["eval_count"] == 2
     assert passed.status_code == direct.status_code == 200 and passed.content == direct.content
+    assert proxy.metrics()['sjfsched_rejected_total{reason="body_too_large"}'] == 3
+
+
+def test_a_client_still_sending_a_body_too_large_gets_the_413(
+    ollama: OllamaServer, start_proxy: ProxyFactory
+) -> None:
+    # The proxy closed with the rest of the body unread: the connection was reset, and an async
+    # client, still sending, lost the 413 in it (a ReadError; AsyncOpenAI retried twice).
+    proxy = start_proxy(ollama.url, max_body_bytes=1_000_000)
+    big = json.dumps({"model": MODEL, "prompt": "x" * 8_000_000}).encode()
+
+    async def post() -> list[int]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            return [
+                (await client.post(f"{proxy.url}/api/generate", content=big)).status_code for _ in range(3)
+            ]
+
+    assert anyio.run(post) == [413, 413, 413]
     assert proxy.metrics()['sjfsched_rejected_total{reason="body_too_large"}'] == 3
 
 

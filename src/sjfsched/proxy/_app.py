@@ -346,6 +346,8 @@ class ProxyApp:
         except _TooLarge:
             self.metrics.rejected["body_too_large"] += 1
             message = f"the request body is larger than {limit} bytes (the proxy's --max-body-bytes)"
+            if _header(scope, b"expect") != b"100-continue":  # a client waiting to send sends nothing
+                await _discard_body(receive, max(limit, _DISCARD_BYTES), _DISCARD_SECONDS)
             await _error(send, 413, style, message, close=True)
             return
         except _SlowClient:
@@ -763,8 +765,8 @@ def _bounded_send(send: Send, timeout: float | None, scope: anyio.CancelScope, a
                 timer = loop.call_later(timeout, check)
                 return
             logger.warning(
-                "a client read nothing of its answer for %g s (--client-timeout): its request is "
-                "cancelled and its connection closed",
+                "a client read nothing of its answer the proxy could see for %g s (--client-timeout): "
+                "its request is cancelled and its connection closed",
                 timeout,
             )
             scope.cancel()
@@ -795,6 +797,26 @@ async def _read_body(receive: Receive, limit: int | None, patience: float | None
             parts.append(part)
         if not message.get("more_body", False):
             return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+#: What is left of a body too large is read and dropped before the 413 goes out, up to this many
+#: bytes and seconds: closed with data unread, the connection is reset, and a client still
+#: sending (an async one, mostly) lost the 413 in the reset, seeing a connection error.
+_DISCARD_BYTES = 64 << 20
+_DISCARD_SECONDS = 5.0
+
+
+async def _discard_body(receive: Receive, most: int, seconds: float) -> None:
+    """Read and drop the rest of a refused request's body (at most ``most`` bytes, ``seconds``)."""
+    size = 0
+    with anyio.move_on_after(seconds):
+        while size <= most:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            size += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
 
 
 async def _stream_body(
