@@ -6,7 +6,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from http.server import ThreadingHTTPServer
 from typing import Any
 
@@ -397,15 +397,27 @@ async def test_a_max_tokens_past_any_answer_is_no_count_of_a_cut_answer() -> Non
         assert sum(c.tokens for c in chunks) == total
 
 
-@contextlib.contextmanager
-def _unanswering_server(mode: str) -> Iterator[tuple[str, list[bytes]]]:
-    """A loopback server that reads each request whole, then closes the connection (``close``),
-    resets it (``reset``) or answers a malformed head (``garbage``); yields its URL and the
-    request bodies it received."""
-    import socket
-    import struct
+def _read_request(conn: Any) -> bytes:
+    """The body of the next request on a raw socket (``b""`` if the client closed it)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        more = conn.recv(65536)
+        if not more:
+            return b""
+        data += more
+    head, _, body = data.partition(b"\r\n\r\n")
+    size = next(int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length"))
+    while len(body) < size:
+        body += conn.recv(65536)
+    return body
 
-    received: list[bytes] = []
+
+@contextlib.contextmanager
+def _raw_server(handle: Callable[[Any], None]) -> Iterator[str]:
+    """A loopback TCP server running ``handle(connection)`` in a thread of its own per
+    connection; yields its URL."""
+    import socket
+
     listener = socket.create_server(("127.0.0.1", 0))
 
     def serve() -> None:
@@ -414,30 +426,39 @@ def _unanswering_server(mode: str) -> Iterator[tuple[str, list[bytes]]]:
                 conn, _ = listener.accept()
             except OSError:
                 return
-            with conn:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    data += conn.recv(65536)
-                head, _, body = data.partition(b"\r\n\r\n")
-                length = next(
-                    int(line.split(b":")[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length")
-                )
-                while len(body) < length:
-                    body += conn.recv(65536)
-                received.append(body)
-                if mode == "reset":
-                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                elif mode == "garbage":
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n")
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
+    threading.Thread(target=serve, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}", received
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
     finally:
         listener.close()
+
+
+def _reset(conn: Any) -> None:
+    import socket
+    import struct
+
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+@contextlib.contextmanager
+def _unanswering_server(mode: str) -> Iterator[tuple[str, list[bytes]]]:
+    """A loopback server that reads each request whole, then closes the connection (``close``),
+    resets it (``reset``) or answers a malformed head (``garbage``); yields its URL and the
+    request bodies it received."""
+    received: list[bytes] = []
+
+    def handle(conn: Any) -> None:
+        with conn:
+            received.append(_read_request(conn))
+            if mode == "reset":
+                _reset(conn)
+            elif mode == "garbage":
+                conn.sendall(b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n")
+
+    with _raw_server(handle) as url:
+        yield url, received
 
 
 @pytest.mark.parametrize("mode", ["close", "reset", "garbage"])
@@ -456,32 +477,13 @@ async def test_a_request_the_server_got_is_not_sent_again(mode: str) -> None:
 def _resetting_second_requests(delay: float) -> Iterator[tuple[str, list[bytes]]]:
     """A loopback server that answers each connection's first request (keeping it alive) and,
     ``delay`` seconds after reading its second, resets it; yields its URL and the bodies."""
-    import socket
-    import struct
-
     received: list[bytes] = []
-    listener = socket.create_server(("127.0.0.1", 0))
     answer = b'{"response": "ok", "done": true, "eval_count": 1}\n'
 
-    def read_request(conn: socket.socket) -> bytes:
-        data = b""
-        while b"\r\n\r\n" not in data:
-            more = conn.recv(65536)
-            if not more:
-                return b""
-            data += more
-        head, _, body = data.partition(b"\r\n\r\n")
-        size = next(
-            int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")
-        )
-        while len(body) < size:
-            body += conn.recv(65536)
-        return body
-
-    def handle(conn: socket.socket) -> None:
+    def handle(conn: Any) -> None:
         with conn:
             for n in (1, 2):
-                body = read_request(conn)
+                body = _read_request(conn)
                 if not body:
                     return
                 received.append(body)
@@ -492,21 +494,10 @@ def _resetting_second_requests(delay: float) -> Iterator[tuple[str, list[bytes]]
                     conn.sendall(head % len(answer) + answer)
                 else:
                     time.sleep(delay)
-                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    _reset(conn)
 
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=handle, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}", received
-    finally:
-        listener.close()
+    with _raw_server(handle) as url:
+        yield url, received
 
 
 @pytest.mark.parametrize(("delay", "sent"), [(0.0, 3), (1.0, 2)])
