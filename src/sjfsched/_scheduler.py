@@ -1411,7 +1411,7 @@ class ChunkStream:
         self._interrupted = False  # a read was cancelled midway: the backend's stream is spent
         self._scheduler = scheduler
         #: the backend can pause and resume this request (see Scheduler(preempt=))
-        self._resumable = scheduler.preempt and _resumable(backend, entry.request, scheduler._loop_exits)
+        self._resumable = scheduler.preempt and _resumable(backend, entry.request, scheduler._caller_errors)
         self._paused_at = 0  # tokens written at the latest pause
 
     @property
@@ -1821,15 +1821,16 @@ def _only_cancellations(exc: BaseException, kinds: tuple[type[BaseException], ..
     return all(isinstance(leaf, BaseException) and _only_cancellations(leaf, kinds) for leaf in leaves)
 
 
-def _resumable(backend: object, request: Request, loop_exits: tuple[type[BaseException], ...] = ()) -> bool:
+def _resumable(
+    backend: object, request: Request, caught: tuple[type[BaseException], ...] = (Exception,)
+) -> bool:
     """Whether ``backend`` can pause and resume ``request`` (:class:`Resumable`); a failure: no.
 
-    ``loop_exits``: what a SyncScheduler's loop thread takes as a failure too (see _exit_in_loop).
+    ``caught``: what counts as that failure (a SyncScheduler's loop exits too: see _exit_in_loop).
     """
     check = getattr(backend, "resumable", None)
     if not callable(check) or not callable(getattr(backend, "resume", None)):
         return False
-    caught: tuple[type[BaseException], ...] = (Exception, *loop_exits)
     try:
         return check(request) is True
     except caught:

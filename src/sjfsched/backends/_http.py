@@ -248,9 +248,10 @@ class HttpSettings:
         """POST ``body`` as JSON and yield the streaming response (status checked)."""
         url = f"{self.base_url}{path}"
         headers = dict(self._request_headers() or {})
+        client = self.client()
         # As httpx's json= does: a Content-Type of the caller's own (in headers=, or on their
         # client) is kept.
-        if "content-type" not in self.client().headers and not any(
+        if "content-type" not in client.headers and not any(
             name.lower() == "content-type" for name in headers
         ):
             headers["Content-Type"] = "application/json"
@@ -262,14 +263,19 @@ class HttpSettings:
                 sent=False,
             ) from exc
         async with map_http_errors(self, f"{self.shown_url}{path}"), contextlib.AsyncExitStack() as stack:
-            response = await self._post(stack, url, content, headers)
+            response = await self._post(client, stack, url, content, headers)
             if response.status_code >= 300:
                 await response.aread()
                 self._raise_for_status(response, path)
             yield response
 
     async def _post(
-        self, stack: contextlib.AsyncExitStack, url: str, content: bytes, headers: dict[str, str]
+        self,
+        client: httpx.AsyncClient,
+        stack: contextlib.AsyncExitStack,
+        url: str,
+        content: bytes,
+        headers: dict[str, str],
     ) -> httpx.Response:
         """The streaming response to a POST, entered on ``stack``; sent once more, on a new
         connection, where a kept-alive one was closed under it (see below)."""
@@ -284,9 +290,7 @@ class HttpSettings:
 
         try:
             return await stack.enter_async_context(
-                self.client().stream(
-                    "POST", url, content=content, headers=headers, extensions={"trace": trace}
-                )
+                client.stream("POST", url, content=content, headers=headers, extensions={"trace": trace})
             )
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
             # A kept-alive connection the server closed as the request went out (llama_cpp.server
@@ -300,7 +304,7 @@ class HttpSettings:
             if opened or late or malformed:
                 raise
             return await stack.enter_async_context(
-                self.client().stream("POST", url, content=content, headers=headers)
+                client.stream("POST", url, content=content, headers=headers)
             )
 
     def _request_headers(self) -> dict[str, str] | None:
