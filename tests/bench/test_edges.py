@@ -181,7 +181,11 @@ def test_bench_real_without_short_requests_has_nothing_to_disagree_on() -> None:
 def test_a_sweep_is_printed_against_fcfs_with_its_bound_checks(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    trace = _trace(tmp_path / "t.jsonl", [20 + (97 * i) % 1500 for i in range(60)])
+    # A third of the answers short. With an eighth, one CI run measured no short request and the
+    # sweep's short-request column read "-" (not reproduced here in 66 tries over trace paths
+    # and hash seeds); with a third, a sample of 40 without one is out of reach.
+    lengths = [60 if i % 3 == 0 else 300 + (97 * i) % 1200 for i in range(60)]
+    trace = _trace(tmp_path / "t.jsonl", lengths)
     status = main(
         ["bench", "sim", "--traces", str(trace), "--profiles", "gpu", "--scenarios", "poisson0.74",
          "--poisson-requests", "40", "--seeds", "1", "--policies", "sweep:max_wait", "--no-progress"]
