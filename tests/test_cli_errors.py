@@ -281,7 +281,12 @@ def test_a_record_without_output_tokens_is_named_as_missing(tmp_path: Path) -> N
 
 @pytest.mark.parametrize(
     ("argv", "command"),
-    [(["bench", "sim", "--bogus"], "sjfsched bench sim"), (["demo", "--bogus"], "sjfsched demo")],
+    [
+        (["bench", "sim", "--bogus"], "sjfsched bench sim"),
+        (["demo", "--bogus"], "sjfsched demo"),
+        # Given before the command, it is sjfsched's own option that is unknown.
+        (["--bogus", "demo"], "sjfsched"),
+    ],
 )
 def test_an_unknown_option_is_named_by_its_commands_parser(
     argv: list[str], command: str, capsys: pytest.CaptureFixture[str]

@@ -151,7 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         modules[name] = module
     args, unknown = parser.parse_known_args(args_list)
     if unknown:  # said by the command's own parser, with its usage (--port: serve has --listen)
-        _innermost(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
+        before_command = args_list[: args_list.index(wanted)] if wanted in args_list else args_list
+        said_by = parser if unknown[0] in before_command else _innermost(parser, args)
+        said_by.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.argv = args_list  # the command line as given, for the records a command keeps of itself
     if args.command is None:
         parser.print_help()
