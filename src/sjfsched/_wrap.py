@@ -514,41 +514,50 @@ class ScheduledLlama:
         bound.arguments["logits_processor"] = counting_processors(counter, extra)
         if bound.arguments.get("stopping_criteria") is not None:
             bound.arguments["stopping_criteria"] = counter.watch(bound.arguments["stopping_criteria"])
-        with (
-            self._scheduler.admit(request) as ticket,
-            self._holding(what, f"an open {method.__name__}(stream=True) stream", opened) as holding,
-            recording_samples(self._llm, counter),
-        ):
-            iterator = iter(method(*bound.args, **bound.kwargs))
-            first = True
-            finish: str | None = None
-            last: Any = None  # the chunk that ends the answer, held until the model is free
-            try:
-                for chunk in iterator:
-                    if first:
-                        first = False
-                        ticket.first_token()  # reads the scheduler's clock through its loop
-                    if last is not None:  # more after a finish: it was not the last, then
-                        yield last
-                        last = None
-                    reason = _finish_reason(chunk)
-                    finish = reason or finish
-                    if reason is not None:
-                        # A reader that stops at the answer's end (breaks on finish_reason)
-                        # would leave the model held, and its next call wait for itself: the
-                        # stream is read to its end (llama-cpp-python saves its cache there)
-                        # before this chunk goes out.
-                        last = chunk
-                        continue
-                    yield chunk
-                    holding.thread = threading.get_ident()  # whoever reads it now
-            finally:
-                close = getattr(iterator, "close", None)
-                if close is not None:
-                    close()
-            # What llama.cpp's usage would say: the sampled tokens, less an
-            # end of generation (a stop string's last token is answer text).
-            ticket.report(counter.answer_tokens(self._llm), counter.prompt_tokens, finish_reason=finish)
+        last: Any = None  # the chunk that ends the answer, held until the model is free
+        try:
+            with (
+                self._scheduler.admit(request) as ticket,
+                self._holding(what, f"an open {method.__name__}(stream=True) stream", opened) as holding,
+                recording_samples(self._llm, counter),
+            ):
+                iterator = iter(method(*bound.args, **bound.kwargs))
+                first = True
+                finish: str | None = None
+                try:
+                    for chunk in iterator:
+                        if first:
+                            first = False
+                            ticket.first_token()  # reads the scheduler's clock through its loop
+                        if last is not None:  # more after a finish: it was not the last, then
+                            yield last
+                            last = None
+                        reason = _finish_reason(chunk)
+                        finish = reason or finish
+                        if reason is not None:
+                            # A reader that stops at the answer's end (breaks on finish_reason)
+                            # would leave the model held, and its next call wait for itself: the
+                            # stream is read to its end (llama-cpp-python saves its cache there)
+                            # before this chunk goes out.
+                            last = chunk
+                            continue
+                        yield chunk
+                        holding.thread = threading.get_ident()  # whoever reads it now
+                finally:
+                    close = getattr(iterator, "close", None)
+                    if close is not None:
+                        close()
+                # What llama.cpp's usage would say: the sampled tokens, less an
+                # end of generation (a stop string's last token is answer text).
+                ticket.report(counter.answer_tokens(self._llm), counter.prompt_tokens, finish_reason=finish)
+        except Exception:
+            # Raised after the answer's last chunk (llama-cpp-python saves its cache
+            # there): the request failed, and the caller gets that chunk, then the
+            # error, as from the model itself.
+            if last is None:
+                raise
+            yield last
+            raise
         if last is not None:
             yield last
 

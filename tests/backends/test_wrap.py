@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from llama_cpp import Llama
+from llama_cpp.llama_cache import LlamaRAMCache
 
 import sjfsched
 from sjfsched import SchedulerClosed
@@ -168,6 +169,49 @@ def test_a_stream_read_to_its_finish_reason_frees_the_model(tiny_llm: Llama) -> 
         assert result == ["length"]
         stats = wrapped.scheduler.statistics()
     assert (stats.completed, stats.running) == (2, 0)
+
+
+class _FullDiskCache(LlamaRAMCache):
+    """A cache whose save fails, as a LlamaDiskCache's does on a full disk."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+
+def _read_until_raised(stream: Any) -> tuple[list[Any], BaseException | None]:
+    chunks: list[Any] = []
+    try:
+        for chunk in stream:
+            chunks.append(chunk)  # noqa: PERF402 (the chunks read before the error, kept)
+    except Exception as exc:
+        return chunks, exc
+    return chunks, None
+
+
+def test_an_error_after_the_last_chunk_comes_after_that_chunk(tiny_llm: Llama) -> None:
+    # llama-cpp-python saves its cache after yielding the answer's last chunk: if that
+    # fails, a caller reading the model itself gets the chunk, then the error. The
+    # wrapper holds the last chunk back until the model is free, and lost it.
+    tiny_llm.set_cache(_FullDiskCache())
+    try:
+        direct, direct_error = _read_until_raised(
+            tiny_llm.create_completion("Once upon a time", max_tokens=6, stream=True, **GREEDY)
+        )
+        with sjfsched.wrap(tiny_llm) as wrapped:
+            chunks, error = _read_until_raised(
+                wrapped.create_completion("Once upon a time", max_tokens=6, stream=True, **GREEDY)
+            )
+            stats = wrapped.scheduler.statistics()
+            wrapped.set_cache(None)
+            after: Any = wrapped("Next", max_tokens=2, **GREEDY)  # the model was let go
+    finally:
+        tiny_llm.set_cache(None)
+    assert isinstance(direct_error, OSError)
+    assert isinstance(error, OSError) and error.errno == 28
+    assert [c["choices"] for c in chunks] == [c["choices"] for c in direct]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert (stats.completed, stats.failed, stats.running) == (0, 1, 0)
+    assert after["choices"][0]["finish_reason"] == "length"
 
 
 def test_an_abandoned_stream_frees_the_model(wrapped: Any, tiny_llm: Llama) -> None:
