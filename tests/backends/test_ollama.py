@@ -264,7 +264,7 @@ async def test_busy_server_is_a_503() -> None:
 
 async def read_into(
     received: list[Chunk],
-    backend: OllamaBackend,
+    backend: Backend,
     request: Request,
     each: Callable[[Chunk], object] | None = None,
 ) -> None:
@@ -284,7 +284,7 @@ async def collect_quietly(backend: OllamaBackend, request: Request) -> None:
 @pytest.mark.parametrize(
     ("fault", "message"),
     [
-        ("close:3", "broke mid-response|ended the stream before"),
+        ("close:3", "broke mid-response"),
         ("garbage:3", "malformed line"),
         ("error:3", "an error was encountered while running the model"),
     ],
@@ -296,6 +296,46 @@ async def test_faults_mid_stream(ollama: OllamaServer, fault: str, message: str)
     with pytest.raises(BackendUnavailable, match=message):
         await read_into(received, backend, Request("Story:", max_tokens=50))
     assert len(received) == 3  # what came before the fault was streamed
+    await backend.aclose()
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        ("repeat:3", "stopped the generation: prediction aborted, token repeat limit reached"),
+        ("end:3", r"ended the answer without its final line \(done: true\).*token repeat limit"),
+    ],
+    ids=["error-line-since-18374", "clean-end-before-it"],
+)
+async def test_a_generation_stopped_for_repeating_is_the_requests_failure(
+    ollama: OllamaServer, fault: str, message: str
+) -> None:
+    # Ollama stops a generation that repeats one token: a healthy server, which a pool
+    # took out of rotation when either shape read as BackendUnavailable.
+    backend = OllamaBackend("tiny", ollama.url, headers={"X-Test-Fault": fault})
+    pool = BackendPool([backend])
+    received: list[Chunk] = []
+    with pytest.raises(BackendError, match=message) as info:
+        await read_into(received, pool, Request("Story:", max_tokens=50))
+    assert not isinstance(info.value, BackendUnavailable)
+    assert info.value.sent
+    assert len(received) == 3  # what came before was streamed
+    assert pool.statistics().healthy_slots == 1
+    await pool.aclose()
+
+
+async def test_log_probabilities_are_refused_unsent(ollama: OllamaServer) -> None:
+    # A Chunk has no place for them: Ollama computed them for nothing.
+    backend = OllamaBackend("tiny", ollama.url)
+    seen = len(ollama.records)
+    for key, value in (("logprobs", True), ("top_logprobs", 3)):
+        with pytest.raises(BackendError, match=f"'{key}' asks for log probabilities") as info:
+            await collect(backend, Request("Story:", max_tokens=5, options={key: value}))
+        assert not info.value.sent
+    assert len(ollama.records) == seen  # nothing reached the server
+    # Turned off, they are sent on: Ollama's own default.
+    chunks = await collect(backend, Request("Story:", max_tokens=5, options={"logprobs": False}))
+    assert sum(c.tokens for c in chunks) == 5
     await backend.aclose()
 
 
@@ -338,7 +378,7 @@ async def test_server_killed_mid_stream(server_process: tuple[subprocess.Popen[s
         if len(received) == 4:
             process.kill()  # SIGKILL: the server dies with the response half sent
 
-    with pytest.raises(BackendUnavailable, match=r"broke mid-response|ended the stream before") as info:
+    with pytest.raises(BackendUnavailable, match=r"broke mid-response") as info:
         await read_into(received, backend, Request("Story:", max_tokens=50), kill_after_four)
     assert len(received) == 4
     assert isinstance(info.value.__cause__, (httpx.RemoteProtocolError, httpx.ReadError))

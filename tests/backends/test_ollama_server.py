@@ -90,3 +90,17 @@ def test_a_server_of_your_own(tiny_path: Path) -> None:
         pass  # stopped
     else:
         raise AssertionError("the server still answers after the block")
+
+
+def test_num_predict_zero_is_no_limit_as_in_ollama(ollama: OllamaServer) -> None:
+    # Ollama's runner stops at num_predict only where it is positive (runner.go): 0
+    # generates as -1 does, not nothing.
+    body = {"model": "tiny", "prompt": "Why?", "stream": False}
+    counts = {}
+    with httpx.Client(base_url=ollama.url, timeout=60) as client:
+        for limit in (0, -1, 4):
+            options = {"num_predict": limit, "temperature": 0, "seed": 1}
+            answer = client.post("/api/generate", json={**body, "options": options}).json()
+            counts[limit] = answer["eval_count"]
+    assert counts[4] == 4
+    assert counts[0] == counts[-1] > 4

@@ -128,7 +128,7 @@ async def test_no_replay_after_text_was_streamed(server: OllamaServer, server_b:
         async for chunk in pool.stream(Request("Story", max_tokens=20)):
             received.append(chunk)  # noqa: PERF401 - kept when the stream fails
 
-    with pytest.raises(BackendUnavailable, match=r"broke mid-response|ended the stream before"):
+    with pytest.raises(BackendUnavailable, match=r"broke mid-response"):
         await read()
     assert len(received) == 3
     assert server_b.records == []  # nothing was replayed elsewhere

@@ -74,6 +74,19 @@ async def test_ollamas_thinking_and_tool_calls_reach_the_completion() -> None:
     assert done.tool_calls == (call,) and done.text == "" and done.output_tokens == 9
 
 
+async def test_tool_calls_on_an_ollama_generations_final_line_reach_the_completion() -> None:
+    """api/types.go: GenerateResponse has ``tool_calls`` too, set on the final line where a
+    model's own parser found calls in a generation (server/routes.go, GenerateHandler)."""
+    call = {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    lines = [
+        {"response": "", "done": False},
+        {"response": "", "done": True, "done_reason": "stop", "eval_count": 12, "tool_calls": [call]},
+    ]
+    with scripted_server([json.dumps(m).encode() + b"\n" for m in lines]) as url:
+        done = await complete(OllamaBackend("qwen3", url), Request("Weather in Paris?"))
+    assert done.tool_calls == (call,) and done.text == "" and done.output_tokens == 12
+
+
 async def test_openai_tool_call_pieces_are_put_together() -> None:
     """The OpenAI reference: a call's first delta has its id and name, the arguments follow in
     pieces, by index; ``reasoning_content`` (llama-server, DeepSeek) carries the thinking."""

@@ -41,7 +41,11 @@ It follows Ollama's documented API (docs/api.md and docs.ollama.com/api):
 For fault tests, a request may carry an ``X-Test-Fault`` header:
 ``garbage:N`` (a non-JSON line after N tokens), ``error:N`` (an error line
 after N tokens), ``close:N`` (the connection cut after N tokens, no final
-line), ``stall:N:S`` (S seconds of silence after N tokens).
+line), ``stall:N:S`` (S seconds of silence after N tokens), ``repeat:N``
+(Ollama's token repeat limit after N tokens, as Ollama since ollama#18374
+says it: an error line "prediction aborted, token repeat limit reached"),
+``end:N`` (the same as Ollama before it: the stream ends in good order after
+N tokens with no final line).
 
 Run it in a thread with :func:`running_ollama_server` (a context manager
 yielding the :class:`OllamaServer`: ``.url``, ``.records``) or
@@ -695,8 +699,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._write_chunk(b"data: this is not json {\n\n" if openai else b"this is not json {\n")
             self._end_stream()
             return True
-        if kind == "error":
-            message = "an error was encountered while running the model"
+        if kind == "end" and not openai:
+            # Ollama before ollama#18374 stopped a generation repeating one token (its token
+            # repeat limit) with no error and no final line: the stream ends in good order.
+            self._end_stream()
+            return True
+        if kind in ("error", "repeat"):
+            message = (
+                "prediction aborted, token repeat limit reached"
+                if kind == "repeat"
+                else "an error was encountered while running the model"
+            )
             if openai:
                 # What Ollama's OpenAI layer makes of the error line once the stream has begun
                 # (middleware/openai.go: ChatWriter/CompleteWriter.Write call writeError only while
@@ -770,7 +783,7 @@ class _Generation:
         llm, options = self.llm, self.options
         num_predict = int(options.get("num_predict", -1))
         room = self.model.n_ctx - len(self.prompt_tokens)
-        limit = room if num_predict < 0 else min(num_predict, room)
+        limit = room if num_predict <= 0 else min(num_predict, room)  # Ollama: 0 is no limit too
         stops = options.get("stop") or []
         if isinstance(stops, str):
             stops = [stops]

@@ -59,6 +59,8 @@ _CHAT_ONLY = {
     "tools": "send the request as a chat (Request.messages) for tool calling",
 }
 _RESERVED = frozenset({"model", "prompt", "messages", "stream"})
+#: Body fields asking for parts of the answer a Chunk has no place for: refused when set.
+_UNREAD = frozenset({"logprobs", "top_logprobs"})
 #: The types of Ollama's model options (api/types.go: ``Options`` and ``Runner``).  Ollama's
 #: ``Options.FromMap`` refuses a value of another type with a 500, which would read as the
 #: server's fault (a pool would take it out of rotation); the backend refuses it first.
@@ -112,8 +114,8 @@ class OllamaBackend:
     ``Request.max_tokens`` becomes ``options.num_predict``.  The keys of
     ``Request.options`` that are request fields in Ollama's API (``format``,
     ``system``, ``template``, ``raw``, ``keep_alive``, ``think``,
-    ``suffix``, ``images``, ``context``, ``tools``, ``logprobs``,
-    ``top_logprobs``, ``truncate``, ``shift``) go into the request body; every other key (``temperature``,
+    ``suffix``, ``images``, ``context``, ``tools``, ``truncate``, ``shift``)
+    go into the request body; every other key (``temperature``,
     ``seed``, ``stop``, ``num_ctx``, ``top_k``, ...) goes into its ``options``,
     unchanged (an ``options`` mapping is merged into it; the output limit is
     ``Request.max_tokens``, and :class:`~sjfsched.Request` refuses one in its
@@ -122,7 +124,9 @@ class OllamaBackend:
     ``BackendError``, and so does a chat that sets a field only
     ``/api/generate`` has (``system``, ``images``, ``template``, ``raw``,
     ``suffix``, ``context``), which ``/api/chat`` would ignore, and a
-    prompt that sets ``tools``, a field only ``/api/chat`` has.
+    prompt that sets ``tools``, a field only ``/api/chat`` has, and one that
+    sets ``logprobs`` or ``top_logprobs`` (a :class:`~sjfsched.Chunk` has no
+    place for log probabilities).
 
     Token counts are Ollama's own: each streamed line counts as one token and
     the final line's ``eval_count`` makes the sum exact; its
@@ -227,6 +231,12 @@ class OllamaBackend:
         for key, value in request.options.items():
             if key in _RESERVED:
                 raise BackendError(f"OllamaBackend sets {key!r} itself; remove it from Request.options")
+            if key in _UNREAD and value:
+                raise BackendError(
+                    f"OllamaBackend: {key!r} asks for log probabilities, which its chunks have no "
+                    "place for (they would be computed and dropped); for them, call Ollama with "
+                    "your own client under Scheduler.admit()"
+                )
             if key in _TOP_LEVEL:
                 if path == "/api/chat" and key in _GENERATE_ONLY:
                     raise BackendError(
@@ -278,8 +288,14 @@ class OllamaBackend:
                 if text or thinking or tool_calls:
                     counted += 1
                     yield Chunk(text, thinking=thinking, tool_calls=tool_calls)
-        raise BackendUnavailable(
-            f"Ollama at {self._http.shown_url} ended the stream before its final line (done: true)"
+        # The body ended in good order (a broken connection is BackendUnavailable from the
+        # transport): Ollama ends so, with no error and no final line, when it stops a
+        # generation that repeats one token (before ollama#18374). The request's doing,
+        # not the server's fault.
+        raise BackendError(
+            f"Ollama at {self._http.shown_url} ended the answer without its final line (done: true), "
+            "as Ollama does when it stops a generation that keeps repeating one token (its token "
+            "repeat limit)"
         )
 
     async def models(self) -> list[str]:
@@ -363,6 +379,10 @@ def _parse_line(line: str) -> Mapping[str, Any]:
     error = message.get("error")
     if error is not None:
         # An error after the stream began: the status line already said 200.
+        if isinstance(error, str) and "token repeat limit" in error:
+            # The generation kept repeating one token and Ollama stopped it: the request's
+            # doing, not the server's fault (a pool keeps the server in rotation).
+            raise BackendError(f"Ollama stopped the generation: {error}")
         raise BackendUnavailable(f"Ollama failed while generating: {error}")
     return message
 
@@ -375,7 +395,8 @@ def _text_of(message: Mapping[str, Any], chat: bool) -> tuple[str, str, tuple[Ma
             return "", "", ()
         content, thinking, calls = body.get("content"), body.get("thinking"), body.get("tool_calls")
     else:
-        content, thinking, calls = message.get("response"), message.get("thinking"), None
+        # Tool calls a model's own parser found (GenerateResponse.ToolCalls, on the final line).
+        content, thinking, calls = message.get("response"), message.get("thinking"), message.get("tool_calls")
     return (
         content if isinstance(content, str) else "",
         thinking if isinstance(thinking, str) else "",
