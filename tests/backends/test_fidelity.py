@@ -204,6 +204,18 @@ async def test_a_404_asks_about_base_url_only_for_a_path_the_server_does_not_hav
     assert ("the API's root" in str(caught.value)) is hint
 
 
+async def test_vllms_flat_error_body_is_said_by_its_message() -> None:
+    # Older vLLM and trtllm-serve: {"object": "error", "message": ..., "type": ..., "code": ...}.
+    # Said as raw JSON cut at 500 characters, a long message lost its end.
+    message = "This model's maximum context length is 2048 tokens." + " However, you requested more." * 20
+    body = {"object": "error", "message": message, "type": "BadRequestError", "param": None, "code": 400}
+    with scripted_server([json.dumps(body).encode()], status=400, content_type="application/json") as url:
+        with pytest.raises(BackendError) as caught:
+            await collect(OpenAIBackend(url, model="x"), Request("x"))
+    assert str(caught.value).endswith(message) and '"object"' not in str(caught.value)
+    assert caught.value.status_code == 400
+
+
 def test_a_keep_alive_with_digits_go_does_not_read_is_refused() -> None:
     for digits in ("\u0665m", "\uff15m"):  # Arabic-Indic and fullwidth five: \d, not Go's digits
         with pytest.raises(ValueError, match="is not a duration Ollama reads"):

@@ -231,6 +231,18 @@ async def test_an_openai_completions_answer_is_paused_over_http_and_completed(
     assert done_long.output_tokens == 40
 
 
+def test_a_continuation_asks_for_the_least_tokens_left_to_write() -> None:
+    # vLLM answers 400 where min_tokens > max_tokens, and llama_cpp.server would write
+    # min_tokens more: the rest of an answer asks for what is left of both.
+    request = Request("Once upon a time", max_tokens=10, options={"min_tokens": 8, "temperature": 0.0})
+    rest = continuation(request, " there", 4)
+    assert rest is not None
+    assert (rest.max_tokens, rest.options["min_tokens"], rest.options["temperature"]) == (6, 4, 0.0)
+    rest = continuation(request, " there was", 9)
+    assert rest is not None and (rest.max_tokens, rest.options["min_tokens"]) == (1, 0)
+    assert continuation(request, " there was", 10) is None
+
+
 async def test_ollama_answers_are_not_paused() -> None:
     """Ollama's /api/generate applies the model's template to the prompt: an answer cannot be
     continued through it, so the backend is not Resumable."""
@@ -316,6 +328,8 @@ async def test_a_grammar_answer_is_not_paused_and_stays_in_its_grammar() -> None
         {"frequency_penalty": 0.5},
         {"repeat_penalty": 1.1},
         {"repetition_penalty": 1.2},
+        # The answer so far begins with the prompt, which the new prompt would hold twice.
+        {"echo": True},
     ],
 )
 def test_an_openai_completions_request_a_new_request_could_not_go_on_with_is_not_paused(
@@ -325,7 +339,7 @@ def test_an_openai_completions_request_a_new_request_could_not_go_on_with_is_not
     the text so far, a penalty would forget the earlier tokens."""
     backend = OpenAIBackend("http://127.0.0.1:9/v1", model="m")
     assert not backend.resumable(Request("Once upon a time", max_tokens=30, options=options))
-    neutral = {"frequency_penalty": 0.0, "repeat_penalty": 1.0, "grammar": None, "suffix": ""}
+    neutral = {"frequency_penalty": 0.0, "repeat_penalty": 1.0, "grammar": None, "suffix": "", "echo": False}
     assert backend.resumable(Request("Once upon a time", max_tokens=30, options=neutral))
 
 

@@ -131,6 +131,23 @@ async def test_done_without_a_finish_reason_is_an_answer_cut_short() -> None:
     assert not isinstance(caught.value, BackendUnavailable)  # the server is fine
 
 
+async def test_an_empty_finish_reason_is_none_yet() -> None:
+    """sglang and Ollama's /v1 (before ollama#4357) send finish_reason "" on every chunk: no
+    finish. Read as one, a stream cut short came back whole, ending in "stop"."""
+    pieces = sse(completion("Hello", ""), completion(" wor", ""))
+    with scripted_server(pieces, content_type=SSE) as url:
+        with pytest.raises(BackendUnavailable, match="before the answer was complete"):
+            await collect(OpenAIBackend(url, model="m"), Request("x"))
+    pieces = [
+        *sse(completion("Hello", ""), completion(" world", ""), completion("", "length")),
+        b"data: [DONE]\n\n",
+    ]
+    with scripted_server(pieces, content_type=SSE) as url:
+        chunks = await collect(OpenAIBackend(url, model="m"), Request("x", max_tokens=2))
+    assert "".join(c.text for c in chunks) == "Hello world"
+    assert [c.finish_reason for c in chunks] == [None, None, "length"]
+
+
 async def test_an_event_without_data_is_skipped() -> None:
     pieces = [b"data:\n\n", *sse(completion("Hello", "stop")), b"data: [DONE]\n\n"]
     with scripted_server(pieces, content_type=SSE) as url:

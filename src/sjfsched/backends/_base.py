@@ -82,7 +82,8 @@ def goes_on_as_it_was(
 def continuation(request: Request, answer: str, tokens: int) -> Request | None:
     """The request that goes on with ``answer``: a prompt request whose prompt is the
     request's followed by the answer so far, with ``max_tokens`` less the ``tokens``
-    written; ``None`` where ``max_tokens`` is reached (nothing is left to write).
+    written (and a ``min_tokens`` option less them too, as vLLM and llama_cpp.server
+    read it); ``None`` where ``max_tokens`` is reached (nothing is left to write).
 
     A model continuing its own text this way reads the same tokens it wrote, or the
     same text tokenized again (which a sampler may continue differently): as close as
@@ -96,6 +97,9 @@ def continuation(request: Request, answer: str, tokens: int) -> Request | None:
         if left <= 0:
             return None
         fields["max_tokens"] = left
+    least = request.options.get("min_tokens")
+    if isinstance(least, int) and not isinstance(least, bool) and least > 0:
+        fields["options"] = {**request.options, "min_tokens": max(0, least - tokens)}
     return request._replace(fields)
 
 

@@ -441,7 +441,8 @@ def error_message(content: bytes) -> str:
     """The server's error message from an error body, whatever its shape.
 
     Ollama sends ``{"error": "..."}``, OpenAI-compatible servers
-    ``{"error": {"message": "..."}}``, FastAPI ``{"detail": ...}``.
+    ``{"error": {"message": "..."}}`` (older vLLM a flat ``{"object": "error",
+    "message": "..."}``), FastAPI ``{"detail": ...}``.
     """
     text = content.decode("utf-8", errors="replace").strip()
     try:
@@ -454,6 +455,8 @@ def error_message(content: bytes) -> str:
             return error
         if isinstance(error, Mapping) and isinstance(error.get("message"), str):
             return str(error["message"])
+        if body.get("object") == "error" and isinstance(body.get("message"), str):
+            return str(body["message"])  # vLLM's and trtllm-serve's flat error
         detail = body.get("detail")
         if detail is not None:
             return detail if isinstance(detail, str) else json.dumps(detail)[:500]

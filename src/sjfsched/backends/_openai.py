@@ -252,7 +252,7 @@ class OpenAIBackend:
                             continue
                         text, thinking, pieces = _choice_text(choice, chat)
                         reason = choice.get("finish_reason")
-                        if isinstance(reason, str):
+                        if isinstance(reason, str) and reason:  # "" (sglang, old Ollama): none yet
                             finish = reason
                         if tools.add(pieces) or text or thinking:
                             counted += 1
@@ -293,10 +293,12 @@ class OpenAIBackend:
         the answer's form (``grammar``, ``json_schema``, ``response_format``, vLLM's
         ``guided_*``), which would start over and the answer leave it; a ``suffix``, which the
         text so far would come before; a repetition penalty, which would forget the earlier
-        tokens."""
+        tokens; ``echo``, whose answer so far begins with the prompt, which the new request's
+        prompt would hold twice."""
         return (
             request.messages is None
             and request.max_tokens is not None
+            and not request.options.get("echo")
             and goes_on_as_it_was(request.options, _FORM_OPTIONS, _NEUTRAL_PENALTIES)
         )
 
