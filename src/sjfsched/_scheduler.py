@@ -554,7 +554,8 @@ class Scheduler:
         it is also called for what is left of a running answer, as a request
         ranked before it waits (its job's ``estimate`` is then that of the
         rest, one token's past its prediction; see the class); should it raise there,
-        the answer is not paused.  The default is::
+        the answer is not paused for that request (it is asked again at the answer's next
+        chunk).  The default is::
 
             (job.request.priority, min(job.estimate, self.estimate_cap) + self.aging * job.submitted)
 
@@ -1014,6 +1015,7 @@ class Scheduler:
         estimate: object = self.estimate(request, prediction)
         if type(estimate) is float and math.isfinite(estimate):  # the default's: no conversion
             return estimate
+        _refuse_awaitable(self, "estimate", estimate)
         # Anything float() takes as a number (a numpy scalar or 0-d array, a Decimal), not a
         # bool or a string, that is finite; kept as a float, which any key can use.
         if not isinstance(estimate, (bool, str, bytes)):
@@ -1130,6 +1132,7 @@ class Scheduler:
         pushed_out = self._remember(estimate)
         try:
             key = self.sort_key(Job(request, prediction, estimate, now))
+            _refuse_awaitable(self, "sort_key", key)
             if _holds_nan(key):
                 raise ValueError(
                     f"{type(self).__name__}.sort_key returned {key!r}: a key holding a NaN compares "
@@ -1211,13 +1214,16 @@ class Scheduler:
             if key < entry.key:
                 entry.key = key
         except self._caller_errors:  # keys that do not compare, a sort_key or estimate that fails
-            stream._resumable = False  # it runs on to its end
-            logger.warning(
-                "%s: the key of what is left of a running answer could not be taken or compared "
-                "with a waiting one's: it is not paused",
-                type(self).__name__,
-                exc_info=True,
-            )
+            # Not paused this time; asked again at its next chunk, as a failure may pass (and a
+            # request of a higher priority class still pauses it then). Said once an answer.
+            if not stream._rest_key_failed:
+                stream._rest_key_failed = True
+                logger.warning(
+                    "%s: the key of what is left of a running answer could not be taken or compared "
+                    "with a waiting one's: it is not paused for it",
+                    type(self).__name__,
+                    exc_info=True,
+                )
             return False
         return True
 
@@ -1413,6 +1419,7 @@ class ChunkStream:
         #: the backend can pause and resume this request (see Scheduler(preempt=))
         self._resumable = scheduler.preempt and _resumable(backend, entry.request, scheduler._caller_errors)
         self._paused_at = 0  # tokens written at the latest pause
+        self._rest_key_failed = False  # the key of its rest could not be had once (said once)
 
     @property
     def job(self) -> Job:
@@ -1819,6 +1826,19 @@ def _only_cancellations(exc: BaseException, kinds: tuple[type[BaseException], ..
     if not isinstance(leaves, tuple) or not leaves or not hasattr(exc, "split"):
         return False
     return all(isinstance(leaf, BaseException) and _only_cancellations(leaf, kinds) for leaf in leaves)
+
+
+def _refuse_awaitable(scheduler: Scheduler, method: str, value: object) -> None:
+    """``TypeError`` where a policy's hook gave an awaitable: an ``async def`` behind a
+    decorator that hides it (``functools.wraps``), which the check at construction misses."""
+    if inspect.isawaitable(value):
+        close = getattr(value, "close", None)
+        if inspect.iscoroutine(value) and close is not None:
+            close()  # never awaited: no "was never awaited" warning for it
+        raise TypeError(
+            f"{type(scheduler).__name__}.{method}() returned {type(value).__name__}: it must be a "
+            "plain method (the scheduler calls it and never awaits it)"
+        )
 
 
 def _resumable(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
@@ -363,6 +364,55 @@ async def test_a_sort_key_that_fails_for_the_rest_leaves_the_answer_running(
         done = await long_then_short(sched)
     assert done["long"].preemptions == 0
     assert caplog.text.count("is not paused") == 1  # said once: the answer then runs on
+
+
+async def test_a_sort_key_failing_once_for_the_rest_does_not_end_pausing_for_good(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A transient failure taking the key of a running answer's rest left that answer unpaused
+    # to its end: an urgent request (a higher priority class) 5 s later waited 24 s more.
+    class Flaky(Scheduler):
+        failed = 0
+
+        def sort_key(self, job: Job) -> Any:
+            if job.request.metadata.get("name") == "long" and job.estimate < 9.5 and not Flaky.failed:
+                Flaky.failed += 1
+                raise ConnectionError("the tenant table was being reloaded")
+            return super().sort_key(job)
+
+    sched = Flaky(chunked(), predictor=TablePredictor(), cap=None, decode_rate=10.0, learn_rates=False)
+    done: dict[str, Completion] = {}
+    async with sched, anyio.create_task_group() as tg:
+        tg.start_soon(submit_later, sched, job(100, metadata={"name": "long"}), 0.0, done)
+        tg.start_soon(submit_later, sched, job(5, metadata={"name": "short"}), 1.0, done)
+        tg.start_soon(submit_later, sched, job(50, priority=-1, metadata={"name": "urgent"}), 5.0, done)
+    assert Flaky.failed == 1
+    assert caplog.text.count("is not paused for it") == 1
+    assert done["urgent"].wait < 1.0  # it paused the long answer at its next chunk
+    assert done["long"].preemptions >= 1
+
+
+@pytest.mark.parametrize("method", ["sort_key", "estimate"])
+async def test_an_async_policy_method_behind_a_decorator_is_refused_as_it_is_called(method: str) -> None:
+    # functools.wraps hides an async def from the check made with the scheduler: the coroutine
+    # became the queue key (requests ran in arrival order), or an estimate never awaited.
+    def logged(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def wrapper(*args: Any) -> Any:
+            return fn(*args)
+
+        return wrapper
+
+    @logged
+    async def coroutine(self: Scheduler, *args: Any) -> Any:
+        return 0  # pragma: no cover - never awaited
+
+    policy = type("Hidden", (Scheduler,), {method: coroutine})
+    async with policy(chunked(), predictor=TablePredictor()) as sched:
+        with pytest.raises(TypeError, match=rf"Hidden\.{method}\(\) returned coroutine: it must be a plain"):
+            await sched.complete(job(5))
+        stats = sched.statistics()
+    assert (stats.completed, stats.waiting, stats.running) == (0, 0, 0)
 
 
 async def test_preempt_must_be_a_bool() -> None:
