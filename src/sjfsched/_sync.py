@@ -336,9 +336,12 @@ class SyncScheduler(Generic[_S]):
 
         From inside a block that holds one of its running requests (an
         :meth:`admit` or :meth:`stream` block, the backend's code run for a
-        request) or from the scheduler's own event loop thread
-        (``on_complete``), it raises :class:`RuntimeError` at once, changing
-        nothing: it could only wait for itself.
+        request), from a thread that opened such a block still open (a
+        stream it reads between its other calls), or from the scheduler's own
+        event loop thread (``on_complete``), it raises :class:`RuntimeError`
+        at once, changing nothing: it could only wait for itself.  (A stream
+        opened in one thread and read in another: close from a third, or
+        once it is read.)
 
         Interrupted (Ctrl-C) while it waits for the running requests, it stops
         the event loop at once: their calls end with :class:`SchedulerClosed`
@@ -369,6 +372,14 @@ class SyncScheduler(Generic[_S]):
             raise RuntimeError(
                 f"close() from inside {what} of this scheduler would wait for that request, "
                 f"which waits for close(): close it after the block"
+            )
+        if not self._closed and self._opened_a_block_here():
+            # A stream this thread opened and reads between its other calls: its request runs
+            # until this thread reads it to its end, which it cannot do while close() waits.
+            raise RuntimeError(
+                "close() from the thread that opened a stream or block of this scheduler still open "
+                "(a stream between two reads) would wait for that request, which waits for this "
+                "thread: read it to its end or close it first (a wrap()'s close() cuts its own streams)"
             )
         self._abandoned.detach()
         with self._handing_over:

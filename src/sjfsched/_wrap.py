@@ -20,6 +20,7 @@ from ._errors import SchedulerClosed
 from ._records import Request, _as_int
 from ._sync import SyncScheduler
 from .backends._llama import (
+    _WAIT_STEP,
     CLOSED_LLAMA,
     TokenCounter,
     counting_processors,
@@ -326,7 +327,7 @@ class ScheduledLlama:
     @_typed_as(_create_completion)
     def create_completion(self, *args: Any, **kwargs: Any) -> Any:
         """``Llama.create_completion``, admitted shortest-first."""
-        bound = self._completion_signature.bind(*args, **kwargs)
+        bound = _bind(self._completion_signature, "create_completion", args, kwargs)
         values = _with_defaults(bound)
         prompt = values["prompt"]
         if not isinstance(prompt, str):  # a list of token ids
@@ -342,7 +343,7 @@ class ScheduledLlama:
     @_typed_as(_create_chat_completion)
     def create_chat_completion(self, *args: Any, **kwargs: Any) -> Any:
         """``Llama.create_chat_completion``, admitted shortest-first."""
-        bound = self._chat_signature.bind(*args, **kwargs)
+        bound = _bind(self._chat_signature, "create_chat_completion", args, kwargs)
         values = _with_defaults(bound)
         messages = values["messages"]
         if isinstance(messages, Iterable) and not isinstance(messages, (str, bytes, Mapping, Sequence)):
@@ -415,7 +416,12 @@ class ScheduledLlama:
         The note is for :meth:`_refuse_reentry` and :meth:`close`.
         """
         self._refuse_reentry(call)
-        with self._lock:
+        acquired = False
+        try:
+            # In steps: an exception another thread raises in this one (a call timeout's
+            # PyThreadState_SetAsyncExc) lands between them, not once the model is free.
+            while not acquired:
+                acquired = self._lock.acquire(timeout=_WAIT_STEP)
             self._check_open_llm()
             holding = _Holding(self, held or call, opened)
             with _HOLDING_GUARD:
@@ -426,6 +432,9 @@ class ScheduledLlama:
                 with _HOLDING_GUARD:
                     if _HOLDING.get(self._llm) is holding:
                         del _HOLDING[self._llm]
+        finally:
+            if acquired:
+                self._lock.release()
 
     def _check_open_llm(self) -> None:
         """Refuse a closed ``Llama`` (closed by the program, or by a ``LlamaCppBackend(close_llm=True)``
@@ -574,6 +583,16 @@ def _closable(inner: Generator[Any, Any, Any], opened: _Opened) -> Generator[Any
     if opened.cut:
         raise SchedulerClosed(_CUT)
     return result
+
+
+def _bind(
+    signature: inspect.Signature, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> inspect.BoundArguments:
+    """``signature.bind``, its ``TypeError`` naming the method as the ``Llama``'s own does."""
+    try:
+        return signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise TypeError(f"Llama.{name}() {exc}") from None
 
 
 def _finish_reason(answer: object) -> str | None:

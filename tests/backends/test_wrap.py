@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import subprocess
 import sys
 import textwrap
@@ -212,6 +213,56 @@ def test_an_error_after_the_last_chunk_comes_after_that_chunk(tiny_llm: Llama) -
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
     assert (stats.completed, stats.failed, stats.running) == (0, 1, 0)
     assert after["choices"][0]["finish_reason"] == "length"
+
+
+class _CallTimeout(Exception):
+    """What a call-timeout library (func_timeout) raises in the thread it gives up on."""
+
+
+def test_a_call_waiting_for_the_model_takes_an_exception_raised_in_its_thread(tiny_llm: Llama) -> None:
+    # A thread waiting for the model's lock in one blocking acquire() took an exception another
+    # thread raised in it (PyThreadState_SetAsyncExc) only once the model was free.
+    with sjfsched.wrap(tiny_llm) as w:
+        holder = w.generate([1, 300, 301], temp=0.0)  # holds the model while open
+        next(holder)
+        landed: list[float] = []
+
+        def wait_for_the_model() -> None:
+            try:
+                w.reset()
+            except _CallTimeout:
+                landed.append(time.monotonic())
+
+        thread = threading.Thread(target=wait_for_the_model, daemon=True)
+        thread.start()
+        time.sleep(0.3)  # it waits for the lock now
+        raised = time.monotonic()
+        assert thread.ident is not None
+        raise_in = ctypes.pythonapi.PyThreadState_SetAsyncExc
+        raise_in(ctypes.c_ulong(thread.ident), ctypes.py_object(_CallTimeout))
+        thread.join(2.0)
+        still_held = not landed
+        holder.close()
+        thread.join(10)
+        w("Once", max_tokens=2)  # the lock was not kept by the thread that gave up
+    assert not still_held and landed[0] - raised < 1.0
+
+
+def test_a_wrong_argument_is_named_with_its_method_as_llama_names_it(wrapped: Any, tiny_llm: Llama) -> None:
+    calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
+        ("create_completion", ("Once",), {"max_tokenz": 5}),
+        ("create_completion", (), {"max_tokens": 5}),
+        ("create_chat_completion", (), {"messages": [], "max_tokenz": 5}),
+    ]
+    for name, args, kwargs in calls:
+        with pytest.raises(TypeError) as direct:
+            getattr(tiny_llm, name)(*args, **kwargs)
+        with pytest.raises(TypeError) as ours:
+            getattr(wrapped, name)(*args, **kwargs)
+        said = str(ours.value)
+        assert said.startswith(f"Llama.{name}() ") and str(direct.value).startswith(f"Llama.{name}() ")
+        assert ("max_tokenz" in said) is ("max_tokenz" in str(direct.value))
+    assert wrapped.scheduler.statistics().completed == 0
 
 
 def test_an_abandoned_stream_frees_the_model(wrapped: Any, tiny_llm: Llama) -> None:

@@ -718,6 +718,36 @@ def test_a_second_close_from_a_thread_reading_a_stream_between_reads_returns() -
     assert sched.statistics().completed == 1
 
 
+def test_a_first_close_from_a_thread_reading_its_own_stream_between_reads_is_refused() -> None:
+    """It waited for that stream, which this thread would read next: a hang (wrap()'s scheduler)."""
+    sched = _sim()
+    out: list[object] = []
+
+    def texts() -> Iterator[str]:
+        with sched.stream(job(20)) as chunks:
+            for chunk in chunks:
+                yield chunk.text
+
+    def reader() -> None:
+        texts_ = texts()
+        next(texts_)
+        try:
+            sched.close()
+        except RuntimeError as exc:
+            out.append(str(exc))
+        out.append(1 + sum(1 for _ in texts_))  # read on to its end
+        sched.close()
+        out.append(sched.closed)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    thread.join(20)
+    assert not thread.is_alive()
+    message, _, closed = out
+    assert "from the thread that opened a stream or block of this scheduler still open" in str(message)
+    assert closed is True and sched.statistics().completed == 1
+
+
 def test_a_second_close_inside_a_block_after_the_first_returns() -> None:
     """A worker's close() at the end of its block, the scheduler closed meanwhile: it raised."""
     sched = _sim()
