@@ -117,6 +117,7 @@ class SyncStream:
         self._wanted = False
         self._reading = False
         self._wake: anyio.Event | None = None
+        self._on_read: Callable[[], None] | None = None  # notes the reading thread (for close())
 
     @property
     def job(self) -> Job:
@@ -133,6 +134,8 @@ class SyncStream:
         return self
 
     def __next__(self) -> Chunk:
+        if self._on_read is not None:
+            self._on_read()
         if self._ended:
             raise StopIteration
         if self._stopped and (not self._results or self._results[0][0] == "chunk"):
@@ -289,6 +292,9 @@ class SyncScheduler(Generic[_S]):
         self._close_ended = threading.Event()  # the first close() has returned (or raised)
         #: The open blocks: the frame whose ``with`` opened each, its request, what it is (for close()).
         self._blocks: dict[object, tuple[tuple[FrameNote, ...], _Entry, str, int]] = {}
+        #: The thread that reads each open block's request now (id of its entry): the one that
+        #: opened it, until another reads its stream (for close()).
+        self._readers: dict[int, int] = {}
         #: Calls refused here after close(), before the loop saw them: counted as ``rejected``.
         self._refused = 0
         self._portal, self._thread = _start_portal(async_backend)
@@ -336,12 +342,11 @@ class SyncScheduler(Generic[_S]):
 
         From inside a block that holds one of its running requests (an
         :meth:`admit` or :meth:`stream` block, the backend's code run for a
-        request), from a thread that opened such a block still open (a
-        stream it reads between its other calls), or from the scheduler's own
-        event loop thread (``on_complete``), it raises :class:`RuntimeError`
-        at once, changing nothing: it could only wait for itself.  (A stream
-        opened in one thread and read in another: close from a third, or
-        once it is read.)
+        request), from the thread that reads a stream of its own still open
+        (between two reads: the thread that opened it, until another reads
+        it), or from the scheduler's own event loop thread (``on_complete``),
+        it raises :class:`RuntimeError` at once, changing nothing: it could
+        only wait for itself.  A stream another thread reads is waited for.
 
         Interrupted (Ctrl-C) while it waits for the running requests, it stops
         the event loop at once: their calls end with :class:`SchedulerClosed`
@@ -373,13 +378,14 @@ class SyncScheduler(Generic[_S]):
                 f"close() from inside {what} of this scheduler would wait for that request, "
                 f"which waits for close(): close it after the block"
             )
-        if not self._closed and self._opened_a_block_here():
-            # A stream this thread opened and reads between its other calls: its request runs
-            # until this thread reads it to its end, which it cannot do while close() waits.
+        if not self._closed and self._reads_a_block_here():
+            # A stream this thread reads between its other calls: its request runs until this
+            # thread reads it to its end, which it cannot do while close() waits. (One another
+            # thread reads now is waited for.)
             raise RuntimeError(
-                "close() from the thread that opened a stream or block of this scheduler still open "
-                "(a stream between two reads) would wait for that request, which waits for this "
-                "thread: read it to its end or close it first (a wrap()'s close() cuts its own streams)"
+                "close() from the thread that reads a stream of this scheduler still open (between "
+                "two reads) would wait for that request, which waits for this thread: read it to "
+                "its end or close it first (a wrap()'s own close() cuts the streams this thread reads)"
             )
         self._abandoned.detach()
         with self._handing_over:
@@ -494,7 +500,9 @@ class SyncScheduler(Generic[_S]):
                 )
                 stack.push(context)  # before entering: an interrupt right after entering still leaves
                 chunks._stream = context.__enter__()
-            stack.enter_context(self._open_block(chunks._stream._entry, "a `with sched.stream(...)` block"))
+            entry = chunks._stream._entry
+            stack.enter_context(self._open_block(entry, "a `with sched.stream(...)` block"))
+            chunks._on_read = functools.partial(self._note_reader, entry)
             yield chunks
 
     @contextlib.contextmanager
@@ -523,11 +531,30 @@ class SyncScheduler(Generic[_S]):
         key = object()
         with self._handing_over:
             self._blocks[key] = (block_openers(asynchronous=False), entry, what, threading.get_ident())
+            self._readers[id(entry)] = threading.get_ident()
         try:
             yield
         finally:
             with self._handing_over:
                 del self._blocks[key]
+                self._readers.pop(id(entry), None)
+
+    def _note_reader(self, entry: _Entry) -> None:
+        """The calling thread reads ``entry``'s stream now (for :meth:`close`)."""
+        me = threading.get_ident()
+        if self._readers.get(id(entry)) != me:
+            with self._handing_over:
+                if id(entry) in self._readers:
+                    self._readers[id(entry)] = me
+
+    def _reads_a_block_here(self) -> bool:
+        """Whether this thread reads an open block's request still running (a stream between reads)."""
+        me = threading.get_ident()
+        with self._handing_over:
+            return any(
+                self._readers.get(id(e)) == me and e.state is EntryState.RUNNING
+                for _, e, _, _ in self._blocks.values()
+            )
 
     def _held_block(self) -> str | None:
         """What open block of a running request the calling code runs inside, if any.

@@ -20,7 +20,6 @@ from ._errors import SchedulerClosed
 from ._records import Request, _as_int
 from ._sync import SyncScheduler
 from .backends._llama import (
-    _WAIT_STEP,
     CLOSED_LLAMA,
     TokenCounter,
     counting_processors,
@@ -29,6 +28,9 @@ from .backends._llama import (
     processor_list,
     recording_samples,
 )
+
+#: How often a call waiting for a held model's lock can take an exception raised in its thread.
+_WAIT_STEP = 0.1
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -77,6 +79,46 @@ _CUT = (
     "this stream was closed, its answer cut short, when its own thread closed the wrapper "
     "(wrapped.close(), or the end of `with sjfsched.wrap(llm)`) while it was open"
 )
+
+
+@contextlib.contextmanager
+def _model_lock(lock: threading.Lock) -> Iterator[None]:
+    """``lock``, held for the block; waited for so that an exception raised in this thread meanwhile
+    (a call timeout's ``PyThreadState_SetAsyncExc``) lands within :data:`_WAIT_STEP` seconds.
+
+    A blocking ``acquire()`` would hold such an exception until the model is free, and one
+    landing just after a timed ``acquire()`` returned would leave the lock held by nobody.  So a
+    held lock is taken by a helper thread, which hands it over through ``state`` (its owner
+    recorded by the helper, not by this thread after the call); a free one by ``with``.
+    """
+    if not lock.locked():
+        with lock:  # (taken by another meanwhile: waited for as before, rarely)
+            yield
+        return
+    guard = threading.Lock()
+    state = {"owned": False, "abandoned": False}
+    handed = threading.Event()
+
+    def take() -> None:
+        lock.acquire()
+        with guard:
+            if state["abandoned"]:
+                lock.release()
+                return
+            state["owned"] = True
+        handed.set()
+
+    try:
+        threading.Thread(target=take, name="sjfsched-wrap-lock", daemon=True).start()
+        while not handed.wait(_WAIT_STEP):
+            pass
+        yield
+    finally:
+        with guard:
+            state["abandoned"] = True
+            owned = state["owned"]
+        if owned:
+            lock.release()
 
 
 class _Holding:
@@ -416,12 +458,7 @@ class ScheduledLlama:
         The note is for :meth:`_refuse_reentry` and :meth:`close`.
         """
         self._refuse_reentry(call)
-        acquired = False
-        try:
-            # In steps: an exception another thread raises in this one (a call timeout's
-            # PyThreadState_SetAsyncExc) lands between them, not once the model is free.
-            while not acquired:
-                acquired = self._lock.acquire(timeout=_WAIT_STEP)
+        with _model_lock(self._lock):
             self._check_open_llm()
             holding = _Holding(self, held or call, opened)
             with _HOLDING_GUARD:
@@ -432,9 +469,6 @@ class ScheduledLlama:
                 with _HOLDING_GUARD:
                     if _HOLDING.get(self._llm) is holding:
                         del _HOLDING[self._llm]
-        finally:
-            if acquired:
-                self._lock.release()
 
     def _check_open_llm(self) -> None:
         """Refuse a closed ``Llama`` (closed by the program, or by a ``LlamaCppBackend(close_llm=True)``
@@ -552,6 +586,7 @@ class ScheduledLlama:
                             continue
                         yield chunk
                         holding.thread = threading.get_ident()  # whoever reads it now
+                        self._scheduler._note_reader(ticket._entry)  # for the scheduler's close()
                 finally:
                     close = getattr(iterator, "close", None)
                     if close is not None:

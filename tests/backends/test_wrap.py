@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import subprocess
 import sys
@@ -246,6 +247,55 @@ def test_a_call_waiting_for_the_model_takes_an_exception_raised_in_its_thread(ti
         thread.join(10)
         w("Once", max_tokens=2)  # the lock was not kept by the thread that gave up
     assert not still_held and landed[0] - raised < 1.0
+
+
+def test_an_exception_landing_as_the_model_is_freed_leaves_its_lock_free(tiny_llm: Llama) -> None:
+    # A timed acquire() in steps let an exception raised in the thread land just after it had
+    # taken the lock, before that was noted: the lock was held by nobody, for ever.
+    with sjfsched.wrap(tiny_llm) as w:
+        lock = llama_lock(tiny_llm)
+        raise_in = ctypes.pythonapi.PyThreadState_SetAsyncExc
+        for _ in range(12):
+            lock.acquire()  # the model is busy
+            thread = threading.Thread(target=_call_until_stopped, args=(w,), daemon=True)
+            thread.start()
+            time.sleep(0.05)
+            assert thread.ident is not None
+            raise_in(ctypes.c_ulong(thread.ident), ctypes.py_object(_CallTimeout))
+            lock.release()  # freed as the exception lands
+            thread.join(10)
+            assert not thread.is_alive()
+            assert lock.acquire(timeout=5), "the lock was left held"
+            lock.release()
+
+
+def _call_until_stopped(w: Any) -> None:
+    with contextlib.suppress(_CallTimeout):
+        w.create_completion("Once", max_tokens=2)
+
+
+def test_closing_from_the_thread_that_handed_its_stream_to_another_waits_for_it(tiny_llm: Llama) -> None:
+    # wrap()'s close() waits for streams other threads read; the scheduler refused it, taking
+    # the thread that opened the stream for its reader.
+    w = sjfsched.wrap(tiny_llm)
+    stream: Any = w.create_completion("Once upon a time", max_tokens=30, stream=True, **GREEDY)
+    next(stream)
+    texts: list[str] = []
+    reading = threading.Event()
+
+    def read_on() -> None:
+        for chunk in stream:
+            texts.append(chunk["choices"][0]["text"])
+            reading.set()
+            time.sleep(0.01)
+
+    reader = threading.Thread(target=read_on, daemon=True)
+    reader.start()
+    assert reading.wait(10)
+    w.close()
+    reader.join(10)
+    assert len(texts) == 30 and w.scheduler.closed  # 29 tokens, then the finish chunk
+    assert w.scheduler.statistics().completed == 1
 
 
 def test_a_wrong_argument_is_named_with_its_method_as_llama_names_it(wrapped: Any, tiny_llm: Llama) -> None:

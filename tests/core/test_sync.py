@@ -744,8 +744,42 @@ def test_a_first_close_from_a_thread_reading_its_own_stream_between_reads_is_ref
     thread.join(20)
     assert not thread.is_alive()
     message, _, closed = out
-    assert "from the thread that opened a stream or block of this scheduler still open" in str(message)
+    assert "from the thread that reads a stream of this scheduler still open" in str(message)
     assert closed is True and sched.statistics().completed == 1
+
+
+def test_a_close_from_the_thread_that_opened_a_stream_another_reads_waits_for_it() -> None:
+    """Handed over to another thread, which reads it now, the stream is waited for (not refused)."""
+    sched = _sim()
+    read: list[int] = []
+    handed = threading.Event()
+
+    def texts() -> Iterator[str]:
+        with sched.stream(job(20)) as chunks:
+            for chunk in chunks:
+                yield chunk.text
+
+    def opener() -> None:
+        texts_ = texts()
+        next(texts_)
+
+        def reader() -> None:
+            next(texts_)  # the stream's reader now
+            handed.set()
+            threading.Event().wait(0.3)
+            read.append(2 + sum(1 for _ in texts_))
+
+        other = threading.Thread(target=reader, daemon=True)
+        other.start()
+        handed.wait(10)
+        sched.close()  # waits for the other thread's stream
+        assert read and not other.is_alive()
+
+    thread = threading.Thread(target=opener, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive() and sched.closed
+    assert sched.statistics().completed == 1
 
 
 def test_a_second_close_inside_a_block_after_the_first_returns() -> None:
