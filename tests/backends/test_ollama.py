@@ -287,8 +287,11 @@ async def collect_quietly(backend: OllamaBackend, request: Request) -> None:
         ("close:3", "broke mid-response"),
         ("garbage:3", "malformed line"),
         ("error:3", "an error was encountered while running the model"),
+        # Ended in good order with no final line, and no run of pieces alike: not Ollama's
+        # token repeat limit (a server or a proxy in front of it gone wrong).
+        ("end:3", r"ended the stream before its final line \(done: true\)"),
     ],
-    ids=["dies-mid-stream", "garbage-line", "error-line"],
+    ids=["dies-mid-stream", "garbage-line", "error-line", "clean-end"],
 )
 async def test_faults_mid_stream(ollama: OllamaServer, fault: str, message: str) -> None:
     backend = OllamaBackend("tiny", ollama.url, headers={"X-Test-Fault": fault})
@@ -302,8 +305,8 @@ async def test_faults_mid_stream(ollama: OllamaServer, fault: str, message: str)
 @pytest.mark.parametrize(
     ("fault", "message"),
     [
-        ("repeat:3", "stopped the generation: prediction aborted, token repeat limit reached"),
-        ("end:3", r"ended the answer without its final line \(done: true\).*token repeat limit"),
+        ("repeat-error:3", "stopped the generation: prediction aborted, token repeat limit reached"),
+        ("repeat:3", r"without its final line \(done: true\) after 31 pieces alike.*token repeat limit"),
     ],
     ids=["error-line-since-18374", "clean-end-before-it"],
 )
@@ -319,7 +322,7 @@ async def test_a_generation_stopped_for_repeating_is_the_requests_failure(
         await read_into(received, pool, Request("Story:", max_tokens=50))
     assert not isinstance(info.value, BackendUnavailable)
     assert info.value.sent
-    assert len(received) == 3  # what came before was streamed
+    assert len(received) == 3 + 31  # what came before was streamed, the repeats too
     assert pool.statistics().healthy_slots == 1
     await pool.aclose()
 

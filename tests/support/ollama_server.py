@@ -41,11 +41,13 @@ It follows Ollama's documented API (docs/api.md and docs.ollama.com/api):
 For fault tests, a request may carry an ``X-Test-Fault`` header:
 ``garbage:N`` (a non-JSON line after N tokens), ``error:N`` (an error line
 after N tokens), ``close:N`` (the connection cut after N tokens, no final
-line), ``stall:N:S`` (S seconds of silence after N tokens), ``repeat:N``
-(Ollama's token repeat limit after N tokens, as Ollama since ollama#18374
-says it: an error line "prediction aborted, token repeat limit reached"),
-``end:N`` (the same as Ollama before it: the stream ends in good order after
-N tokens with no final line).
+line), ``stall:N:S`` (S seconds of silence after N tokens), ``end:N`` (the
+stream ended in good order after N tokens with no final line: a server
+gone wrong), ``repeat:N`` (after N tokens the model repeats one piece, a
+newline, and Ollama stops it at its token repeat limit: 31 pieces alike,
+then, as Ollama before ollama#18374, the end in good order with no final
+line), ``repeat-error:N`` (the same, then, as Ollama since, an error line
+"prediction aborted, token repeat limit reached").
 
 Run it in a thread with :func:`running_ollama_server` (a context manager
 yielding the :class:`OllamaServer`: ``.url``, ``.records``) or
@@ -592,7 +594,11 @@ class _Handler(BaseHTTPRequestHandler):
         for piece in generation:
             if stream and piece:
                 self._write_line(line(piece))
-            if fault is not None and generation.count == fault[1] and self._fault(fault, openai=False):
+            if (
+                fault is not None
+                and generation.count == fault[1]
+                and self._fault(fault, openai=False, piece=line("\n"))
+            ):
                 generation.record.outcome = "fault"
                 return
         final = line(generation.pending if stream else generation.text)
@@ -681,11 +687,19 @@ class _Handler(BaseHTTPRequestHandler):
         self._write_chunk(b"data: [DONE]\n\n")
         self._end_stream()
 
-    def _fault(self, fault: tuple[str, int, float], *, openai: bool, empty_event: bytes = b"") -> bool:
+    def _fault(
+        self,
+        fault: tuple[str, int, float],
+        *,
+        openai: bool,
+        empty_event: bytes = b"",
+        piece: dict[str, Any] | None = None,
+    ) -> bool:
         """Misbehave as asked; True if the response is over.
 
         ``empty_event``: an OpenAI-compatible chunk with no text, which an
-        error becomes in Ollama's OpenAI layer.
+        error becomes in Ollama's OpenAI layer; ``piece``: a line of the
+        answer, the one the model repeats for ``repeat``.
         """
         kind, _, seconds = fault
         if kind == "stall":
@@ -699,15 +713,19 @@ class _Handler(BaseHTTPRequestHandler):
             self._write_chunk(b"data: this is not json {\n\n" if openai else b"this is not json {\n")
             self._end_stream()
             return True
-        if kind == "end" and not openai:
-            # Ollama before ollama#18374 stopped a generation repeating one token (its token
-            # repeat limit) with no error and no final line: the stream ends in good order.
+        if kind in ("repeat", "repeat-error") and not openai:
+            # The model writes one piece over and over (JSON mode's whitespace); Ollama lets out
+            # the first and 30 repeats (llm/llama_server.go: tokenRepeat > 30), then stops it.
+            for _ in range(31):
+                self._write_line(piece)
+        if kind in ("end", "repeat") and not openai:
+            # No error and no final line: the stream ends in good order.
             self._end_stream()
             return True
-        if kind in ("error", "repeat"):
+        if kind in ("error", "repeat-error"):
             message = (
                 "prediction aborted, token repeat limit reached"
-                if kind == "repeat"
+                if kind == "repeat-error"
                 else "an error was encountered while running the model"
             )
             if openai:

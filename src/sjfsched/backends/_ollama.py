@@ -59,6 +59,9 @@ _CHAT_ONLY = {
     "tools": "send the request as a chat (Request.messages) for tool calling",
 }
 _RESERVED = frozenset({"model", "prompt", "messages", "stream"})
+#: How many pieces alike in a row (trimmed) Ollama's token repeat limit lets out before it stops a
+#: generation (llm/llama_server.go: ``tokenRepeat > 30``, the first piece and 30 repeats).
+_REPEAT_LIMIT = 30
 #: Body fields asking for parts of the answer a Chunk has no place for: refused when set.
 _UNREAD = frozenset({"logprobs", "top_logprobs"})
 #: The types of Ollama's model options (api/types.go: ``Options`` and ``Runner``).  Ollama's
@@ -143,7 +146,9 @@ class OllamaBackend:
     503 (``server busy``).  Failures of the server or the network (connection
     refused or lost, timeouts, 5xx, a malformed stream, an error line in the
     stream) are :class:`BackendUnavailable`, the subclass a
-    :class:`BackendPool` takes out of rotation.  ``connect_timeout`` (default
+    :class:`BackendPool` takes out of rotation; a generation Ollama stopped
+    at its token repeat limit is a plain ``BackendError``, the request's
+    doing.  ``connect_timeout`` (default
     5 s) bounds connecting; ``read_timeout`` (default 300 s, ``None`` for no
     bound) bounds the wait for each next line, model loading and prompt
     evaluation included.
@@ -275,6 +280,7 @@ class OllamaBackend:
         chat = request.messages is not None
         async with self._http.stream_lines(path, body) as lines:
             counted = 0
+            last, repeats = "", 0  # the latest piece's text, trimmed, and how often in a row
             async for raw in lines:
                 line = raw.strip()
                 if not line:
@@ -287,15 +293,22 @@ class OllamaBackend:
                     return
                 if text or thinking or tool_calls:
                     counted += 1
+                    piece = text.strip()
+                    repeats = repeats + 1 if piece == last else 1
+                    last = piece
                     yield Chunk(text, thinking=thinking, tool_calls=tool_calls)
         # The body ended in good order (a broken connection is BackendUnavailable from the
-        # transport): Ollama ends so, with no error and no final line, when it stops a
-        # generation that repeats one token (before ollama#18374). The request's doing,
-        # not the server's fault.
-        raise BackendError(
-            f"Ollama at {self._http.shown_url} ended the answer without its final line (done: true), "
-            "as Ollama does when it stops a generation that keeps repeating one token (its token "
-            "repeat limit)"
+        # transport) with no final line.  Ollama (before ollama#18374) ends so when it stops a
+        # generation that has written one piece over 30 times in a row, trimmed (its token
+        # repeat limit): the request's doing, not the server's fault.  Any other such end is.
+        if repeats >= _REPEAT_LIMIT:
+            raise BackendError(
+                f"Ollama at {self._http.shown_url} ended the answer without its final line (done: "
+                f"true) after {repeats} pieces alike, as Ollama does when it stops a generation "
+                "that keeps repeating one token (its token repeat limit)"
+            )
+        raise BackendUnavailable(
+            f"Ollama at {self._http.shown_url} ended the stream before its final line (done: true)"
         )
 
     async def models(self) -> list[str]:
