@@ -104,3 +104,13 @@ def test_num_predict_zero_is_no_limit_as_in_ollama(ollama: OllamaServer) -> None
             counts[limit] = answer["eval_count"]
     assert counts[4] == 4
     assert counts[0] == counts[-1] > 4
+
+
+def test_a_post_to_a_path_it_has_not_is_read_whole_before_its_404(ollama: OllamaServer) -> None:
+    # Its body left unread was taken for the next request on the kept-alive connection (a
+    # proxy's pull through it got a 501 page).
+    with httpx.Client(base_url=ollama.url, timeout=30) as client:
+        missing = client.post("/api/pull", json={"model": "tiny", "stream": False})
+        version = client.get("/api/version")
+    assert (missing.status_code, missing.text) == (404, "404 page not found")
+    assert version.status_code == 200 and version.json() == {"version": VERSION}

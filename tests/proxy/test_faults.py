@@ -239,6 +239,27 @@ def test_upstream_errors_pass_through_and_count_as_failed(ollama_proxy: RunningP
     assert (stats.failed, stats.completed) == (3, 0)
 
 
+def test_a_client_hanging_up_on_an_upstreams_error_line_counts_it_failed(ollama_proxy: RunningProxy) -> None:
+    # ollama's client raises on an {"error": ...} line and hangs up: counted as cancelled by its
+    # client, where the upstream had failed the answer (and no upstream error counted).
+    before = ollama_proxy.stats()
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream(
+            "POST",
+            f"{ollama_proxy.url}/api/generate",
+            json={"model": MODEL, "prompt": "Hello", "options": {"num_predict": 20}},
+            headers={"X-Test-Fault": "error:2:1.5"},  # the upstream ends its stream 1.5 s later
+        ) as response,
+    ):
+        for line in response.iter_lines():
+            if "error" in json.loads(line):
+                break  # and hang up, as ollama's client does
+    ollama_proxy.wait_until(lambda s: s.running == 0 and s.waiting == 0)
+    stats = ollama_proxy.stats()
+    assert (stats.failed - before.failed, stats.cancelled - before.cancelled) == (1, 0)
+
+
 # ------------------------------------------------------------------ bad requests
 
 OLLAMA_BAD = [

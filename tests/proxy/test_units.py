@@ -59,6 +59,17 @@ def test_tally_reads_server_sent_events_however_they_are_cut(cuts: list[int]) ->
     assert tally.done and tally.separator() == b""
 
 
+def test_tally_takes_an_empty_finish_reason_for_none_yet() -> None:
+    # sglang and Ollama's /v1 (before ollama#4357) send finish_reason "" on every chunk: a stream
+    # cut short after them was taken for a whole answer, and learnt from.
+    tally = Tally("sse")
+    tally.feed(b'data: {"choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":""}]}\n\n')
+    tally.feed(b'data: {"choices":[{"index":0,"delta":{"content":"lo"},"finish_reason":""}]}\n\n')
+    assert tally.pieces == 2 and not tally.finished
+    tally.feed(b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n')
+    assert tally.finished
+
+
 def test_tally_errors_usage_and_separators() -> None:
     tally = Tally("sse")
     tally.feed(b'data: {"choices":[],"usage":{"completion_tokens":7,"prompt_tokens":4}}\n\ndata: {"err')

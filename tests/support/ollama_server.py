@@ -40,7 +40,8 @@ It follows Ollama's documented API (docs/api.md and docs.ollama.com/api):
 
 For fault tests, a request may carry an ``X-Test-Fault`` header:
 ``garbage:N`` (a non-JSON line after N tokens), ``error:N`` (an error line
-after N tokens), ``close:N`` (the connection cut after N tokens, no final
+after N tokens; ``error:N:S``: the stream ends S seconds after it),
+``close:N`` (the connection cut after N tokens, no final
 line), ``stall:N:S`` (S seconds of silence after N tokens), ``end:N`` (the
 stream ended in good order after N tokens with no final line: a server
 gone wrong), ``repeat:N`` (after N tokens the model repeats one piece, a
@@ -425,6 +426,11 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         openai = self.path in ("/v1/chat/completions", "/v1/completions")
         if self.path not in ("/api/generate", "/api/chat", "/api/show") and not openai:
+            # Its body read first, as Go's server does: left unread, it would be taken for the
+            # next request on this kept-alive connection.
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                self.rfile.read(length)
             self._no_route()
             return
         try:
@@ -687,6 +693,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._write_chunk(b"data: [DONE]\n\n")
         self._end_stream()
 
+    def _linger(self, seconds: float) -> None:
+        """``seconds`` of silence (a client gone meanwhile ends the response)."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if self._client_gone():
+                raise _ClientGone
+            time.sleep(0.01)
+
     def _fault(
         self,
         fault: tuple[str, int, float],
@@ -703,11 +717,7 @@ class _Handler(BaseHTTPRequestHandler):
         """
         kind, _, seconds = fault
         if kind == "stall":
-            end = time.monotonic() + seconds
-            while time.monotonic() < end:
-                if self._client_gone():
-                    raise _ClientGone
-                time.sleep(0.01)
+            self._linger(seconds)
             return False
         if kind == "garbage":
             self._write_chunk(b"data: this is not json {\n\n" if openai else b"this is not json {\n")
@@ -736,6 +746,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._write_chunk(b"data: " + empty_event + b"\n\n")
             else:
                 self._write_line({"error": message})
+            self._linger(seconds)
             self._end_stream()
             return True
         if kind == "close":

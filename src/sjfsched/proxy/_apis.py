@@ -542,8 +542,8 @@ class Tally:
             for choice in choices:
                 if not isinstance(choice, Mapping):
                     continue
-                if isinstance(choice.get("finish_reason"), str):
-                    self.finished = True
+                if isinstance(choice.get("finish_reason"), str) and choice["finish_reason"]:
+                    self.finished = True  # (sglang's and Ollama's old /v1 "" on every chunk: not yet)
                 delta = choice.get("delta") or choice.get("message")
                 text = choice.get("text")
                 if not text and isinstance(delta, Mapping):

@@ -505,8 +505,12 @@ class ProxyApp:
                         if response.finished:  # the upstream's end came with it: one write for both
                             last = chunk
                             break
+                        if tally.error is not None:
+                            # The upstream failed this answer (an error line or event): its client
+                            # may hang up on reading it (ollama's does), which cancels nothing now.
+                            exchange.complete = True
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                        if tally.done:
+                        if tally.done or tally.error is not None:
                             break
                 except UpstreamError as exc:
                     metrics.upstream_errors["midstream"] += 1
@@ -516,9 +520,9 @@ class ProxyApp:
                     event = tally.separator() + error_event(framing, message)
                     await send({"type": "http.response.body", "body": event})
                     raise _Failed from exc
-                if tally.done and not response.finished:
-                    # The answer is whole (Ollama's "done": true, OpenAI's [DONE]); clients may
-                    # hang up now (openai's does), and that costs nothing.  Pass on what follows.
+                if (tally.done or tally.error is not None) and not response.finished:
+                    # The answer is whole (Ollama's "done": true, OpenAI's [DONE]), or failed; clients
+                    # may hang up now (openai's does), and that costs nothing.  Pass on what follows.
                     exchange.complete = True
                     await self._rest_after_done(response, send)
                 # An Ollama stream ends with its "done": true line; one without it broke off.
