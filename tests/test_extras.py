@@ -120,6 +120,22 @@ def test_writing_a_tiny_model_without_gguf_names_the_llama_extra(
     assert not (tmp_path / "tiny.gguf").exists()
 
 
+def test_a_gguf_that_fails_to_import_is_not_said_to_be_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # gguf 0.10 imports sentencepiece without declaring it: "needs the gguf package" was wrong.
+    from sjfsched.testing import write_tiny_llama
+
+    broken = tmp_path / "site" / "gguf"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("import sentencepiece_not_installed_here\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, "gguf", raising=False)
+    with pytest.raises(ImportError, match=r"^write_tiny_llama could not import the gguf package \(No module"):
+        write_tiny_llama(tmp_path / "tiny.gguf")
+    assert not (tmp_path / "tiny.gguf").exists()
+
+
 def test_measuring_tokens_without_llama_cpp_names_the_llama_extra(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

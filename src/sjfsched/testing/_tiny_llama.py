@@ -104,6 +104,12 @@ def write_tiny_llama(
     try:
         import gguf  # optional dependency: only this helper needs it
     except ImportError as exc:
+        if exc.name not in (None, "gguf"):  # gguf is there and fails (0.10 without sentencepiece)
+            raise ImportError(
+                f"write_tiny_llama could not import the gguf package ({exc}): "
+                "pip install --upgrade 'sjfsched[llama]'",
+                name="gguf",
+            ) from exc
         raise ImportError(
             "write_tiny_llama needs the gguf package: pip install 'sjfsched[llama]'", name="gguf"
         ) from exc
