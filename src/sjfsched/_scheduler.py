@@ -1251,11 +1251,13 @@ class Scheduler:
         if entry.request.max_tokens is not None:  # the rest is within what max_tokens leaves
             predicted = min(predicted, float(entry.request.max_tokens))
         if done >= predicted:
-            least = self._estimate(entry.request, attrs.evolve(prediction, tokens=1.0, prompt_tokens=0.0))
-            return self.sort_key(Job(entry.request, entry.prediction, least, entry.submitted))
-        left = attrs.evolve(prediction, tokens=predicted - done, prompt_tokens=prompt + done)
-        rest = self._estimate(entry.request, left)
-        return self.sort_key(Job(entry.request, entry.prediction, rest, entry.submitted))
+            estimate = self._estimate(entry.request, attrs.evolve(prediction, tokens=1.0, prompt_tokens=0.0))
+        else:
+            left = attrs.evolve(prediction, tokens=predicted - done, prompt_tokens=prompt + done)
+            estimate = self._estimate(entry.request, left)
+        key = self.sort_key(Job(entry.request, entry.prediction, estimate, entry.submitted))
+        _refuse_awaitable(self, "sort_key", key)  # closed, and said, rather than compared
+        return key
 
     def _requeue(self, entry: _Entry) -> None:
         """Pause a running request: back in the queue (by its key), its slot handed on."""

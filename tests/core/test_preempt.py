@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import gc
 import math
+import warnings
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any
@@ -413,6 +415,38 @@ async def test_an_async_policy_method_behind_a_decorator_is_refused_as_it_is_cal
             await sched.complete(job(5))
         stats = sched.statistics()
     assert (stats.completed, stats.waiting, stats.running) == (0, 0, 0)
+
+
+async def test_a_hidden_async_sort_key_for_a_rest_is_closed_and_said(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A sort_key giving a coroutine only for a running answer's rest: the coroutine was compared
+    # ("'<' not supported"), never closed ("never awaited" at each chunk), the reason unsaid.
+    def hidden(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def wrapper(*args: Any) -> Any:
+            return fn(*args)
+
+        return wrapper
+
+    @hidden
+    async def later_key(self: Scheduler, job: Job) -> Any:
+        return (0, 0.0)  # pragma: no cover - never awaited
+
+    class RestAsync(Scheduler):
+        def sort_key(self, job: Job) -> Any:
+            if job.request.metadata.get("name") == "long" and job.estimate < 9.5:
+                return later_key(self, job)  # the key of its rest
+            return super().sort_key(job)
+
+    sched = RestAsync(chunked(), predictor=TablePredictor(), cap=None, decode_rate=10.0, learn_rates=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        async with sched:
+            done = await long_then_short(sched)
+        gc.collect()
+    assert done["long"].preemptions == 0 and done["short"].output_tokens == 5
+    assert "RestAsync.sort_key() returned coroutine: it must be a plain method" in caplog.text
 
 
 async def test_preempt_must_be_a_bool() -> None:
