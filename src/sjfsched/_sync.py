@@ -292,8 +292,8 @@ class SyncScheduler(Generic[_S]):
         self._close_ended = threading.Event()  # the first close() has returned (or raised)
         #: The open blocks: the frame whose ``with`` opened each, its request, what it is (for close()).
         self._blocks: dict[object, tuple[tuple[FrameNote, ...], _Entry, str, int]] = {}
-        #: The thread that reads each open block's request now (id of its entry): the one that
-        #: opened it, until another reads its stream (for close()).
+        #: The thread that reads each open stream now (id of its request's entry), noted as it is
+        #: read (for close()): streams only, as an admit() block has no reads to say who holds it.
         self._readers: dict[int, int] = {}
         #: Calls refused here after close(), before the loop saw them: counted as ``rejected``.
         self._refused = 0
@@ -503,6 +503,7 @@ class SyncScheduler(Generic[_S]):
             entry = chunks._stream._entry
             stack.enter_context(self._open_block(entry, "a `with sched.stream(...)` block"))
             chunks._on_read = functools.partial(self._note_reader, entry)
+            chunks._on_read()  # its reader: the thread that opened it, until another reads it
             yield chunks
 
     @contextlib.contextmanager
@@ -531,7 +532,6 @@ class SyncScheduler(Generic[_S]):
         key = object()
         with self._handing_over:
             self._blocks[key] = (block_openers(asynchronous=False), entry, what, threading.get_ident())
-            self._readers[id(entry)] = threading.get_ident()
         try:
             yield
         finally:
@@ -540,11 +540,11 @@ class SyncScheduler(Generic[_S]):
                 self._readers.pop(id(entry), None)
 
     def _note_reader(self, entry: _Entry) -> None:
-        """The calling thread reads ``entry``'s stream now (for :meth:`close`)."""
+        """The calling thread reads ``entry``'s stream now (for :meth:`close`), its block open."""
         me = threading.get_ident()
         if self._readers.get(id(entry)) != me:
             with self._handing_over:
-                if id(entry) in self._readers:
+                if any(e is entry for _, e, _, _ in self._blocks.values()):
                     self._readers[id(entry)] = me
 
     def _reads_a_block_here(self) -> bool:

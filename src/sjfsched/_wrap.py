@@ -29,9 +29,6 @@ from .backends._llama import (
     recording_samples,
 )
 
-#: How often a call waiting for a held model's lock can take an exception raised in its thread.
-_WAIT_STEP = 0.1
-
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
@@ -79,46 +76,6 @@ _CUT = (
     "this stream was closed, its answer cut short, when its own thread closed the wrapper "
     "(wrapped.close(), or the end of `with sjfsched.wrap(llm)`) while it was open"
 )
-
-
-@contextlib.contextmanager
-def _model_lock(lock: threading.Lock) -> Iterator[None]:
-    """``lock``, held for the block; waited for so that an exception raised in this thread meanwhile
-    (a call timeout's ``PyThreadState_SetAsyncExc``) lands within :data:`_WAIT_STEP` seconds.
-
-    A blocking ``acquire()`` would hold such an exception until the model is free, and one
-    landing just after a timed ``acquire()`` returned would leave the lock held by nobody.  So a
-    held lock is taken by a helper thread, which hands it over through ``state`` (its owner
-    recorded by the helper, not by this thread after the call); a free one by ``with``.
-    """
-    if not lock.locked():
-        with lock:  # (taken by another meanwhile: waited for as before, rarely)
-            yield
-        return
-    guard = threading.Lock()
-    state = {"owned": False, "abandoned": False}
-    handed = threading.Event()
-
-    def take() -> None:
-        lock.acquire()
-        with guard:
-            if state["abandoned"]:
-                lock.release()
-                return
-            state["owned"] = True
-        handed.set()
-
-    try:
-        threading.Thread(target=take, name="sjfsched-wrap-lock", daemon=True).start()
-        while not handed.wait(_WAIT_STEP):
-            pass
-        yield
-    finally:
-        with guard:
-            state["abandoned"] = True
-            owned = state["owned"]
-        if owned:
-            lock.release()
 
 
 class _Holding:
@@ -458,12 +415,17 @@ class ScheduledLlama:
         The note is for :meth:`_refuse_reentry` and :meth:`close`.
         """
         self._refuse_reentry(call)
-        with _model_lock(self._lock):
+        # A blocking acquire: an exception another thread raises in this one while it waits (a
+        # call timeout's PyThreadState_SetAsyncExc) lands once the model is free. Waits that
+        # could take it sooner (timed acquires in steps, a helper thread handing the lock over)
+        # could each leave the lock held by nobody, or this wrapper stuck, when it landed
+        # at the wrong moment; ``with`` cannot.
+        with self._lock:
             self._check_open_llm()
             holding = _Holding(self, held or call, opened)
-            with _HOLDING_GUARD:
-                _HOLDING[self._llm] = holding
             try:
+                with _HOLDING_GUARD:
+                    _HOLDING[self._llm] = holding
                 yield holding
             finally:
                 with _HOLDING_GUARD:
@@ -564,6 +526,7 @@ class ScheduledLlama:
                 self._holding(what, f"an open {method.__name__}(stream=True) stream", opened) as holding,
                 recording_samples(self._llm, counter),
             ):
+                self._scheduler._note_reader(ticket._entry)  # a stream: read by this thread so far
                 iterator = iter(method(*bound.args, **bound.kwargs))
                 first = True
                 finish: str | None = None

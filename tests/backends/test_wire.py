@@ -148,6 +148,27 @@ async def test_an_empty_finish_reason_is_none_yet() -> None:
     assert [c.finish_reason for c in chunks] == [None, None, "length"]
 
 
+@pytest.mark.parametrize(
+    ("lines", "repeat_limit"),
+    [
+        # 31 pieces alike, trimmed: Ollama's token repeat limit (before ollama#18374).
+        ([{"response": " the", "done": False}] * 31, True),
+        # Thinking that differs, with no answer text yet: Ollama compares the raw output.
+        ([{"response": "", "thinking": f"step {i} ", "done": False} for i in range(40)], False),
+        # Tool calls are no piece the model repeated.
+        ([{"response": "", "tool_calls": [{"function": {"name": "f"}}], "done": False}] * 35, False),
+    ],
+    ids=["pieces-alike", "thinking", "tool-calls"],
+)
+async def test_an_ollama_stream_ended_without_its_final_line(
+    lines: list[dict[str, Any]], repeat_limit: bool
+) -> None:
+    with scripted_server(ndjson(*lines)) as url:
+        with pytest.raises(BackendError, match=r"without its final line|before its final line") as caught:
+            await collect(OllamaBackend("m", url), Request("x"))
+    assert isinstance(caught.value, BackendUnavailable) is not repeat_limit
+
+
 async def test_an_event_without_data_is_skipped() -> None:
     pieces = [b"data:\n\n", *sse(completion("Hello", "stop")), b"data: [DONE]\n\n"]
     with scripted_server(pieces, content_type=SSE) as url:

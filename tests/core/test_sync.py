@@ -782,6 +782,30 @@ def test_a_close_from_the_thread_that_opened_a_stream_another_reads_waits_for_it
     assert sched.statistics().completed == 1
 
 
+def test_a_close_waits_for_an_admit_block_another_thread_runs_in_a_generator() -> None:
+    """An admit() block has no reads to say who holds it: it is waited for, not refused."""
+    sched = _sim()
+    inside = threading.Event()
+    out: list[int] = []
+
+    def held() -> Iterator[int]:
+        with sched.admit(job(5)) as ticket:
+            yield 1
+            inside.set()
+            threading.Event().wait(0.3)
+            ticket.report(5)
+            yield 2
+
+    blocks = held()
+    next(blocks)  # opened here
+    other = threading.Thread(target=lambda: out.extend(blocks), daemon=True)
+    other.start()  # and run on by another thread
+    assert inside.wait(10)
+    sched.close()  # waits for it
+    other.join(10)
+    assert out == [2] and sched.closed and sched.statistics().completed == 1
+
+
 def test_a_second_close_inside_a_block_after_the_first_returns() -> None:
     """A worker's close() at the end of its block, the scheduler closed meanwhile: it raised."""
     sched = _sim()

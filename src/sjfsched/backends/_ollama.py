@@ -280,7 +280,8 @@ class OllamaBackend:
         chat = request.messages is not None
         async with self._http.stream_lines(path, body) as lines:
             counted = 0
-            last, repeats = "", 0  # the latest piece's text, trimmed, and how often in a row
+            last: str | None = None  # the latest piece's output, trimmed,
+            repeats = 0  # and how often in a row
             async for raw in lines:
                 line = raw.strip()
                 if not line:
@@ -293,8 +294,10 @@ class OllamaBackend:
                     return
                 if text or thinking or tool_calls:
                     counted += 1
-                    piece = text.strip()
-                    repeats = repeats + 1 if piece == last else 1
+                    # As Ollama compares the model's raw output: thinking included; a line of
+                    # tool calls is no piece the model repeated.
+                    piece = None if tool_calls else (thinking + text).strip()
+                    repeats = repeats + 1 if piece is not None and piece == last else 1
                     last = piece
                     yield Chunk(text, thinking=thinking, tool_calls=tool_calls)
         # The body ended in good order (a broken connection is BackendUnavailable from the
