@@ -67,6 +67,16 @@ class Counting:
         pass
 
 
+def hidden(fn: Any) -> Any:
+    """A decorator of the kind programs have (logging): it hides an ``async def`` from a check."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any) -> Any:
+        return fn(*args)
+
+    return wrapper
+
+
 def chunked(chunk_tokens: int = 5, prefill_rate: float = 1e9) -> SimulatedBackend:
     return SimulatedBackend(prefill_rate=prefill_rate, decode_rate=10.0, chunk_tokens=chunk_tokens)
 
@@ -398,14 +408,7 @@ async def test_a_sort_key_failing_once_for_the_rest_does_not_end_pausing_for_goo
 async def test_an_async_policy_method_behind_a_decorator_is_refused_as_it_is_called(method: str) -> None:
     # functools.wraps hides an async def from the check made with the scheduler: the coroutine
     # became the queue key (requests ran in arrival order), or an estimate never awaited.
-    def logged(fn: Any) -> Any:
-        @functools.wraps(fn)
-        def wrapper(*args: Any) -> Any:
-            return fn(*args)
-
-        return wrapper
-
-    @logged
+    @hidden
     async def coroutine(self: Scheduler, *args: Any) -> Any:
         return 0  # pragma: no cover - never awaited
 
@@ -422,13 +425,6 @@ async def test_a_hidden_async_sort_key_for_a_rest_is_closed_and_said(
 ) -> None:
     # A sort_key giving a coroutine only for a running answer's rest: the coroutine was compared
     # ("'<' not supported"), never closed ("never awaited" at each chunk), the reason unsaid.
-    def hidden(fn: Any) -> Any:
-        @functools.wraps(fn)
-        def wrapper(*args: Any) -> Any:
-            return fn(*args)
-
-        return wrapper
-
     @hidden
     async def later_key(self: Scheduler, job: Job) -> Any:
         return (0, 0.0)  # pragma: no cover - never awaited

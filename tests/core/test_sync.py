@@ -688,18 +688,20 @@ def _sim() -> SyncScheduler:
     return SyncScheduler(SimulatedBackend(decode_rate=200.0), predictor=TablePredictor())
 
 
+def _texts(sched: SyncScheduler[Any]) -> Iterator[str]:
+    """A stream's texts, read through a generator that holds its block between reads."""
+    with sched.stream(job(20)) as chunks:
+        for chunk in chunks:
+            yield chunk.text
+
+
 def test_a_second_close_from_a_thread_reading_a_stream_between_reads_returns() -> None:
     """It waited for the first close, which waited for this thread's stream: a hang."""
     sched = _sim()
     started, out = threading.Event(), []
 
-    def texts() -> Iterator[str]:
-        with sched.stream(job(20)) as chunks:
-            for chunk in chunks:
-                yield chunk.text
-
     def reader() -> None:
-        texts_ = texts()
+        texts_ = _texts(sched)
         next(texts_)
         started.set()
         while not sched._closed:  # the first close() waits for this stream now
@@ -723,13 +725,8 @@ def test_a_first_close_from_a_thread_reading_its_own_stream_between_reads_is_ref
     sched = _sim()
     out: list[object] = []
 
-    def texts() -> Iterator[str]:
-        with sched.stream(job(20)) as chunks:
-            for chunk in chunks:
-                yield chunk.text
-
     def reader() -> None:
-        texts_ = texts()
+        texts_ = _texts(sched)
         next(texts_)
         try:
             sched.close()
@@ -754,13 +751,8 @@ def test_a_close_from_the_thread_that_opened_a_stream_another_reads_waits_for_it
     read: list[int] = []
     handed = threading.Event()
 
-    def texts() -> Iterator[str]:
-        with sched.stream(job(20)) as chunks:
-            for chunk in chunks:
-                yield chunk.text
-
     def opener() -> None:
-        texts_ = texts()
+        texts_ = _texts(sched)
         next(texts_)
 
         def reader() -> None:
