@@ -200,6 +200,12 @@ class OpenAIBackend:
                     f"OpenAIBackend reads one answer a request, and {key}={value!r} asks for more "
                     "(the others' tokens would be counted, their text lost): send the request again instead"
                 )
+            if key in ("logprobs", "top_logprobs") and value:
+                raise BackendError(
+                    f"OpenAIBackend: {key!r} asks for log probabilities, which its chunks have no "
+                    "place for (they would be computed and dropped); for them, call the server with "
+                    "your own client under Scheduler.admit()"
+                )
             if key == "stream_options" and isinstance(value, Mapping) and self.include_usage:
                 value = {"include_usage": True, **value}  # the caller's own options, and the usage
             body[key] = value
