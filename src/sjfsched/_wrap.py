@@ -81,13 +81,15 @@ _CUT = (
 class _Holding:
     """Who holds a ``Llama``'s lock through a wrap() over it, and through what."""
 
-    __slots__ = ("opened", "thread", "what", "wrapper")
+    __slots__ = ("ended", "opened", "thread", "what", "wrapper")
 
     def __init__(self, wrapper: ScheduledLlama, what: str, opened: _Opened | None) -> None:
         self.wrapper = wrapper
         self.what = what
         self.opened = opened  # a stream (or generate()) that holds the model between reads
         self.thread = threading.get_ident()  # the thread that runs it, or last read the stream
+        #: its block was left: a note removed late (an exception landing in the removal) says nothing
+        self.ended = False
 
 
 class _Opened:
@@ -236,7 +238,7 @@ class ScheduledLlama:
         have ended: close again after that stream.
         """
         holding = _HOLDING.get(self._llm)
-        if holding is not None and holding.thread == threading.get_ident():
+        if holding is not None and not holding.ended and holding.thread == threading.get_ident():
             if holding.wrapper is self:
                 if holding.opened is None or holding.opened.running():
                     raise RuntimeError(
@@ -392,6 +394,7 @@ class ScheduledLlama:
         holding = _HOLDING.get(self._llm)
         if (
             holding is not None
+            and not holding.ended
             and holding.thread == threading.get_ident()
             and (holding.opened is None or holding.opened.running())
         ):
@@ -428,6 +431,7 @@ class ScheduledLlama:
                     _HOLDING[self._llm] = holding
                 yield holding
             finally:
+                holding.ended = True  # first: a plain store, where no exception can land before it
                 with _HOLDING_GUARD:
                     if _HOLDING.get(self._llm) is holding:
                         del _HOLDING[self._llm]

@@ -241,17 +241,27 @@ def test_an_exception_landing_as_the_model_is_freed_leaves_its_lock_free(tiny_ll
             lock.release()
 
 
-def test_an_exception_landing_as_the_holding_note_is_made_leaves_no_note(tiny_llm: Llama) -> None:
-    # An exception landing in the thread just after the note "this thread holds the model" was
-    # made (a call timeout's, checked for as the guard's __exit__() returns) left the note behind:
-    # the model was free, and this thread's next calls, and close() from it, were refused.
-    # Raised there by a trace function, at the first line after the guarded assignment.
+@pytest.mark.parametrize(
+    ("where", "after"),
+    [
+        # just after the note was made (as the guard's __exit__() returns): it was left behind
+        ("_HOLDING[self._llm] = holding", 1),
+        # in its removal, once the note was looked up: the note was left behind
+        ("del _HOLDING[self._llm]", 0),
+    ],
+    ids=["made", "removed"],
+)
+def test_an_exception_landing_by_the_holding_note_leaves_no_note_that_refuses(
+    tiny_llm: Llama, where: str, after: int
+) -> None:
+    # An exception landing in the thread (a call timeout's) as the note "this thread holds the
+    # model" was made or removed left it: the model was free, and this thread's next calls, and
+    # close() from it, were refused. Raised there by a trace function.
     from sjfsched import _wrap
 
     holding = _wrap.ScheduledLlama._holding.__wrapped__  # type: ignore[attr-defined]
     lines, first = inspect.getsourcelines(holding)
-    made = next(i for i, line in enumerate(lines) if "_HOLDING[self._llm] = holding" in line)
-    target = first + made + 1  # the guard's block ends with that line
+    target = first + after + next(i for i, line in enumerate(lines) if where in line)
 
     def tracer(frame: Any, event: str, arg: Any) -> Any:
         return local if event == "call" and frame.f_code is holding.__code__ else None
@@ -262,16 +272,17 @@ def test_an_exception_landing_as_the_holding_note_is_made_leaves_no_note(tiny_ll
             raise _CallTimeout
         return local
 
-    with sjfsched.wrap(tiny_llm) as w:
-        sys.settrace(tracer)
-        try:
-            with pytest.raises(_CallTimeout):
-                w.create_completion("Once", max_tokens=2)
-        finally:
-            sys.settrace(None)
-        assert tiny_llm not in _wrap._HOLDING
-        answer: Any = w.create_completion("Once", max_tokens=2)  # not refused
+    w = sjfsched.wrap(tiny_llm)
+    sys.settrace(tracer)
+    try:
+        with pytest.raises(_CallTimeout):
+            w.create_completion("Once", max_tokens=2)
+    finally:
+        sys.settrace(None)
+    answer: Any = w.create_completion("Once", max_tokens=2)  # not refused
+    w.close()  # nor this
     assert answer["choices"][0]["finish_reason"] == "length"
+    assert tiny_llm not in _wrap._HOLDING
 
 
 def _call_until_stopped(w: Any) -> None:
