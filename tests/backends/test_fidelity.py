@@ -156,7 +156,7 @@ def test_n_above_one_is_refused_and_stream_options_keep_the_usage() -> None:
 async def test_log_probabilities_are_refused_unsent_by_the_openai_backend() -> None:
     # No Chunk has a place for them: the server computed them for nothing, as for Ollama.
     backend = OpenAIBackend("http://127.0.0.1:1/v1", model="m")  # nothing listens: refused first
-    for key, value in (("logprobs", True), ("logprobs", 5), ("top_logprobs", 3)):
+    for key, value in (("logprobs", True), ("logprobs", 5), ("logprobs", 0), ("top_logprobs", 3)):
         with pytest.raises(BackendError, match=f"'{key}' asks for log probabilities") as info:
             await collect(backend, Request("x", options={key: value}))
         assert not info.value.sent and not isinstance(info.value, BackendUnavailable)

@@ -200,7 +200,10 @@ class OpenAIBackend:
                     f"OpenAIBackend reads one answer a request, and {key}={value!r} asks for more "
                     "(the others' tokens would be counted, their text lost): send the request again instead"
                 )
-            if key in ("logprobs", "top_logprobs") and value:
+            # logprobs 0 on /completions still asks for the sampled token's (vLLM computes it)
+            if (key == "logprobs" and value is not None and value is not False) or (
+                key == "top_logprobs" and value
+            ):
                 raise BackendError(
                     f"OpenAIBackend: {key!r} asks for log probabilities, which its chunks have no "
                     "place for (they would be computed and dropped); for them, call the server with "
