@@ -924,13 +924,13 @@ class Scheduler:
         try:
             yield ticket
         except BaseException as exc:
-            ticket._ended = True
-            self._end(entry, _outcome_of(exc))
+            ticket._ended = outcome = _outcome_of(exc)
+            self._end(entry, outcome)
             if self._close_when_idle:
                 await self._close_backend_if_left()
             raise
         else:
-            ticket._ended = True
+            ticket._ended = "completed"
             self._complete(entry, ticket._completion(anyio.current_time()), known=ticket._reported)
             if self._close_when_idle:
                 await self._close_backend_if_left()
@@ -1608,8 +1608,11 @@ class Ticket:
 
     Call :meth:`report` with the output length once you know it, and
     :meth:`first_token` when the first token arrives if you stream, both
-    inside the ``admit()`` block: once it has ended the request is complete,
-    and they raise :class:`RuntimeError` rather than be lost.
+    inside the ``admit()`` block (from any task or worker thread of the
+    loop): once it has ended the request is over, and they raise
+    :class:`RuntimeError` rather than be lost.  :meth:`report` is called
+    once, and :meth:`first_token` before it: a second report, or a first
+    token after the answer's length was reported, raises too.
     """
 
     def __init__(self, entry: _Entry, clock: Callable[[], float] = anyio.current_time) -> None:
@@ -1620,8 +1623,8 @@ class Ticket:
         self._finish_reason: str | None = None
         self._prompt_tokens: int | None = None
         self._first_token: float | None = None
-        #: set when the admit() block has ended: the request's Completion is made
-        self._ended = False
+        #: how the request ended once its admit() block has: "completed", "failed" or "cancelled"
+        self._ended: str | None = None
 
     @property
     def request(self) -> Request:
@@ -1650,6 +1653,12 @@ class Ticket:
         :class:`~sjfsched.SyncScheduler`'s tickets take any thread).
         """
         self._check_open("first_token")
+        if self._reported:
+            raise RuntimeError(
+                "Ticket.first_token() after report(): the answer had ended by then, and its first "
+                "token's time would teach the scheduler wrong rates; call first_token() as the first "
+                "token arrives"
+            )
         if self._first_token is None:
             try:
                 now = self._clock()
@@ -1673,6 +1682,11 @@ class Ticket:
         records and ``skip_truncated`` leaves out).
         """
         self._check_open("report")
+        if self._reported:
+            raise RuntimeError(
+                f"Ticket.report() a second time (the first reported {self._output_tokens} output "
+                "tokens): report the answer's length once, when it is known"
+            )
         output = _token_count("output_tokens", output_tokens)
         prompt = None if prompt_tokens is None else _token_count("prompt_tokens", prompt_tokens)
         if finish_reason is not None and not isinstance(finish_reason, str):
@@ -1681,10 +1695,11 @@ class Ticket:
         self._finish_reason = finish_reason
 
     def _check_open(self, method: str) -> None:
-        if self._ended:
+        if self._ended is not None:
+            how = "was cancelled" if self._ended == "cancelled" else self._ended
             raise RuntimeError(
-                f"Ticket.{method}() after its admit() block ended: the request has completed "
-                f"already, so this would be lost; call it inside the block"
+                f"Ticket.{method}() after its admit() block ended (the request {how}): this "
+                "would be lost; call it inside the block"
             )
 
     @property

@@ -1141,9 +1141,32 @@ async def test_a_ticket_used_after_its_block_raises_instead_of_being_lost() -> N
         with pytest.raises(KeyError):
             async with sched.admit("y") as failed:
                 raise KeyError("the caller's own")
-        with pytest.raises(RuntimeError, match="after its admit"):
+        with pytest.raises(RuntimeError, match=r"after its admit\(\) block ended \(the request failed\)"):
             failed.report(1)
     assert [c.output_tokens for c in done] == [3]  # the late report changed nothing
+
+
+async def test_a_ticket_reported_twice_or_given_a_first_token_after_its_report_raises() -> None:
+    # Both passed silently: the last report won (teaching the predictor a wrong length), and a
+    # first token after the end skewed the learnt rates.
+    done: list[Completion] = []
+    async with Scheduler(predictor=ConstantPredictor(), on_complete=done.append) as sched:
+        async with sched.admit("x") as ticket:
+            ticket.first_token()
+            ticket.report(40)
+            with pytest.raises(
+                RuntimeError, match=r"Ticket.report\(\) a second time \(the first reported 40"
+            ):
+                ticket.report(3)
+            with pytest.raises(RuntimeError, match=r"Ticket.first_token\(\) after report\(\)"):
+                ticket.first_token()
+        with anyio.CancelScope() as scope:
+            async with sched.admit("y") as cancelled:
+                scope.cancel()
+                await anyio.sleep(1)
+        with pytest.raises(RuntimeError, match=r"block ended \(the request was cancelled\)"):
+            cancelled.report(1)
+    assert [c.output_tokens for c in done] == [40]
 
 
 async def test_a_ticket_count_of_the_wrong_type_is_a_type_error() -> None:
