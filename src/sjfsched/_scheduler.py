@@ -919,7 +919,7 @@ class Scheduler:
         cancelled) and propagates unchanged.
         """
         entry = await self._acquire(_coerce_request(request, fields), request)
-        ticket = Ticket(entry)
+        ticket = Ticket(entry, _loop_clock())
         held = self._hold(entry)
         try:
             yield ticket
@@ -1647,10 +1647,9 @@ class Ticket:
     def first_token(self) -> None:
         """Note that the first output token has arrived (for rate learning).
 
-        Call it in the scheduler's event loop or from one of its worker
-        threads (a sync client run with ``anyio.to_thread.run_sync``); from
-        another thread it raises :class:`RuntimeError` (a
-        :class:`~sjfsched.SyncScheduler`'s tickets take any thread).
+        Call it in the scheduler's event loop or from any thread (a sync
+        client run with ``asyncio.to_thread`` or ``anyio.to_thread.run_sync``):
+        it reads the loop's own clock, which any thread may read.
         """
         self._check_open("first_token")
         if self._reported:
@@ -1726,6 +1725,23 @@ class Ticket:
             finish_reason=self._finish_reason,
             promoted=e.promoted,
         )
+
+
+def _loop_clock() -> Callable[[], float]:
+    """The running event loop's clock as a function any thread may call: what
+    ``anyio.current_time()`` reads in the loop (asyncio's ``loop.time``, trio's clock)."""
+    try:
+        return asyncio.get_running_loop().time
+    except RuntimeError:  # not asyncio: anyio's other backend is trio
+        trio = sys.modules.get("trio")
+        if trio is not None:
+            try:
+                clock: Callable[[], float] = trio.lowlevel.current_clock().current_time
+            except RuntimeError:
+                pass
+            else:
+                return clock
+    return anyio.current_time
 
 
 def _exit_in_loop(where: str, exc: BaseException) -> RuntimeError:
