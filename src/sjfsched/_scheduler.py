@@ -1652,13 +1652,13 @@ class Ticket:
         it reads the loop's own clock, which any thread may read.
         """
         self._check_open("first_token")
-        if self._reported:
-            raise RuntimeError(
-                "Ticket.first_token() after report(): the answer had ended by then, and its first "
-                "token's time would teach the scheduler wrong rates; call first_token() as the first "
-                "token arrives"
-            )
         if self._first_token is None:
+            if self._reported:
+                raise RuntimeError(
+                    "Ticket.first_token() after report(), none before: the answer had ended by then, "
+                    "and its first token's time would teach the scheduler wrong rates; call "
+                    "first_token() as the first token arrives"
+                )
             try:
                 now = self._clock()
             except RuntimeError:  # not in the loop's thread: anyio's worker threads can reach it
@@ -1730,18 +1730,18 @@ class Ticket:
 def _loop_clock() -> Callable[[], float]:
     """The running event loop's clock as a function any thread may call: what
     ``anyio.current_time()`` reads in the loop (asyncio's ``loop.time``, trio's clock)."""
+    trio = sys.modules.get("trio")
+    if trio is not None:  # first: trio run as a guest of an asyncio loop keeps its own clock
+        try:
+            clock: Callable[[], float] = trio.lowlevel.current_clock().current_time
+        except RuntimeError:  # not in a trio run
+            pass
+        else:
+            return clock
     try:
         return asyncio.get_running_loop().time
-    except RuntimeError:  # not asyncio: anyio's other backend is trio
-        trio = sys.modules.get("trio")
-        if trio is not None:
-            try:
-                clock: Callable[[], float] = trio.lowlevel.current_clock().current_time
-            except RuntimeError:
-                pass
-            else:
-                return clock
-    return anyio.current_time
+    except RuntimeError:
+        return anyio.current_time
 
 
 def _exit_in_loop(where: str, exc: BaseException) -> RuntimeError:

@@ -11,6 +11,8 @@ import anyio
 import anyio.lowlevel
 import numpy as np
 import pytest
+import trio
+import trio.lowlevel
 
 from sjfsched import (
     BackendError,
@@ -1087,6 +1089,51 @@ async def test_a_tickets_first_token_from_a_worker_thread() -> None:
     assert done[1].first_token is not None and started <= done[1].first_token <= done[1].finished
 
 
+async def test_first_token_on_every_chunk_after_the_report_is_a_no_op() -> None:
+    # The README calls first_token() on every chunk; a stream that says its length before its
+    # last event (a report there) then calls it again: the first call counted already.
+    done: list[Completion] = []
+    async with Scheduler(predictor=HeuristicPredictor(), on_complete=done.append) as sched:
+        async with sched.admit("x") as ticket:
+            ticket.first_token()
+            first = anyio.current_time()
+            await anyio.sleep(1)
+            ticket.report(7)
+            ticket.first_token()  # the last event's
+    assert done[0].first_token == first and done[0].output_tokens == 7
+
+
+def test_a_first_token_under_trio_run_as_a_guest_of_asyncio_reads_trios_clock() -> None:
+    # anyio runs on trio there, but asyncio's running loop is the host's: its clock was read, a
+    # different one (trio's has a random offset), and the learnt rates were garbage.
+    done: list[Completion] = []
+
+    async def trio_main() -> None:
+        async with Scheduler(predictor=HeuristicPredictor(), on_complete=done.append) as sched:
+            async with sched.admit("x") as ticket:
+                await trio.sleep(0.05)
+                ticket.first_token()
+                await trio.sleep(0.05)
+                ticket.report(10)
+
+    async def host() -> None:
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[Any] = loop.create_future()
+        trio.lowlevel.start_guest_run(
+            trio_main,
+            run_sync_soon_threadsafe=loop.call_soon_threadsafe,
+            run_sync_soon_not_threadsafe=loop.call_soon,
+            done_callback=ended.set_result,
+            host_uses_signal_set_wakeup_fd=True,
+        )
+        (await ended).unwrap()
+
+    asyncio.run(host())
+    (completion,) = done
+    assert completion.first_token is not None
+    assert completion.started < completion.first_token < completion.finished
+
+
 @pytest.mark.parametrize("anyio_backend", [("asyncio", {"loop_factory": VirtualEventLoop})])
 async def test_a_tickets_first_token_from_asyncios_own_worker_thread() -> None:
     done: list[Completion] = []
@@ -1166,8 +1213,7 @@ async def test_a_ticket_reported_twice_or_given_a_first_token_after_its_report_r
     done: list[Completion] = []
     async with Scheduler(predictor=ConstantPredictor(), on_complete=done.append) as sched:
         async with sched.admit("x") as ticket:
-            ticket.first_token()
-            ticket.report(40)
+            ticket.report(40)  # no first token before it
             with pytest.raises(
                 RuntimeError, match=r"Ticket.report\(\) a second time \(the first reported 40"
             ):
