@@ -1615,9 +1615,9 @@ class Ticket:
     token after the answer's length was reported, raises too.
     """
 
-    def __init__(self, entry: _Entry, clock: Callable[[], float] = anyio.current_time) -> None:
+    def __init__(self, entry: _Entry, clock: Callable[[], float]) -> None:
         self._entry = entry
-        #: the scheduler's clock, callable where first_token() is (SyncScheduler: any thread)
+        #: the scheduler's loop's own clock (:func:`_loop_clock`), which any thread may read
         self._clock = clock
         self._output_tokens: int | None = None
         self._finish_reason: str | None = None
@@ -1659,17 +1659,7 @@ class Ticket:
                     "and its first token's time would teach the scheduler wrong rates; call "
                     "first_token() as the first token arrives"
                 )
-            try:
-                now = self._clock()
-            except RuntimeError:  # not in the loop's thread: anyio's worker threads can reach it
-                try:
-                    now = anyio.from_thread.run_sync(self._clock)
-                except RuntimeError as exc:
-                    raise RuntimeError(
-                        "Ticket.first_token() reads the scheduler's clock: call it in the event loop, "
-                        "or from a worker thread of it (anyio.to_thread.run_sync), not from this thread"
-                    ) from exc
-            self._first_token = now
+            self._first_token = self._clock()
 
     def report(
         self, output_tokens: int, prompt_tokens: int | None = None, *, finish_reason: str | None = None
@@ -1729,7 +1719,8 @@ class Ticket:
 
 def _loop_clock() -> Callable[[], float]:
     """The running event loop's clock as a function any thread may call: what
-    ``anyio.current_time()`` reads in the loop (asyncio's ``loop.time``, trio's clock)."""
+    ``anyio.current_time()`` reads in the loop (asyncio's ``loop.time``, trio's clock).
+    Called in the loop (``admit()``), where one of the two is found."""
     trio = sys.modules.get("trio")
     if trio is not None:  # first: trio run as a guest of an asyncio loop keeps its own clock
         try:

@@ -513,7 +513,7 @@ class SyncScheduler(Generic[_S]):
         """Blocking :meth:`Scheduler.admit`: run your own call inside the block.
 
         The ticket's :meth:`~Ticket.first_token` may be called from this
-        thread: it reads the scheduler's clock through its event loop.
+        thread, or any: it reads the scheduler's loop's own clock.
         """
         with contextlib.ExitStack() as stack:
             with self._portal_open():
@@ -522,7 +522,6 @@ class SyncScheduler(Generic[_S]):
                 )
                 stack.push(context)  # before entering: an interrupt right after entering still leaves
                 ticket = context.__enter__()
-            ticket._clock = functools.partial(_loop_time, self._portal, self._thread)
             stack.enter_context(self._open_block(ticket._entry, "a `with sched.admit(...)` block"))
             yield ticket
 
@@ -668,18 +667,6 @@ class SyncScheduler(Generic[_S]):
             return result
         with self._portal_open(request=False):
             return self._portal.call(fn, *args)
-
-
-def _loop_time(portal: anyio.from_thread.BlockingPortal, loop_thread: threading.Thread) -> float:
-    """The scheduler's clock, from its own thread or from any other.
-
-    Read directly only on the scheduler's own loop thread (``call(ticket.first_token)``):
-    a calling thread may run an event loop of its own, whose clock is another
-    (trio's starts at a random offset).
-    """
-    if threading.current_thread() is loop_thread:
-        return anyio.current_time()
-    return float(portal.call(anyio.current_time))
 
 
 def _make_scheduler(scheduler_class: type[_S], backend: Backend | None, options: dict[str, Any]) -> _S:

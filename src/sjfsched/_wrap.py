@@ -538,7 +538,7 @@ class ScheduledLlama:
                     for chunk in iterator:
                         if first:
                             first = False
-                            ticket.first_token()  # reads the scheduler's clock through its loop
+                            ticket.first_token()  # the loop's own clock, read from this thread
                         if last is not None:  # more after a finish: it was not the last, then
                             yield last
                             last = None
