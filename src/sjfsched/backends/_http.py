@@ -506,6 +506,15 @@ def server_busy(status_code: int) -> bool:
     return status_code >= 500 or status_code == 429
 
 
+def log_probabilities_refused(backend: str, key: str, server: str) -> BackendError:
+    """The error for a request option ``key`` asking for log probabilities, which no Chunk carries."""
+    return BackendError(
+        f"{backend}: {key!r} asks for log probabilities, which its chunks have no place for (they "
+        f"would be computed and dropped); for them, call {server} with your own client under "
+        "Scheduler.admit()"
+    )
+
+
 def refused_unsent(make: Callable[..., T], *args: Any) -> T:
     """``make(*args)`` (a backend's ``body()``); a :class:`BackendError` it raises is marked
     ``sent=False``: the backend refused the request before anything reached the server."""

@@ -17,6 +17,7 @@ from ._http import (
     BackendUnavailable,
     HttpSettings,
     import_httpx,
+    log_probabilities_refused,
     refused_unsent,
 )
 
@@ -237,11 +238,7 @@ class OllamaBackend:
             if key in _RESERVED:
                 raise BackendError(f"OllamaBackend sets {key!r} itself; remove it from Request.options")
             if key in _UNREAD and value:
-                raise BackendError(
-                    f"OllamaBackend: {key!r} asks for log probabilities, which its chunks have no "
-                    "place for (they would be computed and dropped); for them, call Ollama with "
-                    "your own client under Scheduler.admit()"
-                )
+                raise log_probabilities_refused("OllamaBackend", key, "Ollama")
             if key in _TOP_LEVEL:
                 if path == "/api/chat" and key in _GENERATE_ONLY:
                     raise BackendError(

@@ -20,6 +20,7 @@ from ._http import (
     HttpSettings,
     check_base_url,
     import_httpx,
+    log_probabilities_refused,
     refused_unsent,
 )
 
@@ -204,11 +205,7 @@ class OpenAIBackend:
             if (key == "logprobs" and value is not None and value is not False) or (
                 key == "top_logprobs" and value
             ):
-                raise BackendError(
-                    f"OpenAIBackend: {key!r} asks for log probabilities, which its chunks have no "
-                    "place for (they would be computed and dropped); for them, call the server with "
-                    "your own client under Scheduler.admit()"
-                )
+                raise log_probabilities_refused("OpenAIBackend", key, "the server")
             if key == "stream_options" and isinstance(value, Mapping) and self.include_usage:
                 value = {"include_usage": True, **value}  # the caller's own options, and the usage
             body[key] = value
