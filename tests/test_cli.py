@@ -58,3 +58,34 @@ def test_every_help_works_under_python_OO() -> None:
         )
         assert out.returncode == 0, (module, args, out.stderr)
         assert "usage:" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "said"),
+    [
+        # a bad option value: 2, as argparse's own errors (it was 1, like a missing input)
+        (["bench", "sim", "--scenarios", "wave"], 2, "sjfsched bench: bad scenario 'wave' in --scenarios"),
+        (["bench", "sim", "--traces", "nope"], 2, "sjfsched bench: unknown trace 'nope'"),
+        (["bench", "sim", "--jobs", "0"], 2, "sjfsched bench: --jobs must be 1 or more, got 0"),
+        (["bench", "real", "--requests", "0"], 2, "sjfsched bench real: --requests must be at least 1"),
+        (["bench", "sim", "--nope"], 2, "unrecognized arguments: --nope"),
+        # a missing input: 1
+        (["bench", "sim", "--data", "/nonexistent/data"], 1, "--data /nonexistent/data is not a directory"),
+        (["evaluate", "/nonexistent/data"], 1, "sjfsched evaluate: no such file or directory"),
+    ],
+)
+def test_the_command_exits_2_for_a_bad_option_and_1_for_a_missing_input(
+    args: list[str], status: int, said: str
+) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "sjfsched", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (out.returncode, out.stdout) == (status, ""), out.stderr
+    assert said in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_main_raises_a_bad_option_value_with_its_message() -> None:
+    with pytest.raises(_cli.OptionError) as info:
+        main(["bench", "sim", "--scenarios", "wave"])
+    assert str(info.value.code).startswith("sjfsched bench: bad scenario 'wave'")

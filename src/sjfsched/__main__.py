@@ -1,5 +1,3 @@
-import sys
+from ._cli import command
 
-from ._cli import main
-
-sys.exit(main())
+command()

@@ -125,6 +125,26 @@ def _innermost(parser: argparse.ArgumentParser, args: argparse.Namespace) -> arg
     return parser
 
 
+class OptionError(SystemExit):
+    """A bad option value: its message (one line), and exit status 2 from the command.
+
+    As argparse's own errors for a bad command line; a missing or malformed
+    input exits with 1.  Raised like ``SystemExit(message)``, so that
+    :func:`main` reports it with the message as its code; :func:`command`,
+    the ``sjfsched`` command itself, says it and exits with 2.
+    """
+
+
+def command() -> None:
+    """The ``sjfsched`` command (``python -m sjfsched``): :func:`main` with its exit status."""
+    try:
+        status = main()
+    except OptionError as exc:
+        print(exc.code, file=sys.stderr)
+        status = 2
+    sys.exit(status)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="sjfsched",
@@ -180,4 +200,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    command()

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .._cli import TRAIN_MODULES, at_least_one, missing_module, needs_extra, same_file
+from .._cli import TRAIN_MODULES, OptionError, at_least_one, missing_module, needs_extra, same_file
 from .._demo import MIN_LOAD
 from .._scheduler import DEFAULT_AGING, DEFAULT_MAX_WAIT
 from .._version import __version__
@@ -196,18 +196,18 @@ def _scenario(name: str, args: argparse.Namespace) -> Scenario:
     m = re.fullmatch(r"burst(\d+)", name)
     if m:
         if int(m.group(1)) < 1:
-            raise SystemExit(f"{bad}: a burst needs 1 request or more (burstN with N >= 1)")
+            raise OptionError(f"{bad}: a burst needs 1 request or more (burstN with N >= 1)")
         return Scenario("burst", int(m.group(1)), args.repetitions)
     m = re.fullmatch(r"poisson(0?\.\d+)", name)
     if m:
         if float(m.group(1)) < MIN_LOAD:
-            raise SystemExit(f"{bad}: the load RHO of poissonRHO must be from {MIN_LOAD:g} to below 1")
+            raise OptionError(f"{bad}: the load RHO of poissonRHO must be from {MIN_LOAD:g} to below 1")
         return Scenario("poisson", args.poisson_requests, args.seeds, rho=float(m.group(1)), warmup=0.1)
     if re.fullmatch(r"poisson[0-9.]*", name):  # poisson1, poisson1.2: a load of 1 or more
-        raise SystemExit(
+        raise OptionError(
             f"{bad}: the load RHO of poissonRHO must be from {MIN_LOAD:g} to below 1 (e.g. poisson0.74)"
         )
-    raise SystemExit(f"{bad}: use burstN or poissonRHO (e.g. poisson0.74)")
+    raise OptionError(f"{bad}: use burstN or poissonRHO (e.g. poisson0.74)")
 
 
 def _policy_parts(text: str) -> list[str]:
@@ -264,7 +264,7 @@ def _data_dir(args: argparse.Namespace, traces: Sequence[str] = ()) -> Path:
 def _check_traces(traces: Sequence[str]) -> None:
     for t in traces:
         if not is_trace_name(t):
-            raise SystemExit(f"sjfsched bench: {unknown_trace(t)}")
+            raise OptionError(f"sjfsched bench: {unknown_trace(t)}")
 
 
 def _check_trace_files(traces: Iterable[str], data: Path) -> None:
@@ -283,7 +283,7 @@ def _check_training(command: str, hint: str = "") -> None:
     missing = missing_module(TRAIN_MODULES["lexical"])
     if missing is not None:
         why = "cannot train the unseen predictor"
-        raise SystemExit(needs_extra(f"bench {command}", missing, "bench", why) + hint)
+        raise OptionError(needs_extra(f"bench {command}", missing, "bench", why) + hint)
 
 
 def _meta(args: argparse.Namespace, data: Path) -> dict[str, Any]:
@@ -373,12 +373,12 @@ def _check_run_options(
         named["--scenarios"] = scenarios
     for flag, names in named.items():
         if not names:
-            raise SystemExit(f"sjfsched bench: {flag} names nothing to run")
+            raise OptionError(f"sjfsched bench: {flag} names nothing to run")
     if args.jobs < 1:
-        raise SystemExit(f"sjfsched bench: --jobs must be 1 or more, got {args.jobs}")
+        raise OptionError(f"sjfsched bench: --jobs must be 1 or more, got {args.jobs}")
     for name in profiles:
         if name not in PROFILES:
-            raise SystemExit(
+            raise OptionError(
                 f"sjfsched bench: unknown backend profile {name!r} in --profiles; "
                 f"choose from {', '.join(PROFILES)}"
             )
@@ -472,12 +472,12 @@ def _run_sim(args: argparse.Namespace) -> int:
     scenarios = list(dict.fromkeys(_scenario(s, args) for s in scenario_names))  # poisson0.74 = poisson0.740
     policies = _policies(args.policies)
     if not policies:
-        raise SystemExit("sjfsched bench: --policies names nothing to run")
+        raise OptionError("sjfsched bench: --policies names nothing to run")
     files = [t for t in traces if is_file_trace(t)]
     try:
         families = {p: policy_named(p).family for p in policies}
     except ValueError as exc:
-        raise SystemExit(f"sjfsched bench: --policies: {exc}") from None
+        raise OptionError(f"sjfsched bench: --policies: {exc}") from None
     unseen = {p for p, family in families.items() if family == "unseen"}
     try:
         for t in files:  # a bad file fails before anything runs (and is read once here)
@@ -498,10 +498,10 @@ def _run_sim(args: argparse.Namespace) -> int:
         _check_training("sim", f", or leave {', '.join(sorted(unseen))} out of --policies")
         vectors = _unseen_vectors(args, "sim")
     elif args.word_vectors is not None:
-        raise SystemExit(_NO_UNSEEN_VECTORS.format("sim"))
+        raise OptionError(_NO_UNSEEN_VECTORS.format("sim"))
     if files and unseen:
         if not units:
-            raise SystemExit(
+            raise OptionError(
                 f"sjfsched bench: nothing to run ({', '.join(sorted(unseen))}): {UNSEEN_BUILT_IN_ONLY}"
             )
         print(
@@ -525,7 +525,7 @@ def _run_sim(args: argparse.Namespace) -> int:
                     f"burst{n}" if re.fullmatch(r"burst\d+", x) and int(x[5:]) > n else x
                     for x in scenario_names
                 )
-                raise SystemExit(
+                raise OptionError(
                     f"sjfsched bench: {t} has {n} requests, fewer than a {s.name} draws: pass --scenarios "
                     f"burstN with N <= {n}, e.g. --scenarios {','.join(dict.fromkeys(fitting))}"
                 )
@@ -631,7 +631,7 @@ def _run_all(args: argparse.Namespace) -> int:
     _check_traces(traces)  # a typo is an unknown trace, not a file
     files = [t for t in traces if is_file_trace(t)]
     if files:
-        raise SystemExit(
+        raise OptionError(
             f"sjfsched bench all: built-in traces only ({', '.join(TRACES)}), because its tables "
             f"include the unseen predictor ({UNSEEN_BUILT_IN_ONLY}); run `sjfsched bench sim` on your "
             "own files"
@@ -744,7 +744,7 @@ def _run_tables(paths: Sequence[Path]) -> int:
 def _run_traces(args: argparse.Namespace) -> int:
     names = _split(args.traces)
     if not names:
-        raise SystemExit("sjfsched bench: --traces names nothing to run")
+        raise OptionError("sjfsched bench: --traces names nothing to run")
     _check_traces(names)
     data = _data_dir(args, names)
     try:
@@ -778,13 +778,13 @@ def _run_ranking(args: argparse.Namespace) -> int:
     data = _data_dir(args)
     names = _split(args.predictors)
     if not names:
-        raise SystemExit("sjfsched bench: --predictors names nothing to run")
+        raise OptionError("sjfsched bench: --predictors names nothing to run")
     vectors = None
     if "unseen" in names:
         _check_training("ranking", ", or leave unseen out of --predictors")
         vectors = _unseen_vectors(args, "ranking")
     elif args.word_vectors is not None:
-        raise SystemExit(_NO_UNSEEN_VECTORS.format("ranking"))
+        raise OptionError(_NO_UNSEEN_VECTORS.format("ranking"))
     _check_trace_files(TRACES, data)  # the ranking reads every trace
     with tempfile.TemporaryDirectory(prefix="sjfsched-bench-") as tmp:
         models = prepare_models(TRACES if "unseen" in names else (), data, tmp, word_vectors=vectors)

@@ -31,6 +31,7 @@ from typing import Any, cast
 import anyio
 import attrs
 
+from .._cli import OptionError
 from .._errors import PredictorError
 from .._records import Chunk, Completion, Request
 from .._scheduler import Scheduler, _resumable
@@ -166,7 +167,7 @@ def _sample(args: argparse.Namespace) -> list[TraceItem]:
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"sjfsched bench real: {exc}") from None
     if args.requests > len(trace):
-        raise SystemExit(
+        raise OptionError(
             f"sjfsched bench real: --requests {args.requests} is more than trace {trace.name!r} has "
             f"({len(trace)} prompts): take --requests {len(trace)} or fewer"
         )
@@ -268,25 +269,25 @@ def _check_arguments(args: argparse.Namespace) -> None:
     from ..testing._tiny_llama import PRESETS
 
     if args.model is not None and args.preset is not None:
-        raise SystemExit(
+        raise OptionError(
             f"sjfsched bench real: --preset {args.preset} does nothing with --model (it names the tiny "
             "model written when no --model is given)"
         )
     if args.preset is None:
         args.preset = "medium"
     if args.model is None and args.preset not in PRESETS:
-        raise SystemExit(
+        raise OptionError(
             f"sjfsched bench real: unknown --preset {args.preset!r}; choose from {', '.join(PRESETS)}"
         )
     for name, value, least in (("requests", args.requests, 1), ("threads", args.threads, 1)):
         if value < least:
-            raise SystemExit(f"sjfsched bench real: --{name} must be at least {least}, got {value}")
+            raise OptionError(f"sjfsched bench real: --{name} must be at least {least}, got {value}")
     if args.prompt_chars < 1:
-        raise SystemExit(f"sjfsched bench real: --prompt-chars must be at least 1, got {args.prompt_chars}")
+        raise OptionError(f"sjfsched bench real: --prompt-chars must be at least 1, got {args.prompt_chars}")
     if args.model is not None:
         _check_model_file(Path(args.model))
     if not (args.scale > 0 and math.isfinite(args.scale)):
-        raise SystemExit(f"sjfsched bench real: --scale must be a positive number, got {args.scale}")
+        raise OptionError(f"sjfsched bench real: --scale must be a positive number, got {args.scale}")
 
 
 def _check_model_file(path: Path) -> None:
@@ -322,13 +323,13 @@ def run(args: argparse.Namespace) -> int:
         check_results_path(args.results, "bench real", inputs)
     items = _sample(args)
     if all(item.output_tokens <= 1 for item in items):
-        raise SystemExit(
+        raise OptionError(
             f"sjfsched bench real: --scale {args.scale:g} makes every answer one token long, so no "
             "decoding would be timed; take a larger --scale"
         )
     policies = [policy_named(name) for name in _policies(args.policies)]
     if not policies:
-        raise SystemExit("sjfsched bench real: --policies names nothing to run")
+        raise OptionError("sjfsched bench real: --policies names nothing to run")
     load_before = os.getloadavg()
     wall0 = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
@@ -404,7 +405,7 @@ def _check_policies(policies: Sequence[Policy], context: PolicyContext) -> None:
     for policy in policies:
         why = _why_not(policy, context)
         if why is not None:
-            raise SystemExit(f"sjfsched bench real: cannot run --policies {policy.name}: {why}")
+            raise OptionError(f"sjfsched bench real: cannot run --policies {policy.name}: {why}")
 
 
 def _run_real(
