@@ -7,6 +7,7 @@ Each command module exposes ``configure(parser)`` (adds its arguments) and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -137,6 +138,11 @@ class OptionError(SystemExit):
 
 def command() -> None:
     """The ``sjfsched`` command (``python -m sjfsched``): :func:`main` with its exit status."""
+    for stream in (sys.stdout, sys.stderr):
+        # A name that is no text (a data file's Latin-1 bytes, a lone surrogate in a record's
+        # source) is printed escaped, not a UnicodeEncodeError after the work is done.
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     try:
         status = main()
     except OptionError as exc:

@@ -243,7 +243,10 @@ def _not_a_log(path: Path) -> str | None:
     A pipe, a terminal or a device (``/dev/stdout``) is written to as it is: reading its head
     would wait for ever (for a writer, for input)."""
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            return "it is a directory"
+        if not stat.S_ISREG(mode):
             return None
         with path.open("rb") as f:
             head = f.read(1 << 16)

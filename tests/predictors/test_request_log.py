@@ -661,3 +661,11 @@ def test_rotated_logs_in_a_folder_are_named_as_not_read(
     (tmp_path / rotated).write_bytes(b"")
     assert [r.output_tokens for r in load_records([tmp_path])] == [10]
     assert f"not {rotated}" in caplog.text
+
+
+def test_a_directory_is_refused_when_the_log_is_made(tmp_path: Path) -> None:
+    # It was taken: every line then failed to be written (IsADirectoryError), logged and lost.
+    folder = tmp_path / "requests.jsonl"
+    folder.mkdir()
+    with pytest.raises(ValueError, match=r"requests\.jsonl is not a request log: it is a directory"):
+        RequestLog(folder)

@@ -606,3 +606,29 @@ def test_the_first_save_over_another_workers_first_state_is_warned_of(
     for _ in range(2):
         alone.save_calibration()
     assert "written by another" not in caplog.text
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_save_to_a_pipe_refuses_and_leaves_it_a_pipe(tmp_path: Path) -> None:
+    # The save renamed a file over it: a pipe, or a device (/dev/null itself, run as root),
+    # was replaced by a regular file.
+    import stat
+
+    fifo = tmp_path / "state.json"
+    os.mkfifo(fifo)
+    with pytest.raises(PredictorError, match=r"state\.json: cannot save calibration \(not a regular file"):
+        _learnt(2).save_calibration(fifo)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    with pytest.raises(OSError, match="not a regular file"):
+        write_state(fifo, {"a": 1})
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def test_a_state_file_with_a_long_name_is_saved(tmp_path: Path) -> None:
+    # Its temporary file's name added about 30 bytes: a name of 225 bytes or more, which the
+    # system allows (255), could never be saved ("File name too long").
+    path = tmp_path / ("s" * 245 + ".json")
+    predictor = _learnt(3)
+    predictor.save_calibration(path)
+    assert read_state(path)["model"]
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left

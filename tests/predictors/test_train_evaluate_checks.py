@@ -6,6 +6,7 @@ each with its own text. Found by a reviewer with reproducers."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 from pathlib import Path
@@ -642,3 +643,48 @@ def test_calibration_and_adaptation_say_when_the_model_was_trained_on_the_answer
     # The bundled model never saw these: nothing to say.
     assert main(["evaluate", str(log), "--calibration"]) == 0
     assert "in-distribution" not in capsys.readouterr().err
+
+
+def test_a_source_that_is_no_text_is_written_escaped_not_a_crash_after_training(tmp_path: Path) -> None:
+    # A lone surrogate (JSON's "\ud800", or a data file's Latin-1 name taken as the source)
+    # made the card fail to encode after the model had been written over the old one.
+    import subprocess
+
+    data = _write_log(tmp_path / "requests.jsonl", source="app\ud800")
+    out = tmp_path / "mine.onnx"
+    assert main(["train", str(data), "--out", str(out)]) == 0
+    card = out.with_suffix(".md").read_text(encoding="utf-8")
+    assert "app\\ud800" in card
+    # The command prints it escaped too, under a strict UTF-8 stdout (en_US.UTF-8's).
+    run = subprocess.run(
+        [sys.executable, "-m", "sjfsched", "evaluate", str(data), "--model", str(out), "--split", "all"],
+        capture_output=True,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"},
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr.decode(errors="replace")
+    assert b"app\\ud800" in run.stdout
+
+
+def test_calibration_report_says_no_ratio_where_most_answers_are_empty(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The typical/actual ratio divided by a median answer of 0 tokens: "inf", with numpy's warning.
+    import warnings
+
+    rows = [
+        {
+            "prompt": f"Say something about thing number {i}",
+            "model": "m",
+            "output_tokens": 0 if i % 10 < 7 else 90,
+        }
+        for i in range(300)
+    ]
+    data = tmp_path / "zeros.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["evaluate", str(data), "--calibration"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("zeros / m"))
+    assert "inf" not in line and line.split()[-2:] == ["-", "-"], line

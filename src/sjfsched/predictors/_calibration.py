@@ -18,6 +18,7 @@ the ranking of two prompts, only the lengths put on them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import numbers
@@ -225,10 +226,14 @@ def write_atomically(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash, or a full disk, leaves the old file or the new
     one, whole (as :func:`write_state` does, which uses it; ``sjfsched train`` too)."""
     path = Path(os.path.realpath(path))
+    if path.exists() and not path.is_file():  # renamed over, a pipe or a device would be replaced
+        raise OSError(errno.EINVAL, "not a regular file: a pipe or a device", str(path))
     # A temporary file of its own (created exclusively, with the umask's mode):
     # several writers of one path, processes or predictors sharing a state
-    # file, must not write into each other's.
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+    # file, must not write into each other's.  Its name is cut to fit the
+    # system's 255 bytes, whatever the length of the file's own.
+    head = os.fsdecode(os.fsencode(path.name)[:200])
+    tmp = path.with_name(f"{head}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
     try:
         with tmp.open("xb") as f:
             f.write(data)

@@ -624,7 +624,14 @@ def _calibration_error(
     cal = predictor.calibration
     predicted = cal.log_length(raw)
     rmse = float(np.sqrt(np.mean(np.square(predicted - actual))))
-    return rmse, float(np.expm1(np.median(predicted)) / np.expm1(np.median(actual)))
+    typical = float(np.expm1(np.median(actual)))
+    if typical <= 0.0:  # half the answers empty: no ratio (nan, said as "-")
+        return rmse, math.nan
+    return rmse, float(np.expm1(np.median(predicted))) / typical
+
+
+def _ratio(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.2f}"
 
 
 def calibration_report(
@@ -678,7 +685,7 @@ def calibration_report(
         label = f"{corpus} / {name}"[:48]
         lines.append(
             f"{label:<48} {min(len(observed), observe):8d} {len(held):6d} {before:15.3f} {after:7.3f} "
-            f"{ratio_before:21.2f} {ratio_after:6.2f}"
+            f"{_ratio(ratio_before):>21} {_ratio(ratio_after):>6}"
         )
     if not total:
         sizes = [len(rs) for rs in groups.values()]

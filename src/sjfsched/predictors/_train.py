@@ -988,7 +988,6 @@ def run(args: argparse.Namespace) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     card_path.parent.mkdir(parents=True, exist_ok=True)
     data = proto.SerializeToString()
-    _write(args.out, data)  # a failure (a full disk) leaves a model already there whole
     card_train = records if args.fit_all else train
     card = _card(
         args,
@@ -1002,7 +1001,12 @@ def run(args: argparse.Namespace) -> int:
         held_back,
         target,
     )
-    _write(card_path, card.encode("utf-8"))
+    # Made before the model is written, so nothing replaces a model there unless its card
+    # follows; a name that is no text (a file's Latin-1 bytes, a lone surrogate in a record's
+    # source) is written escaped.
+    card_bytes = card.encode("utf-8", "backslashreplace")
+    _write(args.out, data)  # a failure (a full disk) leaves a model already there whole
+    _write(card_path, card_bytes)
     print(report, end="")
     print(f"wrote {args.out} ({len(data) / 1e6:.2f} MB) and {card_path}", file=sys.stderr)
     return 0
