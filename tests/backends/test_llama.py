@@ -9,6 +9,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,8 @@ import pytest
 from llama_cpp import Llama, LogitsProcessorList
 
 import sjfsched
-from sjfsched import BackendError, Chunk, Request, Scheduler
-from sjfsched.backends import LlamaCppBackend
+from sjfsched import BackendError, BackendUnavailable, Chunk, Request, Scheduler
+from sjfsched.backends import BackendPool, LlamaCppBackend
 from sjfsched.backends._llama import llama_lock
 from sjfsched.predictors import ConstantPredictor
 from tests.support.models import STORIES_SKIP_REASON, stories_model
@@ -902,3 +903,65 @@ def test_ctrl_c_mid_read_leaves_the_model_only_once_its_work_ended(tiny_path: Pa
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result == {"ended": "KeyboardInterrupt", "after": 0, "unlocked": 0, "locked_now": False}
+
+
+def test_a_llama_closed_before_any_call_is_unavailable_not_a_crash(tiny_path: Path) -> None:
+    """The stop-string watcher read the vocabulary of a Llama closed before its first call
+    (the test above generates first, and the freed memory happened to still read): a
+    segmentation fault. Refused as unavailable now, so a pool fails over to its next backend.
+    In a child interpreter, so that the old crash fails this test and not the run."""
+    code = textwrap.dedent(
+        f"""
+        import json, anyio, llama_cpp, sjfsched
+        from sjfsched import Scheduler
+        from sjfsched.backends import BackendPool, LlamaCppBackend
+        from sjfsched.predictors import ConstantPredictor
+
+        def load():
+            return llama_cpp.Llama({str(tiny_path)!r}, n_ctx=256, n_threads=1, verbose=False)
+
+        closed = load()
+        closed.close()
+        got = {{}}
+
+        async def main():
+            async with Scheduler(LlamaCppBackend(closed), predictor=ConstantPredictor()) as s:
+                for stop in (None, ["x"]):
+                    try:
+                        await s.complete("Once", max_tokens=2, options={{"stop": stop}})
+                    except sjfsched.BackendError as exc:
+                        got.setdefault("backend", []).append([type(exc).__name__, str(exc)])
+            pool = BackendPool([LlamaCppBackend(closed), LlamaCppBackend(load(), close_llm=True)])
+            async with Scheduler(pool, predictor=ConstantPredictor()) as s:
+                answer = await s.complete("Once", max_tokens=2)
+                got["pool"] = [answer.output_tokens, pool.statistics().members[0].healthy]
+
+        anyio.run(main)
+        print(json.dumps(got))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [kind for kind, _ in got["backend"]] == ["BackendUnavailable"] * 2
+    assert all("the llama_cpp.Llama is closed" in said for _, said in got["backend"])
+    assert got["pool"] == [2, False]  # served by the second, the first out of rotation
+
+
+async def test_a_closed_backend_in_a_pool_is_failed_over(tiny_llm: Llama) -> None:
+    # "this LlamaCppBackend is closed" was the request's fault (BackendError): the pool sent
+    # every request to it, first in its list, and never to the next backend.
+    first, second = LlamaCppBackend(tiny_llm), LlamaCppBackend(tiny_llm)
+    await first.aclose()
+    pool = BackendPool([first, second])
+    async with Scheduler(pool, predictor=ConstantPredictor()) as sched:
+        with anyio.fail_after(30):
+            answers = [await sched.complete("Once", max_tokens=2) for _ in range(3)]
+        members = pool.statistics().members
+    assert [a.output_tokens for a in answers] == [2, 2, 2]
+    assert (members[0].healthy, members[1].served) == (False, 3)
+    with pytest.raises(BackendUnavailable, match=r"this LlamaCppBackend is closed: LlamaCppBackend\("):
+        async with aclosing(first.stream(Request("Once", max_tokens=2))) as chunks:
+            await anext(chunks)

@@ -135,9 +135,12 @@ async def test_openai_tool_call_pieces_are_put_together() -> None:
     assert done.output_tokens == 17
 
 
-async def forced_call(tiny_path: Path, **extra: Any) -> tuple[Any, Any]:
+async def forced_call(
+    tiny_path: Path, *, sent: dict[str, Any] | None = None, **extra: Any
+) -> tuple[Any, Any]:
     """llama-cpp-python's chatml-function-calling with a forced tool choice, greedy: the message
-    the unstreamed call returns, and the completion the backend streams and puts together."""
+    the unstreamed call returns, and the completion the backend streams and puts together (its
+    request's options changed by ``sent``)."""
     llm = Llama(str(tiny_path), n_ctx=512, verbose=False, seed=0, chat_format="chatml-function-calling")
     try:
         messages = [{"role": "user", "content": "Weather in Paris?"}]
@@ -148,7 +151,7 @@ async def forced_call(tiny_path: Path, **extra: Any) -> tuple[Any, Any]:
             **extra,
         }
         whole: Any = llm.create_chat_completion(messages, max_tokens=24, **options)  # type: ignore[arg-type]
-        request = Request(messages=messages, max_tokens=24, options=options)
+        request = Request(messages=messages, max_tokens=24, options={**options, **(sent or {})})
         return whole["choices"][0]["message"], await complete(LlamaCppBackend(llm), request)
     finally:
         llm.close()
@@ -241,5 +244,14 @@ async def test_llama_cpp_stop_strings_of_a_chat_with_tools_are_llama_cpps(tiny_p
     """With tools, llama-cpp-python runs completions of its own (writing the arguments): a stop
     string is its to apply there; the backend's own took the arguments for the answer's text."""
     expected, done = await forced_call(tiny_path, stop=['"'])
+    assert done.text == (expected["content"] or "")
+    assert [c["function"] for c in done.tool_calls] == [c["function"] for c in expected["tool_calls"]]
+
+
+async def test_a_stop_tuple_of_a_chat_with_tools_is_taken_as_a_list(tiny_path: Path) -> None:
+    """The backend takes ``stop`` as a tuple as it takes a list; passed on as it was in a chat
+    with tools, llama-cpp-python's chat format added its own to it (``stop + [...]``) and the
+    request failed: "can only concatenate tuple (not "list") to tuple"."""
+    expected, done = await forced_call(tiny_path, stop=['"'], sent={"stop": ('"',)})
     assert done.text == (expected["content"] or "")
     assert [c["function"] for c in done.tool_calls] == [c["function"] for c in expected["tool_calls"]]

@@ -17,7 +17,7 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from .._errors import BackendError
+from .._errors import BackendError, BackendUnavailable
 from .._records import Chunk, Request
 from ._base import ToolCallPieces, goes_on_as_it_was, resume_by_continuation
 
@@ -586,7 +586,8 @@ class LlamaCppBackend:
     def __repr__(self) -> str:
         return f"LlamaCppBackend({getattr(self._llm, 'model_path', self._llm)!r})"
 
-    def _arguments(self, request: Request, counter: TokenCounter) -> tuple[dict[str, Any], _StopStrings]:
+    def _arguments(self, request: Request, counter: TokenCounter) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """The keyword arguments for llama-cpp-python, checked, and our stop strings."""
         params = self._chat_params if request.messages is not None else self._completion_params
         options = dict(request.options)
         reserved = sorted(_RESERVED.intersection(options))
@@ -619,16 +620,25 @@ class LlamaCppBackend:
             # A chat that may call tools: llama-cpp-python's chat format runs completions of its
             # own (deciding to call, writing the arguments), where its stop strings belong; ours,
             # looking at every sampled byte, would take the arguments for the answer's text.
-            _stop_strings(options.get("stop"))  # checked all the same
+            checked = _stop_strings(options.get("stop"))  # checked all the same
+            if checked:  # a list, as llama-cpp-python's chat formats add their own to it
+                options["stop"] = list(checked)
             stops: tuple[str, ...] = ()
         else:
             stops = _stop_strings(options.pop("stop", None))
-        # With no stop strings too: it tells whether llama.cpp drops a leading space.
-        watcher = _StopStrings(self._llm, stops, counter)
-        if options.get("stopping_criteria") is not None:
-            options["stopping_criteria"] = watcher.criteria(options["stopping_criteria"])
         options["stream"] = True
-        return options, watcher
+        return options, stops
+
+    def _watching(
+        self, arguments: dict[str, Any], stops: tuple[str, ...], counter: TokenCounter
+    ) -> _StopStrings:
+        """Our watcher of the sampled tokens (made with the model held, and known not closed: it
+        reads the model's vocabulary), with no stop strings too: it tells whether llama.cpp
+        drops a leading space."""
+        watcher = _StopStrings(self._llm, stops, counter)
+        if arguments.get("stopping_criteria") is not None:
+            arguments["stopping_criteria"] = watcher.criteria(arguments["stopping_criteria"])
+        return watcher
 
     def _start(self, request: Request, arguments: dict[str, Any]) -> Iterator[Any]:
         llm: Any = self._llm  # llama_cpp's TypedDicts are stricter than our Mappings
@@ -638,16 +648,13 @@ class LlamaCppBackend:
         return iter(llm.create_completion(request.prompt, **arguments))
 
     async def stream(self, request: Request, /) -> AsyncIterator[Chunk]:
-        if self._closed:
-            raise BackendError("this LlamaCppBackend is closed")
+        self._refuse_if_closed()
         counter = TokenCounter(starts_with_bos=request.messages is None and not request.prompt)
-        arguments, watcher = self._arguments(request, counter)
+        arguments, stops = self._arguments(request, counter)
         await acquire_thread_lock(self._lock)
         try:
-            if self._llm_closed:  # closed while this waited for the model
-                raise BackendError("this LlamaCppBackend is closed")
-            if llama_closed(self._llm):  # by its owner (another backend, the program)
-                raise BackendError(f"LlamaCppBackend: {CLOSED_LLAMA}")
+            self._refuse_if_closed(backend=False)  # the Llama closed while this waited for it
+            watcher = self._watching(arguments, stops, counter)
             with recording_samples(self._llm, counter, watcher.sampled):
                 try:
                     iterator = await anyio.to_thread.run_sync(self._start, request, arguments)
@@ -665,6 +672,16 @@ class LlamaCppBackend:
                         close()
         finally:
             self._lock.release()
+
+    def _refuse_if_closed(self, *, backend: bool = True) -> None:
+        """:class:`BackendUnavailable` if this backend (unless ``backend`` is false), or its
+        ``Llama``, is closed: it can serve nothing more (a :class:`BackendPool` takes it out of
+        rotation).  Any call on a closed ``Llama`` would crash the process: its vocabulary and
+        context are freed."""
+        if (backend and self._closed) or self._llm_closed:
+            raise BackendUnavailable(f"this LlamaCppBackend is closed: {self!r}")
+        if llama_closed(self._llm):  # by its owner (another backend, the program)
+            raise BackendUnavailable(f"{self!r}: {CLOSED_LLAMA}")
 
     def resumable(self, request: Request, /) -> bool:
         """A prompt request can be paused and resumed (a chat request cannot: see :meth:`resume`),
@@ -690,10 +707,7 @@ class LlamaCppBackend:
         """
         await acquire_thread_lock(self._lock)  # a Llama closed meanwhile would crash tokenize()
         try:
-            if self._llm_closed or self._closed:
-                raise BackendError("this LlamaCppBackend is closed")
-            if llama_closed(self._llm):
-                raise BackendError(f"LlamaCppBackend: {CLOSED_LLAMA}")
+            self._refuse_if_closed()
             prompt = str(request.prompt).encode("utf-8")
             # As llama-cpp-python tokenizes a prompt: special-token text ("</s>", "<|im_end|>") as one token.
             base = len(self._llm.tokenize(prompt, add_bos=True, special=True))
