@@ -965,3 +965,23 @@ async def test_a_closed_backend_in_a_pool_is_failed_over(tiny_llm: Llama) -> Non
     with pytest.raises(BackendUnavailable, match=r"this LlamaCppBackend is closed: LlamaCppBackend\("):
         async with aclosing(first.stream(Request("Once", max_tokens=2))) as chunks:
             await anext(chunks)
+
+
+async def test_more_requests_waiting_for_the_model_than_anyio_has_threads_all_end(tiny_llm: Llama) -> None:
+    # Each request waiting for the model held one of anyio's 40 default worker threads for its
+    # whole wait, and the running answer needs one for every read of its stream: with 45
+    # waiting, none went on, for ever. The program's own worker threads stay free meanwhile too.
+    n = 45
+    async with Scheduler(LlamaCppBackend(tiny_llm), concurrency=n, predictor=ConstantPredictor()) as sched:
+        answers: list[int] = []
+
+        async def one() -> None:
+            answers.append((await sched.complete("Once", max_tokens=4)).output_tokens)
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for _ in range(n):
+                    tg.start_soon(one)
+                await anyio.sleep(0.05)  # they wait for the model now
+                assert await anyio.to_thread.run_sync(lambda: "free") == "free"
+    assert answers == [4] * n

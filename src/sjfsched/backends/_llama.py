@@ -457,11 +457,12 @@ def _processor_list_class() -> type[Any]:
 async def acquire_thread_lock(lock: threading.Lock) -> None:
     """Acquire a ``threading.Lock`` without blocking the event loop, cancellably.
 
-    The wait runs in a worker thread, in steps of :data:`_WAIT_STEP` seconds.
-    On cancellation the thread is abandoned: it gives up at its next step
-    (a thread left blocked on the lock would keep the program from exiting
-    while someone else holds it), and if it got the lock meanwhile it gives
-    it straight back.
+    The wait runs in a worker thread of its own (one per waiter, not one of
+    anyio's default 40), in steps of :data:`_WAIT_STEP` seconds.  On
+    cancellation the thread is abandoned: it gives up at its next step (a
+    thread left blocked on the lock would keep the program from exiting while
+    someone else holds it), and if it got the lock meanwhile it gives it
+    straight back.
     """
     if lock.acquire(blocking=False):
         return
@@ -481,7 +482,11 @@ async def acquire_thread_lock(lock: threading.Lock) -> None:
                     return
 
     try:
-        await anyio.to_thread.run_sync(wait, abandon_on_cancel=True)
+        # A thread of its own, outside anyio's default limiter (40 threads): waits holding its
+        # threads would leave none for the generation they wait for, whose every read of the
+        # stream takes one (45 requests waiting on one model: none went on), and none for the
+        # rest of the program's worker threads.
+        await anyio.to_thread.run_sync(wait, abandon_on_cancel=True, limiter=anyio.CapacityLimiter(1))
     except BaseException:
         with guard:
             if state["acquired"]:
