@@ -132,3 +132,28 @@ def test_gather_py_times_both_graphs_on_the_same_scores(tmp_path: Path) -> None:
     }
     assert set(rows) == {"GatherElements", "Gather"}
     assert all(float(x) > 0 for cells in rows.values() for x in cells)
+
+
+def test_resume_drift_finds_no_drift_when_nothing_runs_during_the_pause() -> None:
+    pytest.importorskip("llama_cpp", reason="resume_drift.py needs llama-cpp-python")
+    from tests.support.models import STORIES_SKIP_REASON, stories_model
+
+    path = stories_model()
+    if path is None:
+        pytest.skip(STORIES_SKIP_REASON)
+    script = str(BENCHMARKS / "resume_drift.py")
+    runs = [
+        subprocess.run(
+            [sys.executable, script, str(path), "--max-tokens", "12", *extra],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        for extra in ([], ["--nothing-between"])
+    ]
+    assert [r.returncode for r in runs] == [0, 0], [r.stderr[-500:] for r in runs]
+    between, nothing = (r.stdout.splitlines() for r in runs)
+    assert between[0] == "paused after each of its first 12 chunks, another request run in between, resumed:"
+    assert between[1].endswith(" of 12 answers differ from the answer never paused")
+    assert nothing[1] == "0 of 12 answers differ from the answer never paused"

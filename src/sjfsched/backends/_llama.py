@@ -704,8 +704,8 @@ class LlamaCppBackend:
 
         ``Scheduler(preempt=True)`` pauses an answer this way for a request
         ranked before it.  The model reads its own text again, tokenized anew
-        (so a sampler that is not greedy may go on differently from an answer
-        never paused); text held back as what may begin a ``stop`` string is
+        and in one batch (so it may go on differently from an answer never
+        paused, greedy sampling too); text held back as what may begin a ``stop`` string is
         written again, and counted once, so the stop is still found.  A chat
         request is not paused: llama-cpp-python's chat API cannot go on with
         an assistant's answer.
