@@ -13,12 +13,18 @@ penalties). Figures in docs/backends/llama-cpp.md.
 from __future__ import annotations
 
 import argparse
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
+from typing import cast
 
 import anyio
 
-from sjfsched import Request
+from sjfsched import Chunk, Request
 from sjfsched.backends import LlamaCppBackend
+
+
+def _closable(chunks: AsyncIterator[Chunk]) -> AsyncGenerator[Chunk, None]:
+    return cast("AsyncGenerator[Chunk, None]", chunks)  # the backend's are async generators
 
 
 def main() -> None:
@@ -40,7 +46,7 @@ def main() -> None:
 
     async def paused_after(k: int) -> tuple[str, int] | None:
         text, tokens, chunks_read = "", 0, 0
-        async with aclosing(backend.stream(request)) as chunks:
+        async with aclosing(_closable(backend.stream(request))) as chunks:
             async for chunk in chunks:
                 text, tokens, chunks_read = text + chunk.text, tokens + chunk.tokens, chunks_read + 1
                 if chunk.finish_reason is not None:
@@ -48,10 +54,10 @@ def main() -> None:
                 if chunks_read == k:
                     break
         if not args.nothing_between:
-            async with aclosing(backend.stream(Request("Hi", max_tokens=2))) as other:
+            async with aclosing(_closable(backend.stream(Request("Hi", max_tokens=2)))) as other:
                 async for _ in other:
                     pass
-        async with aclosing(backend.resume(request, text, tokens)) as rest:
+        async with aclosing(_closable(backend.resume(request, text, tokens))) as rest:
             async for chunk in rest:
                 text, tokens = text + chunk.text, tokens + chunk.tokens
         return text, tokens

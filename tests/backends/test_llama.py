@@ -9,7 +9,6 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -963,8 +962,7 @@ async def test_a_closed_backend_in_a_pool_is_failed_over(tiny_llm: Llama) -> Non
     assert [a.output_tokens for a in answers] == [2, 2, 2]
     assert (members[0].healthy, members[1].served) == (False, 3)
     with pytest.raises(BackendUnavailable, match=r"this LlamaCppBackend is closed: LlamaCppBackend\("):
-        async with aclosing(first.stream(Request("Once", max_tokens=2))) as chunks:
-            await anext(chunks)
+        await anext(aiter(first.stream(Request("Once", max_tokens=2))))  # raises: nothing to close
 
 
 async def test_more_requests_waiting_for_the_model_than_anyio_has_threads_all_end(tiny_llm: Llama) -> None:
