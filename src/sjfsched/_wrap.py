@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import inspect
 import operator
 import os
+import sys
 import threading
 import types
 import weakref
@@ -117,6 +119,25 @@ _HOLDING: weakref.WeakKeyDictionary[Any, _Holding] = weakref.WeakKeyDictionary()
 _HOLDING_GUARD = threading.Lock()
 
 
+def _in_event_loop() -> bool:
+    """Whether this thread runs an event loop (asyncio's, or trio's): a blocking call here
+    blocks every task of it."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        return True
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return False
+    try:
+        trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        return False
+    return True
+
+
 def _ranked_messages(messages: Any) -> Any:
     """The chat as the predictor reads it: a message whose ``content`` is ``None`` reads as empty.
 
@@ -201,6 +222,12 @@ class ScheduledLlama:
         ):
             path = isinstance(llm, (str, os.PathLike))
             hint = ": give llama_cpp.Llama(path, verbose=False)" if path else ""
+            for name in ("client", "_model"):  # LangChain's LlamaCpp, llama-index's LlamaCPP
+                inner = getattr(llm, name, None)
+                if callable(getattr(inner, "create_completion", None)):
+                    back = f"x.{name} = wrap(x.{name})"
+                    hint = f": its .{name} is the Llama; wrap that and put it back ({back})"
+                    break
             raise TypeError(f"wrap() needs a llama_cpp.Llama, got {type(llm).__name__}{hint}")
         concurrency = scheduler_options.get("concurrency")
         if concurrency is not None and (isinstance(concurrency, bool) or concurrency != 1):
@@ -389,9 +416,27 @@ class ScheduledLlama:
         stopping criterion) while a call or a stream's read runs in this
         thread.  A thread that merely read an open stream last may call: in a
         thread pool another worker may read the stream on, so the call waits
-        its turn.
+        its turn.  Unless that thread runs an event loop: a stream an async
+        task reads in the loop's own thread (llama-index's
+        ``astream_complete``) goes on only when the loop runs, which the
+        call would block.
         """
         holding = _HOLDING.get(self._llm)
+        if (
+            holding is not None
+            and not holding.ended
+            and holding.thread == threading.get_ident()
+            and holding.opened is not None
+            and not holding.opened.running()
+            and _in_event_loop()
+        ):
+            where = "this wrapper" if holding.wrapper is self else "another wrap() of the same Llama"
+            raise RuntimeError(
+                f"{what} from an event loop's thread, which reads {holding.what} of {where}: it "
+                "would block the loop, and that stream with it, for ever; call the model and read "
+                "its streams in worker threads (asyncio.to_thread), or use a Scheduler over a "
+                "LlamaCppBackend in async code"
+            )
         if (
             holding is not None
             and not holding.ended

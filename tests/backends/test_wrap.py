@@ -1038,3 +1038,62 @@ def test_a_chat_message_without_content_is_answered_as_llama_answers_it(
         ValueError, match=r"create_chat_completion\(messages=\.\.\.\) under wrap\(\).*no 'content'"
     ):
         wrapped.create_chat_completion(messages=[{"role": "user"}], max_tokens=2)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "trio"])
+def test_a_call_from_an_event_loop_whose_thread_reads_an_open_stream_is_refused(
+    tiny_llm: Llama, loop: str
+) -> None:
+    """llama-index's ``astream_complete`` reads the sync stream in the loop's own thread: a
+    second one in the same loop waited for its turn there, blocking the loop, so the first
+    stream, which holds the model, was never read on: both hung for ever."""
+    import anyio
+
+    with sjfsched.wrap(tiny_llm) as w:
+
+        async def main() -> tuple[str, str]:
+            stream: Iterator[Any] = iter(w("Once", max_tokens=6, stream=True))
+            first = next(stream)["choices"][0]["text"]
+            with pytest.raises(RuntimeError, match="from an event loop's thread, which reads an open"):
+                w("Hi", max_tokens=2)
+            with pytest.raises(RuntimeError, match="it would block the loop"):
+                next(iter(w("Hi", max_tokens=2, stream=True)))
+
+            def rest() -> str:
+                return "".join(c["choices"][0]["text"] for c in stream)
+
+            # The stream read on, from a worker thread; then the call runs, from one too.
+            text = first + await anyio.to_thread.run_sync(rest)
+            other: Any = await anyio.to_thread.run_sync(lambda: w("Hi", max_tokens=2))
+            return text, other["choices"][0]["text"]
+
+        # Should the call wait for its turn after all, it waits for ever: ended after 30 s by an
+        # exception raised in this thread, as a call timeout would (the wait takes it).
+        this = threading.get_ident()
+        watchdog = threading.Timer(
+            30, ctypes.pythonapi.PyThreadState_SetAsyncExc, (ctypes.c_ulong(this), ctypes.py_object(_Hung))
+        )
+        watchdog.start()
+        try:
+            text, other = anyio.run(main, backend=loop)
+        finally:
+            watchdog.cancel()
+        stats = w.scheduler.statistics()
+    assert (stats.completed, stats.waiting, stats.running) == (2, 0, 0)
+    assert text and other
+
+
+class _Hung(BaseException):
+    """Raised in a test's thread that waits for ever."""
+
+
+@pytest.mark.parametrize("name", ["client", "_model"])
+def test_wrapping_a_framework_object_says_where_its_llama_is(tiny_llm: Llama, name: str) -> None:
+    # LangChain's LlamaCpp keeps its Llama in .client, llama-index's LlamaCPP in ._model: the
+    # error named the framework's class only.
+    framework_object = type("LlamaCpp", (), {})()
+    setattr(framework_object, name, tiny_llm)
+    with pytest.raises(
+        TypeError, match=rf"got LlamaCpp: its \.{name} is the Llama; wrap that and put it back"
+    ):
+        sjfsched.wrap(framework_object)
