@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -223,6 +224,37 @@ async def test_options_the_answer_would_silently_differ_by_are_refused_by_name(
     assert not llama_lock(tiny_llm).locked()
     chunks = await collect(backend, Request("Once", max_tokens=3, options={"echo": False}))
     assert sum(c.tokens for c in chunks) == 3  # echo=False is what it does anyway
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        # llama.cpp's own failures for these named no option: "AssertionError", "'<' not
+        # supported between instances of 'str' and 'float'", "invalid literal for int()",
+        # "argument 1: TypeError: wrong type"
+        ({"suffix": 5}, "option 'suffix' must be a str or None, got 5"),
+        ({"temperature": "hot"}, "option 'temperature' must be a finite number, got 'hot'"),
+        ({"temperature": float("nan")}, "option 'temperature' must be a finite number, got nan"),
+        ({"logit_bias": {"x": 1.0}}, "option 'logit_bias' must be a mapping of token ids"),
+        ({"top_k": 2.5}, "option 'top_k' must be an integer, got 2.5"),
+        ({"seed": "1"}, "option 'seed' must be an integer or None, got '1'"),
+    ],
+)
+async def test_an_option_of_the_wrong_type_is_refused_by_name(
+    backend: LlamaCppBackend, tiny_llm: Llama, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(BackendError, match=re.escape(message)):
+        await collect(backend, Request("Once", max_tokens=3, options=options))
+    assert not llama_lock(tiny_llm).locked()
+
+
+async def test_options_of_the_types_llama_cpp_takes_are_taken(backend: LlamaCppBackend) -> None:
+    options = {
+        "temperature": np.float32(0.5), "top_k": np.int64(5), "seed": None, "top_p": 1,
+        "logit_bias": {"15": 0.5, 16: -1}, "suffix": None, "min_p": 0.0,
+    }  # fmt: skip
+    chunks = await collect(backend, Request("Once", max_tokens=3, options=options))
+    assert sum(c.tokens for c in chunks) == 3
 
 
 def _unlisted(ids: npt.NDArray[np.intc], scores: npt.NDArray[np.single]) -> npt.NDArray[np.single]:

@@ -6,6 +6,8 @@ import contextlib
 import difflib
 import functools
 import inspect
+import math
+import numbers
 import os
 import threading
 import weakref
@@ -606,6 +608,7 @@ class LlamaCppBackend:
                 f"llama_cpp.Llama.{method} takes no option(s) {', '.join(map(repr, unknown))}"
                 + (f" ({hints})" if hints else "")
             )
+        _check_option_types(options)
         if options.get("echo"):
             raise BackendError(
                 "LlamaCppBackend does not take option 'echo': the answer is the model's text only "
@@ -891,6 +894,45 @@ def _check_llama_options(llama: type[Any], options: Mapping[str, Any]) -> None:
         f"llama_cpp.Llama takes no option(s) {', '.join(map(repr, unknown))}"
         + (f" ({'; '.join(hints)})" if hints else "")
     )
+
+
+#: Options llama-cpp-python takes as numbers, and as whole numbers: of another type they failed
+#: deep in llama.cpp, saying nothing of the option ("AssertionError", "wrong type").
+_NUMBER_OPTIONS: Final = frozenset(
+    {
+        "temperature", "top_p", "min_p", "typical_p", "repeat_penalty", "frequency_penalty",
+        "presence_penalty", "tfs_z", "mirostat_tau", "mirostat_eta",
+    }
+)  # fmt: skip
+_WHOLE_OPTIONS: Final = frozenset({"top_k", "mirostat_mode", "seed"})
+
+
+def _check_option_types(options: Mapping[str, Any]) -> None:
+    """:class:`BackendError` naming an option of a type llama-cpp-python cannot use."""
+    for name, value in options.items():
+        if name in _NUMBER_OPTIONS:
+            ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+            kind = "a finite number"
+        elif name in _WHOLE_OPTIONS:
+            ok = (value is None and name == "seed") or _whole(value)
+            kind = "an integer" + (" or None" if name == "seed" else "")
+        elif name == "suffix":
+            ok, kind = value is None or isinstance(value, str), "a str or None"
+        elif name == "logit_bias":
+            ok = value is None or (
+                isinstance(value, Mapping)
+                and all(_whole(k) or (isinstance(k, str) and k.strip().lstrip("-").isdigit()) for k in value)
+                and all(not isinstance(v, bool) and isinstance(v, numbers.Real) for v in value.values())
+            )
+            kind = "a mapping of token ids (integers, or their digits) to numbers"
+        else:
+            continue
+        if not ok:
+            raise BackendError(f"option {name!r} must be {kind}, got {value!r}")
+
+
+def _whole(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral)
 
 
 def _stop_strings(value: object) -> tuple[str, ...]:
