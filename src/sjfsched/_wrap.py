@@ -433,9 +433,9 @@ class ScheduledLlama:
             where = "this wrapper" if holding.wrapper is self else "another wrap() of the same Llama"
             raise RuntimeError(
                 f"{what} from an event loop's thread, which reads {holding.what} of {where}: it "
-                "would block the loop, and that stream with it, for ever; call the model and read "
-                "its streams in worker threads (asyncio.to_thread), or use a Scheduler over a "
-                "LlamaCppBackend in async code"
+                "would block the loop, and that stream with it, for ever; read the stream to the "
+                "end or close it first, or call the model and read its streams in worker threads "
+                "(asyncio.to_thread), or use a Scheduler over a LlamaCppBackend in async code"
             )
         if (
             holding is not None

@@ -255,3 +255,8 @@ async def test_a_stop_tuple_of_a_chat_with_tools_is_taken_as_a_list(tiny_path: P
     expected, done = await forced_call(tiny_path, stop=['"'], sent={"stop": ('"',)})
     assert done.text == (expected["content"] or "")
     assert [c["function"] for c in done.tool_calls] == [c["function"] for c in expected["tool_calls"]]
+
+
+async def test_an_empty_stop_tuple_of_a_chat_with_tools_is_no_stop(tiny_path: Path) -> None:
+    expected, done = await forced_call(tiny_path, sent={"stop": ()})  # it failed as a tuple did
+    assert [c["function"] for c in done.tool_calls] == [c["function"] for c in expected["tool_calls"]]

@@ -6,8 +6,7 @@ import contextlib
 import difflib
 import functools
 import inspect
-import math
-import numbers
+import operator
 import os
 import threading
 import weakref
@@ -629,7 +628,7 @@ class LlamaCppBackend:
             # own (deciding to call, writing the arguments), where its stop strings belong; ours,
             # looking at every sampled byte, would take the arguments for the answer's text.
             checked = _stop_strings(options.get("stop"))  # checked all the same
-            if checked:  # a list, as llama-cpp-python's chat formats add their own to it
+            if options.get("stop") is not None:  # a list: llama-cpp-python's chat formats add to it
                 options["stop"] = list(checked)
             stops: tuple[str, ...] = ()
         else:
@@ -896,43 +895,56 @@ def _check_llama_options(llama: type[Any], options: Mapping[str, Any]) -> None:
     )
 
 
-#: Options llama-cpp-python takes as numbers, and as whole numbers: of another type they failed
-#: deep in llama.cpp, saying nothing of the option ("AssertionError", "wrong type").
+#: Options llama-cpp-python takes as numbers (it compares them with floats), and as whole numbers
+#: (it hands them to llama.cpp's C functions, a seed to ``random.Random``): of another type they
+#: failed deep in llama.cpp, saying nothing of the option ("AssertionError", "wrong type").
 _NUMBER_OPTIONS: Final = frozenset(
     {
         "temperature", "top_p", "min_p", "typical_p", "repeat_penalty", "frequency_penalty",
-        "presence_penalty", "tfs_z", "mirostat_tau", "mirostat_eta",
+        "presence_penalty", "mirostat_tau", "mirostat_eta",
     }
 )  # fmt: skip
-_WHOLE_OPTIONS: Final = frozenset({"top_k", "mirostat_mode", "seed"})
+_WHOLE_OPTIONS: Final = frozenset({"top_k", "seed"})
 
 
-def _check_option_types(options: Mapping[str, Any]) -> None:
-    """:class:`BackendError` naming an option of a type llama-cpp-python cannot use."""
+def _check_option_types(options: dict[str, Any]) -> None:
+    """:class:`BackendError` naming an option of a type llama-cpp-python cannot use.
+
+    What it takes passes, as it converts it (``float()``, ``int()``); a whole
+    number of another integer type (numpy's) goes on as an ``int``: a numpy
+    ``seed``, which the ``Llama`` keeps, failed its later calls without one.
+    ``None`` goes on as it is (taken where no sampler reads the option).
+    """
     for name, value in options.items():
+        if value is None:
+            continue
         if name in _NUMBER_OPTIONS:
-            ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
-            kind = "a finite number"
+            ok, kind = not isinstance(value, (str, bytes)) and _converts(float, value), "a number"
         elif name in _WHOLE_OPTIONS:
-            ok = (value is None and name == "seed") or _whole(value)
-            kind = "an integer" + (" or None" if name == "seed" else "")
+            ok, kind = _converts(operator.index, value), "an integer"
+            if ok:
+                options[name] = operator.index(value)
         elif name == "suffix":
-            ok, kind = value is None or isinstance(value, str), "a str or None"
+            ok, kind = type(value) is str, "a str or None"  # llama-cpp-python asserts exactly str
         elif name == "logit_bias":
-            ok = value is None or (
+            ok = (
                 isinstance(value, Mapping)
-                and all(_whole(k) or (isinstance(k, str) and k.strip().lstrip("-").isdigit()) for k in value)
-                and all(not isinstance(v, bool) and isinstance(v, numbers.Real) for v in value.values())
+                and all(_converts(int, k) for k in value)
+                and all(_converts(float, v) for v in value.values())
             )
-            kind = "a mapping of token ids (integers, or their digits) to numbers"
+            kind = "a mapping of token ids to numbers"
         else:
             continue
         if not ok:
             raise BackendError(f"option {name!r} must be {kind}, got {value!r}")
 
 
-def _whole(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, numbers.Integral)
+def _converts(convert: Callable[[Any], object], value: object) -> bool:
+    try:
+        convert(value)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return True
 
 
 def _stop_strings(value: object) -> tuple[str, ...]:
