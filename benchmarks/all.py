@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from sjfsched._cli import main
+from sjfsched._cli import command
 
 if __name__ == "__main__":
-    sys.exit(main(["bench", "all", *sys.argv[1:]]))
+    command(["bench", "all", *sys.argv[1:]])

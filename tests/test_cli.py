@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import subprocess
 import sys
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -69,6 +70,8 @@ def test_every_help_works_under_python_OO() -> None:
         (["bench", "sim", "--jobs", "0"], 2, "sjfsched bench: --jobs must be 1 or more, got 0"),
         (["bench", "real", "--requests", "0"], 2, "sjfsched bench real: --requests must be at least 1"),
         (["bench", "sim", "--nope"], 2, "unrecognized arguments: --nope"),
+        (["bench", "real", "--policies", "nope"], 2, "sjfsched bench real: --policies: unknown predictor"),
+        (["bench", "ranking", "--predictors", "nope"], 2, "sjfsched bench: --predictors: unknown predictor"),
         # a missing input: 1
         (["bench", "sim", "--data", "/nonexistent/data"], 1, "--data /nonexistent/data is not a directory"),
         (["evaluate", "/nonexistent/data"], 1, "sjfsched evaluate: no such file or directory"),
@@ -89,3 +92,36 @@ def test_main_raises_a_bad_option_value_with_its_message() -> None:
     with pytest.raises(_cli.OptionError) as info:
         main(["bench", "sim", "--scenarios", "wave"])
     assert str(info.value.code).startswith("sjfsched bench: bad scenario 'wave'")
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "said"),
+    [
+        ("scheduling.py", ["--jobs", "0"], "sjfsched bench: --jobs must be 1 or more, got 0"),
+        ("real_llama.py", ["--requests", "0"], "sjfsched bench real: --requests must be at least 1"),
+    ],
+)
+def test_the_benchmark_scripts_exit_as_the_command_does(script: str, args: list[str], said: str) -> None:
+    """They called main() and exited with 1 where ``sjfsched bench`` exits with 2."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / script
+    out = subprocess.run(
+        [sys.executable, str(path), *args], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 2, out.stderr
+    assert said in out.stderr
+
+
+def test_a_policy_value_that_cannot_run_exits_2(tmp_path: Path) -> None:
+    from tests.bench._data import sharegpt_like
+
+    data = sharegpt_like(tmp_path / "data", n=30)
+    argv = ["bench", "sim", "--data", str(data), "--traces", "sharegpt", "--scenarios", "burst5"]
+    out = subprocess.run(
+        [sys.executable, "-m", "sjfsched", *argv, "--policies", "oracle@aging=-1", "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "cannot run --policies oracle@aging=-1: aging must be a finite number >= 0" in out.stderr

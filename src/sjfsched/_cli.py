@@ -136,15 +136,18 @@ class OptionError(SystemExit):
     """
 
 
-def command() -> None:
-    """The ``sjfsched`` command (``python -m sjfsched``): :func:`main` with its exit status."""
+def command(argv: Sequence[str] | None = None) -> None:
+    """The ``sjfsched`` command (``python -m sjfsched``, the scripts in ``benchmarks/``):
+    :func:`main` with its exit status."""
     for stream in (sys.stdout, sys.stderr):
         # A name that is no text (a data file's Latin-1 bytes, a lone surrogate in a record's
-        # source) is printed escaped, not a UnicodeEncodeError after the work is done.
-        with contextlib.suppress(AttributeError, ValueError):
-            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
+        # source) is printed escaped, not a UnicodeEncodeError after the work is done (where
+        # Python writes such text as it came, under the C locale, it still does).
+        if getattr(stream, "errors", None) == "strict":
+            with contextlib.suppress(AttributeError, ValueError):
+                stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     try:
-        status = main()
+        status = main(argv)
     except OptionError as exc:
         print(exc.code, file=sys.stderr)
         status = 2

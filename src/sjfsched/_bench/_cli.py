@@ -24,6 +24,7 @@ from ._policies import (
     all_sweep_names,
     clairvoyant_predictor,
     policy_named,
+    predictor_factory,
     sweep_names,
 )
 from ._profiles import PROFILES
@@ -581,7 +582,10 @@ def _check_policies(units: Sequence[Unit]) -> None:
         except (ValueError, OSError, PredictorError) as exc:
             on = f" on {unit.trace}" if re.search(r"[@,]warm=", unit.policy) and not fresh else ""
             why = str(exc) or type(exc).__name__
-            raise SystemExit(f"sjfsched bench: cannot run --policies {unit.policy}{on}: {why}") from None
+            # A bad value of the policy's (aging=-1) is a bad option value; a model file it
+            # cannot read, a missing or malformed input.
+            bad = OptionError if type(exc) is ValueError else SystemExit
+            raise bad(f"sjfsched bench: cannot run --policies {unit.policy}{on}: {why}") from None
 
 
 def all_units(args: argparse.Namespace) -> list[Unit]:
@@ -779,6 +783,12 @@ def _run_ranking(args: argparse.Namespace) -> int:
     names = _split(args.predictors)
     if not names:
         raise OptionError("sjfsched bench: --predictors names nothing to run")
+    for name in names:  # before any training: a typo after the five traces' took minutes
+        if name != "clairvoyant":
+            try:
+                predictor_factory(name)
+            except ValueError as exc:
+                raise OptionError(f"sjfsched bench: --predictors: {exc}") from None
     vectors = None
     if "unseen" in names:
         _check_training("ranking", ", or leave unseen out of --predictors")

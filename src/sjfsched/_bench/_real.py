@@ -327,7 +327,10 @@ def run(args: argparse.Namespace) -> int:
             f"sjfsched bench real: --scale {args.scale:g} makes every answer one token long, so no "
             "decoding would be timed; take a larger --scale"
         )
-    policies = [policy_named(name) for name in _policies(args.policies)]
+    try:
+        policies = [policy_named(name) for name in _policies(args.policies)]
+    except ValueError as exc:
+        raise OptionError(f"sjfsched bench real: --policies: {exc}") from None
     if not policies:
         raise OptionError("sjfsched bench real: --policies names nothing to run")
     load_before = os.getloadavg()
