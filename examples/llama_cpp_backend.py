@@ -3,8 +3,11 @@
 Six requests arrive at once at one ``llama_cpp.Llama``; the scheduler runs
 the short ones first (the model only ever runs one at a time): the first to
 arrive found the model free and started, and is paused for them (it goes on
-later from where it stopped).  Then one more request, a chat, is streamed as
-it is written.
+later from where it stopped).  Predictions above the median of recent ones
+count as that median (the default ``cap=1.0``), so requests predicted long
+keep their arrival order among themselves: the story, first to arrive, may
+end before a later list of ten numbers.  Then one more request, a chat, is
+streamed as it is written.
 
     python examples/llama_cpp_backend.py --model path/to/model.gguf
 

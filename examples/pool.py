@@ -12,6 +12,7 @@ out of rotation and sends the request elsewhere if nothing was streamed yet.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import anyio
 
@@ -19,7 +20,8 @@ from sjfsched import BackendError, Scheduler
 from sjfsched.backends import BackendPool, OllamaBackend
 
 
-async def main(model: str, hosts: list[tuple[str, int]], requests: int) -> None:
+async def main(model: str, hosts: list[tuple[str, int]], requests: int) -> int:
+    """Exit status 1 if every request failed (no host answered)."""
     pool = BackendPool(
         [(OllamaBackend(model, url, slots=slots, connect_timeout=2), slots) for url, slots in hosts],
         retry_after=5,
@@ -27,6 +29,7 @@ async def main(model: str, hosts: list[tuple[str, int]], requests: int) -> None:
     async with Scheduler(pool) as sched:
         print(f"{len(hosts)} host(s), {pool.slots} slots: concurrency {sched.concurrency}")
         results: list[str] = []
+        failed: list[str] = []
 
         async def ask(i: int) -> None:
             # Mixed lengths: every third request is long.
@@ -37,6 +40,7 @@ async def main(model: str, hosts: list[tuple[str, int]], requests: int) -> None:
                 results.append(f"{c.latency:6.2f}s  {c.output_tokens:4d} tokens  {prompt}")
             except BackendError as error:
                 results.append(f"FAILED  {prompt}: {error}")
+                failed.append(prompt)
 
         async with anyio.create_task_group() as tg:
             for i in range(requests):
@@ -45,6 +49,7 @@ async def main(model: str, hosts: list[tuple[str, int]], requests: int) -> None:
         for member in pool.statistics().members:
             state = "in rotation" if member.healthy else f"out of rotation, retry in {member.retry_in:.1f}s"
             print(f"{member.name}: served {member.served}, {state}")
+    return 1 if len(failed) == requests else 0
 
 
 def host(value: str) -> tuple[str, int]:
@@ -60,4 +65,4 @@ if __name__ == "__main__":
     parser.add_argument("--host", type=host, action="append", help="URL=SLOTS (repeatable)")
     parser.add_argument("--requests", type=int, default=9)
     args = parser.parse_args()
-    anyio.run(main, args.model, args.host or [("http://127.0.0.1:11434", 1)], args.requests)
+    sys.exit(anyio.run(main, args.model, args.host or [("http://127.0.0.1:11434", 1)], args.requests))

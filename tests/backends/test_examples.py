@@ -16,7 +16,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 pytestmark = pytest.mark.slow
 
 
-def run(name: str, *args: str) -> str:
+def run(name: str, *args: str, status: int = 0) -> str:
     result = subprocess.run(
         [sys.executable, str(EXAMPLES / name), *args],
         capture_output=True,
@@ -24,7 +24,7 @@ def run(name: str, *args: str) -> str:
         timeout=180,
         check=False,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == status, result.stdout + result.stderr
     return result.stdout
 
 
@@ -72,3 +72,10 @@ def test_pool_example(ollama: OllamaServer) -> None:
     assert "FAILED" not in out  # the dead host's request failed over to the live one
     assert "served 9, in rotation" in out
     assert "served 0, out of rotation" in out
+
+
+def test_pool_example_fails_when_no_host_answers() -> None:
+    # It printed FAILED for every request and exited with 0, where ollama_backend.py exits with 1.
+    dead = f"http://127.0.0.1:{free_port()}"
+    out = run("pool.py", "--model", "tiny", "--host", f"{dead}=1", "--requests", "3", status=1)
+    assert out.count("FAILED") == 3

@@ -237,3 +237,22 @@ def test_a_run_on_a_log_of_yours_shows_no_targets_of_the_project(
     out = capsys.readouterr().out
     assert status == 0 and f"### {log_file}, gpu backend, poisson0.74" in out
     assert "Targets" not in out
+
+
+def test_a_log_without_long_answers_is_said_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every long column of its tables read "-", with no word why (a newcomer's small model's log).
+    monkeypatch.chdir(tmp_path)
+    log = tmp_path / "small.jsonl"
+    log.write_text(
+        "".join(json.dumps({"prompt": f"q {i}", "output_tokens": 20 + 30 * i}) + "\n" for i in range(12))
+    )
+    argv = ["bench", "sim", "--traces", str(log), "--profiles", "gpu", "--scenarios", "burst10"]
+    assert (
+        main([*argv, "--policies", "fcfs,oracle", "--results", str(tmp_path / "r.json"), "--no-progress"])
+        == 0
+    )
+    err = capsys.readouterr().err
+    assert f"sjfsched bench: {log} has no long (>= 800 tokens) answers: its long columns stay -" in err
+    assert "no short" not in err

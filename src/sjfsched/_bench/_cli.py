@@ -33,6 +33,8 @@ from ._report import bound_table, policy_table, sweep_table, target_table
 from ._run import Result, Unit, cached_trace, load_results, run_units, save_results
 from ._sim import Scenario
 from ._traces import (
+    LONG_TOKENS,
+    SHORT_TOKENS,
     TRACES,
     UNSEEN_BUILT_IN_ONLY,
     base_name,
@@ -520,6 +522,18 @@ def _run_sim(args: argparse.Namespace) -> int:
             raise SystemExit(f"sjfsched bench: {exc}") from None
         if n < 2:
             raise SystemExit(f"sjfsched bench: {t} has {n} request: a trace needs at least 2")
+        if t in files:  # a log of yours may hold no long answers, say: its columns stay empty
+            lengths = [item.output_tokens for item in cached_trace(str(data), t).items]
+            for kind, count in (
+                (f"short (< {SHORT_TOKENS} tokens)", sum(x < SHORT_TOKENS for x in lengths)),
+                (f"long (>= {LONG_TOKENS} tokens)", sum(x >= LONG_TOKENS for x in lengths)),
+            ):
+                if not count:
+                    which = kind.split()[0]
+                    print(
+                        f"sjfsched bench: {t} has no {kind} answers: its {which} columns stay -",
+                        file=sys.stderr,
+                    )
         for s in bursts:
             if s.size > n:
                 fitting = (
