@@ -25,7 +25,24 @@ def python_block(after: str) -> str:
 
 
 def quickstart() -> str:
-    return python_block("## Quickstart")
+    """The Quickstart's program (after the lines that put llama.cpp in Ollama's place)."""
+    return python_block("which would cut the answers short")
+
+
+def test_the_quickstart_runs_on_llama_cpp_as_its_lines_for_it_say(tmp_path: Path) -> None:
+    swap = python_block("## Quickstart")
+    assert "n_ctx=4096" in swap and "backend = LlamaCppBackend(" in swap
+    swap = swap.replace('"model.gguf"', repr(str(tiny_model())))
+    code = swap + quickstart().replace('OllamaBackend("llama3.2")', "backend")
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=180, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3, result.stdout
+    done = [line.split(": ", 1)[1][:10] for line in lines]
+    assert sorted(done) == ["What is 17", "Write a 10", "Write a 15"]
+    assert done[-1] != "What is 17"  # never last: it goes before the essay, or pauses the story
 
 
 def test_the_quickstart_puts_the_short_question_before_the_essay() -> None:
