@@ -65,21 +65,35 @@ def test_every_help_works_under_python_OO() -> None:
     ("args", "status", "said"),
     [
         # a bad option value: 2, as argparse's own errors (it was 1, like a missing input)
-        (["bench", "sim", "--scenarios", "wave"], 2, "sjfsched bench: bad scenario 'wave' in --scenarios"),
+        (["bench", "sim", "--scenarios", "wave", "--data", "DATA"], 2, "sjfsched bench: bad scenario 'wave'"),
         (["bench", "sim", "--traces", "nope"], 2, "sjfsched bench: unknown trace 'nope'"),
         (["bench", "sim", "--jobs", "0"], 2, "sjfsched bench: --jobs must be 1 or more, got 0"),
         (["bench", "real", "--requests", "0"], 2, "sjfsched bench real: --requests must be at least 1"),
         (["bench", "sim", "--nope"], 2, "unrecognized arguments: --nope"),
-        (["bench", "real", "--policies", "nope"], 2, "sjfsched bench real: --policies: unknown predictor"),
-        (["bench", "ranking", "--predictors", "nope"], 2, "sjfsched bench: --predictors: unknown predictor"),
+        (
+            ["bench", "real", "--policies", "nope", "--requests", "4", "--data", "DATA"],
+            2,
+            "sjfsched bench real: --policies: unknown",
+        ),
+        (
+            ["bench", "ranking", "--predictors", "nope", "--data", "DATA"],
+            2,
+            "sjfsched bench: --predictors: unknown",
+        ),
         # a missing input: 1
         (["bench", "sim", "--data", "/nonexistent/data"], 1, "--data /nonexistent/data is not a directory"),
         (["evaluate", "/nonexistent/data"], 1, "sjfsched evaluate: no such file or directory"),
     ],
 )
 def test_the_command_exits_2_for_a_bad_option_and_1_for_a_missing_input(
-    args: list[str], status: int, said: str
+    args: list[str], status: int, said: str, tmp_path: Path
 ) -> None:
+    # DATA: corpora of the shared data's shape (the checks come after finding them; without
+    # ../shared beside the checkout, a run names that first)
+    from tests.bench._data import sharegpt_like
+
+    data = str(sharegpt_like(tmp_path / "data", n=30)) if "DATA" in args else ""
+    args = [data if a == "DATA" else a for a in args]
     out = subprocess.run(
         [sys.executable, "-m", "sjfsched", *args], capture_output=True, text=True, timeout=60, check=False
     )
@@ -88,9 +102,11 @@ def test_the_command_exits_2_for_a_bad_option_and_1_for_a_missing_input(
     assert "Traceback" not in out.stderr
 
 
-def test_main_raises_a_bad_option_value_with_its_message() -> None:
+def test_main_raises_a_bad_option_value_with_its_message(tmp_path: Path) -> None:
+    from tests.bench._data import sharegpt_like
+
     with pytest.raises(_cli.OptionError) as info:
-        main(["bench", "sim", "--scenarios", "wave"])
+        main(["bench", "sim", "--scenarios", "wave", "--data", str(sharegpt_like(tmp_path / "data", n=30))])
     assert str(info.value.code).startswith("sjfsched bench: bad scenario 'wave'")
 
 
