@@ -1024,3 +1024,17 @@ async def test_more_requests_waiting_for_the_model_than_anyio_has_threads_all_en
                 await anyio.sleep(0.05)  # they wait for the model now
                 assert await anyio.to_thread.run_sync(lambda: "free") == "free"
     assert answers == [4] * n
+
+
+def test_the_last_look_cuts_at_the_first_stop_string_in_what_it_had_not_looked_at(tiny_llm: Llama) -> None:
+    """At the end of a generation that ended in a wait for the rest of a character, the bytes
+    not looked at yet may hold two stop strings: the answer ends before the earlier one, as
+    llama-cpp-python's stream cuts it (a mutation audit found no test telling the two apart)."""
+    from sjfsched.backends._llama import TokenCounter, _StopStrings
+
+    watcher = _StopStrings(tiny_llm, ("b", "a"), TokenCounter(starts_with_bos=False))
+    watcher._text = b"xab\xe2\x82"  # sampled during the wait: no look since the start
+    assert watcher.last_look() == b"x"
+    watcher = _StopStrings(tiny_llm, ("zz",), TokenCounter(starts_with_bos=False))
+    watcher._text = b"xab\xe2\x82"
+    assert watcher.last_look() is None

@@ -713,3 +713,24 @@ def test_pauses_do_not_cost_more_than_they_save_where_prompts_are_read_slowly(
     assert float(ours) < 1.1 * float(fcfs)
     fcfs, ours, _ = rows["short P50"]
     assert float(ours) < 0.5 * float(fcfs)
+
+
+async def test_a_promoted_answer_is_not_paused_after_max_wait_is_lifted() -> None:
+    """A request promoted by max_wait runs to its end; lifting max_wait while it runs (the
+    check below the promoted flag then covers nothing) let a shorter request pause it."""
+    async with scheduler(backend=chunked(), preempt=True, max_wait=1.0) as sched:
+        done: dict[str, Completion] = {}
+
+        async def lift_max_wait() -> None:
+            await anyio.sleep(6.0)
+            assert sched.statistics().promoted == 1  # "long" runs, promoted, since 5 s
+            sched.max_wait = None
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(submit_later, sched, job(50, metadata={"name": "first"}), 0.0, done)
+            tg.start_soon(submit_later, sched, job(100, metadata={"name": "long"}), 0.05, done)
+            tg.start_soon(lift_max_wait)
+            tg.start_soon(submit_later, sched, job(5, metadata={"name": "short"}), 7.0, done)
+    assert done["long"].promoted
+    assert done["long"].preemptions == 0
+    assert done["short"].started == pytest.approx(15.0)  # after the long one's 10 s from 5 s

@@ -131,3 +131,22 @@ async def test_a_request_logs_line_is_there_before_the_log_closes_with_its_promp
     line = json.loads(path.read_text())  # flushed after every line
     assert (line["output_tokens"], line["input_tokens"]) == (12, 4)
     log.close()
+
+
+async def test_a_request_predicted_at_exactly_its_max_tokens_is_learnt_from() -> None:
+    """One predicted past its cap is not observed (its answer was cut, or ended below it); one
+    predicted at the cap exactly is, as it ended (a mutation audit found the bound untested)."""
+    seen: list[tuple[int | None, int]] = []
+
+    class Learning:
+        def predict(self, request: Request, /) -> Prediction:
+            return Prediction(10.0)
+
+        def observe(self, request: Request, prediction: Prediction, output_tokens: int, /) -> None:
+            seen.append((request.max_tokens, output_tokens))
+
+    async with Scheduler(predictor=Learning()) as sched:
+        for cap in (10, 9, 11):
+            async with sched.admit("hi", max_tokens=cap) as ticket:
+                ticket.report(min(cap, 10))
+    assert seen == [(10, 10), (11, 10)]

@@ -239,3 +239,35 @@ def test_a_restart_from_the_saved_state_learns_on_as_if_it_had_never_stopped(tmp
     path.write_text(json.dumps(data))
     with pytest.raises(PredictorError, match=r"state\.json.*not a sjfsched score correction"):
         LexicalPredictor(calibration_path=path)
+
+
+def test_the_correction_learns_a_shift_for_every_prompt_not_only_its_words() -> None:
+    """Traffic answering longer than the model scores it moves the correction's bias too, so a
+    prompt of words never seen is corrected as well (a mutation audit found it untested)."""
+    import numpy as np
+
+    from sjfsched.predictors._adapt import ScoreCorrection
+
+    correction = ScoreCorrection(100)
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        ids = rng.choice(50, size=5, replace=False).astype(np.int32)  # rows 0-49 only
+        correction.learn(ids, np.full(5, 0.2, np.float32), base_score=3.0, output_tokens=400.0)
+    assert correction.bias > 2.0  # log1p(400) - 3 = 3.0 to make up, shared by the rows and it
+    unseen = correction.value(np.array([70, 80], np.int32), np.array([0.5, 0.5], np.float32))
+    assert unseen == pytest.approx(correction.bias)
+
+
+def test_calibration_widens_its_spread_for_answers_of_widely_scattered_lengths() -> None:
+    """Its squared residuals are clipped at 25 (5 in log length); a tighter clip kept the spread,
+    and so p_long, near its prior however the answers scattered."""
+    from sjfsched.predictors import LengthCalibration
+
+    calibration = LengthCalibration(center=3.0, spread=1.0, sigma=1.0)
+    for i in range(300):
+        calibration.observe(0.0, 1 if i % 2 else 100_000)
+    assert calibration.sigma > 3.0
+    steady = LengthCalibration(center=3.0, spread=1.0, sigma=1.0)
+    for _ in range(300):
+        steady.observe(0.0, 300)
+    assert steady.sigma < 1.0
