@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 
 import pytest
 
-from sjfsched import Request
+from sjfsched import Chunk, Request
 from sjfsched.backends import OllamaBackend, OpenAIBackend
+from sjfsched.backends._base import resume_by_continuation
 from tests.support.wire_server import scripted_server
 
 from .test_wire import collect
@@ -55,3 +57,27 @@ async def test_the_documented_read_timeout() -> None:
     finally:
         for b in backends:
             await b.aclose()
+
+
+def test_a_requests_own_keep_alive_wins_over_the_backends() -> None:
+    backend = OllamaBackend("tiny", "http://127.0.0.1:1", keep_alive="10m")
+    _, body = backend.body(Request("hi", options={"keep_alive": "1m"}))
+    assert body["keep_alive"] == "1m"
+    _, body = backend.body(Request("hi"))
+    assert body["keep_alive"] == "10m"
+
+
+async def test_a_resume_counts_at_least_the_tokens_the_chunks_counted() -> None:
+    # written (what the backend can tell) below tokens (what the chunks counted) is not exact:
+    # the continuation asks for max_tokens less the larger, and no chunk's count is cut.
+    seen: list[Request] = []
+
+    async def stream(rest: Request) -> AsyncIterator[Chunk]:
+        seen.append(rest)
+        yield Chunk("a", tokens=2)
+        yield Chunk("b", tokens=1, finish_reason="stop")
+
+    request = Request("Once", max_tokens=10)
+    chunks = [c async for c in resume_by_continuation(stream, request, " upon", 5, written=3)]
+    assert seen[0].max_tokens == 5
+    assert [c.tokens for c in chunks] == [2, 1]

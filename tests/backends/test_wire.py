@@ -602,3 +602,22 @@ async def test_a_content_type_of_the_callers_own_is_kept() -> None:
         server.shutdown()
         server.server_close()
     assert seen == ["application/json", mine, mine]
+
+
+async def test_a_failed_connection_to_this_machine_does_not_blame_the_environments_proxy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A loopback server is reached past HTTP_PROXY, so its refusal must not name the proxy."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        for case in (name, name.lower()):
+            monkeypatch.delenv(case, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    import socket
+
+    with socket.socket() as s:  # a free port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    backend = OllamaBackend("tiny", f"http://127.0.0.1:{port}")
+    with pytest.raises(BackendUnavailable, match="cannot connect to Ollama") as caught:
+        await collect(backend, Request("x", max_tokens=4))
+    assert "proxy" not in str(caught.value)

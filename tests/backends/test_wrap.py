@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import inspect
 import subprocess
 import sys
@@ -1097,3 +1098,48 @@ def test_wrapping_a_framework_object_says_where_its_llama_is(tiny_llm: Llama, na
         TypeError, match=rf"got LlamaCpp: its \.{name} is the Llama; wrap that and put it back"
     ):
         sjfsched.wrap(framework_object)
+
+
+# Found by a mutation audit: behaviours no test told apart.
+
+
+def test_max_tokens_zero_means_no_limit_as_in_llama_cpp(tiny_llm: Llama) -> None:
+    # llama.cpp reads max_tokens=0 (and < 0) as "until the context is full"; the wrapper must
+    # rank it as a request without a limit, not refuse it (Request refuses max_tokens < 1).
+    with sjfsched.wrap(tiny_llm, predictor=HeuristicPredictor()) as w:
+        for limit in (0, -1):
+            got: Any = w.create_completion("Once upon a time", max_tokens=limit, temperature=0.0)
+            assert got["usage"]["completion_tokens"] > 0
+            chunks = list(w.create_completion("Once", max_tokens=limit, stream=True, temperature=0.0))
+            assert chunks
+
+
+def test_a_stream_left_early_closes_the_models_iterator_while_it_still_holds_the_model(
+    tiny_llm: Llama, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the Llama's own stream generator is closed (its finally runs) before the model's lock
+    # is given back, not later by the garbage collector, when another call may already run.
+    lock = llama_lock(tiny_llm)
+    seen: list[bool] = []
+    real = tiny_llm.create_completion
+
+    @functools.wraps(real)
+    def create_completion(*args: Any, **kwargs: Any) -> Any:
+        inner = real(*args, **kwargs)
+        if not kwargs.get("stream"):
+            return inner
+
+        def gen() -> Any:
+            try:
+                yield from inner
+            finally:
+                seen.append(lock.locked())
+
+        return gen()
+
+    monkeypatch.setattr(tiny_llm, "create_completion", create_completion)
+    with sjfsched.wrap(tiny_llm, predictor=HeuristicPredictor()) as w:
+        stream: Any = w.create_completion("Once upon a time", max_tokens=30, stream=True, temperature=0.0)
+        next(stream)  # the caller still holds it: only close() may end it
+        stream.close()
+        assert seen == [True]
