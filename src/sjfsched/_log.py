@@ -111,8 +111,14 @@ class RequestLog:
             self._where.parent.mkdir(parents=True, exist_ok=True)
             _refuse_unless_a_log(self._where)  # again: it may have been replaced since
             # Unbuffered: a failed write leaves nothing behind; readable: a writer that crashed
-            # mid-line since is seen by its last byte.
-            f = self._where.open("a+b", buffering=0)
+            # mid-line since is seen by its last byte.  A pipe or a device is only written to:
+            # a pipe opened for reading too is opened at once, without its reader, and the lines
+            # written before the reader came were lost with the pipe.
+            try:
+                regular = stat.S_ISREG(os.stat(self._where).st_mode)
+            except FileNotFoundError:
+                regular = True
+            f = self._where.open("a+b" if regular else "ab", buffering=0)
             try:
                 with _exclusive(f):  # another writer's line under way is no crash's remnant
                     _finish_tail(self._where)

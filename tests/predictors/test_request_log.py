@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -574,14 +575,19 @@ def test_a_prompt_count_the_benchmarks_would_refuse_is_left_out(
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX's")
-def test_a_log_on_a_pipe_is_written_through_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("reader_late", [False, True])
+def test_a_log_on_a_pipe_is_written_through_it(tmp_path: Path, reader_late: bool) -> None:
     # Its head was read to check it was a log: on a pipe (or /dev/stdout piped, a terminal) the
-    # read waited for ever, and the program hung as it made its RequestLog.
+    # read waited for ever, and the program hung as it made its RequestLog. And the pipe was
+    # opened for reading too, which does not wait for a reader: a line written before the
+    # reader came was lost with the pipe, and the reader then waited for ever (a CI run under
+    # load, where the reader thread started first but opened the pipe late).
     pipe = tmp_path / "requests.pipe"
     os.mkfifo(pipe)
     got: list[bytes] = []
     reader = threading.Thread(target=lambda: got.append(pipe.read_bytes()), daemon=True)
-    reader.start()
+    if not reader_late:
+        reader.start()
     done = threading.Event()
 
     def write() -> None:
@@ -590,8 +596,11 @@ def test_a_log_on_a_pipe_is_written_through_it(tmp_path: Path) -> None:
         done.set()
 
     threading.Thread(target=write, daemon=True).start()
+    if reader_late:
+        time.sleep(0.3)  # the writer is at the pipe by now
+        reader.start()
     assert done.wait(30), "RequestLog on a pipe hung"
-    reader.join(30)
+    reader.join(5)
     assert got and json.loads(got[0])["prompt"] == "through a pipe"
 
 

@@ -913,7 +913,8 @@ def _check_option_types(options: dict[str, Any]) -> None:
     What it takes passes, as it converts it (``float()``, ``int()``); a whole
     number of another integer type (numpy's) goes on as an ``int``: a numpy
     ``seed``, which the ``Llama`` keeps, failed its later calls without one.
-    ``None`` goes on as it is (taken where no sampler reads the option).
+    ``None`` goes on as it is (llama-cpp-python takes it for a seed, and
+    where no sampler reads the option; elsewhere it fails as it did).
     """
     for name, value in options.items():
         if value is None:
