@@ -8,7 +8,6 @@ import functools
 import inspect
 import operator
 import os
-import sys
 import threading
 import types
 import weakref
@@ -20,7 +19,7 @@ from typing_extensions import Self
 
 from ._errors import SchedulerClosed
 from ._records import Request, _as_int
-from ._sync import SyncScheduler
+from ._sync import SyncScheduler, _runs_trio
 from .backends._llama import (
     CLOSED_LLAMA,
     TokenCounter,
@@ -125,16 +124,7 @@ def _in_event_loop() -> bool:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        pass
-    else:
-        return True
-    trio = sys.modules.get("trio")
-    if trio is None:
-        return False
-    try:
-        trio.lowlevel.current_trio_token()
-    except RuntimeError:
-        return False
+        return _runs_trio()
     return True
 
 

@@ -14,18 +14,21 @@ from sjfsched.proxy._settings import DEFAULT_MAX_QUEUE, resolve
 from tests.proxy.harness import RunningProxy
 
 
+def _generate(proxy: RunningProxy, *, stream: bool, num_predict: int) -> httpx.Response:
+    body = {
+        "model": "tiny",
+        "prompt": "Once upon a time",
+        "stream": stream,
+        "options": {"num_predict": num_predict},
+    }
+    response = httpx.post(f"{proxy.url}/api/generate", json=body, timeout=30)
+    assert response.status_code == 200
+    return response
+
+
 def test_a_streamed_relay_marks_the_first_token_and_reports_prompt_tokens(ollama_proxy: RunningProxy) -> None:
-    with ollama_proxy.completions() as ended, httpx.Client(timeout=30) as client:
-        r = client.post(
-            f"{ollama_proxy.url}/api/generate",
-            json={
-                "model": "tiny",
-                "prompt": "Once upon a time",
-                "stream": True,
-                "options": {"num_predict": 6},
-            },
-        )
-        assert r.status_code == 200
+    with ollama_proxy.completions() as ended:
+        r = _generate(ollama_proxy, stream=True, num_predict=6)
         lines = [line for line in r.text.splitlines() if line.strip()]
         # in the block: the scheduler may end the request after the client has its last byte
         ollama_proxy.wait_until(lambda s: s.completed == 1)
@@ -41,17 +44,8 @@ def test_a_streamed_relay_marks_the_first_token_and_reports_prompt_tokens(ollama
 
 
 def test_a_whole_json_relay_reports_prompt_tokens(ollama_proxy: RunningProxy) -> None:
-    with ollama_proxy.completions() as ended, httpx.Client(timeout=30) as client:
-        r = client.post(
-            f"{ollama_proxy.url}/api/generate",
-            json={
-                "model": "tiny",
-                "prompt": "Once upon a time",
-                "stream": False,
-                "options": {"num_predict": 5},
-            },
-        )
-        assert r.status_code == 200
+    with ollama_proxy.completions() as ended:
+        r = _generate(ollama_proxy, stream=False, num_predict=5)
         ollama_proxy.wait_until(lambda s: s.completed == 1)
     [done] = ended
     assert done.prompt_tokens == r.json()["prompt_eval_count"]
