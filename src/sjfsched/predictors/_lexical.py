@@ -636,10 +636,6 @@ class LexicalPredictor:
             raise ValueError("no path given and no calibration_path set")
         if target.is_dir():
             raise PredictorError(f"{target}: cannot save calibration (it is a directory)")
-        if target.exists() and not target.is_file():  # the save replaces the file: not /dev/null
-            raise PredictorError(
-                f"{target}: cannot save calibration (not a regular file: a pipe or a device)"
-            )
         with self._state_lock:  # copied under the lock; encoded outside it
             data = self._calibration.to_dict()
             learnt = None if self._correction is None else self._correction.snapshot()
